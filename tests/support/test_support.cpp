@@ -1,0 +1,173 @@
+#include "test_support.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace test_support {
+namespace fs = std::filesystem;
+
+TempDir::TempDir(const std::string& prefix) {
+  std::string pattern = (fs::temp_directory_path() / (prefix + "-XXXXXX")).string();
+  if (::mkdtemp(pattern.data()) == nullptr) {
+    throw std::runtime_error("mkdtemp failed: " + std::string(std::strerror(errno)));
+  }
+  path_ = pattern;
+}
+
+TempDir::~TempDir() noexcept {
+  std::error_code ignored;
+  fs::remove_all(path_, ignored);
+}
+
+namespace {
+
+ExitStatus decode_status(int raw) {
+  ExitStatus status;
+  if (WIFEXITED(raw)) {
+    status.exited = true;
+    status.code = WEXITSTATUS(raw);
+  } else if (WIFSIGNALED(raw)) {
+    status.signal = WTERMSIG(raw);
+  }
+  return status;
+}
+
+fs::path unique_log_path(const fs::path& dir, const std::string& stem, const char* suffix) {
+  static std::mt19937_64 rng{std::random_device{}()};
+  return dir / (stem + "-" + std::to_string(rng() % 1000000000) + suffix);
+}
+
+}  // namespace
+
+ChildProcess::ChildProcess(const std::string& program, const std::vector<std::string>& args,
+                           const fs::path& log_dir, const std::vector<std::string>& extra_env) {
+  fs::path dir = log_dir.empty() ? fs::temp_directory_path() : log_dir;
+  std::string stem = fs::path(program).filename().string();
+  stdout_path_ = unique_log_path(dir, stem, ".out");
+  stderr_path_ = unique_log_path(dir, stem, ".err");
+
+  std::vector<std::string> argv_storage;
+  argv_storage.push_back(program);
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& arg : argv_storage) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  // The environment is built before fork: only async-signal-safe calls after it.
+  std::vector<std::string> env_storage;
+  auto overridden = [&extra_env](const std::string& entry) {
+    auto name = entry.substr(0, entry.find('=') + 1);
+    for (const auto& extra : extra_env) {
+      if (extra.compare(0, name.size(), name) == 0) return true;
+    }
+    return false;
+  };
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    if (!overridden(*entry)) env_storage.emplace_back(*entry);
+  }
+  env_storage.insert(env_storage.end(), extra_env.begin(), extra_env.end());
+  std::vector<char*> envp;
+  for (auto& assignment : env_storage) envp.push_back(assignment.data());
+  envp.push_back(nullptr);
+
+  pid_ = ::fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed: " + std::string(std::strerror(errno)));
+  if (pid_ == 0) {
+    int out = ::open(stdout_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int err = ::open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int in = ::open("/dev/null", O_RDONLY);
+    if (out >= 0) ::dup2(out, 1);
+    if (err >= 0) ::dup2(err, 2);
+    if (in >= 0) ::dup2(in, 0);
+    ::execve(program.c_str(), argv.data(), envp.data());
+    const char message[] = "exec failed\n";
+    [[maybe_unused]] auto written = ::write(2, message, sizeof message - 1);
+    ::_exit(127);
+  }
+}
+
+ChildProcess::~ChildProcess() noexcept {
+  if (pid_ > 0 && !status_) {
+    ::kill(pid_, SIGKILL);
+    int raw = 0;
+    while (::waitpid(pid_, &raw, 0) < 0 && errno == EINTR) {
+    }
+  }
+  std::error_code ignored;
+  fs::remove(stdout_path_, ignored);
+  fs::remove(stderr_path_, ignored);
+}
+
+bool ChildProcess::running() {
+  if (status_) return false;
+  int raw = 0;
+  pid_t result = ::waitpid(pid_, &raw, WNOHANG);
+  if (result == pid_) {
+    status_ = decode_status(raw);
+    return false;
+  }
+  return true;
+}
+
+void ChildProcess::signal(int sig) {
+  if (running()) ::kill(pid_, sig);
+}
+
+std::optional<ExitStatus> ChildProcess::wait_for(std::chrono::milliseconds timeout) {
+  wait_until([this] { return !running(); }, timeout, std::chrono::milliseconds(2));
+  return status_;
+}
+
+std::string ChildProcess::stdout_text() const { return read_file(stdout_path_); }
+std::string ChildProcess::stderr_text() const { return read_file(stderr_path_); }
+
+RunResult run(const std::string& program, const std::vector<std::string>& args,
+              std::chrono::milliseconds timeout, const std::vector<std::string>& extra_env) {
+  ChildProcess child(program, args, {}, extra_env);
+  auto status = child.wait_for(timeout);
+  if (!status) {
+    child.signal(SIGKILL);
+    throw std::runtime_error(program + " did not finish within " +
+                             std::to_string(timeout.count()) + " ms");
+  }
+  return RunResult{*status, child.stdout_text(), child.stderr_text()};
+}
+
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
+                std::chrono::milliseconds poll) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    if (condition()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(poll);  // polling interval of a deadline-bounded wait
+  }
+}
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::vector<std::string> lines(const std::string& text) {
+  std::vector<std::string> result;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) result.push_back(line);
+  return result;
+}
+
+}  // namespace test_support

@@ -1,0 +1,87 @@
+// Helpers shared by the test programs: temporary directories that clean up
+// after themselves, child processes started and stopped by pid, and waiting
+// on a condition with a deadline (tests never sleep to synchronise).
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <sys/types.h>
+
+namespace test_support {
+
+// A fresh directory under the system temp dir, removed with everything in it
+// when the object goes out of scope (also when the test fails).
+class TempDir {
+public:
+  explicit TempDir(const std::string& prefix = "outbox-test");
+  ~TempDir() noexcept;
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+private:
+  std::filesystem::path path_;
+};
+
+// Result of a finished child process.
+struct ExitStatus {
+  bool exited = false;    // true: normal exit with `code`
+  int code = -1;          // exit code when `exited`
+  int signal = 0;         // terminating signal when !exited
+};
+
+// A program started with fork/exec. stdout and stderr go to files in
+// `log_dir` (if given) so a test can read what it printed. The destructor
+// kills the process (SIGKILL, by pid) if it is still running and reaps it.
+class ChildProcess {
+public:
+  ChildProcess(const std::string& program, const std::vector<std::string>& args,
+               const std::filesystem::path& log_dir = {},
+               const std::vector<std::string>& extra_env = {});
+  ~ChildProcess() noexcept;
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  void signal(int sig);  // only ever to our own child, by pid
+  // Waits up to `timeout` for the process to exit; empty if still running.
+  std::optional<ExitStatus> wait_for(std::chrono::milliseconds timeout);
+  std::string stdout_text() const;
+  std::string stderr_text() const;
+
+private:
+  pid_t pid_ = -1;
+  std::optional<ExitStatus> status_;
+  std::filesystem::path stdout_path_;
+  std::filesystem::path stderr_path_;
+};
+
+// Runs a program to completion (bounded by `timeout`) and captures its output.
+struct RunResult {
+  ExitStatus status;
+  std::string out;
+  std::string err;
+};
+RunResult run(const std::string& program, const std::vector<std::string>& args,
+              std::chrono::milliseconds timeout = std::chrono::seconds(60),
+              const std::vector<std::string>& extra_env = {});
+
+// Polls `condition` every few milliseconds until it holds or `timeout` passes.
+// Returns whether it held.
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
+                std::chrono::milliseconds poll = std::chrono::milliseconds(5));
+
+std::string read_file(const std::filesystem::path& path);
+
+// Splits text into lines (without the newline characters).
+std::vector<std::string> lines(const std::string& text);
+
+}  // namespace test_support
