@@ -1,0 +1,140 @@
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+#include "wire/protocol.hpp"
+
+namespace {
+
+wire::Result<wire::AnyMessage> round_trip(const wire::AnyMessage& message) {
+  auto frames = wire::encode(message);
+  std::string_view views[] = {frames.tag, frames.command, frames.body};
+  return wire::decode(views);
+}
+
+std::vector<wire::AnyMessage> samples() {
+  wire::Publish publish{7, 42, {}};
+  publish.messages.push_back({"0192-a", "orders", "customer-1", {{"trace", "abc"}}, "payload"});
+  publish.messages.push_back({"0192-b", "orders", "", {}, std::string("\0\xff\x01", 3)});
+  wire::Messages messages{9, "orders", 3, 5, {}};
+  messages.messages.push_back({1, 1700000000000, "0192-a", "customer-1", {{"h", "v"}}, "x"});
+  return {
+      wire::Hello{"producer-a", 0},
+      wire::Welcome{12, 1 << 20, 5000, "broker"},
+      publish,
+      wire::Ack{42,
+                {{wire::AckStatus::stored, 1, ""},
+                 {wire::AckStatus::duplicate, 1, ""},
+                 {wire::AckStatus::conflict, 3, "payload differs"},
+                 {wire::AckStatus::rejected, 0, "too large"}}},
+      wire::Fetch{3, "orders", "billing", 0, true, 100, 1 << 20, 250},
+      messages,
+      wire::CommitOffset{4, "orders", "billing", 17},
+      wire::OffsetCommitted{4, "orders", "billing", 17},
+      wire::Ping{99},
+      wire::Pong{99},
+      wire::StatsRequest{5},
+      wire::StatsReply{5, {{"stored", 10}, {"malformed", 2}}, {{"orders", 10, 10}}},
+      wire::ErrorReply{42, wire::ErrorCode::session_failed, "send HELLO again"},
+  };
+}
+
+}  // namespace
+
+TEST_CASE("every command survives an encode/decode round trip") {
+  for (const auto& message : samples()) {
+    auto decoded = round_trip(message);
+    INFO(wire::command_name(wire::command_of(message)));
+    REQUIRE(decoded.ok());
+    CHECK(decoded.value() == message);
+  }
+}
+
+TEST_CASE("the tag frame is OBX plus the version, little-endian fields follow") {
+  auto frames = wire::encode(wire::Ping{0x0102030405060708ull});
+  CHECK(frames.tag == std::string("OBX\x01", 4));
+  CHECK(frames.command == std::string("\x09", 1));
+  CHECK(frames.body == std::string("\x08\x07\x06\x05\x04\x03\x02\x01", 8));
+}
+
+TEST_CASE("a publish body built incrementally equals the encoded Publish") {
+  wire::Publish publish{1, 2, {{"m1", "t", "k", {}, "p1"}, {"m2", "t", "", {{"a", "b"}}, "p2"}}};
+  std::string body;
+  wire::begin_publish_body(body, 1, 2);
+  for (const auto& m : publish.messages) {
+    wire::append_publish_message(body, m.msg_id, m.topic, m.key, m.headers, m.payload);
+  }
+  wire::finish_publish_body(body, 2);
+  CHECK(body == wire::encode_body(publish));
+}
+
+TEST_CASE("frames with the wrong shape give clear errors") {
+  auto frames = wire::encode(wire::Ping{1});
+  SECTION("frame count") {
+    std::vector<std::string_view> two = {frames.tag, frames.command};
+    auto decoded = wire::decode(two);
+    REQUIRE_FALSE(decoded.ok());
+    CHECK(decoded.error().code == wire::ErrorCode::bad_frame_count);
+    std::vector<std::string_view> none;
+    CHECK(wire::decode(none).error().code == wire::ErrorCode::bad_frame_count);
+  }
+  SECTION("foreign tag and unknown version") {
+    std::string_view foreign[] = {"HTTP", frames.command, frames.body};
+    CHECK(wire::decode(foreign).error().code == wire::ErrorCode::bad_tag);
+    auto future = wire::encode_tag(2);
+    std::string_view newer[] = {future, frames.command, frames.body};
+    auto decoded = wire::decode(newer);
+    CHECK(decoded.error().code == wire::ErrorCode::unsupported_version);
+    CHECK_THAT(decoded.error().message, Catch::Contains("version 2"));
+  }
+  SECTION("unknown command") {
+    std::string_view unknown[] = {frames.tag, "\x7f", frames.body};
+    CHECK(wire::decode(unknown).error().code == wire::ErrorCode::unknown_command);
+    std::string_view empty[] = {frames.tag, "", frames.body};
+    CHECK(wire::decode(empty).error().code == wire::ErrorCode::unknown_command);
+  }
+  SECTION("truncated and trailing bodies") {
+    std::string short_body = frames.body.substr(0, 5);
+    std::string_view truncated[] = {frames.tag, frames.command, short_body};
+    CHECK(wire::decode(truncated).error().code == wire::ErrorCode::truncated);
+    std::string long_body = frames.body + "x";
+    std::string_view trailing[] = {frames.tag, frames.command, long_body};
+    CHECK(wire::decode(trailing).error().code == wire::ErrorCode::trailing_bytes);
+  }
+}
+
+TEST_CASE("absurd counts and lengths are refused before any allocation") {
+  std::string body;
+  wire::begin_publish_body(body, 1, 1);
+  wire::finish_publish_body(body, 0xffffffffu);
+  auto decoded = wire::decode_body(wire::Command::publish, body);
+  REQUIRE_FALSE(decoded.ok());
+  CHECK(decoded.error().code == wire::ErrorCode::limit_exceeded);
+
+  wire::Limits small;
+  small.max_batch_messages = 1'000'000;
+  decoded = wire::decode_body(wire::Command::publish, body, small);
+  CHECK(decoded.error().code == wire::ErrorCode::limit_exceeded);
+  small.max_batch_messages = 0xffffffffu;
+  decoded = wire::decode_body(wire::Command::publish, body, small);
+  CHECK(decoded.error().code == wire::ErrorCode::truncated);
+
+  wire::Publish big{1, 1, {{"m", "t", "", {}, std::string(100, 'x')}}};
+  wire::Limits tiny;
+  tiny.max_payload_bytes = 99;
+  decoded = wire::decode_body(wire::Command::publish, wire::encode_body(big), tiny);
+  REQUIRE_FALSE(decoded.ok());
+  CHECK(decoded.error().code == wire::ErrorCode::limit_exceeded);
+  CHECK_THAT(decoded.error().message, Catch::Contains("payload"));
+}
+
+TEST_CASE("unknown ack status and fetch flags are invalid values") {
+  auto body = wire::encode_body(wire::Ack{1, {{wire::AckStatus::stored, 1, ""}}});
+  body[12] = 9;
+  CHECK(wire::decode_body(wire::Command::ack, body).error().code == wire::ErrorCode::invalid_value);
+  auto fetch = wire::encode_body(wire::Fetch{1, "t", "", 0, false, 1, 0, 0});
+  fetch[8 + 3 + 2 + 8] = 4;
+  CHECK(wire::decode_body(wire::Command::fetch, fetch).error().code ==
+        wire::ErrorCode::invalid_value);
+}

@@ -1,0 +1,303 @@
+// The wire protocol spoken between the broker (a ZeroMQ ROUTER) and its clients
+// (relays, consumers and tools, each a DEALER). docs/protocol.md describes every
+// byte; this header is the C++ view of the same thing.
+//
+// Every message is three ZeroMQ frames: a 4-byte protocol tag with the version,
+// a 1-byte command, and a little-endian binary body with explicit lengths. The
+// `encode_*` functions build bodies; `decode` turns received frames into one of
+// the command structs. Decoders never throw on what a peer sent: every length
+// and count is checked against the bytes present and against `Limits`, and a
+// bad frame comes back as an `Error` value naming what was wrong.
+//
+// Thread-safety: all functions are pure; the structs are plain values.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace wire {
+
+// Frame 0 is 'O' 'B' 'X' followed by the version byte.
+inline constexpr std::uint8_t kProtocolVersion = 1;
+inline constexpr std::size_t kTagSize = 4;
+inline constexpr char kTagMagic[3] = {'O', 'B', 'X'};
+
+enum class Command : std::uint8_t {
+  hello = 0x01,             // client -> broker: open a session
+  welcome = 0x02,           // broker -> client: session opened, broker limits
+  publish = 0x03,           // client -> broker: a batch of messages
+  ack = 0x04,               // broker -> client: one outcome per message of a batch
+  fetch = 0x05,             // client -> broker: read a topic from an offset (long-poll)
+  messages = 0x06,          // broker -> client: the answer to FETCH
+  commit_offset = 0x07,     // client -> broker: a consumer group is done up to an offset
+  offset_committed = 0x08,  // broker -> client: the answer to COMMIT_OFFSET
+  ping = 0x09,
+  pong = 0x0A,
+  stats = 0x0B,        // client -> broker: ask for counters
+  stats_reply = 0x0C,  // broker -> client: counters and per-topic figures
+  error = 0x0D,        // either way: a request could not be served
+};
+
+std::string_view command_name(Command command) noexcept;
+
+// Why a frame could not be decoded, or why the broker refused a request.
+// Values are part of the protocol (ERROR body); never renumber.
+enum class ErrorCode : std::uint16_t {
+  none = 0,
+  bad_frame_count = 1,        // not exactly tag, command, body
+  bad_tag = 2,                // frame 0 is not "OBX" + version
+  unsupported_version = 3,    // right magic, a version this side does not speak
+  unknown_command = 4,        // command byte not in the table
+  truncated = 5,              // a length or count points past the end of the body
+  trailing_bytes = 6,         // the body is longer than its fields
+  limit_exceeded = 7,         // a length or count above the configured maximum
+  invalid_value = 8,          // a field holds a value outside its domain
+  unexpected_command = 9,     // well-formed, but not one this side accepts
+  no_session = 10,            // PUBLISH before HELLO
+  session_failed = 11,        // a previous batch of the session failed; send HELLO again
+  storage_failure = 12,       // the broker could not make the batch durable
+  shutting_down = 13,         // the broker is stopping; retry elsewhere or later
+  busy = 14,                  // too many pending requests; retry later
+  internal = 15,
+};
+
+std::string_view error_code_name(ErrorCode code) noexcept;
+
+// Maximums a decoder enforces on top of the bytes present. Both ends may use
+// different values; the broker announces its own in WELCOME.
+struct Limits {
+  std::size_t max_body_bytes = 64u << 20;        // one frame
+  std::size_t max_batch_messages = 100'000;      // messages in PUBLISH or MESSAGES
+  std::size_t max_msg_id_bytes = 255;            // also: header name
+  std::size_t max_name_bytes = 255;              // topic, consumer group, producer, broker name
+  std::size_t max_key_bytes = 4096;              // partition key
+  std::size_t max_headers = 64;                  // per message
+  std::size_t max_header_value_bytes = 65'535;
+  std::size_t max_payload_bytes = 16u << 20;     // per message
+  std::size_t max_reason_bytes = 4096;           // REJECTED reason, ERROR message
+  std::size_t max_stats_entries = 100'000;       // counters + topics in STATS_REPLY
+};
+
+// A decoding failure or a refusal reported by the peer.
+struct Error {
+  ErrorCode code = ErrorCode::none;
+  std::string message;  // one line naming what was wrong
+};
+
+// A value or an Error; what every decoder returns.
+template <typename T>
+class Result {
+public:
+  Result(T value) : state_(std::move(value)) {}         // NOLINT: implicit on purpose
+  Result(Error error) : state_(std::move(error)) {}     // NOLINT
+  bool ok() const noexcept { return state_.index() == 0; }
+  explicit operator bool() const noexcept { return ok(); }
+  T& value() & { return std::get<0>(state_); }
+  const T& value() const& { return std::get<0>(state_); }
+  T&& value() && { return std::get<0>(std::move(state_)); }
+  const Error& error() const { return std::get<1>(state_); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+
+private:
+  std::variant<T, Error> state_;
+};
+
+using Bytes = std::string;  // payloads are arbitrary bytes; std::string owns them cheaply
+
+struct Header {
+  std::string name;
+  Bytes value;
+  bool operator==(const Header&) const = default;
+};
+
+// ---- commands -------------------------------------------------------------
+
+struct Hello {
+  std::string producer;      // who is publishing (for logs and stats), may be empty
+  std::uint32_t flags = 0;   // reserved, 0
+  bool operator==(const Hello&) const = default;
+};
+
+struct Welcome {
+  std::uint64_t session_id = 0;
+  std::uint32_t max_message_bytes = 0;   // largest payload the broker stores
+  std::uint32_t max_batch_messages = 0;  // largest PUBLISH the broker decodes
+  std::string broker_name;
+  bool operator==(const Welcome&) const = default;
+};
+
+struct OutgoingMessage {
+  std::string msg_id;
+  std::string topic;
+  std::string key;  // partition key, may be empty
+  std::vector<Header> headers;
+  Bytes payload;
+  bool operator==(const OutgoingMessage&) const = default;
+};
+
+struct Publish {
+  std::uint64_t session_id = 0;  // from WELCOME
+  std::uint64_t batch_id = 0;    // chosen by the client, echoed in ACK
+  std::vector<OutgoingMessage> messages;
+  bool operator==(const Publish&) const = default;
+};
+
+enum class AckStatus : std::uint8_t {
+  stored = 0,     // offset: where it was stored
+  duplicate = 1,  // offset: where the first copy was stored
+  conflict = 2,   // msg_id already stored with a different payload
+  rejected = 3,   // permanent refusal; reason says why
+};
+
+std::string_view ack_status_name(AckStatus status) noexcept;
+
+struct AckEntry {
+  AckStatus status = AckStatus::stored;
+  std::uint64_t offset = 0;  // meaningful for stored and duplicate (and conflict: the original)
+  std::string reason;        // meaningful for rejected and conflict
+  bool operator==(const AckEntry&) const = default;
+};
+
+struct Ack {
+  std::uint64_t batch_id = 0;
+  std::vector<AckEntry> entries;  // one per message of the batch, same order
+  bool operator==(const Ack&) const = default;
+};
+
+// Offset 0 in `from_offset` with `use_group_offset` set means "resume where the
+// group left off"; offsets start at 1 in every topic.
+struct Fetch {
+  std::uint64_t request_id = 0;
+  std::string topic;
+  std::string group;  // may be empty (no group)
+  std::uint64_t from_offset = 0;
+  bool use_group_offset = false;
+  std::uint32_t max_messages = 0;
+  std::uint32_t max_bytes = 0;  // soft limit on the payload bytes of one reply, 0: broker default
+  std::uint32_t wait_ms = 0;    // long-poll: wait up to this long for the first message
+  bool operator==(const Fetch&) const = default;
+};
+
+struct StoredMessage {
+  std::uint64_t offset = 0;
+  std::int64_t timestamp_ms = 0;  // when the broker stored it (Unix ms)
+  std::string msg_id;
+  std::string key;
+  std::vector<Header> headers;
+  Bytes payload;
+  bool operator==(const StoredMessage&) const = default;
+};
+
+struct Messages {
+  std::uint64_t request_id = 0;
+  std::string topic;
+  std::uint64_t next_offset = 0;  // where the next FETCH should start
+  std::uint64_t last_offset = 0;  // the topic's newest offset (0: empty topic)
+  std::vector<StoredMessage> messages;
+  bool operator==(const Messages&) const = default;
+};
+
+struct CommitOffset {
+  std::uint64_t request_id = 0;
+  std::string topic;
+  std::string group;
+  std::uint64_t offset = 0;  // the next offset the group wants (everything below is done)
+  bool operator==(const CommitOffset&) const = default;
+};
+
+struct OffsetCommitted {
+  std::uint64_t request_id = 0;
+  std::string topic;
+  std::string group;
+  std::uint64_t offset = 0;
+  bool operator==(const OffsetCommitted&) const = default;
+};
+
+struct Ping {
+  std::uint64_t nonce = 0;
+  bool operator==(const Ping&) const = default;
+};
+
+struct Pong {
+  std::uint64_t nonce = 0;
+  bool operator==(const Pong&) const = default;
+};
+
+struct StatsRequest {
+  std::uint64_t request_id = 0;
+  bool operator==(const StatsRequest&) const = default;
+};
+
+struct TopicStats {
+  std::string topic;
+  std::uint64_t message_count = 0;
+  std::uint64_t last_offset = 0;
+  bool operator==(const TopicStats&) const = default;
+};
+
+// Counters are named so either side can add some without a version change.
+struct StatsReply {
+  std::uint64_t request_id = 0;
+  std::vector<std::pair<std::string, std::uint64_t>> counters;
+  std::vector<TopicStats> topics;
+  bool operator==(const StatsReply&) const = default;
+};
+
+struct ErrorReply {
+  std::uint64_t request_id = 0;  // batch id or request id it answers; 0 when unknown
+  ErrorCode code = ErrorCode::internal;
+  std::string message;
+  bool operator==(const ErrorReply&) const = default;
+};
+
+using AnyMessage = std::variant<Hello, Welcome, Publish, Ack, Fetch, Messages, CommitOffset,
+                                OffsetCommitted, Ping, Pong, StatsRequest, StatsReply, ErrorReply>;
+
+Command command_of(const AnyMessage& message) noexcept;
+
+// ---- encoding -----------------------------------------------------------------
+
+// The three frames of one message. Encoding never fails for values within
+// Limits; strings longer than a length field can hold are a programming error
+// and throw std::length_error.
+struct Frames {
+  std::string tag;
+  std::string command;
+  std::string body;
+};
+
+std::string encode_tag(std::uint8_t version = kProtocolVersion);
+std::string encode_body(const AnyMessage& message);
+Frames encode(const AnyMessage& message);
+
+// Appends one PUBLISH message to a body under construction; lets a client
+// build a batch without copying messages into a Publish first. Call
+// `begin_publish_body` first and `finish_publish_body` with the count at the end.
+void begin_publish_body(std::string& body, std::uint64_t session_id, std::uint64_t batch_id);
+void append_publish_message(std::string& body, std::string_view msg_id, std::string_view topic,
+                            std::string_view key, std::span<const Header> headers,
+                            std::string_view payload);
+void finish_publish_body(std::string& body, std::uint32_t message_count);
+
+// ---- decoding -----------------------------------------------------------------
+
+// Checks frame 0. Distinguishes a foreign tag from a known tag with another version.
+Result<std::uint8_t> decode_tag(std::string_view tag);
+Result<Command> decode_command(std::string_view command);
+
+// Decodes a body known to belong to `command`.
+Result<AnyMessage> decode_body(Command command, std::string_view body, const Limits& limits = {});
+
+// Decodes a whole multipart message (without any ROUTER routing id frame).
+Result<AnyMessage> decode(std::span<const std::string_view> frames, const Limits& limits = {});
+
+}  // namespace wire

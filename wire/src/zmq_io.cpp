@@ -1,0 +1,62 @@
+#include "wire/zmq_io.hpp"
+
+namespace wire {
+
+bool send_frames(zmq::socket_t& socket, const Frames& frames, zmq::send_flags flags,
+                 std::string_view routing_id) {
+  auto more = flags | zmq::send_flags::sndmore;
+  // Only the first frame can fail to queue; once it is in, ZeroMQ takes the rest.
+  if (!routing_id.empty()) {
+    if (!socket.send(zmq::buffer(routing_id.data(), routing_id.size()), more)) return false;
+  }
+  if (!socket.send(zmq::buffer(frames.tag.data(), frames.tag.size()), more)) return false;
+  socket.send(zmq::buffer(frames.command.data(), frames.command.size()), more);
+  socket.send(zmq::buffer(frames.body.data(), frames.body.size()), flags);
+  return true;
+}
+
+bool send_message(zmq::socket_t& socket, const AnyMessage& message, zmq::send_flags flags,
+                  std::string_view routing_id) {
+  return send_frames(socket, encode(message), flags, routing_id);
+}
+
+std::vector<std::string_view> Received::views(std::size_t first) const {
+  std::vector<std::string_view> result;
+  for (std::size_t i = first; i < frames.size(); ++i) {
+    result.emplace_back(static_cast<const char*>(frames[i].data()), frames[i].size());
+  }
+  return result;
+}
+
+std::optional<Received> receive_frames(zmq::socket_t& socket, zmq::recv_flags flags,
+                                       std::size_t max_frames) {
+  Received received;
+  zmq::message_t frame;
+  if (!socket.recv(frame, flags)) return std::nullopt;
+  while (true) {
+    bool more = frame.more();
+    if (received.frames.size() < max_frames) {
+      received.frames.push_back(std::move(frame));
+      frame = zmq::message_t();
+    } else {
+      received.too_many_frames = true;
+    }
+    if (!more) break;
+    // The rest of a multipart message is already here: this never blocks.
+    (void)socket.recv(frame, zmq::recv_flags::none);
+  }
+  return received;
+}
+
+std::optional<Result<AnyMessage>> receive_message(zmq::socket_t& socket, zmq::recv_flags flags,
+                                                  const Limits& limits) {
+  auto received = receive_frames(socket, flags, 4);
+  if (!received) return std::nullopt;
+  if (received->too_many_frames) {
+    return Result<AnyMessage>(Error{ErrorCode::bad_frame_count, "too many frames"});
+  }
+  auto views = received->views();
+  return decode(views, limits);
+}
+
+}  // namespace wire
