@@ -138,3 +138,24 @@ TEST_CASE("unknown ack status and fetch flags are invalid values") {
   CHECK(wire::decode_body(wire::Command::fetch, fetch).error().code ==
         wire::ErrorCode::invalid_value);
 }
+
+TEST_CASE("the zero-copy PUBLISH view sees the same fields as the owning decoder") {
+  wire::Publish publish{3, 4, {{"m1", "orders", "k1", {{"a", "1"}, {"b", "2"}}, "p1"},
+                               {"m2", "orders", "", {}, ""}}};
+  auto body = wire::encode_body(publish);
+  auto view = wire::decode_publish_view(body);
+  REQUIRE(view.ok());
+  CHECK(view->session_id == 3);
+  CHECK(view->batch_id == 4);
+  REQUIRE(view->messages.size() == 2);
+  CHECK(view->messages[0].msg_id == "m1");
+  CHECK(view->messages[0].key == "k1");
+  CHECK(view->messages[0].payload == "p1");
+  auto headers = wire::decode_headers(view->messages[0].headers);
+  REQUIRE(headers.ok());
+  CHECK(*headers == publish.messages[0].headers);
+  CHECK(view->messages[0].headers == wire::encode_headers(publish.messages[0].headers));
+  CHECK(wire::decode_headers(view->messages[1].headers)->empty());
+  body.pop_back();
+  CHECK(wire::decode_publish_view(body).error().code == wire::ErrorCode::truncated);
+}

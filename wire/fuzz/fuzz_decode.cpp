@@ -40,5 +40,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   } else if (decoded.error().code == wire::ErrorCode::none || decoded.error().message.empty()) {
     std::abort();
   }
+  if (frames.size() == 3) {
+    // The zero-copy PUBLISH decoder must accept exactly what the owning one accepts.
+    auto view = wire::decode_publish_view(frames[2], limits);
+    auto owning = wire::decode_body(wire::Command::publish, frames[2], limits);
+    if (view.ok() != owning.ok()) std::abort();
+    auto headers = wire::decode_headers(frames[2], limits);
+    (void)headers;
+  }
   return 0;
 }

@@ -66,6 +66,7 @@ public:
   bool failed() const { return error_.code != ErrorCode::none; }
   Error take_error() { return std::move(error_); }
   std::size_t remaining() const { return data_.size() - position_; }
+  std::size_t position() const { return position_; }
 
   template <typename Int>
   Int get(const char* field) {
@@ -428,6 +429,7 @@ std::string_view error_code_name(ErrorCode code) noexcept {
     case ErrorCode::shutting_down: return "shutting_down";
     case ErrorCode::busy: return "busy";
     case ErrorCode::internal: return "internal";
+    case ErrorCode::timeout: return "timeout";
   }
   return "unknown";
 }
@@ -562,6 +564,66 @@ Result<AnyMessage> decode(std::span<const std::string_view> frames, const Limits
   auto command = decode_command(frames[1]);
   if (!command) return command.error();
   return decode_body(*command, frames[2], limits);
+}
+
+Result<PublishView> decode_publish_view(std::string_view body, const Limits& limits) {
+  if (body.size() > limits.max_body_bytes) {
+    return Error{ErrorCode::limit_exceeded, "PUBLISH: body of " + std::to_string(body.size()) +
+                                                " bytes exceeds the maximum " +
+                                                std::to_string(limits.max_body_bytes)};
+  }
+  Reader in(body, limits);
+  PublishView view;
+  view.session_id = in.get<std::uint64_t>("session id");
+  view.batch_id = in.get<std::uint64_t>("batch id");
+  auto count = in.count(in.get<std::uint32_t>("message count"), limits.max_batch_messages, 12,
+                        "message count");
+  view.messages.reserve(count);
+  for (std::size_t i = 0; i < count && !in.failed(); ++i) {
+    MessageView message;
+    message.msg_id = in.take(in.get<std::uint16_t>("msg_id"), limits.max_msg_id_bytes, "msg_id");
+    message.topic = in.take(in.get<std::uint16_t>("topic"), limits.max_name_bytes, "topic");
+    message.key =
+        in.take(in.get<std::uint16_t>("partition key"), limits.max_key_bytes, "partition key");
+    auto headers_start = in.position();
+    auto header_count = in.count(in.get<std::uint16_t>("header count"), limits.max_headers, 6,
+                                 "header count");
+    for (std::size_t h = 0; h < header_count && !in.failed(); ++h) {
+      in.take(in.get<std::uint16_t>("header name"), limits.max_msg_id_bytes, "header name");
+      in.take(in.get<std::uint32_t>("header value"), limits.max_header_value_bytes,
+              "header value");
+    }
+    if (!in.failed()) message.headers = body.substr(headers_start, in.position() - headers_start);
+    message.payload =
+        in.take(in.get<std::uint32_t>("payload"), limits.max_payload_bytes, "payload");
+    view.messages.push_back(message);
+  }
+  in.expect_end();
+  if (in.failed()) {
+    auto error = in.take_error();
+    error.message = "PUBLISH: " + error.message;
+    return error;
+  }
+  return view;
+}
+
+std::string encode_headers(std::span<const Header> headers) {
+  std::string out;
+  put_headers(out, headers);
+  return out;
+}
+
+Result<std::vector<Header>> decode_headers(std::string_view encoded, const Limits& limits) {
+  if (encoded.empty()) return std::vector<Header>{};
+  Reader in(encoded, limits);
+  auto headers = read_headers(in);
+  in.expect_end();
+  if (in.failed()) {
+    auto error = in.take_error();
+    error.message = "headers: " + error.message;
+    return error;
+  }
+  return headers;
 }
 
 }  // namespace wire

@@ -65,6 +65,8 @@ enum class ErrorCode : std::uint16_t {
   shutting_down = 13,         // the broker is stopping; retry elsewhere or later
   busy = 14,                  // too many pending requests; retry later
   internal = 15,
+  // Never sent on the wire: a client-side "no reply within the deadline".
+  timeout = 100,
 };
 
 std::string_view error_code_name(ErrorCode code) noexcept;
@@ -206,11 +208,13 @@ struct Messages {
   bool operator==(const Messages&) const = default;
 };
 
+// `offset` is the last offset the group has processed; a consumer that resumes
+// with FETCH use_group_offset starts at offset + 1.
 struct CommitOffset {
   std::uint64_t request_id = 0;
   std::string topic;
   std::string group;
-  std::uint64_t offset = 0;  // the next offset the group wants (everything below is done)
+  std::uint64_t offset = 0;
   bool operator==(const CommitOffset&) const = default;
 };
 
@@ -299,5 +303,32 @@ Result<AnyMessage> decode_body(Command command, std::string_view body, const Lim
 
 // Decodes a whole multipart message (without any ROUTER routing id frame).
 Result<AnyMessage> decode(std::span<const std::string_view> frames, const Limits& limits = {});
+
+// ---- zero-copy PUBLISH ----------------------------------------------------------
+// The broker's hot path: the same checks as decode_body(Command::publish), but
+// the fields are views into `body`, which the caller keeps alive. `headers` is
+// the encoded header block (count and entries) exactly as on the wire, so it
+// can be stored verbatim and turned back into Headers with decode_headers().
+struct MessageView {
+  std::string_view msg_id;
+  std::string_view topic;
+  std::string_view key;
+  std::string_view headers;
+  std::string_view payload;
+};
+
+struct PublishView {
+  std::uint64_t session_id = 0;
+  std::uint64_t batch_id = 0;
+  std::vector<MessageView> messages;
+};
+
+Result<PublishView> decode_publish_view(std::string_view body, const Limits& limits = {});
+
+// The header block of one message: u16 count, then per header str16 name and
+// bytes32 value. An empty header list encodes as two zero bytes; an empty
+// string_view decodes as no headers.
+std::string encode_headers(std::span<const Header> headers);
+Result<std::vector<Header>> decode_headers(std::string_view encoded, const Limits& limits = {});
 
 }  // namespace wire
