@@ -1,4 +1,32 @@
+// Storage layout (one SQLite database in WAL mode, 16 KiB pages):
+//
+//   messages(id INTEGER PRIMARY KEY, ...)   id = topic_id << 40 | offset, so each
+//       topic's log is a contiguous, append-only key range of one rowid table:
+//       appends touch only the right edge of each topic's range and a fetch is
+//       one range scan. No secondary index on the hot path.
+//   dedup(msg_id TEXT PRIMARY KEY, message_id, payload_hash, seen_at) WITHOUT ROWID
+//       the only other B-tree written per message. Time-ordered msg_ids
+//       (snowflake, UUID v7) land near its right edge, which keeps the working
+//       set small however many ids are retained.
+//   topics, counters, group_offsets, store_meta: one small row each, rewritten
+//       once per transaction, not once per message.
+//
+// A batch is one IMMEDIATE transaction: the dedup row and the message row of a
+// new msg_id are written together, so a msg_id is never seen without its
+// message. In-memory mirrors (topic offsets, counters) change only after COMMIT
+// succeeded; a failed call restores them.
 #include "broker/store.hpp"
+
+#include <algorithm>
+#include <limits>
+#include <unordered_map>
+#include <utility>
+
+#include <spdlog/logger.h>
+#include <spdlog/sinks/null_sink.h>
+
+#include "store_hash.hpp"
+#include "store_sqlite.hpp"
 
 namespace broker {
 
@@ -11,5 +39,656 @@ std::string_view to_string(AppendStatus status) noexcept {
   }
   return "unknown";
 }
+
+std::string_view to_string(RejectReason reason) noexcept {
+  switch (reason) {
+    case RejectReason::none: return "none";
+    case RejectReason::too_large: return "too large";
+    case RejectReason::empty_msg_id: return "empty msg_id";
+    case RejectReason::invalid_msg_id: return "invalid msg_id";
+    case RejectReason::empty_topic: return "empty topic";
+    case RejectReason::invalid_topic: return "invalid topic";
+  }
+  return "unknown";
+}
+
+std::string_view to_string(SyncMode mode) noexcept {
+  return mode == SyncMode::full ? "full" : "normal";
+}
+
+std::optional<SyncMode> parse_sync_mode(std::string_view text) noexcept {
+  if (text == "full") return SyncMode::full;
+  if (text == "normal") return SyncMode::normal;
+  return std::nullopt;
+}
+
+namespace {
+
+constexpr int offset_bits = 40;
+constexpr std::uint64_t max_offset = (std::uint64_t{1} << offset_bits) - 1;
+constexpr std::uint64_t max_topic_id = (std::uint64_t{1} << (63 - offset_bits)) - 1;
+constexpr std::size_t max_msg_id_bytes = 255;
+constexpr std::size_t max_topic_bytes = 249;
+constexpr std::int64_t schema_version = 1;
+constexpr const char* store_format = "outbox-broker-store";
+
+std::int64_t message_key(std::uint64_t topic_id, std::uint64_t offset) {
+  return static_cast<std::int64_t>((topic_id << offset_bits) | offset);
+}
+std::uint64_t key_topic(std::int64_t key) { return static_cast<std::uint64_t>(key) >> offset_bits; }
+std::uint64_t key_offset(std::int64_t key) { return static_cast<std::uint64_t>(key) & max_offset; }
+
+bool valid_msg_id(std::string_view msg_id) {
+  if (msg_id.size() > max_msg_id_bytes) return false;
+  return std::all_of(msg_id.begin(), msg_id.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+}
+
+bool valid_topic(std::string_view topic) {
+  if (topic.size() > max_topic_bytes) return false;
+  return std::all_of(topic.begin(), topic.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+  });
+}
+
+RejectReason validate(const IncomingMessage& message, std::size_t max_message_bytes) {
+  if (message.msg_id.empty()) return RejectReason::empty_msg_id;
+  if (!valid_msg_id(message.msg_id)) return RejectReason::invalid_msg_id;
+  if (message.topic.empty()) return RejectReason::empty_topic;
+  if (!valid_topic(message.topic)) return RejectReason::invalid_topic;
+  // Summed as sizes, each below SIZE_MAX / 3 in practice; the check cannot wrap.
+  if (message.partition_key.size() + message.headers.size() + message.payload.size() >
+      max_message_bytes) {
+    return RejectReason::too_large;
+  }
+  return RejectReason::none;
+}
+
+struct StringHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view text) const noexcept {
+    return std::hash<std::string_view>{}(text);
+  }
+};
+
+struct Counters {
+  std::uint64_t stored = 0;
+  std::uint64_t duplicates = 0;
+  std::uint64_t conflicts = 0;
+  std::uint64_t rejected = 0;
+  std::uint64_t dedup_entries = 0;
+};
+
+struct Topic {
+  std::uint64_t id = 0;
+  std::string name;
+  std::uint64_t last_offset = 0;
+  std::uint64_t message_count = 0;
+  std::uint64_t touched_in_call = 0;  // call number of the last append that changed it
+};
+
+// Saved state of a topic before the current call changed it.
+struct TopicUndo {
+  std::uint64_t id;
+  std::uint64_t last_offset;
+  std::uint64_t message_count;
+};
+
+}  // namespace
+
+struct Store::Impl {
+  std::filesystem::path path;
+  StoreOptions options;
+  std::shared_ptr<spdlog::logger> logger;
+  sqlite::DatabaseHandle db;
+
+  std::vector<Topic> topics;  // index = topic id - 1
+  std::unordered_map<std::string, std::uint64_t, StringHash, std::equal_to<>> topic_ids;
+  Counters counters;
+  std::uint64_t call_number = 0;
+  std::string dedup_sweep_cursor;  // msg_id where the expiry sweep resumes
+
+  sqlite::Statement begin, commit, rollback;
+  sqlite::Statement insert_dedup, select_dedup, insert_message;
+  sqlite::Statement insert_topic, update_topic, update_counters;
+  sqlite::Statement fetch_messages, first_message;
+  sqlite::Statement upsert_group_offset, select_group_offset;
+  sqlite::Statement scan_dedup, delete_dedup, scan_bodies, delete_bodies;
+
+  Impl(const std::filesystem::path& store_path, StoreOptions store_options)
+      : path(store_path), options(std::move(store_options)) {
+    logger = options.logger;
+    if (!logger) logger = std::make_shared<spdlog::logger>("broker.store", std::make_shared<spdlog::sinks::null_sink_mt>());
+    if (options.max_message_bytes == 0) {
+      throw std::invalid_argument("max_message_bytes must be greater than zero");
+    }
+    if (options.dedup_window.count() < 0) throw std::invalid_argument("dedup_window must not be negative");
+    if (options.retention.count() < 0) throw std::invalid_argument("retention must not be negative");
+    if (options.max_message_bytes > std::size_t{1} << 30) {
+      throw std::invalid_argument("max_message_bytes must be at most 1 GiB");
+    }
+    open_database();
+  }
+
+  std::int64_t now_ms() const {
+    auto now = options.clock ? options.clock() : std::chrono::system_clock::now();
+    return std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  }
+
+  void open_database() {
+    db = sqlite::open_database(path.string());
+    sqlite3* handle = db.get();
+    // Page size only takes effect before the first table exists.
+    sqlite::execute(handle, "PRAGMA page_size = 16384");
+    // EXCLUSIVE: one process owns the store; it also spares the shared-memory
+    // WAL index on every commit.
+    sqlite::execute(handle, "PRAGMA locking_mode = EXCLUSIVE");
+    {
+      sqlite::Statement journal(handle, "PRAGMA journal_mode = WAL");
+      if (!journal.step() || journal.column_text(0) != "wal") {
+        throw StoreError("cannot switch " + path.string() + " to WAL mode", SQLITE_ERROR);
+      }
+      journal.reset();
+    }
+    sqlite::execute(handle, options.sync == SyncMode::full ? "PRAGMA synchronous = FULL"
+                                                           : "PRAGMA synchronous = NORMAL");
+    auto cache_kib = std::to_string(std::max<std::size_t>(options.cache_bytes / 1024, 1024));
+    sqlite::execute(handle, ("PRAGMA cache_size = -" + cache_kib).c_str());
+    // Checkpoints copy the WAL into the database; doing it every 64 MiB rather
+    // than every 4 MiB keeps them off most commits.
+    sqlite::execute(handle, "PRAGMA wal_autocheckpoint = 4096");
+    sqlite::execute(handle, "PRAGMA temp_store = MEMORY");
+    if (options.max_database_bytes > 0) {
+      auto page_size = static_cast<std::uint64_t>(sqlite::query_integer(handle, "PRAGMA page_size"));
+      auto pages = std::max<std::uint64_t>(options.max_database_bytes / page_size, 1);
+      sqlite::execute(handle, ("PRAGMA max_page_count = " + std::to_string(pages)).c_str());
+    }
+
+    begin = sqlite::Statement(handle, "BEGIN IMMEDIATE");
+    commit = sqlite::Statement(handle, "COMMIT");
+    rollback = sqlite::Statement(handle, "ROLLBACK");
+    create_or_check_schema();
+    prepare_statements();
+    load_state();
+    logger->info("opened store {} (sync {}, {} topics, {} dedup entries)", path.string(),
+                 to_string(options.sync), topics.size(), counters.dedup_entries);
+  }
+
+  void create_or_check_schema() {
+    sqlite3* handle = db.get();
+    sqlite::Transaction transaction(handle, begin, commit, rollback);
+    bool has_meta = sqlite::query_integer(
+                        handle, "SELECT count(*) FROM sqlite_schema WHERE name = 'store_meta'") > 0;
+    if (!has_meta) {
+      if (sqlite::query_integer(handle, "SELECT count(*) FROM sqlite_schema") > 0) {
+        throw StoreError(path.string() + " is a SQLite database but not a broker store", SQLITE_ERROR);
+      }
+      sqlite::execute(handle, R"sql(
+        CREATE TABLE store_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+        CREATE TABLE topics(
+          topic_id INTEGER PRIMARY KEY,
+          name TEXT NOT NULL UNIQUE,
+          last_offset INTEGER NOT NULL,
+          message_count INTEGER NOT NULL);
+        CREATE TABLE messages(
+          id INTEGER PRIMARY KEY,
+          msg_id TEXT NOT NULL,
+          stored_at INTEGER NOT NULL,
+          partition_key BLOB NOT NULL,
+          headers BLOB NOT NULL,
+          payload BLOB NOT NULL);
+        CREATE TABLE dedup(
+          msg_id TEXT PRIMARY KEY,
+          message_id INTEGER NOT NULL,
+          payload_hash INTEGER NOT NULL,
+          seen_at INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE counters(
+          id INTEGER PRIMARY KEY CHECK (id = 1),
+          stored INTEGER NOT NULL,
+          duplicates INTEGER NOT NULL,
+          conflicts INTEGER NOT NULL,
+          rejected INTEGER NOT NULL,
+          dedup_entries INTEGER NOT NULL);
+        INSERT INTO counters VALUES (1, 0, 0, 0, 0, 0);
+        CREATE TABLE group_offsets(
+          group_name TEXT NOT NULL,
+          topic TEXT NOT NULL,
+          committed_offset INTEGER NOT NULL,
+          PRIMARY KEY (group_name, topic)) WITHOUT ROWID;
+      )sql");
+      sqlite::Statement insert(handle, "INSERT INTO store_meta(key, value) VALUES (?, ?)");
+      insert.bind_text(1, "format");
+      insert.bind_text(2, store_format);
+      insert.run();
+      insert.bind_text(1, "schema_version");
+      insert.bind(2, schema_version);
+      insert.run();
+      logger->info("created store {}", path.string());
+    } else {
+      sqlite::Statement select(handle, "SELECT value FROM store_meta WHERE key = ?");
+      select.bind_text(1, "format");
+      bool ok = select.step() && select.column_text(0) == store_format;
+      select.reset();
+      if (!ok) throw StoreError(path.string() + " is not a broker store", SQLITE_ERROR);
+      select.bind_text(1, "schema_version");
+      std::int64_t version = select.step() ? select.column_integer(0) : 0;
+      select.reset();
+      if (version != schema_version) {
+        throw StoreError(path.string() + " has store schema version " + std::to_string(version) +
+                             ", this build reads version " + std::to_string(schema_version),
+                         SQLITE_ERROR);
+      }
+    }
+    transaction.commit();
+  }
+
+  void prepare_statements() {
+    sqlite3* handle = db.get();
+    insert_dedup = sqlite::Statement(
+        handle,
+        "INSERT INTO dedup(msg_id, message_id, payload_hash, seen_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(msg_id) DO NOTHING");
+    select_dedup = sqlite::Statement(handle, "SELECT message_id, payload_hash FROM dedup WHERE msg_id = ?");
+    insert_message = sqlite::Statement(
+        handle,
+        "INSERT INTO messages(id, msg_id, stored_at, partition_key, headers, payload) "
+        "VALUES (?, ?, ?, ?, ?, ?)");
+    insert_topic = sqlite::Statement(
+        handle, "INSERT INTO topics(topic_id, name, last_offset, message_count) VALUES (?, ?, 0, 0)");
+    update_topic = sqlite::Statement(
+        handle, "UPDATE topics SET last_offset = ?, message_count = ? WHERE topic_id = ?");
+    update_counters = sqlite::Statement(
+        handle,
+        "UPDATE counters SET stored = ?, duplicates = ?, conflicts = ?, rejected = ?, "
+        "dedup_entries = ? WHERE id = 1");
+    fetch_messages = sqlite::Statement(
+        handle,
+        "SELECT id, msg_id, stored_at, partition_key, headers, payload FROM messages "
+        "WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?");
+    first_message = sqlite::Statement(
+        handle, "SELECT id FROM messages WHERE id BETWEEN ? AND ? ORDER BY id LIMIT 1");
+    upsert_group_offset = sqlite::Statement(
+        handle,
+        "INSERT INTO group_offsets(group_name, topic, committed_offset) VALUES (?, ?, ?) "
+        "ON CONFLICT(group_name, topic) DO UPDATE SET committed_offset = excluded.committed_offset");
+    select_group_offset = sqlite::Statement(
+        handle, "SELECT committed_offset FROM group_offsets WHERE group_name = ? AND topic = ?");
+    scan_dedup = sqlite::Statement(
+        handle, "SELECT msg_id, seen_at FROM dedup WHERE msg_id > ? ORDER BY msg_id LIMIT ?");
+    delete_dedup = sqlite::Statement(handle, "DELETE FROM dedup WHERE msg_id = ?");
+    scan_bodies = sqlite::Statement(
+        handle, "SELECT id, stored_at FROM messages WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?");
+    delete_bodies = sqlite::Statement(handle, "DELETE FROM messages WHERE id BETWEEN ? AND ?");
+  }
+
+  void load_state() {
+    sqlite3* handle = db.get();
+    sqlite::Statement select_topics(
+        handle, "SELECT topic_id, name, last_offset, message_count FROM topics ORDER BY topic_id");
+    sqlite::ResetGuard topics_guard(select_topics);
+    while (select_topics.step()) {
+      Topic topic;
+      topic.id = static_cast<std::uint64_t>(select_topics.column_integer(0));
+      topic.name = std::string(select_topics.column_text(1));
+      topic.last_offset = static_cast<std::uint64_t>(select_topics.column_integer(2));
+      topic.message_count = static_cast<std::uint64_t>(select_topics.column_integer(3));
+      if (topic.id != topics.size() + 1) {
+        throw StoreError(path.string() + ": topic ids are not contiguous (corrupt store)", SQLITE_CORRUPT);
+      }
+      topic_ids.emplace(topic.name, topic.id);
+      topics.push_back(std::move(topic));
+    }
+    sqlite::Statement select_counters(
+        handle, "SELECT stored, duplicates, conflicts, rejected, dedup_entries FROM counters WHERE id = 1");
+    sqlite::ResetGuard counters_guard(select_counters);
+    if (!select_counters.step()) {
+      throw StoreError(path.string() + ": counters row missing (corrupt store)", SQLITE_CORRUPT);
+    }
+    counters.stored = static_cast<std::uint64_t>(select_counters.column_integer(0));
+    counters.duplicates = static_cast<std::uint64_t>(select_counters.column_integer(1));
+    counters.conflicts = static_cast<std::uint64_t>(select_counters.column_integer(2));
+    counters.rejected = static_cast<std::uint64_t>(select_counters.column_integer(3));
+    counters.dedup_entries = static_cast<std::uint64_t>(select_counters.column_integer(4));
+  }
+
+  const Topic* find_topic(std::string_view name) const {
+    auto found = topic_ids.find(name);
+    return found == topic_ids.end() ? nullptr : &topics[found->second - 1];
+  }
+
+  void write_counters() {
+    update_counters.bind(1, static_cast<std::int64_t>(counters.stored));
+    update_counters.bind(2, static_cast<std::int64_t>(counters.duplicates));
+    update_counters.bind(3, static_cast<std::int64_t>(counters.conflicts));
+    update_counters.bind(4, static_cast<std::int64_t>(counters.rejected));
+    update_counters.bind(5, static_cast<std::int64_t>(counters.dedup_entries));
+    update_counters.run();
+  }
+
+  void write_topic(const Topic& topic) {
+    update_topic.bind(1, static_cast<std::int64_t>(topic.last_offset));
+    update_topic.bind(2, static_cast<std::int64_t>(topic.message_count));
+    update_topic.bind(3, static_cast<std::int64_t>(topic.id));
+    update_topic.run();
+  }
+
+  // The topic for a message of this call, created (inside the transaction) if new.
+  Topic& topic_for_append(std::string_view name, std::vector<TopicUndo>& undo) {
+    auto found = topic_ids.find(name);
+    if (found == topic_ids.end()) {
+      if (topics.size() >= max_topic_id) throw StoreError("too many topics", SQLITE_FULL);
+      Topic topic;
+      topic.id = topics.size() + 1;
+      topic.name = std::string(name);
+      insert_topic.bind(1, static_cast<std::int64_t>(topic.id));
+      insert_topic.bind_text(2, topic.name);
+      insert_topic.run();
+      found = topic_ids.emplace(topic.name, topic.id).first;
+      topics.push_back(std::move(topic));
+    }
+    Topic& topic = topics[found->second - 1];
+    if (topic.touched_in_call != call_number) {
+      undo.push_back(TopicUndo{topic.id, topic.last_offset, topic.message_count});
+      topic.touched_in_call = call_number;
+    }
+    return topic;
+  }
+
+  void append(std::span<const IncomingMessage> batch, std::vector<AppendOutcome>& outcomes) {
+    outcomes.assign(batch.size(), AppendOutcome{});
+    ++call_number;
+    const Counters saved_counters = counters;
+    const std::size_t saved_topic_count = topics.size();
+    std::vector<TopicUndo> undo;
+    try {
+      const std::int64_t now = now_ms();
+      sqlite::Transaction transaction(db.get(), begin, commit, rollback);
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        const IncomingMessage& message = batch[i];
+        AppendOutcome& outcome = outcomes[i];
+        RejectReason reason = validate(message, options.max_message_bytes);
+        if (reason != RejectReason::none) {
+          outcome = AppendOutcome{AppendStatus::rejected, 0, reason};
+          ++counters.rejected;
+          continue;
+        }
+        Topic& topic = topic_for_append(message.topic, undo);
+        if (topic.last_offset >= max_offset) throw StoreError("topic " + topic.name + " is out of offsets", SQLITE_FULL);
+        const std::uint64_t offset = topic.last_offset + 1;
+        const std::int64_t key = message_key(topic.id, offset);
+        const auto hash = static_cast<std::int64_t>(payload_hash(message.payload));
+
+        insert_dedup.bind_text(1, message.msg_id);
+        insert_dedup.bind(2, key);
+        insert_dedup.bind(3, hash);
+        insert_dedup.bind(4, now);
+        insert_dedup.run();
+        if (sqlite3_changes(db.get()) == 1) {
+          insert_message.bind(1, key);
+          insert_message.bind_text(2, message.msg_id);
+          insert_message.bind(3, now);
+          insert_message.bind_blob(4, message.partition_key);
+          insert_message.bind_blob(5, message.headers);
+          insert_message.bind_blob(6, message.payload);
+          insert_message.run();
+          topic.last_offset = offset;
+          ++topic.message_count;
+          ++counters.stored;
+          ++counters.dedup_entries;
+          outcome = AppendOutcome{AppendStatus::stored, offset, RejectReason::none};
+          continue;
+        }
+        // Already known, from an earlier call or earlier in this batch.
+        sqlite::ResetGuard guard(select_dedup);
+        select_dedup.bind_text(1, message.msg_id);
+        if (!select_dedup.step()) {
+          throw StoreError("dedup entry for " + std::string(message.msg_id) + " vanished", SQLITE_CORRUPT);
+        }
+        const std::int64_t original_key = select_dedup.column_integer(0);
+        const std::int64_t original_hash = select_dedup.column_integer(1);
+        const bool same = original_hash == hash && key_topic(original_key) == topic.id;
+        outcome = AppendOutcome{same ? AppendStatus::duplicate : AppendStatus::conflict,
+                                key_offset(original_key), RejectReason::none};
+        ++(same ? counters.duplicates : counters.conflicts);
+      }
+      for (const TopicUndo& entry : undo) write_topic(topics[entry.id - 1]);
+      write_counters();
+      transaction.commit();
+    } catch (...) {
+      counters = saved_counters;
+      for (const TopicUndo& entry : undo) {
+        if (entry.id > saved_topic_count) continue;
+        Topic& topic = topics[entry.id - 1];
+        topic.last_offset = entry.last_offset;
+        topic.message_count = entry.message_count;
+      }
+      while (topics.size() > saved_topic_count) {
+        topic_ids.erase(topics.back().name);
+        topics.pop_back();
+      }
+      throw;
+    }
+  }
+
+  FetchResult fetch(std::string_view topic_name, std::uint64_t from_offset, std::size_t max_count,
+                    std::size_t max_bytes) {
+    FetchResult result;
+    from_offset = std::max<std::uint64_t>(from_offset, 1);
+    result.next_offset = from_offset;
+    const Topic* topic = find_topic(topic_name);
+    if (topic == nullptr) return result;
+    result.last_offset = topic->last_offset;
+    if (max_count == 0 || from_offset > topic->last_offset) return result;
+
+    sqlite::ResetGuard guard(fetch_messages);
+    fetch_messages.bind(1, message_key(topic->id, from_offset));
+    fetch_messages.bind(2, message_key(topic->id, max_offset));
+    fetch_messages.bind(3, static_cast<std::int64_t>(std::min<std::size_t>(
+                               max_count, static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max()))));
+    std::size_t bytes = 0;
+    while (fetch_messages.step()) {
+      std::string_view msg_id = fetch_messages.column_text(1);
+      std::string_view key = fetch_messages.column_blob(3);
+      std::string_view headers = fetch_messages.column_blob(4);
+      std::string_view payload = fetch_messages.column_blob(5);
+      std::size_t size = msg_id.size() + key.size() + headers.size() + payload.size();
+      if (!result.messages.empty() && bytes + size > max_bytes) break;
+      bytes += size;
+      StoredMessage message;
+      message.offset = key_offset(fetch_messages.column_integer(0));
+      message.msg_id = std::string(msg_id);
+      message.stored_at_ms = fetch_messages.column_integer(2);
+      message.partition_key = std::string(key);
+      message.headers = std::string(headers);
+      message.payload = std::string(payload);
+      result.messages.push_back(std::move(message));
+    }
+    if (!result.messages.empty()) {
+      result.next_offset = result.messages.back().offset + 1;
+    } else {
+      // Everything from from_offset to the end was removed by retention.
+      result.next_offset = topic->last_offset + 1;
+    }
+    return result;
+  }
+
+  std::uint64_t first_retained_offset(const Topic& topic) {
+    if (topic.message_count == 0) return 0;
+    sqlite::ResetGuard guard(first_message);
+    first_message.bind(1, message_key(topic.id, 1));
+    first_message.bind(2, message_key(topic.id, max_offset));
+    return first_message.step() ? key_offset(first_message.column_integer(0)) : 0;
+  }
+
+  void commit_offset(std::string_view group, std::string_view topic, std::uint64_t offset) {
+    if (group.empty() || group.size() > max_msg_id_bytes) {
+      throw std::invalid_argument("consumer group must be 1 to 255 bytes");
+    }
+    if (topic.empty() || !valid_topic(topic)) throw std::invalid_argument("invalid topic name");
+    if (offset > max_offset) throw std::invalid_argument("offset out of range");
+    upsert_group_offset.bind_text(1, group);
+    upsert_group_offset.bind_text(2, topic);
+    upsert_group_offset.bind(3, static_cast<std::int64_t>(offset));
+    upsert_group_offset.run();
+  }
+
+  std::uint64_t committed_offset(std::string_view group, std::string_view topic) {
+    sqlite::ResetGuard guard(select_group_offset);
+    select_group_offset.bind_text(1, group);
+    select_group_offset.bind_text(2, topic);
+    return select_group_offset.step() ? static_cast<std::uint64_t>(select_group_offset.column_integer(0)) : 0;
+  }
+
+  StoreStats stats() {
+    StoreStats result;
+    result.stored = counters.stored;
+    result.duplicates = counters.duplicates;
+    result.conflicts = counters.conflicts;
+    result.rejected = counters.rejected;
+    result.dedup_entries = counters.dedup_entries;
+    for (const Topic& topic : topics) {
+      result.topics.push_back(TopicStats{topic.name, topic.message_count, first_retained_offset(topic),
+                                         topic.last_offset});
+    }
+    std::sort(result.topics.begin(), result.topics.end(),
+              [](const TopicStats& a, const TopicStats& b) { return a.topic < b.topic; });
+    return result;
+  }
+
+  // Deletes up to `budget` expired bodies, oldest first per topic.
+  std::size_t expire_bodies(std::int64_t cutoff, std::size_t budget) {
+    std::size_t deleted = 0;
+    for (Topic& topic : topics) {
+      if (deleted >= budget) break;
+      if (topic.message_count == 0) continue;
+      std::int64_t last_expired = -1;
+      std::size_t count = 0;
+      {
+        sqlite::ResetGuard guard(scan_bodies);
+        scan_bodies.bind(1, message_key(topic.id, 1));
+        scan_bodies.bind(2, message_key(topic.id, max_offset));
+        scan_bodies.bind(3, static_cast<std::int64_t>(budget - deleted));
+        // Offsets follow store time, so the first young body ends the scan.
+        while (scan_bodies.step() && scan_bodies.column_integer(1) < cutoff) {
+          last_expired = scan_bodies.column_integer(0);
+          ++count;
+        }
+      }
+      if (count == 0) continue;
+      delete_bodies.bind(1, message_key(topic.id, 1));
+      delete_bodies.bind(2, last_expired);
+      delete_bodies.run();
+      topic.message_count -= std::min<std::uint64_t>(topic.message_count, count);
+      write_topic(topic);
+      deleted += count;
+    }
+    return deleted;
+  }
+
+  // Sweeps the dedup index in key order from where the last call stopped and
+  // deletes entries older than `cutoff`; scans at most 16 entries per deletion
+  // allowed so a call stays short even when little has expired.
+  std::size_t expire_dedup(std::int64_t cutoff, std::size_t budget) {
+    std::vector<std::string> expired;
+    std::size_t scanned = 0;
+    const std::size_t scan_limit = budget * 16;
+    std::string last_seen;
+    {
+      sqlite::ResetGuard guard(scan_dedup);
+      scan_dedup.bind_text(1, dedup_sweep_cursor);
+      scan_dedup.bind(2, static_cast<std::int64_t>(scan_limit));
+      while (expired.size() < budget && scan_dedup.step()) {
+        ++scanned;
+        last_seen = std::string(scan_dedup.column_text(0));
+        if (scan_dedup.column_integer(1) < cutoff) expired.push_back(last_seen);
+      }
+    }
+    for (const std::string& msg_id : expired) {
+      delete_dedup.bind_text(1, msg_id);
+      delete_dedup.run();
+    }
+    counters.dedup_entries -= std::min<std::uint64_t>(counters.dedup_entries, expired.size());
+    // A short scan reached the end of the index: the next pass starts over.
+    dedup_sweep_cursor = (scanned < scan_limit && expired.size() < budget) ? std::string() : last_seen;
+    return expired.size();
+  }
+
+  MaintenanceResult run_maintenance(std::size_t max_rows) {
+    MaintenanceResult result;
+    if (max_rows == 0) return result;
+    bool expire_bodies_now = options.retention.count() > 0;
+    bool expire_dedup_now = options.dedup_window.count() > 0;
+    if (!expire_bodies_now && !expire_dedup_now) return result;
+    const std::int64_t now = now_ms();
+    const Counters saved_counters = counters;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> saved_counts;
+    for (const Topic& topic : topics) saved_counts.emplace_back(topic.id, topic.message_count);
+    const std::string saved_cursor = dedup_sweep_cursor;
+    try {
+      sqlite::Transaction transaction(db.get(), begin, commit, rollback);
+      if (expire_bodies_now) {
+        result.bodies_deleted = expire_bodies(now - options.retention.count(), max_rows);
+      }
+      if (expire_dedup_now) {
+        result.dedup_entries_deleted = expire_dedup(now - options.dedup_window.count(), max_rows);
+      }
+      write_counters();
+      transaction.commit();
+    } catch (...) {
+      counters = saved_counters;
+      for (const auto& [id, count] : saved_counts) topics[id - 1].message_count = count;
+      dedup_sweep_cursor = saved_cursor;
+      throw;
+    }
+    result.more = result.bodies_deleted >= max_rows || result.dedup_entries_deleted >= max_rows;
+    if (result.bodies_deleted > 0 || result.dedup_entries_deleted > 0) {
+      logger->debug("maintenance deleted {} bodies and {} dedup entries", result.bodies_deleted,
+                    result.dedup_entries_deleted);
+    }
+    return result;
+  }
+};
+
+Store::Store(const std::filesystem::path& path, StoreOptions options)
+    : impl_(std::make_unique<Impl>(path, std::move(options))) {}
+
+Store::~Store() noexcept = default;
+Store::Store(Store&&) noexcept = default;
+Store& Store::operator=(Store&&) noexcept = default;
+
+std::vector<AppendOutcome> Store::append(std::span<const IncomingMessage> batch) {
+  std::vector<AppendOutcome> outcomes;
+  impl_->append(batch, outcomes);
+  return outcomes;
+}
+
+void Store::append(std::span<const IncomingMessage> batch, std::vector<AppendOutcome>& outcomes) {
+  impl_->append(batch, outcomes);
+}
+
+FetchResult Store::fetch(std::string_view topic, std::uint64_t from_offset, std::size_t max_count,
+                         std::size_t max_bytes) const {
+  return impl_->fetch(topic, from_offset, max_count, max_bytes);
+}
+
+std::uint64_t Store::last_offset(std::string_view topic) const {
+  const Topic* found = impl_->find_topic(topic);
+  return found == nullptr ? 0 : found->last_offset;
+}
+
+void Store::commit_offset(std::string_view group, std::string_view topic, std::uint64_t offset) {
+  impl_->commit_offset(group, topic, offset);
+}
+
+std::uint64_t Store::committed_offset(std::string_view group, std::string_view topic) const {
+  return impl_->committed_offset(group, topic);
+}
+
+StoreStats Store::stats() const { return impl_->stats(); }
+
+MaintenanceResult Store::run_maintenance(std::size_t max_rows) { return impl_->run_maintenance(max_rows); }
+
+const std::filesystem::path& Store::path() const noexcept { return impl_->path; }
+const StoreOptions& Store::options() const noexcept { return impl_->options; }
 
 }  // namespace broker

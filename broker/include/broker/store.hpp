@@ -77,6 +77,9 @@ struct StoreOptions {
   // Page cache for the database connection. The dedup index's working set
   // should fit; 10 million msg_ids take about 400 MiB on disk.
   std::size_t cache_bytes = std::size_t{256} * 1024 * 1024;
+  // Upper bound on the database file size; zero means no limit. A write that
+  // would grow the file beyond it fails with StoreError (SQLITE_FULL).
+  std::uint64_t max_database_bytes = 0;
   // Logger for open/recovery/maintenance messages; null means a null sink.
   std::shared_ptr<spdlog::logger> logger;
   // Source of "now" for stored-at times, dedup expiry and retention. Empty
