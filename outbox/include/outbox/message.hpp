@@ -1,0 +1,62 @@
+// What a producer puts into the outbox, and what comes back from enqueue.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace outbox {
+
+struct Header {
+  std::string name;
+  std::string value;
+  friend bool operator==(const Header&, const Header&) = default;
+};
+using Headers = std::vector<Header>;
+
+// One message to publish. Only `topic` and `payload` are required.
+//
+//   tx.enqueue({.topic = "orders", .key = order_id, .payload = json});
+struct Message {
+  // Broker topic; must not be empty.
+  std::string topic;
+  // Partition key: messages with the same (topic, key) reach the broker in
+  // commit order. Empty means "no key" (stored as NULL).
+  std::string key;
+  // Opaque bytes (binary safe), at most Options::max_payload_bytes.
+  std::string payload;
+  // Optional name/value pairs, forwarded with the message.
+  Headers headers;
+  // Idempotency key. Empty: the library generates one (a snowflake id by
+  // default, see Options::id_kind). Give your own when the message stands for
+  // a business event that already has a unique key, so that re-running the
+  // same business operation cannot publish it twice.
+  std::string msg_id;
+};
+
+enum class EnqueueStatus : std::uint8_t {
+  inserted,   // the message is part of the transaction
+  duplicate,  // a message with this msg_id is already in the outbox; nothing inserted
+};
+
+struct EnqueueResult {
+  EnqueueStatus status = EnqueueStatus::inserted;
+  // The msg_id used: the caller's, or the generated one.
+  std::string msg_id;
+  // Position in the outbox (commit order); 0 for a duplicate.
+  std::int64_t seq = 0;
+
+  bool inserted() const { return status == EnqueueStatus::inserted; }
+  bool duplicate() const { return status == EnqueueStatus::duplicate; }
+};
+
+// The `headers` column format (documented in docs/schema.md): for each header,
+// a 4-byte big-endian name length, the name, a 4-byte big-endian value length,
+// the value. No headers is stored as NULL.
+std::string encode_headers(const Headers& headers);
+// Throws outbox::Error if the bytes are not in that format.
+Headers decode_headers(std::string_view bytes);
+
+}  // namespace outbox

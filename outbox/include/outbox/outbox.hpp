@@ -1,0 +1,162 @@
+// The producer side of the transactional outbox: write business rows and the
+// messages they cause in one SQLite transaction, so a message exists if and
+// only if its transaction committed.
+//
+//   auto box = outbox::Outbox::open("/var/lib/shop/app.db");
+//   {
+//     outbox::Transaction tx(box);                 // BEGIN IMMEDIATE
+//     sqlite3_exec(tx.db(), "INSERT INTO orders ...", nullptr, nullptr, nullptr);
+//     auto sent = tx.enqueue({.topic = "orders", .key = "customer-42", .payload = body});
+//     tx.commit();                                 // both rows, or neither
+//   }                                              // no commit(): rolled back
+//
+// The relay (outbox-relay) forwards committed messages to the broker in commit
+// order; see relay_store.hpp for its side of the same tables.
+//
+// msg_id. Every message carries a unique msg_id, the broker's dedup key. By
+// default the library generates a snowflake id (idgen) whose worker id comes
+// from Options::worker_id or, when none is given, is leased from the database
+// itself (table outbox_workers), so processes sharing one outbox never share a
+// worker id. Ids from *different* databases are unique only if their worker ids
+// are: give each database's producers disjoint worker ids (or use UUID v7). If
+// two producers ever do collide, the broker answers CONFLICT for the second
+// payload and the relay marks that message dead: the collision is exposed, no
+// message is silently lost.
+//
+// Ownership. open() owns its connection and closes it in the destructor.
+// attach() borrows the application's sqlite3*, which must outlive the Outbox;
+// it installs the connection's wal_hook and rollback_hook (to wake the relay
+// after a commit and run WAL auto-checkpoints), replacing hooks the
+// application set before.
+//
+// Thread safety. An Outbox and its Transactions are used by one thread at a
+// time, like the sqlite3 connection under them. Use one Outbox per thread (each
+// with its own connection) for concurrent producers; they may share a file.
+//
+// Errors. Bad input and database failures throw outbox::Error (one line, with
+// SQLite's extended result code). A duplicate msg_id is a value in the result.
+// A throwing enqueue() writes nothing; the transaction stays usable.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+
+#include "outbox/clock.hpp"
+#include "outbox/error.hpp"
+#include "outbox/message.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace outbox {
+
+enum class Durability : std::uint8_t {
+  normal,  // WAL + synchronous=NORMAL: a commit survives a process crash
+  full,    // synchronous=FULL: a commit also survives power loss (slower)
+};
+
+enum class IdKind : std::uint8_t {
+  snowflake,  // 64-bit time-ordered id, decimal text (default; fastest index inserts)
+  uuid_v7,    // time-ordered UUID, canonical text; no worker id needed
+};
+
+struct Options {
+  // Used by open() only; attach() leaves the application's settings alone.
+  Durability durability = Durability::normal;
+  std::chrono::milliseconds busy_timeout{5000};
+  // Page cache of the connection open() creates, in KiB (0: SQLite default).
+  std::int64_t cache_kib = 0;
+
+  // Largest accepted payload; larger ones are refused with outbox::Error.
+  std::size_t max_payload_bytes = std::size_t{1} << 20;
+
+  IdKind id_kind = IdKind::snowflake;
+  // Snowflake worker id. Empty: lease a free one from outbox_workers.
+  std::optional<std::uint32_t> worker_id;
+  // How long a leased worker id is held without use; renewed by enqueues.
+  std::chrono::milliseconds worker_lease{std::chrono::minutes(10)};
+
+  // Wake the relay of this database after each commit that enqueued messages.
+  bool notify_relay = true;
+  // WAL auto-checkpoint threshold in pages (the library runs it from its WAL
+  // hook, as SQLite would).
+  int wal_autocheckpoint_pages = 1000;
+
+  Clock clock = system_clock();
+  // Null: a null sink. Never a global logger.
+  std::shared_ptr<spdlog::logger> logger;
+};
+
+class Outbox {
+public:
+  // Opens or creates the database at `path` (its directory must exist), sets
+  // WAL, the busy timeout and the synchronous level, and creates or migrates
+  // the outbox tables. Throws outbox::Error: missing directory, not a SQLite
+  // database, schema newer than this library.
+  static Outbox open(const std::filesystem::path& path, Options options = {});
+
+  // Uses the application's connection `db` (not owned; must outlive the
+  // Outbox and be in autocommit mode now). Creates or migrates the tables.
+  static Outbox attach(sqlite3* db, Options options = {});
+
+  Outbox(Outbox&&) noexcept;
+  Outbox& operator=(Outbox&&) noexcept;
+  ~Outbox() noexcept;  // releases a leased worker id (best effort)
+
+  // The connection, for the application's own SQL.
+  sqlite3* db() const;
+
+  // Adds `message` to the transaction that is open on db(). Throws if db() is
+  // in autocommit mode: a message outside a transaction would break the
+  // guarantee that it exists if and only if the business change committed.
+  EnqueueResult enqueue(const Message& message);
+
+  // The snowflake worker id in use (leased or configured).
+  std::uint32_t worker_id() const;
+
+  struct Impl;
+
+private:
+  friend class Transaction;
+  explicit Outbox(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// For applications that run their own BEGIN/COMMIT on a connection given to
+// Outbox::open() or Outbox::attach(): enqueues on that connection. Throws if
+// `db` has no Outbox, or is in autocommit mode.
+EnqueueResult enqueue(sqlite3* db, const Message& message);
+
+// RAII transaction: BEGIN IMMEDIATE in the constructor (so the write lock is
+// taken up front and the business SQL never fails with SQLITE_BUSY halfway),
+// ROLLBACK in the destructor unless commit() ran.
+class Transaction {
+public:
+  explicit Transaction(Outbox& box);
+  ~Transaction() noexcept;
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+
+  sqlite3* db() const { return db_; }
+  EnqueueResult enqueue(const Message& message);
+  // Commits; afterwards the guard is inert. Throws outbox::Error if COMMIT
+  // fails (the transaction is then rolled back).
+  void commit();
+  // Rolls back now; afterwards the guard is inert.
+  void rollback();
+  bool active() const { return active_; }
+
+private:
+  Outbox* box_;
+  sqlite3* db_;
+  bool active_ = false;
+};
+
+}  // namespace outbox

@@ -1,0 +1,238 @@
+// The relay's side of an outbox database: who may forward it (the lease), what
+// is pending (in commit order), what happened to each message (delivered with
+// its broker offset, or dead with a reason), retries, statistics, dead-message
+// handling and retention. outbox-relay's forwarding loop and its operator
+// subcommands (status, dead, replay, drop) are thin layers over this class.
+//
+//   auto store = outbox::RelayStore::open("app.db");
+//   auto lease = store.claim_lease("relay@host", std::chrono::seconds(10));
+//   if (!lease) { /* another relay is active: stay standby, retry later */ }
+//   for (;;) {
+//     auto batch = store.read_pending(1000, last_sent_seq);
+//     if (batch.empty()) { store.wait_for_work(std::chrono::milliseconds(500)); continue; }
+//     ... send, collect acks ...
+//     store.record_outcomes(outcomes, *lease);   // one transaction per batch
+//   }
+//
+// Bookkeeping lives in relay-owned tables, never on the producer's commit path:
+// outbox_delivery (one row per message the relay has settled or rescheduled)
+// and outbox_relay_cursor (every seq at or below it is settled). A message is
+// *pending* until it has an outcome; *delivered* once the broker stored it (or
+// answered DUPLICATE); *dead* after a permanent refusal (CONFLICT, REJECTED)
+// until an operator replays it (pending again) or drops it (settled, never
+// sent).
+//
+// Ordering. read_pending() returns messages in seq (commit) order and never
+// returns a message while an earlier message with the same (topic, partition
+// key) is blocked: scheduled for a retry that is not yet due, or dead under
+// DeadPolicy::block (the default). Messages without a key form one group per
+// topic.
+//
+// Ownership and thread safety. A RelayStore owns its own connection; use it
+// from one thread at a time. Any number of RelayStores (other processes, the
+// operator CLI) may open the same database; the lease decides which relay
+// forwards, and writes fenced with a Lease throw LeaseLost once another relay
+// holds it.
+//
+// Errors. Database failures and bad input throw outbox::Error (one line, with
+// SQLite's extended result code); every write is one transaction, so a failed
+// call leaves nothing half-applied. A lease held by someone else, an unknown
+// msg_id, an empty batch are values, not exceptions.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "outbox/clock.hpp"
+#include "outbox/error.hpp"
+#include "outbox/message.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace outbox {
+
+enum class DeadPolicy : std::uint8_t {
+  block,  // a dead message holds back later messages of its (topic, key)
+  skip,   // later messages of the key go on without it
+};
+
+struct RelayOptions {
+  std::chrono::milliseconds busy_timeout{5000};
+  bool synchronous_full = false;
+  DeadPolicy on_dead = DeadPolicy::block;
+  // How often wait_for_work() checks PRAGMA data_version when no wake-up
+  // arrives (commits from producers that could not notify, other machines'
+  // tools, a missed datagram).
+  std::chrono::milliseconds poll_interval{50};
+  // Open the file read-only (status and listing tools); writes then throw.
+  bool read_only = false;
+  Clock clock = system_clock();
+  std::shared_ptr<spdlog::logger> logger;  // null: a null sink
+};
+
+// Proof of holding the relay lease; pass it to fenced writes.
+struct Lease {
+  std::string holder;
+  std::int64_t epoch = 0;  // grows by one each time the lease changes hands
+  TimePoint expires_at{};
+};
+
+struct LeaseInfo {
+  std::string holder;
+  std::int64_t epoch = 0;
+  TimePoint acquired_at{};
+  TimePoint expires_at{};
+  bool expired = false;  // as of the store's clock when read
+};
+
+struct PendingMessage {
+  std::int64_t seq = 0;
+  std::string msg_id;
+  std::string topic;
+  std::optional<std::string> partition_key;
+  Headers headers;
+  std::string payload;
+  TimePoint created_at{};
+  int attempts = 0;  // earlier attempts recorded with schedule_retry()
+};
+
+// The result of sending one message.
+struct Outcome {
+  enum class Kind : std::uint8_t { delivered, dead };
+  std::int64_t seq = 0;
+  Kind kind = Kind::delivered;
+  std::int64_t broker_offset = 0;  // delivered: where the broker stored it
+  std::string reason;              // dead: why (CONFLICT, REJECTED(...))
+
+  static Outcome delivered(std::int64_t seq, std::int64_t broker_offset) {
+    return {seq, Kind::delivered, broker_offset, {}};
+  }
+  static Outcome dead(std::int64_t seq, std::string reason) {
+    return {seq, Kind::dead, 0, std::move(reason)};
+  }
+};
+
+struct Stats {
+  std::int64_t pending = 0;          // not yet settled (includes scheduled retries)
+  std::int64_t retrying = 0;         // pending with a retry scheduled
+  std::int64_t delivered = 0;        // delivered rows still kept (before retention)
+  std::int64_t delivered_total = 0;  // delivered since the outbox was created
+  std::int64_t dead = 0;
+  std::int64_t last_seq = 0;         // highest seq in the outbox
+  std::int64_t settled_through_seq = 0;
+  std::optional<std::chrono::milliseconds> oldest_pending_age;  // empty: nothing pending
+  std::optional<LeaseInfo> lease;                               // empty: never claimed
+};
+
+struct DeadMessage {
+  std::int64_t seq = 0;
+  std::string msg_id;
+  std::string topic;
+  std::optional<std::string> partition_key;
+  std::string reason;
+  int attempts = 0;
+  TimePoint created_at{};
+  TimePoint died_at{};
+};
+
+// Exponential backoff with full jitter, for transient failures.
+struct BackoffPolicy {
+  std::chrono::milliseconds initial{100};
+  std::chrono::milliseconds max{30000};
+  double multiplier = 2.0;
+  // Delay before attempt number `attempt` (1 = first retry): a random value
+  // in [base/2, base] where base = min(max, initial * multiplier^(attempt-1)).
+  std::chrono::milliseconds delay(int attempt, std::mt19937_64& random) const;
+};
+
+class RelayStore {
+public:
+  // Opens an existing outbox database (migrating an older schema forward).
+  // Throws outbox::Error if the file does not exist, is not a SQLite database,
+  // has no outbox schema, or has a newer one.
+  static RelayStore open(const std::filesystem::path& path, RelayOptions options = {});
+
+  RelayStore(RelayStore&&) noexcept;
+  RelayStore& operator=(RelayStore&&) noexcept;
+  ~RelayStore() noexcept;
+
+  // --- Lease: one active relay per database -------------------------------
+  // Takes the lease if it is free, expired, or already ours (then renews it).
+  // Empty when another holder's lease is still valid.
+  std::optional<Lease> claim_lease(const std::string& holder, std::chrono::milliseconds ttl);
+  // Extends our lease; false (nothing written) if it was lost meanwhile.
+  bool renew_lease(Lease& lease, std::chrono::milliseconds ttl);
+  // Gives the lease up so a standby can take over at once; no-op if lost.
+  void release_lease(const Lease& lease);
+  std::optional<LeaseInfo> lease_info();
+
+  // --- Reading ------------------------------------------------------------
+  // Up to `limit` pending messages with seq > after_seq, in seq order,
+  // skipping blocked keys (see "Ordering" above) and retries not yet due.
+  // Pipelining relays pass the last seq they already sent as after_seq.
+  std::vector<PendingMessage> read_pending(std::size_t limit, std::int64_t after_seq = 0);
+
+  // --- Recording outcomes (one transaction per call) ----------------------
+  // Marks each message delivered or dead and advances the cursor. Fenced: if
+  // `lease` no longer holds the lease, throws LeaseLost and writes nothing.
+  // Outcomes for messages already settled or no longer present are ignored.
+  void record_outcomes(std::span<const Outcome> outcomes, const Lease& lease);
+  // Keeps messages pending but not before `not_before`, counting an attempt
+  // and remembering `error`. Transient failures only: they never make a
+  // message dead. Fenced like record_outcomes().
+  void schedule_retry(std::span<const std::int64_t> seqs, const std::string& error,
+                      TimePoint not_before, const Lease& lease);
+
+  // --- Inspection and operator actions (not fenced) -----------------------
+  Stats stats();
+  std::vector<DeadMessage> list_dead(std::size_t limit = 1000);
+  // Makes a dead message pending again (attempts reset). False if `msg_id` is
+  // not a dead message.
+  bool replay_dead(const std::string& msg_id);
+  // Replays every dead message; returns how many.
+  std::size_t replay_all_dead();
+  // Settles a dead message without sending it, unblocking its key. False if
+  // `msg_id` is not a dead message. The row stays until retention removes it.
+  bool drop_dead(const std::string& msg_id);
+
+  // --- Retention ----------------------------------------------------------
+  // Deletes delivered (and dropped) messages settled more than `retention`
+  // ago, `batch_size` rows per transaction so producers are never blocked for
+  // long, stopping after `max_batches` batches. Returns the number deleted.
+  // The newest message is always kept, so seq values are never reused.
+  std::size_t delete_delivered(std::chrono::milliseconds retention, std::size_t batch_size = 500,
+                               std::size_t max_batches = SIZE_MAX);
+
+  // --- Waiting for commits ------------------------------------------------
+  // Returns true as soon as another connection commits to the database (a
+  // producer's wake-up, or a change of PRAGMA data_version seen by polling
+  // every poll_interval), false when `timeout` passes without one. Spurious
+  // true returns are possible; read_pending() decides.
+  bool wait_for_work(std::chrono::milliseconds timeout);
+
+  sqlite3* db() const;
+  const std::string& path() const;
+
+  struct Impl;
+
+private:
+  explicit RelayStore(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Text for a duration-less operator view: "delivered", "dead", ...
+const char* to_string(Outcome::Kind kind);
+
+}  // namespace outbox

@@ -1,0 +1,227 @@
+#include "outbox/inbox.hpp"
+
+#include <cstdint>
+#include <optional>
+
+#include "common.hpp"
+#include "schema.hpp"
+#include "sqlite.hpp"
+
+namespace outbox {
+
+using detail::Statement;
+using detail::to_ms;
+
+struct Inbox::Impl {
+  detail::ConnectionPtr connection;
+  sqlite3* db = nullptr;
+  std::string path;
+  InboxOptions options;
+  std::shared_ptr<spdlog::logger> logger;
+
+  Statement begin;
+  Statement commit;
+  Statement rollback;
+  Statement select;
+  Statement insert;
+  Statement take_over;
+  Statement complete;
+  Statement forget;
+  Statement expired;
+  Statement remove;
+
+  void prepare() {
+    begin = Statement(db, "BEGIN IMMEDIATE");
+    commit = Statement(db, "COMMIT");
+    rollback = Statement(db, "ROLLBACK");
+    select = Statement(db, "SELECT state, claimed_until_ms FROM outbox_inbox WHERE msg_id = ?1");
+    insert = Statement(db,
+                       "INSERT INTO outbox_inbox(msg_id, state, claimed_until_ms, completed_at_ms) "
+                       "VALUES (?1, ?2, ?3, ?4)");
+    take_over = Statement(db,
+                          "UPDATE outbox_inbox SET claimed_until_ms = ?2 "
+                          "WHERE msg_id = ?1 AND state = 1");
+    complete = Statement(db,
+                         "UPDATE outbox_inbox SET state = 2, claimed_until_ms = NULL, "
+                         "completed_at_ms = ?2 WHERE msg_id = ?1 AND state = 1");
+    forget = Statement(db, "DELETE FROM outbox_inbox WHERE msg_id = ?1 AND state = 1");
+    expired = Statement(db,
+                        "SELECT msg_id FROM outbox_inbox WHERE state = 2 AND completed_at_ms < ?1 "
+                        "ORDER BY completed_at_ms LIMIT ?2");
+    remove = Statement(db, "DELETE FROM outbox_inbox WHERE msg_id = ?1");
+  }
+
+  // A write transaction on the prepared BEGIN/COMMIT/ROLLBACK statements.
+  class Transaction {
+  public:
+    explicit Transaction(Impl& impl) : impl_(impl) {
+      if (sqlite3_get_autocommit(impl_.db) == 0) {
+        throw Error("outbox: the inbox connection is already inside a transaction");
+      }
+      auto use = impl_.begin.use();
+      use.run();
+    }
+    ~Transaction() noexcept {
+      if (!done_ && sqlite3_get_autocommit(impl_.db) == 0) {
+        try {
+          auto use = impl_.rollback.use();
+          use.run();
+        } catch (...) {
+          // The connection rolls back by itself at the next BEGIN or close.
+        }
+      }
+    }
+    Transaction(const Transaction&) = delete;
+    Transaction& operator=(const Transaction&) = delete;
+    void commit() {
+      auto use = impl_.commit.use();
+      use.run();
+      done_ = true;
+    }
+
+  private:
+    Impl& impl_;
+    bool done_ = false;
+  };
+
+  struct Entry {
+    std::int64_t state = 0;
+    std::optional<std::int64_t> claimed_until;
+  };
+
+  std::optional<Entry> find(const std::string& msg_id) {
+    auto use = select.use();
+    use.bind_text(1, msg_id);
+    if (!use.step()) return std::nullopt;
+    Entry entry;
+    entry.state = use.column_int64(0);
+    if (!use.column_is_null(1)) entry.claimed_until = use.column_int64(1);
+    return entry;
+  }
+};
+
+namespace {
+void check_msg_id(const std::string& msg_id) {
+  if (msg_id.empty()) throw Error("outbox: inbox msg_id is empty");
+}
+}  // namespace
+
+Inbox::Inbox(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Inbox::Inbox(Inbox&&) noexcept = default;
+Inbox& Inbox::operator=(Inbox&&) noexcept = default;
+Inbox::~Inbox() noexcept = default;
+
+Inbox Inbox::open(const std::filesystem::path& path, InboxOptions options) {
+  detail::OpenOptions open_options;
+  open_options.synchronous_full = options.synchronous_full;
+  open_options.busy_timeout = options.busy_timeout;
+  auto impl = std::make_unique<Impl>();
+  impl->connection = detail::open_connection(path, open_options);
+  impl->db = impl->connection.get();
+  impl->options = std::move(options);
+  if (!impl->options.clock) impl->options.clock = system_clock();
+  impl->logger = detail::logger_or_null(impl->options.logger);
+  impl->path = path.string();
+  detail::ensure_schema(impl->db, impl->path, detail::SchemaMode::create_or_migrate);
+  impl->prepare();
+  return Inbox(std::move(impl));
+}
+
+sqlite3* Inbox::db() const { return impl_->db; }
+
+ProcessResult Inbox::process_once(const std::string& msg_id,
+                                  const std::function<void(sqlite3*)>& handler) {
+  check_msg_id(msg_id);
+  auto& impl = *impl_;
+  Impl::Transaction transaction(impl);
+  if (auto entry = impl.find(msg_id)) {
+    return entry->state == detail::inbox_done ? ProcessResult::already_done
+                                              : ProcessResult::in_progress;
+  }
+  {
+    auto use = impl.insert.use();
+    use.bind_text(1, msg_id).bind(2, detail::inbox_done).bind_null(3)
+        .bind(4, to_ms(impl.options.clock()))
+        .run();
+  }
+  handler(impl.db);
+  transaction.commit();
+  return ProcessResult::processed;
+}
+
+BeginResult Inbox::begin(const std::string& msg_id, std::chrono::milliseconds lease) {
+  check_msg_id(msg_id);
+  if (lease.count() <= 0) throw Error("outbox: inbox claim lease must be positive");
+  auto& impl = *impl_;
+  Impl::Transaction transaction(impl);
+  const auto now = to_ms(impl.options.clock());
+  auto entry = impl.find(msg_id);
+  if (!entry) {
+    auto use = impl.insert.use();
+    use.bind_text(1, msg_id).bind(2, detail::inbox_processing).bind(3, now + lease.count())
+        .bind_null(4)
+        .run();
+  } else if (entry->state == detail::inbox_done) {
+    return BeginResult::already_done;
+  } else if (entry->claimed_until.value_or(0) > now) {
+    return BeginResult::in_progress;
+  } else {
+    impl.logger->warn("outbox: inbox claim on {} expired; taking it over", msg_id);
+    auto use = impl.take_over.use();
+    use.bind_text(1, msg_id).bind(2, now + lease.count()).run();
+  }
+  transaction.commit();
+  return BeginResult::start;
+}
+
+bool Inbox::complete(const std::string& msg_id) {
+  check_msg_id(msg_id);
+  auto& impl = *impl_;
+  Impl::Transaction transaction(impl);
+  {
+    auto use = impl.complete.use();
+    use.bind_text(1, msg_id).bind(2, to_ms(impl.options.clock())).run();
+  }
+  bool changed = sqlite3_changes(impl.db) > 0;
+  transaction.commit();
+  return changed;
+}
+
+bool Inbox::fail(const std::string& msg_id) {
+  check_msg_id(msg_id);
+  auto& impl = *impl_;
+  Impl::Transaction transaction(impl);
+  {
+    auto use = impl.forget.use();
+    use.bind_text(1, msg_id).run();
+  }
+  bool changed = sqlite3_changes(impl.db) > 0;
+  transaction.commit();
+  return changed;
+}
+
+std::size_t Inbox::expire(std::size_t batch_size, std::size_t max_batches) {
+  if (batch_size == 0) throw Error("outbox: inbox expiry batch size must be positive");
+  auto& impl = *impl_;
+  std::size_t removed = 0;
+  for (std::size_t batch = 0; batch < max_batches; ++batch) {
+    Impl::Transaction transaction(impl);
+    const auto cutoff = to_ms(impl.options.clock() - impl.options.retention);
+    std::vector<std::string> ids;
+    {
+      auto use = impl.expired.use();
+      use.bind(1, cutoff).bind(2, static_cast<std::int64_t>(batch_size));
+      while (use.step()) ids.push_back(use.column_text(0));
+    }
+    for (const auto& id : ids) {
+      auto use = impl.remove.use();
+      use.bind_text(1, id).run();
+    }
+    transaction.commit();
+    removed += ids.size();
+    if (ids.size() < batch_size) break;
+  }
+  return removed;
+}
+
+}  // namespace outbox

@@ -1,0 +1,608 @@
+#include "outbox/relay_store.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <thread>
+#include <utility>
+
+#include "common.hpp"
+#include "outbox/schema.hpp"
+#include "notify.hpp"
+#include "schema.hpp"
+#include "sqlite.hpp"
+
+namespace outbox {
+
+using detail::from_ms;
+using detail::ScopedTransaction;
+using detail::Statement;
+using detail::to_ms;
+
+namespace {
+
+constexpr const char* lease_name = "relay";
+
+using KeyGroup = std::pair<std::string, std::optional<std::string>>;
+
+}  // namespace
+
+std::chrono::milliseconds BackoffPolicy::delay(int attempt, std::mt19937_64& random) const {
+  if (attempt < 1) attempt = 1;
+  double base = static_cast<double>(initial.count()) * std::pow(multiplier, attempt - 1);
+  base = std::min(base, static_cast<double>(max.count()));
+  std::uniform_real_distribution<double> jitter(base / 2, base);
+  return std::chrono::milliseconds(static_cast<std::int64_t>(jitter(random)));
+}
+
+const char* to_string(Outcome::Kind kind) {
+  return kind == Outcome::Kind::delivered ? "delivered" : "dead";
+}
+
+struct RelayStore::Impl {
+  detail::ConnectionPtr connection;
+  sqlite3* db = nullptr;
+  std::string path;
+  RelayOptions options;
+  std::shared_ptr<spdlog::logger> logger;
+
+  Statement read_lease;
+  Statement insert_lease;
+  Statement update_lease;
+  Statement read_cursor;
+  Statement update_cursor;
+  Statement select_pending;
+  Statement select_blockers;
+  Statement mark;
+  Statement retry;
+  Statement first_unsettled;
+  Statement max_seq;
+  Statement data_version;
+
+  std::unique_ptr<detail::WakeReceiver> wake;
+  std::int64_t last_data_version = -1;
+
+  void prepare() {
+    read_lease = Statement(db,
+                           "SELECT holder, epoch, acquired_at_ms, expires_at_ms FROM outbox_lease "
+                           "WHERE name = ?1");
+    insert_lease = Statement(db,
+                             "INSERT INTO outbox_lease(name, holder, epoch, acquired_at_ms, "
+                             "expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
+    update_lease = Statement(db,
+                             "UPDATE outbox_lease SET holder = ?2, epoch = ?3, acquired_at_ms = ?4, "
+                             "expires_at_ms = ?5 WHERE name = ?1");
+    read_cursor = Statement(
+        db, "SELECT settled_through_seq, delivered_total FROM outbox_relay_cursor WHERE id = 1");
+    update_cursor = Statement(db,
+                              "UPDATE outbox_relay_cursor SET settled_through_seq = ?1, "
+                              "delivered_total = delivered_total + ?2 WHERE id = 1");
+    select_pending = Statement(
+        db,
+        "SELECT m.seq, m.msg_id, m.topic, m.partition_key, m.headers, m.payload, "
+        "m.created_at_ms, d.state, d.attempts, d.next_attempt_ms "
+        "FROM outbox_messages m LEFT JOIN outbox_delivery d ON d.seq = m.seq "
+        "WHERE m.seq > ?1 ORDER BY m.seq LIMIT ?2");
+    select_blockers = Statement(db,
+                                "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, m.partition_key "
+                                "FROM outbox_delivery d JOIN outbox_messages m ON m.seq = d.seq "
+                                "WHERE d.state <> 1");
+    // One statement for both outcomes. Only a message that exists and is not
+    // settled yet changes: a late or repeated outcome is ignored.
+    mark = Statement(db,
+                     "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+                     "broker_offset, updated_at_ms) "
+                     "SELECT ?1, ?2, 0, 0, ?3, ?4, ?5 "
+                     "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
+                     "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
+                     "last_error = coalesce(excluded.last_error, last_error), "
+                     "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
+                     "WHERE outbox_delivery.state = 0");
+    retry = Statement(db,
+                      "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+                      "updated_at_ms) "
+                      "SELECT ?1, 0, 1, ?2, ?3, ?4 "
+                      "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
+                      "ON CONFLICT(seq) DO UPDATE SET attempts = attempts + 1, "
+                      "next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error, "
+                      "updated_at_ms = excluded.updated_at_ms WHERE outbox_delivery.state = 0");
+    first_unsettled = Statement(db,
+                                "SELECT m.seq FROM outbox_messages m "
+                                "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
+                                "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = 0) "
+                                "ORDER BY m.seq LIMIT 1");
+    max_seq = Statement(db, "SELECT coalesce(max(seq), 0) FROM outbox_messages");
+    data_version = Statement(db, "PRAGMA data_version");
+  }
+
+  TimePoint now() const { return options.clock(); }
+
+  std::pair<std::int64_t, std::int64_t> cursor() {
+    auto use = read_cursor.use();
+    if (!use.step()) throw Error("outbox: '" + path + "' has no relay cursor row");
+    return {use.column_int64(0), use.column_int64(1)};
+  }
+
+  std::int64_t last_seq() {
+    auto use = max_seq.use();
+    use.step();
+    return use.column_int64(0);
+  }
+
+  std::optional<LeaseInfo> lease_row() {
+    auto use = read_lease.use();
+    use.bind_text(1, lease_name);
+    if (!use.step()) return std::nullopt;
+    LeaseInfo info;
+    info.holder = use.column_text(0);
+    info.epoch = use.column_int64(1);
+    info.acquired_at = from_ms(use.column_int64(2));
+    info.expires_at = from_ms(use.column_int64(3));
+    info.expired = info.expires_at <= now();
+    return info;
+  }
+
+  void fence(const Lease& lease) {
+    auto row = lease_row();
+    if (!row || row->holder != lease.holder || row->epoch != lease.epoch) {
+      throw LeaseLost("outbox: relay lease of '" + lease.holder + "' (epoch " +
+                      std::to_string(lease.epoch) + ") is lost" +
+                      (row ? "; now held by '" + row->holder + "'" : std::string()));
+    }
+  }
+
+  void advance_cursor(std::int64_t delivered_added) {
+    auto [settled, total] = cursor();
+    (void)total;
+    std::optional<std::int64_t> first;
+    {
+      auto use = first_unsettled.use();
+      use.bind(1, settled);
+      if (use.step()) first = use.column_int64(0);
+    }
+    const std::int64_t next = first ? *first - 1 : last_seq();
+    auto use = update_cursor.use();
+    use.bind(1, std::max(settled, next)).bind(2, delivered_added).run();
+  }
+
+  void lower_cursor(std::int64_t below_seq) {
+    Statement lower(db,
+                    "UPDATE outbox_relay_cursor SET settled_through_seq = "
+                    "min(settled_through_seq, ?1) WHERE id = 1");
+    auto use = lower.use();
+    use.bind(1, below_seq - 1).run();
+  }
+
+  std::optional<std::int64_t> seq_of(const std::string& msg_id) {
+    Statement find(db, "SELECT seq FROM outbox_messages WHERE msg_id = ?1");
+    auto use = find.use();
+    use.bind_text(1, msg_id);
+    if (!use.step()) return std::nullopt;
+    return use.column_int64(0);
+  }
+
+  std::int64_t current_data_version() {
+    auto use = data_version.use();
+    use.step();
+    return use.column_int64(0);
+  }
+};
+
+RelayStore::RelayStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RelayStore::RelayStore(RelayStore&&) noexcept = default;
+RelayStore& RelayStore::operator=(RelayStore&&) noexcept = default;
+RelayStore::~RelayStore() noexcept = default;
+
+RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions options) {
+  detail::OpenOptions open_options;
+  open_options.create_if_missing = false;
+  open_options.read_only = options.read_only;
+  open_options.synchronous_full = options.synchronous_full;
+  open_options.busy_timeout = options.busy_timeout;
+  // The relay never changes the journal mode: the producer chose it.
+  open_options.wal = false;
+  auto impl = std::make_unique<Impl>();
+  impl->connection = detail::open_connection(path, open_options);
+  impl->db = impl->connection.get();
+  impl->options = std::move(options);
+  if (!impl->options.clock) impl->options.clock = system_clock();
+  impl->logger = detail::logger_or_null(impl->options.logger);
+  const char* filename = sqlite3_db_filename(impl->db, "main");
+  impl->path = filename != nullptr ? filename : path.string();
+  if (impl->options.read_only) {
+    int version = detail::read_schema_version(impl->db);
+    if (version == 0) {
+      throw Error("database '" + path.string() + "' has no outbox schema (table outbox_meta is missing)");
+    }
+    if (version != schema_version) {
+      throw Error("database '" + path.string() + "' has outbox schema version " +
+                  std::to_string(version) + "; this library reads version " +
+                  std::to_string(schema_version) + " (open it read-write once to migrate)");
+    }
+  } else {
+    detail::ensure_schema(impl->db, impl->path, detail::SchemaMode::require_existing);
+  }
+  impl->prepare();
+  return RelayStore(std::move(impl));
+}
+
+sqlite3* RelayStore::db() const { return impl_->db; }
+const std::string& RelayStore::path() const { return impl_->path; }
+
+std::optional<Lease> RelayStore::claim_lease(const std::string& holder,
+                                             std::chrono::milliseconds ttl) {
+  if (holder.empty()) throw Error("outbox: relay lease holder name is empty");
+  if (ttl.count() <= 0) throw Error("outbox: relay lease time must be positive");
+  auto& impl = *impl_;
+  ScopedTransaction transaction(impl.db, true);
+  const auto now = impl.now();
+  auto row = impl.lease_row();
+  Lease lease{holder, 1, now + ttl};
+  if (!row) {
+    auto use = impl.insert_lease.use();
+    use.bind_text(1, lease_name).bind_text(2, holder).bind(3, lease.epoch).bind(4, to_ms(now))
+        .bind(5, to_ms(lease.expires_at))
+        .run();
+  } else if (row->holder == holder || row->expires_at <= now) {
+    const bool same = row->holder == holder;
+    lease.epoch = same ? row->epoch : row->epoch + 1;
+    auto use = impl.update_lease.use();
+    use.bind_text(1, lease_name).bind_text(2, holder).bind(3, lease.epoch)
+        .bind(4, same ? to_ms(row->acquired_at) : to_ms(now))
+        .bind(5, to_ms(lease.expires_at))
+        .run();
+    if (!same) {
+      impl.logger->info("outbox: relay lease taken over by '{}' from '{}' (epoch {})", holder,
+                        row->holder, lease.epoch);
+    }
+  } else {
+    return std::nullopt;
+  }
+  transaction.commit();
+  return lease;
+}
+
+bool RelayStore::renew_lease(Lease& lease, std::chrono::milliseconds ttl) {
+  if (ttl.count() <= 0) throw Error("outbox: relay lease time must be positive");
+  auto& impl = *impl_;
+  ScopedTransaction transaction(impl.db, true);
+  auto row = impl.lease_row();
+  if (!row || row->holder != lease.holder || row->epoch != lease.epoch) return false;
+  const auto expires = impl.now() + ttl;
+  {
+    auto use = impl.update_lease.use();
+    use.bind_text(1, lease_name).bind_text(2, lease.holder).bind(3, lease.epoch)
+        .bind(4, to_ms(row->acquired_at))
+        .bind(5, to_ms(expires))
+        .run();
+  }
+  transaction.commit();
+  lease.expires_at = expires;
+  return true;
+}
+
+void RelayStore::release_lease(const Lease& lease) {
+  auto& impl = *impl_;
+  ScopedTransaction transaction(impl.db, true);
+  auto row = impl.lease_row();
+  if (!row || row->holder != lease.holder || row->epoch != lease.epoch) return;
+  {
+    // Expire it now but keep the epoch, so the next holder's epoch is higher.
+    auto use = impl.update_lease.use();
+    use.bind_text(1, lease_name).bind_text(2, lease.holder).bind(3, lease.epoch)
+        .bind(4, to_ms(row->acquired_at))
+        .bind(5, 0)
+        .run();
+  }
+  transaction.commit();
+}
+
+std::optional<LeaseInfo> RelayStore::lease_info() { return impl_->lease_row(); }
+
+std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int64_t after_seq) {
+  auto& impl = *impl_;
+  std::vector<PendingMessage> result;
+  if (limit == 0) return result;
+  // One read transaction so the cursor, the blockers and the rows agree.
+  ScopedTransaction transaction(impl.db, false);
+  impl.last_data_version = impl.current_data_version();
+  const auto now_ms = to_ms(impl.now());
+  auto start = std::max(after_seq, impl.cursor().first);
+
+  std::map<KeyGroup, std::int64_t> blocked_from;  // key group -> lowest blocking seq
+  {
+    auto use = impl.select_blockers.use();
+    while (use.step()) {
+      const auto state = use.column_int64(1);
+      const bool blocks =
+          (state == detail::state_retry && use.column_int64(2) > now_ms) ||
+          (state == detail::state_dead && impl.options.on_dead == DeadPolicy::block);
+      if (!blocks) continue;
+      KeyGroup group{use.column_text(3), use.column_optional_text(4)};
+      const auto seq = use.column_int64(0);
+      auto [it, inserted] = blocked_from.emplace(std::move(group), seq);
+      if (!inserted) it->second = std::min(it->second, seq);
+    }
+  }
+
+  const std::int64_t chunk = static_cast<std::int64_t>(std::max<std::size_t>(limit, 64));
+  for (;;) {
+    std::int64_t rows = 0;
+    auto use = impl.select_pending.use();
+    use.bind(1, start).bind(2, chunk);
+    while (use.step()) {
+      ++rows;
+      const auto seq = use.column_int64(0);
+      start = seq;
+      if (!use.column_is_null(7)) {
+        const auto state = use.column_int64(7);
+        if (state != detail::state_retry || use.column_int64(9) > now_ms) continue;
+      }
+      std::string topic = use.column_text(2);
+      auto key = use.column_optional_text(3);
+      if (!blocked_from.empty()) {
+        auto found = blocked_from.find(KeyGroup{topic, key});
+        if (found != blocked_from.end() && found->second < seq) continue;
+      }
+      PendingMessage message;
+      message.seq = seq;
+      message.msg_id = use.column_text(1);
+      message.topic = std::move(topic);
+      message.partition_key = std::move(key);
+      if (!use.column_is_null(4)) message.headers = decode_headers(use.column_blob(4));
+      message.payload = use.column_blob(5);
+      message.created_at = from_ms(use.column_int64(6));
+      message.attempts = use.column_is_null(8) ? 0 : static_cast<int>(use.column_int64(8));
+      result.push_back(std::move(message));
+      if (result.size() == limit) break;
+    }
+    if (result.size() == limit || rows < chunk) break;
+  }
+  transaction.commit();
+  return result;
+}
+
+void RelayStore::record_outcomes(std::span<const Outcome> outcomes, const Lease& lease) {
+  if (outcomes.empty()) return;
+  auto& impl = *impl_;
+  ScopedTransaction transaction(impl.db, true);
+  impl.fence(lease);
+  const auto now_ms = to_ms(impl.now());
+  std::int64_t delivered = 0;
+  for (const auto& outcome : outcomes) {
+    auto use = impl.mark.use();
+    use.bind(1, outcome.seq);
+    if (outcome.kind == Outcome::Kind::delivered) {
+      use.bind(2, detail::state_delivered).bind_null(3).bind(4, outcome.broker_offset);
+    } else {
+      use.bind(2, detail::state_dead)
+          .bind_text(3, outcome.reason.empty() ? std::string_view("dead") : outcome.reason)
+          .bind_null(4);
+    }
+    use.bind(5, now_ms).run();
+    if (outcome.kind == Outcome::Kind::delivered) delivered += sqlite3_changes(impl.db);
+  }
+  impl.advance_cursor(delivered);
+  transaction.commit();
+}
+
+void RelayStore::schedule_retry(std::span<const std::int64_t> seqs, const std::string& error,
+                                TimePoint not_before, const Lease& lease) {
+  if (seqs.empty()) return;
+  auto& impl = *impl_;
+  ScopedTransaction transaction(impl.db, true);
+  impl.fence(lease);
+  const auto now_ms = to_ms(impl.now());
+  for (auto seq : seqs) {
+    auto use = impl.retry.use();
+    use.bind(1, seq).bind(2, to_ms(not_before)).bind_text(3, error).bind(4, now_ms).run();
+  }
+  transaction.commit();
+}
+
+Stats RelayStore::stats() {
+  auto& impl = *impl_;
+  Stats stats;
+  ScopedTransaction transaction(impl.db, false);
+  auto [settled, total] = impl.cursor();
+  stats.settled_through_seq = settled;
+  stats.delivered_total = total;
+  stats.last_seq = impl.last_seq();
+  {
+    Statement pending(impl.db,
+                      "SELECT count(*), min(m.seq) FROM outbox_messages m "
+                      "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
+                      "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = 0)");
+    auto use = pending.use();
+    use.bind(1, settled);
+    use.step();
+    stats.pending = use.column_int64(0);
+    if (!use.column_is_null(1)) {
+      Statement created(impl.db, "SELECT created_at_ms FROM outbox_messages WHERE seq = ?1");
+      auto created_use = created.use();
+      created_use.bind(1, use.column_int64(1));
+      if (created_use.step()) {
+        auto age = impl.now() - from_ms(created_use.column_int64(0));
+        stats.oldest_pending_age = std::max(std::chrono::milliseconds(0), age);
+      }
+    }
+  }
+  {
+    Statement counts(impl.db,
+                     "SELECT coalesce(sum(state = 0), 0), coalesce(sum(state = 2), 0) "
+                     "FROM outbox_delivery WHERE state <> 1");
+    auto use = counts.use();
+    use.step();
+    stats.retrying = use.column_int64(0);
+    stats.dead = use.column_int64(1);
+  }
+  {
+    Statement delivered(impl.db, "SELECT count(*) FROM outbox_delivery WHERE state = 1");
+    auto use = delivered.use();
+    use.step();
+    stats.delivered = use.column_int64(0);
+  }
+  stats.lease = impl.lease_row();
+  transaction.commit();
+  return stats;
+}
+
+std::vector<DeadMessage> RelayStore::list_dead(std::size_t limit) {
+  auto& impl = *impl_;
+  std::vector<DeadMessage> result;
+  Statement select(impl.db,
+                   "SELECT d.seq, m.msg_id, m.topic, m.partition_key, d.last_error, d.attempts, "
+                   "m.created_at_ms, d.updated_at_ms FROM outbox_delivery d "
+                   "JOIN outbox_messages m ON m.seq = d.seq "
+                   "WHERE d.state <> 1 AND d.state = 2 ORDER BY d.seq LIMIT ?1");
+  auto use = select.use();
+  use.bind(1, static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
+  while (use.step()) {
+    DeadMessage dead;
+    dead.seq = use.column_int64(0);
+    dead.msg_id = use.column_text(1);
+    dead.topic = use.column_text(2);
+    dead.partition_key = use.column_optional_text(3);
+    dead.reason = use.column_text(4);
+    dead.attempts = static_cast<int>(use.column_int64(5));
+    dead.created_at = from_ms(use.column_int64(6));
+    dead.died_at = from_ms(use.column_int64(7));
+    result.push_back(std::move(dead));
+  }
+  return result;
+}
+
+bool RelayStore::replay_dead(const std::string& msg_id) {
+  auto& impl = *impl_;
+  ScopedTransaction transaction(impl.db, true);
+  auto seq = impl.seq_of(msg_id);
+  if (!seq) return false;
+  {
+    Statement remove(impl.db, "DELETE FROM outbox_delivery WHERE seq = ?1 AND state = 2");
+    auto use = remove.use();
+    use.bind(1, *seq).run();
+  }
+  if (sqlite3_changes(impl.db) == 0) return false;
+  impl.lower_cursor(*seq);
+  transaction.commit();
+  impl.logger->info("outbox: replaying dead message {} (seq {})", msg_id, *seq);
+  return true;
+}
+
+std::size_t RelayStore::replay_all_dead() {
+  auto& impl = *impl_;
+  ScopedTransaction transaction(impl.db, true);
+  std::int64_t lowest = 0;
+  {
+    Statement lowest_dead(impl.db,
+                          "SELECT min(seq) FROM outbox_delivery WHERE state <> 1 AND state = 2");
+    auto use = lowest_dead.use();
+    use.step();
+    if (use.column_is_null(0)) return 0;
+    lowest = use.column_int64(0);
+  }
+  {
+    Statement remove(impl.db, "DELETE FROM outbox_delivery WHERE state <> 1 AND state = 2");
+    auto use = remove.use();
+    use.run();
+  }
+  auto replayed = static_cast<std::size_t>(sqlite3_changes(impl.db));
+  impl.lower_cursor(lowest);
+  transaction.commit();
+  impl.logger->info("outbox: replaying {} dead messages", replayed);
+  return replayed;
+}
+
+bool RelayStore::drop_dead(const std::string& msg_id) {
+  auto& impl = *impl_;
+  ScopedTransaction transaction(impl.db, true);
+  auto seq = impl.seq_of(msg_id);
+  if (!seq) return false;
+  {
+    Statement drop(impl.db,
+                   "UPDATE outbox_delivery SET state = 3, updated_at_ms = ?2 "
+                   "WHERE seq = ?1 AND state = 2");
+    auto use = drop.use();
+    use.bind(1, *seq).bind(2, to_ms(impl.now())).run();
+  }
+  if (sqlite3_changes(impl.db) == 0) return false;
+  transaction.commit();
+  impl.logger->info("outbox: dropped dead message {} (seq {})", msg_id, *seq);
+  return true;
+}
+
+std::size_t RelayStore::delete_delivered(std::chrono::milliseconds retention,
+                                         std::size_t batch_size, std::size_t max_batches) {
+  if (batch_size == 0) throw Error("outbox: retention batch size must be positive");
+  auto& impl = *impl_;
+  Statement scan(impl.db,
+                 "SELECT seq, state, updated_at_ms FROM outbox_delivery WHERE seq <= ?1 "
+                 "ORDER BY seq");
+  Statement delete_message(impl.db, "DELETE FROM outbox_messages WHERE seq = ?1");
+  Statement delete_delivery(impl.db, "DELETE FROM outbox_delivery WHERE seq = ?1");
+  std::size_t deleted = 0;
+  for (std::size_t batch = 0; batch < max_batches; ++batch) {
+    ScopedTransaction transaction(impl.db, true);
+    const auto cutoff = to_ms(impl.now() - retention);
+    // Never the newest message: without AUTOINCREMENT its seq would be reused.
+    const auto limit_seq = std::min(impl.cursor().first, impl.last_seq() - 1);
+    std::vector<std::int64_t> seqs;
+    {
+      auto use = scan.use();
+      use.bind(1, limit_seq);
+      while (seqs.size() < batch_size && use.step()) {
+        const auto state = use.column_int64(1);
+        if (state != detail::state_delivered && state != detail::state_dropped) continue;
+        // Rows are settled roughly in seq order: the first one still inside
+        // the retention time ends the batch, keeping each pass short.
+        if (use.column_int64(2) > cutoff) break;
+        seqs.push_back(use.column_int64(0));
+      }
+    }
+    for (auto seq : seqs) {
+      {
+        auto use = delete_message.use();
+        use.bind(1, seq).run();
+      }
+      auto use = delete_delivery.use();
+      use.bind(1, seq).run();
+    }
+    transaction.commit();
+    deleted += seqs.size();
+    if (seqs.size() < batch_size) break;
+  }
+  return deleted;
+}
+
+bool RelayStore::wait_for_work(std::chrono::milliseconds timeout) {
+  auto& impl = *impl_;
+  if (!impl.wake) {
+    impl.wake = std::make_unique<detail::WakeReceiver>(impl.path);
+    if (!impl.wake->listening()) {
+      impl.logger->debug("outbox: another process listens for commits on {}; polling", impl.path);
+    }
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto version = impl.current_data_version();
+    if (impl.last_data_version < 0) impl.last_data_version = version;
+    if (version != impl.last_data_version) {
+      impl.last_data_version = version;
+      return true;
+    }
+    auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (remaining.count() <= 0) return false;
+    auto step = std::min(remaining, impl.options.poll_interval);
+    if (impl.wake->listening()) {
+      if (impl.wake->wait(step)) {
+        impl.last_data_version = impl.current_data_version();
+        return true;
+      }
+    } else {
+      std::this_thread::sleep_for(step);
+    }
+  }
+}
+
+}  // namespace outbox

@@ -1,0 +1,141 @@
+#include "schema.hpp"
+
+#include "outbox/error.hpp"
+#include "outbox/schema.hpp"
+#include "sqlite.hpp"
+
+namespace outbox::detail {
+namespace {
+
+// Each step is applied once, in order, in the same transaction that records
+// the new version. Steps are frozen once released: change the schema only by
+// adding a step.
+constexpr const char* migrations[] = {
+    // 1: messages, lease.
+    R"sql(
+CREATE TABLE outbox_meta(
+  key   TEXT PRIMARY KEY,
+  value ANY
+) WITHOUT ROWID;
+CREATE TABLE outbox_messages(
+  seq           INTEGER PRIMARY KEY,
+  msg_id        TEXT    NOT NULL UNIQUE,
+  topic         TEXT    NOT NULL CHECK (length(topic) > 0),
+  partition_key TEXT,
+  payload       BLOB    NOT NULL,
+  created_at_ms INTEGER NOT NULL
+                DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
+);
+CREATE TABLE outbox_lease(
+  name           TEXT PRIMARY KEY,
+  holder         TEXT    NOT NULL,
+  epoch          INTEGER NOT NULL,
+  acquired_at_ms INTEGER NOT NULL,
+  expires_at_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql",
+    // 2: headers; relay bookkeeping off the producer's path; worker ids; inbox.
+    R"sql(
+ALTER TABLE outbox_messages ADD COLUMN headers BLOB;
+CREATE TABLE outbox_delivery(
+  seq             INTEGER PRIMARY KEY,
+  state           INTEGER NOT NULL,
+  attempts        INTEGER NOT NULL DEFAULT 0,
+  next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+  last_error      TEXT,
+  broker_offset   INTEGER,
+  updated_at_ms   INTEGER NOT NULL
+);
+CREATE INDEX outbox_delivery_unsettled ON outbox_delivery(state) WHERE state <> 1;
+CREATE TABLE outbox_relay_cursor(
+  id                  INTEGER PRIMARY KEY CHECK (id = 1),
+  settled_through_seq INTEGER NOT NULL,
+  delivered_total     INTEGER NOT NULL
+);
+INSERT INTO outbox_relay_cursor(id, settled_through_seq, delivered_total) VALUES (1, 0, 0);
+CREATE TABLE outbox_workers(
+  worker_id     INTEGER PRIMARY KEY,
+  holder        TEXT    NOT NULL,
+  expires_at_ms INTEGER NOT NULL
+);
+CREATE TABLE outbox_inbox(
+  msg_id           TEXT PRIMARY KEY,
+  state            INTEGER NOT NULL,
+  claimed_until_ms INTEGER,
+  completed_at_ms  INTEGER
+) WITHOUT ROWID;
+CREATE INDEX outbox_inbox_completed ON outbox_inbox(completed_at_ms) WHERE state = 2;
+)sql",
+};
+static_assert(std::size(migrations) == static_cast<std::size_t>(schema_version));
+
+bool has_table(sqlite3* db, const char* name) {
+  Statement statement(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1");
+  auto use = statement.use();
+  use.bind_text(1, name);
+  return use.step();
+}
+
+}  // namespace
+
+const char* migration_sql(int version) {
+  if (version < 1 || version > schema_version) throw Error("no such schema version");
+  return migrations[version - 1];
+}
+
+int read_schema_version(sqlite3* db) {
+  if (!has_table(db, "outbox_meta")) return 0;
+  Statement statement(db, "SELECT value FROM outbox_meta WHERE key = 'schema_version'");
+  auto use = statement.use();
+  if (!use.step()) return 0;
+  return static_cast<int>(use.column_int64(0));
+}
+
+void ensure_schema(sqlite3* db, const std::string& path, SchemaMode mode) {
+  if (sqlite3_get_autocommit(db) == 0) {
+    throw Error("outbox: the connection for '" + path +
+                "' is inside a transaction; open or attach the outbox in autocommit mode");
+  }
+  // Fast path without a write lock: most opens find the current version.
+  int version = read_schema_version(db);
+  if (version == schema_version) return;
+  if (version > schema_version) {
+    throw Error("database '" + path + "' has outbox schema version " + std::to_string(version) +
+                ", newer than this library supports (" + std::to_string(schema_version) +
+                "); upgrade the outbox library");
+  }
+  if (version == 0 && mode == SchemaMode::require_existing) {
+    throw Error("database '" + path +
+                "' has no outbox schema (table outbox_meta is missing); a producer creates it "
+                "with outbox::Outbox::open");
+  }
+  ScopedTransaction transaction(db, true);
+  version = read_schema_version(db);  // another process may have migrated meanwhile
+  if (version > schema_version) {
+    throw Error("database '" + path + "' has outbox schema version " + std::to_string(version) +
+                ", newer than this library supports (" + std::to_string(schema_version) + ")");
+  }
+  if (version == 0 && has_table(db, "outbox_messages")) {
+    throw Error("database '" + path +
+                "' has a table outbox_messages but no outbox_meta; refusing to guess its version");
+  }
+  for (int step = version + 1; step <= schema_version; ++step) {
+    try {
+      exec(db, migrations[step - 1]);
+    } catch (const Error& error) {
+      throw Error("migrating '" + path + "' to outbox schema version " + std::to_string(step) +
+                      ": " + error.what(),
+                  error.extended_code());
+    }
+  }
+  Statement record(db,
+                   "INSERT INTO outbox_meta(key, value) VALUES ('schema_version', ?1) "
+                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+  {
+    auto use = record.use();
+    use.bind(1, schema_version).run();
+  }
+  transaction.commit();
+}
+
+}  // namespace outbox::detail

@@ -1,0 +1,36 @@
+#pragma once
+
+#include <sqlite3.h>
+
+#include <string>
+
+namespace outbox::detail {
+
+// Delivery states in outbox_delivery.state (docs/schema.md).
+inline constexpr int state_retry = 0;
+inline constexpr int state_delivered = 1;
+inline constexpr int state_dead = 2;
+inline constexpr int state_dropped = 3;
+
+// Inbox states in outbox_inbox.state.
+inline constexpr int inbox_processing = 1;
+inline constexpr int inbox_done = 2;
+
+enum class SchemaMode {
+  create_or_migrate,  // producers and consumers: create the tables if missing
+  require_existing,   // relay and operator tools: refuse a database without them
+};
+
+// Brings the outbox tables of `db` to schema_version. Refuses (outbox::Error,
+// nothing written) a database whose schema is newer than this library. Must be
+// called in autocommit mode; migrates in one IMMEDIATE transaction.
+void ensure_schema(sqlite3* db, const std::string& path_for_errors, SchemaMode mode);
+
+// Reads the schema version; 0 when outbox_meta does not exist.
+int read_schema_version(sqlite3* db);
+
+// The SQL of one migration step (1-based), exposed for tests that build an
+// older database.
+const char* migration_sql(int version);
+
+}  // namespace outbox::detail

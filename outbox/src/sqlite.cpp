@@ -1,0 +1,210 @@
+#include "sqlite.hpp"
+
+#include <system_error>
+
+namespace outbox::detail {
+
+void throw_sqlite(sqlite3* db, int rc, std::string_view context) {
+  int extended = rc;
+  std::string message;
+  if (db != nullptr) {
+    extended = sqlite3_extended_errcode(db);
+    if ((extended & 0xff) != (rc & 0xff)) extended = rc;
+    message = sqlite3_errmsg(db);
+  } else {
+    message = sqlite3_errstr(rc);
+  }
+  throw Error(std::string(context) + ": " + message, extended);
+}
+
+void exec(sqlite3* db, const char* sql) {
+  char* error = nullptr;
+  int rc = sqlite3_exec(db, sql, nullptr, nullptr, &error);
+  if (rc != SQLITE_OK) {
+    std::string message = error != nullptr ? error : sqlite3_errstr(rc);
+    sqlite3_free(error);
+    int extended = sqlite3_extended_errcode(db);
+    if ((extended & 0xff) != (rc & 0xff)) extended = rc;
+    throw Error(message, extended);
+  }
+}
+
+Statement::Statement(sqlite3* db, std::string_view sql) : db_(db), sql_(sql) {
+  sqlite3_stmt* raw = nullptr;
+  int rc = sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()),
+                              SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
+  stmt_.reset(raw);
+  if (rc != SQLITE_OK) throw_sqlite(db, rc, "preparing statement");
+}
+
+Statement::Use::~Use() noexcept {
+  // The result of reset repeats the error of the last step, which step()
+  // already reported; nothing more to check here.
+  sqlite3_reset(statement_->stmt_.get());
+  sqlite3_clear_bindings(statement_->stmt_.get());
+}
+
+Statement::Use& Statement::Use::bind(int index, std::int64_t value) {
+  check(statement_->db_, sqlite3_bind_int64(statement_->stmt_.get(), index, value), "binding");
+  return *this;
+}
+
+Statement::Use& Statement::Use::bind_text(int index, std::string_view value) {
+  check(statement_->db_,
+        sqlite3_bind_text64(statement_->stmt_.get(), index, value.data(), value.size(),
+                            SQLITE_STATIC, SQLITE_UTF8),
+        "binding");
+  return *this;
+}
+
+Statement::Use& Statement::Use::bind_blob(int index, std::string_view value) {
+  // A zero-length blob must still be a blob, not NULL: pass a non-null pointer.
+  static const char empty = 0;
+  const char* data = value.empty() ? &empty : value.data();
+  check(statement_->db_,
+        sqlite3_bind_blob64(statement_->stmt_.get(), index, data, value.size(), SQLITE_STATIC),
+        "binding");
+  return *this;
+}
+
+Statement::Use& Statement::Use::bind_null(int index) {
+  check(statement_->db_, sqlite3_bind_null(statement_->stmt_.get(), index), "binding");
+  return *this;
+}
+
+Statement::Use& Statement::Use::bind_optional_text(int index,
+                                                   const std::optional<std::string>& value) {
+  return value ? bind_text(index, *value) : bind_null(index);
+}
+
+bool Statement::Use::step() {
+  int rc = sqlite3_step(statement_->stmt_.get());
+  if (rc == SQLITE_ROW) return true;
+  if (rc == SQLITE_DONE) return false;
+  throw_sqlite(statement_->db_, rc, "executing statement");
+}
+
+void Statement::Use::run() {
+  while (step()) {
+  }
+}
+
+std::int64_t Statement::Use::column_int64(int index) const {
+  return sqlite3_column_int64(statement_->stmt_.get(), index);
+}
+
+bool Statement::Use::column_is_null(int index) const {
+  return sqlite3_column_type(statement_->stmt_.get(), index) == SQLITE_NULL;
+}
+
+std::string Statement::Use::column_text(int index) const {
+  auto* text = sqlite3_column_text(statement_->stmt_.get(), index);
+  int size = sqlite3_column_bytes(statement_->stmt_.get(), index);
+  if (text == nullptr) return {};
+  return std::string(reinterpret_cast<const char*>(text), static_cast<std::size_t>(size));
+}
+
+std::string Statement::Use::column_blob(int index) const {
+  auto* data = sqlite3_column_blob(statement_->stmt_.get(), index);
+  int size = sqlite3_column_bytes(statement_->stmt_.get(), index);
+  if (data == nullptr) return {};
+  return std::string(static_cast<const char*>(data), static_cast<std::size_t>(size));
+}
+
+std::optional<std::string> Statement::Use::column_optional_text(int index) const {
+  if (column_is_null(index)) return std::nullopt;
+  return column_text(index);
+}
+
+std::int64_t query_int64(sqlite3* db, const char* sql) {
+  Statement statement(db, sql);
+  auto use = statement.use();
+  if (!use.step()) throw Error(std::string("no result from: ") + sql);
+  return use.column_int64(0);
+}
+
+ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptions& options) {
+  const std::string name = path.string();
+  if (name.empty()) throw Error("database path is empty");
+  std::error_code ec;
+  auto parent = path.parent_path();
+  if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
+    throw Error("cannot open database '" + name + "': directory '" + parent.string() +
+                    "' does not exist",
+                SQLITE_CANTOPEN);
+  }
+  bool exists = std::filesystem::exists(path, ec);
+  if (exists && std::filesystem::is_directory(path, ec)) {
+    throw Error("cannot open database '" + name + "': it is a directory", SQLITE_CANTOPEN);
+  }
+  if (!exists && !options.create_if_missing) {
+    throw Error("cannot open database '" + name + "': file does not exist", SQLITE_CANTOPEN);
+  }
+  int flags = SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+  if (options.read_only) {
+    flags |= SQLITE_OPEN_READONLY;
+  } else {
+    flags |= SQLITE_OPEN_READWRITE;
+    if (options.create_if_missing) flags |= SQLITE_OPEN_CREATE;
+  }
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(name.c_str(), &raw, flags, nullptr);
+  ConnectionPtr db(raw);
+  if (rc != SQLITE_OK) {
+    throw Error("cannot open database '" + name + "': " +
+                    (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)),
+                rc);
+  }
+  sqlite3_extended_result_codes(db.get(), 1);
+  verify_readable(db.get(), name);
+  if (options.wal && !options.read_only) {
+    Statement journal(db.get(), "PRAGMA journal_mode=WAL");
+    auto use = journal.use();
+    if (!use.step() || use.column_text(0) != "wal") {
+      throw Error("cannot switch database '" + name + "' to WAL journal mode");
+    }
+  }
+  exec(db.get(), options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+  if (options.cache_kib > 0) {
+    exec(db.get(), ("PRAGMA cache_size=-" + std::to_string(options.cache_kib)).c_str());
+  }
+  check(db.get(),
+        sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count())),
+        "setting busy timeout");
+  return db;
+}
+
+void verify_readable(sqlite3* db, const std::string& path_for_errors) {
+  // Reading the schema is the first access to the file: a file that is not a
+  // database fails here, before any pragma could write to it.
+  sqlite3_stmt* raw = nullptr;
+  int rc = sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master", -1, &raw, nullptr);
+  StatementPtr statement(raw);
+  if (rc == SQLITE_OK) rc = sqlite3_step(raw);
+  if (rc == SQLITE_ROW || rc == SQLITE_DONE) return;
+  int extended = sqlite3_extended_errcode(db);
+  if ((rc & 0xff) == SQLITE_NOTADB) {
+    throw Error("'" + path_for_errors + "' is not a SQLite database", extended);
+  }
+  throw Error("cannot read database '" + path_for_errors + "': " + sqlite3_errmsg(db), extended);
+}
+
+ScopedTransaction::ScopedTransaction(sqlite3* db, bool immediate) : db_(db) {
+  exec(db_, immediate ? "BEGIN IMMEDIATE" : "BEGIN");
+  open_ = true;
+}
+
+ScopedTransaction::~ScopedTransaction() noexcept {
+  if (open_ && sqlite3_get_autocommit(db_) == 0) {
+    // A failed rollback leaves nothing more to do: SQLite rolls back itself
+    // when the connection closes or the next transaction begins.
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+}
+
+void ScopedTransaction::commit() {
+  exec(db_, "COMMIT");
+  open_ = false;
+}
+
+}  // namespace outbox::detail
