@@ -1,0 +1,117 @@
+// A broker client over one DEALER socket: what the relay, the CLI tools, the
+// tests and the benchmark use to talk to outbox-broker.
+//
+//   broker::Client client("tcp://127.0.0.1:7750");
+//   auto welcome = client.hello("billing-relay", 2s);          // opens a session
+//   client.send_publish(1, messages);                           // pipelined, no wait
+//   client.send_publish(2, more_messages);
+//   while (auto reply = client.receive(1s)) { ... wire::Ack per batch ... }
+//
+// The blocking helpers (hello, publish, fetch, commit_offset, stats, ping)
+// send one request and wait for its answer; replies to other requests that
+// arrive meanwhile (acks of pipelined batches) are kept and handed out by
+// receive() in order. Errors are values: a wire::Error with the broker's
+// ERROR code and message, or ErrorCode::timeout when nothing came in time.
+// After a timeout the state of the connection is unknown: call reconnect(),
+// which drops everything in flight, then hello() again.
+//
+// Not thread-safe: one thread per Client. zmq::error_t from the socket itself
+// (e.g. a malformed endpoint in the constructor) propagates as an exception.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+#include <zmq.hpp>
+
+#include "wire/protocol.hpp"
+
+namespace broker {
+
+struct CurveClientConfig {
+  std::string server_public_key;  // Z85, 40 characters
+  std::string public_key;         // this client's key pair, Z85
+  std::string secret_key;
+};
+
+struct ClientOptions {
+  int send_high_water_mark = 1024;
+  int receive_high_water_mark = 1024;
+  wire::Limits limits = client_limits();  // for decoding replies
+  std::optional<CurveClientConfig> curve;
+
+  static wire::Limits client_limits() {
+    wire::Limits limits;
+    limits.max_body_bytes = std::size_t{256} << 20;
+    limits.max_payload_bytes = std::size_t{64} << 20;
+    return limits;
+  }
+};
+
+class Client {
+public:
+  // Connects asynchronously (ZeroMQ reconnects by itself); nothing is sent yet.
+  explicit Client(std::string endpoint, ClientOptions options = {});
+  ~Client() noexcept;
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Opens a session; later PUBLISH batches carry its id.
+  wire::Result<wire::Welcome> hello(const std::string& producer, std::chrono::milliseconds timeout);
+  std::uint64_t session_id() const noexcept { return session_id_; }
+
+  // Pipelined publishing: queue a batch and return at once. False when the
+  // socket's send queue is full (wait for acks, then retry).
+  bool send_publish(std::uint64_t batch_id, std::span<const wire::OutgoingMessage> messages);
+  // Same with a body built by wire::begin_publish_body / append_publish_message /
+  // finish_publish_body (its session id must be session_id()).
+  bool send_publish_body(const std::string& body);
+  // The next reply of any kind, kept replies first. Empty when none came
+  // within `timeout`; a reply that failed to decode comes back as an Error.
+  std::optional<wire::Result<wire::AnyMessage>> receive(std::chrono::milliseconds timeout);
+
+  // Sends one batch and waits for its ACK (or ERROR naming the batch).
+  wire::Result<wire::Ack> publish(std::uint64_t batch_id,
+                                  std::span<const wire::OutgoingMessage> messages,
+                                  std::chrono::milliseconds timeout);
+
+  wire::Result<wire::Messages> fetch(wire::Fetch request, std::chrono::milliseconds timeout);
+  wire::Result<wire::OffsetCommitted> commit_offset(const std::string& topic,
+                                                    const std::string& group, std::uint64_t offset,
+                                                    std::chrono::milliseconds timeout);
+  wire::Result<wire::StatsReply> stats(std::chrono::milliseconds timeout);
+  wire::Result<wire::Pong> ping(std::chrono::milliseconds timeout);
+
+  // Sends raw frames (tests use it to send garbage). False if it would block.
+  bool send_raw(std::span<const std::string> frames);
+
+  // A fresh socket (and so a fresh connection and routing id): drops anything
+  // in flight and the session.
+  void reconnect();
+
+  zmq::socket_t& socket() noexcept { return socket_; }
+  const std::string& endpoint() const noexcept { return endpoint_; }
+
+private:
+  void open_socket();
+  // Waits for the reply matching `matches`, keeping the others for receive().
+  template <typename Reply, typename Matches>
+  wire::Result<Reply> await(Matches matches, std::uint64_t request_id,
+                            std::chrono::milliseconds timeout);
+  std::optional<wire::Result<wire::AnyMessage>> receive_from_socket(std::chrono::milliseconds timeout);
+
+  std::string endpoint_;
+  ClientOptions options_;
+  zmq::context_t context_;
+  zmq::socket_t socket_;
+  std::uint64_t session_id_ = 0;
+  std::uint64_t next_request_id_ = 1;
+  std::deque<wire::Result<wire::AnyMessage>> kept_;
+};
+
+}  // namespace broker

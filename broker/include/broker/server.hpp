@@ -1,0 +1,142 @@
+// The broker daemon's loop: a ZeroMQ ROUTER socket in front of a Store.
+//
+//   broker::Store store(path, store_options);
+//   broker::Server server(store, {.bind_endpoint = "tcp://127.0.0.1:*"});
+//   std::string endpoint = server.endpoint();   // the real port
+//   server.run();                               // until request_stop()
+//
+// What it does per peer connection (one DEALER = one routing id):
+// - HELLO opens a session (a new one replaces the old); WELCOME carries the id.
+// - PUBLISH batches are collected from every connection while the previous
+//   group commit was running, written with one Store::append (group commit),
+//   and acknowledged only after append() returned, i.e. when durable.
+// - After any failure in a session (malformed PUBLISH, wrong session id, a
+//   storage error) every later PUBLISH of that session gets ERROR
+//   session_failed until the peer sends HELLO again, so nothing overtakes a
+//   failed batch. STORED/DUPLICATE/CONFLICT/REJECTED outcomes are not failures.
+// - FETCH answers at once when messages are there, else waits (long-poll) until
+//   a commit stores to the topic or wait_ms passes. COMMIT_OFFSET, PING and
+//   STATS are answered in arrival order after earlier batches of the round.
+// - Anything malformed is answered with ERROR, counted in `malformed`, and
+//   never stops the loop. Replies to a peer that does not read are dropped by
+//   ZeroMQ once its queue is full, so a slow or hostile peer cannot grow memory.
+//
+// Memory is bounded by: the socket high-water marks times the largest frame
+// (ZMQ_MAXMSGSIZE), the messages of one group commit, and the session and
+// long-poll tables, each with a configured maximum.
+//
+// Thread safety: construct, run() and counters() on one thread; request_stop()
+// may be called from any thread and from a signal handler.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <spdlog/logger.h>
+
+#include "wire/protocol.hpp"
+
+namespace broker {
+
+class Store;
+
+// CURVE keys are Z85 text (40 characters), as zmq_curve_keypair() prints them.
+struct CurveServerConfig {
+  std::string secret_key;
+  // Z85 public keys of the clients that may connect. Empty: any client that
+  // completes the CURVE handshake (encryption without authorisation).
+  std::vector<std::string> allowed_client_keys;
+};
+
+// Reads a key file: the first line that is 40 Z85 characters (blank lines and
+// lines starting with '#' are skipped). Throws std::runtime_error naming the file.
+std::string read_curve_key_file(const std::filesystem::path& path);
+// One Z85 public key per line ('#' comments and blank lines skipped).
+std::vector<std::string> read_allowed_clients_file(const std::filesystem::path& path);
+
+struct ServerOptions {
+  std::string bind_endpoint = "tcp://127.0.0.1:7750";
+  // When set, the bound endpoint (with the real port) is written here once the
+  // socket listens: tests and scripts bind tcp://127.0.0.1:* and read it back.
+  std::filesystem::path endpoint_file;
+  std::string broker_name = "outbox-broker";
+  // Decoder limits for incoming frames. The payload limit stays above the
+  // store's max_message_bytes so that a large message is REJECTED(too_large),
+  // not treated as malformed.
+  wire::Limits limits = default_limits();
+  // One group commit takes at most this many messages / payload bytes; more
+  // waiting input goes into the next one.
+  std::size_t max_commit_messages = 50'000;
+  std::size_t max_commit_bytes = std::size_t{64} << 20;
+  // Per-connection ZeroMQ queues, in messages.
+  int receive_high_water_mark = 256;
+  int send_high_water_mark = 1024;
+  std::size_t max_sessions = 10'000;  // least recently active evicted beyond it
+  std::size_t max_waiting_fetches = 10'000;
+  std::uint32_t default_fetch_messages = 1000;
+  std::uint32_t max_fetch_messages = 10'000;
+  std::size_t max_fetch_bytes = std::size_t{8} << 20;
+  std::uint32_t max_fetch_wait_ms = 60'000;
+  std::chrono::milliseconds maintenance_interval{1000};
+  // On stop: how long to keep flushing acknowledgements to peers.
+  std::chrono::milliseconds shutdown_linger{5000};
+  std::optional<CurveServerConfig> curve;
+  std::shared_ptr<spdlog::logger> logger;  // null: a null sink
+
+  static wire::Limits default_limits() {
+    wire::Limits limits;
+    limits.max_body_bytes = std::size_t{64} << 20;
+    limits.max_payload_bytes = std::size_t{64} << 20;
+    limits.max_batch_messages = 100'000;
+    return limits;
+  }
+};
+
+// Counters kept by the loop (the store keeps stored/duplicates/... itself).
+struct ServerCounters {
+  std::uint64_t malformed = 0;         // frames that failed to decode
+  std::uint64_t refused_batches = 0;   // PUBLISH answered with no_session / session_failed
+  std::uint64_t storage_failures = 0;  // group commits that threw
+  std::uint64_t group_commits = 0;
+  std::uint64_t batches = 0;
+  std::uint64_t messages = 0;          // messages in committed batches
+  std::uint64_t sessions_opened = 0;
+  std::uint64_t fetches = 0;
+  std::uint64_t replies_dropped = 0;   // a peer's queue was full or it was gone
+};
+
+class Server {
+public:
+  // Binds the socket (and the ZAP handler for CURVE). Throws std::runtime_error
+  // with a clear message when the endpoint cannot be bound or a key is invalid.
+  Server(Store& store, ServerOptions options);
+  ~Server() noexcept;
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The endpoint actually bound (tcp://127.0.0.1:41234 for tcp://127.0.0.1:*).
+  const std::string& endpoint() const noexcept;
+
+  // Serves until request_stop(). Then stops reading new input beyond what is
+  // already queued, commits and acknowledges it, answers waiting fetches,
+  // flushes replies for up to shutdown_linger and returns.
+  void run();
+
+  // Async-signal-safe.
+  void request_stop() noexcept;
+
+  ServerCounters counters() const;
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace broker

@@ -1,0 +1,321 @@
+// outbox-broker: the dedup broker daemon and its two inspection commands.
+// Parses flags (and a config file), sets up logging and signals, and hands
+// over to the broker library.
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "broker/client.hpp"
+#include "broker/server.hpp"
+#include "broker/store.hpp"
+#include "broker/tools.hpp"
+
+namespace {
+
+// Exit codes; documented in --help and docs/protocol.md.
+constexpr int kExitOk = 0;
+constexpr int kExitFailure = 1;       // unexpected error
+constexpr int kExitUsage = 2;         // bad flag, bad config file, bad value
+constexpr int kExitStorage = 3;       // the database cannot be opened or written
+constexpr int kExitBind = 4;          // the endpoint cannot be bound, bad keys
+constexpr int kExitUnreachable = 5;   // no answer from the broker (stats, tail)
+constexpr int kExitRefused = 6;       // the broker answered with an error
+
+broker::Server* running_server = nullptr;
+volatile std::sig_atomic_t stop_requested = 0;
+
+extern "C" void on_stop_signal(int) {
+  stop_requested = 1;
+  if (running_server != nullptr) running_server->request_stop();
+}
+
+void install_signal_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+std::shared_ptr<spdlog::logger> make_logger(const std::string& level_name) {
+  auto logger = spdlog::stderr_color_mt("outbox-broker");
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  logger->set_level(spdlog::level::from_str(level_name));
+  logger->flush_on(spdlog::level::info);
+  return logger;
+}
+
+struct ServeSettings {
+  std::string db;
+  std::string bind = "tcp://127.0.0.1:7750";
+  std::string endpoint_file;
+  std::string sync = "full";
+  std::string max_message_bytes = "1m";
+  std::string dedup_window = "forever";
+  std::string retention = "forever";
+  std::string cache = "256m";
+  std::string curve_secret_key_file;
+  std::string allowed_clients_file;
+  std::size_t max_commit_messages = 50'000;
+};
+
+struct ClientSettings {
+  std::string connect = "tcp://127.0.0.1:7750";
+  bool json = false;
+  int timeout_ms = 5000;
+  std::string topic;
+  std::uint64_t from = 0;
+  std::string group;
+  std::uint64_t max = 0;
+  bool follow = false;
+};
+
+class UsageError : public std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& logger) {
+  broker::StoreOptions store_options;
+  auto sync = broker::parse_sync_mode(settings.sync);
+  if (!sync) throw UsageError("--sync must be full or normal, got '" + settings.sync + "'");
+  store_options.sync = *sync;
+  auto max_bytes = broker::parse_size(settings.max_message_bytes);
+  if (!max_bytes || *max_bytes == 0 || *max_bytes > (std::uint64_t{1} << 30)) {
+    throw UsageError("--max-message-bytes must be a size between 1 and 1g, got '" +
+                     settings.max_message_bytes + "'");
+  }
+  store_options.max_message_bytes = *max_bytes;
+  auto window = broker::parse_duration(settings.dedup_window);
+  if (!window) throw UsageError("--dedup-window: cannot read '" + settings.dedup_window + "'");
+  store_options.dedup_window = *window;
+  auto retention = broker::parse_duration(settings.retention);
+  if (!retention) throw UsageError("--retention: cannot read '" + settings.retention + "'");
+  store_options.retention = *retention;
+  auto cache = broker::parse_size(settings.cache);
+  if (!cache) throw UsageError("--cache: cannot read '" + settings.cache + "'");
+  store_options.cache_bytes = *cache;
+  store_options.logger = logger;
+
+  broker::ServerOptions server_options;
+  server_options.bind_endpoint = settings.bind;
+  server_options.endpoint_file = settings.endpoint_file;
+  server_options.logger = logger;
+  server_options.max_commit_messages = settings.max_commit_messages;
+  auto limits = broker::ServerOptions::default_limits();
+  limits.max_payload_bytes = std::max<std::size_t>(limits.max_payload_bytes, *max_bytes * 2);
+  limits.max_body_bytes = std::max<std::size_t>(limits.max_body_bytes, *max_bytes * 2 + 4096);
+  server_options.limits = limits;
+
+  if (!settings.curve_secret_key_file.empty()) {
+    broker::CurveServerConfig curve;
+    try {
+      curve.secret_key = broker::read_curve_key_file(settings.curve_secret_key_file);
+      if (!settings.allowed_clients_file.empty()) {
+        curve.allowed_client_keys = broker::read_allowed_clients_file(settings.allowed_clients_file);
+      }
+    } catch (const std::exception& error) {
+      logger->error("{}", error.what());
+      return kExitBind;
+    }
+    server_options.curve = std::move(curve);
+  } else if (!settings.allowed_clients_file.empty()) {
+    throw UsageError("--allowed-clients-file needs --curve-secret-key-file");
+  }
+
+  std::unique_ptr<broker::Store> store;
+  try {
+    store = std::make_unique<broker::Store>(settings.db, store_options);
+  } catch (const std::exception& error) {
+    logger->error("cannot open database {}: {}", settings.db, error.what());
+    return kExitStorage;
+  }
+  std::unique_ptr<broker::Server> server;
+  try {
+    server = std::make_unique<broker::Server>(*store, server_options);
+  } catch (const std::exception& error) {
+    logger->error("{}", error.what());
+    return kExitBind;
+  }
+  logger->info("outbox-broker serving {} on {} (sync {}, max message {} bytes)", settings.db,
+               server->endpoint(), settings.sync, store_options.max_message_bytes);
+  // One line on stdout with the real endpoint, for scripts that bind port *.
+  std::cout << "listening on " << server->endpoint() << std::endl;
+  running_server = server.get();
+  if (stop_requested) server->request_stop();
+  server->run();
+  running_server = nullptr;
+  return kExitOk;
+}
+
+std::unique_ptr<broker::Client> make_client(const ClientSettings& settings) {
+  try {
+    return std::make_unique<broker::Client>(settings.connect);
+  } catch (const zmq::error_t& error) {
+    throw UsageError("cannot connect to '" + settings.connect + "': " + error.what());
+  }
+}
+
+int report(const wire::Error& error, const std::string& endpoint) {
+  std::cerr << "outbox-broker: " << endpoint << ": " << error.message << "\n";
+  return error.code == wire::ErrorCode::timeout ? kExitUnreachable : kExitRefused;
+}
+
+int stats(const ClientSettings& settings) {
+  auto client = make_client(settings);
+  auto reply = client->stats(std::chrono::milliseconds(settings.timeout_ms));
+  if (!reply) return report(reply.error(), settings.connect);
+  std::cout << (settings.json ? broker::stats_to_json(*reply) + "\n"
+                              : broker::stats_to_text(*reply));
+  return kExitOk;
+}
+
+int tail(const ClientSettings& settings) {
+  auto client = make_client(settings);
+  auto timeout = std::chrono::milliseconds(settings.timeout_ms);
+  wire::Fetch fetch;
+  fetch.topic = settings.topic;
+  fetch.group = settings.group;
+  fetch.from_offset = settings.from;
+  fetch.use_group_offset = settings.from == 0 && !settings.group.empty();
+  std::uint64_t printed = 0;
+  while (stop_requested == 0) {
+    fetch.max_messages = 1000;
+    if (settings.max > 0) {
+      fetch.max_messages = static_cast<std::uint32_t>(std::min<std::uint64_t>(1000, settings.max - printed));
+    }
+    fetch.wait_ms = settings.follow ? 1000 : 0;
+    auto reply = client->fetch(fetch, timeout);
+    if (!reply) return report(reply.error(), settings.connect);
+    for (const auto& message : reply->messages) {
+      std::cout << (settings.json ? broker::message_to_json(settings.topic, message)
+                                  : broker::message_to_text(message))
+                << "\n";
+    }
+    std::cout.flush();
+    printed += reply->messages.size();
+    fetch.use_group_offset = false;
+    fetch.from_offset = reply->next_offset;
+    if (!settings.group.empty() && !reply->messages.empty()) {
+      auto committed = client->commit_offset(settings.topic, settings.group,
+                                            reply->messages.back().offset, timeout);
+      if (!committed) return report(committed.error(), settings.connect);
+    }
+    if (settings.max > 0 && printed >= settings.max) break;
+    if (!settings.follow && (reply->messages.empty() || reply->next_offset > reply->last_offset)) {
+      break;
+    }
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "outbox-broker: stores each msg_id once and serves consumers.\n"
+      "Exit codes: 0 ok, 1 unexpected error, 2 bad usage or config, 3 database error,\n"
+      "4 cannot bind or bad keys, 5 broker unreachable, 6 broker refused the request."};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+
+  ServeSettings serve_settings;
+  auto* serve_command = app.add_subcommand("serve", "run the broker daemon");
+  serve_command->set_config("--config", "", "read these settings from a TOML or INI file");
+  serve_command->add_option("--db", serve_settings.db, "broker database file (created if missing)")
+      ->required();
+  serve_command->add_option("--bind", serve_settings.bind,
+                            "ZeroMQ endpoint to listen on; tcp://127.0.0.1:* picks a free port")
+      ->capture_default_str();
+  serve_command->add_option("--endpoint-file", serve_settings.endpoint_file,
+                            "write the bound endpoint (with the real port) to this file once listening");
+  serve_command->add_option("--sync", serve_settings.sync,
+                            "full: fsync every group commit (survives power loss); normal: WAL "
+                            "without fsync per commit (survives process crashes)")
+      ->check(CLI::IsMember({"full", "normal"}))
+      ->capture_default_str();
+  serve_command->add_option("--max-message-bytes", serve_settings.max_message_bytes,
+                            "largest key + headers + payload stored; larger ones are REJECTED "
+                            "(accepts k, m suffixes)")
+      ->capture_default_str();
+  serve_command->add_option("--dedup-window", serve_settings.dedup_window,
+                            "how long a msg_id is remembered (e.g. 7d, 24h; 'forever')")
+      ->capture_default_str();
+  serve_command->add_option("--retention", serve_settings.retention,
+                            "how long message bodies are kept (e.g. 7d; 'forever'); never "
+                            "shortens the dedup window")
+      ->capture_default_str();
+  serve_command->add_option("--cache", serve_settings.cache, "database page cache (e.g. 256m)")
+      ->capture_default_str();
+  serve_command->add_option("--max-commit-messages", serve_settings.max_commit_messages,
+                            "most messages written in one group commit")
+      ->check(CLI::Range(1, 1'000'000))
+      ->capture_default_str();
+  serve_command->add_option("--curve-secret-key-file", serve_settings.curve_secret_key_file,
+                            "enable CURVE: file with the broker's Z85 secret key")
+      ->check(CLI::ExistingFile);
+  serve_command->add_option("--allowed-clients-file", serve_settings.allowed_clients_file,
+                            "with CURVE: Z85 public keys of allowed clients, one per line")
+      ->check(CLI::ExistingFile);
+
+  ClientSettings client_settings;
+  auto* stats_command = app.add_subcommand("stats", "print a running broker's counters");
+  auto* tail_command = app.add_subcommand("tail", "print messages of a topic");
+  for (auto* command : {stats_command, tail_command}) {
+    command->add_option("--connect", client_settings.connect, "broker endpoint")
+        ->capture_default_str();
+    command->add_flag("--json", client_settings.json, "print JSON (one object per line)");
+    command->add_option("--timeout-ms", client_settings.timeout_ms, "how long to wait for answers")
+        ->check(CLI::Range(1, 3'600'000))
+        ->capture_default_str();
+  }
+  tail_command->add_option("--topic", client_settings.topic, "topic to read")->required();
+  tail_command->add_option("--from", client_settings.from,
+                           "first offset (default: the group's position, else 1)");
+  tail_command->add_option("--group", client_settings.group,
+                           "consumer group: resume from and commit its offset");
+  tail_command->add_option("--max", client_settings.max, "stop after this many messages");
+  tail_command->add_flag("--follow", client_settings.follow,
+                         "keep waiting for new messages until interrupted");
+
+  for (auto* command : {serve_command, stats_command, tail_command}) {
+    command->add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+        ->capture_default_str();
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    int code = app.exit(error);
+    return code == 0 ? kExitOk : kExitUsage;
+  }
+
+  install_signal_handlers();
+  try {
+    if (*serve_command) {
+      auto logger = make_logger(log_level);
+      try {
+        return serve(serve_settings, logger);
+      } catch (const UsageError& error) {
+        logger->error("{}", error.what());
+        return kExitUsage;
+      }
+    }
+    if (*stats_command) return stats(client_settings);
+    if (*tail_command) return tail(client_settings);
+  } catch (const UsageError& error) {
+    std::cerr << "outbox-broker: " << error.what() << "\n";
+    return kExitUsage;
+  } catch (const std::exception& error) {
+    std::cerr << "outbox-broker: " << error.what() << "\n";
+    return kExitFailure;
+  }
+  return kExitFailure;
+}

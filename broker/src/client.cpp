@@ -1,0 +1,196 @@
+#include "broker/client.hpp"
+
+#include <cerrno>
+#include <stdexcept>
+
+#include "wire/zmq_io.hpp"
+
+namespace broker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Request ids of the blocking helpers start high so that they do not collide
+// with the batch ids a caller chooses (ERROR replies name either).
+constexpr std::uint64_t kFirstRequestId = std::uint64_t{1} << 62;
+
+wire::Error timeout_error(std::string_view what) {
+  return wire::Error{wire::ErrorCode::timeout, "no " + std::string(what) + " from the broker in time"};
+}
+
+wire::Error from_reply(const wire::ErrorReply& reply) {
+  return wire::Error{reply.code, reply.message};
+}
+
+}  // namespace
+
+Client::Client(std::string endpoint, ClientOptions options)
+    : endpoint_(std::move(endpoint)), options_(std::move(options)), context_(1) {
+  next_request_id_ = kFirstRequestId;
+  open_socket();
+}
+
+Client::~Client() noexcept = default;
+
+void Client::open_socket() {
+  socket_ = zmq::socket_t(context_, zmq::socket_type::dealer);
+  socket_.set(zmq::sockopt::linger, 0);
+  socket_.set(zmq::sockopt::sndhwm, options_.send_high_water_mark);
+  socket_.set(zmq::sockopt::rcvhwm, options_.receive_high_water_mark);
+  if (options_.curve) {
+    socket_.set(zmq::sockopt::curve_serverkey, options_.curve->server_public_key);
+    socket_.set(zmq::sockopt::curve_publickey, options_.curve->public_key);
+    socket_.set(zmq::sockopt::curve_secretkey, options_.curve->secret_key);
+  }
+  socket_.connect(endpoint_);
+}
+
+void Client::reconnect() {
+  socket_.close();
+  kept_.clear();
+  session_id_ = 0;
+  open_socket();
+}
+
+std::optional<wire::Result<wire::AnyMessage>> Client::receive_from_socket(
+    std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  while (true) {
+    zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    try {
+      zmq::poll(items, 1, std::max(left, std::chrono::milliseconds(0)));
+    } catch (const zmq::error_t& error) {
+      if (error.num() != EINTR) throw;
+    }
+    if ((items[0].revents & ZMQ_POLLIN) != 0) {
+      auto message = wire::receive_message(socket_, zmq::recv_flags::dontwait, options_.limits);
+      if (message) return message;
+    }
+    if (Clock::now() >= deadline) return std::nullopt;
+  }
+}
+
+std::optional<wire::Result<wire::AnyMessage>> Client::receive(std::chrono::milliseconds timeout) {
+  if (!kept_.empty()) {
+    auto front = std::move(kept_.front());
+    kept_.pop_front();
+    return front;
+  }
+  return receive_from_socket(timeout);
+}
+
+template <typename Reply, typename Matches>
+wire::Result<Reply> Client::await(Matches matches, std::uint64_t request_id,
+                                  std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto received = receive_from_socket(std::max(left, std::chrono::milliseconds(0)));
+    if (!received) return timeout_error(std::string(wire::command_name(
+                          wire::command_of(wire::AnyMessage(Reply{})))));
+    if (!received->ok()) return received->error();
+    auto& message = received->value();
+    if (auto* reply = std::get_if<Reply>(&message); reply != nullptr && matches(*reply)) {
+      return std::move(*reply);
+    }
+    if (auto* error = std::get_if<wire::ErrorReply>(&message);
+        error != nullptr && (error->request_id == request_id || error->request_id == 0)) {
+      return from_reply(*error);
+    }
+    // An answer to something else in flight (a pipelined batch): keep it in order.
+    kept_.push_back(std::move(*received));
+  }
+}
+
+wire::Result<wire::Welcome> Client::hello(const std::string& producer,
+                                          std::chrono::milliseconds timeout) {
+  if (!wire::send_message(socket_, wire::Hello{producer, 0}, zmq::send_flags::dontwait)) {
+    return wire::Error{wire::ErrorCode::busy, "send queue full"};
+  }
+  auto welcome = await<wire::Welcome>([](const wire::Welcome&) { return true; }, 0, timeout);
+  if (welcome) session_id_ = welcome->session_id;
+  return welcome;
+}
+
+bool Client::send_publish(std::uint64_t batch_id, std::span<const wire::OutgoingMessage> messages) {
+  std::string body;
+  wire::begin_publish_body(body, session_id_, batch_id);
+  for (const auto& message : messages) {
+    wire::append_publish_message(body, message.msg_id, message.topic, message.key,
+                                 message.headers, message.payload);
+  }
+  wire::finish_publish_body(body, static_cast<std::uint32_t>(messages.size()));
+  return send_publish_body(body);
+}
+
+bool Client::send_publish_body(const std::string& body) {
+  wire::Frames frames{wire::encode_tag(),
+                      std::string(1, static_cast<char>(wire::Command::publish)), body};
+  return wire::send_frames(socket_, frames, zmq::send_flags::dontwait);
+}
+
+wire::Result<wire::Ack> Client::publish(std::uint64_t batch_id,
+                                        std::span<const wire::OutgoingMessage> messages,
+                                        std::chrono::milliseconds timeout) {
+  if (!send_publish(batch_id, messages)) {
+    return wire::Error{wire::ErrorCode::busy, "send queue full"};
+  }
+  return await<wire::Ack>([batch_id](const wire::Ack& ack) { return ack.batch_id == batch_id; },
+                          batch_id, timeout);
+}
+
+wire::Result<wire::Messages> Client::fetch(wire::Fetch request, std::chrono::milliseconds timeout) {
+  request.request_id = next_request_id_++;
+  if (!wire::send_message(socket_, request, zmq::send_flags::dontwait)) {
+    return wire::Error{wire::ErrorCode::busy, "send queue full"};
+  }
+  auto id = request.request_id;
+  return await<wire::Messages>([id](const wire::Messages& m) { return m.request_id == id; }, id,
+                               timeout + std::chrono::milliseconds(request.wait_ms));
+}
+
+wire::Result<wire::OffsetCommitted> Client::commit_offset(const std::string& topic,
+                                                          const std::string& group,
+                                                          std::uint64_t offset,
+                                                          std::chrono::milliseconds timeout) {
+  auto id = next_request_id_++;
+  if (!wire::send_message(socket_, wire::CommitOffset{id, topic, group, offset},
+                          zmq::send_flags::dontwait)) {
+    return wire::Error{wire::ErrorCode::busy, "send queue full"};
+  }
+  return await<wire::OffsetCommitted>(
+      [id](const wire::OffsetCommitted& m) { return m.request_id == id; }, id, timeout);
+}
+
+wire::Result<wire::StatsReply> Client::stats(std::chrono::milliseconds timeout) {
+  auto id = next_request_id_++;
+  if (!wire::send_message(socket_, wire::StatsRequest{id}, zmq::send_flags::dontwait)) {
+    return wire::Error{wire::ErrorCode::busy, "send queue full"};
+  }
+  return await<wire::StatsReply>([id](const wire::StatsReply& m) { return m.request_id == id; },
+                                 id, timeout);
+}
+
+wire::Result<wire::Pong> Client::ping(std::chrono::milliseconds timeout) {
+  auto nonce = next_request_id_++;
+  if (!wire::send_message(socket_, wire::Ping{nonce}, zmq::send_flags::dontwait)) {
+    return wire::Error{wire::ErrorCode::busy, "send queue full"};
+  }
+  return await<wire::Pong>([nonce](const wire::Pong& m) { return m.nonce == nonce; }, nonce,
+                           timeout);
+}
+
+bool Client::send_raw(std::span<const std::string> frames) {
+  if (frames.empty()) {
+    return socket_.send(zmq::message_t(), zmq::send_flags::dontwait).has_value();
+  }
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    auto flags = zmq::send_flags::dontwait;
+    if (i + 1 < frames.size()) flags = flags | zmq::send_flags::sndmore;
+    if (!socket_.send(zmq::buffer(frames[i].data(), frames[i].size()), flags)) return false;
+  }
+  return true;
+}
+
+}  // namespace broker
