@@ -1,9 +1,12 @@
 // Storage layout (one SQLite database in WAL mode, 16 KiB pages):
 //
-//   messages(id INTEGER PRIMARY KEY, ...)   id = topic_id << 40 | offset, so each
-//       topic's log is a contiguous, append-only key range of one rowid table:
-//       appends touch only the right edge of each topic's range and a fetch is
-//       one range scan. No secondary index on the hot path.
+//   chunks(id INTEGER PRIMARY KEY, last_offset, stored_at, data)
+//       id = topic_id << 40 | first offset. A chunk holds consecutive messages
+//       of one topic from one append() call, up to about 64 KiB (see
+//       store_chunk.hpp), so the bodies cost one B-tree insert per few hundred
+//       messages. Each topic's log is a contiguous, append-only key range of
+//       one rowid table: appends touch only the right edge of each topic's
+//       range and a fetch is one range scan. No secondary index.
 //   dedup(msg_id TEXT PRIMARY KEY, message_id, payload_hash, seen_at) WITHOUT ROWID
 //       the only other B-tree written per message. Time-ordered msg_ids
 //       (snowflake, UUID v7) land near its right edge, which keeps the working
@@ -25,6 +28,7 @@
 #include <spdlog/logger.h>
 #include <spdlog/sinks/null_sink.h>
 
+#include "store_chunk.hpp"
 #include "store_hash.hpp"
 #include "store_sqlite.hpp"
 
@@ -125,6 +129,8 @@ struct Topic {
   std::uint64_t last_offset = 0;
   std::uint64_t message_count = 0;
   std::uint64_t touched_in_call = 0;  // call number of the last append that changed it
+  std::string chunk;                  // encoded messages of the current call, not yet written
+  std::uint64_t chunk_first = 0;      // offset of the first message in `chunk`
 };
 
 // Saved state of a topic before the current call changed it.
@@ -149,11 +155,11 @@ struct Store::Impl {
   std::string dedup_sweep_cursor;  // msg_id where the expiry sweep resumes
 
   sqlite::Statement begin, commit, rollback;
-  sqlite::Statement insert_dedup, select_dedup, insert_message;
+  sqlite::Statement insert_dedup, select_dedup, insert_chunk;
   sqlite::Statement insert_topic, update_topic, update_counters;
-  sqlite::Statement fetch_messages, first_message;
+  sqlite::Statement chunk_at_or_before, scan_chunks, first_chunk;
   sqlite::Statement upsert_group_offset, select_group_offset;
-  sqlite::Statement scan_dedup, delete_dedup, scan_bodies, delete_bodies;
+  sqlite::Statement scan_dedup, delete_dedup, scan_chunk_times, delete_chunks;
 
   Impl(const std::filesystem::path& store_path, StoreOptions store_options)
       : path(store_path), options(std::move(store_options)) {
@@ -230,13 +236,11 @@ struct Store::Impl {
           name TEXT NOT NULL UNIQUE,
           last_offset INTEGER NOT NULL,
           message_count INTEGER NOT NULL);
-        CREATE TABLE messages(
+        CREATE TABLE chunks(
           id INTEGER PRIMARY KEY,
-          msg_id TEXT NOT NULL,
+          last_offset INTEGER NOT NULL,
           stored_at INTEGER NOT NULL,
-          partition_key BLOB NOT NULL,
-          headers BLOB NOT NULL,
-          payload BLOB NOT NULL);
+          data BLOB NOT NULL);
         CREATE TABLE dedup(
           msg_id TEXT PRIMARY KEY,
           message_id INTEGER NOT NULL,
@@ -289,10 +293,8 @@ struct Store::Impl {
         "INSERT INTO dedup(msg_id, message_id, payload_hash, seen_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(msg_id) DO NOTHING");
     select_dedup = sqlite::Statement(handle, "SELECT message_id, payload_hash FROM dedup WHERE msg_id = ?");
-    insert_message = sqlite::Statement(
-        handle,
-        "INSERT INTO messages(id, msg_id, stored_at, partition_key, headers, payload) "
-        "VALUES (?, ?, ?, ?, ?, ?)");
+    insert_chunk = sqlite::Statement(
+        handle, "INSERT INTO chunks(id, last_offset, stored_at, data) VALUES (?, ?, ?, ?)");
     insert_topic = sqlite::Statement(
         handle, "INSERT INTO topics(topic_id, name, last_offset, message_count) VALUES (?, ?, 0, 0)");
     update_topic = sqlite::Statement(
@@ -301,12 +303,12 @@ struct Store::Impl {
         handle,
         "UPDATE counters SET stored = ?, duplicates = ?, conflicts = ?, rejected = ?, "
         "dedup_entries = ? WHERE id = 1");
-    fetch_messages = sqlite::Statement(
-        handle,
-        "SELECT id, msg_id, stored_at, partition_key, headers, payload FROM messages "
-        "WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?");
-    first_message = sqlite::Statement(
-        handle, "SELECT id FROM messages WHERE id BETWEEN ? AND ? ORDER BY id LIMIT 1");
+    chunk_at_or_before = sqlite::Statement(
+        handle, "SELECT id FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id DESC LIMIT 1");
+    scan_chunks = sqlite::Statement(
+        handle, "SELECT id, last_offset, stored_at, data FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id");
+    first_chunk = sqlite::Statement(
+        handle, "SELECT id FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id LIMIT 1");
     upsert_group_offset = sqlite::Statement(
         handle,
         "INSERT INTO group_offsets(group_name, topic, committed_offset) VALUES (?, ?, ?) "
@@ -316,9 +318,9 @@ struct Store::Impl {
     scan_dedup = sqlite::Statement(
         handle, "SELECT msg_id, seen_at FROM dedup WHERE msg_id > ? ORDER BY msg_id LIMIT ?");
     delete_dedup = sqlite::Statement(handle, "DELETE FROM dedup WHERE msg_id = ?");
-    scan_bodies = sqlite::Statement(
-        handle, "SELECT id, stored_at FROM messages WHERE id BETWEEN ? AND ? ORDER BY id LIMIT ?");
-    delete_bodies = sqlite::Statement(handle, "DELETE FROM messages WHERE id BETWEEN ? AND ?");
+    scan_chunk_times = sqlite::Statement(
+        handle, "SELECT id, last_offset, stored_at FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id");
+    delete_chunks = sqlite::Statement(handle, "DELETE FROM chunks WHERE id BETWEEN ? AND ?");
   }
 
   void load_state() {
@@ -394,6 +396,16 @@ struct Store::Impl {
     return topic;
   }
 
+  void flush_chunk(Topic& topic, std::int64_t now) {
+    if (topic.chunk.empty()) return;
+    insert_chunk.bind(1, message_key(topic.id, topic.chunk_first));
+    insert_chunk.bind(2, static_cast<std::int64_t>(topic.last_offset));
+    insert_chunk.bind(3, now);
+    insert_chunk.bind_blob(4, topic.chunk);
+    insert_chunk.run();
+    topic.chunk.clear();
+  }
+
   void append(std::span<const IncomingMessage> batch, std::vector<AppendOutcome>& outcomes) {
     outcomes.assign(batch.size(), AppendOutcome{});
     ++call_number;
@@ -424,14 +436,11 @@ struct Store::Impl {
         insert_dedup.bind(4, now);
         insert_dedup.run();
         if (sqlite3_changes(db.get()) == 1) {
-          insert_message.bind(1, key);
-          insert_message.bind_text(2, message.msg_id);
-          insert_message.bind(3, now);
-          insert_message.bind_blob(4, message.partition_key);
-          insert_message.bind_blob(5, message.headers);
-          insert_message.bind_blob(6, message.payload);
-          insert_message.run();
+          // The body is written with its chunk before COMMIT, in this transaction.
+          if (topic.chunk.empty()) topic.chunk_first = offset;
+          chunk::append_message(topic.chunk, message);
           topic.last_offset = offset;
+          if (topic.chunk.size() >= chunk::target_bytes) flush_chunk(topic, now);
           ++topic.message_count;
           ++counters.stored;
           ++counters.dedup_entries;
@@ -451,11 +460,15 @@ struct Store::Impl {
                                 key_offset(original_key), RejectReason::none};
         ++(same ? counters.duplicates : counters.conflicts);
       }
-      for (const TopicUndo& entry : undo) write_topic(topics[entry.id - 1]);
+      for (const TopicUndo& entry : undo) {
+        flush_chunk(topics[entry.id - 1], now);
+        write_topic(topics[entry.id - 1]);
+      }
       write_counters();
       transaction.commit();
     } catch (...) {
       counters = saved_counters;
+      for (const TopicUndo& entry : undo) topics[entry.id - 1].chunk.clear();
       for (const TopicUndo& entry : undo) {
         if (entry.id > saved_topic_count) continue;
         Topic& topic = topics[entry.id - 1];
@@ -480,28 +493,45 @@ struct Store::Impl {
     result.last_offset = topic->last_offset;
     if (max_count == 0 || from_offset > topic->last_offset) return result;
 
-    sqlite::ResetGuard guard(fetch_messages);
-    fetch_messages.bind(1, message_key(topic->id, from_offset));
-    fetch_messages.bind(2, message_key(topic->id, max_offset));
-    fetch_messages.bind(3, static_cast<std::int64_t>(std::min<std::size_t>(
-                               max_count, static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max()))));
+    // Start with the chunk holding from_offset: the last one starting at or before it.
+    std::int64_t start_key = message_key(topic->id, from_offset);
+    {
+      sqlite::ResetGuard guard(chunk_at_or_before);
+      chunk_at_or_before.bind(1, message_key(topic->id, 1));
+      chunk_at_or_before.bind(2, start_key);
+      if (chunk_at_or_before.step()) start_key = chunk_at_or_before.column_integer(0);
+    }
+    sqlite::ResetGuard guard(scan_chunks);
+    scan_chunks.bind(1, start_key);
+    scan_chunks.bind(2, message_key(topic->id, max_offset));
     std::size_t bytes = 0;
-    while (fetch_messages.step()) {
-      std::string_view msg_id = fetch_messages.column_text(1);
-      std::string_view key = fetch_messages.column_blob(3);
-      std::string_view headers = fetch_messages.column_blob(4);
-      std::string_view payload = fetch_messages.column_blob(5);
-      std::size_t size = msg_id.size() + key.size() + headers.size() + payload.size();
-      if (!result.messages.empty() && bytes + size > max_bytes) break;
-      bytes += size;
-      StoredMessage message;
-      message.offset = key_offset(fetch_messages.column_integer(0));
-      message.msg_id = std::string(msg_id);
-      message.stored_at_ms = fetch_messages.column_integer(2);
-      message.partition_key = std::string(key);
-      message.headers = std::string(headers);
-      message.payload = std::string(payload);
-      result.messages.push_back(std::move(message));
+    bool full = false;
+    while (!full && scan_chunks.step()) {
+      std::uint64_t offset = key_offset(scan_chunks.column_integer(0));
+      const auto chunk_last = static_cast<std::uint64_t>(scan_chunks.column_integer(1));
+      const std::int64_t stored_at = scan_chunks.column_integer(2);
+      if (chunk_last < from_offset) continue;
+      chunk::Reader reader(scan_chunks.column_blob(3));
+      chunk::MessageView view;
+      for (; !reader.done(); ++offset) {
+        if (!reader.next(view) || offset > chunk_last) throw corrupt_chunk(*topic, offset);
+        if (offset < from_offset) continue;
+        std::size_t size = view.msg_id.size() + view.partition_key.size() + view.headers.size() + view.payload.size();
+        if (result.messages.size() >= max_count || (!result.messages.empty() && bytes + size > max_bytes)) {
+          full = true;
+          break;
+        }
+        bytes += size;
+        StoredMessage message;
+        message.offset = offset;
+        message.msg_id = std::string(view.msg_id);
+        message.partition_key = std::string(view.partition_key);
+        message.headers = std::string(view.headers);
+        message.payload = std::string(view.payload);
+        message.stored_at_ms = stored_at;
+        result.messages.push_back(std::move(message));
+      }
+      if (!full && offset != chunk_last + 1) throw corrupt_chunk(*topic, offset);
     }
     if (!result.messages.empty()) {
       result.next_offset = result.messages.back().offset + 1;
@@ -512,12 +542,18 @@ struct Store::Impl {
     return result;
   }
 
+  StoreError corrupt_chunk(const Topic& topic, std::uint64_t offset) const {
+    return StoreError(path.string() + ": malformed message chunk in topic " + topic.name + " at offset " +
+                          std::to_string(offset),
+                      SQLITE_CORRUPT);
+  }
+
   std::uint64_t first_retained_offset(const Topic& topic) {
     if (topic.message_count == 0) return 0;
-    sqlite::ResetGuard guard(first_message);
-    first_message.bind(1, message_key(topic.id, 1));
-    first_message.bind(2, message_key(topic.id, max_offset));
-    return first_message.step() ? key_offset(first_message.column_integer(0)) : 0;
+    sqlite::ResetGuard guard(first_chunk);
+    first_chunk.bind(1, message_key(topic.id, 1));
+    first_chunk.bind(2, message_key(topic.id, max_offset));
+    return first_chunk.step() ? key_offset(first_chunk.column_integer(0)) : 0;
   }
 
   void commit_offset(std::string_view group, std::string_view topic, std::uint64_t offset) {
@@ -555,32 +591,32 @@ struct Store::Impl {
     return result;
   }
 
-  // Deletes up to `budget` expired bodies, oldest first per topic.
+  // Deletes expired bodies, oldest first per topic, whole chunks at a time,
+  // stopping once `budget` messages are deleted (at least one chunk).
   std::size_t expire_bodies(std::int64_t cutoff, std::size_t budget) {
     std::size_t deleted = 0;
     for (Topic& topic : topics) {
       if (deleted >= budget) break;
       if (topic.message_count == 0) continue;
       std::int64_t last_expired = -1;
-      std::size_t count = 0;
+      std::uint64_t count = 0;
       {
-        sqlite::ResetGuard guard(scan_bodies);
-        scan_bodies.bind(1, message_key(topic.id, 1));
-        scan_bodies.bind(2, message_key(topic.id, max_offset));
-        scan_bodies.bind(3, static_cast<std::int64_t>(budget - deleted));
-        // Offsets follow store time, so the first young body ends the scan.
-        while (scan_bodies.step() && scan_bodies.column_integer(1) < cutoff) {
-          last_expired = scan_bodies.column_integer(0);
-          ++count;
+        sqlite::ResetGuard guard(scan_chunk_times);
+        scan_chunk_times.bind(1, message_key(topic.id, 1));
+        scan_chunk_times.bind(2, message_key(topic.id, max_offset));
+        // Offsets follow store time, so the first young chunk ends the scan.
+        while (deleted + count < budget && scan_chunk_times.step() && scan_chunk_times.column_integer(2) < cutoff) {
+          last_expired = scan_chunk_times.column_integer(0);
+          count += static_cast<std::uint64_t>(scan_chunk_times.column_integer(1)) - key_offset(last_expired) + 1;
         }
       }
       if (count == 0) continue;
-      delete_bodies.bind(1, message_key(topic.id, 1));
-      delete_bodies.bind(2, last_expired);
-      delete_bodies.run();
+      delete_chunks.bind(1, message_key(topic.id, 1));
+      delete_chunks.bind(2, last_expired);
+      delete_chunks.run();
       topic.message_count -= std::min<std::uint64_t>(topic.message_count, count);
       write_topic(topic);
-      deleted += count;
+      deleted += static_cast<std::size_t>(count);
     }
     return deleted;
   }

@@ -74,7 +74,12 @@ TEST_CASE("retention deletes old bodies in small batches and keeps their dedup e
   FakeClock clock;
   // Bodies are kept 1 hour, msg_ids remembered forever.
   broker::Store store(dir / "broker.db", options_with(clock, 1h, 0ms));
-  append(store, numbered("old-", 25));
+  // Bodies are deleted in whole append() calls' worth: five calls of five.
+  auto old_messages = numbered("old-", 25);
+  for (std::size_t first = 0; first < old_messages.size(); first += 5) {
+    append(store, std::vector<Message>(old_messages.begin() + static_cast<long>(first),
+                                       old_messages.begin() + static_cast<long>(first + 5)));
+  }
   append(store, numbered("other-", 5, "payments"));
   clock.advance(30min);
   append(store, numbered("new-", 5));
