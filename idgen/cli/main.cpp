@@ -102,6 +102,19 @@ int main(int argc, char** argv) {
   bench_command->add_option("-l,--layout", bench.layout, layout_help);
   bench_command->add_flag("--json", bench.json, "Print one JSON object (ids_per_sec, limit_per_sec)");
 
+  // CLI11 would only say "a subcommand is required"; name the unknown one.
+  const auto is_command = [&app](const std::string& name) {
+    for (const auto* command : app.get_subcommands({})) {
+      if (command->check_name(name)) return true;
+    }
+    return false;
+  };
+  if (argc > 1 && argv[1][0] != '-' && !is_command(argv[1])) {
+    print_error((std::string("unknown command '") + argv[1] +
+                 "' (commands: gen, decode, compose, layout, uuid, bench; see idgen --help)")
+                    .c_str());
+    return cli::exit_usage;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
