@@ -1,0 +1,57 @@
+// A tiny application using the installed (or add_subdirectory'd) toolkit the
+// way a user's project would. argv[1] is a scratch directory it may write to.
+// Exits 0 when everything it checks holds.
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include <idgen/encoding.hpp>
+#include <idgen/snowflake.hpp>
+#include <idgen/uuid.hpp>
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: consumer SCRATCH_DIR\n");
+    return 2;
+  }
+  try {
+    idgen::GeneratorOptions options;
+    options.state_file = std::filesystem::path(argv[1]) / "consumer.idgen-state";
+    idgen::Generator generator(idgen::Layout::parse("standard"), 42, options);
+    std::uint64_t previous = 0;
+    for (int i = 0; i < 10'000; ++i) {
+      const std::uint64_t id = generator.next();
+      if (id <= previous) {
+        std::fprintf(stderr, "ids out of order\n");
+        return 1;
+      }
+      previous = id;
+    }
+    const idgen::Parts parts = idgen::decode(generator.layout(), previous);
+    if (parts.worker != 42 || idgen::compose(generator.layout(), parts) != previous) {
+      std::fprintf(stderr, "decode/compose mismatch\n");
+      return 1;
+    }
+    const std::string text = idgen::encode(previous, idgen::Encoding::base62);
+    if (idgen::decode(text, idgen::Encoding::base62) != previous) {
+      std::fprintf(stderr, "base62 round trip failed\n");
+      return 1;
+    }
+    idgen::UuidV7Generator uuids;
+    const std::string uuid = idgen::to_string(uuids.next());
+    if (uuid.size() != 36 || uuid[14] != '7') {
+      std::fprintf(stderr, "bad UUID v7 %s\n", uuid.c_str());
+      return 1;
+    }
+    if (!std::filesystem::exists(*options.state_file)) {
+      std::fprintf(stderr, "state file not written\n");
+      return 1;
+    }
+    std::printf("consumer ok: id %llu (%s), uuid %s\n", static_cast<unsigned long long>(previous),
+                text.c_str(), uuid.c_str());
+    return 0;
+  } catch (const idgen::Error& error) {
+    std::fprintf(stderr, "consumer: %s\n", error.what());
+    return 1;
+  }
+}
