@@ -75,7 +75,7 @@ struct InboxOptions {
   // How long completed msg_ids are remembered.
   std::chrono::milliseconds retention{std::chrono::hours(24 * 7)};
   Clock clock = system_clock();
-  std::shared_ptr<spdlog::logger> logger;
+  std::shared_ptr<spdlog::logger> logger{};
 };
 
 class Inbox {
@@ -111,7 +111,7 @@ public:
 
 private:
   explicit Inbox(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<Impl> impl_{};
 };
 
 }  // namespace outbox

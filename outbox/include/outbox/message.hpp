@@ -10,8 +10,8 @@
 namespace outbox {
 
 struct Header {
-  std::string name;
-  std::string value;
+  std::string name{};
+  std::string value{};
   friend bool operator==(const Header&, const Header&) = default;
 };
 using Headers = std::vector<Header>;
@@ -21,19 +21,19 @@ using Headers = std::vector<Header>;
 //   tx.enqueue({.topic = "orders", .key = order_id, .payload = json});
 struct Message {
   // Broker topic; must not be empty.
-  std::string topic;
+  std::string topic{};
   // Partition key: messages with the same (topic, key) reach the broker in
   // commit order. Empty means "no key" (stored as NULL).
-  std::string key;
+  std::string key{};
   // Opaque bytes (binary safe), at most Options::max_payload_bytes.
-  std::string payload;
+  std::string payload{};
   // Optional name/value pairs, forwarded with the message.
-  Headers headers;
+  Headers headers{};
   // Idempotency key. Empty: the library generates one (a snowflake id by
   // default, see Options::id_kind). Give your own when the message stands for
   // a business event that already has a unique key, so that re-running the
   // same business operation cannot publish it twice.
-  std::string msg_id;
+  std::string msg_id{};
 };
 
 enum class EnqueueStatus : std::uint8_t {
@@ -44,7 +44,7 @@ enum class EnqueueStatus : std::uint8_t {
 struct EnqueueResult {
   EnqueueStatus status = EnqueueStatus::inserted;
   // The msg_id used: the caller's, or the generated one.
-  std::string msg_id;
+  std::string msg_id{};
   // Position in the outbox (commit order); 0 for a duplicate.
   std::int64_t seq = 0;
 

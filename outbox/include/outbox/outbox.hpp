@@ -79,7 +79,7 @@ struct Options {
 
   IdKind id_kind = IdKind::snowflake;
   // Snowflake worker id. Empty: lease a free one from outbox_workers.
-  std::optional<std::uint32_t> worker_id;
+  std::optional<std::uint32_t> worker_id{};
   // How long a leased worker id is held without use; renewed by enqueues.
   std::chrono::milliseconds worker_lease{std::chrono::minutes(10)};
 
@@ -91,7 +91,7 @@ struct Options {
 
   Clock clock = system_clock();
   // Null: a null sink. Never a global logger.
-  std::shared_ptr<spdlog::logger> logger;
+  std::shared_ptr<spdlog::logger> logger{};
 };
 
 class Outbox {
@@ -126,7 +126,7 @@ public:
 private:
   friend class Transaction;
   explicit Outbox(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<Impl> impl_{};
 };
 
 // For applications that run their own BEGIN/COMMIT on a connection given to

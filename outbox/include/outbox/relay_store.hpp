@@ -79,18 +79,18 @@ struct RelayOptions {
   // Open the file read-only (status and listing tools); writes then throw.
   bool read_only = false;
   Clock clock = system_clock();
-  std::shared_ptr<spdlog::logger> logger;  // null: a null sink
+  std::shared_ptr<spdlog::logger> logger{};  // null: a null sink
 };
 
 // Proof of holding the relay lease; pass it to fenced writes.
 struct Lease {
-  std::string holder;
+  std::string holder{};
   std::int64_t epoch = 0;  // grows by one each time the lease changes hands
   TimePoint expires_at{};
 };
 
 struct LeaseInfo {
-  std::string holder;
+  std::string holder{};
   std::int64_t epoch = 0;
   TimePoint acquired_at{};
   TimePoint expires_at{};
@@ -99,11 +99,11 @@ struct LeaseInfo {
 
 struct PendingMessage {
   std::int64_t seq = 0;
-  std::string msg_id;
-  std::string topic;
-  std::optional<std::string> partition_key;
-  Headers headers;
-  std::string payload;
+  std::string msg_id{};
+  std::string topic{};
+  std::optional<std::string> partition_key{};
+  Headers headers{};
+  std::string payload{};
   TimePoint created_at{};
   int attempts = 0;  // earlier attempts recorded with schedule_retry()
 };
@@ -114,7 +114,7 @@ struct Outcome {
   std::int64_t seq = 0;
   Kind kind = Kind::delivered;
   std::int64_t broker_offset = 0;  // delivered: where the broker stored it
-  std::string reason;              // dead: why (CONFLICT, REJECTED(...))
+  std::string reason{};            // dead: why (CONFLICT, REJECTED(...))
 
   static Outcome delivered(std::int64_t seq, std::int64_t broker_offset) {
     return {seq, Kind::delivered, broker_offset, {}};
@@ -132,16 +132,16 @@ struct Stats {
   std::int64_t dead = 0;
   std::int64_t last_seq = 0;         // highest seq in the outbox
   std::int64_t settled_through_seq = 0;
-  std::optional<std::chrono::milliseconds> oldest_pending_age;  // empty: nothing pending
-  std::optional<LeaseInfo> lease;                               // empty: never claimed
+  std::optional<std::chrono::milliseconds> oldest_pending_age{};  // empty: nothing pending
+  std::optional<LeaseInfo> lease{};                               // empty: never claimed
 };
 
 struct DeadMessage {
   std::int64_t seq = 0;
-  std::string msg_id;
-  std::string topic;
-  std::optional<std::string> partition_key;
-  std::string reason;
+  std::string msg_id{};
+  std::string topic{};
+  std::optional<std::string> partition_key{};
+  std::string reason{};
   int attempts = 0;
   TimePoint created_at{};
   TimePoint died_at{};
@@ -229,7 +229,7 @@ public:
 
 private:
   explicit RelayStore(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  std::unique_ptr<Impl> impl_{};
 };
 
 // Text for a duration-less operator view: "delivered", "dead", ...

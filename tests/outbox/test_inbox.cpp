@@ -1,0 +1,151 @@
+// Consumer inbox: each msg_id processed once, transactional and claim-based.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <stdexcept>
+#include <thread>
+
+#include "outbox/inbox.hpp"
+#include "outbox_test_util.hpp"
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using outbox_test::exec;
+using outbox_test::query_int;
+
+namespace {
+
+void create_stock(sqlite3* db) {
+  exec(db, "CREATE TABLE IF NOT EXISTS shipments(msg_id TEXT NOT NULL)");
+}
+
+}  // namespace
+
+TEST_CASE("process_once runs the handler once per msg_id") {
+  test_support::TempDir dir;
+  auto inbox = outbox::Inbox::open(dir / "consumer.db");
+  create_stock(inbox.db());
+  int runs = 0;
+  auto handler = [&](sqlite3* db) {
+    ++runs;
+    exec(db, "INSERT INTO shipments(msg_id) VALUES ('m-1')");
+  };
+  CHECK(inbox.process_once("m-1", handler) == outbox::ProcessResult::processed);
+  CHECK(inbox.process_once("m-1", handler) == outbox::ProcessResult::already_done);
+  CHECK(runs == 1);
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM shipments") == 1);
+  CHECK_THROWS_AS(inbox.process_once("", handler), outbox::Error);
+}
+
+TEST_CASE("a throwing handler rolls back its work and the msg_id") {
+  test_support::TempDir dir;
+  auto inbox = outbox::Inbox::open(dir / "consumer.db");
+  create_stock(inbox.db());
+  CHECK_THROWS_WITH(inbox.process_once("m-1",
+                                       [](sqlite3* db) {
+                                         exec(db, "INSERT INTO shipments(msg_id) VALUES ('m-1')");
+                                         throw std::runtime_error("warehouse offline");
+                                       }),
+                    "warehouse offline");
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM shipments") == 0);
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM outbox_inbox") == 0);
+  // The redelivery is processed.
+  CHECK(inbox.process_once("m-1", [](sqlite3* db) {
+    exec(db, "INSERT INTO shipments(msg_id) VALUES ('m-1')");
+  }) == outbox::ProcessResult::processed);
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM shipments") == 1);
+}
+
+TEST_CASE("begin, complete and fail") {
+  test_support::TempDir dir;
+  outbox_test::ManualClock clock;
+  outbox::InboxOptions options;
+  options.clock = clock.clock();
+  auto inbox = outbox::Inbox::open(dir / "consumer.db", options);
+
+  CHECK(inbox.begin("m-1", 1min) == outbox::BeginResult::start);
+  CHECK(inbox.begin("m-1", 1min) == outbox::BeginResult::in_progress);
+  CHECK(inbox.process_once("m-1", [](sqlite3*) { FAIL("ran during a claim"); }) ==
+        outbox::ProcessResult::in_progress);
+  CHECK(inbox.complete("m-1"));
+  CHECK_FALSE(inbox.complete("m-1"));
+  CHECK(inbox.begin("m-1", 1min) == outbox::BeginResult::already_done);
+
+  CHECK(inbox.begin("m-2", 1min) == outbox::BeginResult::start);
+  CHECK(inbox.fail("m-2"));
+  CHECK_FALSE(inbox.fail("m-2"));
+  CHECK(inbox.begin("m-2", 1min) == outbox::BeginResult::start);
+  CHECK_FALSE(inbox.fail("never-seen"));
+}
+
+TEST_CASE("a stale processing claim is taken over") {
+  test_support::TempDir dir;
+  outbox_test::ManualClock clock;
+  outbox::InboxOptions options;
+  options.clock = clock.clock();
+  auto crashed = outbox::Inbox::open(dir / "consumer.db", options);
+  auto survivor = outbox::Inbox::open(dir / "consumer.db", options);
+
+  CHECK(crashed.begin("m-1", 30s) == outbox::BeginResult::start);
+  // ... and the consumer dies before complete() or fail().
+  clock.advance(29s);
+  CHECK(survivor.begin("m-1", 30s) == outbox::BeginResult::in_progress);
+  clock.advance(1s);
+  CHECK(survivor.begin("m-1", 30s) == outbox::BeginResult::start);
+  CHECK(crashed.begin("m-1", 30s) == outbox::BeginResult::in_progress);
+  CHECK(survivor.complete("m-1"));
+  CHECK(crashed.begin("m-1", 30s) == outbox::BeginResult::already_done);
+}
+
+TEST_CASE("two concurrent consumers of the same msg_ids process each one once") {
+  test_support::TempDir dir;
+  { auto setup = outbox::Inbox::open(dir / "consumer.db"); create_stock(setup.db()); }
+  constexpr int messages = 200;
+  std::atomic<int> processed{0}, skipped{0}, claims{0};
+  auto consume = [&] {
+    auto inbox = outbox::Inbox::open(dir / "consumer.db");
+    for (int i = 0; i < messages; ++i) {
+      auto id = "m-" + std::to_string(i);
+      auto result = inbox.process_once(id, [&](sqlite3* db) {
+        exec(db, "INSERT INTO shipments(msg_id) VALUES ('" + id + "')");
+      });
+      (result == outbox::ProcessResult::processed ? processed : skipped)++;
+      auto claim_id = "c-" + std::to_string(i);
+      if (inbox.begin(claim_id, 1min) == outbox::BeginResult::start) {
+        claims++;
+        inbox.complete(claim_id);
+      }
+    }
+  };
+  std::thread first(consume), second(consume);
+  first.join();
+  second.join();
+  CHECK(processed == messages);
+  CHECK(skipped == messages);
+  CHECK(claims == messages);
+  auto inbox = outbox::Inbox::open(dir / "consumer.db");
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM shipments") == messages);
+  CHECK(query_int(inbox.db(), "SELECT count(DISTINCT msg_id) FROM shipments") == messages);
+}
+
+TEST_CASE("completed entries expire after the retention, in batches") {
+  test_support::TempDir dir;
+  outbox_test::ManualClock clock;
+  outbox::InboxOptions options;
+  options.clock = clock.clock();
+  options.retention = 1h;
+  auto inbox = outbox::Inbox::open(dir / "consumer.db", options);
+  for (int i = 0; i < 10; ++i) {
+    inbox.process_once("old-" + std::to_string(i), [](sqlite3*) {});
+  }
+  CHECK(inbox.begin("claimed", 10h) == outbox::BeginResult::start);
+  clock.advance(2h);
+  inbox.process_once("new", [](sqlite3*) {});
+  CHECK(inbox.expire(4, 1) == 4);
+  CHECK(inbox.expire(4) == 6);
+  CHECK(inbox.expire(4) == 0);
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM outbox_inbox") == 2);
+  // An expired msg_id is processed again when redelivered.
+  CHECK(inbox.process_once("old-1", [](sqlite3*) {}) == outbox::ProcessResult::processed);
+  CHECK(inbox.process_once("new", [](sqlite3*) {}) == outbox::ProcessResult::already_done);
+}

@@ -1,0 +1,320 @@
+// Producer API: business rows and messages commit or roll back together.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <set>
+#include <stdexcept>
+#include <thread>
+
+#include "outbox/outbox.hpp"
+#include "outbox/relay_store.hpp"
+#include "outbox_test_util.hpp"
+#include "test_support.hpp"
+
+using outbox_test::exec;
+using outbox_test::query_int;
+
+namespace {
+
+void create_orders(sqlite3* db) {
+  exec(db,
+       "CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL);"
+       "CREATE INDEX IF NOT EXISTS orders_customer ON orders(customer);");
+}
+
+outbox::Message order_message(std::string payload = "order placed") {
+  outbox::Message message;
+  message.topic = "orders";
+  message.key = "customer-1";
+  message.payload = std::move(payload);
+  return message;
+}
+
+}  // namespace
+
+TEST_CASE("commit writes the business row and the message") {
+  test_support::TempDir dir;
+  auto box = outbox::Outbox::open(dir / "app.db");
+  create_orders(box.db());
+  outbox::EnqueueResult result;
+  {
+    outbox::Transaction tx(box);
+    exec(tx.db(), "INSERT INTO orders(customer) VALUES ('customer-1')");
+    result = tx.enqueue(order_message());
+    tx.commit();
+  }
+  CHECK(result.inserted());
+  CHECK_FALSE(result.msg_id.empty());
+  CHECK(result.seq == 1);
+  outbox_test::RawDb raw((dir / "app.db").string());
+  CHECK(raw.count("orders") == 1);
+  CHECK(raw.count("outbox_messages") == 1);
+  CHECK(query_int(raw.get(), "SELECT count(*) FROM outbox_messages WHERE msg_id = '" +
+                                 result.msg_id + "' AND topic = 'orders' AND partition_key = "
+                                 "'customer-1' AND payload = CAST('order placed' AS BLOB)") == 1);
+}
+
+TEST_CASE("rollback writes neither the business row nor the message") {
+  test_support::TempDir dir;
+  auto box = outbox::Outbox::open(dir / "app.db");
+  create_orders(box.db());
+
+  SECTION("explicit rollback") {
+    outbox::Transaction tx(box);
+    exec(tx.db(), "INSERT INTO orders(customer) VALUES ('a')");
+    tx.enqueue(order_message());
+    tx.rollback();
+    CHECK_FALSE(tx.active());
+  }
+  SECTION("an exception leaves the scope") {
+    try {
+      outbox::Transaction tx(box);
+      exec(tx.db(), "INSERT INTO orders(customer) VALUES ('a')");
+      tx.enqueue(order_message());
+      throw std::runtime_error("business rule failed");
+    } catch (const std::runtime_error&) {
+    }
+  }
+  SECTION("the guard is destroyed without commit") {
+    auto tx = std::make_unique<outbox::Transaction>(box);
+    exec(tx->db(), "INSERT INTO orders(customer) VALUES ('a')");
+    tx->enqueue(order_message());
+    tx.reset();
+  }
+  CHECK(query_int(box.db(), "SELECT count(*) FROM orders") == 0);
+  CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages") == 0);
+  CHECK(sqlite3_get_autocommit(box.db()) != 0);
+
+  // The outbox is still usable afterwards.
+  outbox::Transaction tx(box);
+  tx.enqueue(order_message());
+  tx.commit();
+  CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages") == 1);
+}
+
+TEST_CASE("a duplicate msg_id is reported and the transaction stays usable") {
+  test_support::TempDir dir;
+  auto box = outbox::Outbox::open(dir / "app.db");
+  create_orders(box.db());
+  auto message = order_message();
+  message.msg_id = "order-17-placed";
+  {
+    outbox::Transaction tx(box);
+    CHECK(tx.enqueue(message).inserted());
+    tx.commit();
+  }
+  outbox::Transaction tx(box);
+  exec(tx.db(), "INSERT INTO orders(customer) VALUES ('b')");
+  auto again = tx.enqueue(message);
+  CHECK(again.duplicate());
+  CHECK(again.msg_id == "order-17-placed");
+  CHECK(again.seq == 0);
+  // Same msg_id twice in one transaction is a duplicate too.
+  message.msg_id = "order-18-placed";
+  CHECK(tx.enqueue(message).inserted());
+  CHECK(tx.enqueue(message).duplicate());
+  tx.commit();
+  CHECK(query_int(box.db(), "SELECT count(*) FROM orders") == 1);
+  CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages") == 2);
+}
+
+TEST_CASE("enqueue refuses to run in autocommit mode") {
+  test_support::TempDir dir;
+  auto box = outbox::Outbox::open(dir / "app.db");
+  try {
+    outbox::enqueue(box.db(), order_message());
+    FAIL("enqueue in autocommit mode did not throw");
+  } catch (const outbox::Error& error) {
+    CHECK_THAT(error.what(), Catch::Contains("transaction"));
+  }
+  CHECK_THROWS_AS(box.enqueue(order_message()), outbox::Error);
+  CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages") == 0);
+}
+
+TEST_CASE("applications that run their own BEGIN/COMMIT on an attached connection") {
+  test_support::TempDir dir;
+  sqlite3* raw = nullptr;
+  REQUIRE(sqlite3_open((dir / "app.db").c_str(), &raw) == SQLITE_OK);
+  std::unique_ptr<sqlite3, decltype(&sqlite3_close_v2)> owner(raw, &sqlite3_close_v2);
+  exec(raw, "PRAGMA journal_mode=WAL");
+  create_orders(raw);
+  {
+    auto box = outbox::Outbox::attach(raw);
+    exec(raw, "BEGIN");
+    exec(raw, "INSERT INTO orders(customer) VALUES ('c')");
+    auto result = outbox::enqueue(raw, order_message());
+    CHECK(result.inserted());
+    exec(raw, "COMMIT");
+
+    exec(raw, "BEGIN");
+    outbox::enqueue(raw, order_message());
+    exec(raw, "ROLLBACK");
+    CHECK(query_int(raw, "SELECT count(*) FROM outbox_messages") == 1);
+  }
+  // After the Outbox is gone the connection is the application's again.
+  exec(raw, "BEGIN");
+  CHECK_THROWS_WITH(outbox::enqueue(raw, order_message()), Catch::Contains("attach"));
+  exec(raw, "ROLLBACK");
+}
+
+TEST_CASE("bad input gives a clear error and writes nothing") {
+  test_support::TempDir dir;
+
+  SECTION("missing directory") {
+    CHECK_THROWS_WITH(outbox::Outbox::open(dir / "no-such-dir" / "app.db"),
+                      Catch::Contains("does not exist"));
+    CHECK_FALSE(std::filesystem::exists(dir / "no-such-dir"));
+  }
+  SECTION("a file that is not a SQLite database") {
+    auto path = dir / "notes.txt";
+    const std::string text = "these are not the pages you are looking for\n";
+    std::ofstream(path) << text;
+    try {
+      outbox::Outbox::open(path);
+      FAIL("opened a text file");
+    } catch (const outbox::Error& error) {
+      CHECK_THAT(error.what(), Catch::Contains("not a SQLite database"));
+      CHECK((error.extended_code() & 0xff) == SQLITE_NOTADB);
+    }
+    CHECK(test_support::read_file(path) == text);
+    CHECK_FALSE(std::filesystem::exists(dir / "notes.txt-wal"));
+  }
+  SECTION("empty topic and oversized payload") {
+    outbox::Options options;
+    options.max_payload_bytes = 1000;
+    auto box = outbox::Outbox::open(dir / "app.db", options);
+    outbox::Transaction tx(box);
+    auto message = order_message();
+    message.topic = "";
+    CHECK_THROWS_WITH(tx.enqueue(message), Catch::Contains("topic is empty"));
+    auto big = order_message(std::string(1001, 'x'));
+    CHECK_THROWS_WITH(tx.enqueue(big), Catch::Contains("exceeds the maximum"));
+    CHECK(tx.enqueue(order_message(std::string(1000, 'x'))).inserted());
+    tx.commit();
+    CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages") == 1);
+  }
+  SECTION("the default maximum is 1 MiB") {
+    auto box = outbox::Outbox::open(dir / "app.db");
+    outbox::Transaction tx(box);
+    CHECK_THROWS_AS(tx.enqueue(order_message(std::string((1 << 20) + 1, 'x'))), outbox::Error);
+    CHECK(tx.enqueue(order_message(std::string(1 << 20, 'x'))).inserted());
+  }
+}
+
+TEST_CASE("processes sharing one outbox lease distinct worker ids") {
+  test_support::TempDir dir;
+  outbox_test::ManualClock clock;
+  outbox::Options options;
+  options.clock = clock.clock();
+  options.worker_lease = std::chrono::seconds(60);
+  auto first = outbox::Outbox::open(dir / "app.db", options);
+  auto second = outbox::Outbox::open(dir / "app.db", options);
+  CHECK(first.worker_id() != second.worker_id());
+  CHECK(query_int(first.db(), "SELECT count(*) FROM outbox_workers") == 2);
+
+  SECTION("a released id is reused") {
+    auto released = second.worker_id();
+    { auto gone = std::move(second); }
+    auto third = outbox::Outbox::open(dir / "app.db", options);
+    CHECK(third.worker_id() == released);
+  }
+  SECTION("an expired lease is taken over and its old holder moves to another id") {
+    auto second_id = second.worker_id();
+    clock.advance(std::chrono::seconds(61));
+    auto third = outbox::Outbox::open(dir / "app.db", options);
+    // Both leases lapsed; the newcomer takes the lowest id.
+    CHECK(third.worker_id() == std::min(first.worker_id(), second_id));
+    // The old holder notices when it next enqueues and leases another id.
+    auto& stale = first.worker_id() == third.worker_id() ? first : second;
+    outbox::Transaction tx(stale);
+    tx.enqueue(order_message());
+    tx.commit();
+    CHECK(stale.worker_id() != third.worker_id());
+  }
+  SECTION("a configured worker id needs no lease") {
+    outbox::Options fixed = options;
+    fixed.worker_id = 999;
+    auto box = outbox::Outbox::open(dir / "app.db", fixed);
+    CHECK(box.worker_id() == 999);
+    CHECK(query_int(first.db(), "SELECT count(*) FROM outbox_workers") == 2);
+  }
+}
+
+TEST_CASE("msg_ids: snowflake by default, UUID v7 on request, unique either way") {
+  test_support::TempDir dir;
+  for (auto kind : {outbox::IdKind::snowflake, outbox::IdKind::uuid_v7}) {
+    outbox::Options options;
+    options.id_kind = kind;
+    auto box = outbox::Outbox::open(dir / (kind == outbox::IdKind::snowflake ? "s.db" : "u.db"),
+                                    options);
+    std::set<std::string> ids;
+    outbox::Transaction tx(box);
+    for (int i = 0; i < 1000; ++i) ids.insert(tx.enqueue(order_message()).msg_id);
+    tx.commit();
+    CHECK(ids.size() == 1000);
+    if (kind == outbox::IdKind::uuid_v7) {
+      CHECK(ids.begin()->size() == 36);
+    } else {
+      CHECK(ids.begin()->find_first_not_of("0123456789") == std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("another language can enqueue with a plain INSERT") {
+  test_support::TempDir dir;
+  { auto box = outbox::Outbox::open(dir / "app.db"); }
+  outbox_test::RawDb raw((dir / "app.db").string());
+  exec(raw.get(),
+       "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) "
+       "VALUES ('py-1', 'orders', 'k', x'00ff')");
+  auto store = outbox::RelayStore::open(dir / "app.db");
+  auto pending = store.read_pending(10);
+  REQUIRE(pending.size() == 1);
+  CHECK(pending[0].msg_id == "py-1");
+  CHECK(pending[0].payload == std::string("\x00\xff", 2));
+  CHECK(pending[0].headers.empty());
+  CHECK(pending[0].created_at.time_since_epoch().count() > 0);
+}
+
+TEST_CASE("headers survive the round trip") {
+  test_support::TempDir dir;
+  auto box = outbox::Outbox::open(dir / "app.db");
+  auto message = order_message();
+  message.headers = {{"content-type", "application/json"}, {"trace", std::string("\0x", 2)}};
+  {
+    outbox::Transaction tx(box);
+    tx.enqueue(message);
+    tx.commit();
+  }
+  auto store = outbox::RelayStore::open(dir / "app.db");
+  auto pending = store.read_pending(10);
+  REQUIRE(pending.size() == 1);
+  CHECK(pending[0].headers == message.headers);
+  CHECK_THROWS_AS(outbox::decode_headers(std::string("\0\0\0\x05" "ab", 6)), outbox::Error);
+}
+
+TEST_CASE("wait_for_work returns after another connection commits") {
+  test_support::TempDir dir;
+  for (bool notify : {true, false}) {
+    auto path = dir / (notify ? "notify.db" : "poll.db");
+    outbox::Options options;
+    options.notify_relay = notify;
+    auto box = outbox::Outbox::open(path, options);
+    outbox::RelayOptions relay_options;
+    relay_options.poll_interval = std::chrono::milliseconds(notify ? 60'000 : 5);
+    auto store = outbox::RelayStore::open(path, relay_options);
+    CHECK(store.read_pending(10).empty());
+    CHECK_FALSE(store.wait_for_work(std::chrono::milliseconds(1)));
+    std::thread producer([&] {
+      outbox::Transaction tx(box);
+      tx.enqueue(order_message());
+      tx.commit();
+    });
+    // With notification the poll interval is a minute: only the wake-up can
+    // end the wait before the deadline.
+    bool woke = store.wait_for_work(std::chrono::seconds(30));
+    producer.join();
+    CHECK(woke);
+    CHECK(store.read_pending(10).size() == 1);
+  }
+}

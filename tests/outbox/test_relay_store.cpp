@@ -1,0 +1,292 @@
+// Relay-side API: lease, pending reads in commit order, outcomes, blocking
+// by key, retries, dead-message handling, statistics and retention.
+#include <catch2/catch.hpp>
+
+#include <random>
+
+#include "outbox/outbox.hpp"
+#include "outbox/relay_store.hpp"
+#include "outbox_test_util.hpp"
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using outbox_test::query_int;
+
+namespace {
+
+struct Fixture {
+  test_support::TempDir dir;
+  outbox_test::ManualClock clock;
+  outbox::Outbox box;
+  outbox::RelayStore store;
+
+  explicit Fixture(outbox::DeadPolicy policy = outbox::DeadPolicy::block)
+      : box(open_box()), store(open_store(policy)) {}
+
+  outbox::Outbox open_box() {
+    outbox::Options options;
+    options.clock = clock.clock();
+    return outbox::Outbox::open(dir / "app.db", options);
+  }
+  outbox::RelayStore open_store(outbox::DeadPolicy policy) {
+    outbox::RelayOptions options;
+    options.clock = clock.clock();
+    options.on_dead = policy;
+    return outbox::RelayStore::open(dir / "app.db", options);
+  }
+
+  // Enqueues one committed message per key; returns the seqs.
+  std::vector<std::int64_t> enqueue(const std::vector<std::string>& keys,
+                                    const std::string& topic = "orders") {
+    std::vector<std::int64_t> seqs;
+    outbox::Transaction tx(box);
+    for (const auto& key : keys) {
+      outbox::Message message;
+      message.topic = topic;
+      message.key = key;
+      message.payload = "payload of " + key;
+      seqs.push_back(tx.enqueue(message).seq);
+    }
+    tx.commit();
+    return seqs;
+  }
+
+  outbox::Lease lease() {
+    auto lease = store.claim_lease("relay-a", 10s);
+    REQUIRE(lease);
+    return *lease;
+  }
+};
+
+std::vector<std::int64_t> seqs_of(const std::vector<outbox::PendingMessage>& messages) {
+  std::vector<std::int64_t> seqs;
+  for (const auto& message : messages) seqs.push_back(message.seq);
+  return seqs;
+}
+
+using Seqs = std::vector<std::int64_t>;
+
+}  // namespace
+
+TEST_CASE("pending messages come in seq order, in batches") {
+  Fixture f;
+  f.enqueue({"a", "b", "c"});
+  f.enqueue({"a", "d"});
+  CHECK(seqs_of(f.store.read_pending(2)) == Seqs{1, 2});
+  CHECK(seqs_of(f.store.read_pending(2, 2)) == Seqs{3, 4});
+  CHECK(seqs_of(f.store.read_pending(100, 4)) == Seqs{5});
+  CHECK(f.store.read_pending(100, 5).empty());
+  auto first = f.store.read_pending(1).at(0);
+  CHECK(first.topic == "orders");
+  CHECK(first.partition_key == "a");
+  CHECK(first.payload == "payload of a");
+  CHECK(first.attempts == 0);
+}
+
+TEST_CASE("outcomes are recorded per batch and advance the cursor") {
+  Fixture f;
+  f.enqueue({"a", "b", "c", "d"});
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> outcomes{outbox::Outcome::delivered(1, 100),
+                                        outbox::Outcome::delivered(2, 101)};
+  f.store.record_outcomes(outcomes, lease);
+  auto stats = f.store.stats();
+  CHECK(stats.pending == 2);
+  CHECK(stats.delivered == 2);
+  CHECK(stats.delivered_total == 2);
+  CHECK(stats.settled_through_seq == 2);
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{3, 4});
+  CHECK(query_int(f.store.db(), "SELECT broker_offset FROM outbox_delivery WHERE seq = 2") == 101);
+
+  // Out of order: 4 before 3; the cursor waits for 3.
+  std::vector<outbox::Outcome> later{outbox::Outcome::delivered(4, 103)};
+  f.store.record_outcomes(later, lease);
+  CHECK(f.store.stats().settled_through_seq == 2);
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{3});
+  std::vector<outbox::Outcome> last{outbox::Outcome::delivered(3, 102),
+                                    outbox::Outcome::delivered(3, 999)};  // repeated ack
+  f.store.record_outcomes(last, lease);
+  stats = f.store.stats();
+  CHECK(stats.pending == 0);
+  CHECK(stats.delivered_total == 4);
+  CHECK(stats.settled_through_seq == 4);
+  CHECK_FALSE(stats.oldest_pending_age);
+  CHECK(query_int(f.store.db(), "SELECT broker_offset FROM outbox_delivery WHERE seq = 3") == 102);
+}
+
+TEST_CASE("a dead message blocks later messages of its key until replayed or dropped") {
+  Fixture f;
+  f.enqueue({"a", "b", "a", "b", "a"});  // seqs 1..5
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> outcomes{outbox::Outcome::dead(1, "REJECTED(too_large)"),
+                                        outbox::Outcome::delivered(2, 7)};
+  f.store.record_outcomes(outcomes, lease);
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{4});
+  auto dead = f.store.list_dead();
+  REQUIRE(dead.size() == 1);
+  CHECK(dead[0].seq == 1);
+  CHECK(dead[0].reason == "REJECTED(too_large)");
+  CHECK(dead[0].partition_key == "a");
+  auto stats = f.store.stats();
+  CHECK(stats.dead == 1);
+  CHECK(stats.pending == 3);
+
+  SECTION("replay makes it pending again, first in line") {
+    CHECK(f.store.replay_dead(dead[0].msg_id));
+    CHECK_FALSE(f.store.replay_dead(dead[0].msg_id));
+    CHECK(seqs_of(f.store.read_pending(10)) == Seqs{1, 3, 4, 5});
+    CHECK(f.store.stats().dead == 0);
+    CHECK(f.store.stats().settled_through_seq == 0);
+  }
+  SECTION("replay all") {
+    CHECK(f.store.replay_all_dead() == 1);
+    CHECK(f.store.replay_all_dead() == 0);
+    CHECK(seqs_of(f.store.read_pending(10)) == Seqs{1, 3, 4, 5});
+  }
+  SECTION("drop settles it without sending") {
+    CHECK(f.store.drop_dead(dead[0].msg_id));
+    CHECK_FALSE(f.store.drop_dead(dead[0].msg_id));
+    CHECK_FALSE(f.store.drop_dead("no-such-id"));
+    CHECK(seqs_of(f.store.read_pending(10)) == Seqs{3, 4, 5});
+    CHECK(f.store.list_dead().empty());
+  }
+}
+
+TEST_CASE("with DeadPolicy::skip later messages of a dead key go on") {
+  Fixture f(outbox::DeadPolicy::skip);
+  f.enqueue({"a", "a", "b"});
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> outcomes{outbox::Outcome::dead(1, "CONFLICT")};
+  f.store.record_outcomes(outcomes, lease);
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{2, 3});
+  CHECK(f.store.stats().dead == 1);
+}
+
+TEST_CASE("keys are per topic; messages without a key group by topic") {
+  Fixture f;
+  f.enqueue({"a"}, "orders");
+  f.enqueue({"a"}, "payments");
+  f.enqueue({"", ""}, "audit");  // seqs 3, 4: no key
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> outcomes{outbox::Outcome::dead(1, "CONFLICT"),
+                                        outbox::Outcome::dead(3, "CONFLICT")};
+  f.store.record_outcomes(outcomes, lease);
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{2});
+}
+
+TEST_CASE("retries wait for their time and hold back their key") {
+  Fixture f;
+  f.enqueue({"a", "a", "b"});
+  auto lease = f.lease();
+  std::vector<std::int64_t> retry{1};
+  f.store.schedule_retry(retry, "broker timeout", f.clock.now() + 5s, lease);
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{3});
+  auto stats = f.store.stats();
+  CHECK(stats.pending == 3);
+  CHECK(stats.retrying == 1);
+  CHECK(stats.dead == 0);
+  f.clock.advance(5s);
+  auto pending = f.store.read_pending(10);
+  CHECK(seqs_of(pending) == Seqs{1, 2, 3});
+  CHECK(pending[0].attempts == 1);
+  f.store.schedule_retry(retry, "broker timeout", f.clock.now() + 1s, lease);
+  f.clock.advance(1s);
+  CHECK(f.store.read_pending(1).at(0).attempts == 2);
+  std::vector<outbox::Outcome> outcomes{outbox::Outcome::delivered(1, 1)};
+  f.store.record_outcomes(outcomes, lease);
+  CHECK(f.store.stats().retrying == 0);
+  CHECK(f.store.stats().settled_through_seq == 1);
+}
+
+TEST_CASE("backoff grows exponentially with jitter, up to the maximum") {
+  outbox::BackoffPolicy policy{100ms, 2000ms, 2.0};
+  std::mt19937_64 random(42);
+  for (int i = 0; i < 100; ++i) {
+    auto first = policy.delay(1, random);
+    CHECK(first >= 50ms);
+    CHECK(first <= 100ms);
+    auto fourth = policy.delay(4, random);
+    CHECK(fourth >= 400ms);
+    CHECK(fourth <= 800ms);
+    auto late = policy.delay(30, random);
+    CHECK(late >= 1000ms);
+    CHECK(late <= 2000ms);
+  }
+}
+
+TEST_CASE("one relay holds the lease; another takes over when it lapses") {
+  Fixture f;
+  auto other = f.open_store(outbox::DeadPolicy::block);
+  auto a = f.store.claim_lease("relay-a", 10s);
+  REQUIRE(a);
+  CHECK_FALSE(other.claim_lease("relay-b", 10s));
+  auto info = other.lease_info();
+  REQUIRE(info);
+  CHECK(info->holder == "relay-a");
+  CHECK_FALSE(info->expired);
+  CHECK(other.stats().lease->holder == "relay-a");
+
+  f.clock.advance(5s);
+  CHECK(f.store.renew_lease(*a, 10s));
+  f.clock.advance(9s);
+  CHECK_FALSE(other.claim_lease("relay-b", 10s));  // renewed: still valid
+  f.clock.advance(2s);
+  auto b = other.claim_lease("relay-b", 10s);
+  REQUIRE(b);
+  CHECK(b->epoch == a->epoch + 1);
+
+  // The old holder is fenced off: nothing it writes lands.
+  f.enqueue({"a"});
+  std::vector<outbox::Outcome> outcomes{outbox::Outcome::delivered(1, 1)};
+  CHECK_THROWS_AS(f.store.record_outcomes(outcomes, *a), outbox::LeaseLost);
+  std::vector<std::int64_t> retry{1};
+  CHECK_THROWS_AS(f.store.schedule_retry(retry, "x", f.clock.now(), *a), outbox::LeaseLost);
+  CHECK_FALSE(f.store.renew_lease(*a, 10s));
+  CHECK(f.store.stats().pending == 1);
+  other.record_outcomes(outcomes, *b);
+  CHECK(f.store.stats().pending == 0);
+
+  // Releasing lets a standby in at once.
+  other.release_lease(*b);
+  auto c = f.store.claim_lease("relay-a", 10s);
+  REQUIRE(c);
+  CHECK(c->epoch == b->epoch + 1);
+}
+
+TEST_CASE("stats show the oldest pending age") {
+  Fixture f;
+  f.enqueue({"a"});
+  f.clock.advance(1500ms);
+  f.enqueue({"b"});
+  f.clock.advance(500ms);
+  auto stats = f.store.stats();
+  CHECK(stats.pending == 2);
+  CHECK(stats.last_seq == 2);
+  REQUIRE(stats.oldest_pending_age);
+  CHECK(*stats.oldest_pending_age == 2000ms);
+  CHECK_FALSE(stats.lease);
+}
+
+TEST_CASE("retention deletes old delivered rows in batches and keeps the newest") {
+  Fixture f;
+  std::vector<std::string> keys(25, "k");
+  f.enqueue(keys);  // seqs 1..25
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> outcomes;
+  for (std::int64_t seq = 1; seq <= 20; ++seq) outcomes.push_back(outbox::Outcome::delivered(seq, seq));
+  f.store.record_outcomes(outcomes, lease);
+  f.clock.advance(2h);
+  outcomes.clear();
+  for (std::int64_t seq = 21; seq <= 25; ++seq) outcomes.push_back(outbox::Outcome::delivered(seq, seq));
+  f.store.record_outcomes(outcomes, lease);
+
+  CHECK(f.store.delete_delivered(1h, 7, 2) == 14);  // two batches of 7
+  CHECK(f.store.delete_delivered(1h, 7) == 6);      // the rest of the old ones
+  CHECK(query_int(f.store.db(), "SELECT count(*) FROM outbox_messages") == 5);
+  f.clock.advance(2h);
+  CHECK(f.store.delete_delivered(1h, 100) == 4);  // never the newest row
+  CHECK(query_int(f.store.db(), "SELECT min(seq) FROM outbox_messages") == 25);
+  CHECK(f.store.stats().delivered_total == 25);
+  // seq values are not reused.
+  CHECK(f.enqueue({"k"}).at(0) == 26);
+}
