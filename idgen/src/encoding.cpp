@@ -84,8 +84,10 @@ std::string encode(std::uint64_t id, Encoding encoding) {
 }
 
 std::uint64_t decode(std::string_view text, Encoding encoding) {
-  const std::string prefix =
-      "invalid " + std::string(encoding_name(encoding)) + " id '" + std::string(text) + "': ";
+  const auto fail = [&](const std::string& why) {
+    return Error("invalid " + std::string(encoding_name(encoding)) + " id '" + std::string(text) +
+                 "': " + why);
+  };
   std::string_view digits = text;
   std::size_t offset = 0;
   if (encoding == Encoding::hex && digits.size() > 2 && digits[0] == '0' &&
@@ -101,17 +103,17 @@ std::uint64_t decode(std::string_view text, Encoding encoding) {
     if (encoding == Encoding::base32 && c == '-') continue;
     const int digit = digit_value(c, encoding);
     if (digit < 0) {
-      throw Error(prefix + "unexpected character " + printable(c) + " at position " +
-                  std::to_string(offset + i + 1));
+      throw fail("unexpected character " + printable(c) + " at position " +
+                 std::to_string(offset + i + 1));
     }
     const auto add = static_cast<std::uint64_t>(digit);
     if (value > (std::numeric_limits<std::uint64_t>::max() - add) / base) {
-      throw Error(prefix + "value does not fit in 64 bits");
+      throw fail("value does not fit in 64 bits");
     }
     value = value * base + add;
     ++digit_count;
   }
-  if (digit_count == 0) throw Error(prefix + "no digits");
+  if (digit_count == 0) throw fail("no digits");
   return value;
 }
 

@@ -139,9 +139,12 @@ std::uint64_t Generator::to_id(std::uint64_t state) const noexcept {
 
 std::uint64_t Generator::next() {
   for (;;) {
+    // State first, clock second: a clock read older than the state (this
+    // thread was preempted while others issued ids) would look like the clock
+    // moving backwards.
+    std::uint64_t previous = state_.load(std::memory_order_acquire);
     const std::int64_t now_ms = clock_->now_unix_ms();
     const std::int64_t now_tick = tick_of(now_ms);
-    std::uint64_t previous = state_.load(std::memory_order_relaxed);
     const auto previous_tick = static_cast<std::int64_t>(previous >> layout_.sequence_bits);
     std::uint64_t candidate = 0;
     if (now_tick > previous_tick) {
@@ -190,9 +193,14 @@ std::uint64_t Generator::next() {
 }
 
 void Generator::wait_for_tick_after(std::int64_t tick) const {
-  // At most one tick: spin politely. A clock that steps back meanwhile ends the
-  // wait too; next() then applies the clock policy.
-  while (tick_of(clock_->now_unix_ms()) == tick) std::this_thread::yield();
+  // At most one tick. Short sleeps rather than spinning or yielding: on a busy
+  // machine a thread that yields loses its CPU for whole scheduler slices,
+  // while a sleeper is woken promptly, and a 4096-id tick needs only a fraction
+  // of its millisecond. A clock that steps back meanwhile ends the wait too;
+  // next() then applies the clock policy.
+  while (tick_of(clock_->now_unix_ms()) == tick) {
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
 }
 
 void Generator::wait_for_clock_to_reach(std::int64_t tick, std::int64_t now_ms) const {
