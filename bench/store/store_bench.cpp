@@ -220,6 +220,11 @@ int main(int argc, char** argv) {
     print(label.c_str(), fill);
     label = "stored, sync normal, " + std::to_string(settings.prefill) + " ids in index";
     print(label.c_str(), run_pass(store, ids, settings, settings.messages, nullptr, broker::AppendStatus::stored));
+    std::error_code ignored;
+    auto bytes = fs::file_size(settings.dir / "prefilled.db", ignored) +
+                 fs::file_size(settings.dir / "prefilled.db-wal", ignored);
+    std::printf("database with %zu messages: %.2f GiB\n", settings.prefill + settings.messages,
+                static_cast<double>(bytes) / (1024.0 * 1024 * 1024));
   }
   fs::remove_all(settings.dir);
   return 0;

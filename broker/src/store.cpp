@@ -408,6 +408,7 @@ struct Store::Impl {
 
   void append(std::span<const IncomingMessage> batch, std::vector<AppendOutcome>& outcomes) {
     outcomes.assign(batch.size(), AppendOutcome{});
+    if (batch.empty()) return;  // nothing to make durable, not even a counter
     ++call_number;
     const Counters saved_counters = counters;
     const std::size_t saved_topic_count = topics.size();
@@ -622,12 +623,12 @@ struct Store::Impl {
   }
 
   // Sweeps the dedup index in key order from where the last call stopped and
-  // deletes entries older than `cutoff`; scans at most 16 entries per deletion
+  // deletes entries older than `cutoff`; scans at most 4 entries per deletion
   // allowed so a call stays short even when little has expired.
   std::size_t expire_dedup(std::int64_t cutoff, std::size_t budget) {
     std::vector<std::string> expired;
     std::size_t scanned = 0;
-    const std::size_t scan_limit = budget * 16;
+    const std::size_t scan_limit = budget * 4;
     std::string last_seen;
     {
       sqlite::ResetGuard guard(scan_dedup);

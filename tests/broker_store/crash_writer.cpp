@@ -13,7 +13,21 @@
 
 namespace {
 
-std::string payload_for(const std::string& msg_id) { return "payload of " + msg_id + std::string(200, '.'); }
+std::string payload_for(const std::string& msg_id) {
+  std::string payload = "payload of ";
+  payload += msg_id;
+  payload.append(200, '.');
+  return payload;
+}
+
+// Built with += rather than operator+ chains, which trip a false -Wrestrict in GCC 12 at -O3.
+std::string msg_id_for(long batch_number, long index) {
+  std::string msg_id = "b";
+  msg_id += std::to_string(batch_number);
+  msg_id += '-';
+  msg_id += std::to_string(index);
+  return msg_id;
+}
 
 }  // namespace
 
@@ -38,8 +52,8 @@ int main(int argc, char** argv) {
       ids.clear();
       payloads.clear();
       topics.clear();
-      for (int i = 0; i < batch_size; ++i) ids.push_back("b" + std::to_string(batch_number) + "-" + std::to_string(i));
-      if (batch_number > 0) ids.push_back("b" + std::to_string(batch_number - 1) + "-0");
+      for (int i = 0; i < batch_size; ++i) ids.push_back(msg_id_for(batch_number, i));
+      if (batch_number > 0) ids.push_back(msg_id_for(batch_number - 1, 0));
       for (const auto& id : ids) {
         payloads.push_back(payload_for(id));
         topics.push_back("t" + std::to_string(std::hash<std::string>{}(id) % 3));

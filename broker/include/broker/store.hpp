@@ -74,8 +74,9 @@ struct StoreOptions {
   // How long message bodies are kept. Zero (the default) means forever.
   // run_maintenance() deletes older bodies; it never touches the dedup index.
   std::chrono::milliseconds retention{0};
-  // Page cache for the database connection. The dedup index's working set
-  // should fit; 10 million msg_ids take about 400 MiB on disk.
+  // Page cache for the database connection. With time-ordered msg_ids
+  // (snowflake, UUID v7) only the recent end of the dedup index is hot, so
+  // this need not hold the whole index; random ids (UUID v4) touch all of it.
   std::size_t cache_bytes = std::size_t{256} * 1024 * 1024;
   // Upper bound on the database file size; zero means no limit. A write that
   // would grow the file beyond it fails with StoreError (SQLITE_FULL).
@@ -215,10 +216,13 @@ public:
   StoreStats stats() const;
 
   // Deletes message bodies older than the retention and dedup entries older
-  // than the dedup window, at most `max_rows` rows of each per call so the
-  // writer thread is never blocked for long. Call it periodically (e.g. every
-  // second, and again right away while `more` is true).
-  MaintenanceResult run_maintenance(std::size_t max_rows = 1000);
+  // than the dedup window, about `max_rows` of each per call so the writer
+  // thread is never blocked for long: bodies go in whole units of the messages
+  // one append() call stored on one topic (up to ~64 KiB, at least one unit
+  // per call); the dedup index is swept in key order, resuming where the last
+  // call stopped, looking at up to 4 * max_rows entries. Call it periodically
+  // (e.g. every second, and again right away while `more` is true).
+  MaintenanceResult run_maintenance(std::size_t max_rows = 10000);
 
   const std::filesystem::path& path() const noexcept;
   const StoreOptions& options() const noexcept;
