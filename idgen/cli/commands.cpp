@@ -19,7 +19,7 @@ namespace {
 
 // Buffered stdout: printing a million ids must not cost a syscall each.
 class Output {
-public:
+ public:
   Output() { buffer_.reserve(1 << 16); }
   ~Output() noexcept {
     try {
@@ -36,7 +36,8 @@ public:
     return *this;
   }
   void flush() {
-    if (!buffer_.empty() && std::fwrite(buffer_.data(), 1, buffer_.size(), stdout) != buffer_.size()) {
+    if (!buffer_.empty() &&
+        std::fwrite(buffer_.data(), 1, buffer_.size(), stdout) != buffer_.size()) {
       buffer_.clear();
       throw Error(ErrorCode::io, "cannot write to standard output");
     }
@@ -44,7 +45,7 @@ public:
     if (std::fflush(stdout) != 0) throw Error(ErrorCode::io, "cannot write to standard output");
   }
 
-private:
+ private:
   std::string buffer_;
 };
 
@@ -272,8 +273,7 @@ int run_layout(const LayoutOptions& options) {
         << "workers       0.." << std::to_string(layout.max_worker_id()) << "\n"
         << "max ids/s     " << grouped(max_rate) << " per worker\n"
         << "expires       " << format_utc(expires)
-        << (expires <= now ? std::string(" (expired)")
-                           : " (in " + fixed(years_left, 1) + " years)")
+        << (expires <= now ? std::string(" (expired)") : " (in " + fixed(years_left, 1) + " years)")
         << "\n";
   }
   out.flush();
@@ -343,7 +343,8 @@ int run_bench(const BenchOptions& options, const std::shared_ptr<spdlog::logger>
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   stop.store(true, std::memory_order_relaxed);
   for (auto& worker : workers) worker.join();
-  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
   if (out_of_order.load()) {
     throw Error(ErrorCode::io, "generator returned ids out of order during the benchmark");
   }

@@ -4,9 +4,9 @@
 #include <exception>
 #include <memory>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/logger.h>
 #include <spdlog/sinks/stdout_sinks.h>
+#include <CLI/CLI.hpp>
 
 #include "commands.hpp"
 #include "idgen/error.hpp"
@@ -15,15 +15,21 @@ namespace {
 
 int exit_status_for(idgen::ErrorCode code) {
   switch (code) {
-    case idgen::ErrorCode::invalid_argument: return idgen::cli::exit_usage;
-    case idgen::ErrorCode::clock_moved_backwards: return idgen::cli::exit_clock;
-    case idgen::ErrorCode::layout_exhausted: return idgen::cli::exit_layout;
-    case idgen::ErrorCode::io: return idgen::cli::exit_failure;
+    case idgen::ErrorCode::invalid_argument:
+      return idgen::cli::exit_usage;
+    case idgen::ErrorCode::clock_moved_backwards:
+      return idgen::cli::exit_clock;
+    case idgen::ErrorCode::layout_exhausted:
+      return idgen::cli::exit_layout;
+    case idgen::ErrorCode::io:
+      return idgen::cli::exit_failure;
   }
   return idgen::cli::exit_failure;
 }
 
-void print_error(const char* message) { std::fprintf(stderr, "idgen: error: %s\n", message); }
+void print_error(const char* message) {
+  std::fprintf(stderr, "idgen: error: %s\n", message);
+}
 
 }  // namespace
 
@@ -33,10 +39,11 @@ int main(int argc, char** argv) {
       std::make_shared<spdlog::logger>("idgen", std::make_shared<spdlog::sinks::stderr_sink_st>());
   logger->set_pattern("idgen: %l: %v");
 
-  CLI::App app{"Make and inspect snowflake ids and UUIDs.\n"
-               "Exit status: 0 ok, 1 I/O failure, 2 bad usage or input, 3 clock moved backwards "
-               "beyond the policy, 4 layout expired or exhausted.",
-               "idgen"};
+  CLI::App app{
+      "Make and inspect snowflake ids and UUIDs.\n"
+      "Exit status: 0 ok, 1 I/O failure, 2 bad usage or input, 3 clock moved backwards "
+      "beyond the policy, 4 layout expired or exhausted.",
+      "idgen"};
   app.require_subcommand(1);
   app.fallthrough(false);
   const std::string layout_help =
@@ -57,13 +64,15 @@ int main(int argc, char** argv) {
                           "fail, or borrow (count on from the last id)");
   gen_command->add_option("--max-backward-wait", gen.max_backward_wait_ms,
                           "Milliseconds the wait policy waits for the clock (default 5)");
-  gen_command->add_option("--state-file", gen.state_file,
-                          "Persist a high-water mark here so a restart after a clock rollback never "
-                          "reissues ids");
+  gen_command->add_option(
+      "--state-file", gen.state_file,
+      "Persist a high-water mark here so a restart after a clock rollback never "
+      "reissues ids");
   gen_command->add_flag("--json", gen.json, "Print a JSON array of id strings");
 
   cli::DecodeOptions decode;
-  auto* decode_command = app.add_subcommand("decode", "Show the time, worker and sequence of an id");
+  auto* decode_command =
+      app.add_subcommand("decode", "Show the time, worker and sequence of an id");
   decode_command->add_option("id", decode.id, "The id (decimal unless --format says otherwise)")
       ->required();
   decode_command->add_option("-l,--layout", decode.layout, layout_help);
@@ -72,8 +81,10 @@ int main(int argc, char** argv) {
                            "Print one JSON object (timestamp_ms, time, worker, sequence)");
 
   cli::ComposeOptions compose;
-  auto* compose_command = app.add_subcommand("compose", "Build the id for a time, worker and sequence");
-  compose_command->add_option("-t,--time", compose.time, "ISO-8601 time, e.g. 2026-03-01T12:00:00.000Z")
+  auto* compose_command =
+      app.add_subcommand("compose", "Build the id for a time, worker and sequence");
+  compose_command
+      ->add_option("-t,--time", compose.time, "ISO-8601 time, e.g. 2026-03-01T12:00:00.000Z")
       ->required();
   compose_command->add_option("-w,--worker", compose.worker, "Worker id")->required();
   compose_command->add_option("-s,--seq", compose.sequence, "Sequence within the tick (default 0)");
@@ -97,10 +108,12 @@ int main(int argc, char** argv) {
   cli::BenchOptions bench;
   auto* bench_command = app.add_subcommand(
       "bench", "Measure ids/s of one generator against its layout's limit for one worker");
-  bench_command->add_option("-t,--threads", bench.threads, "Threads sharing the generator (default 1)");
+  bench_command->add_option("-t,--threads", bench.threads,
+                            "Threads sharing the generator (default 1)");
   bench_command->add_option("-s,--seconds", bench.seconds, "How long to measure (default 2)");
   bench_command->add_option("-l,--layout", bench.layout, layout_help);
-  bench_command->add_flag("--json", bench.json, "Print one JSON object (ids_per_sec, limit_per_sec)");
+  bench_command->add_flag("--json", bench.json,
+                          "Print one JSON object (ids_per_sec, limit_per_sec)");
 
   // CLI11 would only say "a subcommand is required"; name the unknown one.
   const auto is_command = [&app](const std::string& name) {

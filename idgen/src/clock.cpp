@@ -48,11 +48,13 @@ Civil civil_from_days(std::int64_t days) noexcept {
   const auto day_of_era = static_cast<unsigned>(days - era * 146097);
   const unsigned year_of_era =
       (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
-  const unsigned day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+  const unsigned day_of_year =
+      day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
   const unsigned shifted_month = (5 * day_of_year + 2) / 153;
   const unsigned day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
   const unsigned month = shifted_month < 10 ? shifted_month + 3 : shifted_month - 9;
-  const std::int64_t year = static_cast<std::int64_t>(year_of_era) + era * 400 + (month <= 2 ? 1 : 0);
+  const std::int64_t year =
+      static_cast<std::int64_t>(year_of_era) + era * 400 + (month <= 2 ? 1 : 0);
   return {year, month, day};
 }
 
@@ -127,7 +129,8 @@ std::string format_utc(std::int64_t unix_ms) {
   const auto millis = static_cast<int>(ms_of_day % 1000);
   char buffer[64];
   const char* year_format = (civil.year >= 0 && civil.year <= 9999) ? "%04lld" : "%+lld";
-  int length = std::snprintf(buffer, sizeof buffer, year_format, static_cast<long long>(civil.year));
+  int length =
+      std::snprintf(buffer, sizeof buffer, year_format, static_cast<long long>(civil.year));
   std::snprintf(buffer + length, sizeof buffer - static_cast<std::size_t>(length),
                 "-%02u-%02uT%02d:%02d:%02d.%03dZ", civil.month, civil.day, hours, minutes, seconds,
                 millis);
@@ -152,7 +155,8 @@ std::int64_t parse_utc(std::string_view text) {
   if (day < 1 || day > days_in_month(year, month)) throw fail("day out of range");
   std::int64_t offset_minutes = 0;
   if (pos < text.size()) {
-    if (text[pos] != 'T' && text[pos] != 't' && text[pos] != ' ') throw fail("expected 'T' after the date");
+    if (text[pos] != 'T' && text[pos] != 't' && text[pos] != ' ')
+      throw fail("expected 'T' after the date");
     ++pos;
     if (!read_digits(text, pos, 2, hour)) throw fail("bad hour");
     if (pos >= text.size() || text[pos++] != ':' || !read_digits(text, pos, 2, minute)) {

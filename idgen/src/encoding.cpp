@@ -56,10 +56,14 @@ int digit_value(char c, Encoding encoding) {
 
 std::uint64_t base_of(Encoding encoding) {
   switch (encoding) {
-    case Encoding::decimal: return 10;
-    case Encoding::hex: return 16;
-    case Encoding::base62: return 62;
-    case Encoding::base32: return 32;
+    case Encoding::decimal:
+      return 10;
+    case Encoding::hex:
+      return 16;
+    case Encoding::base62:
+      return 62;
+    case Encoding::base32:
+      return 32;
   }
   return 10;
 }
@@ -75,10 +79,14 @@ std::string printable(char c) {
 
 std::string encode(std::uint64_t id, Encoding encoding) {
   switch (encoding) {
-    case Encoding::decimal: return std::to_string(id);
-    case Encoding::hex: return encode_fixed(id, hex_digits, hex_width);
-    case Encoding::base62: return encode_fixed(id, base62_digits, base62_width);
-    case Encoding::base32: return encode_fixed(id, base32_digits, base32_width);
+    case Encoding::decimal:
+      return std::to_string(id);
+    case Encoding::hex:
+      return encode_fixed(id, hex_digits, hex_width);
+    case Encoding::base62:
+      return encode_fixed(id, base62_digits, base62_width);
+    case Encoding::base32:
+      return encode_fixed(id, base32_digits, base32_width);
   }
   return std::to_string(id);
 }
@@ -127,10 +135,14 @@ std::optional<Encoding> parse_encoding(std::string_view name) {
 
 std::string_view encoding_name(Encoding encoding) {
   switch (encoding) {
-    case Encoding::decimal: return "decimal";
-    case Encoding::hex: return "hex";
-    case Encoding::base62: return "base62";
-    case Encoding::base32: return "base32";
+    case Encoding::decimal:
+      return "decimal";
+    case Encoding::hex:
+      return "hex";
+    case Encoding::base62:
+      return "base62";
+    case Encoding::base32:
+      return "base32";
   }
   return "decimal";
 }

@@ -31,7 +31,8 @@ Generator::Generator(Layout layout, std::uint32_t worker_id, GeneratorOptions op
                 std::to_string(layout_.max_worker_id()) + " for layout " + describe(layout_));
   }
   if (options_.max_backward_wait.count() < 0) throw Error("max_backward_wait must not be negative");
-  if (options_.state_write_ahead.count() < 1) throw Error("state_write_ahead must be at least 1 ms");
+  if (options_.state_write_ahead.count() < 1)
+    throw Error("state_write_ahead must be at least 1 ms");
   max_tick_ = (std::uint64_t{1} << layout_.timestamp_bits) - 1;
   sequence_mask_ = layout_.max_sequence();
   time_shift_ = layout_.worker_bits + layout_.sequence_bits;
@@ -46,10 +47,9 @@ Generator::Generator(Layout layout, std::uint32_t worker_id, GeneratorOptions op
   const std::int64_t now_ms = clock_->now_unix_ms();
   const std::int64_t expires_ms = layout_.expires_unix_ms();
   if (now_ms >= expires_ms) {
-    throw LayoutExhaustedError("layout " + describe(layout_) + " expired on " +
-                               format_utc(expires_ms) + ": its " +
-                               std::to_string(layout_.timestamp_bits) +
-                               " timestamp bits cannot hold the current time");
+    throw LayoutExhaustedError(
+        "layout " + describe(layout_) + " expired on " + format_utc(expires_ms) + ": its " +
+        std::to_string(layout_.timestamp_bits) + " timestamp bits cannot hold the current time");
   }
   if (now_ms < layout_.epoch_unix_ms) {
     throw Error("the clock reads " + format_utc(now_ms) + ", before the epoch " +
@@ -70,7 +70,8 @@ Generator::~Generator() noexcept {
   try {
     const std::uint64_t last_tick = state_.load(std::memory_order_acquire) >> layout_.sequence_bits;
     const std::uint64_t reserved = reserved_until_tick_.load(std::memory_order_acquire);
-    if (last_tick + 1 < reserved) state_file_->write(tick_start_ms(static_cast<std::int64_t>(last_tick) + 1));
+    if (last_tick + 1 < reserved)
+      state_file_->write(tick_start_ms(static_cast<std::int64_t>(last_tick) + 1));
   } catch (...) {
     // The larger reservation on disk is still correct, only less tight.
   }

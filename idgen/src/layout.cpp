@@ -51,7 +51,9 @@ std::int64_t parse_tick_ms(std::string_view text, const std::string& fail_prefix
 
 }  // namespace
 
-Layout Layout::standard() { return Layout{}; }
+Layout Layout::standard() {
+  return Layout{};
+}
 
 Layout Layout::snowflake() {
   Layout layout;
@@ -152,7 +154,9 @@ Layout Layout::parse(std::string_view name_or_spec) {
   }
   if (!seen_time || !seen_worker || !seen_sequence) {
     throw Error(fail_prefix + "missing " +
-                (!seen_time ? "time" : !seen_worker ? "worker" : "seq") +
+                (!seen_time     ? "time"
+                 : !seen_worker ? "worker"
+                                : "seq") +
                 "=<bits> (a spec needs time, worker and seq)");
   }
   try {
@@ -171,20 +175,22 @@ void Layout::validate() const {
                 std::to_string(sequence_bits) + "=" + std::to_string(total));
   }
   if (timestamp_bits < 1) throw Error("time needs at least 1 bit");
-  if (worker_bits > 32) throw Error("worker may have at most 32 bits, got " + std::to_string(worker_bits));
+  if (worker_bits > 32)
+    throw Error("worker may have at most 32 bits, got " + std::to_string(worker_bits));
   if (tick_ms < 1 || tick_ms > 86'400'000) {
     throw Error("tick must be from 1 ms to 1 day, got " + std::to_string(tick_ms) + " ms");
   }
   if (epoch_unix_ms < 0 || epoch_unix_ms > parse_utc("9999-12-31T23:59:59.999Z")) {
-    throw Error("epoch must be between 1970-01-01 and 9999-12-31, got " + std::to_string(epoch_unix_ms));
+    throw Error("epoch must be between 1970-01-01 and 9999-12-31, got " +
+                std::to_string(epoch_unix_ms));
   }
 }
 
 std::string Layout::spec() const {
-  std::string text = "time=" + std::to_string(timestamp_bits) + ",worker=" +
-                     std::to_string(worker_bits) + ",seq=" + std::to_string(sequence_bits) +
-                     ",epoch=" + format_utc(epoch_unix_ms) + ",tick=" + std::to_string(tick_ms) +
-                     "ms";
+  std::string text =
+      "time=" + std::to_string(timestamp_bits) + ",worker=" + std::to_string(worker_bits) +
+      ",seq=" + std::to_string(sequence_bits) + ",epoch=" + format_utc(epoch_unix_ms) +
+      ",tick=" + std::to_string(tick_ms) + "ms";
   if (order == FieldOrder::time_sequence_worker) text += ",order=tsw";
   return text;
 }

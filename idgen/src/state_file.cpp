@@ -21,11 +21,13 @@ Error io_error(const std::filesystem::path& path, const std::string& what) {
   return Error(ErrorCode::io, "state file " + path.string() + ": " + what);
 }
 
-std::string errno_text() { return std::strerror(errno); }
+std::string errno_text() {
+  return std::strerror(errno);
+}
 
 // Closes a descriptor when leaving scope.
 class FileDescriptor {
-public:
+ public:
   explicit FileDescriptor(int fd) : fd_(fd) {}
   ~FileDescriptor() noexcept {
     if (fd_ >= 0) ::close(fd_);
@@ -35,7 +37,7 @@ public:
   int get() const noexcept { return fd_; }
   int release() noexcept { return std::exchange(fd_, -1); }
 
-private:
+ private:
   int fd_;
 };
 
@@ -44,7 +46,8 @@ private:
 StateFile::StateFile(std::filesystem::path path) : path_(std::move(path)) {
   const std::string lock_path = path_.string() + ".lock";
   FileDescriptor fd(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw io_error(path_, "cannot open lock file " + lock_path + ": " + errno_text());
+  if (fd.get() < 0)
+    throw io_error(path_, "cannot open lock file " + lock_path + ": " + errno_text());
   if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) {
       throw io_error(path_, "in use by another generator (" + lock_path + " is locked)");

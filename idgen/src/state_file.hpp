@@ -10,7 +10,7 @@
 namespace idgen::detail {
 
 class StateFile {
-public:
+ public:
   // Locks `path` (through "<path>.lock"). Throws Error(ErrorCode::io) naming
   // the file if it cannot be locked, e.g. another generator holds it.
   explicit StateFile(std::filesystem::path path);
@@ -26,7 +26,7 @@ public:
 
   const std::filesystem::path& path() const noexcept { return path_; }
 
-private:
+ private:
   std::filesystem::path path_;
   int lock_fd_ = -1;
 };

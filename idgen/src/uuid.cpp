@@ -56,9 +56,13 @@ boost::uuids::uuid UuidV7Generator::next() {
   return uuid;
 }
 
-boost::uuids::uuid uuid_v4() { return random_uuid(); }
+boost::uuids::uuid uuid_v4() {
+  return random_uuid();
+}
 
-std::string to_string(const boost::uuids::uuid& uuid) { return boost::uuids::to_string(uuid); }
+std::string to_string(const boost::uuids::uuid& uuid) {
+  return boost::uuids::to_string(uuid);
+}
 
 boost::uuids::uuid parse_uuid(std::string_view text) {
   const auto fail = [text](const std::string& why) {
@@ -89,8 +93,8 @@ boost::uuids::uuid parse_uuid(std::string_view text) {
 
 std::int64_t uuid_v7_unix_ms(const boost::uuids::uuid& uuid) {
   if ((uuid.data[6] >> 4) != 7) {
-    throw Error("UUID " + idgen::to_string(uuid) + " is version " + std::to_string(uuid.data[6] >> 4) +
-                ", not 7");
+    throw Error("UUID " + idgen::to_string(uuid) + " is version " +
+                std::to_string(uuid.data[6] >> 4) + ", not 7");
   }
   std::uint64_t unix_ms = 0;
   for (int i = 0; i < 6; ++i) unix_ms = unix_ms << 8 | uuid.data[i];

@@ -60,12 +60,15 @@ TEST_CASE("idgen gen: 1,000,000 ids are unique and strictly increasing", "[idgen
 TEST_CASE("idgen gen: worker from --worker, else IDGEN_WORKER_ID, else 0 with a warning",
           "[idgen][cli]") {
   const auto layout = idgen::Layout::standard();
-  auto from_env = run(idgen_bin, {"gen", "-n", "3"}, std::chrono::seconds(30), {"IDGEN_WORKER_ID=12"});
+  auto from_env =
+      run(idgen_bin, {"gen", "-n", "3"}, std::chrono::seconds(30), {"IDGEN_WORKER_ID=12"});
   REQUIRE(from_env.status.code == 0);
   CHECK(from_env.err.empty());
-  for (const auto& id : lines(from_env.out)) CHECK(idgen::decode(layout, to_number(id)).worker == 12);
+  for (const auto& id : lines(from_env.out))
+    CHECK(idgen::decode(layout, to_number(id)).worker == 12);
 
-  auto flag_wins = run(idgen_bin, {"gen", "--worker", "5"}, std::chrono::seconds(30), {"IDGEN_WORKER_ID=12"});
+  auto flag_wins =
+      run(idgen_bin, {"gen", "--worker", "5"}, std::chrono::seconds(30), {"IDGEN_WORKER_ID=12"});
   REQUIRE(flag_wins.status.code == 0);
   CHECK(idgen::decode(layout, to_number(lines(flag_wins.out).at(0))).worker == 5);
 
@@ -100,7 +103,8 @@ TEST_CASE("idgen gen: formats, layouts and JSON strings", "[idgen][cli]") {
   }
   const auto sony = run(idgen_bin, {"gen", "-n", "3", "-w", "65000", "--layout", "sonyflake"});
   REQUIRE(sony.status.code == 0);
-  CHECK(idgen::decode(idgen::Layout::sonyflake(), to_number(lines(sony.out).at(2))).worker == 65000);
+  CHECK(idgen::decode(idgen::Layout::sonyflake(), to_number(lines(sony.out).at(2))).worker ==
+        65000);
 
   const auto json = run(idgen_bin, {"gen", "-n", "2", "-w", "1", "--json"});
   REQUIRE(json.status.code == 0);
@@ -111,8 +115,8 @@ TEST_CASE("idgen gen: formats, layouts and JSON strings", "[idgen][cli]") {
 }
 
 TEST_CASE("idgen decode and compose are inverses", "[idgen][cli]") {
-  const auto composed = run(idgen_bin, {"compose", "--time", "2026-03-01T12:00:00.123Z", "--worker",
-                                        "7", "--seq", "5"});
+  const auto composed = run(
+      idgen_bin, {"compose", "--time", "2026-03-01T12:00:00.123Z", "--worker", "7", "--seq", "5"});
   REQUIRE(composed.status.code == 0);
   const std::string id = lines(composed.out).at(0);
   CHECK(to_number(id) == idgen::compose(idgen::Layout::standard(),
@@ -129,7 +133,8 @@ TEST_CASE("idgen decode and compose are inverses", "[idgen][cli]") {
 
   const auto text = run(idgen_bin, {"decode", id});
   REQUIRE(text.status.code == 0);
-  CHECK_THAT(text.out, Catch::Contains("2026-03-01T12:00:00.123Z") && Catch::Contains("worker        7"));
+  CHECK_THAT(text.out,
+             Catch::Contains("2026-03-01T12:00:00.123Z") && Catch::Contains("worker        7"));
 
   const auto hex = run(idgen_bin, {"compose", "-t", "2026-03-01T12:00:00Z", "-w", "1", "--layout",
                                    "sonyflake", "--format", "hex"});
@@ -192,7 +197,8 @@ TEST_CASE("bad input gets a one-line error naming it and exit status 2", "[idgen
   check_usage_error({"decode"}, "id is required");
   check_usage_error({"decode", "9223372036854775808"}, "sign bit");
   check_usage_error({"compose", "--time", "noon", "--worker", "1"}, "--time");
-  check_usage_error({"compose", "--time", "2020-01-01T00:00:00Z", "--worker", "1"}, "before the layout's epoch");
+  check_usage_error({"compose", "--time", "2020-01-01T00:00:00Z", "--worker", "1"},
+                    "before the layout's epoch");
   check_usage_error({"uuid", "--v4", "--v7"}, "exclude");
   check_usage_error({"bench", "--threads", "0"}, "--threads");
   check_usage_error({"bench", "--seconds", "forever"}, "--seconds");
@@ -201,7 +207,8 @@ TEST_CASE("bad input gets a one-line error naming it and exit status 2", "[idgen
 }
 
 TEST_CASE("idgen exit status 4 for an expired layout", "[idgen][cli]") {
-  const auto result = run(idgen_bin, {"gen", "-w", "1", "--layout", "time=20,worker=10,seq=33,epoch=0"});
+  const auto result =
+      run(idgen_bin, {"gen", "-w", "1", "--layout", "time=20,worker=10,seq=33,epoch=0"});
   CHECK(result.status.code == 4);
   CHECK(lines(result.err).size() == 1);
   CHECK_THAT(result.err, Catch::Contains("expired"));
@@ -225,8 +232,8 @@ TEST_CASE("idgen exit status 3 when the state file shows a clock rollback", "[id
   CHECK(lines(refused.err).size() == 1);
   CHECK_THAT(refused.err, Catch::Contains("clock moved backwards"));
 
-  const auto borrowed = run(idgen_bin, {"gen", "-w", "1", "-n", "5", "--state-file", state,
-                                        "--clock-policy", "borrow"});
+  const auto borrowed = run(
+      idgen_bin, {"gen", "-w", "1", "-n", "5", "--state-file", state, "--clock-policy", "borrow"});
   REQUIRE(borrowed.status.code == 0);
   const auto first = idgen::decode(idgen::Layout::standard(), to_number(lines(borrowed.out).at(0)));
   CHECK(first.timestamp_unix_ms >= now + 3'600'000);
@@ -235,7 +242,8 @@ TEST_CASE("idgen exit status 3 when the state file shows a clock rollback", "[id
 TEST_CASE("idgen --help explains the commands and exits 0", "[idgen][cli]") {
   const auto help = run(idgen_bin, {"--help"});
   CHECK(help.status.code == 0);
-  CHECK_THAT(help.out, Catch::Contains("gen") && Catch::Contains("decode") && Catch::Contains("bench"));
+  CHECK_THAT(help.out,
+             Catch::Contains("gen") && Catch::Contains("decode") && Catch::Contains("bench"));
   const auto gen_help = run(idgen_bin, {"gen", "--help"});
   CHECK(gen_help.status.code == 0);
   CHECK_THAT(gen_help.out, Catch::Contains("IDGEN_WORKER_ID") && Catch::Contains("--layout"));

@@ -17,8 +17,18 @@ const std::vector<Encoding> all_encodings = {Encoding::decimal, Encoding::hex, E
 
 TEST_CASE("every encoding round-trips", "[idgen][encoding]") {
   std::mt19937_64 random(7);
-  std::vector<std::uint64_t> values = {0, 1, 9, 10, 31, 32, 61, 62, 63, 64,
-                                       (std::uint64_t{1} << 63) - 1, std::uint64_t{1} << 63,
+  std::vector<std::uint64_t> values = {0,
+                                       1,
+                                       9,
+                                       10,
+                                       31,
+                                       32,
+                                       61,
+                                       62,
+                                       63,
+                                       64,
+                                       (std::uint64_t{1} << 63) - 1,
+                                       std::uint64_t{1} << 63,
                                        ~std::uint64_t{0}};
   for (int i = 0; i < 20'000; ++i) values.push_back(random() >> (random() % 64));
   for (const Encoding encoding : all_encodings) {
@@ -63,9 +73,9 @@ TEST_CASE("decoding is lenient where the encodings say so", "[idgen][encoding]")
 }
 
 TEST_CASE("bad text names the character, its position, or the overflow", "[idgen][encoding]") {
-  CHECK_THROWS_WITH(idgen::decode("abc", Encoding::decimal),
-                    Catch::Contains("invalid decimal id 'abc'") &&
-                        Catch::Contains("'a' at position 1"));
+  CHECK_THROWS_WITH(
+      idgen::decode("abc", Encoding::decimal),
+      Catch::Contains("invalid decimal id 'abc'") && Catch::Contains("'a' at position 1"));
   CHECK_THROWS_WITH(idgen::decode("12g4", Encoding::hex), Catch::Contains("'g' at position 3"));
   CHECK_THROWS_WITH(idgen::decode("12-4", Encoding::base62), Catch::Contains("'-' at position 3"));
   CHECK_THROWS_WITH(idgen::decode("0U", Encoding::base32), Catch::Contains("'U' at position 2"));
@@ -74,7 +84,8 @@ TEST_CASE("bad text names the character, its position, or the overflow", "[idgen
   CHECK_THROWS_WITH(idgen::decode("18446744073709551616", Encoding::decimal),
                     Catch::Contains("does not fit in 64 bits"));
   CHECK_THROWS_WITH(idgen::decode("LygHa16AHYG", Encoding::base62), Catch::Contains("64 bits"));
-  CHECK_THROWS_WITH(idgen::decode(std::string("1\x01", 2), Encoding::decimal), Catch::Contains("byte 0x01"));
+  CHECK_THROWS_WITH(idgen::decode(std::string("1\x01", 2), Encoding::decimal),
+                    Catch::Contains("byte 0x01"));
   CHECK_THROWS_AS(idgen::decode("x", Encoding::hex), idgen::Error);
 }
 

@@ -1,12 +1,13 @@
 #include <algorithm>
+#include <atomic>
 #include <future>
 #include <set>
 #include <sstream>
 #include <thread>
 
-#include <catch2/catch.hpp>
 #include <spdlog/logger.h>
 #include <spdlog/sinks/ostream_sink.h>
+#include <catch2/catch.hpp>
 
 #include "idgen/snowflake.hpp"
 #include "test_support.hpp"
@@ -29,7 +30,9 @@ GeneratorOptions manual(const std::shared_ptr<ManualClock>& clock,
   return options;
 }
 
-std::int64_t start_ms() { return Layout::standard().epoch_unix_ms + 1'000'000; }
+std::int64_t start_ms() {
+  return Layout::standard().epoch_unix_ms + 1'000'000;
+}
 
 // Waits until `generator_call` is visibly polling the clock (it keeps reading
 // it without returning), so the test can move time knowing the call waits.
@@ -42,7 +45,8 @@ void wait_until_polling(const ManualClock& clock, const std::future<std::uint64_
 
 }  // namespace
 
-TEST_CASE("ids from one generator strictly increase and carry the worker id", "[idgen][generator]") {
+TEST_CASE("ids from one generator strictly increase and carry the worker id",
+          "[idgen][generator]") {
   Generator generator(Layout::standard(), 77);
   std::uint64_t previous = 0;
   for (int i = 0; i < 200'000; ++i) {
@@ -81,7 +85,45 @@ TEST_CASE("threads sharing a generator never get the same id", "[idgen][generato
   CHECK(all.size() == std::size_t{thread_count} * per_thread);
 }
 
-TEST_CASE("a worker id outside the layout's range is refused, naming the range", "[idgen][generator]") {
+TEST_CASE("threads preempted between calls never see a false clock step",
+          "[idgen][generator][clock]") {
+  // A thread that read the clock and then lost its CPU while other threads
+  // issued later ids must not take that for the clock moving backwards. This
+  // clock stalls after taking some of its readings, as a preempted thread would.
+  class StallingClock final : public idgen::Clock {
+  public:
+    std::int64_t now_unix_ms() const noexcept override {
+      const std::int64_t reading = idgen::SystemClock::shared()->now_unix_ms();
+      if (calls_.fetch_add(1, std::memory_order_relaxed) % 512 == 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(3));  // simulated preemption
+      }
+      return reading;
+    }
+
+  private:
+    mutable std::atomic<std::uint64_t> calls_{0};
+  };
+  idgen::GeneratorOptions options;
+  options.clock_policy = ClockPolicy::fail;
+  options.clock = std::make_shared<StallingClock>();
+  Generator generator(Layout::standard(), 2, options);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      try {
+        for (int i = 0; i < 20'000; ++i) generator.next();
+      } catch (const idgen::ClockMovedBackwardsError&) {
+        ++failures;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  CHECK(failures.load() == 0);
+}
+
+TEST_CASE("a worker id outside the layout's range is refused, naming the range",
+          "[idgen][generator]") {
   CHECK_THROWS_WITH(Generator(Layout::standard(), 1024), Catch::Contains("out of range 0..1023"));
   CHECK_THROWS_WITH(Generator(Layout::sonyflake(), 65536), Catch::Contains("0..65535"));
   CHECK_NOTHROW(Generator(Layout::sonyflake(), 65535));
@@ -220,7 +262,8 @@ TEST_CASE("less than 5 years left logs a warning; running out fails next()",
 
 TEST_CASE("a clock before the layout's epoch is refused", "[idgen][generator]") {
   auto clock = std::make_shared<ManualClock>(Layout::standard().epoch_unix_ms - 1);
-  CHECK_THROWS_WITH(Generator(Layout::standard(), 0, manual(clock)), Catch::Contains("before the epoch"));
+  CHECK_THROWS_WITH(Generator(Layout::standard(), 0, manual(clock)),
+                    Catch::Contains("before the epoch"));
 }
 
 TEST_CASE("the system clock follows the wall clock", "[idgen][clock]") {

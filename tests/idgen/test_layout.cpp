@@ -75,7 +75,8 @@ TEST_CASE("custom specs parse, and spec() parses back to the same layout", "[idg
   CHECK(layout.epoch_unix_ms == idgen::parse_utc("2024-06-01T00:00:00Z"));
   CHECK(Layout::parse(layout.spec()) == layout);
 
-  const Layout from_millis = Layout::parse("timestamp=39,worker=16,sequence=8,epoch=1409529600000,tick=10ms,order=tsw");
+  const Layout from_millis =
+      Layout::parse("timestamp=39,worker=16,sequence=8,epoch=1409529600000,tick=10ms,order=tsw");
   CHECK(from_millis.epoch_unix_ms == 1409529600000);
   CHECK(from_millis.order == idgen::FieldOrder::time_sequence_worker);
   CHECK(Layout::parse("time=41,worker=10,seq=12,tick=1s").tick_ms == 1000);
@@ -95,7 +96,8 @@ TEST_CASE("invalid specs are refused with the reason", "[idgen][layout]") {
   CHECK_THAT(parse_error("time=41,worker=10,seq=13"), Catch::Contains("sum to 63"));
   CHECK_THAT(parse_error("time=41,worker=10"), Catch::Contains("missing seq"));
   CHECK_THAT(parse_error("flake"), Catch::Contains("not a preset"));
-  CHECK_THAT(parse_error("time=41,worker=10,seq=12,colour=blue"), Catch::Contains("unknown key 'colour'"));
+  CHECK_THAT(parse_error("time=41,worker=10,seq=12,colour=blue"),
+             Catch::Contains("unknown key 'colour'"));
   CHECK_THAT(parse_error("time=abc,worker=10,seq=12"), Catch::Contains("bit count"));
   CHECK_THAT(parse_error("time=41,worker=10,seq=12,tick=0ms"), Catch::Contains("tick"));
   CHECK_THAT(parse_error("time=41,worker=10,seq=12,tick=fast"), Catch::Contains("tick"));

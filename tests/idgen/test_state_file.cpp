@@ -14,10 +14,12 @@ using idgen::ManualClock;
 
 namespace {
 
-std::int64_t start_ms() { return Layout::standard().epoch_unix_ms + 5'000'000; }
+std::int64_t start_ms() {
+  return Layout::standard().epoch_unix_ms + 5'000'000;
+}
 
-GeneratorOptions with_state(const std::filesystem::path& path, const std::shared_ptr<ManualClock>& clock,
-                            ClockPolicy policy) {
+GeneratorOptions with_state(const std::filesystem::path& path,
+                            const std::shared_ptr<ManualClock>& clock, ClockPolicy policy) {
   GeneratorOptions options;
   options.state_file = path;
   options.clock = clock;
@@ -103,15 +105,16 @@ TEST_CASE("a restart inside the write-ahead window waits for the clock to pass t
   // Real time moves the clock here: a clock that follows the steady clock
   // from just below the recorded mark.
   class FollowingClock final : public idgen::Clock {
-  public:
-    explicit FollowingClock(std::int64_t start) : start_(start), began_(std::chrono::steady_clock::now()) {}
+   public:
+    explicit FollowingClock(std::int64_t start)
+        : start_(start), began_(std::chrono::steady_clock::now()) {}
     std::int64_t now_unix_ms() const noexcept override {
       return start_ + std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::steady_clock::now() - began_)
                           .count();
     }
 
-  private:
+   private:
     std::int64_t start_;
     std::chrono::steady_clock::time_point began_;
   };

@@ -25,8 +25,8 @@ TEST_CASE("UUID v7 follows RFC 9562's bit layout", "[idgen][uuid]") {
   idgen::UuidV7Generator generator(std::make_shared<idgen::ManualClock>(now));
   const auto uuid = generator.next();
   CHECK(unix_ms_field(uuid) == static_cast<std::uint64_t>(now));
-  CHECK(uuid.data[6] >> 4 == 7);            // version
-  CHECK((uuid.data[8] & 0xc0) == 0x80);     // variant 10
+  CHECK(uuid.data[6] >> 4 == 7);         // version
+  CHECK((uuid.data[8] & 0xc0) == 0x80);  // variant 10
   CHECK(uuid.variant() == boost::uuids::uuid::variant_rfc_4122);
   CHECK(idgen::uuid_v7_unix_ms(uuid) == now);
   // The counter in rand_a starts below 2048, leaving room to count.
@@ -103,7 +103,8 @@ TEST_CASE("UUID text round-trips and bad text is named", "[idgen][uuid]") {
   std::string upper = text;
   for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   CHECK(idgen::parse_uuid(upper) == uuid);
-  CHECK_THROWS_WITH(idgen::parse_uuid("0190f5c2-8a4b-7c3d-9e2f-0123456789a"), Catch::Contains("length 35"));
+  CHECK_THROWS_WITH(idgen::parse_uuid("0190f5c2-8a4b-7c3d-9e2f-0123456789a"),
+                    Catch::Contains("length 35"));
   CHECK_THROWS_WITH(idgen::parse_uuid("0190f5c2-8a4b-7c3d-9e2f-0123456789ag"),
                     Catch::Contains("'g' at position 36"));
   CHECK_THROWS_WITH(idgen::parse_uuid("0190f5c2x8a4b-7c3d-9e2f-0123456789ab"),

@@ -22,24 +22,25 @@ namespace idgen {
 
 // Milliseconds since 1970-01-01T00:00:00Z.
 class Clock {
-public:
+ public:
   virtual ~Clock() = default;
   virtual std::int64_t now_unix_ms() const noexcept = 0;
 };
 
 // Wall time anchored on the steady clock (see the header comment).
 class SystemClock final : public Clock {
-public:
+ public:
   // `backward_tolerance`: backward steps of the wall clock up to this size are
   // ignored (ids keep their steady pace); larger ones are followed.
-  explicit SystemClock(std::chrono::milliseconds backward_tolerance = std::chrono::milliseconds(1000),
-                       std::chrono::milliseconds resync_interval = std::chrono::milliseconds(1000));
+  explicit SystemClock(
+      std::chrono::milliseconds backward_tolerance = std::chrono::milliseconds(1000),
+      std::chrono::milliseconds resync_interval = std::chrono::milliseconds(1000));
   std::int64_t now_unix_ms() const noexcept override;
 
   // The process-wide default instance.
   static std::shared_ptr<SystemClock> shared();
 
-private:
+ private:
   void resync(std::int64_t steady_ns) const noexcept;
 
   std::int64_t backward_tolerance_ns_;
@@ -51,7 +52,7 @@ private:
 
 // A clock that only moves when told to. For tests.
 class ManualClock final : public Clock {
-public:
+ public:
   explicit ManualClock(std::int64_t unix_ms) : now_ms_(unix_ms) {}
   std::int64_t now_unix_ms() const noexcept override {
     reads_.fetch_add(1, std::memory_order_relaxed);
@@ -65,7 +66,7 @@ public:
   // is waiting for time to move.
   std::uint64_t reads() const noexcept { return reads_.load(std::memory_order_relaxed); }
 
-private:
+ private:
   std::atomic<std::int64_t> now_ms_;
   mutable std::atomic<std::uint64_t> reads_{0};
 };

@@ -24,19 +24,19 @@ enum class ErrorCode {
 };
 
 class Error : public std::runtime_error {
-public:
+ public:
   Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
   explicit Error(const std::string& message) : Error(ErrorCode::invalid_argument, message) {}
 
   ErrorCode code() const noexcept { return code_; }
 
-private:
+ private:
   ErrorCode code_;
 };
 
 // The clock moved backwards and the generator's ClockPolicy refused to continue.
 class ClockMovedBackwardsError : public Error {
-public:
+ public:
   explicit ClockMovedBackwardsError(const std::string& message)
       : Error(ErrorCode::clock_moved_backwards, message) {}
 };
@@ -44,7 +44,7 @@ public:
 // The layout's timestamp field cannot represent the current time (it expired),
 // so no further id can be issued.
 class LayoutExhaustedError : public Error {
-public:
+ public:
   explicit LayoutExhaustedError(const std::string& message)
       : Error(ErrorCode::layout_exhausted, message) {}
 };

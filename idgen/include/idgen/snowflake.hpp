@@ -145,7 +145,7 @@ struct GeneratorOptions {
 // Issues strictly increasing, never repeating ids for one (layout, worker).
 // Thread-safe; not copyable or movable (threads hold references to it).
 class Generator {
-public:
+ public:
   // Throws idgen::Error if the layout is invalid or the worker id is outside
   // 0..layout.max_worker_id(), LayoutExhaustedError if the layout has expired,
   // ClockMovedBackwardsError if the state file proves the clock was rolled back
@@ -164,7 +164,7 @@ public:
   const Layout& layout() const noexcept { return layout_; }
   std::uint32_t worker_id() const noexcept { return worker_id_; }
 
-private:
+ private:
   std::int64_t tick_of(std::int64_t unix_ms) const noexcept;
   std::int64_t tick_start_ms(std::int64_t tick) const noexcept;
   void wait_for_tick_after(std::int64_t tick) const;

@@ -25,7 +25,7 @@
 namespace idgen {
 
 class UuidV7Generator {
-public:
+ public:
   // `clock` null means SystemClock::shared().
   explicit UuidV7Generator(std::shared_ptr<Clock> clock = nullptr);
   UuidV7Generator(const UuidV7Generator&) = delete;
@@ -33,7 +33,7 @@ public:
 
   boost::uuids::uuid next();
 
-private:
+ private:
   std::shared_ptr<Clock> clock_;
   // unix_ms << 12 | counter of the last UUID issued
   std::atomic<std::uint64_t> state_{0};
