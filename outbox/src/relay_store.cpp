@@ -61,6 +61,28 @@ struct RelayStore::Impl {
 
   std::unique_ptr<detail::WakeReceiver> wake;
   std::int64_t last_data_version = -1;
+  int wal_pages_seen = 0;
+
+  // Runs after each commit of this connection with the WAL's size in pages.
+  static int on_wal_commit(void* self, sqlite3*, const char*, int pages) {
+    static_cast<Impl*>(self)->wal_pages_seen = pages;
+    return SQLITE_OK;
+  }
+
+  // Checkpoints outside of any transaction of ours, never blocking writers.
+  void maybe_checkpoint(bool force_probe) {
+    if (options.checkpoint_pages <= 0 || options.read_only) return;
+    if (!force_probe && wal_pages_seen < options.checkpoint_pages) return;
+    if (sqlite3_get_autocommit(db) == 0) return;
+    int log_frames = 0, checkpointed = 0;
+    int rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log_frames,
+                                       &checkpointed);
+    wal_pages_seen = 0;
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+      // Not fatal for the relay: the producer's own threshold still bounds the WAL.
+      logger->warn("outbox: checkpoint of {} failed: {}", path, sqlite3_errmsg(db));
+    }
+  }
 
   void prepare() {
     read_lease = Statement(db,
@@ -223,6 +245,7 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
     detail::ensure_schema(impl->db, impl->path, detail::SchemaMode::require_existing);
   }
   impl->prepare();
+  if (!impl->options.read_only) sqlite3_wal_hook(impl->db, &Impl::on_wal_commit, impl.get());
   return RelayStore(std::move(impl));
 }
 
@@ -384,6 +407,7 @@ void RelayStore::record_outcomes(std::span<const Outcome> outcomes, const Lease&
   }
   impl.advance_cursor(delivered);
   transaction.commit();
+  impl.maybe_checkpoint(false);
 }
 
 void RelayStore::schedule_retry(std::span<const std::int64_t> seqs, const std::string& error,
@@ -592,7 +616,11 @@ bool RelayStore::wait_for_work(std::chrono::milliseconds timeout) {
     }
     auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
-    if (remaining.count() <= 0) return false;
+    if (remaining.count() <= 0) {
+      // Idle: a good moment to copy the WAL back (cheap when there is nothing to do).
+      impl.maybe_checkpoint(true);
+      return false;
+    }
     auto step = std::min(remaining, impl.options.poll_interval);
     if (impl.wake->listening()) {
       if (impl.wake->wait(step)) {

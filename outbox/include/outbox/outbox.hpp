@@ -85,9 +85,13 @@ struct Options {
 
   // Wake the relay of this database after each commit that enqueued messages.
   bool notify_relay = true;
-  // WAL auto-checkpoint threshold in pages (the library runs it from its WAL
-  // hook, as SQLite would).
-  int wal_autocheckpoint_pages = 1000;
+  // Checkpoints copy the WAL back into the database file and fsync it: a few
+  // milliseconds that would otherwise land inside a business transaction every
+  // few hundred commits. The relay (RelayStore) checkpoints in the background,
+  // so a producer only checkpoints itself when the WAL has grown past this
+  // many pages (no relay running, or one that is stuck). 0 disables it. This
+  // replaces SQLite's auto-checkpoint on the connection (see "Ownership").
+  int wal_autocheckpoint_pages = 10000;
 
   Clock clock = system_clock();
   // Null: a null sink. Never a global logger.

@@ -76,6 +76,11 @@ struct RelayOptions {
   // arrives (commits from producers that could not notify, other machines'
   // tools, a missed datagram).
   std::chrono::milliseconds poll_interval{50};
+  // The relay keeps the WAL short: after its own commits, and when
+  // wait_for_work() finds nothing to do, it runs a PASSIVE checkpoint once the
+  // WAL holds at least this many pages (0: never). Producers then never pay
+  // for checkpoints on their commits (see Options::wal_autocheckpoint_pages).
+  int checkpoint_pages = 1000;
   // Open the file read-only (status and listing tools); writes then throw.
   bool read_only = false;
   Clock clock = system_clock();
