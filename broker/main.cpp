@@ -7,6 +7,8 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <vector>
+#include <algorithm>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -227,7 +229,10 @@ int main(int argc, char** argv) {
 
   ServeSettings serve_settings;
   auto* serve_command = app.add_subcommand("serve", "run the broker daemon");
-  serve_command->set_config("--config", "", "read these settings from a TOML or INI file");
+  // The config file belongs to the top-level app (CLI11 reads it there); the
+  // serve settings live in its [serve] section, one key per flag.
+  app.set_config("--config", "", "read settings from a TOML or INI file ([serve] section)");
+  app.allow_config_extras(CLI::config_extras_mode::error);
   serve_command->add_option("--db", serve_settings.db, "broker database file (created if missing)")
       ->required();
   serve_command->add_option("--bind", serve_settings.bind,
@@ -290,8 +295,26 @@ int main(int argc, char** argv) {
         ->capture_default_str();
   }
 
+  // CLI11 2.1 reads a config file only for an option of the top-level app, so
+  // `serve --config FILE` is parsed as `--config FILE serve`.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--config" && i + 1 < args.size()) {
+      std::vector<std::string> moved = {args[i], args[i + 1]};
+      args.erase(args.begin() + static_cast<long>(i), args.begin() + static_cast<long>(i) + 2);
+      args.insert(args.begin(), moved.begin(), moved.end());
+      break;
+    }
+    if (args[i].rfind("--config=", 0) == 0) {
+      auto option = args[i];
+      args.erase(args.begin() + static_cast<long>(i));
+      args.insert(args.begin(), option);
+      break;
+    }
+  }
+  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments in reverse order
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::ParseError& error) {
     int code = app.exit(error);
     return code == 0 ? kExitOk : kExitUsage;

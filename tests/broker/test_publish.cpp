@@ -1,0 +1,280 @@
+// Publishing to the real daemon: outcomes per message, sessions, restarts,
+// SIGTERM with batches in flight, CURVE.
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <zmq.h>
+
+#include "broker_process.hpp"
+#include "wire/zmq_io.hpp"
+
+using namespace broker_test;
+
+TEST_CASE("new msg_ids are STORED, resends DUPLICATE, changed payloads CONFLICT") {
+  test_support::TempDir dir("broker-publish");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  auto client = connect(broker.endpoint());
+
+  std::vector<wire::OutgoingMessage> batch = {message("id-1", "one"), message("id-2", "two")};
+  auto ack = client->publish(1, batch, 20s);
+  REQUIRE(ack.ok());
+  CHECK(ack->batch_id == 1);
+  REQUIRE(ack->entries.size() == 2);
+  CHECK(ack->entries[0].status == wire::AckStatus::stored);
+  CHECK(ack->entries[0].offset == 1);
+  CHECK(ack->entries[1].status == wire::AckStatus::stored);
+  CHECK(ack->entries[1].offset == 2);
+
+  auto resend = client->publish(2, batch, 20s);
+  REQUIRE(resend.ok());
+  CHECK(resend->entries[0].status == wire::AckStatus::duplicate);
+  CHECK(resend->entries[0].offset == 1);
+  CHECK(resend->entries[1].status == wire::AckStatus::duplicate);
+  CHECK(resend->entries[1].offset == 2);
+
+  std::vector<wire::OutgoingMessage> changed = {message("id-1", "ONE"), message("id-3", "three")};
+  auto conflict = client->publish(3, changed, 20s);
+  REQUIRE(conflict.ok());
+  CHECK(conflict->entries[0].status == wire::AckStatus::conflict);
+  CHECK_FALSE(conflict->entries[0].reason.empty());
+  CHECK(conflict->entries[1].status == wire::AckStatus::stored);
+  CHECK(conflict->entries[1].offset == 3);
+
+  auto stats = client->stats(20s);
+  REQUIRE(stats.ok());
+  CHECK(counter(*stats, "stored") == 3);
+  CHECK(counter(*stats, "duplicates") == 2);
+  CHECK(counter(*stats, "conflicts") == 1);
+  CHECK(broker.stop().code == 0);
+}
+
+TEST_CASE("a message above --max-message-bytes is REJECTED, its batch neighbours stored") {
+  test_support::TempDir dir("broker-large");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-message-bytes", "1k"});
+  auto client = connect(broker.endpoint());
+  std::vector<wire::OutgoingMessage> batch = {message("small-1", "ok"),
+                                              message("big", std::string(4000, 'x')),
+                                              message("small-2", "ok too"),
+                                              message("", "no id")};
+  auto ack = client->publish(7, batch, 20s);
+  REQUIRE(ack.ok());
+  REQUIRE(ack->entries.size() == 4);
+  CHECK(ack->entries[0].status == wire::AckStatus::stored);
+  CHECK(ack->entries[1].status == wire::AckStatus::rejected);
+  CHECK_THAT(ack->entries[1].reason, Catch::Contains("too large"));
+  CHECK(ack->entries[2].status == wire::AckStatus::stored);
+  CHECK(ack->entries[3].status == wire::AckStatus::rejected);
+  // A rejection is an outcome, not a session failure: the session goes on.
+  auto next = client->publish(8, std::vector{message("small-3", "fine")}, 20s);
+  REQUIRE(next.ok());
+  CHECK(next->entries[0].status == wire::AckStatus::stored);
+  auto stats = client->stats(20s);
+  REQUIRE(stats.ok());
+  CHECK(counter(*stats, "rejected") == 2);
+}
+
+TEST_CASE("a restarted broker still knows every msg_id it acknowledged") {
+  test_support::TempDir dir("broker-restart");
+  std::vector<wire::OutgoingMessage> batch;
+  for (int i = 0; i < 500; ++i) batch.push_back(message("restart-" + std::to_string(i), "p"));
+  std::vector<std::uint64_t> offsets;
+  {
+    BrokerProcess broker(dir.path(), dir / "broker.db");
+    auto client = connect(broker.endpoint());
+    auto ack = client->publish(1, batch, 20s);
+    REQUIRE(ack.ok());
+    for (const auto& entry : ack->entries) {
+      REQUIRE(entry.status == wire::AckStatus::stored);
+      offsets.push_back(entry.offset);
+    }
+    CHECK(broker.stop().code == 0);
+  }
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  auto client = connect(broker.endpoint());
+  auto ack = client->publish(1, batch, 20s);
+  REQUIRE(ack.ok());
+  REQUIRE(ack->entries.size() == batch.size());
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    CHECK(ack->entries[i].status == wire::AckStatus::duplicate);
+    CHECK(ack->entries[i].offset == offsets[i]);
+  }
+}
+
+TEST_CASE("after a failed batch the session is refused until a new HELLO") {
+  test_support::TempDir dir("broker-session");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+
+  SECTION("PUBLISH without HELLO is refused") {
+    broker::Client client(broker.endpoint());
+    auto ack = client.publish(1, std::vector{message("x", "y")}, 20s);
+    REQUIRE_FALSE(ack.ok());
+    CHECK(ack.error().code == wire::ErrorCode::no_session);
+  }
+
+  SECTION("a malformed batch fails the session; later pipelined batches are refused") {
+    auto client = connect(broker.endpoint());
+    REQUIRE(client->send_publish(1, std::vector{message("s-1", "a")}));
+    // Batch 2: a valid header naming two messages but carrying only one.
+    std::string body;
+    wire::begin_publish_body(body, client->session_id(), 2);
+    wire::append_publish_message(body, "s-2", "orders", "k", {}, "b");
+    wire::finish_publish_body(body, 2);
+    std::vector<std::string> frames = {wire::encode_tag(), std::string(1, '\x03'), body};
+    REQUIRE(client->send_raw(frames));
+    REQUIRE(client->send_publish(3, std::vector{message("s-3", "c")}));
+
+    std::map<std::uint64_t, wire::AnyMessage> replies;
+    for (int i = 0; i < 3; ++i) {
+      auto reply = client->receive(20s);
+      REQUIRE(reply.has_value());
+      REQUIRE(reply->ok());
+      auto& value = reply->value();
+      if (auto* ack = std::get_if<wire::Ack>(&value)) replies[ack->batch_id] = value;
+      if (auto* error = std::get_if<wire::ErrorReply>(&value)) replies[error->request_id] = value;
+    }
+    REQUIRE(std::holds_alternative<wire::Ack>(replies[1]));
+    CHECK(std::get<wire::Ack>(replies[1]).entries[0].status == wire::AckStatus::stored);
+    REQUIRE(std::holds_alternative<wire::ErrorReply>(replies[2]));
+    CHECK(std::get<wire::ErrorReply>(replies[2]).code == wire::ErrorCode::truncated);
+    REQUIRE(std::holds_alternative<wire::ErrorReply>(replies[3]));
+    CHECK(std::get<wire::ErrorReply>(replies[3]).code == wire::ErrorCode::session_failed);
+
+    // Still refused...
+    auto refused = client->publish(4, std::vector{message("s-3", "c")}, 20s);
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.error().code == wire::ErrorCode::session_failed);
+    // ...until a new session.
+    REQUIRE(client->hello("test", 20s).ok());
+    auto ack = client->publish(5, std::vector{message("s-3", "c")}, 20s);
+    REQUIRE(ack.ok());
+    CHECK(ack->entries[0].status == wire::AckStatus::stored);
+    CHECK(ack->entries[0].offset == 2);  // s-3 was never stored before
+
+    auto stats = client->stats(20s);
+    REQUIRE(stats.ok());
+    CHECK(counter(*stats, "malformed") == 1);
+    CHECK(counter(*stats, "refused_batches") == 2);
+  }
+}
+
+TEST_CASE("SIGTERM with batches in flight: everything acknowledged is kept") {
+  test_support::TempDir dir("broker-sigterm");
+  constexpr int kBatches = 300;
+  constexpr int kPerBatch = 100;
+  auto batch_of = [](int b) {
+    std::vector<wire::OutgoingMessage> batch;
+    for (int i = 0; i < kPerBatch; ++i) {
+      batch.push_back(message("term-" + std::to_string(b) + "-" + std::to_string(i),
+                              std::string(256, static_cast<char>('a' + i % 26)), "orders",
+                              "key-" + std::to_string(i % 7)));
+    }
+    return batch;
+  };
+  std::map<std::string, std::uint64_t> acknowledged;  // msg_id -> offset
+  {
+    BrokerProcess broker(dir.path(), dir / "broker.db");
+    auto client = connect(broker.endpoint());
+    auto record = [&](const wire::Result<wire::AnyMessage>& reply) {
+      REQUIRE(reply.ok());
+      if (auto* ack = std::get_if<wire::Ack>(&reply.value())) {
+        auto batch = batch_of(static_cast<int>(ack->batch_id));
+        REQUIRE(ack->entries.size() == batch.size());
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+          REQUIRE(ack->entries[i].status == wire::AckStatus::stored);
+          acknowledged[batch[i].msg_id] = ack->entries[i].offset;
+        }
+      }
+    };
+    int sent = 0;
+    // Pipeline batches until the first ack comes back, then stop the broker
+    // while the rest are still in flight.
+    while (acknowledged.empty()) {
+      while (sent < kBatches && client->send_publish(static_cast<std::uint64_t>(sent), batch_of(sent))) {
+        ++sent;
+      }
+      auto reply = client->receive(20s);
+      REQUIRE(reply.has_value());
+      record(*reply);
+    }
+    broker.process().signal(SIGTERM);
+    while (sent < kBatches && client->send_publish(static_cast<std::uint64_t>(sent), batch_of(sent))) {
+      ++sent;
+    }
+    auto status = broker.process().wait_for(30s);
+    INFO(broker.process().stderr_text());
+    REQUIRE(status.has_value());
+    CHECK(status->exited);
+    CHECK(status->code == 0);
+    // Collect the acks the broker flushed before it exited.
+    while (auto reply = client->receive(500ms)) record(*reply);
+    INFO(acknowledged.size() << " of " << kBatches * kPerBatch << " acknowledged before exit");
+  }
+  REQUIRE_FALSE(acknowledged.empty());
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  auto client = connect(broker.endpoint());
+  std::size_t duplicates = 0;
+  for (int b = 0; b < kBatches; ++b) {
+    auto batch = batch_of(b);
+    auto ack = client->publish(static_cast<std::uint64_t>(b), batch, 20s);
+    REQUIRE(ack.ok());
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      auto found = acknowledged.find(batch[i].msg_id);
+      if (found != acknowledged.end()) {
+        REQUIRE(ack->entries[i].status == wire::AckStatus::duplicate);
+        REQUIRE(ack->entries[i].offset == found->second);
+        ++duplicates;
+      } else {
+        REQUIRE((ack->entries[i].status == wire::AckStatus::stored ||
+                 ack->entries[i].status == wire::AckStatus::duplicate));
+      }
+    }
+  }
+  CHECK(duplicates == acknowledged.size());
+  auto stats = client->stats(20s);
+  REQUIRE(stats.ok());
+  REQUIRE(stats->topics.size() == 1);
+  CHECK(stats->topics[0].message_count == static_cast<std::uint64_t>(kBatches * kPerBatch));
+  CHECK(stats->topics[0].last_offset == static_cast<std::uint64_t>(kBatches * kPerBatch));
+}
+
+TEST_CASE("with CURVE only allowed client keys get a session") {
+  if (!zmq_has("curve")) {
+    WARN("libzmq without CURVE: not tested");
+    return;
+  }
+  test_support::TempDir dir("broker-curve");
+  char server_public[41], server_secret[41], allowed_public[41], allowed_secret[41],
+      other_public[41], other_secret[41];
+  REQUIRE(zmq_curve_keypair(server_public, server_secret) == 0);
+  REQUIRE(zmq_curve_keypair(allowed_public, allowed_secret) == 0);
+  REQUIRE(zmq_curve_keypair(other_public, other_secret) == 0);
+  std::ofstream(dir / "server.key") << "# broker secret key\n" << server_secret << "\n";
+  std::ofstream(dir / "clients") << "# allowed\n" << allowed_public << "\n";
+  BrokerProcess broker(dir.path(), dir / "broker.db",
+                       {"--curve-secret-key-file", (dir / "server.key").string(),
+                        "--allowed-clients-file", (dir / "clients").string()});
+
+  broker::ClientOptions allowed;
+  allowed.curve = broker::CurveClientConfig{server_public, allowed_public, allowed_secret};
+  broker::Client good(broker.endpoint(), allowed);
+  REQUIRE(good.hello("allowed", 20s).ok());
+  auto ack = good.publish(1, std::vector{message("curve-1", "secret")}, 20s);
+  REQUIRE(ack.ok());
+  CHECK(ack->entries[0].status == wire::AckStatus::stored);
+
+  broker::ClientOptions refused;
+  refused.curve = broker::CurveClientConfig{server_public, other_public, other_secret};
+  broker::Client bad(broker.endpoint(), refused);
+  auto welcome = bad.hello("intruder", 1500ms);
+  REQUIRE_FALSE(welcome.ok());
+  CHECK(welcome.error().code == wire::ErrorCode::timeout);
+  CHECK(test_support::wait_until(
+      [&] { return broker.process().stderr_text().find("refused CURVE client") != std::string::npos; },
+      20s));
+
+  broker::Client plain(broker.endpoint());
+  CHECK_FALSE(plain.hello("plaintext", 1500ms).ok());
+}
