@@ -8,6 +8,8 @@
 #include <idgen/encoding.hpp>
 #include <idgen/snowflake.hpp>
 #include <idgen/uuid.hpp>
+#include <outbox/outbox.hpp>
+#include <outbox/relay_store.hpp>
 
 int main(int argc, char** argv) {
   if (argc != 2) {
@@ -47,10 +49,36 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "state file not written\n");
       return 1;
     }
+    // One business row and one message in one transaction, seen by the relay side.
+    auto box = outbox::Outbox::open(std::filesystem::path(argv[1]) / "consumer-app.db");
+    if (sqlite3_exec(box.db(), "CREATE TABLE orders(id INTEGER PRIMARY KEY, item TEXT)", nullptr,
+                     nullptr, nullptr) != SQLITE_OK) {
+      std::fprintf(stderr, "create table: %s\n", sqlite3_errmsg(box.db()));
+      return 1;
+    }
+    outbox::Transaction tx(box);
+    if (sqlite3_exec(tx.db(), "INSERT INTO orders(item) VALUES ('book')", nullptr, nullptr,
+                     nullptr) != SQLITE_OK) {
+      std::fprintf(stderr, "insert: %s\n", sqlite3_errmsg(tx.db()));
+      return 1;
+    }
+    outbox::Message message;
+    message.topic = "orders";
+    message.payload = "{\"item\":\"book\"}";
+    const auto enqueued = tx.enqueue(message);
+    tx.commit();
+    auto relay_side = outbox::RelayStore::open(std::filesystem::path(argv[1]) / "consumer-app.db");
+    if (!enqueued.inserted() || relay_side.stats().pending != 1) {
+      std::fprintf(stderr, "outbox message not pending after commit\n");
+      return 1;
+    }
     std::printf("consumer ok: id %llu (%s), uuid %s\n", static_cast<unsigned long long>(previous),
                 text.c_str(), uuid.c_str());
     return 0;
   } catch (const idgen::Error& error) {
+    std::fprintf(stderr, "consumer: %s\n", error.what());
+    return 1;
+  } catch (const outbox::Error& error) {
     std::fprintf(stderr, "consumer: %s\n", error.what());
     return 1;
   }
