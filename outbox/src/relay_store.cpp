@@ -600,7 +600,9 @@ std::size_t RelayStore::delete_delivered(std::chrono::milliseconds retention,
 
 bool RelayStore::wait_for_work(std::chrono::milliseconds timeout) {
   auto& impl = *impl_;
-  if (!impl.wake) {
+  if (!impl.wake || !impl.wake->listening()) {
+    // Retried on every call: when the relay that listened before dies, its
+    // successor picks the address up on its next wait.
     impl.wake = std::make_unique<detail::WakeReceiver>(impl.path);
     if (!impl.wake->listening()) {
       impl.logger->debug("outbox: another process listens for commits on {}; polling", impl.path);
