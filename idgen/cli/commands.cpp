@@ -176,7 +176,43 @@ int run_gen(const GenOptions& options, const std::shared_ptr<spdlog::logger>& lo
   return exit_ok;
 }
 
+namespace {
+
+bool looks_like_uuid(std::string_view text) {
+  return text.size() == 36 && text[8] == '-' && text[13] == '-' && text[18] == '-' &&
+         text[23] == '-';
+}
+
+int decode_uuid(const DecodeOptions& options) {
+  const boost::uuids::uuid uuid = parse_uuid(options.id);
+  const int version = uuid.data[6] >> 4;
+  std::optional<std::int64_t> unix_ms;
+  if (version == 7) unix_ms = uuid_v7_unix_ms(uuid);
+  Output out;
+  if (options.json) {
+    out << "{\"uuid\":" << json_string(idgen::to_string(uuid))
+        << ",\"version\":" << std::to_string(version);
+    if (unix_ms) {
+      out << ",\"timestamp_ms\":" << std::to_string(*unix_ms)
+          << ",\"time\":" << json_string(format_utc(*unix_ms));
+    }
+    out << "}\n";
+  } else {
+    out << "uuid          " << idgen::to_string(uuid) << "\n"
+        << "version       " << std::to_string(version) << "\n";
+    if (unix_ms) {
+      out << "time          " << format_utc(*unix_ms) << "\n"
+          << "timestamp_ms  " << std::to_string(*unix_ms) << "\n";
+    }
+  }
+  out.flush();
+  return exit_ok;
+}
+
+}  // namespace
+
 int run_decode(const DecodeOptions& options) {
+  if (options.format == "dec" && looks_like_uuid(options.id)) return decode_uuid(options);
   const Layout layout = parse_layout(options.layout);
   const Encoding encoding = parse_format(options.format);
   const std::uint64_t id = decode(options.id, encoding);

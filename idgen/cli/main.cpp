@@ -71,8 +71,8 @@ int main(int argc, char** argv) {
   gen_command->add_flag("--json", gen.json, "Print a JSON array of id strings");
 
   cli::DecodeOptions decode;
-  auto* decode_command =
-      app.add_subcommand("decode", "Show the time, worker and sequence of an id");
+  auto* decode_command = app.add_subcommand(
+      "decode", "Show the time, worker and sequence of an id (or the version and time of a UUID)");
   decode_command->add_option("id", decode.id, "The id (decimal unless --format says otherwise)")
       ->required();
   decode_command->add_option("-l,--layout", decode.layout, layout_help);

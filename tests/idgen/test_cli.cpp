@@ -146,6 +146,19 @@ TEST_CASE("idgen decode and compose are inverses", "[idgen][cli]") {
                            Catch::Contains("\"worker\":1"));
 }
 
+TEST_CASE("idgen decode shows the time in a UUID v7", "[idgen][cli]") {
+  const auto made = run(idgen_bin, {"uuid"});
+  REQUIRE(made.status.code == 0);
+  const std::string uuid = lines(made.out).at(0);
+  const auto decoded = run(idgen_bin, {"decode", uuid, "--json"});
+  REQUIRE(decoded.status.code == 0);
+  CHECK_THAT(decoded.out, Catch::Contains("\"version\":7") && Catch::Contains("\"timestamp_ms\":"));
+  const auto v4 = run(idgen_bin, {"decode", "9d3395fc-1ac1-4929-bb9a-1741e17c0cca"});
+  REQUIRE(v4.status.code == 0);
+  CHECK_THAT(v4.out, Catch::Contains("version       4"));
+  check_usage_error({"decode", "9d3395fc-1ac1-4929-bb9a-1741e17c0cxa"}, "'x' at position 35");
+}
+
 TEST_CASE("idgen layout shows bits, epoch, tick, max rate and expiry", "[idgen][cli]") {
   const auto standard = run(idgen_bin, {"layout"});
   REQUIRE(standard.status.code == 0);
