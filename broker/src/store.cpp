@@ -438,7 +438,10 @@ struct Store::Impl {
         insert_dedup.run();
         if (sqlite3_changes(db.get()) == 1) {
           // The body is written with its chunk before COMMIT, in this transaction.
-          if (topic.chunk.empty()) topic.chunk_first = offset;
+          if (topic.chunk.empty()) {
+            topic.chunk_first = offset;
+            topic.chunk.reserve(chunk::target_bytes + 512);
+          }
           chunk::append_message(topic.chunk, message);
           topic.last_offset = offset;
           if (topic.chunk.size() >= chunk::target_bytes) flush_chunk(topic, now);
@@ -462,14 +465,17 @@ struct Store::Impl {
         ++(same ? counters.duplicates : counters.conflicts);
       }
       for (const TopicUndo& entry : undo) {
-        flush_chunk(topics[entry.id - 1], now);
-        write_topic(topics[entry.id - 1]);
+        Topic& topic = topics[entry.id - 1];
+        flush_chunk(topic, now);
+        // Buffers are not kept between calls: with many topics they would add up.
+        std::string().swap(topic.chunk);
+        write_topic(topic);
       }
       write_counters();
       transaction.commit();
     } catch (...) {
       counters = saved_counters;
-      for (const TopicUndo& entry : undo) topics[entry.id - 1].chunk.clear();
+      for (const TopicUndo& entry : undo) std::string().swap(topics[entry.id - 1].chunk);
       for (const TopicUndo& entry : undo) {
         if (entry.id > saved_topic_count) continue;
         Topic& topic = topics[entry.id - 1];
