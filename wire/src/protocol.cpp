@@ -299,7 +299,7 @@ AnyMessage decode_ack(Reader& in) {
   for (std::size_t i = 0; i < count && !in.failed(); ++i) {
     AckEntry entry;
     auto status = in.get<std::uint8_t>("ack status");
-    if (!in.failed() && status > static_cast<std::uint8_t>(AckStatus::rejected)) {
+    if (!in.failed() && status > static_cast<std::uint8_t>(AckStatus::blocked)) {
       in.fail(ErrorCode::invalid_value, "ack status " + std::to_string(status) + " is unknown");
     }
     entry.status = static_cast<AckStatus>(status);
@@ -440,6 +440,7 @@ std::string_view ack_status_name(AckStatus status) noexcept {
     case AckStatus::duplicate: return "DUPLICATE";
     case AckStatus::conflict: return "CONFLICT";
     case AckStatus::rejected: return "REJECTED";
+    case AckStatus::blocked: return "BLOCKED";
   }
   return "UNKNOWN";
 }

@@ -158,6 +158,8 @@ enum class AckStatus : std::uint8_t {
   duplicate = 1,  // offset: where the first copy was stored
   conflict = 2,   // msg_id already stored with a different payload
   rejected = 3,   // permanent refusal; reason says why
+  blocked = 4,    // not applied: an earlier message with the same topic and key was
+                  // refused (CONFLICT/REJECTED) in this session; resend in a new session
 };
 
 std::string_view ack_status_name(AckStatus status) noexcept;
