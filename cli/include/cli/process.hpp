@@ -1,0 +1,36 @@
+// What every daemon's main() needs besides flags: exit codes shared by the
+// toolkit's programs, a stderr logger, and SIGINT/SIGTERM handling that only
+// sets a flag (and calls one async-signal-safe stop function).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <spdlog/logger.h>
+
+namespace cli {
+
+// Exit codes, the same for every program of the toolkit.
+enum ExitCode : int {
+  exit_ok = 0,
+  exit_failure = 1,      // unexpected error
+  exit_usage = 2,        // bad flag, config file or value
+  exit_storage = 3,      // a database cannot be opened, is not what it should be, or fails
+  exit_endpoint = 4,     // an endpoint cannot be bound or used, bad keys
+  exit_unreachable = 5,  // no answer from the broker
+  exit_refused = 6,      // the broker answered with an error
+  exit_not_found = 7,    // the named thing (a msg_id, ...) does not exist
+};
+
+// A logger named `name` writing to stderr ("2026-11-25T15:04:05.123 info ...").
+// Throws std::invalid_argument for an unknown level name.
+std::shared_ptr<spdlog::logger> make_stderr_logger(const std::string& name,
+                                                   const std::string& level);
+
+// Installs SIGINT/SIGTERM handlers that set stop_requested() and call `on_stop`
+// (which must be async-signal-safe, e.g. an atomic store). Once per process.
+using StopFunction = void (*)() noexcept;
+void install_stop_handlers(StopFunction on_stop = nullptr);
+bool stop_requested() noexcept;
+
+}  // namespace cli
