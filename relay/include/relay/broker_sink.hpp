@@ -1,0 +1,47 @@
+// The Sink for outbox-broker: one DEALER connection, one broker session at a
+// time, PUBLISH batches pipelined on it, one ACK per batch.
+//
+//   relay::BrokerSink sink({.endpoint = "tcp://127.0.0.1:7750"});
+//
+// Ownership: owns its ZeroMQ context and socket. Thread safety: one thread.
+// Errors: the constructor throws std::runtime_error for a malformed endpoint
+// or unusable CURVE keys; everything the broker or the network does later is
+// reported as values through the Sink interface.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "relay/sink.hpp"
+
+namespace relay {
+
+struct BrokerCurveKeys {
+  std::string server_public_key;  // the broker's public key, Z85 (40 characters)
+  std::string client_secret_key;  // this relay's secret key, Z85; the public key is derived
+};
+
+struct BrokerSinkOptions {
+  std::string endpoint = "tcp://127.0.0.1:7750";
+  std::string producer = "outbox-relay";  // shown in the broker's logs
+  std::optional<BrokerCurveKeys> curve;
+  int send_high_water_mark = 64;  // batches queued in the socket
+};
+
+class BrokerSink final : public Sink {
+public:
+  explicit BrokerSink(BrokerSinkOptions options);
+  ~BrokerSink() noexcept override;
+
+  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override;
+  bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
+  std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override;
+  std::string describe() const override;
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace relay

@@ -1,0 +1,97 @@
+// The relay loop: forwards one outbox database to a Sink, in commit order,
+// pipelined, until every message is acknowledged.
+//
+//   auto store = outbox::RelayStore::open("app.db");
+//   relay::BrokerSink sink({.endpoint = "tcp://127.0.0.1:7750"});
+//   relay::Relay relay(store, sink, {.holder = "relay@host"});
+//   relay.run();            // until request_stop(), e.g. from a signal handler
+//
+// What run() does:
+// - Takes the database's relay lease (one active relay per outbox). Without
+//   it the relay is a standby that retries every lease_ttl / 4 and takes over
+//   once the active relay's lease lapses or is released.
+// - Reads pending messages in seq order and sends them in batches, up to
+//   max_in_flight_batches at once (memory stays flat whatever the backlog).
+// - Per acknowledged message: stored or duplicate -> delivered with the
+//   destination's offset; conflict or rejected -> dead with the reason. All
+//   outcomes of one batch are recorded in one transaction.
+// - On any transient failure (no ack within ack_timeout, a refused batch,
+//   connection trouble) it opens a new session after an exponential backoff
+//   with jitter and resends from the first unacknowledged message with the
+//   same msg_ids. Transient failures never make a message dead.
+// - Sleeps on the outbox's commit notification when idle (about a millisecond
+//   from commit to send), polling as a fallback.
+// - Deletes delivered rows older than `retention` in small batches.
+// - request_stop(): stops reading, waits up to drain_timeout for in-flight
+//   acknowledgements, records them, releases the lease and returns.
+//
+// Ownership: the Relay borrows the store and the sink; both must outlive it.
+// Thread safety: run() on one thread; request_stop() from any thread or a
+// signal handler; counters() from any thread.
+// Errors: database failures (outbox::Error) propagate out of run(); a lost
+// lease is not an error (the relay goes back to standby).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "outbox/relay_store.hpp"
+#include "relay/sink.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace relay {
+
+struct RelayConfig {
+  std::string holder = "outbox-relay";  // lease holder name shown by status
+  std::size_t batch_size = 1000;
+  std::size_t max_in_flight_batches = 8;
+  std::chrono::milliseconds ack_timeout{10'000};
+  std::chrono::milliseconds connect_timeout{2'000};
+  outbox::BackoffPolicy backoff{};
+  std::chrono::milliseconds lease_ttl{10'000};
+  std::chrono::milliseconds retention{std::chrono::hours(24)};
+  std::chrono::milliseconds retention_interval{10'000};
+  // Longest sleep waiting for a commit notification before looking again.
+  std::chrono::milliseconds idle_wait{250};
+  std::chrono::milliseconds summary_interval{5'000};
+  std::chrono::milliseconds drain_timeout{5'000};
+  std::shared_ptr<spdlog::logger> logger;  // null: a null sink
+};
+
+// Monotonic counters since run() started; readable from other threads.
+struct RelayCounters {
+  std::uint64_t sent_messages = 0;
+  std::uint64_t stored = 0;
+  std::uint64_t duplicates = 0;
+  std::uint64_t dead = 0;
+  std::uint64_t blocked = 0;
+  std::uint64_t sessions = 0;
+  std::uint64_t failures = 0;
+  std::uint64_t deleted = 0;
+  bool active = false;  // holds the lease
+};
+
+class Relay {
+public:
+  Relay(outbox::RelayStore& store, Sink& sink, RelayConfig config);
+  ~Relay() noexcept;
+  Relay(const Relay&) = delete;
+  Relay& operator=(const Relay&) = delete;
+
+  void run();
+  void request_stop() noexcept;
+  RelayCounters counters() const;
+
+private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace relay

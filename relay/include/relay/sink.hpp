@@ -1,0 +1,79 @@
+// Where a relay delivers messages. The relay's loop (lease, ordering,
+// batching, retries, dead letters, status) is the same for every destination;
+// a Sink only knows how to open a session with one destination, send batches
+// on it in order, and report the outcome of each message.
+//
+// Contract a sink must keep for the relay's ordering guarantee:
+// - Batches sent on one session are applied by the destination in send order.
+// - After a batch fails (SinkEvent::Kind::failed), nothing later of the same
+//   session is stored: the relay opens a new session and resends from the
+//   first unacknowledged message.
+// - After a message is refused permanently (conflict, rejected), later
+//   messages of the same (topic, key) in the same session are not stored
+//   either; they come back as DeliveryStatus::blocked.
+//
+// Thread safety: a Sink is used by the relay's one thread.
+// Errors: transient problems (no answer, connection refused, destination
+// busy) are values (SinkEvent failed, open_session() returning an error
+// text); exceptions are for configuration errors found at construction.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "outbox/relay_store.hpp"
+
+namespace relay {
+
+enum class DeliveryStatus : std::uint8_t {
+  stored,     // newly stored; `offset` is where
+  duplicate,  // already stored before (a resend); `offset` is the original
+  conflict,   // the msg_id is stored with a different payload (permanent)
+  rejected,   // refused permanently; `reason` says why
+  blocked,    // not stored because an earlier message of its key failed in this
+              // session; send it again in a new session (transient)
+};
+
+const char* to_string(DeliveryStatus status) noexcept;
+
+struct Delivery {
+  DeliveryStatus status = DeliveryStatus::stored;
+  std::uint64_t offset = 0;
+  std::string reason;
+};
+
+struct SinkEvent {
+  enum class Kind : std::uint8_t {
+    acked,   // `deliveries` has one entry per message of the batch, in order
+    failed,  // the batch (and so the session) failed; `error` says why
+  };
+  Kind kind = Kind::acked;
+  std::uint64_t batch_id = 0;
+  std::vector<Delivery> deliveries;
+  std::string error;
+};
+
+class Sink {
+public:
+  virtual ~Sink() = default;
+
+  // Opens a fresh session, forgetting everything in flight on the old one.
+  // Returns an error text when the destination cannot be reached in `timeout`.
+  virtual std::optional<std::string> open_session(std::chrono::milliseconds timeout) = 0;
+
+  // Queues a batch on the open session without waiting for its outcome.
+  // False if the sink cannot take it now (queue full); nothing was sent.
+  virtual bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) = 0;
+
+  // The next outcome, waiting up to `timeout`; empty if none arrived.
+  virtual std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) = 0;
+
+  // For logs: "broker tcp://127.0.0.1:7750".
+  virtual std::string describe() const = 0;
+};
+
+}  // namespace relay

@@ -1,0 +1,363 @@
+// outbox-relay: forwards one outbox database to outbox-broker, and the
+// operator commands that inspect and repair that database. Parses flags (and
+// a config file), sets up logging and signals, and hands over to the relay
+// and outbox libraries.
+#include <unistd.h>
+
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "cli/args.hpp"
+#include "cli/json.hpp"
+#include "cli/process.hpp"
+#include "outbox/relay_store.hpp"
+#include "relay/broker_sink.hpp"
+#include "relay/relay.hpp"
+
+namespace {
+
+class UsageError : public std::runtime_error {
+public:
+  using std::runtime_error::runtime_error;
+};
+
+relay::Relay* running_relay = nullptr;
+
+void stop_running_relay() noexcept {
+  if (running_relay != nullptr) running_relay->request_stop();
+}
+
+std::chrono::milliseconds duration_flag(const std::string& flag, const std::string& text,
+                                        bool allow_zero = false) {
+  auto parsed = cli::parse_duration(text);
+  if (!parsed || (!allow_zero && parsed->count() == 0)) {
+    throw UsageError("--" + flag + ": '" + text + "' is not a duration (e.g. 500ms, 10s, 5m, 24h)");
+  }
+  return *parsed;
+}
+
+std::string default_holder() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "localhost");
+  return std::string(host) + ":" + std::to_string(::getpid());
+}
+
+std::string iso_time(outbox::TimePoint time) {
+  auto seconds = std::chrono::floor<std::chrono::seconds>(time);
+  auto millis = (time - seconds).count();
+  std::time_t t = std::chrono::system_clock::to_time_t(seconds);
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(millis));
+  return buffer;
+}
+
+outbox::RelayStore open_store(const std::string& db, bool read_only, bool sync_full = false,
+                              outbox::DeadPolicy on_dead = outbox::DeadPolicy::block,
+                              std::shared_ptr<spdlog::logger> logger = nullptr) {
+  outbox::RelayOptions options;
+  options.read_only = read_only;
+  options.synchronous_full = sync_full;
+  options.on_dead = on_dead;
+  options.logger = std::move(logger);
+  return outbox::RelayStore::open(db, options);
+}
+
+struct RunSettings {
+  std::string db;
+  std::string broker = "tcp://127.0.0.1:7750";
+  std::size_t batch_size = 1000;
+  std::size_t in_flight = 8;
+  std::string ack_timeout = "10s";
+  std::string connect_timeout = "2s";
+  std::string backoff_initial = "100ms";
+  std::string backoff_max = "30s";
+  std::string lease = "10s";
+  std::string retention = "24h";
+  std::string on_dead = "block";
+  std::string holder = default_holder();
+  std::string sync = "normal";
+  std::string summary_interval = "5s";
+  std::string drain_timeout = "5s";
+  std::string curve_server_key_file;
+  std::string curve_secret_key_file;
+  std::string log_level = "info";
+};
+
+int run_relay(const RunSettings& settings) {
+  relay::RelayConfig config;
+  config.holder = settings.holder;
+  config.batch_size = settings.batch_size;
+  config.max_in_flight_batches = settings.in_flight;
+  config.ack_timeout = duration_flag("ack-timeout", settings.ack_timeout);
+  config.connect_timeout = duration_flag("connect-timeout", settings.connect_timeout);
+  config.backoff.initial = duration_flag("backoff-initial", settings.backoff_initial);
+  config.backoff.max = duration_flag("backoff-max", settings.backoff_max);
+  config.lease_ttl = duration_flag("lease", settings.lease);
+  config.retention = duration_flag("retention", settings.retention, true);
+  config.summary_interval = duration_flag("summary-interval", settings.summary_interval);
+  config.drain_timeout = duration_flag("drain-timeout", settings.drain_timeout, true);
+  if (config.backoff.max < config.backoff.initial) {
+    throw UsageError("--backoff-max must not be below --backoff-initial");
+  }
+  if (settings.batch_size == 0 || settings.in_flight == 0) {
+    throw UsageError("--batch-size and --in-flight must be at least 1");
+  }
+  std::shared_ptr<spdlog::logger> logger;
+  try {
+    logger = cli::make_stderr_logger("outbox-relay", settings.log_level);
+  } catch (const std::invalid_argument& error) {
+    throw UsageError(std::string("--log-level: ") + error.what());
+  }
+  config.logger = logger;
+
+  relay::BrokerSinkOptions sink_options;
+  sink_options.endpoint = settings.broker;
+  sink_options.producer = settings.holder;
+  if (!settings.curve_server_key_file.empty() || !settings.curve_secret_key_file.empty()) {
+    if (settings.curve_server_key_file.empty() || settings.curve_secret_key_file.empty()) {
+      throw UsageError("CURVE needs both --curve-server-key-file and --curve-secret-key-file");
+    }
+    try {
+      sink_options.curve = relay::BrokerCurveKeys{
+          cli::read_z85_key_file(settings.curve_server_key_file),
+          cli::read_z85_key_file(settings.curve_secret_key_file)};
+    } catch (const std::runtime_error& error) {
+      std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+      return cli::exit_endpoint;
+    }
+  }
+
+  auto on_dead = settings.on_dead == "skip" ? outbox::DeadPolicy::skip : outbox::DeadPolicy::block;
+  auto store = open_store(settings.db, false, settings.sync == "full", on_dead, logger);
+  std::unique_ptr<relay::BrokerSink> sink;
+  try {
+    sink = std::make_unique<relay::BrokerSink>(sink_options);
+  } catch (const std::runtime_error& error) {
+    std::fprintf(stderr, "outbox-relay: --broker %s: %s\n", settings.broker.c_str(), error.what());
+    return cli::exit_endpoint;
+  }
+
+  relay::Relay relay(store, *sink, config);
+  running_relay = &relay;
+  cli::install_stop_handlers(&stop_running_relay);
+  if (cli::stop_requested()) relay.request_stop();
+  logger->info("outbox-relay: forwarding {} to {} as '{}' (batch {}, {} in flight, on dead: {})",
+               settings.db, sink->describe(), settings.holder, config.batch_size,
+               config.max_in_flight_batches, settings.on_dead);
+  relay.run();
+  running_relay = nullptr;
+  auto counters = relay.counters();
+  logger->info("outbox-relay: stopped; sent {}, stored {}, duplicates {}, dead {}",
+               counters.sent_messages, counters.stored, counters.duplicates, counters.dead);
+  return cli::exit_ok;
+}
+
+int show_status(const std::string& db, bool json) {
+  auto store = open_store(db, true);
+  auto stats = store.stats();
+  auto age = stats.oldest_pending_age ? stats.oldest_pending_age->count() : 0;
+  if (json) {
+    std::ostringstream out;
+    out << "{\"db\":" << cli::json_escape(db) << ",\"pending\":" << stats.pending
+        << ",\"retrying\":" << stats.retrying << ",\"delivered\":" << stats.delivered
+        << ",\"delivered_total\":" << stats.delivered_total << ",\"dead\":" << stats.dead
+        << ",\"last_seq\":" << stats.last_seq
+        << ",\"settled_through_seq\":" << stats.settled_through_seq
+        << ",\"oldest_pending_age_ms\":" << age << ",\"lease\":";
+    if (stats.lease) {
+      out << "{\"holder\":" << cli::json_escape(stats.lease->holder)
+          << ",\"epoch\":" << stats.lease->epoch << ",\"expires_at\":\""
+          << iso_time(stats.lease->expires_at) << "\",\"expired\":"
+          << (stats.lease->expired ? "true" : "false") << "}";
+    } else {
+      out << "null";
+    }
+    out << "}";
+    std::cout << out.str() << "\n";
+    return cli::exit_ok;
+  }
+  std::cout << "outbox:            " << db << "\n"
+            << "pending:           " << stats.pending << " (" << stats.retrying
+            << " waiting for a retry)\n"
+            << "oldest pending:    " << (stats.oldest_pending_age ? std::to_string(age) + " ms" : "-")
+            << "\n"
+            << "delivered:         " << stats.delivered << " kept, " << stats.delivered_total
+            << " in all\n"
+            << "dead:              " << stats.dead << "\n"
+            << "last seq:          " << stats.last_seq << " (settled through "
+            << stats.settled_through_seq << ")\n";
+  if (stats.lease) {
+    std::cout << "lease:             " << stats.lease->holder << " (epoch " << stats.lease->epoch
+              << ", " << (stats.lease->expired ? "expired " : "expires ")
+              << iso_time(stats.lease->expires_at) << ")\n";
+  } else {
+    std::cout << "lease:             none (no relay has run yet)\n";
+  }
+  return cli::exit_ok;
+}
+
+int list_dead(const std::string& db, bool json, std::size_t limit) {
+  auto store = open_store(db, true);
+  auto dead = store.list_dead(limit);
+  for (const auto& message : dead) {
+    if (json) {
+      std::cout << "{\"seq\":" << message.seq << ",\"msg_id\":" << cli::json_escape(message.msg_id)
+                << ",\"topic\":" << cli::json_escape(message.topic) << ",\"key\":"
+                << (message.partition_key ? cli::json_escape(*message.partition_key) : "null")
+                << ",\"reason\":" << cli::json_escape(message.reason)
+                << ",\"attempts\":" << message.attempts << ",\"created_at\":\""
+                << iso_time(message.created_at) << "\",\"died_at\":\"" << iso_time(message.died_at)
+                << "\"}\n";
+    } else {
+      std::cout << message.msg_id << "  seq " << message.seq << "  topic " << message.topic
+                << "  key " << message.partition_key.value_or("-") << "  died "
+                << iso_time(message.died_at) << "  " << message.reason << "\n";
+    }
+  }
+  if (!json && dead.empty()) std::cout << "no dead messages\n";
+  return cli::exit_ok;
+}
+
+int replay(const std::string& db, const std::string& msg_id, bool all) {
+  if (all == !msg_id.empty()) throw UsageError("replay needs exactly one of --msg-id or --all");
+  auto store = open_store(db, false);
+  if (all) {
+    std::cout << "replayed " << store.replay_all_dead() << " dead messages\n";
+    return cli::exit_ok;
+  }
+  if (!store.replay_dead(msg_id)) {
+    std::fprintf(stderr, "outbox-relay: no dead message with msg_id '%s'\n", msg_id.c_str());
+    return cli::exit_not_found;
+  }
+  std::cout << "replayed " << msg_id << "\n";
+  return cli::exit_ok;
+}
+
+int drop(const std::string& db, const std::string& msg_id) {
+  auto store = open_store(db, false);
+  if (!store.drop_dead(msg_id)) {
+    std::fprintf(stderr, "outbox-relay: no dead message with msg_id '%s'\n", msg_id.c_str());
+    return cli::exit_not_found;
+  }
+  std::cout << "dropped " << msg_id << "\n";
+  return cli::exit_ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"outbox-relay: forwards an outbox database to outbox-broker, in commit order, "
+               "until every message is acknowledged."};
+  app.require_subcommand(1);
+  app.footer(
+      "Exit codes: 0 ok, 1 unexpected error, 2 bad flag/config/value, 3 database problem "
+      "(missing, not an outbox, newer schema), 4 unusable broker endpoint or CURVE keys, "
+      "7 no such dead message.");
+
+  RunSettings run;
+  auto* run_cmd = app.add_subcommand("run", "Forward pending messages to the broker until stopped "
+                                            "(SIGINT/SIGTERM: finish in-flight work, exit 0)");
+  run_cmd->set_config("--config", "", "Read these settings from a TOML or INI file (keys as the "
+                                      "long flag names, e.g. batch-size = 500)");
+  run_cmd->add_option("--db", run.db, "Outbox database (the producer's SQLite file)")->required();
+  run_cmd->add_option("--broker", run.broker, "Broker endpoint")->capture_default_str();
+  run_cmd->add_option("--batch-size", run.batch_size, "Messages per PUBLISH batch")
+      ->capture_default_str()->check(CLI::Range(1, 100000));
+  run_cmd->add_option("--in-flight", run.in_flight,
+                      "Batches sent before their acknowledgements (bounds memory)")
+      ->capture_default_str()->check(CLI::Range(1, 1024));
+  run_cmd->add_option("--ack-timeout", run.ack_timeout,
+                      "No acknowledgement this long: reconnect and resend")->capture_default_str();
+  run_cmd->add_option("--connect-timeout", run.connect_timeout,
+                      "How long to wait for the broker to open a session")->capture_default_str();
+  run_cmd->add_option("--backoff-initial", run.backoff_initial,
+                      "First delay after a failure (doubles each time, with jitter)")
+      ->capture_default_str();
+  run_cmd->add_option("--backoff-max", run.backoff_max, "Longest delay between attempts")
+      ->capture_default_str();
+  run_cmd->add_option("--lease", run.lease,
+                      "Relay lease time: a standby takes over this long after the active relay "
+                      "dies")->capture_default_str();
+  run_cmd->add_option("--retention", run.retention,
+                      "Delete delivered rows older than this (0: never)")->capture_default_str();
+  run_cmd->add_option("--on-dead", run.on_dead,
+                      "block: a dead message holds back later messages of its key until replayed "
+                      "or dropped (safe default); skip: they go on without it")
+      ->capture_default_str()->check(CLI::IsMember({"block", "skip"}));
+  run_cmd->add_option("--holder", run.holder, "Name recorded with the lease (default host:pid)");
+  run_cmd->add_option("--sync", run.sync, "SQLite synchronous level for the relay's bookkeeping")
+      ->capture_default_str()->check(CLI::IsMember({"normal", "full"}));
+  run_cmd->add_option("--summary-interval", run.summary_interval,
+                      "How often to log a one-line summary while there is traffic")
+      ->capture_default_str();
+  run_cmd->add_option("--drain-timeout", run.drain_timeout,
+                      "On SIGINT/SIGTERM, how long to wait for in-flight acknowledgements")
+      ->capture_default_str();
+  run_cmd->add_option("--curve-server-key-file", run.curve_server_key_file,
+                      "Broker's CURVE public key (Z85), enables encryption");
+  run_cmd->add_option("--curve-secret-key-file", run.curve_secret_key_file,
+                      "This relay's CURVE secret key (Z85)");
+  run_cmd->add_option("--log-level", run.log_level,
+                      "trace, debug, info, warn, error, critical or off")->capture_default_str();
+
+  std::string db;
+  bool json = false;
+  std::size_t limit = 1000;
+  std::string msg_id;
+  bool all = false;
+  auto* status_cmd = app.add_subcommand("status", "Backlog, oldest pending age, dead count and "
+                                                  "lease holder of an outbox (no broker needed)");
+  status_cmd->add_option("--db", db, "Outbox database")->required();
+  status_cmd->add_flag("--json", json, "One JSON object");
+  auto* dead_cmd = app.add_subcommand("dead", "List dead messages with their reasons");
+  dead_cmd->add_option("--db", db, "Outbox database")->required();
+  dead_cmd->add_flag("--json", json, "One JSON object per line");
+  dead_cmd->add_option("--limit", limit, "At most this many")->capture_default_str();
+  auto* replay_cmd = app.add_subcommand("replay", "Make dead messages pending again");
+  replay_cmd->add_option("--db", db, "Outbox database")->required();
+  replay_cmd->add_option("--msg-id", msg_id, "The dead message to replay");
+  replay_cmd->add_flag("--all", all, "Replay every dead message");
+  auto* drop_cmd = app.add_subcommand("drop", "Give up a dead message for good (unblocks its key)");
+  drop_cmd->add_option("--db", db, "Outbox database")->required();
+  drop_cmd->add_option("--msg-id", msg_id, "The dead message to drop")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& help) {
+    return app.exit(help);
+  } catch (const CLI::CallForAllHelp& help) {
+    return app.exit(help);
+  } catch (const CLI::ParseError& error) {
+    std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+    return cli::exit_usage;
+  }
+
+  try {
+    if (*run_cmd) return run_relay(run);
+    if (*status_cmd) return show_status(db, json);
+    if (*dead_cmd) return list_dead(db, json, limit);
+    if (*replay_cmd) return replay(db, msg_id, all);
+    if (*drop_cmd) return drop(db, msg_id);
+  } catch (const UsageError& error) {
+    std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+    return cli::exit_usage;
+  } catch (const outbox::Error& error) {
+    std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+    return cli::exit_storage;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "outbox-relay: unexpected error: %s\n", error.what());
+    return cli::exit_failure;
+  }
+  return cli::exit_usage;
+}

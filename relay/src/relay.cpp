@@ -1,0 +1,371 @@
+#include "relay/relay.hpp"
+
+#include <algorithm>
+#include <deque>
+#include <optional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <spdlog/logger.h>
+#include <spdlog/sinks/null_sink.h>
+
+namespace relay {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+using std::chrono::duration_cast;
+using std::chrono::milliseconds;
+
+std::shared_ptr<spdlog::logger> null_logger() {
+  return std::make_shared<spdlog::logger>("relay", std::make_shared<spdlog::sinks::null_sink_mt>());
+}
+
+milliseconds until(SteadyClock::time_point deadline) {
+  auto left = duration_cast<milliseconds>(deadline - SteadyClock::now());
+  return std::max(left, milliseconds(0));
+}
+
+std::string describe_key(const outbox::PendingMessage& message) {
+  return message.partition_key ? "key '" + *message.partition_key + "'" : "no key";
+}
+
+}  // namespace
+
+const char* to_string(DeliveryStatus status) noexcept {
+  switch (status) {
+    case DeliveryStatus::stored: return "stored";
+    case DeliveryStatus::duplicate: return "duplicate";
+    case DeliveryStatus::conflict: return "conflict";
+    case DeliveryStatus::rejected: return "rejected";
+    case DeliveryStatus::blocked: return "blocked";
+  }
+  return "unknown";
+}
+
+struct Relay::Impl {
+  struct InFlight {
+    std::uint64_t batch_id = 0;
+    std::vector<outbox::PendingMessage> messages;
+    SteadyClock::time_point sent_at;
+  };
+
+  Impl(outbox::RelayStore& store_in, Sink& sink_in, RelayConfig config_in)
+      : store(store_in), sink(sink_in), config(std::move(config_in)),
+        log(config.logger ? config.logger : null_logger()), random(std::random_device{}()) {
+    config.batch_size = std::max<std::size_t>(config.batch_size, 1);
+    config.max_in_flight_batches = std::max<std::size_t>(config.max_in_flight_batches, 1);
+  }
+
+  outbox::RelayStore& store;
+  Sink& sink;
+  RelayConfig config;
+  std::shared_ptr<spdlog::logger> log;
+
+  std::atomic<bool> stop{false};
+  struct AtomicCounters {
+    std::atomic<std::uint64_t> sent_messages{0}, stored{0}, duplicates{0}, dead{0}, blocked{0},
+        sessions{0}, failures{0}, deleted{0};
+    std::atomic<bool> active{false};
+  } counters;
+
+  std::optional<outbox::Lease> lease;
+  bool standby_logged = false;
+  bool session_open = false;
+  std::deque<InFlight> in_flight;
+  std::int64_t last_sent_seq = 0;
+  std::uint64_t next_batch_id = 1;
+  int consecutive_failures = 0;
+  std::mt19937_64 random;
+
+  SteadyClock::time_point next_session_attempt{};
+  SteadyClock::time_point next_renew{};
+  SteadyClock::time_point next_retention{};
+  SteadyClock::time_point next_summary{};
+  std::uint64_t summary_sent_before = 0;
+  SteadyClock::time_point summary_since = SteadyClock::now();
+
+  // Sleeps up to `duration`, waking early on request_stop().
+  void pause(milliseconds duration) {
+    auto deadline = SteadyClock::now() + duration;
+    while (!stop.load(std::memory_order_relaxed) && SteadyClock::now() < deadline) {
+      std::this_thread::sleep_for(std::min(until(deadline), milliseconds(20)));
+    }
+  }
+
+  void drop_session() {
+    session_open = false;
+    in_flight.clear();
+    last_sent_seq = 0;  // the next session resends from the first unacknowledged message
+  }
+
+  void lose_lease(const char* why) {
+    log->warn("lost the relay lease ({}); going back to standby", why);
+    lease.reset();
+    counters.active = false;
+    standby_logged = false;
+    drop_session();
+  }
+
+  // Holds the lease, or waits as a standby for a while and returns false.
+  bool ensure_lease() {
+    auto now = SteadyClock::now();
+    if (lease) {
+      if (now >= next_renew) {
+        if (!store.renew_lease(*lease, config.lease_ttl)) {
+          lose_lease("another relay holds it now");
+          return false;
+        }
+        next_renew = now + config.lease_ttl / 3;
+      }
+      return true;
+    }
+    lease = store.claim_lease(config.holder, config.lease_ttl);
+    if (lease) {
+      counters.active = true;
+      next_renew = now + config.lease_ttl / 3;
+      drop_session();
+      log->info("active: holding the relay lease as '{}' (epoch {})", lease->holder, lease->epoch);
+      return true;
+    }
+    // Standby: look again when the holder's lease runs out (or a quarter ttl).
+    auto wait = config.lease_ttl / 4;
+    if (auto info = store.lease_info()) {
+      if (!standby_logged) {
+        log->info("standby: the relay lease is held by '{}'; taking over when it lapses",
+                  info->holder);
+        standby_logged = true;
+      }
+      auto left = duration_cast<milliseconds>(info->expires_at - outbox::system_now());
+      wait = std::clamp(left + milliseconds(5), milliseconds(5), wait);
+    }
+    pause(wait);
+    return false;
+  }
+
+  void record_failure(const std::string& reason) {
+    ++counters.failures;
+    ++consecutive_failures;
+    auto delay = config.backoff.delay(consecutive_failures, random);
+    next_session_attempt = SteadyClock::now() + delay;
+    log->warn("{}: {}; retrying in {} ms (attempt {}, {} batches were in flight)", sink.describe(),
+              reason, delay.count(), consecutive_failures, in_flight.size());
+    drop_session();
+  }
+
+  bool ensure_session() {
+    if (session_open) return true;
+    auto now = SteadyClock::now();
+    if (now < next_session_attempt) {
+      pause(std::min(until(next_session_attempt), config.lease_ttl / 4));
+      return false;
+    }
+    if (auto error = sink.open_session(config.connect_timeout)) {
+      record_failure(*error);
+      return false;
+    }
+    drop_session();
+    session_open = true;
+    ++counters.sessions;
+    if (consecutive_failures > 0) {
+      log->info("{}: session open again after {} failed attempts", sink.describe(),
+                consecutive_failures);
+    } else {
+      log->debug("{}: session open", sink.describe());
+    }
+    return true;
+  }
+
+  void fill_pipeline() {
+    while (in_flight.size() < config.max_in_flight_batches && !stop.load()) {
+      auto batch = store.read_pending(config.batch_size, last_sent_seq);
+      if (batch.empty()) return;
+      auto batch_id = next_batch_id++;
+      if (!sink.send(batch_id, batch)) return;  // queue full: read again after acks
+      last_sent_seq = batch.back().seq;
+      counters.sent_messages += batch.size();
+      in_flight.push_back(InFlight{batch_id, std::move(batch), SteadyClock::now()});
+    }
+  }
+
+  void handle(SinkEvent event) {
+    auto head = in_flight.empty() ? nullptr : &in_flight.front();
+    if (head == nullptr || event.batch_id != head->batch_id) {
+      bool known = std::any_of(in_flight.begin(), in_flight.end(),
+                               [&](const InFlight& f) { return f.batch_id == event.batch_id; });
+      if (known || event.kind == SinkEvent::Kind::failed) {
+        record_failure(event.kind == SinkEvent::Kind::failed
+                           ? event.error
+                           : "acknowledgement for batch " + std::to_string(event.batch_id) +
+                                 " arrived out of order");
+      }
+      return;  // a late answer from a session we already left
+    }
+    if (event.kind == SinkEvent::Kind::failed) {
+      record_failure(event.error);
+      return;
+    }
+    if (event.deliveries.size() != head->messages.size()) {
+      record_failure("acknowledgement of batch " + std::to_string(event.batch_id) + " has " +
+                     std::to_string(event.deliveries.size()) + " entries for " +
+                     std::to_string(head->messages.size()) + " messages");
+      return;
+    }
+
+    std::vector<outbox::Outcome> outcomes;
+    outcomes.reserve(event.deliveries.size());
+    bool any_blocked = false;
+    std::uint64_t stored = 0, duplicates = 0, dead = 0, blocked = 0;
+    for (std::size_t i = 0; i < event.deliveries.size(); ++i) {
+      const auto& delivery = event.deliveries[i];
+      const auto& message = head->messages[i];
+      auto offset = static_cast<std::int64_t>(delivery.offset);
+      switch (delivery.status) {
+        case DeliveryStatus::stored:
+          ++stored;
+          outcomes.push_back(outbox::Outcome::delivered(message.seq, offset));
+          break;
+        case DeliveryStatus::duplicate:
+          ++duplicates;
+          outcomes.push_back(outbox::Outcome::delivered(message.seq, offset));
+          break;
+        case DeliveryStatus::conflict:
+        case DeliveryStatus::rejected: {
+          ++dead;
+          std::string reason = delivery.status == DeliveryStatus::conflict ? "CONFLICT" : "REJECTED";
+          if (!delivery.reason.empty()) reason += ": " + delivery.reason;
+          log->error(
+              "message {} (seq {}, topic '{}', {}) is dead: {}; later messages of its key wait "
+              "until it is replayed or dropped (outbox-relay dead / replay / drop)",
+              message.msg_id, message.seq, message.topic, describe_key(message), reason);
+          outcomes.push_back(outbox::Outcome::dead(message.seq, std::move(reason)));
+          break;
+        }
+        case DeliveryStatus::blocked:
+          ++blocked;
+          any_blocked = true;
+          break;
+      }
+    }
+    if (!outcomes.empty()) {
+      try {
+        store.record_outcomes(outcomes, *lease);
+      } catch (const outbox::LeaseLost&) {
+        lose_lease("another relay took it over");
+        return;
+      }
+    }
+    counters.stored += stored;
+    counters.duplicates += duplicates;
+    counters.dead += dead;
+    counters.blocked += blocked;
+    if (stored + duplicates > 0) consecutive_failures = 0;
+    in_flight.pop_front();
+    if (any_blocked) {
+      // Messages held back behind a dead one: a new session resends whatever
+      // is still allowed to go (nothing of that key under the block policy).
+      log->debug("{} messages held back behind a refused message; opening a new session", blocked);
+      drop_session();
+    }
+  }
+
+  void await_events() {
+    auto deadline = in_flight.front().sent_at + config.ack_timeout;
+    bool has_credit = in_flight.size() < config.max_in_flight_batches;
+    // With credit left, come back soon to send what producers commit meanwhile.
+    auto wait = std::min(until(deadline), has_credit ? milliseconds(2) : milliseconds(50));
+    if (auto event = sink.poll(wait)) {
+      handle(std::move(*event));
+      return;
+    }
+    if (SteadyClock::now() >= deadline) {
+      record_failure("no acknowledgement for batch " + std::to_string(in_flight.front().batch_id) +
+                     " within " + std::to_string(config.ack_timeout.count()) + " ms");
+    }
+  }
+
+  void housekeeping() {
+    auto now = SteadyClock::now();
+    if (now >= next_retention) {
+      constexpr std::size_t kRowsPerStep = 500, kStepsPerTurn = 4;
+      auto deleted = store.delete_delivered(config.retention, kRowsPerStep, kStepsPerTurn);
+      counters.deleted += deleted;
+      // A full turn means more is due: come back soon rather than after the interval.
+      next_retention = now + (deleted == kRowsPerStep * kStepsPerTurn ? milliseconds(100)
+                                                                       : config.retention_interval);
+    }
+    if (now >= next_summary) {
+      auto sent = counters.sent_messages.load();
+      auto elapsed = std::chrono::duration<double>(now - summary_since).count();
+      if (sent != summary_sent_before || !in_flight.empty()) {
+        auto stats = store.stats();
+        double rate = elapsed > 0 ? static_cast<double>(sent - summary_sent_before) / elapsed : 0;
+        log->info(
+            "forwarding {:.0f} msg/s; backlog {} (oldest {} ms), dead {}, in flight {} batches; "
+            "totals stored {} duplicates {}",
+            rate, stats.pending,
+            stats.oldest_pending_age ? stats.oldest_pending_age->count() : 0, stats.dead,
+            in_flight.size(), counters.stored.load(), counters.duplicates.load());
+      }
+      summary_sent_before = sent;
+      summary_since = now;
+      next_summary = now + config.summary_interval;
+    }
+  }
+
+  void drain_and_release() {
+    auto deadline = SteadyClock::now() + config.drain_timeout;
+    if (!in_flight.empty() && session_open) {
+      log->info("stopping: waiting up to {} ms for {} batches in flight", config.drain_timeout.count(),
+                in_flight.size());
+    }
+    while (!in_flight.empty() && session_open && lease && SteadyClock::now() < deadline) {
+      if (auto event = sink.poll(std::min(until(deadline), milliseconds(50)))) {
+        handle(std::move(*event));
+      }
+    }
+    if (!in_flight.empty()) {
+      log->warn("stopping with {} batches unacknowledged; they stay pending and are resent",
+                in_flight.size());
+    }
+    if (lease) {
+      store.release_lease(*lease);
+      lease.reset();
+      counters.active = false;
+    }
+  }
+
+  void run() {
+    next_summary = SteadyClock::now() + config.summary_interval;
+    while (!stop.load()) {
+      if (!ensure_lease()) continue;
+      housekeeping();
+      if (!ensure_session()) continue;
+      fill_pipeline();
+      if (in_flight.empty()) {
+        store.wait_for_work(config.idle_wait);
+        continue;
+      }
+      await_events();
+    }
+    drain_and_release();
+  }
+};
+
+Relay::Relay(outbox::RelayStore& store, Sink& sink, RelayConfig config)
+    : impl_(std::make_unique<Impl>(store, sink, std::move(config))) {}
+
+Relay::~Relay() noexcept = default;
+
+void Relay::run() { impl_->run(); }
+
+void Relay::request_stop() noexcept { impl_->stop.store(true); }
+
+RelayCounters Relay::counters() const {
+  const auto& c = impl_->counters;
+  return RelayCounters{c.sent_messages.load(), c.stored.load(),   c.duplicates.load(),
+                       c.dead.load(),          c.blocked.load(),  c.sessions.load(),
+                       c.failures.load(),      c.deleted.load(),  c.active.load()};
+}
+
+}  // namespace relay
