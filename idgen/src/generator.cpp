@@ -109,14 +109,13 @@ void Generator::recover_from_state_file() {
         format_utc(now_ms) + " (" + std::to_string(gap_ms) +
         " ms earlier); refusing to reissue them (use the borrow clock policy to continue)");
   }
+  // The deadline only guards against a clock that has stopped; it is generous
+  // so a busy machine does not turn a normal restart into a failure.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(gap_ms) +
-                        options_.max_backward_wait + std::chrono::milliseconds(layout_.tick_ms);
-  while (clock_->now_unix_ms() < *mark_ms) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      throw ClockMovedBackwardsError("clock did not reach the state file's mark " +
-                                     format_utc(*mark_ms) + " in time");
-    }
-    std::this_thread::yield();
+                        options_.max_backward_wait + std::chrono::seconds(1);
+  if (!wait_for_clock(*mark_ms, deadline)) {
+    throw ClockMovedBackwardsError("clock did not reach the state file's mark " +
+                                   format_utc(*mark_ms) + " in time");
   }
 }
 
@@ -218,12 +217,22 @@ void Generator::wait_for_clock_to_reach(std::int64_t tick, std::int64_t now_ms) 
   }
   const auto deadline =
       std::chrono::steady_clock::now() + options_.max_backward_wait + std::chrono::milliseconds(1);
-  while (clock_->now_unix_ms() < target_ms) {
+  if (!wait_for_clock(target_ms, deadline)) {
+    throw fail("and did not catch up within the " + std::to_string(allowed_ms) +
+               " ms the wait clock policy allows");
+  }
+}
+
+bool Generator::wait_for_clock(std::int64_t target_ms,
+                               std::chrono::steady_clock::time_point deadline) const {
+  for (;;) {
+    if (clock_->now_unix_ms() >= target_ms) return true;
     if (std::chrono::steady_clock::now() > deadline) {
-      throw fail("and did not catch up within the " + std::to_string(allowed_ms) +
-                 " ms the wait clock policy allows");
+      // Look once more: this thread may have lost its CPU past the deadline
+      // while the clock caught up.
+      return clock_->now_unix_ms() >= target_ms;
     }
-    std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
 }
 

@@ -169,6 +169,8 @@ class Generator {
   std::int64_t tick_start_ms(std::int64_t tick) const noexcept;
   void wait_for_tick_after(std::int64_t tick) const;
   void wait_for_clock_to_reach(std::int64_t tick, std::int64_t now_ms) const;
+  // Whether the clock reached target_ms before the (real-time) deadline.
+  bool wait_for_clock(std::int64_t target_ms, std::chrono::steady_clock::time_point deadline) const;
   void recover_from_state_file();
   void reserve_through(std::uint64_t tick);
   std::uint64_t to_id(std::uint64_t state) const noexcept;
