@@ -26,7 +26,7 @@ using Clock = std::chrono::steady_clock;
 // Snowflake-style ids: 41-bit milliseconds, 10-bit worker, 12-bit sequence,
 // handed out round-robin by several workers, as decimal strings.
 class SnowflakeIds {
-public:
+ public:
   explicit SnowflakeIds(int workers) : sequences_(static_cast<std::size_t>(workers), 0) {}
   std::string next() {
     auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -46,17 +46,18 @@ public:
       millis = static_cast<std::uint64_t>(last_millis_);
       sequence = sequences_[worker]++;
     }
-    return std::to_string((millis << 22) | (static_cast<std::uint64_t>(worker + 1) << 12) | sequence);
+    return std::to_string((millis << 22) | (static_cast<std::uint64_t>(worker + 1) << 12) |
+                          sequence);
   }
 
-private:
+ private:
   std::vector<std::uint64_t> sequences_;
   std::size_t next_worker_ = 0;
   std::int64_t last_millis_ = 0;
 };
 
 class Uuid4Ids {
-public:
+ public:
   std::string next() {
     std::uint64_t high = random_(), low = random_();
     high = (high & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL;
@@ -69,7 +70,7 @@ public:
     return text;
   }
 
-private:
+ private:
   std::mt19937_64 random_{42};
 };
 
@@ -98,7 +99,9 @@ struct Result {
 double cpu_seconds() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
@@ -109,7 +112,8 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
                 std::vector<std::string>* sent, broker::AppendStatus expected) {
   std::string payload(settings.payload_bytes, 'x');
   std::vector<std::string> topic_names;
-  for (int t = 0; t < settings.topics; ++t) topic_names.push_back("bench.topic-" + std::to_string(t));
+  for (int t = 0; t < settings.topics; ++t)
+    topic_names.push_back("bench.topic-" + std::to_string(t));
   std::vector<std::string> batch_ids(settings.batch);
   std::vector<broker::IncomingMessage> batch;
   std::vector<broker::AppendOutcome> outcomes;
@@ -124,8 +128,11 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
       batch_ids[i] = ids.next();
       // Vary the payload a little so pages do not compress into repeats.
       std::snprintf(payload.data(), 17, "%016zx", done + i);
-      batch.push_back(broker::IncomingMessage{batch_ids[i], topic_names[(done + i) % topic_names.size()],
-                                              std::string_view(batch_ids[i]).substr(0, 4), {}, payload});
+      batch.push_back(broker::IncomingMessage{batch_ids[i],
+                                              topic_names[(done + i) % topic_names.size()],
+                                              std::string_view(batch_ids[i]).substr(0, 4),
+                                              {},
+                                              payload});
     }
     // The payload buffer is shared by the batch: every message carries the same
     // bytes, which is fine for throughput but not for content checks.
@@ -134,11 +141,13 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
     elapsed += Clock::now() - start;
     for (const auto& outcome : outcomes) {
       if (outcome.status != expected) {
-        std::fprintf(stderr, "unexpected outcome %s\n", std::string(broker::to_string(outcome.status)).c_str());
+        std::fprintf(stderr, "unexpected outcome %s\n",
+                     std::string(broker::to_string(outcome.status)).c_str());
         std::exit(2);
       }
     }
-    if (sent != nullptr) sent->insert(sent->end(), batch_ids.begin(), batch_ids.begin() + static_cast<long>(n));
+    if (sent != nullptr)
+      sent->insert(sent->end(), batch_ids.begin(), batch_ids.begin() + static_cast<long>(n));
     done += n;
   }
   result.seconds = std::chrono::duration<double>(elapsed).count();
@@ -149,11 +158,11 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
 
 // Replays a list of ids (already stored) and expects DUPLICATE for each.
 class ReplayIds {
-public:
+ public:
   explicit ReplayIds(const std::vector<std::string>& ids) : ids_(ids) {}
   std::string next() { return ids_[position_++]; }
 
-private:
+ private:
   const std::vector<std::string>& ids_;
   std::size_t position_ = 0;
 };
@@ -168,8 +177,8 @@ broker::StoreOptions options_for(const Settings& settings, broker::SyncMode sync
 void print(const char* label, const Result& result) {
   // CPU time helps read figures taken on a busy machine: wall time includes
   // waiting for a core, CPU time does not.
-  std::printf("%-44s %10zu msgs %8.2f s %10.0f msgs/s   (cpu %6.2f s)\n", label, result.count, result.seconds,
-              result.rate(), result.cpu_seconds);
+  std::printf("%-44s %10zu msgs %8.2f s %10.0f msgs/s   (cpu %6.2f s)\n", label, result.count,
+              result.seconds, result.rate(), result.cpu_seconds);
   std::fflush(stdout);
 }
 
@@ -181,19 +190,24 @@ int main(int argc, char** argv) {
   std::string dir;
   app.add_option("--dir", dir, "Directory for the benchmark databases (emptied first)")->required();
   app.add_option("--messages", settings.messages, "Messages per timed pass");
-  app.add_option("--full-messages", settings.full_messages, "Messages for the sync full pass (default: --messages)");
+  app.add_option("--full-messages", settings.full_messages,
+                 "Messages for the sync full pass (default: --messages)");
   app.add_option("--batch", settings.batch, "Messages per append() call (one transaction)");
   app.add_option("--payload", settings.payload_bytes, "Payload bytes per message");
-  app.add_option("--prefill", settings.prefill, "msg_ids already in the dedup index for the prefilled pass");
+  app.add_option("--prefill", settings.prefill,
+                 "msg_ids already in the dedup index for the prefilled pass");
   app.add_option("--workers", settings.workers, "Snowflake workers whose ids interleave");
   app.add_option("--topics", settings.topics, "Topics the messages are spread over");
   app.add_option("--cache-mib", settings.cache_mib, "Store page cache in MiB");
-  app.add_flag("--skip-basic", settings.skip_basic, "Skip the sync normal, duplicates and sync full passes");
+  app.add_flag("--skip-basic", settings.skip_basic,
+               "Skip the sync normal, duplicates and sync full passes");
   app.add_flag("--skip-uuid", settings.skip_uuid, "Skip the UUID v4 pass");
   app.add_flag("--skip-prefill", settings.skip_prefill, "Skip the prefilled-index pass");
   CLI11_PARSE(app, argc, argv);
-  if (settings.batch == 0 || settings.payload_bytes < 17 || settings.workers < 1 || settings.topics < 1) {
-    std::fprintf(stderr, "--batch, --workers and --topics must be positive, --payload at least 17\n");
+  if (settings.batch == 0 || settings.payload_bytes < 17 || settings.workers < 1 ||
+      settings.topics < 1) {
+    std::fprintf(stderr,
+                 "--batch, --workers and --topics must be positive, --payload at least 17\n");
     return 1;
   }
   settings.dir = dir;
@@ -202,24 +216,26 @@ int main(int argc, char** argv) {
   if (settings.full_messages == 0) settings.full_messages = settings.messages;
 
   std::printf("payload %zu B, batch %zu, %d snowflake workers, %d topics, cache %zu MiB\n",
-              settings.payload_bytes, settings.batch, settings.workers, settings.topics, settings.cache_mib);
+              settings.payload_bytes, settings.batch, settings.workers, settings.topics,
+              settings.cache_mib);
   if (!settings.skip_basic) {
-    broker::Store store(settings.dir / "normal.db", options_for(settings, broker::SyncMode::normal));
+    broker::Store store(settings.dir / "normal.db",
+                        options_for(settings, broker::SyncMode::normal));
     SnowflakeIds ids(settings.workers);
     std::vector<std::string> sent;
     sent.reserve(settings.messages);
-    print("stored, sync normal, empty index", run_pass(store, ids, settings, settings.messages, &sent,
-                                                        broker::AppendStatus::stored));
+    print("stored, sync normal, empty index",
+          run_pass(store, ids, settings, settings.messages, &sent, broker::AppendStatus::stored));
     ReplayIds replay(sent);
-    print("duplicates, sync normal", run_pass(store, replay, settings, sent.size(), nullptr,
-                                             broker::AppendStatus::duplicate));
+    print("duplicates, sync normal",
+          run_pass(store, replay, settings, sent.size(), nullptr, broker::AppendStatus::duplicate));
   }
   fs::remove_all(settings.dir / "normal.db");
   if (!settings.skip_basic) {
     broker::Store store(settings.dir / "full.db", options_for(settings, broker::SyncMode::full));
     SnowflakeIds ids(settings.workers);
-    print("stored, sync full, empty index",
-          run_pass(store, ids, settings, settings.full_messages, nullptr, broker::AppendStatus::stored));
+    print("stored, sync full, empty index", run_pass(store, ids, settings, settings.full_messages,
+                                                     nullptr, broker::AppendStatus::stored));
   }
   fs::remove_all(settings.dir / "full.db");
   if (!settings.skip_uuid) {
@@ -230,13 +246,16 @@ int main(int argc, char** argv) {
   }
   fs::remove_all(settings.dir / "uuid.db");
   if (!settings.skip_prefill) {
-    broker::Store store(settings.dir / "prefilled.db", options_for(settings, broker::SyncMode::normal));
+    broker::Store store(settings.dir / "prefilled.db",
+                        options_for(settings, broker::SyncMode::normal));
     SnowflakeIds ids(settings.workers);
-    Result fill = run_pass(store, ids, settings, settings.prefill, nullptr, broker::AppendStatus::stored);
+    Result fill =
+        run_pass(store, ids, settings, settings.prefill, nullptr, broker::AppendStatus::stored);
     std::string label = "(prefill " + std::to_string(settings.prefill) + " ids)";
     print(label.c_str(), fill);
     label = "stored, sync normal, " + std::to_string(settings.prefill) + " ids in index";
-    print(label.c_str(), run_pass(store, ids, settings, settings.messages, nullptr, broker::AppendStatus::stored));
+    print(label.c_str(),
+          run_pass(store, ids, settings, settings.messages, nullptr, broker::AppendStatus::stored));
     std::error_code ignored;
     auto bytes = fs::file_size(settings.dir / "prefilled.db", ignored) +
                  fs::file_size(settings.dir / "prefilled.db-wal", ignored);

@@ -36,22 +36,32 @@ namespace broker {
 
 std::string_view to_string(AppendStatus status) noexcept {
   switch (status) {
-    case AppendStatus::stored: return "stored";
-    case AppendStatus::duplicate: return "duplicate";
-    case AppendStatus::conflict: return "conflict";
-    case AppendStatus::rejected: return "rejected";
+    case AppendStatus::stored:
+      return "stored";
+    case AppendStatus::duplicate:
+      return "duplicate";
+    case AppendStatus::conflict:
+      return "conflict";
+    case AppendStatus::rejected:
+      return "rejected";
   }
   return "unknown";
 }
 
 std::string_view to_string(RejectReason reason) noexcept {
   switch (reason) {
-    case RejectReason::none: return "none";
-    case RejectReason::too_large: return "too large";
-    case RejectReason::empty_msg_id: return "empty msg_id";
-    case RejectReason::invalid_msg_id: return "invalid msg_id";
-    case RejectReason::empty_topic: return "empty topic";
-    case RejectReason::invalid_topic: return "invalid topic";
+    case RejectReason::none:
+      return "none";
+    case RejectReason::too_large:
+      return "too large";
+    case RejectReason::empty_msg_id:
+      return "empty msg_id";
+    case RejectReason::invalid_msg_id:
+      return "invalid msg_id";
+    case RejectReason::empty_topic:
+      return "empty topic";
+    case RejectReason::invalid_topic:
+      return "invalid topic";
   }
   return "unknown";
 }
@@ -79,8 +89,12 @@ constexpr const char* store_format = "outbox-broker-store";
 std::int64_t message_key(std::uint64_t topic_id, std::uint64_t offset) {
   return static_cast<std::int64_t>((topic_id << offset_bits) | offset);
 }
-std::uint64_t key_topic(std::int64_t key) { return static_cast<std::uint64_t>(key) >> offset_bits; }
-std::uint64_t key_offset(std::int64_t key) { return static_cast<std::uint64_t>(key) & max_offset; }
+std::uint64_t key_topic(std::int64_t key) {
+  return static_cast<std::uint64_t>(key) >> offset_bits;
+}
+std::uint64_t key_offset(std::int64_t key) {
+  return static_cast<std::uint64_t>(key) & max_offset;
+}
 
 bool valid_msg_id(std::string_view msg_id) {
   if (msg_id.size() > max_msg_id_bytes) return false;
@@ -90,8 +104,8 @@ bool valid_msg_id(std::string_view msg_id) {
 bool valid_topic(std::string_view topic) {
   if (topic.size() > max_topic_bytes) return false;
   return std::all_of(topic.begin(), topic.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
   });
 }
 
@@ -164,12 +178,16 @@ struct Store::Impl {
   Impl(const std::filesystem::path& store_path, StoreOptions store_options)
       : path(store_path), options(std::move(store_options)) {
     logger = options.logger;
-    if (!logger) logger = std::make_shared<spdlog::logger>("broker.store", std::make_shared<spdlog::sinks::null_sink_mt>());
+    if (!logger)
+      logger = std::make_shared<spdlog::logger>("broker.store",
+                                                std::make_shared<spdlog::sinks::null_sink_mt>());
     if (options.max_message_bytes == 0) {
       throw std::invalid_argument("max_message_bytes must be greater than zero");
     }
-    if (options.dedup_window.count() < 0) throw std::invalid_argument("dedup_window must not be negative");
-    if (options.retention.count() < 0) throw std::invalid_argument("retention must not be negative");
+    if (options.dedup_window.count() < 0)
+      throw std::invalid_argument("dedup_window must not be negative");
+    if (options.retention.count() < 0)
+      throw std::invalid_argument("retention must not be negative");
     if (options.max_message_bytes > std::size_t{1} << 30) {
       throw std::invalid_argument("max_message_bytes must be at most 1 GiB");
     }
@@ -205,7 +223,8 @@ struct Store::Impl {
     sqlite::execute(handle, "PRAGMA wal_autocheckpoint = 4096");
     sqlite::execute(handle, "PRAGMA temp_store = MEMORY");
     if (options.max_database_bytes > 0) {
-      auto page_size = static_cast<std::uint64_t>(sqlite::query_integer(handle, "PRAGMA page_size"));
+      auto page_size =
+          static_cast<std::uint64_t>(sqlite::query_integer(handle, "PRAGMA page_size"));
       auto pages = std::max<std::uint64_t>(options.max_database_bytes / page_size, 1);
       sqlite::execute(handle, ("PRAGMA max_page_count = " + std::to_string(pages)).c_str());
     }
@@ -227,7 +246,8 @@ struct Store::Impl {
                         handle, "SELECT count(*) FROM sqlite_schema WHERE name = 'store_meta'") > 0;
     if (!has_meta) {
       if (sqlite::query_integer(handle, "SELECT count(*) FROM sqlite_schema") > 0) {
-        throw StoreError(path.string() + " is a SQLite database but not a broker store", SQLITE_ERROR);
+        throw StoreError(path.string() + " is a SQLite database but not a broker store",
+                         SQLITE_ERROR);
       }
       sqlite::execute(handle, R"sql(
         CREATE TABLE store_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -292,11 +312,13 @@ struct Store::Impl {
         handle,
         "INSERT INTO dedup(msg_id, message_id, payload_hash, seen_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(msg_id) DO NOTHING");
-    select_dedup = sqlite::Statement(handle, "SELECT message_id, payload_hash FROM dedup WHERE msg_id = ?");
+    select_dedup =
+        sqlite::Statement(handle, "SELECT message_id, payload_hash FROM dedup WHERE msg_id = ?");
     insert_chunk = sqlite::Statement(
         handle, "INSERT INTO chunks(id, last_offset, stored_at, data) VALUES (?, ?, ?, ?)");
     insert_topic = sqlite::Statement(
-        handle, "INSERT INTO topics(topic_id, name, last_offset, message_count) VALUES (?, ?, 0, 0)");
+        handle,
+        "INSERT INTO topics(topic_id, name, last_offset, message_count) VALUES (?, ?, 0, 0)");
     update_topic = sqlite::Statement(
         handle, "UPDATE topics SET last_offset = ?, message_count = ? WHERE topic_id = ?");
     update_counters = sqlite::Statement(
@@ -306,20 +328,23 @@ struct Store::Impl {
     chunk_at_or_before = sqlite::Statement(
         handle, "SELECT id FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id DESC LIMIT 1");
     scan_chunks = sqlite::Statement(
-        handle, "SELECT id, last_offset, stored_at, data FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id");
+        handle,
+        "SELECT id, last_offset, stored_at, data FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id");
     first_chunk = sqlite::Statement(
         handle, "SELECT id FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id LIMIT 1");
     upsert_group_offset = sqlite::Statement(
         handle,
         "INSERT INTO group_offsets(group_name, topic, committed_offset) VALUES (?, ?, ?) "
-        "ON CONFLICT(group_name, topic) DO UPDATE SET committed_offset = excluded.committed_offset");
+        "ON CONFLICT(group_name, topic) DO UPDATE SET committed_offset = "
+        "excluded.committed_offset");
     select_group_offset = sqlite::Statement(
         handle, "SELECT committed_offset FROM group_offsets WHERE group_name = ? AND topic = ?");
     scan_dedup = sqlite::Statement(
         handle, "SELECT msg_id, seen_at FROM dedup WHERE msg_id > ? ORDER BY msg_id LIMIT ?");
     delete_dedup = sqlite::Statement(handle, "DELETE FROM dedup WHERE msg_id = ?");
     scan_chunk_times = sqlite::Statement(
-        handle, "SELECT id, last_offset, stored_at FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id");
+        handle,
+        "SELECT id, last_offset, stored_at FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id");
     delete_chunks = sqlite::Statement(handle, "DELETE FROM chunks WHERE id BETWEEN ? AND ?");
   }
 
@@ -335,13 +360,15 @@ struct Store::Impl {
       topic.last_offset = static_cast<std::uint64_t>(select_topics.column_integer(2));
       topic.message_count = static_cast<std::uint64_t>(select_topics.column_integer(3));
       if (topic.id != topics.size() + 1) {
-        throw StoreError(path.string() + ": topic ids are not contiguous (corrupt store)", SQLITE_CORRUPT);
+        throw StoreError(path.string() + ": topic ids are not contiguous (corrupt store)",
+                         SQLITE_CORRUPT);
       }
       topic_ids.emplace(topic.name, topic.id);
       topics.push_back(std::move(topic));
     }
     sqlite::Statement select_counters(
-        handle, "SELECT stored, duplicates, conflicts, rejected, dedup_entries FROM counters WHERE id = 1");
+        handle,
+        "SELECT stored, duplicates, conflicts, rejected, dedup_entries FROM counters WHERE id = 1");
     sqlite::ResetGuard counters_guard(select_counters);
     if (!select_counters.step()) {
       throw StoreError(path.string() + ": counters row missing (corrupt store)", SQLITE_CORRUPT);
@@ -426,7 +453,8 @@ struct Store::Impl {
           continue;
         }
         Topic& topic = topic_for_append(message.topic, undo);
-        if (topic.last_offset >= max_offset) throw StoreError("topic " + topic.name + " is out of offsets", SQLITE_FULL);
+        if (topic.last_offset >= max_offset)
+          throw StoreError("topic " + topic.name + " is out of offsets", SQLITE_FULL);
         const std::uint64_t offset = topic.last_offset + 1;
         const std::int64_t key = message_key(topic.id, offset);
         const auto hash = static_cast<std::int64_t>(payload_hash(message.payload));
@@ -455,7 +483,8 @@ struct Store::Impl {
         sqlite::ResetGuard guard(select_dedup);
         select_dedup.bind_text(1, message.msg_id);
         if (!select_dedup.step()) {
-          throw StoreError("dedup entry for " + std::string(message.msg_id) + " vanished", SQLITE_CORRUPT);
+          throw StoreError("dedup entry for " + std::string(message.msg_id) + " vanished",
+                           SQLITE_CORRUPT);
         }
         const std::int64_t original_key = select_dedup.column_integer(0);
         const std::int64_t original_hash = select_dedup.column_integer(1);
@@ -523,8 +552,10 @@ struct Store::Impl {
       for (; !reader.done(); ++offset) {
         if (!reader.next(view) || offset > chunk_last) throw corrupt_chunk(*topic, offset);
         if (offset < from_offset) continue;
-        std::size_t size = view.msg_id.size() + view.partition_key.size() + view.headers.size() + view.payload.size();
-        if (result.messages.size() >= max_count || (!result.messages.empty() && bytes + size > max_bytes)) {
+        std::size_t size = view.msg_id.size() + view.partition_key.size() + view.headers.size() +
+                           view.payload.size();
+        if (result.messages.size() >= max_count ||
+            (!result.messages.empty() && bytes + size > max_bytes)) {
           full = true;
           break;
         }
@@ -550,8 +581,8 @@ struct Store::Impl {
   }
 
   StoreError corrupt_chunk(const Topic& topic, std::uint64_t offset) const {
-    return StoreError(path.string() + ": malformed message chunk in topic " + topic.name + " at offset " +
-                          std::to_string(offset),
+    return StoreError(path.string() + ": malformed message chunk in topic " + topic.name +
+                          " at offset " + std::to_string(offset),
                       SQLITE_CORRUPT);
   }
 
@@ -579,7 +610,9 @@ struct Store::Impl {
     sqlite::ResetGuard guard(select_group_offset);
     select_group_offset.bind_text(1, group);
     select_group_offset.bind_text(2, topic);
-    return select_group_offset.step() ? static_cast<std::uint64_t>(select_group_offset.column_integer(0)) : 0;
+    return select_group_offset.step()
+               ? static_cast<std::uint64_t>(select_group_offset.column_integer(0))
+               : 0;
   }
 
   StoreStats stats() {
@@ -590,8 +623,8 @@ struct Store::Impl {
     result.rejected = counters.rejected;
     result.dedup_entries = counters.dedup_entries;
     for (const Topic& topic : topics) {
-      result.topics.push_back(TopicStats{topic.name, topic.message_count, first_retained_offset(topic),
-                                         topic.last_offset});
+      result.topics.push_back(TopicStats{topic.name, topic.message_count,
+                                         first_retained_offset(topic), topic.last_offset});
     }
     std::sort(result.topics.begin(), result.topics.end(),
               [](const TopicStats& a, const TopicStats& b) { return a.topic < b.topic; });
@@ -612,9 +645,11 @@ struct Store::Impl {
         scan_chunk_times.bind(1, message_key(topic.id, 1));
         scan_chunk_times.bind(2, message_key(topic.id, max_offset));
         // Offsets follow store time, so the first young chunk ends the scan.
-        while (deleted + count < budget && scan_chunk_times.step() && scan_chunk_times.column_integer(2) < cutoff) {
+        while (deleted + count < budget && scan_chunk_times.step() &&
+               scan_chunk_times.column_integer(2) < cutoff) {
           last_expired = scan_chunk_times.column_integer(0);
-          count += static_cast<std::uint64_t>(scan_chunk_times.column_integer(1)) - key_offset(last_expired) + 1;
+          count += static_cast<std::uint64_t>(scan_chunk_times.column_integer(1)) -
+                   key_offset(last_expired) + 1;
         }
       }
       if (count == 0) continue;
@@ -652,7 +687,8 @@ struct Store::Impl {
     }
     counters.dedup_entries -= std::min<std::uint64_t>(counters.dedup_entries, expired.size());
     // A short scan reached the end of the index: the next pass starts over.
-    dedup_sweep_cursor = (scanned < scan_limit && expired.size() < budget) ? std::string() : last_seen;
+    dedup_sweep_cursor =
+        (scanned < scan_limit && expired.size() < budget) ? std::string() : last_seen;
     return expired.size();
   }
 
@@ -727,11 +763,19 @@ std::uint64_t Store::committed_offset(std::string_view group, std::string_view t
   return impl_->committed_offset(group, topic);
 }
 
-StoreStats Store::stats() const { return impl_->stats(); }
+StoreStats Store::stats() const {
+  return impl_->stats();
+}
 
-MaintenanceResult Store::run_maintenance(std::size_t max_rows) { return impl_->run_maintenance(max_rows); }
+MaintenanceResult Store::run_maintenance(std::size_t max_rows) {
+  return impl_->run_maintenance(max_rows);
+}
 
-const std::filesystem::path& Store::path() const noexcept { return impl_->path; }
-const StoreOptions& Store::options() const noexcept { return impl_->options; }
+const std::filesystem::path& Store::path() const noexcept {
+  return impl_->path;
+}
+const StoreOptions& Store::options() const noexcept {
+  return impl_->options;
+}
 
 }  // namespace broker

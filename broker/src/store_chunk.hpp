@@ -32,13 +32,13 @@ struct MessageView {
 
 // Walks a chunk's messages; every length is checked against the bytes left.
 class Reader {
-public:
+ public:
   explicit Reader(std::string_view chunk) noexcept : rest_(chunk) {}
   bool done() const noexcept { return rest_.empty(); }
   // Decodes the next message; false if the chunk is malformed.
   bool next(MessageView& message) noexcept;
 
-private:
+ private:
   bool field(std::string_view& value) noexcept;
   std::string_view rest_;
 };

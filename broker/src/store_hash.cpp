@@ -1,6 +1,5 @@
 #include "store_hash.hpp"
 
-
 namespace broker {
 namespace {
 

@@ -18,10 +18,10 @@ void throw_error(sqlite3* db, int code, std::string_view what) {
 
 DatabaseHandle open_database(const std::string& path) {
   sqlite3* raw = nullptr;
-  int code = sqlite3_open_v2(path.c_str(), &raw,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
-                                 SQLITE_OPEN_EXRESCODE,
-                             nullptr);
+  int code = sqlite3_open_v2(
+      path.c_str(), &raw,
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+      nullptr);
   DatabaseHandle db(raw);
   if (code != SQLITE_OK) {
     std::string message = "cannot open store database " + path + ": " +
@@ -64,15 +64,17 @@ void Statement::bind(int index, std::int64_t value) {
 void Statement::bind_text(int index, std::string_view value) {
   // A non-null pointer even for an empty view, so SQLite stores '' and not NULL.
   const char* data = value.data() != nullptr ? value.data() : "";
-  check(db_, sqlite3_bind_text(statement_.get(), index, data, static_cast<int>(value.size()),
-                               SQLITE_STATIC),
+  check(db_,
+        sqlite3_bind_text(statement_.get(), index, data, static_cast<int>(value.size()),
+                          SQLITE_STATIC),
         "binding text");
 }
 
 void Statement::bind_blob(int index, std::string_view value) {
   const char* data = value.data() != nullptr ? value.data() : "";
-  check(db_, sqlite3_bind_blob(statement_.get(), index, data, static_cast<int>(value.size()),
-                               SQLITE_STATIC),
+  check(db_,
+        sqlite3_bind_blob(statement_.get(), index, data, static_cast<int>(value.size()),
+                          SQLITE_STATIC),
         "binding a blob");
 }
 

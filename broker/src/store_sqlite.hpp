@@ -32,7 +32,7 @@ std::int64_t query_integer(sqlite3* db, const char* sql);
 
 // A statement prepared once and reused: bind, step, reset.
 class Statement {
-public:
+ public:
   Statement() = default;
   Statement(sqlite3* db, std::string_view sql);
   Statement(Statement&&) noexcept = default;
@@ -54,7 +54,7 @@ public:
   std::string_view column_text(int column) const;
   std::string_view column_blob(int column) const;
 
-private:
+ private:
   struct Finalizer {
     void operator()(sqlite3_stmt* statement) const noexcept { sqlite3_finalize(statement); }
   };
@@ -65,27 +65,27 @@ private:
 // Resets a statement when leaving a scope, so a thrown step() never leaves it
 // holding a read transaction or stale bindings.
 class ResetGuard {
-public:
+ public:
   explicit ResetGuard(Statement& statement) noexcept : statement_(statement) {}
   ~ResetGuard() noexcept { statement_.reset(); }
   ResetGuard(const ResetGuard&) = delete;
   ResetGuard& operator=(const ResetGuard&) = delete;
 
-private:
+ private:
   Statement& statement_;
 };
 
 // BEGIN IMMEDIATE on construction; ROLLBACK in the destructor unless commit()
 // succeeded.
 class Transaction {
-public:
+ public:
   Transaction(sqlite3* db, Statement& begin, Statement& commit, Statement& rollback);
   ~Transaction() noexcept;
   Transaction(const Transaction&) = delete;
   Transaction& operator=(const Transaction&) = delete;
   void commit();
 
-private:
+ private:
   sqlite3* db_;
   Statement& commit_;
   Statement& rollback_;

@@ -59,11 +59,14 @@ int main(int argc, char** argv) {
         topics.push_back("t" + std::to_string(std::hash<std::string>{}(id) % 3));
       }
       batch.clear();
-      for (std::size_t i = 0; i < ids.size(); ++i) batch.push_back({ids[i], topics[i], "key", "", payloads[i]});
+      for (std::size_t i = 0; i < ids.size(); ++i)
+        batch.push_back({ids[i], topics[i], "key", "", payloads[i]});
       auto outcomes = store.append(batch);
       for (const auto& outcome : outcomes) {
-        if (outcome.status != broker::AppendStatus::stored && outcome.status != broker::AppendStatus::duplicate) {
-          std::fprintf(stderr, "unexpected outcome %s\n", std::string(broker::to_string(outcome.status)).c_str());
+        if (outcome.status != broker::AppendStatus::stored &&
+            outcome.status != broker::AppendStatus::duplicate) {
+          std::fprintf(stderr, "unexpected outcome %s\n",
+                       std::string(broker::to_string(outcome.status)).c_str());
           return 3;
         }
       }

@@ -30,7 +30,8 @@ struct Message {
   }
 };
 
-inline std::vector<broker::AppendOutcome> append(broker::Store& store, const std::vector<Message>& messages) {
+inline std::vector<broker::AppendOutcome> append(broker::Store& store,
+                                                 const std::vector<Message>& messages) {
   std::vector<broker::IncomingMessage> views;
   for (const auto& message : messages) views.push_back(message.view());
   return store.append(views);

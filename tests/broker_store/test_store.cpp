@@ -33,7 +33,8 @@ TEST_CASE("new msg_ids are stored at consecutive per-topic offsets starting at 1
   broker::Store store(dir / "broker.db", normal_sync());
   CHECK(store.last_offset("orders") == 0);
 
-  auto outcomes = append(store, {{"id-1", "orders", "a"}, {"id-2", "orders", "b"}, {"id-3", "payments", "c"}});
+  auto outcomes =
+      append(store, {{"id-1", "orders", "a"}, {"id-2", "orders", "b"}, {"id-3", "payments", "c"}});
   CHECK(outcomes == std::vector{stored(1), stored(2), stored(1)});
   CHECK(append_one(store, {"id-4", "orders", "d"}) == stored(3));
   CHECK(store.last_offset("orders") == 3);
@@ -100,10 +101,11 @@ TEST_CASE("invalid messages are rejected with a reason and take no offset") {
                                     too_large,
                                     {"id-ok", "orders", std::string(100, 'x')},
                                 });
-  CHECK(outcomes == std::vector{rejected(RejectReason::empty_msg_id), rejected(RejectReason::invalid_msg_id),
-                                rejected(RejectReason::invalid_msg_id), rejected(RejectReason::empty_topic),
-                                rejected(RejectReason::invalid_topic), rejected(RejectReason::invalid_topic),
-                                rejected(RejectReason::too_large), stored(1)});
+  CHECK(outcomes ==
+        std::vector{rejected(RejectReason::empty_msg_id), rejected(RejectReason::invalid_msg_id),
+                    rejected(RejectReason::invalid_msg_id), rejected(RejectReason::empty_topic),
+                    rejected(RejectReason::invalid_topic), rejected(RejectReason::invalid_topic),
+                    rejected(RejectReason::too_large), stored(1)});
   // A rejected message leaves no dedup entry behind.
   too_large.payload = "small";
   CHECK(append_one(store, too_large) == stored(2));
@@ -127,7 +129,9 @@ TEST_CASE("an empty batch and empty payloads are fine") {
 TEST_CASE("fetched messages carry every field as appended") {
   test_support::TempDir dir("broker-store");
   broker::StoreOptions options = normal_sync();
-  options.clock = [] { return std::chrono::system_clock::time_point(std::chrono::milliseconds(1'700'000'000'123)); };
+  options.clock = [] {
+    return std::chrono::system_clock::time_point(std::chrono::milliseconds(1'700'000'000'123));
+  };
   broker::Store store(dir / "broker.db", options);
   std::string binary("\0\x01\xff payload", 11);
   std::string headers("\x02\0\0\0k1v1", 8);
@@ -226,7 +230,9 @@ TEST_CASE("consumer-group offsets are kept per group and topic") {
 TEST_CASE("a restarted store keeps every dedup entry, the offsets and the counters") {
   test_support::TempDir dir("broker-store");
   std::vector<Message> first;
-  for (int i = 0; i < 1000; ++i) first.push_back({"id-" + std::to_string(i), i % 2 ? "orders" : "payments", "p" + std::to_string(i)});
+  for (int i = 0; i < 1000; ++i)
+    first.push_back(
+        {"id-" + std::to_string(i), i % 2 ? "orders" : "payments", "p" + std::to_string(i)});
   {
     broker::Store store(dir / "broker.db", normal_sync());
     append(store, first);
@@ -334,7 +340,8 @@ TEST_CASE("a failed append applies nothing and the store stays usable") {
     while (!failed && batch_number < 1000) {
       std::vector<Message> batch;
       for (int i = 0; i < 200; ++i) {
-        batch.push_back({"b" + std::to_string(batch_number) + "-" + std::to_string(i), "orders", std::string(1000, 'x')});
+        batch.push_back({"b" + std::to_string(batch_number) + "-" + std::to_string(i), "orders",
+                         std::string(1000, 'x')});
       }
       before = store.stats();
       auto last_before = store.last_offset("orders");
@@ -384,14 +391,16 @@ TEST_CASE("fetch reads across many chunks and from any offset inside one") {
   std::vector<Message> first;
   for (int i = 1; i <= 3000; ++i) {
     std::size_t size = i % 1000 == 0 ? 300'000 : 1000 + static_cast<std::size_t>(i % 7);
-    first.push_back({"m-" + std::to_string(i), "orders", std::string(size, static_cast<char>('a' + i % 26))});
+    first.push_back(
+        {"m-" + std::to_string(i), "orders", std::string(size, static_cast<char>('a' + i % 26))});
   }
   append(store, first);
   for (int call = 0; call < 20; ++call) {
     std::vector<Message> small;
     for (int i = 0; i < 10; ++i) {
       int n = 3001 + call * 10 + i;
-      small.push_back({"m-" + std::to_string(n), "orders", std::string(10, static_cast<char>('a' + n % 26))});
+      small.push_back(
+          {"m-" + std::to_string(n), "orders", std::string(10, static_cast<char>('a' + n % 26))});
     }
     append(store, small);
   }
@@ -402,8 +411,8 @@ TEST_CASE("fetch reads across many chunks and from any offset inside one") {
     std::size_t size = offset > 3000 ? 10 : (offset % 1000 == 0 ? 300'000 : 1000 + offset % 7);
     return std::string(size, static_cast<char>('a' + offset % 26));
   };
-  for (std::uint64_t from : {1ULL, 2ULL, 63ULL, 64ULL, 65ULL, 999ULL, 1000ULL, 1001ULL, 2999ULL, 3000ULL,
-                             3001ULL, 3005ULL, 3199ULL, 3200ULL}) {
+  for (std::uint64_t from : {1ULL, 2ULL, 63ULL, 64ULL, 65ULL, 999ULL, 1000ULL, 1001ULL, 2999ULL,
+                             3000ULL, 3001ULL, 3005ULL, 3199ULL, 3200ULL}) {
     INFO("from " << from);
     auto page = store.fetch("orders", from, 7, 1 << 20);
     REQUIRE_FALSE(page.messages.empty());
@@ -438,7 +447,8 @@ TEST_CASE("a damaged message chunk is reported as corruption, not returned") {
     sqlite3* raw = nullptr;
     REQUIRE(sqlite3_open((dir / "broker.db").c_str(), &raw) == SQLITE_OK);
     // A length that runs past the end of the chunk.
-    CHECK(sqlite3_exec(raw, "UPDATE chunks SET data = x'04696432ff'", nullptr, nullptr, nullptr) == SQLITE_OK);
+    CHECK(sqlite3_exec(raw, "UPDATE chunks SET data = x'04696432ff'", nullptr, nullptr, nullptr) ==
+          SQLITE_OK);
     sqlite3_close(raw);
   }
   broker::Store store(dir / "broker.db", normal_sync());

@@ -24,8 +24,8 @@ long acked_batches(const test_support::ChildProcess& child) {
 
 void check_store_after_crash(const std::filesystem::path& db, long acked, int batch_size) {
   broker::Store store(db);
-  std::map<std::string, int> copies;             // msg_id -> times present
-  std::map<long, int> messages_per_batch;        // batch -> messages present
+  std::map<std::string, int> copies;       // msg_id -> times present
+  std::map<long, int> messages_per_batch;  // batch -> messages present
   std::uint64_t total = 0;
   for (const char* topic : {"t0", "t1", "t2"}) {
     std::uint64_t next = 1;
@@ -78,8 +78,10 @@ void check_store_after_crash(const std::filesystem::path& db, long acked, int ba
     }
   }
   std::vector<broker::IncomingMessage> resend;
-  for (std::size_t i = 0; i < ids.size(); ++i) resend.push_back({ids[i], topics[i], "key", "", payloads[i]});
-  for (const auto& outcome : store.append(resend)) CHECK(outcome.status == broker::AppendStatus::duplicate);
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    resend.push_back({ids[i], topics[i], "key", "", payloads[i]});
+  for (const auto& outcome : store.append(resend))
+    CHECK(outcome.status == broker::AppendStatus::duplicate);
 }
 
 }  // namespace
@@ -92,9 +94,9 @@ TEST_CASE("a store killed mid-append keeps every acknowledged message exactly on
   test_support::TempDir dir("broker-store-crash");
   long acked = 0;
   {
-    test_support::ChildProcess child(OUTBOX_BIN_BROKER_STORE_CRASH_WRITER,
-                                     {(dir / "broker.db").string(), sync, std::to_string(batch_size)},
-                                     dir.path());
+    test_support::ChildProcess child(
+        OUTBOX_BIN_BROKER_STORE_CRASH_WRITER,
+        {(dir / "broker.db").string(), sync, std::to_string(batch_size)}, dir.path());
     bool reached = test_support::wait_until(
         [&] { return acked_batches(child) >= kill_after || !child.running(); }, 120s);
     REQUIRE(reached);

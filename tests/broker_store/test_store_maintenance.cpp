@@ -19,7 +19,8 @@ namespace {
 // A clock the test moves by hand; shared with the store through the options.
 struct FakeClock {
   std::shared_ptr<std::chrono::system_clock::time_point> now =
-      std::make_shared<std::chrono::system_clock::time_point>(std::chrono::milliseconds(1'800'000'000'000));
+      std::make_shared<std::chrono::system_clock::time_point>(
+          std::chrono::milliseconds(1'800'000'000'000));
   void advance(std::chrono::milliseconds by) const { *now += by; }
   std::function<std::chrono::system_clock::time_point()> function() const {
     return [now = now] { return *now; };
@@ -36,9 +37,11 @@ broker::StoreOptions options_with(const FakeClock& clock, std::chrono::milliseco
   return options;
 }
 
-std::vector<Message> numbered(const std::string& prefix, int count, const std::string& topic = "orders") {
+std::vector<Message> numbered(const std::string& prefix, int count,
+                              const std::string& topic = "orders") {
   std::vector<Message> messages;
-  for (int i = 0; i < count; ++i) messages.push_back({prefix + std::to_string(i), topic, "payload"});
+  for (int i = 0; i < count; ++i)
+    messages.push_back({prefix + std::to_string(i), topic, "payload"});
   return messages;
 }
 
@@ -149,7 +152,8 @@ TEST_CASE("dedup entries older than the window are removed, younger ones kept") 
   auto result = maintain(store, 16);
   // The sweep may need a few calls to cover the index; keep calling until all are seen.
   std::size_t deleted = result.dedup_entries_deleted;
-  for (int round = 0; round < 10 && deleted < 40; ++round) deleted += maintain(store, 16).dedup_entries_deleted;
+  for (int round = 0; round < 10 && deleted < 40; ++round)
+    deleted += maintain(store, 16).dedup_entries_deleted;
   CHECK(deleted == 40);
   CHECK(result.bodies_deleted == 0);
   CHECK(store.stats().dedup_entries == 40);
@@ -169,7 +173,8 @@ TEST_CASE("counters and topic counts after maintenance survive a restart") {
     append(store, numbered("id-", 20));
     clock.advance(3h);
     maintain(store, 100);
-    for (int round = 0; round < 10 && store.stats().dedup_entries > 0; ++round) maintain(store, 100);
+    for (int round = 0; round < 10 && store.stats().dedup_entries > 0; ++round)
+      maintain(store, 100);
   }
   broker::Store store(dir / "broker.db", options_with(clock, 1h, 2h));
   auto stats = store.stats();

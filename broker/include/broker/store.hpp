@@ -102,11 +102,11 @@ enum class AppendStatus : std::uint8_t { stored, duplicate, conflict, rejected }
 
 enum class RejectReason : std::uint8_t {
   none,
-  too_large,        // key + headers + payload exceed max_message_bytes
+  too_large,  // key + headers + payload exceed max_message_bytes
   empty_msg_id,
-  invalid_msg_id,   // too long or contains bytes outside printable ASCII
+  invalid_msg_id,  // too long or contains bytes outside printable ASCII
   empty_topic,
-  invalid_topic,    // too long or contains bytes outside [A-Za-z0-9._-]
+  invalid_topic,  // too long or contains bytes outside [A-Za-z0-9._-]
 };
 
 struct AppendOutcome {
@@ -167,17 +167,17 @@ struct MaintenanceResult {
 
 // A database error; extended_code() is SQLite's extended result code.
 class StoreError : public std::runtime_error {
-public:
+ public:
   StoreError(const std::string& message, int extended_code)
       : std::runtime_error(message), extended_code_(extended_code) {}
   int extended_code() const noexcept { return extended_code_; }
 
-private:
+ private:
   int extended_code_;
 };
 
 class Store {
-public:
+ public:
   // Opens (creating if needed) the store at `path`. Throws StoreError when the
   // file cannot be opened or is not a store, std::invalid_argument for bad options.
   explicit Store(const std::filesystem::path& path, StoreOptions options = {});
@@ -227,7 +227,7 @@ public:
   const std::filesystem::path& path() const noexcept;
   const StoreOptions& options() const noexcept;
 
-private:
+ private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
