@@ -134,15 +134,18 @@ ProcessResult Inbox::process_once(const std::string& msg_id,
   check_msg_id(msg_id);
   auto& impl = *impl_;
   Impl::Transaction transaction(impl);
-  if (auto entry = impl.find(msg_id)) {
-    return entry->state == detail::inbox_done ? ProcessResult::already_done
-                                              : ProcessResult::in_progress;
-  }
-  {
+  const auto now = to_ms(impl.options.clock());
+  auto entry = impl.find(msg_id);
+  if (entry && entry->state == detail::inbox_done) return ProcessResult::already_done;
+  if (entry && entry->claimed_until.value_or(0) > now) return ProcessResult::in_progress;
+  if (entry) {
+    // A stale begin() claim: its holder is gone; this delivery takes over.
+    impl.logger->warn("outbox: inbox claim on {} expired; processing it transactionally", msg_id);
+    auto use = impl.complete.use();
+    use.bind_text(1, msg_id).bind(2, now).run();
+  } else {
     auto use = impl.insert.use();
-    use.bind_text(1, msg_id).bind(2, detail::inbox_done).bind_null(3)
-        .bind(4, to_ms(impl.options.clock()))
-        .run();
+    use.bind_text(1, msg_id).bind(2, detail::inbox_done).bind_null(3).bind(4, now).run();
   }
   handler(impl.db);
   transaction.commit();

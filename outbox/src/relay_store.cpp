@@ -569,7 +569,9 @@ std::size_t RelayStore::delete_delivered(std::chrono::milliseconds retention,
     ScopedTransaction transaction(impl.db, true);
     const auto cutoff = to_ms(impl.now() - retention);
     // Never the newest message: without AUTOINCREMENT its seq would be reused.
-    const auto limit_seq = std::min(impl.cursor().first, impl.last_seq() - 1);
+    // Delivered rows past the cursor (behind a blocked key) may go too: the
+    // cursor only needs the rows that are still unsettled.
+    const auto limit_seq = impl.last_seq() - 1;
     std::vector<std::int64_t> seqs;
     {
       auto use = scan.use();

@@ -95,6 +95,18 @@ TEST_CASE("a stale processing claim is taken over") {
   CHECK(crashed.begin("m-1", 30s) == outbox::BeginResult::in_progress);
   CHECK(survivor.complete("m-1"));
   CHECK(crashed.begin("m-1", 30s) == outbox::BeginResult::already_done);
+
+  // A transactional redelivery also takes over a stale claim.
+  CHECK(crashed.begin("m-2", 30s) == outbox::BeginResult::start);
+  int runs = 0;
+  CHECK(survivor.process_once("m-2", [&](sqlite3*) { ++runs; }) ==
+        outbox::ProcessResult::in_progress);
+  clock.advance(30s);
+  CHECK(survivor.process_once("m-2", [&](sqlite3*) { ++runs; }) ==
+        outbox::ProcessResult::processed);
+  CHECK(runs == 1);
+  CHECK(crashed.begin("m-2", 30s) == outbox::BeginResult::already_done);
+  CHECK_FALSE(crashed.complete("m-2"));
 }
 
 TEST_CASE("two concurrent consumers of the same msg_ids process each one once") {

@@ -253,6 +253,28 @@ TEST_CASE("one relay holds the lease; another takes over when it lapses") {
   CHECK(c->epoch == b->epoch + 1);
 }
 
+TEST_CASE("retention also removes delivered rows behind a blocked key") {
+  Fixture f;
+  f.enqueue({"a", "a", "b", "b", "b"});
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> outcomes{outbox::Outcome::dead(1, "REJECTED"),
+                                        outbox::Outcome::delivered(3, 1),
+                                        outbox::Outcome::delivered(4, 2),
+                                        outbox::Outcome::delivered(5, 3)};
+  f.store.record_outcomes(outcomes, lease);
+  CHECK(f.store.stats().settled_through_seq == 1);  // seq 2 waits behind dead seq 1
+  f.clock.advance(2h);
+  CHECK(f.store.delete_delivered(1h) == 2);  // 3 and 4; 5 is the newest
+  CHECK(seqs_of(f.store.read_pending(10)).empty());
+  CHECK(f.store.drop_dead(f.store.list_dead().at(0).msg_id));
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{2});
+  std::vector<outbox::Outcome> last{outbox::Outcome::delivered(2, 4)};
+  f.store.record_outcomes(last, lease);
+  auto stats = f.store.stats();
+  CHECK(stats.settled_through_seq == 5);
+  CHECK(stats.pending == 0);
+}
+
 TEST_CASE("stats show the oldest pending age") {
   Fixture f;
   f.enqueue({"a"});

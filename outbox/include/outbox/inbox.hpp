@@ -91,7 +91,8 @@ public:
   sqlite3* db() const;
 
   // Records msg_id and runs `handler` in one IMMEDIATE transaction. If the
-  // handler throws, both are rolled back and the exception propagates.
+  // handler throws, both are rolled back and the exception propagates. A live
+  // begin() claim on the msg_id gives in_progress; a stale one is taken over.
   ProcessResult process_once(const std::string& msg_id,
                              const std::function<void(sqlite3*)>& handler);
 
