@@ -299,7 +299,10 @@ struct Server::Impl {
     if (pending.empty()) return;
     bool ok = false;
     try {
+      auto started = Clock::now();
       store.append(incoming, outcomes);
+      counters.append_nanoseconds += static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - started).count());
       ok = true;
     } catch (const std::exception& error) {
       ++counters.storage_failures;
