@@ -185,10 +185,18 @@ std::uint64_t Generator::next() {
     if (candidate_tick >= reserved_until_tick_.load(std::memory_order_acquire)) {
       reserve_through(candidate_tick);
     }
-    if (state_.compare_exchange_weak(previous, candidate, std::memory_order_acq_rel,
-                                     std::memory_order_relaxed)) {
-      return to_id(candidate);
+    bool won = false;
+    while (!(won = state_.compare_exchange_weak(previous, candidate, std::memory_order_acq_rel,
+                                                std::memory_order_acquire))) {
+      // Lost a race. If the winner stayed in our tick with sequence to spare,
+      // take the next one without reading the clock again; otherwise start over.
+      if ((previous >> layout_.sequence_bits) != candidate_tick ||
+          (previous & sequence_mask_) == sequence_mask_) {
+        break;
+      }
+      candidate = previous + 1;
     }
+    if (won) return to_id(candidate);
   }
 }
 
