@@ -423,6 +423,13 @@ struct Store::Impl {
     return topic;
   }
 
+  std::optional<std::int64_t> known_message_key(std::string_view msg_id) {
+    sqlite::ResetGuard guard(select_dedup);
+    select_dedup.bind_text(1, msg_id);
+    if (!select_dedup.step()) return std::nullopt;
+    return select_dedup.column_integer(0);
+  }
+
   void flush_chunk(Topic& topic, std::int64_t now) {
     if (topic.chunk.empty()) return;
     insert_chunk.bind(1, message_key(topic.id, topic.chunk_first));
@@ -451,6 +458,16 @@ struct Store::Impl {
           outcome = AppendOutcome{AppendStatus::rejected, 0, reason};
           ++counters.rejected;
           continue;
+        }
+        // A known msg_id sent to a topic that does not exist yet is a conflict;
+        // checking first keeps such a message from creating an empty topic.
+        if (topic_ids.find(message.topic) == topic_ids.end()) {
+          if (auto original_key = known_message_key(message.msg_id)) {
+            outcome = AppendOutcome{AppendStatus::conflict, key_offset(*original_key),
+                                    RejectReason::none};
+            ++counters.conflicts;
+            continue;
+          }
         }
         Topic& topic = topic_for_append(message.topic, undo);
         if (topic.last_offset >= max_offset)

@@ -63,6 +63,11 @@ TEST_CASE("the same msg_id with another payload or topic is a conflict") {
   CHECK(append_one(store, {"id-1", "orders", "changed"}) == conflict(1));
   CHECK(append_one(store, {"id-1", "payments", "original"}) == conflict(1));
   CHECK(store.last_offset("payments") == 0);
+  // The conflicting message did not create the topic.
+  CHECK(store.stats().topics.size() == 1);
+  REQUIRE(append_one(store, {"id-2", "payments", "p"}) == stored(1));
+  CHECK(append_one(store, {"id-1", "payments", "original"}) == conflict(1));
+  CHECK(store.stats().conflicts == 3);
   auto fetched = store.fetch("orders", 1, 100, 1 << 20);
   REQUIRE(fetched.messages.size() == 1);
   CHECK(fetched.messages[0].payload == "original");
