@@ -106,7 +106,8 @@ int main(int argc, char** argv) {
   double reference_us = 0, enqueue_us = 0, batched_rate = 0;
   try {
     {
-      auto box = outbox::Outbox::open(work / "app.db", {.wal_autocheckpoint_pages = checkpoint_pages});
+      auto box =
+          outbox::Outbox::open(work / "app.db", {.wal_autocheckpoint_pages = checkpoint_pages});
       exec(box.db(),
            "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
            "amount INTEGER NOT NULL, created_at INTEGER NOT NULL);"
@@ -152,8 +153,8 @@ int main(int argc, char** argv) {
       enqueue_us = median(with_enqueue);
     }
     {
-      auto box = outbox::Outbox::open(work / "batched.db",
-                                      {.wal_autocheckpoint_pages = checkpoint_pages});
+      auto box =
+          outbox::Outbox::open(work / "batched.db", {.wal_autocheckpoint_pages = checkpoint_pages});
       constexpr int per_txn = 1000;
       std::vector<double> rates;
       auto start = Clock::now();

@@ -16,7 +16,11 @@ inline std::shared_ptr<spdlog::logger> logger_or_null(std::shared_ptr<spdlog::lo
                                           std::make_shared<spdlog::sinks::null_sink_mt>());
 }
 
-inline std::int64_t to_ms(TimePoint time) { return time.time_since_epoch().count(); }
-inline TimePoint from_ms(std::int64_t ms) { return TimePoint(std::chrono::milliseconds(ms)); }
+inline std::int64_t to_ms(TimePoint time) {
+  return time.time_since_epoch().count();
+}
+inline TimePoint from_ms(std::int64_t ms) {
+  return TimePoint(std::chrono::milliseconds(ms));
+}
 
 }  // namespace outbox::detail

@@ -29,7 +29,9 @@ IdSource::IdSource(IdKind kind, std::uint32_t worker_id)
 
 IdSource::~IdSource() noexcept = default;
 
-std::uint32_t IdSource::max_worker_id() { return idgen::Layout::standard().max_worker_id(); }
+std::uint32_t IdSource::max_worker_id() {
+  return idgen::Layout::standard().max_worker_id();
+}
 
 std::string IdSource::next() {
   try {

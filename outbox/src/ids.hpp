@@ -11,7 +11,7 @@
 namespace outbox::detail {
 
 class IdSource {
-public:
+ public:
   IdSource(IdKind kind, std::uint32_t worker_id);
   ~IdSource() noexcept;
   IdSource(const IdSource&) = delete;
@@ -23,7 +23,7 @@ public:
   // Largest worker id of the snowflake layout in use.
   static std::uint32_t max_worker_id();
 
-private:
+ private:
   struct Generators;
   IdKind kind_;
   std::uint32_t worker_id_;

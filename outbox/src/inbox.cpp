@@ -53,7 +53,7 @@ struct Inbox::Impl {
 
   // A write transaction on the prepared BEGIN/COMMIT/ROLLBACK statements.
   class Transaction {
-  public:
+   public:
     explicit Transaction(Impl& impl) : impl_(impl) {
       if (sqlite3_get_autocommit(impl_.db) == 0) {
         throw Error("outbox: the inbox connection is already inside a transaction");
@@ -79,7 +79,7 @@ struct Inbox::Impl {
       done_ = true;
     }
 
-  private:
+   private:
     Impl& impl_;
     bool done_ = false;
   };
@@ -127,7 +127,9 @@ Inbox Inbox::open(const std::filesystem::path& path, InboxOptions options) {
   return Inbox(std::move(impl));
 }
 
-sqlite3* Inbox::db() const { return impl_->db; }
+sqlite3* Inbox::db() const {
+  return impl_->db;
+}
 
 ProcessResult Inbox::process_once(const std::string& msg_id,
                                   const std::function<void(sqlite3*)>& handler) {
@@ -161,7 +163,9 @@ BeginResult Inbox::begin(const std::string& msg_id, std::chrono::milliseconds le
   auto entry = impl.find(msg_id);
   if (!entry) {
     auto use = impl.insert.use();
-    use.bind_text(1, msg_id).bind(2, detail::inbox_processing).bind(3, now + lease.count())
+    use.bind_text(1, msg_id)
+        .bind(2, detail::inbox_processing)
+        .bind(3, now + lease.count())
         .bind_null(4)
         .run();
   } else if (entry->state == detail::inbox_done) {

@@ -16,7 +16,7 @@ namespace outbox::detail {
 std::string wake_name_for(const std::string& database_filename);
 
 class WakeSender {
-public:
+ public:
   explicit WakeSender(const std::string& database_filename);
   ~WakeSender() noexcept;
   WakeSender(const WakeSender&) = delete;
@@ -24,14 +24,14 @@ public:
 
   void notify() noexcept;
 
-private:
+ private:
   int fd_ = -1;
   sockaddr_un address_{};
   socklen_t address_length_ = 0;
 };
 
 class WakeReceiver {
-public:
+ public:
   explicit WakeReceiver(const std::string& database_filename);
   ~WakeReceiver() noexcept;
   WakeReceiver(const WakeReceiver&) = delete;
@@ -43,7 +43,7 @@ public:
   // Waits up to `timeout` for a wake-up; true if one (or more) arrived.
   bool wait(std::chrono::milliseconds timeout) noexcept;
 
-private:
+ private:
   int fd_ = -1;
 };
 

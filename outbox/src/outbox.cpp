@@ -99,10 +99,11 @@ struct Outbox::Impl {
     path = filename != nullptr ? filename : "";
     detail::ensure_schema(db, path.empty() ? ":memory:" : path,
                           detail::SchemaMode::create_or_migrate);
-    insert = Statement(db,
-                       "INSERT INTO outbox_messages(msg_id, topic, partition_key, headers, payload, "
-                       "created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
-                       "ON CONFLICT(msg_id) DO NOTHING");
+    insert =
+        Statement(db,
+                  "INSERT INTO outbox_messages(msg_id, topic, partition_key, headers, payload, "
+                  "created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
+                  "ON CONFLICT(msg_id) DO NOTHING");
     begin = Statement(db, "BEGIN IMMEDIATE");
     commit = Statement(db, "COMMIT");
     rollback = Statement(db, "ROLLBACK");
@@ -309,11 +310,17 @@ Outbox Outbox::attach(sqlite3* db, Options options) {
   return Outbox(std::move(impl));
 }
 
-sqlite3* Outbox::db() const { return impl_->db; }
+sqlite3* Outbox::db() const {
+  return impl_->db;
+}
 
-EnqueueResult Outbox::enqueue(const Message& message) { return impl_->enqueue(message); }
+EnqueueResult Outbox::enqueue(const Message& message) {
+  return impl_->enqueue(message);
+}
 
-std::uint32_t Outbox::worker_id() const { return impl_->worker; }
+std::uint32_t Outbox::worker_id() const {
+  return impl_->worker;
+}
 
 EnqueueResult enqueue(sqlite3* db, const Message& message) {
   Outbox::Impl* impl = nullptr;

@@ -7,8 +7,8 @@
 #include <utility>
 
 #include "common.hpp"
-#include "outbox/schema.hpp"
 #include "notify.hpp"
+#include "outbox/schema.hpp"
 #include "schema.hpp"
 #include "sqlite.hpp"
 
@@ -91,43 +91,47 @@ struct RelayStore::Impl {
     insert_lease = Statement(db,
                              "INSERT INTO outbox_lease(name, holder, epoch, acquired_at_ms, "
                              "expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
-    update_lease = Statement(db,
-                             "UPDATE outbox_lease SET holder = ?2, epoch = ?3, acquired_at_ms = ?4, "
-                             "expires_at_ms = ?5 WHERE name = ?1");
+    update_lease =
+        Statement(db,
+                  "UPDATE outbox_lease SET holder = ?2, epoch = ?3, acquired_at_ms = ?4, "
+                  "expires_at_ms = ?5 WHERE name = ?1");
     read_cursor = Statement(
         db, "SELECT settled_through_seq, delivered_total FROM outbox_relay_cursor WHERE id = 1");
     update_cursor = Statement(db,
                               "UPDATE outbox_relay_cursor SET settled_through_seq = ?1, "
                               "delivered_total = delivered_total + ?2 WHERE id = 1");
-    select_pending = Statement(
-        db,
-        "SELECT m.seq, m.msg_id, m.topic, m.partition_key, m.headers, m.payload, "
-        "m.created_at_ms, d.state, d.attempts, d.next_attempt_ms "
-        "FROM outbox_messages m LEFT JOIN outbox_delivery d ON d.seq = m.seq "
-        "WHERE m.seq > ?1 ORDER BY m.seq LIMIT ?2");
-    select_blockers = Statement(db,
-                                "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, m.partition_key "
-                                "FROM outbox_delivery d JOIN outbox_messages m ON m.seq = d.seq "
-                                "WHERE d.state <> 1");
+    select_pending =
+        Statement(db,
+                  "SELECT m.seq, m.msg_id, m.topic, m.partition_key, m.headers, m.payload, "
+                  "m.created_at_ms, d.state, d.attempts, d.next_attempt_ms "
+                  "FROM outbox_messages m LEFT JOIN outbox_delivery d ON d.seq = m.seq "
+                  "WHERE m.seq > ?1 ORDER BY m.seq LIMIT ?2");
+    select_blockers =
+        Statement(db,
+                  "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, m.partition_key "
+                  "FROM outbox_delivery d JOIN outbox_messages m ON m.seq = d.seq "
+                  "WHERE d.state <> 1");
     // One statement for both outcomes. Only a message that exists and is not
     // settled yet changes: a late or repeated outcome is ignored.
-    mark = Statement(db,
-                     "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
-                     "broker_offset, updated_at_ms) "
-                     "SELECT ?1, ?2, 0, 0, ?3, ?4, ?5 "
-                     "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
-                     "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
-                     "last_error = coalesce(excluded.last_error, last_error), "
-                     "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
-                     "WHERE outbox_delivery.state = 0");
-    retry = Statement(db,
-                      "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
-                      "updated_at_ms) "
-                      "SELECT ?1, 0, 1, ?2, ?3, ?4 "
-                      "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
-                      "ON CONFLICT(seq) DO UPDATE SET attempts = attempts + 1, "
-                      "next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error, "
-                      "updated_at_ms = excluded.updated_at_ms WHERE outbox_delivery.state = 0");
+    mark =
+        Statement(db,
+                  "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+                  "broker_offset, updated_at_ms) "
+                  "SELECT ?1, ?2, 0, 0, ?3, ?4, ?5 "
+                  "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
+                  "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
+                  "last_error = coalesce(excluded.last_error, last_error), "
+                  "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
+                  "WHERE outbox_delivery.state = 0");
+    retry =
+        Statement(db,
+                  "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+                  "updated_at_ms) "
+                  "SELECT ?1, 0, 1, ?2, ?3, ?4 "
+                  "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
+                  "ON CONFLICT(seq) DO UPDATE SET attempts = attempts + 1, "
+                  "next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error, "
+                  "updated_at_ms = excluded.updated_at_ms WHERE outbox_delivery.state = 0");
     first_unsettled = Statement(db,
                                 "SELECT m.seq FROM outbox_messages m "
                                 "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
@@ -234,7 +238,8 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   if (impl->options.read_only) {
     int version = detail::read_schema_version(impl->db);
     if (version == 0) {
-      throw Error("database '" + path.string() + "' has no outbox schema (table outbox_meta is missing)");
+      throw Error("database '" + path.string() +
+                  "' has no outbox schema (table outbox_meta is missing)");
     }
     if (version != schema_version) {
       throw Error("database '" + path.string() + "' has outbox schema version " +
@@ -249,8 +254,12 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   return RelayStore(std::move(impl));
 }
 
-sqlite3* RelayStore::db() const { return impl_->db; }
-const std::string& RelayStore::path() const { return impl_->path; }
+sqlite3* RelayStore::db() const {
+  return impl_->db;
+}
+const std::string& RelayStore::path() const {
+  return impl_->path;
+}
 
 std::optional<Lease> RelayStore::claim_lease(const std::string& holder,
                                              std::chrono::milliseconds ttl) {
@@ -263,14 +272,19 @@ std::optional<Lease> RelayStore::claim_lease(const std::string& holder,
   Lease lease{holder, 1, now + ttl};
   if (!row) {
     auto use = impl.insert_lease.use();
-    use.bind_text(1, lease_name).bind_text(2, holder).bind(3, lease.epoch).bind(4, to_ms(now))
+    use.bind_text(1, lease_name)
+        .bind_text(2, holder)
+        .bind(3, lease.epoch)
+        .bind(4, to_ms(now))
         .bind(5, to_ms(lease.expires_at))
         .run();
   } else if (row->holder == holder || row->expires_at <= now) {
     const bool same = row->holder == holder;
     lease.epoch = same ? row->epoch : row->epoch + 1;
     auto use = impl.update_lease.use();
-    use.bind_text(1, lease_name).bind_text(2, holder).bind(3, lease.epoch)
+    use.bind_text(1, lease_name)
+        .bind_text(2, holder)
+        .bind(3, lease.epoch)
         .bind(4, same ? to_ms(row->acquired_at) : to_ms(now))
         .bind(5, to_ms(lease.expires_at))
         .run();
@@ -294,7 +308,9 @@ bool RelayStore::renew_lease(Lease& lease, std::chrono::milliseconds ttl) {
   const auto expires = impl.now() + ttl;
   {
     auto use = impl.update_lease.use();
-    use.bind_text(1, lease_name).bind_text(2, lease.holder).bind(3, lease.epoch)
+    use.bind_text(1, lease_name)
+        .bind_text(2, lease.holder)
+        .bind(3, lease.epoch)
         .bind(4, to_ms(row->acquired_at))
         .bind(5, to_ms(expires))
         .run();
@@ -312,7 +328,9 @@ void RelayStore::release_lease(const Lease& lease) {
   {
     // Expire it now but keep the epoch, so the next holder's epoch is higher.
     auto use = impl.update_lease.use();
-    use.bind_text(1, lease_name).bind_text(2, lease.holder).bind(3, lease.epoch)
+    use.bind_text(1, lease_name)
+        .bind_text(2, lease.holder)
+        .bind(3, lease.epoch)
         .bind(4, to_ms(row->acquired_at))
         .bind(5, 0)
         .run();
@@ -320,7 +338,9 @@ void RelayStore::release_lease(const Lease& lease) {
   transaction.commit();
 }
 
-std::optional<LeaseInfo> RelayStore::lease_info() { return impl_->lease_row(); }
+std::optional<LeaseInfo> RelayStore::lease_info() {
+  return impl_->lease_row();
+}
 
 std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int64_t after_seq) {
   auto& impl = *impl_;

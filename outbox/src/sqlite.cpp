@@ -129,9 +129,9 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
   std::error_code ec;
   auto parent = path.parent_path();
   if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
-    throw Error("cannot open database '" + name + "': directory '" + parent.string() +
-                    "' does not exist",
-                SQLITE_CANTOPEN);
+    throw Error(
+        "cannot open database '" + name + "': directory '" + parent.string() + "' does not exist",
+        SQLITE_CANTOPEN);
   }
   bool exists = std::filesystem::exists(path, ec);
   if (exists && std::filesystem::is_directory(path, ec)) {
@@ -151,8 +151,8 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
   int rc = sqlite3_open_v2(name.c_str(), &raw, flags, nullptr);
   ConnectionPtr db(raw);
   if (rc != SQLITE_OK) {
-    throw Error("cannot open database '" + name + "': " +
-                    (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)),
+    throw Error("cannot open database '" + name +
+                    "': " + (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)),
                 rc);
   }
   sqlite3_extended_result_codes(db.get(), 1);
@@ -164,12 +164,12 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
       throw Error("cannot switch database '" + name + "' to WAL journal mode");
     }
   }
-  exec(db.get(), options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
+  exec(db.get(),
+       options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
   if (options.cache_kib > 0) {
     exec(db.get(), ("PRAGMA cache_size=-" + std::to_string(options.cache_kib)).c_str());
   }
-  check(db.get(),
-        sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count())),
+  check(db.get(), sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count())),
         "setting busy timeout");
   return db;
 }

@@ -41,12 +41,12 @@ void exec(sqlite3* db, const char* sql);
 // Use guard, which resets the statement and clears its bindings when it goes
 // out of scope so no read transaction stays open behind the caller's back.
 class Statement {
-public:
+ public:
   Statement() = default;
   Statement(sqlite3* db, std::string_view sql);
 
   class Use {
-  public:
+   public:
     explicit Use(Statement& statement) : statement_(&statement) {}
     ~Use() noexcept;
     Use(const Use&) = delete;
@@ -69,7 +69,7 @@ public:
     std::string column_blob(int index) const;
     std::optional<std::string> column_optional_text(int index) const;
 
-  private:
+   private:
     Statement* statement_;
   };
 
@@ -77,7 +77,7 @@ public:
   sqlite3* db() const { return db_; }
   bool valid() const { return stmt_ != nullptr; }
 
-private:
+ private:
   sqlite3* db_ = nullptr;
   StatementPtr stmt_;
   std::string sql_;
@@ -105,14 +105,14 @@ void verify_readable(sqlite3* db, const std::string& path_for_errors);
 
 // Transaction with rollback in the destructor, for the library's own writes.
 class ScopedTransaction {
-public:
+ public:
   ScopedTransaction(sqlite3* db, bool immediate = true);
   ~ScopedTransaction() noexcept;
   ScopedTransaction(const ScopedTransaction&) = delete;
   ScopedTransaction& operator=(const ScopedTransaction&) = delete;
   void commit();
 
-private:
+ private:
   sqlite3* db_;
   bool open_ = false;
 };

@@ -39,7 +39,7 @@ inline std::int64_t query_int(sqlite3* db, const std::string& sql) {
 
 // A separate plain connection, for looking at a database from outside.
 class RawDb {
-public:
+ public:
   explicit RawDb(const std::string& path) {
     if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
       std::string message = db_ != nullptr ? sqlite3_errmsg(db_) : "open failed";
@@ -56,13 +56,13 @@ public:
     return query_int(db_, "SELECT count(*) FROM " + table);
   }
 
-private:
+ private:
   sqlite3* db_ = nullptr;
 };
 
 // A clock tests move by hand.
 class ManualClock {
-public:
+ public:
   explicit ManualClock(std::int64_t start_ms = 1'800'000'000'000)
       : now_ms_(std::make_shared<std::atomic<std::int64_t>>(start_ms)) {}
   outbox::Clock clock() const {
@@ -70,9 +70,11 @@ public:
     return [now] { return outbox::TimePoint(std::chrono::milliseconds(now->load())); };
   }
   void advance(std::chrono::milliseconds by) { *now_ms_ += by.count(); }
-  outbox::TimePoint now() const { return outbox::TimePoint(std::chrono::milliseconds(now_ms_->load())); }
+  outbox::TimePoint now() const {
+    return outbox::TimePoint(std::chrono::milliseconds(now_ms_->load()));
+  }
 
-private:
+ private:
   std::shared_ptr<std::atomic<std::int64_t>> now_ms_;
 };
 

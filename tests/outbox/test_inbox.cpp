@@ -111,7 +111,10 @@ TEST_CASE("a stale processing claim is taken over") {
 
 TEST_CASE("two concurrent consumers of the same msg_ids process each one once") {
   test_support::TempDir dir;
-  { auto setup = outbox::Inbox::open(dir / "consumer.db"); create_stock(setup.db()); }
+  {
+    auto setup = outbox::Inbox::open(dir / "consumer.db");
+    create_stock(setup.db());
+  }
   constexpr int messages = 200;
   std::atomic<int> processed{0}, skipped{0}, claims{0};
   auto consume = [&] {

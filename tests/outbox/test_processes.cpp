@@ -23,12 +23,12 @@ TEST_CASE("two processes enqueue concurrently without losing anything", "[integr
   }
   constexpr int per_process = 1500;
   const auto start_file = dir / "go";
-  test_support::ChildProcess first(OUTBOX_BIN_OUTBOX_TEST_PRODUCER,
-                                   {db_path, std::to_string(per_process), "p1", start_file.string()},
-                                   dir.path());
-  test_support::ChildProcess second(OUTBOX_BIN_OUTBOX_TEST_PRODUCER,
-                                    {db_path, std::to_string(per_process), "p2", start_file.string()},
-                                    dir.path());
+  test_support::ChildProcess first(
+      OUTBOX_BIN_OUTBOX_TEST_PRODUCER,
+      {db_path, std::to_string(per_process), "p1", start_file.string()}, dir.path());
+  test_support::ChildProcess second(
+      OUTBOX_BIN_OUTBOX_TEST_PRODUCER,
+      {db_path, std::to_string(per_process), "p2", start_file.string()}, dir.path());
   // Both have opened the outbox (and leased a worker id) before either starts.
   REQUIRE(test_support::wait_until(
       [&] {
@@ -71,8 +71,9 @@ TEST_CASE("two processes enqueue concurrently without losing anything", "[integr
                              nullptr) == SQLITE_OK);
   std::vector<std::string> business_order;
   while (sqlite3_step(stmt) == SQLITE_ROW) {
-    business_order.push_back(std::string(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0))) +
-                             ":" + std::to_string(sqlite3_column_int64(stmt, 1)));
+    business_order.push_back(
+        std::string(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0))) + ":" +
+        std::to_string(sqlite3_column_int64(stmt, 1)));
   }
   sqlite3_finalize(stmt);
   REQUIRE(business_order.size() == pending.size());

@@ -50,7 +50,8 @@ TEST_CASE("commit writes the business row and the message") {
   CHECK(raw.count("orders") == 1);
   CHECK(raw.count("outbox_messages") == 1);
   CHECK(query_int(raw.get(), "SELECT count(*) FROM outbox_messages WHERE msg_id = '" +
-                                 result.msg_id + "' AND topic = 'orders' AND partition_key = "
+                                 result.msg_id +
+                                 "' AND topic = 'orders' AND partition_key = "
                                  "'customer-1' AND payload = CAST('order placed' AS BLOB)") == 1);
 }
 
@@ -245,8 +246,8 @@ TEST_CASE("msg_ids: snowflake by default, UUID v7 on request, unique either way"
   for (auto kind : {outbox::IdKind::snowflake, outbox::IdKind::uuid_v7}) {
     outbox::Options options;
     options.id_kind = kind;
-    auto box = outbox::Outbox::open(dir / (kind == outbox::IdKind::snowflake ? "s.db" : "u.db"),
-                                    options);
+    auto box =
+        outbox::Outbox::open(dir / (kind == outbox::IdKind::snowflake ? "s.db" : "u.db"), options);
     std::set<std::string> ids;
     outbox::Transaction tx(box);
     for (int i = 0; i < 1000; ++i) ids.insert(tx.enqueue(order_message()).msg_id);
@@ -290,7 +291,10 @@ TEST_CASE("headers survive the round trip") {
   auto pending = store.read_pending(10);
   REQUIRE(pending.size() == 1);
   CHECK(pending[0].headers == message.headers);
-  CHECK_THROWS_AS(outbox::decode_headers(std::string("\0\0\0\x05" "ab", 6)), outbox::Error);
+  CHECK_THROWS_AS(outbox::decode_headers(std::string("\0\0\0\x05"
+                                                     "ab",
+                                                     6)),
+                  outbox::Error);
 }
 
 TEST_CASE("wait_for_work returns after another connection commits") {

@@ -257,10 +257,9 @@ TEST_CASE("retention also removes delivered rows behind a blocked key") {
   Fixture f;
   f.enqueue({"a", "a", "b", "b", "b"});
   auto lease = f.lease();
-  std::vector<outbox::Outcome> outcomes{outbox::Outcome::dead(1, "REJECTED"),
-                                        outbox::Outcome::delivered(3, 1),
-                                        outbox::Outcome::delivered(4, 2),
-                                        outbox::Outcome::delivered(5, 3)};
+  std::vector<outbox::Outcome> outcomes{
+      outbox::Outcome::dead(1, "REJECTED"), outbox::Outcome::delivered(3, 1),
+      outbox::Outcome::delivered(4, 2), outbox::Outcome::delivered(5, 3)};
   f.store.record_outcomes(outcomes, lease);
   CHECK(f.store.stats().settled_through_seq == 1);  // seq 2 waits behind dead seq 1
   f.clock.advance(2h);
@@ -295,11 +294,13 @@ TEST_CASE("retention deletes old delivered rows in batches and keeps the newest"
   f.enqueue(keys);  // seqs 1..25
   auto lease = f.lease();
   std::vector<outbox::Outcome> outcomes;
-  for (std::int64_t seq = 1; seq <= 20; ++seq) outcomes.push_back(outbox::Outcome::delivered(seq, seq));
+  for (std::int64_t seq = 1; seq <= 20; ++seq)
+    outcomes.push_back(outbox::Outcome::delivered(seq, seq));
   f.store.record_outcomes(outcomes, lease);
   f.clock.advance(2h);
   outcomes.clear();
-  for (std::int64_t seq = 21; seq <= 25; ++seq) outcomes.push_back(outbox::Outcome::delivered(seq, seq));
+  for (std::int64_t seq = 21; seq <= 25; ++seq)
+    outcomes.push_back(outbox::Outcome::delivered(seq, seq));
   f.store.record_outcomes(outcomes, lease);
 
   CHECK(f.store.delete_delivered(1h, 7, 2) == 14);  // two batches of 7

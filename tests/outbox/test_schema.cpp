@@ -117,7 +117,8 @@ TEST_CASE("a database with a newer schema is refused and left unchanged") {
 
 TEST_CASE("the relay side refuses a database without the outbox schema") {
   test_support::TempDir dir;
-  CHECK_THROWS_WITH(outbox::RelayStore::open(dir / "missing.db"), Catch::Contains("does not exist"));
+  CHECK_THROWS_WITH(outbox::RelayStore::open(dir / "missing.db"),
+                    Catch::Contains("does not exist"));
   CHECK_FALSE(std::filesystem::exists(dir / "missing.db"));
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open((dir / "plain.db").c_str(), &db) == SQLITE_OK);

@@ -16,10 +16,11 @@ using Clock = std::function<TimePoint()>;
 
 // The wall clock (std::chrono::system_clock, truncated to milliseconds).
 inline TimePoint system_now() {
-  return std::chrono::time_point_cast<std::chrono::milliseconds>(
-      std::chrono::system_clock::now());
+  return std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
 }
 
-inline Clock system_clock() { return &system_now; }
+inline Clock system_clock() {
+  return &system_now;
+}
 
 }  // namespace outbox

@@ -18,7 +18,7 @@
 namespace outbox {
 
 class Error : public std::runtime_error {
-public:
+ public:
   explicit Error(const std::string& message, int extended_code = 0)
       : std::runtime_error(message), extended_code_(extended_code) {}
 
@@ -26,7 +26,7 @@ public:
   // when the error did not come from SQLite.
   int extended_code() const noexcept { return extended_code_; }
 
-private:
+ private:
   int extended_code_;
 };
 
@@ -34,7 +34,7 @@ private:
 // no longer held by the caller (it expired and another relay took it over).
 // Nothing of the failed call was written.
 class LeaseLost : public Error {
-public:
+ public:
   using Error::Error;
 };
 

@@ -79,7 +79,7 @@ struct InboxOptions {
 };
 
 class Inbox {
-public:
+ public:
   // Opens or creates the consumer database (WAL, busy timeout) and the
   // outbox tables. Same errors as Outbox::open.
   static Inbox open(const std::filesystem::path& path, InboxOptions options = {});
@@ -110,7 +110,7 @@ public:
 
   struct Impl;
 
-private:
+ private:
   explicit Inbox(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_{};
 };

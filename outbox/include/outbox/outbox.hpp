@@ -99,7 +99,7 @@ struct Options {
 };
 
 class Outbox {
-public:
+ public:
   // Opens or creates the database at `path` (its directory must exist), sets
   // WAL, the busy timeout and the synchronous level, and creates or migrates
   // the outbox tables. Throws outbox::Error: missing directory, not a SQLite
@@ -127,7 +127,7 @@ public:
 
   struct Impl;
 
-private:
+ private:
   friend class Transaction;
   explicit Outbox(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_{};
@@ -142,7 +142,7 @@ EnqueueResult enqueue(sqlite3* db, const Message& message);
 // taken up front and the business SQL never fails with SQLITE_BUSY halfway),
 // ROLLBACK in the destructor unless commit() ran.
 class Transaction {
-public:
+ public:
   explicit Transaction(Outbox& box);
   ~Transaction() noexcept;
   Transaction(const Transaction&) = delete;
@@ -157,7 +157,7 @@ public:
   void rollback();
   bool active() const { return active_; }
 
-private:
+ private:
   Outbox* box_;
   sqlite3* db_;
   bool active_ = false;

@@ -135,7 +135,7 @@ struct Stats {
   std::int64_t delivered = 0;        // delivered rows still kept (before retention)
   std::int64_t delivered_total = 0;  // delivered since the outbox was created
   std::int64_t dead = 0;
-  std::int64_t last_seq = 0;         // highest seq in the outbox
+  std::int64_t last_seq = 0;  // highest seq in the outbox
   std::int64_t settled_through_seq = 0;
   std::optional<std::chrono::milliseconds> oldest_pending_age{};  // empty: nothing pending
   std::optional<LeaseInfo> lease{};                               // empty: never claimed
@@ -163,7 +163,7 @@ struct BackoffPolicy {
 };
 
 class RelayStore {
-public:
+ public:
   // Opens an existing outbox database (migrating an older schema forward).
   // Throws outbox::Error if the file does not exist, is not a SQLite database,
   // has no outbox schema, or has a newer one.
@@ -232,7 +232,7 @@ public:
 
   struct Impl;
 
-private:
+ private:
   explicit RelayStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_{};
 };
