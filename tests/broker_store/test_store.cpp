@@ -1,7 +1,11 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <memory>
+#include <sstream>
 
+#include <spdlog/logger.h>
+#include <spdlog/sinks/ostream_sink.h>
 #include <sqlite3.h>
 
 #include "broker/store.hpp"
@@ -463,4 +467,17 @@ TEST_CASE("a damaged message chunk is reported as corruption, not returned") {
   } catch (const broker::StoreError& error) {
     CHECK(error.extended_code() == SQLITE_CORRUPT);
   }
+}
+
+TEST_CASE("the store logs through the logger it is given") {
+  test_support::TempDir dir("broker-store");
+  std::ostringstream log;
+  auto logger = std::make_shared<spdlog::logger>(
+      "store-test", std::make_shared<spdlog::sinks::ostream_sink_mt>(log));
+  logger->set_level(spdlog::level::info);
+  broker::StoreOptions options = normal_sync();
+  options.logger = logger;
+  { broker::Store store(dir / "broker.db", options); }
+  CHECK(log.str().find("created store") != std::string::npos);
+  CHECK(log.str().find("opened store") != std::string::npos);
 }
