@@ -1,0 +1,88 @@
+// Relay-side throughput of the outbox library: how fast pending messages can
+// be read and their outcomes recorded, in batches, with no broker involved.
+// The relay's end-to-end figure is bounded by these.
+//
+//   bench_outbox_relay_side [--dir DIR] [--messages N] [--batch N]
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "outbox/outbox.hpp"
+#include "outbox/relay_store.hpp"
+
+int main(int argc, char** argv) {
+  std::filesystem::path dir = std::filesystem::temp_directory_path();
+  long messages = 200'000;
+  std::size_t batch = 1000;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string arg = argv[i];
+    if (arg == "--dir") {
+      dir = argv[i + 1];
+    } else if (arg == "--messages") {
+      messages = std::max(1L, std::atol(argv[i + 1]));
+    } else if (arg == "--batch") {
+      batch = static_cast<std::size_t>(std::max(1L, std::atol(argv[i + 1])));
+    } else {
+      std::fprintf(stderr, "usage: bench_outbox_relay_side [--dir DIR] [--messages N] [--batch N]\n");
+      return 2;
+    }
+  }
+  using Clock = std::chrono::steady_clock;
+  auto work = dir / ("outbox-relay-bench-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(work);
+  int status = 0;
+  try {
+    auto box = outbox::Outbox::open(work / "app.db");
+    const std::string payload(256, 'p');
+    for (long done = 0; done < messages;) {
+      outbox::Transaction tx(box);
+      for (int m = 0; m < 1000 && done < messages; ++m, ++done) {
+        outbox::Message message;
+        message.topic = "orders";
+        message.key = "k" + std::to_string(done % 64);
+        message.payload = payload;
+        tx.enqueue(message);
+      }
+      tx.commit();
+    }
+    auto store = outbox::RelayStore::open(work / "app.db");
+    auto lease = store.claim_lease("bench", std::chrono::seconds(60));
+    if (!lease) throw outbox::Error("lease not available");
+    double read_seconds = 0, record_seconds = 0;
+    std::int64_t after = 0, offset = 0;
+    long total = 0;
+    std::vector<outbox::Outcome> outcomes;
+    for (;;) {
+      auto start = Clock::now();
+      auto pending = store.read_pending(batch, after);
+      read_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+      if (pending.empty()) break;
+      outcomes.clear();
+      for (const auto& message : pending) {
+        outcomes.push_back(outbox::Outcome::delivered(message.seq, ++offset));
+      }
+      start = Clock::now();
+      store.record_outcomes(outcomes, *lease);
+      record_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+      after = pending.back().seq;
+      total += static_cast<long>(pending.size());
+    }
+    auto start = Clock::now();
+    auto deleted = store.delete_delivered(std::chrono::milliseconds(0), 500);
+    double delete_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    std::printf("read_pending, %zu per batch:     %9.0f msg/s\n", batch, total / read_seconds);
+    std::printf("record_outcomes, %zu per batch:  %9.0f msg/s\n", batch, total / record_seconds);
+    std::printf("delete_delivered, 500 per txn:   %9.0f msg/s (%zu rows)\n",
+                static_cast<double>(deleted) / delete_seconds, deleted);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "bench: %s\n", error.what());
+    status = 1;
+  }
+  std::filesystem::remove_all(work);
+  return status;
+}
