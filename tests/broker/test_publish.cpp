@@ -211,6 +211,7 @@ TEST_CASE("SIGTERM with batches in flight: everything acknowledged is kept") {
     // Collect the acks the broker flushed before it exited.
     while (auto reply = client->receive(500ms)) record(*reply);
     INFO(acknowledged.size() << " of " << kBatches * kPerBatch << " acknowledged before exit");
+    CHECK_FALSE(acknowledged.empty());
   }
   REQUIRE_FALSE(acknowledged.empty());
   BrokerProcess broker(dir.path(), dir / "broker.db");
