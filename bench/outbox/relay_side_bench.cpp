@@ -28,7 +28,8 @@ int main(int argc, char** argv) {
     } else if (arg == "--batch") {
       batch = static_cast<std::size_t>(std::max(1L, std::atol(argv[i + 1])));
     } else {
-      std::fprintf(stderr, "usage: bench_outbox_relay_side [--dir DIR] [--messages N] [--batch N]\n");
+      std::fprintf(stderr,
+                   "usage: bench_outbox_relay_side [--dir DIR] [--messages N] [--batch N]\n");
       return 2;
     }
   }

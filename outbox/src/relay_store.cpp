@@ -62,6 +62,7 @@ struct RelayStore::Impl {
   std::unique_ptr<detail::WakeReceiver> wake;
   std::int64_t last_data_version = -1;
   int wal_pages_seen = 0;
+  std::chrono::steady_clock::time_point last_checkpoint{};
 
   // Runs after each commit of this connection with the WAL's size in pages.
   static int on_wal_commit(void* self, sqlite3*, const char*, int pages) {
@@ -78,6 +79,7 @@ struct RelayStore::Impl {
     int rc = sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, &log_frames,
                                        &checkpointed);
     wal_pages_seen = 0;
+    last_checkpoint = std::chrono::steady_clock::now();
     if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
       // Not fatal for the relay: the producer's own threshold still bounds the WAL.
       logger->warn("outbox: checkpoint of {} failed: {}", path, sqlite3_errmsg(db));
@@ -620,8 +622,25 @@ std::size_t RelayStore::delete_delivered(std::chrono::milliseconds retention,
   return deleted;
 }
 
+void RelayStore::checkpoint() {
+  auto& impl = *impl_;
+  if (impl.options.read_only) throw Error("outbox: checkpoint on a read-only store");
+  if (sqlite3_get_autocommit(impl.db) == 0) return;
+  int rc = sqlite3_wal_checkpoint_v2(impl.db, "main", SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+  impl.wal_pages_seen = 0;
+  impl.last_checkpoint = std::chrono::steady_clock::now();
+  if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+    detail::throw_sqlite(impl.db, rc, "checkpoint of '" + impl.path + "'");
+  }
+}
+
 bool RelayStore::wait_for_work(std::chrono::milliseconds timeout) {
   auto& impl = *impl_;
+  // A relay that is busy forwarding commits often and checkpoints from its
+  // WAL hook; one that is not (broker down) still probes once a second.
+  if (std::chrono::steady_clock::now() - impl.last_checkpoint > std::chrono::seconds(1)) {
+    impl.maybe_checkpoint(true);
+  }
   if (!impl.wake || !impl.wake->listening()) {
     // Retried on every call: when the relay that listened before dies, its
     // successor picks the address up on its next wait.

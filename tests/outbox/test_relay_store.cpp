@@ -313,3 +313,25 @@ TEST_CASE("retention deletes old delivered rows in batches and keeps the newest"
   // seq values are not reused.
   CHECK(f.enqueue({"k"}).at(0) == 26);
 }
+
+TEST_CASE("the relay side checkpoints the WAL without the producer") {
+  Fixture f;
+  std::vector<std::string> keys(200, "k");
+  f.enqueue(keys);
+  f.store.checkpoint();
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(f.box.db(), "PRAGMA wal_checkpoint(PASSIVE)", -1, &stmt, nullptr) ==
+          SQLITE_OK);
+  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+  const auto log_frames = sqlite3_column_int(stmt, 1);
+  const auto checkpointed = sqlite3_column_int(stmt, 2);
+  sqlite3_finalize(stmt);
+  CHECK(log_frames > 0);
+  CHECK(checkpointed == log_frames);
+
+  outbox::RelayOptions read_only;
+  read_only.read_only = true;
+  auto viewer = outbox::RelayStore::open(f.dir / "app.db", read_only);
+  CHECK(viewer.stats().pending == 200);
+  CHECK_THROWS_AS(viewer.checkpoint(), outbox::Error);
+}

@@ -220,6 +220,13 @@ class RelayStore {
   std::size_t delete_delivered(std::chrono::milliseconds retention, std::size_t batch_size = 500,
                                std::size_t max_batches = SIZE_MAX);
 
+  // --- WAL maintenance ----------------------------------------------------
+  // Runs a PASSIVE checkpoint now: copies committed WAL pages back into the
+  // database file without blocking producers. The store already does this
+  // after its own commits and from wait_for_work(); a program that uses a
+  // RelayStore only for maintenance can call it on a timer.
+  void checkpoint();
+
   // --- Waiting for commits ------------------------------------------------
   // Returns true as soon as another connection commits to the database (a
   // producer's wake-up, or a change of PRAGMA data_version seen by polling
