@@ -96,10 +96,14 @@ std::shared_ptr<SystemClock> SystemClock::shared() {
   return instance;
 }
 
-std::int64_t SystemClock::now_unix_ms() const noexcept {
+std::int64_t SystemClock::now_unix_ns() const noexcept {
   const std::int64_t steady = steady_now_ns();
   if (steady >= next_resync_steady_ns_.load(std::memory_order_relaxed)) resync(steady);
-  return floor_div(steady + offset_ns_.load(std::memory_order_relaxed), 1'000'000);
+  return steady + offset_ns_.load(std::memory_order_relaxed);
+}
+
+std::int64_t SystemClock::now_unix_ms() const noexcept {
+  return floor_div(now_unix_ns(), 1'000'000);
 }
 
 void SystemClock::resync(std::int64_t steady_ns) const noexcept {

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <limits>
 #include <thread>
 
@@ -201,13 +202,16 @@ std::uint64_t Generator::next() {
 }
 
 void Generator::wait_for_tick_after(std::int64_t tick) const {
-  // At most one tick. Short sleeps rather than spinning or yielding: on a busy
-  // machine a thread that yields loses its CPU for whole scheduler slices,
+  // At most one tick. Sleep until the tick ends rather than spin or yield: on a
+  // busy machine a thread that yields loses its CPU for whole scheduler slices,
   // while a sleeper is woken promptly, and a 4096-id tick needs only a fraction
   // of its millisecond. A clock that steps back meanwhile ends the wait too;
   // next() then applies the clock policy.
+  const std::int64_t next_tick_ns = tick_start_ms(tick + 1) * 1'000'000;
   while (tick_of(clock_->now_unix_ms()) == tick) {
-    std::this_thread::sleep_for(std::chrono::microseconds(20));
+    const std::int64_t remaining_ns = next_tick_ns - clock_->now_unix_ns();
+    std::this_thread::sleep_for(std::chrono::nanoseconds(
+        std::clamp<std::int64_t>(remaining_ns, 10'000, layout_.tick_ms * 1'000'000)));
   }
 }
 

@@ -25,6 +25,9 @@ class Clock {
  public:
   virtual ~Clock() = default;
   virtual std::int64_t now_unix_ms() const noexcept = 0;
+  // The same time with finer resolution, used only to sleep until the next
+  // tick; clocks without it report whole milliseconds.
+  virtual std::int64_t now_unix_ns() const noexcept { return now_unix_ms() * 1'000'000; }
 };
 
 // Wall time anchored on the steady clock (see the header comment).
@@ -36,6 +39,7 @@ class SystemClock final : public Clock {
       std::chrono::milliseconds backward_tolerance = std::chrono::milliseconds(1000),
       std::chrono::milliseconds resync_interval = std::chrono::milliseconds(1000));
   std::int64_t now_unix_ms() const noexcept override;
+  std::int64_t now_unix_ns() const noexcept override;
 
   // The process-wide default instance.
   static std::shared_ptr<SystemClock> shared();
