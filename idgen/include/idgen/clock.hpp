@@ -6,6 +6,9 @@
 // steps are absorbed; it re-reads the wall clock every second and follows it
 // when the difference exceeds a tolerance (forward at once, backward only for
 // steps larger than the tolerance, which the generator's ClockPolicy handles).
+// After an absorbed backward step its readings stay ahead of the wall clock by
+// that step (at most the tolerance) until a later forward step; a tolerance of
+// zero follows every step and leaves each one to the ClockPolicy.
 //
 // Thread safety: all clocks here are safe to call from many threads at once.
 // Ownership: generators hold clocks by std::shared_ptr; share one freely.
