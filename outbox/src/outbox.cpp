@@ -223,7 +223,12 @@ struct Outbox::Impl {
         pages >= impl->options.wal_autocheckpoint_pages) {
       // Same as SQLite's own auto-checkpoint, which this hook replaces; a
       // busy checkpoint is simply retried after a later commit.
-      sqlite3_wal_checkpoint_v2(connection, database, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+      int rc = sqlite3_wal_checkpoint_v2(connection, database, SQLITE_CHECKPOINT_PASSIVE,
+                                         nullptr, nullptr);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+        impl->logger->warn("outbox: checkpoint of {} failed: {}", impl->path,
+                           sqlite3_errmsg(connection));
+      }
     }
     impl->on_committed();
     return SQLITE_OK;

@@ -39,7 +39,7 @@ Statement::Statement(sqlite3* db, std::string_view sql) : db_(db), sql_(sql) {
 
 Statement::Use::~Use() noexcept {
   // The result of reset repeats the error of the last step, which step()
-  // already reported; nothing more to check here.
+  // already reported, and clear_bindings cannot fail: nothing more to check.
   sqlite3_reset(statement_->stmt_.get());
   sqlite3_clear_bindings(statement_->stmt_.get());
 }
@@ -155,7 +155,7 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
                     "': " + (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)),
                 rc);
   }
-  sqlite3_extended_result_codes(db.get(), 1);
+  check(db.get(), sqlite3_extended_result_codes(db.get(), 1), "enabling extended result codes");
   verify_readable(db.get(), name);
   if (options.wal && !options.read_only) {
     Statement journal(db.get(), "PRAGMA journal_mode=WAL");
