@@ -76,9 +76,13 @@ struct Outbox::Impl {
     sqlite3_rollback_hook(db, nullptr, nullptr);
     if (worker_leased && sqlite3_get_autocommit(db) != 0) {
       try {
-        Statement release(db, "DELETE FROM outbox_workers WHERE worker_id = ?1 AND holder = ?2");
+        // Free in two milliseconds rather than now, so the next holder's
+        // snowflake ids cannot share a millisecond with this one's last ids.
+        Statement release(db,
+                          "UPDATE outbox_workers SET expires_at_ms = ?3 "
+                          "WHERE worker_id = ?1 AND holder = ?2");
         auto use = release.use();
-        use.bind(1, worker).bind_text(2, holder).run();
+        use.bind(1, worker).bind_text(2, holder).bind(3, to_ms(options.clock()) + 2).run();
       } catch (const std::exception& error) {
         logger->warn("outbox: releasing worker id {} failed: {}", worker, error.what());
       }

@@ -216,6 +216,9 @@ TEST_CASE("processes sharing one outbox lease distinct worker ids") {
   SECTION("a released id is reused") {
     auto released = second.worker_id();
     { auto gone = std::move(second); }
+    // Free again two milliseconds after the release, not in the same one.
+    CHECK(outbox::Outbox::open(dir / "app.db", options).worker_id() != released);
+    clock.advance(std::chrono::milliseconds(2));
     auto third = outbox::Outbox::open(dir / "app.db", options);
     CHECK(third.worker_id() == released);
   }
