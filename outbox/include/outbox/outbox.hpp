@@ -93,6 +93,7 @@ struct Options {
   // replaces SQLite's auto-checkpoint on the connection (see "Ownership").
   int wal_autocheckpoint_pages = 10000;
 
+  // Time for created_at_ms and worker-id leases (tests inject their own).
   Clock clock = system_clock();
   // Null: a null sink. Never a global logger.
   std::shared_ptr<spdlog::logger> logger{};
