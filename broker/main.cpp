@@ -63,6 +63,7 @@ struct ServeSettings {
   std::string dedup_window = "forever";
   std::string retention = "forever";
   std::string cache = "256m";
+  std::string max_database_size = "0";
   std::string curve_secret_key_file;
   std::string allowed_clients_file;
   std::size_t max_commit_messages = 50'000;
@@ -103,6 +104,11 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   auto cache = broker::parse_size(settings.cache);
   if (!cache) throw UsageError("--cache: cannot read '" + settings.cache + "'");
   store_options.cache_bytes = *cache;
+  auto max_database = broker::parse_size(settings.max_database_size);
+  if (!max_database) {
+    throw UsageError("--max-database-size: cannot read '" + settings.max_database_size + "'");
+  }
+  store_options.max_database_bytes = *max_database;
   store_options.logger = logger;
 
   broker::ServerOptions server_options;
@@ -257,6 +263,10 @@ int main(int argc, char** argv) {
                             "shortens the dedup window")
       ->capture_default_str();
   serve_command->add_option("--cache", serve_settings.cache, "database page cache (e.g. 256m)")
+      ->capture_default_str();
+  serve_command->add_option("--max-database-size", serve_settings.max_database_size,
+                            "refuse writes that would grow the database beyond this (e.g. 50g; 0: "
+                            "no limit); refused batches get ERROR storage_failure")
       ->capture_default_str();
   serve_command->add_option("--max-commit-messages", serve_settings.max_commit_messages,
                             "most messages written in one group commit")

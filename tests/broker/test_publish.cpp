@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <map>
+#include <optional>
 #include <set>
 
 #include <zmq.h>
@@ -158,6 +159,42 @@ TEST_CASE("after a failed batch the session is refused until a new HELLO") {
     CHECK(counter(*stats, "malformed") == 1);
     CHECK(counter(*stats, "refused_batches") == 2);
   }
+}
+
+TEST_CASE("a storage failure refuses the rest of the session, nothing of the batch is stored") {
+  test_support::TempDir dir("broker-full-disk");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-database-size", "2m"});
+  auto client = connect(broker.endpoint());
+  std::string payload(8000, 'x');
+  std::uint64_t batch_id = 0;
+  std::optional<wire::Error> failure;
+  std::uint64_t stored = 0;
+  // Fill the database until the size guard refuses a batch.
+  for (int round = 0; round < 1000 && !failure; ++round) {
+    std::vector<wire::OutgoingMessage> batch;
+    for (int i = 0; i < 20; ++i) {
+      batch.push_back(message("fill-" + std::to_string(round) + "-" + std::to_string(i), payload));
+    }
+    auto ack = client->publish(++batch_id, batch, 20s);
+    if (ack.ok()) {
+      stored += ack->entries.size();
+    } else {
+      failure = ack.error();
+    }
+  }
+  REQUIRE(failure.has_value());
+  CHECK(failure->code == wire::ErrorCode::storage_failure);
+  auto refused = client->publish(++batch_id, std::vector{message("after-failure", "small")}, 20s);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == wire::ErrorCode::session_failed);
+  auto stats = client->stats(20s);
+  REQUIRE(stats.ok());
+  CHECK(counter(*stats, "storage_failures") == 1);
+  CHECK(counter(*stats, "stored") == stored);  // the failed batch left nothing behind
+  // A new session works again (a small message may still fit).
+  REQUIRE(client->hello("test", 20s).ok());
+  CHECK(client->ping(20s).ok());
+  CHECK(broker.stop().code == 0);
 }
 
 TEST_CASE("SIGTERM with batches in flight: everything acknowledged is kept") {
