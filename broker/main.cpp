@@ -4,6 +4,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -78,6 +80,13 @@ struct ClientSettings {
   std::string group;
   std::uint64_t max = 0;
   bool follow = false;
+  std::string curve_server_public_key_file;
+  std::string curve_secret_key_file;
+};
+
+struct KeygenSettings {
+  std::string secret_file;
+  std::string public_file;
 };
 
 class UsageError : public std::runtime_error {
@@ -162,9 +171,33 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   return kExitOk;
 }
 
+std::string curve_public_of(const std::string& secret) {
+  char public_key[41] = {};
+  if (zmq_curve_public(public_key, secret.c_str()) != 0) {
+    throw UsageError("cannot derive a CURVE public key from the secret key");
+  }
+  return std::string(public_key, 40);
+}
+
 std::unique_ptr<broker::Client> make_client(const ClientSettings& settings) {
+  broker::ClientOptions options;
+  if (!settings.curve_server_public_key_file.empty() || !settings.curve_secret_key_file.empty()) {
+    if (settings.curve_server_public_key_file.empty() || settings.curve_secret_key_file.empty()) {
+      throw UsageError(
+          "CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
+    }
+    try {
+      broker::CurveClientConfig curve;
+      curve.server_public_key = broker::read_curve_key_file(settings.curve_server_public_key_file);
+      curve.secret_key = broker::read_curve_key_file(settings.curve_secret_key_file);
+      curve.public_key = curve_public_of(curve.secret_key);
+      options.curve = std::move(curve);
+    } catch (const std::runtime_error& error) {
+      throw UsageError(error.what());
+    }
+  }
   try {
-    return std::make_unique<broker::Client>(settings.connect);
+    return std::make_unique<broker::Client>(settings.connect, options);
   } catch (const zmq::error_t& error) {
     throw UsageError("cannot connect to '" + settings.connect + "': " + error.what());
   }
@@ -173,6 +206,28 @@ std::unique_ptr<broker::Client> make_client(const ClientSettings& settings) {
 int report(const wire::Error& error, const std::string& endpoint) {
   std::cerr << "outbox-broker: " << endpoint << ": " << error.message << "\n";
   return error.code == wire::ErrorCode::timeout ? kExitUnreachable : kExitRefused;
+}
+
+// Writes a new CURVE key pair as Z85 text; the secret file is readable by its owner only.
+int keygen(const KeygenSettings& settings) {
+  char public_key[41] = {};
+  char secret_key[41] = {};
+  if (zmq_curve_keypair(public_key, secret_key) != 0) {
+    std::cerr << "outbox-broker: this libzmq cannot generate CURVE keys\n";
+    return kExitFailure;
+  }
+  {
+    std::ofstream secret(settings.secret_file, std::ios::trunc);
+    secret << "# CURVE secret key (keep private)\n" << secret_key << "\n";
+    if (!secret) throw UsageError("cannot write " + settings.secret_file);
+  }
+  std::filesystem::permissions(settings.secret_file, std::filesystem::perms::owner_read |
+                                                         std::filesystem::perms::owner_write);
+  std::ofstream public_out(settings.public_file, std::ios::trunc);
+  public_out << "# CURVE public key\n" << public_key << "\n";
+  if (!public_out) throw UsageError("cannot write " + settings.public_file);
+  std::cout << public_key << "\n";
+  return kExitOk;
 }
 
 int stats(const ClientSettings& settings) {
@@ -285,6 +340,13 @@ int main(int argc, char** argv) {
   for (auto* command : {stats_command, tail_command}) {
     command->add_option("--connect", client_settings.connect, "broker endpoint")
         ->capture_default_str();
+    command->add_option("--curve-server-public-key-file",
+                        client_settings.curve_server_public_key_file,
+                        "with a CURVE broker: file with the broker's Z85 public key")
+        ->check(CLI::ExistingFile);
+    command->add_option("--curve-secret-key-file", client_settings.curve_secret_key_file,
+                        "with a CURVE broker: file with this client's Z85 secret key")
+        ->check(CLI::ExistingFile);
     command->add_flag("--json", client_settings.json, "print JSON (one object per line)");
     command->add_option("--timeout-ms", client_settings.timeout_ms, "how long to wait for answers")
         ->check(CLI::Range(1, 3'600'000))
@@ -298,6 +360,14 @@ int main(int argc, char** argv) {
   tail_command->add_option("--max", client_settings.max, "stop after this many messages");
   tail_command->add_flag("--follow", client_settings.follow,
                          "keep waiting for new messages until interrupted");
+
+  KeygenSettings keygen_settings;
+  auto* keygen_command =
+      app.add_subcommand("keygen", "write a new CURVE key pair (prints the public key)");
+  keygen_command->add_option("--secret-file", keygen_settings.secret_file, "secret key file")
+      ->required();
+  keygen_command->add_option("--public-file", keygen_settings.public_file, "public key file")
+      ->required();
 
   for (auto* command : {serve_command, stats_command, tail_command}) {
     command->add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
@@ -343,6 +413,7 @@ int main(int argc, char** argv) {
     }
     if (*stats_command) return stats(client_settings);
     if (*tail_command) return tail(client_settings);
+    if (*keygen_command) return keygen(keygen_settings);
   } catch (const UsageError& error) {
     std::cerr << "outbox-broker: " << error.what() << "\n";
     return kExitUsage;

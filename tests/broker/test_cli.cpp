@@ -124,3 +124,31 @@ TEST_CASE("bad input gives distinct exit codes and one-line errors") {
     CHECK_THAT(result.err, Catch::Contains(endpoint));
   }
 }
+
+TEST_CASE("keygen writes CURVE keys that serve and stats use") {
+  test_support::TempDir dir("broker-keygen");
+  auto server = run(broker_binary(), {"keygen", "--secret-file", (dir / "server.secret").string(),
+                                      "--public-file", (dir / "server.public").string()});
+  REQUIRE(server.status.code == 0);
+  auto client = run(broker_binary(), {"keygen", "--secret-file", (dir / "client.secret").string(),
+                                      "--public-file", (dir / "client.public").string()});
+  REQUIRE(client.status.code == 0);
+  auto client_public = test_support::lines(client.out).at(0);
+  CHECK(client_public.size() == 40);
+  BrokerProcess broker(dir.path(), dir / "broker.db",
+                       {"--curve-secret-key-file", (dir / "server.secret").string(),
+                        "--allowed-clients-file", (dir / "client.public").string()});
+  auto stats = run(broker_binary(),
+                   {"stats", "--connect", broker.endpoint(), "--json",
+                    "--curve-server-public-key-file", (dir / "server.public").string(),
+                    "--curve-secret-key-file", (dir / "client.secret").string()});
+  INFO(stats.err);
+  CHECK(stats.status.code == 0);
+  CHECK_THAT(stats.out, Catch::Contains("\"stored\":0"));
+  // The broker's own key is not an allowed client key.
+  auto refused = run(broker_binary(),
+                     {"stats", "--connect", broker.endpoint(), "--timeout-ms", "1000",
+                      "--curve-server-public-key-file", (dir / "server.public").string(),
+                      "--curve-secret-key-file", (dir / "server.secret").string()});
+  CHECK(refused.status.code == 5);
+}
