@@ -1,6 +1,7 @@
 // outbox-broker: the dedup broker daemon and its two inspection commands.
 // Parses flags (and a config file), sets up logging and signals, and hands
 // over to the broker library.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -10,11 +11,10 @@
 #include <memory>
 #include <string>
 #include <vector>
-#include <algorithm>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "broker/client.hpp"
 #include "broker/server.hpp"
@@ -25,12 +25,12 @@ namespace {
 
 // Exit codes; documented in --help and docs/protocol.md.
 constexpr int kExitOk = 0;
-constexpr int kExitFailure = 1;       // unexpected error
-constexpr int kExitUsage = 2;         // bad flag, bad config file, bad value
-constexpr int kExitStorage = 3;       // the database cannot be opened or written
-constexpr int kExitBind = 4;          // the endpoint cannot be bound, bad keys
-constexpr int kExitUnreachable = 5;   // no answer from the broker (stats, tail)
-constexpr int kExitRefused = 6;       // the broker answered with an error
+constexpr int kExitFailure = 1;      // unexpected error
+constexpr int kExitUsage = 2;        // bad flag, bad config file, bad value
+constexpr int kExitStorage = 3;      // the database cannot be opened or written
+constexpr int kExitBind = 4;         // the endpoint cannot be bound, bad keys
+constexpr int kExitUnreachable = 5;  // no answer from the broker (stats, tail)
+constexpr int kExitRefused = 6;      // the broker answered with an error
 
 broker::Server* running_server = nullptr;
 volatile std::sig_atomic_t stop_requested = 0;
@@ -135,7 +135,8 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
     try {
       curve.secret_key = broker::read_curve_key_file(settings.curve_secret_key_file);
       if (!settings.allowed_clients_file.empty()) {
-        curve.allowed_client_keys = broker::read_allowed_clients_file(settings.allowed_clients_file);
+        curve.allowed_client_keys =
+            broker::read_allowed_clients_file(settings.allowed_clients_file);
       }
     } catch (const std::exception& error) {
       logger->error("{}", error.what());
@@ -251,7 +252,8 @@ int tail(const ClientSettings& settings) {
   while (stop_requested == 0) {
     fetch.max_messages = 1000;
     if (settings.max > 0) {
-      fetch.max_messages = static_cast<std::uint32_t>(std::min<std::uint64_t>(1000, settings.max - printed));
+      fetch.max_messages =
+          static_cast<std::uint32_t>(std::min<std::uint64_t>(1000, settings.max - printed));
     }
     fetch.wait_ms = settings.follow ? 1000 : 0;
     auto reply = client->fetch(fetch, timeout);
@@ -267,7 +269,7 @@ int tail(const ClientSettings& settings) {
     fetch.from_offset = reply->next_offset;
     if (!settings.group.empty() && !reply->messages.empty()) {
       auto committed = client->commit_offset(settings.topic, settings.group,
-                                            reply->messages.back().offset, timeout);
+                                             reply->messages.back().offset, timeout);
       if (!committed) return report(committed.error(), settings.connect);
     }
     if (settings.max > 0 && printed >= settings.max) break;
@@ -296,42 +298,52 @@ int main(int argc, char** argv) {
   app.allow_config_extras(CLI::config_extras_mode::error);
   serve_command->add_option("--db", serve_settings.db, "broker database file (created if missing)")
       ->required();
-  serve_command->add_option("--bind", serve_settings.bind,
-                            "ZeroMQ endpoint to listen on; tcp://127.0.0.1:* picks a free port")
+  serve_command
+      ->add_option("--bind", serve_settings.bind,
+                   "ZeroMQ endpoint to listen on; tcp://127.0.0.1:* picks a free port")
       ->capture_default_str();
-  serve_command->add_option("--endpoint-file", serve_settings.endpoint_file,
-                            "write the bound endpoint (with the real port) to this file once listening");
-  serve_command->add_option("--sync", serve_settings.sync,
-                            "full: fsync every group commit (survives power loss); normal: WAL "
-                            "without fsync per commit (survives process crashes)")
+  serve_command->add_option(
+      "--endpoint-file", serve_settings.endpoint_file,
+      "write the bound endpoint (with the real port) to this file once listening");
+  serve_command
+      ->add_option("--sync", serve_settings.sync,
+                   "full: fsync every group commit (survives power loss); normal: WAL "
+                   "without fsync per commit (survives process crashes)")
       ->check(CLI::IsMember({"full", "normal"}))
       ->capture_default_str();
-  serve_command->add_option("--max-message-bytes", serve_settings.max_message_bytes,
-                            "largest key + headers + payload stored; larger ones are REJECTED "
-                            "(accepts k, m suffixes)")
+  serve_command
+      ->add_option("--max-message-bytes", serve_settings.max_message_bytes,
+                   "largest key + headers + payload stored; larger ones are REJECTED "
+                   "(accepts k, m suffixes)")
       ->capture_default_str();
-  serve_command->add_option("--dedup-window", serve_settings.dedup_window,
-                            "how long a msg_id is remembered (e.g. 7d, 24h; 'forever')")
+  serve_command
+      ->add_option("--dedup-window", serve_settings.dedup_window,
+                   "how long a msg_id is remembered (e.g. 7d, 24h; 'forever')")
       ->capture_default_str();
-  serve_command->add_option("--retention", serve_settings.retention,
-                            "how long message bodies are kept (e.g. 7d; 'forever'); never "
-                            "shortens the dedup window")
+  serve_command
+      ->add_option("--retention", serve_settings.retention,
+                   "how long message bodies are kept (e.g. 7d; 'forever'); never "
+                   "shortens the dedup window")
       ->capture_default_str();
   serve_command->add_option("--cache", serve_settings.cache, "database page cache (e.g. 256m)")
       ->capture_default_str();
-  serve_command->add_option("--max-database-size", serve_settings.max_database_size,
-                            "refuse writes that would grow the database beyond this (e.g. 50g; 0: "
-                            "no limit); refused batches get ERROR storage_failure")
+  serve_command
+      ->add_option("--max-database-size", serve_settings.max_database_size,
+                   "refuse writes that would grow the database beyond this (e.g. 50g; 0: "
+                   "no limit); refused batches get ERROR storage_failure")
       ->capture_default_str();
-  serve_command->add_option("--max-commit-messages", serve_settings.max_commit_messages,
-                            "most messages written in one group commit")
+  serve_command
+      ->add_option("--max-commit-messages", serve_settings.max_commit_messages,
+                   "most messages written in one group commit")
       ->check(CLI::Range(1, 1'000'000))
       ->capture_default_str();
-  serve_command->add_option("--curve-secret-key-file", serve_settings.curve_secret_key_file,
-                            "enable CURVE: file with the broker's Z85 secret key")
+  serve_command
+      ->add_option("--curve-secret-key-file", serve_settings.curve_secret_key_file,
+                   "enable CURVE: file with the broker's Z85 secret key")
       ->check(CLI::ExistingFile);
-  serve_command->add_option("--allowed-clients-file", serve_settings.allowed_clients_file,
-                            "with CURVE: Z85 public keys of allowed clients, one per line")
+  serve_command
+      ->add_option("--allowed-clients-file", serve_settings.allowed_clients_file,
+                   "with CURVE: Z85 public keys of allowed clients, one per line")
       ->check(CLI::ExistingFile);
 
   ClientSettings client_settings;
@@ -340,12 +352,13 @@ int main(int argc, char** argv) {
   for (auto* command : {stats_command, tail_command}) {
     command->add_option("--connect", client_settings.connect, "broker endpoint")
         ->capture_default_str();
-    command->add_option("--curve-server-public-key-file",
-                        client_settings.curve_server_public_key_file,
-                        "with a CURVE broker: file with the broker's Z85 public key")
+    command
+        ->add_option("--curve-server-public-key-file", client_settings.curve_server_public_key_file,
+                     "with a CURVE broker: file with the broker's Z85 public key")
         ->check(CLI::ExistingFile);
-    command->add_option("--curve-secret-key-file", client_settings.curve_secret_key_file,
-                        "with a CURVE broker: file with this client's Z85 secret key")
+    command
+        ->add_option("--curve-secret-key-file", client_settings.curve_secret_key_file,
+                     "with a CURVE broker: file with this client's Z85 secret key")
         ->check(CLI::ExistingFile);
     command->add_flag("--json", client_settings.json, "print JSON (one object per line)");
     command->add_option("--timeout-ms", client_settings.timeout_ms, "how long to wait for answers")

@@ -40,7 +40,7 @@ using namespace std::chrono_literals;
 // Time-ordered snowflake-style ids (41-bit ms, 10-bit worker, 12-bit sequence)
 // from several workers round-robin, as decimal text: what the relay forwards.
 class SnowflakeIds {
-public:
+ public:
   explicit SnowflakeIds(int workers) : sequences_(static_cast<std::size_t>(workers), 0) {}
   std::string next() {
     auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -61,7 +61,7 @@ public:
                           (static_cast<std::uint64_t>(worker + 1) << 12) | sequence);
   }
 
-private:
+ private:
   std::vector<std::uint64_t> sequences_;
   std::size_t next_worker_ = 0;
   std::int64_t last_millis_ = 0;
@@ -91,7 +91,7 @@ double cpu_seconds() {
 
 // A Store and a Server on its own thread, bound to a free loopback port.
 class RunningBroker {
-public:
+ public:
   RunningBroker(const fs::path& db, broker::SyncMode sync, const Settings& settings)
       : store_(db, store_options(sync, settings)) {}
 
@@ -111,7 +111,7 @@ public:
   broker::Store& store() { return store_; }
   const std::string& endpoint() const { return server_->endpoint(); }
 
-private:
+ private:
   static broker::StoreOptions store_options(broker::SyncMode sync, const Settings& settings) {
     broker::StoreOptions options;
     options.sync = sync;
@@ -195,18 +195,20 @@ void print(const char* label, const PassResult& result, const broker::ServerCoun
   double append_seconds =
       static_cast<double>(after.append_nanoseconds - before.append_nanoseconds) / 1e9;
   auto commits = after.group_commits - before.group_commits;
-  std::printf("%-40s %9zu msgs %7.2f s %10.0f msgs/s  store %4.0f%%  %6.0f msgs/commit  cpu %5.2f s%s\n",
-              label, result.count, result.seconds, result.rate(),
-              result.seconds > 0 ? 100.0 * append_seconds / result.seconds : 0.0,
-              commits > 0 ? static_cast<double>(after.messages - before.messages) /
-                                static_cast<double>(commits)
-                          : 0.0,
-              result.cpu, result.unexpected > 0 ? "  UNEXPECTED OUTCOMES" : "");
+  std::printf(
+      "%-40s %9zu msgs %7.2f s %10.0f msgs/s  store %4.0f%%  %6.0f msgs/commit  cpu %5.2f s%s\n",
+      label, result.count, result.seconds, result.rate(),
+      result.seconds > 0 ? 100.0 * append_seconds / result.seconds : 0.0,
+      commits > 0
+          ? static_cast<double>(after.messages - before.messages) / static_cast<double>(commits)
+          : 0.0,
+      result.cpu, result.unexpected > 0 ? "  UNEXPECTED OUTCOMES" : "");
   std::fflush(stdout);
 }
 
 // Fills the dedup index directly through the store (not timed, not the path measured).
-void prefill(broker::Store& store, SnowflakeIds& source, std::size_t count, const Settings& settings) {
+void prefill(broker::Store& store, SnowflakeIds& source, std::size_t count,
+             const Settings& settings) {
   std::string payload(settings.payload_bytes, 'p');
   std::vector<std::string> ids;
   std::vector<broker::IncomingMessage> batch;
@@ -230,14 +232,18 @@ int main(int argc, char** argv) {
   Settings settings;
   CLI::App app{"Broker whole-path benchmark: pipelined client -> loopback -> group commit -> acks"};
   app.add_option("--dir", settings.dir, "scratch directory (emptied first)")->capture_default_str();
-  app.add_option("--messages", settings.messages, "messages per sync-normal pass")->capture_default_str();
+  app.add_option("--messages", settings.messages, "messages per sync-normal pass")
+      ->capture_default_str();
   app.add_option("--full-messages", settings.full_messages, "messages in the sync-full pass")
       ->capture_default_str();
-  app.add_option("--prefill", settings.prefill, "msg_ids in the dedup index for the last pass (0: skip)")
+  app.add_option("--prefill", settings.prefill,
+                 "msg_ids in the dedup index for the last pass (0: skip)")
       ->capture_default_str();
   app.add_option("--batch", settings.batch, "messages per PUBLISH")->capture_default_str();
-  app.add_option("--in-flight", settings.in_flight, "unacknowledged batches")->capture_default_str();
-  app.add_option("--payload", settings.payload_bytes, "payload bytes (>= 17)")->capture_default_str();
+  app.add_option("--in-flight", settings.in_flight, "unacknowledged batches")
+      ->capture_default_str();
+  app.add_option("--payload", settings.payload_bytes, "payload bytes (>= 17)")
+      ->capture_default_str();
   app.add_option("--cache-mib", settings.cache_mib, "store page cache")->capture_default_str();
   app.add_flag("--keep", settings.keep, "keep the databases");
   CLI11_PARSE(app, argc, argv);
@@ -248,9 +254,10 @@ int main(int argc, char** argv) {
 
   fs::remove_all(settings.dir);
   fs::create_directories(settings.dir);
-  std::printf("payload %zu B, batch %zu, %zu batches in flight, %d keys, cache %zu MiB, loopback TCP\n",
-              settings.payload_bytes, settings.batch, settings.in_flight, settings.keys,
-              settings.cache_mib);
+  std::printf(
+      "payload %zu B, batch %zu, %zu batches in flight, %d keys, cache %zu MiB, loopback TCP\n",
+      settings.payload_bytes, settings.batch, settings.in_flight, settings.keys,
+      settings.cache_mib);
   SnowflakeIds source(4);
   try {
     double empty_rate = 0;

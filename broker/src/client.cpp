@@ -15,7 +15,8 @@ using Clock = std::chrono::steady_clock;
 constexpr std::uint64_t kFirstRequestId = std::uint64_t{1} << 62;
 
 wire::Error timeout_error(std::string_view what) {
-  return wire::Error{wire::ErrorCode::timeout, "no " + std::string(what) + " from the broker in time"};
+  return wire::Error{wire::ErrorCode::timeout,
+                     "no " + std::string(what) + " from the broker in time"};
 }
 
 wire::Error from_reply(const wire::ErrorReply& reply) {
@@ -87,8 +88,9 @@ wire::Result<Reply> Client::await(Matches matches, std::uint64_t request_id,
   while (true) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     auto received = receive_from_socket(std::max(left, std::chrono::milliseconds(0)));
-    if (!received) return timeout_error(std::string(wire::command_name(
-                          wire::command_of(wire::AnyMessage(Reply{})))));
+    if (!received)
+      return timeout_error(
+          std::string(wire::command_name(wire::command_of(wire::AnyMessage(Reply{})))));
     if (!received->ok()) return received->error();
     auto& message = received->value();
     if (auto* reply = std::get_if<Reply>(&message); reply != nullptr && matches(*reply)) {
@@ -117,16 +119,16 @@ bool Client::send_publish(std::uint64_t batch_id, std::span<const wire::Outgoing
   std::string body;
   wire::begin_publish_body(body, session_id_, batch_id);
   for (const auto& message : messages) {
-    wire::append_publish_message(body, message.msg_id, message.topic, message.key,
-                                 message.headers, message.payload);
+    wire::append_publish_message(body, message.msg_id, message.topic, message.key, message.headers,
+                                 message.payload);
   }
   wire::finish_publish_body(body, static_cast<std::uint32_t>(messages.size()));
   return send_publish_body(body);
 }
 
 bool Client::send_publish_body(const std::string& body) {
-  wire::Frames frames{wire::encode_tag(),
-                      std::string(1, static_cast<char>(wire::Command::publish)), body};
+  wire::Frames frames{wire::encode_tag(), std::string(1, static_cast<char>(wire::Command::publish)),
+                      body};
   return wire::send_frames(socket_, frames, zmq::send_flags::dontwait);
 }
 
@@ -168,8 +170,8 @@ wire::Result<wire::StatsReply> Client::stats(std::chrono::milliseconds timeout) 
   if (!wire::send_message(socket_, wire::StatsRequest{id}, zmq::send_flags::dontwait)) {
     return wire::Error{wire::ErrorCode::busy, "send queue full"};
   }
-  return await<wire::StatsReply>([id](const wire::StatsReply& m) { return m.request_id == id; },
-                                 id, timeout);
+  return await<wire::StatsReply>([id](const wire::StatsReply& m) { return m.request_id == id; }, id,
+                                 timeout);
 }
 
 wire::Result<wire::Pong> Client::ping(std::chrono::milliseconds timeout) {

@@ -20,7 +20,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 std::shared_ptr<spdlog::logger> null_logger() {
-  return std::make_shared<spdlog::logger>("broker", std::make_shared<spdlog::sinks::null_sink_mt>());
+  return std::make_shared<spdlog::logger>("broker",
+                                          std::make_shared<spdlog::sinks::null_sink_mt>());
 }
 
 std::string trim(std::string text) {
@@ -66,7 +67,9 @@ std::string binary_to_z85(std::string_view binary) {
   return std::string(text, 40);
 }
 
-std::string reject_text(RejectReason reason) { return std::string(to_string(reason)); }
+std::string reject_text(RejectReason reason) {
+  return std::string(to_string(reason));
+}
 
 }  // namespace
 
@@ -182,7 +185,8 @@ struct Server::Impl {
     reply(routing_id, wire::ErrorReply{request_id, code, std::move(message)});
   }
 
-  void malformed(const std::string& routing_id, std::uint64_t request_id, const wire::Error& error) {
+  void malformed(const std::string& routing_id, std::uint64_t request_id,
+                 const wire::Error& error) {
     ++counters.malformed;
     logger->debug("malformed input: {}", error.message);
     reply_error(routing_id, request_id, error.code, error.message);
@@ -269,16 +273,17 @@ struct Server::Impl {
     }
     if (session == nullptr || session->id != view->session_id) {
       ++counters.refused_batches;
-      return reply_error(routing_id, view->batch_id, wire::ErrorCode::no_session,
-                         "no session " + std::to_string(view->session_id) +
-                             " on this connection; send HELLO");
+      return reply_error(
+          routing_id, view->batch_id, wire::ErrorCode::no_session,
+          "no session " + std::to_string(view->session_id) + " on this connection; send HELLO");
     }
     session->last_active = Clock::now();
     if (session->failed) {
       ++counters.refused_batches;
-      return reply_error(routing_id, view->batch_id, wire::ErrorCode::session_failed,
-                         "an earlier batch of session " + std::to_string(session->id) +
-                             " failed; send HELLO and resend from the first unacknowledged message");
+      return reply_error(
+          routing_id, view->batch_id, wire::ErrorCode::session_failed,
+          "an earlier batch of session " + std::to_string(session->id) +
+              " failed; send HELLO and resend from the first unacknowledged message");
     }
     PendingBatch batch;
     batch.routing_id = routing_id;
@@ -334,7 +339,9 @@ struct Server::Impl {
               entry.status = wire::AckStatus::stored;
               note_topic(incoming[i].topic);
               break;
-            case AppendStatus::duplicate: entry.status = wire::AckStatus::duplicate; break;
+            case AppendStatus::duplicate:
+              entry.status = wire::AckStatus::duplicate;
+              break;
             case AppendStatus::conflict:
               entry.status = wire::AckStatus::conflict;
               entry.reason = "msg_id already stored with a different payload or topic";
@@ -374,10 +381,10 @@ struct Server::Impl {
     session = Session{++next_session_id, false, hello.producer, Clock::now()};
     ++counters.sessions_opened;
     logger->info("session {} opened by '{}'", session.id, hello.producer);
-    reply(routing_id, wire::Welcome{session.id,
-                                    static_cast<std::uint32_t>(store.options().max_message_bytes),
-                                    static_cast<std::uint32_t>(options.limits.max_batch_messages),
-                                    options.broker_name});
+    reply(routing_id,
+          wire::Welcome{session.id, static_cast<std::uint32_t>(store.options().max_message_bytes),
+                        static_cast<std::uint32_t>(options.limits.max_batch_messages),
+                        options.broker_name});
   }
 
   void on_message(const std::string& routing_id, wire::Fetch& fetch) {
@@ -410,8 +417,8 @@ struct Server::Impl {
         waiting.size() >= options.max_waiting_fetches) {
       return answer_fetch(routing_id, fetch);
     }
-    waiting.push_back(WaitingFetch{routing_id, fetch,
-                                   Clock::now() + std::chrono::milliseconds(fetch.wait_ms)});
+    waiting.push_back(
+        WaitingFetch{routing_id, fetch, Clock::now() + std::chrono::milliseconds(fetch.wait_ms)});
   }
 
   void answer_fetch(const std::string& routing_id, const wire::Fetch& fetch) {
@@ -419,7 +426,8 @@ struct Server::Impl {
     reply_message.request_id = fetch.request_id;
     reply_message.topic = fetch.topic;
     try {
-      auto result = store.fetch(fetch.topic, fetch.from_offset, fetch.max_messages, fetch.max_bytes);
+      auto result =
+          store.fetch(fetch.topic, fetch.from_offset, fetch.max_messages, fetch.max_bytes);
       reply_message.next_offset = result.next_offset;
       reply_message.last_offset = result.last_offset;
       reply_message.messages.reserve(result.messages.size());
@@ -478,8 +486,8 @@ struct Server::Impl {
       return reply_error(routing_id, commit.request_id, wire::ErrorCode::storage_failure,
                          error.what());
     }
-    reply(routing_id, wire::OffsetCommitted{commit.request_id, commit.topic, commit.group,
-                                            commit.offset});
+    reply(routing_id,
+          wire::OffsetCommitted{commit.request_id, commit.topic, commit.group, commit.offset});
   }
 
   void on_message(const std::string& routing_id, wire::Ping& ping) {
@@ -549,11 +557,12 @@ struct Server::Impl {
       if (!allowed) {
         logger->warn("refused CURVE client {}", binary_to_z85(client_key));
       }
-      std::string_view reply_frames[] = {"1.0", request_id, allowed ? "200" : "400",
-                                         allowed ? "OK" : "client key not allowed", "", ""};
+      std::string_view reply_frames[] = {
+          "1.0", request_id, allowed ? "200" : "400", allowed ? "OK" : "client key not allowed",
+          "",    ""};
       for (std::size_t i = 0; i < std::size(reply_frames); ++i) {
-        auto flags = i + 1 < std::size(reply_frames) ? zmq::send_flags::sndmore
-                                                     : zmq::send_flags::none;
+        auto flags =
+            i + 1 < std::size(reply_frames) ? zmq::send_flags::sndmore : zmq::send_flags::none;
         zap->send(zmq::buffer(reply_frames[i].data(), reply_frames[i].size()), flags);
       }
     }
@@ -653,12 +662,20 @@ Server::Server(Store& store, ServerOptions options)
 
 Server::~Server() noexcept = default;
 
-const std::string& Server::endpoint() const noexcept { return impl_->endpoint; }
+const std::string& Server::endpoint() const noexcept {
+  return impl_->endpoint;
+}
 
-void Server::run() { impl_->run(); }
+void Server::run() {
+  impl_->run();
+}
 
-void Server::request_stop() noexcept { impl_->stop.store(true, std::memory_order_relaxed); }
+void Server::request_stop() noexcept {
+  impl_->stop.store(true, std::memory_order_relaxed);
+}
 
-ServerCounters Server::counters() const { return impl_->counters; }
+ServerCounters Server::counters() const {
+  return impl_->counters;
+}
 
 }  // namespace broker

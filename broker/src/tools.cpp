@@ -37,12 +37,18 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
   if (!parsed) return std::nullopt;
   auto [value, unit] = *parsed;
   std::uint64_t factor = 0;
-  if (unit == "ms") factor = 1;
-  else if (unit.empty() || unit == "s") factor = 1000;
-  else if (unit == "m" || unit == "min") factor = 60'000;
-  else if (unit == "h") factor = 3'600'000;
-  else if (unit == "d") factor = 86'400'000;
-  else return std::nullopt;
+  if (unit == "ms")
+    factor = 1;
+  else if (unit.empty() || unit == "s")
+    factor = 1000;
+  else if (unit == "m" || unit == "min")
+    factor = 60'000;
+  else if (unit == "h")
+    factor = 3'600'000;
+  else if (unit == "d")
+    factor = 86'400'000;
+  else
+    return std::nullopt;
   if (!multiply(value, factor) ||
       value > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
     return std::nullopt;
@@ -55,11 +61,16 @@ std::optional<std::uint64_t> parse_size(std::string_view text) {
   if (!parsed) return std::nullopt;
   auto [value, unit] = *parsed;
   std::uint64_t factor = 0;
-  if (unit.empty() || unit == "b") factor = 1;
-  else if (unit == "k" || unit == "kib" || unit == "kb") factor = 1024;
-  else if (unit == "m" || unit == "mib" || unit == "mb") factor = 1024 * 1024;
-  else if (unit == "g" || unit == "gib" || unit == "gb") factor = 1024ull * 1024 * 1024;
-  else return std::nullopt;
+  if (unit.empty() || unit == "b")
+    factor = 1;
+  else if (unit == "k" || unit == "kib" || unit == "kb")
+    factor = 1024;
+  else if (unit == "m" || unit == "mib" || unit == "mb")
+    factor = 1024 * 1024;
+  else if (unit == "g" || unit == "gib" || unit == "gb")
+    factor = 1024ull * 1024 * 1024;
+  else
+    return std::nullopt;
   if (!multiply(value, factor)) return std::nullopt;
   return value;
 }
@@ -70,11 +81,21 @@ std::string json_escape(std::string_view text) {
   out.push_back('"');
   for (unsigned char c : text) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           char buffer[8];
@@ -165,11 +186,10 @@ std::string stats_to_text(const wire::StatsReply& stats) {
 }
 
 std::string message_to_json(std::string_view topic, const wire::StoredMessage& message) {
-  std::string out = "{\"topic\":" + json_escape(topic) +
-                    ",\"offset\":" + std::to_string(message.offset) +
-                    ",\"msg_id\":" + json_escape(message.msg_id) +
-                    ",\"key\":" + json_escape(message.key) +
-                    ",\"timestamp_ms\":" + std::to_string(message.timestamp_ms);
+  std::string out =
+      "{\"topic\":" + json_escape(topic) + ",\"offset\":" + std::to_string(message.offset) +
+      ",\"msg_id\":" + json_escape(message.msg_id) + ",\"key\":" + json_escape(message.key) +
+      ",\"timestamp_ms\":" + std::to_string(message.timestamp_ms);
   if (!message.headers.empty()) {
     out += ",\"headers\":{";
     for (std::size_t i = 0; i < message.headers.size(); ++i) {

@@ -21,16 +21,29 @@ namespace broker_test {
 
 using namespace std::chrono_literals;
 
-inline std::string broker_binary() { return OUTBOX_BIN_OUTBOX_BROKER; }
+inline std::string broker_binary() {
+  return OUTBOX_BIN_OUTBOX_BROKER;
+}
 
 class BrokerProcess {
-public:
+ public:
+  // `bind` defaults to a port the system picks; a restart passes the endpoint
+  // the previous process had, so that clients find it again.
   BrokerProcess(const std::filesystem::path& dir, const std::filesystem::path& db,
-                std::vector<std::string> extra_args = {}) {
+                std::vector<std::string> extra_args = {},
+                const std::string& bind = "tcp://127.0.0.1:*") {
     endpoint_file_ = dir / ("endpoint-" + std::to_string(counter()++));
-    std::vector<std::string> args = {"serve", "--db", db.string(), "--bind", "tcp://127.0.0.1:*",
-                                     "--endpoint-file", endpoint_file_.string(), "--sync", "normal",
-                                     "--log-level", "debug"};
+    std::vector<std::string> args = {"serve",
+                                     "--db",
+                                     db.string(),
+                                     "--bind",
+                                     bind,
+                                     "--endpoint-file",
+                                     endpoint_file_.string(),
+                                     "--sync",
+                                     "normal",
+                                     "--log-level",
+                                     "debug"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     process_ = std::make_unique<test_support::ChildProcess>(broker_binary(), args, dir);
     bool listening = test_support::wait_until(
@@ -65,7 +78,7 @@ public:
     return -1;
   }
 
-private:
+ private:
   static int& counter() {
     static int value = 0;
     return value;
@@ -77,8 +90,8 @@ private:
 
 inline wire::OutgoingMessage message(std::string msg_id, std::string payload,
                                      std::string topic = "orders", std::string key = "k") {
-  return wire::OutgoingMessage{std::move(msg_id), std::move(topic), std::move(key), {},
-                               std::move(payload)};
+  return wire::OutgoingMessage{
+      std::move(msg_id), std::move(topic), std::move(key), {}, std::move(payload)};
 }
 
 // A client with an open session.

@@ -12,9 +12,9 @@ TEST_CASE("stats --json and tail --json show what was stored") {
   test_support::TempDir dir("broker-cli");
   BrokerProcess broker(dir.path(), dir / "broker.db");
   auto client = connect(broker.endpoint());
-  std::vector<wire::OutgoingMessage> batch = {message("cli-1", "hello \"world\"", "orders", "k1"),
-                                              message("cli-2", std::string("\x00\xff\x10", 3),
-                                                      "orders", "k2")};
+  std::vector<wire::OutgoingMessage> batch = {
+      message("cli-1", "hello \"world\"", "orders", "k1"),
+      message("cli-2", std::string("\x00\xff\x10", 3), "orders", "k2")};
   REQUIRE(client->publish(1, batch, 20s).ok());
   REQUIRE(client->publish(2, batch, 20s).ok());
 
@@ -29,8 +29,8 @@ TEST_CASE("stats --json and tail --json show what was stored") {
   CHECK_THAT(json, Catch::Contains("\"malformed\":0"));
   CHECK_THAT(json, Catch::Contains("\"orders\":{\"messages\":2,\"last_offset\":2}"));
 
-  auto tail = run(broker_binary(),
-                  {"tail", "--connect", broker.endpoint(), "--topic", "orders", "--json"});
+  auto tail =
+      run(broker_binary(), {"tail", "--connect", broker.endpoint(), "--topic", "orders", "--json"});
   INFO(tail.err);
   REQUIRE(tail.status.code == 0);
   auto lines = test_support::lines(tail.out);
@@ -61,9 +61,8 @@ TEST_CASE("serve reads its settings from a config file") {
                                      << "endpoint-file = \"" << endpoint_file.string() << "\"\n"
                                      << "sync = \"normal\"\n"
                                      << "max-message-bytes = \"2k\"\n";
-  test_support::ChildProcess process(broker_binary(),
-                                     {"serve", "--config", (dir / "broker.toml").string()},
-                                     dir.path());
+  test_support::ChildProcess process(
+      broker_binary(), {"serve", "--config", (dir / "broker.toml").string()}, dir.path());
   REQUIRE(test_support::wait_until(
       [&] { return std::filesystem::exists(endpoint_file) || !process.running(); }, 20s));
   INFO(process.stderr_text());
@@ -88,8 +87,8 @@ TEST_CASE("bad input gives distinct exit codes and one-line errors") {
     CHECK(result.status.code == 2);
   }
   SECTION("bad value") {
-    auto result = run(broker_binary(),
-                      {"serve", "--db", (dir / "b.db").string(), "--dedup-window", "soon"});
+    auto result =
+        run(broker_binary(), {"serve", "--db", (dir / "b.db").string(), "--dedup-window", "soon"});
     CHECK(result.status.code == 2);
     CHECK_THAT(result.err, Catch::Contains("--dedup-window"));
   }
@@ -106,8 +105,8 @@ TEST_CASE("bad input gives distinct exit codes and one-line errors") {
   }
   SECTION("endpoint already in use") {
     BrokerProcess broker(dir.path(), dir / "first.db");
-    auto result = run(broker_binary(), {"serve", "--db", (dir / "second.db").string(), "--bind",
-                                        broker.endpoint()});
+    auto result = run(broker_binary(),
+                      {"serve", "--db", (dir / "second.db").string(), "--bind", broker.endpoint()});
     CHECK(result.status.code == 4);
     CHECK_THAT(result.err, Catch::Contains("cannot bind"));
   }
@@ -138,17 +137,17 @@ TEST_CASE("keygen writes CURVE keys that serve and stats use") {
   BrokerProcess broker(dir.path(), dir / "broker.db",
                        {"--curve-secret-key-file", (dir / "server.secret").string(),
                         "--allowed-clients-file", (dir / "client.public").string()});
-  auto stats = run(broker_binary(),
-                   {"stats", "--connect", broker.endpoint(), "--json",
-                    "--curve-server-public-key-file", (dir / "server.public").string(),
-                    "--curve-secret-key-file", (dir / "client.secret").string()});
+  auto stats =
+      run(broker_binary(), {"stats", "--connect", broker.endpoint(), "--json",
+                            "--curve-server-public-key-file", (dir / "server.public").string(),
+                            "--curve-secret-key-file", (dir / "client.secret").string()});
   INFO(stats.err);
   CHECK(stats.status.code == 0);
   CHECK_THAT(stats.out, Catch::Contains("\"stored\":0"));
   // The broker's own key is not an allowed client key.
-  auto refused = run(broker_binary(),
-                     {"stats", "--connect", broker.endpoint(), "--timeout-ms", "1000",
-                      "--curve-server-public-key-file", (dir / "server.public").string(),
-                      "--curve-secret-key-file", (dir / "server.secret").string()});
+  auto refused =
+      run(broker_binary(), {"stats", "--connect", broker.endpoint(), "--timeout-ms", "1000",
+                            "--curve-server-public-key-file", (dir / "server.public").string(),
+                            "--curve-secret-key-file", (dir / "server.secret").string()});
   CHECK(refused.status.code == 5);
 }

@@ -28,9 +28,12 @@ std::vector<std::string> garbage(std::mt19937_64& rng, int kind) {
       frames[0] = "X" + frames[0];
       return frames;
     }
-    case 1: return {""};  // an empty message
-    case 2: return {wire::encode_tag(), std::string(1, '\x7f'), random_bytes(10)};
-    case 3: return {wire::encode_tag(9), std::string(1, '\x09'), random_bytes(8)};
+    case 1:
+      return {""};  // an empty message
+    case 2:
+      return {wire::encode_tag(), std::string(1, '\x7f'), random_bytes(10)};
+    case 3:
+      return {wire::encode_tag(9), std::string(1, '\x09'), random_bytes(8)};
     case 4: {  // absurd message count
       std::string body;
       wire::begin_publish_body(body, 1, 1);
@@ -130,8 +133,8 @@ TEST_CASE("garbage from many connections is counted and the broker keeps serving
     if (wave == 0) resident_after_first_wave = broker.resident_kib();
   }
   auto resident_now = broker.resident_kib();
-  INFO("resident after wave 1: " << resident_after_first_wave << " KiB, after wave 3: "
-                                 << resident_now << " KiB");
+  INFO("resident after wave 1: " << resident_after_first_wave
+                                 << " KiB, after wave 3: " << resident_now << " KiB");
   REQUIRE(resident_after_first_wave > 0);
   CHECK(resident_now < resident_after_first_wave + 32 * 1024);
   CHECK(broker.process().running());

@@ -58,8 +58,7 @@ TEST_CASE("a message above --max-message-bytes is REJECTED, its batch neighbours
   auto client = connect(broker.endpoint());
   std::vector<wire::OutgoingMessage> batch = {message("small-1", "ok"),
                                               message("big", std::string(4000, 'x')),
-                                              message("small-2", "ok too"),
-                                              message("", "no id")};
+                                              message("small-2", "ok too"), message("", "no id")};
   auto ack = client->publish(7, batch, 20s);
   REQUIRE(ack.ok());
   REQUIRE(ack->entries.size() == 4);
@@ -229,7 +228,8 @@ TEST_CASE("SIGTERM with batches in flight: everything acknowledged is kept") {
     // Pipeline batches until the first ack comes back, then stop the broker
     // while the rest are still in flight.
     while (acknowledged.empty()) {
-      while (sent < kBatches && client->send_publish(static_cast<std::uint64_t>(sent), batch_of(sent))) {
+      while (sent < kBatches &&
+             client->send_publish(static_cast<std::uint64_t>(sent), batch_of(sent))) {
         ++sent;
       }
       auto reply = client->receive(20s);
@@ -237,7 +237,8 @@ TEST_CASE("SIGTERM with batches in flight: everything acknowledged is kept") {
       record(*reply);
     }
     broker.process().signal(SIGTERM);
-    while (sent < kBatches && client->send_publish(static_cast<std::uint64_t>(sent), batch_of(sent))) {
+    while (sent < kBatches &&
+           client->send_publish(static_cast<std::uint64_t>(sent), batch_of(sent))) {
       ++sent;
     }
     auto status = broker.process().wait_for(30s);
@@ -310,7 +311,9 @@ TEST_CASE("with CURVE only allowed client keys get a session") {
   REQUIRE_FALSE(welcome.ok());
   CHECK(welcome.error().code == wire::ErrorCode::timeout);
   CHECK(test_support::wait_until(
-      [&] { return broker.process().stderr_text().find("refused CURVE client") != std::string::npos; },
+      [&] {
+        return broker.process().stderr_text().find("refused CURVE client") != std::string::npos;
+      },
       20s));
 
   broker::Client plain(broker.endpoint());

@@ -14,7 +14,10 @@ std::vector<wire::Frames> seeds() {
   std::vector<wire::Frames> result;
   wire::Publish publish{7, 42, {}};
   for (int i = 0; i < 4; ++i) {
-    publish.messages.push_back({"id-" + std::to_string(i), "orders", "k", {{"h", "v"}},
+    publish.messages.push_back({"id-" + std::to_string(i),
+                                "orders",
+                                "k",
+                                {{"h", "v"}},
                                 std::string(static_cast<std::size_t>(i) * 10, 'p')});
   }
   result.push_back(wire::encode(publish));

@@ -140,8 +140,8 @@ TEST_CASE("unknown ack status and fetch flags are invalid values") {
 }
 
 TEST_CASE("the zero-copy PUBLISH view sees the same fields as the owning decoder") {
-  wire::Publish publish{3, 4, {{"m1", "orders", "k1", {{"a", "1"}, {"b", "2"}}, "p1"},
-                               {"m2", "orders", "", {}, ""}}};
+  wire::Publish publish{
+      3, 4, {{"m1", "orders", "k1", {{"a", "1"}, {"b", "2"}}, "p1"}, {"m2", "orders", "", {}, ""}}};
   auto body = wire::encode_body(publish);
   auto view = wire::decode_publish_view(body);
   REQUIRE(view.ok());

@@ -60,7 +60,7 @@ void put_headers(std::string& out, std::span<const Header> headers) {
 // Reads fields front to back; the first failure is remembered and every later
 // read returns a zero value, so decoders check once at the end of a section.
 class Reader {
-public:
+ public:
   Reader(std::string_view body, const Limits& limits) : data_(body), limits_(limits) {}
 
   bool failed() const { return error_.code != ErrorCode::none; }
@@ -145,7 +145,7 @@ public:
 
   const Limits& limits() const { return limits_; }
 
-private:
+ private:
   std::string_view data_;
   std::size_t position_ = 0;
   const Limits& limits_;
@@ -154,8 +154,8 @@ private:
 
 std::vector<Header> read_headers(Reader& in) {
   std::vector<Header> headers;
-  auto count = in.count(in.get<std::uint16_t>("header count"), in.limits().max_headers, 6,
-                        "header count");
+  auto count =
+      in.count(in.get<std::uint16_t>("header count"), in.limits().max_headers, 6, "header count");
   headers.reserve(count);
   for (std::size_t i = 0; i < count && !in.failed(); ++i) {
     Header header;
@@ -232,9 +232,15 @@ void encode_into(std::string& out, const OffsetCommitted& m) {
   put_str16(out, m.group);
   put<std::uint64_t>(out, m.offset);
 }
-void encode_into(std::string& out, const Ping& m) { put<std::uint64_t>(out, m.nonce); }
-void encode_into(std::string& out, const Pong& m) { put<std::uint64_t>(out, m.nonce); }
-void encode_into(std::string& out, const StatsRequest& m) { put<std::uint64_t>(out, m.request_id); }
+void encode_into(std::string& out, const Ping& m) {
+  put<std::uint64_t>(out, m.nonce);
+}
+void encode_into(std::string& out, const Pong& m) {
+  put<std::uint64_t>(out, m.nonce);
+}
+void encode_into(std::string& out, const StatsRequest& m) {
+  put<std::uint64_t>(out, m.request_id);
+}
 void encode_into(std::string& out, const StatsReply& m) {
   put<std::uint64_t>(out, m.request_id);
   put<std::uint32_t>(out, count32(m.counters.size()));
@@ -275,8 +281,8 @@ AnyMessage decode_publish(Reader& in) {
   m.session_id = in.get<std::uint64_t>("session id");
   m.batch_id = in.get<std::uint64_t>("batch id");
   // Smallest message: three empty strings, no headers, empty payload = 12 bytes.
-  auto count = in.count(in.get<std::uint32_t>("message count"), in.limits().max_batch_messages,
-                        12, "message count");
+  auto count = in.count(in.get<std::uint32_t>("message count"), in.limits().max_batch_messages, 12,
+                        "message count");
   m.messages.reserve(count);
   const auto& limits = in.limits();
   for (std::size_t i = 0; i < count && !in.failed(); ++i) {
@@ -293,8 +299,8 @@ AnyMessage decode_publish(Reader& in) {
 AnyMessage decode_ack(Reader& in) {
   Ack m;
   m.batch_id = in.get<std::uint64_t>("batch id");
-  auto count = in.count(in.get<std::uint32_t>("ack count"), in.limits().max_batch_messages, 11,
-                        "ack count");
+  auto count =
+      in.count(in.get<std::uint32_t>("ack count"), in.limits().max_batch_messages, 11, "ack count");
   m.entries.reserve(count);
   for (std::size_t i = 0; i < count && !in.failed(); ++i) {
     AckEntry entry;
@@ -329,8 +335,8 @@ AnyMessage decode_messages(Reader& in) {
   m.topic = in.str16(in.limits().max_name_bytes, "topic");
   m.next_offset = in.get<std::uint64_t>("next offset");
   m.last_offset = in.get<std::uint64_t>("last offset");
-  auto count = in.count(in.get<std::uint32_t>("message count"), in.limits().max_batch_messages,
-                        26, "message count");
+  auto count = in.count(in.get<std::uint32_t>("message count"), in.limits().max_batch_messages, 26,
+                        "message count");
   m.messages.reserve(count);
   const auto& limits = in.limits();
   for (std::size_t i = 0; i < count && !in.failed(); ++i) {
@@ -394,63 +400,98 @@ AnyMessage decode_error(Reader& in) {
 
 std::string_view command_name(Command command) noexcept {
   switch (command) {
-    case Command::hello: return "HELLO";
-    case Command::welcome: return "WELCOME";
-    case Command::publish: return "PUBLISH";
-    case Command::ack: return "ACK";
-    case Command::fetch: return "FETCH";
-    case Command::messages: return "MESSAGES";
-    case Command::commit_offset: return "COMMIT_OFFSET";
-    case Command::offset_committed: return "OFFSET_COMMITTED";
-    case Command::ping: return "PING";
-    case Command::pong: return "PONG";
-    case Command::stats: return "STATS";
-    case Command::stats_reply: return "STATS_REPLY";
-    case Command::error: return "ERROR";
+    case Command::hello:
+      return "HELLO";
+    case Command::welcome:
+      return "WELCOME";
+    case Command::publish:
+      return "PUBLISH";
+    case Command::ack:
+      return "ACK";
+    case Command::fetch:
+      return "FETCH";
+    case Command::messages:
+      return "MESSAGES";
+    case Command::commit_offset:
+      return "COMMIT_OFFSET";
+    case Command::offset_committed:
+      return "OFFSET_COMMITTED";
+    case Command::ping:
+      return "PING";
+    case Command::pong:
+      return "PONG";
+    case Command::stats:
+      return "STATS";
+    case Command::stats_reply:
+      return "STATS_REPLY";
+    case Command::error:
+      return "ERROR";
   }
   return "UNKNOWN";
 }
 
 std::string_view error_code_name(ErrorCode code) noexcept {
   switch (code) {
-    case ErrorCode::none: return "none";
-    case ErrorCode::bad_frame_count: return "bad_frame_count";
-    case ErrorCode::bad_tag: return "bad_tag";
-    case ErrorCode::unsupported_version: return "unsupported_version";
-    case ErrorCode::unknown_command: return "unknown_command";
-    case ErrorCode::truncated: return "truncated";
-    case ErrorCode::trailing_bytes: return "trailing_bytes";
-    case ErrorCode::limit_exceeded: return "limit_exceeded";
-    case ErrorCode::invalid_value: return "invalid_value";
-    case ErrorCode::unexpected_command: return "unexpected_command";
-    case ErrorCode::no_session: return "no_session";
-    case ErrorCode::session_failed: return "session_failed";
-    case ErrorCode::storage_failure: return "storage_failure";
-    case ErrorCode::shutting_down: return "shutting_down";
-    case ErrorCode::busy: return "busy";
-    case ErrorCode::internal: return "internal";
-    case ErrorCode::timeout: return "timeout";
+    case ErrorCode::none:
+      return "none";
+    case ErrorCode::bad_frame_count:
+      return "bad_frame_count";
+    case ErrorCode::bad_tag:
+      return "bad_tag";
+    case ErrorCode::unsupported_version:
+      return "unsupported_version";
+    case ErrorCode::unknown_command:
+      return "unknown_command";
+    case ErrorCode::truncated:
+      return "truncated";
+    case ErrorCode::trailing_bytes:
+      return "trailing_bytes";
+    case ErrorCode::limit_exceeded:
+      return "limit_exceeded";
+    case ErrorCode::invalid_value:
+      return "invalid_value";
+    case ErrorCode::unexpected_command:
+      return "unexpected_command";
+    case ErrorCode::no_session:
+      return "no_session";
+    case ErrorCode::session_failed:
+      return "session_failed";
+    case ErrorCode::storage_failure:
+      return "storage_failure";
+    case ErrorCode::shutting_down:
+      return "shutting_down";
+    case ErrorCode::busy:
+      return "busy";
+    case ErrorCode::internal:
+      return "internal";
+    case ErrorCode::timeout:
+      return "timeout";
   }
   return "unknown";
 }
 
 std::string_view ack_status_name(AckStatus status) noexcept {
   switch (status) {
-    case AckStatus::stored: return "STORED";
-    case AckStatus::duplicate: return "DUPLICATE";
-    case AckStatus::conflict: return "CONFLICT";
-    case AckStatus::rejected: return "REJECTED";
-    case AckStatus::blocked: return "BLOCKED";
+    case AckStatus::stored:
+      return "STORED";
+    case AckStatus::duplicate:
+      return "DUPLICATE";
+    case AckStatus::conflict:
+      return "CONFLICT";
+    case AckStatus::rejected:
+      return "REJECTED";
+    case AckStatus::blocked:
+      return "BLOCKED";
   }
   return "UNKNOWN";
 }
 
 Command command_of(const AnyMessage& message) noexcept {
   static constexpr Command table[] = {
-      Command::hello,         Command::welcome,          Command::publish, Command::ack,
-      Command::fetch,         Command::messages,         Command::commit_offset,
-      Command::offset_committed, Command::ping,          Command::pong,    Command::stats,
-      Command::stats_reply,   Command::error};
+      Command::hello, Command::welcome,  Command::publish,       Command::ack,
+      Command::fetch, Command::messages, Command::commit_offset, Command::offset_committed,
+      Command::ping,  Command::pong,     Command::stats,         Command::stats_reply,
+      Command::error};
   static_assert(std::size(table) == std::variant_size_v<AnyMessage>);
   return table[message.index()];
 }
@@ -502,9 +543,9 @@ Result<std::uint8_t> decode_tag(std::string_view tag) {
   }
   auto version = static_cast<std::uint8_t>(tag[3]);
   if (version != kProtocolVersion) {
-    return Error{ErrorCode::unsupported_version,
-                 "protocol version " + std::to_string(version) + " is not supported (this side speaks " +
-                     std::to_string(kProtocolVersion) + ")"};
+    return Error{ErrorCode::unsupported_version, "protocol version " + std::to_string(version) +
+                                                     " is not supported (this side speaks " +
+                                                     std::to_string(kProtocolVersion) + ")"};
   }
   return version;
 }
@@ -531,20 +572,47 @@ Result<AnyMessage> decode_body(Command command, std::string_view body, const Lim
   Reader in(body, limits);
   AnyMessage message;
   switch (command) {
-    case Command::hello: message = decode_hello(in); break;
-    case Command::welcome: message = decode_welcome(in); break;
-    case Command::publish: message = decode_publish(in); break;
-    case Command::ack: message = decode_ack(in); break;
-    case Command::fetch: message = decode_fetch(in); break;
-    case Command::messages: message = decode_messages(in); break;
-    case Command::commit_offset: message = decode_offset<CommitOffset>(in); break;
-    case Command::offset_committed: message = decode_offset<OffsetCommitted>(in); break;
-    case Command::ping: message = Ping{in.get<std::uint64_t>("nonce")}; break;
-    case Command::pong: message = Pong{in.get<std::uint64_t>("nonce")}; break;
-    case Command::stats: message = StatsRequest{in.get<std::uint64_t>("request id")}; break;
-    case Command::stats_reply: message = decode_stats_reply(in); break;
-    case Command::error: message = decode_error(in); break;
-    default: return Error{ErrorCode::unknown_command, "unknown command"};
+    case Command::hello:
+      message = decode_hello(in);
+      break;
+    case Command::welcome:
+      message = decode_welcome(in);
+      break;
+    case Command::publish:
+      message = decode_publish(in);
+      break;
+    case Command::ack:
+      message = decode_ack(in);
+      break;
+    case Command::fetch:
+      message = decode_fetch(in);
+      break;
+    case Command::messages:
+      message = decode_messages(in);
+      break;
+    case Command::commit_offset:
+      message = decode_offset<CommitOffset>(in);
+      break;
+    case Command::offset_committed:
+      message = decode_offset<OffsetCommitted>(in);
+      break;
+    case Command::ping:
+      message = Ping{in.get<std::uint64_t>("nonce")};
+      break;
+    case Command::pong:
+      message = Pong{in.get<std::uint64_t>("nonce")};
+      break;
+    case Command::stats:
+      message = StatsRequest{in.get<std::uint64_t>("request id")};
+      break;
+    case Command::stats_reply:
+      message = decode_stats_reply(in);
+      break;
+    case Command::error:
+      message = decode_error(in);
+      break;
+    default:
+      return Error{ErrorCode::unknown_command, "unknown command"};
   }
   in.expect_end();
   if (in.failed()) {
@@ -587,12 +655,11 @@ Result<PublishView> decode_publish_view(std::string_view body, const Limits& lim
     message.key =
         in.take(in.get<std::uint16_t>("partition key"), limits.max_key_bytes, "partition key");
     auto headers_start = in.position();
-    auto header_count = in.count(in.get<std::uint16_t>("header count"), limits.max_headers, 6,
-                                 "header count");
+    auto header_count =
+        in.count(in.get<std::uint16_t>("header count"), limits.max_headers, 6, "header count");
     for (std::size_t h = 0; h < header_count && !in.failed(); ++h) {
       in.take(in.get<std::uint16_t>("header name"), limits.max_msg_id_bytes, "header name");
-      in.take(in.get<std::uint32_t>("header value"), limits.max_header_value_bytes,
-              "header value");
+      in.take(in.get<std::uint32_t>("header value"), limits.max_header_value_bytes, "header value");
     }
     if (!in.failed()) message.headers = body.substr(headers_start, in.position() - headers_start);
     message.payload =

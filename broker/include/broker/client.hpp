@@ -54,7 +54,7 @@ struct ClientOptions {
 };
 
 class Client {
-public:
+ public:
   // Connects asynchronously (ZeroMQ reconnects by itself); nothing is sent yet.
   explicit Client(std::string endpoint, ClientOptions options = {});
   ~Client() noexcept;
@@ -97,13 +97,14 @@ public:
   zmq::socket_t& socket() noexcept { return socket_; }
   const std::string& endpoint() const noexcept { return endpoint_; }
 
-private:
+ private:
   void open_socket();
   // Waits for the reply matching `matches`, keeping the others for receive().
   template <typename Reply, typename Matches>
   wire::Result<Reply> await(Matches matches, std::uint64_t request_id,
                             std::chrono::milliseconds timeout);
-  std::optional<wire::Result<wire::AnyMessage>> receive_from_socket(std::chrono::milliseconds timeout);
+  std::optional<wire::Result<wire::AnyMessage>> receive_from_socket(
+      std::chrono::milliseconds timeout);
 
   std::string endpoint_;
   ClientOptions options_;

@@ -106,15 +106,15 @@ struct ServerCounters {
   std::uint64_t storage_failures = 0;  // group commits that threw
   std::uint64_t group_commits = 0;
   std::uint64_t batches = 0;
-  std::uint64_t messages = 0;          // messages in committed batches
+  std::uint64_t messages = 0;  // messages in committed batches
   std::uint64_t sessions_opened = 0;
   std::uint64_t fetches = 0;
-  std::uint64_t replies_dropped = 0;   // a peer's queue was full or it was gone
+  std::uint64_t replies_dropped = 0;     // a peer's queue was full or it was gone
   std::uint64_t append_nanoseconds = 0;  // wall time inside Store::append (for benchmarks)
 };
 
 class Server {
-public:
+ public:
   // Binds the socket (and the ZAP handler for CURVE). Throws std::runtime_error
   // with a clear message when the endpoint cannot be bound or a key is invalid.
   Server(Store& store, ServerOptions options);
@@ -135,7 +135,7 @@ public:
 
   ServerCounters counters() const;
 
-private:
+ private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

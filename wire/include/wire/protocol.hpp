@@ -50,20 +50,20 @@ std::string_view command_name(Command command) noexcept;
 // Values are part of the protocol (ERROR body); never renumber.
 enum class ErrorCode : std::uint16_t {
   none = 0,
-  bad_frame_count = 1,        // not exactly tag, command, body
-  bad_tag = 2,                // frame 0 is not "OBX" + version
-  unsupported_version = 3,    // right magic, a version this side does not speak
-  unknown_command = 4,        // command byte not in the table
-  truncated = 5,              // a length or count points past the end of the body
-  trailing_bytes = 6,         // the body is longer than its fields
-  limit_exceeded = 7,         // a length or count above the configured maximum
-  invalid_value = 8,          // a field holds a value outside its domain
-  unexpected_command = 9,     // well-formed, but not one this side accepts
-  no_session = 10,            // PUBLISH before HELLO
-  session_failed = 11,        // a previous batch of the session failed; send HELLO again
-  storage_failure = 12,       // the broker could not make the batch durable
-  shutting_down = 13,         // the broker is stopping; retry elsewhere or later
-  busy = 14,                  // too many pending requests; retry later
+  bad_frame_count = 1,      // not exactly tag, command, body
+  bad_tag = 2,              // frame 0 is not "OBX" + version
+  unsupported_version = 3,  // right magic, a version this side does not speak
+  unknown_command = 4,      // command byte not in the table
+  truncated = 5,            // a length or count points past the end of the body
+  trailing_bytes = 6,       // the body is longer than its fields
+  limit_exceeded = 7,       // a length or count above the configured maximum
+  invalid_value = 8,        // a field holds a value outside its domain
+  unexpected_command = 9,   // well-formed, but not one this side accepts
+  no_session = 10,          // PUBLISH before HELLO
+  session_failed = 11,      // a previous batch of the session failed; send HELLO again
+  storage_failure = 12,     // the broker could not make the batch durable
+  shutting_down = 13,       // the broker is stopping; retry elsewhere or later
+  busy = 14,                // too many pending requests; retry later
   internal = 15,
   // Never sent on the wire: a client-side "no reply within the deadline".
   timeout = 100,
@@ -74,16 +74,16 @@ std::string_view error_code_name(ErrorCode code) noexcept;
 // Maximums a decoder enforces on top of the bytes present. Both ends may use
 // different values; the broker announces its own in WELCOME.
 struct Limits {
-  std::size_t max_body_bytes = 64u << 20;        // one frame
-  std::size_t max_batch_messages = 100'000;      // messages in PUBLISH or MESSAGES
-  std::size_t max_msg_id_bytes = 255;            // also: header name
-  std::size_t max_name_bytes = 255;              // topic, consumer group, producer, broker name
-  std::size_t max_key_bytes = 4096;              // partition key
-  std::size_t max_headers = 64;                  // per message
+  std::size_t max_body_bytes = 64u << 20;    // one frame
+  std::size_t max_batch_messages = 100'000;  // messages in PUBLISH or MESSAGES
+  std::size_t max_msg_id_bytes = 255;        // also: header name
+  std::size_t max_name_bytes = 255;          // topic, consumer group, producer, broker name
+  std::size_t max_key_bytes = 4096;          // partition key
+  std::size_t max_headers = 64;              // per message
   std::size_t max_header_value_bytes = 65'535;
-  std::size_t max_payload_bytes = 16u << 20;     // per message
-  std::size_t max_reason_bytes = 4096;           // REJECTED reason, ERROR message
-  std::size_t max_stats_entries = 100'000;       // counters + topics in STATS_REPLY
+  std::size_t max_payload_bytes = 16u << 20;  // per message
+  std::size_t max_reason_bytes = 4096;        // REJECTED reason, ERROR message
+  std::size_t max_stats_entries = 100'000;    // counters + topics in STATS_REPLY
 };
 
 // A decoding failure or a refusal reported by the peer.
@@ -95,9 +95,9 @@ struct Error {
 // A value or an Error; what every decoder returns.
 template <typename T>
 class Result {
-public:
-  Result(T value) : state_(std::move(value)) {}         // NOLINT: implicit on purpose
-  Result(Error error) : state_(std::move(error)) {}     // NOLINT
+ public:
+  Result(T value) : state_(std::move(value)) {}      // NOLINT: implicit on purpose
+  Result(Error error) : state_(std::move(error)) {}  // NOLINT
   bool ok() const noexcept { return state_.index() == 0; }
   explicit operator bool() const noexcept { return ok(); }
   T& value() & { return std::get<0>(state_); }
@@ -109,7 +109,7 @@ public:
   T& operator*() & { return value(); }
   const T& operator*() const& { return value(); }
 
-private:
+ private:
   std::variant<T, Error> state_;
 };
 
@@ -124,8 +124,8 @@ struct Header {
 // ---- commands -------------------------------------------------------------
 
 struct Hello {
-  std::string producer;      // who is publishing (for logs and stats), may be empty
-  std::uint32_t flags = 0;   // reserved, 0
+  std::string producer;     // who is publishing (for logs and stats), may be empty
+  std::uint32_t flags = 0;  // reserved, 0
   bool operator==(const Hello&) const = default;
 };
 

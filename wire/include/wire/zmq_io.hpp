@@ -20,8 +20,8 @@ namespace wire {
 // Sends tag, command and body; on a ROUTER, `routing_id` (non-empty) is sent
 // first. Returns false when the message could not be queued without blocking
 // (with zmq::send_flags::dontwait) or the peer is gone.
-bool send_frames(zmq::socket_t& socket, const Frames& frames, zmq::send_flags flags = zmq::send_flags::none,
-                 std::string_view routing_id = {});
+bool send_frames(zmq::socket_t& socket, const Frames& frames,
+                 zmq::send_flags flags = zmq::send_flags::none, std::string_view routing_id = {});
 bool send_message(zmq::socket_t& socket, const AnyMessage& message,
                   zmq::send_flags flags = zmq::send_flags::none, std::string_view routing_id = {});
 
