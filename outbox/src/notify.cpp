@@ -51,10 +51,16 @@ WakeSender::~WakeSender() noexcept {
 
 void WakeSender::notify() noexcept {
   if (fd_ < 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (now < quiet_until_) return;
   char byte = 1;
-  // Errors are expected (no relay listening, its queue full) and harmless.
-  (void)::sendto(fd_, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL,
-                 reinterpret_cast<const sockaddr*>(&address_), address_length_);
+  // Errors are expected and harmless: nobody listening (the relay's polling
+  // finds the commit), or its queue full (it is awake already).
+  if (::sendto(fd_, &byte, 1, MSG_DONTWAIT | MSG_NOSIGNAL,
+               reinterpret_cast<const sockaddr*>(&address_), address_length_) < 0 &&
+      errno == ECONNREFUSED) {
+    quiet_until_ = now + std::chrono::milliseconds(5);
+  }
 }
 
 WakeReceiver::WakeReceiver(const std::string& database_filename) {

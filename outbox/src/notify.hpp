@@ -26,6 +26,9 @@ class WakeSender {
 
  private:
   int fd_ = -1;
+  // After "nobody listens" (no relay running), stay quiet for a few
+  // milliseconds instead of paying a system call on every commit.
+  std::chrono::steady_clock::time_point quiet_until_{};
   sockaddr_un address_{};
   socklen_t address_length_ = 0;
 };
