@@ -244,7 +244,7 @@ class RelayStore {
   std::unique_ptr<Impl> impl_{};
 };
 
-// Text for a duration-less operator view: "delivered", "dead", ...
+// "delivered" or "dead", for logs and operator output.
 const char* to_string(Outcome::Kind kind);
 
 }  // namespace outbox
