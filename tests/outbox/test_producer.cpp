@@ -325,3 +325,18 @@ TEST_CASE("wait_for_work returns after another connection commits") {
     CHECK(store.read_pending(10).size() == 1);
   }
 }
+
+TEST_CASE("misuse is refused with a clear error") {
+  test_support::TempDir dir;
+  auto box = outbox::Outbox::open(dir / "app.db");
+  CHECK_THROWS_WITH(outbox::Outbox::attach(box.db()), Catch::Contains("already has"));
+  // The refused attach left the first Outbox working.
+  outbox::Transaction tx(box);
+  CHECK_THROWS_WITH(outbox::Transaction(box), Catch::Contains("already open"));
+  tx.enqueue(order_message());
+  tx.commit();
+  CHECK_THROWS_WITH(tx.enqueue(order_message()), Catch::Contains("already ended"));
+  CHECK_THROWS_WITH(tx.commit(), Catch::Contains("already ended"));
+  CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages") == 1);
+  CHECK_THROWS_AS(outbox::enqueue(nullptr, order_message()), outbox::Error);
+}
