@@ -1,11 +1,13 @@
-// Two real processes enqueue into one outbox at the same time: nothing is
-// lost, msg_ids are unique, and seq order is commit order.
+// Real processes sharing one database: two producers enqueue at the same time
+// (nothing lost, msg_ids unique, seq order is commit order), and two consumers
+// receive the same msg_ids (each processed exactly once).
 #include <catch2/catch.hpp>
 
 #include <fstream>
 #include <map>
 #include <set>
 
+#include "outbox/inbox.hpp"
 #include "outbox/outbox.hpp"
 #include "outbox/relay_store.hpp"
 #include "outbox_test_util.hpp"
@@ -92,4 +94,56 @@ TEST_CASE("two processes enqueue concurrently without losing anything", "[integr
   CHECK(last_n["p2"] == per_process);
   // Not a correctness requirement, but shows the two really ran together.
   WARN("commits interleaved: " << (interleaved ? "yes" : "no"));
+}
+
+TEST_CASE("two consumer processes of the same msg_ids process each one once", "[integration]") {
+  test_support::TempDir dir;
+  const auto db_path = (dir / "consumer.db").string();
+  {
+    auto inbox = outbox::Inbox::open(db_path);
+    exec(inbox.db(), "CREATE TABLE shipments(msg_id TEXT NOT NULL, tag TEXT NOT NULL)");
+  }
+  constexpr int messages = 1000;
+  const auto start_file = dir / "go";
+  test_support::ChildProcess first(
+      OUTBOX_BIN_OUTBOX_TEST_PRODUCER,
+      {"--inbox", db_path, std::to_string(messages), "c1", start_file.string()}, dir.path());
+  test_support::ChildProcess second(
+      OUTBOX_BIN_OUTBOX_TEST_PRODUCER,
+      {"--inbox", db_path, std::to_string(messages), "c2", start_file.string()}, dir.path());
+  REQUIRE(test_support::wait_until(
+      [&] {
+        return first.stdout_text().find("ready") != std::string::npos &&
+               second.stdout_text().find("ready") != std::string::npos;
+      },
+      std::chrono::seconds(60)));
+  std::ofstream(start_file) << "go";
+  auto first_status = first.wait_for(std::chrono::seconds(240));
+  auto second_status = second.wait_for(std::chrono::seconds(240));
+  REQUIRE(first_status);
+  REQUIRE(second_status);
+  INFO(first.stderr_text() << second.stderr_text());
+  REQUIRE(first_status->exited);
+  REQUIRE(first_status->code == 0);
+  REQUIRE(second_status->exited);
+  REQUIRE(second_status->code == 0);
+
+  outbox_test::RawDb raw(db_path);
+  CHECK(raw.count("shipments") == messages);
+  CHECK(outbox_test::query_int(raw.get(), "SELECT count(DISTINCT msg_id) FROM shipments") ==
+        messages);
+  CHECK(outbox_test::query_int(raw.get(),
+                               "SELECT count(*) FROM outbox_inbox WHERE msg_id LIKE 'c-%' "
+                               "AND state = 2") == messages);
+  // Both reported what they did; together every message and claim exactly once.
+  auto total = [](const std::string& text, const std::string& word) {
+    auto at = text.find(word);
+    return at == std::string::npos ? -1L : std::stol(text.substr(at + word.size() + 1));
+  };
+  CHECK(total(first.stdout_text(), "processed") + total(second.stdout_text(), "processed") ==
+        messages);
+  CHECK(total(first.stdout_text(), "claimed") + total(second.stdout_text(), "claimed") == messages);
+  WARN("c1 shipped " << outbox_test::query_int(raw.get(),
+                                               "SELECT count(*) FROM shipments WHERE tag = 'c1'")
+                     << " of " << messages);
 }
