@@ -270,12 +270,7 @@ int run_compose(const ComposeOptions& options) {
 }
 
 int run_layout(const LayoutOptions& options) {
-  Layout layout;
-  try {
-    layout = Layout::parse(options.layout);
-  } catch (const Error& error) {
-    throw Error(error.what());
-  }
+  const Layout layout = Layout::parse(options.layout);
   const std::int64_t expires = layout.expires_unix_ms();
   const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
                        std::chrono::system_clock::now().time_since_epoch())
