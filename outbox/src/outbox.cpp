@@ -184,9 +184,8 @@ struct Outbox::Impl {
   // Called inside the caller's transaction before an id is generated: makes
   // sure the database still says this Outbox holds its worker id. The new
   // expiry counts only once the transaction is seen to commit.
-  void ensure_worker_lease() {
+  void ensure_worker_lease(TimePoint now) {
     if (!worker_leased || worker_pending_until) return;
-    const auto now = options.clock();
     if (now + options.worker_lease / 2 < worker_confirmed_until) return;
     const auto until = now + options.worker_lease;
     {
@@ -255,9 +254,10 @@ struct Outbox::Impl {
           "outbox: enqueue needs an open transaction (outbox::Transaction or BEGIN...COMMIT): a "
           "message written in autocommit mode would not be tied to the business change");
     }
+    const auto now = options.clock();
     EnqueueResult result;
     if (message.msg_id.empty()) {
-      if (options.id_kind == IdKind::snowflake) ensure_worker_lease();
+      if (options.id_kind == IdKind::snowflake) ensure_worker_lease(now);
       result.msg_id = ids->next();
     } else {
       result.msg_id = message.msg_id;
@@ -277,7 +277,7 @@ struct Outbox::Impl {
       } else {
         use.bind_blob(4, headers);
       }
-      use.bind_blob(5, message.payload).bind(6, to_ms(options.clock()));
+      use.bind_blob(5, message.payload).bind(6, to_ms(now));
       use.run();
     }
     if (sqlite3_changes(db) == 0) {
