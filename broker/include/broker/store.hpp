@@ -21,9 +21,11 @@
 // wrote is fsync'ed: an acknowledged message survives a power loss. With
 // SyncMode::normal (SQLite WAL, synchronous=NORMAL) an acknowledged message
 // survives a crash or kill of the process, but the last commits may be lost on
-// a power loss or kernel crash. In both modes a msg_id is never visible as
-// seen before its message is written in the same committed transaction, and a
-// failed append() leaves nothing half-applied.
+// a power loss or kernel crash (the store stays consistent: a lost message
+// loses its dedup entry with it, so a resend is stored again, not refused).
+// In both modes a msg_id is never visible as seen before its message is
+// written in the same committed transaction, and a failed append() leaves
+// nothing half-applied.
 //
 // Errors. Expected outcomes (duplicate, conflict, rejected) are values.
 // Failures of the database (disk full, I/O error, corrupt file, locked by
@@ -33,8 +35,9 @@
 //
 // Thread safety. A Store is not thread-safe: all calls, including fetch() and
 // the const accessors, must come from one thread at a time (the daemon's loop
-// thread). One Store per database file; a second process opening the same file
-// gets a StoreError (SQLITE_BUSY) on its first write.
+// thread). One Store per database file: the file is locked while the Store is
+// open, and a second Store (in any process) fails to open with StoreError
+// (SQLITE_BUSY).
 #pragma once
 
 #include <chrono>
