@@ -324,15 +324,16 @@ TEST_CASE("invalid options are refused") {
 
 TEST_CASE("a second store on the same file is refused while the first is open") {
   test_support::TempDir dir("broker-store");
+  { broker::Store create(dir / "broker.db"); }
+  // Locked from the moment it is open, before any append.
   broker::Store first(dir / "broker.db");
-  REQUIRE(append_one(first, {"id-1", "orders", "a"}) == stored(1));
   try {
     broker::Store second(dir / "broker.db");
     FAIL("opened a store that is in use");
   } catch (const broker::StoreError& error) {
     CHECK((error.extended_code() & 0xff) == SQLITE_BUSY);
   }
-  CHECK(append_one(first, {"id-2", "orders", "b"}) == stored(2));
+  CHECK(append_one(first, {"id-2", "orders", "b"}) == stored(1));
 }
 
 TEST_CASE("a failed append applies nothing and the store stays usable") {
