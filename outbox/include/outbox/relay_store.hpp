@@ -175,7 +175,9 @@ class RelayStore {
 
   // --- Lease: one active relay per database -------------------------------
   // Takes the lease if it is free, expired, or already ours (then renews it).
-  // Empty when another holder's lease is still valid.
+  // Empty when another holder's lease is still valid. `holder` must be unique
+  // to one relay instance (for example "host:pid:start-time"): two instances
+  // with the same name would both count as the owner.
   std::optional<Lease> claim_lease(const std::string& holder, std::chrono::milliseconds ttl);
   // Extends our lease; false (nothing written) if it was lost meanwhile.
   bool renew_lease(Lease& lease, std::chrono::milliseconds ttl);
