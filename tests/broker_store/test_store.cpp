@@ -340,7 +340,15 @@ TEST_CASE("a failed append applies nothing and the store stays usable") {
   test_support::TempDir dir("broker-store");
   broker::StoreOptions options = normal_sync();
   options.max_database_bytes = 2 * 1024 * 1024;
+  auto orders_of = [](const broker::StoreStats& stats) {
+    for (const auto& topic : stats.topics) {
+      if (topic.topic == "orders") return topic;
+    }
+    FAIL("no orders topic");
+    return broker::TopicStats{};
+  };
   std::vector<Message> failed_batch;
+  std::string failed_topic;
   broker::StoreStats before;
   {
     broker::Store store(dir / "broker.db", options);
@@ -348,7 +356,9 @@ TEST_CASE("a failed append applies nothing and the store stays usable") {
     int batch_number = 0;
     bool failed = false;
     while (!failed && batch_number < 1000) {
-      std::vector<Message> batch;
+      // Each batch also creates a topic of its own.
+      std::string fresh_topic = "fresh-" + std::to_string(batch_number);
+      std::vector<Message> batch{{"f" + std::to_string(batch_number), fresh_topic, "f"}};
       for (int i = 0; i < 200; ++i) {
         batch.push_back({"b" + std::to_string(batch_number) + "-" + std::to_string(i), "orders",
                          std::string(1000, 'x')});
@@ -361,6 +371,7 @@ TEST_CASE("a failed append applies nothing and the store stays usable") {
         CHECK((error.extended_code() & 0xff) == SQLITE_FULL);
         failed = true;
         failed_batch = batch;
+        failed_topic = fresh_topic;
         CHECK(store.last_offset("orders") == last_before);
       }
       ++batch_number;
@@ -369,18 +380,23 @@ TEST_CASE("a failed append applies nothing and the store stays usable") {
     auto after = store.stats();
     CHECK(after.stored == before.stored);
     CHECK(after.dedup_entries == before.dedup_entries);
-    CHECK(after.topics[0].last_offset == before.topics[0].last_offset);
-    CHECK(after.topics[0].message_count == before.topics[0].message_count);
+    CHECK(after.topics.size() == before.topics.size());
+    CHECK(store.last_offset(failed_topic) == 0);
+    CHECK(orders_of(after).last_offset == orders_of(before).last_offset);
+    CHECK(orders_of(after).message_count == orders_of(before).message_count);
     // Still usable: duplicates need no space beyond the counters row.
     CHECK(append_one(store, {"keep-1", "orders", "a"}) == duplicate(1));
   }
   // Without the size limit the failed batch goes in whole: none of its ids
-  // was left behind as seen.
+  // was left behind as seen, and its new topic starts at offset 1.
   broker::Store store(dir / "broker.db", normal_sync());
   auto outcomes = append(store, failed_batch);
-  for (std::size_t i = 0; i < outcomes.size(); ++i) {
-    CHECK(outcomes[i] == stored(before.topics[0].last_offset + 1 + i));
+  REQUIRE(outcomes.size() == failed_batch.size());
+  CHECK(outcomes[0] == stored(1));
+  for (std::size_t i = 1; i < outcomes.size(); ++i) {
+    CHECK(outcomes[i] == stored(orders_of(before).last_offset + i));
   }
+  CHECK(store.stats().topics.size() == before.topics.size() + 1);
 }
 
 TEST_CASE("a store can be moved") {
