@@ -12,8 +12,6 @@
 #include <string>
 #include <vector>
 
-#include <CLI/CLI.hpp>
-
 #include <sys/resource.h>
 
 #include "broker/store.hpp"
@@ -27,7 +25,7 @@ using Clock = std::chrono::steady_clock;
 // handed out round-robin by several workers, as decimal strings.
 class SnowflakeIds {
  public:
-  explicit SnowflakeIds(int workers) : sequences_(static_cast<std::size_t>(workers), 0) {}
+  explicit SnowflakeIds(std::size_t workers) : sequences_(workers, 0) {}
   std::string next() {
     auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
                    std::chrono::system_clock::now().time_since_epoch())
@@ -81,8 +79,8 @@ struct Settings {
   std::size_t payload_bytes = 256;
   std::size_t prefill = 10'000'000;
   std::size_t full_messages = 0;  // 0: same as messages
-  int workers = 4;
-  int topics = 4;
+  std::size_t workers = 4;
+  std::size_t topics = 4;
   std::size_t cache_mib = 512;
   bool skip_uuid = false;
   bool skip_basic = false;
@@ -112,7 +110,7 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
                 std::vector<std::string>* sent, broker::AppendStatus expected) {
   std::string payload(settings.payload_bytes, 'x');
   std::vector<std::string> topic_names;
-  for (int t = 0; t < settings.topics; ++t)
+  for (std::size_t t = 0; t < settings.topics; ++t)
     topic_names.push_back("bench.topic-" + std::to_string(t));
   std::vector<std::string> batch_ids(settings.batch);
   std::vector<broker::IncomingMessage> batch;
@@ -186,24 +184,67 @@ void print(const char* label, const Result& result) {
 
 int main(int argc, char** argv) {
   Settings settings;
-  CLI::App app{"Append throughput of the broker storage engine (broker::Store)"};
   std::string dir;
-  app.add_option("--dir", dir, "Directory for the benchmark databases (emptied first)")->required();
-  app.add_option("--messages", settings.messages, "Messages per timed pass");
-  app.add_option("--full-messages", settings.full_messages,
-                 "Messages for the sync full pass (default: --messages)");
-  app.add_option("--batch", settings.batch, "Messages per append() call (one transaction)");
-  app.add_option("--payload", settings.payload_bytes, "Payload bytes per message");
-  app.add_option("--prefill", settings.prefill,
-                 "msg_ids already in the dedup index for the prefilled pass");
-  app.add_option("--workers", settings.workers, "Snowflake workers whose ids interleave");
-  app.add_option("--topics", settings.topics, "Topics the messages are spread over");
-  app.add_option("--cache-mib", settings.cache_mib, "Store page cache in MiB");
-  app.add_flag("--skip-basic", settings.skip_basic,
-               "Skip the sync normal, duplicates and sync full passes");
-  app.add_flag("--skip-uuid", settings.skip_uuid, "Skip the UUID v4 pass");
-  app.add_flag("--skip-prefill", settings.skip_prefill, "Skip the prefilled-index pass");
-  CLI11_PARSE(app, argc, argv);
+  // A plain parser keeps the benchmark free of CLI11, whose inlined code trips
+  // GCC 12's -Wnull-dereference at -O2.
+  const std::string usage =
+      "usage: broker-store-bench --dir DIR [--messages N] [--full-messages N] [--batch N]\n"
+      "         [--payload BYTES] [--prefill N] [--workers N] [--topics N] [--cache-mib N]\n"
+      "         [--skip-basic] [--skip-uuid] [--skip-prefill]\n"
+      "Appends 256-byte messages in batches (one append() call each) and prints stored/s with\n"
+      "sync normal and full, duplicates/s, UUID v4 ids (for information), and stored/s with\n"
+      "--prefill msg_ids already in the dedup index. DIR is emptied first and removed after.\n";
+  std::vector<std::pair<std::string, std::size_t*>> sizes = {
+      {"--messages", &settings.messages}, {"--full-messages", &settings.full_messages},
+      {"--batch", &settings.batch},       {"--payload", &settings.payload_bytes},
+      {"--prefill", &settings.prefill},   {"--cache-mib", &settings.cache_mib},
+      {"--workers", &settings.workers},   {"--topics", &settings.topics}};
+  std::vector<std::pair<std::string, bool*>> flags = {{"--skip-basic", &settings.skip_basic},
+                                                      {"--skip-uuid", &settings.skip_uuid},
+                                                      {"--skip-prefill", &settings.skip_prefill}};
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::printf("%s", usage.c_str());
+      return 0;
+    }
+    bool matched = false;
+    for (auto& [name, target] : flags) {
+      if (arg == name) *target = matched = true;
+    }
+    if (matched) continue;
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s: missing value or unknown option\n%s", arg.c_str(), usage.c_str());
+      return 1;
+    }
+    std::string value = argv[++i];
+    if (arg == "--dir") {
+      dir = value;
+      continue;
+    }
+    for (auto& [name, target] : sizes) {
+      if (arg != name) continue;
+      try {
+        std::size_t used = 0;
+        *target = std::stoull(value, &used);
+        matched = used == value.size();
+      } catch (const std::exception&) {
+        matched = false;
+      }
+      if (!matched) {
+        std::fprintf(stderr, "%s: not a number: %s\n", arg.c_str(), value.c_str());
+        return 1;
+      }
+    }
+    if (!matched) {
+      std::fprintf(stderr, "unknown option %s\n%s", arg.c_str(), usage.c_str());
+      return 1;
+    }
+  }
+  if (dir.empty()) {
+    std::fprintf(stderr, "--dir is required\n%s", usage.c_str());
+    return 1;
+  }
   if (settings.batch == 0 || settings.payload_bytes < 17 || settings.workers < 1 ||
       settings.topics < 1) {
     std::fprintf(stderr,
@@ -215,7 +256,7 @@ int main(int argc, char** argv) {
   fs::create_directories(settings.dir);
   if (settings.full_messages == 0) settings.full_messages = settings.messages;
 
-  std::printf("payload %zu B, batch %zu, %d snowflake workers, %d topics, cache %zu MiB\n",
+  std::printf("payload %zu B, batch %zu, %zu snowflake workers, %zu topics, cache %zu MiB\n",
               settings.payload_bytes, settings.batch, settings.workers, settings.topics,
               settings.cache_mib);
   if (!settings.skip_basic) {
