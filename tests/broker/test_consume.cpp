@@ -111,3 +111,32 @@ TEST_CASE("a long-poll FETCH is answered when a commit stores to its topic") {
   REQUIRE(empty.ok());
   CHECK(empty->messages.empty());
 }
+
+TEST_CASE("retention removes bodies but a resend is still a DUPLICATE") {
+  test_support::TempDir dir("broker-retention");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--retention", "1ms"});
+  auto producer = connect(broker.endpoint());
+  publish_range(*producer, "old", 0, 5);
+  // Maintenance runs about once a second: wait until the bodies are gone.
+  REQUIRE(test_support::wait_until(
+      [&] {
+        auto stats = producer->stats(20s);
+        return stats.ok() && stats->topics.size() == 1 && stats->topics[0].message_count == 0;
+      },
+      30s));
+  broker::Client consumer(broker.endpoint());
+  auto page = consumer.fetch(wire::Fetch{0, "old", "", 1, false, 10, 0, 0}, 20s);
+  REQUIRE(page.ok());
+  CHECK(page->messages.empty());
+  CHECK(page->last_offset == 5);
+  std::vector<wire::OutgoingMessage> again;
+  for (int i = 0; i < 5; ++i) {
+    auto m = message("old-" + std::to_string(i), "payload-" + std::to_string(i), "old",
+                     "key-" + std::to_string(i % 3));
+    m.headers = {{"n", std::to_string(i)}};
+    again.push_back(m);
+  }
+  auto ack = producer->publish(99, again, 20s);
+  REQUIRE(ack.ok());
+  for (const auto& entry : ack->entries) CHECK(entry.status == wire::AckStatus::duplicate);
+}
