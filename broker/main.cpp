@@ -287,6 +287,7 @@ int main(int argc, char** argv) {
       "outbox-broker: stores each msg_id once and serves consumers.\n"
       "Exit codes: 0 ok, 1 unexpected error, 2 bad usage or config, 3 database error,\n"
       "4 cannot bind or bad keys, 5 broker unreachable, 6 broker refused the request."};
+  app.name("outbox-broker");
   app.require_subcommand(1);
   std::string log_level = "info";
 
