@@ -156,6 +156,10 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
                 rc);
   }
   check(db.get(), sqlite3_extended_result_codes(db.get(), 1), "enabling extended result codes");
+  // Before the first access: another process may hold a lock right now (a
+  // producer creating the schema, switching to WAL), and reads must wait for it.
+  check(db.get(), sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count())),
+        "setting busy timeout");
   verify_readable(db.get(), name);
   if (options.wal && !options.read_only) {
     Statement journal(db.get(), "PRAGMA journal_mode=WAL");
@@ -169,8 +173,6 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
   if (options.cache_kib > 0) {
     exec(db.get(), ("PRAGMA cache_size=-" + std::to_string(options.cache_kib)).c_str());
   }
-  check(db.get(), sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count())),
-        "setting busy timeout");
   return db;
 }
 
