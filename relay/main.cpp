@@ -260,6 +260,13 @@ int main(int argc, char** argv) {
   CLI::App app{"outbox-relay: forwards an outbox database to outbox-broker, in commit order, "
                "until every message is acknowledged."};
   app.require_subcommand(1);
+  app.fallthrough();  // --config may follow the subcommand
+  app.set_config("--config", "",
+                 "Read settings from a TOML or INI file: a [run] section with the long flag "
+                 "names as keys (batch-size = 500); flags given on the command line win");
+  app.allow_config_extras(CLI::config_extras_mode::error);
+  // A flag given twice: the last one wins, as with most Unix tools.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.footer(
       "Exit codes: 0 ok, 1 unexpected error, 2 bad flag/config/value, 3 database problem "
       "(missing, not an outbox, newer schema), 4 unusable broker endpoint or CURVE keys, "
@@ -268,8 +275,6 @@ int main(int argc, char** argv) {
   RunSettings run;
   auto* run_cmd = app.add_subcommand("run", "Forward pending messages to the broker until stopped "
                                             "(SIGINT/SIGTERM: finish in-flight work, exit 0)");
-  run_cmd->set_config("--config", "", "Read these settings from a TOML or INI file (keys as the "
-                                      "long flag names, e.g. batch-size = 500)");
   run_cmd->add_option("--db", run.db, "Outbox database (the producer's SQLite file)")->required();
   run_cmd->add_option("--broker", run.broker, "Broker endpoint")->capture_default_str();
   run_cmd->add_option("--batch-size", run.batch_size, "Messages per PUBLISH batch")
@@ -332,6 +337,15 @@ int main(int argc, char** argv) {
   drop_cmd->add_option("--db", db, "Outbox database")->required();
   drop_cmd->add_option("--msg-id", msg_id, "The dead message to drop")->required();
 
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string command = argv[1];
+    if (command != "run" && command != "status" && command != "dead" && command != "replay" &&
+        command != "drop") {
+      std::fprintf(stderr, "outbox-relay: unknown command '%s' (run, status, dead, replay, drop)\n",
+                   command.c_str());
+      return cli::exit_usage;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& help) {

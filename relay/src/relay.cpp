@@ -177,6 +177,9 @@ struct Relay::Impl {
   }
 
   void fill_pipeline() {
+    // With nothing in flight, read from the outbox's cursor rather than past
+    // the last message sent: an operator may have replayed an earlier one.
+    if (in_flight.empty()) last_sent_seq = 0;
     while (in_flight.size() < config.max_in_flight_batches && !stop.load()) {
       auto batch = store.read_pending(config.batch_size, last_sent_seq);
       if (batch.empty()) return;

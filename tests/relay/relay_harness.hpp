@@ -1,0 +1,192 @@
+// Shared by the relay integration tests: starts outbox-relay processes,
+// commits messages with relay_test_producer, and reads back everything the
+// broker stored to check exactly-once and per-key order.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "broker/client.hpp"
+#include "broker_process.hpp"
+#include "test_support.hpp"
+
+namespace relay_test {
+
+using namespace std::chrono_literals;
+using broker_test::BrokerProcess;
+
+inline std::string relay_binary() { return OUTBOX_BIN_OUTBOX_RELAY; }
+
+// Commits `count` orders (one message each) over `keys` keys; every
+// `rollback_every`-th transaction is rolled back. Returns the committed count.
+inline long produce(const std::filesystem::path& db, long count, long keys, long rollback_every = 0) {
+  auto result = test_support::run(OUTBOX_BIN_RELAY_TEST_PRODUCER,
+                                  {db.string(), std::to_string(count), std::to_string(keys),
+                                   std::to_string(rollback_every)},
+                                  120s);
+  INFO(result.err);
+  REQUIRE(result.status.exited);
+  REQUIRE(result.status.code == 0);
+  long committed = 0, rolled_back = 0;
+  REQUIRE(std::sscanf(result.out.c_str(), "committed %ld rolled-back %ld", &committed,
+                      &rolled_back) == 2);
+  return committed;
+}
+
+class RelayProcess {
+public:
+  RelayProcess(const std::filesystem::path& dir, const std::filesystem::path& db,
+               const std::string& broker_endpoint, std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"run",           "--db",         db.string(),
+                                     "--broker",      broker_endpoint, "--log-level",
+                                     "debug",         "--backoff-initial", "20ms",
+                                     "--backoff-max", "500ms",        "--summary-interval",
+                                     "1s"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    process_ = std::make_unique<test_support::ChildProcess>(relay_binary(), args, dir);
+  }
+
+  test_support::ChildProcess& process() { return *process_; }
+  std::string log() const { return process_->stderr_text(); }
+
+  void kill9() {
+    process_->signal(SIGKILL);
+    REQUIRE(process_->wait_for(10s).has_value());
+  }
+
+  test_support::ExitStatus stop() {
+    process_->signal(SIGTERM);
+    auto status = process_->wait_for(30s);
+    INFO(log());
+    REQUIRE(status.has_value());
+    return *status;
+  }
+
+private:
+  std::unique_ptr<test_support::ChildProcess> process_;
+};
+
+// What `outbox-relay status --json` says, as numbers.
+struct Status {
+  long pending = -1;
+  long delivered_total = -1;
+  long dead = -1;
+  std::string lease_holder;
+};
+
+inline Status outbox_status(const std::filesystem::path& db) {
+  auto result = test_support::run(relay_binary(), {"status", "--db", db.string(), "--json"}, 30s);
+  INFO(result.err);
+  REQUIRE(result.status.code == 0);
+  Status s;
+  auto number = [&](const std::string& name) {
+    auto at = result.out.find("\"" + name + "\":");
+    REQUIRE(at != std::string::npos);
+    return std::stol(result.out.substr(at + name.size() + 3));
+  };
+  s.pending = number("pending");
+  s.delivered_total = number("delivered_total");
+  s.dead = number("dead");
+  auto holder = result.out.find("\"holder\":\"");
+  if (holder != std::string::npos) {
+    auto start = holder + 10;
+    s.lease_holder = result.out.substr(start, result.out.find('"', start) - start);
+  }
+  return s;
+}
+
+// Waits until a producer has created the outbox tables (the relay refuses a
+// database without them).
+inline bool wait_schema(const std::filesystem::path& db, std::chrono::milliseconds timeout = 30s) {
+  return test_support::wait_until(
+      [&] {
+        return test_support::run(relay_binary(), {"status", "--db", db.string()}).status.code == 0;
+      },
+      timeout, 10ms);
+}
+
+// Waits until the outbox has delivered `expected` messages in all.
+inline bool wait_delivered(const std::filesystem::path& db, long expected,
+                           std::chrono::milliseconds timeout = 120s) {
+  return test_support::wait_until([&] { return outbox_status(db).delivered_total >= expected; }, timeout,
+                                  50ms);
+}
+
+// Everything the broker stored on a topic, in offset order.
+inline std::vector<wire::StoredMessage> fetch_all(const std::string& endpoint,
+                                                  const std::string& topic = "orders") {
+  broker::Client client(endpoint);
+  std::vector<wire::StoredMessage> all;
+  std::uint64_t from = 1;
+  for (int round = 0; round < 100000; ++round) {
+    wire::Fetch request;
+    request.topic = topic;
+    request.from_offset = from;
+    request.max_messages = 10000;
+    auto reply = client.fetch(request, 20s);
+    INFO((reply.ok() ? std::string() : reply.error().message));
+    REQUIRE(reply.ok());
+    if (reply->messages.empty()) break;
+    for (auto& message : reply->messages) all.push_back(std::move(message));
+    from = reply->next_offset;
+  }
+  return all;
+}
+
+// Checks the broker's copy of the orders topic against what the producers
+// committed: every message exactly once, nothing rolled back, and within each
+// key the payload counters 1, 2, 3, ... in offset order.
+inline void check_exactly_once_in_order(const std::vector<wire::StoredMessage>& stored,
+                                        long committed) {
+  std::set<std::string> ids;
+  std::map<std::string, long> last_per_key;
+  long duplicates = 0, phantoms = 0, out_of_order = 0;
+  for (const auto& message : stored) {
+    if (!ids.insert(message.msg_id).second) ++duplicates;
+    if (message.payload.rfind("rolled-back:", 0) == 0) {
+      ++phantoms;
+      continue;
+    }
+    auto colon = message.payload.find(':');
+    auto key = message.payload.substr(0, colon);
+    auto n = std::stol(message.payload.substr(colon + 1));
+    if (key != message.key || n != last_per_key[key] + 1) ++out_of_order;
+    last_per_key[key] = n;
+  }
+  CHECK(duplicates == 0);
+  CHECK(phantoms == 0);
+  CHECK(out_of_order == 0);
+  CHECK(static_cast<long>(stored.size()) == committed);
+}
+
+inline void exec_sql(const std::filesystem::path& db, const std::string& sql) {
+  sqlite3* handle = nullptr;
+  REQUIRE(sqlite3_open(db.c_str(), &handle) == SQLITE_OK);
+  sqlite3_busy_timeout(handle, 10000);
+  char* error = nullptr;
+  int rc = sqlite3_exec(handle, sql.c_str(), nullptr, nullptr, &error);
+  std::string text = error != nullptr ? error : "";
+  sqlite3_free(error);
+  sqlite3_close(handle);
+  INFO(text);
+  REQUIRE(rc == SQLITE_OK);
+}
+
+inline std::uint64_t broker_counter(const std::string& endpoint, const std::string& name) {
+  broker::Client client(endpoint);
+  auto stats = client.stats(20s);
+  REQUIRE(stats.ok());
+  return broker_test::counter(*stats, name);
+}
+
+}  // namespace relay_test

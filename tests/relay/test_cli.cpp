@@ -1,0 +1,136 @@
+// outbox-relay's command line: bad input gets a one-line error and a
+// distinct exit code; an unreachable broker is retried, not fatal.
+#include <fstream>
+
+#include <zmq.hpp>
+
+#include "relay_harness.hpp"
+
+using namespace relay_test;
+
+namespace {
+
+constexpr int kExitUsage = 2;
+constexpr int kExitStorage = 3;
+constexpr int kExitNotFound = 7;
+
+test_support::RunResult relay_cli(const std::vector<std::string>& args) {
+  return test_support::run(relay_binary(), args, 30s);
+}
+
+void check_one_line_error(const test_support::RunResult& result, int code, const std::string& needle) {
+  INFO(result.err);
+  CHECK(result.status.exited);
+  CHECK(result.status.code == code);
+  CHECK(result.err.find(needle) != std::string::npos);
+  auto error_lines = test_support::lines(result.err);
+  CHECK(error_lines.size() <= 2);  // the error, and at most CLI11's "run with --help" hint
+}
+
+// A loopback endpoint nobody listens on: bind a port the system picks, then free it.
+std::string unused_endpoint() {
+  zmq::context_t context;
+  zmq::socket_t socket(context, zmq::socket_type::router);
+  socket.bind("tcp://127.0.0.1:*");
+  auto endpoint = socket.get(zmq::sockopt::last_endpoint);
+  socket.close();
+  return endpoint;
+}
+
+}  // namespace
+
+TEST_CASE("outbox-relay refuses bad flags and values with exit code 2", "[relay][cli]") {
+  test_support::TempDir dir("relay-cli");
+  check_one_line_error(relay_cli({"run", "--db", "x.db", "--no-such-flag"}), kExitUsage,
+                       "--no-such-flag");
+  check_one_line_error(relay_cli({"run"}), kExitUsage, "--db");
+  check_one_line_error(relay_cli({"frobnicate"}), kExitUsage, "frobnicate");
+  check_one_line_error(relay_cli({"run", "--db", "x.db", "--on-dead", "maybe"}), kExitUsage,
+                       "--on-dead");
+  check_one_line_error(relay_cli({"run", "--db", "x.db", "--batch-size", "0"}), kExitUsage,
+                       "--batch-size");
+
+  produce(dir / "app.db", 1, 1);
+  check_one_line_error(
+      relay_cli({"run", "--db", (dir / "app.db").string(), "--ack-timeout", "soon"}), kExitUsage,
+      "--ack-timeout");
+  check_one_line_error(
+      relay_cli({"replay", "--db", (dir / "app.db").string()}), kExitUsage, "--msg-id");
+  check_one_line_error(relay_cli({"drop", "--db", (dir / "app.db").string(), "--msg-id", "nope"}),
+                       kExitNotFound, "nope");
+
+  auto help = relay_cli({"run", "--help"});
+  CHECK(help.status.code == 0);
+  CHECK(help.out.find("--on-dead") != std::string::npos);
+  CHECK(help.out.find("--retention") != std::string::npos);
+}
+
+TEST_CASE("a malformed config file is refused with exit code 2", "[relay][cli]") {
+  test_support::TempDir dir("relay-config-bad");
+  {
+    std::ofstream config(dir / "bad.toml");
+    config << "[run]\ndb = \"x.db\"\nbatch-size = many\n";
+  }
+  auto result = relay_cli({"run", "--config", (dir / "bad.toml").string()});
+  INFO(result.err);
+  CHECK(result.status.code == kExitUsage);
+  CHECK(result.err.find("batch-size") != std::string::npos);
+
+  {
+    std::ofstream config(dir / "unknown.toml");
+    config << "[run]\ndb = \"x.db\"\nbatch_sise = 10\n";
+  }
+  auto unknown = relay_cli({"run", "--config", (dir / "unknown.toml").string()});
+  INFO(unknown.err);
+  CHECK(unknown.status.code == kExitUsage);
+
+  auto missing = relay_cli({"run", "--config", (dir / "missing.toml").string()});
+  CHECK(missing.status.code == kExitUsage);
+  CHECK(missing.err.find("missing.toml") != std::string::npos);
+}
+
+TEST_CASE("a database without the outbox schema is refused with exit code 3", "[relay][cli]") {
+  test_support::TempDir dir("relay-no-schema");
+  auto db = dir / "plain.db";
+  exec_sql(db, "CREATE TABLE orders(id INTEGER PRIMARY KEY)");
+  for (const auto& command : {"run", "status"}) {
+    auto result = relay_cli({command, "--db", db.string()});
+    check_one_line_error(result, kExitStorage, "outbox");
+  }
+  check_one_line_error(relay_cli({"status", "--db", (dir / "missing.db").string()}), kExitStorage,
+                       "missing.db");
+  {
+    std::ofstream garbage(dir / "garbage.db");
+    garbage << "this is not a database, just some text that is long enough to look like a header";
+  }
+  check_one_line_error(relay_cli({"status", "--db", (dir / "garbage.db").string()}), kExitStorage,
+                       "garbage.db");
+}
+
+TEST_CASE("an unreachable broker is retried and logged while the backlog shows in status",
+          "[relay][cli]") {
+  test_support::TempDir dir("relay-unreachable");
+  auto db = dir / "app.db";
+  REQUIRE(produce(db, 50, 2) == 50);
+  RelayProcess relay(dir.path(), db, unused_endpoint(),
+                     {"--connect-timeout", "100ms", "--backoff-max", "200ms"});
+  auto retries = [&] {
+    auto log = relay.log();
+    std::size_t count = 0;
+    for (auto at = log.find("retrying in"); at != std::string::npos;
+         at = log.find("retrying in", at + 1)) {
+      ++count;
+    }
+    return count;
+  };
+  bool retried = test_support::wait_until([&] { return retries() >= 3; }, 30s);
+  INFO(relay.log());
+  REQUIRE(retried);
+  CHECK(relay.process().running());
+  auto backlog = outbox_status(db);
+  CHECK(backlog.pending == 50);
+  CHECK(backlog.delivered_total == 0);
+  auto exit = relay.stop();
+  CHECK(exit.exited);
+  CHECK(exit.code == 0);
+}

@@ -1,0 +1,134 @@
+// outbox-relay forwarding an outbox to a real outbox-broker.
+#include <fstream>
+
+#include <outbox/outbox.hpp>
+
+#include "relay_harness.hpp"
+
+using namespace relay_test;
+
+TEST_CASE("10,000 committed messages are stored exactly once, in per-key order", "[relay]") {
+  test_support::TempDir dir("relay-forward");
+  auto db = dir / "app.db";
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  REQUIRE(produce(db, 10000, 16) == 10000);
+
+  RelayProcess relay(dir.path(), db, broker.endpoint());
+  INFO(relay.log());
+  REQUIRE(wait_delivered(db, 10000));
+  auto after = outbox_status(db);
+  CHECK(after.pending == 0);
+  CHECK(after.dead == 0);
+  CHECK(after.lease_holder.find(':') != std::string::npos);  // host:pid by default
+
+  check_exactly_once_in_order(fetch_all(broker.endpoint()), 10000);
+  CHECK(broker_counter(broker.endpoint(), "stored") == 10000);
+  CHECK(broker_counter(broker.endpoint(), "duplicates") == 0);
+
+  auto exit = relay.stop();
+  CHECK(exit.exited);
+  CHECK(exit.code == 0);
+}
+
+TEST_CASE("rolled-back transactions never reach the broker", "[relay]") {
+  test_support::TempDir dir("relay-rollback");
+  auto db = dir / "app.db";
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  RelayProcess relay(dir.path(), db, broker.endpoint());
+  // Every third transaction rolls back; the relay runs while they commit.
+  auto committed = produce(db, 3000, 5, 3);
+  REQUIRE(committed == 2000);
+  INFO(relay.log());
+  REQUIRE(wait_delivered(db, committed));
+  check_exactly_once_in_order(fetch_all(broker.endpoint()), committed);
+}
+
+namespace {
+
+std::string enqueue_one(outbox::Outbox& box, const std::string& key, const std::string& payload) {
+  outbox::Transaction tx(box);
+  auto result = tx.enqueue({.topic = "orders", .key = key, .payload = payload});
+  tx.commit();
+  return result.msg_id;
+}
+
+}  // namespace
+
+TEST_CASE("a refused message is dead and holds back its key until dropped", "[relay]") {
+  test_support::TempDir dir("relay-dead");
+  auto db = dir / "app.db";
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-message-bytes", "1k"});
+  std::string too_large;
+  {
+    auto box = outbox::Outbox::open(db);
+    enqueue_one(box, "a", "a:1");
+    too_large = enqueue_one(box, "a", std::string(4096, 'x'));  // above the broker's limit
+    enqueue_one(box, "a", "a:2");
+    enqueue_one(box, "b", "b:1");
+  }
+  RelayProcess relay(dir.path(), db, broker.endpoint());
+  INFO(relay.log());
+  REQUIRE(wait_delivered(db, 2));  // a:1 and b:1; a:2 waits behind the dead message
+  REQUIRE(test_support::wait_until([&] { return outbox_status(db).dead == 1; }, 30s, 20ms));
+  CHECK(outbox_status(db).pending == 1);
+
+  auto dead = test_support::run(relay_binary(), {"dead", "--db", db.string(), "--json"});
+  CHECK(dead.status.code == 0);
+  CHECK(dead.out.find(too_large) != std::string::npos);
+  CHECK(dead.out.find("REJECTED") != std::string::npos);
+
+  // Replaying it changes nothing (the broker refuses it again)...
+  auto replay = test_support::run(relay_binary(), {"replay", "--db", db.string(), "--msg-id", too_large});
+  CHECK(replay.status.code == 0);
+  REQUIRE(test_support::wait_until([&] { return outbox_status(db).dead == 1; }, 30s, 20ms));
+  // ...dropping it lets a:2 go.
+  auto drop = test_support::run(relay_binary(), {"drop", "--db", db.string(), "--msg-id", too_large});
+  CHECK(drop.status.code == 0);
+  REQUIRE(wait_delivered(db, 3));
+
+  auto stored = fetch_all(broker.endpoint());
+  std::vector<std::string> payloads;
+  for (const auto& message : stored) payloads.push_back(message.payload);
+  CHECK(payloads == std::vector<std::string>{"a:1", "b:1", "a:2"});
+  CHECK(outbox_status(db).dead == 0);
+}
+
+TEST_CASE("with --on-dead skip later messages of a dead message's key go on", "[relay]") {
+  test_support::TempDir dir("relay-skip");
+  auto db = dir / "app.db";
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-message-bytes", "1k"});
+  {
+    auto box = outbox::Outbox::open(db);
+    enqueue_one(box, "a", "a:1");
+    enqueue_one(box, "a", std::string(4096, 'x'));
+    enqueue_one(box, "a", "a:2");
+  }
+  RelayProcess relay(dir.path(), db, broker.endpoint(), {"--on-dead", "skip"});
+  INFO(relay.log());
+  REQUIRE(wait_delivered(db, 2));
+  CHECK(outbox_status(db).dead == 1);
+  CHECK(outbox_status(db).pending == 0);
+}
+
+TEST_CASE("settings can come from a config file", "[relay]") {
+  test_support::TempDir dir("relay-config");
+  auto db = dir / "app.db";
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  REQUIRE(produce(db, 500, 3) == 500);
+  {
+    std::ofstream config(dir / "relay.toml");
+    config << "# outbox-relay settings\n"
+           << "[run]\n"
+           << "db = \"" << db.string() << "\"\n"
+           << "broker = \"" << broker.endpoint() << "\"\n"
+           << "batch-size = 64\n"
+           << "in-flight = 2\n"
+           << "holder = \"from-config\"\n";
+  }
+  test_support::ChildProcess relay(relay_binary(),
+                                   {"run", "--config", (dir / "relay.toml").string()}, dir.path());
+  INFO(relay.stderr_text());
+  REQUIRE(wait_delivered(db, 500));
+  CHECK(outbox_status(db).lease_holder == "from-config");
+  check_exactly_once_in_order(fetch_all(broker.endpoint()), 500);
+}
