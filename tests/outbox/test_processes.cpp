@@ -147,3 +147,27 @@ TEST_CASE("two consumer processes of the same msg_ids process each one once", "[
                                                "SELECT count(*) FROM shipments WHERE tag = 'c1'")
                      << " of " << messages);
 }
+
+TEST_CASE("a commit in another process wakes the waiting relay side", "[integration]") {
+  test_support::TempDir dir;
+  const auto db_path = (dir / "app.db").string();
+  {
+    auto box = outbox::Outbox::open(db_path);
+    exec(box.db(),
+         "CREATE TABLE events(id INTEGER PRIMARY KEY, tag TEXT NOT NULL, n INTEGER NOT NULL)");
+  }
+  outbox::RelayOptions options;
+  options.poll_interval = std::chrono::minutes(1);  // only the wake-up can end the wait early
+  auto store = outbox::RelayStore::open(db_path, options);
+  CHECK(store.read_pending(10).empty());
+  CHECK_FALSE(store.wait_for_work(std::chrono::milliseconds(1)));  // now listening
+  test_support::ChildProcess producer(OUTBOX_BIN_OUTBOX_TEST_PRODUCER, {db_path, "1", "p"},
+                                      dir.path());
+  const auto started = std::chrono::steady_clock::now();
+  CHECK(store.wait_for_work(std::chrono::seconds(50)));
+  CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(50));
+  auto status = producer.wait_for(std::chrono::seconds(60));
+  REQUIRE(status);
+  CHECK(status->code == 0);
+  CHECK(store.read_pending(10).size() == 1);
+}

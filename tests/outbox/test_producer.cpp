@@ -340,3 +340,33 @@ TEST_CASE("misuse is refused with a clear error") {
   CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages") == 1);
   CHECK_THROWS_AS(outbox::enqueue(nullptr, order_message()), outbox::Error);
 }
+
+TEST_CASE("the relay sees a message only once its transaction committed") {
+  test_support::TempDir dir;
+  auto box = outbox::Outbox::open(dir / "app.db");
+  auto store = outbox::RelayStore::open(dir / "app.db");
+  {
+    outbox::Transaction tx(box);
+    tx.enqueue(order_message("rolled back"));
+    CHECK(store.read_pending(10).empty());  // open, uncommitted: invisible
+    tx.rollback();
+  }
+  outbox::Transaction tx(box);
+  tx.enqueue(order_message("committed"));
+  CHECK(store.read_pending(10).empty());
+  tx.commit();
+  auto pending = store.read_pending(10);
+  REQUIRE(pending.size() == 1);
+  CHECK(pending[0].payload == "committed");
+  CHECK(store.stats().pending == 1);
+}
+
+TEST_CASE("durability levels map to SQLite's synchronous setting") {
+  test_support::TempDir dir;
+  CHECK(query_int(outbox::Outbox::open(dir / "normal.db").db(), "PRAGMA synchronous") == 1);
+  outbox::Options full;
+  full.durability = outbox::Durability::full;
+  auto box = outbox::Outbox::open(dir / "full.db", full);
+  CHECK(query_int(box.db(), "PRAGMA synchronous") == 2);
+  CHECK(query_int(box.db(), "PRAGMA busy_timeout") == 5000);
+}
