@@ -28,6 +28,13 @@
 // DeadPolicy::block (the default). Messages without a key form one group per
 // topic.
 //
+// Costs. read_pending() scans from max(after_seq, cursor); while a blocked
+// message holds the cursor back, a read from a small after_seq (a restart)
+// walks over the settled rows behind it once. Each fenced write holds SQLite's
+// write lock for the length of one batch, during which producers wait (busy
+// timeout): keep batches to a few thousand messages. The store also runs WAL
+// checkpoints (RelayOptions::checkpoint_pages), which never block producers.
+//
 // Ownership and thread safety. A RelayStore owns its own connection; use it
 // from one thread at a time. Any number of RelayStores (other processes, the
 // operator CLI) may open the same database; the lease decides which relay
