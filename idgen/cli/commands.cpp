@@ -368,6 +368,14 @@ int run_bench(const BenchOptions& options, const std::shared_ptr<spdlog::logger>
       counts[t] = made;
     });
   }
+  // Start on a tick boundary, so the measurement does not get a part-used
+  // first tick's whole sequence for free.
+  const auto clock = SystemClock::shared();
+  const auto tick_now = [&] {
+    return (clock->now_unix_ms() - layout.epoch_unix_ms) / layout.tick_ms;
+  };
+  for (const auto first_tick = tick_now(); tick_now() == first_tick;) {
+  }
   const auto began = std::chrono::steady_clock::now();
   start.store(true, std::memory_order_release);
   // The measurement interval itself, not a synchronisation.
