@@ -91,7 +91,7 @@ TEST_CASE("threads preempted between calls never see a false clock step",
   // issued later ids must not take that for the clock moving backwards. This
   // clock stalls after taking some of its readings, as a preempted thread would.
   class StallingClock final : public idgen::Clock {
-  public:
+   public:
     std::int64_t now_unix_ms() const noexcept override {
       const std::int64_t reading = idgen::SystemClock::shared()->now_unix_ms();
       if (calls_.fetch_add(1, std::memory_order_relaxed) % 512 == 0) {
@@ -100,7 +100,7 @@ TEST_CASE("threads preempted between calls never see a false clock step",
       return reading;
     }
 
-  private:
+   private:
     mutable std::atomic<std::uint64_t> calls_{0};
   };
   idgen::GeneratorOptions options;
