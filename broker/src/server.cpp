@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include <spdlog/sinks/null_sink.h>
@@ -92,14 +93,17 @@ struct Server::Impl {
     bool failed = false;
     std::string producer;
     Clock::time_point last_active;
+    // (topic, key) pairs with a CONFLICT or REJECTED message in this session:
+    // later messages of them are answered BLOCKED, not stored.
+    std::unordered_set<std::string> refused_keys;
   };
 
   struct PendingBatch {
     std::string routing_id;
     std::uint64_t session_id = 0;
     std::uint64_t batch_id = 0;
-    std::size_t first = 0;
-    std::size_t count = 0;
+    // Per message of the batch: its index in `incoming`, or kBlocked.
+    std::vector<std::uint32_t> slots;
     std::unique_ptr<wire::Received> frames;  // the views in `incoming` point into these
   };
 
@@ -289,11 +293,23 @@ struct Server::Impl {
     batch.routing_id = routing_id;
     batch.session_id = session->id;
     batch.batch_id = view->batch_id;
-    batch.first = incoming.size();
-    batch.count = view->messages.size();
+    batch.slots.reserve(view->messages.size());
+    auto max_message_bytes = store.options().max_message_bytes;
     for (const auto& message : view->messages) {
-      incoming.push_back(IncomingMessage{message.msg_id, message.topic, message.key,
-                                         message.headers, message.payload});
+      IncomingMessage incoming_message{message.msg_id, message.topic, message.key, message.headers,
+                                       message.payload};
+      if (!session->refused_keys.empty() &&
+          session->refused_keys.count(refusal_key(message.topic, message.key)) > 0) {
+        batch.slots.push_back(kBlocked);
+        continue;
+      }
+      // A message the store will reject blocks the rest of its key right away,
+      // also later in this same group commit.
+      if (will_be_rejected(incoming_message, max_message_bytes)) {
+        session->refused_keys.insert(refusal_key(message.topic, message.key));
+      }
+      batch.slots.push_back(static_cast<std::uint32_t>(incoming.size()));
+      incoming.push_back(incoming_message);
       pending_bytes += message.payload.size() + message.headers.size() + message.key.size();
     }
     batch.frames = std::move(received);
@@ -305,7 +321,11 @@ struct Server::Impl {
     bool ok = false;
     try {
       auto started = Clock::now();
-      store.append(incoming, outcomes);
+      if (incoming.empty()) {
+        outcomes.clear();
+      } else {
+        store.append(incoming, outcomes);
+      }
       counters.append_nanoseconds += static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - started).count());
       ok = true;
@@ -329,10 +349,25 @@ struct Server::Impl {
       for (const auto& batch : pending) {
         wire::Ack ack;
         ack.batch_id = batch.batch_id;
-        ack.entries.reserve(batch.count);
-        for (std::size_t i = batch.first; i < batch.first + batch.count; ++i) {
-          const auto& outcome = outcomes[i];
+        ack.entries.reserve(batch.slots.size());
+        Session* session = find_session(batch.routing_id);
+        if (session != nullptr && session->id != batch.session_id) session = nullptr;
+        for (auto slot : batch.slots) {
           wire::AckEntry entry;
+          if (slot == kBlocked) {
+            ++counters.blocked;
+            entry.status = wire::AckStatus::blocked;
+            entry.reason = "an earlier message of this topic and key was refused in this session";
+            ack.entries.push_back(std::move(entry));
+            continue;
+          }
+          auto i = static_cast<std::size_t>(slot);
+          const auto& outcome = outcomes[i];
+          if ((outcome.status == AppendStatus::conflict ||
+               outcome.status == AppendStatus::rejected) &&
+              session != nullptr) {
+            session->refused_keys.insert(refusal_key(incoming[i].topic, incoming[i].partition_key));
+          }
           entry.offset = outcome.offset;
           switch (outcome.status) {
             case AppendStatus::stored:
@@ -362,6 +397,35 @@ struct Server::Impl {
     if (ok && !waiting.empty()) wake_fetches();
   }
 
+  static std::string refusal_key(std::string_view topic, std::string_view key) {
+    std::string text;
+    text.reserve(topic.size() + 1 + key.size());
+    text.append(topic);
+    text.push_back('\0');
+    text.append(key);
+    return text;
+  }
+
+  // The store's validation rules (see Store::append), checked before the
+  // append so that ordering within one group commit can honour them.
+  static bool will_be_rejected(const IncomingMessage& message, std::size_t max_message_bytes) {
+    auto printable = [](char c) { return c > 0x20 && c < 0x7f; };
+    auto topic_char = [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+             c == '.' || c == '_' || c == '-';
+    };
+    if (message.msg_id.empty() || message.msg_id.size() > 255 ||
+        !std::all_of(message.msg_id.begin(), message.msg_id.end(), printable)) {
+      return true;
+    }
+    if (message.topic.empty() || message.topic.size() > 249 ||
+        !std::all_of(message.topic.begin(), message.topic.end(), topic_char)) {
+      return true;
+    }
+    return message.partition_key.size() + message.headers.size() + message.payload.size() >
+           max_message_bytes;
+  }
+
   void note_topic(std::string_view topic) {
     if (std::find(touched_topics.begin(), touched_topics.end(), topic) == touched_topics.end()) {
       touched_topics.emplace_back(topic);
@@ -378,7 +442,7 @@ struct Server::Impl {
       sessions.erase(oldest);
     }
     Session& session = sessions[routing_id];
-    session = Session{++next_session_id, false, hello.producer, Clock::now()};
+    session = Session{++next_session_id, false, hello.producer, Clock::now(), {}};
     ++counters.sessions_opened;
     logger->info("session {} opened by '{}'", session.id, hello.producer);
     reply(routing_id,
@@ -507,6 +571,7 @@ struct Server::Impl {
           {"dedup_entries", store_stats.dedup_entries},
           {"malformed", counters.malformed},
           {"refused_batches", counters.refused_batches},
+          {"blocked", counters.blocked},
           {"storage_failures", counters.storage_failures},
           {"group_commits", counters.group_commits},
           {"batches", counters.batches},
@@ -632,6 +697,8 @@ struct Server::Impl {
     logger->info("stopped after {} group commits, {} messages", counters.group_commits,
                  counters.messages);
   }
+
+  static constexpr std::uint32_t kBlocked = 0xffffffffu;
 
   Store& store;
   ServerOptions options;

@@ -52,13 +52,14 @@ TEST_CASE("new msg_ids are STORED, resends DUPLICATE, changed payloads CONFLICT"
   CHECK(broker.stop().code == 0);
 }
 
-TEST_CASE("a message above --max-message-bytes is REJECTED, its batch neighbours stored") {
+TEST_CASE("a message above --max-message-bytes is REJECTED, other keys go on") {
   test_support::TempDir dir("broker-large");
   BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-message-bytes", "1k"});
   auto client = connect(broker.endpoint());
-  std::vector<wire::OutgoingMessage> batch = {message("small-1", "ok"),
-                                              message("big", std::string(4000, 'x')),
-                                              message("small-2", "ok too"), message("", "no id")};
+  std::vector<wire::OutgoingMessage> batch = {message("small-1", "ok", "orders", "a"),
+                                              message("big", std::string(4000, 'x'), "orders", "b"),
+                                              message("small-2", "ok too", "orders", "c"),
+                                              message("", "no id", "orders", "d")};
   auto ack = client->publish(7, batch, 20s);
   REQUIRE(ack.ok());
   REQUIRE(ack->entries.size() == 4);
@@ -67,13 +68,63 @@ TEST_CASE("a message above --max-message-bytes is REJECTED, its batch neighbours
   CHECK_THAT(ack->entries[1].reason, Catch::Contains("too large"));
   CHECK(ack->entries[2].status == wire::AckStatus::stored);
   CHECK(ack->entries[3].status == wire::AckStatus::rejected);
-  // A rejection is an outcome, not a session failure: the session goes on.
-  auto next = client->publish(8, std::vector{message("small-3", "fine")}, 20s);
+  // A rejection is an outcome, not a session failure: other keys go on.
+  auto next = client->publish(8, std::vector{message("small-3", "fine", "orders", "a")}, 20s);
   REQUIRE(next.ok());
   CHECK(next->entries[0].status == wire::AckStatus::stored);
   auto stats = client->stats(20s);
   REQUIRE(stats.ok());
   CHECK(counter(*stats, "rejected") == 2);
+}
+
+TEST_CASE("after a refused message, later messages of its key in the session are BLOCKED") {
+  test_support::TempDir dir("broker-blocked");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-message-bytes", "1k"});
+  auto client = connect(broker.endpoint());
+  REQUIRE(client->publish(1, std::vector{message("c-1", "original", "orders", "conflicted")}, 20s)
+              .ok());
+
+  std::vector<wire::OutgoingMessage> batch = {
+      message("k-1", "first", "orders", "key-a"),
+      message("k-2", std::string(4000, 'x'), "orders", "key-a"),  // REJECTED
+      message("k-3", "after the refused one", "orders", "key-a"),
+      message("k-4", "other key", "orders", "key-b"),
+      message("c-1", "changed", "orders", "conflicted"),  // CONFLICT
+      message("k-5", "same key, other topic", "payments", "key-a")};
+  // A rejection is known before the write, so it blocks its key even later in
+  // the same group commit; a conflict is known only after the write, so it
+  // blocks the key from the next group commit on: wait for the ack first.
+  auto first_ack = client->publish(2, batch, 20s);
+  REQUIRE(first_ack.ok());
+  std::vector<wire::OutgoingMessage> later = {message("k-6", "later", "orders", "key-a"),
+                                              message("k-7", "later", "orders", "conflicted"),
+                                              message("k-8", "later", "orders", "key-b")};
+  auto second_ack = client->publish(3, later, 20s);
+  REQUIRE(second_ack.ok());
+  std::map<std::uint64_t, wire::Ack> acks = {{2, *first_ack}, {3, *second_ack}};
+  const auto& first = acks.at(2).entries;
+  REQUIRE(first.size() == 6);
+  CHECK(first[0].status == wire::AckStatus::stored);
+  CHECK(first[1].status == wire::AckStatus::rejected);
+  CHECK(first[2].status == wire::AckStatus::blocked);
+  CHECK(first[3].status == wire::AckStatus::stored);
+  CHECK(first[4].status == wire::AckStatus::conflict);
+  CHECK(first[5].status == wire::AckStatus::stored);
+  const auto& second = acks.at(3).entries;
+  REQUIRE(second.size() == 3);
+  CHECK(second[0].status == wire::AckStatus::blocked);
+  CHECK(second[1].status == wire::AckStatus::blocked);
+  CHECK(second[2].status == wire::AckStatus::stored);
+
+  // A new session starts with no blocked keys.
+  REQUIRE(client->hello("test", 20s).ok());
+  auto again = client->publish(
+      4, std::vector{message("k-3", "after the refused one", "orders", "key-a")}, 20s);
+  REQUIRE(again.ok());
+  CHECK(again->entries[0].status == wire::AckStatus::stored);
+  auto stats = client->stats(20s);
+  REQUIRE(stats.ok());
+  CHECK(counter(*stats, "blocked") == 3);
 }
 
 TEST_CASE("a restarted broker still knows every msg_id it acknowledged") {

@@ -13,7 +13,9 @@
 // - After any failure in a session (malformed PUBLISH, wrong session id, a
 //   storage error) every later PUBLISH of that session gets ERROR
 //   session_failed until the peer sends HELLO again, so nothing overtakes a
-//   failed batch. STORED/DUPLICATE/CONFLICT/REJECTED outcomes are not failures.
+//   failed batch. STORED/DUPLICATE/CONFLICT/REJECTED outcomes are not failures,
+//   but after a CONFLICT or REJECTED message, later messages of the same
+//   (topic, key) in that session are answered BLOCKED and not stored.
 // - FETCH answers at once when messages are there, else waits (long-poll) until
 //   a commit stores to the topic or wait_ms passes. COMMIT_OFFSET, PING and
 //   STATS are answered in arrival order after earlier batches of the round.
@@ -103,6 +105,7 @@ struct ServerOptions {
 struct ServerCounters {
   std::uint64_t malformed = 0;         // frames that failed to decode
   std::uint64_t refused_batches = 0;   // PUBLISH answered with no_session / session_failed
+  std::uint64_t blocked = 0;           // messages answered BLOCKED
   std::uint64_t storage_failures = 0;  // group commits that threw
   std::uint64_t group_commits = 0;
   std::uint64_t batches = 0;
