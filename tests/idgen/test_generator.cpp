@@ -238,7 +238,7 @@ TEST_CASE("an expired layout cannot make a generator", "[idgen][generator][expir
   }
 }
 
-TEST_CASE("less than 5 years left logs a warning; running out fails next()",
+TEST_CASE("less than 5 years left logs a warning, and running out fails next()",
           "[idgen][generator][expiry]") {
   const Layout layout = Layout::standard();
   auto clock = std::make_shared<ManualClock>(layout.expires_unix_ms() - 365LL * 86'400'000);
