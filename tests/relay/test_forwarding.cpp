@@ -34,6 +34,7 @@ TEST_CASE("rolled-back transactions never reach the broker", "[relay]") {
   test_support::TempDir dir("relay-rollback");
   auto db = dir / "app.db";
   BrokerProcess broker(dir.path(), dir / "broker.db");
+  REQUIRE(produce(db, 0, 1) == 0);  // the schema, so the relay can start first
   RelayProcess relay(dir.path(), db, broker.endpoint());
   // Every third transaction rolls back; the relay runs while they commit.
   auto committed = produce(db, 3000, 5, 3);
