@@ -16,6 +16,7 @@
 
 #include "cli/args.hpp"
 #include "cli/json.hpp"
+#include "broker/server.hpp"
 #include "cli/process.hpp"
 #include "outbox/relay_store.hpp"
 #include "relay/broker_sink.hpp"
@@ -89,7 +90,7 @@ struct RunSettings {
   std::string sync = "normal";
   std::string summary_interval = "5s";
   std::string drain_timeout = "5s";
-  std::string curve_server_key_file;
+  std::string curve_server_public_key_file;
   std::string curve_secret_key_file;
   std::string log_level = "info";
 };
@@ -124,14 +125,14 @@ int run_relay(const RunSettings& settings) {
   relay::BrokerSinkOptions sink_options;
   sink_options.endpoint = settings.broker;
   sink_options.producer = settings.holder;
-  if (!settings.curve_server_key_file.empty() || !settings.curve_secret_key_file.empty()) {
-    if (settings.curve_server_key_file.empty() || settings.curve_secret_key_file.empty()) {
-      throw UsageError("CURVE needs both --curve-server-key-file and --curve-secret-key-file");
+  if (!settings.curve_server_public_key_file.empty() || !settings.curve_secret_key_file.empty()) {
+    if (settings.curve_server_public_key_file.empty() || settings.curve_secret_key_file.empty()) {
+      throw UsageError("CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
     }
     try {
       sink_options.curve = relay::BrokerCurveKeys{
-          cli::read_z85_key_file(settings.curve_server_key_file),
-          cli::read_z85_key_file(settings.curve_secret_key_file)};
+          broker::read_curve_key_file(settings.curve_server_public_key_file),
+          broker::read_curve_key_file(settings.curve_secret_key_file)};
     } catch (const std::runtime_error& error) {
       std::fprintf(stderr, "outbox-relay: %s\n", error.what());
       return cli::exit_endpoint;
@@ -309,7 +310,7 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--drain-timeout", run.drain_timeout,
                       "On SIGINT/SIGTERM, how long to wait for in-flight acknowledgements")
       ->capture_default_str();
-  run_cmd->add_option("--curve-server-key-file", run.curve_server_key_file,
+  run_cmd->add_option("--curve-server-public-key-file", run.curve_server_public_key_file,
                       "Broker's CURVE public key (Z85), enables encryption");
   run_cmd->add_option("--curve-secret-key-file", run.curve_secret_key_file,
                       "This relay's CURVE secret key (Z85)");

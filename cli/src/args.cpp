@@ -2,9 +2,7 @@
 
 #include <cctype>
 #include <charconv>
-#include <fstream>
 #include <limits>
-#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -65,20 +63,6 @@ std::optional<std::uint64_t> parse_size(std::string_view text) {
   else return std::nullopt;
   if (!multiply(value, factor)) return std::nullopt;
   return value;
-}
-
-std::string read_z85_key_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot read key file " + path.string());
-  std::string line;
-  while (std::getline(in, line)) {
-    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-    if (line.empty() || line.front() == '#') continue;
-    if (line.size() == 40) return line;
-    break;
-  }
-  throw std::runtime_error("key file " + path.string() +
-                           " does not hold a 40-character Z85 CURVE key");
 }
 
 }  // namespace cli

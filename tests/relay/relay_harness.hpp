@@ -124,8 +124,9 @@ inline bool wait_delivered(const std::filesystem::path& db, long expected,
 
 // Everything the broker stored on a topic, in offset order.
 inline std::vector<wire::StoredMessage> fetch_all(const std::string& endpoint,
-                                                  const std::string& topic = "orders") {
-  broker::Client client(endpoint);
+                                                  const std::string& topic = "orders",
+                                                  broker::ClientOptions options = {}) {
+  broker::Client client(endpoint, options);
   std::vector<wire::StoredMessage> all;
   std::uint64_t from = 1;
   for (int round = 0; round < 100000; ++round) {
@@ -141,6 +142,15 @@ inline std::vector<wire::StoredMessage> fetch_all(const std::string& endpoint,
     from = reply->next_offset;
   }
   return all;
+}
+
+inline std::vector<wire::StoredMessage> fetch_all_curve(const std::string& endpoint,
+                                                        const std::string& server_public,
+                                                        const std::string& client_public,
+                                                        const std::string& client_secret) {
+  broker::ClientOptions options;
+  options.curve = broker::CurveClientConfig{server_public, client_public, client_secret};
+  return fetch_all(endpoint, "orders", options);
 }
 
 // Checks the broker's copy of the orders topic against what the producers

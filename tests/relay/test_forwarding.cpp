@@ -1,6 +1,8 @@
 // outbox-relay forwarding an outbox to a real outbox-broker.
 #include <fstream>
 
+#include <zmq.h>
+
 #include <outbox/outbox.hpp>
 
 #include "relay_harness.hpp"
@@ -132,4 +134,47 @@ TEST_CASE("settings can come from a config file", "[relay]") {
   REQUIRE(wait_delivered(db, 500));
   CHECK(outbox_status(db).lease_holder == "from-config");
   check_exactly_once_in_order(fetch_all(broker.endpoint()), 500);
+}
+
+TEST_CASE("with CURVE the relay forwards only with a key the broker allows", "[relay]") {
+  if (!zmq_has("curve")) {
+    WARN("libzmq without CURVE: not tested");
+    return;
+  }
+  test_support::TempDir dir("relay-curve");
+  char server_public[41], server_secret[41], relay_public[41], relay_secret[41], other_public[41],
+      other_secret[41];
+  REQUIRE(zmq_curve_keypair(server_public, server_secret) == 0);
+  REQUIRE(zmq_curve_keypair(relay_public, relay_secret) == 0);
+  REQUIRE(zmq_curve_keypair(other_public, other_secret) == 0);
+  std::ofstream(dir / "server.secret") << server_secret << "\n";
+  std::ofstream(dir / "server.public") << server_public << "\n";
+  std::ofstream(dir / "allowed") << "# relays\n" << relay_public << "\n";
+  std::ofstream(dir / "relay.secret") << relay_secret << "\n";
+  std::ofstream(dir / "other.secret") << other_secret << "\n";
+  BrokerProcess broker(dir.path(), dir / "broker.db",
+                       {"--curve-secret-key-file", (dir / "server.secret").string(),
+                        "--allowed-clients-file", (dir / "allowed").string()});
+  auto db = dir / "app.db";
+  REQUIRE(produce(db, 200, 2) == 200);
+
+  {
+    RelayProcess intruder(dir.path(), db, broker.endpoint(),
+                          {"--curve-server-public-key-file", (dir / "server.public").string(),
+                           "--curve-secret-key-file", (dir / "other.secret").string(),
+                           "--connect-timeout", "200ms"});
+    REQUIRE(test_support::wait_until(
+        [&] { return intruder.log().find("retrying in") != std::string::npos; }, 30s));
+    CHECK(outbox_status(db).delivered_total == 0);
+    CHECK(intruder.stop().code == 0);
+  }
+
+  RelayProcess relay(dir.path(), db, broker.endpoint(),
+                     {"--curve-server-public-key-file", (dir / "server.public").string(),
+                      "--curve-secret-key-file", (dir / "relay.secret").string()});
+  INFO(relay.log());
+  REQUIRE(wait_delivered(db, 200));
+  check_exactly_once_in_order(fetch_all_curve(broker.endpoint(), server_public, relay_public,
+                                              relay_secret),
+                              200);
 }

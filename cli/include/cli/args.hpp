@@ -18,14 +18,3 @@ std::optional<std::uint64_t> parse_size(std::string_view text);
 
 }  // namespace cli
 
-#include <filesystem>
-#include <string>
-
-namespace cli {
-
-// Reads a CURVE key file: the first line that is 40 Z85 characters (blank
-// lines and lines starting with '#' are skipped). Throws std::runtime_error
-// naming the file when it cannot be read or holds no key.
-std::string read_z85_key_file(const std::filesystem::path& path);
-
-}  // namespace cli

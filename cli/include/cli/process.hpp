@@ -10,7 +10,8 @@
 
 namespace cli {
 
-// Exit codes, the same for every program of the toolkit.
+// Exit codes shared by the daemons and their tools (idgen keeps the codes its
+// own documentation lists).
 enum ExitCode : int {
   exit_ok = 0,
   exit_failure = 1,      // unexpected error

@@ -19,7 +19,8 @@
 #include "broker/client.hpp"
 #include "broker/server.hpp"
 #include "broker/store.hpp"
-#include "broker/tools.hpp"
+#include "cli/args.hpp"
+#include "format.hpp"
 
 namespace {
 
@@ -98,22 +99,22 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   auto sync = broker::parse_sync_mode(settings.sync);
   if (!sync) throw UsageError("--sync must be full or normal, got '" + settings.sync + "'");
   store_options.sync = *sync;
-  auto max_bytes = broker::parse_size(settings.max_message_bytes);
+  auto max_bytes = cli::parse_size(settings.max_message_bytes);
   if (!max_bytes || *max_bytes == 0 || *max_bytes > (std::uint64_t{1} << 30)) {
     throw UsageError("--max-message-bytes must be a size between 1 and 1g, got '" +
                      settings.max_message_bytes + "'");
   }
   store_options.max_message_bytes = *max_bytes;
-  auto window = broker::parse_duration(settings.dedup_window);
+  auto window = cli::parse_duration(settings.dedup_window);
   if (!window) throw UsageError("--dedup-window: cannot read '" + settings.dedup_window + "'");
   store_options.dedup_window = *window;
-  auto retention = broker::parse_duration(settings.retention);
+  auto retention = cli::parse_duration(settings.retention);
   if (!retention) throw UsageError("--retention: cannot read '" + settings.retention + "'");
   store_options.retention = *retention;
-  auto cache = broker::parse_size(settings.cache);
+  auto cache = cli::parse_size(settings.cache);
   if (!cache) throw UsageError("--cache: cannot read '" + settings.cache + "'");
   store_options.cache_bytes = *cache;
-  auto max_database = broker::parse_size(settings.max_database_size);
+  auto max_database = cli::parse_size(settings.max_database_size);
   if (!max_database) {
     throw UsageError("--max-database-size: cannot read '" + settings.max_database_size + "'");
   }
