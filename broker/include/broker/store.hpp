@@ -15,7 +15,9 @@
 //   auto page = store.fetch("orders", 1, 100, 1 << 20);
 //
 // Offsets start at 1 in every topic and grow by one per stored message; 0 means
-// "none" (an empty topic's last offset, a group that never committed).
+// "none" (an empty topic's last offset, a group that never committed). A topic
+// holds up to 2^40 - 1 offsets and a store up to 2^23 - 1 topics; beyond that
+// append() throws StoreError (SQLITE_FULL).
 //
 // Durability. With SyncMode::full append() returns only after everything it
 // wrote is fsync'ed: an acknowledged message survives a power loss. With
@@ -212,6 +214,8 @@ class Store {
   // Consumer-group offsets: `offset` is the last offset the group has
   // processed; a restarted consumer fetches from committed_offset() + 1.
   // Committing a lower offset than before rewinds the group. Durable on return.
+  // Throws std::invalid_argument for an empty or over-long (> 255 bytes) group,
+  // an invalid topic name or an offset beyond the largest possible offset.
   void commit_offset(std::string_view group, std::string_view topic, std::uint64_t offset);
   // 0 when the group never committed for this topic.
   std::uint64_t committed_offset(std::string_view group, std::string_view topic) const;
