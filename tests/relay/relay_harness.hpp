@@ -82,6 +82,7 @@ struct Status {
   long delivered_total = -1;
   long dead = -1;
   std::string lease_holder;
+  bool lease_expired = false;
 };
 
 inline Status outbox_status(const std::filesystem::path& db) {
@@ -97,6 +98,7 @@ inline Status outbox_status(const std::filesystem::path& db) {
   s.pending = number("pending");
   s.delivered_total = number("delivered_total");
   s.dead = number("dead");
+  s.lease_expired = result.out.find("\"expired\":true") != std::string::npos;
   auto holder = result.out.find("\"holder\":\"");
   if (holder != std::string::npos) {
     auto start = holder + 10;
