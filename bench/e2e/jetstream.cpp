@@ -1,0 +1,390 @@
+#include "jetstream.hpp"
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+#include "child_process.hpp"
+#include "progress.hpp"
+
+#if OUTBOX_BENCH_HAVE_NATS
+#include <nats/nats.h>
+#endif
+
+namespace bench {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string resolve_in_path(const std::string& program) {
+  if (program.find('/') != std::string::npos) return program;
+  const char* path = std::getenv("PATH");
+  std::string entries = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  entries += ":/usr/sbin:/sbin";
+  std::size_t start = 0;
+  while (start <= entries.size()) {
+    auto end = entries.find(':', start);
+    if (end == std::string::npos) end = entries.size();
+    auto candidate = fs::path(entries.substr(start, end - start)) / program;
+    std::error_code error;
+    if (!candidate.empty() && fs::is_regular_file(candidate, error)) return candidate.string();
+    start = end + 1;
+  }
+  return program;
+}
+
+}  // namespace
+
+std::string nats_server_version(const std::string& server_binary) {
+  auto binary = resolve_in_path(server_binary);
+  std::string command = "'" + binary + "' --version 2>&1";
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(command.c_str(), "r"), ::pclose);
+  if (!pipe) return {};
+  char buffer[256] = {};
+  if (!std::fgets(buffer, sizeof buffer, pipe.get())) return {};
+  std::string text = buffer;
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  auto at = text.find(": ");  // "nats-server: v2.9.10"
+  return at == std::string::npos ? text : text.substr(at + 2);
+}
+
+#if !OUTBOX_BENCH_HAVE_NATS
+
+bool jetstream_available() {
+  return false;
+}
+void jetstream_shutdown() {}
+JetStreamResult run_jetstream(const JetStreamSettings&, const Dataset&) {
+  throw std::runtime_error("outbox-bench was built without libnats (install libnats-dev)");
+}
+
+#else
+
+bool jetstream_available() {
+  return true;
+}
+void jetstream_shutdown() {
+  nats_Close();
+}
+
+namespace {
+
+constexpr const char* stream_name = "BENCH";
+constexpr const char* publish_subject = "bench.drain";
+constexpr const char* latency_subject = "bench.latency";
+
+void check(natsStatus status, const std::string& what) {
+  if (status == NATS_OK) return;
+  natsStatus last = NATS_OK;
+  const char* detail = nats_GetLastError(&last);
+  throw std::runtime_error(what + ": " + natsStatus_GetText(status) +
+                           (detail && *detail ? std::string(" (") + detail + ")" : ""));
+}
+
+// Shared with the library's acknowledgement thread.
+struct AckState {
+  std::atomic<std::uint64_t> acks{0};
+  std::atomic<std::uint64_t> duplicates{0};
+  std::atomic<std::uint64_t> errors{0};
+  // Latency pass only: msg_id -> index, and where to write ack times.
+  const std::unordered_map<std::string, std::size_t>* index_of = nullptr;
+  std::vector<std::int64_t>* ack_ns = nullptr;
+  std::mutex mutex;
+  std::string first_error;
+
+  void reset() {
+    acks = 0;
+    duplicates = 0;
+    errors = 0;
+    index_of = nullptr;
+    ack_ns = nullptr;
+  }
+};
+
+void on_ack(jsCtx*, natsMsg* msg, jsPubAck* ack, jsPubAckErr* failure, void* closure) {
+  auto& state = *static_cast<AckState*>(closure);
+  if (ack != nullptr) {
+    if (state.index_of != nullptr) {
+      auto now = steady_ns();
+      const char* id = nullptr;
+      if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != nullptr) {
+        auto found = state.index_of->find(id);
+        if (found != state.index_of->end()) (*state.ack_ns)[found->second] = now;
+      }
+    }
+    if (ack->Duplicate) state.duplicates.fetch_add(1, std::memory_order_relaxed);
+    state.acks.fetch_add(1, std::memory_order_release);
+  } else {
+    state.errors.fetch_add(1, std::memory_order_relaxed);
+    std::lock_guard lock(state.mutex);
+    if (state.first_error.empty() && failure != nullptr) {
+      state.first_error = std::string(natsStatus_GetText(failure->Err)) +
+                          (failure->ErrText ? std::string(": ") + failure->ErrText : "");
+    }
+  }
+  natsMsg_Destroy(msg);
+}
+
+class NatsServer {
+ public:
+  NatsServer(const JetStreamSettings& settings, const fs::path& dir) {
+    auto binary = resolve_in_path(settings.server_binary);
+    // A port the system just handed out; if another program takes it before
+    // nats-server binds, the start fails and is tried again on a new port.
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      port_ = free_loopback_port();
+      process_ = std::make_unique<ChildProcess>(
+          "nats-server", binary,
+          std::vector<std::string>{"-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd",
+                                   (dir / "jetstream").string()},
+          dir);
+      url_ = "nats://127.0.0.1:" + std::to_string(port_);
+      if (connect_when_ready()) return;
+      process_.reset();
+    }
+    throw std::runtime_error("nats-server did not start");
+  }
+  ~NatsServer() {
+    if (connection_ != nullptr) natsConnection_Destroy(connection_);
+  }
+  natsConnection* connection() const { return connection_; }
+  ChildProcess& process() { return *process_; }
+  void stop() {
+    if (connection_ != nullptr) {
+      natsConnection_Destroy(connection_);
+      connection_ = nullptr;
+    }
+    process_->stop(15s);
+  }
+
+ private:
+  bool connect_when_ready() {
+    natsOptions* options = nullptr;
+    check(natsOptions_Create(&options), "natsOptions_Create");
+    std::unique_ptr<natsOptions, void (*)(natsOptions*)> guard(options, natsOptions_Destroy);
+    check(natsOptions_SetURL(options, url_.c_str()), "natsOptions_SetURL");
+    check(natsOptions_SetTimeout(options, 2000), "natsOptions_SetTimeout");
+    check(natsOptions_SetMaxReconnect(options, 0), "natsOptions_SetMaxReconnect");
+    bool connected = wait_until(
+        [&] {
+          if (!process_->running()) return true;
+          return natsConnection_Connect(&connection_, options) == NATS_OK;
+        },
+        20s, 5ms);
+    if (!connected || connection_ == nullptr) {
+      progress("jetstream: nats-server on port " + std::to_string(port_) +
+               " did not come up: " + process_->log_tail(500));
+      connection_ = nullptr;
+      return false;
+    }
+    return true;
+  }
+
+  int port_ = 0;
+  std::string url_;
+  std::unique_ptr<ChildProcess> process_;
+  natsConnection* connection_ = nullptr;
+};
+
+std::uint64_t stream_messages(jsCtx* js) {
+  jsStreamInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  check(js_GetStreamInfo(&info, js, stream_name, nullptr, &code), "js_GetStreamInfo");
+  auto count = info->State.Msgs;
+  jsStreamInfo_Destroy(info);
+  return count;
+}
+
+void publish_one(jsCtx* js, const char* subject, const std::string& msg_id,
+                 const std::string& payload) {
+  natsMsg* msg = nullptr;
+  check(natsMsg_Create(&msg, subject, nullptr, payload.data(), static_cast<int>(payload.size())),
+        "natsMsg_Create");
+  auto status = natsMsgHeader_Set(msg, "Nats-Msg-Id", msg_id.c_str());
+  if (status == NATS_OK) status = js_PublishMsgAsync(js, &msg, nullptr);
+  if (msg != nullptr) natsMsg_Destroy(msg);  // still ours only when the publish failed
+  check(status, "js_PublishMsgAsync");
+}
+
+void wait_complete(jsCtx* js, std::size_t count) {
+  jsPubOptions options;
+  jsPubOptions_Init(&options);
+  options.MaxWait = 60'000 + static_cast<std::int64_t>(count / 10);
+  check(js_PublishAsyncComplete(js, &options), "js_PublishAsyncComplete");
+}
+
+// Publishes data[0..n) asynchronously; returns seconds from the first publish
+// to the last acknowledgement.
+double publish_all(jsCtx* js, const Dataset& data) {
+  auto started = steady_ns();
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    if ((i & 4095) == 0) check_interrupted();
+    publish_one(js, publish_subject, data.msg_ids[i], data.payloads[i]);
+  }
+  wait_complete(js, data.size());
+  return static_cast<double>(steady_ns() - started) / 1e9;
+}
+
+}  // namespace
+
+JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& data) {
+  JetStreamResult result;
+  result.server_version = nats_server_version(settings.server_binary);
+  static const bool opened = [] {
+    check(nats_Open(-1), "nats_Open");
+    return true;
+  }();
+  (void)opened;
+
+  TempDir dir("outbox-bench-nats");
+  NatsServer server(settings, dir.path());
+  progress("jetstream: nats-server " + result.server_version + " up, file storage in " +
+           dir.path().string());
+
+  AckState state;
+  jsOptions js_options;
+  jsOptions_Init(&js_options);
+  js_options.Wait = 10'000;
+  js_options.PublishAsync.MaxPending = static_cast<std::int64_t>(settings.max_pending);
+  js_options.PublishAsync.AckHandler = on_ack;
+  js_options.PublishAsync.AckHandlerClosure = &state;
+  js_options.PublishAsync.StallWait = 10'000;
+  jsCtx* js = nullptr;
+  check(natsConnection_JetStream(&js, server.connection(), &js_options), "JetStream context");
+  std::unique_ptr<jsCtx, void (*)(jsCtx*)> js_guard(js, jsCtx_Destroy);
+
+  {
+    jsStreamConfig config;
+    jsStreamConfig_Init(&config);
+    config.Name = stream_name;
+    const char* subjects[] = {"bench.>"};
+    config.Subjects = subjects;
+    config.SubjectsLen = 1;
+    config.Storage = js_FileStorage;
+    config.Duplicates = settings.duplicate_window_seconds * 1'000'000'000LL;
+    jsStreamInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    check(js_AddStream(&info, js, &config, nullptr, &code), "js_AddStream");
+    jsStreamInfo_Destroy(info);
+  }
+
+  // ---- publish -----------------------------------------------------------
+  progress("jetstream: async publish of " + std::to_string(data.size()) + " messages (" +
+           std::to_string(settings.max_pending) + " in flight)");
+  state.reset();
+  result.messages = data.size();
+  result.publish_seconds = publish_all(js, data);
+  result.publish_msgs_per_sec = static_cast<double>(data.size()) / result.publish_seconds;
+  if (state.acks.load(std::memory_order_acquire) != data.size() || state.errors.load() != 0) {
+    result.problems.push_back("jetstream publish: " + std::to_string(state.acks.load()) +
+                              " acks and " + std::to_string(state.errors.load()) + " errors for " +
+                              std::to_string(data.size()) + " messages" +
+                              (state.first_error.empty() ? "" : " (" + state.first_error + ")"));
+  }
+  if (state.duplicates.load() != 0) {
+    result.problems.push_back("jetstream publish: " + std::to_string(state.duplicates.load()) +
+                              " new messages were reported as duplicates");
+  }
+  {
+    char line[160];
+    std::snprintf(line, sizeof line, "jetstream: publish %.0f msg/s (%zu in %.3f s)",
+                  result.publish_msgs_per_sec, data.size(), result.publish_seconds);
+    progress(line);
+  }
+
+  // ---- latency -----------------------------------------------------------
+  std::size_t latency_count = 0;
+  if (settings.rate > 0 && settings.latency_seconds > 0) {
+    latency_count =
+        static_cast<std::size_t>(std::llround(settings.rate * settings.latency_seconds));
+    auto messages = make_dataset(latency_count, settings.payload_bytes, 1, 100, settings.seed + 3);
+    std::unordered_map<std::string, std::size_t> index_of;
+    index_of.reserve(latency_count);
+    for (std::size_t i = 0; i < latency_count; ++i) index_of.emplace(messages.msg_ids[i], i);
+    std::vector<std::int64_t> publish_ns(latency_count, 0), ack_ns(latency_count, 0);
+    state.reset();
+    state.index_of = &index_of;
+    state.ack_ns = &ack_ns;
+    progress("jetstream: latency, " + std::to_string(static_cast<long>(settings.rate)) +
+             " msg/s for " + std::to_string(settings.latency_seconds) + " s, publish to PubAck");
+    const double period_ns = 1e9 / settings.rate;
+    auto start_point = Clock::now();
+    auto started = steady_ns();
+    for (std::size_t i = 0; i < latency_count; ++i) {
+      if ((i & 1023) == 0) check_interrupted();
+      std::this_thread::sleep_until(
+          start_point +
+          std::chrono::nanoseconds(static_cast<std::int64_t>(period_ns * static_cast<double>(i))));
+      publish_ns[i] = steady_ns();
+      publish_one(js, latency_subject, messages.msg_ids[i], messages.payloads[i]);
+    }
+    auto finished = steady_ns();
+    wait_complete(js, latency_count);
+    auto acked = state.acks.load(std::memory_order_acquire);
+    state.index_of = nullptr;
+    state.ack_ns = nullptr;
+    result.latency_offered_rate = settings.rate;
+    result.latency_achieved_rate =
+        static_cast<double>(latency_count) / (static_cast<double>(finished - started) / 1e9);
+    for (std::size_t i = 0; i < latency_count; ++i) {
+      if (ack_ns[i] > 0) result.latency_ns.push_back(ack_ns[i] - publish_ns[i]);
+    }
+    if (acked != latency_count || result.latency_ns.size() != latency_count) {
+      result.problems.push_back("jetstream latency: " + std::to_string(result.latency_ns.size()) +
+                                " of " + std::to_string(latency_count) + " acknowledged");
+    }
+    result.latency = percentiles(result.latency_ns);
+    char line[200];
+    std::snprintf(line, sizeof line,
+                  "jetstream: latency p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms",
+                  result.latency.p50_ms, result.latency.p99_ms, result.latency.p999_ms,
+                  result.latency.max_ms);
+    progress(line);
+  }
+
+  // ---- resend ------------------------------------------------------------
+  progress("jetstream: resend of all " + std::to_string(data.size()) + " msg_ids");
+  state.reset();
+  result.resend_seconds = publish_all(js, data);
+  result.resend_msgs_per_sec = static_cast<double>(data.size()) / result.resend_seconds;
+  result.resend_duplicates = state.duplicates.load();
+  result.resend_all_duplicate = state.acks.load(std::memory_order_acquire) == data.size() &&
+                                result.resend_duplicates == data.size() && state.errors.load() == 0;
+  if (!result.resend_all_duplicate) {
+    result.problems.push_back("jetstream resend: " + std::to_string(result.resend_duplicates) +
+                              " of " + std::to_string(data.size()) + " answered duplicate (acks " +
+                              std::to_string(state.acks.load()) + ", errors " +
+                              std::to_string(state.errors.load()) + ")");
+  }
+  {
+    char line[160];
+    std::snprintf(line, sizeof line, "jetstream: resend %.0f duplicates/s, %llu of %zu duplicate",
+                  result.resend_msgs_per_sec,
+                  static_cast<unsigned long long>(result.resend_duplicates), data.size());
+    progress(line);
+  }
+
+  result.stream_messages = stream_messages(js);
+  if (result.stream_messages != data.size() + latency_count) {
+    result.problems.push_back("jetstream: the stream holds " +
+                              std::to_string(result.stream_messages) + " messages for " +
+                              std::to_string(data.size() + latency_count) + " published");
+  }
+  js_guard.reset();
+  server.stop();
+  return result;
+}
+
+#endif
+
+}  // namespace bench

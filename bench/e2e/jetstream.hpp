@@ -1,0 +1,63 @@
+// The peer: NATS JetStream doing the same work. The benchmark starts
+// nats-server -js on a free loopback port with file storage in a temporary
+// directory, creates a file-backed stream with a duplicate window, and
+// publishes through the NATS C client (libnats):
+//   publish  the same msg_ids (as Nats-Msg-Id) and payloads as the outbox
+//            drain, asynchronously with a bounded number in flight; time from
+//            the first publish to the last PubAck
+//   latency  (optional) publishes at a fixed rate; per message, the time from
+//            the publish call to its PubAck (stored by the server)
+//   resend   every msg_id published again: each PubAck must say duplicate
+// and the stream must hold each message once.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dataset.hpp"
+
+namespace bench {
+
+struct JetStreamSettings {
+  std::string server_binary = "nats-server";  // looked up in PATH when not a path
+  std::size_t max_pending = 4000;             // async publishes in flight
+  double rate = 10'000;                       // latency pass, msg/s; 0 skips it
+  double latency_seconds = 5;
+  std::size_t payload_bytes = 256;
+  std::int64_t duplicate_window_seconds = 600;
+  std::uint64_t seed = 1;
+};
+
+struct JetStreamResult {
+  std::string server_version;
+  std::size_t messages = 0;
+  double publish_seconds = 0;
+  double publish_msgs_per_sec = 0;
+
+  double latency_offered_rate = 0;
+  double latency_achieved_rate = 0;
+  std::vector<std::int64_t> latency_ns;
+  Percentiles latency;
+
+  double resend_seconds = 0;
+  double resend_msgs_per_sec = 0;
+  std::uint64_t resend_duplicates = 0;  // PubAcks with the duplicate flag
+  bool resend_all_duplicate = false;
+
+  std::uint64_t stream_messages = 0;  // what the stream holds at the end
+  std::vector<std::string> problems;  // empty: every check passed
+};
+
+bool jetstream_available();  // false when built without libnats
+
+// The version nats-server reports (empty if it cannot be run).
+std::string nats_server_version(const std::string& server_binary);
+
+JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& data);
+
+// nats_Close() once at program exit (no-op without libnats).
+void jetstream_shutdown();
+
+}  // namespace bench

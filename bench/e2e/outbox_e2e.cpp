@@ -1,0 +1,589 @@
+#include "outbox_e2e.hpp"
+
+#include <sqlite3.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+#include "broker/client.hpp"
+#include "child_process.hpp"
+#include "outbox/outbox.hpp"
+#include "outbox/relay_store.hpp"
+#include "progress.hpp"
+
+namespace bench {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* drain_topic = "bench.drain";
+constexpr const char* live_topic = "bench.live";
+constexpr const char* latency_topic = "bench.latency";
+
+double seconds_between(std::int64_t from_ns, std::int64_t to_ns) {
+  return static_cast<double>(to_ns - from_ns) / 1e9;
+}
+
+std::string format_rate(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.0f", value);
+  return buffer;
+}
+
+// How long a pass may take before the benchmark gives up: generous, bounded.
+std::chrono::milliseconds pass_timeout(std::size_t messages) {
+  return 60s + std::chrono::milliseconds(messages / 2);
+}
+
+class BrokerProcess {
+ public:
+  BrokerProcess(const OutboxSettings& settings, const fs::path& dir) {
+    auto endpoint_file = dir / "broker.endpoint";
+    process_ = std::make_unique<ChildProcess>(
+        "outbox-broker", settings.broker_binary.string(),
+        std::vector<std::string>{"serve", "--db", (dir / "broker.db").string(), "--bind",
+                                 "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file.string(),
+                                 "--sync", settings.sync, "--log-level", "info"},
+        dir);
+    bool up = wait_until(
+        [&] {
+          if (!process_->running()) return true;
+          std::ifstream in(endpoint_file);
+          std::string line;
+          if (std::getline(in, line) && line.rfind("tcp://", 0) == 0) {
+            endpoint_ = line;
+            return true;
+          }
+          return false;
+        },
+        20s, 2ms);
+    if (!up || endpoint_.empty()) {
+      throw std::runtime_error("outbox-broker did not start (" +
+                               std::string(up ? "it exited" : "no endpoint within 20 s") +
+                               "): " + process_->log_tail());
+    }
+  }
+  const std::string& endpoint() const { return endpoint_; }
+  ChildProcess& process() { return *process_; }
+
+ private:
+  std::unique_ptr<ChildProcess> process_;
+  std::string endpoint_;
+};
+
+// The broker's counters, read with STATS (answered by the broker loop after
+// the group commit in progress, so `stored` never runs ahead of the acks).
+class BrokerCounters {
+ public:
+  explicit BrokerCounters(const std::string& endpoint) : client_(endpoint) {}
+  struct Values {
+    std::uint64_t stored = 0, duplicates = 0, conflicts = 0, rejected = 0;
+  };
+  Values read() {
+    auto reply = client_.stats(10s);
+    if (!reply.ok()) {
+      throw std::runtime_error("broker STATS failed: " + reply.error().message);
+    }
+    Values values;
+    for (const auto& [name, value] : reply->counters) {
+      if (name == "stored") values.stored = value;
+      if (name == "duplicates") values.duplicates = value;
+      if (name == "conflicts") values.conflicts = value;
+      if (name == "rejected") values.rejected = value;
+    }
+    return values;
+  }
+
+ private:
+  broker::Client client_;
+};
+
+class RelayProcess {
+ public:
+  RelayProcess(const OutboxSettings& settings, const fs::path& dir, const fs::path& db,
+               const std::string& endpoint, const std::string& name) {
+    std::vector<std::string> args = {"run",    "--db",        db.string(),   "--broker",
+                                     endpoint, "--sync",      settings.sync, "--holder",
+                                     name,     "--log-level", "info"};
+    if (settings.relay_batch > 0) {
+      args.insert(args.end(), {"--batch-size", std::to_string(settings.relay_batch)});
+    }
+    if (settings.relay_in_flight > 0) {
+      args.insert(args.end(), {"--in-flight", std::to_string(settings.relay_in_flight)});
+    }
+    process_ = std::make_unique<ChildProcess>(name, settings.relay_binary.string(), args, dir);
+  }
+  ChildProcess& process() { return *process_; }
+  void stop() {
+    auto status = process_->stop(15s);
+    if (!status.exited || status.code != 0) {
+      throw std::runtime_error("outbox-relay ended with " + status.describe() + ": " +
+                               process_->log_tail());
+    }
+  }
+
+ private:
+  std::unique_ptr<ChildProcess> process_;
+};
+
+// Waits until the broker's counter reaches `target`, polling every millisecond;
+// returns the steady time at which it was seen. Throws when a daemon dies or
+// the pass takes too long.
+std::int64_t wait_for_counter(BrokerCounters& counters,
+                              std::uint64_t BrokerCounters::Values::*field, std::uint64_t target,
+                              std::chrono::milliseconds timeout, std::vector<ChildProcess*> daemons,
+                              const char* what) {
+  std::int64_t seen_at = 0;
+  std::uint64_t last = 0;
+  auto next_check = Clock::now();
+  bool reached = wait_until(
+      [&] {
+        last = counters.read().*field;
+        if (last >= target) {
+          seen_at = steady_ns();
+          return true;
+        }
+        if (Clock::now() >= next_check) {
+          for (auto* daemon : daemons) {
+            if (!daemon->running()) {
+              throw std::runtime_error(daemon->name() + " exited during the " + what +
+                                       " pass: " + daemon->log_tail());
+            }
+          }
+          next_check = Clock::now() + 100ms;
+        }
+        return false;
+      },
+      timeout, 1ms);
+  if (!reached) {
+    throw std::runtime_error(std::string(what) + " pass: the broker counted " +
+                             std::to_string(last) + " of " + std::to_string(target) + " within " +
+                             std::to_string(timeout.count() / 1000) + " s");
+  }
+  return seen_at;
+}
+
+void wait_for_lease(const fs::path& db, const std::string& holder, ChildProcess& relay) {
+  outbox::RelayOptions options;
+  options.read_only = true;
+  auto store = outbox::RelayStore::open(db, options);
+  bool active = wait_until(
+      [&] {
+        if (!relay.running()) {
+          throw std::runtime_error("outbox-relay exited at start: " + relay.log_tail());
+        }
+        auto lease = store.lease_info();
+        return lease && lease->holder == holder && !lease->expired;
+      },
+      20s, 2ms);
+  if (!active) throw std::runtime_error("outbox-relay did not take the lease within 20 s");
+}
+
+void exec_sql(const fs::path& db, const char* sql) {
+  sqlite3* handle = nullptr;
+  int rc = sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READWRITE, nullptr);
+  std::unique_ptr<sqlite3, int (*)(sqlite3*)> guard(handle, sqlite3_close);
+  if (rc == SQLITE_OK) {
+    sqlite3_busy_timeout(handle, 10000);
+    rc = sqlite3_exec(handle, sql, nullptr, nullptr, nullptr);
+  }
+  if (rc != SQLITE_OK) {
+    throw std::runtime_error("SQL on " + db.string() +
+                             " failed: " + (handle ? sqlite3_errmsg(handle) : "cannot open"));
+  }
+}
+
+outbox::Options producer_options() {
+  outbox::Options options;
+  options.durability = outbox::Durability::normal;
+  return options;
+}
+
+// What one topic should hold: msg_id -> payload.
+using Expected = std::unordered_map<std::string, std::string>;
+
+// Reads the whole topic back and checks it holds exactly `expected`.
+std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
+                         const Expected& expected, std::vector<std::string>& problems) {
+  broker::Client client(endpoint);
+  std::unordered_map<std::string, int> seen;
+  seen.reserve(expected.size());
+  std::size_t matched = 0, unexpected = 0, wrong_payload = 0, twice = 0;
+  std::uint64_t from = 1;
+  for (std::size_t round = 0; round < expected.size() / 1000 + 1000; ++round) {
+    check_interrupted();
+    wire::Fetch request;
+    request.topic = topic;
+    request.from_offset = from;
+    request.max_messages = 10'000;
+    auto reply = client.fetch(request, 20s);
+    if (!reply.ok()) {
+      problems.push_back("reading back " + topic + " failed: " + reply.error().message);
+      return matched;
+    }
+    if (reply->messages.empty()) break;
+    for (const auto& message : reply->messages) {
+      auto found = expected.find(message.msg_id);
+      if (found == expected.end()) {
+        ++unexpected;
+        continue;
+      }
+      if (++seen[message.msg_id] > 1) {
+        ++twice;
+        continue;
+      }
+      if (found->second != message.payload) {
+        ++wrong_payload;
+        continue;
+      }
+      ++matched;
+    }
+    from = reply->next_offset;
+  }
+  std::size_t missing = expected.size() - seen.size();
+  auto report = [&](std::size_t count, const std::string& what) {
+    if (count > 0) problems.push_back(topic + ": " + std::to_string(count) + " " + what);
+  };
+  report(missing, "messages missing at the broker");
+  report(twice, "messages stored twice");
+  report(unexpected, "messages the benchmark never committed");
+  report(wrong_payload, "messages with a different payload");
+  return matched;
+}
+
+}  // namespace
+
+OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
+  OutboxResult result;
+  TempDir dir("outbox-bench");
+  BrokerProcess broker(settings, dir.path());
+  BrokerCounters counters(broker.endpoint());
+  progress("outbox: broker at " + broker.endpoint() + " (sync " + settings.sync + ")");
+
+  // ---- drain -------------------------------------------------------------
+  const auto drain_db = dir / "drain.db";
+  const std::size_t drain_count = data.size();
+  Expected drain_expected;
+  drain_expected.reserve(drain_count);
+  {
+    auto options = producer_options();
+    options.worker_id = 1;  // the msg_ids are given; no worker lease needed
+    options.cache_kib = 64 * 1024;
+    auto box = outbox::Outbox::open(drain_db, options);
+    auto started = steady_ns();
+    for (std::size_t begin = 0; begin < drain_count; begin += settings.setup_batch) {
+      check_interrupted();
+      outbox::Transaction tx(box);
+      auto end = std::min(drain_count, begin + settings.setup_batch);
+      for (std::size_t i = begin; i < end; ++i) {
+        auto sent = tx.enqueue({.topic = drain_topic,
+                                .key = data.keys[i],
+                                .payload = data.payloads[i],
+                                .msg_id = data.msg_ids[i]});
+        if (!sent.inserted()) throw std::runtime_error("dataset has a repeated msg_id");
+      }
+      tx.commit();
+    }
+    result.setup_msgs_per_sec =
+        static_cast<double>(drain_count) / seconds_between(started, steady_ns());
+    for (std::size_t i = 0; i < drain_count; ++i) {
+      drain_expected.emplace(data.msg_ids[i], data.payloads[i]);
+    }
+  }
+  progress("outbox: " + std::to_string(drain_count) + " messages committed (" +
+           format_rate(result.setup_msgs_per_sec) + " msg/s in batches); starting the relay");
+  {
+    auto base = counters.read().stored;
+    auto started = steady_ns();
+    RelayProcess relay(settings, dir.path(), drain_db, broker.endpoint(), "relay-drain");
+    auto done =
+        wait_for_counter(counters, &BrokerCounters::Values::stored, base + drain_count,
+                         pass_timeout(drain_count), {&relay.process(), &broker.process()}, "drain");
+    result.drain_messages = drain_count;
+    result.drain_seconds = seconds_between(started, done);
+    result.drain_msgs_per_sec = static_cast<double>(drain_count) / result.drain_seconds;
+    relay.stop();
+  }
+  progress("outbox: drain " + format_rate(result.drain_msgs_per_sec) + " msg/s (" +
+           std::to_string(drain_count) + " in " + std::to_string(result.drain_seconds) + " s)");
+
+  // ---- live --------------------------------------------------------------
+  const auto app_db = dir / "app.db";
+  { auto box = outbox::Outbox::open(app_db, producer_options()); }  // the schema
+  RelayProcess app_relay(settings, dir.path(), app_db, broker.endpoint(), "relay-app");
+  wait_for_lease(app_db, "relay-app", app_relay.process());
+
+  Expected live_expected;
+  {
+    const int producers = std::max(1, settings.producers);
+    const std::size_t count = settings.live_messages;
+    result.live_messages = count;
+    result.producers = producers;
+    std::vector<std::vector<std::pair<std::string, std::size_t>>> sent(producers);
+    std::vector<std::unique_ptr<outbox::Outbox>> boxes;
+    for (int p = 0; p < producers; ++p) {
+      boxes.push_back(
+          std::make_unique<outbox::Outbox>(outbox::Outbox::open(app_db, producer_options())));
+    }
+    std::atomic<bool> go{false};
+    std::atomic<bool> abort{false};
+    std::atomic<std::int64_t> last_commit_ns{0};
+    std::mutex error_mutex;
+    std::string error;
+    std::vector<std::thread> threads;
+    for (int p = 0; p < producers; ++p) {
+      threads.emplace_back([&, p] {
+        try {
+          while (!go.load()) std::this_thread::yield();
+          auto& box = *boxes[p];
+          for (std::size_t i = static_cast<std::size_t>(p); i < count && !abort.load();
+               i += static_cast<std::size_t>(producers)) {
+            outbox::Transaction tx(box);
+            auto message = tx.enqueue(
+                {.topic = live_topic,
+                 .key = "key-" +
+                        std::to_string(i % static_cast<std::size_t>(std::max(settings.keys, 1))),
+                 .payload = make_payload(settings.payload_bytes, settings.seed + 1, i)});
+            tx.commit();
+            sent[p].emplace_back(std::move(message.msg_id), i);
+          }
+          auto now = steady_ns();
+          auto previous = last_commit_ns.load();
+          while (previous < now && !last_commit_ns.compare_exchange_weak(previous, now)) {
+          }
+        } catch (const std::exception& failure) {
+          std::lock_guard lock(error_mutex);
+          error = failure.what();
+          abort = true;
+        }
+      });
+    }
+    auto base = counters.read().stored;
+    progress("outbox: live, " + std::to_string(producers) + " producers commit " +
+             std::to_string(count) + " messages, one per transaction");
+    auto started = steady_ns();
+    go = true;
+    std::int64_t done = 0;
+    try {
+      done =
+          wait_for_counter(counters, &BrokerCounters::Values::stored, base + count,
+                           pass_timeout(count), {&app_relay.process(), &broker.process()}, "live");
+    } catch (...) {
+      abort = true;
+      for (auto& thread : threads) thread.join();
+      if (!error.empty()) throw std::runtime_error("producer failed: " + error);
+      throw;
+    }
+    for (auto& thread : threads) thread.join();
+    if (!error.empty()) throw std::runtime_error("producer failed: " + error);
+    result.live_seconds = seconds_between(started, done);
+    result.live_msgs_per_sec = static_cast<double>(count) / result.live_seconds;
+    result.live_commit_msgs_per_sec =
+        static_cast<double>(count) / seconds_between(started, last_commit_ns.load());
+    for (auto& list : sent) {
+      for (auto& [msg_id, index] : list) {
+        live_expected.emplace(std::move(msg_id),
+                              make_payload(settings.payload_bytes, settings.seed + 1, index));
+      }
+    }
+    if (live_expected.size() != count) {
+      result.problems.push_back("live: the outbox generated " +
+                                std::to_string(live_expected.size()) + " distinct msg_ids for " +
+                                std::to_string(count) + " messages");
+    }
+  }
+  progress("outbox: live " + format_rate(result.live_msgs_per_sec) + " msg/s forwarded (" +
+           format_rate(result.live_commit_msgs_per_sec) + " msg/s committed)");
+
+  // ---- latency -----------------------------------------------------------
+  Expected latency_expected;
+  {
+    const auto count =
+        static_cast<std::size_t>(std::llround(settings.rate * settings.latency_seconds));
+    result.latency_offered_rate = settings.rate;
+    std::vector<std::int64_t> commit_ns(count, 0);
+    std::vector<std::string> ids(count);
+    std::vector<std::pair<std::string, std::int64_t>> arrivals;
+    arrivals.reserve(count);
+    std::atomic<bool> producer_done{false};
+    std::atomic<bool> abort{false};
+    std::string consumer_error;
+
+    // The consumer: long-poll FETCH, stamp each reply's arrival.
+    std::thread consumer([&] {
+      try {
+        broker::Client client(broker.endpoint());
+        std::uint64_t from = 1;
+        auto give_up =
+            Clock::now() +
+            std::chrono::milliseconds(static_cast<std::int64_t>(settings.latency_seconds * 1000)) +
+            60s;
+        while (arrivals.size() < count && !abort.load() && Clock::now() < give_up) {
+          wire::Fetch request;
+          request.topic = latency_topic;
+          request.from_offset = from;
+          request.max_messages = 10'000;
+          request.wait_ms = 100;
+          auto reply = client.fetch(request, 10s);
+          auto arrived = steady_ns();
+          if (!reply.ok()) throw std::runtime_error("FETCH failed: " + reply.error().message);
+          for (auto& message : reply->messages)
+            arrivals.emplace_back(std::move(message.msg_id), arrived);
+          if (!reply->messages.empty()) from = reply->next_offset;
+        }
+      } catch (const std::exception& failure) {
+        consumer_error = failure.what();
+      }
+    });
+
+    progress("outbox: latency, " + format_rate(settings.rate) + " msg/s for " +
+             std::to_string(settings.latency_seconds) +
+             " s, commit to stored (seen by a consumer)");
+    std::string producer_error;
+    std::int64_t started = 0, finished = 0;
+    try {
+      auto box = outbox::Outbox::open(app_db, producer_options());
+      const double period_ns = 1e9 / settings.rate;
+      started = steady_ns();
+      auto start_point = Clock::now();
+      for (std::size_t i = 0; i < count; ++i) {
+        if ((i & 1023) == 0) check_interrupted();
+        auto due = start_point + std::chrono::nanoseconds(
+                                     static_cast<std::int64_t>(period_ns * static_cast<double>(i)));
+        std::this_thread::sleep_until(due);
+        outbox::Transaction tx(box);
+        auto message = tx.enqueue(
+            {.topic = latency_topic,
+             .key =
+                 "key-" + std::to_string(i % static_cast<std::size_t>(std::max(settings.keys, 1))),
+             .payload = make_payload(settings.payload_bytes, settings.seed + 2, i)});
+        tx.commit();
+        commit_ns[i] = steady_ns();
+        ids[i] = std::move(message.msg_id);
+      }
+      finished = steady_ns();
+    } catch (const std::exception& failure) {
+      producer_error = failure.what();
+      abort = true;
+    }
+    producer_done = true;
+    consumer.join();
+    if (!producer_error.empty())
+      throw std::runtime_error("latency producer failed: " + producer_error);
+    if (!consumer_error.empty()) throw std::runtime_error("latency consumer: " + consumer_error);
+    check_interrupted();
+    result.latency_achieved_rate = static_cast<double>(count) / seconds_between(started, finished);
+
+    std::unordered_map<std::string, std::size_t> index_of;
+    index_of.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      index_of.emplace(ids[i], i);
+      latency_expected.emplace(ids[i], make_payload(settings.payload_bytes, settings.seed + 2, i));
+    }
+    result.latency_ns.reserve(count);
+    for (const auto& [msg_id, arrived] : arrivals) {
+      auto found = index_of.find(msg_id);
+      if (found == index_of.end()) continue;  // reported by the read-back check
+      result.latency_ns.push_back(arrived - commit_ns[found->second]);
+    }
+    if (arrivals.size() < count) {
+      result.problems.push_back("latency: the consumer saw " + std::to_string(arrivals.size()) +
+                                " of " + std::to_string(count) + " messages");
+    }
+    result.latency = percentiles(result.latency_ns);
+  }
+  {
+    char line[200];
+    std::snprintf(
+        line, sizeof line,
+        "outbox: latency p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms (%.0f msg/s "
+        "achieved)",
+        result.latency.p50_ms, result.latency.p99_ms, result.latency.p999_ms, result.latency.max_ms,
+        result.latency_achieved_rate);
+    progress(line);
+  }
+  app_relay.stop();
+
+  // ---- resend ------------------------------------------------------------
+  {
+    // Forget every delivery, as if the acks had been lost: the relay sends
+    // the whole drain outbox again with the same msg_ids.
+    exec_sql(drain_db,
+             "BEGIN IMMEDIATE; DELETE FROM outbox_delivery; UPDATE outbox_relay_cursor SET "
+             "settled_through_seq = 0, delivered_total = 0; COMMIT;");
+    auto before = counters.read();
+    progress("outbox: resend, the relay sends all " + std::to_string(drain_count) +
+             " drained messages again");
+    auto started = steady_ns();
+    RelayProcess relay(settings, dir.path(), drain_db, broker.endpoint(), "relay-resend");
+    std::int64_t done = 0;
+    try {
+      done = wait_for_counter(counters, &BrokerCounters::Values::duplicates,
+                              before.duplicates + drain_count, pass_timeout(drain_count),
+                              {&relay.process(), &broker.process()}, "resend");
+    } catch (const std::runtime_error& failure) {
+      result.problems.push_back(std::string("resend: ") + failure.what());
+    }
+    auto after = counters.read();
+    relay.stop();
+    result.resend_messages = drain_count;
+    result.resend_duplicates = after.duplicates - before.duplicates;
+    result.resend_stored = after.stored - before.stored;
+    result.resend_all_duplicate =
+        result.resend_duplicates == drain_count && result.resend_stored == 0;
+    if (done > 0) {
+      result.resend_seconds = seconds_between(started, done);
+      result.resend_msgs_per_sec = static_cast<double>(drain_count) / result.resend_seconds;
+    }
+    if (result.resend_stored != 0) {
+      result.problems.push_back("resend: the broker stored " +
+                                std::to_string(result.resend_stored) +
+                                " messages again instead of answering DUPLICATE");
+    }
+  }
+  progress("outbox: resend " + format_rate(result.resend_msgs_per_sec) + " duplicates/s, " +
+           std::to_string(result.resend_duplicates) + " of " + std::to_string(drain_count) +
+           " answered DUPLICATE");
+
+  // ---- read back and check ----------------------------------------------
+  progress("outbox: reading every topic back");
+  result.verified_messages +=
+      verify_topic(broker.endpoint(), drain_topic, drain_expected, result.problems);
+  result.verified_messages +=
+      verify_topic(broker.endpoint(), live_topic, live_expected, result.problems);
+  result.verified_messages +=
+      verify_topic(broker.endpoint(), latency_topic, latency_expected, result.problems);
+  auto final_counters = counters.read();
+  result.broker_stored = final_counters.stored;
+  result.broker_duplicates = final_counters.duplicates;
+  result.broker_conflicts = final_counters.conflicts;
+  result.broker_rejected = final_counters.rejected;
+  auto committed = drain_expected.size() + live_expected.size() + latency_expected.size();
+  if (final_counters.stored != committed) {
+    result.problems.push_back("the broker stored " + std::to_string(final_counters.stored) +
+                              " messages for " + std::to_string(committed) + " committed");
+  }
+  if (final_counters.conflicts != 0 || final_counters.rejected != 0) {
+    result.problems.push_back("the broker answered CONFLICT " +
+                              std::to_string(final_counters.conflicts) + " and REJECTED " +
+                              std::to_string(final_counters.rejected) + " times");
+  }
+  auto status = broker.process().stop(15s);
+  if (!status.exited || status.code != 0) {
+    result.problems.push_back("outbox-broker ended with " + status.describe());
+  }
+  return result;
+}
+
+}  // namespace bench

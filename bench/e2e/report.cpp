@@ -1,0 +1,449 @@
+#include "report.hpp"
+
+#include <sys/utsname.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "cli/json.hpp"
+#include "progress.hpp"
+
+namespace bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::mutex progress_mutex;
+bool progress_enabled = true;
+const Clock::time_point program_start = Clock::now();
+
+double median(std::vector<double> values) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  auto middle = values.size() / 2;
+  return values.size() % 2 == 1 ? values[middle] : (values[middle - 1] + values[middle]) / 2;
+}
+
+template <typename Result, typename Field>
+double median_of(const std::vector<Result>& results, Field field) {
+  std::vector<double> values;
+  for (const auto& result : results) values.push_back(result.*field);
+  return median(values);
+}
+
+template <typename Result>
+Percentiles pooled_latency(const std::vector<Result>& results) {
+  std::vector<std::int64_t> all;
+  for (const auto& result : results)
+    all.insert(all.end(), result.latency_ns.begin(), result.latency_ns.end());
+  return percentiles(std::move(all));
+}
+
+// 1234567.8 -> "1,234,568"
+std::string thousands(double value) {
+  auto rounded = static_cast<long long>(std::llround(value));
+  auto digits = std::to_string(rounded < 0 ? -rounded : rounded);
+  std::string out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return rounded < 0 ? "-" + out : out;
+}
+
+std::string fixed(double value, int decimals) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.*f", decimals, value);
+  return buffer;
+}
+
+std::string latency_cell(const Percentiles& p) {
+  return fixed(p.p50_ms, 2) + " / " + fixed(p.p99_ms, 2) + " / " + fixed(p.p999_ms, 2) + " / " +
+         fixed(p.max_ms, 1);
+}
+
+std::string number(double value) {
+  if (!std::isfinite(value)) return "null";
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.6g", value);
+  return buffer;
+}
+
+std::string rate_number(double value) {
+  return std::isfinite(value) ? std::to_string(std::llround(value)) : "null";
+}
+
+class JsonObject {
+ public:
+  JsonObject& field(const std::string& name, const std::string& raw) {
+    out_ << (first_ ? "" : ",") << cli::json_escape(name) << ":" << raw;
+    first_ = false;
+    return *this;
+  }
+  JsonObject& text(const std::string& name, const std::string& value) {
+    return field(name, cli::json_escape(value));
+  }
+  JsonObject& num(const std::string& name, double value) { return field(name, number(value)); }
+  JsonObject& rate(const std::string& name, double value) {
+    return field(name, rate_number(value));
+  }
+  JsonObject& integer(const std::string& name, std::uint64_t value) {
+    return field(name, std::to_string(value));
+  }
+  JsonObject& boolean(const std::string& name, bool value) {
+    return field(name, value ? "true" : "false");
+  }
+  std::string str() const {
+    std::string text = "{";
+    text += out_.str();
+    text += '}';
+    return text;
+  }
+
+ private:
+  std::ostringstream out_;
+  bool first_ = true;
+};
+
+std::string json_strings(const std::vector<std::string>& values) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i > 0) out += ',';
+    out += cli::json_escape(values[i]);
+  }
+  return out + "]";
+}
+
+std::string latency_json(const Percentiles& p) {
+  return JsonObject()
+      .integer("samples", p.samples)
+      .num("p50_ms", p.p50_ms)
+      .num("p90_ms", p.p90_ms)
+      .num("p99_ms", p.p99_ms)
+      .num("p999_ms", p.p999_ms)
+      .num("max_ms", p.max_ms)
+      .num("mean_ms", p.mean_ms)
+      .str();
+}
+
+std::string outbox_round_json(const OutboxResult& r) {
+  return JsonObject()
+      .integer("drain_messages", r.drain_messages)
+      .num("drain_seconds", r.drain_seconds)
+      .rate("drain_msgs_per_sec", r.drain_msgs_per_sec)
+      .rate("setup_msgs_per_sec", r.setup_msgs_per_sec)
+      .integer("live_messages", r.live_messages)
+      .integer("producers", static_cast<std::uint64_t>(r.producers))
+      .num("live_seconds", r.live_seconds)
+      .rate("live_msgs_per_sec", r.live_msgs_per_sec)
+      .rate("live_commit_msgs_per_sec", r.live_commit_msgs_per_sec)
+      .num("latency_offered_msgs_per_sec", r.latency_offered_rate)
+      .rate("latency_achieved_msgs_per_sec", r.latency_achieved_rate)
+      .field("latency", latency_json(r.latency))
+      .num("resend_seconds", r.resend_seconds)
+      .rate("resend_msgs_per_sec", r.resend_msgs_per_sec)
+      .integer("resend_duplicates", r.resend_duplicates)
+      .integer("resend_stored", r.resend_stored)
+      .boolean("resend_all_duplicate", r.resend_all_duplicate)
+      .integer("broker_stored", r.broker_stored)
+      .integer("broker_duplicates", r.broker_duplicates)
+      .integer("verified_messages", r.verified_messages)
+      .field("problems", json_strings(r.problems))
+      .str();
+}
+
+std::string jetstream_round_json(const JetStreamResult& r) {
+  return JsonObject()
+      .integer("messages", r.messages)
+      .num("publish_seconds", r.publish_seconds)
+      .rate("publish_msgs_per_sec", r.publish_msgs_per_sec)
+      .num("latency_offered_msgs_per_sec", r.latency_offered_rate)
+      .rate("latency_achieved_msgs_per_sec", r.latency_achieved_rate)
+      .field("latency", latency_json(r.latency))
+      .num("resend_seconds", r.resend_seconds)
+      .rate("resend_msgs_per_sec", r.resend_msgs_per_sec)
+      .integer("resend_duplicates", r.resend_duplicates)
+      .boolean("resend_all_duplicate", r.resend_all_duplicate)
+      .integer("stream_messages", r.stream_messages)
+      .field("problems", json_strings(r.problems))
+      .str();
+}
+
+template <typename Result>
+bool all_duplicate(const std::vector<Result>& results) {
+  return !results.empty() && std::all_of(results.begin(), results.end(),
+                                         [](const Result& r) { return r.resend_all_duplicate; });
+}
+
+// The targets on this machine.
+constexpr double target_ratio = 2.0;
+constexpr double target_p50_ms = 1.0;
+constexpr double target_p99_ms = 5.0;
+
+}  // namespace
+
+void progress(const std::string& line) {
+  std::lock_guard lock(progress_mutex);
+  if (!progress_enabled) return;
+  double elapsed = std::chrono::duration<double>(Clock::now() - program_start).count();
+  std::fprintf(stderr, "[%7.1f s] %s\n", elapsed, line.c_str());
+  std::fflush(stderr);
+}
+
+void set_progress_enabled(bool enabled) {
+  std::lock_guard lock(progress_mutex);
+  progress_enabled = enabled;
+}
+
+std::string utc_now_iso() {
+  auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm parts{};
+  ::gmtime_r(&now, &parts);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &parts);
+  return buffer;
+}
+
+Machine describe_machine() {
+  Machine machine;
+  machine.cores = std::thread::hardware_concurrency();
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      auto colon = line.find(':');
+      if (colon != std::string::npos) machine.cpu_model = line.substr(colon + 2);
+      break;
+    }
+  }
+  utsname name{};
+  if (::uname(&name) == 0) machine.kernel = std::string(name.sysname) + " " + name.release;
+  std::ifstream meminfo("/proc/meminfo");
+  while (std::getline(meminfo, line)) {
+    if (line.rfind("MemTotal:", 0) == 0) {
+      machine.memory_gib = std::stod(line.substr(9)) / (1024.0 * 1024.0);
+      break;
+    }
+  }
+  return machine;
+}
+
+std::string text_report(const RunInfo& info, const Summary& summary) {
+  std::ostringstream out;
+  const auto& m = info.machine;
+  out << "outbox-bench " << info.subcommand << ": " << thousands(static_cast<double>(info.messages))
+      << " messages of " << info.payload_bytes << " bytes";
+  if (info.rounds > 1) out << ", " << info.rounds << " rounds (medians; latency over all samples)";
+  out << "\nmachine: " << m.cores << " cores, " << m.cpu_model << ", " << fixed(m.memory_gib, 0)
+      << " GiB, " << m.kernel << "\n\n";
+
+  const bool have_outbox = !summary.outbox.empty();
+  const bool have_js = !summary.jetstream.empty();
+  std::string js_name = "NATS JetStream";
+  if (have_js && !summary.jetstream.front().server_version.empty()) {
+    js_name += " (nats-server " + summary.jetstream.front().server_version + ")";
+  }
+  double drain = have_outbox ? median_of(summary.outbox, &OutboxResult::drain_msgs_per_sec) : 0;
+  double publish =
+      have_js ? median_of(summary.jetstream, &JetStreamResult::publish_msgs_per_sec) : 0;
+  Percentiles outbox_latency = have_outbox ? pooled_latency(summary.outbox) : Percentiles{};
+  Percentiles js_latency = have_js ? pooled_latency(summary.jetstream) : Percentiles{};
+
+  std::string header = "| figure |";
+  std::string rule = "|---|";
+  if (have_outbox) {
+    header += " outbox (outbox-relay + outbox-broker, sync " + info.sync + ") |";
+    rule += "---|";
+  }
+  if (have_js) {
+    header += " " + js_name + " |";
+    rule += "---|";
+  }
+  out << header << "\n" << rule << "\n";
+  auto row = [&](const std::string& name, const std::string& outbox_cell,
+                 const std::string& js_cell) {
+    out << "| " << name << " |";
+    if (have_outbox) out << " " << outbox_cell << " |";
+    if (have_js) out << " " << js_cell << " |";
+    out << "\n";
+  };
+  row("throughput, msg/s (outbox: drain a committed backlog; JetStream: async publish)",
+      have_outbox ? thousands(drain) : "", have_js ? thousands(publish) : "");
+  if (have_outbox && have_js) {
+    row("ratio outbox drain / JetStream publish", fixed(drain / publish, 2) + "x", "1.00x");
+  }
+  if (have_outbox) {
+    const auto& first = summary.outbox.front();
+    row("live: " + std::to_string(first.producers) +
+            " producer threads, one message per transaction, msg/s committed and stored",
+        thousands(median_of(summary.outbox, &OutboxResult::live_msgs_per_sec)), "-");
+  }
+  row("latency at " + thousands(info.rate) + " msg/s, ms: p50 / p99 / p99.9 / max",
+      have_outbox ? latency_cell(outbox_latency) + " (commit to stored, seen by a consumer)" : "",
+      have_js ? (js_latency.samples ? latency_cell(js_latency) + " (publish to PubAck)" : "not run")
+              : "");
+  row("resend pass: duplicates answered per second; every resend reported duplicate?",
+      have_outbox ? thousands(median_of(summary.outbox, &OutboxResult::resend_msgs_per_sec)) +
+                        "; " + (all_duplicate(summary.outbox) ? "yes" : "NO")
+                  : "",
+      have_js ? thousands(median_of(summary.jetstream, &JetStreamResult::resend_msgs_per_sec)) +
+                    "; " + (all_duplicate(summary.jetstream) ? "yes" : "NO")
+              : "");
+  {
+    std::size_t verified = 0;
+    for (const auto& r : summary.outbox) verified += r.verified_messages;
+    std::uint64_t held = 0;
+    for (const auto& r : summary.jetstream) held += r.stream_messages;
+    row("self-check: every message stored exactly once",
+        have_outbox ? (summary.ok() ? "ok, " : "FAILED, ") +
+                          thousands(static_cast<double>(verified)) + " read back"
+                    : "",
+        have_js ? (summary.ok() ? "ok, " : "FAILED, ") + thousands(static_cast<double>(held)) +
+                      " in the streams"
+                : "");
+  }
+
+  if (info.rounds > 1) {
+    out << "\nrounds (throughput msg/s):";
+    for (std::size_t i = 0; i < std::max(summary.outbox.size(), summary.jetstream.size()); ++i) {
+      out << "\n  " << i + 1 << ":";
+      if (i < summary.outbox.size()) {
+        out << " drain " << thousands(summary.outbox[i].drain_msgs_per_sec) << ", live "
+            << thousands(summary.outbox[i].live_msgs_per_sec) << ", outbox p50/p99 "
+            << fixed(summary.outbox[i].latency.p50_ms, 2) << "/"
+            << fixed(summary.outbox[i].latency.p99_ms, 2) << " ms";
+      }
+      if (i < summary.jetstream.size()) {
+        out << (i < summary.outbox.size() ? "; " : " ") << "JetStream "
+            << thousands(summary.jetstream[i].publish_msgs_per_sec);
+      }
+    }
+    out << "\n";
+  }
+
+  out << "\ntargets:";
+  if (have_outbox && have_js) {
+    out << "\n  drain >= " << fixed(target_ratio, 0)
+        << "x JetStream: " << (drain >= target_ratio * publish ? "met" : "MISSED") << " ("
+        << fixed(drain / publish, 2) << "x)";
+  }
+  if (have_outbox) {
+    out << "\n  commit-to-stored p50 <= " << fixed(target_p50_ms, 0)
+        << " ms: " << (outbox_latency.p50_ms <= target_p50_ms ? "met" : "MISSED") << " ("
+        << fixed(outbox_latency.p50_ms, 3) << " ms)";
+    out << "\n  commit-to-stored p99 <= " << fixed(target_p99_ms, 0)
+        << " ms: " << (outbox_latency.p99_ms <= target_p99_ms ? "met" : "MISSED") << " ("
+        << fixed(outbox_latency.p99_ms, 3) << " ms)";
+  }
+  out << "\n";
+  if (have_outbox) {
+    out << "\nlatency method: the producer stamps each message on the steady clock when its "
+           "commit returns; a consumer thread long-polls FETCH on the topic and stamps each reply "
+           "on arrival, so a figure includes relay wake-up, the broker's group commit and the "
+           "fetch reply (an upper bound on commit to stored).\n";
+  }
+  if (!summary.ok()) {
+    out << "\nCHECK FAILED:\n";
+    for (const auto& problem : summary.problems) out << "  " << problem << "\n";
+  }
+  return out.str();
+}
+
+std::string json_report(const RunInfo& info, const Summary& summary) {
+  JsonObject object;
+  object.text("benchmark", info.subcommand)
+      .text("started_at", info.started_at)
+      .text("command_line", info.command_line)
+      .field("machine", JsonObject()
+                            .integer("cores", info.machine.cores)
+                            .text("cpu_model", info.machine.cpu_model)
+                            .text("kernel", info.machine.kernel)
+                            .num("memory_gib", info.machine.memory_gib)
+                            .str())
+      .field("settings", JsonObject()
+                             .integer("messages", info.messages)
+                             .integer("payload_bytes", info.payload_bytes)
+                             .text("sync", info.sync)
+                             .num("latency_rate_msgs_per_sec", info.rate)
+                             .num("latency_seconds", info.latency_seconds)
+                             .integer("rounds", static_cast<std::uint64_t>(info.rounds))
+                             .str());
+  const bool have_outbox = !summary.outbox.empty();
+  const bool have_js = !summary.jetstream.empty();
+  double drain = 0, publish = 0;
+  if (have_outbox) {
+    drain = median_of(summary.outbox, &OutboxResult::drain_msgs_per_sec);
+    auto latency = pooled_latency(summary.outbox);
+    object.rate("outbox_drain_msgs_per_sec", drain)
+        .rate("outbox_live_msgs_per_sec",
+              median_of(summary.outbox, &OutboxResult::live_msgs_per_sec))
+        .num("outbox_latency_p50_ms", latency.p50_ms)
+        .num("outbox_latency_p99_ms", latency.p99_ms)
+        .num("outbox_latency_p999_ms", latency.p999_ms)
+        .num("outbox_latency_max_ms", latency.max_ms)
+        .integer("outbox_latency_samples", latency.samples)
+        .rate("outbox_resend_msgs_per_sec",
+              median_of(summary.outbox, &OutboxResult::resend_msgs_per_sec))
+        .boolean("outbox_resend_all_duplicate", all_duplicate(summary.outbox));
+  }
+  if (have_js) {
+    publish = median_of(summary.jetstream, &JetStreamResult::publish_msgs_per_sec);
+    auto latency = pooled_latency(summary.jetstream);
+    object.text("jetstream_server_version", summary.jetstream.front().server_version)
+        .rate("jetstream_msgs_per_sec", publish)
+        .num("jetstream_latency_p50_ms", latency.p50_ms)
+        .num("jetstream_latency_p99_ms", latency.p99_ms)
+        .num("jetstream_latency_p999_ms", latency.p999_ms)
+        .num("jetstream_latency_max_ms", latency.max_ms)
+        .rate("jetstream_resend_msgs_per_sec",
+              median_of(summary.jetstream, &JetStreamResult::resend_msgs_per_sec))
+        .boolean("jetstream_resend_all_duplicate", all_duplicate(summary.jetstream));
+  }
+  if (have_outbox && have_js) {
+    object.num("ratio", drain / publish);
+    auto latency = pooled_latency(summary.outbox);
+    object.field("targets",
+                 JsonObject()
+                     .boolean("drain_at_least_2x_jetstream", drain >= target_ratio * publish)
+                     .boolean("latency_p50_at_most_1ms", latency.p50_ms <= target_p50_ms)
+                     .boolean("latency_p99_at_most_5ms", latency.p99_ms <= target_p99_ms)
+                     .str());
+  }
+  object.boolean("ok", summary.ok()).field("problems", json_strings(summary.problems));
+  std::string rounds = "[";
+  for (std::size_t i = 0; i < std::max(summary.outbox.size(), summary.jetstream.size()); ++i) {
+    JsonObject round;
+    if (i < summary.outbox.size()) round.field("outbox", outbox_round_json(summary.outbox[i]));
+    if (i < summary.jetstream.size())
+      round.field("jetstream", jetstream_round_json(summary.jetstream[i]));
+    if (i > 0) rounds += ',';
+    rounds += round.str();
+  }
+  object.field("rounds", rounds + "]");
+  return object.str();
+}
+
+std::filesystem::path write_results_file(const std::filesystem::path& dir, const RunInfo& info,
+                                         const std::string& json) {
+  std::filesystem::create_directories(dir);
+  std::string stamp = info.started_at;
+  stamp.erase(std::remove(stamp.begin(), stamp.end(), ':'), stamp.end());
+  stamp.erase(std::remove(stamp.begin(), stamp.end(), '-'), stamp.end());
+  auto path = dir / (stamp + "-" + info.subcommand + ".json");
+  for (int n = 2; std::filesystem::exists(path) && n < 100; ++n) {
+    path = dir / (stamp + "-" + info.subcommand + "-" + std::to_string(n) + ".json");
+  }
+  std::ofstream out(path);
+  out << json << "\n";
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+  return path;
+}
+
+}  // namespace bench

@@ -1,0 +1,54 @@
+// Turning results into the text table, the JSON object and the results file.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "jetstream.hpp"
+#include "outbox_e2e.hpp"
+
+namespace bench {
+
+struct Machine {
+  unsigned cores = 0;
+  std::string cpu_model;
+  std::string kernel;
+  double memory_gib = 0;
+};
+Machine describe_machine();
+
+// What a run was asked to do, echoed in the output.
+struct RunInfo {
+  std::string subcommand;
+  std::string command_line;
+  std::string started_at;  // UTC, ISO 8601
+  std::size_t messages = 0;
+  std::size_t payload_bytes = 0;
+  std::string sync;
+  double rate = 0;
+  double latency_seconds = 0;
+  int rounds = 1;
+  Machine machine;
+};
+
+// The figures of one subcommand run; the compare figures are medians over rounds
+// and the latency percentiles are over the samples of all rounds.
+struct Summary {
+  std::vector<OutboxResult> outbox;
+  std::vector<JetStreamResult> jetstream;
+  std::vector<std::string> problems;  // from every round
+  bool ok() const { return problems.empty(); }
+};
+
+std::string text_report(const RunInfo& info, const Summary& summary);
+std::string json_report(const RunInfo& info, const Summary& summary);
+
+// Writes `json` to <dir>/<timestamp>-<subcommand>.json; returns the path.
+std::filesystem::path write_results_file(const std::filesystem::path& dir, const RunInfo& info,
+                                         const std::string& json);
+
+std::string utc_now_iso();
+
+}  // namespace bench
