@@ -294,19 +294,15 @@ struct Server::Impl {
     batch.session_id = session->id;
     batch.batch_id = view->batch_id;
     batch.slots.reserve(view->messages.size());
-    auto max_message_bytes = store.options().max_message_bytes;
     for (const auto& message : view->messages) {
-      IncomingMessage incoming_message{message.msg_id, message.topic, message.key, message.headers,
-                                       message.payload};
+      // The session is the order group: inside one group commit the store
+      // blocks later messages of a key after a refused one.
+      IncomingMessage incoming_message{message.msg_id,  message.topic,   message.key,
+                                       message.headers, message.payload, session->id};
       if (!session->refused_keys.empty() &&
           session->refused_keys.count(refusal_key(message.topic, message.key)) > 0) {
         batch.slots.push_back(kBlocked);
         continue;
-      }
-      // A message the store will reject blocks the rest of its key right away,
-      // also later in this same group commit.
-      if (will_be_rejected(incoming_message, max_message_bytes)) {
-        session->refused_keys.insert(refusal_key(message.topic, message.key));
       }
       batch.slots.push_back(static_cast<std::uint32_t>(incoming.size()));
       incoming.push_back(incoming_message);
@@ -357,14 +353,15 @@ struct Server::Impl {
           if (slot == kBlocked) {
             ++counters.blocked;
             entry.status = wire::AckStatus::blocked;
-            entry.reason = "an earlier message of this topic and key was refused in this session";
+            entry.reason = kBlockedReason;
             ack.entries.push_back(std::move(entry));
             continue;
           }
           auto i = static_cast<std::size_t>(slot);
           const auto& outcome = outcomes[i];
           if ((outcome.status == AppendStatus::conflict ||
-               outcome.status == AppendStatus::rejected) &&
+               outcome.status == AppendStatus::rejected ||
+               outcome.status == AppendStatus::blocked) &&
               session != nullptr) {
             session->refused_keys.insert(refusal_key(incoming[i].topic, incoming[i].partition_key));
           }
@@ -385,6 +382,11 @@ struct Server::Impl {
               entry.status = wire::AckStatus::rejected;
               entry.reason = reject_text(outcome.reason);
               break;
+            case AppendStatus::blocked:
+              ++counters.blocked;
+              entry.status = wire::AckStatus::blocked;
+              entry.reason = kBlockedReason;
+              break;
           }
           ack.entries.push_back(std::move(entry));
         }
@@ -404,26 +406,6 @@ struct Server::Impl {
     text.push_back('\0');
     text.append(key);
     return text;
-  }
-
-  // The store's validation rules (see Store::append), checked before the
-  // append so that ordering within one group commit can honour them.
-  static bool will_be_rejected(const IncomingMessage& message, std::size_t max_message_bytes) {
-    auto printable = [](char c) { return c > 0x20 && c < 0x7f; };
-    auto topic_char = [](char c) {
-      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-             c == '.' || c == '_' || c == '-';
-    };
-    if (message.msg_id.empty() || message.msg_id.size() > 255 ||
-        !std::all_of(message.msg_id.begin(), message.msg_id.end(), printable)) {
-      return true;
-    }
-    if (message.topic.empty() || message.topic.size() > 249 ||
-        !std::all_of(message.topic.begin(), message.topic.end(), topic_char)) {
-      return true;
-    }
-    return message.partition_key.size() + message.headers.size() + message.payload.size() >
-           max_message_bytes;
   }
 
   void note_topic(std::string_view topic) {
@@ -699,6 +681,8 @@ struct Server::Impl {
   }
 
   static constexpr std::uint32_t kBlocked = 0xffffffffu;
+  static constexpr const char* kBlockedReason =
+      "an earlier message of this topic and key was refused in this session";
 
   Store& store;
   ServerOptions options;

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <limits>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include <spdlog/logger.h>
@@ -44,6 +45,8 @@ std::string_view to_string(AppendStatus status) noexcept {
       return "conflict";
     case AppendStatus::rejected:
       return "rejected";
+    case AppendStatus::blocked:
+      return "blocked";
   }
   return "unknown";
 }
@@ -440,6 +443,63 @@ struct Store::Impl {
     topic.chunk.clear();
   }
 
+  // Appends one valid-or-not message inside the open transaction of append().
+  AppendOutcome append_one(const IncomingMessage& message, std::int64_t now,
+                           std::vector<TopicUndo>& undo) {
+    RejectReason reason = validate(message, options.max_message_bytes);
+    if (reason != RejectReason::none) {
+      ++counters.rejected;
+      return AppendOutcome{AppendStatus::rejected, 0, reason};
+    }
+    // A known msg_id sent to a topic that does not exist yet is a conflict;
+    // checking first keeps such a message from creating an empty topic.
+    if (topic_ids.find(message.topic) == topic_ids.end()) {
+      if (auto original_key = known_message_key(message.msg_id)) {
+        ++counters.conflicts;
+        return AppendOutcome{AppendStatus::conflict, key_offset(*original_key), RejectReason::none};
+      }
+    }
+    Topic& topic = topic_for_append(message.topic, undo);
+    if (topic.last_offset >= max_offset)
+      throw StoreError("topic " + topic.name + " is out of offsets", SQLITE_FULL);
+    const std::uint64_t offset = topic.last_offset + 1;
+    const std::int64_t key = message_key(topic.id, offset);
+    const auto hash = static_cast<std::int64_t>(payload_hash(message.payload));
+
+    insert_dedup.bind_text(1, message.msg_id);
+    insert_dedup.bind(2, key);
+    insert_dedup.bind(3, hash);
+    insert_dedup.bind(4, now);
+    insert_dedup.run();
+    if (sqlite3_changes(db.get()) == 1) {
+      // The body is written with its chunk before COMMIT, in this transaction.
+      if (topic.chunk.empty()) {
+        topic.chunk_first = offset;
+        topic.chunk.reserve(chunk::target_bytes + 512);
+      }
+      chunk::append_message(topic.chunk, message);
+      topic.last_offset = offset;
+      if (topic.chunk.size() >= chunk::target_bytes) flush_chunk(topic, now);
+      ++topic.message_count;
+      ++counters.stored;
+      ++counters.dedup_entries;
+      return AppendOutcome{AppendStatus::stored, offset, RejectReason::none};
+    }
+    // Already known, from an earlier call or earlier in this batch.
+    sqlite::ResetGuard guard(select_dedup);
+    select_dedup.bind_text(1, message.msg_id);
+    if (!select_dedup.step()) {
+      throw StoreError("dedup entry for " + std::string(message.msg_id) + " vanished",
+                       SQLITE_CORRUPT);
+    }
+    const std::int64_t original_key = select_dedup.column_integer(0);
+    const std::int64_t original_hash = select_dedup.column_integer(1);
+    const bool same = original_hash == hash && key_topic(original_key) == topic.id;
+    ++(same ? counters.duplicates : counters.conflicts);
+    return AppendOutcome{same ? AppendStatus::duplicate : AppendStatus::conflict,
+                         key_offset(original_key), RejectReason::none};
+  }
+
   void append(std::span<const IncomingMessage> batch, std::vector<AppendOutcome>& outcomes) {
     outcomes.assign(batch.size(), AppendOutcome{});
     if (batch.empty()) return;  // nothing to make durable, not even a counter
@@ -447,68 +507,32 @@ struct Store::Impl {
     const Counters saved_counters = counters;
     const std::size_t saved_topic_count = topics.size();
     std::vector<TopicUndo> undo;
+    // (order group, topic, key) of messages refused in this call; small, and
+    // usually empty, so the common path costs one emptiness check.
+    std::unordered_set<std::string> refused_streams;
+    auto stream_of = [](const IncomingMessage& message) {
+      std::string stream(reinterpret_cast<const char*>(&message.order_group),
+                         sizeof message.order_group);
+      stream.append(message.topic).push_back('\0');
+      stream.append(message.partition_key);
+      return stream;
+    };
     try {
       const std::int64_t now = now_ms();
       sqlite::Transaction transaction(db.get(), begin, commit, rollback);
       for (std::size_t i = 0; i < batch.size(); ++i) {
         const IncomingMessage& message = batch[i];
         AppendOutcome& outcome = outcomes[i];
-        RejectReason reason = validate(message, options.max_message_bytes);
-        if (reason != RejectReason::none) {
-          outcome = AppendOutcome{AppendStatus::rejected, 0, reason};
-          ++counters.rejected;
+        if (!refused_streams.empty() && message.order_group != 0 &&
+            refused_streams.count(stream_of(message)) > 0) {
+          outcome = AppendOutcome{AppendStatus::blocked, 0, RejectReason::none};
           continue;
         }
-        // A known msg_id sent to a topic that does not exist yet is a conflict;
-        // checking first keeps such a message from creating an empty topic.
-        if (topic_ids.find(message.topic) == topic_ids.end()) {
-          if (auto original_key = known_message_key(message.msg_id)) {
-            outcome = AppendOutcome{AppendStatus::conflict, key_offset(*original_key),
-                                    RejectReason::none};
-            ++counters.conflicts;
-            continue;
-          }
+        outcome = append_one(message, now, undo);
+        if (message.order_group != 0 && (outcome.status == AppendStatus::conflict ||
+                                         outcome.status == AppendStatus::rejected)) {
+          refused_streams.insert(stream_of(message));
         }
-        Topic& topic = topic_for_append(message.topic, undo);
-        if (topic.last_offset >= max_offset)
-          throw StoreError("topic " + topic.name + " is out of offsets", SQLITE_FULL);
-        const std::uint64_t offset = topic.last_offset + 1;
-        const std::int64_t key = message_key(topic.id, offset);
-        const auto hash = static_cast<std::int64_t>(payload_hash(message.payload));
-
-        insert_dedup.bind_text(1, message.msg_id);
-        insert_dedup.bind(2, key);
-        insert_dedup.bind(3, hash);
-        insert_dedup.bind(4, now);
-        insert_dedup.run();
-        if (sqlite3_changes(db.get()) == 1) {
-          // The body is written with its chunk before COMMIT, in this transaction.
-          if (topic.chunk.empty()) {
-            topic.chunk_first = offset;
-            topic.chunk.reserve(chunk::target_bytes + 512);
-          }
-          chunk::append_message(topic.chunk, message);
-          topic.last_offset = offset;
-          if (topic.chunk.size() >= chunk::target_bytes) flush_chunk(topic, now);
-          ++topic.message_count;
-          ++counters.stored;
-          ++counters.dedup_entries;
-          outcome = AppendOutcome{AppendStatus::stored, offset, RejectReason::none};
-          continue;
-        }
-        // Already known, from an earlier call or earlier in this batch.
-        sqlite::ResetGuard guard(select_dedup);
-        select_dedup.bind_text(1, message.msg_id);
-        if (!select_dedup.step()) {
-          throw StoreError("dedup entry for " + std::string(message.msg_id) + " vanished",
-                           SQLITE_CORRUPT);
-        }
-        const std::int64_t original_key = select_dedup.column_integer(0);
-        const std::int64_t original_hash = select_dedup.column_integer(1);
-        const bool same = original_hash == hash && key_topic(original_key) == topic.id;
-        outcome = AppendOutcome{same ? AppendStatus::duplicate : AppendStatus::conflict,
-                                key_offset(original_key), RejectReason::none};
-        ++(same ? counters.duplicates : counters.conflicts);
       }
       for (const TopicUndo& entry : undo) {
         Topic& topic = topics[entry.id - 1];

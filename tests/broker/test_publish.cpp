@@ -36,13 +36,19 @@ TEST_CASE("new msg_ids are STORED, resends DUPLICATE, changed payloads CONFLICT"
   CHECK(resend->entries[1].status == wire::AckStatus::duplicate);
   CHECK(resend->entries[1].offset == 2);
 
-  std::vector<wire::OutgoingMessage> changed = {message("id-1", "ONE"), message("id-3", "three")};
+  // In the same batch (so the same group commit): another key goes on, while
+  // the conflicting message's own key is held back behind it.
+  std::vector<wire::OutgoingMessage> changed = {message("id-1", "ONE"),
+                                                message("id-3", "three", "orders", "other"),
+                                                message("id-4", "four")};
   auto conflict = client->publish(3, changed, 20s);
   REQUIRE(conflict.ok());
+  REQUIRE(conflict->entries.size() == 3);
   CHECK(conflict->entries[0].status == wire::AckStatus::conflict);
   CHECK_FALSE(conflict->entries[0].reason.empty());
   CHECK(conflict->entries[1].status == wire::AckStatus::stored);
   CHECK(conflict->entries[1].offset == 3);
+  CHECK(conflict->entries[2].status == wire::AckStatus::blocked);
 
   auto stats = client->stats(20s);
   REQUIRE(stats.ok());

@@ -77,6 +77,44 @@ TEST_CASE("the same msg_id with another payload or topic is a conflict") {
   CHECK(fetched.messages[0].payload == "original");
 }
 
+TEST_CASE("after a refused message, later messages of its order group and key are blocked") {
+  test_support::TempDir dir("broker-store");
+  broker::StoreOptions options = normal_sync();
+  options.max_message_bytes = 64;
+  broker::Store store(dir / "broker.db", options);
+  REQUIRE(append_one(store, {"id-1", "orders", "original", "k"}) == stored(1));
+
+  // One call, as one group commit of two sessions (groups 7 and 8) and a
+  // message without a group.
+  std::vector<Message> messages = {
+      {"id-1", "orders", "changed", "k"},              // conflict: blocks (7, orders, k)
+      {"id-2", "orders", "after", "k"},                // blocked
+      {"id-3", "orders", "other key", "j"},            // another key goes on
+      {"id-4", "orders", "other group", "k"},          // another group goes on
+      {"id-5", "orders", "no group", "k"},             // no group: not ordered, goes on
+      {"id-6", "orders", std::string(100, 'x'), "r"},  // rejected: blocks (7, orders, r)
+      {"id-7", "orders", "after reject", "r"},         // blocked
+  };
+  std::vector<std::uint64_t> groups = {7, 7, 7, 8, 0, 7, 7};
+  std::vector<broker::IncomingMessage> views;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    views.push_back(messages[i].view());
+    views.back().order_group = groups[i];
+  }
+  auto outcomes = store.append(views);
+  REQUIRE(outcomes.size() == 7);
+  CHECK(outcomes[0] == conflict(1));
+  CHECK(outcomes[1].status == AppendStatus::blocked);
+  CHECK(outcomes[2] == stored(2));
+  CHECK(outcomes[3] == stored(3));
+  CHECK(outcomes[4] == stored(4));
+  CHECK(outcomes[5] == rejected(RejectReason::too_large));
+  CHECK(outcomes[6].status == AppendStatus::blocked);
+  // Blocked messages took no offset and left no dedup entry: a resend stores them.
+  CHECK(append_one(store, {"id-2", "orders", "after", "k"}) == stored(5));
+  CHECK(append_one(store, {"id-7", "orders", "after reject", "r"}) == stored(6));
+}
+
 TEST_CASE("a msg_id repeated inside one batch is stored once") {
   test_support::TempDir dir("broker-store");
   broker::Store store(dir / "broker.db", normal_sync());

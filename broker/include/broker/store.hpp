@@ -101,9 +101,21 @@ struct IncomingMessage {
   std::string_view partition_key;  // may be empty
   std::string_view headers;        // opaque bytes, stored and returned verbatim
   std::string_view payload;        // may be empty
+  // Messages of one ordered stream (the daemon passes the session id; 0: none).
+  // Once a message of (order_group, topic, partition_key) is refused in a call
+  // (conflict or rejected), later messages of the same triple in that call are
+  // not written and come back blocked, so nothing of a key overtakes a refused
+  // message inside one group commit.
+  std::uint64_t order_group = 0;
 };
 
-enum class AppendStatus : std::uint8_t { stored, duplicate, conflict, rejected };
+enum class AppendStatus : std::uint8_t {
+  stored,
+  duplicate,
+  conflict,
+  rejected,
+  blocked,  // not written: an earlier message of its order group, topic and key was refused
+};
 
 enum class RejectReason : std::uint8_t {
   none,
