@@ -1,0 +1,470 @@
+// A faulty network between outbox-relay and outbox-broker, for the fault
+// suite. It binds a ROUTER that relays connect to and opens one DEALER to the
+// broker per relay connection, so the broker sees one connection (and so one
+// session) per relay connection, as without the proxy. Messages are forwarded
+// opaquely, frame for frame; a seeded random generator decides which of them
+// meet a fault:
+//
+//   relay -> broker
+//     delay      the message (and everything behind it) waits a few ms
+//     duplicate  a copy follows the original a little later
+//     drop       the message is lost and the broker-side connection is cut,
+//                as when a TCP connection breaks: what follows goes on a new
+//                connection (ZeroMQ reconnects by itself), where the broker
+//                knows no session
+//     stall      the connection hangs for longer than the relay's ack
+//                timeout; the relay gives up and reconnects, and what was
+//                held is delivered afterwards on the old connection: stale
+//                batches reach the broker after the new session's
+//     cut        the broker-side connection is closed
+//   broker -> relay
+//     drop, delay, duplicate, reorder (a reply overtaken by later ones)
+//   both
+//     reset      the listening socket is closed and bound again: every relay
+//                connection breaks
+//
+// Within one relay-to-broker connection the proxy keeps order and never
+// loses a message in the middle of the stream (a loss ends the connection),
+// because TCP and ZeroMQ give that guarantee and the protocol builds on it.
+// --hostile-order also reorders and drops PUBLISH batches inside one
+// connection, which the protocol does not claim to survive (see the README).
+//
+//   fault_proxy --broker tcp://127.0.0.1:7750 --bind tcp://127.0.0.1:*
+//               --endpoint-file F --stats-file S --seed N [--rate 1.0]
+//               [--hostile-order]
+//
+// SIGUSR1 turns fault injection off (messages still in the delay queues are
+// delivered); SIGTERM/SIGINT exit 0. The fault counts are written to the
+// stats file (replaced atomically) every 100 ms and at exit, one
+// "name=value" per line.
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <zmq.hpp>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+std::atomic<bool> stop_requested{false};
+std::atomic<bool> quiet_requested{false};
+
+extern "C" void on_stop_signal(int) {
+  stop_requested.store(true);
+}
+extern "C" void on_quiet_signal(int) {
+  quiet_requested.store(true);
+}
+
+struct Settings {
+  std::string broker;
+  std::string bind = "tcp://127.0.0.1:*";
+  std::string endpoint_file;
+  std::string stats_file;
+  std::uint64_t seed = 1;
+  double rate = 1.0;  // scales every fault probability
+  bool hostile_order = false;
+};
+
+using Frames = std::vector<std::string>;
+
+struct Queued {
+  Clock::time_point release_at;
+  Frames frames;
+};
+
+struct Counts {
+  std::map<std::string, std::uint64_t> by_kind;
+  std::uint64_t forwarded_up = 0;
+  std::uint64_t forwarded_down = 0;
+  std::uint64_t total() const {
+    std::uint64_t sum = 0;
+    for (const auto& [kind, count] : by_kind) sum += count;
+    return sum;
+  }
+};
+
+// One relay connection and the broker connection that serves it.
+struct Pair {
+  std::string routing_id;
+  std::unique_ptr<zmq::socket_t> dealer;  // null once cut; recreated on the next message
+  std::deque<Queued> up;                  // to the broker, release times non-decreasing
+  std::vector<Queued> down;               // to the relay, any order
+  Clock::time_point last_activity = Clock::now();
+};
+
+class Proxy {
+ public:
+  explicit Proxy(Settings settings)
+      : settings_(std::move(settings)), random_(settings_.seed), context_(1) {
+    bind_frontend(settings_.bind);
+  }
+
+  void run() {
+    auto next_stats = Clock::now();
+    while (!stop_requested.load()) {
+      if (quiet_requested.load()) faults_on_ = false;
+      poll_once();
+      release_due();
+      forget_idle_pairs();
+      if (Clock::now() >= next_stats) {
+        write_stats();
+        next_stats = Clock::now() + milliseconds(100);
+      }
+    }
+    write_stats();
+  }
+
+ private:
+  // --- randomness ---------------------------------------------------------
+  bool chance(double probability) {
+    if (!faults_on_) return false;
+    return std::uniform_real_distribution<double>(0, 1)(random_) < probability * settings_.rate;
+  }
+  milliseconds between(int low, int high) {
+    return milliseconds(std::uniform_int_distribution<int>(low, high)(random_));
+  }
+  void count(const std::string& kind) { ++counts_.by_kind[kind]; }
+
+  // --- sockets ------------------------------------------------------------
+  void bind_frontend(const std::string& endpoint) {
+    frontend_ = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::router);
+    frontend_->set(zmq::sockopt::linger, 0);
+    frontend_->set(zmq::sockopt::sndhwm, 10000);
+    frontend_->set(zmq::sockopt::rcvhwm, 10000);
+    // A reset binds the port the relays know again; the old listener closes
+    // in ZeroMQ's I/O thread, so the port may be busy for a moment.
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (true) {
+      try {
+        frontend_->bind(endpoint);
+        break;
+      } catch (const zmq::error_t& error) {
+        if (error.num() != EADDRINUSE || Clock::now() >= deadline) throw;
+        std::this_thread::sleep_for(milliseconds(5));  // retrying a busy port, bounded
+      }
+    }
+    endpoint_ = frontend_->get(zmq::sockopt::last_endpoint);
+  }
+
+  void open_dealer(Pair& pair) {
+    pair.dealer = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::dealer);
+    pair.dealer->set(zmq::sockopt::linger, 0);
+    pair.dealer->set(zmq::sockopt::sndhwm, 10000);
+    pair.dealer->set(zmq::sockopt::rcvhwm, 10000);
+    pair.dealer->connect(settings_.broker);
+  }
+
+  // Closes the broker side of a relay connection: the broker drops the
+  // session; anything held for either direction is lost with it.
+  void cut(Pair& pair) {
+    pair.dealer.reset();
+    pair.up.clear();
+    pair.down.clear();
+  }
+
+  void reset_frontend() {
+    for (auto& [id, pair] : pairs_) cut(*pair);
+    pairs_.clear();
+    frontend_.reset();
+    bind_frontend(endpoint_);
+  }
+
+  // --- forwarding ---------------------------------------------------------
+  static bool receive_all(zmq::socket_t& socket, Frames& frames) {
+    frames.clear();
+    while (true) {
+      zmq::message_t part;
+      auto got = socket.recv(part, zmq::recv_flags::dontwait);
+      if (!got) return !frames.empty();
+      frames.emplace_back(static_cast<const char*>(part.data()), part.size());
+      if (!part.more()) return true;
+    }
+  }
+
+  static void send_all(zmq::socket_t& socket, const Frames& frames) {
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
+                                         : zmq::send_flags::dontwait;
+      // A full queue drops the message, as ZeroMQ itself would on a ROUTER.
+      if (!socket.send(zmq::buffer(frames[i]), flags)) return;
+    }
+  }
+
+  static bool is_publish(const Frames& frames) {
+    return frames.size() == 3 && frames[1].size() == 1 && frames[1][0] == 0x03;
+  }
+
+  void from_relay(Frames frames) {
+    if (frames.size() < 2) return;
+    std::string routing_id = frames.front();
+    frames.erase(frames.begin());
+    auto& slot = pairs_[routing_id];
+    if (!slot) {
+      slot = std::make_unique<Pair>();
+      slot->routing_id = routing_id;
+    }
+    Pair& pair = *slot;
+    pair.last_activity = Clock::now();
+    if (chance(0.004)) {
+      count("reset");
+      reset_frontend();
+      return;
+    }
+    if (chance(0.006)) {
+      count("cut");
+      cut(pair);
+      return;  // the message went down with the connection
+    }
+    if (chance(0.006)) {
+      count("drop");
+      cut(pair);
+      return;
+    }
+    if (!pair.dealer) open_dealer(pair);
+    auto now = Clock::now();
+    auto release = pair.up.empty() ? now : std::max(now, pair.up.back().release_at);
+    if (chance(0.004)) {
+      // Longer than the relay's ack timeout (1 s in the suite): the relay
+      // reconnects while this connection still holds its batches.
+      count("stall");
+      release = std::max(release, now + between(1200, 2500));
+    } else if (chance(0.03)) {
+      count("delay");
+      release = std::max(release, now + between(1, 150));
+    }
+    if (settings_.hostile_order && is_publish(frames) && !pair.up.empty() && chance(0.02)) {
+      // Not a network fault TCP can produce: a batch overtakes the one before
+      // it inside one connection.
+      count("hostile_reorder");
+      pair.up.insert(pair.up.end() - 1, Queued{pair.up.back().release_at, std::move(frames)});
+      return;
+    }
+    if (settings_.hostile_order && is_publish(frames) && chance(0.01)) {
+      count("hostile_drop");  // a gap inside one connection
+      return;
+    }
+    bool duplicate = chance(0.02);
+    pair.up.push_back(Queued{release, frames});
+    if (duplicate) {
+      count("duplicate");
+      pair.up.push_back(Queued{release + between(0, 50), std::move(frames)});
+    }
+  }
+
+  void from_broker(Pair& pair, Frames frames) {
+    pair.last_activity = Clock::now();
+    if (chance(0.01)) {
+      count("lost_reply");
+      return;
+    }
+    auto now = Clock::now();
+    Clock::time_point release = now;
+    for (const auto& held : pair.down) release = std::max(release, held.release_at);
+    if (chance(0.02)) {
+      count("reorder");
+      // Held back alone: replies that arrive after it may overtake it.
+      pair.down.push_back(Queued{now + between(5, 200), std::move(frames)});
+      return;
+    }
+    if (chance(0.03)) {
+      count("delay");
+      release = release + between(1, 150);
+    }
+    bool duplicate = chance(0.02);
+    pair.down.push_back(Queued{release, frames});
+    if (duplicate) {
+      count("duplicate");
+      pair.down.push_back(Queued{release + between(0, 50), std::move(frames)});
+    }
+  }
+
+  void poll_once() {
+    std::vector<zmq::pollitem_t> items;
+    std::vector<Pair*> owners;
+    items.push_back({frontend_->handle(), 0, ZMQ_POLLIN, 0});
+    owners.push_back(nullptr);
+    for (auto& [id, pair] : pairs_) {
+      if (!pair->dealer) continue;
+      items.push_back({pair->dealer->handle(), 0, ZMQ_POLLIN, 0});
+      owners.push_back(pair.get());
+    }
+    try {
+      zmq::poll(items.data(), items.size(), next_wait());
+    } catch (const zmq::error_t& error) {
+      if (error.num() != EINTR) throw;
+      return;
+    }
+    Frames frames;
+    // Read a bounded number per socket and round, so no side starves the other.
+    for (std::size_t i = 1; i < items.size(); ++i) {
+      if ((items[i].revents & ZMQ_POLLIN) == 0) continue;
+      Pair* pair = owners[i];
+      for (int n = 0; n < 100 && pair->dealer && receive_all(*pair->dealer, frames); ++n) {
+        from_broker(*pair, std::move(frames));
+      }
+    }
+    if ((items[0].revents & ZMQ_POLLIN) != 0) {
+      for (int n = 0; n < 100 && frontend_ && receive_all(*frontend_, frames); ++n) {
+        from_relay(std::move(frames));
+      }
+    }
+  }
+
+  milliseconds next_wait() const {
+    auto soonest = Clock::now() + milliseconds(50);
+    for (const auto& [id, pair] : pairs_) {
+      if (!pair->up.empty()) soonest = std::min(soonest, pair->up.front().release_at);
+      for (const auto& held : pair->down) soonest = std::min(soonest, held.release_at);
+    }
+    auto wait = std::chrono::duration_cast<milliseconds>(soonest - Clock::now());
+    return std::clamp(wait, milliseconds(0), milliseconds(50));
+  }
+
+  void release_due() {
+    auto now = Clock::now();
+    for (auto& [id, pair] : pairs_) {
+      while (!pair->up.empty() && pair->up.front().release_at <= now) {
+        if (pair->dealer) send_all(*pair->dealer, pair->up.front().frames);
+        ++counts_.forwarded_up;
+        pair->up.pop_front();
+      }
+      // Replies in release order; equal times keep arrival order.
+      std::stable_sort(pair->down.begin(), pair->down.end(), [](const Queued& a, const Queued& b) {
+        return a.release_at < b.release_at;
+      });
+      std::size_t sent = 0;
+      while (sent < pair->down.size() && pair->down[sent].release_at <= now) {
+        Frames out;
+        out.reserve(pair->down[sent].frames.size() + 1);
+        out.push_back(pair->routing_id);
+        for (auto& frame : pair->down[sent].frames) out.push_back(std::move(frame));
+        send_all(*frontend_, out);
+        ++counts_.forwarded_down;
+        ++sent;
+      }
+      pair->down.erase(pair->down.begin(), pair->down.begin() + static_cast<long>(sent));
+    }
+  }
+
+  // Relays reconnect with a new routing id after every failure; broker
+  // connections of ids not heard of for a while are closed (not a fault:
+  // the relay left them).
+  void forget_idle_pairs() {
+    auto now = Clock::now();
+    for (auto it = pairs_.begin(); it != pairs_.end();) {
+      auto& pair = *it->second;
+      if (pair.up.empty() && pair.down.empty() &&
+          now - pair.last_activity > std::chrono::seconds(30)) {
+        it = pairs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void write_stats() {
+    if (settings_.stats_file.empty()) return;
+    std::string temporary = settings_.stats_file + ".tmp";
+    {
+      std::ofstream out(temporary, std::ios::trunc);
+      for (const auto& [kind, value] : counts_.by_kind) out << kind << '=' << value << '\n';
+      out << "total=" << counts_.total() << '\n';
+      out << "forwarded_up=" << counts_.forwarded_up << '\n';
+      out << "forwarded_down=" << counts_.forwarded_down << '\n';
+      out << "faults_on=" << (faults_on_ ? 1 : 0) << '\n';
+    }
+    std::filesystem::rename(temporary, settings_.stats_file);
+  }
+
+ public:
+  const std::string& endpoint() const { return endpoint_; }
+
+ private:
+  Settings settings_;
+  std::mt19937_64 random_;
+  zmq::context_t context_;
+  std::unique_ptr<zmq::socket_t> frontend_;
+  std::string endpoint_;
+  std::map<std::string, std::unique_ptr<Pair>> pairs_;
+  Counts counts_;
+  bool faults_on_ = true;
+};
+
+int usage(const char* message) {
+  std::fprintf(stderr, "fault_proxy: %s\n", message);
+  std::fprintf(stderr,
+               "usage: fault_proxy --broker ENDPOINT [--bind ENDPOINT] [--endpoint-file FILE]\n"
+               "                   [--stats-file FILE] [--seed N] [--rate X] [--hostile-order]\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Settings settings;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value");
+      return argv[++i];
+    };
+    try {
+      if (flag == "--broker")
+        settings.broker = value();
+      else if (flag == "--bind")
+        settings.bind = value();
+      else if (flag == "--endpoint-file")
+        settings.endpoint_file = value();
+      else if (flag == "--stats-file")
+        settings.stats_file = value();
+      else if (flag == "--seed")
+        settings.seed = std::stoull(value());
+      else if (flag == "--rate")
+        settings.rate = std::stod(value());
+      else if (flag == "--hostile-order")
+        settings.hostile_order = true;
+      else
+        return usage(("unknown flag " + flag).c_str());
+    } catch (const std::exception& error) {
+      return usage(error.what());
+    }
+  }
+  if (settings.broker.empty()) return usage("--broker is required");
+
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGUSR1, on_quiet_signal);
+  try {
+    Proxy proxy(settings);
+    std::printf("listening on %s\n", proxy.endpoint().c_str());
+    std::fflush(stdout);
+    if (!settings.endpoint_file.empty()) {
+      std::string temporary = settings.endpoint_file + ".tmp";
+      std::ofstream(temporary, std::ios::trunc) << proxy.endpoint() << '\n';
+      std::filesystem::rename(temporary, settings.endpoint_file);
+    }
+    proxy.run();
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "fault_proxy: %s\n", error.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,934 @@
+// outbox-faults: attacks a running pipeline and checks afterwards that
+// nothing was lost, duplicated, reordered or invented.
+//
+// It starts, on loopback and in a temporary directory, several producer
+// processes sharing one outbox database, outbox-relay, outbox-broker, a
+// fault proxy between relay and broker, and a consumer that applies every
+// message once through outbox::Inbox. While the producers commit, a seeded
+// injector kills (SIGKILL) and stops (SIGTERM) the relay, the broker, the
+// consumer and producers at random moments and starts them again, and the
+// proxy drops, delays, duplicates and reorders messages and cuts
+// connections. When enough faults were injected (--faults) or the time is up
+// (--duration), faults stop, the producers finish, everything drains, and
+// the checker compares the producers' database, the broker and the
+// consumer's database. The last line is the summary:
+//
+//   faults=N lost=0 duplicated=0 reordered=0 phantom=0
+//
+// Exit code 0 when every check passed, 1 when one failed (the seed and the
+// first offending msg_ids are printed to replay it), 2 for bad flags, 3 when
+// the run itself could not be carried out.
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "broker/client.hpp"
+#include "outbox/relay_store.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+std::atomic<bool> interrupted{false};
+extern "C" void on_interrupt(int) {
+  interrupted.store(true);
+}
+
+const std::vector<std::string> kTopics = {"orders", "payments"};
+
+struct Settings {
+  std::uint64_t seed = 0;
+  long faults = 250;
+  std::optional<milliseconds> duration;
+  milliseconds max_load_time = 10min;
+  int producers = 3;
+  double rate = 100;  // transactions per second per producer
+  int keys = 12;
+  milliseconds drain_timeout = 180s;
+  double proxy_rate = 1.0;
+  bool hostile_order = false;
+  bool keep = false;
+  fs::path work_dir;
+  std::string relay_binary = OUTBOX_BIN_OUTBOX_RELAY;
+  std::string broker_binary = OUTBOX_BIN_OUTBOX_BROKER;
+  std::string proxy_binary = OUTBOX_BIN_FAULT_PROXY;
+  std::string producer_binary = OUTBOX_BIN_FAULTS_PRODUCER;
+  std::string consumer_binary = OUTBOX_BIN_FAULTS_CONSUMER;
+};
+
+class HarnessError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+std::string describe(const test_support::ExitStatus& status) {
+  return status.exited ? "exit " + std::to_string(status.code)
+                       : "signal " + std::to_string(status.signal);
+}
+
+void append_file(const fs::path& to, const std::string& text) {
+  std::ofstream out(to, std::ios::app | std::ios::binary);
+  out << text;
+}
+
+std::string tail_lines(const std::string& text, std::size_t count) {
+  auto all = test_support::lines(text);
+  std::string out;
+  for (std::size_t i = all.size() > count ? all.size() - count : 0; i < all.size(); ++i) {
+    out += "    " + all[i] + "\n";
+  }
+  return out;
+}
+
+// One daemon or worker the harness owns: started, signalled and restarted
+// by pid only; its output is appended to logs/<name>.log at every exit.
+class Managed {
+ public:
+  using Starter = std::function<std::unique_ptr<test_support::ChildProcess>()>;
+  enum class State { running, stopping, down };
+
+  Managed(std::string name, fs::path log_file, Starter starter)
+      : name_(std::move(name)), log_file_(std::move(log_file)), starter_(std::move(starter)) {}
+
+  const std::string& name() const { return name_; }
+  State state() const { return state_; }
+  bool running() const { return state_ == State::running; }
+
+  void start() {
+    process_ = starter_();
+    state_ = State::running;
+    started_at_ = Clock::now();
+    ++starts_;
+  }
+
+  // Sends `sig` and, for SIGKILL, reaps at once.
+  void signal(int sig) {
+    if (state_ != State::running) return;
+    process_->signal(sig);
+    expected_signal_ = sig;
+    state_ = State::stopping;
+    stopping_since_ = Clock::now();
+  }
+
+  // A signal that does not end the process (the proxy's SIGUSR1).
+  void notify(int sig) {
+    if (state_ == State::running) process_->signal(sig);
+  }
+
+  // Call often: reaps exits, returns a line describing anything unexpected.
+  std::optional<std::string> poll(Clock::time_point restart_at_if_down) {
+    if (state_ == State::down || !process_) return std::nullopt;
+    if (process_->running()) {
+      if (state_ == State::stopping && Clock::now() - stopping_since_ > 40s) {
+        return name_ + " did not exit within 40 s of SIGTERM";
+      }
+      return std::nullopt;
+    }
+    auto status = *process_->wait_for(0ms);
+    last_status_ = status;
+    archive(status);
+    std::optional<std::string> problem;
+    if (state_ == State::running) {
+      problem = name_ + " exited by itself (" + describe(status) + ")";
+      if (status.exited && exit_code_ok_(status.code)) problem.reset();
+    } else if (expected_signal_ == SIGTERM && !(status.exited && status.code == 0)) {
+      problem = name_ + " did not exit 0 after SIGTERM (" + describe(status) + ")";
+    }
+    if (problem) last_log_tail_ = tail_lines(process_->stderr_text(), 15);
+    process_.reset();
+    state_ = State::down;
+    restart_at_ = restart_at_if_down;
+    return problem;
+  }
+
+  bool due_for_restart(Clock::time_point now) const {
+    return state_ == State::down && restart_enabled_ && now >= restart_at_;
+  }
+  // A process stopped for good (producers at the end of the load) stays down.
+  void stay_down() { restart_enabled_ = false; }
+  void set_restart_at(Clock::time_point at) { restart_at_ = at; }
+  std::optional<test_support::ExitStatus> last_status() const { return last_status_; }
+  const std::string& last_log_tail() const { return last_log_tail_; }
+  std::string stdout_text() const { return last_stdout_; }
+  long starts() const { return starts_; }
+  Clock::time_point started_at() const { return started_at_; }
+  // Exit codes that are not a problem when the process ends by itself.
+  void accept_exit_codes(std::function<bool(int)> ok) { exit_code_ok_ = std::move(ok); }
+
+  ~Managed() noexcept {
+    if (process_) {
+      process_->signal(SIGKILL);
+      if (auto status = process_->wait_for(10s)) archive(*status);
+    }
+  }
+
+ private:
+  void archive(const test_support::ExitStatus& status) {
+    last_stdout_ = process_->stdout_text();
+    std::ostringstream header;
+    header << "----- " << name_ << " pid " << process_->pid() << " ended: " << describe(status)
+           << "\n";
+    append_file(log_file_, header.str() + process_->stderr_text() + last_stdout_);
+  }
+
+  std::string name_;
+  fs::path log_file_;
+  Starter starter_;
+  std::unique_ptr<test_support::ChildProcess> process_;
+  State state_ = State::down;
+  int expected_signal_ = 0;
+  Clock::time_point stopping_since_{}, restart_at_{}, started_at_{};
+  std::optional<test_support::ExitStatus> last_status_;
+  std::string last_log_tail_, last_stdout_;
+  long starts_ = 0;
+  bool restart_enabled_ = true;
+  std::function<bool(int)> exit_code_ok_ = [](int) { return false; };
+};
+
+std::string read_endpoint(const fs::path& file) {
+  auto text = test_support::read_file(file);
+  return text.substr(0, text.find('\n'));
+}
+
+std::map<std::string, long> read_counts(const fs::path& file) {
+  std::map<std::string, long> counts;
+  for (const auto& line : test_support::lines(test_support::read_file(file))) {
+    auto eq = line.find('=');
+    if (eq == std::string::npos) continue;
+    counts[line.substr(0, eq)] = std::stol(line.substr(eq + 1));
+  }
+  return counts;
+}
+
+// --- reading the three databases -----------------------------------------
+
+class Database {
+ public:
+  explicit Database(const fs::path& path) {
+    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+      std::string message = db_ ? sqlite3_errmsg(db_) : "out of memory";
+      sqlite3_close(db_);
+      throw HarnessError("cannot open " + path.string() + ": " + message);
+    }
+    sqlite3_busy_timeout(db_, 10000);
+  }
+  ~Database() { sqlite3_close(db_); }
+  // One read transaction around several queries, so they see one snapshot.
+  void begin() { rows("BEGIN"); }
+  Database(const Database&) = delete;
+  Database& operator=(const Database&) = delete;
+
+  // Every row as text columns.
+  std::vector<std::vector<std::string>> rows(const std::string& sql) {
+    sqlite3_stmt* statement = nullptr;
+    if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &statement, nullptr) != SQLITE_OK) {
+      throw HarnessError(std::string("query failed: ") + sqlite3_errmsg(db_) + ": " + sql);
+    }
+    std::vector<std::vector<std::string>> result;
+    int rc;
+    while ((rc = sqlite3_step(statement)) == SQLITE_ROW) {
+      std::vector<std::string> row;
+      for (int i = 0; i < sqlite3_column_count(statement); ++i) {
+        auto text = sqlite3_column_text(statement, i);
+        row.emplace_back(text ? reinterpret_cast<const char*>(text) : "");
+      }
+      result.push_back(std::move(row));
+    }
+    sqlite3_finalize(statement);
+    if (rc != SQLITE_DONE) throw HarnessError(std::string("query failed: ") + sqlite3_errmsg(db_));
+    return result;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+struct BrokerCopy {
+  std::string topic;
+  std::uint64_t offset = 0;
+  std::string msg_id;
+  std::string key;
+};
+
+std::vector<BrokerCopy> fetch_everything(const std::string& endpoint) {
+  broker::Client client(endpoint);
+  std::vector<BrokerCopy> all;
+  for (const auto& topic : kTopics) {
+    std::uint64_t from = 1;
+    for (int round = 0; round < 100000; ++round) {
+      wire::Fetch request;
+      request.topic = topic;
+      request.from_offset = from;
+      request.max_messages = 10000;
+      auto reply = client.fetch(request, 20s);
+      if (!reply) throw HarnessError("fetching " + topic + " failed: " + reply.error().message);
+      if (reply->messages.empty()) break;
+      for (auto& message : reply->messages) {
+        all.push_back({topic, message.offset, message.msg_id, message.key});
+      }
+      from = reply->next_offset;
+    }
+  }
+  return all;
+}
+
+// --- the checker ----------------------------------------------------------
+
+struct Finding {
+  explicit Finding(std::string name_in) : name(std::move(name_in)) {}
+  std::string name;
+  long count = 0;
+  std::vector<std::string> examples{};
+  void add(const std::string& example) {
+    ++count;
+    if (examples.size() < 5) examples.push_back(example);
+  }
+};
+
+struct Report {
+  Finding lost{"lost"}, duplicated{"duplicated"}, reordered{"reordered"}, phantom{"phantom"};
+  Finding no_message{"business row without its message"};
+  Finding no_business{"message without its business row"};
+  Finding undelivered{"outbox rows not delivered"};
+  Finding wrong_offset{"delivered with another offset than the broker's"};
+  Finding effect_missing{"consumer side effect missing"};
+  Finding effect_twice{"consumer side effect applied more than once"};
+  Finding effect_unknown{"consumer side effect for a message the broker does not have"};
+  long committed = 0, stored = 0, effects = 0;
+
+  std::vector<Finding*> all() {
+    return {&lost,           &duplicated,   &reordered,     &phantom,
+            &no_message,     &no_business,  &undelivered,   &wrong_offset,
+            &effect_missing, &effect_twice, &effect_unknown};
+  }
+  bool passed() {
+    for (auto* finding : all()) {
+      if (finding->count != 0) return false;
+    }
+    return true;
+  }
+};
+
+Report check(const fs::path& app_db, const fs::path& consumer_db,
+             const std::vector<BrokerCopy>& stored) {
+  Report report;
+  Database app(app_db);
+  app.begin();
+  // What the producers committed: business rows, and the outbox rows in commit order.
+  std::set<std::string> business;
+  for (auto& row : app.rows("SELECT msg_id FROM business")) business.insert(row[0]);
+  struct OutboxRow {
+    long seq;
+    std::string topic, key;
+  };
+  std::map<std::string, OutboxRow> outbox;
+  for (auto& row :
+       app.rows("SELECT seq, msg_id, topic, coalesce(partition_key, '') FROM outbox_messages")) {
+    outbox[row[1]] = {std::stol(row[0]), row[2], row[3]};
+  }
+  report.committed = static_cast<long>(business.size());
+  for (const auto& id : business) {
+    if (!outbox.count(id)) report.no_message.add(id);
+  }
+  for (const auto& [id, row] : outbox) {
+    if (!business.count(id)) report.no_business.add(id);
+  }
+  for (auto& row :
+       app.rows("SELECT m.msg_id, coalesce(d.state, -1), coalesce(d.broker_offset, -1),"
+                " m.seq <= coalesce((SELECT settled_through_seq FROM outbox_relay_cursor), 0)"
+                " FROM outbox_messages m LEFT JOIN outbox_delivery d USING (seq)")) {
+    bool settled = row[3] == "1";
+    if (row[1] != "1" && !(settled && row[1] == "-1"))
+      report.undelivered.add(row[0] + " (state " + row[1] + ")");
+  }
+
+  // What the broker stored.
+  std::map<std::string, const BrokerCopy*> first_copy;
+  std::map<std::pair<std::string, std::string>, std::vector<const BrokerCopy*>> per_key;
+  for (const auto& copy : stored) {
+    auto [it, fresh] = first_copy.emplace(copy.msg_id, &copy);
+    if (!fresh) {
+      report.duplicated.add(copy.msg_id + " (" + copy.topic + " offsets " +
+                            std::to_string(it->second->offset) + " and " +
+                            std::to_string(copy.offset) + ")");
+    }
+    if (!outbox.count(copy.msg_id)) {
+      report.phantom.add(copy.msg_id + " (" + copy.topic + " offset " +
+                         std::to_string(copy.offset) + ")");
+      continue;
+    }
+    per_key[{copy.topic, copy.key}].push_back(&copy);
+  }
+  report.stored = static_cast<long>(stored.size());
+  for (const auto& id : business) {
+    if (!first_copy.count(id)) report.lost.add(id);
+  }
+  // Per (topic, key), offsets must follow commit order (seq).
+  for (auto& [topic_key, copies] : per_key) {
+    std::sort(copies.begin(), copies.end(),
+              [](const BrokerCopy* a, const BrokerCopy* b) { return a->offset < b->offset; });
+    long highest_seq = 0;
+    std::string highest_id;
+    for (const auto* copy : copies) {
+      const auto& row = outbox.at(copy->msg_id);
+      if (row.topic != copy->topic || row.key != copy->key) {
+        report.reordered.add(copy->msg_id + " (stored under " + copy->topic + "/" + copy->key +
+                             ", committed under " + row.topic + "/" + row.key + ")");
+        continue;
+      }
+      if (row.seq < highest_seq) {
+        report.reordered.add(copy->msg_id + " (seq " + std::to_string(row.seq) + " at " +
+                             copy->topic + " offset " + std::to_string(copy->offset) + ", after " +
+                             highest_id + " seq " + std::to_string(highest_seq) + ", key " +
+                             copy->key + ")");
+      } else {
+        highest_seq = row.seq;
+        highest_id = copy->msg_id;
+      }
+    }
+  }
+  for (auto& row : app.rows("SELECT m.msg_id, m.topic, d.broker_offset FROM outbox_messages m"
+                            " JOIN outbox_delivery d USING (seq) WHERE d.state = 1")) {
+    auto found = first_copy.find(row[0]);
+    if (found == first_copy.end()) continue;  // counted as lost
+    if (row[2] != std::to_string(found->second->offset)) {
+      report.wrong_offset.add(row[0] + " (outbox says " + row[2] + ", broker " +
+                              std::to_string(found->second->offset) + ")");
+    }
+  }
+
+  // What the consumer did.
+  Database consumer(consumer_db);
+  std::map<std::string, long> effects;
+  for (auto& row : consumer.rows("SELECT msg_id, count(*) FROM effects GROUP BY msg_id")) {
+    effects[row[0]] = std::stol(row[1]);
+    report.effects += std::stol(row[1]);
+  }
+  for (const auto& [id, copy] : first_copy) {
+    auto found = effects.find(id);
+    if (found == effects.end())
+      report.effect_missing.add(id);
+    else if (found->second > 1)
+      report.effect_twice.add(id + " (" + std::to_string(found->second) + " times)");
+  }
+  for (const auto& [id, times] : effects) {
+    if (!first_copy.count(id)) report.effect_unknown.add(id);
+  }
+  return report;
+}
+
+long count_effects(const fs::path& consumer_db) {
+  if (!fs::exists(consumer_db)) return 0;
+  try {
+    Database consumer(consumer_db);
+    auto rows = consumer.rows("SELECT count(DISTINCT msg_id) FROM effects");
+    return rows.empty() ? 0 : std::stol(rows[0][0]);
+  } catch (const HarnessError&) {
+    return 0;  // the table is not there yet
+  }
+}
+
+// --- the run --------------------------------------------------------------
+
+class Run {
+ public:
+  explicit Run(Settings settings) : settings_(std::move(settings)), random_(settings_.seed) {
+    dir_ = settings_.work_dir;
+    fs::create_directories(dir_ / "logs");
+    app_db_ = dir_ / "app.db";
+    broker_db_ = dir_ / "broker.db";
+    consumer_db_ = dir_ / "consumer.db";
+    proxy_stats_ = dir_ / "proxy.stats";
+  }
+
+  int execute() {
+    auto started = Clock::now();
+    start_everything();
+    load_with_faults();
+    auto load_seconds = std::chrono::duration<double>(Clock::now() - started).count();
+    say("load phase over after " + std::to_string(static_cast<long>(load_seconds)) +
+        " s; draining");
+    bool drained = drain();
+    auto stored = fetch_everything(broker_endpoint_);
+    stop_everything();
+    auto report = check(app_db_, consumer_db_, stored);
+    auto proxy_counts = read_counts(proxy_stats_);
+    long proxy_faults = proxy_counts["total"];
+    long total_faults = process_faults_ + proxy_faults;
+
+    std::ostringstream kinds;
+    for (const auto& [kind, n] : fault_kinds_) kinds << ' ' << kind << '=' << n;
+    for (const auto& [kind, n] : proxy_counts) {
+      if (kind != "total" && kind != "faults_on" && kind.rfind("forwarded", 0) != 0) {
+        kinds << " proxy_" << kind << '=' << n;
+      }
+    }
+    std::printf(
+        "seed=%llu elapsed=%.0fs committed=%ld stored=%ld effects=%ld "
+        "producer_duplicates_reported=%ld\n",
+        static_cast<unsigned long long>(settings_.seed),
+        std::chrono::duration<double>(Clock::now() - started).count(), report.committed,
+        report.stored, report.effects, duplicates_reported_);
+    std::printf("injected:%s\n", kinds.str().c_str());
+    for (auto* finding : report.all()) {
+      if (finding->count == 0) continue;
+      std::printf("FAILED %s: %ld, first:", finding->name.c_str(), finding->count);
+      for (const auto& example : finding->examples) std::printf(" %s;", example.c_str());
+      std::printf("\n");
+    }
+    for (const auto& anomaly : anomalies_) std::printf("FAILED process: %s\n", anomaly.c_str());
+    bool passed = report.passed() && anomalies_.empty() && drained;
+    if (!drained)
+      std::printf("FAILED drain: the pipeline did not drain within %lld ms\n",
+                  static_cast<long long>(settings_.drain_timeout.count()));
+    if (!passed) {
+      std::printf("replay with: outbox-faults --seed %llu --faults %ld%s --keep   (logs in %s)\n",
+                  static_cast<unsigned long long>(settings_.seed), settings_.faults,
+                  settings_.hostile_order ? " --hostile-order" : "", (dir_ / "logs").c_str());
+    }
+    std::printf("faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld\n", total_faults,
+                report.lost.count, report.duplicated.count, report.reordered.count,
+                report.phantom.count);
+    std::fflush(stdout);
+    return passed ? 0 : 1;
+  }
+
+  bool failed_anything() const { return !anomalies_.empty(); }
+
+ private:
+  void say(const std::string& line) { std::fprintf(stderr, "outbox-faults: %s\n", line.c_str()); }
+
+  milliseconds between(int low, int high) {
+    return milliseconds(std::uniform_int_distribution<int>(low, high)(random_));
+  }
+
+  void start_everything() {
+    // Broker first, on a port the system picks; restarts bind the same endpoint.
+    broker_ = std::make_unique<Managed>("broker", dir_ / "logs" / "broker.log", [this] {
+      auto endpoint_file = dir_ / ("broker-endpoint-" + std::to_string(++broker_starts_));
+      return std::make_unique<test_support::ChildProcess>(
+          settings_.broker_binary,
+          std::vector<std::string>{
+              "serve", "--db", broker_db_.string(), "--bind",
+              broker_endpoint_.empty() ? "tcp://127.0.0.1:*" : broker_endpoint_, "--endpoint-file",
+              endpoint_file.string(), "--sync", "normal", "--log-level", "info"},
+          dir_);
+    });
+    // Exit code 4: the port of the killed broker is not free yet; start again.
+    broker_->accept_exit_codes([](int code) { return code == 4; });
+    broker_->start();
+    auto first_endpoint_file = dir_ / "broker-endpoint-1";
+    if (!test_support::wait_until([&] { return fs::exists(first_endpoint_file); }, 20s)) {
+      throw HarnessError("outbox-broker did not start listening");
+    }
+    broker_endpoint_ = read_endpoint(first_endpoint_file);
+
+    auto proxy_endpoint_file = dir_ / "proxy-endpoint";
+    std::vector<std::string> proxy_args = {
+        "--broker",        broker_endpoint_,
+        "--bind",          "tcp://127.0.0.1:*",
+        "--endpoint-file", proxy_endpoint_file.string(),
+        "--stats-file",    proxy_stats_.string(),
+        "--seed",          std::to_string(settings_.seed ^ 0x5bd1e995u),
+        "--rate",          std::to_string(settings_.proxy_rate)};
+    if (settings_.hostile_order) proxy_args.push_back("--hostile-order");
+    proxy_ = std::make_unique<Managed>("proxy", dir_ / "logs" / "proxy.log", [this, proxy_args] {
+      return std::make_unique<test_support::ChildProcess>(settings_.proxy_binary, proxy_args, dir_);
+    });
+    proxy_->start();
+    if (!test_support::wait_until([&] { return fs::exists(proxy_endpoint_file); }, 20s)) {
+      throw HarnessError("fault_proxy did not start listening");
+    }
+    proxy_endpoint_ = read_endpoint(proxy_endpoint_file);
+
+    for (int i = 0; i < settings_.producers; ++i) {
+      auto name = "producer-" + std::to_string(i + 1);
+      auto seed = settings_.seed * 1000003u + static_cast<std::uint64_t>(i);
+      producers_.push_back(
+          std::make_unique<Managed>(name, dir_ / "logs" / (name + ".log"), [this, name, seed] {
+            return std::make_unique<test_support::ChildProcess>(
+                settings_.producer_binary,
+                std::vector<std::string>{"--db", app_db_.string(), "--name", name, "--seed",
+                                         std::to_string(seed), "--rate",
+                                         std::to_string(settings_.rate), "--keys",
+                                         std::to_string(settings_.keys)},
+                dir_);
+          }));
+      producers_.back()->start();
+    }
+    // The relay refuses a database without the outbox tables: wait for a producer.
+    if (!test_support::wait_until(
+            [&] {
+              try {
+                outbox::RelayOptions options;
+                options.read_only = true;
+                outbox::RelayStore::open(app_db_, options);
+                return true;
+              } catch (const outbox::Error&) {
+                return false;
+              }
+            },
+            30s, 10ms)) {
+      throw HarnessError("no producer created the outbox schema");
+    }
+
+    relay_ = std::make_unique<Managed>("relay", dir_ / "logs" / "relay.log", [this] {
+      return std::make_unique<test_support::ChildProcess>(
+          settings_.relay_binary,
+          std::vector<std::string>{"run", "--db", app_db_.string(), "--broker", proxy_endpoint_,
+                                   "--lease", "1s", "--ack-timeout", "1s", "--backoff-initial",
+                                   "20ms", "--backoff-max", "500ms", "--log-level", "info"},
+          dir_);
+    });
+    relay_->start();
+
+    consumer_ = std::make_unique<Managed>("consumer", dir_ / "logs" / "consumer.log", [this] {
+      std::vector<std::string> args = {"--broker", broker_endpoint_, "--db", consumer_db_.string(),
+                                       "--group",  "faults"};
+      for (const auto& topic : kTopics) {
+        args.push_back("--topic");
+        args.push_back(topic);
+      }
+      return std::make_unique<test_support::ChildProcess>(settings_.consumer_binary, args, dir_);
+    });
+    consumer_->start();
+  }
+
+  std::vector<Managed*> everything() {
+    std::vector<Managed*> all = {broker_.get(), proxy_.get(), relay_.get(), consumer_.get()};
+    for (auto& producer : producers_) all.push_back(producer.get());
+    return all;
+  }
+
+  // Reaps exits and restarts what is due. `restart_delay` picks the pause
+  // between an exit and the next start.
+  void tend(bool restart) {
+    auto now = Clock::now();
+    for (auto* managed : everything()) {
+      if (auto problem = managed->poll(now + between(0, 300))) {
+        anomalies_.push_back(*problem);
+        say("PROBLEM: " + *problem + "\n" + managed->last_log_tail());
+      }
+      if (managed->state() == Managed::State::down && managed == broker_.get() &&
+          managed->last_status() && managed->last_status()->exited &&
+          managed->last_status()->code == 4) {
+        managed->set_restart_at(now + 20ms);  // the port is about to be free
+        if (++bind_retries_ > 2000) throw HarnessError("the broker's port never became free again");
+      }
+      if (restart && managed->due_for_restart(now)) {
+        if (managed == proxy_.get()) throw HarnessError("fault_proxy exited");
+        managed->start();
+      }
+    }
+  }
+
+  void inject_one() {
+    // kill -9 or SIGTERM of a random process; it comes back after a short pause.
+    struct Choice {
+      const char* kind;
+      int weight;
+      Managed* target;
+      int sig;
+    };
+    Managed* producer =
+        producers_[std::uniform_int_distribution<std::size_t>(0, producers_.size() - 1)(random_)]
+            .get();
+    std::vector<Choice> choices = {
+        {"relay_kill9", 28, relay_.get(), SIGKILL},
+        {"relay_term", 10, relay_.get(), SIGTERM},
+        {"broker_kill9", 20, broker_.get(), SIGKILL},
+        {"broker_term", 8, broker_.get(), SIGTERM},
+        {"consumer_kill9", 22, consumer_.get(), SIGKILL},
+        {"consumer_term", 4, consumer_.get(), SIGTERM},
+        {"producer_kill9", 8, producer, SIGKILL},
+    };
+    int total = 0;
+    for (const auto& choice : choices) total += choice.weight;
+    int pick = std::uniform_int_distribution<int>(0, total - 1)(random_);
+    for (const auto& choice : choices) {
+      if (pick >= choice.weight) {
+        pick -= choice.weight;
+        continue;
+      }
+      if (!choice.target->running()) return;  // already down: try again next time
+      // A daemon killed before it finished starting is a valid fault too, but
+      // give each incarnation a moment so the pipeline makes progress.
+      if (Clock::now() - choice.target->started_at() < 100ms) return;
+      choice.target->signal(choice.sig);
+      ++fault_kinds_[choice.kind];
+      ++process_faults_;
+      return;
+    }
+  }
+
+  long proxy_faults() {
+    if (!fs::exists(proxy_stats_)) return 0;
+    return read_counts(proxy_stats_)["total"];
+  }
+
+  void load_with_faults() {
+    auto start = Clock::now();
+    auto next_fault = start + between(100, 400);
+    auto next_report = start + 10s;
+    while (!interrupted.load()) {
+      auto now = Clock::now();
+      if (settings_.duration) {
+        if (now - start >= *settings_.duration) break;
+      } else {
+        if (process_faults_ + proxy_faults() >= settings_.faults) break;
+        if (now - start >= settings_.max_load_time) {
+          say("the fault budget was not reached within --max-load-time; stopping the load");
+          break;
+        }
+      }
+      tend(true);
+      if (now >= next_fault) {
+        inject_one();
+        next_fault = now + between(60, 450);
+      }
+      if (now >= next_report) {
+        say("faults so far: " + std::to_string(process_faults_) + " process, " +
+            std::to_string(proxy_faults()) + " network");
+        next_report = now + 10s;
+      }
+      std::this_thread::sleep_for(5ms);  // the injector's tick
+    }
+    if (interrupted.load()) throw HarnessError("interrupted");
+  }
+
+  bool all_running() {
+    for (auto* managed : everything()) {
+      if (!managed->running()) return false;
+    }
+    return true;
+  }
+
+  bool drain() {
+    proxy_->notify(SIGUSR1);  // no more network faults
+    auto deadline = Clock::now() + settings_.drain_timeout;
+    auto left = [&] { return std::chrono::duration_cast<milliseconds>(deadline - Clock::now()); };
+    // Everything that is down comes back.
+    if (!test_support::wait_until(
+            [&] {
+              tend(true);
+              return all_running();
+            },
+            left(), 5ms)) {
+      say("not every process came back in time");
+      return false;
+    }
+    say("all processes up; stopping the producers");
+    // Producers finish their last transaction.
+    for (auto& producer : producers_) {
+      producer->stay_down();
+      producer->signal(SIGTERM);
+    }
+    if (!test_support::wait_until(
+            [&] {
+              tend(false);
+              return std::all_of(producers_.begin(), producers_.end(),
+                                 [](auto& p) { return p->state() == Managed::State::down; });
+            },
+            left(), 5ms)) {
+      say("producers did not stop");
+      return false;
+    }
+    say("producers stopped; waiting for the outbox to drain");
+    for (auto& producer : producers_) {
+      long committed = 0, rolled_back = 0, duplicates = 0;
+      if (std::sscanf(producer->stdout_text().c_str(),
+                      "committed %ld rolled-back %ld duplicates-reported %ld", &committed,
+                      &rolled_back, &duplicates) == 3) {
+        duplicates_reported_ += duplicates;
+      }
+    }
+    // The relay delivers everything.
+    outbox::RelayOptions options;
+    options.read_only = true;
+    auto store = outbox::RelayStore::open(app_db_, options);
+    if (!test_support::wait_until(
+            [&] {
+              tend(true);
+              auto stats = store.stats();
+              return stats.pending == 0 && stats.dead == 0;
+            },
+            left(), 20ms)) {
+      auto stats = store.stats();
+      say("the outbox did not drain: pending " + std::to_string(stats.pending) + ", dead " +
+          std::to_string(stats.dead));
+      return false;
+    }
+    // The consumer applies everything the broker has.
+    long stored = static_cast<long>(fetch_everything(broker_endpoint_).size());
+    say("outbox drained; waiting for the consumer to apply " + std::to_string(stored) +
+        " messages");
+    if (!test_support::wait_until(
+            [&] {
+              tend(true);
+              return count_effects(consumer_db_) >= stored;
+            },
+            left(), 20ms)) {
+      say("the consumer did not catch up: " + std::to_string(count_effects(consumer_db_)) + " of " +
+          std::to_string(stored));
+      return false;
+    }
+    return true;
+  }
+
+  void stop_everything() {
+    // SIGTERM, as an operator would; each must exit 0.
+    for (auto* managed : everything()) {
+      managed->stay_down();
+      managed->signal(SIGTERM);
+    }
+    test_support::wait_until(
+        [&] {
+          tend(false);
+          for (auto* managed : everything()) {
+            if (managed->state() != Managed::State::down) return false;
+          }
+          return true;
+        },
+        60s, 5ms);
+  }
+
+ public:
+  Settings settings_;
+  std::mt19937_64 random_;
+  fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_;
+  std::string broker_endpoint_, proxy_endpoint_;
+  std::unique_ptr<Managed> broker_, proxy_, relay_, consumer_;
+  std::vector<std::unique_ptr<Managed>> producers_;
+  std::map<std::string, long> fault_kinds_;
+  long process_faults_ = 0;
+  long duplicates_reported_ = 0;
+  long bind_retries_ = 0;
+  int broker_starts_ = 0;
+  std::vector<std::string> anomalies_;
+};
+
+milliseconds parse_duration(const std::string& text) {
+  std::size_t used = 0;
+  double value = std::stod(text, &used);
+  std::string unit = text.substr(used);
+  if (unit == "ms") return milliseconds(static_cast<long>(value));
+  if (unit == "s" || unit.empty()) return milliseconds(static_cast<long>(value * 1000));
+  if (unit == "m") return milliseconds(static_cast<long>(value * 60000));
+  if (unit == "h") return milliseconds(static_cast<long>(value * 3600000));
+  throw std::invalid_argument("'" + text + "' is not a duration (e.g. 90s, 10m)");
+}
+
+int usage(const std::string& message) {
+  std::fprintf(stderr, "outbox-faults: %s\n", message.c_str());
+  std::fprintf(stderr,
+               "usage: outbox-faults [--seed N] [--faults N | --duration 10m] [--producers 3]\n"
+               "                     [--rate 100] [--keys 12] [--drain-timeout 180s]\n"
+               "                     [--max-load-time 10m] [--proxy-rate 1.0] [--hostile-order]\n"
+               "                     [--work-dir DIR] [--keep]\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Settings settings;
+  settings.seed =
+      std::random_device{}() | (static_cast<std::uint64_t>(std::random_device{}()) << 32);
+  bool work_dir_given = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string flag = argv[i];
+    try {
+      auto value = [&]() -> std::string {
+        if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value");
+        return argv[++i];
+      };
+      if (flag == "--seed")
+        settings.seed = std::stoull(value());
+      else if (flag == "--faults")
+        settings.faults = std::stol(value());
+      else if (flag == "--duration")
+        settings.duration = parse_duration(value());
+      else if (flag == "--max-load-time")
+        settings.max_load_time = parse_duration(value());
+      else if (flag == "--producers")
+        settings.producers = std::stoi(value());
+      else if (flag == "--rate")
+        settings.rate = std::stod(value());
+      else if (flag == "--keys")
+        settings.keys = std::stoi(value());
+      else if (flag == "--drain-timeout")
+        settings.drain_timeout = parse_duration(value());
+      else if (flag == "--proxy-rate")
+        settings.proxy_rate = std::stod(value());
+      else if (flag == "--hostile-order")
+        settings.hostile_order = true;
+      else if (flag == "--work-dir") {
+        settings.work_dir = value();
+        work_dir_given = true;
+      } else if (flag == "--keep")
+        settings.keep = true;
+      else if (flag == "--help" || flag == "-h")
+        return usage("fault-injection run of the whole pipeline");
+      else
+        return usage("unknown flag " + flag);
+    } catch (const std::exception& error) {
+      return usage(error.what());
+    }
+  }
+  if (settings.producers < 1 || settings.keys < 1 || settings.rate <= 0 || settings.faults < 0) {
+    return usage("--producers, --keys and --rate must be positive");
+  }
+  std::signal(SIGINT, on_interrupt);
+  std::signal(SIGTERM, on_interrupt);
+
+  std::unique_ptr<test_support::TempDir> temporary;
+  if (!work_dir_given) {
+    temporary = std::make_unique<test_support::TempDir>("outbox-faults");
+    settings.work_dir = temporary->path();
+  }
+  std::fprintf(stderr, "outbox-faults: seed %llu, work dir %s\n",
+               static_cast<unsigned long long>(settings.seed), settings.work_dir.c_str());
+  int result = 3;
+  {
+    try {
+      Run run(settings);
+      result = run.execute();
+    } catch (const std::exception& error) {
+      std::fprintf(stderr, "outbox-faults: %s (seed %llu)\n", error.what(),
+                   static_cast<unsigned long long>(settings.seed));
+      result = 3;
+    }
+  }
+  if (temporary && (result != 0 || settings.keep)) {
+    // Keep the evidence: copy the logs and databases next to the temp dir.
+    auto kept = fs::temp_directory_path() / ("outbox-faults-seed-" + std::to_string(settings.seed));
+    std::error_code ignored;
+    fs::remove_all(kept, ignored);
+    fs::copy(settings.work_dir, kept, fs::copy_options::recursive, ignored);
+    std::fprintf(stderr, "outbox-faults: logs and databases kept in %s\n", kept.c_str());
+  }
+  return result;
+}

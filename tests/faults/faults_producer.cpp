@@ -1,0 +1,190 @@
+// A producer for the fault suite: an application process that commits
+// business rows and their messages in one transaction, until SIGTERM.
+//
+//   faults_producer --db APP.DB --name P1 --seed N [--rate 150] [--keys 16]
+//
+// Each transaction inserts one row into `business` (msg_id, producer, topic,
+// partition key) and enqueues its message on topic "orders" or "payments".
+// About one in ten transactions is rolled back on purpose. Some messages carry
+// a business event id as msg_id instead of a generated one; a few of those are
+// enqueued twice in the same transaction, and a few later transactions retry
+// an event that was already committed: the library must answer "duplicate"
+// for both, and the retried business operation is then rolled back. A
+// missing duplicate report ends the process with exit code 3.
+//
+// On SIGTERM the current transaction finishes, the process prints
+// "committed N rolled-back M duplicates-reported D" and exits 0. It may also
+// be killed at any moment: an unfinished transaction leaves nothing behind.
+#include <sqlite3.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#include "outbox/outbox.hpp"
+
+namespace {
+
+std::atomic<bool> stop_requested{false};
+extern "C" void on_stop_signal(int) {
+  stop_requested.store(true);
+}
+
+void exec(sqlite3* db, const char* sql) {
+  char* error = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &error) != SQLITE_OK) {
+    std::string text = error != nullptr ? error : "unknown error";
+    sqlite3_free(error);
+    throw std::runtime_error(text);
+  }
+}
+
+struct Statement {
+  Statement(sqlite3* db, const char* sql) {
+    if (sqlite3_prepare_v2(db, sql, -1, &handle, nullptr) != SQLITE_OK) {
+      throw std::runtime_error(sqlite3_errmsg(db));
+    }
+  }
+  ~Statement() { sqlite3_finalize(handle); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+  sqlite3_stmt* handle = nullptr;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string db_path, name = "producer";
+  std::uint64_t seed = 1;
+  double rate = 150;
+  int keys = 16;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--db")
+      db_path = value;
+    else if (flag == "--name")
+      name = value;
+    else if (flag == "--seed")
+      seed = std::stoull(value);
+    else if (flag == "--rate")
+      rate = std::stod(value);
+    else if (flag == "--keys")
+      keys = std::stoi(value);
+    else {
+      std::fprintf(stderr, "faults_producer: unknown flag %s\n", flag.c_str());
+      return 2;
+    }
+  }
+  if (db_path.empty() || keys < 1 || rate <= 0) {
+    std::fprintf(stderr,
+                 "usage: faults_producer --db APP.DB --name P --seed N [--rate R] [--keys K]\n");
+    return 2;
+  }
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGINT, on_stop_signal);
+
+  // Restarted producers get a new stream of event ids and choices.
+  std::mt19937_64 random(seed ^ (static_cast<std::uint64_t>(::getpid()) << 20));
+  auto chance = [&](double p) { return std::uniform_real_distribution<double>(0, 1)(random) < p; };
+  const std::string incarnation = name + "-" + std::to_string(::getpid());
+  long committed = 0, rolled_back = 0, duplicates_reported = 0, busy_retries = 0;
+  std::vector<outbox::Message> committed_events;  // for business retries
+
+  try {
+    auto box = outbox::Outbox::open(db_path);
+    exec(box.db(),
+         "CREATE TABLE IF NOT EXISTS business("
+         " id INTEGER PRIMARY KEY, msg_id TEXT NOT NULL, producer TEXT NOT NULL,"
+         " topic TEXT NOT NULL, partition_key TEXT NOT NULL)");
+    Statement insert(
+        box.db(),
+        "INSERT INTO business(msg_id, producer, topic, partition_key) VALUES (?1, ?2, ?3, ?4)");
+    auto pace = std::chrono::duration<double>(1.0 / rate);
+    auto next = std::chrono::steady_clock::now();
+    for (long n = 1; !stop_requested.load(); ++n) {
+      // Pacing the load, not synchronising with anything.
+      next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(pace);
+      std::this_thread::sleep_until(next);
+
+      outbox::Message message;
+      message.topic = chance(0.5) ? "orders" : "payments";
+      message.key = "k" + std::to_string(std::uniform_int_distribution<int>(0, keys - 1)(random));
+      message.payload = incarnation + ":" + std::to_string(n) + ":" + message.key;
+      const bool event_id = chance(0.3);
+      if (event_id) message.msg_id = "evt-" + incarnation + "-" + std::to_string(n);
+      try {
+        outbox::Transaction tx(box);
+        if (!committed_events.empty() && chance(0.03)) {
+          // A business operation that runs again: its event is already in the outbox.
+          const auto& again = committed_events[std::uniform_int_distribution<std::size_t>(
+              0, committed_events.size() - 1)(random)];
+          auto result = tx.enqueue(again);
+          if (!result.duplicate()) {
+            std::fprintf(stderr, "faults_producer: retry of %s was not reported as duplicate\n",
+                         again.msg_id.c_str());
+            return 3;
+          }
+          ++duplicates_reported;
+          tx.rollback();
+          ++rolled_back;
+          continue;
+        }
+        auto sent = tx.enqueue(message);
+        if (!sent.inserted()) {
+          std::fprintf(stderr, "faults_producer: fresh msg_id %s reported as duplicate\n",
+                       sent.msg_id.c_str());
+          return 3;
+        }
+        if (event_id && chance(0.15)) {
+          auto again = tx.enqueue(message);
+          if (!again.duplicate()) {
+            std::fprintf(stderr, "faults_producer: second enqueue of %s was not a duplicate\n",
+                         message.msg_id.c_str());
+            return 3;
+          }
+          ++duplicates_reported;
+        }
+        sqlite3_bind_text(insert.handle, 1, sent.msg_id.c_str(), -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(insert.handle, 2, incarnation.c_str(), -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(insert.handle, 3, message.topic.c_str(), -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(insert.handle, 4, message.key.c_str(), -1, SQLITE_TRANSIENT);
+        int rc = sqlite3_step(insert.handle);
+        sqlite3_reset(insert.handle);
+        if (rc != SQLITE_DONE)
+          throw outbox::Error(sqlite3_errmsg(box.db()), sqlite3_extended_errcode(box.db()));
+        if (chance(0.1)) {
+          tx.rollback();
+          ++rolled_back;
+          continue;
+        }
+        tx.commit();
+        ++committed;
+        if (event_id && committed_events.size() < 1000) committed_events.push_back(message);
+      } catch (const outbox::Error& error) {
+        // A lock held too long by another process: the transaction was rolled
+        // back as a whole; the application would retry its operation.
+        if ((error.extended_code() & 0xff) != SQLITE_BUSY) throw;
+        ++busy_retries;
+      }
+    }
+  } catch (const outbox::Error& error) {
+    std::fprintf(stderr, "faults_producer: %s (SQLite code %d)\n", error.what(),
+                 error.extended_code());
+    return 1;
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "faults_producer: %s\n", error.what());
+    return 1;
+  }
+  std::printf("committed %ld rolled-back %ld duplicates-reported %ld busy %ld\n", committed,
+              rolled_back, duplicates_reported, busy_retries);
+  return 0;
+}
