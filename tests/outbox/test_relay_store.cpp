@@ -162,7 +162,7 @@ TEST_CASE("with DeadPolicy::skip later messages of a dead key go on") {
   CHECK(f.store.stats().dead == 1);
 }
 
-TEST_CASE("keys are per topic; messages without a key group by topic") {
+TEST_CASE("keys are per topic, and messages without a key group by topic") {
   Fixture f;
   f.enqueue({"a"}, "orders");
   f.enqueue({"a"}, "payments");
@@ -214,7 +214,7 @@ TEST_CASE("backoff grows exponentially with jitter, up to the maximum") {
   }
 }
 
-TEST_CASE("one relay holds the lease; another takes over when it lapses") {
+TEST_CASE("one relay holds the lease and another takes over when it lapses") {
   Fixture f;
   auto other = f.open_store(outbox::DeadPolicy::block);
   auto a = f.store.claim_lease("relay-a", 10s);

@@ -41,7 +41,7 @@ INSERT INTO outbox_meta(key, value) VALUES ('schema_version', 1);
 
 }  // namespace
 
-TEST_CASE("a new database gets the current schema; the app's user_version is untouched") {
+TEST_CASE("a new database gets the current schema and the app's user_version is untouched") {
   test_support::TempDir dir;
   sqlite3* db = nullptr;
   REQUIRE(sqlite3_open((dir / "app.db").c_str(), &db) == SQLITE_OK);
