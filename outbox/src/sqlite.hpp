@@ -92,6 +92,9 @@ struct OpenOptions {
   bool synchronous_full = false;
   bool wal = true;
   std::chrono::milliseconds busy_timeout{5000};
+  // Wait for locks with sleeps of 10-500 us instead of SQLite's 1-100 ms
+  // (PRAGMA busy_timeout then reads 0; the timeout still applies).
+  bool short_busy_sleeps = false;
   std::int64_t cache_kib = 0;  // 0: SQLite's default
 };
 
