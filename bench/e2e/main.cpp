@@ -57,6 +57,7 @@ struct Flags {
   std::string relay_binary;
   std::string nats_server = "nats-server";
   std::string results_dir = OUTBOX_BENCH_RESULTS_DIR;
+  std::string latency_dump;
   bool json = false;
   bool quiet = false;
   std::uint64_t seed = 20261125;
@@ -90,6 +91,7 @@ bench::OutboxSettings outbox_settings(const Flags& flags) {
   settings.relay_batch = flags.relay_batch;
   settings.relay_in_flight = flags.relay_in_flight;
   settings.seed = flags.seed;
+  settings.latency_dump = flags.latency_dump;
   return settings;
 }
 
@@ -239,6 +241,9 @@ int main(int argc, char** argv) {
   app.add_option("--results-dir", flags.results_dir,
                  "Where the results file of this run goes; empty: no file")
       ->capture_default_str();
+  app.add_option("--latency-dump", flags.latency_dump,
+                 "Write the outbox latency samples as CSV (index, commit time, latency, broker "
+                 "timestamp minus commit time) to this file");
   app.add_option("--seed", flags.seed, "Seed of the payloads and keys")->capture_default_str();
   app.add_flag("--json", flags.json, "Print one JSON object instead of the table");
   app.add_flag("--quiet", flags.quiet, "No progress lines on stderr");

@@ -414,7 +414,13 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     result.latency_offered_rate = settings.rate;
     std::vector<std::int64_t> commit_ns(count, 0);
     std::vector<std::string> ids(count);
-    std::vector<std::pair<std::string, std::int64_t>> arrivals;
+    std::vector<std::int64_t> commit_wall_us(count, 0);
+    struct Arrival {
+      std::string msg_id;
+      std::int64_t arrived_ns;
+      std::int64_t broker_stored_ms;  // the broker's own timestamp (ms resolution)
+    };
+    std::vector<Arrival> arrivals;
     arrivals.reserve(count);
     std::atomic<bool> producer_done{false};
     std::atomic<bool> abort{false};
@@ -439,7 +445,7 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
           auto arrived = steady_ns();
           if (!reply.ok()) throw std::runtime_error("FETCH failed: " + reply.error().message);
           for (auto& message : reply->messages)
-            arrivals.emplace_back(std::move(message.msg_id), arrived);
+            arrivals.push_back({std::move(message.msg_id), arrived, message.timestamp_ms});
           if (!reply->messages.empty()) from = reply->next_offset;
         }
       } catch (const std::exception& failure) {
@@ -470,6 +476,9 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
              .payload = make_payload(settings.payload_bytes, settings.seed + 2, i)});
         tx.commit();
         commit_ns[i] = steady_ns();
+        commit_wall_us[i] = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
         ids[i] = std::move(message.msg_id);
       }
       finished = steady_ns();
@@ -492,10 +501,23 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
       latency_expected.emplace(ids[i], make_payload(settings.payload_bytes, settings.seed + 2, i));
     }
     result.latency_ns.reserve(count);
-    for (const auto& [msg_id, arrived] : arrivals) {
-      auto found = index_of.find(msg_id);
+    std::unique_ptr<std::FILE, int (*)(std::FILE*)> dump(
+        settings.latency_dump.empty() ? nullptr : std::fopen(settings.latency_dump.c_str(), "w"),
+        std::fclose);
+    if (dump)
+      std::fprintf(dump.get(), "index,commit_at_ms,latency_ms,broker_stored_minus_commit_ms\n");
+    for (const auto& arrival : arrivals) {
+      auto found = index_of.find(arrival.msg_id);
       if (found == index_of.end()) continue;  // reported by the read-back check
-      result.latency_ns.push_back(arrived - commit_ns[found->second]);
+      auto i = found->second;
+      result.latency_ns.push_back(arrival.arrived_ns - commit_ns[i]);
+      if (dump) {
+        std::fprintf(
+            dump.get(), "%zu,%.3f,%.3f,%.3f\n", i,
+            static_cast<double>(commit_ns[i] - started) / 1e6,
+            static_cast<double>(arrival.arrived_ns - commit_ns[i]) / 1e6,
+            static_cast<double>(arrival.broker_stored_ms * 1000 - commit_wall_us[i]) / 1e3);
+      }
     }
     if (arrivals.size() < count) {
       result.problems.push_back("latency: the consumer saw " + std::to_string(arrivals.size()) +

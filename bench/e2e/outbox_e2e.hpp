@@ -38,6 +38,8 @@ struct OutboxSettings {
   std::size_t relay_batch = 0;     // 0: outbox-relay's default
   std::size_t relay_in_flight = 0;
   std::uint64_t seed = 1;
+  // When set, the latency pass writes one CSV line per message here.
+  std::string latency_dump;
 };
 
 struct OutboxResult {
