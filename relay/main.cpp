@@ -1,5 +1,5 @@
-// outbox-relay: forwards one outbox database to outbox-broker, and the
-// operator commands that inspect and repair that database. Parses flags (and
+// outbox-relay: forwards one outbox database to outbox-broker or to a NATS
+// JetStream stream, and the operator commands that inspect and repair that database. Parses flags (and
 // a config file), sets up logging and signals, and hands over to the relay
 // and outbox libraries.
 #include <unistd.h>
@@ -21,6 +21,9 @@
 #include "outbox/relay_store.hpp"
 #include "relay/broker_sink.hpp"
 #include "relay/relay.hpp"
+#if OUTBOX_RELAY_WITH_JETSTREAM
+#include "relay/jetstream_sink.hpp"
+#endif
 
 namespace {
 
@@ -76,7 +79,12 @@ outbox::RelayStore open_store(const std::string& db, bool read_only, bool sync_f
 
 struct RunSettings {
   std::string db;
+  std::string sink = "broker";
   std::string broker = "tcp://127.0.0.1:7750";
+  std::string nats_url = "nats://127.0.0.1:4222";
+  std::string stream;
+  std::string subject_prefix = "outbox";
+  bool allow_short_dedup_window = false;
   std::size_t batch_size = 1000;
   std::size_t in_flight = 8;
   std::string ack_timeout = "10s";
@@ -122,33 +130,57 @@ int run_relay(const RunSettings& settings) {
   }
   config.logger = logger;
 
-  relay::BrokerSinkOptions sink_options;
-  sink_options.endpoint = settings.broker;
-  sink_options.producer = settings.holder;
-  if (!settings.curve_server_public_key_file.empty() || !settings.curve_secret_key_file.empty()) {
-    if (settings.curve_server_public_key_file.empty() || settings.curve_secret_key_file.empty()) {
-      throw UsageError("CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
+  auto on_dead = settings.on_dead == "skip" ? outbox::DeadPolicy::skip : outbox::DeadPolicy::block;
+  auto store = open_store(settings.db, false, settings.sync == "full", on_dead, logger);
+  std::unique_ptr<relay::Sink> sink;
+  if (settings.sink == "jetstream") {
+#if OUTBOX_RELAY_WITH_JETSTREAM
+    if (settings.stream.empty()) {
+      throw UsageError("--sink jetstream needs --stream (the stream the messages must land in)");
     }
+    relay::JetStreamSinkOptions options;
+    options.url = settings.nats_url;
+    options.stream = settings.stream;
+    options.subject_prefix = settings.subject_prefix;
+    options.client_name = "outbox-relay " + settings.holder;
+    options.max_pending = config.batch_size * config.max_in_flight_batches;
+    options.retry_horizon = relay::retry_horizon(config);
+    options.allow_short_dedup_window = settings.allow_short_dedup_window;
+    options.logger = logger;
     try {
-      sink_options.curve = relay::BrokerCurveKeys{
-          broker::read_curve_key_file(settings.curve_server_public_key_file),
-          broker::read_curve_key_file(settings.curve_secret_key_file)};
+      sink = std::make_unique<relay::JetStreamSink>(options);
+    } catch (const std::invalid_argument& error) {
+      throw UsageError(error.what());
+    }
+#else
+    throw UsageError("--sink jetstream: this outbox-relay was built without the JetStream sink "
+                     "(libnats-dev was not found, or OUTBOX_WITH_NATS=OFF)");
+#endif
+  } else {
+    relay::BrokerSinkOptions sink_options;
+    sink_options.endpoint = settings.broker;
+    sink_options.producer = settings.holder;
+    if (!settings.curve_server_public_key_file.empty() || !settings.curve_secret_key_file.empty()) {
+      if (settings.curve_server_public_key_file.empty() || settings.curve_secret_key_file.empty()) {
+        throw UsageError("CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
+      }
+      try {
+        sink_options.curve = relay::BrokerCurveKeys{
+            broker::read_curve_key_file(settings.curve_server_public_key_file),
+            broker::read_curve_key_file(settings.curve_secret_key_file)};
+      } catch (const std::runtime_error& error) {
+        std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+        return cli::exit_endpoint;
+      }
+    }
+
+    try {
+      sink = std::make_unique<relay::BrokerSink>(sink_options);
     } catch (const std::runtime_error& error) {
-      std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+      std::fprintf(stderr, "outbox-relay: --broker %s: %s\n", settings.broker.c_str(), error.what());
       return cli::exit_endpoint;
     }
   }
-
-  auto on_dead = settings.on_dead == "skip" ? outbox::DeadPolicy::skip : outbox::DeadPolicy::block;
-  auto store = open_store(settings.db, false, settings.sync == "full", on_dead, logger);
-  std::unique_ptr<relay::BrokerSink> sink;
-  try {
-    sink = std::make_unique<relay::BrokerSink>(sink_options);
-  } catch (const std::runtime_error& error) {
-    std::fprintf(stderr, "outbox-relay: --broker %s: %s\n", settings.broker.c_str(), error.what());
-    return cli::exit_endpoint;
-  }
-
   relay::Relay relay(store, *sink, config);
   running_relay = &relay;
   cli::install_stop_handlers(&stop_running_relay);
@@ -156,7 +188,14 @@ int run_relay(const RunSettings& settings) {
   logger->info("outbox-relay: forwarding {} to {} as '{}' (batch {}, {} in flight, on dead: {})",
                settings.db, sink->describe(), settings.holder, config.batch_size,
                config.max_in_flight_batches, settings.on_dead);
-  relay.run();
+  try {
+    relay.run();
+  } catch (const relay::SinkRefusal& refusal) {
+    running_relay = nullptr;
+    std::fprintf(stderr, "outbox-relay: %s\n", refusal.what());
+    return refusal.reason() == relay::SinkRefusal::Reason::not_found ? cli::exit_not_found
+                                                                      : cli::exit_refused;
+  }
   running_relay = nullptr;
   auto counters = relay.counters();
   logger->info("outbox-relay: stopped; sent {}, stored {}, duplicates {}, dead {}",
@@ -258,8 +297,8 @@ int drop(const std::string& db, const std::string& msg_id) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"outbox-relay: forwards an outbox database to outbox-broker, in commit order, "
-               "until every message is acknowledged."};
+  CLI::App app{"outbox-relay: forwards an outbox database to outbox-broker or to a NATS "
+               "JetStream stream, in commit order, until every message is acknowledged."};
   app.require_subcommand(1);
   app.fallthrough();  // --config may follow the subcommand
   app.set_config("--config", "",
@@ -271,13 +310,34 @@ int main(int argc, char** argv) {
   app.footer(
       "Exit codes: 0 ok, 1 unexpected error, 2 bad flag/config/value, 3 database problem "
       "(missing, not an outbox, newer schema), 4 unusable broker endpoint or CURVE keys, "
-      "7 no such dead message.");
+      "6 the JetStream stream's duplicate window is shorter than the relay's retry horizon, "
+      "7 no such dead message, or (run --sink jetstream) no such stream or no stream subject "
+      "for a message.");
 
   RunSettings run;
   auto* run_cmd = app.add_subcommand("run", "Forward pending messages to the broker until stopped "
                                             "(SIGINT/SIGTERM: finish in-flight work, exit 0)");
   run_cmd->add_option("--db", run.db, "Outbox database (the producer's SQLite file)")->required();
-  run_cmd->add_option("--broker", run.broker, "Broker endpoint")->capture_default_str();
+  run_cmd->add_option("--sink", run.sink,
+                      "Where messages go: broker (outbox-broker, --broker) or jetstream (a NATS "
+                      "JetStream stream, --nats-url and --stream)")
+      ->capture_default_str()->check(CLI::IsMember({"broker", "jetstream"}));
+  run_cmd->add_option("--broker", run.broker, "Broker endpoint (--sink broker)")->capture_default_str();
+  run_cmd->add_option("--nats-url", run.nats_url, "NATS server URL (--sink jetstream)")
+      ->capture_default_str();
+  run_cmd->add_option("--stream", run.stream,
+                      "JetStream stream the messages must land in (required with --sink "
+                      "jetstream); the relay refuses to start when it does not exist");
+  run_cmd->add_option("--subject-prefix", run.subject_prefix,
+                      "Subjects are <prefix>.<topic>.<key>, topic and key escaped as one token "
+                      "each (%XX), '_' for no key; an empty prefix leaves it out "
+                      "(--sink jetstream)")
+      ->capture_default_str();
+  run_cmd->add_flag("--allow-short-dedup-window", run.allow_short_dedup_window,
+                    "Run even when the stream's duplicate window is shorter than the relay's "
+                    "retry horizon (ack-timeout + connect-timeout + backoff-max + lease). Risk: "
+                    "a message whose PubAck was lost and that is resent after the window has "
+                    "passed is stored twice, so consumers see it twice (--sink jetstream)");
   run_cmd->add_option("--batch-size", run.batch_size, "Messages per PUBLISH batch")
       ->capture_default_str()->check(CLI::Range(1, 100000));
   run_cmd->add_option("--in-flight", run.in_flight,

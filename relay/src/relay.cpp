@@ -340,16 +340,29 @@ struct Relay::Impl {
 
   void run() {
     next_summary = SteadyClock::now() + config.summary_interval;
-    while (!stop.load()) {
-      if (!ensure_lease()) continue;
-      housekeeping();
-      if (!ensure_session()) continue;
-      fill_pipeline();
-      if (in_flight.empty()) {
-        store.wait_for_work(config.idle_wait);
-        continue;
+    try {
+      while (!stop.load()) {
+        if (!ensure_lease()) continue;
+        housekeeping();
+        if (!ensure_session()) continue;
+        fill_pipeline();
+        if (in_flight.empty()) {
+          store.wait_for_work(config.idle_wait);
+          continue;
+        }
+        await_events();
       }
-      await_events();
+    } catch (const SinkRefusal& refusal) {
+      // Nothing in flight is acknowledged any more; a standby (or the next
+      // start, once the destination is fixed) need not wait for the lease.
+      log->error("{}: {}", sink.describe(), refusal.what());
+      drop_session();
+      if (lease) {
+        store.release_lease(*lease);
+        lease.reset();
+        counters.active = false;
+      }
+      throw;
     }
     drain_and_release();
   }

@@ -16,12 +16,19 @@
 // Errors: transient problems (no answer, connection refused, destination
 // busy) are values (SinkEvent failed, open_session() returning an error
 // text); exceptions are for configuration errors found at construction.
+// A destination that answers but can never take the relay's messages as
+// configured (a JetStream stream that does not exist, a duplicate window
+// shorter than the relay's retry horizon) is not transient: open_session()
+// or send() throw SinkRefusal, and Relay::run() releases its lease and
+// lets it propagate, so the program stops with a clear error instead of
+// retrying forever.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -39,6 +46,21 @@ enum class DeliveryStatus : std::uint8_t {
 };
 
 const char* to_string(DeliveryStatus status) noexcept;
+
+// The destination refuses the relay's configuration for good; retrying cannot help.
+class SinkRefusal : public std::runtime_error {
+public:
+  enum class Reason : std::uint8_t {
+    not_found,     // the named destination (stream, subject) does not exist
+    incompatible,  // it exists but cannot keep the relay's guarantee as configured
+  };
+  SinkRefusal(Reason reason, const std::string& message)
+      : std::runtime_error(message), reason_(reason) {}
+  Reason reason() const noexcept { return reason_; }
+
+private:
+  Reason reason_;
+};
 
 struct Delivery {
   DeliveryStatus status = DeliveryStatus::stored;

@@ -1,0 +1,109 @@
+// The Sink for NATS JetStream: one NATS connection per relay session,
+// asynchronous publishes with `Nats-Msg-Id` set to the msg_id, so JetStream
+// answers a resend inside the stream's duplicate window as a duplicate.
+//
+//   relay::JetStreamSink sink({.url = "nats://127.0.0.1:4222", .stream = "ORDERS",
+//                              .retry_horizon = std::chrono::seconds(52)});
+//
+// Subjects: a message goes to `<prefix>.<topic>.<key>` (just `<topic>.<key>`
+// when the prefix is empty). Topic and key are each one subject token: bytes
+// other than A-Z a-z 0-9 '-' '_' are written as %XX (upper-case hex), so
+// '.', '*', '>', spaces and '%' never change the subject's shape. A message
+// without a key uses the token `_` (a key that is exactly "_" is written %5F,
+// an empty key %). subject_for() and decode_subject_token() are the mapping.
+//
+// At the start of every session the sink reads the stream's configuration:
+// a stream that does not exist throws SinkRefusal(not_found); a duplicate
+// window shorter than `retry_horizon` throws SinkRefusal(incompatible) unless
+// `allow_short_dedup_window`. A message whose subject none of the stream's
+// subjects covers throws SinkRefusal(not_found) from send(), before anything
+// of its batch is published.
+//
+// Outcomes: a PubAck is stored (offset = stream sequence) or, with
+// Duplicate=true, duplicate (offset = the original's sequence). A payload
+// above the server's max_payload or the stream's max message size, or a
+// header NATS cannot carry, is rejected; later messages of its (topic, key)
+// in the same session come back blocked. Any other publish error, a lost
+// connection and (through the relay's ack timeout) a missing PubAck fail the
+// batch; the relay then opens a new session (a new connection) and resends
+// from the first unacknowledged message with the same msg_ids.
+//
+// Ownership: owns its NATS connection. Thread safety: used by one thread;
+// PubAcks arrive on a libnats thread and are handed over through a queue.
+// Errors: SinkRefusal as above; std::invalid_argument from the constructor
+// for an empty URL or stream name; everything else is a value.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "relay/relay.hpp"
+#include "relay/sink.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace relay {
+
+struct JetStreamSinkOptions {
+  std::string url = "nats://127.0.0.1:4222";
+  std::string stream;  // required: the stream the messages must land in
+  std::string subject_prefix = "outbox";
+  std::string client_name = "outbox-relay";  // shown by the server's monitoring
+  // Most messages published and not yet acknowledged (the relay's credit,
+  // batch size × batches in flight, already bounds this).
+  std::size_t max_pending = 8000;
+  // The longest time between a message's first publish and a resend of it
+  // (see docs/jetstream.md); the stream's duplicate window must cover it.
+  std::chrono::milliseconds retry_horizon{0};
+  bool allow_short_dedup_window = false;
+  std::shared_ptr<spdlog::logger> logger;  // null: a null sink
+};
+
+class JetStreamSink final : public Sink {
+ public:
+  explicit JetStreamSink(JetStreamSinkOptions options);
+  ~JetStreamSink() noexcept override;
+  JetStreamSink(const JetStreamSink&) = delete;
+  JetStreamSink& operator=(const JetStreamSink&) = delete;
+
+  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override;
+  bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
+  std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override;
+  std::string describe() const override;
+
+  // The stream's duplicate window as read by the last session (0 before).
+  std::chrono::nanoseconds duplicate_window() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The longest time the relay may take between publishing a message and
+// resending it while the destination answers: a lost PubAck is noticed after
+// ack_timeout, the next session starts after at most backoff.max and opens
+// within connect_timeout; if the relay dies instead, a standby takes over
+// within lease_ttl. The sum bounds one such round:
+//   ack_timeout + connect_timeout + backoff.max + lease_ttl
+// A destination unreachable for longer than the window is not covered by any
+// setting: size the stream's duplicate window for the outages to ride out.
+std::chrono::milliseconds retry_horizon(const RelayConfig& config);
+
+// The subject a message is published on (see above).
+std::string subject_for(std::string_view prefix, std::string_view topic,
+                        const std::optional<std::string>& key);
+
+// One subject token back to the topic or key it came from; empty for the
+// no-key token `_` or a malformed token.
+std::optional<std::string> decode_subject_token(std::string_view token);
+
+// Whether a NATS subject pattern ('*' one token, '>' the rest) covers `subject`.
+bool subject_matches(std::string_view pattern, std::string_view subject);
+
+}  // namespace relay
