@@ -56,6 +56,20 @@ public:
     process_ = std::make_unique<test_support::ChildProcess>(relay_binary(), args, dir);
   }
 
+  // `outbox-relay run --db DB` with the common test flags and `flags`, but
+  // no --broker: for the other sinks (--sink jetstream ...).
+  static std::unique_ptr<RelayProcess> with_flags(const std::filesystem::path& dir,
+                                                  const std::filesystem::path& db,
+                                                  const std::vector<std::string>& flags) {
+    std::vector<std::string> args = {"run",           "--db",    db.string(), "--log-level",
+                                     "debug",         "--backoff-initial", "20ms",
+                                     "--backoff-max", "500ms",   "--summary-interval", "1s"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    std::unique_ptr<RelayProcess> relay(new RelayProcess());
+    relay->process_ = std::make_unique<test_support::ChildProcess>(relay_binary(), args, dir);
+    return relay;
+  }
+
   test_support::ChildProcess& process() { return *process_; }
   std::string log() const { return process_->stderr_text(); }
 
@@ -73,6 +87,7 @@ public:
   }
 
 private:
+  RelayProcess() = default;
   std::unique_ptr<test_support::ChildProcess> process_;
 };
 

@@ -1,0 +1,233 @@
+// Shared by the JetStream relay tests: a real `nats-server -js` on loopback
+// (a port the system picked, a temporary store directory), and a libnats
+// client that creates streams and reads every message of a stream back.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nats/nats.h>
+
+#include <catch2/catch.hpp>
+
+#include "test_support.hpp"
+
+namespace jetstream_test {
+
+using namespace std::chrono_literals;
+
+// Debian installs nats-server in /usr/sbin, which is not on every PATH.
+inline std::string nats_server_binary() {
+  std::string entries = std::getenv("PATH") != nullptr ? std::getenv("PATH") : "/usr/bin:/bin";
+  entries += ":/usr/sbin:/sbin:/usr/local/sbin";
+  std::size_t start = 0;
+  while (start <= entries.size()) {
+    auto end = entries.find(':', start);
+    if (end == std::string::npos) end = entries.size();
+    auto candidate = std::filesystem::path(entries.substr(start, end - start)) / "nats-server";
+    std::error_code error;
+    if (!candidate.parent_path().empty() && std::filesystem::is_regular_file(candidate, error) &&
+        ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate.string();
+    }
+    start = end + 1;
+  }
+  return {};
+}
+
+// A port the system hands out for 127.0.0.1 right now (bound, read, closed).
+inline int free_loopback_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  socklen_t length = sizeof address;
+  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0);
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+inline void check_nats(natsStatus status, const char* what) {
+  natsStatus last = NATS_OK;
+  const char* detail = nats_GetLastError(&last);
+  INFO(what << ": " << natsStatus_GetText(status) << " " << (detail != nullptr ? detail : ""));
+  REQUIRE(status == NATS_OK);
+}
+
+// One message of a stream as the test reads it back.
+struct StreamMessage {
+  std::uint64_t sequence = 0;
+  std::string subject;
+  std::string msg_id;
+  std::string payload;
+  std::vector<std::pair<std::string, std::string>> headers;  // other than Nats-Msg-Id
+};
+
+// A test's own connection: creates streams, reads them back.
+class NatsClient {
+ public:
+  explicit NatsClient(const std::string& url) {
+    natsOptions* options = nullptr;
+    check_nats(natsOptions_Create(&options), "natsOptions_Create");
+    std::unique_ptr<natsOptions, void (*)(natsOptions*)> guard(options, natsOptions_Destroy);
+    check_nats(natsOptions_SetURL(options, url.c_str()), "natsOptions_SetURL");
+    check_nats(natsOptions_SetAllowReconnect(options, false), "natsOptions_SetAllowReconnect");
+    check_nats(natsConnection_Connect(&connection_, options), "natsConnection_Connect");
+    jsOptions js_options;
+    jsOptions_Init(&js_options);
+    js_options.Wait = 10000;
+    check_nats(natsConnection_JetStream(&js_, connection_, &js_options),
+               "natsConnection_JetStream");
+  }
+  ~NatsClient() {
+    if (js_ != nullptr) jsCtx_Destroy(js_);
+    if (connection_ != nullptr) natsConnection_Destroy(connection_);
+  }
+  NatsClient(const NatsClient&) = delete;
+  NatsClient& operator=(const NatsClient&) = delete;
+
+  void add_stream(const std::string& name, const std::vector<std::string>& subjects,
+                  std::chrono::nanoseconds duplicate_window = 2min) {
+    jsStreamConfig config;
+    jsStreamConfig_Init(&config);
+    config.Name = name.c_str();
+    std::vector<const char*> raw;
+    for (const auto& subject : subjects) raw.push_back(subject.c_str());
+    config.Subjects = raw.data();
+    config.SubjectsLen = static_cast<int>(raw.size());
+    config.Storage = js_FileStorage;
+    config.Duplicates = duplicate_window.count();
+    jsStreamInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    check_nats(js_AddStream(&info, js_, &config, nullptr, &code), "js_AddStream");
+    jsStreamInfo_Destroy(info);
+  }
+
+  std::uint64_t message_count(const std::string& stream) {
+    jsStreamInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    check_nats(js_GetStreamInfo(&info, js_, stream.c_str(), nullptr, &code), "js_GetStreamInfo");
+    auto count = info->State.Msgs;
+    jsStreamInfo_Destroy(info);
+    return count;
+  }
+
+  // Every message of the stream, in stream order.
+  std::vector<StreamMessage> read_all(const std::string& stream) {
+    jsStreamInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    check_nats(js_GetStreamInfo(&info, js_, stream.c_str(), nullptr, &code), "js_GetStreamInfo");
+    auto first = info->State.FirstSeq, last = info->State.LastSeq;
+    jsStreamInfo_Destroy(info);
+    std::vector<StreamMessage> all;
+    for (auto sequence = std::max<std::uint64_t>(first, 1); sequence <= last && last > 0;
+         ++sequence) {
+      natsMsg* msg = nullptr;
+      check_nats(js_GetMsg(&msg, js_, stream.c_str(), sequence, nullptr, &code), "js_GetMsg");
+      StreamMessage message;
+      message.sequence = sequence;
+      message.subject = natsMsg_GetSubject(msg);
+      message.payload.assign(natsMsg_GetData(msg),
+                             static_cast<std::size_t>(natsMsg_GetDataLength(msg)));
+      const char* id = nullptr;
+      if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != nullptr)
+        message.msg_id = id;
+      const char** keys = nullptr;
+      int count = 0;
+      if (natsMsgHeader_Keys(msg, &keys, &count) == NATS_OK) {
+        for (int i = 0; i < count; ++i) {
+          if (std::string(keys[i]) == "Nats-Msg-Id") continue;
+          const char* value = nullptr;
+          if (natsMsgHeader_Get(msg, keys[i], &value) == NATS_OK) {
+            message.headers.emplace_back(keys[i], value != nullptr ? value : "");
+          }
+        }
+        std::free(static_cast<void*>(keys));
+      }
+      natsMsg_Destroy(msg);
+      all.push_back(std::move(message));
+    }
+    return all;
+  }
+
+ private:
+  natsConnection* connection_ = nullptr;
+  jsCtx* js_ = nullptr;
+};
+
+// nats-server -js on 127.0.0.1, storing under `store_dir`. A restart passes
+// the port of the previous process, so that clients find it again.
+class NatsServer {
+ public:
+  NatsServer(const std::filesystem::path& dir, const std::filesystem::path& store_dir, int port = 0)
+      : binary_(nats_server_binary()) {
+    REQUIRE(!binary_.empty());
+    // A port picked by the system; should another program take it before
+    // nats-server binds, start again on a new one (not on a restart).
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      port_ = port != 0 ? port : free_loopback_port();
+      process_ = std::make_unique<test_support::ChildProcess>(
+          binary_,
+          std::vector<std::string>{"-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd",
+                                   store_dir.string()},
+          dir);
+      if (wait_ready()) return;
+      process_.reset();
+      if (port != 0 && attempt >= 1) break;
+    }
+    FAIL("nats-server did not start on 127.0.0.1");
+  }
+
+  std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+  int port() const { return port_; }
+  test_support::ChildProcess& process() { return *process_; }
+  std::string log() const { return process_ ? process_->stderr_text() : std::string(); }
+
+  void kill9() {
+    process_->signal(SIGKILL);
+    REQUIRE(process_->wait_for(10s).has_value());
+  }
+
+ private:
+  bool wait_ready() {
+    return test_support::wait_until(
+               [&] {
+                 if (!process_->running()) return true;
+                 natsConnection* connection = nullptr;
+                 if (natsConnection_ConnectTo(&connection, url().c_str()) != NATS_OK) return false;
+                 // Connected; JetStream answers once the server has recovered its store.
+                 jsCtx* js = nullptr;
+                 bool ready = false;
+                 if (natsConnection_JetStream(&js, connection, nullptr) == NATS_OK) {
+                   jsAccountInfo* account = nullptr;
+                   jsErrCode code = static_cast<jsErrCode>(0);
+                   ready = js_GetAccountInfo(&account, js, nullptr, &code) == NATS_OK;
+                   if (account != nullptr) jsAccountInfo_Destroy(account);
+                   jsCtx_Destroy(js);
+                 }
+                 natsConnection_Destroy(connection);
+                 return ready;
+               },
+               30s, 10ms) &&
+           process_->running();
+  }
+
+  std::string binary_;
+  int port_ = 0;
+  std::unique_ptr<test_support::ChildProcess> process_;
+};
+
+}  // namespace jetstream_test

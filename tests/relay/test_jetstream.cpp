@@ -1,0 +1,360 @@
+// outbox-relay --sink jetstream against a real nats-server -js: exactly once
+// and per-key order through kills of the relay and of the server, resends
+// answered as duplicates, and the refusals at start (no stream, no subject,
+// a duplicate window shorter than the relay's retry horizon).
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include <outbox/outbox.hpp>
+
+#include "jetstream_harness.hpp"
+#include "relay/jetstream_sink.hpp"
+#include "relay_harness.hpp"
+
+using namespace relay_test;
+using jetstream_test::NatsClient;
+using jetstream_test::NatsServer;
+using jetstream_test::StreamMessage;
+
+namespace {
+
+constexpr const char* kStream = "OUTBOX";
+
+// Every test starts its own server; without one installed they are skipped.
+bool have_nats_server() {
+  if (!jetstream_test::nats_server_binary().empty()) return true;
+  WARN("nats-server is not installed (Debian: apt-get install nats-server); skipping");
+  return false;
+}
+
+std::vector<std::string> jetstream_flags(const NatsServer& server,
+                                         std::vector<std::string> extra = {}) {
+  std::vector<std::string> flags = {"--sink",     "jetstream", "--nats-url",
+                                    server.url(), "--stream",  kStream};
+  flags.insert(flags.end(), extra.begin(), extra.end());
+  return flags;
+}
+
+// The stream's copy of the "orders" topic against what the producer
+// committed: each msg_id once, nothing rolled back, subjects that name the
+// message's key, and within each key the counters 1, 2, 3, ... in stream order.
+void check_stream_exactly_once_in_order(const std::vector<StreamMessage>& stored, long committed) {
+  std::set<std::string> ids;
+  std::map<std::string, long> last_per_key;
+  long duplicates = 0, phantoms = 0, out_of_order = 0, wrong_subject = 0;
+  for (const auto& message : stored) {
+    if (!ids.insert(message.msg_id).second) ++duplicates;
+    if (message.payload.rfind("rolled-back:", 0) == 0) {
+      ++phantoms;
+      continue;
+    }
+    auto colon = message.payload.find(':');
+    auto key = message.payload.substr(0, colon);
+    auto n = std::stol(message.payload.substr(colon + 1));
+    if (message.subject != relay::subject_for("outbox", "orders", key)) ++wrong_subject;
+    if (n != last_per_key[key] + 1) ++out_of_order;
+    last_per_key[key] = n;
+  }
+  CHECK(duplicates == 0);
+  CHECK(phantoms == 0);
+  CHECK(wrong_subject == 0);
+  CHECK(out_of_order == 0);
+  CHECK(static_cast<long>(stored.size()) == committed);
+}
+
+class BackgroundProducer {
+ public:
+  BackgroundProducer(const std::filesystem::path& dir, const std::filesystem::path& db, long count,
+                     long keys)
+      : process_(OUTBOX_BIN_RELAY_TEST_PRODUCER,
+                 {db.string(), std::to_string(count), std::to_string(keys), "0"}, dir) {}
+
+  long wait_committed() {
+    auto exit = process_.wait_for(120s);
+    INFO(process_.stderr_text());
+    REQUIRE(exit.has_value());
+    REQUIRE(exit->code == 0);
+    long committed = 0, rolled_back = 0;
+    REQUIRE(std::sscanf(process_.stdout_text().c_str(), "committed %ld rolled-back %ld", &committed,
+                        &rolled_back) == 2);
+    return committed;
+  }
+
+ private:
+  test_support::ChildProcess process_;
+};
+
+const std::vector<std::string> kSmallBatches = {"--batch-size",      "100",  "--in-flight",   "4",
+                                                "--lease",           "1s",   "--ack-timeout", "1s",
+                                                "--connect-timeout", "500ms"};
+
+// Runs `outbox-relay run` to its exit (it is expected to refuse to start).
+test_support::RunResult run_refused(const std::filesystem::path& db,
+                                    const std::vector<std::string>& flags) {
+  std::vector<std::string> args = {"run",  "--db",          db.string(), "--backoff-initial",
+                                   "20ms", "--backoff-max", "200ms"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  return test_support::run(relay_binary(), args, 60s);
+}
+
+std::string last_line(const std::string& text) {
+  auto lines = test_support::lines(text);
+  return lines.empty() ? std::string() : lines.back();
+}
+
+}  // namespace
+
+TEST_CASE("subjects are <prefix>.<topic>.<key> with one escaped token each", "[relay][jetstream]") {
+  CHECK(relay::subject_for("outbox", "orders", std::string("k1")) == "outbox.orders.k1");
+  CHECK(relay::subject_for("", "orders", std::string("k1")) == "orders.k1");
+  CHECK(relay::subject_for("outbox", "orders", std::nullopt) == "outbox.orders._");
+  CHECK(relay::subject_for("outbox", "orders", std::string("_")) == "outbox.orders.%5F");
+  CHECK(relay::subject_for("outbox", "orders", std::string()) == "outbox.orders.%");
+  CHECK(relay::subject_for("a.b", "eu.orders", std::string("user 7.*>%")) ==
+        "a.b.eu%2Eorders.user%207%2E%2A%3E%25");
+  CHECK(relay::decode_subject_token("user%207%2E%2A%3E%25") ==
+        std::optional<std::string>("user 7.*>%"));
+  CHECK(relay::decode_subject_token("%5F") == std::optional<std::string>("_"));
+  CHECK(relay::decode_subject_token("%") == std::optional<std::string>(""));
+  CHECK_FALSE(relay::decode_subject_token("_").has_value());
+  CHECK_FALSE(relay::decode_subject_token("%4").has_value());
+  CHECK_FALSE(relay::decode_subject_token("%zz").has_value());
+
+  CHECK(relay::subject_matches("outbox.>", "outbox.orders.k1"));
+  CHECK(relay::subject_matches("outbox.*.*", "outbox.orders.k1"));
+  CHECK(relay::subject_matches("outbox.orders.k1", "outbox.orders.k1"));
+  CHECK_FALSE(relay::subject_matches("outbox.>", "outbox"));
+  CHECK_FALSE(relay::subject_matches("outbox.*", "outbox.orders.k1"));
+  CHECK_FALSE(relay::subject_matches("other.>", "outbox.orders.k1"));
+
+  relay::RelayConfig config;  // 10s + 2s + 30s + 10s
+  CHECK(relay::retry_horizon(config) == std::chrono::seconds(52));
+}
+
+TEST_CASE("ten thousand messages reach a JetStream stream exactly once, in per-key order",
+          "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-forward");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
+  REQUIRE(produce(db, 10000, 16) == 10000);
+
+  auto relay = RelayProcess::with_flags(dir.path(), db, jetstream_flags(server));
+  INFO(relay->log());
+  REQUIRE(wait_delivered(db, 10000));
+  auto after = outbox_status(db);
+  CHECK(after.pending == 0);
+  CHECK(after.dead == 0);
+
+  NatsClient client(server.url());
+  CHECK(client.message_count(kStream) == 10000);
+  check_stream_exactly_once_in_order(client.read_all(kStream), 10000);
+  auto exit = relay->stop();
+  CHECK(exit.exited);
+  CHECK(exit.code == 0);
+  CHECK(outbox_status(db).lease_expired);
+}
+
+TEST_CASE("keys, topics and headers reach JetStream intact", "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-subjects");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"app.>"});
+  {
+    auto box = outbox::Outbox::open(db);
+    outbox::Transaction tx(box);
+    tx.enqueue({.topic = "orders",
+                .key = "user 7.eu*>",
+                .payload = "first",
+                .headers = {{"Trace-Id", "abc"}, {"Content-Type", "text/plain"}}});
+    tx.enqueue({.topic = "eu.orders", .key = "", .payload = "second"});  // no key
+    tx.enqueue({.topic = "orders", .key = "_", .payload = "third"});
+    tx.commit();
+  }
+  auto relay = RelayProcess::with_flags(dir.path(), db,
+                                        jetstream_flags(server, {"--subject-prefix", "app"}));
+  INFO(relay->log());
+  REQUIRE(wait_delivered(db, 3));
+  auto stored = NatsClient(server.url()).read_all(kStream);
+  REQUIRE(stored.size() == 3);
+  CHECK(stored[0].subject == "app.orders.user%207%2Eeu%2A%3E");
+  CHECK(stored[0].payload == "first");
+  // NATS keeps headers in a map: compare them in name order.
+  auto headers = stored[0].headers;
+  std::sort(headers.begin(), headers.end());
+  CHECK(headers == std::vector<std::pair<std::string, std::string>>{{"Content-Type", "text/plain"},
+                                                                    {"Trace-Id", "abc"}});
+  CHECK(stored[1].subject == "app.eu%2Eorders._");
+  CHECK(stored[2].subject == "app.orders.%5F");
+  for (const auto& message : stored) CHECK(message.msg_id.size() > 10);
+}
+
+TEST_CASE("a resend after lost acknowledgements is answered duplicate by JetStream",
+          "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-lost-ack");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
+  REQUIRE(produce(db, 2000, 8) == 2000);
+  {
+    auto relay = RelayProcess::with_flags(dir.path(), db, jetstream_flags(server));
+    INFO(relay->log());
+    REQUIRE(wait_delivered(db, 2000));
+    CHECK(relay->stop().code == 0);
+  }
+  // Forget every acknowledgement, as if they had been lost before being recorded.
+  exec_sql(db,
+           "DELETE FROM outbox_delivery;"
+           "UPDATE outbox_relay_cursor SET settled_through_seq = 0, delivered_total = 0;");
+  REQUIRE(outbox_status(db).pending == 2000);
+
+  auto relay = RelayProcess::with_flags(dir.path(), db, jetstream_flags(server));
+  REQUIRE(wait_delivered(db, 2000));
+  CHECK(relay->stop().code == 0);
+  INFO(relay->log());
+  CHECK(relay->log().find("stored 0, duplicates 2000") != std::string::npos);
+  NatsClient client(server.url());
+  CHECK(client.message_count(kStream) == 2000);
+  check_stream_exactly_once_in_order(client.read_all(kStream), 2000);
+}
+
+TEST_CASE("kill -9 of the relay mid-stream: JetStream holds each msg_id once, in order",
+          "[relay][jetstream][recovery]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-kill");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
+  BackgroundProducer producer(dir.path(), db, 10000, 16);
+  REQUIRE(wait_schema(db));
+  {
+    auto first = RelayProcess::with_flags(dir.path(), db, jetstream_flags(server, kSmallBatches));
+    INFO(first->log());
+    REQUIRE(test_support::wait_until([&] { return outbox_status(db).delivered_total >= 1000; }, 60s,
+                                     5ms));
+    first->kill9();
+  }
+  auto second = RelayProcess::with_flags(dir.path(), db, jetstream_flags(server, kSmallBatches));
+  auto committed = producer.wait_committed();
+  INFO(second->log());
+  REQUIRE(wait_delivered(db, committed));
+  NatsClient client(server.url());
+  CHECK(client.message_count(kStream) == static_cast<std::uint64_t>(committed));
+  check_stream_exactly_once_in_order(client.read_all(kStream), committed);
+}
+
+TEST_CASE(
+    "kill -9 of nats-server mid-stream: after its restart each msg_id is there once, in order",
+    "[relay][jetstream][recovery]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-server-kill");
+  auto db = dir / "app.db";
+  auto store = dir / "jetstream";
+  auto server = std::make_unique<NatsServer>(dir.path(), store);
+  auto port = server->port();
+  auto url = server->url();
+  NatsClient(url).add_stream(kStream, {"outbox.>"});
+  BackgroundProducer producer(dir.path(), db, 10000, 16);
+  REQUIRE(wait_schema(db));
+  auto relay = RelayProcess::with_flags(dir.path(), db, jetstream_flags(*server, kSmallBatches));
+  INFO(relay->log());
+  REQUIRE(test_support::wait_until([&] { return outbox_status(db).delivered_total >= 1000; }, 60s,
+                                   5ms));
+  server->kill9();
+  server.reset();
+  // While it is down the relay keeps retrying and says so.
+  REQUIRE(test_support::wait_until(
+      [&] { return relay->log().find("cannot connect to NATS") != std::string::npos; }, 30s));
+  // Same port, same store: the relay reconnects by itself.
+  server = std::make_unique<NatsServer>(dir.path(), store, port);
+  auto committed = producer.wait_committed();
+  REQUIRE(wait_delivered(db, committed));
+  CHECK(relay->process().running());
+  CHECK(relay->log().find("session open again") != std::string::npos);
+  NatsClient client(url);
+  CHECK(client.message_count(kStream) == static_cast<std::uint64_t>(committed));
+  check_stream_exactly_once_in_order(client.read_all(kStream), committed);
+}
+
+TEST_CASE("a duplicate window shorter than the retry horizon is refused unless allowed",
+          "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-window");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"}, 20s);
+  REQUIRE(produce(db, 100, 4) == 100);
+
+  // Defaults: 10s ack timeout + 2s connect + 30s backoff max + 10s lease = 52s > 20s.
+  auto refused = run_refused(db, {"--sink", "jetstream", "--nats-url", server.url(), "--stream",
+                                  kStream, "--backoff-max", "30s"});
+  INFO(refused.err);
+  CHECK(refused.status.exited);
+  CHECK(refused.status.code == 6);
+  auto line = last_line(refused.err);
+  CHECK(line.find("outbox-relay: stream 'OUTBOX' remembers msg_ids for 20s") == 0);
+  CHECK(line.find("up to 52s") != std::string::npos);
+  CHECK(line.find("--allow-short-dedup-window") != std::string::npos);
+  CHECK(outbox_status(db).pending == 100);
+  CHECK(outbox_status(db).lease_expired);  // released on the way out
+  CHECK(NatsClient(server.url()).message_count(kStream) == 0);
+
+  // Settings whose horizon fits (4s + 1s + 5s + 5s = 15s) run.
+  auto fits = RelayProcess::with_flags(
+      dir.path(), db,
+      jetstream_flags(server, {"--ack-timeout", "4s", "--connect-timeout", "1s", "--backoff-max",
+                               "5s", "--lease", "5s"}));
+  {
+    INFO(fits->log());
+    REQUIRE(wait_delivered(db, 100));
+    CHECK(fits->stop().code == 0);
+  }
+
+  // The flag accepts the risk, and the log says so.
+  REQUIRE(produce(db, 100, 4) == 100);
+  auto allowed = RelayProcess::with_flags(
+      dir.path(), db,
+      jetstream_flags(server, {"--backoff-max", "30s", "--allow-short-dedup-window"}));
+  INFO(allowed->log());
+  REQUIRE(wait_delivered(db, 200));
+  CHECK(allowed->log().find("running anyway (--allow-short-dedup-window)") != std::string::npos);
+  CHECK(allowed->stop().code == 0);
+  CHECK(NatsClient(server.url()).message_count(kStream) == 200);
+}
+
+TEST_CASE("a missing stream or a subject no stream covers is refused at start",
+          "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-missing");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  REQUIRE(produce(db, 10, 2) == 10);
+
+  SECTION("no such stream") {
+    auto refused = run_refused(db, jetstream_flags(server));
+    INFO(refused.err);
+    CHECK(refused.status.code == 7);
+    CHECK(last_line(refused.err) == "outbox-relay: JetStream stream 'OUTBOX' does not exist on " +
+                                        server.url() +
+                                        " (create it, or name another with --stream)");
+  }
+  SECTION("the stream covers other subjects") {
+    NatsClient(server.url()).add_stream(kStream, {"other.>"});
+    auto refused = run_refused(db, jetstream_flags(server));
+    INFO(refused.err);
+    CHECK(refused.status.code == 7);
+    CHECK(last_line(refused.err)
+              .find("outbox-relay: no subject of stream 'OUTBOX' covers 'outbox.orders.k") == 0);
+    CHECK(NatsClient(server.url()).message_count(kStream) == 0);
+  }
+  SECTION("--stream is required") {
+    auto refused = run_refused(db, {"--sink", "jetstream", "--nats-url", server.url()});
+    CHECK(refused.status.code == 2);
+    CHECK(refused.err.find("--stream") != std::string::npos);
+  }
+  CHECK(outbox_status(db).pending == 10);
+}
