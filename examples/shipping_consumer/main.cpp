@@ -16,6 +16,7 @@
 #include <sqlite3.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdint>
@@ -132,6 +133,13 @@ class Shipments {
   sqlite3_stmt* insert_ = nullptr;
 };
 
+// A signal (SIGINT, SIGTERM) that arrives while ZeroMQ works makes the call
+// fail with EINTR. The loop then checks whether to stop; a fresh connection
+// drops whatever the interrupted call left half done.
+bool interrupted(const zmq::error_t& error) {
+  return error.num() == EINTR;
+}
+
 long count_shipments(sqlite3* db) {
   sqlite3_stmt* statement = nullptr;
   long count = -1;
@@ -185,7 +193,15 @@ int run(const Settings& settings) {
     request.use_group_offset = true;
     request.max_messages = settings.batch;
     request.wait_ms = settings.wait_ms;
-    auto reply = client.fetch(request, 5s);
+    std::optional<wire::Result<wire::Messages>> answer;
+    try {
+      answer = client.fetch(request, 5s);
+    } catch (const zmq::error_t& error) {
+      if (!interrupted(error)) throw;
+      client.reconnect();
+      continue;
+    }
+    auto& reply = *answer;
     if (!reply) {
       if (!broker_trouble) {
         std::fprintf(stderr, "shipping_consumer: fetch from %s failed (%s); retrying\n",
@@ -239,14 +255,18 @@ int run(const Settings& settings) {
 
     // Only now the group moves on. A crash before this line means the batch
     // is delivered again, and the inbox makes that harmless.
-    auto committed =
-        client.commit_offset(settings.topic, settings.group, reply->messages.back().offset, 5s);
-    if (!committed) {
-      std::fprintf(stderr,
-                   "shipping_consumer: commit offset failed (%s); the batch will come "
-                   "again\n",
-                   committed.error().message.c_str());
-      client.reconnect();
+    try {
+      auto committed =
+          client.commit_offset(settings.topic, settings.group, reply->messages.back().offset, 5s);
+      if (!committed) {
+        std::fprintf(stderr,
+                     "shipping_consumer: commit offset failed (%s); the batch will come again\n",
+                     committed.error().message.c_str());
+        client.reconnect();
+      }
+    } catch (const zmq::error_t& error) {
+      if (!interrupted(error)) throw;
+      client.reconnect();  // not committed: the batch comes again, the inbox skips it
     }
   }
 
