@@ -174,6 +174,28 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
   }
 }
 
+namespace {
+
+std::int64_t schedstat_sum(pid_t pid, int field) {
+  std::int64_t total = 0;
+  std::error_code error;
+  for (const auto& task : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
+    std::ifstream in(task.path() / "schedstat");
+    long long on_cpu = 0, waiting = 0;
+    if (in >> on_cpu >> waiting) total += field == 0 ? on_cpu : waiting;
+  }
+  return total;
+}
+
+}  // namespace
+
+std::int64_t cpu_wait_ns(pid_t pid) {
+  return schedstat_sum(pid, 1);
+}
+std::int64_t cpu_run_ns(pid_t pid) {
+  return schedstat_sum(pid, 0);
+}
+
 fs::path executable_dir() {
   std::error_code error;
   auto self = fs::read_symlink("/proc/self/exe", error);

@@ -80,6 +80,12 @@ int free_loopback_port();
 bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
                 std::chrono::microseconds poll = std::chrono::milliseconds(1));
 
+// Nanoseconds the threads of process `pid` have spent runnable but waiting
+// for a CPU (/proc/<pid>/task/*/schedstat); 0 if the kernel does not say.
+std::int64_t cpu_wait_ns(pid_t pid);
+// Nanoseconds the threads of process `pid` have run on a CPU (same source).
+std::int64_t cpu_run_ns(pid_t pid);
+
 // The directory holding the running executable (/proc/self/exe).
 std::filesystem::path executable_dir();
 

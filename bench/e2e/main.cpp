@@ -46,9 +46,9 @@ struct Flags {
   int keys = 64;
   int producers = 2;
   double rate = 10'000;
-  double latency_seconds = 5;
+  double latency_seconds = 8;
   std::string sync = "normal";
-  int rounds = 2;
+  int rounds = 3;
   std::size_t relay_batch = 0;
   std::size_t relay_in_flight = 0;
   std::size_t js_max_pending = 4000;

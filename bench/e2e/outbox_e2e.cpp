@@ -1,6 +1,7 @@
 #include "outbox_e2e.hpp"
 
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
@@ -458,6 +459,14 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
              " s, commit to stored (seen by a consumer)");
     std::string producer_error;
     std::int64_t started = 0, finished = 0;
+    const auto broker_wait_before = cpu_wait_ns(broker.process().pid());
+    const auto relay_wait_before = cpu_wait_ns(app_relay.process().pid());
+    const auto bench_wait_before = cpu_wait_ns(::getpid());
+    auto cpu_used = [&] {
+      return cpu_run_ns(broker.process().pid()) + cpu_run_ns(app_relay.process().pid()) +
+             cpu_run_ns(::getpid());
+    };
+    const auto cpu_used_before = cpu_used();
     try {
       auto box = outbox::Outbox::open(app_db, producer_options());
       const double period_ns = 1e9 / settings.rate;
@@ -488,6 +497,13 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     }
     producer_done = true;
     consumer.join();
+    result.latency_cpu_wait_broker_ms =
+        static_cast<double>(cpu_wait_ns(broker.process().pid()) - broker_wait_before) / 1e6;
+    result.latency_cpu_wait_relay_ms =
+        static_cast<double>(cpu_wait_ns(app_relay.process().pid()) - relay_wait_before) / 1e6;
+    result.latency_cpu_wait_bench_ms =
+        static_cast<double>(cpu_wait_ns(::getpid()) - bench_wait_before) / 1e6;
+    result.latency_cpu_used_ms = static_cast<double>(cpu_used() - cpu_used_before) / 1e6;
     if (!producer_error.empty())
       throw std::runtime_error("latency producer failed: " + producer_error);
     if (!consumer_error.empty()) throw std::runtime_error("latency consumer: " + consumer_error);
@@ -526,13 +542,16 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     result.latency = percentiles(result.latency_ns);
   }
   {
-    char line[200];
+    char line[400];
     std::snprintf(
         line, sizeof line,
         "outbox: latency p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms (%.0f msg/s "
-        "achieved)",
+        "achieved); waited for a CPU: broker %.0f ms, relay %.0f ms, producer and consumer "
+        "%.0f ms; used %.0f ms of CPU",
         result.latency.p50_ms, result.latency.p99_ms, result.latency.p999_ms, result.latency.max_ms,
-        result.latency_achieved_rate);
+        result.latency_achieved_rate, result.latency_cpu_wait_broker_ms,
+        result.latency_cpu_wait_relay_ms, result.latency_cpu_wait_bench_ms,
+        result.latency_cpu_used_ms);
     progress(line);
   }
   app_relay.stop();

@@ -56,6 +56,12 @@ struct OutboxResult {
 
   double latency_offered_rate = 0;
   double latency_achieved_rate = 0;  // commits per second actually made
+  // Time spent runnable but waiting for a CPU during the latency pass, per
+  // process (all threads summed): how much the machine's other work got in the way.
+  double latency_cpu_wait_broker_ms = 0;
+  double latency_cpu_wait_relay_ms = 0;
+  double latency_cpu_wait_bench_ms = 0;
+  double latency_cpu_used_ms = 0;  // on a CPU, broker + relay + producer and consumer
   std::vector<std::int64_t> latency_ns;
   Percentiles latency;
 

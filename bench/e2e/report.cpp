@@ -147,6 +147,10 @@ std::string outbox_round_json(const OutboxResult& r) {
       .num("latency_offered_msgs_per_sec", r.latency_offered_rate)
       .rate("latency_achieved_msgs_per_sec", r.latency_achieved_rate)
       .field("latency", latency_json(r.latency))
+      .num("latency_cpu_wait_broker_ms", r.latency_cpu_wait_broker_ms)
+      .num("latency_cpu_wait_relay_ms", r.latency_cpu_wait_relay_ms)
+      .num("latency_cpu_wait_bench_ms", r.latency_cpu_wait_bench_ms)
+      .num("latency_cpu_used_ms", r.latency_cpu_used_ms)
       .num("resend_seconds", r.resend_seconds)
       .rate("resend_msgs_per_sec", r.resend_msgs_per_sec)
       .integer("resend_duplicates", r.resend_duplicates)
@@ -225,6 +229,9 @@ Machine describe_machine() {
   }
   utsname name{};
   if (::uname(&name) == 0) machine.kernel = std::string(name.sysname) + " " + name.release;
+  std::ifstream loadavg("/proc/loadavg");
+  std::string one, five, fifteen;
+  if (loadavg >> one >> five >> fifteen) machine.load_average = one + " " + five + " " + fifteen;
   std::ifstream meminfo("/proc/meminfo");
   while (std::getline(meminfo, line)) {
     if (line.rfind("MemTotal:", 0) == 0) {
@@ -242,7 +249,7 @@ std::string text_report(const RunInfo& info, const Summary& summary) {
       << " messages of " << info.payload_bytes << " bytes";
   if (info.rounds > 1) out << ", " << info.rounds << " rounds (medians; latency over all samples)";
   out << "\nmachine: " << m.cores << " cores, " << m.cpu_model << ", " << fixed(m.memory_gib, 0)
-      << " GiB, " << m.kernel << "\n\n";
+      << " GiB, " << m.kernel << "; load average at the start " << m.load_average << "\n\n";
 
   const bool have_outbox = !summary.outbox.empty();
   const bool have_js = !summary.jetstream.empty();
@@ -348,6 +355,19 @@ std::string text_report(const RunInfo& info, const Summary& summary) {
            "commit returns; a consumer thread long-polls FETCH on the topic and stamps each reply "
            "on arrival, so a figure includes relay wake-up, the broker's group commit and the "
            "fetch reply (an upper bound on commit to stored).\n";
+    double broker_wait = 0, relay_wait = 0, bench_wait = 0, used = 0, seconds = 0;
+    for (const auto& r : summary.outbox) {
+      broker_wait += r.latency_cpu_wait_broker_ms;
+      relay_wait += r.latency_cpu_wait_relay_ms;
+      bench_wait += r.latency_cpu_wait_bench_ms;
+      used += r.latency_cpu_used_ms;
+      seconds += static_cast<double>(r.latency.samples) / std::max(r.latency_offered_rate, 1.0);
+    }
+    out << "during the latency passes (" << fixed(seconds, 0)
+        << " s) the processes waited for a CPU (runnable, not running): broker "
+        << fixed(broker_wait, 0) << " ms, relay " << fixed(relay_wait, 0)
+        << " ms, producer and consumer " << fixed(bench_wait, 0) << " ms; together they ran "
+        << fixed(used, 0) << " ms on a CPU.\n";
   }
   if (!summary.ok()) {
     out << "\nCHECK FAILED:\n";
@@ -366,6 +386,7 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
                             .text("cpu_model", info.machine.cpu_model)
                             .text("kernel", info.machine.kernel)
                             .num("memory_gib", info.machine.memory_gib)
+                            .text("load_average_at_start", info.machine.load_average)
                             .str())
       .field("settings", JsonObject()
                              .integer("messages", info.messages)

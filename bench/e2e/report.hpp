@@ -16,6 +16,7 @@ struct Machine {
   std::string cpu_model;
   std::string kernel;
   double memory_gib = 0;
+  std::string load_average;  // /proc/loadavg's first three fields: other work on the machine
 };
 Machine describe_machine();
 
