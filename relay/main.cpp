@@ -130,14 +130,20 @@ int run_relay(const RunSettings& settings) {
   }
   config.logger = logger;
 
+  if (settings.sink == "jetstream") {
+#if !OUTBOX_RELAY_WITH_JETSTREAM
+    throw UsageError("--sink jetstream: this outbox-relay was built without the JetStream sink "
+                     "(libnats-dev was not found, or OUTBOX_WITH_NATS=OFF)");
+#endif
+    if (settings.stream.empty()) {
+      throw UsageError("--sink jetstream needs --stream (the stream the messages must land in)");
+    }
+  }
   auto on_dead = settings.on_dead == "skip" ? outbox::DeadPolicy::skip : outbox::DeadPolicy::block;
   auto store = open_store(settings.db, false, settings.sync == "full", on_dead, logger);
   std::unique_ptr<relay::Sink> sink;
   if (settings.sink == "jetstream") {
 #if OUTBOX_RELAY_WITH_JETSTREAM
-    if (settings.stream.empty()) {
-      throw UsageError("--sink jetstream needs --stream (the stream the messages must land in)");
-    }
     relay::JetStreamSinkOptions options;
     options.url = settings.nats_url;
     options.stream = settings.stream;
@@ -152,9 +158,6 @@ int run_relay(const RunSettings& settings) {
     } catch (const std::invalid_argument& error) {
       throw UsageError(error.what());
     }
-#else
-    throw UsageError("--sink jetstream: this outbox-relay was built without the JetStream sink "
-                     "(libnats-dev was not found, or OUTBOX_WITH_NATS=OFF)");
 #endif
   } else {
     relay::BrokerSinkOptions sink_options;

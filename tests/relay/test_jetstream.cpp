@@ -3,6 +3,7 @@
 // answered as duplicates, and the refusals at start (no stream, no subject,
 // a duplicate window shorter than the relay's retry horizon).
 #include <algorithm>
+#include <fstream>
 #include <map>
 #include <set>
 
@@ -357,4 +358,35 @@ TEST_CASE("a missing stream or a subject no stream covers is refused at start",
     CHECK(refused.err.find("--stream") != std::string::npos);
   }
   CHECK(outbox_status(db).pending == 10);
+}
+
+TEST_CASE("the JetStream settings can come from a config file", "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-config");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream("EVENTS", {"shop.>"});
+  REQUIRE(produce(db, 300, 3) == 300);
+  {
+    std::ofstream config(dir / "relay.toml");
+    config << "[run]\n"
+           << "db = \"" << db.string() << "\"\n"
+           << "sink = \"jetstream\"\n"
+           << "nats-url = \"" << server.url() << "\"\n"
+           << "stream = \"EVENTS\"\n"
+           << "subject-prefix = \"shop\"\n"
+           << "allow-short-dedup-window = false\n"
+           << "batch-size = 50\n";
+  }
+  test_support::ChildProcess relay(relay_binary(),
+                                   {"run", "--config", (dir / "relay.toml").string()}, dir.path());
+  INFO(relay.stderr_text());
+  REQUIRE(wait_delivered(db, 300));
+  auto stored = NatsClient(server.url()).read_all("EVENTS");
+  REQUIRE(stored.size() == 300);
+  CHECK(stored.front().subject.rfind("shop.orders.k", 0) == 0);
+  relay.signal(SIGTERM);
+  auto exit = relay.wait_for(30s);
+  REQUIRE(exit.has_value());
+  CHECK(exit->code == 0);
 }
