@@ -199,11 +199,28 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
         "setting busy timeout");
   verify_readable(db.get(), name);
   if (options.wal && !options.read_only) {
+    // Switching a database into WAL takes an exclusive lock, and SQLite does
+    // not call the busy handler for it: a reader holding a shared lock at that
+    // moment (another process opening the new file, a status tool) makes the
+    // pragma fail at once with SQLITE_BUSY. Retry it within the busy timeout.
+    const auto deadline = std::chrono::steady_clock::now() + options.busy_timeout;
     Statement journal(db.get(), "PRAGMA journal_mode=WAL");
-    auto use = journal.use();
-    if (!use.step() || use.column_text(0) != "wal") {
-      throw Error("cannot switch database '" + name + "' to WAL journal mode");
+    std::string mode;
+    for (int attempt = 0;; ++attempt) {
+      try {
+        auto use = journal.use();
+        if (use.step()) mode = use.column_text(0);
+        break;
+      } catch (const Error& error) {
+        if ((error.extended_code() & 0xff) != SQLITE_BUSY ||
+            std::chrono::steady_clock::now() >= deadline) {
+          throw;
+        }
+      }
+      std::this_thread::sleep_for(
+          std::chrono::microseconds(std::min(2000, 50 << std::min(attempt, 6))));
     }
+    if (mode != "wal") throw Error("cannot switch database '" + name + "' to WAL journal mode");
   }
   exec(db.get(),
        options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");

@@ -1,5 +1,10 @@
 // Schema versioning: creation, migration from version 1, refusal of newer
 // schemas and of databases without the schema.
+#include <atomic>
+#include <future>
+#include <thread>
+#include <vector>
+
 #include <catch2/catch.hpp>
 
 #include "outbox/inbox.hpp"
@@ -128,4 +133,53 @@ TEST_CASE("the relay side refuses a database without the outbox schema") {
                     Catch::Contains("has no outbox schema"));
   outbox_test::RawDb raw((dir / "plain.db").string());
   CHECK(query_int(raw.get(), "SELECT count(*) FROM sqlite_master WHERE name LIKE 'outbox_%'") == 0);
+}
+
+TEST_CASE("producers opening a new database while a reader polls it all succeed") {
+  // Found by the fault suite (tests/faults): a producer opening a fresh
+  // database while others opened it and a tool read it failed with "database
+  // is locked" from PRAGMA journal_mode=WAL, for which SQLite does not always
+  // call the busy handler. A race, so the test runs it many times.
+  test_support::TempDir dir;
+  int failures = 0;
+  std::string first_error;
+  for (int round = 0; round < 150; ++round) {
+    auto path = dir / ("app-" + std::to_string(round) + ".db");
+    std::atomic<bool> done{false};
+    std::thread reader([&] {
+      while (!done.load()) {
+        sqlite3* db = nullptr;
+        if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+          sqlite3_busy_timeout(db, 5000);
+          sqlite3_exec(db, "SELECT count(*) FROM outbox_meta", nullptr, nullptr, nullptr);
+        }
+        sqlite3_close(db);
+      }
+    });
+    std::vector<std::future<std::string>> producers;
+    for (int i = 0; i < 3; ++i) {
+      producers.push_back(std::async(std::launch::async, [&]() -> std::string {
+        try {
+          auto box = outbox::Outbox::open(path);
+          outbox::Transaction tx(box);
+          tx.enqueue({.topic = "orders", .payload = "x"});
+          tx.commit();
+          return {};
+        } catch (const outbox::Error& error) {
+          return error.what();
+        }
+      }));
+    }
+    for (auto& producer : producers) {
+      auto error = producer.get();
+      if (!error.empty()) {
+        ++failures;
+        if (first_error.empty()) first_error = error;
+      }
+    }
+    done.store(true);
+    reader.join();
+  }
+  INFO(first_error);
+  CHECK(failures == 0);
 }
