@@ -100,7 +100,14 @@ int main(int argc, char** argv) {
   std::vector<outbox::Message> committed_events;  // for business retries
 
   try {
-    auto box = outbox::Outbox::open(db_path);
+    auto box = [&] {
+      try {
+        return outbox::Outbox::open(db_path);
+      } catch (const outbox::Error& error) {
+        throw outbox::Error(std::string("opening the outbox: ") + error.what(),
+                            error.extended_code());
+      }
+    }();
     exec(box.db(),
          "CREATE TABLE IF NOT EXISTS business("
          " id INTEGER PRIMARY KEY, msg_id TEXT NOT NULL, producer TEXT NOT NULL,"
