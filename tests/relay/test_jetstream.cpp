@@ -281,6 +281,40 @@ TEST_CASE(
   check_stream_exactly_once_in_order(client.read_all(kStream), committed);
 }
 
+TEST_CASE("a nats-server that stops answering: PubAck timeouts, reconnects, resends in order",
+          "[relay][jetstream][recovery]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-stall");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
+  BackgroundProducer producer(dir.path(), db, 5000, 8);
+  REQUIRE(wait_schema(db));
+  auto relay = RelayProcess::with_flags(
+      dir.path(), db,
+      jetstream_flags(server, {"--batch-size", "100", "--in-flight", "4", "--ack-timeout", "500ms",
+                               "--connect-timeout", "300ms"}));
+  INFO(relay->log());
+  REQUIRE(
+      test_support::wait_until([&] { return outbox_status(db).delivered_total >= 500; }, 60s, 5ms));
+  // Frozen, the server keeps its sockets open but answers nothing.
+  server.process().signal(SIGSTOP);
+  bool timed_out = test_support::wait_until(
+      [&] { return relay->log().find("no acknowledgement for batch") != std::string::npos; }, 30s);
+  bool retried =
+      timed_out &&
+      test_support::wait_until(
+          [&] { return relay->log().find("cannot connect to NATS") != std::string::npos; }, 30s);
+  server.process().signal(SIGCONT);
+  CHECK(timed_out);
+  CHECK(retried);
+  auto committed = producer.wait_committed();
+  REQUIRE(wait_delivered(db, committed));
+  NatsClient client(server.url());
+  CHECK(client.message_count(kStream) == static_cast<std::uint64_t>(committed));
+  check_stream_exactly_once_in_order(client.read_all(kStream), committed);
+}
+
 TEST_CASE("a duplicate window shorter than the retry horizon is refused unless allowed",
           "[relay][jetstream]") {
   if (!have_nats_server()) return;
