@@ -20,8 +20,15 @@
 // succeeded; a failed call restores them.
 #include "broker/store.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <condition_variable>
 #include <limits>
+#include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -157,6 +164,64 @@ struct TopicUndo {
   std::uint64_t message_count;
 };
 
+// Writes the WAL's dirty pages to disk every few milliseconds from a
+// background thread. A checkpoint (which runs inside a commit: the store holds
+// its file in EXCLUSIVE mode, so no other connection can take it over) first
+// fsyncs the WAL; with synchronous=NORMAL that fsync had to write out
+// everything since the previous checkpoint, up to 64 MiB, and stalled the
+// commit path for 40-140 ms every few hundred milliseconds under a steady
+// stream of small commits (outbox-bench e2e: commit-to-stored p99 45-75 ms at
+// 10,000 msg/s). Flushed ahead, the checkpoint's own fsync finds little left.
+// fdatasync through a second descriptor only adds durability; it never
+// changes what SQLite writes or when a commit is acknowledged.
+class WalFlusher {
+ public:
+  explicit WalFlusher(std::filesystem::path wal_path)
+      : wal_path_(std::move(wal_path)), thread_([this] { run(); }) {}
+  ~WalFlusher() noexcept {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_one();
+    thread_.join();
+    if (fd_ >= 0) ::close(fd_);
+  }
+  WalFlusher(const WalFlusher&) = delete;
+  WalFlusher& operator=(const WalFlusher&) = delete;
+
+ private:
+  static constexpr std::chrono::milliseconds interval{20};
+
+  void run() {
+    std::unique_lock lock(mutex_);
+    while (!wake_.wait_for(lock, interval, [&] { return stop_; })) {
+      lock.unlock();
+      flush();
+      lock.lock();
+    }
+  }
+
+  void flush() {
+    struct stat info {};
+    // The WAL appears with the first write and may be replaced when the
+    // database is reopened: (re)open it when missing or unlinked.
+    if (fd_ >= 0 && (::fstat(fd_, &info) != 0 || info.st_nlink == 0)) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+    if (fd_ < 0) fd_ = ::open(wal_path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ >= 0) ::fdatasync(fd_);
+  }
+
+  std::filesystem::path wal_path_;
+  int fd_ = -1;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once everything above is ready
+};
+
 }  // namespace
 
 struct Store::Impl {
@@ -177,6 +242,7 @@ struct Store::Impl {
   sqlite::Statement chunk_at_or_before, scan_chunks, first_chunk;
   sqlite::Statement upsert_group_offset, select_group_offset;
   sqlite::Statement scan_dedup, delete_dedup, scan_chunk_times, delete_chunks;
+  std::unique_ptr<WalFlusher> wal_flusher;  // synchronous=NORMAL only
 
   Impl(const std::filesystem::path& store_path, StoreOptions store_options)
       : path(store_path), options(std::move(store_options)) {
@@ -225,6 +291,9 @@ struct Store::Impl {
     // than every 4 MiB keeps them off most commits.
     sqlite::execute(handle, "PRAGMA wal_autocheckpoint = 4096");
     sqlite::execute(handle, "PRAGMA temp_store = MEMORY");
+    if (options.sync != SyncMode::full) {
+      wal_flusher = std::make_unique<WalFlusher>(path.string() + "-wal");
+    }
     if (options.max_database_bytes > 0) {
       auto page_size =
           static_cast<std::uint64_t>(sqlite::query_integer(handle, "PRAGMA page_size"));
