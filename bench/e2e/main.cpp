@@ -117,6 +117,7 @@ int run(const std::string& subcommand, const Flags& flags, const std::string& co
   info.subcommand = subcommand;
   info.command_line = command_line;
   info.started_at = bench::utc_now_iso();
+  info.source_commit = bench::source_commit();
   info.messages = flags.messages;
   info.payload_bytes = flags.payload_bytes;
   info.sync = flags.sync;

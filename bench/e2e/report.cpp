@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -215,6 +216,18 @@ std::string utc_now_iso() {
   return buffer;
 }
 
+std::string source_commit() {
+  std::string command =
+      std::string("git -C '") + OUTBOX_BENCH_SOURCE_DIR + "' describe --always --dirty 2>/dev/null";
+  std::unique_ptr<FILE, int (*)(FILE*)> pipe(::popen(command.c_str(), "r"), ::pclose);
+  if (!pipe) return {};
+  char buffer[128] = {};
+  if (!std::fgets(buffer, sizeof buffer, pipe.get())) return {};
+  std::string text = buffer;
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  return text;
+}
+
 Machine describe_machine() {
   Machine machine;
   machine.cores = std::thread::hardware_concurrency();
@@ -381,6 +394,7 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
   object.text("benchmark", info.subcommand)
       .text("started_at", info.started_at)
       .text("command_line", info.command_line)
+      .text("source_commit", info.source_commit)
       .field("machine", JsonObject()
                             .integer("cores", info.machine.cores)
                             .text("cpu_model", info.machine.cpu_model)

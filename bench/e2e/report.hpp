@@ -24,7 +24,8 @@ Machine describe_machine();
 struct RunInfo {
   std::string subcommand;
   std::string command_line;
-  std::string started_at;  // UTC, ISO 8601
+  std::string started_at;     // UTC, ISO 8601
+  std::string source_commit;  // git describe of the source tree, "+dirty" when modified
   std::size_t messages = 0;
   std::size_t payload_bytes = 0;
   std::string sync;
@@ -51,5 +52,9 @@ std::filesystem::path write_results_file(const std::filesystem::path& dir, const
                                          const std::string& json);
 
 std::string utc_now_iso();
+
+// `git describe --always --dirty` of the source tree the benchmark was built
+// from (empty when git or the tree is not there).
+std::string source_commit();
 
 }  // namespace bench
