@@ -116,6 +116,21 @@ class Managed {
   const std::string& name() const { return name_; }
   State state() const { return state_; }
   bool running() const { return state_ == State::running; }
+  bool paused() const { return paused_; }
+
+  // SIGSTOP now, SIGCONT at `resume_at` (from resume_if_due): a process that
+  // hangs, as under a long GC pause or a swapped-out machine, then goes on.
+  void pause_until(Clock::time_point resume_at) {
+    if (state_ != State::running || paused_) return;
+    process_->signal(SIGSTOP);
+    paused_ = true;
+    resume_at_ = resume_at;
+  }
+  void resume_if_due(Clock::time_point now, bool force = false) {
+    if (!paused_ || (!force && now < resume_at_)) return;
+    if (process_) process_->signal(SIGCONT);
+    paused_ = false;
+  }
 
   void start() {
     process_ = starter_();
@@ -128,9 +143,14 @@ class Managed {
   void signal(int sig) {
     if (state_ != State::running) return;
     process_->signal(sig);
+    if (paused_) {
+      process_->signal(SIGCONT);  // a stopped process acts on SIGTERM only once continued
+      paused_ = false;
+    }
     expected_signal_ = sig;
     state_ = State::stopping;
-    stopping_since_ = Clock::now();
+    stopping_since_ = last_term_ = Clock::now();
+    reported_slow_stop_ = false;
   }
 
   // A signal that does not end the process (the proxy's SIGUSR1).
@@ -142,7 +162,15 @@ class Managed {
   std::optional<std::string> poll(Clock::time_point restart_at_if_down) {
     if (state_ == State::down || !process_) return std::nullopt;
     if (process_->running()) {
-      if (state_ == State::stopping && Clock::now() - stopping_since_ > 40s) {
+      auto now = Clock::now();
+      if (state_ == State::stopping && expected_signal_ == SIGTERM && now - last_term_ >= 1s) {
+        // A SIGTERM that lands between fork and exec meets the harness's own
+        // handler in the child and is lost: say it again.
+        process_->signal(SIGTERM);
+        last_term_ = now;
+      }
+      if (state_ == State::stopping && now - stopping_since_ > 40s && !reported_slow_stop_) {
+        reported_slow_stop_ = true;
         return name_ + " did not exit within 40 s of SIGTERM";
       }
       return std::nullopt;
@@ -205,6 +233,9 @@ class Managed {
   std::string last_log_tail_, last_stdout_;
   long starts_ = 0;
   bool restart_enabled_ = true;
+  bool paused_ = false;
+  bool reported_slow_stop_ = false;
+  Clock::time_point resume_at_{}, last_term_{};
   std::function<bool(int)> exit_code_ok_ = [](int) { return false; };
 };
 
@@ -595,15 +626,21 @@ class Run {
       throw HarnessError("no producer created the outbox schema");
     }
 
-    relay_ = std::make_unique<Managed>("relay", dir_ / "logs" / "relay.log", [this] {
+    auto relay_starter = [this] {
       return std::make_unique<test_support::ChildProcess>(
           settings_.relay_binary,
           std::vector<std::string>{"run", "--db", app_db_.string(), "--broker", proxy_endpoint_,
                                    "--lease", "1s", "--ack-timeout", "1s", "--backoff-initial",
                                    "20ms", "--backoff-max", "500ms", "--log-level", "info"},
           dir_);
-    });
+    };
+    // Two relays on one outbox: one active, one standby that takes over when
+    // the active one's lease lapses (it was killed or paused).
+    relay_ = std::make_unique<Managed>("relay", dir_ / "logs" / "relay.log", relay_starter);
     relay_->start();
+    standby_relay_ =
+        std::make_unique<Managed>("relay-b", dir_ / "logs" / "relay-b.log", relay_starter);
+    standby_relay_->start();
 
     consumer_ = std::make_unique<Managed>("consumer", dir_ / "logs" / "consumer.log", [this] {
       std::vector<std::string> args = {"--broker", broker_endpoint_, "--db", consumer_db_.string(),
@@ -618,7 +655,8 @@ class Run {
   }
 
   std::vector<Managed*> everything() {
-    std::vector<Managed*> all = {broker_.get(), proxy_.get(), relay_.get(), consumer_.get()};
+    std::vector<Managed*> all = {broker_.get(), proxy_.get(), relay_.get(), standby_relay_.get(),
+                                 consumer_.get()};
     for (auto& producer : producers_) all.push_back(producer.get());
     return all;
   }
@@ -628,6 +666,7 @@ class Run {
   void tend(bool restart) {
     auto now = Clock::now();
     for (auto* managed : everything()) {
+      managed->resume_if_due(now, !restart);
       if (auto problem = managed->poll(now + between(0, 300))) {
         anomalies_.push_back(*problem);
         say("PROBLEM: " + *problem + "\n" + managed->last_log_tail());
@@ -656,9 +695,13 @@ class Run {
     Managed* producer =
         producers_[std::uniform_int_distribution<std::size_t>(0, producers_.size() - 1)(random_)]
             .get();
+    Managed* relay = std::uniform_int_distribution<int>(0, 1)(random_) == 0 ? relay_.get()
+                                                                            : standby_relay_.get();
     std::vector<Choice> choices = {
-        {"relay_kill9", 28, relay_.get(), SIGKILL},
-        {"relay_term", 10, relay_.get(), SIGTERM},
+        {"relay_kill9", 28, relay, SIGKILL},
+        {"relay_term", 10, relay, SIGTERM},
+        {"relay_pause", 6, relay, SIGSTOP},
+        {"broker_pause", 4, broker_.get(), SIGSTOP},
         {"broker_kill9", 20, broker_.get(), SIGKILL},
         {"broker_term", 8, broker_.get(), SIGTERM},
         {"consumer_kill9", 22, consumer_.get(), SIGKILL},
@@ -676,8 +719,13 @@ class Run {
       if (!choice.target->running()) return;  // already down: try again next time
       // A daemon killed before it finished starting is a valid fault too, but
       // give each incarnation a moment so the pipeline makes progress.
-      if (Clock::now() - choice.target->started_at() < 100ms) return;
-      choice.target->signal(choice.sig);
+      if (Clock::now() - choice.target->started_at() < 100ms || choice.target->paused()) return;
+      if (choice.sig == SIGSTOP) {
+        // Longer than the relay's lease and ack timeout (1 s each).
+        choice.target->pause_until(Clock::now() + between(300, 2500));
+      } else {
+        choice.target->signal(choice.sig);
+      }
       ++fault_kinds_[choice.kind];
       ++process_faults_;
       return;
@@ -721,7 +769,7 @@ class Run {
 
   bool all_running() {
     for (auto* managed : everything()) {
-      if (!managed->running()) return false;
+      if (!managed->running() || managed->paused()) return false;
     }
     return true;
   }
@@ -820,7 +868,7 @@ class Run {
   std::mt19937_64 random_;
   fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_;
   std::string broker_endpoint_, proxy_endpoint_;
-  std::unique_ptr<Managed> broker_, proxy_, relay_, consumer_;
+  std::unique_ptr<Managed> broker_, proxy_, relay_, standby_relay_, consumer_;
   std::vector<std::unique_ptr<Managed>> producers_;
   std::map<std::string, long> fault_kinds_;
   long process_faults_ = 0;
