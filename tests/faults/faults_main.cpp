@@ -493,6 +493,7 @@ class Run {
     broker_db_ = dir_ / "broker.db";
     consumer_db_ = dir_ / "consumer.db";
     proxy_stats_ = dir_ / "proxy.stats";
+    consumer_proxy_stats_ = dir_ / "consumer-proxy.stats";
   }
 
   int execute() {
@@ -506,15 +507,16 @@ class Run {
     auto stored = fetch_everything(broker_endpoint_);
     stop_everything();
     auto report = check(app_db_, consumer_db_, stored);
-    auto proxy_counts = read_counts(proxy_stats_);
-    long proxy_faults = proxy_counts["total"];
-    long total_faults = process_faults_ + proxy_faults;
+    long total_faults = process_faults_ + proxy_faults();
 
     std::ostringstream kinds;
     for (const auto& [kind, n] : fault_kinds_) kinds << ' ' << kind << '=' << n;
-    for (const auto& [kind, n] : proxy_counts) {
-      if (kind != "total" && kind != "faults_on" && kind.rfind("forwarded", 0) != 0) {
-        kinds << " proxy_" << kind << '=' << n;
+    for (const auto& [prefix, stats] :
+         {std::pair{"proxy_", proxy_stats_}, std::pair{"consumer_proxy_", consumer_proxy_stats_}}) {
+      for (const auto& [kind, n] : read_counts(stats)) {
+        if (kind != "total" && kind != "faults_on" && kind.rfind("forwarded", 0) != 0) {
+          kinds << ' ' << prefix << kind << '=' << n;
+        }
       }
     }
     std::printf(
@@ -577,23 +579,11 @@ class Run {
     }
     broker_endpoint_ = read_endpoint(first_endpoint_file);
 
-    auto proxy_endpoint_file = dir_ / "proxy-endpoint";
-    std::vector<std::string> proxy_args = {
-        "--broker",        broker_endpoint_,
-        "--bind",          "tcp://127.0.0.1:*",
-        "--endpoint-file", proxy_endpoint_file.string(),
-        "--stats-file",    proxy_stats_.string(),
-        "--seed",          std::to_string(settings_.seed ^ 0x5bd1e995u),
-        "--rate",          std::to_string(settings_.proxy_rate)};
-    if (settings_.hostile_order) proxy_args.push_back("--hostile-order");
-    proxy_ = std::make_unique<Managed>("proxy", dir_ / "logs" / "proxy.log", [this, proxy_args] {
-      return std::make_unique<test_support::ChildProcess>(settings_.proxy_binary, proxy_args, dir_);
-    });
-    proxy_->start();
-    if (!test_support::wait_until([&] { return fs::exists(proxy_endpoint_file); }, 20s)) {
-      throw HarnessError("fault_proxy did not start listening");
-    }
-    proxy_endpoint_ = read_endpoint(proxy_endpoint_file);
+    // One faulty network between the relays and the broker, one between the
+    // consumer and the broker.
+    proxy_ = start_proxy("proxy", proxy_stats_, settings_.seed ^ 0x5bd1e995u, proxy_endpoint_);
+    consumer_proxy_ = start_proxy("consumer-proxy", consumer_proxy_stats_,
+                                  settings_.seed ^ 0x2545f491u, consumer_proxy_endpoint_);
 
     for (int i = 0; i < settings_.producers; ++i) {
       auto name = "producer-" + std::to_string(i + 1);
@@ -643,8 +633,8 @@ class Run {
     standby_relay_->start();
 
     consumer_ = std::make_unique<Managed>("consumer", dir_ / "logs" / "consumer.log", [this] {
-      std::vector<std::string> args = {"--broker", broker_endpoint_, "--db", consumer_db_.string(),
-                                       "--group",  "faults"};
+      std::vector<std::string> args = {
+          "--broker", consumer_proxy_endpoint_, "--db", consumer_db_.string(), "--group", "faults"};
       for (const auto& topic : kTopics) {
         args.push_back("--topic");
         args.push_back(topic);
@@ -654,9 +644,29 @@ class Run {
     consumer_->start();
   }
 
+  std::unique_ptr<Managed> start_proxy(const std::string& name, const fs::path& stats,
+                                       std::uint64_t seed, std::string& endpoint) {
+    auto endpoint_file = dir_ / (name + "-endpoint");
+    std::vector<std::string> args = {
+        "--broker",           broker_endpoint_,  "--bind",
+        "tcp://127.0.0.1:*",  "--endpoint-file", endpoint_file.string(),
+        "--stats-file",       stats.string(),    "--seed",
+        std::to_string(seed), "--rate",          std::to_string(settings_.proxy_rate)};
+    if (settings_.hostile_order) args.push_back("--hostile-order");
+    auto proxy = std::make_unique<Managed>(name, dir_ / "logs" / (name + ".log"), [this, args] {
+      return std::make_unique<test_support::ChildProcess>(settings_.proxy_binary, args, dir_);
+    });
+    proxy->start();
+    if (!test_support::wait_until([&] { return fs::exists(endpoint_file); }, 20s)) {
+      throw HarnessError(name + " did not start listening");
+    }
+    endpoint = read_endpoint(endpoint_file);
+    return proxy;
+  }
+
   std::vector<Managed*> everything() {
-    std::vector<Managed*> all = {broker_.get(), proxy_.get(), relay_.get(), standby_relay_.get(),
-                                 consumer_.get()};
+    std::vector<Managed*> all = {broker_.get(), proxy_.get(),         consumer_proxy_.get(),
+                                 relay_.get(),  standby_relay_.get(), consumer_.get()};
     for (auto& producer : producers_) all.push_back(producer.get());
     return all;
   }
@@ -678,7 +688,9 @@ class Run {
         if (++bind_retries_ > 2000) throw HarnessError("the broker's port never became free again");
       }
       if (restart && managed->due_for_restart(now)) {
-        if (managed == proxy_.get()) throw HarnessError("fault_proxy exited");
+        if (managed == proxy_.get() || managed == consumer_proxy_.get()) {
+          throw HarnessError(managed->name() + " exited");
+        }
         managed->start();
       }
     }
@@ -733,8 +745,11 @@ class Run {
   }
 
   long proxy_faults() {
-    if (!fs::exists(proxy_stats_)) return 0;
-    return read_counts(proxy_stats_)["total"];
+    long total = 0;
+    for (const auto& stats : {proxy_stats_, consumer_proxy_stats_}) {
+      if (fs::exists(stats)) total += read_counts(stats)["total"];
+    }
+    return total;
   }
 
   void load_with_faults() {
@@ -776,6 +791,7 @@ class Run {
 
   bool drain() {
     proxy_->notify(SIGUSR1);  // no more network faults
+    consumer_proxy_->notify(SIGUSR1);
     auto deadline = Clock::now() + settings_.drain_timeout;
     auto left = [&] { return std::chrono::duration_cast<milliseconds>(deadline - Clock::now()); };
     // Everything that is down comes back.
@@ -866,9 +882,9 @@ class Run {
  public:
   Settings settings_;
   std::mt19937_64 random_;
-  fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_;
-  std::string broker_endpoint_, proxy_endpoint_;
-  std::unique_ptr<Managed> broker_, proxy_, relay_, standby_relay_, consumer_;
+  fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_, consumer_proxy_stats_;
+  std::string broker_endpoint_, proxy_endpoint_, consumer_proxy_endpoint_;
+  std::unique_ptr<Managed> broker_, proxy_, consumer_proxy_, relay_, standby_relay_, consumer_;
   std::vector<std::unique_ptr<Managed>> producers_;
   std::map<std::string, long> fault_kinds_;
   long process_faults_ = 0;
