@@ -12,7 +12,7 @@
 using namespace std::chrono_literals;
 
 TEST_CASE("the pipeline stays exactly-once under 200+ injected faults", "[faults]") {
-  std::vector<std::string> args = {"--faults",        "250", "--max-load-time", "150s",
+  std::vector<std::string> args = {"--faults",        "400", "--max-load-time", "150s",
                                    "--drain-timeout", "90s"};
   if (const char* seed = std::getenv("OUTBOX_FAULTS_SEED")) {
     args.push_back("--seed");
