@@ -100,7 +100,8 @@ class NatsClient {
   NatsClient& operator=(const NatsClient&) = delete;
 
   void add_stream(const std::string& name, const std::vector<std::string>& subjects,
-                  std::chrono::nanoseconds duplicate_window = 2min) {
+                  std::chrono::nanoseconds duplicate_window = 2min,
+                  std::int32_t max_msg_size = -1) {
     jsStreamConfig config;
     jsStreamConfig_Init(&config);
     config.Name = name.c_str();
@@ -110,10 +111,16 @@ class NatsClient {
     config.SubjectsLen = static_cast<int>(raw.size());
     config.Storage = js_FileStorage;
     config.Duplicates = duplicate_window.count();
+    config.MaxMsgSize = max_msg_size;
     jsStreamInfo* info = nullptr;
     jsErrCode code = static_cast<jsErrCode>(0);
     check_nats(js_AddStream(&info, js_, &config, nullptr, &code), "js_AddStream");
     jsStreamInfo_Destroy(info);
+  }
+
+  void delete_stream(const std::string& name) {
+    jsErrCode code = static_cast<jsErrCode>(0);
+    check_nats(js_DeleteStream(js_, name.c_str(), nullptr, &code), "js_DeleteStream");
   }
 
   std::uint64_t message_count(const std::string& stream) {

@@ -424,3 +424,70 @@ TEST_CASE("the JetStream settings can come from a config file", "[relay][jetstre
   REQUIRE(exit.has_value());
   CHECK(exit->code == 0);
 }
+
+namespace {
+
+std::string enqueue_one(outbox::Outbox& box, const std::string& key, const std::string& payload) {
+  outbox::Transaction tx(box);
+  auto result = tx.enqueue({.topic = "orders", .key = key, .payload = payload});
+  tx.commit();
+  return result.msg_id;
+}
+
+}  // namespace
+
+TEST_CASE("a message above the stream's size limit is dead and holds back its key",
+          "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-dead");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"}, 2min, 1024);
+  std::string too_large;
+  {
+    auto box = outbox::Outbox::open(db);
+    enqueue_one(box, "a", "a:1");
+    too_large = enqueue_one(box, "a", std::string(4096, 'x'));
+    enqueue_one(box, "a", "a:2");
+    enqueue_one(box, "b", "b:1");
+  }
+  auto relay = RelayProcess::with_flags(dir.path(), db, jetstream_flags(server));
+  INFO(relay->log());
+  REQUIRE(wait_delivered(db, 2));  // a:1 and b:1; a:2 waits behind the dead message
+  REQUIRE(test_support::wait_until([&] { return outbox_status(db).dead == 1; }, 30s, 20ms));
+  CHECK(outbox_status(db).pending == 1);
+  auto dead = test_support::run(relay_binary(), {"dead", "--db", db.string(), "--json"});
+  CHECK(dead.out.find(too_large) != std::string::npos);
+  CHECK(dead.out.find("max message size") != std::string::npos);
+
+  auto dropped =
+      test_support::run(relay_binary(), {"drop", "--db", db.string(), "--msg-id", too_large});
+  CHECK(dropped.status.code == 0);
+  REQUIRE(wait_delivered(db, 3));
+  std::vector<std::string> payloads;
+  for (const auto& message : NatsClient(server.url()).read_all(kStream))
+    payloads.push_back(message.payload);
+  CHECK(payloads == std::vector<std::string>{"a:1", "b:1", "a:2"});
+}
+
+TEST_CASE("a stream deleted while the relay runs stops it with exit code 7", "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-deleted");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
+  REQUIRE(produce(db, 100, 4) == 100);
+  auto relay = RelayProcess::with_flags(dir.path(), db, jetstream_flags(server));
+  INFO(relay->log());
+  REQUIRE(wait_delivered(db, 100));
+  NatsClient(server.url()).delete_stream(kStream);
+  REQUIRE(produce(db, 100, 4) == 100);
+  // The publish finds no stream (no responders), the next session finds none either.
+  auto exit = relay->process().wait_for(60s);
+  REQUIRE(exit.has_value());
+  CHECK(exit->code == 7);
+  CHECK(relay->log().find("no responders") != std::string::npos);
+  CHECK(last_line(relay->log()).find("outbox-relay: JetStream stream 'OUTBOX' does not exist") ==
+        0);
+  CHECK(outbox_status(db).pending == 100);
+}
