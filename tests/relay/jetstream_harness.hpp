@@ -26,8 +26,12 @@ namespace jetstream_test {
 
 using namespace std::chrono_literals;
 
-// Debian installs nats-server in /usr/sbin, which is not on every PATH.
+// $OUTBOX_NATS_SERVER if set (empty when it is not an executable), else
+// nats-server on PATH or in /usr/sbin (where Debian installs it, not on every PATH).
 inline std::string nats_server_binary() {
+  if (const char* chosen = std::getenv("OUTBOX_NATS_SERVER"); chosen != nullptr) {
+    return ::access(chosen, X_OK) == 0 ? std::string(chosen) : std::string();
+  }
   std::string entries = std::getenv("PATH") != nullptr ? std::getenv("PATH") : "/usr/bin:/bin";
   entries += ":/usr/sbin:/sbin:/usr/local/sbin";
   std::size_t start = 0;

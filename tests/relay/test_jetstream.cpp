@@ -25,7 +25,9 @@ constexpr const char* kStream = "OUTBOX";
 // Every test starts its own server; without one installed they are skipped.
 bool have_nats_server() {
   if (!jetstream_test::nats_server_binary().empty()) return true;
-  WARN("nats-server is not installed (Debian: apt-get install nats-server); skipping");
+  WARN(
+      "nats-server is not installed (Debian: apt-get install nats-server) or OUTBOX_NATS_SERVER "
+      "names no program; skipping");
   return false;
 }
 
