@@ -540,14 +540,12 @@ void RelayStore::schedule_retry(std::span<const std::int64_t> seqs, const std::s
   transaction.commit();
 }
 
-Stats RelayStore::stats() {
-  auto& impl = *impl_;
-  Stats stats;
-  ScopedTransaction transaction(impl.db, false);
-  auto [settled, total] = impl.cursor();
-  stats.settled_through_seq = settled;
-  stats.delivered_total = total;
-  stats.last_seq = impl.last_seq();
+namespace {
+
+// Pending, retrying, dead and the oldest pending age: queries bounded by the
+// backlog (messages past the cursor) and the unsettled-state index, never by
+// the number of delivered rows kept for retention.
+void read_backlog(RelayStore::Impl& impl, std::int64_t settled, Backlog& backlog) {
   {
     Statement pending(impl.db,
                       "SELECT count(*), min(m.seq) FROM outbox_messages m "
@@ -556,26 +554,51 @@ Stats RelayStore::stats() {
     auto use = pending.use();
     use.bind(1, settled);
     use.step();
-    stats.pending = use.column_int64(0);
+    backlog.pending = use.column_int64(0);
     if (!use.column_is_null(1)) {
       Statement created(impl.db, "SELECT created_at_ms FROM outbox_messages WHERE seq = ?1");
       auto created_use = created.use();
       created_use.bind(1, use.column_int64(1));
       if (created_use.step()) {
         auto age = impl.now() - from_ms(created_use.column_int64(0));
-        stats.oldest_pending_age = std::max(std::chrono::milliseconds(0), age);
+        backlog.oldest_pending_age = std::max(std::chrono::milliseconds(0), age);
       }
     }
   }
-  {
-    Statement counts(impl.db,
-                     "SELECT coalesce(sum(state = 0), 0), coalesce(sum(state = 2), 0) "
-                     "FROM outbox_delivery WHERE state <> 1");
-    auto use = counts.use();
-    use.step();
-    stats.retrying = use.column_int64(0);
-    stats.dead = use.column_int64(1);
-  }
+  Statement counts(impl.db,
+                   "SELECT coalesce(sum(state = 0), 0), coalesce(sum(state = 2), 0) "
+                   "FROM outbox_delivery WHERE state <> 1");
+  auto use = counts.use();
+  use.step();
+  backlog.retrying = use.column_int64(0);
+  backlog.dead = use.column_int64(1);
+}
+
+}  // namespace
+
+Backlog RelayStore::backlog() {
+  auto& impl = *impl_;
+  Backlog backlog;
+  ScopedTransaction transaction(impl.db, false);
+  read_backlog(impl, impl.cursor().first, backlog);
+  transaction.commit();
+  return backlog;
+}
+
+Stats RelayStore::stats() {
+  auto& impl = *impl_;
+  Stats stats;
+  ScopedTransaction transaction(impl.db, false);
+  auto [settled, total] = impl.cursor();
+  stats.settled_through_seq = settled;
+  stats.delivered_total = total;
+  stats.last_seq = impl.last_seq();
+  Backlog backlog;
+  read_backlog(impl, settled, backlog);
+  stats.pending = backlog.pending;
+  stats.retrying = backlog.retrying;
+  stats.dead = backlog.dead;
+  stats.oldest_pending_age = backlog.oldest_pending_age;
   {
     Statement delivered(impl.db, "SELECT count(*) FROM outbox_delivery WHERE state = 1");
     auto use = delivered.use();

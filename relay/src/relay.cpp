@@ -34,11 +34,16 @@ std::string describe_key(const outbox::PendingMessage& message) {
 
 const char* to_string(DeliveryStatus status) noexcept {
   switch (status) {
-    case DeliveryStatus::stored: return "stored";
-    case DeliveryStatus::duplicate: return "duplicate";
-    case DeliveryStatus::conflict: return "conflict";
-    case DeliveryStatus::rejected: return "rejected";
-    case DeliveryStatus::blocked: return "blocked";
+    case DeliveryStatus::stored:
+      return "stored";
+    case DeliveryStatus::duplicate:
+      return "duplicate";
+    case DeliveryStatus::conflict:
+      return "conflict";
+    case DeliveryStatus::rejected:
+      return "rejected";
+    case DeliveryStatus::blocked:
+      return "blocked";
   }
   return "unknown";
 }
@@ -51,8 +56,11 @@ struct Relay::Impl {
   };
 
   Impl(outbox::RelayStore& store_in, Sink& sink_in, RelayConfig config_in)
-      : store(store_in), sink(sink_in), config(std::move(config_in)),
-        log(config.logger ? config.logger : null_logger()), random(std::random_device{}()) {
+      : store(store_in),
+        sink(sink_in),
+        config(std::move(config_in)),
+        log(config.logger ? config.logger : null_logger()),
+        random(std::random_device{}()) {
     config.batch_size = std::max<std::size_t>(config.batch_size, 1);
     config.max_in_flight_batches = std::max<std::size_t>(config.max_in_flight_batches, 1);
   }
@@ -73,6 +81,7 @@ struct Relay::Impl {
   bool standby_logged = false;
   bool session_open = false;
   std::deque<InFlight> in_flight;
+  std::vector<outbox::Outcome> settled;  // handled, not yet recorded
   std::int64_t last_sent_seq = 0;
   std::uint64_t next_batch_id = 1;
   int consecutive_failures = 0;
@@ -104,6 +113,7 @@ struct Relay::Impl {
     lease.reset();
     counters.active = false;
     standby_logged = false;
+    settled.clear();  // fenced writes would be refused: the next holder resends them
     drop_session();
   }
 
@@ -215,8 +225,7 @@ struct Relay::Impl {
       return;
     }
 
-    std::vector<outbox::Outcome> outcomes;
-    outcomes.reserve(event.deliveries.size());
+    auto& outcomes = settled;
     bool any_blocked = false;
     std::uint64_t stored = 0, duplicates = 0, dead = 0, blocked = 0;
     for (std::size_t i = 0; i < event.deliveries.size(); ++i) {
@@ -235,7 +244,8 @@ struct Relay::Impl {
         case DeliveryStatus::conflict:
         case DeliveryStatus::rejected: {
           ++dead;
-          std::string reason = delivery.status == DeliveryStatus::conflict ? "CONFLICT" : "REJECTED";
+          std::string reason =
+              delivery.status == DeliveryStatus::conflict ? "CONFLICT" : "REJECTED";
           if (!delivery.reason.empty()) reason += ": " + delivery.reason;
           log->error(
               "message {} (seq {}, topic '{}', {}) is dead: {}; later messages of its key wait "
@@ -248,14 +258,6 @@ struct Relay::Impl {
           ++blocked;
           any_blocked = true;
           break;
-      }
-    }
-    if (!outcomes.empty()) {
-      try {
-        store.record_outcomes(outcomes, *lease);
-      } catch (const outbox::LeaseLost&) {
-        lose_lease("another relay took it over");
-        return;
       }
     }
     counters.stored += stored;
@@ -272,6 +274,20 @@ struct Relay::Impl {
     }
   }
 
+  // Records the outcomes of every batch handled since the last call, in one
+  // transaction: acknowledgements that arrived together cost one write.
+  void record_settled() {
+    if (settled.empty()) return;
+    if (lease) {
+      try {
+        store.record_outcomes(settled, *lease);
+      } catch (const outbox::LeaseLost&) {
+        lose_lease("another relay took it over");
+      }
+    }
+    settled.clear();
+  }
+
   void await_events() {
     auto deadline = in_flight.front().sent_at + config.ack_timeout;
     bool has_credit = in_flight.size() < config.max_in_flight_batches;
@@ -279,6 +295,13 @@ struct Relay::Impl {
     auto wait = std::min(until(deadline), has_credit ? milliseconds(2) : milliseconds(50));
     if (auto event = sink.poll(wait)) {
       handle(std::move(*event));
+      // Whatever else already arrived goes into the same bookkeeping write.
+      while (session_open && !in_flight.empty()) {
+        auto next = sink.poll(milliseconds(0));
+        if (!next) break;
+        handle(std::move(*next));
+      }
+      record_settled();
       return;
     }
     if (SteadyClock::now() >= deadline) {
@@ -295,20 +318,19 @@ struct Relay::Impl {
       counters.deleted += deleted;
       // A full turn means more is due: come back soon rather than after the interval.
       next_retention = now + (deleted == kRowsPerStep * kStepsPerTurn ? milliseconds(100)
-                                                                       : config.retention_interval);
+                                                                      : config.retention_interval);
     }
     if (now >= next_summary) {
       auto sent = counters.sent_messages.load();
       auto elapsed = std::chrono::duration<double>(now - summary_since).count();
       if (sent != summary_sent_before || !in_flight.empty()) {
-        auto stats = store.stats();
+        auto stats = store.backlog();
         double rate = elapsed > 0 ? static_cast<double>(sent - summary_sent_before) / elapsed : 0;
         log->info(
             "forwarding {:.0f} msg/s; backlog {} (oldest {} ms), dead {}, in flight {} batches; "
             "totals stored {} duplicates {}",
-            rate, stats.pending,
-            stats.oldest_pending_age ? stats.oldest_pending_age->count() : 0, stats.dead,
-            in_flight.size(), counters.stored.load(), counters.duplicates.load());
+            rate, stats.pending, stats.oldest_pending_age ? stats.oldest_pending_age->count() : 0,
+            stats.dead, in_flight.size(), counters.stored.load(), counters.duplicates.load());
       }
       summary_sent_before = sent;
       summary_since = now;
@@ -319,12 +341,13 @@ struct Relay::Impl {
   void drain_and_release() {
     auto deadline = SteadyClock::now() + config.drain_timeout;
     if (!in_flight.empty() && session_open) {
-      log->info("stopping: waiting up to {} ms for {} batches in flight", config.drain_timeout.count(),
-                in_flight.size());
+      log->info("stopping: waiting up to {} ms for {} batches in flight",
+                config.drain_timeout.count(), in_flight.size());
     }
     while (!in_flight.empty() && session_open && lease && SteadyClock::now() < deadline) {
       if (auto event = sink.poll(std::min(until(deadline), milliseconds(50)))) {
         handle(std::move(*event));
+        record_settled();
       }
     }
     if (!in_flight.empty()) {
@@ -373,15 +396,19 @@ Relay::Relay(outbox::RelayStore& store, Sink& sink, RelayConfig config)
 
 Relay::~Relay() noexcept = default;
 
-void Relay::run() { impl_->run(); }
+void Relay::run() {
+  impl_->run();
+}
 
-void Relay::request_stop() noexcept { impl_->stop.store(true); }
+void Relay::request_stop() noexcept {
+  impl_->stop.store(true);
+}
 
 RelayCounters Relay::counters() const {
   const auto& c = impl_->counters;
-  return RelayCounters{c.sent_messages.load(), c.stored.load(),   c.duplicates.load(),
-                       c.dead.load(),          c.blocked.load(),  c.sessions.load(),
-                       c.failures.load(),      c.deleted.load(),  c.active.load()};
+  return RelayCounters{c.sent_messages.load(), c.stored.load(),  c.duplicates.load(),
+                       c.dead.load(),          c.blocked.load(), c.sessions.load(),
+                       c.failures.load(),      c.deleted.load(), c.active.load()};
 }
 
 }  // namespace relay

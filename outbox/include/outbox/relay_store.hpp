@@ -148,6 +148,15 @@ struct Stats {
   std::optional<LeaseInfo> lease{};                               // empty: never claimed
 };
 
+// The part of Stats that stays cheap however many delivered rows are kept:
+// what a running relay logs every few seconds.
+struct Backlog {
+  std::int64_t pending = 0;
+  std::int64_t retrying = 0;
+  std::int64_t dead = 0;
+  std::optional<std::chrono::milliseconds> oldest_pending_age;
+};
+
 struct DeadMessage {
   std::int64_t seq = 0;
   std::string msg_id{};
@@ -210,7 +219,12 @@ class RelayStore {
                       TimePoint not_before, const Lease& lease);
 
   // --- Inspection and operator actions (not fenced) -----------------------
+  // Everything status shows; counting the delivered rows kept for retention
+  // reads all of them.
   Stats stats();
+  // Pending, retrying, dead and oldest pending age only: cost bounded by the
+  // backlog, for frequent use by a running relay.
+  Backlog backlog();
   std::vector<DeadMessage> list_dead(std::size_t limit = 1000);
   // Makes a dead message pending again (attempts reset). False if `msg_id` is
   // not a dead message.
