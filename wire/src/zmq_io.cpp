@@ -1,17 +1,40 @@
 #include "wire/zmq_io.hpp"
 
+#include <cerrno>
+
 namespace wire {
+namespace {
+
+// A signal (SIGTERM to a daemon on its way out) makes a blocked ZeroMQ call
+// fail with EINTR. The frame it was about was neither queued nor consumed, so
+// trying the same call again is safe; callers see only would-block or success.
+template <typename Call>
+auto retry_interrupted(Call call) {
+  while (true) {
+    try {
+      return call();
+    } catch (const zmq::error_t& error) {
+      if (error.num() != EINTR) throw;
+    }
+  }
+}
+
+}  // namespace
 
 bool send_frames(zmq::socket_t& socket, const Frames& frames, zmq::send_flags flags,
                  std::string_view routing_id) {
   auto more = flags | zmq::send_flags::sndmore;
   // Only the first frame can fail to queue; once it is in, ZeroMQ takes the rest.
+  auto send = [&socket](std::string_view frame, zmq::send_flags frame_flags) {
+    return retry_interrupted(
+        [&] { return socket.send(zmq::buffer(frame.data(), frame.size()), frame_flags); });
+  };
   if (!routing_id.empty()) {
-    if (!socket.send(zmq::buffer(routing_id.data(), routing_id.size()), more)) return false;
+    if (!send(routing_id, more)) return false;
   }
-  if (!socket.send(zmq::buffer(frames.tag.data(), frames.tag.size()), more)) return false;
-  socket.send(zmq::buffer(frames.command.data(), frames.command.size()), more);
-  socket.send(zmq::buffer(frames.body.data(), frames.body.size()), flags);
+  if (!send(frames.tag, more)) return false;
+  send(frames.command, more);
+  send(frames.body, flags);
   return true;
 }
 
@@ -32,7 +55,7 @@ std::optional<Received> receive_frames(zmq::socket_t& socket, zmq::recv_flags fl
                                        std::size_t max_frames) {
   Received received;
   zmq::message_t frame;
-  if (!socket.recv(frame, flags)) return std::nullopt;
+  if (!retry_interrupted([&] { return socket.recv(frame, flags); })) return std::nullopt;
   while (true) {
     bool more = frame.more();
     if (received.frames.size() < max_frames) {
@@ -43,7 +66,7 @@ std::optional<Received> receive_frames(zmq::socket_t& socket, zmq::recv_flags fl
     }
     if (!more) break;
     // The rest of a multipart message is already here: this never blocks.
-    (void)socket.recv(frame, zmq::recv_flags::none);
+    (void)retry_interrupted([&] { return socket.recv(frame, zmq::recv_flags::none); });
   }
   return received;
 }
