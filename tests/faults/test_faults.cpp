@@ -2,6 +2,7 @@
 // processes, then the exactly-once checks. A random seed each run (printed,
 // so a failure replays with outbox-faults --seed N); OUTBOX_FAULTS_SEED
 // fixes it.
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -24,6 +25,7 @@ TEST_CASE("the pipeline stays exactly-once under 200+ injected faults", "[faults
   auto lines = test_support::lines(result.out);
   REQUIRE(!lines.empty());
   const auto& summary = lines.back();
+  std::printf("%s\n", summary.c_str());  // shown by ctest -V
   long faults = -1, lost = -1, duplicated = -1, reordered = -1, phantom = -1;
   REQUIRE(std::sscanf(summary.c_str(),
                       "faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld", &faults,
