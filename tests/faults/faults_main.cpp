@@ -2,13 +2,15 @@
 // nothing was lost, duplicated, reordered or invented.
 //
 // It starts, on loopback and in a temporary directory, several producer
-// processes sharing one outbox database, outbox-relay, outbox-broker, a
-// fault proxy between relay and broker, and a consumer that applies every
-// message once through outbox::Inbox. While the producers commit, a seeded
-// injector kills (SIGKILL) and stops (SIGTERM) the relay, the broker, the
-// consumer and producers at random moments and starts them again, and the
-// proxy drops, delays, duplicates and reorders messages and cuts
-// connections. When enough faults were injected (--faults) or the time is up
+// processes sharing one outbox database, two outbox-relay processes (active
+// and standby), outbox-broker, a fault proxy between the relays and the
+// broker, and a consumer that applies every message once through
+// outbox::Inbox (behind a second proxy). While the producers commit, a
+// seeded injector kills (SIGKILL), stops (SIGTERM) and pauses (SIGSTOP, then
+// SIGCONT) the relays, the broker, the consumer and producers at random
+// moments and starts them again, and the proxies drop, delay, duplicate and
+// reorder messages and cut connections (tests/faults/README.md). When enough faults were injected
+// (--faults) or the time is up
 // (--duration), faults stop, the producers finish, everything drains, and
 // the checker compares the producers' database, the broker and the
 // consumer's database. The last line is the summary:
@@ -136,7 +138,6 @@ class Managed {
     process_ = starter_();
     state_ = State::running;
     started_at_ = Clock::now();
-    ++starts_;
   }
 
   // Sends `sig` and, for SIGKILL, reaps at once.
@@ -201,7 +202,6 @@ class Managed {
   std::optional<test_support::ExitStatus> last_status() const { return last_status_; }
   const std::string& last_log_tail() const { return last_log_tail_; }
   std::string stdout_text() const { return last_stdout_; }
-  long starts() const { return starts_; }
   Clock::time_point started_at() const { return started_at_; }
   // Exit codes that are not a problem when the process ends by itself.
   void accept_exit_codes(std::function<bool(int)> ok) { exit_code_ok_ = std::move(ok); }
@@ -231,7 +231,6 @@ class Managed {
   Clock::time_point stopping_since_{}, restart_at_{}, started_at_{};
   std::optional<test_support::ExitStatus> last_status_;
   std::string last_log_tail_, last_stdout_;
-  long starts_ = 0;
   bool restart_enabled_ = true;
   bool paused_ = false;
   bool reported_slow_stop_ = false;
@@ -549,8 +548,6 @@ class Run {
     return passed ? 0 : 1;
   }
 
-  bool failed_anything() const { return !anomalies_.empty(); }
-
  private:
   void say(const std::string& line) { std::fprintf(stderr, "outbox-faults: %s\n", line.c_str()); }
 
@@ -671,20 +668,22 @@ class Run {
     return all;
   }
 
-  // Reaps exits and restarts what is due. `restart_delay` picks the pause
-  // between an exit and the next start.
+  // Reaps exits and restarts what is due (unless `restart` is false); what
+  // went down comes back after 0-300 ms.
   void tend(bool restart) {
     auto now = Clock::now();
     for (auto* managed : everything()) {
       managed->resume_if_due(now, !restart);
+      bool was_up = managed->state() != Managed::State::down;
       if (auto problem = managed->poll(now + between(0, 300))) {
         anomalies_.push_back(*problem);
         say("PROBLEM: " + *problem + "\n" + managed->last_log_tail());
       }
-      if (managed->state() == Managed::State::down && managed == broker_.get() &&
+      if (was_up && managed->state() == Managed::State::down && managed == broker_.get() &&
           managed->last_status() && managed->last_status()->exited &&
           managed->last_status()->code == 4) {
-        managed->set_restart_at(now + 20ms);  // the port is about to be free
+        // Exit code 4: the killed broker's port is not free yet; start again soon.
+        managed->set_restart_at(now + 20ms);
         if (++bind_retries_ > 2000) throw HarnessError("the broker's port never became free again");
       }
       if (restart && managed->due_for_restart(now)) {
