@@ -671,6 +671,7 @@ class Run {
   // Reaps exits and restarts what is due (unless `restart` is false); what
   // went down comes back after 0-300 ms.
   void tend(bool restart) {
+    if (interrupted.load()) throw HarnessError("interrupted");
     auto now = Clock::now();
     for (auto* managed : everything()) {
       managed->resume_if_due(now, !restart);
