@@ -1,7 +1,7 @@
 // outbox-relay: forwards one outbox database to outbox-broker or to a NATS
-// JetStream stream, and the operator commands that inspect and repair that database. Parses flags (and
-// a config file), sets up logging and signals, and hands over to the relay
-// and outbox libraries.
+// JetStream stream, and the operator commands that inspect and repair that database. Parses flags
+// (and a config file), sets up logging and signals, and hands over to the relay and outbox
+// libraries.
 #include <unistd.h>
 
 #include <cstdio>
@@ -11,12 +11,12 @@
 #include <sstream>
 #include <string>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
+#include "broker/server.hpp"
 #include "cli/args.hpp"
 #include "cli/json.hpp"
-#include "broker/server.hpp"
 #include "cli/process.hpp"
 #include "outbox/relay_store.hpp"
 #include "relay/broker_sink.hpp"
@@ -28,7 +28,7 @@
 namespace {
 
 class UsageError : public std::runtime_error {
-public:
+ public:
   using std::runtime_error::runtime_error;
 };
 
@@ -97,6 +97,7 @@ struct RunSettings {
   std::string holder = default_holder();
   std::string sync = "normal";
   std::string summary_interval = "5s";
+  std::string cleanup_interval = "10s";
   std::string drain_timeout = "5s";
   std::string curve_server_public_key_file;
   std::string curve_secret_key_file;
@@ -115,6 +116,7 @@ int run_relay(const RunSettings& settings) {
   config.lease_ttl = duration_flag("lease", settings.lease);
   config.retention = duration_flag("retention", settings.retention, true);
   config.summary_interval = duration_flag("summary-interval", settings.summary_interval);
+  config.retention_interval = duration_flag("cleanup-interval", settings.cleanup_interval);
   config.drain_timeout = duration_flag("drain-timeout", settings.drain_timeout, true);
   if (config.backoff.max < config.backoff.initial) {
     throw UsageError("--backoff-max must not be below --backoff-initial");
@@ -132,8 +134,9 @@ int run_relay(const RunSettings& settings) {
 
   if (settings.sink == "jetstream") {
 #if !OUTBOX_RELAY_WITH_JETSTREAM
-    throw UsageError("--sink jetstream: this outbox-relay was built without the JetStream sink "
-                     "(libnats-dev was not found, or OUTBOX_WITH_NATS=OFF)");
+    throw UsageError(
+        "--sink jetstream: this outbox-relay was built without the JetStream sink "
+        "(libnats-dev was not found, or OUTBOX_WITH_NATS=OFF)");
 #endif
     if (settings.stream.empty()) {
       throw UsageError("--sink jetstream needs --stream (the stream the messages must land in)");
@@ -165,7 +168,8 @@ int run_relay(const RunSettings& settings) {
     sink_options.producer = settings.holder;
     if (!settings.curve_server_public_key_file.empty() || !settings.curve_secret_key_file.empty()) {
       if (settings.curve_server_public_key_file.empty() || settings.curve_secret_key_file.empty()) {
-        throw UsageError("CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
+        throw UsageError(
+            "CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
       }
       try {
         sink_options.curve = relay::BrokerCurveKeys{
@@ -180,7 +184,8 @@ int run_relay(const RunSettings& settings) {
     try {
       sink = std::make_unique<relay::BrokerSink>(sink_options);
     } catch (const std::runtime_error& error) {
-      std::fprintf(stderr, "outbox-relay: --broker %s: %s\n", settings.broker.c_str(), error.what());
+      std::fprintf(stderr, "outbox-relay: --broker %s: %s\n", settings.broker.c_str(),
+                   error.what());
       return cli::exit_endpoint;
     }
   }
@@ -197,7 +202,7 @@ int run_relay(const RunSettings& settings) {
     running_relay = nullptr;
     std::fprintf(stderr, "outbox-relay: %s\n", refusal.what());
     return refusal.reason() == relay::SinkRefusal::Reason::not_found ? cli::exit_not_found
-                                                                      : cli::exit_refused;
+                                                                     : cli::exit_refused;
   }
   running_relay = nullptr;
   auto counters = relay.counters();
@@ -221,8 +226,8 @@ int show_status(const std::string& db, bool json) {
     if (stats.lease) {
       out << "{\"holder\":" << cli::json_escape(stats.lease->holder)
           << ",\"epoch\":" << stats.lease->epoch << ",\"expires_at\":\""
-          << iso_time(stats.lease->expires_at) << "\",\"expired\":"
-          << (stats.lease->expired ? "true" : "false") << "}";
+          << iso_time(stats.lease->expires_at)
+          << "\",\"expired\":" << (stats.lease->expired ? "true" : "false") << "}";
     } else {
       out << "null";
     }
@@ -233,8 +238,8 @@ int show_status(const std::string& db, bool json) {
   std::cout << "outbox:            " << db << "\n"
             << "pending:           " << stats.pending << " (" << stats.retrying
             << " waiting for a retry)\n"
-            << "oldest pending:    " << (stats.oldest_pending_age ? std::to_string(age) + " ms" : "-")
-            << "\n"
+            << "oldest pending:    "
+            << (stats.oldest_pending_age ? std::to_string(age) + " ms" : "-") << "\n"
             << "delivered:         " << stats.delivered << " kept, " << stats.delivered_total
             << " in all\n"
             << "dead:              " << stats.dead << "\n"
@@ -300,8 +305,9 @@ int drop(const std::string& db, const std::string& msg_id) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"outbox-relay: forwards an outbox database to outbox-broker or to a NATS "
-               "JetStream stream, in commit order, until every message is acknowledged."};
+  CLI::App app{
+      "outbox-relay: forwards an outbox database to outbox-broker or to a NATS "
+      "JetStream stream, in commit order, until every message is acknowledged."};
   app.require_subcommand(1);
   app.fallthrough();  // --config may follow the subcommand
   app.set_config("--config", "",
@@ -318,23 +324,28 @@ int main(int argc, char** argv) {
       "for a message.");
 
   RunSettings run;
-  auto* run_cmd = app.add_subcommand("run", "Forward pending messages to the broker until stopped "
-                                            "(SIGINT/SIGTERM: finish in-flight work, exit 0)");
+  auto* run_cmd = app.add_subcommand("run",
+                                     "Forward pending messages to the broker until stopped "
+                                     "(SIGINT/SIGTERM: finish in-flight work, exit 0)");
   run_cmd->add_option("--db", run.db, "Outbox database (the producer's SQLite file)")->required();
-  run_cmd->add_option("--sink", run.sink,
-                      "Where messages go: broker (outbox-broker, --broker) or jetstream (a NATS "
-                      "JetStream stream, --nats-url and --stream)")
-      ->capture_default_str()->check(CLI::IsMember({"broker", "jetstream"}));
-  run_cmd->add_option("--broker", run.broker, "Broker endpoint (--sink broker)")->capture_default_str();
+  run_cmd
+      ->add_option("--sink", run.sink,
+                   "Where messages go: broker (outbox-broker, --broker) or jetstream (a NATS "
+                   "JetStream stream, --nats-url and --stream)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"broker", "jetstream"}));
+  run_cmd->add_option("--broker", run.broker, "Broker endpoint (--sink broker)")
+      ->capture_default_str();
   run_cmd->add_option("--nats-url", run.nats_url, "NATS server URL (--sink jetstream)")
       ->capture_default_str();
   run_cmd->add_option("--stream", run.stream,
                       "JetStream stream the messages must land in (required with --sink "
                       "jetstream); the relay refuses to start when it does not exist");
-  run_cmd->add_option("--subject-prefix", run.subject_prefix,
-                      "Subjects are <prefix>.<topic>.<key>, topic and key escaped as one token "
-                      "each (%XX), '_' for no key; an empty prefix leaves it out "
-                      "(--sink jetstream)")
+  run_cmd
+      ->add_option("--subject-prefix", run.subject_prefix,
+                   "Subjects are <prefix>.<topic>.<key>, topic and key escaped as one token "
+                   "each (%XX), '_' for no key; an empty prefix leaves it out "
+                   "(--sink jetstream)")
       ->capture_default_str();
   run_cmd->add_flag("--allow-short-dedup-window", run.allow_short_dedup_window,
                     "Run even when the stream's duplicate window is shorter than the relay's "
@@ -342,51 +353,73 @@ int main(int argc, char** argv) {
                     "a message whose PubAck was lost and that is resent after the window has "
                     "passed is stored twice, so consumers see it twice (--sink jetstream)");
   run_cmd->add_option("--batch-size", run.batch_size, "Messages per PUBLISH batch")
-      ->capture_default_str()->check(CLI::Range(1, 100000));
-  run_cmd->add_option("--in-flight", run.in_flight,
-                      "Batches sent before their acknowledgements (bounds memory)")
-      ->capture_default_str()->check(CLI::Range(1, 1024));
-  run_cmd->add_option("--ack-timeout", run.ack_timeout,
-                      "No acknowledgement this long: reconnect and resend")->capture_default_str();
-  run_cmd->add_option("--connect-timeout", run.connect_timeout,
-                      "How long to wait for the broker to open a session")->capture_default_str();
-  run_cmd->add_option("--backoff-initial", run.backoff_initial,
-                      "First delay after a failure (doubles each time, with jitter)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  run_cmd
+      ->add_option("--in-flight", run.in_flight,
+                   "Batches sent before their acknowledgements (bounds memory)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
+  run_cmd
+      ->add_option("--ack-timeout", run.ack_timeout,
+                   "No acknowledgement this long: reconnect and resend")
+      ->capture_default_str();
+  run_cmd
+      ->add_option("--connect-timeout", run.connect_timeout,
+                   "How long to wait for the broker to open a session")
+      ->capture_default_str();
+  run_cmd
+      ->add_option("--backoff-initial", run.backoff_initial,
+                   "First delay after a failure (doubles each time, with jitter)")
       ->capture_default_str();
   run_cmd->add_option("--backoff-max", run.backoff_max, "Longest delay between attempts")
       ->capture_default_str();
-  run_cmd->add_option("--lease", run.lease,
-                      "Relay lease time: a standby takes over this long after the active relay "
-                      "dies")->capture_default_str();
-  run_cmd->add_option("--retention", run.retention,
-                      "Delete delivered rows older than this (0: never)")->capture_default_str();
-  run_cmd->add_option("--on-dead", run.on_dead,
-                      "block: a dead message holds back later messages of its key until replayed "
-                      "or dropped (safe default); skip: they go on without it")
-      ->capture_default_str()->check(CLI::IsMember({"block", "skip"}));
+  run_cmd
+      ->add_option("--lease", run.lease,
+                   "Relay lease time: a standby takes over this long after the active relay "
+                   "dies")
+      ->capture_default_str();
+  run_cmd
+      ->add_option("--retention", run.retention, "Delete delivered rows older than this (0: never)")
+      ->capture_default_str();
+  run_cmd
+      ->add_option("--on-dead", run.on_dead,
+                   "block: a dead message holds back later messages of its key until replayed "
+                   "or dropped (safe default); skip: they go on without it")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"block", "skip"}));
   run_cmd->add_option("--holder", run.holder, "Name recorded with the lease (default host:pid)");
   run_cmd->add_option("--sync", run.sync, "SQLite synchronous level for the relay's bookkeeping")
-      ->capture_default_str()->check(CLI::IsMember({"normal", "full"}));
-  run_cmd->add_option("--summary-interval", run.summary_interval,
-                      "How often to log a one-line summary while there is traffic")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"normal", "full"}));
+  run_cmd
+      ->add_option("--cleanup-interval", run.cleanup_interval,
+                   "How often to delete delivered rows past --retention (in batches of 500)")
       ->capture_default_str();
-  run_cmd->add_option("--drain-timeout", run.drain_timeout,
-                      "On SIGINT/SIGTERM, how long to wait for in-flight acknowledgements")
+  run_cmd
+      ->add_option("--summary-interval", run.summary_interval,
+                   "How often to log a one-line summary while there is traffic")
+      ->capture_default_str();
+  run_cmd
+      ->add_option("--drain-timeout", run.drain_timeout,
+                   "On SIGINT/SIGTERM, how long to wait for in-flight acknowledgements")
       ->capture_default_str();
   run_cmd->add_option("--curve-server-public-key-file", run.curve_server_public_key_file,
                       "Broker's CURVE public key (Z85), enables encryption");
   run_cmd->add_option("--curve-secret-key-file", run.curve_secret_key_file,
                       "This relay's CURVE secret key (Z85)");
-  run_cmd->add_option("--log-level", run.log_level,
-                      "trace, debug, info, warn, error, critical or off")->capture_default_str();
+  run_cmd
+      ->add_option("--log-level", run.log_level, "trace, debug, info, warn, error, critical or off")
+      ->capture_default_str();
 
   std::string db;
   bool json = false;
   std::size_t limit = 1000;
   std::string msg_id;
   bool all = false;
-  auto* status_cmd = app.add_subcommand("status", "Backlog, oldest pending age, dead count and "
-                                                  "lease holder of an outbox (no broker needed)");
+  auto* status_cmd = app.add_subcommand("status",
+                                        "Backlog, oldest pending age, dead count and "
+                                        "lease holder of an outbox (no broker needed)");
   status_cmd->add_option("--db", db, "Outbox database")->required();
   status_cmd->add_flag("--json", json, "One JSON object");
   auto* dead_cmd = app.add_subcommand("dead", "List dead messages with their reasons");

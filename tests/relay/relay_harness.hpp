@@ -95,6 +95,7 @@ private:
 struct Status {
   long pending = -1;
   long delivered_total = -1;
+  long delivered_kept = -1;  // delivered rows not yet removed by retention
   long dead = -1;
   std::string lease_holder;
   bool lease_expired = false;
@@ -112,6 +113,7 @@ inline Status outbox_status(const std::filesystem::path& db) {
   };
   s.pending = number("pending");
   s.delivered_total = number("delivered_total");
+  s.delivered_kept = number("delivered");
   s.dead = number("dead");
   s.lease_expired = result.out.find("\"expired\":true") != std::string::npos;
   auto holder = result.out.find("\"holder\":\"");

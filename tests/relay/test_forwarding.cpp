@@ -83,11 +83,13 @@ TEST_CASE("a refused message is dead and holds back its key until dropped", "[re
   CHECK(dead.out.find("REJECTED") != std::string::npos);
 
   // Replaying it changes nothing (the broker refuses it again)...
-  auto replay = test_support::run(relay_binary(), {"replay", "--db", db.string(), "--msg-id", too_large});
+  auto replay =
+      test_support::run(relay_binary(), {"replay", "--db", db.string(), "--msg-id", too_large});
   CHECK(replay.status.code == 0);
   REQUIRE(test_support::wait_until([&] { return outbox_status(db).dead == 1; }, 30s, 20ms));
   // ...dropping it lets a:2 go.
-  auto drop = test_support::run(relay_binary(), {"drop", "--db", db.string(), "--msg-id", too_large});
+  auto drop =
+      test_support::run(relay_binary(), {"drop", "--db", db.string(), "--msg-id", too_large});
   CHECK(drop.status.code == 0);
   REQUIRE(wait_delivered(db, 3));
 
@@ -113,6 +115,27 @@ TEST_CASE("with --on-dead skip later messages of a dead message's key go on", "[
   REQUIRE(wait_delivered(db, 2));
   CHECK(outbox_status(db).dead == 1);
   CHECK(outbox_status(db).pending == 0);
+}
+
+TEST_CASE("delivered rows past the retention time are deleted, the newest kept", "[relay]") {
+  test_support::TempDir dir("relay-retention");
+  auto db = dir / "app.db";
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  REQUIRE(produce(db, 3000, 4) == 3000);
+  RelayProcess relay(dir.path(), db, broker.endpoint(),
+                     {"--retention", "1ms", "--cleanup-interval", "50ms"});
+  INFO(relay.log());
+  REQUIRE(wait_delivered(db, 3000));
+  // The newest row stays so that seq values are never reused.
+  REQUIRE(
+      test_support::wait_until([&] { return outbox_status(db).delivered_kept == 1; }, 60s, 20ms));
+  auto after = outbox_status(db);
+  CHECK(after.delivered_total == 3000);
+  CHECK(after.pending == 0);
+  // New commits still get new seqs and are forwarded after the cleanup.
+  REQUIRE(produce(db, 10, 2) == 10);
+  REQUIRE(wait_delivered(db, 3010));
+  CHECK(broker_counter(broker.endpoint(), "stored") == 3010);
 }
 
 TEST_CASE("settings can come from a config file", "[relay]") {
@@ -161,10 +184,10 @@ TEST_CASE("with CURVE the relay forwards only with a key the broker allows", "[r
   REQUIRE(produce(db, 200, 2) == 200);
 
   {
-    RelayProcess intruder(dir.path(), db, broker.endpoint(),
-                          {"--curve-server-public-key-file", (dir / "server.public").string(),
-                           "--curve-secret-key-file", (dir / "other.secret").string(),
-                           "--connect-timeout", "200ms"});
+    RelayProcess intruder(
+        dir.path(), db, broker.endpoint(),
+        {"--curve-server-public-key-file", (dir / "server.public").string(),
+         "--curve-secret-key-file", (dir / "other.secret").string(), "--connect-timeout", "200ms"});
     REQUIRE(test_support::wait_until(
         [&] { return intruder.log().find("retrying in") != std::string::npos; }, 30s));
     CHECK(outbox_status(db).delivered_total == 0);
@@ -176,7 +199,6 @@ TEST_CASE("with CURVE the relay forwards only with a key the broker allows", "[r
                       "--curve-secret-key-file", (dir / "relay.secret").string()});
   INFO(relay.log());
   REQUIRE(wait_delivered(db, 200));
-  check_exactly_once_in_order(fetch_all_curve(broker.endpoint(), server_public, relay_public,
-                                              relay_secret),
-                              200);
+  check_exactly_once_in_order(
+      fetch_all_curve(broker.endpoint(), server_public, relay_public, relay_secret), 200);
 }
