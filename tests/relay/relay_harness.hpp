@@ -6,6 +6,7 @@
 #include <sqlite3.h>
 
 #include <chrono>
+#include <cstdio>
 #include <csignal>
 #include <filesystem>
 #include <map>
@@ -17,6 +18,7 @@
 #include <catch2/catch.hpp>
 
 #include "broker/client.hpp"
+#include "outbox/outbox.hpp"
 #include "broker_process.hpp"
 #include "test_support.hpp"
 
@@ -41,6 +43,38 @@ inline long produce(const std::filesystem::path& db, long count, long keys, long
   REQUIRE(std::sscanf(result.out.c_str(), "committed %ld rolled-back %ld", &committed,
                       &rolled_back) == 2);
   return committed;
+}
+
+// A producer running in the background while the relay forwards.
+class BackgroundProducer {
+public:
+  BackgroundProducer(const std::filesystem::path& dir, const std::filesystem::path& db, long count,
+                     long keys)
+      : process_(OUTBOX_BIN_RELAY_TEST_PRODUCER,
+                 {db.string(), std::to_string(count), std::to_string(keys), "0"}, dir) {}
+
+  long wait_committed() {
+    auto exit = process_.wait_for(120s);
+    INFO(process_.stderr_text());
+    REQUIRE(exit.has_value());
+    REQUIRE(exit->code == 0);
+    long committed = 0, rolled_back = 0;
+    REQUIRE(std::sscanf(process_.stdout_text().c_str(), "committed %ld rolled-back %ld",
+                        &committed, &rolled_back) == 2);
+    return committed;
+  }
+
+private:
+  test_support::ChildProcess process_;
+};
+
+// One message on topic "orders" in its own transaction; returns its msg_id.
+inline std::string enqueue_one(outbox::Outbox& box, const std::string& key,
+                               const std::string& payload) {
+  outbox::Transaction tx(box);
+  auto result = tx.enqueue({.topic = "orders", .key = key, .payload = payload});
+  tx.commit();
+  return result.msg_id;
 }
 
 class RelayProcess {

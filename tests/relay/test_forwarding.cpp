@@ -48,17 +48,6 @@ TEST_CASE("rolled-back transactions never reach the broker", "[relay]") {
   check_exactly_once_in_order(fetch_all(broker.endpoint()), committed);
 }
 
-namespace {
-
-std::string enqueue_one(outbox::Outbox& box, const std::string& key, const std::string& payload) {
-  outbox::Transaction tx(box);
-  auto result = tx.enqueue({.topic = "orders", .key = key, .payload = payload});
-  tx.commit();
-  return result.msg_id;
-}
-
-}  // namespace
-
 TEST_CASE("a refused message is dead and holds back its key until dropped", "[relay]") {
   test_support::TempDir dir("relay-dead");
   auto db = dir / "app.db";

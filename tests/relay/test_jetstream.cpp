@@ -66,28 +66,6 @@ void check_stream_exactly_once_in_order(const std::vector<StreamMessage>& stored
   CHECK(static_cast<long>(stored.size()) == committed);
 }
 
-class BackgroundProducer {
- public:
-  BackgroundProducer(const std::filesystem::path& dir, const std::filesystem::path& db, long count,
-                     long keys)
-      : process_(OUTBOX_BIN_RELAY_TEST_PRODUCER,
-                 {db.string(), std::to_string(count), std::to_string(keys), "0"}, dir) {}
-
-  long wait_committed() {
-    auto exit = process_.wait_for(120s);
-    INFO(process_.stderr_text());
-    REQUIRE(exit.has_value());
-    REQUIRE(exit->code == 0);
-    long committed = 0, rolled_back = 0;
-    REQUIRE(std::sscanf(process_.stdout_text().c_str(), "committed %ld rolled-back %ld", &committed,
-                        &rolled_back) == 2);
-    return committed;
-  }
-
- private:
-  test_support::ChildProcess process_;
-};
-
 const std::vector<std::string> kSmallBatches = {"--batch-size",      "100",  "--in-flight",   "4",
                                                 "--lease",           "1s",   "--ack-timeout", "1s",
                                                 "--connect-timeout", "500ms"};
@@ -426,17 +404,6 @@ TEST_CASE("the JetStream settings can come from a config file", "[relay][jetstre
   REQUIRE(exit.has_value());
   CHECK(exit->code == 0);
 }
-
-namespace {
-
-std::string enqueue_one(outbox::Outbox& box, const std::string& key, const std::string& payload) {
-  outbox::Transaction tx(box);
-  auto result = tx.enqueue({.topic = "orders", .key = key, .payload = payload});
-  tx.commit();
-  return result.msg_id;
-}
-
-}  // namespace
 
 TEST_CASE("a message above the stream's size limit is dead and holds back its key",
           "[relay][jetstream]") {

@@ -9,29 +9,6 @@ using namespace relay_test;
 
 namespace {
 
-// A producer running in the background while the relay forwards.
-class BackgroundProducer {
-public:
-  BackgroundProducer(const std::filesystem::path& dir, const std::filesystem::path& db, long count,
-                     long keys)
-      : process_(OUTBOX_BIN_RELAY_TEST_PRODUCER,
-                 {db.string(), std::to_string(count), std::to_string(keys), "0"}, dir) {}
-
-  long wait_committed() {
-    auto exit = process_.wait_for(120s);
-    INFO(process_.stderr_text());
-    REQUIRE(exit.has_value());
-    REQUIRE(exit->code == 0);
-    long committed = 0, rolled_back = 0;
-    REQUIRE(std::sscanf(process_.stdout_text().c_str(), "committed %ld rolled-back %ld",
-                        &committed, &rolled_back) == 2);
-    return committed;
-  }
-
-private:
-  test_support::ChildProcess process_;
-};
-
 const std::vector<std::string> kSmallBatches = {"--batch-size", "100", "--in-flight", "4",
                                                 "--lease", "1s", "--ack-timeout", "1s"};
 
