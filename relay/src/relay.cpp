@@ -193,8 +193,9 @@ struct Relay::Impl {
     while (in_flight.size() < config.max_in_flight_batches && !stop.load()) {
       auto batch = store.read_pending(config.batch_size, last_sent_seq);
       if (batch.empty()) return;
-      auto batch_id = next_batch_id++;
+      auto batch_id = next_batch_id;
       if (!sink.send(batch_id, batch)) return;  // queue full: read again after acks
+      ++next_batch_id;                          // ids stay consecutive within a session
       last_sent_seq = batch.back().seq;
       counters.sent_messages += batch.size();
       in_flight.push_back(InFlight{batch_id, std::move(batch), SteadyClock::now()});
@@ -206,7 +207,11 @@ struct Relay::Impl {
     if (head == nullptr || event.batch_id != head->batch_id) {
       bool known = std::any_of(in_flight.begin(), in_flight.end(),
                                [&](const InFlight& f) { return f.batch_id == event.batch_id; });
-      if (known || event.kind == SinkEvent::Kind::failed) {
+      // A failure naming a batch we no longer wait for is a late (or
+      // duplicated) answer from a session we already left; batch id 0 means
+      // the destination could not tell which batch, so it counts.
+      bool about_current = known || (event.kind == SinkEvent::Kind::failed && event.batch_id == 0);
+      if (about_current) {
         record_failure(event.kind == SinkEvent::Kind::failed
                            ? event.error
                            : "acknowledgement for batch " + std::to_string(event.batch_id) +
