@@ -8,7 +8,115 @@
 set -euo pipefail
 mode="$1" build_dir="$2" source_dir="$3" cmake="$4"
 work="$(mktemp -d "${TMPDIR:-/tmp}/outbox-package-XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+
+# Started daemons, stopped by pid on the way out.
+pids=()
+stop_daemons() {
+  local pid
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+}
+trap 'stop_daemons; rm -rf "$work"' EXIT
+
+# wait_for <seconds> <command...>: polls the command until it succeeds.
+wait_for() {
+  local seconds="$1" i
+  shift
+  for ((i = 0; i < seconds * 20; i++)); do
+    "$@" && return 0
+    sleep 0.05
+  done
+  echo "gave up waiting for: $*" >&2
+  return 1
+}
+
+delivered() { "$bin/outbox-relay" status --db "$1" --json | grep -q "\"delivered_total\":$2,"; }
+
+# stop_daemon <pid>: SIGTERM, and the daemon must exit 0.
+stop_daemon() {
+  kill -TERM "$1"
+  wait "$1"
+}
+
+# The README's "Running the pipeline" block and the configuration files of
+# docs/operations.md, run as written on the producer's shop.db. The only
+# changes: the broker binds a port the system picks (the documented 7750 may be
+# taken) and later commands use the endpoint it reports; paths under /var/lib
+# point into the scratch directory.
+run_documented_commands() {
+  bin="$work/prefix/bin"
+  cd "$work"
+  local endpoint="" line command output
+  local block
+  block="$(awk '/^## Running the pipeline/ { f = 1 } f && /^```sh$/ { g = 1; next }
+                g && /^```$/ { exit } g { print }' "$source_dir/README.md")"
+  [ -n "$block" ] || { echo "README lost its pipeline commands" >&2; return 1; }
+  while IFS= read -r line; do
+    command="${line%%#*}"
+    command="${command//build\/bin\//$bin/}"
+    if [[ $command == *"outbox-broker serve"* ]]; then
+      $command --bind 'tcp://127.0.0.1:*' --endpoint-file "$work/endpoint" >broker.log 2>&1 &
+      pids+=($!)
+      wait_for 20 test -s "$work/endpoint"
+      endpoint="$(head -n 1 "$work/endpoint")"
+      continue
+    fi
+    command="${command//tcp:\/\/127.0.0.1:7750/$endpoint}"
+    if [[ $command == *"outbox-relay run"* ]]; then
+      $command >relay.log 2>&1 &
+      pids+=($!)
+      wait_for 30 delivered shop.db 1 || { cat relay.log >&2; return 1; }
+      continue
+    fi
+    output="$($command)" || { echo "documented command failed: $command" >&2; return 1; }
+    printf '%s\n' "$output" >>outputs
+  done <<<"$block"
+  grep -q '"delivered_total":1,' outputs
+  grep -q '"stored":1,' outputs
+  grep -q '"topic":"orders"' outputs
+  stop_daemon "${pids[1]}"
+  stop_daemon "${pids[0]}"
+  pids=()
+
+  # The README's idgen commands; <id> is an id the first one printed.
+  local id
+  id="$("$bin/idgen" gen -n 1 --worker 3)"
+  block="$(awk '/^### idgen/ { f = 1 } f && /^```sh$/ { g = 1; next }
+                g && /^```$/ { exit } g { print }' "$source_dir/README.md")"
+  [ -n "$block" ] || { echo "README lost its idgen commands" >&2; return 1; }
+  while IFS= read -r line; do
+    command="${line%%#*}"
+    command="${command//build\/bin\//$bin/}"
+    command="${command//<id>/$id}"
+    $command >/dev/null || { echo "documented command failed: $command" >&2; return 1; }
+  done <<<"$block"
+
+  # docs/operations.md: the broker's and the relay's configuration files.
+  awk '/^`\/etc\/outbox\/broker.toml`/ { f = 1 } f && /^```toml$/ { g = 1; next }
+       g && /^```$/ { exit } g { print }' "$source_dir/docs/operations.md" |
+    sed -e "s|/var/lib/outbox/|$work/ops-|" -e 's|tcp://127.0.0.1:7750|tcp://127.0.0.1:*|' >broker.toml
+  echo "endpoint-file = \"$work/ops-endpoint\"" >>broker.toml
+  grep -q '^\[serve\]' broker.toml
+  "$bin/outbox-broker" serve --config broker.toml >ops-broker.log 2>&1 &
+  pids+=($!)
+  wait_for 20 test -s "$work/ops-endpoint" || { cat ops-broker.log >&2; return 1; }
+  endpoint="$(head -n 1 "$work/ops-endpoint")"
+  awk '/^`\/etc\/outbox\/relay-shop.toml`/ { f = 1 } f && /^```toml$/ { g = 1; next }
+       g && /^```$/ { exit } g { print }' "$source_dir/docs/operations.md" |
+    sed -e "s|/var/lib/shop/app.db|$work/shop.db|" -e "s|tcp://127.0.0.1:7750|$endpoint|" >relay.toml
+  grep -q '^\[run\]' relay.toml
+  # The message was delivered before; the relay takes the lease and opens a
+  # session with the broker its configuration names.
+  "$bin/outbox-relay" run --config relay.toml >ops-relay.log 2>&1 &
+  pids+=($!)
+  session_opened() {
+    "$bin/outbox-broker" stats --connect "$endpoint" --json | grep -q '"sessions_opened":1,'
+  }
+  wait_for 30 session_opened || { cat ops-relay.log >&2; return 1; }
+  grep -q "active: holding the relay lease" ops-relay.log
+  stop_daemon "${pids[1]}"
+  stop_daemon "${pids[0]}"
+  pids=()
+}
 
 consumer="$source_dir/tests/package/consumer"
 case "$mode" in
@@ -76,7 +184,8 @@ CMAKE
     (cd "$work" && "$work/readme/build/producer") | grep -q "^queued .* at seq 1$"
     status="$("$work/prefix/bin/outbox-relay" status --db "$work/shop.db" --json)"
     grep -q '"pending":1' <<<"$status"
-    echo "readme ok: the producer and consumer snippets build against the installed tree"
+    run_documented_commands
+    echo "readme ok: the snippets build against the installed tree and the documented commands run"
     exit 0
     ;;
   *) echo "usage: check_package.sh installed|subdirectory|examples|readme BUILD SOURCE CMAKE" >&2; exit 2 ;;
