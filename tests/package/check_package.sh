@@ -116,6 +116,14 @@ run_documented_commands() {
   stop_daemon "${pids[1]}"
   stop_daemon "${pids[0]}"
   pids=()
+
+  # docs/operations.md: the online backup of an outbox, then status on the copy.
+  command="$(grep -o 'sqlite3 /var/lib/shop/app.db "[^"]*"' "$source_dir/docs/operations.md")"
+  [ -n "$command" ] || { echo "docs/operations.md lost its backup command" >&2; return 1; }
+  command="${command//\/var\/lib\/shop\/app.db/$work/shop.db}"
+  command="${command//\/backup\//$work/backup-}"
+  eval "$command"
+  "$bin/outbox-relay" status --db "$work/backup-app.db" --json | grep -q '"delivered_total":1,'
 }
 
 consumer="$source_dir/tests/package/consumer"
