@@ -13,7 +13,12 @@
 // (--faults) or the time is up
 // (--duration), faults stop, the producers finish, everything drains, and
 // the checker compares the producers' database, the broker and the
-// consumer's database. The last line is the summary:
+// consumer's database.
+//
+// With --sink jetstream, nats-server -js takes the broker's place (no proxy,
+// no consumer): the relays publish to a stream covering outbox.>, the
+// injector kills, stops and pauses nats-server as it does the broker, and the
+// checker reads the stream back. The last line is the summary:
 //
 //   faults=N lost=0 duplicated=0 reordered=0 phantom=0
 //
@@ -47,6 +52,17 @@
 #include "outbox/relay_store.hpp"
 #include "test_support.hpp"
 
+#ifdef OUTBOX_RELAY_WITH_JETSTREAM
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <nats/nats.h>
+
+#include "relay/jetstream_sink.hpp"
+#endif
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -73,6 +89,8 @@ struct Settings {
   double proxy_rate = 1.0;
   bool hostile_order = false;
   bool keep = false;
+  std::string sink = "broker";  // or "jetstream"
+  std::string nats_server_binary;
   fs::path work_dir;
   std::string relay_binary = OUTBOX_BIN_OUTBOX_RELAY;
   std::string broker_binary = OUTBOX_BIN_OUTBOX_BROKER;
@@ -183,7 +201,7 @@ class Managed {
     if (state_ == State::running) {
       problem = name_ + " exited by itself (" + describe(status) + ")";
       if (status.exited && exit_code_ok_(status.code)) problem.reset();
-    } else if (expected_signal_ == SIGTERM && !(status.exited && status.code == 0)) {
+    } else if (expected_signal_ == SIGTERM && !(status.exited && term_exit_code_ok_(status.code))) {
       problem = name_ + " did not exit 0 after SIGTERM (" + describe(status) + ")";
     }
     if (problem) last_log_tail_ = tail_lines(process_->stderr_text(), 15);
@@ -205,6 +223,8 @@ class Managed {
   Clock::time_point started_at() const { return started_at_; }
   // Exit codes that are not a problem when the process ends by itself.
   void accept_exit_codes(std::function<bool(int)> ok) { exit_code_ok_ = std::move(ok); }
+  // Exit codes that count as a clean stop after SIGTERM (0 unless told).
+  void accept_term_exit_codes(std::function<bool(int)> ok) { term_exit_code_ok_ = std::move(ok); }
 
   ~Managed() noexcept {
     if (process_) {
@@ -236,6 +256,7 @@ class Managed {
   bool reported_slow_stop_ = false;
   Clock::time_point resume_at_{}, last_term_{};
   std::function<bool(int)> exit_code_ok_ = [](int) { return false; };
+  std::function<bool(int)> term_exit_code_ok_ = [](int code) { return code == 0; };
 };
 
 std::string read_endpoint(const fs::path& file) {
@@ -325,6 +346,172 @@ std::vector<BrokerCopy> fetch_everything(const std::string& endpoint) {
   return all;
 }
 
+// --- JetStream (--sink jetstream) -----------------------------------------
+
+// The stream the relays publish to, and its duplicate window: far above the
+// relays' retry horizon (ack-timeout 1s + connect-timeout 2s + backoff-max
+// 500ms + lease 1s = 4.5 s) and above every pause the run injects.
+const char* const kStream = "OUTBOX";
+
+#ifdef OUTBOX_RELAY_WITH_JETSTREAM
+
+constexpr auto kDuplicateWindow = 60s;
+
+// $OUTBOX_NATS_SERVER if set, else nats-server on PATH or in /usr/sbin and
+// /usr/bin; empty when there is none.
+std::string find_nats_server() {
+  if (const char* chosen = std::getenv("OUTBOX_NATS_SERVER"); chosen != nullptr) {
+    return ::access(chosen, X_OK) == 0 ? std::string(chosen) : std::string();
+  }
+  std::string entries = std::getenv("PATH") != nullptr ? std::getenv("PATH") : "";
+  entries += ":/usr/sbin:/usr/bin:/sbin:/usr/local/sbin:/usr/local/bin";
+  std::size_t start = 0;
+  while (start <= entries.size()) {
+    auto end = entries.find(':', start);
+    if (end == std::string::npos) end = entries.size();
+    auto candidate = fs::path(entries.substr(start, end - start)) / "nats-server";
+    std::error_code error;
+    if (!candidate.parent_path().empty() && fs::is_regular_file(candidate, error) &&
+        ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate.string();
+    }
+    start = end + 1;
+  }
+  return {};
+}
+
+// A port the system hands out for 127.0.0.1 right now (bound, read, closed).
+int free_loopback_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw HarnessError("socket() failed");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  socklen_t length = sizeof address;
+  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
+  ::close(fd);
+  if (!ok) throw HarnessError("no free port on 127.0.0.1");
+  return ntohs(address.sin_port);
+}
+
+std::string nats_error(natsStatus status) {
+  natsStatus last = NATS_OK;
+  const char* detail = nats_GetLastError(&last);
+  return std::string(natsStatus_GetText(status)) +
+         (detail != nullptr ? std::string(" ") + detail : "");
+}
+
+// One libnats connection with a JetStream context; no automatic reconnect.
+class JetStreamClient {
+ public:
+  // Empty when the server does not answer (yet).
+  static std::unique_ptr<JetStreamClient> connect(const std::string& url) {
+    auto client = std::unique_ptr<JetStreamClient>(new JetStreamClient());
+    natsOptions* options = nullptr;
+    if (natsOptions_Create(&options) != NATS_OK) return nullptr;
+    natsOptions_SetURL(options, url.c_str());
+    natsOptions_SetAllowReconnect(options, false);
+    natsOptions_SetTimeout(options, 2000);
+    auto status = natsConnection_Connect(&client->connection_, options);
+    natsOptions_Destroy(options);
+    if (status != NATS_OK) return nullptr;
+    jsOptions js_options;
+    jsOptions_Init(&js_options);
+    js_options.Wait = 10000;
+    if (natsConnection_JetStream(&client->js_, client->connection_, &js_options) != NATS_OK)
+      return nullptr;
+    // JetStream answers once the server has recovered its store.
+    jsAccountInfo* account = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    status = js_GetAccountInfo(&account, client->js_, nullptr, &code);
+    if (account != nullptr) jsAccountInfo_Destroy(account);
+    if (status != NATS_OK) return nullptr;
+    return client;
+  }
+  ~JetStreamClient() {
+    if (js_ != nullptr) jsCtx_Destroy(js_);
+    if (connection_ != nullptr) natsConnection_Destroy(connection_);
+  }
+  JetStreamClient(const JetStreamClient&) = delete;
+  JetStreamClient& operator=(const JetStreamClient&) = delete;
+
+  void add_stream(const std::string& name, const std::string& subject,
+                  std::chrono::nanoseconds duplicate_window) {
+    jsStreamConfig config;
+    jsStreamConfig_Init(&config);
+    config.Name = name.c_str();
+    const char* subjects[] = {subject.c_str()};
+    config.Subjects = subjects;
+    config.SubjectsLen = 1;
+    config.Storage = js_FileStorage;
+    config.Duplicates = duplicate_window.count();
+    jsStreamInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    auto status = js_AddStream(&info, js_, &config, nullptr, &code);
+    if (info != nullptr) jsStreamInfo_Destroy(info);
+    if (status != NATS_OK)
+      throw HarnessError("creating stream " + name + ": " + nats_error(status));
+  }
+
+  // Every message of the stream as (topic, stream sequence, msg_id, key),
+  // topic and key decoded from the subject outbox.<topic>.<key>.
+  std::vector<BrokerCopy> read_all(const std::string& stream) {
+    jsStreamInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    auto status = js_GetStreamInfo(&info, js_, stream.c_str(), nullptr, &code);
+    if (status != NATS_OK) throw HarnessError("reading stream info: " + nats_error(status));
+    auto first = info->State.FirstSeq, last = info->State.LastSeq;
+    jsStreamInfo_Destroy(info);
+    std::vector<BrokerCopy> all;
+    for (auto sequence = std::max<std::uint64_t>(first, 1); last > 0 && sequence <= last;
+         ++sequence) {
+      natsMsg* msg = nullptr;
+      status = js_GetMsg(&msg, js_, stream.c_str(), sequence, nullptr, &code);
+      if (status != NATS_OK) {
+        throw HarnessError("reading stream sequence " + std::to_string(sequence) + ": " +
+                           nats_error(status));
+      }
+      BrokerCopy copy;
+      copy.offset = sequence;
+      std::string subject = natsMsg_GetSubject(msg);
+      const char* id = nullptr;
+      if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != nullptr) copy.msg_id = id;
+      natsMsg_Destroy(msg);
+      // outbox.<topic>.<key>, one token each; anything else keeps the raw
+      // subject as its topic, so that the checker reports it.
+      auto first_dot = subject.find('.');
+      auto second_dot =
+          first_dot == std::string::npos ? first_dot : subject.find('.', first_dot + 1);
+      std::optional<std::string> topic, key;
+      if (second_dot != std::string::npos && subject.substr(0, first_dot) == "outbox" &&
+          subject.find('.', second_dot + 1) == std::string::npos) {
+        topic = relay::decode_subject_token(
+            std::string_view(subject).substr(first_dot + 1, second_dot - first_dot - 1));
+        auto key_token = std::string_view(subject).substr(second_dot + 1);
+        key = key_token == "_" ? std::optional<std::string>("")
+                               : relay::decode_subject_token(key_token);
+      }
+      if (topic && key) {
+        copy.topic = *topic;
+        copy.key = *key;
+      } else {
+        copy.topic = "subject " + subject;
+      }
+      all.push_back(std::move(copy));
+    }
+    return all;
+  }
+
+ private:
+  JetStreamClient() = default;
+  natsConnection* connection_ = nullptr;
+  jsCtx* js_ = nullptr;
+};
+
+#endif  // OUTBOX_RELAY_WITH_JETSTREAM
+
 // --- the checker ----------------------------------------------------------
 
 struct Finding {
@@ -362,7 +549,8 @@ struct Report {
   }
 };
 
-Report check(const fs::path& app_db, const fs::path& consumer_db,
+// Without a consumer database (--sink jetstream) the consumer checks are left out.
+Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
              const std::vector<BrokerCopy>& stored) {
   Report report;
   Database app(app_db);
@@ -451,7 +639,8 @@ Report check(const fs::path& app_db, const fs::path& consumer_db,
   }
 
   // What the consumer did.
-  Database consumer(consumer_db);
+  if (!consumer_db) return report;
+  Database consumer(*consumer_db);
   std::map<std::string, long> effects;
   for (auto& row : consumer.rows("SELECT msg_id, count(*) FROM effects GROUP BY msg_id")) {
     effects[row[0]] = std::stol(row[1]);
@@ -495,6 +684,8 @@ class Run {
     consumer_proxy_stats_ = dir_ / "consumer-proxy.stats";
   }
 
+  bool jetstream() const { return settings_.sink == "jetstream"; }
+
   int execute() {
     auto started = Clock::now();
     start_everything();
@@ -503,15 +694,17 @@ class Run {
     say("load phase over after " + std::to_string(static_cast<long>(load_seconds)) +
         " s; draining");
     bool drained = drain();
-    auto stored = fetch_everything(broker_endpoint_);
+    auto stored = read_destination();
     stop_everything();
-    auto report = check(app_db_, consumer_db_, stored);
+    auto report =
+        check(app_db_, jetstream() ? std::nullopt : std::optional<fs::path>(consumer_db_), stored);
     long total_faults = process_faults_ + proxy_faults();
 
     std::ostringstream kinds;
     for (const auto& [kind, n] : fault_kinds_) kinds << ' ' << kind << '=' << n;
     for (const auto& [prefix, stats] :
          {std::pair{"proxy_", proxy_stats_}, std::pair{"consumer_proxy_", consumer_proxy_stats_}}) {
+      if (!fs::exists(stats)) continue;
       for (const auto& [kind, n] : read_counts(stats)) {
         if (kind != "total" && kind != "faults_on" && kind.rfind("forwarded", 0) != 0) {
           kinds << ' ' << prefix << kind << '=' << n;
@@ -525,6 +718,11 @@ class Run {
         std::chrono::duration<double>(Clock::now() - started).count(), report.committed,
         report.stored, report.effects, duplicates_reported_);
     std::printf("injected:%s\n", kinds.str().c_str());
+    if (jetstream()) {
+      std::printf(
+          "sink=jetstream stream=%s: consumer side effects not checked (no consumer runs)\n",
+          kStream);
+    }
     for (auto* finding : report.all()) {
       if (finding->count == 0) continue;
       std::printf("FAILED %s: %ld, first:", finding->name.c_str(), finding->count);
@@ -537,9 +735,10 @@ class Run {
       std::printf("FAILED drain: the pipeline did not drain within %lld ms\n",
                   static_cast<long long>(settings_.drain_timeout.count()));
     if (!passed) {
-      std::printf("replay with: outbox-faults --seed %llu --faults %ld%s --keep   (logs in %s)\n",
+      std::printf("replay with: outbox-faults --seed %llu --faults %ld%s%s --keep   (logs in %s)\n",
                   static_cast<unsigned long long>(settings_.seed), settings_.faults,
-                  settings_.hostile_order ? " --hostile-order" : "", (dir_ / "logs").c_str());
+                  settings_.hostile_order ? " --hostile-order" : "",
+                  jetstream() ? " --sink jetstream" : "", (dir_ / "logs").c_str());
     }
     std::printf("faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld\n", total_faults,
                 report.lost.count, report.duplicated.count, report.reordered.count,
@@ -555,7 +754,77 @@ class Run {
     return milliseconds(std::uniform_int_distribution<int>(low, high)(random_));
   }
 
+  std::vector<BrokerCopy> read_destination() {
+    if (!jetstream()) return fetch_everything(broker_endpoint_);
+#ifdef OUTBOX_RELAY_WITH_JETSTREAM
+    auto client = wait_for_nats(30s);
+    if (!client) throw HarnessError("nats-server does not answer; cannot read the stream");
+    return client->read_all(kStream);
+#else
+    return {};
+#endif
+  }
+
+#ifdef OUTBOX_RELAY_WITH_JETSTREAM
+  // A JetStream connection once the server answers (it may be restarting).
+  std::unique_ptr<JetStreamClient> wait_for_nats(milliseconds timeout) {
+    std::unique_ptr<JetStreamClient> client;
+    test_support::wait_until(
+        [&] {
+          client = JetStreamClient::connect(nats_url_);
+          return client != nullptr;
+        },
+        timeout, 20ms);
+    return client;
+  }
+#endif
+
+  // nats-server -js on 127.0.0.1, a port the system picked; restarts use the
+  // same port and store directory. Then the stream covering outbox.>.
+  void start_nats() {
+#ifdef OUTBOX_RELAY_WITH_JETSTREAM
+    auto store = dir_ / "nats-store";
+    fs::create_directories(store);
+    std::unique_ptr<JetStreamClient> client;
+    // Should another program take the port before nats-server binds it, try a new one.
+    for (int attempt = 0; attempt < 5 && !client; ++attempt) {
+      if (nats_) {
+        nats_->stay_down();
+        nats_->signal(SIGKILL);
+        nats_->poll(Clock::now());
+      }
+      nats_port_ = free_loopback_port();
+      nats_url_ = "nats://127.0.0.1:" + std::to_string(nats_port_);
+      nats_ = std::make_unique<Managed>(
+          "nats-server", dir_ / "logs" / "nats-server.log", [this, store] {
+            return std::make_unique<test_support::ChildProcess>(
+                settings_.nats_server_binary,
+                std::vector<std::string>{"-js", "-a", "127.0.0.1", "-p", std::to_string(nats_port_),
+                                         "-sd", store.string()},
+                dir_);
+          });
+      // nats-server ends with exit code 1 after a clean shutdown on SIGTERM.
+      nats_->accept_term_exit_codes([](int code) { return code == 0 || code == 1; });
+      nats_->start();
+      client = wait_for_nats(20s);
+    }
+    if (!client)
+      throw HarnessError("nats-server did not start on 127.0.0.1 (see logs/nats-server.log)");
+    client->add_stream(kStream, "outbox.>", kDuplicateWindow);
+    say("nats-server at " + nats_url_ + ", stream " + kStream + " on outbox.>");
+#endif
+  }
+
   void start_everything() {
+    if (jetstream()) {
+      start_nats();
+    } else {
+      start_broker_and_proxies();
+    }
+    start_producers_and_relays();
+  }
+
+  void start_broker_and_proxies() {
     // Broker first, on a port the system picks; restarts bind the same endpoint.
     broker_ = std::make_unique<Managed>("broker", dir_ / "logs" / "broker.log", [this] {
       auto endpoint_file = dir_ / ("broker-endpoint-" + std::to_string(++broker_starts_));
@@ -581,7 +850,9 @@ class Run {
     proxy_ = start_proxy("proxy", proxy_stats_, settings_.seed ^ 0x5bd1e995u, proxy_endpoint_);
     consumer_proxy_ = start_proxy("consumer-proxy", consumer_proxy_stats_,
                                   settings_.seed ^ 0x2545f491u, consumer_proxy_endpoint_);
+  }
 
+  void start_producers_and_relays() {
     for (int i = 0; i < settings_.producers; ++i) {
       auto name = "producer-" + std::to_string(i + 1);
       auto seed = settings_.seed * 1000003u + static_cast<std::uint64_t>(i);
@@ -614,12 +885,22 @@ class Run {
     }
 
     auto relay_starter = [this] {
-      return std::make_unique<test_support::ChildProcess>(
-          settings_.relay_binary,
-          std::vector<std::string>{"run", "--db", app_db_.string(), "--broker", proxy_endpoint_,
-                                   "--lease", "1s", "--ack-timeout", "1s", "--backoff-initial",
-                                   "20ms", "--backoff-max", "500ms", "--log-level", "info"},
-          dir_);
+      std::vector<std::string> args = {"run", "--db", app_db_.string()};
+      if (jetstream()) {
+        for (const auto& arg :
+             {std::string("--sink"), std::string("jetstream"), std::string("--nats-url"), nats_url_,
+              std::string("--stream"), std::string(kStream)}) {
+          args.push_back(arg);
+        }
+      } else {
+        args.push_back("--broker");
+        args.push_back(proxy_endpoint_);
+      }
+      for (const char* arg : {"--lease", "1s", "--ack-timeout", "1s", "--backoff-initial", "20ms",
+                              "--backoff-max", "500ms", "--log-level", "info"}) {
+        args.emplace_back(arg);
+      }
+      return std::make_unique<test_support::ChildProcess>(settings_.relay_binary, args, dir_);
     };
     // Two relays on one outbox: one active, one standby that takes over when
     // the active one's lease lapses (it was killed or paused).
@@ -628,6 +909,7 @@ class Run {
     standby_relay_ =
         std::make_unique<Managed>("relay-b", dir_ / "logs" / "relay-b.log", relay_starter);
     standby_relay_->start();
+    if (jetstream()) return;  // no consumer: the stream is read back at the end
 
     consumer_ = std::make_unique<Managed>("consumer", dir_ / "logs" / "consumer.log", [this] {
       std::vector<std::string> args = {
@@ -662,8 +944,11 @@ class Run {
   }
 
   std::vector<Managed*> everything() {
-    std::vector<Managed*> all = {broker_.get(), proxy_.get(),         consumer_proxy_.get(),
-                                 relay_.get(),  standby_relay_.get(), consumer_.get()};
+    std::vector<Managed*> all;
+    for (auto* managed : {nats_.get(), broker_.get(), proxy_.get(), consumer_proxy_.get(),
+                          relay_.get(), standby_relay_.get(), consumer_.get()}) {
+      if (managed != nullptr) all.push_back(managed);
+    }
     for (auto& producer : producers_) all.push_back(producer.get());
     return all;
   }
@@ -709,17 +994,27 @@ class Run {
             .get();
     Managed* relay = std::uniform_int_distribution<int>(0, 1)(random_) == 0 ? relay_.get()
                                                                             : standby_relay_.get();
-    std::vector<Choice> choices = {
-        {"relay_kill9", 28, relay, SIGKILL},
-        {"relay_term", 10, relay, SIGTERM},
-        {"relay_pause", 6, relay, SIGSTOP},
-        {"broker_pause", 4, broker_.get(), SIGSTOP},
-        {"broker_kill9", 20, broker_.get(), SIGKILL},
-        {"broker_term", 8, broker_.get(), SIGTERM},
-        {"consumer_kill9", 22, consumer_.get(), SIGKILL},
-        {"consumer_term", 4, consumer_.get(), SIGTERM},
-        {"producer_kill9", 8, producer, SIGKILL},
-    };
+    std::vector<Choice> choices;
+    if (jetstream()) {
+      choices = {
+          {"relay_kill9", 28, relay, SIGKILL},      {"relay_term", 10, relay, SIGTERM},
+          {"relay_pause", 6, relay, SIGSTOP},       {"nats_pause", 6, nats_.get(), SIGSTOP},
+          {"nats_kill9", 22, nats_.get(), SIGKILL}, {"nats_term", 10, nats_.get(), SIGTERM},
+          {"producer_kill9", 8, producer, SIGKILL},
+      };
+    } else {
+      choices = {
+          {"relay_kill9", 28, relay, SIGKILL},
+          {"relay_term", 10, relay, SIGTERM},
+          {"relay_pause", 6, relay, SIGSTOP},
+          {"broker_pause", 4, broker_.get(), SIGSTOP},
+          {"broker_kill9", 20, broker_.get(), SIGKILL},
+          {"broker_term", 8, broker_.get(), SIGTERM},
+          {"consumer_kill9", 22, consumer_.get(), SIGKILL},
+          {"consumer_term", 4, consumer_.get(), SIGTERM},
+          {"producer_kill9", 8, producer, SIGKILL},
+      };
+    }
     int total = 0;
     for (const auto& choice : choices) total += choice.weight;
     int pick = std::uniform_int_distribution<int>(0, total - 1)(random_);
@@ -790,8 +1085,8 @@ class Run {
   }
 
   bool drain() {
-    proxy_->notify(SIGUSR1);  // no more network faults
-    consumer_proxy_->notify(SIGUSR1);
+    if (proxy_) proxy_->notify(SIGUSR1);  // no more network faults
+    if (consumer_proxy_) consumer_proxy_->notify(SIGUSR1);
     auto deadline = Clock::now() + settings_.drain_timeout;
     auto left = [&] { return std::chrono::duration_cast<milliseconds>(deadline - Clock::now()); };
     // Everything that is down comes back.
@@ -845,6 +1140,7 @@ class Run {
           std::to_string(stats.dead));
       return false;
     }
+    if (jetstream()) return true;  // no consumer in this mode
     // The consumer applies everything the broker has.
     long stored = static_cast<long>(fetch_everything(broker_endpoint_).size());
     say("outbox drained; waiting for the consumer to apply " + std::to_string(stored) +
@@ -884,7 +1180,10 @@ class Run {
   std::mt19937_64 random_;
   fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_, consumer_proxy_stats_;
   std::string broker_endpoint_, proxy_endpoint_, consumer_proxy_endpoint_;
-  std::unique_ptr<Managed> broker_, proxy_, consumer_proxy_, relay_, standby_relay_, consumer_;
+  std::unique_ptr<Managed> nats_, broker_, proxy_, consumer_proxy_, relay_, standby_relay_,
+      consumer_;
+  int nats_port_ = 0;
+  std::string nats_url_;
   std::vector<std::unique_ptr<Managed>> producers_;
   std::map<std::string, long> fault_kinds_;
   long process_faults_ = 0;
@@ -911,7 +1210,7 @@ int usage(const std::string& message) {
                "usage: outbox-faults [--seed N] [--faults N | --duration 10m] [--producers 3]\n"
                "                     [--rate 100] [--keys 12] [--drain-timeout 180s]\n"
                "                     [--max-load-time 10m] [--proxy-rate 1.0] [--hostile-order]\n"
-               "                     [--work-dir DIR] [--keep]\n");
+               "                     [--sink broker|jetstream] [--work-dir DIR] [--keep]\n");
   return 2;
 }
 
@@ -949,6 +1248,8 @@ int main(int argc, char** argv) {
         settings.proxy_rate = std::stod(value());
       else if (flag == "--hostile-order")
         settings.hostile_order = true;
+      else if (flag == "--sink")
+        settings.sink = value();
       else if (flag == "--work-dir") {
         settings.work_dir = value();
         work_dir_given = true;
@@ -964,6 +1265,23 @@ int main(int argc, char** argv) {
   }
   if (settings.producers < 1 || settings.keys < 1 || settings.rate <= 0 || settings.faults < 0) {
     return usage("--producers, --keys and --rate must be positive");
+  }
+  if (settings.sink != "broker" && settings.sink != "jetstream") {
+    return usage("--sink is broker or jetstream");
+  }
+  if (settings.sink == "jetstream") {
+#ifdef OUTBOX_RELAY_WITH_JETSTREAM
+    settings.nats_server_binary = find_nats_server();
+    if (settings.nats_server_binary.empty()) {
+      std::fprintf(stderr, "outbox-faults: --sink jetstream needs nats-server (not found)\n");
+      return 4;
+    }
+    if (settings.hostile_order) return usage("--hostile-order needs the broker sink's proxy");
+#else
+    std::fprintf(stderr,
+                 "outbox-faults: built without libnats; --sink jetstream is not available\n");
+    return 4;
+#endif
   }
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
