@@ -1,0 +1,48 @@
+// Shared by the bounded fault-injection tests: runs outbox-faults and checks
+// the summary line it prints last.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "test_support.hpp"
+
+namespace faults_test {
+
+// Adds --seed from OUTBOX_FAULTS_SEED (so a failure replays) to `args`.
+inline std::vector<std::string> with_seed(std::vector<std::string> args) {
+  if (const char* seed = std::getenv("OUTBOX_FAULTS_SEED")) {
+    args.push_back("--seed");
+    args.push_back(seed);
+  }
+  return args;
+}
+
+// Requires "faults=N lost=0 duplicated=0 reordered=0 phantom=0" with N at
+// least `min_faults`, and a clean exit.
+inline void check_summary(const test_support::RunResult& result, long min_faults) {
+  INFO(result.err);
+  INFO(result.out);
+  auto lines = test_support::lines(result.out);
+  REQUIRE(!lines.empty());
+  const auto& summary = lines.back();
+  std::printf("%s\n", summary.c_str());  // shown by ctest -V
+  long faults = -1, lost = -1, duplicated = -1, reordered = -1, phantom = -1;
+  REQUIRE(std::sscanf(summary.c_str(),
+                      "faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld", &faults,
+                      &lost, &duplicated, &reordered, &phantom) == 5);
+  CHECK(faults >= min_faults);
+  CHECK(lost == 0);
+  CHECK(duplicated == 0);
+  CHECK(reordered == 0);
+  CHECK(phantom == 0);
+  CHECK(result.status.exited);
+  CHECK(result.status.code == 0);
+}
+
+}  // namespace faults_test
