@@ -2,7 +2,6 @@
 // Parses flags (and a config file), sets up logging and signals, and hands
 // over to the broker library.
 #include <algorithm>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -12,7 +11,6 @@
 #include <string>
 #include <vector>
 
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
@@ -20,41 +18,17 @@
 #include "broker/server.hpp"
 #include "broker/store.hpp"
 #include "cli/args.hpp"
+#include "cli/process.hpp"
 #include "format.hpp"
 
 namespace {
 
-// Exit codes; documented in --help and docs/protocol.md.
-constexpr int kExitOk = 0;
-constexpr int kExitFailure = 1;      // unexpected error
-constexpr int kExitUsage = 2;        // bad flag, bad config file, bad value
-constexpr int kExitStorage = 3;      // the database cannot be opened or written
-constexpr int kExitBind = 4;         // the endpoint cannot be bound, bad keys
-constexpr int kExitUnreachable = 5;  // no answer from the broker (stats, tail)
-constexpr int kExitRefused = 6;      // the broker answered with an error
-
+// Exit codes are the toolkit's shared ones (cli/process.hpp), documented in
+// --help and docs/protocol.md.
 broker::Server* running_server = nullptr;
-volatile std::sig_atomic_t stop_requested = 0;
 
-extern "C" void on_stop_signal(int) {
-  stop_requested = 1;
+void stop_running_server() noexcept {
   if (running_server != nullptr) running_server->request_stop();
-}
-
-void install_signal_handlers() {
-  struct sigaction action {};
-  action.sa_handler = on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGTERM, &action, nullptr);
-}
-
-std::shared_ptr<spdlog::logger> make_logger(const std::string& level_name) {
-  auto logger = spdlog::stderr_color_mt("outbox-broker");
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  logger->set_level(spdlog::level::from_str(level_name));
-  logger->flush_on(spdlog::level::info);
-  return logger;
 }
 
 struct ServeSettings {
@@ -141,7 +115,7 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
       }
     } catch (const std::exception& error) {
       logger->error("{}", error.what());
-      return kExitBind;
+      return cli::exit_endpoint;
     }
     server_options.curve = std::move(curve);
   } else if (!settings.allowed_clients_file.empty()) {
@@ -153,24 +127,24 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
     store = std::make_unique<broker::Store>(settings.db, store_options);
   } catch (const std::exception& error) {
     logger->error("cannot open database {}: {}", settings.db, error.what());
-    return kExitStorage;
+    return cli::exit_storage;
   }
   std::unique_ptr<broker::Server> server;
   try {
     server = std::make_unique<broker::Server>(*store, server_options);
   } catch (const std::exception& error) {
     logger->error("{}", error.what());
-    return kExitBind;
+    return cli::exit_endpoint;
   }
   logger->info("outbox-broker serving {} on {} (sync {}, max message {} bytes)", settings.db,
                server->endpoint(), settings.sync, store_options.max_message_bytes);
   // One line on stdout with the real endpoint, for scripts that bind port *.
   std::cout << "listening on " << server->endpoint() << std::endl;
   running_server = server.get();
-  if (stop_requested) server->request_stop();
+  if (cli::stop_requested()) server->request_stop();
   server->run();
   running_server = nullptr;
-  return kExitOk;
+  return cli::exit_ok;
 }
 
 std::string curve_public_of(const std::string& secret) {
@@ -207,7 +181,7 @@ std::unique_ptr<broker::Client> make_client(const ClientSettings& settings) {
 
 int report(const wire::Error& error, const std::string& endpoint) {
   std::cerr << "outbox-broker: " << endpoint << ": " << error.message << "\n";
-  return error.code == wire::ErrorCode::timeout ? kExitUnreachable : kExitRefused;
+  return error.code == wire::ErrorCode::timeout ? cli::exit_unreachable : cli::exit_refused;
 }
 
 // Writes a new CURVE key pair as Z85 text; the secret file is readable by its owner only.
@@ -216,7 +190,7 @@ int keygen(const KeygenSettings& settings) {
   char secret_key[41] = {};
   if (zmq_curve_keypair(public_key, secret_key) != 0) {
     std::cerr << "outbox-broker: this libzmq cannot generate CURVE keys\n";
-    return kExitFailure;
+    return cli::exit_failure;
   }
   {
     std::ofstream secret(settings.secret_file, std::ios::trunc);
@@ -229,7 +203,7 @@ int keygen(const KeygenSettings& settings) {
   public_out << "# CURVE public key\n" << public_key << "\n";
   if (!public_out) throw UsageError("cannot write " + settings.public_file);
   std::cout << public_key << "\n";
-  return kExitOk;
+  return cli::exit_ok;
 }
 
 int stats(const ClientSettings& settings) {
@@ -238,7 +212,7 @@ int stats(const ClientSettings& settings) {
   if (!reply) return report(reply.error(), settings.connect);
   std::cout << (settings.json ? broker::stats_to_json(*reply) + "\n"
                               : broker::stats_to_text(*reply));
-  return kExitOk;
+  return cli::exit_ok;
 }
 
 int tail(const ClientSettings& settings) {
@@ -250,7 +224,7 @@ int tail(const ClientSettings& settings) {
   fetch.from_offset = settings.from;
   fetch.use_group_offset = settings.from == 0 && !settings.group.empty();
   std::uint64_t printed = 0;
-  while (stop_requested == 0) {
+  while (!cli::stop_requested()) {
     fetch.max_messages = 1000;
     if (settings.max > 0) {
       fetch.max_messages =
@@ -278,7 +252,7 @@ int tail(const ClientSettings& settings) {
       break;
     }
   }
-  return kExitOk;
+  return cli::exit_ok;
 }
 
 }  // namespace
@@ -412,18 +386,18 @@ int main(int argc, char** argv) {
     app.parse(args);
   } catch (const CLI::ParseError& error) {
     int code = app.exit(error);
-    return code == 0 ? kExitOk : kExitUsage;
+    return code == 0 ? cli::exit_ok : cli::exit_usage;
   }
 
-  install_signal_handlers();
+  cli::install_stop_handlers(&stop_running_server);
   try {
     if (*serve_command) {
-      auto logger = make_logger(log_level);
+      auto logger = cli::make_stderr_logger("outbox-broker", log_level);
       try {
         return serve(serve_settings, logger);
       } catch (const UsageError& error) {
         logger->error("{}", error.what());
-        return kExitUsage;
+        return cli::exit_usage;
       }
     }
     if (*stats_command) return stats(client_settings);
@@ -431,10 +405,10 @@ int main(int argc, char** argv) {
     if (*keygen_command) return keygen(keygen_settings);
   } catch (const UsageError& error) {
     std::cerr << "outbox-broker: " << error.what() << "\n";
-    return kExitUsage;
+    return cli::exit_usage;
   } catch (const std::exception& error) {
     std::cerr << "outbox-broker: " << error.what() << "\n";
-    return kExitFailure;
+    return cli::exit_failure;
   }
-  return kExitFailure;
+  return cli::exit_failure;
 }
