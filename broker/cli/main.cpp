@@ -181,7 +181,9 @@ std::unique_ptr<broker::Client> make_client(const ClientSettings& settings) {
 
 int report(const wire::Error& error, const std::string& endpoint) {
   std::cerr << "outbox-broker: " << endpoint << ": " << error.message << "\n";
-  return error.code == wire::ErrorCode::timeout ? cli::exit_unreachable : cli::exit_refused;
+  return error.code == wire::ErrorCode::timeout || error.code == wire::ErrorCode::disconnected
+             ? cli::exit_unreachable
+             : cli::exit_refused;
 }
 
 // Writes a new CURVE key pair as Z85 text; the secret file is readable by its owner only.

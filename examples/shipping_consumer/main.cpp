@@ -27,6 +27,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <broker/client.hpp>
@@ -209,7 +210,10 @@ int run(const Settings& settings) {
         broker_trouble = true;
       }
       // The answer may still arrive later: start afresh on a new connection.
+      // A broken connection is reported at once (ErrorCode::disconnected),
+      // so pause a little rather than reconnect in a tight loop.
       client.reconnect();
+      if (reply.error().code == wire::ErrorCode::disconnected) std::this_thread::sleep_for(100ms);
       continue;
     }
     if (broker_trouble) {

@@ -466,6 +466,8 @@ std::string_view error_code_name(ErrorCode code) noexcept {
       return "internal";
     case ErrorCode::timeout:
       return "timeout";
+    case ErrorCode::disconnected:
+      return "disconnected";
   }
   return "unknown";
 }

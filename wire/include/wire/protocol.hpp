@@ -67,6 +67,9 @@ enum class ErrorCode : std::uint16_t {
   internal = 15,
   // Never sent on the wire: a client-side "no reply within the deadline".
   timeout = 100,
+  // Never sent on the wire: the client's connection to the broker broke (its
+  // session and every reply still owed on it are gone).
+  disconnected = 101,
 };
 
 std::string_view error_code_name(ErrorCode code) noexcept;
