@@ -71,6 +71,7 @@ std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds ti
     if (welcome.error().code == wire::ErrorCode::timeout) {
       return "no answer from the broker within " + std::to_string(timeout.count()) + " ms";
     }
+    if (welcome.error().code == wire::ErrorCode::disconnected) return welcome.error().message;
     return "broker refused the session: " + welcome.error().message;
   }
   return std::nullopt;
@@ -96,8 +97,12 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
   if (!received) return std::nullopt;
   SinkEvent event;
   if (!received->ok()) {
+    // Batch id 0: the connection broke (everything in flight on it is in
+    // doubt) or a reply could not be read (it cannot say which batch).
     event.kind = SinkEvent::Kind::failed;
-    event.error = "unreadable reply from the broker: " + received->error().message;
+    event.error = received->error().code == wire::ErrorCode::disconnected
+                      ? received->error().message
+                      : "unreadable reply from the broker: " + received->error().message;
     return event;
   }
   auto& message = received->value();

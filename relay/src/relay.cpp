@@ -84,6 +84,14 @@ struct Relay::Impl {
   std::vector<outbox::Outcome> settled;  // handled, not yet recorded
   std::int64_t last_sent_seq = 0;
   std::uint64_t next_batch_id = 1;
+  // Messages the session may have unacknowledged (slow start, as TCP does):
+  // a new session starts with kInitialWindow and every acknowledged message
+  // widens it by one, so it doubles each round trip and reaches full batches
+  // within a few milliseconds. A connection that breaks early then costs a
+  // small resend, and one that breaks every few hundred kilobytes still
+  // delivers most of what it carried instead of a fraction of a big batch.
+  static constexpr std::size_t kInitialWindow = 64;
+  std::size_t session_window = kInitialWindow;
   int consecutive_failures = 0;
   std::mt19937_64 random;
 
@@ -104,6 +112,7 @@ struct Relay::Impl {
 
   void drop_session() {
     session_open = false;
+    session_window = kInitialWindow;
     in_flight.clear();
     last_sent_seq = 0;  // the next session resends from the first unacknowledged message
   }
@@ -156,7 +165,11 @@ struct Relay::Impl {
   void record_failure(const std::string& reason) {
     ++counters.failures;
     ++consecutive_failures;
-    auto delay = config.backoff.delay(consecutive_failures, random);
+    // The first attempt after progress goes at once: a connection that was
+    // cut (noticed from the socket within milliseconds) costs one reconnect,
+    // not a backoff. Only failures in a row without progress back off.
+    auto delay = consecutive_failures == 1 ? milliseconds(0)
+                                           : config.backoff.delay(consecutive_failures - 1, random);
     next_session_attempt = SteadyClock::now() + delay;
     log->warn("{}: {}; retrying in {} ms (attempt {}, {} batches were in flight)", sink.describe(),
               reason, delay.count(), consecutive_failures, in_flight.size());
@@ -191,7 +204,11 @@ struct Relay::Impl {
     // the last message sent: an operator may have replayed an earlier one.
     if (in_flight.empty()) last_sent_seq = 0;
     while (in_flight.size() < config.max_in_flight_batches && !stop.load()) {
-      auto batch = store.read_pending(config.batch_size, last_sent_seq);
+      std::size_t unacknowledged = 0;
+      for (const auto& batch : in_flight) unacknowledged += batch.messages.size();
+      if (unacknowledged >= session_window) return;
+      auto batch = store.read_pending(std::min(config.batch_size, session_window - unacknowledged),
+                                      last_sent_seq);
       if (batch.empty()) return;
       auto batch_id = next_batch_id;
       if (!sink.send(batch_id, batch)) return;  // queue full: read again after acks
@@ -270,6 +287,8 @@ struct Relay::Impl {
     counters.dead += dead;
     counters.blocked += blocked;
     if (stored + duplicates > 0) consecutive_failures = 0;
+    session_window = std::min(session_window + head->messages.size(),
+                              config.batch_size * config.max_in_flight_batches);
     in_flight.pop_front();
     if (any_blocked) {
       // Messages held back behind a dead one: a new session resends whatever

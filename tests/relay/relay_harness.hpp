@@ -30,11 +30,13 @@ using broker_test::BrokerProcess;
 inline std::string relay_binary() { return OUTBOX_BIN_OUTBOX_RELAY; }
 
 // Commits `count` orders (one message each) over `keys` keys; every
-// `rollback_every`-th transaction is rolled back. Returns the committed count.
-inline long produce(const std::filesystem::path& db, long count, long keys, long rollback_every = 0) {
+// `rollback_every`-th transaction is rolled back; payloads are padded to
+// `payload_bytes`. Returns the committed count.
+inline long produce(const std::filesystem::path& db, long count, long keys, long rollback_every = 0,
+                    long payload_bytes = 0) {
   auto result = test_support::run(OUTBOX_BIN_RELAY_TEST_PRODUCER,
                                   {db.string(), std::to_string(count), std::to_string(keys),
-                                   std::to_string(rollback_every)},
+                                   std::to_string(rollback_every), std::to_string(payload_bytes)},
                                   120s);
   INFO(result.err);
   REQUIRE(result.status.exited);

@@ -15,10 +15,13 @@
 // - Per acknowledged message: stored or duplicate -> delivered with the
 //   destination's offset; conflict or rejected -> dead with the reason. All
 //   outcomes of one batch are recorded in one transaction.
-// - On any transient failure (no ack within ack_timeout, a refused batch,
-//   connection trouble) it opens a new session after an exponential backoff
-//   with jitter and resends from the first unacknowledged message with the
-//   same msg_ids. Transient failures never make a message dead.
+// - On any transient failure (no ack within ack_timeout, a refused batch, a
+//   broken connection, which the sink reports as soon as its socket notices)
+//   it opens a new session and resends from the first unacknowledged message
+//   with the same msg_ids: at once after a session that made progress, after
+//   an exponential backoff with jitter when attempts fail in a row. A new
+//   session starts with a small window of unacknowledged messages that
+//   doubles each round trip. Transient failures never make a message dead.
 // - Sleeps on the outbox's commit notification when idle (about a millisecond
 //   from commit to send), polling as a fallback.
 // - Deletes delivered rows older than `retention` in small batches.
