@@ -9,7 +9,9 @@
 // seeded injector kills (SIGKILL), stops (SIGTERM) and pauses (SIGSTOP, then
 // SIGCONT) the relays, the broker, the consumer and producers at random
 // moments and starts them again, and the proxies drop, delay, duplicate and
-// reorder messages and cut connections (tests/faults/README.md). When enough faults were injected
+// reorder messages and cut connections; in front of them TCP proxies cut the
+// relays' and the consumer's connections every 2 KB-400 KB or make them go
+// silent (tests/faults/README.md). When enough faults were injected
 // (--faults) or the time is up
 // (--duration), faults stop, the producers finish, everything drains, and
 // the checker compares the producers' database, the broker and the
@@ -88,6 +90,10 @@ struct Settings {
   milliseconds drain_timeout = 180s;
   double proxy_rate = 1.0;
   bool hostile_order = false;
+  // In front of each message-level proxy, a TCP proxy that cuts every
+  // connection after a random number of bytes ("off": none).
+  std::string cut_every = "2K-400K";
+  double freeze = 0.05;  // share of those cuts that go silent instead
   bool keep = false;
   std::string sink = "broker";  // or "jetstream"
   std::string nats_server_binary;
@@ -682,9 +688,19 @@ class Run {
     consumer_db_ = dir_ / "consumer.db";
     proxy_stats_ = dir_ / "proxy.stats";
     consumer_proxy_stats_ = dir_ / "consumer-proxy.stats";
+    relay_cutter_stats_ = dir_ / "relay-cutter.stats";
+    consumer_cutter_stats_ = dir_ / "consumer-cutter.stats";
   }
 
   bool jetstream() const { return settings_.sink == "jetstream"; }
+  bool cutting() const { return !jetstream() && settings_.cut_every != "off"; }
+
+  std::vector<std::pair<std::string, fs::path>> proxy_stats() const {
+    return {{"proxy_", proxy_stats_},
+            {"consumer_proxy_", consumer_proxy_stats_},
+            {"relay_cutter_", relay_cutter_stats_},
+            {"consumer_cutter_", consumer_cutter_stats_}};
+  }
 
   int execute() {
     auto started = Clock::now();
@@ -702,8 +718,7 @@ class Run {
 
     std::ostringstream kinds;
     for (const auto& [kind, n] : fault_kinds_) kinds << ' ' << kind << '=' << n;
-    for (const auto& [prefix, stats] :
-         {std::pair{"proxy_", proxy_stats_}, std::pair{"consumer_proxy_", consumer_proxy_stats_}}) {
+    for (const auto& [prefix, stats] : proxy_stats()) {
       if (!fs::exists(stats)) continue;
       for (const auto& [kind, n] : read_counts(stats)) {
         if (kind != "total" && kind != "faults_on" && kind.rfind("forwarded", 0) != 0) {
@@ -847,9 +862,26 @@ class Run {
 
     // One faulty network between the relays and the broker, one between the
     // consumer and the broker.
-    proxy_ = start_proxy("proxy", proxy_stats_, settings_.seed ^ 0x5bd1e995u, proxy_endpoint_);
-    consumer_proxy_ = start_proxy("consumer-proxy", consumer_proxy_stats_,
-                                  settings_.seed ^ 0x2545f491u, consumer_proxy_endpoint_);
+    std::vector<std::string> message_faults = {"--rate", std::to_string(settings_.proxy_rate)};
+    if (settings_.hostile_order) message_faults.push_back("--hostile-order");
+    proxy_ = start_proxy("proxy", proxy_stats_, settings_.seed ^ 0x5bd1e995u, broker_endpoint_,
+                         message_faults, proxy_endpoint_);
+    consumer_proxy_ =
+        start_proxy("consumer-proxy", consumer_proxy_stats_, settings_.seed ^ 0x2545f491u,
+                    broker_endpoint_, message_faults, consumer_proxy_endpoint_);
+    relay_entry_ = proxy_endpoint_;
+    consumer_entry_ = consumer_proxy_endpoint_;
+    if (!cutting()) return;
+    // In front of each, the TCP connection itself is cut at random (or goes
+    // silent), as by a NAT or load balancer: relays and consumer must notice
+    // from their sockets and carry on over a new connection.
+    std::vector<std::string> cuts = {"--cut-every", settings_.cut_every, "--freeze",
+                                     std::to_string(settings_.freeze)};
+    relay_cutter_ = start_proxy("relay-cutter", relay_cutter_stats_, settings_.seed ^ 0x9e3779b9u,
+                                proxy_endpoint_, cuts, relay_entry_);
+    consumer_cutter_ =
+        start_proxy("consumer-cutter", consumer_cutter_stats_, settings_.seed ^ 0x7f4a7c15u,
+                    consumer_proxy_endpoint_, cuts, consumer_entry_);
   }
 
   void start_producers_and_relays() {
@@ -894,7 +926,7 @@ class Run {
         }
       } else {
         args.push_back("--broker");
-        args.push_back(proxy_endpoint_);
+        args.push_back(relay_entry_);
       }
       for (const char* arg : {"--lease", "1s", "--ack-timeout", "1s", "--backoff-initial", "20ms",
                               "--backoff-max", "500ms", "--log-level", "info"}) {
@@ -912,8 +944,8 @@ class Run {
     if (jetstream()) return;  // no consumer: the stream is read back at the end
 
     consumer_ = std::make_unique<Managed>("consumer", dir_ / "logs" / "consumer.log", [this] {
-      std::vector<std::string> args = {
-          "--broker", consumer_proxy_endpoint_, "--db", consumer_db_.string(), "--group", "faults"};
+      std::vector<std::string> args = {"--broker", consumer_entry_, "--db", consumer_db_.string(),
+                                       "--group",  "faults"};
       for (const auto& topic : kTopics) {
         args.push_back("--topic");
         args.push_back(topic);
@@ -924,14 +956,15 @@ class Run {
   }
 
   std::unique_ptr<Managed> start_proxy(const std::string& name, const fs::path& stats,
-                                       std::uint64_t seed, std::string& endpoint) {
+                                       std::uint64_t seed, const std::string& upstream,
+                                       const std::vector<std::string>& faults,
+                                       std::string& endpoint) {
     auto endpoint_file = dir_ / (name + "-endpoint");
-    std::vector<std::string> args = {
-        "--broker",           broker_endpoint_,  "--bind",
-        "tcp://127.0.0.1:*",  "--endpoint-file", endpoint_file.string(),
-        "--stats-file",       stats.string(),    "--seed",
-        std::to_string(seed), "--rate",          std::to_string(settings_.proxy_rate)};
-    if (settings_.hostile_order) args.push_back("--hostile-order");
+    std::vector<std::string> args = {"--broker",          upstream,          "--bind",
+                                     "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file.string(),
+                                     "--stats-file",      stats.string(),    "--seed",
+                                     std::to_string(seed)};
+    args.insert(args.end(), faults.begin(), faults.end());
     auto proxy = std::make_unique<Managed>(name, dir_ / "logs" / (name + ".log"), [this, args] {
       return std::make_unique<test_support::ChildProcess>(settings_.proxy_binary, args, dir_);
     });
@@ -945,8 +978,9 @@ class Run {
 
   std::vector<Managed*> everything() {
     std::vector<Managed*> all;
-    for (auto* managed : {nats_.get(), broker_.get(), proxy_.get(), consumer_proxy_.get(),
-                          relay_.get(), standby_relay_.get(), consumer_.get()}) {
+    for (auto* managed :
+         {nats_.get(), broker_.get(), proxy_.get(), consumer_proxy_.get(), relay_cutter_.get(),
+          consumer_cutter_.get(), relay_.get(), standby_relay_.get(), consumer_.get()}) {
       if (managed != nullptr) all.push_back(managed);
     }
     for (auto& producer : producers_) all.push_back(producer.get());
@@ -973,7 +1007,8 @@ class Run {
         if (++bind_retries_ > 2000) throw HarnessError("the broker's port never became free again");
       }
       if (restart && managed->due_for_restart(now)) {
-        if (managed == proxy_.get() || managed == consumer_proxy_.get()) {
+        if (managed == proxy_.get() || managed == consumer_proxy_.get() ||
+            managed == relay_cutter_.get() || managed == consumer_cutter_.get()) {
           throw HarnessError(managed->name() + " exited");
         }
         managed->start();
@@ -1041,7 +1076,7 @@ class Run {
 
   long proxy_faults() {
     long total = 0;
-    for (const auto& stats : {proxy_stats_, consumer_proxy_stats_}) {
+    for (const auto& [prefix, stats] : proxy_stats()) {
       if (fs::exists(stats)) total += read_counts(stats)["total"];
     }
     return total;
@@ -1085,8 +1120,11 @@ class Run {
   }
 
   bool drain() {
-    if (proxy_) proxy_->notify(SIGUSR1);  // no more network faults
-    if (consumer_proxy_) consumer_proxy_->notify(SIGUSR1);
+    // No more network faults.
+    for (auto* proxy :
+         {proxy_.get(), consumer_proxy_.get(), relay_cutter_.get(), consumer_cutter_.get()}) {
+      if (proxy != nullptr) proxy->notify(SIGUSR1);
+    }
     auto deadline = Clock::now() + settings_.drain_timeout;
     auto left = [&] { return std::chrono::duration_cast<milliseconds>(deadline - Clock::now()); };
     // Everything that is down comes back.
@@ -1178,10 +1216,12 @@ class Run {
  public:
   Settings settings_;
   std::mt19937_64 random_;
-  fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_, consumer_proxy_stats_;
+  fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_, consumer_proxy_stats_,
+      relay_cutter_stats_, consumer_cutter_stats_;
   std::string broker_endpoint_, proxy_endpoint_, consumer_proxy_endpoint_;
-  std::unique_ptr<Managed> nats_, broker_, proxy_, consumer_proxy_, relay_, standby_relay_,
-      consumer_;
+  std::string relay_entry_, consumer_entry_;  // where relays and consumer connect
+  std::unique_ptr<Managed> nats_, broker_, proxy_, consumer_proxy_, relay_cutter_, consumer_cutter_,
+      relay_, standby_relay_, consumer_;
   int nats_port_ = 0;
   std::string nats_url_;
   std::vector<std::unique_ptr<Managed>> producers_;
@@ -1210,6 +1250,7 @@ int usage(const std::string& message) {
                "usage: outbox-faults [--seed N] [--faults N | --duration 10m] [--producers 3]\n"
                "                     [--rate 100] [--keys 12] [--drain-timeout 180s]\n"
                "                     [--max-load-time 10m] [--proxy-rate 1.0] [--hostile-order]\n"
+               "                     [--cut-every 2K-400K|off] [--freeze 0.05]\n"
                "                     [--sink broker|jetstream] [--work-dir DIR] [--keep]\n");
   return 2;
 }
@@ -1248,6 +1289,10 @@ int main(int argc, char** argv) {
         settings.proxy_rate = std::stod(value());
       else if (flag == "--hostile-order")
         settings.hostile_order = true;
+      else if (flag == "--cut-every")
+        settings.cut_every = value();
+      else if (flag == "--freeze")
+        settings.freeze = std::stod(value());
       else if (flag == "--sink")
         settings.sink = value();
       else if (flag == "--work-dir") {
