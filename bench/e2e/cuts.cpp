@@ -33,21 +33,7 @@ class CuttingProxy {
                                      "--cut-every",     settings.cut_every};
     if (!cutting) args.push_back("--faults-off");
     process_ = std::make_unique<ChildProcess>(name, settings.proxy_binary.string(), args, dir);
-    bool up = wait_until(
-        [&] {
-          if (!process_->running()) return true;
-          std::ifstream in(endpoint_file);
-          std::string line;
-          if (std::getline(in, line) && line.rfind("tcp://", 0) == 0) {
-            endpoint_ = line;
-            return true;
-          }
-          return false;
-        },
-        20s, 2ms);
-    if (!up || endpoint_.empty()) {
-      throw std::runtime_error("fault_proxy did not start: " + process_->log_tail());
-    }
+    endpoint_ = wait_for_endpoint_file(*process_, endpoint_file);
   }
 
   const std::string& endpoint() const { return endpoint_; }

@@ -36,23 +36,29 @@ BrokerProcess::BrokerProcess(const OutboxSettings& settings, const fs::path& dir
                                "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file.string(),
                                "--sync", settings.sync, "--log-level", "info"},
       dir);
+  endpoint_ = wait_for_endpoint_file(*process_, endpoint_file);
+}
+
+std::string wait_for_endpoint_file(ChildProcess& process, const fs::path& file) {
+  std::string endpoint;
   bool up = wait_until(
       [&] {
-        if (!process_->running()) return true;
-        std::ifstream in(endpoint_file);
+        if (!process.running()) return true;
+        std::ifstream in(file);
         std::string line;
         if (std::getline(in, line) && line.rfind("tcp://", 0) == 0) {
-          endpoint_ = line;
+          endpoint = line;
           return true;
         }
         return false;
       },
       20s, 2ms);
-  if (!up || endpoint_.empty()) {
-    throw std::runtime_error("outbox-broker did not start (" +
+  if (!up || endpoint.empty()) {
+    throw std::runtime_error(process.name() + " did not start (" +
                              std::string(up ? "it exited" : "no endpoint within 20 s") +
-                             "): " + process_->log_tail());
+                             "): " + process.log_tail());
   }
+  return endpoint;
 }
 
 BrokerCounters::Values BrokerCounters::read() {

@@ -27,6 +27,10 @@ std::string format_rate(double value);
 // How long a pass may take before the benchmark gives up: generous, bounded.
 std::chrono::milliseconds pass_timeout(std::size_t messages);
 
+// Waits up to 20 s for `process` to write its bound endpoint (tcp://...) to
+// `file`; throws with the end of its log if it exits or does not.
+std::string wait_for_endpoint_file(ChildProcess& process, const std::filesystem::path& file);
+
 class BrokerProcess {
  public:
   BrokerProcess(const OutboxSettings& settings, const std::filesystem::path& dir);

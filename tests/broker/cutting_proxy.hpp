@@ -16,6 +16,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "broker_process.hpp"
 #include "test_support.hpp"
 
 namespace broker_test {
@@ -36,15 +37,7 @@ class CuttingProxy {
         "--seed",          std::to_string(seed_)};
     args.insert(args.end(), faults.begin(), faults.end());
     process_ = std::make_unique<test_support::ChildProcess>(OUTBOX_BIN_FAULT_PROXY, args, dir);
-    bool listening = test_support::wait_until(
-        [&] { return std::filesystem::exists(endpoint_file) || !process_->running(); },
-        std::chrono::seconds(20));
-    INFO(process_->stderr_text());
-    REQUIRE(listening);
-    REQUIRE(process_->running());
-    auto text = test_support::read_file(endpoint_file);
-    endpoint_ = text.substr(0, text.find('\n'));
-    REQUIRE(endpoint_.rfind("tcp://127.0.0.1:", 0) == 0);
+    endpoint_ = wait_for_endpoint(*process_, endpoint_file);
   }
 
   const std::string& endpoint() const { return endpoint_; }
