@@ -60,7 +60,7 @@ TEST_CASE("a connection that goes silent is reported as disconnected by heartbea
   CHECK(proxy.counts()["cut"] == 0);
 }
 
-TEST_CASE("a fetch whose connection is cut fails at once; sent again, it is answered",
+TEST_CASE("a fetch whose connection is cut fails at once and is answered when sent again",
           "[broker][client][cuts]") {
   test_support::TempDir dir("client-fetch-cut");
   BrokerProcess broker(dir.path(), dir / "broker.db");
