@@ -104,6 +104,19 @@ namespace {
 void check_msg_id(const std::string& msg_id) {
   if (msg_id.empty()) throw Error("outbox: inbox msg_id is empty");
 }
+
+// Turns every commit on `db` into a rollback while it lives.
+class RefuseCommits {
+ public:
+  explicit RefuseCommits(sqlite3* db) : db_(db) { sqlite3_commit_hook(db_, &refuse, nullptr); }
+  ~RefuseCommits() noexcept { sqlite3_commit_hook(db_, nullptr, nullptr); }
+  RefuseCommits(const RefuseCommits&) = delete;
+  RefuseCommits& operator=(const RefuseCommits&) = delete;
+
+ private:
+  static int refuse(void*) { return 1; }  // non-zero: the commit becomes a rollback
+  sqlite3* db_;
+};
 }  // namespace
 
 Inbox::Inbox(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -149,7 +162,20 @@ ProcessResult Inbox::process_once(const std::string& msg_id,
     auto use = impl.insert.use();
     use.bind_text(1, msg_id).bind(2, detail::inbox_done).bind_null(3).bind(4, now).run();
   }
-  handler(impl.db);
+  {
+    // After some errors (disk full, I/O error, RAISE(ROLLBACK)) SQLite rolls
+    // the transaction back by itself. A handler that ignored such an error
+    // would run its next statements in autocommit mode, each committed on its
+    // own without the msg_id, and the redelivery would repeat them. While the
+    // handler runs, every commit on this connection is turned into a rollback.
+    RefuseCommits refuse(impl.db);
+    handler(impl.db);
+  }
+  if (sqlite3_get_autocommit(impl.db) != 0 || !impl.find(msg_id)) {
+    throw Error("outbox: the transaction of process_once for msg_id '" + msg_id +
+                "' ended inside the handler (SQLite rolled it back after an error the handler "
+                "did not report, or the handler ran COMMIT or ROLLBACK); nothing was recorded");
+  }
   transaction.commit();
   return ProcessResult::processed;
 }

@@ -56,6 +56,54 @@ TEST_CASE("a throwing handler rolls back its work and the msg_id") {
   CHECK(query_int(inbox.db(), "SELECT count(*) FROM shipments") == 1);
 }
 
+TEST_CASE("a handler that ignores an error after which SQLite rolled back fails the call") {
+  test_support::TempDir dir;
+  auto inbox = outbox::Inbox::open(dir / "consumer.db");
+  create_stock(inbox.db());
+  // While the warehouse is "full", writing the audit row makes SQLite roll
+  // back the whole transaction, as it does itself after SQLITE_FULL or an I/O error.
+  exec(inbox.db(),
+       "CREATE TABLE warehouse_full(flag INTEGER);"
+       "INSERT INTO warehouse_full VALUES (1);"
+       "CREATE TABLE audit(msg_id TEXT);"
+       "CREATE TRIGGER audit_full BEFORE INSERT ON audit "
+       "WHEN EXISTS (SELECT 1 FROM warehouse_full) "
+       "BEGIN SELECT RAISE(ROLLBACK, 'warehouse full'); END;");
+  int runs = 0;
+  auto careless_handler = [&](sqlite3* db) {
+    ++runs;
+    exec(db, "INSERT INTO shipments(msg_id) VALUES ('m-1')");
+    // The error is swallowed; the statements after it would autocommit.
+    sqlite3_exec(db, "INSERT INTO audit(msg_id) VALUES ('m-1')", nullptr, nullptr, nullptr);
+    sqlite3_exec(db, "INSERT INTO shipments(msg_id) VALUES ('m-1 again')", nullptr, nullptr,
+                 nullptr);
+  };
+  CHECK_THROWS_WITH(inbox.process_once("m-1", careless_handler),
+                    Catch::Contains("ended inside the handler") && Catch::Contains("m-1"));
+  CHECK(sqlite3_get_autocommit(inbox.db()) != 0);
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM outbox_inbox") == 0);
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM shipments") == 0);
+
+  // The redelivery, once the cause is gone, is processed once.
+  exec(inbox.db(), "DELETE FROM warehouse_full");
+  CHECK(inbox.process_once("m-1", careless_handler) == outbox::ProcessResult::processed);
+  CHECK(inbox.process_once("m-1", careless_handler) == outbox::ProcessResult::already_done);
+  CHECK(runs == 2);
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM shipments") == 2);  // its two inserts
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM audit") == 1);
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM outbox_inbox") == 1);
+
+  // A handler that ends the transaction itself fails the same way.
+  auto committing_handler = [](sqlite3* db) {
+    exec(db, "INSERT INTO shipments(msg_id) VALUES ('m-2')");
+    sqlite3_exec(db, "COMMIT", nullptr, nullptr, nullptr);
+  };
+  CHECK_THROWS_WITH(inbox.process_once("m-2", committing_handler),
+                    Catch::Contains("ended inside the handler"));
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM shipments WHERE msg_id = 'm-2'") == 0);
+  CHECK(query_int(inbox.db(), "SELECT count(*) FROM outbox_inbox WHERE msg_id = 'm-2'") == 0);
+}
+
 TEST_CASE("begin, complete and fail") {
   test_support::TempDir dir;
   outbox_test::ManualClock clock;

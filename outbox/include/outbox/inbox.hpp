@@ -8,7 +8,10 @@
 //
 //   auto inbox = outbox::Inbox::open("consumer.db");
 //   auto result = inbox.process_once(msg.msg_id, [&](sqlite3* db) {
-//     sqlite3_exec(db, "UPDATE stock SET ...", nullptr, nullptr, nullptr);
+//     // Check every result: throwing rolls back both the effects and the msg_id.
+//     if (sqlite3_exec(db, "UPDATE stock SET ...", nullptr, nullptr, nullptr) != SQLITE_OK) {
+//       throw std::runtime_error(sqlite3_errmsg(db));
+//     }
 //   });
 //   if (result == outbox::ProcessResult::already_done) { /* a redelivery */ }
 //
@@ -93,6 +96,13 @@ class Inbox {
   // Records msg_id and runs `handler` in one IMMEDIATE transaction. If the
   // handler throws, both are rolled back and the exception propagates. A live
   // begin() claim on the msg_id gives in_progress; a stale one is taken over.
+  // The handler must not end the transaction. If it did, or SQLite rolled it
+  // back after an error the handler ignored (disk full, I/O error), the call
+  // throws outbox::Error without recording the msg_id or committing anything:
+  // while the handler runs, any commit on this connection (the handler's
+  // COMMIT, or a statement it runs after such a rollback) is turned into a
+  // rollback (a commit hook; do not install your own on db()). Handlers
+  // should still check every result, as in the example above.
   ProcessResult process_once(const std::string& msg_id,
                              const std::function<void(sqlite3*)>& handler);
 
