@@ -66,6 +66,11 @@ CREATE TABLE outbox_inbox(
 ) WITHOUT ROWID;
 CREATE INDEX outbox_inbox_completed ON outbox_inbox(completed_at_ms) WHERE state = 2;
 )sql",
+    // 3: one block per change, each under its own comment.
+    R"sql(
+-- relay generation (replay/drop)
+ALTER TABLE outbox_relay_cursor ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+)sql",
 };
 static_assert(std::size(migrations) == static_cast<std::size_t>(schema_version));
 

@@ -83,6 +83,11 @@ struct Relay::Impl {
   std::deque<InFlight> in_flight;
   std::vector<outbox::Outcome> settled;  // handled, not yet recorded
   std::int64_t last_sent_seq = 0;
+  // The delivery generation the batches in flight were read under. When an
+  // operator replays or drops a message, everything goes on hold until those
+  // batches are settled; then reading starts over from the cursor.
+  std::int64_t generation = 0;
+  bool holding_for_generation = false;
   std::uint64_t next_batch_id = 1;
   // Messages the session may have unacknowledged (slow start, as TCP does):
   // a new session starts with kInitialWindow and every acknowledged message
@@ -202,13 +207,31 @@ struct Relay::Impl {
   void fill_pipeline() {
     // With nothing in flight, read from the outbox's cursor rather than past
     // the last message sent: an operator may have replayed an earlier one.
-    if (in_flight.empty()) last_sent_seq = 0;
+    if (in_flight.empty()) {
+      last_sent_seq = 0;
+      holding_for_generation = false;
+    }
+    if (holding_for_generation) return;
     while (in_flight.size() < config.max_in_flight_batches && !stop.load()) {
       std::size_t unacknowledged = 0;
       for (const auto& batch : in_flight) unacknowledged += batch.messages.size();
       if (unacknowledged >= session_window) return;
       auto batch = store.read_pending(std::min(config.batch_size, session_window - unacknowledged),
                                       last_sent_seq);
+      if (in_flight.empty()) {
+        generation = store.delivery_generation();
+      } else if (store.delivery_generation() != generation) {
+        // A replayed message, or one unblocked by a drop, sits behind
+        // last_sent_seq: reading on from there would let later messages of its
+        // key overtake it. Holding every key (not only the changed ones) costs
+        // one round of acknowledgements and needs no per-key bookkeeping.
+        log->info(
+            "delivery state changed outside the relay (replay or drop); holding new sends until "
+            "the {} batches in flight are settled, then resuming in seq order",
+            in_flight.size());
+        holding_for_generation = true;
+        return;
+      }
       if (batch.empty()) return;
       auto batch_id = next_batch_id;
       if (!sink.send(batch_id, batch)) return;  // queue full: read again after acks
