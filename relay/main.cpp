@@ -194,7 +194,7 @@ int run_relay(const RunSettings& settings) {
   cli::install_stop_handlers(&stop_running_relay);
   if (cli::stop_requested()) relay.request_stop();
   logger->info("outbox-relay: forwarding {} to {} as '{}' (batch {}, {} in flight, on dead: {})",
-               settings.db, sink->describe(), settings.holder, config.batch_size,
+               settings.db, sink->describe(), relay.lease_holder(), config.batch_size,
                config.max_in_flight_batches, settings.on_dead);
   try {
     relay.run();
@@ -388,7 +388,9 @@ int main(int argc, char** argv) {
                    "or dropped (safe default); skip: they go on without it")
       ->capture_default_str()
       ->check(CLI::IsMember({"block", "skip"}));
-  run_cmd->add_option("--holder", run.holder, "Name recorded with the lease (default host:pid)");
+  run_cmd->add_option("--holder", run.holder,
+                      "Name of this relay for people (default host:pid); the lease is held as "
+                      "NAME:INSTANCE, INSTANCE being random per process");
   run_cmd->add_option("--sync", run.sync, "SQLite synchronous level for the relay's bookkeeping")
       ->capture_default_str()
       ->check(CLI::IsMember({"normal", "full"}));

@@ -43,7 +43,8 @@ void wait_for_lease(const fs::path& db, const std::string& holder, ChildProcess&
           throw std::runtime_error("outbox-relay exited at start: " + relay.log_tail());
         }
         auto lease = store.lease_info();
-        return lease && lease->holder == holder && !lease->expired;
+        // The relay holds it as "<holder>:<instance id>".
+        return lease && lease->holder.rfind(holder + ":", 0) == 0 && !lease->expired;
       },
       20s, 2ms);
   if (!active) throw std::runtime_error("outbox-relay did not take the lease within 20 s");

@@ -1,6 +1,7 @@
 #include "relay/relay.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <deque>
 #include <optional>
 #include <random>
@@ -24,6 +25,16 @@ std::shared_ptr<spdlog::logger> null_logger() {
 milliseconds until(SteadyClock::time_point deadline) {
   auto left = duration_cast<milliseconds>(deadline - SteadyClock::now());
   return std::max(left, milliseconds(0));
+}
+
+// Eight hex digits from the system's entropy source: what tells apart two
+// relays that present the same name (two containers, each with pid 1 on a
+// shared host name, or one config file copied to several machines).
+std::string random_instance_id() {
+  std::random_device device;
+  char text[9];
+  std::snprintf(text, sizeof text, "%08x", static_cast<unsigned>(device()));
+  return text;
 }
 
 std::string describe_key(const outbox::PendingMessage& message) {
@@ -60,6 +71,7 @@ struct Relay::Impl {
         sink(sink_in),
         config(std::move(config_in)),
         log(config.logger ? config.logger : null_logger()),
+        lease_holder(config.holder + ":" + random_instance_id()),
         random(std::random_device{}()) {
     config.batch_size = std::max<std::size_t>(config.batch_size, 1);
     config.max_in_flight_batches = std::max<std::size_t>(config.max_in_flight_batches, 1);
@@ -69,6 +81,7 @@ struct Relay::Impl {
   Sink& sink;
   RelayConfig config;
   std::shared_ptr<spdlog::logger> log;
+  const std::string lease_holder;  // unique to this instance
 
   std::atomic<bool> stop{false};
   struct AtomicCounters {
@@ -144,7 +157,7 @@ struct Relay::Impl {
       }
       return true;
     }
-    lease = store.claim_lease(config.holder, config.lease_ttl);
+    lease = store.claim_lease(lease_holder, config.lease_ttl);
     if (lease) {
       counters.active = true;
       next_renew = now + config.lease_ttl / 3;
@@ -445,6 +458,10 @@ Relay::~Relay() noexcept = default;
 
 void Relay::run() {
   impl_->run();
+}
+
+const std::string& Relay::lease_holder() const noexcept {
+  return impl_->lease_holder;
 }
 
 void Relay::request_stop() noexcept {

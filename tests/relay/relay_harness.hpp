@@ -166,6 +166,20 @@ inline Status outbox_status(const std::filesystem::path& db) {
   return s;
 }
 
+// Whether the lease is held as "<name>:<8 hex digits>", the name a relay was
+// given (--holder) followed by its instance id; an empty name accepts the
+// default one, host:pid.
+inline bool holds_lease_as(const Status& status, const std::string& name) {
+  const auto& holder = status.lease_holder;
+  auto instance_at = holder.rfind(':');
+  if (instance_at == std::string::npos || holder.size() - instance_at - 1 != 8) return false;
+  if (holder.find_first_not_of("0123456789abcdef", instance_at + 1) != std::string::npos) {
+    return false;
+  }
+  auto given = holder.substr(0, instance_at);
+  return name.empty() ? given.find(':') != std::string::npos : given == name;
+}
+
 // Waits until a producer has created the outbox tables (the relay refuses a
 // database without them).
 inline bool wait_schema(const std::filesystem::path& db, std::chrono::milliseconds timeout = 30s) {

@@ -7,9 +7,12 @@
 //   relay.run();            // until request_stop(), e.g. from a signal handler
 //
 // What run() does:
-// - Takes the database's relay lease (one active relay per outbox). Without
-//   it the relay is a standby that retries every lease_ttl / 4 and takes over
-//   once the active relay's lease lapses or is released.
+// - Takes the database's relay lease (one active relay per outbox) as
+//   lease_holder(): the configured holder name followed by ":" and a random
+//   instance id drawn when the Relay is constructed, so two relays never share
+//   a lease by accident, even with equal names. Without the lease the relay is
+//   a standby that retries every lease_ttl / 4 and takes over once the active
+//   relay's lease lapses or is released.
 // - Reads pending messages in seq order and sends them in batches, up to
 //   max_in_flight_batches at once (memory stays flat whatever the backlog).
 // - Per acknowledged message: stored or duplicate -> delivered with the
@@ -52,7 +55,9 @@ class logger;
 namespace relay {
 
 struct RelayConfig {
-  std::string holder = "outbox-relay";  // lease holder name shown by status
+  // Names the relay for people (outbox-relay uses host:pid); the lease holder
+  // is this name plus ":" and the instance id, e.g. "db1:4242:1a2b3c4d".
+  std::string holder = "outbox-relay";
   std::size_t batch_size = 1000;
   std::size_t max_in_flight_batches = 8;
   std::chrono::milliseconds ack_timeout{10'000};
@@ -90,6 +95,8 @@ public:
 
   void run();
   void request_stop() noexcept;
+  // The name this instance holds (or waits for) the lease under.
+  const std::string& lease_holder() const noexcept;
   RelayCounters counters() const;
 
 private:
