@@ -20,6 +20,7 @@
 #include "cli/process.hpp"
 #include "outbox/relay_store.hpp"
 #include "relay/broker_sink.hpp"
+#include "relay/filesystem.hpp"
 #include "relay/relay.hpp"
 #if OUTBOX_RELAY_WITH_JETSTREAM
 #include "relay/jetstream_sink.hpp"
@@ -140,6 +141,22 @@ int run_relay(const RunSettings& settings) {
 #endif
     if (settings.stream.empty()) {
       throw UsageError("--sink jetstream needs --stream (the stream the messages must land in)");
+    }
+  }
+  if (auto filesystem = relay::database_filesystem(settings.db)) {
+    if (filesystem->kind == relay::FilesystemKind::network) {
+      std::fprintf(stderr,
+                   "outbox-relay: database '%s' is on a network filesystem (%s); SQLite's WAL "
+                   "and the relay lease need every relay and producer on the host whose local "
+                   "disk holds the file (docs/operations.md)\n",
+                   settings.db.c_str(), filesystem->name.c_str());
+      return cli::exit_storage;
+    }
+    if (filesystem->kind == relay::FilesystemKind::unknown) {
+      logger->warn(
+          "database {} is on a filesystem of type {}; if it is shared over a network or with a "
+          "VM, run every relay and producer on one host only (docs/operations.md)",
+          settings.db, filesystem->name);
     }
   }
   auto on_dead = settings.on_dead == "skip" ? outbox::DeadPolicy::skip : outbox::DeadPolicy::block;
