@@ -11,11 +11,14 @@
 // moments and starts them again, and the proxies drop, delay, duplicate and
 // reorder messages and cut connections; in front of them TCP proxies cut the
 // relays' and the consumer's connections every 2 KB-400 KB or make them go
-// silent (tests/faults/README.md). When enough faults were injected
-// (--faults) or the time is up
-// (--duration), faults stop, the producers finish, everything drains, and
-// the checker compares the producers' database, the broker and the
-// consumer's database.
+// silent (tests/faults/README.md). Some messages are too large for the broker
+// and become dead; as an operator would, the injector drops them, or strips
+// them and replays them, with outbox-relay drop / replay while the relays run.
+// When enough faults were injected (--faults) or the time is up (--duration),
+// faults stop, the producers finish, everything drains (the remaining dead
+// messages dropped or replayed), and the checker compares the producers'
+// database, the broker and the consumer's database; dropped messages are
+// expected nowhere.
 //
 // With --sink jetstream, nats-server -js takes the broker's place (no proxy,
 // no consumer): the relays publish to a stream covering outbox.>, the
@@ -89,6 +92,8 @@ struct Settings {
   int keys = 12;
   milliseconds drain_timeout = 180s;
   double proxy_rate = 1.0;
+  // Fraction of messages too large for the broker (broker sink only).
+  double oversize_rate = 0.002;
   bool hostile_order = false;
   // In front of each message-level proxy, a TCP proxy that cuts every
   // connection after a random number of bytes ("off": none).
@@ -540,12 +545,13 @@ struct Report {
   Finding effect_missing{"consumer side effect missing"};
   Finding effect_twice{"consumer side effect applied more than once"};
   Finding effect_unknown{"consumer side effect for a message the broker does not have"};
-  long committed = 0, stored = 0, effects = 0;
+  Finding dropped_stored{"dropped by the operator but stored by the broker"};
+  long committed = 0, stored = 0, effects = 0, dropped = 0;
 
   std::vector<Finding*> all() {
-    return {&lost,           &duplicated,   &reordered,     &phantom,
-            &no_message,     &no_business,  &undelivered,   &wrong_offset,
-            &effect_missing, &effect_twice, &effect_unknown};
+    return {&lost,           &duplicated,   &reordered,      &phantom,
+            &no_message,     &no_business,  &undelivered,    &wrong_offset,
+            &effect_missing, &effect_twice, &effect_unknown, &dropped_stored};
   }
   bool passed() {
     for (auto* finding : all()) {
@@ -580,14 +586,21 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
   for (const auto& [id, row] : outbox) {
     if (!business.count(id)) report.no_business.add(id);
   }
+  // Dropped by the operator (state 3): settled without being sent, so
+  // expected neither at the broker nor at the consumer.
+  std::set<std::string> dropped;
   for (auto& row :
        app.rows("SELECT m.msg_id, coalesce(d.state, -1), coalesce(d.broker_offset, -1),"
                 " m.seq <= coalesce((SELECT settled_through_seq FROM outbox_relay_cursor), 0)"
                 " FROM outbox_messages m LEFT JOIN outbox_delivery d USING (seq)")) {
     bool settled = row[3] == "1";
-    if (row[1] != "1" && !(settled && row[1] == "-1"))
+    if (row[1] == "3") {
+      dropped.insert(row[0]);
+    } else if (row[1] != "1" && !(settled && row[1] == "-1")) {
       report.undelivered.add(row[0] + " (state " + row[1] + ")");
+    }
   }
+  report.dropped = static_cast<long>(dropped.size());
 
   // What the broker stored.
   std::map<std::string, const BrokerCopy*> first_copy;
@@ -608,7 +621,10 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
   }
   report.stored = static_cast<long>(stored.size());
   for (const auto& id : business) {
-    if (!first_copy.count(id)) report.lost.add(id);
+    if (first_copy.count(id) == 0 && dropped.count(id) == 0) report.lost.add(id);
+  }
+  for (const auto& id : dropped) {
+    if (first_copy.count(id) != 0) report.dropped_stored.add(id);
   }
   // Per (topic, key), offsets must follow commit order (seq).
   for (auto& [topic_key, copies] : per_key) {
@@ -733,6 +749,10 @@ class Run {
         std::chrono::duration<double>(Clock::now() - started).count(), report.committed,
         report.stored, report.effects, duplicates_reported_);
     std::printf("injected:%s\n", kinds.str().c_str());
+    if (!jetstream()) {
+      std::printf("dead messages: %ld replayed, %ld dropped (%ld dropped rows in the outbox)\n",
+                  replayed_, dropped_, report.dropped);
+    }
     if (jetstream()) {
       std::printf(
           "sink=jetstream stream=%s: consumer side effects not checked (no consumer runs)\n",
@@ -848,7 +868,8 @@ class Run {
           std::vector<std::string>{
               "serve", "--db", broker_db_.string(), "--bind",
               broker_endpoint_.empty() ? "tcp://127.0.0.1:*" : broker_endpoint_, "--endpoint-file",
-              endpoint_file.string(), "--sync", "normal", "--log-level", "info"},
+              endpoint_file.string(), "--sync", "normal", "--max-message-bytes", "16k",
+              "--log-level", "info"},
           dir_);
     });
     // Exit code 4: the port of the killed broker is not free yet; start again.
@@ -895,7 +916,8 @@ class Run {
                 std::vector<std::string>{"--db", app_db_.string(), "--name", name, "--seed",
                                          std::to_string(seed), "--rate",
                                          std::to_string(settings_.rate), "--keys",
-                                         std::to_string(settings_.keys)},
+                                         std::to_string(settings_.keys), "--oversize-rate",
+                                         std::to_string(jetstream() ? 0 : settings_.oversize_rate)},
                 dir_);
           }));
       producers_.back()->start();
@@ -1048,6 +1070,8 @@ class Run {
           {"consumer_kill9", 22, consumer_.get(), SIGKILL},
           {"consumer_term", 4, consumer_.get(), SIGTERM},
           {"producer_kill9", 8, producer, SIGKILL},
+          {"operator_replay", 8, nullptr, 0},
+          {"operator_drop", 8, nullptr, 0},
       };
     }
     int total = 0;
@@ -1057,6 +1081,13 @@ class Run {
       if (pick >= choice.weight) {
         pick -= choice.weight;
         continue;
+      }
+      if (choice.target == nullptr) {
+        // The operator's commands, while the relays run at full speed.
+        if (!resolve_dead(std::string(choice.kind) == "operator_drop", 1)) return;
+        ++fault_kinds_[choice.kind];
+        ++process_faults_;
+        return;
       }
       if (!choice.target->running()) return;  // already down: try again next time
       // A daemon killed before it finished starting is a valid fault too, but
@@ -1071,6 +1102,59 @@ class Run {
       ++fault_kinds_[choice.kind];
       ++process_faults_;
       return;
+    }
+  }
+
+  // Plays the operator for up to `limit` dead messages, oldest first: drops
+  // each, or strips its padding (the cause fixed) and replays it, through the
+  // outbox-relay CLI. Returns whether there was one.
+  bool resolve_dead(bool drop, std::size_t limit) {
+    std::vector<std::vector<std::string>> dead;
+    {
+      Database app(app_db_);
+      dead = app.rows(
+          "SELECT m.msg_id FROM outbox_delivery d JOIN outbox_messages m USING (seq) "
+          "WHERE d.state = 2 ORDER BY d.seq LIMIT " +
+          std::to_string(limit));
+    }
+    for (const auto& row : dead) {
+      const auto& msg_id = row[0];
+      if (!drop) strip_padding(msg_id);
+      auto result = test_support::run(
+          settings_.relay_binary,
+          {drop ? "drop" : "replay", "--db", app_db_.string(), "--msg-id", msg_id}, 30s);
+      append_file(dir_ / "logs" / "operator.log", std::string(drop ? "drop " : "replay ") + msg_id +
+                                                      ": " + describe(result.status) + "\n" +
+                                                      result.out + result.err);
+      if (!result.status.exited || result.status.code != 0) {
+        anomalies_.push_back("outbox-relay " + std::string(drop ? "drop" : "replay") + " of " +
+                             msg_id + " ended with " + describe(result.status) + ": " + result.err);
+        continue;
+      }
+      ++(drop ? dropped_ : replayed_);
+    }
+    return !dead.empty();
+  }
+
+  void strip_padding(const std::string& msg_id) {
+    sqlite3* db = nullptr;
+    int rc = sqlite3_open_v2(app_db_.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr);
+    std::unique_ptr<sqlite3, int (*)(sqlite3*)> guard(db, sqlite3_close);
+    if (rc != SQLITE_OK) throw HarnessError("cannot open " + app_db_.string() + " to repair it");
+    sqlite3_busy_timeout(db, 10000);
+    sqlite3_stmt* update = nullptr;
+    rc =
+        sqlite3_prepare_v2(db,
+                           "UPDATE outbox_messages SET payload = substr(payload, 1, "
+                           "length(payload) - 20001) WHERE msg_id = ?1 AND length(payload) > 20001",
+                           -1, &update, nullptr);
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_text(update, 1, msg_id.c_str(), -1, SQLITE_TRANSIENT);
+      rc = sqlite3_step(update) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(db);
+    }
+    sqlite3_finalize(update);
+    if (rc != SQLITE_OK) {
+      throw HarnessError("repairing " + msg_id + " failed: " + sqlite3_errmsg(db));
     }
   }
 
@@ -1170,6 +1254,9 @@ class Run {
             [&] {
               tend(true);
               auto stats = store.stats();
+              if (stats.dead > 0 && !jetstream()) {
+                resolve_dead(std::uniform_int_distribution<int>(0, 1)(random_) == 0, 100);
+              }
               return stats.pending == 0 && stats.dead == 0;
             },
             left(), 20ms)) {
@@ -1228,6 +1315,7 @@ class Run {
   std::map<std::string, long> fault_kinds_;
   long process_faults_ = 0;
   long duplicates_reported_ = 0;
+  long replayed_ = 0, dropped_ = 0;  // dead messages the operator acted on
   long bind_retries_ = 0;
   int broker_starts_ = 0;
   std::vector<std::string> anomalies_;
@@ -1251,6 +1339,7 @@ int usage(const std::string& message) {
                "                     [--rate 100] [--keys 12] [--drain-timeout 180s]\n"
                "                     [--max-load-time 10m] [--proxy-rate 1.0] [--hostile-order]\n"
                "                     [--cut-every 2K-400K|off] [--freeze 0.05]\n"
+               "                     [--oversize-rate 0.002]\n"
                "                     [--sink broker|jetstream] [--work-dir DIR] [--keep]\n");
   return 2;
 }
@@ -1287,6 +1376,8 @@ int main(int argc, char** argv) {
         settings.drain_timeout = parse_duration(value());
       else if (flag == "--proxy-rate")
         settings.proxy_rate = std::stod(value());
+      else if (flag == "--oversize-rate")
+        settings.oversize_rate = std::stod(value());
       else if (flag == "--hostile-order")
         settings.hostile_order = true;
       else if (flag == "--cut-every")
