@@ -335,8 +335,9 @@ int main(int argc, char** argv) {
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.footer(
       "Exit codes: 0 ok, 1 unexpected error, 2 bad flag/config/value, 3 database problem "
-      "(missing, not an outbox, newer schema), 4 unusable broker endpoint or CURVE keys, "
-      "6 the JetStream stream's duplicate window is shorter than the relay's retry horizon, "
+      "(missing, not an outbox, newer schema, on a network filesystem), 4 unusable broker "
+      "endpoint or CURVE keys, 6 the JetStream stream's duplicate window is shorter than the "
+      "relay's retry horizon, "
       "7 no such dead message, or (run --sink jetstream) no such stream or no stream subject "
       "for a message.");
 
