@@ -81,6 +81,12 @@ std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds ti
       return "no answer from the broker within " + std::to_string(timeout.count()) + " ms";
     }
     if (welcome.error().code == wire::ErrorCode::disconnected) return welcome.error().message;
+    if (welcome.error().code == wire::ErrorCode::stale_epoch) {
+      // Normally the relay then finds its lease lost and goes standby.
+      return "broker refused the session (stale_epoch): " + welcome.error().message +
+             "; should this relay still hold the lease, the database is an older copy "
+             "(restored from a backup): see docs/operations.md, Backups";
+    }
     return "broker refused the session: " + welcome.error().message;
   }
   return std::nullopt;
@@ -128,7 +134,6 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
     event.batch_id = error->request_id;
     event.error = "broker refused batch " + std::to_string(error->request_id) + " (" +
                   std::string(wire::error_code_name(error->code)) + "): " + error->message;
-    event.fenced = error->code == wire::ErrorCode::stale_epoch;
     return event;
   }
   return std::nullopt;  // a stray answer (PONG, ...) is not about our batches

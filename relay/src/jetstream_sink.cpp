@@ -175,7 +175,6 @@ struct JetStreamSink::Impl {
     std::unordered_map<natsMsg*, Slot> slots;
     std::deque<Batch> batches;
     std::optional<std::string> failure;  // the session failed; poll() reports it
-    bool fenced = false;                 // ... because the relay's lease may have lapsed
     std::unordered_set<std::string> refused_subjects;
 
     Batch* find_batch(std::uint64_t batch_id) {
@@ -273,7 +272,6 @@ struct JetStreamSink::Impl {
     shared.slots.clear();
     shared.batches.clear();
     shared.failure.reset();
-    shared.fenced = false;
     shared.refused_subjects.clear();
   }
 
@@ -528,7 +526,6 @@ bool JetStreamSink::send(std::uint64_t batch_id, std::span<const outbox::Pending
       shared.fail("the relay lease (epoch " + std::to_string(impl_->lease.epoch) +
                   ") may have lapsed before msg_id " + message.msg_id +
                   " was published; not publishing");
-      shared.fenced = true;
       break;
     }
     natsMsg* published = msg;
@@ -570,7 +567,6 @@ std::optional<SinkEvent> JetStreamSink::poll(std::chrono::milliseconds timeout) 
     event.kind = SinkEvent::Kind::failed;
     event.batch_id = shared.batches.empty() ? 0 : shared.batches.front().batch_id;
     event.error = *shared.failure;
-    event.fenced = shared.fenced;
     // Keep the failure: nothing more is sent on this session, and every later
     // poll says so until the relay opens a new one.
     shared.batches.clear();

@@ -14,9 +14,11 @@
 
 #include <spdlog/logger.h>
 #include <spdlog/sinks/ostream_sink.h>
+#include <catch2/catch.hpp>
 
 #include "relay/relay.hpp"
 #include "relay/sink.hpp"
+#include "test_support.hpp"
 
 namespace relay_test {
 
@@ -63,11 +65,14 @@ class HoldingSink final : public relay::Sink {
   bool holding_ = false;
 };
 
-// Runs a Relay on its own thread and logs into a string read after it stopped.
+// Runs a Relay over a HoldingSink on its own thread and logs into a string
+// read after it stopped. Stopping also releases the sink, so a test that
+// fails while the relay is held still ends.
 class RelayThread {
  public:
-  RelayThread(outbox::RelayStore& store, relay::Sink& sink, relay::RelayConfig config)
-      : log_sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(log_)),
+  RelayThread(outbox::RelayStore& store, HoldingSink& sink, relay::RelayConfig config)
+      : sink_(sink),
+        log_sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(log_)),
         relay_(store, sink, with_logger(std::move(config), log_sink_)),
         thread_([this] {
           try {
@@ -84,6 +89,7 @@ class RelayThread {
   // Stops and joins the relay; returns its log (and any exception it threw).
   std::string stop() {
     relay_.request_stop();
+    sink_.release();
     thread_.join();
     return log_.str() + failure_;
   }
@@ -96,11 +102,37 @@ class RelayThread {
     return config;
   }
 
+  HoldingSink& sink_;
   std::ostringstream log_;
   std::shared_ptr<spdlog::sinks::ostream_sink_mt> log_sink_;
   relay::Relay relay_;
   std::string failure_;
   std::thread thread_;  // last: starts once everything above is ready
 };
+
+// A relay named `holder` with a one-second lease that reads everything
+// pending in one batch and retries quickly.
+inline relay::RelayConfig short_lease_config(const std::string& holder) {
+  relay::RelayConfig config;
+  config.holder = holder;
+  config.lease_ttl = std::chrono::seconds(1);
+  config.batch_size = 1000;
+  config.backoff.initial = std::chrono::milliseconds(20);
+  config.backoff.max = std::chrono::milliseconds(200);
+  return config;
+}
+
+// Lets the held relay go on, waits until it gave its lease up, stops it and
+// returns its log.
+inline std::string release_until_standby(HoldingSink& sink, RelayThread& held) {
+  sink.release();
+  bool went_standby = test_support::wait_until([&] { return !held.relay().counters().active; },
+                                               std::chrono::seconds(30));
+  auto log = held.stop();
+  INFO(log);
+  CHECK(went_standby);
+  CHECK(log.find("lost the relay lease") != std::string::npos);
+  return log;
+}
 
 }  // namespace relay_test

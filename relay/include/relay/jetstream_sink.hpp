@@ -32,8 +32,8 @@
 //
 // Fencing: JetStream cannot refuse a stale relay, so the sink asks the
 // relay's lease (SinkLease::still_valid) immediately before each publish and
-// fails the session (SinkEvent::fenced) instead of publishing once it ran
-// out; docs/jetstream.md states the window that remains.
+// fails the session instead of publishing once it ran out; docs/jetstream.md
+// states the window that remains.
 //
 // Ownership: owns its NATS connection. Thread safety: used by one thread;
 // PubAcks arrive on a libnats thread and are handed over through a queue.

@@ -74,7 +74,8 @@ struct Delivery {
 // broker) carries origin and epoch in its session and refuses sends from an
 // older epoch than it has seen for the origin; one that cannot (JetStream)
 // calls `still_valid` immediately before each publish and publishes nothing
-// once it returns false, failing the session with `fenced` set.
+// once it returns false, failing the session. After any failed session the
+// relay checks its lease before it sends again.
 struct SinkLease {
   std::string origin;  // the outbox database's origin id (RelayStore::origin_id())
   std::int64_t epoch = 0;
@@ -90,9 +91,6 @@ struct SinkEvent {
   std::uint64_t batch_id = 0;
   std::vector<Delivery> deliveries;
   std::string error;
-  // failed because the relay's lease is stale: the destination has seen a
-  // newer epoch, or the lease ran out before a publish
-  bool fenced = false;
 };
 
 class Sink {
