@@ -105,6 +105,7 @@ constexpr std::int64_t schema_version = 2;
 // Version 1 stores lack dedup.envelope_hash; opening one adds the column.
 constexpr std::int64_t oldest_upgradable_version = 1;
 constexpr const char* store_format = "outbox-broker-store";
+constexpr std::size_t max_conflicts_described_per_call = 64;
 
 std::int64_t message_key(std::uint64_t topic_id, std::uint64_t offset) {
   return static_cast<std::int64_t>((topic_id << offset_bits) | offset);
@@ -302,6 +303,7 @@ struct Store::Impl {
   std::unordered_map<std::string, std::uint64_t, StringHash, std::equal_to<>> topic_ids;
   Counters counters;
   std::uint64_t call_number = 0;
+  std::size_t conflicts_described_in_call = 0;
   std::string dedup_sweep_cursor;  // msg_id where the expiry sweep resumes
 
   sqlite::Statement begin, commit, rollback;
@@ -627,7 +629,16 @@ struct Store::Impl {
     }
     std::string detail = "msg_id " + std::string(message.msg_id) + " is already stored in " +
                          original_topic.name + " at offset " + std::to_string(original_offset);
-    auto page = fetch(original_topic.name, original_offset, 1, 0);
+    // Reading the original costs a chunk (up to ~64 KiB) per conflict: a
+    // batch full of conflicts gets the first ones described in full.
+    FetchResult page;
+    std::string unread = "its body is no longer retained";
+    if (conflicts_described_in_call < max_conflicts_described_per_call) {
+      ++conflicts_described_in_call;
+      page = fetch(original_topic.name, original_offset, 1, 0);
+    } else {
+      unread = "its body was not read (more than 64 conflicts in one commit)";
+    }
     const StoredMessage* original =
         page.messages.empty() || page.messages[0].offset != original_offset ? nullptr
                                                                             : &page.messages[0];
@@ -642,7 +653,7 @@ struct Store::Impl {
         detail += (i == 0 ? "" : ", ") + parts[i].first;
       }
       if (difference.topic) detail += " (this message: " + parts[0].second + ")";
-      detail += "; its body is no longer retained";
+      detail += "; " + unread;
     } else {
       if (original->partition_key != message.partition_key) {
         parts.emplace_back(shown_key(original->partition_key), shown_key(message.partition_key));
@@ -738,6 +749,7 @@ struct Store::Impl {
     outcomes.assign(batch.size(), AppendOutcome{});
     if (batch.empty()) return;  // nothing to make durable, not even a counter
     ++call_number;
+    conflicts_described_in_call = 0;
     const Counters saved_counters = counters;
     const std::size_t saved_topic_count = topics.size();
     std::vector<TopicUndo> undo;

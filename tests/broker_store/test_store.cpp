@@ -592,7 +592,7 @@ TEST_CASE("a conflict inside one batch names the copy stored earlier in the same
   CHECK(fetched.messages[1].payload == "x");
 }
 
-TEST_CASE("a store of schema version 1 is upgraded; its old entries compare topic and payload") {
+TEST_CASE("a store of schema version 1 is upgraded, and its old entries compare topic and payload") {
   test_support::TempDir dir("broker-store");
   {
     broker::Store store(dir / "broker.db", normal_sync());
@@ -640,4 +640,22 @@ TEST_CASE("the highest lease epoch per origin only grows and survives reopening"
   CHECK(store.origin_epoch("a") == 2);
   CHECK(store.origin_epoch("b") == 7);
   CHECK(store.advance_origin_epoch("a", 3) == 3);
+}
+
+TEST_CASE("a commit full of conflicts reads the stored copies of the first 64 only") {
+  test_support::TempDir dir("broker-store");
+  broker::Store store(dir / "broker.db", normal_sync());
+  std::vector<Message> originals, conflicting;
+  for (int i = 0; i < 70; ++i) {
+    originals.push_back({"id-" + std::to_string(i), "orders", "{}", "a"});
+    conflicting.push_back({"id-" + std::to_string(i), "orders", "{}", "b"});
+  }
+  append(store, originals);
+  auto outcomes = append(store, conflicting);
+  REQUIRE(outcomes.size() == 70);
+  CHECK(outcomes[63].detail.find("with key 'a'; this message has key 'b'") != std::string::npos);
+  CHECK(outcomes[64] == conflict(65));
+  CHECK(outcomes[64].detail ==
+        "msg_id id-64 is already stored in orders at offset 65 with another key or headers; its "
+        "body was not read (more than 64 conflicts in one commit)");
 }
