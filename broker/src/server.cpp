@@ -20,6 +20,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr std::uint8_t kFirstProtocolVersion = 1;
+
 std::shared_ptr<spdlog::logger> null_logger() {
   return std::make_shared<spdlog::logger>("broker",
                                           std::make_shared<spdlog::sinks::null_sink_mt>());
@@ -93,6 +95,8 @@ struct Server::Impl {
     bool failed = false;
     std::string producer;
     Clock::time_point last_active;
+    std::string origin;  // the producer database's origin id; empty: not fenced
+    std::uint64_t epoch = 0;
     // (topic, key) pairs with a CONFLICT or REJECTED message in this session:
     // later messages of them are answered BLOCKED, not stored.
     std::unordered_set<std::string> refused_keys;
@@ -173,8 +177,12 @@ struct Server::Impl {
   // ---- replies ----------------------------------------------------------------
 
   void reply(const std::string& routing_id, const wire::AnyMessage& message) {
+    send_reply(routing_id, wire::encode(message));
+  }
+
+  void send_reply(const std::string& routing_id, const wire::Frames& frames) {
     try {
-      if (!wire::send_message(router, message, zmq::send_flags::dontwait, routing_id)) {
+      if (!wire::send_frames(router, frames, zmq::send_flags::dontwait, routing_id)) {
         ++counters.replies_dropped;
       }
     } catch (const zmq::error_t& error) {
@@ -187,6 +195,19 @@ struct Server::Impl {
   void reply_error(const std::string& routing_id, std::uint64_t request_id, wire::ErrorCode code,
                    std::string message) {
     reply(routing_id, wire::ErrorReply{request_id, code, std::move(message)});
+  }
+
+  // A version 1 peer can read ERROR (its layout did not change) only in a
+  // version 1 frame: tell it in its own version why it is refused.
+  void refuse_first_version(const std::string& routing_id) {
+    ++counters.malformed;
+    auto frames = wire::encode(
+        wire::ErrorReply{0, wire::ErrorCode::unsupported_version,
+                         "protocol version " + std::to_string(kFirstProtocolVersion) +
+                             " is not supported: this broker speaks version " +
+                             std::to_string(wire::kProtocolVersion) + " (upgrade the client)"});
+    frames.tag = wire::encode_tag(kFirstProtocolVersion);
+    send_reply(routing_id, frames);
   }
 
   void malformed(const std::string& routing_id, std::uint64_t request_id,
@@ -232,7 +253,13 @@ struct Server::Impl {
       return;
     }
     auto views = received->views(1);
-    if (auto tag = wire::decode_tag(views[0]); !tag) return malformed(routing_id, 0, tag.error());
+    if (auto tag = wire::decode_tag(views[0]); !tag) {
+      if (tag.error().code == wire::ErrorCode::unsupported_version &&
+          static_cast<std::uint8_t>(views[0][3]) == kFirstProtocolVersion) {
+        return refuse_first_version(routing_id);
+      }
+      return malformed(routing_id, 0, tag.error());
+    }
     auto command = wire::decode_command(views[1]);
     if (!command) return malformed(routing_id, 0, command.error());
     if (*command == wire::Command::publish) {
@@ -282,6 +309,28 @@ struct Server::Impl {
           "no session " + std::to_string(view->session_id) + " on this connection; send HELLO");
     }
     session->last_active = Clock::now();
+    if (!session->failed && !session->origin.empty()) {
+      // A newer relay of the same outbox opened a session since: this one
+      // is stale and must not store anything more.
+      std::uint64_t highest = 0;
+      try {
+        highest = store.origin_epoch(session->origin);
+      } catch (const std::exception& error) {
+        session->failed = true;
+        ++counters.storage_failures;
+        return reply_error(routing_id, view->batch_id, wire::ErrorCode::storage_failure,
+                           std::string("cannot read the lease epoch: ") + error.what());
+      }
+      if (highest > session->epoch) {
+        session->failed = true;
+        ++counters.refused_batches;
+        ++counters.stale_epochs;
+        logger->warn("session {} ({}) refused: {}", session->id, session->producer,
+                     stale_epoch_text(session->origin, session->epoch, highest));
+        return reply_error(routing_id, view->batch_id, wire::ErrorCode::stale_epoch,
+                           stale_epoch_text(session->origin, session->epoch, highest));
+      }
+    }
     if (session->failed) {
       ++counters.refused_batches;
       return reply_error(
@@ -376,7 +425,7 @@ struct Server::Impl {
               break;
             case AppendStatus::conflict:
               entry.status = wire::AckStatus::conflict;
-              entry.reason = "msg_id already stored with a different payload or topic";
+              entry.reason = outcome.detail;
               break;
             case AppendStatus::rejected:
               entry.status = wire::AckStatus::rejected;
@@ -416,17 +465,55 @@ struct Server::Impl {
 
   // ---- other commands ---------------------------------------------------------
 
+  static std::string stale_epoch_text(const std::string& origin, std::uint64_t epoch,
+                                      std::uint64_t highest) {
+    return "lease epoch " + std::to_string(epoch) + " of origin " + origin +
+           " is older than epoch " + std::to_string(highest) +
+           " already seen: another relay holds that outbox's lease";
+  }
+
   void on_message(const std::string& routing_id, wire::Hello& hello) {
+    if (!hello.origin.empty()) {
+      // A refused HELLO also ends the connection's earlier session.
+      auto refuse = [&](wire::ErrorCode code, const std::string& text) {
+        sessions.erase(routing_id);
+        reply_error(routing_id, 0, code, text);
+      };
+      std::uint64_t highest = 0;
+      try {
+        highest = store.advance_origin_epoch(hello.origin, hello.epoch);
+      } catch (const std::invalid_argument& error) {
+        ++counters.malformed;
+        return refuse(wire::ErrorCode::invalid_value, std::string("HELLO: ") + error.what());
+      } catch (const std::exception& error) {
+        ++counters.storage_failures;
+        return refuse(wire::ErrorCode::storage_failure,
+                      std::string("cannot record the lease epoch: ") + error.what());
+      }
+      if (highest > hello.epoch) {
+        ++counters.stale_epochs;
+        logger->warn("HELLO from '{}' refused: {}", hello.producer,
+                     stale_epoch_text(hello.origin, hello.epoch, highest));
+        return refuse(wire::ErrorCode::stale_epoch,
+                      stale_epoch_text(hello.origin, hello.epoch, highest));
+      }
+    }
     if (sessions.size() >= options.max_sessions && find_session(routing_id) == nullptr) {
       auto oldest = std::min_element(sessions.begin(), sessions.end(), [](auto& a, auto& b) {
         return a.second.last_active < b.second.last_active;
       });
-      sessions.erase(oldest);
+      if (oldest != sessions.end()) sessions.erase(oldest);
     }
     Session& session = sessions[routing_id];
-    session = Session{++next_session_id, false, hello.producer, Clock::now(), {}};
+    session = Session{++next_session_id, false, hello.producer, Clock::now(), hello.origin,
+                      hello.epoch,       {}};
     ++counters.sessions_opened;
-    logger->info("session {} opened by '{}'", session.id, hello.producer);
+    if (hello.origin.empty()) {
+      logger->info("session {} opened by '{}'", session.id, hello.producer);
+    } else {
+      logger->info("session {} opened by '{}' for origin {} at lease epoch {}", session.id,
+                   hello.producer, hello.origin, hello.epoch);
+    }
     reply(routing_id,
           wire::Welcome{session.id, static_cast<std::uint32_t>(store.options().max_message_bytes),
                         static_cast<std::uint32_t>(options.limits.max_batch_messages),
@@ -553,6 +640,7 @@ struct Server::Impl {
           {"dedup_entries", store_stats.dedup_entries},
           {"malformed", counters.malformed},
           {"refused_batches", counters.refused_batches},
+          {"stale_epochs", counters.stale_epochs},
           {"blocked", counters.blocked},
           {"storage_failures", counters.storage_failures},
           {"group_commits", counters.group_commits},

@@ -91,6 +91,12 @@ struct Relay::Impl {
   } counters;
 
   std::optional<outbox::Lease> lease;
+  // When our lease surely still holds: the clock read before the claim or
+  // renewal that set the database's expiry, plus the lease time. A relay
+  // paused past it (SIGSTOP, a long GC-like stall, a frozen VM) finds it
+  // passed when it wakes up.
+  SteadyClock::time_point lease_valid_until{};
+  std::string origin;  // this database's origin id, sent to the destination with the epoch
   bool standby_logged = false;
   bool session_open = false;
   std::deque<InFlight> in_flight;
@@ -153,6 +159,7 @@ struct Relay::Impl {
           lose_lease("another relay holds it now");
           return false;
         }
+        lease_valid_until = now + config.lease_ttl;
         next_renew = now + config.lease_ttl / 3;
       }
       return true;
@@ -160,7 +167,11 @@ struct Relay::Impl {
     lease = store.claim_lease(lease_holder, config.lease_ttl);
     if (lease) {
       counters.active = true;
+      lease_valid_until = now + config.lease_ttl;
       next_renew = now + config.lease_ttl / 3;
+      sink.set_lease(SinkLease{origin, lease->epoch, [this] {
+                                 return lease.has_value() && SteadyClock::now() < lease_valid_until;
+                               }});
       drop_session();
       log->info("active: holding the relay lease as '{}' (epoch {})", lease->holder, lease->epoch);
       return true;
@@ -192,6 +203,9 @@ struct Relay::Impl {
     log->warn("{}: {}; retrying in {} ms (attempt {}, {} batches were in flight)", sink.describe(),
               reason, delay.count(), consecutive_failures, in_flight.size());
     drop_session();
+    // Another relay taking over is one cause of a failure (the broker
+    // refuses a stale epoch): check the lease before anything else is sent.
+    next_renew = SteadyClock::now();
   }
 
   bool ensure_session() {
@@ -423,6 +437,7 @@ struct Relay::Impl {
 
   void run() {
     next_summary = SteadyClock::now() + config.summary_interval;
+    origin = store.origin_id();
     try {
       while (!stop.load()) {
         if (!ensure_lease()) continue;

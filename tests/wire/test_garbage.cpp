@@ -21,7 +21,7 @@ std::vector<wire::Frames> seeds() {
                                 std::string(static_cast<std::size_t>(i) * 10, 'p')});
   }
   result.push_back(wire::encode(publish));
-  result.push_back(wire::encode(wire::Hello{"p", 0}));
+  result.push_back(wire::encode(wire::Hello{"p", 0, "origin", 3}));
   result.push_back(wire::encode(wire::Ack{1, {{wire::AckStatus::rejected, 0, "r"}}}));
   result.push_back(wire::encode(wire::Fetch{1, "t", "g", 5, true, 10, 0, 100}));
   wire::Messages messages{1, "t", 2, 2, {{1, 5, "m", "k", {{"a", "b"}}, "payload"}}};

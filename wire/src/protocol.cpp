@@ -171,6 +171,8 @@ std::vector<Header> read_headers(Reader& in) {
 void encode_into(std::string& out, const Hello& m) {
   put<std::uint32_t>(out, m.flags);
   put_str16(out, m.producer);
+  put_str16(out, m.origin);
+  put<std::uint64_t>(out, m.epoch);
 }
 void encode_into(std::string& out, const Welcome& m) {
   put<std::uint64_t>(out, m.session_id);
@@ -265,6 +267,8 @@ AnyMessage decode_hello(Reader& in) {
   Hello m;
   m.flags = in.get<std::uint32_t>("hello flags");
   m.producer = in.str16(in.limits().max_name_bytes, "producer name");
+  m.origin = in.str16(in.limits().max_name_bytes, "origin");
+  m.epoch = in.get<std::uint64_t>("lease epoch");
   if (!in.failed() && m.flags != 0) in.fail(ErrorCode::invalid_value, "hello flags must be 0");
   return m;
 }
@@ -387,7 +391,7 @@ AnyMessage decode_error(Reader& in) {
   ErrorReply m;
   m.request_id = in.get<std::uint64_t>("request id");
   auto code = in.get<std::uint16_t>("error code");
-  if (!in.failed() && (code == 0 || code > static_cast<std::uint16_t>(ErrorCode::internal))) {
+  if (!in.failed() && (code == 0 || code > static_cast<std::uint16_t>(ErrorCode::stale_epoch))) {
     // A newer peer may send codes this side does not know: keep them as internal.
     code = static_cast<std::uint16_t>(ErrorCode::internal);
   }
@@ -464,6 +468,8 @@ std::string_view error_code_name(ErrorCode code) noexcept {
       return "busy";
     case ErrorCode::internal:
       return "internal";
+    case ErrorCode::stale_epoch:
+      return "stale_epoch";
     case ErrorCode::timeout:
       return "timeout";
     case ErrorCode::disconnected:
@@ -545,9 +551,10 @@ Result<std::uint8_t> decode_tag(std::string_view tag) {
   }
   auto version = static_cast<std::uint8_t>(tag[3]);
   if (version != kProtocolVersion) {
-    return Error{ErrorCode::unsupported_version, "protocol version " + std::to_string(version) +
-                                                     " is not supported (this side speaks " +
-                                                     std::to_string(kProtocolVersion) + ")"};
+    return Error{ErrorCode::unsupported_version,
+                 "protocol version " + std::to_string(version) +
+                     " is not supported (this side speaks version " +
+                     std::to_string(kProtocolVersion) + ")"};
   }
   return version;
 }

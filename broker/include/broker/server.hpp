@@ -105,6 +105,7 @@ struct ServerOptions {
 struct ServerCounters {
   std::uint64_t malformed = 0;         // frames that failed to decode
   std::uint64_t refused_batches = 0;   // PUBLISH answered with no_session / session_failed
+  std::uint64_t stale_epochs = 0;      // HELLO or PUBLISH refused: an older lease epoch
   std::uint64_t blocked = 0;           // messages answered BLOCKED
   std::uint64_t storage_failures = 0;  // group commits that threw
   std::uint64_t group_commits = 0;

@@ -24,7 +24,10 @@
 namespace wire {
 
 // Frame 0 is 'O' 'B' 'X' followed by the version byte.
-inline constexpr std::uint8_t kProtocolVersion = 1;
+// Version 2 added the origin and lease epoch to HELLO; a broker answers a
+// version 1 peer with ERROR unsupported_version in a version 1 frame, whose
+// ERROR layout is the same.
+inline constexpr std::uint8_t kProtocolVersion = 2;
 inline constexpr std::size_t kTagSize = 4;
 inline constexpr char kTagMagic[3] = {'O', 'B', 'X'};
 
@@ -65,6 +68,8 @@ enum class ErrorCode : std::uint16_t {
   shutting_down = 13,       // the broker is stopping; retry elsewhere or later
   busy = 14,                // too many pending requests; retry later
   internal = 15,
+  stale_epoch = 16,  // HELLO or PUBLISH under a lease epoch older than one the broker has
+                     // seen for the same origin: another relay holds that outbox's lease
   // Never sent on the wire: a client-side "no reply within the deadline".
   timeout = 100,
   // Never sent on the wire: the client's connection to the broker broke (its
@@ -129,6 +134,12 @@ struct Header {
 struct Hello {
   std::string producer;     // who is publishing (for logs and stats), may be empty
   std::uint32_t flags = 0;  // reserved, 0
+  // The producer database this session forwards (its origin id, outbox_meta
+  // 'origin_id') and the relay's lease epoch for it. The broker refuses
+  // sessions and batches whose epoch is below the highest it has seen for
+  // the origin. Empty origin: not fenced (tools, consumers).
+  std::string origin;
+  std::uint64_t epoch = 0;
   bool operator==(const Hello&) const = default;
 };
 
