@@ -271,6 +271,7 @@ class StrictConfig : public CLI::Config {
         throw CLI::ConfigError(where + ": unknown section [" + entry.section +
                                "] (sections: " + subcommand_names() + ")");
       }
+      if (entry.key.empty()) continue;  // the [section] line itself
       auto* option = command->get_option_no_throw("--" + entry.key);
       if (option == nullptr || !option->get_configurable()) {
         throw CLI::ConfigError(where + ": unknown key '" + entry.key + "' in [" + entry.section +
@@ -339,6 +340,10 @@ std::vector<ConfigEntry> read_config(std::istream& input, const std::string& fil
                     std::to_string(previous->second) + ")");
       }
       section = name;
+      ConfigEntry header_entry;
+      header_entry.section = name;
+      header_entry.line = number;
+      entries.push_back(std::move(header_entry));
       continue;
     }
     auto key = reader.bare_word();

@@ -19,6 +19,7 @@
 
 namespace cli {
 
+// One `key = value` line, or (with an empty key) one `[section]` line.
 struct ConfigEntry {
   std::string section;  // "" before the first [section]
   std::string key;
