@@ -1,8 +1,6 @@
 // The outbox-broker command line: stats and tail output, config file, exit codes.
 #include <catch2/catch.hpp>
 
-#include <sys/stat.h>
-
 #include <fstream>
 
 #include "broker_process.hpp"
@@ -38,12 +36,6 @@ void check_json_lines(const test_support::TempDir& dir, const std::string& text)
   (void)text;
   WARN("python3 not found: tail --json output not checked with json.tool");
 #endif
-}
-
-mode_t mode_of(const std::filesystem::path& path) {
-  struct stat status {};
-  REQUIRE(::lstat(path.c_str(), &status) == 0);
-  return status.st_mode & 07777;
 }
 
 }  // namespace
@@ -246,7 +238,7 @@ TEST_CASE("keygen never overwrites a key or writes through a symlink unless forc
   auto first =
       run(broker_binary(), {"keygen", "--secret-file", secret, "--public-file", public_file});
   REQUIRE(first.status.code == 0);
-  CHECK(mode_of(secret) == 0600);
+  CHECK(test_support::file_mode(secret) == 0600);
   auto original = test_support::read_file(secret);
 
   check_usage_error({"keygen", "--secret-file", secret, "--public-file", public_file},
@@ -275,7 +267,7 @@ TEST_CASE("keygen never overwrites a key or writes through a symlink unless forc
   INFO(forced.err);
   REQUIRE(forced.status.code == 0);
   CHECK_FALSE(std::filesystem::is_symlink(dir / "link.secret"));
-  CHECK(mode_of(dir / "link.secret") == 0600);
+  CHECK(test_support::file_mode(dir / "link.secret") == 0600);
   CHECK(test_support::read_file(dir / "elsewhere") == "not a key\n");
   CHECK_THAT(test_support::read_file(public_file),
              Catch::Contains(test_support::lines(forced.out).at(0)));

@@ -10,16 +10,6 @@
 #include "cli/files.hpp"
 #include "test_support.hpp"
 
-namespace {
-
-mode_t mode_of(const std::filesystem::path& path) {
-  struct stat status {};
-  REQUIRE(::lstat(path.c_str(), &status) == 0);
-  return status.st_mode & 07777;
-}
-
-}  // namespace
-
 TEST_CASE("write_new_file creates a file with its mode and refuses to overwrite") {
   test_support::TempDir dir("cli-files");
   auto path = dir / "secret";
@@ -27,7 +17,7 @@ TEST_CASE("write_new_file creates a file with its mode and refuses to overwrite"
   cli::write_new_file(path, "one\n", 0600, cli::Overwrite::refuse);
   ::umask(old_mask);
   CHECK(test_support::read_file(path) == "one\n");
-  CHECK(mode_of(path) == 0600);
+  CHECK(test_support::file_mode(path) == 0600);
 
   try {
     cli::write_new_file(path, "two\n", 0600, cli::Overwrite::refuse);
@@ -40,7 +30,7 @@ TEST_CASE("write_new_file creates a file with its mode and refuses to overwrite"
 
   cli::write_new_file(path, "three\n", 0600, cli::Overwrite::replace);
   CHECK(test_support::read_file(path) == "three\n");
-  CHECK(mode_of(path) == 0600);
+  CHECK(test_support::file_mode(path) == 0600);
   // Nothing left behind next to it.
   CHECK(std::distance(std::filesystem::directory_iterator(dir.path()),
                       std::filesystem::directory_iterator()) == 1);
