@@ -12,7 +12,7 @@ std::string check(const CLI::Validator& validator, std::string text) {
 
 }  // namespace
 
-TEST_CASE("durations need a unit; sizes parse with units") {
+TEST_CASE("durations need a unit and sizes parse with units") {
   using std::chrono::milliseconds;
   CHECK(cli::parse_duration("forever") == milliseconds(0));
   CHECK(cli::parse_duration("0") == milliseconds(0));
