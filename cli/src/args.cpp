@@ -248,35 +248,44 @@ CLI::Validator connect_endpoint_check() {
                         "endpoint");
 }
 
-CLI::Option* add_duration_option(CLI::App* app, const std::string& name, milliseconds& target,
-                                 const std::string& description, DurationLimits limits) {
-  auto zero = limits.zero_word.empty() ? std::string("0") : limits.zero_word;
+namespace {
+
+// An option whose text `parse` turns into `target` once `validator` accepted
+// it; the help shows `format(target)` as the default.
+template <typename Value, typename Parse, typename Format>
+CLI::Option* add_parsed_option(CLI::App* app, const std::string& name, Value& target,
+                               const std::string& description, const std::string& type_name,
+                               CLI::Validator validator, Parse parse, Format format) {
   auto* option = app->add_option(
       name,
-      [&target](const CLI::results_t& results) {
-        auto parsed = parse_duration(results.back());
+      [&target, parse](const CLI::results_t& results) {
+        auto parsed = parse(results.back());
         if (parsed) target = *parsed;
         return parsed.has_value();
       },
-      description, false, [&target, zero] { return format_duration(target, zero); });
-  option->type_name("DURATION")->type_size(1)->check(duration_check(std::move(limits)));
+      description, false, [&target, format] { return format(target); });
+  option->type_name(type_name)->type_size(1)->check(std::move(validator));
   option->capture_default_str();
   return option;
 }
 
+}  // namespace
+
+CLI::Option* add_duration_option(CLI::App* app, const std::string& name, milliseconds& target,
+                                 const std::string& description, DurationLimits limits) {
+  auto zero = limits.zero_word.empty() ? std::string("0") : limits.zero_word;
+  return add_parsed_option(
+      app, name, target, description, "DURATION", duration_check(std::move(limits)),
+      [](const std::string& text) { return parse_duration(text); },
+      [zero](milliseconds value) { return format_duration(value, zero); });
+}
+
 CLI::Option* add_size_option(CLI::App* app, const std::string& name, std::uint64_t& target,
                              const std::string& description, SizeLimits limits) {
-  auto* option = app->add_option(
-      name,
-      [&target](const CLI::results_t& results) {
-        auto parsed = parse_size(results.back());
-        if (parsed) target = *parsed;
-        return parsed.has_value();
-      },
-      description, false, [&target] { return format_size(target); });
-  option->type_name("SIZE")->type_size(1)->check(size_check(std::move(limits)));
-  option->capture_default_str();
-  return option;
+  return add_parsed_option(
+      app, name, target, description, "SIZE", size_check(std::move(limits)),
+      [](const std::string& text) { return parse_size(text); },
+      [](std::uint64_t value) { return format_size(value); });
 }
 
 std::optional<int> parse_command_line(CLI::App& app, const std::string& program,
