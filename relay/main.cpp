@@ -204,8 +204,7 @@ int run_relay(const RunSettings& settings) {
   }
   relay::Relay relay(store, *sink, config);
   running_relay = &relay;
-  cli::install_stop_handlers(&stop_running_relay);
-  if (cli::stop_requested()) relay.request_stop();
+  if (cli::stop_requested()) relay.request_stop();  // SIGTERM while starting up
   logger->info("outbox-relay: forwarding {} to {} as '{}' (batch {}, {} in flight, on dead: {})",
                settings.db, sink->describe(), relay.lease_holder(), config.batch_size,
                config.max_in_flight_batches, settings.on_dead);
@@ -318,6 +317,9 @@ int drop(const std::string& db, const std::string& msg_id) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // First of all: a SIGTERM while the relay starts (opening the database,
+  // connecting to NATS) must end in a clean stop, not kill it half-started.
+  cli::install_stop_handlers(&stop_running_relay);
   CLI::App app{
       "outbox-relay: forwards an outbox database to outbox-broker or to a NATS "
       "JetStream stream, in commit order, until every message is acknowledged."};
