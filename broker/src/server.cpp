@@ -649,6 +649,9 @@ struct Server::Impl {
           {"sessions_active", sessions.size()},
           {"waiting_fetches", waiting.size()},
           {"replies_dropped", counters.replies_dropped},
+          {"curve_refused", counters.curve_refused},
+          // 0: forever. Clients compare it with how late they may resend.
+          {"dedup_window_ms", static_cast<std::uint64_t>(store.options().dedup_window.count())},
       };
       for (auto& topic : store_stats.topics) {
         stats.topics.push_back({std::move(topic.topic), topic.message_count, topic.last_offset});
@@ -690,6 +693,7 @@ struct Server::Impl {
                       allowed_clients.end();
       }
       if (!allowed) {
+        ++counters.curve_refused;
         logger->warn("refused CURVE client {}", binary_to_z85(client_key));
       }
       std::string_view reply_frames[] = {

@@ -337,7 +337,7 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   const char* filename = sqlite3_db_filename(impl->db, "main");
   impl->path = filename != nullptr ? filename : path.string();
   if (impl->options.read_only) {
-    int version = detail::read_schema_version(impl->db);
+    int version = detail::read_schema_version(impl->db, path.string());
     if (version == 0) {
       throw Error("database '" + path.string() +
                   "' has no outbox schema (table outbox_meta is missing)");

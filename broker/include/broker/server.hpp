@@ -114,6 +114,7 @@ struct ServerCounters {
   std::uint64_t sessions_opened = 0;
   std::uint64_t fetches = 0;
   std::uint64_t replies_dropped = 0;     // a peer's queue was full or it was gone
+  std::uint64_t curve_refused = 0;       // CURVE handshakes refused (client key not allowed)
   std::uint64_t append_nanoseconds = 0;  // wall time inside Store::append (for benchmarks)
 };
 
