@@ -11,6 +11,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
@@ -44,6 +48,8 @@ struct ServeSettings {
   std::string curve_secret_key_file;
   std::string allowed_clients_file;
   std::size_t max_commit_messages = 50'000;
+  std::string max_outgoing_bytes = "64m";
+  bool skip_integrity_check = false;
 };
 
 struct ClientSettings {
@@ -73,12 +79,19 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   auto sync = broker::parse_sync_mode(settings.sync);
   if (!sync) throw UsageError("--sync must be full or normal, got '" + settings.sync + "'");
   store_options.sync = *sync;
+  auto limits = broker::ServerOptions::default_limits();
+  // A message must fit in one PUBLISH frame; a larger limit would promise
+  // what the frame limit (ZMQ_MAXMSGSIZE) silently drops.
+  auto frame_room = wire::max_message_bytes_in_frame(limits);
   auto max_bytes = cli::parse_size(settings.max_message_bytes);
-  if (!max_bytes || *max_bytes == 0 || *max_bytes > (std::uint64_t{1} << 30)) {
-    throw UsageError("--max-message-bytes must be a size between 1 and 1g, got '" +
+  if (!max_bytes || *max_bytes == 0 || *max_bytes > frame_room) {
+    throw UsageError("--max-message-bytes must be a size between 1 and " +
+                     std::to_string(frame_room) + " (what one " +
+                     std::to_string(limits.max_body_bytes) + "-byte frame carries), got '" +
                      settings.max_message_bytes + "'");
   }
   store_options.max_message_bytes = *max_bytes;
+  store_options.integrity_check = !settings.skip_integrity_check;
   auto window = cli::parse_duration(settings.dedup_window);
   if (!window) throw UsageError("--dedup-window: cannot read '" + settings.dedup_window + "'");
   store_options.dedup_window = *window;
@@ -100,10 +113,13 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   server_options.endpoint_file = settings.endpoint_file;
   server_options.logger = logger;
   server_options.max_commit_messages = settings.max_commit_messages;
-  auto limits = broker::ServerOptions::default_limits();
-  limits.max_payload_bytes = std::max<std::size_t>(limits.max_payload_bytes, *max_bytes * 2);
-  limits.max_body_bytes = std::max<std::size_t>(limits.max_body_bytes, *max_bytes * 2 + 4096);
   server_options.limits = limits;
+  auto max_outgoing = cli::parse_size(settings.max_outgoing_bytes);
+  if (!max_outgoing || *max_outgoing < (std::uint64_t{1} << 20)) {
+    throw UsageError("--max-outgoing-bytes must be a size of at least 1m, got '" +
+                     settings.max_outgoing_bytes + "'");
+  }
+  server_options.max_outgoing_bytes = *max_outgoing;
 
   if (!settings.curve_secret_key_file.empty()) {
     broker::CurveServerConfig curve;
@@ -260,6 +276,13 @@ int tail(const ClientSettings& settings) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#if defined(__GLIBC__)
+  // Buffers of 1 MiB and more (frames, replies, fetch results) are mapped and
+  // unmapped one by one rather than kept in the heap: a fixed threshold turns
+  // off glibc's growing one, which would otherwise keep every freed 64 MiB
+  // batch in the process after its peer has gone.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
   CLI::App app{
       "outbox-broker: stores each msg_id once and serves consumers.\n"
       "Exit codes: 0 ok, 1 unexpected error, 2 bad usage or config, 3 database error,\n"
@@ -315,6 +338,15 @@ int main(int argc, char** argv) {
                    "most messages written in one group commit")
       ->check(CLI::Range(1, 1'000'000))
       ->capture_default_str();
+  serve_command
+      ->add_option("--max-outgoing-bytes", serve_settings.max_outgoing_bytes,
+                   "replies held for one connection at most (e.g. 64m); a peer at this cap "
+                   "gets no more work until it reads, FETCH replies are sized to fit")
+      ->capture_default_str();
+  serve_command->add_flag(
+      "--skip-integrity-check", serve_settings.skip_integrity_check,
+      "do not run PRAGMA quick_check when opening the database (it reads the whole file; "
+      "a corrupt database is otherwise refused with exit 3)");
   serve_command
       ->add_option("--curve-secret-key-file", serve_settings.curve_secret_key_file,
                    "enable CURVE: file with the broker's Z85 secret key")

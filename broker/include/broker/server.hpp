@@ -77,9 +77,20 @@ struct ServerOptions {
   // waiting input goes into the next one.
   std::size_t max_commit_messages = 50'000;
   std::size_t max_commit_bytes = std::size_t{64} << 20;
-  // Per-connection ZeroMQ queues, in messages.
-  int receive_high_water_mark = 256;
+  // Per-connection ZeroMQ queues, in messages. ZeroMQ holds up to
+  // receive_high_water_mark whole incoming messages per connection, so its
+  // memory for a connection is up to that many times limits.max_body_bytes;
+  // the default keeps it to one frame.
+  int receive_high_water_mark = 1;
   int send_high_water_mark = 1024;
+  // Bytes of replies the broker holds for one connection (in ZeroMQ and its
+  // own queue). A peer at this cap gets no more work until it reads: its
+  // requests wait (up to max_parked_requests / max_parked_bytes, then they
+  // are dropped and its session fails), FETCH replies are sized to the room
+  // left under the cap.
+  std::size_t max_outgoing_bytes = std::size_t{64} << 20;
+  std::size_t max_parked_requests = 1024;
+  std::size_t max_parked_bytes = std::size_t{1} << 20;
   std::size_t max_sessions = 10'000;  // least recently active evicted beyond it
   std::size_t max_waiting_fetches = 10'000;
   std::uint32_t default_fetch_messages = 1000;
@@ -112,7 +123,9 @@ struct ServerCounters {
   std::uint64_t messages = 0;  // messages in committed batches
   std::uint64_t sessions_opened = 0;
   std::uint64_t fetches = 0;
-  std::uint64_t replies_dropped = 0;     // a peer's queue was full or it was gone
+  std::uint64_t replies_dropped = 0;     // the peer was gone (or its backlog overflowed)
+  std::uint64_t requests_dropped = 0;    // from peers over their cap that did not read
+  std::uint64_t rejected_on_decode = 0;  // messages REJECTED for a field above its limit
   std::uint64_t append_nanoseconds = 0;  // wall time inside Store::append (for benchmarks)
 };
 
