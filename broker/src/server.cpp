@@ -316,7 +316,7 @@ struct Server::Impl {
           return;
         case SendResult::gone:
           ++counters.replies_dropped;
-          forget_if_idle(routing_id);
+          forget_gone_peer(routing_id);
           return;
         case SendResult::full:
           break;
@@ -355,6 +355,18 @@ struct Server::Impl {
     reply_error(routing_id, request_id, error.code, error.message);
   }
 
+  // The connection is closed: what it still had waiting is never answered.
+  void forget_gone_peer(const std::string& routing_id) {
+    if (Peer* peer = find_peer(routing_id)) {
+      counters.replies_dropped += peer->backlog.size() + peer->parked.size();
+      peer->backlog.clear();
+      peer->backlog_bytes = 0;
+      peer->parked.clear();
+      peer->parked_bytes = 0;
+    }
+    forget_if_idle(routing_id);
+  }
+
   void forget_if_idle(const std::string& routing_id) {
     auto found = peers.find(routing_id);
     if (found == peers.end()) return;
@@ -381,9 +393,18 @@ struct Server::Impl {
         auto size = peer->backlog.front().body.size();
         auto result = send_now(routing_id, *peer, peer->backlog.front());
         if (result == SendResult::full) break;
-        if (result == SendResult::gone) ++counters.replies_dropped;
+        if (result == SendResult::gone) {
+          ++counters.replies_dropped;
+          forget_gone_peer(routing_id);
+          peer = find_peer(routing_id);
+          break;
+        }
         peer->backlog_bytes -= size;
         peer->backlog.pop_front();
+      }
+      if (peer == nullptr) {
+        held_back.erase(routing_id);
+        continue;
       }
       while (!peer->parked.empty() && !over_cap(*peer)) {
         auto request = std::move(peer->parked.front());
@@ -610,8 +631,9 @@ struct Server::Impl {
       batch.slots.push_back(static_cast<std::uint32_t>(incoming.size()));
       incoming.push_back(IncomingMessage{message.msg_id, message.topic, message.key,
                                          message.headers, message.payload, session->id});
-      pending_bytes += message.payload.size() + message.headers.size() + message.key.size();
     }
+    // Whole frames: what the round holds is what the next read is weighed against.
+    pending_bytes += views[2].size();
     batch.frames = std::move(received);
     pending.push_back(std::move(batch));
     ++peer_for(routing_id).pending_batches;

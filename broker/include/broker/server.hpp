@@ -73,10 +73,11 @@ struct ServerOptions {
   // store's max_message_bytes so that a large message is REJECTED(too_large),
   // not treated as malformed.
   wire::Limits limits = default_limits();
-  // One group commit takes at most this many messages / payload bytes; more
-  // waiting input goes into the next one.
+  // One group commit takes at most this many messages / PUBLISH body bytes
+  // (it stops reading once either is reached, so it may hold one frame more);
+  // more waiting input goes into the next one.
   std::size_t max_commit_messages = 50'000;
-  std::size_t max_commit_bytes = std::size_t{64} << 20;
+  std::size_t max_commit_bytes = std::size_t{32} << 20;
   // Per-connection ZeroMQ queues, in messages. ZeroMQ holds up to
   // receive_high_water_mark whole incoming messages per connection, so its
   // memory for a connection is up to that many times limits.max_body_bytes;
@@ -105,8 +106,11 @@ struct ServerOptions {
 
   static wire::Limits default_limits() {
     wire::Limits limits;
-    limits.max_body_bytes = std::size_t{64} << 20;
-    limits.max_payload_bytes = std::size_t{64} << 20;
+    // 32 MiB frames: with one whole frame queued per connection (the receive
+    // high-water mark), four publishers sending the largest batches cost
+    // 128 MiB in ZeroMQ next to the page cache.
+    limits.max_body_bytes = std::size_t{32} << 20;
+    limits.max_payload_bytes = std::size_t{32} << 20;
     limits.max_batch_messages = 100'000;
     return limits;
   }
