@@ -40,6 +40,7 @@
 
 #include "broker/client.hpp"
 #include "broker/server.hpp"
+#include "non_reading_peer.hpp"
 #include "wire/protocol.hpp"
 #include "wire/zmq_io.hpp"
 
@@ -134,18 +135,6 @@ class Daemon {
   std::string endpoint_;
 };
 
-// A DEALER that stops reading for real: one message in ZeroMQ's queue and a
-// small kernel buffer, so replies pile up on the broker's side.
-zmq::socket_t non_reading_dealer(zmq::context_t& context, const std::string& endpoint) {
-  zmq::socket_t socket(context, zmq::socket_type::dealer);
-  socket.set(zmq::sockopt::rcvhwm, 1);
-  socket.set(zmq::sockopt::rcvbuf, 64 * 1024);
-  socket.set(zmq::sockopt::sndhwm, 0);
-  socket.set(zmq::sockopt::linger, 0);
-  socket.connect(endpoint);
-  return socket;
-}
-
 bool send(zmq::socket_t& socket, const wire::AnyMessage& message) {
   return wire::send_message(socket, message);
 }
@@ -211,7 +200,7 @@ Figures fetch_scenario(const Settings& settings) {
   zmq::context_t context(1);
   std::vector<zmq::socket_t> sockets;
   for (int c = 0; c < settings.fetch_connections; ++c) {
-    sockets.push_back(non_reading_dealer(context, daemon.endpoint()));
+    sockets.push_back(test_support::non_reading_dealer(context, daemon.endpoint()));
     for (int i = 0; i < settings.fetches; ++i) {
       wire::Fetch fetch;
       fetch.request_id = static_cast<std::uint64_t>(i + 1);
@@ -234,7 +223,7 @@ Figures publish_scenario(const Settings& settings) {
   std::vector<zmq::socket_t> sockets;
   std::vector<std::uint64_t> sessions;
   for (int c = 0; c < settings.publishers; ++c) {
-    sockets.push_back(non_reading_dealer(context, daemon.endpoint()));
+    sockets.push_back(test_support::non_reading_dealer(context, daemon.endpoint()));
     sessions.push_back(open_session(sockets.back()));
   }
   // The largest body the broker takes, filled with messages just under the
@@ -282,7 +271,7 @@ Figures idle_scenario(const Settings& settings) {
   context.set(zmq::ctxopt::max_sockets, settings.idle_connections + 16);
   std::vector<zmq::socket_t> sockets;
   for (int c = 0; c < settings.idle_connections; ++c) {
-    sockets.push_back(non_reading_dealer(context, daemon.endpoint()));
+    sockets.push_back(test_support::non_reading_dealer(context, daemon.endpoint()));
     open_session(sockets.back());
   }
   auto figures = observe(daemon, settings, [&] { sockets.clear(); });

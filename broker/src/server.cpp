@@ -169,8 +169,9 @@ struct Server::Impl {
     // order, once it has read enough.
     std::deque<std::unique_ptr<wire::Received>> parked;
     std::size_t parked_bytes = 0;
-    std::size_t pending_batches = 0;  // its batches in the group commit being collected
-    bool dropping = false;            // its requests are being dropped (logged once)
+    std::size_t pending_batches = 0;      // its batches in the group commit being collected
+    std::size_t pending_reply_bytes = 0;  // what their ACKs may take (an upper estimate)
+    bool dropping = false;                // its requests are being dropped (logged once)
   };
 
   struct PendingBatch {
@@ -356,6 +357,7 @@ struct Server::Impl {
   }
 
   // The connection is closed: what it still had waiting is never answered.
+  // (Peers are erased only by sweep_peers, so a Peer& stays valid meanwhile.)
   void forget_gone_peer(const std::string& routing_id) {
     if (Peer* peer = find_peer(routing_id)) {
       counters.replies_dropped += peer->backlog.size() + peer->parked.size();
@@ -363,18 +365,6 @@ struct Server::Impl {
       peer->backlog_bytes = 0;
       peer->parked.clear();
       peer->parked_bytes = 0;
-    }
-    forget_if_idle(routing_id);
-  }
-
-  void forget_if_idle(const std::string& routing_id) {
-    auto found = peers.find(routing_id);
-    if (found == peers.end()) return;
-    const Peer& peer = found->second;
-    if (peer.backlog.empty() && peer.parked.empty() && peer.pending_batches == 0 &&
-        peer.account->bytes.load(std::memory_order_acquire) == 0) {
-      peers.erase(found);
-      held_back.erase(routing_id);
     }
   }
 
@@ -384,47 +374,50 @@ struct Server::Impl {
     std::vector<std::string> ids(held_back.begin(), held_back.end());
     bool served = false;
     for (const auto& routing_id : ids) {
-      Peer* peer = find_peer(routing_id);
-      if (peer == nullptr) {
+      Peer* found = find_peer(routing_id);
+      if (found == nullptr) {
         held_back.erase(routing_id);
         continue;
       }
-      while (!peer->backlog.empty()) {
-        auto size = peer->backlog.front().body.size();
-        auto result = send_now(routing_id, *peer, peer->backlog.front());
+      Peer& peer = *found;
+      while (!peer.backlog.empty()) {
+        auto size = peer.backlog.front().body.size();
+        auto result = send_now(routing_id, peer, peer.backlog.front());
         if (result == SendResult::full) break;
         if (result == SendResult::gone) {
           ++counters.replies_dropped;
           forget_gone_peer(routing_id);
-          peer = find_peer(routing_id);
           break;
         }
-        peer->backlog_bytes -= size;
-        peer->backlog.pop_front();
+        peer.backlog_bytes -= size;
+        peer.backlog.pop_front();
       }
-      if (peer == nullptr) {
-        held_back.erase(routing_id);
-        continue;
-      }
-      while (!peer->parked.empty() && !over_cap(*peer)) {
-        auto request = std::move(peer->parked.front());
-        peer->parked.pop_front();
-        peer->parked_bytes -= received_bytes(*request);
+      while (!peer.parked.empty() && has_room(peer)) {
+        auto request = std::move(peer.parked.front());
+        peer.parked.pop_front();
+        peer.parked_bytes -= received_bytes(*request);
         served = true;
         dispatch(routing_id, std::move(request));
-        peer = find_peer(routing_id);
-        if (peer == nullptr) break;
       }
-      if (peer == nullptr) continue;
-      if (peer->backlog.empty() && peer->parked.empty()) {
-        peer->dropping = false;
+      if (peer.backlog.empty() && peer.parked.empty()) {
+        peer.dropping = false;
         held_back.erase(routing_id);
-        forget_if_idle(routing_id);
       } else {
-        want_wake(*peer);
+        want_wake(peer);
       }
     }
     if (served) commit_pending();
+  }
+
+  // Whether the peer may be given more work. ACKs are made when the group
+  // commit ends: before they could take the peer past its cap, commit, so that
+  // the cap is weighed against real bytes.
+  bool has_room(Peer& peer) {
+    if (peer.pending_batches > 0 &&
+        queued_bytes(peer) + peer.pending_reply_bytes >= options.max_outgoing_bytes) {
+      commit_pending();
+    }
+    return !over_cap(peer);
   }
 
   void want_wake(Peer& peer) {
@@ -469,7 +462,7 @@ struct Server::Impl {
     std::string routing_id(static_cast<const char*>(received->frames[0].data()),
                            received->frames[0].size());
     Peer* peer = find_peer(routing_id);
-    if (peer != nullptr && (!peer->parked.empty() || over_cap(*peer))) {
+    if (peer != nullptr && (!peer->parked.empty() || !has_room(*peer))) {
       return hold_back(routing_id, *peer, std::move(received));
     }
     dispatch(routing_id, std::move(received));
@@ -634,9 +627,11 @@ struct Server::Impl {
     }
     // Whole frames: what the round holds is what the next read is weighed against.
     pending_bytes += views[2].size();
+    Peer& peer = peer_for(routing_id);
+    ++peer.pending_batches;
+    peer.pending_reply_bytes += kAckHeaderBytes + batch.slots.size() * kAckEntryEstimateBytes;
     batch.frames = std::move(received);
     pending.push_back(std::move(batch));
-    ++peer_for(routing_id).pending_batches;
   }
 
   void commit_pending() {
@@ -644,6 +639,7 @@ struct Server::Impl {
     for (const auto& batch : pending) {
       if (Peer* peer = find_peer(batch.routing_id); peer != nullptr && peer->pending_batches > 0) {
         --peer->pending_batches;
+        peer->pending_reply_bytes = 0;
       }
     }
     if (pending_bytes >= kTrimAfterBytes) trim_due = true;
@@ -895,6 +891,12 @@ struct Server::Impl {
     return total;
   }
 
+  std::uint64_t requests_waiting() const {
+    std::uint64_t total = 0;
+    for (const auto& [id, peer] : peers) total += peer.parked.size();
+    return total;
+  }
+
   void on_message(const std::string& routing_id, wire::StatsRequest& request) {
     wire::StatsReply stats;
     stats.request_id = request.request_id;
@@ -912,6 +914,7 @@ struct Server::Impl {
           {"storage_failures", counters.storage_failures},
           {"group_commits", counters.group_commits},
           {"batches", counters.batches},
+          {"fetches", counters.fetches},
           {"sessions_opened", counters.sessions_opened},
           {"sessions_active", sessions.size()},
           {"waiting_fetches", waiting.size()},
@@ -919,6 +922,7 @@ struct Server::Impl {
           {"requests_dropped", counters.requests_dropped},
           {"peers_held_back", held_back.size()},
           {"outgoing_bytes", outgoing_bytes()},
+          {"requests_waiting", requests_waiting()},
       };
       for (auto& topic : store_stats.topics) {
         stats.topics.push_back({std::move(topic.topic), topic.message_count, topic.last_offset});
@@ -1067,6 +1071,7 @@ struct Server::Impl {
     for (int round = 0; round < 20 && read_round(); ++round) {
     }
     answer_waiting_if([](const WaitingFetch&) { return true; });
+    serve_held_back();  // what fits in ZeroMQ now goes out during the linger
     router.set(zmq::sockopt::linger, static_cast<int>(options.shutdown_linger.count()));
     router.close();
     if (zap) zap->close();
@@ -1075,6 +1080,10 @@ struct Server::Impl {
   }
 
   static constexpr std::uint32_t kBlocked = 0xffffffffu;
+  // An ACK: batch id and count, then per message status, offset and a reason
+  // (empty for STORED and DUPLICATE, up to ~70 bytes for BLOCKED).
+  static constexpr std::size_t kAckHeaderBytes = 12;
+  static constexpr std::size_t kAckEntryEstimateBytes = 11 + 80;
   // Slots from here on index `violations` (messages refused while decoding).
   static constexpr std::uint32_t kRejectedSlotBase = 0x80000000u;
   // A group commit or a peer's queue this large leaves freed memory worth

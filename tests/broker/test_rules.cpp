@@ -17,25 +17,20 @@ std::vector<std::string> frames_of(const wire::AnyMessage& message) {
   return {frames.tag, frames.command, frames.body};
 }
 
-// The next reply, which must be an ERROR.
-wire::ErrorReply next_error(broker::Client& client) {
+// The next reply, which must be a `Reply`.
+template <typename Reply>
+Reply next(broker::Client& client) {
   auto reply = client.receive(20s);
   REQUIRE(reply.has_value());
   REQUIRE(reply->ok());
-  auto* error = std::get_if<wire::ErrorReply>(&reply->value());
+  auto* typed = std::get_if<Reply>(&reply->value());
   INFO("reply is " << wire::command_name(wire::command_of(reply->value())));
-  REQUIRE(error != nullptr);
-  return *error;
+  REQUIRE(typed != nullptr);
+  return *typed;
 }
 
-wire::Ack next_ack(broker::Client& client) {
-  auto reply = client.receive(20s);
-  REQUIRE(reply.has_value());
-  REQUIRE(reply->ok());
-  auto* ack = std::get_if<wire::Ack>(&reply->value());
-  INFO("reply is " << wire::command_name(wire::command_of(reply->value())));
-  REQUIRE(ack != nullptr);
-  return *ack;
+wire::ErrorReply next_error(broker::Client& client) {
+  return next<wire::ErrorReply>(client);
 }
 
 }  // namespace
@@ -98,7 +93,7 @@ TEST_CASE("replies come back in arrival order, errors included") {
     REQUIRE(client->send_publish(base + 3, std::vector{message(id + "-y", "c")}));
     REQUIRE(client->send_raw(frames_of(wire::Ping{base + 4})));
 
-    auto ack = next_ack(*client);
+    auto ack = next<wire::Ack>(*client);
     CHECK(ack.batch_id == base + 1);
     stored += ack.entries.at(0).status == wire::AckStatus::stored ? 1 : 0;
     auto malformed = next_error(*client);
@@ -107,11 +102,7 @@ TEST_CASE("replies come back in arrival order, errors included") {
     auto refused = next_error(*client);
     CHECK(refused.request_id == base + 3);
     CHECK(refused.code == wire::ErrorCode::session_failed);
-    auto pong = client->receive(20s);
-    REQUIRE(pong.has_value());
-    REQUIRE(pong->ok());
-    REQUIRE(std::holds_alternative<wire::Pong>(pong->value()));
-    CHECK(std::get<wire::Pong>(pong->value()).nonce == base + 4);
+    CHECK(next<wire::Pong>(*client).nonce == base + 4);
   }
   CHECK(stored == 20);
 }
@@ -142,7 +133,7 @@ TEST_CASE("batch ids of a session are consecutive; a gap or a reorder fails the 
     REQUIRE(client->send_publish(1, std::vector{message("r-1", "a")}));
     REQUIRE(client->send_publish(3, std::vector{message("r-3", "a")}));
     REQUIRE(client->send_publish(2, std::vector{message("r-2", "a")}));
-    CHECK(next_ack(*client).batch_id == 1);
+    CHECK(next<wire::Ack>(*client).batch_id == 1);
     auto reordered = next_error(*client);
     CHECK(reordered.request_id == 3);
     CHECK(reordered.code == wire::ErrorCode::invalid_value);

@@ -17,15 +17,22 @@
 //   but after a CONFLICT or REJECTED message, later messages of the same
 //   (topic, key) in that session are answered BLOCKED and not stored.
 // - FETCH answers at once when messages are there, else waits (long-poll) until
-//   a commit stores to the topic or wait_ms passes. COMMIT_OFFSET, PING and
-//   STATS are answered in arrival order after earlier batches of the round.
-// - Anything malformed is answered with ERROR, counted in `malformed`, and
-//   never stops the loop. Replies to a peer that does not read are dropped by
-//   ZeroMQ once its queue is full, so a slow or hostile peer cannot grow memory.
+//   a commit stores to the topic or wait_ms passes. Every other request is
+//   answered in arrival order per connection, after the ACKs of that
+//   connection's earlier batches (errors included). Batch ids of a session
+//   are consecutive; a gap or a reorder fails the session.
+// - Anything malformed is answered with ERROR (echoing the request id when it
+//   is readable), counted in `malformed`, and never stops the loop. A field
+//   above its limit in a well-formed PUBLISH is REJECTED for that message only.
 //
-// Memory is bounded by: the socket high-water marks times the largest frame
-// (ZMQ_MAXMSGSIZE), the messages of one group commit, and the session and
-// long-poll tables, each with a configured maximum.
+// Memory is bounded in bytes: ZeroMQ holds one whole incoming message per
+// connection (receive_high_water_mark × limits.max_body_bytes); the replies
+// held for a connection are counted until ZeroMQ has written them, and a
+// connection at max_outgoing_bytes gets no more work until it reads (its
+// requests wait within max_parked_requests / max_parked_bytes, then are
+// dropped); one group commit holds about max_commit_bytes; the session and
+// long-poll tables have maximums. Freed memory is returned to the system
+// (malloc_trim) when the loop goes idle after large batches or replies.
 //
 // Thread safety: construct, run() and counters() on one thread; request_stop()
 // may be called from any thread and from a signal handler.
