@@ -17,14 +17,9 @@
 #pragma GCC diagnostic ignored "-Wnull-dereference"
 #endif
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -40,11 +35,10 @@
 
 #include "broker/client.hpp"
 #include "broker/server.hpp"
+#include "child_process.hpp"
 #include "non_reading_peer.hpp"
 #include "wire/protocol.hpp"
 #include "wire/zmq_io.hpp"
-
-extern char** environ;
 
 namespace {
 
@@ -66,53 +60,30 @@ struct Settings {
   double observe_seconds = 30;
 };
 
-// The daemon, started with posix_spawn and stopped by its pid.
+// The daemon, a fresh one per scenario, stopped with SIGTERM.
 class Daemon {
  public:
   Daemon(const Settings& settings, const std::string& name) {
     fs::create_directories(settings.dir);
     auto db = fs::path(settings.dir) / (name + ".db");
     for (const char* suffix : {"", "-wal", "-shm"}) fs::remove(db.string() + suffix);
-    endpoint_file_ = fs::path(settings.dir) / (name + ".endpoint");
-    fs::remove(endpoint_file_);
-    log_ = fs::path(settings.dir) / (name + ".log");
-    std::vector<std::string> args = {settings.broker,
-                                     "serve",
-                                     "--db",
-                                     db.string(),
-                                     "--bind",
-                                     "tcp://127.0.0.1:*",
-                                     "--endpoint-file",
-                                     endpoint_file_.string(),
-                                     "--sync",
-                                     "normal",
-                                     "--log-level",
-                                     "warn"};
-    std::vector<char*> argv;
-    for (auto& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    int error = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (error != 0) throw std::runtime_error("cannot start " + settings.broker);
-    auto deadline = Clock::now() + 30s;
-    while (!fs::exists(endpoint_file_)) {
-      if (Clock::now() > deadline)
-        throw std::runtime_error("the broker did not start; see " + log_.string());
-      std::this_thread::sleep_for(10ms);
+    auto endpoint_file = fs::path(settings.dir) / (name + ".endpoint");
+    fs::remove(endpoint_file);
+    process_ = std::make_unique<bench::ChildProcess>(
+        name, settings.broker,
+        std::vector<std::string>{"serve", "--db", db.string(), "--bind", "tcp://127.0.0.1:*",
+                                 "--endpoint-file", endpoint_file.string(), "--sync", "normal",
+                                 "--log-level", "warn"},
+        settings.dir);
+    if (!bench::wait_until([&] { return fs::exists(endpoint_file) || !process_->running(); },
+                           30s) ||
+        !process_->running()) {
+      throw std::runtime_error("the broker did not start: " + process_->log_tail());
     }
-    std::ifstream in(endpoint_file_);
+    std::ifstream in(endpoint_file);
     std::getline(in, endpoint_);
   }
-  ~Daemon() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGTERM);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-  }
+  ~Daemon() { process_->stop(); }
   Daemon(const Daemon&) = delete;
   Daemon& operator=(const Daemon&) = delete;
 
@@ -120,7 +91,7 @@ class Daemon {
 
   // A field of /proc/<pid>/status in KiB (VmHWM: peak, VmRSS: now).
   long kib(const std::string& field) const {
-    std::ifstream status("/proc/" + std::to_string(pid_) + "/status");
+    std::ifstream status("/proc/" + std::to_string(process_->pid()) + "/status");
     std::string line;
     while (std::getline(status, line)) {
       if (line.rfind(field + ":", 0) == 0) return std::stol(line.substr(field.size() + 1));
@@ -129,9 +100,7 @@ class Daemon {
   }
 
  private:
-  pid_t pid_ = -1;
-  fs::path endpoint_file_;
-  fs::path log_;
+  std::unique_ptr<bench::ChildProcess> process_;
   std::string endpoint_;
 };
 
