@@ -166,7 +166,7 @@ TEST_CASE("FETCH replies are sized to what the connection can still take") {
   CHECK(bytes <= 2 * kMiB + kMiB / 4);
 }
 
-TEST_CASE("COMMIT_OFFSET cannot skip messages; a group's first FETCH honours from_offset") {
+TEST_CASE("COMMIT_OFFSET cannot skip messages and a group's first FETCH honours from_offset") {
   test_support::TempDir dir("broker-offsets");
   BrokerProcess broker(dir.path(), dir / "broker.db");
   auto producer = connect(broker.endpoint());

@@ -107,7 +107,7 @@ TEST_CASE("replies come back in arrival order, errors included") {
   CHECK(stored == 20);
 }
 
-TEST_CASE("batch ids of a session are consecutive; a gap or a reorder fails the session") {
+TEST_CASE("batch ids of a session are consecutive and a gap or a reorder fails the session") {
   test_support::TempDir dir("broker-rules");
   BrokerProcess broker(dir.path(), dir / "broker.db");
   auto client = connect(broker.endpoint());
@@ -220,7 +220,7 @@ TEST_CASE("a PUBLISH malformed before its body is read fails the session") {
   CHECK(after.error().code == wire::ErrorCode::session_failed);
 }
 
-TEST_CASE("--max-message-bytes above what one frame carries is refused at startup") {
+TEST_CASE("a max-message-bytes above what one frame carries is refused at startup") {
   test_support::TempDir dir("broker-rules");
   for (const char* size : {"1g", "64m"}) {
     auto result =
