@@ -13,6 +13,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
@@ -54,6 +58,8 @@ struct ServeSettings {
   std::string curve_secret_key_file;
   std::string allowed_clients_file;
   std::size_t max_commit_messages = 50'000;
+  std::uint64_t max_outgoing_bytes = 64 * 1024 * 1024;
+  bool skip_integrity_check = false;
 };
 
 struct ClientSettings {
@@ -84,8 +90,8 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   auto sync = broker::parse_sync_mode(settings.sync);
   if (!sync) throw UsageError("--sync must be full or normal, got '" + settings.sync + "'");
   store_options.sync = *sync;
-  auto max_bytes = settings.max_message_bytes;
-  store_options.max_message_bytes = max_bytes;
+  store_options.max_message_bytes = settings.max_message_bytes;
+  store_options.integrity_check = !settings.skip_integrity_check;
   if (settings.dedup_window.count() > 0 && settings.dedup_window < kShortestSafeDedupWindow &&
       !settings.allow_short_dedup_window) {
     throw UsageError("--dedup-window " + cli::format_duration(settings.dedup_window) +
@@ -105,10 +111,8 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   server_options.endpoint_file = settings.endpoint_file;
   server_options.logger = logger;
   server_options.max_commit_messages = settings.max_commit_messages;
-  auto limits = broker::ServerOptions::default_limits();
-  limits.max_payload_bytes = std::max<std::size_t>(limits.max_payload_bytes, max_bytes * 2);
-  limits.max_body_bytes = std::max<std::size_t>(limits.max_body_bytes, max_bytes * 2 + 4096);
-  server_options.limits = limits;
+  server_options.limits = broker::ServerOptions::default_limits();
+  server_options.max_outgoing_bytes = settings.max_outgoing_bytes;
 
   if (!settings.curve_secret_key_file.empty()) {
     broker::CurveServerConfig curve;
@@ -290,6 +294,13 @@ int tail(const ClientSettings& settings) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#if defined(__GLIBC__)
+  // Buffers of 1 MiB and more (frames, replies, fetch results) are mapped and
+  // unmapped one by one rather than kept in the heap: a fixed threshold turns
+  // off glibc's growing one, which would otherwise keep every freed 64 MiB
+  // batch in the process after its peer has gone.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
   CLI::App app{
       "outbox-broker: stores each msg_id once and serves consumers.\n"
       "Exit codes: 0 ok, 1 unexpected error, 2 bad usage or config, 3 database error,\n"
@@ -325,7 +336,11 @@ int main(int argc, char** argv) {
   cli::add_size_option(serve_command, "--max-message-bytes", serve_settings.max_message_bytes,
                        "largest key + headers + payload stored; larger ones are REJECTED "
                        "(accepts k, m suffixes)",
-                       {1, std::uint64_t{1} << 30, "", false});
+                       {1, wire::max_message_bytes_in_frame(broker::ServerOptions::default_limits()),
+                        "what one " +
+                            std::to_string(broker::ServerOptions::default_limits().max_body_bytes) +
+                            "-byte PUBLISH frame carries",
+                        false});
   cli::add_duration_option(
       serve_command, "--dedup-window", serve_settings.dedup_window,
       "how long a msg_id is remembered, with a unit (e.g. 7d, 24h) or 'forever'; below 1h "
@@ -353,6 +368,15 @@ int main(int argc, char** argv) {
                    "most messages written in one group commit")
       ->check(cli::count_check(1, 1'000'000))
       ->capture_default_str();
+  cli::add_size_option(serve_command, "--max-outgoing-bytes", serve_settings.max_outgoing_bytes,
+                       "replies held for one connection at most (e.g. 64m); a peer at this cap "
+                       "gets no more work until it reads, FETCH replies are sized to fit",
+                       {std::uint64_t{1} << 20, std::numeric_limits<std::uint64_t>::max(), "",
+                        true});
+  serve_command->add_flag(
+      "--skip-integrity-check", serve_settings.skip_integrity_check,
+      "do not run PRAGMA quick_check when opening the database (it reads the whole file; "
+      "a corrupt database is otherwise refused with exit 3)");
   serve_command
       ->add_option("--curve-secret-key-file", serve_settings.curve_secret_key_file,
                    "enable CURVE: file with the broker's Z85 secret key")

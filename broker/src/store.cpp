@@ -372,6 +372,8 @@ struct Store::Impl {
       sqlite::execute(handle, ("PRAGMA max_page_count = " + std::to_string(pages)).c_str());
     }
 
+    if (options.integrity_check) check_integrity();
+
     begin = sqlite::Statement(handle, "BEGIN IMMEDIATE");
     commit = sqlite::Statement(handle, "COMMIT");
     rollback = sqlite::Statement(handle, "ROLLBACK");
@@ -380,6 +382,21 @@ struct Store::Impl {
     load_state();
     logger->info("opened store {} (sync {}, {} topics, {} dedup entries)", path.string(),
                  to_string(options.sync), topics.size(), counters.dedup_entries);
+  }
+
+  // PRAGMA quick_check reads every page once (O(size), no index cross-checks);
+  // only its first finding is kept so a badly damaged file costs no more.
+  void check_integrity() {
+    sqlite::Statement check(db.get(), "PRAGMA quick_check(1)");
+    std::string finding = check.step() ? std::string(check.column_text(0)) : "no result";
+    check.reset();
+    // Its report spans lines ("*** in database main ***\nPage 7: ..."); keep one.
+    for (auto& c : finding) c = c == '\n' ? ' ' : c;
+    if (finding != "ok") {
+      throw StoreError(path.string() + " is corrupt (quick_check: " + finding +
+                           "); see the repair steps in docs/operations.md",
+                       SQLITE_CORRUPT);
+    }
   }
 
   void create_or_check_schema() {
@@ -887,6 +904,16 @@ struct Store::Impl {
     }
     if (topic.empty() || !valid_topic(topic)) throw std::invalid_argument("invalid topic name");
     if (offset > max_offset) throw std::invalid_argument("offset out of range");
+    // A commit past the end would make the group skip messages not yet stored.
+    const Topic* found = find_topic(topic);
+    if (found == nullptr) {
+      throw std::invalid_argument("unknown topic '" + std::string(topic) + "'");
+    }
+    if (offset > found->last_offset) {
+      throw std::invalid_argument("offset " + std::to_string(offset) + " is past the last offset " +
+                                  std::to_string(found->last_offset) + " of topic '" +
+                                  std::string(topic) + "'");
+    }
     upsert_group_offset.bind_text(1, group);
     upsert_group_offset.bind_text(2, topic);
     upsert_group_offset.bind(3, static_cast<std::int64_t>(offset));

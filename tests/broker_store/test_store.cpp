@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <sstream>
 
@@ -254,6 +256,15 @@ TEST_CASE("consumer-group offsets are kept per group and topic") {
   test_support::TempDir dir("broker-store");
   {
     broker::Store store(dir / "broker.db", normal_sync());
+    // Nothing stored yet: a commit would let the group skip what comes later.
+    CHECK_THROWS_AS(store.commit_offset("billing", "orders", 0), std::invalid_argument);
+    std::vector<Message> messages;
+    for (int i = 1; i <= 12; ++i) messages.push_back({"o-" + std::to_string(i), "orders", "x"});
+    for (int i = 1; i <= 3; ++i) messages.push_back({"p-" + std::to_string(i), "payments", "x"});
+    append(store, messages);
+    CHECK(store.committed_offset("billing", "orders") == 0);
+    CHECK_THROWS_AS(store.commit_offset("billing", "orders", 13), std::invalid_argument);
+    CHECK_THROWS_AS(store.commit_offset("billing", "nobody", 1), std::invalid_argument);
     CHECK(store.committed_offset("billing", "orders") == 0);
     store.commit_offset("billing", "orders", 10);
     store.commit_offset("billing", "payments", 3);
@@ -658,4 +669,35 @@ TEST_CASE("a commit full of conflicts reads the stored copies of the first 64 on
   CHECK(outcomes[64].detail ==
         "msg_id id-64 is already stored in orders at offset 65 with another key or headers; its "
         "body was not read (more than 64 conflicts in one commit)");
+}
+
+TEST_CASE("a corrupt store is refused when it opens, naming the damage") {
+  test_support::TempDir dir("broker-store");
+  auto path = dir / "broker.db";
+  {
+    broker::Store store(path, normal_sync());
+    std::vector<Message> messages;
+    for (int i = 0; i < 2000; ++i) {
+      messages.push_back({"c-" + std::to_string(i), "orders", std::string(200, 'p')});
+    }
+    append(store, messages);
+  }
+  auto size = std::filesystem::file_size(path);
+  REQUIRE(size > 8 * 16384);
+  {
+    // Overwrite pages in the middle of the file (page 1, the schema, stays intact).
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(static_cast<std::streamoff>(3 * 16384));
+    std::string garbage(4 * 16384, '\x5a');
+    file.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+    REQUIRE(file.good());
+  }
+  try {
+    broker::Store store(path, normal_sync());
+    FAIL("a corrupt store opened");
+  } catch (const broker::StoreError& error) {
+    CHECK(error.extended_code() == SQLITE_CORRUPT);
+    CHECK_THAT(error.what(), Catch::Contains("is corrupt (quick_check:"));
+    CHECK_THAT(error.what(), Catch::Contains("docs/operations.md"));
+  }
 }

@@ -91,6 +91,11 @@ struct StoreOptions {
   // Upper bound on the database file size; zero means no limit. A write that
   // would grow the file beyond it fails with StoreError (SQLITE_FULL).
   std::uint64_t max_database_bytes = 0;
+  // Run PRAGMA quick_check when opening: it reads the whole file once (about
+  // a second per few GiB), and a corrupt file fails to open with StoreError
+  // (SQLITE_CORRUPT) naming the first problem. Switch off for huge stores
+  // whose open time matters more.
+  bool integrity_check = true;
   // Logger for open/recovery/maintenance messages; null means a null sink.
   std::shared_ptr<spdlog::logger> logger;
   // Source of "now" for stored-at times, dedup expiry and retention. Empty
@@ -239,7 +244,8 @@ class Store {
   // processed; a restarted consumer fetches from committed_offset() + 1.
   // Committing a lower offset than before rewinds the group. Durable on return.
   // Throws std::invalid_argument for an empty or over-long (> 255 bytes) group,
-  // an invalid topic name or an offset beyond the largest possible offset.
+  // an invalid topic name, a topic that has no messages yet, or an offset past
+  // the topic's last offset (a group must never skip messages not yet stored).
   void commit_offset(std::string_view group, std::string_view topic, std::uint64_t offset);
   // 0 when the group never committed for this topic.
   std::uint64_t committed_offset(std::string_view group, std::string_view topic) const;

@@ -325,12 +325,25 @@ Result<AnyMessage> decode(std::span<const std::string_view> frames, const Limits
 // the fields are views into `body`, which the caller keeps alive. `headers` is
 // the encoded header block (count and entries) exactly as on the wire, so it
 // can be stored verbatim and turned back into Headers with decode_headers().
+//
+// A field above its limit in Limits (msg_id, topic, key, header count, name or
+// value, payload) does not fail the batch when the frame itself is
+// well-formed: the message comes back with `violation` set to the REJECTED
+// reason (one of the kViolation* texts) and the caller refuses that message
+// alone. decode_body(Command::publish) stays strict (limit_exceeded).
+inline constexpr std::string_view kViolationMsgId = "invalid msg_id";
+inline constexpr std::string_view kViolationTopic = "invalid topic";
+inline constexpr std::string_view kViolationKey = "key too long";
+inline constexpr std::string_view kViolationHeaders = "invalid headers";
+inline constexpr std::string_view kViolationPayload = "too large";
+
 struct MessageView {
   std::string_view msg_id;
   std::string_view topic;
   std::string_view key;
   std::string_view headers;
   std::string_view payload;
+  std::string_view violation;  // empty: every field within its limit
 };
 
 struct PublishView {
@@ -340,6 +353,18 @@ struct PublishView {
 };
 
 Result<PublishView> decode_publish_view(std::string_view body, const Limits& limits = {});
+
+// The id a request carries, read without decoding the rest of the body: the
+// batch_id of PUBLISH, the request_id of FETCH, COMMIT_OFFSET and STATS, the
+// nonce of PING. 0 for other commands or a body too short to hold it. Lets a
+// receiver echo the id in the ERROR for a request it cannot decode.
+std::uint64_t peek_request_id(Command command, std::string_view body) noexcept;
+
+// The largest key + headers + payload that one PUBLISH frame of
+// `limits.max_body_bytes` can carry (the batch header and the longest msg_id
+// and topic take the rest). A receiver must not announce a larger
+// max_message_bytes.
+std::size_t max_message_bytes_in_frame(const Limits& limits) noexcept;
 
 // The header block of one message: u16 count, then per header str16 name and
 // bytes32 value. An empty header list encodes as two zero bytes; an empty
