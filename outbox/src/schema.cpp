@@ -66,6 +66,11 @@ CREATE TABLE outbox_inbox(
 ) WITHOUT ROWID;
 CREATE INDEX outbox_inbox_completed ON outbox_inbox(completed_at_ms) WHERE state = 2;
 )sql",
+    // 3
+    R"sql(
+-- inbox claim owners: the token of the begin() that holds (or completed) a claim.
+ALTER TABLE outbox_inbox ADD COLUMN claim_token TEXT;
+)sql",
 };
 static_assert(std::size(migrations) == static_cast<std::size_t>(schema_version));
 

@@ -9,6 +9,6 @@ namespace outbox {
 // Version 1: outbox_meta, outbox_messages (without headers), outbox_lease.
 // Version 2: outbox_messages.headers, relay delivery table and cursor,
 //            snowflake worker leases, consumer inbox.
-inline constexpr int schema_version = 2;
+inline constexpr int schema_version = 3;
 
 }  // namespace outbox
