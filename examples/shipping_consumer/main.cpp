@@ -220,7 +220,6 @@ class Dedup {
 int run(const Settings& settings) {
   Dedup inbox(settings);
   Shipments shipments(inbox.db());
-  long total = count_shipments(inbox.db());
 
   broker::Client client(settings.broker);
   Counts counts;
@@ -229,7 +228,9 @@ int run(const Settings& settings) {
   bool broker_trouble = false;
 
   while (!stop_requested.load()) {
-    if (settings.expect >= 0 && total >= settings.expect) break;
+    // Consumers sharing a Redis inbox also share the shipments table: --expect
+    // counts what all of them shipped.
+    if (settings.expect >= 0 && count_shipments(inbox.db()) >= settings.expect) break;
     if (settings.stop_after_idle > 0 &&
         std::chrono::steady_clock::now() - last_message_at >
             std::chrono::duration<double>(settings.stop_after_idle)) {
@@ -299,7 +300,6 @@ int run(const Settings& settings) {
         if (result == outbox::ProcessResult::processed ||
             result == outbox::ProcessResult::claim_lost) {  // shipped, late: the other may too
           ++counts.shipped;
-          ++total;
           if (counts.shipped == settings.crash_after) {
             std::fprintf(stderr,
                          "shipping_consumer: crashing after %ld shipments; the last %ld messages "
@@ -345,7 +345,7 @@ int run(const Settings& settings) {
     }
   }
 
-  print_summary(settings, counts, total);
+  print_summary(settings, counts, count_shipments(inbox.db()));
   return 0;
 }
 

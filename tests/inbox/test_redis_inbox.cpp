@@ -19,18 +19,20 @@ outbox::RedisInbox connect(const RedisServer& server, outbox::RedisInboxOptions 
   return outbox::RedisInbox::connect(options);
 }
 
+// begin() and complete() of a msg_id nobody holds.
+void process(outbox::RedisInbox& inbox, const std::string& msg_id) {
+  auto claim = inbox.begin(msg_id, 1min);
+  REQUIRE(claim.claimed());
+  REQUIRE(inbox.complete(msg_id, claim.token) == ClaimResult::ok);
+}
+
 }  // namespace
 
 TEST_CASE("with AOF fsynced on every write a killed Redis forgets nothing completed", "[redis]") {
   RedisServer server({.append_only = true, .unix_socket = true});
   auto inbox = connect(server);
   constexpr int messages = 200;
-  for (int i = 0; i < messages; ++i) {
-    const std::string msg_id = "m-" + std::to_string(i);
-    auto claim = inbox.begin(msg_id, 1min);
-    REQUIRE(claim.claimed());
-    REQUIRE(inbox.complete(msg_id, claim.token) == ClaimResult::ok);
-  }
+  for (int i = 0; i < messages; ++i) process(inbox, "m-" + std::to_string(i));
   auto in_flight = inbox.begin("in-flight", 1h);
   REQUIRE(in_flight.claimed());
 
@@ -50,8 +52,7 @@ TEST_CASE("without persistence a restart forgets the records (documented: they r
           "[redis]") {
   RedisServer server({.append_only = false, .unix_socket = true});
   auto inbox = connect(server);
-  auto claim = inbox.begin("m-1", 1min);
-  REQUIRE(inbox.complete("m-1", claim.token) == ClaimResult::ok);
+  process(inbox, "m-1");
   server.restart();
   // The msg_id is processed again: what docs/redis_inbox.md warns about.
   CHECK(inbox.begin("m-1", 1min).claimed());
@@ -121,8 +122,7 @@ TEST_CASE("completed records expire after the retention; processing ones keep th
   short_lived.retention = 200ms;
   short_lived.redelivery_horizon = 100ms;
   auto inbox = connect(server, short_lived);
-  auto claim = inbox.begin("m-2", 1min);
-  REQUIRE(inbox.complete("m-2", claim.token) == ClaimResult::ok);
+  process(inbox, "m-2");
   CHECK(test_support::wait_until([&] { return inbox.begin("m-2", 1min).claimed(); }, 30s));
 }
 

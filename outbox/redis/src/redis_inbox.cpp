@@ -368,7 +368,10 @@ struct RedisInbox::Impl {
     }
     for (std::size_t i = 0; i < script_count; ++i) {
       auto reply = setup_command({"SCRIPT", "LOAD", scripts[i]}, "SCRIPT LOAD");
-      if (!is_text(*reply)) fail_with("SCRIPT LOAD", "unexpected reply");
+      if (!is_text(*reply)) {
+        context.reset();
+        fail_with("SCRIPT LOAD", "unexpected reply");
+      }
       shas[i] = reply_text(*reply);
     }
     logger->info("outbox: redis inbox connected to {}", endpoint.display);
