@@ -102,8 +102,9 @@ TEST_CASE("a Redis that stops answering times out with an error naming the call"
   CHECK(inbox.complete("m-1", after.token) == ClaimResult::ok);
 }
 
-TEST_CASE("completed records expire after the retention; processing ones keep their lease",
-          "[redis]") {
+TEST_CASE(
+    "completed records expire after the retention, processing ones after lease plus retention",
+    "[redis]") {
   RedisServer server;
   const std::string key = "outbox:inbox:m-1";
   {
