@@ -179,6 +179,11 @@ void print_summary(const Settings& settings, const Counts& counts, long total) {
   std::fflush(stdout);
 }
 
+// A flag value the program cannot use (exit code 2, like a parse error).
+struct BadFlag : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
 // Ships one message once, through the inbox the flags chose.
 class Dedup {
  public:
@@ -189,10 +194,16 @@ class Dedup {
     options.endpoint = settings.inbox;
     options.process_lease = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::duration<double>(settings.lease));
-    redis_.emplace(outbox::RedisInbox::connect(options));
+    try {
+      redis_.emplace(outbox::RedisInbox::connect(options));
+    } catch (const outbox::RedisError&) {
+      throw;  // Redis unreachable: a runtime failure, not a bad flag
+    } catch (const outbox::Error& error) {
+      throw BadFlag(std::string("--inbox: ") + error.what());
+    }
 #else
-    throw std::invalid_argument("--inbox " + settings.inbox +
-                                ": this build has no Redis inbox (hiredis was not found)");
+    throw BadFlag("--inbox " + settings.inbox +
+                  ": this build has no Redis inbox (hiredis was not found)");
 #endif
   }
 
@@ -395,6 +406,9 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, request_stop);
   try {
     return run(settings);
+  } catch (const BadFlag& error) {
+    std::fprintf(stderr, "shipping_consumer: %s\n", error.what());
+    return 2;
   } catch (const std::exception& error) {
     std::fprintf(stderr, "shipping_consumer: %s\n", error.what());
     return 1;

@@ -332,6 +332,15 @@ TEST_CASE("shipping_consumer --inbox redis: two consumers sharing one Redis ship
   // The records are in Redis, not in the consumer's database.
   CHECK(query_number(shipping, "SELECT count(*) FROM outbox_inbox") == 0);
   CHECK(redis.command({"HGET", "outbox:inbox:order-1", "state"}) == "completed");
+
+  // A bad endpoint is a bad flag (2); an unreachable Redis a failure (1).
+  auto bad = shipping_consumer(broker.endpoint(), shipping, {"--inbox", "redis://host:port"});
+  CHECK(bad.status.code == 2);
+  CHECK(bad.err.find("--inbox") != std::string::npos);
+  redis.kill();
+  auto away = shipping_consumer(broker.endpoint(), shipping, {"--inbox", redis.endpoint()});
+  CHECK(away.status.code == 1);
+  CHECK(away.err.find(redis.endpoint()) != std::string::npos);
 }
 #endif
 
