@@ -72,6 +72,9 @@ CREATE INDEX outbox_inbox_completed ON outbox_inbox(completed_at_ms) WHERE state
     R"sql(
 -- relay generation (replay/drop)
 ALTER TABLE outbox_relay_cursor ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+
+-- inbox claim owners: the token of the begin() that holds (or completed) a claim.
+ALTER TABLE outbox_inbox ADD COLUMN claim_token TEXT;
 )sql",
 };
 static_assert(std::size(migrations) == static_cast<std::size_t>(schema_version));
