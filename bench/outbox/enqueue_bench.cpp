@@ -3,6 +3,7 @@
 //
 //   bench_outbox_enqueue [--dir DIR] [--rounds N] [--txns-per-round N] [--batches N]
 //                        [--checkpoint-pages N] [--checkpoints relay|producer]
+//                        [--limits trigger|none|check]
 //
 // Reference: BEGIN IMMEDIATE; INSERT one row into `orders` (one secondary
 // index); COMMIT. With enqueue: the same plus one 256-byte message. Both run on
@@ -13,6 +14,8 @@
 // messages per transaction, total time including everything. For comparison
 // the same measurement runs against a naive outbox table (AUTOINCREMENT,
 // delivery state in the row with a partial pending index, unique msg_id).
+// --limits prices the field limits checked at INSERT: the schema's trigger
+// (default), none, or the same rules as CHECK constraints on a rebuilt table.
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -99,6 +102,27 @@ class BackgroundCheckpoints {
   std::thread thread_;
 };
 
+// The field limits of outbox_messages in one of three forms (docs/schema.md,
+// "Field limits checked at INSERT"), on a database with no messages yet.
+void apply_limits(sqlite3* db, const std::string& mode) {
+  if (mode == "trigger") return;  // what the schema installs
+  exec(db, "DROP TRIGGER outbox_messages_field_limits");
+  if (mode == "none") return;
+  exec(db,
+       "DROP TABLE outbox_messages;"
+       "CREATE TABLE outbox_messages("
+       "  seq INTEGER PRIMARY KEY,"
+       "  msg_id TEXT NOT NULL UNIQUE CHECK (length(CAST(msg_id AS BLOB)) BETWEEN 1 AND 255"
+       "    AND msg_id NOT GLOB '*[^!-~]*'),"
+       "  topic TEXT NOT NULL CHECK (length(CAST(topic AS BLOB)) BETWEEN 1 AND 249"
+       "    AND topic NOT GLOB '*[^A-Za-z0-9._-]*'),"
+       "  partition_key TEXT CHECK (length(CAST(partition_key AS BLOB)) <= 4096),"
+       "  payload BLOB NOT NULL,"
+       "  created_at_ms INTEGER NOT NULL"
+       "    DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),"
+       "  headers BLOB)");
+}
+
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   return values[values.size() / 2];
@@ -113,6 +137,7 @@ int main(int argc, char** argv) {
   int batches = 200;
   int checkpoint_pages = outbox::Options{}.wal_autocheckpoint_pages;
   bool background_checkpoints = false;
+  std::string limits = "trigger";
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -137,12 +162,19 @@ int main(int argc, char** argv) {
         return 2;
       }
       background_checkpoints = mode == "relay";
+    } else if (arg == "--limits") {
+      limits = value();
+      if (limits != "trigger" && limits != "none" && limits != "check") {
+        std::fprintf(stderr, "bench: --limits is trigger, none or check\n");
+        return 2;
+      }
     } else if (arg == "--batches") {
       batches = std::max(1, std::atoi(value().c_str()));
     } else {
       std::fprintf(stderr,
                    "usage: bench_outbox_enqueue [--dir DIR] [--rounds N] [--txns-per-round N] "
-                   "[--batches N] [--checkpoint-pages N] [--checkpoints relay|producer]\n");
+                   "[--batches N] [--checkpoint-pages N] [--checkpoints relay|producer] "
+                   "[--limits trigger|none|check]\n");
       return 2;
     }
   }
@@ -161,6 +193,7 @@ int main(int argc, char** argv) {
            "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
            "amount INTEGER NOT NULL, created_at INTEGER NOT NULL);"
            "CREATE INDEX orders_customer ON orders(customer);");
+      apply_limits(box.db(), limits);
       exec(box.db(), setup_sql);
       OrderInsert order(box.db());
       BackgroundCheckpoints checkpoints(work / file, background_checkpoints);
@@ -235,6 +268,7 @@ int main(int argc, char** argv) {
     {
       auto box =
           outbox::Outbox::open(work / "batched.db", {.wal_autocheckpoint_pages = checkpoint_pages});
+      apply_limits(box.db(), limits);
       BackgroundCheckpoints checkpoints(work / "batched.db", background_checkpoints);
       constexpr int per_txn = 1000;
       std::vector<double> rates;
@@ -260,9 +294,9 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(work);
   const double ratio = enqueue_us / reference_us;
   std::printf(
-      "WAL checkpoints: %s, every %d pages; %d rounds x %d txns, medians\n",
+      "WAL checkpoints: %s, every %d pages; %d rounds x %d txns, medians; field limits: %s\n",
       background_checkpoints ? "relay connection in the background, producer" : "producer inline",
-      checkpoint_pages, rounds, txns_per_round);
+      checkpoint_pages, rounds, txns_per_round, limits.c_str());
   std::printf("reference business txn (1 row, 1 index):  %8.1f us\n", reference_us);
   std::printf("same txn + 1 enqueue (256 B payload):      %8.1f us\n", enqueue_us);
   std::printf("ratio:                                     %8.2f   (target <= 1.8)\n", ratio);

@@ -72,6 +72,26 @@ CREATE INDEX outbox_inbox_completed ON outbox_inbox(completed_at_ms) WHERE state
     R"sql(
 -- relay generation (replay/drop)
 ALTER TABLE outbox_relay_cursor ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+
+-- worker ids: the high-water mark of each leased snowflake worker id
+ALTER TABLE outbox_workers ADD COLUMN reserved_until_ms INTEGER NOT NULL DEFAULT 0;
+
+-- field limits
+-- A trigger rather than CHECK constraints: SQLite cannot add a CHECK to an
+-- existing table without copying it, and the trigger costs the enqueue path
+-- about the same (docs/schema.md, "Field limits"). Rows inserted before this
+-- step are not checked; the relay refuses those one by one.
+CREATE TRIGGER outbox_messages_field_limits BEFORE INSERT ON outbox_messages
+BEGIN
+  SELECT RAISE(ABORT, 'outbox_messages.msg_id must be 1 to 255 bytes of printable ASCII without spaces')
+   WHERE NEW.msg_id IS NULL OR length(CAST(NEW.msg_id AS BLOB)) NOT BETWEEN 1 AND 255
+      OR NEW.msg_id GLOB '*[^!-~]*';
+  SELECT RAISE(ABORT, 'outbox_messages.topic must be 1 to 249 characters of A-Z a-z 0-9 . _ -')
+   WHERE NEW.topic IS NULL OR length(CAST(NEW.topic AS BLOB)) NOT BETWEEN 1 AND 249
+      OR NEW.topic GLOB '*[^A-Za-z0-9._-]*';
+  SELECT RAISE(ABORT, 'outbox_messages.partition_key must be at most 4096 bytes')
+   WHERE length(CAST(NEW.partition_key AS BLOB)) > 4096;
+END;
 )sql",
 };
 static_assert(std::size(migrations) == static_cast<std::size_t>(schema_version));
@@ -154,6 +174,15 @@ void ensure_schema(sqlite3* db, const std::string& path, SchemaMode mode) {
     use.bind(1, schema_version).run();
   }
   transaction.commit();
+}
+
+void repair_relay_state(sqlite3* db) {
+  // A database whose tables were created by another program may lack the
+  // rows only the relay needs; nothing of the producer's side depends on them.
+  if (query_int64(db, "SELECT count(*) FROM outbox_relay_cursor WHERE id = 1") != 0) return;
+  exec(db,
+       "INSERT INTO outbox_relay_cursor(id, settled_through_seq, delivered_total) "
+       "VALUES (1, 0, 0) ON CONFLICT(id) DO NOTHING");
 }
 
 }  // namespace outbox::detail

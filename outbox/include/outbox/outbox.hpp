@@ -34,8 +34,14 @@
 // with its own connection) for concurrent producers; they may share a file.
 //
 // Errors. Bad input and database failures throw outbox::Error (one line, with
-// SQLite's extended result code). A duplicate msg_id is a value in the result.
-// A throwing enqueue() writes nothing; the transaction stays usable.
+// SQLite's extended result code, e.g. SQLITE_FULL or SQLITE_IOERR_WRITE: test
+// `extended_code() & 0xff`). A duplicate msg_id is a value in the result.
+// A throwing enqueue() writes nothing. The transaction stays usable, except
+// when SQLite itself rolled it back (it may on SQLITE_FULL, SQLITE_IOERR,
+// SQLITE_NOMEM): then the message ends with "(SQLite rolled the transaction
+// back)", the business rows written so far are gone as well, and commit()
+// throws; never continue such a transaction's work in autocommit mode. A
+// commit() that fails rolls back: neither rows nor messages are written.
 #pragma once
 
 #include <sqlite3.h>
