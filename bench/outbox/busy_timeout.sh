@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 "$build/bin/outbox-broker" serve --db "$work/broker.db" --bind 'tcp://127.0.0.1:*' \
-  --endpoint-file "$work/endpoint" --sync normal 2>"$work/broker.log" &
+  --endpoint-file "$work/endpoint" --sync normal >"$work/broker.log" 2>&1 &
 broker_pid=$!
 tries=0
 while [ ! -s "$work/endpoint" ]; do
@@ -49,5 +49,6 @@ for timeout_ms in 0 5000; do
   kill "$relay_pid"
   wait "$relay_pid" || true
   relay_pid=
-  echo "busy_timeout ${timeout_ms} ms: ${result} (of ${count} transactions)"
+  delivered=$("$build/bin/outbox-relay" status --db "$db" --json | sed -n 's/.*"delivered_total":\([0-9]*\).*/\1/p')
+  echo "busy_timeout ${timeout_ms} ms: ${result} (of ${count} transactions; relay delivered ${delivered} meanwhile)"
 done

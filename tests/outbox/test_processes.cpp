@@ -19,14 +19,21 @@
 
 using outbox_test::exec;
 
+namespace {
+
+// The outbox schema plus the business table outbox_test_producer writes to.
+void create_events_table(const std::string& db_path) {
+  auto box = outbox::Outbox::open(db_path);
+  exec(box.db(),
+       "CREATE TABLE events(id INTEGER PRIMARY KEY, tag TEXT NOT NULL, n INTEGER NOT NULL)");
+}
+
+}  // namespace
+
 TEST_CASE("two processes enqueue concurrently without losing anything", "[integration]") {
   test_support::TempDir dir;
   const auto db_path = (dir / "app.db").string();
-  {
-    auto box = outbox::Outbox::open(db_path);
-    exec(box.db(),
-         "CREATE TABLE events(id INTEGER PRIMARY KEY, tag TEXT NOT NULL, n INTEGER NOT NULL)");
-  }
+  create_events_table(db_path);
   constexpr int per_process = 1500;
   const auto start_file = dir / "go";
   test_support::ChildProcess first(
@@ -107,11 +114,7 @@ TEST_CASE("2,000 producers killed with SIGKILL in a row never lock anyone out of
   // drops), and whoever takes it next must never repeat one of its ids.
   test_support::TempDir dir;
   const auto db_path = (dir / "app.db").string();
-  {
-    auto box = outbox::Outbox::open(db_path);
-    exec(box.db(),
-         "CREATE TABLE events(id INTEGER PRIMARY KEY, tag TEXT NOT NULL, n INTEGER NOT NULL)");
-  }
+  create_events_table(db_path);
   constexpr int total = 2000;
   constexpr int parallel = 8;  // more than a thousand ids would be needed without reuse
   std::set<std::string> msg_ids;
@@ -210,11 +213,7 @@ TEST_CASE("two consumer processes of the same msg_ids process each one once", "[
 TEST_CASE("a commit in another process wakes the waiting relay side", "[integration]") {
   test_support::TempDir dir;
   const auto db_path = (dir / "app.db").string();
-  {
-    auto box = outbox::Outbox::open(db_path);
-    exec(box.db(),
-         "CREATE TABLE events(id INTEGER PRIMARY KEY, tag TEXT NOT NULL, n INTEGER NOT NULL)");
-  }
+  create_events_table(db_path);
   outbox::RelayOptions options;
   options.poll_interval = std::chrono::minutes(1);  // only the wake-up can end the wait early
   auto store = outbox::RelayStore::open(db_path, options);

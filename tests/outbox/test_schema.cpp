@@ -1,5 +1,6 @@
 // Schema versioning: creation, migration from version 1, refusal of newer
 // schemas and of databases without the schema.
+#include <algorithm>
 #include <atomic>
 #include <future>
 #include <thread>
@@ -216,13 +217,15 @@ std::string rows_of(sqlite3* db, const std::string& sql) {
 }
 
 // Tables, their columns (name, type, not null, default, key), indexes with
-// their columns, and triggers and partial-index SQL with whitespace folded.
+// their columns, and the SQL of triggers, indexes and outbox_messages (whose
+// CHECK constraints are the field limits).
 std::string schema_fingerprint(sqlite3* db) {
   std::string text = rows_of(db,
-                             "SELECT type, name, tbl_name, replace(replace(replace(replace("
-                             "CASE WHEN type IN ('trigger', 'index') THEN sql END, char(10), ' '), "
-                             "'  ', ' '), '  ', ' '), '  ', ' ') FROM sqlite_master "
+                             "SELECT type, name, tbl_name, CASE WHEN type IN ('trigger', 'index') "
+                             "OR name = 'outbox_messages' THEN sql END FROM sqlite_master "
                              "WHERE name LIKE 'outbox%' ORDER BY name");
+  // A table rebuilt by a migration is stored as CREATE TABLE "name"(...).
+  text.erase(std::remove(text.begin(), text.end(), '"'), text.end());
   for (const auto& line : test_support::lines(
            rows_of(db,
                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'outbox%' "
@@ -276,20 +279,20 @@ TEST_CASE("the field limits refuse an impossible row at INSERT, inside the trans
     return "'" + text + "'";
   };
   CHECK(refused("'~!' || char(126), 'T', " + repeat("k", 4096) + ", x'00'").empty());
-  CHECK_THAT(refused("'', 'orders', NULL, x''"), Catch::Contains("msg_id must be 1 to 255 bytes"));
-  CHECK_THAT(refused(repeat("a", 256) + ", 'orders', NULL, x''"), Catch::Contains("msg_id"));
-  CHECK_THAT(refused("'has space', 'orders', NULL, x''"), Catch::Contains("msg_id"));
-  CHECK_THAT(refused("'caf' || char(233), 'orders', NULL, x''"), Catch::Contains("msg_id"));
-  CHECK_THAT(refused("'tab' || char(9), 'orders', NULL, x''"), Catch::Contains("msg_id"));
+  CHECK_THAT(refused("'', 'orders', NULL, x''"), Catch::Contains("msg_id_limits"));
+  CHECK_THAT(refused(repeat("a", 256) + ", 'orders', NULL, x''"), Catch::Contains("msg_id_limits"));
+  CHECK_THAT(refused("'has space', 'orders', NULL, x''"), Catch::Contains("msg_id_limits"));
+  CHECK_THAT(refused("'caf' || char(233), 'orders', NULL, x''"), Catch::Contains("msg_id_limits"));
+  CHECK_THAT(refused("'tab' || char(9), 'orders', NULL, x''"), Catch::Contains("msg_id_limits"));
   CHECK_THAT(refused("'t-1', " + repeat("t", 250) + ", NULL, x''"),
-             Catch::Contains("topic must be"));
-  CHECK_THAT(refused("'t-2', 'a/b', NULL, x''"), Catch::Contains("topic must be"));
+             Catch::Contains("topic_limits"));
+  CHECK_THAT(refused("'t-2', 'a/b', NULL, x''"), Catch::Contains("topic_limits"));
   CHECK_THAT(refused("'t-3', 'orders', " + repeat("k", 4097) + ", x''"),
-             Catch::Contains("partition_key must be at most 4096 bytes"));
+             Catch::Contains("partition_key_limits"));
   // 2,000 two-byte characters: 4,000 bytes, fine; 2,049 of them: 4,098 bytes.
   CHECK(refused("'k-1', 'orders', " + repeat("\u00e9", 2000) + ", x''").empty());
   CHECK_THAT(refused("'k-2', 'orders', " + repeat("\u00e9", 2049) + ", x''"),
-             Catch::Contains("partition_key"));
+             Catch::Contains("partition_key_limits"));
   CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages") == 3);
   // Through the library the refusal is an outbox::Error with SQLite's code.
   outbox::Transaction tx(box);
@@ -297,9 +300,39 @@ TEST_CASE("the field limits refuse an impossible row at INSERT, inside the trans
     tx.enqueue({.topic = "orders", .payload = "x", .msg_id = "two words"});
     FAIL("enqueued an invalid msg_id");
   } catch (const outbox::Error& error) {
-    CHECK(error.extended_code() == SQLITE_CONSTRAINT_TRIGGER);
+    CHECK(error.extended_code() == SQLITE_CONSTRAINT_CHECK);
+    CHECK_THAT(error.what(), Catch::Contains("msg_id_limits"));
   }
   CHECK(tx.active());
+}
+
+TEST_CASE("the field limits come to an older database with its rows, seqs and bad rows") {
+  test_support::TempDir dir;
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open((dir / "app.db").c_str(), &db) == SQLITE_OK);
+    exec(db, schema_v1);
+    exec(db,
+         "INSERT INTO outbox_messages(seq, msg_id, topic, payload) VALUES "
+         "(5, 'fine', 'orders', x'01'), (9, 'not fine', 'orders', x'02')");
+    sqlite3_close_v2(db);
+  }
+  auto box = outbox::Outbox::open(dir / "app.db");
+  CHECK(query_int(box.db(), "SELECT value FROM outbox_meta WHERE key = 'schema_version'") ==
+        outbox::schema_version);
+  CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages WHERE seq IN (5, 9)") == 2);
+  CHECK(query_int(box.db(), "PRAGMA ignore_check_constraints") == 0);
+  CHECK_THROWS_WITH(
+      exec(box.db(),
+           "INSERT INTO outbox_messages(msg_id, topic, payload) VALUES ('also not', 'o', x'')"),
+      Catch::Contains("msg_id_limits"));
+  outbox::Transaction tx(box);
+  CHECK(tx.enqueue({.topic = "orders", .payload = "new"}).seq == 10);
+  tx.commit();
+  auto store = outbox::RelayStore::open(dir / "app.db");
+  auto pending = store.read_pending(10);
+  REQUIRE(pending.size() == 3);
+  CHECK(pending[1].msg_id == "not fine");
 }
 
 TEST_CASE("the relay side repairs a missing cursor row") {
