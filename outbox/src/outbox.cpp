@@ -17,7 +17,7 @@ using detail::to_ms;
 
 namespace {
 
-constexpr std::size_t max_msg_id_bytes = 256;
+constexpr std::size_t max_msg_id_bytes = 255;  // the wire limit, also a CHECK constraint
 
 // Connections with an Outbox, for the free function enqueue(sqlite3*, ...).
 std::mutex registry_mutex;
