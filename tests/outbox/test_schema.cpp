@@ -45,6 +45,21 @@ CREATE TABLE outbox_lease(
 INSERT INTO outbox_meta(key, value) VALUES ('schema_version', 1);
 )sql";
 
+// Writes a version 1 database with `rows_sql`, then opens it with the
+// library, which migrates it to the current version.
+outbox::Outbox open_version_1_database(const std::filesystem::path& path,
+                                       const std::string& rows_sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  exec(db, schema_v1);
+  exec(db, rows_sql);
+  sqlite3_close_v2(db);
+  auto box = outbox::Outbox::open(path);
+  CHECK(query_int(box.db(), "SELECT value FROM outbox_meta WHERE key = 'schema_version'") ==
+        outbox::schema_version);
+  return box;
+}
+
 }  // namespace
 
 TEST_CASE("a new database gets the current schema and the app's user_version is untouched") {
@@ -68,18 +83,10 @@ TEST_CASE("a new database gets the current schema and the app's user_version is 
 
 TEST_CASE("a version 1 database is migrated forward and keeps its messages") {
   test_support::TempDir dir;
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open((dir / "app.db").c_str(), &db) == SQLITE_OK);
-    exec(db, schema_v1);
-    exec(db,
-         "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) "
-         "VALUES ('old-1', 'orders', 'k', x'01'), ('old-2', 'orders', 'k', x'02')");
-    sqlite3_close_v2(db);
-  }
-  auto box = outbox::Outbox::open(dir / "app.db");
-  CHECK(query_int(box.db(), "SELECT value FROM outbox_meta WHERE key = 'schema_version'") ==
-        outbox::schema_version);
+  auto box = open_version_1_database(dir / "app.db",
+                                     "INSERT INTO outbox_messages(msg_id, topic, partition_key, "
+                                     "payload) VALUES ('old-1', 'orders', 'k', x'01'), "
+                                     "('old-2', 'orders', 'k', x'02')");
   {
     outbox::Transaction tx(box);
     outbox::Message message;
@@ -308,18 +315,10 @@ TEST_CASE("the field limits refuse an impossible row at INSERT, inside the trans
 
 TEST_CASE("the field limits come to an older database with its rows, seqs and bad rows") {
   test_support::TempDir dir;
-  {
-    sqlite3* db = nullptr;
-    REQUIRE(sqlite3_open((dir / "app.db").c_str(), &db) == SQLITE_OK);
-    exec(db, schema_v1);
-    exec(db,
-         "INSERT INTO outbox_messages(seq, msg_id, topic, payload) VALUES "
-         "(5, 'fine', 'orders', x'01'), (9, 'not fine', 'orders', x'02')");
-    sqlite3_close_v2(db);
-  }
-  auto box = outbox::Outbox::open(dir / "app.db");
-  CHECK(query_int(box.db(), "SELECT value FROM outbox_meta WHERE key = 'schema_version'") ==
-        outbox::schema_version);
+  auto box = open_version_1_database(dir / "app.db",
+                                     "INSERT INTO outbox_messages(seq, msg_id, topic, payload) "
+                                     "VALUES (5, 'fine', 'orders', x'01'), "
+                                     "(9, 'not fine', 'orders', x'02')");
   CHECK(query_int(box.db(), "SELECT count(*) FROM outbox_messages WHERE seq IN (5, 9)") == 2);
   CHECK(query_int(box.db(), "PRAGMA ignore_check_constraints") == 0);
   CHECK_THROWS_WITH(
