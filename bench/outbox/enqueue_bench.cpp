@@ -3,6 +3,7 @@
 //
 //   bench_outbox_enqueue [--dir DIR] [--rounds N] [--txns-per-round N] [--batches N]
 //                        [--checkpoint-pages N] [--checkpoints relay|producer]
+//                        [--limits check|none|trigger]
 //
 // Reference: BEGIN IMMEDIATE; INSERT one row into `orders` (one secondary
 // index); COMMIT. With enqueue: the same plus one 256-byte message. Both run on
@@ -13,6 +14,8 @@
 // messages per transaction, total time including everything. For comparison
 // the same measurement runs against a naive outbox table (AUTOINCREMENT,
 // delivery state in the row with a partial pending index, unique msg_id).
+// --limits prices the field limits checked at INSERT: the schema's CHECK
+// constraints (default), none, or the same rules as a BEFORE INSERT trigger.
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -99,6 +102,34 @@ class BackgroundCheckpoints {
   std::thread thread_;
 };
 
+// The field limits of outbox_messages in one of three forms (docs/schema.md,
+// "Field limits checked at INSERT"), on a database with no messages yet: the
+// schema's CHECK constraints, none, or the same rules as a trigger.
+void apply_limits(sqlite3* db, const std::string& mode) {
+  if (mode == "check") return;  // what the schema creates
+  exec(db,
+       "DROP TABLE outbox_messages;"
+       "CREATE TABLE outbox_messages("
+       "  seq INTEGER PRIMARY KEY,"
+       "  msg_id TEXT NOT NULL UNIQUE,"
+       "  topic TEXT NOT NULL,"
+       "  partition_key TEXT,"
+       "  payload BLOB NOT NULL,"
+       "  created_at_ms INTEGER NOT NULL"
+       "    DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)),"
+       "  headers BLOB)");
+  if (mode == "none") return;
+  exec(db,
+       "CREATE TRIGGER outbox_messages_field_limits BEFORE INSERT ON outbox_messages BEGIN"
+       "  SELECT RAISE(ABORT, 'msg_id_limits') WHERE length(CAST(NEW.msg_id AS BLOB))"
+       "    NOT BETWEEN 1 AND 255 OR NEW.msg_id GLOB '*[^!-~]*';"
+       "  SELECT RAISE(ABORT, 'topic_limits') WHERE length(CAST(NEW.topic AS BLOB))"
+       "    NOT BETWEEN 1 AND 249 OR NEW.topic GLOB '*[^A-Za-z0-9._-]*';"
+       "  SELECT RAISE(ABORT, 'partition_key_limits')"
+       "    WHERE length(CAST(NEW.partition_key AS BLOB)) > 4096;"
+       "END");
+}
+
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   return values[values.size() / 2];
@@ -113,6 +144,7 @@ int main(int argc, char** argv) {
   int batches = 200;
   int checkpoint_pages = outbox::Options{}.wal_autocheckpoint_pages;
   bool background_checkpoints = false;
+  std::string limits = "check";
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -137,12 +169,19 @@ int main(int argc, char** argv) {
         return 2;
       }
       background_checkpoints = mode == "relay";
+    } else if (arg == "--limits") {
+      limits = value();
+      if (limits != "trigger" && limits != "none" && limits != "check") {
+        std::fprintf(stderr, "bench: --limits is check, none or trigger\n");
+        return 2;
+      }
     } else if (arg == "--batches") {
       batches = std::max(1, std::atoi(value().c_str()));
     } else {
       std::fprintf(stderr,
                    "usage: bench_outbox_enqueue [--dir DIR] [--rounds N] [--txns-per-round N] "
-                   "[--batches N] [--checkpoint-pages N] [--checkpoints relay|producer]\n");
+                   "[--batches N] [--checkpoint-pages N] [--checkpoints relay|producer] "
+                   "[--limits check|none|trigger]\n");
       return 2;
     }
   }
@@ -161,6 +200,7 @@ int main(int argc, char** argv) {
            "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
            "amount INTEGER NOT NULL, created_at INTEGER NOT NULL);"
            "CREATE INDEX orders_customer ON orders(customer);");
+      apply_limits(box.db(), limits);
       exec(box.db(), setup_sql);
       OrderInsert order(box.db());
       BackgroundCheckpoints checkpoints(work / file, background_checkpoints);
@@ -235,6 +275,7 @@ int main(int argc, char** argv) {
     {
       auto box =
           outbox::Outbox::open(work / "batched.db", {.wal_autocheckpoint_pages = checkpoint_pages});
+      apply_limits(box.db(), limits);
       BackgroundCheckpoints checkpoints(work / "batched.db", background_checkpoints);
       constexpr int per_txn = 1000;
       std::vector<double> rates;
@@ -260,9 +301,9 @@ int main(int argc, char** argv) {
   std::filesystem::remove_all(work);
   const double ratio = enqueue_us / reference_us;
   std::printf(
-      "WAL checkpoints: %s, every %d pages; %d rounds x %d txns, medians\n",
+      "WAL checkpoints: %s, every %d pages; %d rounds x %d txns, medians; field limits: %s\n",
       background_checkpoints ? "relay connection in the background, producer" : "producer inline",
-      checkpoint_pages, rounds, txns_per_round);
+      checkpoint_pages, rounds, txns_per_round, limits.c_str());
   std::printf("reference business txn (1 row, 1 index):  %8.1f us\n", reference_us);
   std::printf("same txn + 1 enqueue (256 B payload):      %8.1f us\n", enqueue_us);
   std::printf("ratio:                                     %8.2f   (target <= 1.8)\n", ratio);

@@ -62,6 +62,8 @@ Generator::Generator(Layout layout, std::uint32_t worker_id, GeneratorOptions op
                           (expires_ms - now_ms) / 86'400'000);
   }
   if (options_.state_file) recover_from_state_file();
+  if (options_.issued_below_unix_ms)
+    resume_after(*options_.issued_below_unix_ms, "the caller's high-water mark");
 }
 
 Generator::~Generator() noexcept {
@@ -82,22 +84,31 @@ void Generator::recover_from_state_file() {
   state_file_ = std::make_unique<detail::StateFile>(*options_.state_file);
   reserved_until_tick_.store(0, std::memory_order_relaxed);
   const std::optional<std::int64_t> mark_ms = state_file_->read();
-  if (!mark_ms) return;
+  if (mark_ms) resume_after(*mark_ms, "state file " + state_file_->path().string());
+}
+
+void Generator::resume_after(std::int64_t mark_ms, const std::string& source) {
   // Every id issued before has a tick below the first tick at or after the mark.
-  std::int64_t mark_tick = tick_of(*mark_ms);
-  if (tick_start_ms(mark_tick) < *mark_ms) ++mark_tick;
+  std::int64_t mark_tick = tick_of(mark_ms);
+  if (tick_start_ms(mark_tick) < mark_ms) ++mark_tick;
   if (mark_tick <= 0) return;
   if (static_cast<std::uint64_t>(mark_tick) > max_tick_) {
-    throw LayoutExhaustedError("state file " + state_file_->path().string() +
-                               " records ids up to the end of layout " + describe(layout_));
+    throw LayoutExhaustedError(source + " records ids up to the end of layout " +
+                               describe(layout_));
   }
   // Resume just below the mark: the next id is at the mark's tick or later.
-  state_.store((static_cast<std::uint64_t>(mark_tick) << layout_.sequence_bits) - 1,
-               std::memory_order_relaxed);
-  reserved_until_tick_.store(static_cast<std::uint64_t>(mark_tick), std::memory_order_relaxed);
+  const std::uint64_t resume_state =
+      (static_cast<std::uint64_t>(mark_tick) << layout_.sequence_bits) - 1;
+  if (resume_state <= state_.load(std::memory_order_relaxed)) return;  // an earlier mark was later
+  state_.store(resume_state, std::memory_order_relaxed);
+  if (state_file_) {
+    reserved_until_tick_.store(std::max(reserved_until_tick_.load(std::memory_order_relaxed),
+                                        static_cast<std::uint64_t>(mark_tick)),
+                               std::memory_order_relaxed);
+  }
 
   const std::int64_t now_ms = clock_->now_unix_ms();
-  const std::int64_t gap_ms = *mark_ms - now_ms;
+  const std::int64_t gap_ms = mark_ms - now_ms;
   if (gap_ms <= 0 || options_.clock_policy == ClockPolicy::borrow) return;
   // A restart inside the write-ahead window is normal: wait it out. Further
   // back than that, the clock was rolled back.
@@ -105,18 +116,17 @@ void Generator::recover_from_state_file() {
                                                          options_.max_backward_wait.count());
   if (gap_ms > allowed_ms) {
     throw ClockMovedBackwardsError(
-        "clock moved backwards: state file " + state_file_->path().string() +
-        " shows ids issued up to " + format_utc(*mark_ms) + " but the clock reads " +
-        format_utc(now_ms) + " (" + std::to_string(gap_ms) +
+        "clock moved backwards: " + source + " shows ids issued up to " + format_utc(mark_ms) +
+        " but the clock reads " + format_utc(now_ms) + " (" + std::to_string(gap_ms) +
         " ms earlier); refusing to reissue them (use the borrow clock policy to continue)");
   }
   // The deadline only guards against a clock that has stopped; it is generous
   // so a busy machine does not turn a normal restart into a failure.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(gap_ms) +
                         options_.max_backward_wait + std::chrono::seconds(1);
-  if (!wait_for_clock(*mark_ms, deadline)) {
-    throw ClockMovedBackwardsError("clock did not reach the state file's mark " +
-                                   format_utc(*mark_ms) + " in time");
+  if (!wait_for_clock(mark_ms, deadline)) {
+    throw ClockMovedBackwardsError("clock did not reach the mark " + format_utc(mark_ms) + " of " +
+                                   source + " in time");
   }
 }
 

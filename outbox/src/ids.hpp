@@ -12,12 +12,15 @@ namespace outbox::detail {
 
 class IdSource {
  public:
-  IdSource(IdKind kind, std::uint32_t worker_id);
+  // Snowflake ids with `worker_id`, all at or after `issued_below_unix_ms`
+  // (the worker id's high-water mark; waits for the clock to pass it).
+  IdSource(IdKind kind, std::uint32_t worker_id, std::int64_t issued_below_unix_ms = 0);
   ~IdSource() noexcept;
   IdSource(const IdSource&) = delete;
   IdSource& operator=(const IdSource&) = delete;
 
-  std::string next();
+  // The next msg_id; `timestamp_ms` receives the Unix ms stamped into it.
+  std::string next(std::int64_t& timestamp_ms);
   std::uint32_t worker_id() const { return worker_id_; }
 
   // Largest worker id of the snowflake layout in use.

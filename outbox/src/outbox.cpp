@@ -1,10 +1,6 @@
 #include "outbox/outbox.hpp"
 
-#include <unistd.h>
-
-#include <cstdio>
 #include <mutex>
-#include <random>
 #include <unordered_map>
 
 #include "common.hpp"
@@ -12,6 +8,7 @@
 #include "notify.hpp"
 #include "schema.hpp"
 #include "sqlite.hpp"
+#include "worker_lease.hpp"
 
 namespace outbox {
 
@@ -20,18 +17,7 @@ using detail::to_ms;
 
 namespace {
 
-constexpr std::size_t max_msg_id_bytes = 256;
-
-std::string make_holder_name() {
-  char host[128] = {};
-  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
-  std::random_device device;
-  std::uint64_t nonce = (static_cast<std::uint64_t>(device()) << 32) ^ device();
-  char buffer[256];
-  std::snprintf(buffer, sizeof buffer, "%s:%ld:%016llx", host, static_cast<long>(::getpid()),
-                static_cast<unsigned long long>(nonce));
-  return buffer;
-}
+constexpr std::size_t max_msg_id_bytes = 255;  // the wire limit, also a CHECK constraint
 
 // Connections with an Outbox, for the free function enqueue(sqlite3*, ...).
 std::mutex registry_mutex;
@@ -53,13 +39,9 @@ struct Outbox::Impl {
   Statement begin;
   Statement commit;
   Statement rollback;
-  Statement renew_worker;
 
-  bool worker_leased = false;
-  std::string holder;
+  std::unique_ptr<detail::WorkerLease> lease;  // null: fixed worker id or UUIDs
   std::uint32_t worker = 0;
-  TimePoint worker_confirmed_until{};
-  std::optional<TimePoint> worker_pending_until;
   std::unique_ptr<detail::IdSource> ids;
 
   std::unique_ptr<detail::WakeSender> wake;
@@ -74,19 +56,7 @@ struct Outbox::Impl {
     if (db == nullptr) return;
     sqlite3_wal_hook(db, nullptr, nullptr);
     sqlite3_rollback_hook(db, nullptr, nullptr);
-    if (worker_leased && sqlite3_get_autocommit(db) != 0) {
-      try {
-        // Free in two milliseconds rather than now, so the next holder's
-        // snowflake ids cannot share a millisecond with this one's last ids.
-        Statement release(db,
-                          "UPDATE outbox_workers SET expires_at_ms = ?3 "
-                          "WHERE worker_id = ?1 AND holder = ?2");
-        auto use = release.use();
-        use.bind(1, worker).bind_text(2, holder).bind(3, to_ms(options.clock()) + 2).run();
-      } catch (const std::exception& error) {
-        logger->warn("outbox: releasing worker id {} failed: {}", worker, error.what());
-      }
-    }
+    if (lease) lease->release();
   }
 
   void setup() {
@@ -111,11 +81,9 @@ struct Outbox::Impl {
     begin = Statement(db, "BEGIN IMMEDIATE");
     commit = Statement(db, "COMMIT");
     rollback = Statement(db, "ROLLBACK");
-    renew_worker = Statement(db,
-                             "UPDATE outbox_workers SET expires_at_ms = ?1 "
-                             "WHERE worker_id = ?2 AND holder = ?3");
 
     std::uint32_t worker_for_ids = 0;
+    std::int64_t issued_below_ms = 0;
     if (options.id_kind == IdKind::snowflake) {
       if (options.worker_id) {
         if (*options.worker_id > detail::IdSource::max_worker_id()) {
@@ -125,18 +93,18 @@ struct Outbox::Impl {
         worker_for_ids = *options.worker_id;
       } else {
         if (options.worker_lease.count() <= 0) throw Error("outbox: worker_lease must be positive");
-        holder = make_holder_name();
+        lease = std::make_unique<detail::WorkerLease>(db, path, options.clock, options.worker_lease,
+                                                      logger);
         detail::ScopedTransaction transaction(db, true);
-        worker = claim_worker();
+        auto claim = lease->claim();
         transaction.commit();
-        worker_leased = true;
-        worker_confirmed_until = options.clock() + options.worker_lease;
-        worker_for_ids = worker;
-        logger->debug("outbox: leased snowflake worker id {} for {}", worker, path);
+        lease->committed();
+        worker_for_ids = claim.worker_id;
+        issued_below_ms = claim.issued_below_unix_ms;
       }
     }
     worker = worker_for_ids;
-    ids = std::make_unique<detail::IdSource>(options.id_kind, worker_for_ids);
+    ids = std::make_unique<detail::IdSource>(options.id_kind, worker_for_ids, issued_below_ms);
 
     if (options.notify_relay && !path.empty()) wake = std::make_unique<detail::WakeSender>(path);
     sqlite3_wal_hook(db, &Impl::on_wal_commit, this);
@@ -146,69 +114,24 @@ struct Outbox::Impl {
     registry().emplace(db, this);
   }
 
-  // Inside a write transaction: takes the smallest worker id that is free or
-  // whose lease has expired. Returns it; the caller commits.
-  std::uint32_t claim_worker() {
-    const auto now = to_ms(options.clock());
-    const auto max_id = detail::IdSource::max_worker_id();
-    Statement taken(db,
-                    "SELECT worker_id FROM outbox_workers WHERE expires_at_ms > ?1 "
-                    "ORDER BY worker_id");
-    std::uint32_t candidate = 0;
-    {
-      auto use = taken.use();
-      use.bind(1, now);
-      while (use.step()) {
-        auto id = use.column_int64(0);
-        if (id == candidate) {
-          ++candidate;
-        } else if (id > candidate) {
-          break;
-        }
-      }
+  // Inside the caller's transaction: a new msg_id, covered by the worker
+  // id's lease and high-water mark in that same transaction.
+  std::string next_msg_id() {
+    std::int64_t timestamp_ms = 0;
+    auto msg_id = ids->next(timestamp_ms);
+    if (!lease) return msg_id;
+    while (auto claim = lease->cover(timestamp_ms)) {
+      // The old worker id was taken over: the id just made is dropped unused.
+      ids = std::make_unique<detail::IdSource>(options.id_kind, claim->worker_id,
+                                               claim->issued_below_unix_ms);
+      worker = claim->worker_id;
+      msg_id = ids->next(timestamp_ms);
     }
-    if (candidate > max_id) {
-      throw Error("outbox: all " + std::to_string(max_id + 1) +
-                  " snowflake worker ids of this database are leased; set Options::worker_id "
-                  "or use IdKind::uuid_v7");
-    }
-    Statement claim(db,
-                    "INSERT INTO outbox_workers(worker_id, holder, expires_at_ms) "
-                    "VALUES (?1, ?2, ?3) ON CONFLICT(worker_id) DO UPDATE SET "
-                    "holder = excluded.holder, expires_at_ms = excluded.expires_at_ms");
-    auto use = claim.use();
-    use.bind(1, candidate).bind_text(2, holder).bind(3, now + options.worker_lease.count()).run();
-    return candidate;
-  }
-
-  // Called inside the caller's transaction before an id is generated: makes
-  // sure the database still says this Outbox holds its worker id. The new
-  // expiry counts only once the transaction is seen to commit.
-  void ensure_worker_lease(TimePoint now) {
-    if (!worker_leased || worker_pending_until) return;
-    if (now + options.worker_lease / 2 < worker_confirmed_until) return;
-    const auto until = now + options.worker_lease;
-    {
-      auto use = renew_worker.use();
-      use.bind(1, to_ms(until)).bind(2, worker).bind_text(3, holder).run();
-    }
-    if (sqlite3_changes(db) == 0) {
-      auto claimed = claim_worker();
-      if (claimed != worker || !ids) {
-        logger->warn("outbox: worker id {} lease lapsed and was taken; now using {}", worker,
-                     claimed);
-        ids = std::make_unique<detail::IdSource>(options.id_kind, claimed);
-        worker = claimed;
-      }
-    }
-    worker_pending_until = until;
+    return msg_id;
   }
 
   void on_committed() noexcept {
-    if (worker_pending_until) {
-      worker_confirmed_until = *worker_pending_until;
-      worker_pending_until.reset();
-    }
+    if (lease) lease->committed();
     if (notify_pending) {
       notify_pending = false;
       if (wake) wake->notify();
@@ -216,7 +139,7 @@ struct Outbox::Impl {
   }
 
   void on_rolled_back() noexcept {
-    worker_pending_until.reset();
+    if (lease) lease->rolled_back();
     notify_pending = false;
   }
 
@@ -226,8 +149,8 @@ struct Outbox::Impl {
         pages >= impl->options.wal_autocheckpoint_pages) {
       // Same as SQLite's own auto-checkpoint, which this hook replaces; a
       // busy checkpoint is simply retried after a later commit.
-      int rc = sqlite3_wal_checkpoint_v2(connection, database, SQLITE_CHECKPOINT_PASSIVE,
-                                         nullptr, nullptr);
+      int rc = sqlite3_wal_checkpoint_v2(connection, database, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                         nullptr);
       if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
         impl->logger->warn("outbox: checkpoint of {} failed: {}", impl->path,
                            sqlite3_errmsg(connection));
@@ -257,8 +180,7 @@ struct Outbox::Impl {
     const auto now = options.clock();
     EnqueueResult result;
     if (message.msg_id.empty()) {
-      if (options.id_kind == IdKind::snowflake) ensure_worker_lease(now);
-      result.msg_id = ids->next();
+      result.msg_id = next_msg_id();
     } else {
       result.msg_id = message.msg_id;
     }
@@ -278,7 +200,18 @@ struct Outbox::Impl {
         use.bind_blob(4, headers);
       }
       use.bind_blob(5, message.payload).bind(6, to_ms(now));
-      use.run();
+      try {
+        use.run();
+      } catch (const Error& error) {
+        // Disk full, I/O errors, out of memory: SQLite may have rolled the
+        // whole transaction back. Say so; the business rows are gone too.
+        std::string text = "outbox: enqueue into '" + path + "': " + error.what();
+        if (sqlite3_get_autocommit(db) != 0) {
+          on_rolled_back();
+          text += " (SQLite rolled the transaction back)";
+        }
+        throw Error(text, error.extended_code());
+      }
     }
     if (sqlite3_changes(db) == 0) {
       result.status = EnqueueStatus::duplicate;
@@ -375,8 +308,23 @@ void Transaction::commit() {
   try {
     auto use = box_->impl_->commit.use();
     use.run();
+  } catch (const Error& error) {
+    try {
+      rollback();
+    } catch (...) {
+      // The commit's error is the one to report. A failed ROLLBACK leaves
+      // nothing committed; SQLite rolls back when the connection closes.
+    }
+    throw Error("outbox: commit on '" + box_->impl_->path + "': " + error.what() +
+                    " (rolled back: neither the rows nor the messages were written)",
+                error.extended_code());
   } catch (...) {
-    rollback();
+    try {
+      rollback();
+    } catch (...) {
+      // The commit's error is the one to report. A failed ROLLBACK leaves
+      // nothing committed; SQLite rolls back when the connection closes.
+    }
     throw;
   }
   active_ = false;

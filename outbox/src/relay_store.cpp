@@ -193,13 +193,13 @@ struct RelayStore::Impl {
         Statement(db, "UPDATE outbox_relay_cursor SET generation = generation + 1 WHERE id = 1");
     select_pending =
         Statement(db,
-                  "SELECT m.seq, m.msg_id, m.topic, m.partition_key, m.headers, m.payload, "
+                  "SELECT m.seq, m.msg_id, m.topic, nullif(m.partition_key, ''), m.headers, m.payload, "
                   "m.created_at_ms, d.state, d.attempts, d.next_attempt_ms "
                   "FROM outbox_messages m LEFT JOIN outbox_delivery d ON d.seq = m.seq "
                   "WHERE m.seq > ?1 ORDER BY m.seq LIMIT ?2");
     select_blockers =
         Statement(db,
-                  "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, m.partition_key "
+                  "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, nullif(m.partition_key, '') "
                   "FROM outbox_delivery d JOIN outbox_messages m ON m.seq = d.seq "
                   "WHERE d.state <> 1");
     // One statement for both outcomes. Only a message that exists and is not
@@ -236,7 +236,7 @@ struct RelayStore::Impl {
 
   std::pair<std::int64_t, std::int64_t> cursor() {
     auto use = read_cursor.use();
-    if (!use.step()) throw Error("outbox: '" + path + "' has no relay cursor row");
+    if (!use.step()) return {0, 0};  // not created yet: nothing settled
     return {use.column_int64(0), use.column_int64(1)};
   }
 
@@ -349,6 +349,7 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
     }
   } else {
     detail::ensure_schema(impl->db, impl->path, detail::SchemaMode::require_existing);
+    detail::repair_relay_state(impl->db);
   }
   impl->prepare();
   if (!impl->options.read_only) sqlite3_wal_hook(impl->db, &Impl::on_wal_commit, impl.get());

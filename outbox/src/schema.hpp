@@ -26,6 +26,11 @@ enum class SchemaMode {
 // called in autocommit mode; migrates in one IMMEDIATE transaction.
 void ensure_schema(sqlite3* db, const std::string& path_for_errors, SchemaMode mode);
 
+// Creates the rows the relay owns when they are missing (a database whose
+// tables another program created from docs/schema.md): the cursor row. The
+// lease row and delivery rows are created on use. Autocommit mode.
+void repair_relay_state(sqlite3* db);
+
 // Reads the schema version; 0 when outbox_meta does not exist. Throws
 // outbox::Error naming the file when the stored value is not a positive INTEGER.
 int read_schema_version(sqlite3* db, const std::string& path_for_errors);

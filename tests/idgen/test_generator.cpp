@@ -279,3 +279,39 @@ TEST_CASE("the system clock follows the wall clock", "[idgen][clock]") {
     previous = now;
   }
 }
+
+TEST_CASE("a caller's high-water mark: ids start at it, a mark far ahead is a clock rollback",
+          "[idgen][generator][clock]") {
+  auto clock = std::make_shared<ManualClock>(start_ms());
+  auto options = manual(clock);
+  const Layout layout = Layout::standard();
+
+  SECTION("a mark in the past changes nothing") {
+    options.issued_below_unix_ms = start_ms() - 1000;
+    Generator generator(layout, 3, options);
+    CHECK(idgen::decode(layout, generator.next()).timestamp_unix_ms == start_ms());
+  }
+  SECTION("a mark a little ahead: the generator waits for it") {
+    options.issued_below_unix_ms = start_ms() + 200;
+    options.state_write_ahead = std::chrono::milliseconds(1000);
+    auto pending = std::async(std::launch::async, [&] {
+      Generator generator(layout, 3, options);
+      return generator.next();
+    });
+    wait_until_polling(*clock, pending);
+    clock->advance(200);
+    REQUIRE(pending.wait_for(deadline) == std::future_status::ready);
+    CHECK(idgen::decode(layout, pending.get()).timestamp_unix_ms >= start_ms() + 200);
+  }
+  SECTION("a mark further ahead than state_write_ahead is refused") {
+    options.issued_below_unix_ms = start_ms() + 5000;
+    options.state_write_ahead = std::chrono::milliseconds(1000);
+    CHECK_THROWS_AS(Generator(layout, 3, options), idgen::ClockMovedBackwardsError);
+  }
+  SECTION("with the borrow policy ids continue from the mark at once") {
+    options.clock_policy = ClockPolicy::borrow;
+    options.issued_below_unix_ms = start_ms() + 5000;
+    Generator generator(layout, 3, options);
+    CHECK(idgen::decode(layout, generator.next()).timestamp_unix_ms == start_ms() + 5000);
+  }
+}

@@ -6,8 +6,10 @@
 // Waits for START_FILE to exist (so several producers start together), then
 // for n in 1..COUNT: BEGIN IMMEDIATE; INSERT INTO events(tag, n); enqueue
 // {topic "events", key TAG, payload "TAG:n"}; COMMIT. Prints the worker id.
-// With --inbox it is a consumer instead (see run_inbox).
+// With --inbox it is a consumer instead (see run_inbox); with --commit-one-and-wait
+// it commits one message and waits to be killed (see run_commit_one_and_wait).
 #include <sqlite3.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -67,12 +69,36 @@ int run_inbox(int argc, char** argv) {
   return 0;
 }
 
+// outbox_test_producer --commit-one-and-wait DB TAG: leases a worker id,
+// commits one business row events(TAG, 1) with one message, prints
+// "committed WORKER MSG_ID" and waits until it is killed (a crashing service).
+int run_commit_one_and_wait(int argc, char** argv) {
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: outbox_test_producer --commit-one-and-wait DB TAG\n");
+    return 2;
+  }
+  const std::string tag = argv[3];
+  auto box = outbox::Outbox::open(argv[2]);
+  outbox::Transaction tx(box);
+  const std::string sql = "INSERT INTO events(tag, n) VALUES ('" + tag + "', 1)";
+  if (sqlite3_exec(box.db(), sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
+    throw std::runtime_error(sqlite3_errmsg(box.db()));
+  }
+  auto sent = tx.enqueue({.topic = "events", .key = tag, .payload = tag});
+  tx.commit();
+  std::printf("committed %u %s\n", box.worker_id(), sent.msg_id.c_str());
+  std::fflush(stdout);
+  for (;;) ::pause();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc > 1 && std::string(argv[1]) == "--inbox") {
+  if (argc > 1 &&
+      (std::string(argv[1]) == "--inbox" || std::string(argv[1]) == "--commit-one-and-wait")) {
     try {
-      return run_inbox(argc, argv);
+      return std::string(argv[1]) == "--inbox" ? run_inbox(argc, argv)
+                                               : run_commit_one_and_wait(argc, argv);
     } catch (const std::exception& error) {
       std::fprintf(stderr, "outbox_test_producer: %s\n", error.what());
       return 1;

@@ -1,11 +1,15 @@
 // Real processes sharing one database: two producers enqueue at the same time
-// (nothing lost, msg_ids unique, seq order is commit order), and two consumers
-// receive the same msg_ids (each processed exactly once).
+// (nothing lost, msg_ids unique, seq order is commit order), producers killed
+// one after another never run out of worker ids, and two consumers receive
+// the same msg_ids (each processed exactly once).
 #include <catch2/catch.hpp>
 
+#include <csignal>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <set>
+#include <vector>
 
 #include "outbox/inbox.hpp"
 #include "outbox/outbox.hpp"
@@ -15,14 +19,21 @@
 
 using outbox_test::exec;
 
+namespace {
+
+// The outbox schema plus the business table outbox_test_producer writes to.
+void create_events_table(const std::string& db_path) {
+  auto box = outbox::Outbox::open(db_path);
+  exec(box.db(),
+       "CREATE TABLE events(id INTEGER PRIMARY KEY, tag TEXT NOT NULL, n INTEGER NOT NULL)");
+}
+
+}  // namespace
+
 TEST_CASE("two processes enqueue concurrently without losing anything", "[integration]") {
   test_support::TempDir dir;
   const auto db_path = (dir / "app.db").string();
-  {
-    auto box = outbox::Outbox::open(db_path);
-    exec(box.db(),
-         "CREATE TABLE events(id INTEGER PRIMARY KEY, tag TEXT NOT NULL, n INTEGER NOT NULL)");
-  }
+  create_events_table(db_path);
   constexpr int per_process = 1500;
   const auto start_file = dir / "go";
   test_support::ChildProcess first(
@@ -96,6 +107,57 @@ TEST_CASE("two processes enqueue concurrently without losing anything", "[integr
   WARN("commits interleaved: " << (interleaved ? "yes" : "no"));
 }
 
+TEST_CASE("2,000 producers killed with SIGKILL in a row never lock anyone out of worker ids",
+          "[integration]") {
+  // Each producer leases a worker id, commits one message and is killed. A
+  // killed holder's id must come back at once (the lease is a lock the kernel
+  // drops), and whoever takes it next must never repeat one of its ids.
+  test_support::TempDir dir;
+  const auto db_path = (dir / "app.db").string();
+  create_events_table(db_path);
+  constexpr int total = 2000;
+  constexpr int parallel = 8;  // more than a thousand ids would be needed without reuse
+  std::set<std::string> msg_ids;
+  std::set<unsigned> worker_ids;
+  int started = 0;
+  while (started < total) {
+    std::vector<std::unique_ptr<test_support::ChildProcess>> batch;
+    for (int i = 0; i < parallel && started < total; ++i, ++started) {
+      batch.push_back(std::make_unique<test_support::ChildProcess>(
+          OUTBOX_BIN_OUTBOX_TEST_PRODUCER,
+          std::vector<std::string>{"--commit-one-and-wait", db_path, "p" + std::to_string(started)},
+          dir.path()));
+    }
+    for (auto& producer : batch) {
+      REQUIRE(test_support::wait_until(
+          [&] {
+            return producer->stdout_text().find('\n') != std::string::npos || !producer->running();
+          },
+          std::chrono::seconds(60)));
+      auto out = producer->stdout_text();
+      INFO("producer " << started << ": " << out << producer->stderr_text());
+      unsigned worker = 0;
+      char msg_id[64] = {};
+      REQUIRE(std::sscanf(out.c_str(), "committed %u %63s", &worker, msg_id) == 2);
+      CHECK(msg_ids.insert(msg_id).second);
+      worker_ids.insert(worker);
+      producer->signal(SIGKILL);
+    }
+    for (auto& producer : batch) {
+      auto status = producer->wait_for(std::chrono::seconds(30));
+      REQUIRE(status);
+      CHECK(status->signal == SIGKILL);
+    }
+  }
+  CHECK(msg_ids.size() == total);
+  outbox_test::RawDb raw(db_path);
+  CHECK(raw.count("events") == total);
+  CHECK(raw.count("outbox_messages") == total);
+  CHECK(outbox_test::query_int(raw.get(), "SELECT count(DISTINCT msg_id) FROM outbox_messages") ==
+        total);
+  WARN("worker ids used: " << worker_ids.size() << " for " << total << " producers");
+}
+
 TEST_CASE("two consumer processes of the same msg_ids process each one once", "[integration]") {
   test_support::TempDir dir;
   const auto db_path = (dir / "consumer.db").string();
@@ -151,11 +213,7 @@ TEST_CASE("two consumer processes of the same msg_ids process each one once", "[
 TEST_CASE("a commit in another process wakes the waiting relay side", "[integration]") {
   test_support::TempDir dir;
   const auto db_path = (dir / "app.db").string();
-  {
-    auto box = outbox::Outbox::open(db_path);
-    exec(box.db(),
-         "CREATE TABLE events(id INTEGER PRIMARY KEY, tag TEXT NOT NULL, n INTEGER NOT NULL)");
-  }
+  create_events_table(db_path);
   outbox::RelayOptions options;
   options.poll_interval = std::chrono::minutes(1);  // only the wake-up can end the wait early
   auto store = outbox::RelayStore::open(db_path, options);

@@ -1,7 +1,12 @@
 // Producer API: business rows and messages commit or roll back together.
 #include <catch2/catch.hpp>
 
+#include <sys/mount.h>
+
+#include <cerrno>
+#include <cstring>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -212,28 +217,49 @@ TEST_CASE("processes sharing one outbox lease distinct worker ids") {
   auto second = outbox::Outbox::open(dir / "app.db", options);
   CHECK(first.worker_id() != second.worker_id());
   CHECK(query_int(first.db(), "SELECT count(*) FROM outbox_workers") == 2);
+  CHECK(std::filesystem::exists(dir / "app.db-outbox-workers.lock"));
 
-  SECTION("a released id is reused") {
+  SECTION("a released id is reused at once, its ids after the last one issued") {
     auto released = second.worker_id();
-    { auto gone = std::move(second); }
-    // Free again two milliseconds after the release, not in the same one.
-    CHECK(outbox::Outbox::open(dir / "app.db", options).worker_id() != released);
-    clock.advance(std::chrono::milliseconds(2));
+    std::string last_msg_id;
+    {
+      outbox::Transaction tx(second);
+      last_msg_id = tx.enqueue(order_message()).msg_id;
+      tx.commit();
+      auto gone = std::move(second);
+    }
+    // The release lowered the mark to just after the last id; an id whose
+    // mark is still ahead is only taken when no other is free, so wait for it.
+    const auto mark = query_int(first.db(),
+                                "SELECT reserved_until_ms FROM outbox_workers "
+                                "WHERE worker_id = " +
+                                    std::to_string(released));
+    CHECK(mark <= static_cast<std::int64_t>(std::stoull(last_msg_id) >> 22) + 1767225600000 + 1);
+    REQUIRE(test_support::wait_until(
+        [&] { return outbox::system_now().time_since_epoch().count() >= mark; },
+        std::chrono::seconds(5), std::chrono::milliseconds(1)));
     auto third = outbox::Outbox::open(dir / "app.db", options);
     CHECK(third.worker_id() == released);
+    outbox::Transaction tx(third);
+    CHECK(std::stoull(tx.enqueue(order_message()).msg_id) > std::stoull(last_msg_id));
   }
-  SECTION("an expired lease is taken over and its old holder moves to another id") {
-    auto second_id = second.worker_id();
-    clock.advance(std::chrono::seconds(61));
+  SECTION("a live holder keeps its id however long it is idle") {
+    clock.advance(std::chrono::hours(1));
     auto third = outbox::Outbox::open(dir / "app.db", options);
-    // Both leases lapsed; the newcomer takes the lowest id.
-    CHECK(third.worker_id() == std::min(first.worker_id(), second_id));
-    // The old holder notices when it next enqueues and leases another id.
-    auto& stale = first.worker_id() == third.worker_id() ? first : second;
-    outbox::Transaction tx(stale);
+    CHECK(third.worker_id() != first.worker_id());
+    CHECK(third.worker_id() != second.worker_id());
+  }
+  SECTION("an id taken over behind a holder's back is noticed before it is used") {
+    auto second_id = second.worker_id();
+    exec(first.db(), "UPDATE outbox_workers SET holder = 'elsewhere:1:1', expires_at_ms = " +
+                         std::string("4102444800000") +
+                         " WHERE worker_id = " + std::to_string(second_id));
+    clock.advance(std::chrono::seconds(31));  // past half the lease: the holder checks its row
+    outbox::Transaction tx(second);
     tx.enqueue(order_message());
     tx.commit();
-    CHECK(stale.worker_id() != third.worker_id());
+    CHECK(second.worker_id() != second_id);
+    CHECK(second.worker_id() != first.worker_id());
   }
   SECTION("a configured worker id needs no lease") {
     outbox::Options fixed = options;
@@ -242,6 +268,51 @@ TEST_CASE("processes sharing one outbox lease distinct worker ids") {
     CHECK(box.worker_id() == 999);
     CHECK(query_int(first.db(), "SELECT count(*) FROM outbox_workers") == 2);
   }
+}
+
+TEST_CASE("a dead holder's worker id is reused only after its high-water mark") {
+  test_support::TempDir dir;
+  { auto box = outbox::Outbox::open(dir / "app.db"); }
+  // Every id looks like a dead holder's (lock-based, its lock byte free) that
+  // may have issued ids up to 300 ms from now.
+  const auto mark = outbox::system_now().time_since_epoch().count() + 300;
+  {
+    outbox_test::RawDb raw((dir / "app.db").string());
+    exec(raw.get(),
+         "WITH RECURSIVE ids(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM ids WHERE n < 1023) "
+         "INSERT OR REPLACE INTO outbox_workers(worker_id, holder, expires_at_ms, "
+         "reserved_until_ms) SELECT n, 'lock:gone:1:1', 4102444800000, " +
+             std::to_string(mark) + " + n FROM ids");
+  }
+  auto box = outbox::Outbox::open(dir / "app.db");
+  CHECK(box.worker_id() == 0);  // the earliest mark
+  outbox::Transaction tx(box);
+  auto id = std::stoull(tx.enqueue(order_message()).msg_id);
+  // Standard layout: 41 bits of milliseconds since 2026-01-01 above 22 bits.
+  const auto id_ms = static_cast<std::int64_t>(id >> 22) + 1767225600000;
+  CHECK(id_ms >= mark);
+  tx.commit();
+  CHECK(query_int(box.db(), "SELECT reserved_until_ms FROM outbox_workers WHERE worker_id = 0") >
+        id_ms);
+}
+
+TEST_CASE("a holder whose lease row names an older library is honoured until it expires") {
+  test_support::TempDir dir;
+  outbox_test::ManualClock clock;
+  outbox::Options options;
+  options.clock = clock.clock();
+  { auto box = outbox::Outbox::open(dir / "app.db", options); }
+  const auto now = clock.clock()().time_since_epoch().count();
+  {
+    outbox_test::RawDb raw((dir / "app.db").string());
+    exec(raw.get(), "DELETE FROM outbox_workers");
+    exec(raw.get(),
+         "INSERT INTO outbox_workers(worker_id, holder, expires_at_ms) VALUES (0, 'old:1:1', " +
+             std::to_string(now + 1000) + ")");
+  }
+  CHECK(outbox::Outbox::open(dir / "app.db", options).worker_id() == 1);
+  clock.advance(std::chrono::milliseconds(1000));
+  CHECK(outbox::Outbox::open(dir / "app.db", options).worker_id() == 0);
 }
 
 TEST_CASE("msg_ids: snowflake by default, UUID v7 on request, unique either way") {
@@ -369,4 +440,98 @@ TEST_CASE("durability levels map to SQLite's synchronous setting") {
   auto box = outbox::Outbox::open(dir / "full.db", full);
   CHECK(query_int(box.db(), "PRAGMA synchronous") == 2);
   CHECK(query_int(box.db(), "PRAGMA busy_timeout") == 5000);
+}
+
+namespace {
+
+// Commits orders with one 16 KiB message each until the database refuses a
+// write. Returns the outbox::Error it refused with (nothing if it never did)
+// and counts the transactions that committed.
+std::optional<outbox::Error> fill_until_refused(outbox::Outbox& box, int& committed) {
+  for (int attempt = 0; attempt < 10000; ++attempt) {
+    try {
+      outbox::Transaction tx(box);
+      exec(tx.db(), "INSERT INTO orders(customer) VALUES ('c-full')");
+      tx.enqueue(order_message(std::string(16384, 'x')));
+      tx.commit();
+      ++committed;
+    } catch (const outbox::Error& error) {
+      return error;
+    }
+  }
+  return std::nullopt;
+}
+
+// Every committed order has its message and no message lacks its order.
+void check_orders_match_messages(sqlite3* db, int committed) {
+  CHECK(query_int(db, "SELECT count(*) FROM orders WHERE customer = 'c-full'") == committed);
+  CHECK(query_int(db, "SELECT count(*) FROM outbox_messages WHERE length(payload) = 16384") ==
+        committed);
+}
+
+}  // namespace
+
+TEST_CASE("a full database reaches the caller with SQLite's code and nothing is half-written") {
+  test_support::TempDir dir;
+  auto box = outbox::Outbox::open(dir / "app.db");
+  create_orders(box.db());
+  // Room for about one more message (a 16 KiB payload takes five 4 KiB pages).
+  exec(box.db(),
+       "PRAGMA max_page_count = " + std::to_string(query_int(box.db(), "PRAGMA page_count") + 8));
+  int committed = 0;
+  auto refused = fill_until_refused(box, committed);
+  REQUIRE(refused);
+  INFO(refused->what());
+  CHECK((refused->extended_code() & 0xff) == SQLITE_FULL);
+  CHECK_THAT(refused->what(), Catch::Contains("app.db"));  // names the database
+  CHECK(committed >= 1);
+  check_orders_match_messages(box.db(), committed);
+
+  // Room again: the same Outbox goes on.
+  exec(box.db(), "PRAGMA max_page_count = 1000000");
+  {
+    outbox::Transaction tx(box);
+    exec(tx.db(), "INSERT INTO orders(customer) VALUES ('c-full')");
+    tx.enqueue(order_message(std::string(16384, 'x')));
+    tx.commit();
+  }
+  check_orders_match_messages(box.db(), committed + 1);
+}
+
+TEST_CASE(
+    "a full disk (a 1 MiB tmpfs) reaches the caller with SQLite's code, nothing half-written") {
+  test_support::TempDir dir;
+  const auto mount_point = dir / "small";
+  std::filesystem::create_directory(mount_point);
+  if (::mount("tmpfs", mount_point.c_str(), "tmpfs", 0, "size=1m") != 0) {
+    WARN("skipped: cannot mount a tmpfs at " << mount_point << ": " << std::strerror(errno)
+                                             << " (needs root or CAP_SYS_ADMIN)");
+    return;
+  }
+  struct Unmount {
+    std::filesystem::path path;
+    ~Unmount() { ::umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mount_point};
+  // Space to give back once the disk is full.
+  std::ofstream(mount_point / "ballast") << std::string(256 * 1024, 'b');
+
+  auto box = outbox::Outbox::open(mount_point / "app.db");
+  create_orders(box.db());
+  int committed = 0;
+  auto refused = fill_until_refused(box, committed);
+  REQUIRE(refused);
+  INFO(refused->what());
+  const int primary = refused->extended_code() & 0xff;
+  CHECK((primary == SQLITE_FULL || primary == SQLITE_IOERR));
+  CHECK(committed >= 1);
+  check_orders_match_messages(box.db(), committed);
+
+  std::filesystem::remove(mount_point / "ballast");
+  {
+    outbox::Transaction tx(box);
+    exec(tx.db(), "INSERT INTO orders(customer) VALUES ('c-full')");
+    tx.enqueue(order_message(std::string(16384, 'x')));
+    tx.commit();
+  }
+  check_orders_match_messages(box.db(), committed + 1);
 }

@@ -10,6 +10,7 @@
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
+using outbox_test::exec;
 using outbox_test::query_int;
 
 namespace {
@@ -203,6 +204,22 @@ TEST_CASE("keys are per topic, and messages without a key group by topic") {
                                         outbox::Outcome::dead(3, "CONFLICT")};
   f.store.record_outcomes(outcomes, lease);
   CHECK(seqs_of(f.store.read_pending(10)) == Seqs{2});
+}
+
+TEST_CASE("a NULL and an empty partition key are one key") {
+  Fixture f;
+  // Another language's producer may write either; both mean "no key".
+  exec(f.box.db(),
+       "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
+       "('empty-1', 'audit', '', x'01'), ('null-2', 'audit', NULL, x'02')");
+  auto pending = f.store.read_pending(10);
+  REQUIRE(pending.size() == 2);
+  CHECK_FALSE(pending[0].partition_key);
+  CHECK_FALSE(pending[1].partition_key);
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> outcomes{outbox::Outcome::dead(pending[0].seq, "CONFLICT")};
+  f.store.record_outcomes(outcomes, lease);
+  CHECK(f.store.read_pending(10).empty());  // the NULL-key message waits behind it
 }
 
 TEST_CASE("retries wait for their time and hold back their key") {

@@ -135,6 +135,13 @@ struct GeneratorOptions {
   // is locked while the generator lives: one generator per state file.
   std::optional<std::filesystem::path> state_file;
   std::chrono::milliseconds state_write_ahead{250};
+  // A high-water mark kept by the caller instead of a state file (for
+  // example in a database, next to the lease of the worker id): every id
+  // issued before with this worker id has a timestamp below it. The generator
+  // issues ids at or after it, and waits for the clock like a restart from a
+  // state file (at most state_write_ahead, else ClockMovedBackwardsError).
+  // When both are given, the later mark counts.
+  std::optional<std::int64_t> issued_below_unix_ms;
   // Time source; null means SystemClock::shared().
   std::shared_ptr<Clock> clock;
   // Receives the "layout expires in less than 5 years" warning; null means
@@ -172,6 +179,9 @@ class Generator {
   // Whether the clock reached target_ms before the (real-time) deadline.
   bool wait_for_clock(std::int64_t target_ms, std::chrono::steady_clock::time_point deadline) const;
   void recover_from_state_file();
+  // Continues after `mark_ms` (see GeneratorOptions::issued_below_unix_ms);
+  // `source` names where the mark came from, for errors.
+  void resume_after(std::int64_t mark_ms, const std::string& source);
   void reserve_through(std::uint64_t tick);
   std::uint64_t to_id(std::uint64_t state) const noexcept;
 

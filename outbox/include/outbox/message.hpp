@@ -32,7 +32,9 @@ struct Message {
   // Idempotency key. Empty: the library generates one (a snowflake id by
   // default, see Options::id_kind). Give your own when the message stands for
   // a business event that already has a unique key, so that re-running the
-  // same business operation cannot publish it twice.
+  // same business operation cannot publish it twice. 1-255 bytes of printable
+  // ASCII without spaces ('!'..'~'); the topic is 1-249 of [A-Za-z0-9._-] and
+  // the key at most 4,096 bytes (docs/schema.md): enqueue() refuses others.
   std::string msg_id{};
 };
 

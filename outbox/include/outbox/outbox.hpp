@@ -17,11 +17,13 @@
 // default the library generates a snowflake id (idgen) whose worker id comes
 // from Options::worker_id or, when none is given, is leased from the database
 // itself (table outbox_workers), so processes sharing one outbox never share a
-// worker id. Ids from *different* databases are unique only if their worker ids
-// are: give each database's producers disjoint worker ids (or use UUID v7). If
-// two producers ever do collide, the broker answers CONFLICT for the second
-// payload and the relay marks that message dead: the collision is exposed, no
-// message is silently lost.
+// worker id. A holder keeps an OS lock on "<db>-outbox-workers.lock" while it
+// lives, so the id of a crashed or killed producer is free again at once, and
+// a high-water mark in the same row keeps its next holder from repeating any
+// of its ids (docs/schema.md, "outbox_workers"). Ids from *different* databases are unique only if
+// their worker ids are: give each database's producers disjoint worker ids (or use UUID v7). If two
+// producers ever do collide, the broker answers CONFLICT for the second payload and the relay marks
+// that message dead: the collision is exposed, no message is silently lost.
 //
 // Ownership. open() owns its connection and closes it in the destructor.
 // attach() borrows the application's sqlite3*, which must outlive the Outbox;
@@ -34,8 +36,14 @@
 // with its own connection) for concurrent producers; they may share a file.
 //
 // Errors. Bad input and database failures throw outbox::Error (one line, with
-// SQLite's extended result code). A duplicate msg_id is a value in the result.
-// A throwing enqueue() writes nothing; the transaction stays usable.
+// SQLite's extended result code, e.g. SQLITE_FULL or SQLITE_IOERR_WRITE: test
+// `extended_code() & 0xff`). A duplicate msg_id is a value in the result.
+// A throwing enqueue() writes nothing. The transaction stays usable, except
+// when SQLite itself rolled it back (it may on SQLITE_FULL, SQLITE_IOERR,
+// SQLITE_NOMEM): then the message ends with "(SQLite rolled the transaction
+// back)", the business rows written so far are gone as well, and commit()
+// throws; never continue such a transaction's work in autocommit mode. A
+// commit() that fails rolls back: neither rows nor messages are written.
 #pragma once
 
 #include <sqlite3.h>
@@ -80,7 +88,9 @@ struct Options {
   IdKind id_kind = IdKind::snowflake;
   // Snowflake worker id. Empty: lease a free one from outbox_workers.
   std::optional<std::uint32_t> worker_id{};
-  // How long a leased worker id is held without use; renewed by enqueues.
+  // Expiry written with a leased worker id and renewed by enqueues. A live
+  // holder keeps its id regardless (it holds the id's lock); the expiry only
+  // matters to older libraries sharing the database, which go by it.
   std::chrono::milliseconds worker_lease{std::chrono::minutes(10)};
 
   // Wake the relay of this database after each commit that enqueued messages.
@@ -104,7 +114,8 @@ class Outbox {
   // Opens or creates the database at `path` (its directory must exist), sets
   // WAL, the busy timeout and the synchronous level, and creates or migrates
   // the outbox tables. Throws outbox::Error: missing directory, not a SQLite
-  // database, schema newer than this library.
+  // database, schema newer than this library, the worker id lock file cannot
+  // be created, every worker id held by a running producer.
   static Outbox open(const std::filesystem::path& path, Options options = {});
 
   // Uses the application's connection `db` (not owned; must outlive the

@@ -10,8 +10,9 @@ namespace outbox {
 // Version 2: outbox_messages.headers, relay delivery table and cursor,
 //            snowflake worker leases, consumer inbox.
 // Version 3: outbox_relay_cursor.generation (changes of delivery state made
-//            outside the running relay), outbox_inbox.claim_token (claims
-//            have owners).
+//            outside the running relay); outbox_inbox.claim_token (claims
+//            have owners); outbox_workers.reserved_until_ms (high-water mark
+//            of a worker id); field limits checked at INSERT.
 inline constexpr int schema_version = 3;
 
 }  // namespace outbox
