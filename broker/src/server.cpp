@@ -427,10 +427,8 @@ struct Server::Impl {
     session = Session{++next_session_id, false, hello.producer, Clock::now(), {}};
     ++counters.sessions_opened;
     logger->info("session {} opened by '{}'", session.id, hello.producer);
-    reply(routing_id,
-          wire::Welcome{session.id, static_cast<std::uint32_t>(store.options().max_message_bytes),
-                        static_cast<std::uint32_t>(options.limits.max_batch_messages),
-                        options.broker_name});
+    reply(routing_id, wire::welcome_for(session.id, store.options().max_message_bytes,
+                                        options.broker_name, options.limits));
   }
 
   void on_message(const std::string& routing_id, wire::Fetch& fetch) {

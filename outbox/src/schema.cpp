@@ -70,6 +70,19 @@ CREATE INDEX outbox_inbox_completed ON outbox_inbox(completed_at_ms) WHERE state
     R"sql(
 -- relay generation (replay/drop)
 ALTER TABLE outbox_relay_cursor ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+
+-- relay status: what the active relay last reported (outbox-relay status)
+CREATE TABLE outbox_relay_status(
+  id                    INTEGER PRIMARY KEY CHECK (id = 1),
+  holder                TEXT    NOT NULL,
+  destination           TEXT    NOT NULL,
+  session_up            INTEGER NOT NULL,
+  session_changed_at_ms INTEGER NOT NULL,
+  last_error            TEXT,
+  last_error_at_ms      INTEGER,
+  last_progress_at_ms   INTEGER,
+  updated_at_ms         INTEGER NOT NULL
+);
 )sql",
 };
 static_assert(std::size(migrations) == static_cast<std::size_t>(schema_version));

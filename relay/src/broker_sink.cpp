@@ -1,5 +1,6 @@
 #include "relay/broker_sink.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <variant>
 
@@ -39,6 +40,31 @@ DeliveryStatus from_wire(wire::AckStatus status) {
   return DeliveryStatus::blocked;
 }
 
+// What the broker announced, clamped to what the wire format can carry at all
+// (str16 fields, u16 header count), so that the encoder never meets a field it
+// cannot write. An unannounced (0) limit falls back to the wire defaults.
+SinkLimits limits_from(const wire::Welcome& welcome) {
+  const wire::Limits defaults;
+  auto pick = [](std::uint32_t announced, std::size_t fallback, std::size_t wire_max) {
+    return std::min<std::size_t>(announced != 0 ? announced : fallback, wire_max);
+  };
+  constexpr std::size_t str16 = 0xffff, u32 = 0xffffffff;
+  SinkLimits limits;
+  limits.max_batch_messages = pick(welcome.max_batch_messages, defaults.max_batch_messages, u32);
+  limits.max_batch_bytes = pick(welcome.max_body_bytes, defaults.max_body_bytes, u32);
+  limits.max_msg_id_bytes = pick(welcome.max_msg_id_bytes, defaults.max_msg_id_bytes, str16);
+  limits.max_topic_bytes = pick(welcome.max_name_bytes, defaults.max_name_bytes, str16);
+  limits.max_key_bytes = pick(welcome.max_key_bytes, defaults.max_key_bytes, str16);
+  limits.max_headers = pick(welcome.max_headers, defaults.max_headers, str16);
+  limits.max_header_name_bytes =
+      pick(welcome.max_header_name_bytes, defaults.max_msg_id_bytes, str16);
+  limits.max_header_value_bytes =
+      pick(welcome.max_header_value_bytes, defaults.max_header_value_bytes, u32);
+  limits.max_payload_bytes = pick(welcome.max_payload_bytes, defaults.max_payload_bytes, u32);
+  limits.max_message_bytes = pick(welcome.max_message_bytes, u32, u32);
+  return limits;
+}
+
 }  // namespace
 
 struct BrokerSink::Impl {
@@ -48,6 +74,7 @@ struct BrokerSink::Impl {
   BrokerSinkOptions options;
   broker::Client client;
   bool used = false;
+  SinkLimits limits = limits_from(wire::Welcome{});
   std::string body;
   std::vector<wire::Header> headers;
 };
@@ -74,6 +101,7 @@ std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds ti
     if (welcome.error().code == wire::ErrorCode::disconnected) return welcome.error().message;
     return "broker refused the session: " + welcome.error().message;
   }
+  impl_->limits = limits_from(*welcome);
   return std::nullopt;
 }
 
@@ -123,6 +151,8 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
   }
   return std::nullopt;  // a stray answer (PONG, ...) is not about our batches
 }
+
+SinkLimits BrokerSink::limits() const { return impl_->limits; }
 
 std::string BrokerSink::describe() const { return "broker " + impl_->options.endpoint; }
 
