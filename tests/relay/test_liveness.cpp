@@ -131,7 +131,7 @@ TEST_CASE("with --on-dead skip no poison row holds anything back", "[relay][live
   check_poison_reasons(db);
 }
 
-TEST_CASE("1,500 messages of 70 KB and 100 of 900 KB drain with the default flags",
+TEST_CASE("1500 messages of 70 KB and 100 of 900 KB drain with the default flags",
           "[relay][liveness]") {
   test_support::TempDir dir("relay-large");
   auto db = dir / "app.db";
@@ -170,8 +170,10 @@ TEST_CASE("1,500 messages of 70 KB and 100 of 900 KB drain with the default flag
   }
 }
 
-TEST_CASE("status shows the session, the last error and a stall while the broker is away",
-          "[relay][liveness]") {
+TEST_CASE(
+    "while the broker is away status shows the session down with its last error and a stall is "
+    "logged",
+    "[relay][liveness]") {
   test_support::TempDir dir("relay-stall");
   auto db = dir / "app.db";
   REQUIRE(produce(db, 40, 2) == 40);
@@ -234,7 +236,7 @@ void fill(const std::filesystem::path& file) {
 
 }  // namespace
 
-TEST_CASE("a full disk under the outbox makes the relay wait and resume, not exit",
+TEST_CASE("a full disk under the outbox makes the relay wait and resume instead of exiting",
           "[relay][liveness]") {
   test_support::TempDir dir("relay-disk-full");
   SmallTmpfs disk(dir / "disk", "16m");
