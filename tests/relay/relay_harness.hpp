@@ -47,6 +47,17 @@ inline long produce(const std::filesystem::path& db, long count, long keys, long
   return committed;
 }
 
+// Commits rows through the SQL contract alone, as a producer in another
+// language would (tests/relay/sql_producer.py: one JSON object per row).
+inline void sql_produce(const std::filesystem::path& db, const std::vector<std::string>& rows) {
+  std::vector<std::string> args = {db.string()};
+  args.insert(args.end(), rows.begin(), rows.end());
+  auto result = test_support::run(OUTBOX_SQL_PRODUCER, args, 120s);
+  INFO(result.err);
+  REQUIRE(result.status.exited);
+  REQUIRE(result.status.code == 0);
+}
+
 // A producer running in the background while the relay forwards; with
 // `oversize_every`, every such message is too large for a broker started with
 // --max-message-bytes 1k (see relay_test_producer.cpp).

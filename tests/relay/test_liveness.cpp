@@ -12,16 +12,6 @@ using namespace relay_test;
 
 namespace {
 
-// Commits rows through the SQL contract alone (tests/relay/sql_producer.py).
-void sql_produce(const std::filesystem::path& db, const std::vector<std::string>& rows) {
-  std::vector<std::string> args = {db.string()};
-  args.insert(args.end(), rows.begin(), rows.end());
-  auto result = test_support::run(OUTBOX_SQL_PRODUCER, args, 120s);
-  INFO(result.err);
-  REQUIRE(result.status.exited);
-  REQUIRE(result.status.code == 0);
-}
-
 // Legal messages "key:n" next to one row per way of breaking a limit or the
 // format, all in one transaction (so in one batch). The last poison row
 // shares key "a" with a:3, which must wait behind it under --on-dead block.
@@ -152,22 +142,14 @@ TEST_CASE("1500 messages of 70 KB and 100 of 900 KB drain with the default flags
       tx.commit();
     }
   };
-  SECTION("70 KB") {
-    enqueue(1500, 70 * 1000);
-    RelayProcess relay(dir.path(), db, broker.endpoint());
-    INFO(relay.log());
-    REQUIRE(wait_delivered(db, 1500, 300s));
-    CHECK(outbox_status(db).dead == 0);
-    check_exactly_once_in_order(fetch_all(broker.endpoint()), 1500);
-  }
-  SECTION("900 KB") {
-    enqueue(100, 900 * 1000);
-    RelayProcess relay(dir.path(), db, broker.endpoint());
-    INFO(relay.log());
-    REQUIRE(wait_delivered(db, 100, 300s));
-    CHECK(outbox_status(db).dead == 0);
-    check_exactly_once_in_order(fetch_all(broker.endpoint()), 100);
-  }
+  auto [count, bytes] = GENERATE(std::pair<long, std::size_t>{1500, 70 * 1000},
+                                 std::pair<long, std::size_t>{100, 900 * 1000});
+  enqueue(count, bytes);
+  RelayProcess relay(dir.path(), db, broker.endpoint());
+  INFO(relay.log());
+  REQUIRE(wait_delivered(db, count, 300s));
+  CHECK(outbox_status(db).dead == 0);
+  check_exactly_once_in_order(fetch_all(broker.endpoint()), count);
 }
 
 TEST_CASE(
