@@ -47,6 +47,7 @@ inline long produce(const std::filesystem::path& db, long count, long keys, long
   return committed;
 }
 
+#ifdef OUTBOX_SQL_PRODUCER
 // Commits rows through the SQL contract alone, as a producer in another
 // language would (tests/relay/sql_producer.py: one JSON object per row).
 inline void sql_produce(const std::filesystem::path& db, const std::vector<std::string>& rows) {
@@ -57,6 +58,7 @@ inline void sql_produce(const std::filesystem::path& db, const std::vector<std::
   REQUIRE(result.status.exited);
   REQUIRE(result.status.code == 0);
 }
+#endif
 
 // A producer running in the background while the relay forwards; with
 // `oversize_every`, every such message is too large for a broker started with
