@@ -107,6 +107,9 @@ struct RunSettings {
 };
 
 int run_relay(const RunSettings& settings) {
+  // First: a SIGTERM while the database and the sink are being opened must
+  // end the relay with exit 0, not kill it (the handler only sets a flag).
+  cli::install_stop_handlers(&stop_running_relay);
   relay::RelayConfig config;
   config.holder = settings.holder;
   config.batch_size = settings.batch_size;
@@ -215,7 +218,6 @@ int run_relay(const RunSettings& settings) {
   }
   relay::Relay relay(store, *sink, config);
   running_relay = &relay;
-  cli::install_stop_handlers(&stop_running_relay);
   if (cli::stop_requested()) relay.request_stop();
   logger->info(
       "outbox-relay: forwarding {} to {} as '{}' (batch {} messages / {} bytes, {} in flight, on "

@@ -75,7 +75,7 @@ void check_poison_reasons(const std::filesystem::path& db) {
 
 }  // namespace
 
-TEST_CASE("rows that break a limit or the headers format are dead one by one; the rest flows",
+TEST_CASE("rows that break a limit or the headers format are dead one by one while the rest flows",
           "[relay][liveness]") {
   test_support::TempDir dir("relay-poison");
   auto db = dir / "app.db";
