@@ -107,9 +107,7 @@ struct RunSettings {
 };
 
 int run_relay(const RunSettings& settings) {
-  // First: a SIGTERM while the database and the sink are being opened must
-  // end the relay with exit 0, not kill it (the handler only sets a flag).
-  cli::install_stop_handlers(&stop_running_relay);
+  cli::install_stop_handlers(&stop_running_relay);  // also when flags came before `run`
   relay::RelayConfig config;
   config.holder = settings.holder;
   config.batch_size = settings.batch_size;
@@ -380,6 +378,10 @@ int drop(const std::string& db, const std::string& msg_id) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `run` is a daemon: a SIGTERM from a supervisor that arrives while it is
+  // still starting must end it with exit 0, not kill it. The handler only sets
+  // a flag, which the relay checks once it is constructed.
+  if (argc > 1 && std::string(argv[1]) == "run") cli::install_stop_handlers(&stop_running_relay);
   CLI::App app{
       "outbox-relay: forwards an outbox database to outbox-broker or to a NATS "
       "JetStream stream, in commit order, until every message is acknowledged."};
