@@ -87,7 +87,7 @@ struct RunSettings {
   std::string subject_prefix = "outbox";
   bool allow_short_dedup_window = false;
   std::size_t batch_size = 1000;
-  std::string batch_bytes = "4m";
+  std::string batch_bytes = "1m";
   std::size_t in_flight = 8;
   std::string ack_timeout = "10s";
   std::string connect_timeout = "2s";

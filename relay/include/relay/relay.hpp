@@ -78,10 +78,13 @@ struct RelayConfig {
   std::string holder = "outbox-relay";
   std::size_t batch_size = 1000;
   // Bytes of one batch as counted by message_bytes() (a PUBLISH body); the
-  // destination's announced frame limit lowers it further. 4 MiB: batches of
-  // large messages stay small next to the broker's 64 MiB frame, and a batch
-  // of 1,000 small messages (~300 KB) is never cut by it.
-  std::size_t batch_bytes = std::size_t{4} << 20;
+  // destination's announced frame limit lowers it further. 1 MiB: a batch of
+  // 1,000 messages of 256 B (~290 KB) is never cut by it; larger batches
+  // drained large messages no faster on the 2-core development machine
+  // (outbox-bench e2e under load, medians of 2-4 noisy runs: 70 KB 1m ~1,160
+  // msg/s, 2m ~1,350, 4m ~840, 8m ~490; 900 KB 1m 80-94, 4m 69-70), and the
+  // relay's in-flight memory is batch_bytes x max_in_flight_batches.
+  std::size_t batch_bytes = std::size_t{1} << 20;
   std::size_t max_in_flight_batches = 8;
   std::chrono::milliseconds ack_timeout{10'000};
   std::chrono::milliseconds connect_timeout{2'000};
