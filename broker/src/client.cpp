@@ -180,8 +180,13 @@ wire::Result<Reply> Client::await(Matches matches, std::uint64_t request_id,
 
 wire::Result<wire::Welcome> Client::hello(const std::string& producer,
                                           std::chrono::milliseconds timeout) {
+  return hello(wire::Hello{producer, 0, {}, 0}, timeout);
+}
+
+wire::Result<wire::Welcome> Client::hello(const wire::Hello& request,
+                                          std::chrono::milliseconds timeout) {
   forget_connection_events();
-  if (!wire::send_message(socket_, wire::Hello{producer, 0}, zmq::send_flags::dontwait)) {
+  if (!wire::send_message(socket_, request, zmq::send_flags::dontwait)) {
     return wire::Error{wire::ErrorCode::busy, "send queue full"};
   }
   auto welcome = await<wire::Welcome>([](const wire::Welcome&) { return true; }, 0, timeout);

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common.hpp"
+#include "idgen/uuid.hpp"
 #include "notify.hpp"
 #include "outbox/schema.hpp"
 #include "schema.hpp"
@@ -336,7 +337,7 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   const char* filename = sqlite3_db_filename(impl->db, "main");
   impl->path = filename != nullptr ? filename : path.string();
   if (impl->options.read_only) {
-    int version = detail::read_schema_version(impl->db);
+    int version = detail::read_schema_version(impl->db, path.string());
     if (version == 0) {
       throw Error("database '" + path.string() +
                   "' has no outbox schema (table outbox_meta is missing)");
@@ -889,6 +890,26 @@ bool RelayStore::wait_for_work(std::chrono::milliseconds timeout) {
       std::this_thread::sleep_for(step);
     }
   }
+}
+
+std::string RelayStore::origin_id() {
+  auto& impl = *impl_;
+  auto read = [&] {
+    Statement select(impl.db, "SELECT value FROM outbox_meta WHERE key = 'origin_id'");
+    auto use = select.use();
+    return use.step() ? use.column_text(0) : std::string();
+  };
+  if (auto known = read(); !known.empty() || impl.options.read_only) return known;
+  ScopedTransaction transaction(impl.db, true);
+  {
+    // Another relay may create it at the same moment: the first one wins.
+    Statement insert(impl.db,
+                     "INSERT INTO outbox_meta(key, value) VALUES ('origin_id', ?1) "
+                     "ON CONFLICT(key) DO NOTHING");
+    insert.use().bind_text(1, idgen::to_string(idgen::uuid_v4())).run();
+  }
+  transaction.commit();
+  return read();
 }
 
 }  // namespace outbox

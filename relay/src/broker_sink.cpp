@@ -31,11 +31,16 @@ broker::ClientOptions client_options(const BrokerSinkOptions& options) {
 
 DeliveryStatus from_wire(wire::AckStatus status) {
   switch (status) {
-    case wire::AckStatus::stored: return DeliveryStatus::stored;
-    case wire::AckStatus::duplicate: return DeliveryStatus::duplicate;
-    case wire::AckStatus::conflict: return DeliveryStatus::conflict;
-    case wire::AckStatus::rejected: return DeliveryStatus::rejected;
-    case wire::AckStatus::blocked: return DeliveryStatus::blocked;
+    case wire::AckStatus::stored:
+      return DeliveryStatus::stored;
+    case wire::AckStatus::duplicate:
+      return DeliveryStatus::duplicate;
+    case wire::AckStatus::conflict:
+      return DeliveryStatus::conflict;
+    case wire::AckStatus::rejected:
+      return DeliveryStatus::rejected;
+    case wire::AckStatus::blocked:
+      return DeliveryStatus::blocked;
   }
   return DeliveryStatus::blocked;
 }
@@ -75,6 +80,7 @@ struct BrokerSink::Impl {
   broker::Client client;
   bool used = false;
   SinkLimits limits = limits_from(wire::Welcome{});
+  SinkLease lease;
   std::string body;
   std::vector<wire::Header> headers;
 };
@@ -89,16 +95,31 @@ BrokerSink::BrokerSink(BrokerSinkOptions options) {
 
 BrokerSink::~BrokerSink() noexcept = default;
 
+void BrokerSink::set_lease(SinkLease lease) {
+  impl_->lease = std::move(lease);
+}
+
 std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds timeout) {
   // After any trouble the old connection's state is unknown: start afresh.
   if (impl_->used) impl_->client.reconnect();
   impl_->used = true;
-  auto welcome = impl_->client.hello(impl_->options.producer, timeout);
+  // The broker fences by origin and epoch: no local lease check is needed.
+  const auto& lease = impl_->lease;
+  auto welcome = impl_->client.hello(
+      wire::Hello{impl_->options.producer, 0, lease.origin,
+                  static_cast<std::uint64_t>(std::max<std::int64_t>(lease.epoch, 0))},
+      timeout);
   if (!welcome) {
     if (welcome.error().code == wire::ErrorCode::timeout) {
       return "no answer from the broker within " + std::to_string(timeout.count()) + " ms";
     }
     if (welcome.error().code == wire::ErrorCode::disconnected) return welcome.error().message;
+    if (welcome.error().code == wire::ErrorCode::stale_epoch) {
+      // Normally the relay then finds its lease lost and goes standby.
+      return "broker refused the session (stale_epoch): " + welcome.error().message +
+             "; should this relay still hold the lease, the database is an older copy "
+             "(restored from a backup): see docs/operations.md, Backups";
+    }
     return "broker refused the session: " + welcome.error().message;
   }
   impl_->limits = limits_from(*welcome);
@@ -111,7 +132,8 @@ bool BrokerSink::send(std::uint64_t batch_id, std::span<const outbox::PendingMes
   wire::begin_publish_body(body, impl_->client.session_id(), batch_id);
   for (const auto& message : messages) {
     impl_->headers.clear();
-    for (const auto& header : message.headers) impl_->headers.push_back({header.name, header.value});
+    for (const auto& header : message.headers)
+      impl_->headers.push_back({header.name, header.value});
     wire::append_publish_message(body, message.msg_id, message.topic,
                                  message.partition_key.value_or(std::string()), impl_->headers,
                                  message.payload);
@@ -138,7 +160,8 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
     event.batch_id = ack->batch_id;
     event.deliveries.reserve(ack->entries.size());
     for (auto& entry : ack->entries) {
-      event.deliveries.push_back(Delivery{from_wire(entry.status), entry.offset, std::move(entry.reason)});
+      event.deliveries.push_back(
+          Delivery{from_wire(entry.status), entry.offset, std::move(entry.reason)});
     }
     return event;
   }
@@ -152,8 +175,12 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
   return std::nullopt;  // a stray answer (PONG, ...) is not about our batches
 }
 
-SinkLimits BrokerSink::limits() const { return impl_->limits; }
+SinkLimits BrokerSink::limits() const {
+  return impl_->limits;
+}
 
-std::string BrokerSink::describe() const { return "broker " + impl_->options.endpoint; }
+std::string BrokerSink::describe() const {
+  return "broker " + impl_->options.endpoint;
+}
 
 }  // namespace relay

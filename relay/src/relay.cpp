@@ -139,6 +139,12 @@ struct Relay::Impl {
   } counters;
 
   std::optional<outbox::Lease> lease;
+  // When our lease surely still holds: the clock read before the claim or
+  // renewal that set the database's expiry, plus the lease time. A relay
+  // paused past it (SIGSTOP, a long GC-like stall, a frozen VM) finds it
+  // passed when it wakes up.
+  SteadyClock::time_point lease_valid_until{};
+  std::string origin;  // this database's origin id, sent to the destination with the epoch
   bool standby_logged = false;
   bool session_open = false;
   std::deque<InFlight> in_flight;
@@ -249,6 +255,7 @@ struct Relay::Impl {
           lose_lease("another relay holds it now");
           return false;
         }
+        lease_valid_until = now + config.lease_ttl;
         next_renew = now + config.lease_ttl / 3;
       }
       return true;
@@ -256,7 +263,11 @@ struct Relay::Impl {
     lease = database("claiming the relay lease").claim_lease(lease_holder, config.lease_ttl);
     if (lease) {
       counters.active = true;
+      lease_valid_until = now + config.lease_ttl;
       next_renew = now + config.lease_ttl / 3;
+      sink.set_lease(SinkLease{origin, lease->epoch, [this] {
+                                 return lease.has_value() && SteadyClock::now() < lease_valid_until;
+                               }});
       drop_session();
       last_progress = now;
       set_session_state(false);
@@ -295,6 +306,9 @@ struct Relay::Impl {
     note_error(sink.describe() + ": " + reason);
     set_session_state(false);
     publish_status();
+    // Another relay taking over is one cause of a failure (the broker
+    // refuses a stale epoch): check the lease before anything else is sent.
+    next_renew = SteadyClock::now();
   }
 
   bool ensure_session() {
@@ -384,8 +398,8 @@ struct Relay::Impl {
                   std::min(max_messages, session_window - unacknowledged), last_sent_seq,
                   max_bytes > wire::kPublishFixedBytes ? max_bytes - wire::kPublishFixedBytes : 1);
       if (in_flight.empty()) {
-        generation = store.delivery_generation();
-      } else if (store.delivery_generation() != generation) {
+        generation = database("reading the delivery generation").delivery_generation();
+      } else if (database("reading the delivery generation").delivery_generation() != generation) {
         // A replayed message, or one unblocked by a drop, sits behind
         // last_sent_seq: reading on from there would let later messages of its
         // key overtake it. Holding every key (not only the changed ones) costs
@@ -667,6 +681,7 @@ struct Relay::Impl {
 
   void run() {
     next_summary = SteadyClock::now() + config.summary_interval;
+    origin = store.origin_id();
     try {
       while (!stop.load()) {
         try {

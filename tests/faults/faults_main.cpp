@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "broker/client.hpp"
+#include "cli/args.hpp"
 #include "outbox/relay_store.hpp"
 #include "test_support.hpp"
 
@@ -1332,14 +1333,11 @@ class Run {
 };
 
 milliseconds parse_duration(const std::string& text) {
-  std::size_t used = 0;
-  double value = std::stod(text, &used);
-  std::string unit = text.substr(used);
-  if (unit == "ms") return milliseconds(static_cast<long>(value));
-  if (unit == "s" || unit.empty()) return milliseconds(static_cast<long>(value * 1000));
-  if (unit == "m") return milliseconds(static_cast<long>(value * 60000));
-  if (unit == "h") return milliseconds(static_cast<long>(value * 3600000));
-  throw std::invalid_argument("'" + text + "' is not a duration (e.g. 90s, 10m)");
+  auto parsed = cli::parse_duration(text);
+  if (!parsed || parsed->count() == 0) {
+    throw std::invalid_argument("'" + text + "' is not a duration with a unit (e.g. 90s, 10m)");
+  }
+  return *parsed;
 }
 
 int usage(const std::string& message) {

@@ -366,3 +366,21 @@ TEST_CASE("the relay side checkpoints the WAL without the producer") {
   CHECK(viewer.stats().pending == 200);
   CHECK_THROWS_AS(viewer.checkpoint(), outbox::Error);
 }
+
+TEST_CASE("the origin id is created once, kept in outbox_meta, and the same for every reader") {
+  Fixture f;
+  outbox::RelayOptions read_only;
+  read_only.read_only = true;
+  CHECK(outbox::RelayStore::open(f.dir / "app.db", read_only).origin_id().empty());
+
+  auto origin = f.store.origin_id();
+  CHECK(origin.size() == 36);  // a UUID
+  CHECK(f.store.origin_id() == origin);
+  CHECK(outbox::RelayStore::open(f.dir / "app.db").origin_id() == origin);
+  CHECK(outbox::RelayStore::open(f.dir / "app.db", read_only).origin_id() == origin);
+
+  // Another database has another one.
+  test_support::TempDir other_dir("relay-store-origin");
+  outbox::Outbox::open(other_dir / "app.db");
+  CHECK(outbox::RelayStore::open(other_dir / "app.db").origin_id() != origin);
+}

@@ -80,6 +80,10 @@ class Client {
 
   // Opens a session; later PUBLISH batches carry its id.
   wire::Result<wire::Welcome> hello(const std::string& producer, std::chrono::milliseconds timeout);
+  // Same for a relay: `request` carries the producer database's origin id and
+  // the relay's lease epoch, and the broker answers ERROR stale_epoch when it
+  // has seen a newer epoch for that origin.
+  wire::Result<wire::Welcome> hello(const wire::Hello& request, std::chrono::milliseconds timeout);
   std::uint64_t session_id() const noexcept { return session_id_; }
 
   // Pipelined publishing: queue a batch and return at once. False when the

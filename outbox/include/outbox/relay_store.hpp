@@ -219,6 +219,11 @@ class RelayStore {
   // Gives the lease up so a standby can take over at once; no-op if lost.
   void release_lease(const Lease& lease);
   std::optional<LeaseInfo> lease_info();
+  // This database's origin id: a random UUID created the first time a relay
+  // asks (kept in outbox_meta, key 'origin_id') and never changed. The broker
+  // records the highest lease epoch per origin and refuses sends from an
+  // older one. Empty for a read-only store of a database that has none.
+  std::string origin_id();
 
   // --- Reading ------------------------------------------------------------
   // Up to `limit` pending messages with seq > after_seq, in seq order,

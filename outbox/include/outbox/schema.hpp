@@ -10,8 +10,9 @@ namespace outbox {
 // Version 2: outbox_messages.headers, relay delivery table and cursor,
 //            snowflake worker leases, consumer inbox.
 // Version 3: outbox_relay_cursor.generation (changes of delivery state made
-//            outside the running relay);
-//            outbox_relay_status (what the active relay last reported).
+//            outside the running relay), outbox_inbox.claim_token (claims
+//            have owners), outbox_relay_status (what the active relay last
+//            reported).
 inline constexpr int schema_version = 3;
 
 }  // namespace outbox

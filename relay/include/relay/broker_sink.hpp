@@ -37,6 +37,7 @@ public:
   explicit BrokerSink(BrokerSinkOptions options);
   ~BrokerSink() noexcept override;
 
+  void set_lease(SinkLease lease) override;
   std::optional<std::string> open_session(std::chrono::milliseconds timeout) override;
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
   std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override;

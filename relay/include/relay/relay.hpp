@@ -12,7 +12,10 @@
 //   instance id drawn when the Relay is constructed, so two relays never share
 //   a lease by accident, even with equal names. Without the lease the relay is
 //   a standby that retries every lease_ttl / 4 and takes over once the active
-//   relay's lease lapses or is released.
+//   relay's lease lapses or is released. The sink gets the database's origin
+//   id and the lease epoch (Sink::set_lease) so that the destination can refuse
+//   a relay that lost its lease while paused; after any failed session the
+//   relay checks its lease before the next one.
 // - Reads pending messages in seq order and sends them in batches of at most
 //   batch_size messages and batch_bytes bytes (lowered to what the
 //   destination announced), up to max_in_flight_batches at once: memory stays
