@@ -83,6 +83,7 @@ struct RunSettings {
   std::string subject_prefix = "outbox";
   bool allow_short_dedup_window = false;
   std::size_t batch_size = 1000;
+  std::uint64_t batch_bytes = std::uint64_t{1} << 20;
   std::size_t in_flight = 8;
   std::chrono::milliseconds ack_timeout = 10s;
   std::chrono::milliseconds connect_timeout = 2s;
@@ -102,9 +103,11 @@ struct RunSettings {
 };
 
 int run_relay(const RunSettings& settings) {
+  cli::install_stop_handlers(&stop_running_relay);  // also when flags came before `run`
   relay::RelayConfig config;
   config.holder = settings.holder;
   config.batch_size = settings.batch_size;
+  config.batch_bytes = static_cast<std::size_t>(settings.batch_bytes);
   config.max_in_flight_batches = settings.in_flight;
   config.ack_timeout = settings.ack_timeout;
   config.connect_timeout = settings.connect_timeout;
@@ -205,9 +208,11 @@ int run_relay(const RunSettings& settings) {
   relay::Relay relay(store, *sink, config);
   running_relay = &relay;
   if (cli::stop_requested()) relay.request_stop();  // SIGTERM while starting up
-  logger->info("outbox-relay: forwarding {} to {} as '{}' (batch {}, {} in flight, on dead: {})",
-               settings.db, sink->describe(), relay.lease_holder(), config.batch_size,
-               config.max_in_flight_batches, settings.on_dead);
+  logger->info(
+      "outbox-relay: forwarding {} to {} as '{}' (batch {} messages / {} bytes, {} in flight, on "
+      "dead: {})",
+      settings.db, sink->describe(), relay.lease_holder(), config.batch_size, config.batch_bytes,
+      config.max_in_flight_batches, settings.on_dead);
   try {
     relay.run();
   } catch (const relay::SinkRefusal& refusal) {
@@ -223,9 +228,23 @@ int run_relay(const RunSettings& settings) {
   return cli::exit_ok;
 }
 
+// A session counts as up only while the relay that reported it still holds a
+// valid lease: a relay killed with its session open leaves session_up behind.
+bool session_up(const std::optional<outbox::RelayStatus>& status,
+                const std::optional<outbox::LeaseInfo>& lease) {
+  return status && status->session_up && lease && !lease->expired &&
+         lease->holder == status->holder;
+}
+
+std::string json_time(const std::optional<outbox::TimePoint>& time) {
+  return time ? "\"" + iso_time(*time) + "\"" : "null";
+}
+
 int show_status(const std::string& db, bool json) {
   auto store = open_store(db, true);
   auto stats = store.stats();
+  auto relay_status = store.read_status();
+  const bool up = session_up(relay_status, stats.lease);
   auto age = stats.oldest_pending_age ? stats.oldest_pending_age->count() : 0;
   if (json) {
     std::ostringstream out;
@@ -240,6 +259,21 @@ int show_status(const std::string& db, bool json) {
           << ",\"epoch\":" << stats.lease->epoch << ",\"expires_at\":\""
           << iso_time(stats.lease->expires_at)
           << "\",\"expired\":" << (stats.lease->expired ? "true" : "false") << "}";
+    } else {
+      out << "null";
+    }
+    out << ",\"session_up\":" << (up ? "true" : "false") << ",\"relay\":";
+    if (relay_status) {
+      out << "{\"holder\":" << cli::json_escape(relay_status->holder)
+          << ",\"destination\":" << cli::json_escape(relay_status->destination)
+          << ",\"session_up\":" << (up ? "true" : "false")
+          << ",\"session_changed_at\":" << json_time(relay_status->session_changed_at)
+          << ",\"last_error\":"
+          << (relay_status->last_error.empty() ? "null"
+                                               : cli::json_escape(relay_status->last_error))
+          << ",\"last_error_at\":" << json_time(relay_status->last_error_at)
+          << ",\"last_progress_at\":" << json_time(relay_status->last_progress_at)
+          << ",\"updated_at\":" << json_time(relay_status->updated_at) << "}";
     } else {
       out << "null";
     }
@@ -264,6 +298,23 @@ int show_status(const std::string& db, bool json) {
   } else {
     std::cout << "lease:             none (no relay has run yet)\n";
   }
+  if (relay_status) {
+    std::cout << "session:           " << (up ? "up" : "down") << " with "
+              << relay_status->destination << " (since "
+              << iso_time(relay_status->session_changed_at) << ")\n"
+              << "last error:        "
+              << (relay_status->last_error.empty()
+                      ? std::string("-")
+                      : relay_status->last_error + " (at " +
+                            iso_time(relay_status->last_error_at.value_or(outbox::TimePoint{})) +
+                            ")")
+              << "\n"
+              << "last progress:     "
+              << (relay_status->last_progress_at ? iso_time(*relay_status->last_progress_at) : "-")
+              << "\n";
+  } else {
+    std::cout << "session:           - (no relay has reported)\n";
+  }
   return cli::exit_ok;
 }
 
@@ -280,9 +331,10 @@ int list_dead(const std::string& db, bool json, std::size_t limit) {
                 << iso_time(message.created_at) << "\",\"died_at\":\"" << iso_time(message.died_at)
                 << "\"}\n";
     } else {
-      std::cout << message.msg_id << "  seq " << message.seq << "  topic " << message.topic
-                << "  key " << message.partition_key.value_or("-") << "  died "
-                << iso_time(message.died_at) << "  " << message.reason << "\n";
+      std::cout << "seq " << message.seq << "  msg_id " << relay::printable_field(message.msg_id)
+                << "  topic " << relay::printable_field(message.topic) << "  key "
+                << (message.partition_key ? relay::printable_field(*message.partition_key) : "-")
+                << "  died " << iso_time(message.died_at) << "  " << message.reason << "\n";
     }
   }
   if (!json && dead.empty()) std::cout << "no dead messages\n";
@@ -373,6 +425,11 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--batch-size", run.batch_size, "Messages per PUBLISH batch")
       ->capture_default_str()
       ->check(cli::count_check(1, 100000));
+  cli::add_size_option(run_cmd, "--batch-bytes", run.batch_bytes,
+                       "Bytes per batch (as encoded in a PUBLISH, e.g. 512k, 4m); lowered to the "
+                       "broker's frame limit. A larger message goes alone; one above the "
+                       "broker's limits is dead",
+                       {1024, std::uint64_t{1} << 30, "", false});
   run_cmd
       ->add_option("--in-flight", run.in_flight,
                    "Batches sent before their acknowledgements (bounds memory)")

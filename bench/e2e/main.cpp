@@ -53,6 +53,7 @@ struct Flags {
   std::string sync = "normal";
   int rounds = 3;
   std::size_t relay_batch = 0;
+  std::string relay_batch_bytes;
   std::size_t relay_in_flight = 0;
   std::size_t js_max_pending = 4000;
   bool js_latency = true;
@@ -94,6 +95,7 @@ bench::OutboxSettings outbox_settings(const Flags& flags) {
   settings.payload_bytes = flags.payload_bytes;
   settings.keys = flags.keys;
   settings.relay_batch = flags.relay_batch;
+  settings.relay_batch_bytes = flags.relay_batch_bytes;
   settings.relay_in_flight = flags.relay_in_flight;
   settings.seed = flags.seed;
   settings.latency_dump = flags.latency_dump;
@@ -263,6 +265,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100));
   app.add_option("--relay-batch-size", flags.relay_batch,
                  "Passed to outbox-relay --batch-size (default: the relay's own)");
+  app.add_option("--relay-batch-bytes", flags.relay_batch_bytes,
+                 "Passed to outbox-relay --batch-bytes, e.g. 4m (default: the relay's own)");
   app.add_option("--relay-in-flight", flags.relay_in_flight,
                  "Passed to outbox-relay --in-flight (default: the relay's own)");
   app.add_option("--js-max-pending", flags.js_max_pending,

@@ -36,6 +36,7 @@ struct OutboxSettings {
   int keys = 64;
   std::size_t setup_batch = 5000;  // messages per transaction when filling the drain outbox
   std::size_t relay_batch = 0;     // 0: outbox-relay's default
+  std::string relay_batch_bytes;   // empty: outbox-relay's default
   std::size_t relay_in_flight = 0;
   std::uint64_t seed = 1;
   // When set, the latency pass writes one CSV line per message here.

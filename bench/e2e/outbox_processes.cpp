@@ -84,6 +84,9 @@ RelayProcess::RelayProcess(const OutboxSettings& settings, const fs::path& dir, 
   if (settings.relay_batch > 0) {
     args.insert(args.end(), {"--batch-size", std::to_string(settings.relay_batch)});
   }
+  if (!settings.relay_batch_bytes.empty()) {
+    args.insert(args.end(), {"--batch-bytes", settings.relay_batch_bytes});
+  }
   if (settings.relay_in_flight > 0) {
     args.insert(args.end(), {"--in-flight", std::to_string(settings.relay_in_flight)});
   }

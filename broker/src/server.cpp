@@ -849,10 +849,8 @@ struct Server::Impl {
       logger->info("session {} opened by '{}' for origin {} at lease epoch {}", session.id,
                    hello.producer, hello.origin, hello.epoch);
     }
-    answer(routing_id,
-           wire::Welcome{session.id, static_cast<std::uint32_t>(store.options().max_message_bytes),
-                         static_cast<std::uint32_t>(options.limits.max_batch_messages),
-                         options.broker_name});
+    answer(routing_id, wire::welcome_for(session.id, store.options().max_message_bytes,
+                                         options.broker_name, options.limits));
   }
 
   void on_message(const std::string& routing_id, wire::Fetch& fetch) {

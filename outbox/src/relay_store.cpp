@@ -457,9 +457,12 @@ std::int64_t RelayStore::delivery_generation() const {
   return impl_->generation_read;
 }
 
-std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int64_t after_seq) {
+std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int64_t after_seq,
+                                                     std::size_t max_bytes) {
   auto& impl = *impl_;
   std::vector<PendingMessage> result;
+  std::size_t bytes = 0;
+  bool full = false;
   if (limit == 0) return result;
   // One read transaction so the cursor, the blockers and the rows agree.
   ScopedTransaction transaction(impl.db, false);
@@ -511,14 +514,33 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
       message.msg_id = use.column_text(1);
       message.topic = std::move(topic);
       message.partition_key = std::move(key);
-      if (!use.column_is_null(4)) message.headers = decode_headers(use.column_blob(4));
+      std::size_t headers_bytes = 0;
+      if (!use.column_is_null(4)) {
+        auto blob = use.column_blob(4);
+        headers_bytes = blob.size();
+        try {
+          message.headers = decode_headers(blob);
+        } catch (const Error& error) {
+          // A row another program wrote: the relay makes it dead, the rest flows.
+          message.format_error = std::string(error.what()) + " (headers blob of " +
+                                 std::to_string(blob.size()) + " bytes)";
+        }
+      }
       message.payload = use.column_blob(5);
       message.created_at = from_ms(use.column_int64(6));
       message.attempts = use.column_is_null(8) ? 0 : static_cast<int>(use.column_int64(8));
+      const std::size_t message_bytes = message.msg_id.size() + message.topic.size() +
+                                        message.partition_key.value_or("").size() + headers_bytes +
+                                        message.payload.size() + 16;
+      if (!result.empty() && bytes + message_bytes > max_bytes) {
+        full = true;
+        break;
+      }
+      bytes += message_bytes;
       result.push_back(std::move(message));
       if (result.size() == limit) break;
     }
-    if (result.size() == limit || rows < chunk) break;
+    if (full || result.size() == limit || rows < chunk) break;
   }
   transaction.commit();
   return result;
@@ -718,6 +740,58 @@ bool RelayStore::drop_dead(const std::string& msg_id) {
   transaction.commit();
   impl.logger->info("outbox: dropped dead message {} (seq {})", msg_id, *seq);
   return true;
+}
+
+void RelayStore::write_status(const RelayStatus& status) {
+  auto& impl = *impl_;
+  Statement upsert(impl.db,
+                   "INSERT INTO outbox_relay_status(id, holder, destination, session_up, "
+                   "session_changed_at_ms, last_error, last_error_at_ms, last_progress_at_ms, "
+                   "updated_at_ms) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+                   "ON CONFLICT(id) DO UPDATE SET holder = excluded.holder, "
+                   "destination = excluded.destination, session_up = excluded.session_up, "
+                   "session_changed_at_ms = excluded.session_changed_at_ms, "
+                   "last_error = coalesce(excluded.last_error, last_error), "
+                   "last_error_at_ms = coalesce(excluded.last_error_at_ms, last_error_at_ms), "
+                   "last_progress_at_ms = coalesce(excluded.last_progress_at_ms, "
+                   "last_progress_at_ms), updated_at_ms = excluded.updated_at_ms");
+  auto use = upsert.use();
+  use.bind_text(1, status.holder)
+      .bind_text(2, status.destination)
+      .bind(3, std::int64_t{status.session_up ? 1 : 0})
+      .bind(4, to_ms(status.session_changed_at));
+  if (status.last_error.empty()) {
+    use.bind_null(5).bind_null(6);
+  } else {
+    use.bind_text(5, status.last_error)
+        .bind(6, to_ms(status.last_error_at.value_or(status.updated_at)));
+  }
+  if (status.last_progress_at) {
+    use.bind(7, to_ms(*status.last_progress_at));
+  } else {
+    use.bind_null(7);
+  }
+  use.bind(8, to_ms(impl.now())).run();
+}
+
+std::optional<RelayStatus> RelayStore::read_status() {
+  auto& impl = *impl_;
+  Statement select(impl.db,
+                   "SELECT holder, destination, session_up, session_changed_at_ms, last_error, "
+                   "last_error_at_ms, last_progress_at_ms, updated_at_ms "
+                   "FROM outbox_relay_status WHERE id = 1");
+  auto use = select.use();
+  if (!use.step()) return std::nullopt;
+  RelayStatus status;
+  status.holder = use.column_text(0);
+  status.destination = use.column_text(1);
+  status.session_up = use.column_int64(2) != 0;
+  status.session_changed_at = from_ms(use.column_int64(3));
+  status.last_error = use.column_optional_text(4).value_or("");
+  if (!use.column_is_null(5)) status.last_error_at = from_ms(use.column_int64(5));
+  if (!use.column_is_null(6)) status.last_progress_at = from_ms(use.column_int64(6));
+  status.updated_at = from_ms(use.column_int64(7));
+  return status;
 }
 
 std::size_t RelayStore::delete_delivered(std::chrono::milliseconds retention,

@@ -105,6 +105,19 @@ INSERT INTO outbox_messages_v3(seq, msg_id, topic, partition_key, payload, creat
 DROP TABLE outbox_messages;
 ALTER TABLE outbox_messages_v3 RENAME TO outbox_messages;
 PRAGMA ignore_check_constraints = OFF;
+
+-- relay status: what the active relay last reported (outbox-relay status)
+CREATE TABLE outbox_relay_status(
+  id                    INTEGER PRIMARY KEY CHECK (id = 1),
+  holder                TEXT    NOT NULL,
+  destination           TEXT    NOT NULL,
+  session_up            INTEGER NOT NULL,
+  session_changed_at_ms INTEGER NOT NULL,
+  last_error            TEXT,
+  last_error_at_ms      INTEGER,
+  last_progress_at_ms   INTEGER,
+  updated_at_ms         INTEGER NOT NULL
+);
 )sql",
 };
 static_assert(std::size(migrations) == static_cast<std::size_t>(schema_version));

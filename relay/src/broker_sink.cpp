@@ -31,13 +31,43 @@ broker::ClientOptions client_options(const BrokerSinkOptions& options) {
 
 DeliveryStatus from_wire(wire::AckStatus status) {
   switch (status) {
-    case wire::AckStatus::stored: return DeliveryStatus::stored;
-    case wire::AckStatus::duplicate: return DeliveryStatus::duplicate;
-    case wire::AckStatus::conflict: return DeliveryStatus::conflict;
-    case wire::AckStatus::rejected: return DeliveryStatus::rejected;
-    case wire::AckStatus::blocked: return DeliveryStatus::blocked;
+    case wire::AckStatus::stored:
+      return DeliveryStatus::stored;
+    case wire::AckStatus::duplicate:
+      return DeliveryStatus::duplicate;
+    case wire::AckStatus::conflict:
+      return DeliveryStatus::conflict;
+    case wire::AckStatus::rejected:
+      return DeliveryStatus::rejected;
+    case wire::AckStatus::blocked:
+      return DeliveryStatus::blocked;
   }
   return DeliveryStatus::blocked;
+}
+
+// What the broker announced, clamped to what the wire format can carry at all
+// (str16 fields, u16 header count), so that the encoder never meets a field it
+// cannot write. An unannounced (0) limit falls back to the wire defaults.
+SinkLimits limits_from(const wire::Welcome& welcome) {
+  const wire::Limits defaults;
+  auto pick = [](std::uint32_t announced, std::size_t fallback, std::size_t wire_max) {
+    return std::min<std::size_t>(announced != 0 ? announced : fallback, wire_max);
+  };
+  constexpr std::size_t str16 = 0xffff, u32 = 0xffffffff;
+  SinkLimits limits;
+  limits.max_batch_messages = pick(welcome.max_batch_messages, defaults.max_batch_messages, u32);
+  limits.max_batch_bytes = pick(welcome.max_body_bytes, defaults.max_body_bytes, u32);
+  limits.max_msg_id_bytes = pick(welcome.max_msg_id_bytes, defaults.max_msg_id_bytes, str16);
+  limits.max_topic_bytes = pick(welcome.max_name_bytes, defaults.max_name_bytes, str16);
+  limits.max_key_bytes = pick(welcome.max_key_bytes, defaults.max_key_bytes, str16);
+  limits.max_headers = pick(welcome.max_headers, defaults.max_headers, str16);
+  limits.max_header_name_bytes =
+      pick(welcome.max_header_name_bytes, defaults.max_msg_id_bytes, str16);
+  limits.max_header_value_bytes =
+      pick(welcome.max_header_value_bytes, defaults.max_header_value_bytes, u32);
+  limits.max_payload_bytes = pick(welcome.max_payload_bytes, defaults.max_payload_bytes, u32);
+  limits.max_message_bytes = pick(welcome.max_message_bytes, u32, u32);
+  return limits;
 }
 
 }  // namespace
@@ -49,6 +79,7 @@ struct BrokerSink::Impl {
   BrokerSinkOptions options;
   broker::Client client;
   bool used = false;
+  SinkLimits limits = limits_from(wire::Welcome{});
   SinkLease lease;
   std::string body;
   std::vector<wire::Header> headers;
@@ -64,7 +95,9 @@ BrokerSink::BrokerSink(BrokerSinkOptions options) {
 
 BrokerSink::~BrokerSink() noexcept = default;
 
-void BrokerSink::set_lease(SinkLease lease) { impl_->lease = std::move(lease); }
+void BrokerSink::set_lease(SinkLease lease) {
+  impl_->lease = std::move(lease);
+}
 
 std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds timeout) {
   // After any trouble the old connection's state is unknown: start afresh.
@@ -89,6 +122,7 @@ std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds ti
     }
     return "broker refused the session: " + welcome.error().message;
   }
+  impl_->limits = limits_from(*welcome);
   return std::nullopt;
 }
 
@@ -98,7 +132,8 @@ bool BrokerSink::send(std::uint64_t batch_id, std::span<const outbox::PendingMes
   wire::begin_publish_body(body, impl_->client.session_id(), batch_id);
   for (const auto& message : messages) {
     impl_->headers.clear();
-    for (const auto& header : message.headers) impl_->headers.push_back({header.name, header.value});
+    for (const auto& header : message.headers)
+      impl_->headers.push_back({header.name, header.value});
     wire::append_publish_message(body, message.msg_id, message.topic,
                                  message.partition_key.value_or(std::string()), impl_->headers,
                                  message.payload);
@@ -125,7 +160,8 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
     event.batch_id = ack->batch_id;
     event.deliveries.reserve(ack->entries.size());
     for (auto& entry : ack->entries) {
-      event.deliveries.push_back(Delivery{from_wire(entry.status), entry.offset, std::move(entry.reason)});
+      event.deliveries.push_back(
+          Delivery{from_wire(entry.status), entry.offset, std::move(entry.reason)});
     }
     return event;
   }
@@ -139,6 +175,12 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
   return std::nullopt;  // a stray answer (PONG, ...) is not about our batches
 }
 
-std::string BrokerSink::describe() const { return "broker " + impl_->options.endpoint; }
+SinkLimits BrokerSink::limits() const {
+  return impl_->limits;
+}
+
+std::string BrokerSink::describe() const {
+  return "broker " + impl_->options.endpoint;
+}
 
 }  // namespace relay

@@ -8,8 +8,12 @@
 #include <thread>
 #include <vector>
 
+#include <sqlite3.h>
+
 #include <spdlog/logger.h>
 #include <spdlog/sinks/null_sink.h>
+
+#include "wire/protocol.hpp"
 
 namespace relay {
 namespace {
@@ -38,7 +42,51 @@ std::string random_instance_id() {
 }
 
 std::string describe_key(const outbox::PendingMessage& message) {
-  return message.partition_key ? "key '" + *message.partition_key + "'" : "no key";
+  return message.partition_key ? "key '" + printable_field(*message.partition_key) + "'" : "no key";
+}
+
+// A limit of 0 means "none known".
+std::size_t lower_of(std::size_t configured, std::size_t announced) {
+  return announced == 0 ? configured : std::min(configured, announced);
+}
+
+// Failures that clear by themselves (a writer holding the lock past the busy
+// timeout, a full disk, an I/O error): the relay waits them out.
+bool transient_database_error(int extended_code) {
+  switch (extended_code & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_PROTOCOL:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string sqlite_code_name(int extended_code) {
+  const char* name = "SQLITE_ERROR";
+  switch (extended_code & 0xff) {
+    case SQLITE_BUSY:
+      name = "SQLITE_BUSY";
+      break;
+    case SQLITE_LOCKED:
+      name = "SQLITE_LOCKED";
+      break;
+    case SQLITE_FULL:
+      name = "SQLITE_FULL";
+      break;
+    case SQLITE_IOERR:
+      name = "SQLITE_IOERR";
+      break;
+    case SQLITE_PROTOCOL:
+      name = "SQLITE_PROTOCOL";
+      break;
+    default:
+      break;
+  }
+  return std::string(name) + " (extended code " + std::to_string(extended_code) + ")";
 }
 
 }  // namespace
@@ -86,7 +134,7 @@ struct Relay::Impl {
   std::atomic<bool> stop{false};
   struct AtomicCounters {
     std::atomic<std::uint64_t> sent_messages{0}, stored{0}, duplicates{0}, dead{0}, blocked{0},
-        sessions{0}, failures{0}, deleted{0};
+        sessions{0}, failures{0}, deleted{0}, undeliverable{0}, database_errors{0};
     std::atomic<bool> active{false};
   } counters;
 
@@ -118,6 +166,17 @@ struct Relay::Impl {
   std::size_t session_window = kInitialWindow;
   int consecutive_failures = 0;
   std::mt19937_64 random;
+  SinkLimits limits;  // of the open session's destination
+
+  // Transient database failures in a row, and what the last one was about.
+  int database_failures = 0;
+  const char* database_operation = "";
+
+  // What `outbox-relay status` shows (written to the database on changes).
+  outbox::RelayStatus status;
+  std::string last_failure;  // the most recent session failure, for stall warnings
+  SteadyClock::time_point last_progress = SteadyClock::now();
+  SteadyClock::time_point next_stall_check{};
 
   SteadyClock::time_point next_session_attempt{};
   SteadyClock::time_point next_renew{};
@@ -125,6 +184,43 @@ struct Relay::Impl {
   SteadyClock::time_point next_summary{};
   std::uint64_t summary_sent_before = 0;
   SteadyClock::time_point summary_since = SteadyClock::now();
+
+  // The store, naming the operation about to run on it for the one-line
+  // report of a transient failure (see run()).
+  outbox::RelayStore& database(const char* operation) {
+    database_operation = operation;
+    return store;
+  }
+
+  // Best effort: a status that cannot be written (the disk is full) must not
+  // stop forwarding; the next change writes it again.
+  void publish_status() {
+    if (!lease) return;
+    status.holder = lease->holder;
+    status.destination = sink.describe();
+    status.updated_at = outbox::system_now();
+    try {
+      store.write_status(status);
+    } catch (const outbox::Error& error) {
+      log->debug("could not record the relay status in {}: {}", store.path(), error.what());
+    }
+  }
+
+  void set_session_state(bool up) {
+    if (status.session_up == up && status.session_changed_at != outbox::TimePoint{}) return;
+    status.session_up = up;
+    status.session_changed_at = outbox::system_now();
+  }
+
+  void note_error(const std::string& error) {
+    status.last_error = error;
+    status.last_error_at = outbox::system_now();
+  }
+
+  void note_progress() {
+    last_progress = SteadyClock::now();
+    status.last_progress_at = outbox::system_now();
+  }
 
   // Sleeps up to `duration`, waking early on request_stop().
   void pause(milliseconds duration) {
@@ -155,7 +251,7 @@ struct Relay::Impl {
     auto now = SteadyClock::now();
     if (lease) {
       if (now >= next_renew) {
-        if (!store.renew_lease(*lease, config.lease_ttl)) {
+        if (!database("renewing the relay lease").renew_lease(*lease, config.lease_ttl)) {
           lose_lease("another relay holds it now");
           return false;
         }
@@ -164,7 +260,7 @@ struct Relay::Impl {
       }
       return true;
     }
-    lease = store.claim_lease(lease_holder, config.lease_ttl);
+    lease = database("claiming the relay lease").claim_lease(lease_holder, config.lease_ttl);
     if (lease) {
       counters.active = true;
       lease_valid_until = now + config.lease_ttl;
@@ -173,12 +269,15 @@ struct Relay::Impl {
                                  return lease.has_value() && SteadyClock::now() < lease_valid_until;
                                }});
       drop_session();
+      last_progress = now;
+      set_session_state(false);
+      publish_status();
       log->info("active: holding the relay lease as '{}' (epoch {})", lease->holder, lease->epoch);
       return true;
     }
     // Standby: look again when the holder's lease runs out (or a quarter ttl).
     auto wait = config.lease_ttl / 4;
-    if (auto info = store.lease_info()) {
+    if (auto info = database("reading the relay lease").lease_info()) {
       if (!standby_logged) {
         log->info("standby: the relay lease is held by '{}'; taking over when it lapses",
                   info->holder);
@@ -203,6 +302,10 @@ struct Relay::Impl {
     log->warn("{}: {}; retrying in {} ms (attempt {}, {} batches were in flight)", sink.describe(),
               reason, delay.count(), consecutive_failures, in_flight.size());
     drop_session();
+    last_failure = reason;
+    note_error(sink.describe() + ": " + reason);
+    set_session_state(false);
+    publish_status();
     // Another relay taking over is one cause of a failure (the broker
     // refuses a stale epoch): check the lease before anything else is sent.
     next_renew = SteadyClock::now();
@@ -221,7 +324,10 @@ struct Relay::Impl {
     }
     drop_session();
     session_open = true;
+    limits = sink.limits();
     ++counters.sessions;
+    set_session_state(true);
+    publish_status();
     if (consecutive_failures > 0) {
       log->info("{}: session open again after {} failed attempts", sink.describe(),
                 consecutive_failures);
@@ -229,6 +335,47 @@ struct Relay::Impl {
       log->debug("{}: session open", sink.describe());
     }
     return true;
+  }
+
+  // Makes every message of `batch` that can never be delivered dead, and
+  // returns how many messages from the front form the next batch: those before
+  // the first undeliverable one (later messages of its key must wait for the
+  // next read, which sees it dead), cut at max_bytes. A first message larger
+  // than max_bytes but within the destination's limits goes alone.
+  std::size_t take_sendable(const std::vector<outbox::PendingMessage>& batch,
+                            std::size_t max_bytes) {
+    std::size_t sendable = batch.size();
+    std::size_t bytes = wire::kPublishFixedBytes;
+    std::uint64_t dead = 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const auto& message = batch[i];
+      if (auto reason = undeliverable_reason(message, limits)) {
+        log->error(
+            "message {} (seq {}, topic '{}', {}) can never be delivered to {}: {}; it is dead, "
+            "later messages of its key wait until it is replayed or dropped (outbox-relay dead / "
+            "replay / drop)",
+            printable_field(message.msg_id), message.seq, printable_field(message.topic),
+            describe_key(message), sink.describe(), *reason);
+        settled.push_back(outbox::Outcome::dead(message.seq, "UNDELIVERABLE: " + *reason));
+        ++dead;
+        sendable = std::min(sendable, i);
+        continue;
+      }
+      if (i >= sendable) continue;
+      auto size = message_bytes(message);
+      if (i > 0 && bytes + size > max_bytes) {
+        sendable = i;
+        continue;
+      }
+      bytes += size;
+    }
+    if (dead > 0) {
+      counters.dead += dead;
+      counters.undeliverable += dead;
+      note_progress();
+      record_settled();
+    }
+    return sendable;
   }
 
   void fill_pipeline() {
@@ -239,15 +386,20 @@ struct Relay::Impl {
       holding_for_generation = false;
     }
     if (holding_for_generation) return;
+    const auto max_messages = lower_of(config.batch_size, limits.max_batch_messages);
+    const auto max_bytes = lower_of(config.batch_bytes, limits.max_batch_bytes);
     while (in_flight.size() < config.max_in_flight_batches && !stop.load()) {
       std::size_t unacknowledged = 0;
       for (const auto& batch : in_flight) unacknowledged += batch.messages.size();
       if (unacknowledged >= session_window) return;
-      auto batch = store.read_pending(std::min(config.batch_size, session_window - unacknowledged),
-                                      last_sent_seq);
+      auto batch =
+          database("reading pending messages")
+              .read_pending(
+                  std::min(max_messages, session_window - unacknowledged), last_sent_seq,
+                  max_bytes > wire::kPublishFixedBytes ? max_bytes - wire::kPublishFixedBytes : 1);
       if (in_flight.empty()) {
-        generation = store.delivery_generation();
-      } else if (store.delivery_generation() != generation) {
+        generation = database("reading the delivery generation").delivery_generation();
+      } else if (database("reading the delivery generation").delivery_generation() != generation) {
         // A replayed message, or one unblocked by a drop, sits behind
         // last_sent_seq: reading on from there would let later messages of its
         // key overtake it. Holding every key (not only the changed ones) costs
@@ -260,6 +412,10 @@ struct Relay::Impl {
         return;
       }
       if (batch.empty()) return;
+      auto sendable = take_sendable(batch, max_bytes);
+      if (!lease || !session_open) return;  // lost while recording the dead ones
+      if (sendable == 0) continue;          // the dead ones are settled: read on
+      batch.resize(sendable);
       auto batch_id = next_batch_id;
       if (!sink.send(batch_id, batch)) return;  // queue full: read again after acks
       ++next_batch_id;                          // ids stay consecutive within a session
@@ -337,6 +493,7 @@ struct Relay::Impl {
     counters.dead += dead;
     counters.blocked += blocked;
     if (stored + duplicates > 0) consecutive_failures = 0;
+    if (stored + duplicates + dead > 0) note_progress();
     session_window = std::min(session_window + head->messages.size(),
                               config.batch_size * config.max_in_flight_batches);
     in_flight.pop_front();
@@ -354,7 +511,7 @@ struct Relay::Impl {
     if (settled.empty()) return;
     if (lease) {
       try {
-        store.record_outcomes(settled, *lease);
+        database("recording outcomes").record_outcomes(settled, *lease);
       } catch (const outbox::LeaseLost&) {
         lose_lease("another relay took it over");
       }
@@ -388,7 +545,8 @@ struct Relay::Impl {
     auto now = SteadyClock::now();
     if (now >= next_retention) {
       constexpr std::size_t kRowsPerStep = 500, kStepsPerTurn = 4;
-      auto deleted = store.delete_delivered(config.retention, kRowsPerStep, kStepsPerTurn);
+      auto deleted = database("deleting delivered rows")
+                         .delete_delivered(config.retention, kRowsPerStep, kStepsPerTurn);
       counters.deleted += deleted;
       // A full turn means more is due: come back soon rather than after the interval.
       next_retention = now + (deleted == kRowsPerStep * kStepsPerTurn ? milliseconds(100)
@@ -397,8 +555,9 @@ struct Relay::Impl {
     if (now >= next_summary) {
       auto sent = counters.sent_messages.load();
       auto elapsed = std::chrono::duration<double>(now - summary_since).count();
+      publish_status();  // a heartbeat with the last progress
       if (sent != summary_sent_before || !in_flight.empty()) {
-        auto stats = store.backlog();
+        auto stats = database("reading the backlog").backlog();
         double rate = elapsed > 0 ? static_cast<double>(sent - summary_sent_before) / elapsed : 0;
         log->info(
             "forwarding {:.0f} msg/s; backlog {} (oldest {} ms), dead {}, in flight {} batches; "
@@ -410,6 +569,64 @@ struct Relay::Impl {
       summary_since = now;
       next_summary = now + config.summary_interval;
     }
+    watch_for_stall(now);
+  }
+
+  // Pending messages but nothing settled for several ack timeouts: say why.
+  void watch_for_stall(SteadyClock::time_point now) {
+    const auto stall_after = config.ack_timeout * std::max(config.stall_ack_timeouts, 1);
+    if (now - last_progress < stall_after || now < next_stall_check) return;
+    next_stall_check = now + stall_after;
+    auto backlog = database("reading the backlog").backlog();
+    if (backlog.pending == 0) {
+      last_progress = now;  // idle, not stalled
+      return;
+    }
+    std::string cause;
+    if (!session_open) {
+      cause = "no session with " + sink.describe() +
+              (last_failure.empty() ? std::string() : " (last failure: " + last_failure + ")");
+    } else if (!in_flight.empty()) {
+      cause = std::to_string(in_flight.size()) + " batches sent to " + sink.describe() +
+              " are not acknowledged" +
+              (last_failure.empty() ? std::string() : " (last failure: " + last_failure + ")");
+    } else if (backlog.dead > 0) {
+      cause = "the pending messages wait behind " + std::to_string(backlog.dead) +
+              " dead messages of their keys (outbox-relay dead / replay / drop)";
+    } else {
+      cause = "the pending messages wait for scheduled retries (" +
+              std::to_string(backlog.retrying) + ")";
+    }
+    using Seconds = std::chrono::duration<double>;
+    log->warn("no progress for {:.1f} s with {} messages pending (oldest {:.1f} s): {}",
+              Seconds(now - last_progress).count(), backlog.pending,
+              Seconds(backlog.oldest_pending_age.value_or(milliseconds(0))).count(), cause);
+  }
+
+  // A transient database failure: one line naming the database, the
+  // operation and SQLite's code (repeats of the same one at debug level), then
+  // a backoff. Outcomes not recorded stay pending: the next session resends
+  // them and the destination answers DUPLICATE. The lease is kept; if it
+  // lapses meanwhile, the next fenced write finds out and goes to standby.
+  void on_database_error(const outbox::Error& error) {
+    ++counters.database_errors;
+    ++database_failures;
+    settled.clear();
+    drop_session();
+    auto delay = config.backoff.delay(database_failures, random);
+    auto line =
+        fmt::format("database '{}': {} failed with {}: {}", store.path(), database_operation,
+                    sqlite_code_name(error.extended_code()), error.what());
+    if (database_failures == 1 || status.last_error != line) {
+      log->error("{}; keeping the lease, retrying in {} ms", line, delay.count());
+    } else {
+      log->debug("{}; retrying in {} ms (attempt {})", line, delay.count(), database_failures);
+    }
+    last_failure = line;
+    note_error(line);
+    set_session_state(false);
+    publish_status();
+    pause(delay);
   }
 
   void drain_and_release() {
@@ -418,21 +635,48 @@ struct Relay::Impl {
       log->info("stopping: waiting up to {} ms for {} batches in flight",
                 config.drain_timeout.count(), in_flight.size());
     }
-    while (!in_flight.empty() && session_open && lease && SteadyClock::now() < deadline) {
-      if (auto event = sink.poll(std::min(until(deadline), milliseconds(50)))) {
-        handle(std::move(*event));
-        record_settled();
+    try {
+      while (!in_flight.empty() && session_open && lease && SteadyClock::now() < deadline) {
+        if (auto event = sink.poll(std::min(until(deadline), milliseconds(50)))) {
+          handle(std::move(*event));
+          record_settled();
+        }
       }
+    } catch (const outbox::Error& error) {
+      if (!transient_database_error(error.extended_code())) throw;
+      log->warn("stopping: could not record acknowledgements in {} ({}); they are resent",
+                store.path(), error.what());
+      settled.clear();
     }
     if (!in_flight.empty()) {
       log->warn("stopping with {} batches unacknowledged; they stay pending and are resent",
                 in_flight.size());
     }
     if (lease) {
-      store.release_lease(*lease);
+      set_session_state(false);
+      publish_status();
+      try {
+        store.release_lease(*lease);
+      } catch (const outbox::Error& error) {
+        log->warn("could not release the relay lease in {} ({}); it lapses in {} ms", store.path(),
+                  error.what(), config.lease_ttl.count());
+      }
       lease.reset();
       counters.active = false;
     }
+  }
+
+  // One pass of the loop: a linear sequence of named steps.
+  void turn() {
+    if (!ensure_lease()) return;
+    housekeeping();
+    if (!ensure_session()) return;
+    fill_pipeline();
+    if (in_flight.empty()) {
+      database("waiting for commits").wait_for_work(config.idle_wait);
+      return;
+    }
+    await_events();
   }
 
   void run() {
@@ -440,15 +684,20 @@ struct Relay::Impl {
     origin = store.origin_id();
     try {
       while (!stop.load()) {
-        if (!ensure_lease()) continue;
-        housekeeping();
-        if (!ensure_session()) continue;
-        fill_pipeline();
-        if (in_flight.empty()) {
-          store.wait_for_work(config.idle_wait);
+        try {
+          turn();
+        } catch (const outbox::LeaseLost&) {
+          throw;
+        } catch (const outbox::Error& error) {
+          if (!transient_database_error(error.extended_code())) throw;
+          on_database_error(error);
           continue;
         }
-        await_events();
+        if (database_failures > 0) {
+          log->info("database '{}' works again after {} failed attempts", store.path(),
+                    database_failures);
+          database_failures = 0;
+        }
       }
     } catch (const SinkRefusal& refusal) {
       // Nothing in flight is acknowledged any more; a standby (or the next
@@ -485,9 +734,10 @@ void Relay::request_stop() noexcept {
 
 RelayCounters Relay::counters() const {
   const auto& c = impl_->counters;
-  return RelayCounters{c.sent_messages.load(), c.stored.load(),  c.duplicates.load(),
-                       c.dead.load(),          c.blocked.load(), c.sessions.load(),
-                       c.failures.load(),      c.deleted.load(), c.active.load()};
+  return RelayCounters{
+      c.sent_messages.load(), c.stored.load(),          c.duplicates.load(), c.dead.load(),
+      c.blocked.load(),       c.sessions.load(),        c.failures.load(),   c.deleted.load(),
+      c.undeliverable.load(), c.database_errors.load(), c.active.load()};
 }
 
 }  // namespace relay

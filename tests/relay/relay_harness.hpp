@@ -6,8 +6,8 @@
 #include <sqlite3.h>
 
 #include <chrono>
-#include <cstdio>
 #include <csignal>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -18,8 +18,8 @@
 #include <catch2/catch.hpp>
 
 #include "broker/client.hpp"
-#include "outbox/outbox.hpp"
 #include "broker_process.hpp"
+#include "outbox/outbox.hpp"
 #include "test_support.hpp"
 
 namespace relay_test {
@@ -46,6 +46,19 @@ inline long produce(const std::filesystem::path& db, long count, long keys, long
                       &rolled_back) == 2);
   return committed;
 }
+
+#ifdef OUTBOX_SQL_PRODUCER
+// Commits rows through the SQL contract alone, as a producer in another
+// language would (tests/relay/sql_producer.py: one JSON object per row).
+inline void sql_produce(const std::filesystem::path& db, const std::vector<std::string>& rows) {
+  std::vector<std::string> args = {db.string()};
+  args.insert(args.end(), rows.begin(), rows.end());
+  auto result = test_support::run(OUTBOX_SQL_PRODUCER, args, 120s);
+  INFO(result.err);
+  REQUIRE(result.status.exited);
+  REQUIRE(result.status.code == 0);
+}
+#endif
 
 // A producer running in the background while the relay forwards; with
 // `oversize_every`, every such message is too large for a broker started with
@@ -141,6 +154,8 @@ struct Status {
   long dead = -1;
   std::string lease_holder;
   bool lease_expired = false;
+  bool session_up = false;
+  std::string last_error;  // empty: none reported
 };
 
 inline Status outbox_status(const std::filesystem::path& db) {
@@ -158,6 +173,15 @@ inline Status outbox_status(const std::filesystem::path& db) {
   s.delivered_kept = number("delivered");
   s.dead = number("dead");
   s.lease_expired = result.out.find("\"expired\":true") != std::string::npos;
+  s.session_up = result.out.find("\"session_up\":true") != std::string::npos;
+  auto error = result.out.find("\"last_error\":\"");
+  if (error != std::string::npos) {
+    auto start = error + 14;
+    auto end = start;
+    while (end < result.out.size() && result.out[end] != '"')
+      end += result.out[end] == '\\' ? 2 : 1;
+    s.last_error = result.out.substr(start, end - start);
+  }
   auto holder = result.out.find("\"holder\":\"");
   if (holder != std::string::npos) {
     auto start = holder + 10;

@@ -87,6 +87,12 @@ TEST_CASE("durations need a unit and numbers are checked, in every flag", "[rela
                        "--in-flight");
   check_one_line_error(relay_cli({"run", "--db", "x.db", "--batch-size", "1.5"}), kExitUsage,
                        "--batch-size");
+  check_one_line_error(relay_cli({"run", "--db", "x.db", "--batch-bytes", "512"}), kExitUsage,
+                       "--batch-bytes: '512' is below the minimum 1k");
+  check_one_line_error(relay_cli({"run", "--db", "x.db", "--batch-bytes", "2g"}), kExitUsage,
+                       "--batch-bytes: '2g' is above the maximum 1g");
+  check_one_line_error(relay_cli({"run", "--db", "x.db", "--batch-bytes", "lots"}), kExitUsage,
+                       "--batch-bytes: 'lots' is not a size");
   check_one_line_error(relay_cli({"dead", "--db", "x.db", "--limit", "-1"}), kExitUsage,
                        "--limit: '-1'");
   CHECK_FALSE(std::filesystem::exists("x.db"));
@@ -108,6 +114,13 @@ TEST_CASE("config file mistakes name the file, the line and the key", "[relay][c
                        "lease.toml:3: key 'lease': '1ms' is shorter than the minimum 1s");
   check_one_line_error(relay_cli(config("bare.toml", "[run]\ndb = \"a.db\"\nack-timeout = 10\n")),
                        kExitUsage, "bare.toml:3: key 'ack-timeout': '10' has no unit");
+  check_one_line_error(
+      relay_cli(config("bytes.toml", "[run]\ndb = \"a.db\"\nbatch-bytes = \"100\"\n")), kExitUsage,
+      "bytes.toml:3: key 'batch-bytes': '100' is below the minimum 1k");
+  // A good size passes the strict reader: the run gets as far as the database.
+  check_one_line_error(relay_cli(config("good.toml", "[run]\ndb = \"" + (dir / "none.db").string() +
+                                                         "\"\nbatch-bytes = \"4m\"\n")),
+                       kExitStorage, "none.db");
   check_one_line_error(
       relay_cli(config("flag.toml", "[run]\nallow-short-dedup-window = \"yes\"\n")), kExitUsage,
       "flag.toml:2: key 'allow-short-dedup-window'");

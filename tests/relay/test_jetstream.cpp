@@ -440,6 +440,38 @@ TEST_CASE("a message above the stream's size limit is dead and holds back its ke
   CHECK(payloads == std::vector<std::string>{"a:1", "b:1", "a:2"});
 }
 
+TEST_CASE("rows with a malformed headers blob or msg_id are dead and the rest reaches JetStream",
+          "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-poison");
+  auto db = dir / "app.db";
+  outbox::Outbox::open(db);  // the schema; every row comes from the SQL producer
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
+  sql_produce(db, {
+                      R"({"key": "a", "payload": "a:1"})",
+                      R"({"key": "a", "headers_hex": "FFFFFFFF"})",
+                      R"({"key": "a", "payload": "a:2"})",
+                      R"({"key": "b", "headers_hex": "0102"})",
+                      R"({"key": "c", "msg_id": "has space"})",
+                      R"({"key": "d", "payload": "d:1"})",
+                  });
+  auto relay = RelayProcess::with_flags(dir.path(), db, jetstream_flags(server));
+  INFO(relay->log());
+  REQUIRE(wait_delivered(db, 2));  // a:1 and d:1; a:2 waits behind the dead row of key "a"
+  REQUIRE(test_support::wait_until([&] { return outbox_status(db).dead == 3; }, 30s, 20ms));
+  CHECK(outbox_status(db).pending == 1);
+  CHECK(relay->process().running());
+  auto dead = test_support::run(relay_binary(), {"dead", "--db", db.string(), "--json"});
+  CHECK(dead.out.find("malformed headers: length exceeds the data") != std::string::npos);
+  CHECK(dead.out.find("malformed headers: truncated length field") != std::string::npos);
+  CHECK(dead.out.find("msg_id has byte 0x20") != std::string::npos);
+  std::vector<std::string> payloads;
+  for (const auto& message : NatsClient(server.url()).read_all(kStream))
+    payloads.push_back(message.payload);
+  CHECK(payloads == std::vector<std::string>{"a:1", "d:1"});
+}
+
 TEST_CASE("a stream deleted while the relay runs stops it with exit code 7", "[relay][jetstream]") {
   if (!have_nats_server()) return;
   test_support::TempDir dir("relay-js-deleted");

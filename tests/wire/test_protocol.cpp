@@ -23,6 +23,7 @@ std::vector<wire::AnyMessage> samples() {
       wire::Hello{"producer-a", 0, "9f0c5d2e7b1a4c3d8e6f0a1b2c3d4e5f", 7},
       wire::Hello{"tool", 0, "", 0},
       wire::Welcome{12, 1 << 20, 5000, "broker"},
+      wire::welcome_for(13, 1 << 20, "broker", wire::Limits{}),
       publish,
       wire::Ack{42,
                 {{wire::AckStatus::stored, 1, ""},
@@ -164,6 +165,29 @@ TEST_CASE("the zero-copy PUBLISH view sees the same fields as the owning decoder
   CHECK(wire::decode_headers(view->messages[1].headers)->empty());
   body.pop_back();
   CHECK(wire::decode_publish_view(body).error().code == wire::ErrorCode::truncated);
+}
+
+TEST_CASE("WELCOME announces the decoder's limits, and the size formulas match the encoder") {
+  wire::Limits limits;
+  limits.max_key_bytes = 1234;
+  limits.max_body_bytes = std::size_t{8} << 30;  // above u32: announced as the u32 maximum
+  auto welcome = wire::welcome_for(1, 5000, "b", limits);
+  CHECK(welcome.max_message_bytes == 5000);
+  CHECK(welcome.max_key_bytes == 1234);
+  CHECK(welcome.max_body_bytes == UINT32_MAX);
+  CHECK(welcome.max_msg_id_bytes == limits.max_msg_id_bytes);
+  CHECK(welcome.max_header_name_bytes == limits.max_msg_id_bytes);
+  CHECK(welcome.max_headers == limits.max_headers);
+  CHECK(welcome.max_header_value_bytes == limits.max_header_value_bytes);
+  CHECK(welcome.max_payload_bytes == limits.max_payload_bytes);
+
+  std::string body;
+  wire::begin_publish_body(body, 1, 2);
+  std::vector<wire::Header> headers{{"trace", "abc"}, {"h", ""}};
+  wire::append_publish_message(body, "id", "orders", "key", headers, "payload");
+  CHECK(body.size() ==
+        wire::kPublishFixedBytes +
+            wire::publish_message_bytes(2, 6, 3, wire::header_block_bytes(2, 5 + 3 + 1), 7));
 }
 
 TEST_CASE("HELLO of version 2: flags, producer, origin, lease epoch") {

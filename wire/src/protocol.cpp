@@ -1,5 +1,7 @@
 #include "wire/protocol.hpp"
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -196,6 +198,11 @@ void encode_into(std::string& out, const Welcome& m) {
   put<std::uint32_t>(out, m.max_message_bytes);
   put<std::uint32_t>(out, m.max_batch_messages);
   put_str16(out, m.broker_name);
+  for (auto limit :
+       {m.max_body_bytes, m.max_msg_id_bytes, m.max_name_bytes, m.max_key_bytes, m.max_headers,
+        m.max_header_name_bytes, m.max_header_value_bytes, m.max_payload_bytes}) {
+    put<std::uint32_t>(out, limit);
+  }
 }
 void encode_into(std::string& out, const Publish& m) {
   begin_publish_body(out, m.session_id, m.batch_id);
@@ -295,6 +302,14 @@ AnyMessage decode_welcome(Reader& in) {
   m.max_message_bytes = in.get<std::uint32_t>("max message bytes");
   m.max_batch_messages = in.get<std::uint32_t>("max batch messages");
   m.broker_name = in.str16(in.limits().max_name_bytes, "broker name");
+  m.max_body_bytes = in.get<std::uint32_t>("max body bytes");
+  m.max_msg_id_bytes = in.get<std::uint32_t>("max msg_id bytes");
+  m.max_name_bytes = in.get<std::uint32_t>("max name bytes");
+  m.max_key_bytes = in.get<std::uint32_t>("max key bytes");
+  m.max_headers = in.get<std::uint32_t>("max headers");
+  m.max_header_name_bytes = in.get<std::uint32_t>("max header name bytes");
+  m.max_header_value_bytes = in.get<std::uint32_t>("max header value bytes");
+  m.max_payload_bytes = in.get<std::uint32_t>("max payload bytes");
   return m;
 }
 AnyMessage decode_publish(Reader& in) {
@@ -536,6 +551,27 @@ std::string encode_body(const AnyMessage& message) {
 Frames encode(const AnyMessage& message) {
   return Frames{encode_tag(), std::string(1, static_cast<char>(command_of(message))),
                 encode_body(message)};
+}
+
+Welcome welcome_for(std::uint64_t session_id, std::size_t max_message_bytes,
+                    std::string broker_name, const Limits& limits) {
+  auto u32 = [](std::size_t value) {
+    return static_cast<std::uint32_t>(std::min<std::size_t>(value, UINT32_MAX));
+  };
+  Welcome welcome;
+  welcome.session_id = session_id;
+  welcome.max_message_bytes = u32(max_message_bytes);
+  welcome.max_batch_messages = u32(limits.max_batch_messages);
+  welcome.broker_name = std::move(broker_name);
+  welcome.max_body_bytes = u32(limits.max_body_bytes);
+  welcome.max_msg_id_bytes = u32(limits.max_msg_id_bytes);
+  welcome.max_name_bytes = u32(limits.max_name_bytes);
+  welcome.max_key_bytes = u32(limits.max_key_bytes);
+  welcome.max_headers = u32(limits.max_headers);
+  welcome.max_header_name_bytes = u32(limits.max_msg_id_bytes);  // the decoder's header name limit
+  welcome.max_header_value_bytes = u32(limits.max_header_value_bytes);
+  welcome.max_payload_bytes = u32(limits.max_payload_bytes);
+  return welcome;
 }
 
 void begin_publish_body(std::string& body, std::uint64_t session_id, std::uint64_t batch_id) {

@@ -118,6 +118,10 @@ struct PendingMessage {
   std::string payload{};
   TimePoint created_at{};
   int attempts = 0;  // earlier attempts recorded with schedule_retry()
+  // Non-empty when the row breaks the SQL contract's format so that it cannot
+  // be read as a message (a malformed headers blob): why, in one line. Such a
+  // message can never be sent; `headers` is then empty.
+  std::string format_error{};
 };
 
 // The result of sending one message.
@@ -168,6 +172,21 @@ struct DeadMessage {
   TimePoint died_at{};
 };
 
+// What the active relay last reported about itself, for `outbox-relay status`
+// (another process): whether it has a session with its destination, the last
+// error and when, and when it last made progress. Written by the relay when
+// its session opens or fails and every few seconds while it runs.
+struct RelayStatus {
+  std::string holder{};       // the lease holder that wrote it
+  std::string destination{};  // "broker tcp://127.0.0.1:7750"
+  bool session_up = false;
+  TimePoint session_changed_at{};
+  std::string last_error{};  // empty: none recorded
+  std::optional<TimePoint> last_error_at{};
+  std::optional<TimePoint> last_progress_at{};  // last acknowledged or dead message
+  TimePoint updated_at{};
+};
+
 // Exponential backoff with full jitter, for transient failures.
 struct BackoffPolicy {
   std::chrono::milliseconds initial{100};
@@ -210,7 +229,13 @@ class RelayStore {
   // Up to `limit` pending messages with seq > after_seq, in seq order,
   // skipping blocked keys (see "Ordering" above) and retries not yet due.
   // Pipelining relays pass the last seq they already sent as after_seq.
-  std::vector<PendingMessage> read_pending(std::size_t limit, std::int64_t after_seq = 0);
+  // Stops before a message that would take the messages' bytes (msg_id,
+  // topic, key, headers blob and payload, plus 16 per message) above
+  // `max_bytes`; the first message is always returned, however large, so
+  // that the caller can decide about it. A row whose headers blob is
+  // malformed comes back with `format_error` set instead of throwing.
+  std::vector<PendingMessage> read_pending(std::size_t limit, std::int64_t after_seq = 0,
+                                           std::size_t max_bytes = SIZE_MAX);
   // The delivery generation (outbox_relay_cursor.generation) as the last
   // read_pending() saw it, in the same transaction as the rows it returned.
   // replay_dead(), replay_all_dead() and drop_dead() add one in their own
@@ -249,6 +274,13 @@ class RelayStore {
   // Settles a dead message without sending it, unblocking its key. False if
   // `msg_id` is not a dead message. The row stays until retention removes it.
   bool drop_dead(const std::string& msg_id);
+
+  // --- Relay status (not fenced) ------------------------------------------
+  // Replaces the stored status with `status`, keeping the stored last error
+  // when `status.last_error` is empty. One small transaction.
+  void write_status(const RelayStatus& status);
+  // Empty when no relay has reported yet.
+  std::optional<RelayStatus> read_status();
 
   // --- Retention ----------------------------------------------------------
   // Deletes delivered (and dropped) messages settled more than `retention`

@@ -12,7 +12,8 @@ namespace outbox {
 // Version 3: outbox_relay_cursor.generation (changes of delivery state made
 //            outside the running relay); outbox_inbox.claim_token (claims
 //            have owners); outbox_workers.reserved_until_ms (high-water mark
-//            of a worker id); field limits checked at INSERT.
+//            of a worker id); field limits checked at INSERT;
+//            outbox_relay_status (what the active relay last reported).
 inline constexpr int schema_version = 3;
 
 }  // namespace outbox

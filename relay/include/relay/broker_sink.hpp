@@ -42,6 +42,8 @@ public:
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
   std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override;
   std::string describe() const override;
+  // From the broker's WELCOME (docs/protocol.md).
+  SinkLimits limits() const override;
 
 private:
   struct Impl;

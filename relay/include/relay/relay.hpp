@@ -16,8 +16,15 @@
 //   id and the lease epoch (Sink::set_lease) so that the destination can refuse
 //   a relay that lost its lease while paused; after any failed session the
 //   relay checks its lease before the next one.
-// - Reads pending messages in seq order and sends them in batches, up to
-//   max_in_flight_batches at once (memory stays flat whatever the backlog).
+// - Reads pending messages in seq order and sends them in batches of at most
+//   batch_size messages and batch_bytes bytes (lowered to what the
+//   destination announced), up to max_in_flight_batches at once: memory stays
+//   flat whatever the backlog. A message larger than batch_bytes on its own
+//   travels alone when the destination can take it.
+// - Checks every message against the destination's limits and the SQL
+//   contract's format before sending (undeliverable_reason() in sink.hpp). A
+//   message that can never be delivered is dead at once with a reason naming
+//   the field, its size and the limit; the rest of its batch goes on.
 // - Per acknowledged message: stored or duplicate -> delivered with the
 //   destination's offset; conflict or rejected -> dead with the reason. All
 //   outcomes of one batch are recorded in one transaction.
@@ -31,14 +38,25 @@
 // - Sleeps on the outbox's commit notification when idle (about a millisecond
 //   from commit to send), polling as a fallback.
 // - Deletes delivered rows older than `retention` in small batches.
+// - Transient database failures (SQLITE_BUSY past the busy timeout,
+//   SQLITE_LOCKED, SQLITE_FULL, SQLITE_IOERR, SQLITE_PROTOCOL) are logged in
+//   one line naming the database, the operation and SQLite's code; the relay
+//   keeps its lease, backs off like after a failed session and resumes when
+//   the condition clears. Unrecorded outcomes are resent (DUPLICATE).
+// - Records its session state, last error and last progress in the database
+//   (RelayStore::write_status) for `outbox-relay status`, and logs a warning
+//   naming the cause when messages are pending but nothing has been settled
+//   for stall_ack_timeouts ack timeouts.
 // - request_stop(): stops reading, waits up to drain_timeout for in-flight
 //   acknowledgements, records them, releases the lease and returns.
 //
 // Ownership: the Relay borrows the store and the sink; both must outlive it.
 // Thread safety: run() on one thread; request_stop() from any thread or a
 // signal handler; counters() from any thread.
-// Errors: database failures (outbox::Error) propagate out of run(); a lost
-// lease is not an error (the relay goes back to standby).
+// Errors: database failures other than the transient ones above
+// (outbox::Error: a file that is no outbox any more, a newer schema, a
+// corrupt database) propagate out of run(); a lost lease is not an error (the
+// relay goes back to standby).
 #pragma once
 
 #include <atomic>
@@ -62,6 +80,14 @@ struct RelayConfig {
   // is this name plus ":" and the instance id, e.g. "db1:4242:1a2b3c4d".
   std::string holder = "outbox-relay";
   std::size_t batch_size = 1000;
+  // Bytes of one batch as counted by message_bytes() (a PUBLISH body); the
+  // destination's announced frame limit lowers it further. 1 MiB: a batch of
+  // 1,000 messages of 256 B (~290 KB) is never cut by it; larger batches
+  // drained large messages no faster on the 2-core development machine
+  // (outbox-bench e2e under load, medians of 2-4 noisy runs: 70 KB 1m ~1,160
+  // msg/s, 2m ~1,350, 4m ~840, 8m ~490; 900 KB 1m 80-94, 4m 69-70), and the
+  // relay's in-flight memory is batch_bytes x max_in_flight_batches.
+  std::size_t batch_bytes = std::size_t{1} << 20;
   std::size_t max_in_flight_batches = 8;
   std::chrono::milliseconds ack_timeout{10'000};
   std::chrono::milliseconds connect_timeout{2'000};
@@ -73,6 +99,8 @@ struct RelayConfig {
   std::chrono::milliseconds idle_wait{250};
   std::chrono::milliseconds summary_interval{5'000};
   std::chrono::milliseconds drain_timeout{5'000};
+  // Pending messages but nothing settled for this many ack timeouts: warn.
+  int stall_ack_timeouts = 3;
   std::shared_ptr<spdlog::logger> logger;  // null: a null sink
 };
 
@@ -86,7 +114,9 @@ struct RelayCounters {
   std::uint64_t sessions = 0;
   std::uint64_t failures = 0;
   std::uint64_t deleted = 0;
-  bool active = false;  // holds the lease
+  std::uint64_t undeliverable = 0;    // of `dead`: refused by the relay's own checks
+  std::uint64_t database_errors = 0;  // transient database failures survived
+  bool active = false;                // holds the lease
 };
 
 class Relay {

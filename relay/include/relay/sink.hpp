@@ -26,12 +26,14 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "outbox/relay_store.hpp"
@@ -63,6 +65,43 @@ public:
 private:
   Reason reason_;
 };
+
+// What a destination can take, as it announced when the session opened
+// (outbox-broker's WELCOME). The relay checks every message against these
+// before sending: a message that breaks one can never be delivered and becomes
+// dead on its own, instead of failing the batch it would travel in. 0 means
+// "no limit known" for that field.
+struct SinkLimits {
+  std::size_t max_batch_messages = 0;
+  std::size_t max_batch_bytes = 0;  // one batch, counted with message_bytes() (+ 20 bytes)
+  std::size_t max_msg_id_bytes = 0;
+  std::size_t max_topic_bytes = 0;
+  std::size_t max_key_bytes = 0;
+  std::size_t max_headers = 0;  // per message
+  std::size_t max_header_name_bytes = 0;
+  std::size_t max_header_value_bytes = 0;
+  std::size_t max_payload_bytes = 0;
+  std::size_t max_message_bytes = 0;  // key + encoded headers + payload (message_size())
+};
+
+// Bytes `message` takes in a batch: its size in an outbox-broker PUBLISH
+// body (docs/protocol.md). The relay cuts batches by this for every sink.
+std::size_t message_bytes(const outbox::PendingMessage& message);
+// Key + header block + payload as the broker counts them against
+// max_message_bytes.
+std::size_t message_size(const outbox::PendingMessage& message);
+
+// Why `message` can never be delivered under `limits`, in one line naming
+// the field, its size and the limit (or the format rule it breaks); empty when
+// it can be sent. Checks the row's own format too (a malformed headers blob, a
+// msg_id outside printable ASCII), whatever the limits.
+std::optional<std::string> undeliverable_reason(const outbox::PendingMessage& message,
+                                                const SinkLimits& limits);
+
+// A field of a row any program may have written (msg_id, topic, key), safe
+// for a one-line log or text output: bytes outside printable ASCII (and the
+// backslash) as \xNN, cut after `max` bytes with the full size named.
+std::string printable_field(std::string_view text, std::size_t max = 80);
 
 struct Delivery {
   DeliveryStatus status = DeliveryStatus::stored;
@@ -114,6 +153,10 @@ public:
 
   // For logs: "broker tcp://127.0.0.1:7750".
   virtual std::string describe() const = 0;
+
+  // The limits of the open session's destination (after open_session()
+  // succeeded); the default knows none.
+  virtual SinkLimits limits() const { return {}; }
 };
 
 }  // namespace relay

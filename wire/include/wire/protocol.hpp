@@ -143,13 +143,31 @@ struct Hello {
   bool operator==(const Hello&) const = default;
 };
 
+// The session id and the broker's limits: a client checks each message
+// against them before sending, so that one message the broker can never take
+// does not cost a whole batch (docs/protocol.md, WELCOME).
 struct Welcome {
   std::uint64_t session_id = 0;
-  std::uint32_t max_message_bytes = 0;   // largest payload the broker stores
+  std::uint32_t max_message_bytes = 0;   // key + encoded headers + payload above this: REJECTED
   std::uint32_t max_batch_messages = 0;  // largest PUBLISH the broker decodes
   std::string broker_name;
+  // Decoder limits: a PUBLISH breaking one of them is malformed and fails the
+  // whole session, so a client never sends such a message.
+  std::uint32_t max_body_bytes = 0;  // one frame (a whole PUBLISH body)
+  std::uint32_t max_msg_id_bytes = 0;
+  std::uint32_t max_name_bytes = 0;  // topic
+  std::uint32_t max_key_bytes = 0;
+  std::uint32_t max_headers = 0;  // per message
+  std::uint32_t max_header_name_bytes = 0;
+  std::uint32_t max_header_value_bytes = 0;
+  std::uint32_t max_payload_bytes = 0;
   bool operator==(const Welcome&) const = default;
 };
+
+// The WELCOME a broker decoding with `limits` announces (values above 2^32 - 1
+// are announced as 2^32 - 1).
+Welcome welcome_for(std::uint64_t session_id, std::size_t max_message_bytes,
+                    std::string broker_name, const Limits& limits);
 
 struct OutgoingMessage {
   std::string msg_id;
@@ -307,6 +325,20 @@ void append_publish_message(std::string& body, std::string_view msg_id, std::str
                             std::string_view key, std::span<const Header> headers,
                             std::string_view payload);
 void finish_publish_body(std::string& body, std::uint32_t message_count);
+
+// Exact sizes on the wire, so that a client can cut batches by bytes and check
+// a message against WELCOME's limits before encoding it.
+inline constexpr std::size_t kPublishFixedBytes = 20;  // session id, batch id, count
+// The header block of `count` headers whose names and values add up to `text_bytes`.
+constexpr std::size_t header_block_bytes(std::size_t count, std::size_t text_bytes) {
+  return 2 + count * 6 + text_bytes;
+}
+// One message of a PUBLISH body, given its field sizes and its header block.
+constexpr std::size_t publish_message_bytes(std::size_t msg_id_bytes, std::size_t topic_bytes,
+                                            std::size_t key_bytes, std::size_t header_block,
+                                            std::size_t payload_bytes) {
+  return 2 + msg_id_bytes + 2 + topic_bytes + 2 + key_bytes + header_block + 4 + payload_bytes;
+}
 
 // ---- decoding -----------------------------------------------------------------
 
