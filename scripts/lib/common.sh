@@ -14,6 +14,7 @@ OUTBOX_PACKAGES=(
   libcli11-dev
   libbenchmark-dev
   nats-server libnats-dev
+  python3 python3-zmq
 )
 
 outbox_log() { printf '==> %s\n' "$*" >&2; }
