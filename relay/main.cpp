@@ -4,28 +4,34 @@
 // libraries.
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
 #include "broker/server.hpp"
 #include "cli/args.hpp"
+#include "cli/config.hpp"
 #include "cli/json.hpp"
 #include "cli/process.hpp"
 #include "outbox/relay_store.hpp"
 #include "relay/broker_sink.hpp"
+#include "relay/filesystem.hpp"
 #include "relay/relay.hpp"
 #if OUTBOX_RELAY_WITH_JETSTREAM
 #include "relay/jetstream_sink.hpp"
 #endif
 
 namespace {
+
+using namespace std::chrono_literals;
 
 class UsageError : public std::runtime_error {
  public:
@@ -36,15 +42,6 @@ relay::Relay* running_relay = nullptr;
 
 void stop_running_relay() noexcept {
   if (running_relay != nullptr) running_relay->request_stop();
-}
-
-std::chrono::milliseconds duration_flag(const std::string& flag, const std::string& text,
-                                        bool allow_zero = false) {
-  auto parsed = cli::parse_duration(text);
-  if (!parsed || (!allow_zero && parsed->count() == 0)) {
-    throw UsageError("--" + flag + ": '" + text + "' is not a duration (e.g. 500ms, 10s, 5m, 24h)");
-  }
-  return *parsed;
 }
 
 std::string default_holder() {
@@ -87,18 +84,18 @@ struct RunSettings {
   bool allow_short_dedup_window = false;
   std::size_t batch_size = 1000;
   std::size_t in_flight = 8;
-  std::string ack_timeout = "10s";
-  std::string connect_timeout = "2s";
-  std::string backoff_initial = "100ms";
-  std::string backoff_max = "30s";
-  std::string lease = "10s";
-  std::string retention = "24h";
+  std::chrono::milliseconds ack_timeout = 10s;
+  std::chrono::milliseconds connect_timeout = 2s;
+  std::chrono::milliseconds backoff_initial = 100ms;
+  std::chrono::milliseconds backoff_max = 30s;
+  std::chrono::milliseconds lease = 10s;
+  std::chrono::milliseconds retention = 24h;  // 0: never
   std::string on_dead = "block";
   std::string holder = default_holder();
   std::string sync = "normal";
-  std::string summary_interval = "5s";
-  std::string cleanup_interval = "10s";
-  std::string drain_timeout = "5s";
+  std::chrono::milliseconds summary_interval = 5s;
+  std::chrono::milliseconds cleanup_interval = 10s;
+  std::chrono::milliseconds drain_timeout = 5s;
   std::string curve_server_public_key_file;
   std::string curve_secret_key_file;
   std::string log_level = "info";
@@ -109,15 +106,15 @@ int run_relay(const RunSettings& settings) {
   config.holder = settings.holder;
   config.batch_size = settings.batch_size;
   config.max_in_flight_batches = settings.in_flight;
-  config.ack_timeout = duration_flag("ack-timeout", settings.ack_timeout);
-  config.connect_timeout = duration_flag("connect-timeout", settings.connect_timeout);
-  config.backoff.initial = duration_flag("backoff-initial", settings.backoff_initial);
-  config.backoff.max = duration_flag("backoff-max", settings.backoff_max);
-  config.lease_ttl = duration_flag("lease", settings.lease);
-  config.retention = duration_flag("retention", settings.retention, true);
-  config.summary_interval = duration_flag("summary-interval", settings.summary_interval);
-  config.retention_interval = duration_flag("cleanup-interval", settings.cleanup_interval);
-  config.drain_timeout = duration_flag("drain-timeout", settings.drain_timeout, true);
+  config.ack_timeout = settings.ack_timeout;
+  config.connect_timeout = settings.connect_timeout;
+  config.backoff.initial = settings.backoff_initial;
+  config.backoff.max = settings.backoff_max;
+  config.lease_ttl = settings.lease;
+  config.retention = settings.retention;
+  config.summary_interval = settings.summary_interval;
+  config.retention_interval = settings.cleanup_interval;
+  config.drain_timeout = settings.drain_timeout;
   if (config.backoff.max < config.backoff.initial) {
     throw UsageError("--backoff-max must not be below --backoff-initial");
   }
@@ -140,6 +137,22 @@ int run_relay(const RunSettings& settings) {
 #endif
     if (settings.stream.empty()) {
       throw UsageError("--sink jetstream needs --stream (the stream the messages must land in)");
+    }
+  }
+  if (auto filesystem = relay::database_filesystem(settings.db)) {
+    if (filesystem->kind == relay::FilesystemKind::network) {
+      std::fprintf(stderr,
+                   "outbox-relay: database '%s' is on a network filesystem (%s); SQLite's WAL "
+                   "and the relay lease need every relay and producer on the host whose local "
+                   "disk holds the file (docs/operations.md)\n",
+                   settings.db.c_str(), filesystem->name.c_str());
+      return cli::exit_storage;
+    }
+    if (filesystem->kind == relay::FilesystemKind::unknown) {
+      logger->warn(
+          "database {} is on a filesystem of type {}; if it is shared over a network or with a "
+          "VM, run every relay and producer on one host only (docs/operations.md)",
+          settings.db, filesystem->name);
     }
   }
   auto on_dead = settings.on_dead == "skip" ? outbox::DeadPolicy::skip : outbox::DeadPolicy::block;
@@ -191,10 +204,9 @@ int run_relay(const RunSettings& settings) {
   }
   relay::Relay relay(store, *sink, config);
   running_relay = &relay;
-  cli::install_stop_handlers(&stop_running_relay);
-  if (cli::stop_requested()) relay.request_stop();
+  if (cli::stop_requested()) relay.request_stop();  // SIGTERM while starting up
   logger->info("outbox-relay: forwarding {} to {} as '{}' (batch {}, {} in flight, on dead: {})",
-               settings.db, sink->describe(), settings.holder, config.batch_size,
+               settings.db, sink->describe(), relay.lease_holder(), config.batch_size,
                config.max_in_flight_batches, settings.on_dead);
   try {
     relay.run();
@@ -260,9 +272,9 @@ int list_dead(const std::string& db, bool json, std::size_t limit) {
   auto dead = store.list_dead(limit);
   for (const auto& message : dead) {
     if (json) {
-      std::cout << "{\"seq\":" << message.seq << ",\"msg_id\":" << cli::json_escape(message.msg_id)
-                << ",\"topic\":" << cli::json_escape(message.topic) << ",\"key\":"
-                << (message.partition_key ? cli::json_escape(*message.partition_key) : "null")
+      std::cout << "{\"seq\":" << message.seq << ",\"msg_id\":" << cli::json_bytes(message.msg_id)
+                << ",\"topic\":" << cli::json_bytes(message.topic) << ",\"key\":"
+                << (message.partition_key ? cli::json_bytes(*message.partition_key) : "null")
                 << ",\"reason\":" << cli::json_escape(message.reason)
                 << ",\"attempts\":" << message.attempts << ",\"created_at\":\""
                 << iso_time(message.created_at) << "\",\"died_at\":\"" << iso_time(message.died_at)
@@ -305,21 +317,26 @@ int drop(const std::string& db, const std::string& msg_id) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // First of all: a SIGTERM while the relay starts (opening the database,
+  // connecting to NATS) must end in a clean stop, not kill it half-started.
+  cli::install_stop_handlers(&stop_running_relay);
   CLI::App app{
       "outbox-relay: forwards an outbox database to outbox-broker or to a NATS "
       "JetStream stream, in commit order, until every message is acknowledged."};
   app.require_subcommand(1);
   app.fallthrough();  // --config may follow the subcommand
   app.set_config("--config", "",
-                 "Read settings from a TOML or INI file: a [run] section with the long flag "
-                 "names as keys (batch-size = 500); flags given on the command line win");
-  app.allow_config_extras(CLI::config_extras_mode::error);
+                 "Read settings from a TOML file: a [run] section with the long flag "
+                 "names as keys (batch-size = 500, lease = \"10s\"); flags given on the command "
+                 "line win");
+  cli::use_strict_config(app);
   // A flag given twice: the last one wins, as with most Unix tools.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.footer(
       "Exit codes: 0 ok, 1 unexpected error, 2 bad flag/config/value, 3 database problem "
-      "(missing, not an outbox, newer schema), 4 unusable broker endpoint or CURVE keys, "
-      "6 the JetStream stream's duplicate window is shorter than the relay's retry horizon, "
+      "(missing, not an outbox, newer schema, on a network filesystem), 4 unusable broker "
+      "endpoint or CURVE keys, 6 the JetStream stream's duplicate window is shorter than the "
+      "relay's retry horizon, "
       "7 no such dead message, or (run --sink jetstream) no such stream or no stream subject "
       "for a message.");
 
@@ -335,7 +352,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"broker", "jetstream"}));
   run_cmd->add_option("--broker", run.broker, "Broker endpoint (--sink broker)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(cli::connect_endpoint_check());
   run_cmd->add_option("--nats-url", run.nats_url, "NATS server URL (--sink jetstream)")
       ->capture_default_str();
   run_cmd->add_option("--stream", run.stream,
@@ -354,56 +372,49 @@ int main(int argc, char** argv) {
                     "passed is stored twice, so consumers see it twice (--sink jetstream)");
   run_cmd->add_option("--batch-size", run.batch_size, "Messages per PUBLISH batch")
       ->capture_default_str()
-      ->check(CLI::Range(1, 100000));
+      ->check(cli::count_check(1, 100000));
   run_cmd
       ->add_option("--in-flight", run.in_flight,
                    "Batches sent before their acknowledgements (bounds memory)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1024));
-  run_cmd
-      ->add_option("--ack-timeout", run.ack_timeout,
-                   "No acknowledgement this long: reconnect and resend")
-      ->capture_default_str();
-  run_cmd
-      ->add_option("--connect-timeout", run.connect_timeout,
-                   "How long to wait for the broker to open a session")
-      ->capture_default_str();
-  run_cmd
-      ->add_option("--backoff-initial", run.backoff_initial,
-                   "First delay after a failure (doubles each time, with jitter)")
-      ->capture_default_str();
-  run_cmd->add_option("--backoff-max", run.backoff_max, "Longest delay between attempts")
-      ->capture_default_str();
-  run_cmd
-      ->add_option("--lease", run.lease,
-                   "Relay lease time: a standby takes over this long after the active relay "
-                   "dies")
-      ->capture_default_str();
-  run_cmd
-      ->add_option("--retention", run.retention, "Delete delivered rows older than this (0: never)")
-      ->capture_default_str();
+      ->check(cli::count_check(1, 1024));
+  // Durations need a unit (500ms, 10s, 5m, 24h, 7d): a bare "2" is refused.
+  cli::add_duration_option(run_cmd, "--ack-timeout", run.ack_timeout,
+                           "No acknowledgement this long: reconnect and resend");
+  cli::add_duration_option(run_cmd, "--connect-timeout", run.connect_timeout,
+                           "How long to wait for the broker to open a session");
+  cli::add_duration_option(run_cmd, "--backoff-initial", run.backoff_initial,
+                           "First delay after a failure (doubles each time, with jitter)");
+  cli::add_duration_option(run_cmd, "--backoff-max", run.backoff_max,
+                           "Longest delay between attempts");
+  cli::add_duration_option(run_cmd, "--lease", run.lease,
+                           "Relay lease time, at least 1s: a standby takes over this long after "
+                           "the active relay dies (it is renewed every third of it)",
+                           cli::at_least(1s));
+  cli::add_duration_option(run_cmd, "--retention", run.retention,
+                           "Delete delivered rows older than this (never: keep them)",
+                           cli::at_least(0ms, "never"));
   run_cmd
       ->add_option("--on-dead", run.on_dead,
                    "block: a dead message holds back later messages of its key until replayed "
                    "or dropped (safe default); skip: they go on without it")
       ->capture_default_str()
       ->check(CLI::IsMember({"block", "skip"}));
-  run_cmd->add_option("--holder", run.holder, "Name recorded with the lease (default host:pid)");
+  run_cmd->add_option("--holder", run.holder,
+                      "Name of this relay for people (default host:pid); the lease is held as "
+                      "NAME:INSTANCE, INSTANCE being random per process");
   run_cmd->add_option("--sync", run.sync, "SQLite synchronous level for the relay's bookkeeping")
       ->capture_default_str()
       ->check(CLI::IsMember({"normal", "full"}));
-  run_cmd
-      ->add_option("--cleanup-interval", run.cleanup_interval,
-                   "How often to delete delivered rows past --retention (in batches of 500)")
-      ->capture_default_str();
-  run_cmd
-      ->add_option("--summary-interval", run.summary_interval,
-                   "How often to log a one-line summary while there is traffic")
-      ->capture_default_str();
-  run_cmd
-      ->add_option("--drain-timeout", run.drain_timeout,
-                   "On SIGINT/SIGTERM, how long to wait for in-flight acknowledgements")
-      ->capture_default_str();
+  cli::add_duration_option(
+      run_cmd, "--cleanup-interval", run.cleanup_interval,
+      "How often to delete delivered rows past --retention (in batches of 500)");
+  cli::add_duration_option(run_cmd, "--summary-interval", run.summary_interval,
+                           "How often to log a one-line summary while there is traffic");
+  cli::add_duration_option(run_cmd, "--drain-timeout", run.drain_timeout,
+                           "On SIGINT/SIGTERM, how long to wait for in-flight acknowledgements "
+                           "(0: do not wait)",
+                           cli::at_least(0ms));
   run_cmd->add_option("--curve-server-public-key-file", run.curve_server_public_key_file,
                       "Broker's CURVE public key (Z85), enables encryption");
   run_cmd->add_option("--curve-secret-key-file", run.curve_secret_key_file,
@@ -425,7 +436,9 @@ int main(int argc, char** argv) {
   auto* dead_cmd = app.add_subcommand("dead", "List dead messages with their reasons");
   dead_cmd->add_option("--db", db, "Outbox database")->required();
   dead_cmd->add_flag("--json", json, "One JSON object per line");
-  dead_cmd->add_option("--limit", limit, "At most this many")->capture_default_str();
+  dead_cmd->add_option("--limit", limit, "At most this many")
+      ->capture_default_str()
+      ->check(cli::count_check(1));
   auto* replay_cmd = app.add_subcommand("replay", "Make dead messages pending again");
   replay_cmd->add_option("--db", db, "Outbox database")->required();
   replay_cmd->add_option("--msg-id", msg_id, "The dead message to replay");
@@ -443,15 +456,10 @@ int main(int argc, char** argv) {
       return cli::exit_usage;
     }
   }
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& help) {
-    return app.exit(help);
-  } catch (const CLI::CallForAllHelp& help) {
-    return app.exit(help);
-  } catch (const CLI::ParseError& error) {
-    std::fprintf(stderr, "outbox-relay: %s\n", error.what());
-    return cli::exit_usage;
+  app.name("outbox-relay");
+  if (auto code = cli::parse_command_line(app, "outbox-relay",
+                                          std::vector<std::string>(argv + 1, argv + argc))) {
+    return *code;
   }
 
   try {

@@ -5,6 +5,8 @@
 //   outbox-bench e2e                 the outbox pipeline only
 //   outbox-bench jetstream           nats-server + libnats only
 //   outbox-bench compare [--json]    both, alternating rounds, and the ratio
+//   outbox-bench cuts                drain with the relay's connection cut at
+//                                    random, next to the same drain without
 //
 // Progress goes to stderr, the table (or with --json one JSON object) to
 // stdout, and the same JSON object to a results file under bench/results/.
@@ -27,6 +29,7 @@
 
 #include "child_process.hpp"
 #include "cli/process.hpp"
+#include "cuts.hpp"
 #include "dataset.hpp"
 #include "jetstream.hpp"
 #include "outbox_e2e.hpp"
@@ -56,6 +59,8 @@ struct Flags {
   std::string broker_binary;
   std::string relay_binary;
   std::string nats_server = "nats-server";
+  std::string proxy_binary = OUTBOX_BENCH_FAULT_PROXY;
+  std::string cut_every = "2K-400K";
   std::string results_dir = OUTBOX_BENCH_RESULTS_DIR;
   std::string latency_dump;
   bool json = false;
@@ -111,6 +116,29 @@ void collect(bench::Summary& summary, const std::vector<std::string>& problems,
   for (const auto& problem : problems) summary.problems.push_back(prefix + problem);
 }
 
+int finish(const Flags& flags, const bench::RunInfo& info, const bench::Summary& summary);
+
+// outbox-bench cuts: per round one drain without cuts and one under cuts,
+// other msg_ids each, alternating which goes first.
+void run_cuts_rounds(const Flags& flags, const bench::RunInfo& info, bench::Summary& summary) {
+  bench::CutsSettings settings;
+  settings.outbox = outbox_settings(flags);
+  settings.proxy_binary = flags.proxy_binary;
+  settings.cut_every = flags.cut_every;
+  for (int round = 1; round <= info.rounds; ++round) {
+    auto base = static_cast<std::uint32_t>(round * 8);
+    auto seed = flags.seed + static_cast<std::uint64_t>(round);
+    auto plain = bench::make_dataset(flags.messages, flags.payload_bytes, flags.keys, base, seed);
+    auto cut =
+        bench::make_dataset(flags.messages, flags.payload_bytes, flags.keys, base + 4, seed + 1000);
+    settings.seed = seed;
+    bench::progress("round " + std::to_string(round) + " of " + std::to_string(info.rounds));
+    auto result = bench::run_cuts(settings, plain, cut, round % 2 == 0);
+    collect(summary, result.problems, "round " + std::to_string(round) + ": ");
+    summary.cuts.push_back(std::move(result));
+  }
+}
+
 int run(const std::string& subcommand, const Flags& flags, const std::string& command_line) {
   bench::set_progress_enabled(!flags.quiet);
   bench::RunInfo info;
@@ -123,9 +151,15 @@ int run(const std::string& subcommand, const Flags& flags, const std::string& co
   info.sync = flags.sync;
   info.rate = flags.rate;
   info.latency_seconds = flags.latency_seconds;
-  info.rounds = subcommand == "compare" ? std::max(flags.rounds, 1) : 1;
+  info.rounds = subcommand == "compare" || subcommand == "cuts" ? std::max(flags.rounds, 1) : 1;
   info.machine = bench::describe_machine();
+  if (subcommand == "cuts") info.cut_every = flags.cut_every;
 
+  bench::Summary summary;
+  if (subcommand == "cuts") {
+    run_cuts_rounds(flags, info, summary);
+    return finish(flags, info, summary);
+  }
   const bool with_outbox = subcommand != "jetstream";
   const bool with_jetstream = subcommand != "e2e";
   if (with_jetstream && !bench::jetstream_available()) {
@@ -133,7 +167,6 @@ int run(const std::string& subcommand, const Flags& flags, const std::string& co
     return cli::exit_usage;
   }
 
-  bench::Summary summary;
   for (int round = 1; round <= info.rounds; ++round) {
     // The same msg_ids and payloads for both sides of a round.
     auto data = bench::make_dataset(flags.messages, flags.payload_bytes, flags.keys,
@@ -158,6 +191,11 @@ int run(const std::string& subcommand, const Flags& flags, const std::string& co
     }
   }
 
+  return finish(flags, info, summary);
+}
+
+// Prints the table (or JSON), writes the results file; the exit code.
+int finish(const Flags& flags, const bench::RunInfo& info, const bench::Summary& summary) {
   auto json = bench::json_report(info, summary);
   if (!flags.results_dir.empty()) {
     try {
@@ -239,6 +277,13 @@ int main(int argc, char** argv) {
                  "outbox-relay to start (default: next to outbox-bench)");
   app.add_option("--nats-server", flags.nats_server, "nats-server to start (default: from PATH)")
       ->capture_default_str();
+  app.add_option("--proxy-binary", flags.proxy_binary,
+                 "cuts: tests/faults' fault_proxy, the TCP proxy that cuts connections")
+      ->capture_default_str();
+  app.add_option("--cut-every", flags.cut_every,
+                 "cuts: each relay connection is cut after a random number of bytes in MIN-MAX "
+                 "(K and M are binary multiples)")
+      ->capture_default_str();
   app.add_option("--results-dir", flags.results_dir,
                  "Where the results file of this run goes; empty: no file")
       ->capture_default_str();
@@ -258,9 +303,14 @@ int main(int argc, char** argv) {
       "jetstream", "NATS JetStream only: async publish with Nats-Msg-Id, latency, resend pass");
   auto* compare = app.add_subcommand(
       "compare", "Both in one run, alternating; prints the table with the ratio");
+  auto* cuts = app.add_subcommand(
+      "cuts",
+      "Outbox drain with the relay-broker connection cut at random (--cut-every) next to the "
+      "same drain through the same proxy without cuts; --rounds rounds, median and spread");
   (void)e2e;
   (void)jetstream;
   (void)compare;
+  (void)cuts;
 
   try {
     app.parse(argc, argv);

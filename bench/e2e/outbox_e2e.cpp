@@ -19,6 +19,7 @@
 #include "child_process.hpp"
 #include "outbox/outbox.hpp"
 #include "outbox/relay_store.hpp"
+#include "outbox_processes.hpp"
 #include "progress.hpp"
 
 namespace bench {
@@ -32,149 +33,6 @@ constexpr const char* drain_topic = "bench.drain";
 constexpr const char* live_topic = "bench.live";
 constexpr const char* latency_topic = "bench.latency";
 
-double seconds_between(std::int64_t from_ns, std::int64_t to_ns) {
-  return static_cast<double>(to_ns - from_ns) / 1e9;
-}
-
-std::string format_rate(double value) {
-  char buffer[32];
-  std::snprintf(buffer, sizeof buffer, "%.0f", value);
-  return buffer;
-}
-
-// How long a pass may take before the benchmark gives up: generous, bounded.
-std::chrono::milliseconds pass_timeout(std::size_t messages) {
-  return 60s + std::chrono::milliseconds(messages / 2);
-}
-
-class BrokerProcess {
- public:
-  BrokerProcess(const OutboxSettings& settings, const fs::path& dir) {
-    auto endpoint_file = dir / "broker.endpoint";
-    process_ = std::make_unique<ChildProcess>(
-        "outbox-broker", settings.broker_binary.string(),
-        std::vector<std::string>{"serve", "--db", (dir / "broker.db").string(), "--bind",
-                                 "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file.string(),
-                                 "--sync", settings.sync, "--log-level", "info"},
-        dir);
-    bool up = wait_until(
-        [&] {
-          if (!process_->running()) return true;
-          std::ifstream in(endpoint_file);
-          std::string line;
-          if (std::getline(in, line) && line.rfind("tcp://", 0) == 0) {
-            endpoint_ = line;
-            return true;
-          }
-          return false;
-        },
-        20s, 2ms);
-    if (!up || endpoint_.empty()) {
-      throw std::runtime_error("outbox-broker did not start (" +
-                               std::string(up ? "it exited" : "no endpoint within 20 s") +
-                               "): " + process_->log_tail());
-    }
-  }
-  const std::string& endpoint() const { return endpoint_; }
-  ChildProcess& process() { return *process_; }
-
- private:
-  std::unique_ptr<ChildProcess> process_;
-  std::string endpoint_;
-};
-
-// The broker's counters, read with STATS (answered by the broker loop after
-// the group commit in progress, so `stored` never runs ahead of the acks).
-class BrokerCounters {
- public:
-  explicit BrokerCounters(const std::string& endpoint) : client_(endpoint) {}
-  struct Values {
-    std::uint64_t stored = 0, duplicates = 0, conflicts = 0, rejected = 0;
-  };
-  Values read() {
-    auto reply = client_.stats(10s);
-    if (!reply.ok()) {
-      throw std::runtime_error("broker STATS failed: " + reply.error().message);
-    }
-    Values values;
-    for (const auto& [name, value] : reply->counters) {
-      if (name == "stored") values.stored = value;
-      if (name == "duplicates") values.duplicates = value;
-      if (name == "conflicts") values.conflicts = value;
-      if (name == "rejected") values.rejected = value;
-    }
-    return values;
-  }
-
- private:
-  broker::Client client_;
-};
-
-class RelayProcess {
- public:
-  RelayProcess(const OutboxSettings& settings, const fs::path& dir, const fs::path& db,
-               const std::string& endpoint, const std::string& name) {
-    std::vector<std::string> args = {"run",    "--db",        db.string(),   "--broker",
-                                     endpoint, "--sync",      settings.sync, "--holder",
-                                     name,     "--log-level", "info"};
-    if (settings.relay_batch > 0) {
-      args.insert(args.end(), {"--batch-size", std::to_string(settings.relay_batch)});
-    }
-    if (settings.relay_in_flight > 0) {
-      args.insert(args.end(), {"--in-flight", std::to_string(settings.relay_in_flight)});
-    }
-    process_ = std::make_unique<ChildProcess>(name, settings.relay_binary.string(), args, dir);
-  }
-  ChildProcess& process() { return *process_; }
-  void stop() {
-    auto status = process_->stop(15s);
-    if (!status.exited || status.code != 0) {
-      throw std::runtime_error("outbox-relay ended with " + status.describe() + ": " +
-                               process_->log_tail());
-    }
-  }
-
- private:
-  std::unique_ptr<ChildProcess> process_;
-};
-
-// Waits until the broker's counter reaches `target`, polling every millisecond;
-// returns the steady time at which it was seen. Throws when a daemon dies or
-// the pass takes too long.
-std::int64_t wait_for_counter(BrokerCounters& counters,
-                              std::uint64_t BrokerCounters::Values::*field, std::uint64_t target,
-                              std::chrono::milliseconds timeout, std::vector<ChildProcess*> daemons,
-                              const char* what) {
-  std::int64_t seen_at = 0;
-  std::uint64_t last = 0;
-  auto next_check = Clock::now();
-  bool reached = wait_until(
-      [&] {
-        last = counters.read().*field;
-        if (last >= target) {
-          seen_at = steady_ns();
-          return true;
-        }
-        if (Clock::now() >= next_check) {
-          for (auto* daemon : daemons) {
-            if (!daemon->running()) {
-              throw std::runtime_error(daemon->name() + " exited during the " + what +
-                                       " pass: " + daemon->log_tail());
-            }
-          }
-          next_check = Clock::now() + 100ms;
-        }
-        return false;
-      },
-      timeout, 1ms);
-  if (!reached) {
-    throw std::runtime_error(std::string(what) + " pass: the broker counted " +
-                             std::to_string(last) + " of " + std::to_string(target) + " within " +
-                             std::to_string(timeout.count() / 1000) + " s");
-  }
-  return seen_at;
-}
-
 void wait_for_lease(const fs::path& db, const std::string& holder, ChildProcess& relay) {
   outbox::RelayOptions options;
   options.read_only = true;
@@ -185,7 +43,8 @@ void wait_for_lease(const fs::path& db, const std::string& holder, ChildProcess&
           throw std::runtime_error("outbox-relay exited at start: " + relay.log_tail());
         }
         auto lease = store.lease_info();
-        return lease && lease->holder == holder && !lease->expired;
+        // The relay holds it as "<holder>:<instance id>".
+        return lease && lease->holder.rfind(holder + ":", 0) == 0 && !lease->expired;
       },
       20s, 2ms);
   if (!active) throw std::runtime_error("outbox-relay did not take the lease within 20 s");
@@ -205,64 +64,6 @@ void exec_sql(const fs::path& db, const char* sql) {
   }
 }
 
-outbox::Options producer_options() {
-  outbox::Options options;
-  options.durability = outbox::Durability::normal;
-  return options;
-}
-
-// What one topic should hold: msg_id -> payload.
-using Expected = std::unordered_map<std::string, std::string>;
-
-// Reads the whole topic back and checks it holds exactly `expected`.
-std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
-                         const Expected& expected, std::vector<std::string>& problems) {
-  broker::Client client(endpoint);
-  std::unordered_map<std::string, int> seen;
-  seen.reserve(expected.size());
-  std::size_t matched = 0, unexpected = 0, wrong_payload = 0, twice = 0;
-  std::uint64_t from = 1;
-  for (std::size_t round = 0; round < expected.size() / 1000 + 1000; ++round) {
-    check_interrupted();
-    wire::Fetch request;
-    request.topic = topic;
-    request.from_offset = from;
-    request.max_messages = 10'000;
-    auto reply = client.fetch(request, 20s);
-    if (!reply.ok()) {
-      problems.push_back("reading back " + topic + " failed: " + reply.error().message);
-      return matched;
-    }
-    if (reply->messages.empty()) break;
-    for (const auto& message : reply->messages) {
-      auto found = expected.find(message.msg_id);
-      if (found == expected.end()) {
-        ++unexpected;
-        continue;
-      }
-      if (++seen[message.msg_id] > 1) {
-        ++twice;
-        continue;
-      }
-      if (found->second != message.payload) {
-        ++wrong_payload;
-        continue;
-      }
-      ++matched;
-    }
-    from = reply->next_offset;
-  }
-  std::size_t missing = expected.size() - seen.size();
-  auto report = [&](std::size_t count, const std::string& what) {
-    if (count > 0) problems.push_back(topic + ": " + std::to_string(count) + " " + what);
-  };
-  report(missing, "messages missing at the broker");
-  report(twice, "messages stored twice");
-  report(unexpected, "messages the benchmark never committed");
-  report(wrong_payload, "messages with a different payload");
-  return matched;
-}
-
 }  // namespace
 
 OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
@@ -277,30 +78,9 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
   const std::size_t drain_count = data.size();
   Expected drain_expected;
   drain_expected.reserve(drain_count);
-  {
-    auto options = producer_options();
-    options.worker_id = 1;  // the msg_ids are given; no worker lease needed
-    options.cache_kib = 64 * 1024;
-    auto box = outbox::Outbox::open(drain_db, options);
-    auto started = steady_ns();
-    for (std::size_t begin = 0; begin < drain_count; begin += settings.setup_batch) {
-      check_interrupted();
-      outbox::Transaction tx(box);
-      auto end = std::min(drain_count, begin + settings.setup_batch);
-      for (std::size_t i = begin; i < end; ++i) {
-        auto sent = tx.enqueue({.topic = drain_topic,
-                                .key = data.keys[i],
-                                .payload = data.payloads[i],
-                                .msg_id = data.msg_ids[i]});
-        if (!sent.inserted()) throw std::runtime_error("dataset has a repeated msg_id");
-      }
-      tx.commit();
-    }
-    result.setup_msgs_per_sec =
-        static_cast<double>(drain_count) / seconds_between(started, steady_ns());
-    for (std::size_t i = 0; i < drain_count; ++i) {
-      drain_expected.emplace(data.msg_ids[i], data.payloads[i]);
-    }
+  result.setup_msgs_per_sec = fill_outbox(drain_db, drain_topic, data, settings.setup_batch);
+  for (std::size_t i = 0; i < drain_count; ++i) {
+    drain_expected.emplace(data.msg_ids[i], data.payloads[i]);
   }
   progress("outbox: " + std::to_string(drain_count) + " messages committed (" +
            format_rate(result.setup_msgs_per_sec) + " msg/s in batches); starting the relay");

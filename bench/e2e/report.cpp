@@ -255,7 +255,80 @@ Machine describe_machine() {
   return machine;
 }
 
+// Median, lowest and highest of one figure over the rounds.
+struct Spread {
+  double median = 0, low = 0, high = 0;
+};
+
+template <typename Field>
+Spread spread_of(const std::vector<CutsResult>& results, Field field) {
+  std::vector<double> values;
+  for (const auto& result : results) values.push_back(result.*field);
+  Spread spread;
+  if (values.empty()) return spread;
+  spread.median = median(values);
+  spread.low = *std::min_element(values.begin(), values.end());
+  spread.high = *std::max_element(values.begin(), values.end());
+  return spread;
+}
+
+std::string spread_json(const Spread& spread) {
+  return JsonObject()
+      .num("median", spread.median)
+      .num("min", spread.low)
+      .num("max", spread.high)
+      .str();
+}
+
+std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
+  std::ostringstream out;
+  const auto& rounds = summary.cuts;
+  out << "outbox-bench cuts: " << thousands(static_cast<double>(info.messages)) << " messages of "
+      << info.payload_bytes << " B drained by outbox-relay through a TCP proxy, without and with "
+      << "cuts (" << info.cut_every << " per connection); " << rounds.size() << " rounds\n";
+  out << "  " << info.command_line << "\n\n";
+  out << "round   without cuts msg/s   under cuts msg/s   ratio   connections cut\n";
+  for (std::size_t i = 0; i < rounds.size(); ++i) {
+    char line[160];
+    std::snprintf(line, sizeof line, "%5zu   %18s   %16s   %5.2f   %15llu\n", i + 1,
+                  thousands(rounds[i].plain_msgs_per_sec).c_str(),
+                  thousands(rounds[i].cut_msgs_per_sec).c_str(), rounds[i].ratio,
+                  static_cast<unsigned long long>(rounds[i].cuts));
+    out << line;
+  }
+  auto plain = spread_of(rounds, &CutsResult::plain_msgs_per_sec);
+  auto cut = spread_of(rounds, &CutsResult::cut_msgs_per_sec);
+  auto ratio = spread_of(rounds, &CutsResult::ratio);
+  auto seconds = spread_of(rounds, &CutsResult::cut_seconds);
+  out << "\nmedian (min-max): without cuts " << thousands(plain.median) << " msg/s ("
+      << thousands(plain.low) << "-" << thousands(plain.high) << "), under cuts "
+      << thousands(cut.median) << " msg/s (" << thousands(cut.low) << "-" << thousands(cut.high)
+      << "), ratio " << fixed(ratio.median, 2) << " (" << fixed(ratio.low, 2) << "-"
+      << fixed(ratio.high, 2) << "); drain under cuts " << fixed(seconds.median, 2) << " s ("
+      << fixed(seconds.low, 2) << "-" << fixed(seconds.high, 2) << ")\n";
+  out << "target ratio >= 0.5: " << (ratio.median >= 0.5 ? "met" : "MISSED") << "\n";
+  if (!summary.ok()) {
+    out << "\nCHECK FAILED:\n";
+    for (const auto& problem : summary.problems) out << "  " << problem << "\n";
+  }
+  return out.str();
+}
+
+std::string cuts_round_json(const CutsResult& r) {
+  return JsonObject()
+      .integer("messages", r.messages)
+      .num("without_cuts_seconds", r.plain_seconds)
+      .rate("without_cuts_msgs_per_sec", r.plain_msgs_per_sec)
+      .num("under_cuts_seconds", r.cut_seconds)
+      .rate("under_cuts_msgs_per_sec", r.cut_msgs_per_sec)
+      .num("ratio", r.ratio)
+      .integer("connections_cut", r.cuts)
+      .field("problems", json_strings(r.problems))
+      .str();
+}
+
 std::string text_report(const RunInfo& info, const Summary& summary) {
+  if (!summary.cuts.empty()) return cuts_text_report(info, summary);
   std::ostringstream out;
   const auto& m = info.machine;
   out << "outbox-bench " << info.subcommand << ": " << thousands(static_cast<double>(info.messages))
@@ -410,6 +483,23 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
                              .num("latency_seconds", info.latency_seconds)
                              .integer("rounds", static_cast<std::uint64_t>(info.rounds))
                              .str());
+  if (!summary.cuts.empty()) {
+    std::string rounds = "[";
+    for (std::size_t i = 0; i < summary.cuts.size(); ++i) {
+      rounds += (i > 0 ? "," : "") + cuts_round_json(summary.cuts[i]);
+    }
+    return object.text("cut_every", info.cut_every)
+        .field("without_cuts_msgs_per_sec",
+               spread_json(spread_of(summary.cuts, &CutsResult::plain_msgs_per_sec)))
+        .field("under_cuts_msgs_per_sec",
+               spread_json(spread_of(summary.cuts, &CutsResult::cut_msgs_per_sec)))
+        .field("ratio", spread_json(spread_of(summary.cuts, &CutsResult::ratio)))
+        .field("under_cuts_seconds", spread_json(spread_of(summary.cuts, &CutsResult::cut_seconds)))
+        .boolean("ok", summary.ok())
+        .field("problems", json_strings(summary.problems))
+        .field("rounds", rounds + "]")
+        .str();
+  }
   const bool have_outbox = !summary.outbox.empty();
   const bool have_js = !summary.jetstream.empty();
   double drain = 0, publish = 0;

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cuts.hpp"
 #include "jetstream.hpp"
 #include "outbox_e2e.hpp"
 
@@ -32,6 +33,7 @@ struct RunInfo {
   double rate = 0;
   double latency_seconds = 0;
   int rounds = 1;
+  std::string cut_every;  // outbox-bench cuts
   Machine machine;
 };
 
@@ -40,6 +42,7 @@ struct RunInfo {
 struct Summary {
   std::vector<OutboxResult> outbox;
   std::vector<JetStreamResult> jetstream;
+  std::vector<CutsResult> cuts;       // outbox-bench cuts
   std::vector<std::string> problems;  // from every round
   bool ok() const { return problems.empty(); }
 };

@@ -39,27 +39,24 @@ std::string stats_to_text(const wire::StatsReply& stats) {
 }
 
 std::string message_to_json(std::string_view topic, const wire::StoredMessage& message) {
+  using cli::BytesAs;
+  using cli::json_bytes;
   std::string out =
-      "{\"topic\":" + json_escape(topic) + ",\"offset\":" + std::to_string(message.offset) +
-      ",\"msg_id\":" + json_escape(message.msg_id) + ",\"key\":" + json_escape(message.key) +
+      "{\"topic\":" + json_bytes(topic) + ",\"offset\":" + std::to_string(message.offset) +
+      ",\"msg_id\":" + json_bytes(message.msg_id) + ",\"key\":" + json_bytes(message.key) +
       ",\"timestamp_ms\":" + std::to_string(message.timestamp_ms);
   if (!message.headers.empty()) {
+    // Names are keys, so they are always strings (bytes that are not UTF-8 read as U+FFFD).
     out += ",\"headers\":{";
     for (std::size_t i = 0; i < message.headers.size(); ++i) {
       if (i > 0) out += ",";
       const auto& header = message.headers[i];
-      out += json_escape(header.name) + ":" +
-             (is_printable_text(header.value) ? json_escape(header.value)
-                                              : json_escape(base64_encode(header.value)));
+      out +=
+          cli::json_escape(header.name) + ":" + json_bytes(header.value, BytesAs::printable_text);
     }
     out += "}";
   }
-  if (is_printable_text(message.payload)) {
-    out += ",\"payload\":" + json_escape(message.payload);
-  } else {
-    out += ",\"payload_base64\":" + json_escape(base64_encode(message.payload));
-  }
-  out += "}";
+  out += ",\"payload\":" + json_bytes(message.payload, BytesAs::printable_text) + "}";
   return out;
 }
 

@@ -2,14 +2,20 @@
 // Parses flags (and a config file), sets up logging and signals, and hands
 // over to the broker library.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
@@ -18,10 +24,17 @@
 #include "broker/server.hpp"
 #include "broker/store.hpp"
 #include "cli/args.hpp"
+#include "cli/config.hpp"
+#include "cli/files.hpp"
 #include "cli/process.hpp"
 #include "format.hpp"
 
 namespace {
+
+using namespace std::chrono_literals;
+
+// Shorter dedup windows need --allow-short-dedup-window.
+constexpr std::chrono::milliseconds kShortestSafeDedupWindow = 1h;
 
 // Exit codes are the toolkit's shared ones (cli/process.hpp), documented in
 // --help and docs/protocol.md.
@@ -36,14 +49,17 @@ struct ServeSettings {
   std::string bind = "tcp://127.0.0.1:7750";
   std::string endpoint_file;
   std::string sync = "full";
-  std::string max_message_bytes = "1m";
-  std::string dedup_window = "forever";
-  std::string retention = "forever";
-  std::string cache = "256m";
-  std::string max_database_size = "0";
+  std::uint64_t max_message_bytes = 1024 * 1024;
+  std::chrono::milliseconds dedup_window{0};  // 0: forever
+  bool allow_short_dedup_window = false;
+  std::chrono::milliseconds retention{0};  // 0: forever
+  std::uint64_t cache_bytes = 256 * 1024 * 1024;
+  std::uint64_t max_database_bytes = 0;  // 0: no limit
   std::string curve_secret_key_file;
   std::string allowed_clients_file;
   std::size_t max_commit_messages = 50'000;
+  std::uint64_t max_outgoing_bytes = 64 * 1024 * 1024;
+  bool skip_integrity_check = false;
 };
 
 struct ClientSettings {
@@ -62,6 +78,7 @@ struct ClientSettings {
 struct KeygenSettings {
   std::string secret_file;
   std::string public_file;
+  bool force = false;
 };
 
 class UsageError : public std::runtime_error {
@@ -73,26 +90,20 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   auto sync = broker::parse_sync_mode(settings.sync);
   if (!sync) throw UsageError("--sync must be full or normal, got '" + settings.sync + "'");
   store_options.sync = *sync;
-  auto max_bytes = cli::parse_size(settings.max_message_bytes);
-  if (!max_bytes || *max_bytes == 0 || *max_bytes > (std::uint64_t{1} << 30)) {
-    throw UsageError("--max-message-bytes must be a size between 1 and 1g, got '" +
-                     settings.max_message_bytes + "'");
+  store_options.max_message_bytes = settings.max_message_bytes;
+  store_options.integrity_check = !settings.skip_integrity_check;
+  if (settings.dedup_window.count() > 0 && settings.dedup_window < kShortestSafeDedupWindow &&
+      !settings.allow_short_dedup_window) {
+    throw UsageError("--dedup-window " + cli::format_duration(settings.dedup_window) +
+                     " is shorter than " + cli::format_duration(kShortestSafeDedupWindow) +
+                     ": a resend after it (a relay still retrying, a producer database restored "
+                     "from a backup) is stored twice; pass --allow-short-dedup-window to accept "
+                     "that");
   }
-  store_options.max_message_bytes = *max_bytes;
-  auto window = cli::parse_duration(settings.dedup_window);
-  if (!window) throw UsageError("--dedup-window: cannot read '" + settings.dedup_window + "'");
-  store_options.dedup_window = *window;
-  auto retention = cli::parse_duration(settings.retention);
-  if (!retention) throw UsageError("--retention: cannot read '" + settings.retention + "'");
-  store_options.retention = *retention;
-  auto cache = cli::parse_size(settings.cache);
-  if (!cache) throw UsageError("--cache: cannot read '" + settings.cache + "'");
-  store_options.cache_bytes = *cache;
-  auto max_database = cli::parse_size(settings.max_database_size);
-  if (!max_database) {
-    throw UsageError("--max-database-size: cannot read '" + settings.max_database_size + "'");
-  }
-  store_options.max_database_bytes = *max_database;
+  store_options.dedup_window = settings.dedup_window;
+  store_options.retention = settings.retention;
+  store_options.cache_bytes = settings.cache_bytes;
+  store_options.max_database_bytes = settings.max_database_bytes;
   store_options.logger = logger;
 
   broker::ServerOptions server_options;
@@ -100,10 +111,8 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   server_options.endpoint_file = settings.endpoint_file;
   server_options.logger = logger;
   server_options.max_commit_messages = settings.max_commit_messages;
-  auto limits = broker::ServerOptions::default_limits();
-  limits.max_payload_bytes = std::max<std::size_t>(limits.max_payload_bytes, *max_bytes * 2);
-  limits.max_body_bytes = std::max<std::size_t>(limits.max_body_bytes, *max_bytes * 2 + 4096);
-  server_options.limits = limits;
+  server_options.limits = broker::ServerOptions::default_limits();
+  server_options.max_outgoing_bytes = settings.max_outgoing_bytes;
 
   if (!settings.curve_secret_key_file.empty()) {
     broker::CurveServerConfig curve;
@@ -138,6 +147,20 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   }
   logger->info("outbox-broker serving {} on {} (sync {}, max message {} bytes)", settings.db,
                server->endpoint(), settings.sync, store_options.max_message_bytes);
+  if (settings.dedup_window.count() == 0) {
+    logger->info("dedup window forever: every msg_id is remembered for good");
+  } else {
+    logger->info(
+        "dedup window {}: a msg_id resent more than {} after it was stored is stored "
+        "again",
+        cli::format_duration(settings.dedup_window), cli::format_duration(settings.dedup_window));
+  }
+  if (!server_options.curve && !cli::is_loopback_endpoint(server->endpoint())) {
+    logger->warn(
+        "{} is reachable from other machines and CURVE is off: anyone who can connect "
+        "can publish, read and commit offsets (see --curve-secret-key-file)",
+        server->endpoint());
+  }
   // One line on stdout with the real endpoint, for scripts that bind port *.
   std::cout << "listening on " << server->endpoint() << std::endl;
   running_server = server.get();
@@ -181,10 +204,13 @@ std::unique_ptr<broker::Client> make_client(const ClientSettings& settings) {
 
 int report(const wire::Error& error, const std::string& endpoint) {
   std::cerr << "outbox-broker: " << endpoint << ": " << error.message << "\n";
-  return error.code == wire::ErrorCode::timeout ? cli::exit_unreachable : cli::exit_refused;
+  return error.code == wire::ErrorCode::timeout || error.code == wire::ErrorCode::disconnected
+             ? cli::exit_unreachable
+             : cli::exit_refused;
 }
 
-// Writes a new CURVE key pair as Z85 text; the secret file is readable by its owner only.
+// Writes a new CURVE key pair as Z85 text; the secret file is created with mode
+// 0600 (never through a symlink, never over an existing file without --force).
 int keygen(const KeygenSettings& settings) {
   char public_key[41] = {};
   char secret_key[41] = {};
@@ -192,16 +218,26 @@ int keygen(const KeygenSettings& settings) {
     std::cerr << "outbox-broker: this libzmq cannot generate CURVE keys\n";
     return cli::exit_failure;
   }
-  {
-    std::ofstream secret(settings.secret_file, std::ios::trunc);
-    secret << "# CURVE secret key (keep private)\n" << secret_key << "\n";
-    if (!secret) throw UsageError("cannot write " + settings.secret_file);
+  if (!settings.force) {
+    // Checked for both before either is written; O_EXCL below closes the race.
+    for (const auto& file : {settings.secret_file, settings.public_file}) {
+      std::error_code error;
+      if (std::filesystem::symlink_status(file, error).type() !=
+          std::filesystem::file_type::not_found) {
+        throw UsageError(file + " exists; keygen does not overwrite keys (--force replaces it)");
+      }
+    }
   }
-  std::filesystem::permissions(settings.secret_file, std::filesystem::perms::owner_read |
-                                                         std::filesystem::perms::owner_write);
-  std::ofstream public_out(settings.public_file, std::ios::trunc);
-  public_out << "# CURVE public key\n" << public_key << "\n";
-  if (!public_out) throw UsageError("cannot write " + settings.public_file);
+  auto overwrite = settings.force ? cli::Overwrite::replace : cli::Overwrite::refuse;
+  try {
+    cli::write_new_file(settings.secret_file,
+                        std::string("# CURVE secret key (keep private)\n") + secret_key + "\n",
+                        0600, overwrite);
+    cli::write_new_file(settings.public_file,
+                        std::string("# CURVE public key\n") + public_key + "\n", 0644, overwrite);
+  } catch (const std::filesystem::filesystem_error& error) {
+    throw UsageError("cannot write " + error.path1().string() + ": " + error.code().message());
+  }
   std::cout << public_key << "\n";
   return cli::exit_ok;
 }
@@ -258,6 +294,13 @@ int tail(const ClientSettings& settings) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#if defined(__GLIBC__)
+  // Buffers of 1 MiB and more (frames, replies, fetch results) are mapped and
+  // unmapped one by one rather than kept in the heap: a fixed threshold turns
+  // off glibc's growing one, which would otherwise keep every freed 64 MiB
+  // batch in the process after its peer has gone.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
   CLI::App app{
       "outbox-broker: stores each msg_id once and serves consumers.\n"
       "Exit codes: 0 ok, 1 unexpected error, 2 bad usage or config, 3 database error,\n"
@@ -270,13 +313,16 @@ int main(int argc, char** argv) {
   auto* serve_command = app.add_subcommand("serve", "run the broker daemon");
   // The config file belongs to the top-level app (CLI11 reads it there); the
   // serve settings live in its [serve] section, one key per flag.
-  app.set_config("--config", "", "read settings from a TOML or INI file ([serve] section)");
-  app.allow_config_extras(CLI::config_extras_mode::error);
+  app.set_config("--config", "",
+                 "read settings from a TOML file: a [serve] section with the long flag names as "
+                 "keys (dedup-window = \"7d\"); flags given on the command line win");
+  cli::use_strict_config(app);
   serve_command->add_option("--db", serve_settings.db, "broker database file (created if missing)")
       ->required();
   serve_command
       ->add_option("--bind", serve_settings.bind,
                    "ZeroMQ endpoint to listen on; tcp://127.0.0.1:* picks a free port")
+      ->check(cli::bind_endpoint_check())
       ->capture_default_str();
   serve_command->add_option(
       "--endpoint-file", serve_settings.endpoint_file,
@@ -287,32 +333,50 @@ int main(int argc, char** argv) {
                    "without fsync per commit (survives process crashes)")
       ->check(CLI::IsMember({"full", "normal"}))
       ->capture_default_str();
-  serve_command
-      ->add_option("--max-message-bytes", serve_settings.max_message_bytes,
-                   "largest key + headers + payload stored; larger ones are REJECTED "
-                   "(accepts k, m suffixes)")
-      ->capture_default_str();
-  serve_command
-      ->add_option("--dedup-window", serve_settings.dedup_window,
-                   "how long a msg_id is remembered (e.g. 7d, 24h; 'forever')")
-      ->capture_default_str();
-  serve_command
-      ->add_option("--retention", serve_settings.retention,
-                   "how long message bodies are kept (e.g. 7d; 'forever'); never "
-                   "shortens the dedup window")
-      ->capture_default_str();
-  serve_command->add_option("--cache", serve_settings.cache, "database page cache (e.g. 256m)")
-      ->capture_default_str();
-  serve_command
-      ->add_option("--max-database-size", serve_settings.max_database_size,
-                   "refuse writes that would grow the database beyond this (e.g. 50g; 0: "
-                   "no limit); refused batches get ERROR storage_failure")
-      ->capture_default_str();
+  cli::add_size_option(serve_command, "--max-message-bytes", serve_settings.max_message_bytes,
+                       "largest key + headers + payload stored; larger ones are REJECTED "
+                       "(accepts k, m suffixes)",
+                       {1, wire::max_message_bytes_in_frame(broker::ServerOptions::default_limits()),
+                        "what one " +
+                            std::to_string(broker::ServerOptions::default_limits().max_body_bytes) +
+                            "-byte PUBLISH frame carries",
+                        false});
+  cli::add_duration_option(
+      serve_command, "--dedup-window", serve_settings.dedup_window,
+      "how long a msg_id is remembered, with a unit (e.g. 7d, 24h) or 'forever'; below 1h "
+      "needs --allow-short-dedup-window",
+      cli::at_least(0ms, "forever"));
+  serve_command->add_flag(
+      "--allow-short-dedup-window", serve_settings.allow_short_dedup_window,
+      "accept a --dedup-window shorter than 1h. A msg_id resent after the window has passed "
+      "is stored again and consumers see it twice, and resends come late: a relay retries "
+      "until acknowledged (its retry horizon: ack-timeout + connect-timeout + backoff-max + "
+      "lease, and much longer while the broker is down), and a producer database restored "
+      "from a backup resends everything delivered after that backup");
+  cli::add_duration_option(serve_command, "--retention", serve_settings.retention,
+                           "how long message bodies are kept (e.g. 7d; 'forever'); never "
+                           "shortens the dedup window",
+                           cli::at_least(0ms, "forever"));
+  cli::add_size_option(serve_command, "--cache", serve_settings.cache_bytes,
+                       "database page cache (e.g. 256m), at most this machine's memory",
+                       {0, std::numeric_limits<std::uint64_t>::max(), "", true});
+  cli::add_size_option(serve_command, "--max-database-size", serve_settings.max_database_bytes,
+                       "refuse writes that would grow the database beyond this (e.g. 50g; 0: "
+                       "no limit); refused batches get ERROR storage_failure");
   serve_command
       ->add_option("--max-commit-messages", serve_settings.max_commit_messages,
                    "most messages written in one group commit")
-      ->check(CLI::Range(1, 1'000'000))
+      ->check(cli::count_check(1, 1'000'000))
       ->capture_default_str();
+  cli::add_size_option(serve_command, "--max-outgoing-bytes", serve_settings.max_outgoing_bytes,
+                       "replies held for one connection at most (e.g. 64m); a peer at this cap "
+                       "gets no more work until it reads, FETCH replies are sized to fit",
+                       {std::uint64_t{1} << 20, std::numeric_limits<std::uint64_t>::max(), "",
+                        true});
+  serve_command->add_flag(
+      "--skip-integrity-check", serve_settings.skip_integrity_check,
+      "do not run PRAGMA quick_check when opening the database (it reads the whole file; "
+      "a corrupt database is otherwise refused with exit 3)");
   serve_command
       ->add_option("--curve-secret-key-file", serve_settings.curve_secret_key_file,
                    "enable CURVE: file with the broker's Z85 secret key")
@@ -327,6 +391,7 @@ int main(int argc, char** argv) {
   auto* tail_command = app.add_subcommand("tail", "print messages of a topic");
   for (auto* command : {stats_command, tail_command}) {
     command->add_option("--connect", client_settings.connect, "broker endpoint")
+        ->check(cli::connect_endpoint_check())
         ->capture_default_str();
     command
         ->add_option("--curve-server-public-key-file", client_settings.curve_server_public_key_file,
@@ -338,15 +403,19 @@ int main(int argc, char** argv) {
         ->check(CLI::ExistingFile);
     command->add_flag("--json", client_settings.json, "print JSON (one object per line)");
     command->add_option("--timeout-ms", client_settings.timeout_ms, "how long to wait for answers")
-        ->check(CLI::Range(1, 3'600'000))
+        ->check(cli::count_check(1, 3'600'000))
         ->capture_default_str();
   }
   tail_command->add_option("--topic", client_settings.topic, "topic to read")->required();
-  tail_command->add_option("--from", client_settings.from,
-                           "first offset (default: the group's position, else 1)");
+  tail_command
+      ->add_option("--from", client_settings.from,
+                   "first offset (default: the group's position, else 1)")
+      ->check(cli::count_check());
   tail_command->add_option("--group", client_settings.group,
                            "consumer group: resume from and commit its offset");
-  tail_command->add_option("--max", client_settings.max, "stop after this many messages");
+  tail_command
+      ->add_option("--max", client_settings.max, "stop after this many messages (0: no limit)")
+      ->check(cli::count_check());
   tail_command->add_flag("--follow", client_settings.follow,
                          "keep waiting for new messages until interrupted");
 
@@ -357,6 +426,9 @@ int main(int argc, char** argv) {
       ->required();
   keygen_command->add_option("--public-file", keygen_settings.public_file, "public key file")
       ->required();
+  keygen_command->add_flag("--force", keygen_settings.force,
+                           "replace existing key files (a new file is written and renamed over "
+                           "the old one)");
 
   for (auto* command : {serve_command, stats_command, tail_command}) {
     command->add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
@@ -381,13 +453,7 @@ int main(int argc, char** argv) {
       break;
     }
   }
-  std::reverse(args.begin(), args.end());  // CLI11 takes the arguments in reverse order
-  try {
-    app.parse(args);
-  } catch (const CLI::ParseError& error) {
-    int code = app.exit(error);
-    return code == 0 ? cli::exit_ok : cli::exit_usage;
-  }
+  if (auto code = cli::parse_command_line(app, "outbox-broker", std::move(args))) return *code;
 
   cli::install_stop_handlers(&stop_running_server);
   try {

@@ -1,6 +1,8 @@
 #include "broker/client.hpp"
 
+#include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <stdexcept>
 
 #include "wire/zmq_io.hpp"
@@ -23,6 +25,17 @@ wire::Error from_reply(const wire::ErrorReply& reply) {
   return wire::Error{reply.code, reply.message};
 }
 
+// What the socket monitor reports: a connection that broke after it was
+// established (closed, reset, heartbeat timeout) or whose handshake failed.
+// CLOSED and CONNECT_RETRIED are left out: they also come with every refused
+// connection attempt while the broker is down, which ZeroMQ retries by itself
+// and which loses nothing.
+constexpr int kWatchedEvents =
+    ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL;
+
+// ZMQ_HEARTBEAT_TTL is carried in deciseconds in a 16-bit field.
+constexpr std::int64_t kMaxHeartbeatTtlMs = 6'553'500;
+
 }  // namespace
 
 Client::Client(std::string endpoint, ClientOptions options)
@@ -31,42 +44,102 @@ Client::Client(std::string endpoint, ClientOptions options)
   open_socket();
 }
 
-Client::~Client() noexcept = default;
+Client::~Client() noexcept {
+  close_socket();
+}
 
 void Client::open_socket() {
   socket_ = zmq::socket_t(context_, zmq::socket_type::dealer);
   socket_.set(zmq::sockopt::linger, 0);
   socket_.set(zmq::sockopt::sndhwm, options_.send_high_water_mark);
   socket_.set(zmq::sockopt::rcvhwm, options_.receive_high_water_mark);
+  if (options_.heartbeat_interval.count() > 0) {
+    auto timeout = std::max(options_.heartbeat_timeout, options_.heartbeat_interval).count();
+    socket_.set(zmq::sockopt::heartbeat_ivl, static_cast<int>(options_.heartbeat_interval.count()));
+    socket_.set(zmq::sockopt::heartbeat_timeout, static_cast<int>(timeout));
+    socket_.set(zmq::sockopt::heartbeat_ttl,
+                static_cast<int>(std::min<std::int64_t>(timeout, kMaxHeartbeatTtlMs)));
+  }
   if (options_.curve) {
     socket_.set(zmq::sockopt::curve_serverkey, options_.curve->server_public_key);
     socket_.set(zmq::sockopt::curve_publickey, options_.curve->public_key);
     socket_.set(zmq::sockopt::curve_secretkey, options_.curve->secret_key);
   }
+  // One inproc name per socket, so a fresh socket never meets the events of
+  // the one before it. Watched before connecting: no event is missed.
+  auto events = "inproc://outbox-client-events-" + std::to_string(++monitors_opened_);
+  if (zmq_socket_monitor(socket_.handle(), events.c_str(), kWatchedEvents) != 0) {
+    throw zmq::error_t();
+  }
+  monitor_ = zmq::socket_t(context_, zmq::socket_type::pair);
+  monitor_.set(zmq::sockopt::linger, 0);
+  monitor_.connect(events);
   socket_.connect(endpoint_);
 }
 
-void Client::reconnect() {
+void Client::close_socket() noexcept {
+  if (socket_.handle() != nullptr) zmq_socket_monitor(socket_.handle(), nullptr, 0);
+  monitor_.close();
   socket_.close();
+}
+
+void Client::reconnect() {
+  close_socket();
   kept_.clear();
   session_id_ = 0;
   open_socket();
+}
+
+std::optional<wire::Error> Client::read_connection_events() {
+  std::optional<wire::Error> broken;
+  while (true) {
+    // Frame 0: event id (16 bits) and value (32 bits), native byte order;
+    // frame 1: the endpoint.
+    auto message = wire::receive_frames(monitor_, zmq::recv_flags::dontwait, 2);
+    if (!message) return broken;
+    if (message->frames.empty() || message->frames[0].size() < 6) continue;
+    const auto* event = static_cast<const char*>(message->frames[0].data());
+    std::uint16_t id = 0;
+    std::int32_t value = 0;
+    std::memcpy(&id, event, sizeof id);
+    std::memcpy(&value, event + sizeof id, sizeof value);
+    if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
+      broken = wire::Error{wire::ErrorCode::disconnected,
+                           "the broker at " + endpoint_ +
+                               " refused this client's credentials (CURVE key not allowed, "
+                               "status " +
+                               std::to_string(value) + ")"};
+    } else if (id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL && !broken) {
+      broken = wire::Error{wire::ErrorCode::disconnected, "the ZeroMQ handshake with " + endpoint_ +
+                                                              " failed (protocol error " +
+                                                              std::to_string(value) + ")"};
+    } else if (id == ZMQ_EVENT_DISCONNECTED && !broken) {
+      broken = wire::Error{wire::ErrorCode::disconnected,
+                           "connection to " + endpoint_ +
+                               " lost (closed, reset, or silent past the heartbeat timeout)"};
+    }
+  }
 }
 
 std::optional<wire::Result<wire::AnyMessage>> Client::receive_from_socket(
     std::chrono::milliseconds timeout) {
   auto deadline = Clock::now() + timeout;
   while (true) {
-    zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
+                               {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     try {
-      zmq::poll(items, 1, std::max(left, std::chrono::milliseconds(0)));
+      zmq::poll(items, 2, std::max(left, std::chrono::milliseconds(0)));
     } catch (const zmq::error_t& error) {
       if (error.num() != EINTR) throw;
     }
+    // Replies that arrived before the connection broke are still good.
     if ((items[0].revents & ZMQ_POLLIN) != 0) {
       auto message = wire::receive_message(socket_, zmq::recv_flags::dontwait, options_.limits);
       if (message) return message;
+    }
+    if ((items[1].revents & ZMQ_POLLIN) != 0) {
+      if (auto broken = read_connection_events()) return wire::Result<wire::AnyMessage>(*broken);
     }
     if (Clock::now() >= deadline) return std::nullopt;
   }
@@ -107,7 +180,13 @@ wire::Result<Reply> Client::await(Matches matches, std::uint64_t request_id,
 
 wire::Result<wire::Welcome> Client::hello(const std::string& producer,
                                           std::chrono::milliseconds timeout) {
-  if (!wire::send_message(socket_, wire::Hello{producer, 0}, zmq::send_flags::dontwait)) {
+  return hello(wire::Hello{producer, 0, {}, 0}, timeout);
+}
+
+wire::Result<wire::Welcome> Client::hello(const wire::Hello& request,
+                                          std::chrono::milliseconds timeout) {
+  forget_connection_events();
+  if (!wire::send_message(socket_, request, zmq::send_flags::dontwait)) {
     return wire::Error{wire::ErrorCode::busy, "send queue full"};
   }
   auto welcome = await<wire::Welcome>([](const wire::Welcome&) { return true; }, 0, timeout);
@@ -143,6 +222,7 @@ wire::Result<wire::Ack> Client::publish(std::uint64_t batch_id,
 }
 
 wire::Result<wire::Messages> Client::fetch(wire::Fetch request, std::chrono::milliseconds timeout) {
+  forget_connection_events();
   request.request_id = next_request_id_++;
   if (!wire::send_message(socket_, request, zmq::send_flags::dontwait)) {
     return wire::Error{wire::ErrorCode::busy, "send queue full"};
@@ -156,6 +236,7 @@ wire::Result<wire::OffsetCommitted> Client::commit_offset(const std::string& top
                                                           const std::string& group,
                                                           std::uint64_t offset,
                                                           std::chrono::milliseconds timeout) {
+  forget_connection_events();
   auto id = next_request_id_++;
   if (!wire::send_message(socket_, wire::CommitOffset{id, topic, group, offset},
                           zmq::send_flags::dontwait)) {
@@ -166,6 +247,7 @@ wire::Result<wire::OffsetCommitted> Client::commit_offset(const std::string& top
 }
 
 wire::Result<wire::StatsReply> Client::stats(std::chrono::milliseconds timeout) {
+  forget_connection_events();
   auto id = next_request_id_++;
   if (!wire::send_message(socket_, wire::StatsRequest{id}, zmq::send_flags::dontwait)) {
     return wire::Error{wire::ErrorCode::busy, "send queue full"};
@@ -175,6 +257,7 @@ wire::Result<wire::StatsReply> Client::stats(std::chrono::milliseconds timeout) 
 }
 
 wire::Result<wire::Pong> Client::ping(std::chrono::milliseconds timeout) {
+  forget_connection_events();
   auto nonce = next_request_id_++;
   if (!wire::send_message(socket_, wire::Ping{nonce}, zmq::send_flags::dontwait)) {
     return wire::Error{wire::ErrorCode::busy, "send queue full"};

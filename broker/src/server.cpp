@@ -1,7 +1,14 @@
 #include "broker/server.hpp"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <algorithm>
 #include <cerrno>
+#include <deque>
 #include <fstream>
 #include <stdexcept>
 #include <string_view>
@@ -19,6 +26,8 @@ namespace broker {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+constexpr std::uint8_t kFirstProtocolVersion = 1;
 
 std::shared_ptr<spdlog::logger> null_logger() {
   return std::make_shared<spdlog::logger>("broker",
@@ -72,6 +81,54 @@ std::string reject_text(RejectReason reason) {
   return std::string(to_string(reason));
 }
 
+// The bytes of one peer's replies that ZeroMQ holds (its queue to the peer
+// and the one being written). Reply bodies are handed over without a copy;
+// ZeroMQ calls release_reply_body on its I/O thread once a body is written to
+// the kernel or dropped with its connection, which is the only way to see how
+// much a ROUTER still holds for one peer.
+struct OutgoingAccount {
+  std::atomic<std::size_t> bytes{0};
+  // Set while the loop has work held back for this peer: the next release
+  // wakes it through `wake_fd` (an eventfd polled next to the socket).
+  std::atomic<bool> wake_wanted{false};
+  int wake_fd = -1;
+};
+
+struct ReplyBody {
+  std::string bytes;
+  std::shared_ptr<OutgoingAccount> account;
+};
+
+void release_reply_body(void* /*data*/, void* hint) noexcept {
+  auto* body = static_cast<ReplyBody*>(hint);
+  body->account->bytes.fetch_sub(body->bytes.size(), std::memory_order_acq_rel);
+  if (body->account->wake_wanted.exchange(false, std::memory_order_acq_rel)) {
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto written = ::write(body->account->wake_fd, &one, sizeof one);
+  }
+  delete body;
+}
+
+// Owns the eventfd; declared before the ZeroMQ context in Impl so that it
+// outlives the I/O threads that may still release reply bodies.
+class WakeFd {
+ public:
+  WakeFd() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
+    if (fd_ < 0) throw std::runtime_error("cannot create an eventfd");
+  }
+  ~WakeFd() noexcept { ::close(fd_); }
+  WakeFd(const WakeFd&) = delete;
+  WakeFd& operator=(const WakeFd&) = delete;
+  int fd() const noexcept { return fd_; }
+  void drain() noexcept {
+    std::uint64_t value = 0;
+    [[maybe_unused]] auto got = ::read(fd_, &value, sizeof value);
+  }
+
+ private:
+  int fd_;
+};
+
 }  // namespace
 
 std::string read_curve_key_file(const std::filesystem::path& path) {
@@ -93,9 +150,32 @@ struct Server::Impl {
     bool failed = false;
     std::string producer;
     Clock::time_point last_active;
+    std::string origin;  // the producer database's origin id; empty: not fenced
+    std::uint64_t epoch = 0;
     // (topic, key) pairs with a CONFLICT or REJECTED message in this session:
     // later messages of them are answered BLOCKED, not stored.
     std::unordered_set<std::string> refused_keys;
+    // Batch ids of a session are consecutive: the first after WELCOME is any
+    // id, each later one the previous + 1; a gap or a reorder fails the session.
+    bool has_batch = false;
+    std::uint64_t last_batch_id = 0;
+  };
+
+  // Outgoing and held-back work of one connection, kept only while there is
+  // some (an idle connection costs nothing here).
+  struct Peer {
+    std::shared_ptr<OutgoingAccount> account;
+    // Replies ZeroMQ's queue to the peer had no room for (send high-water
+    // mark reached), in order, with their body sizes.
+    std::deque<wire::Frames> backlog;
+    std::size_t backlog_bytes = 0;
+    // Requests received while the peer was over its outgoing cap: served, in
+    // order, once it has read enough.
+    std::deque<std::unique_ptr<wire::Received>> parked;
+    std::size_t parked_bytes = 0;
+    std::size_t pending_batches = 0;      // its batches in the group commit being collected
+    std::size_t pending_reply_bytes = 0;  // what their ACKs may take (an upper estimate)
+    bool dropping = false;                // its requests are being dropped (logged once)
   };
 
   struct PendingBatch {
@@ -117,6 +197,7 @@ struct Server::Impl {
       : store(store_ref),
         options(std::move(opts)),
         logger(options.logger ? options.logger : null_logger()),
+        wake(),
         context(1),
         router(context, zmq::socket_type::router) {
     next_session_id =
@@ -172,21 +253,120 @@ struct Server::Impl {
 
   // ---- replies ----------------------------------------------------------------
 
-  void reply(const std::string& routing_id, const wire::AnyMessage& message) {
-    try {
-      if (!wire::send_message(router, message, zmq::send_flags::dontwait, routing_id)) {
-        ++counters.replies_dropped;
-      }
-    } catch (const zmq::error_t& error) {
-      // EHOSTUNREACH: the peer is gone. Nothing else a send can report matters here.
-      ++counters.replies_dropped;
-      logger->debug("reply dropped: {}", error.what());
+  Peer& peer_for(const std::string& routing_id) {
+    Peer& peer = peers[routing_id];
+    if (!peer.account) {
+      peer.account = std::make_shared<OutgoingAccount>();
+      peer.account->wake_fd = wake.fd();
     }
+    return peer;
+  }
+
+  Peer* find_peer(const std::string& routing_id) {
+    auto found = peers.find(routing_id);
+    return found == peers.end() ? nullptr : &found->second;
+  }
+
+  // Bytes of replies the broker holds for the peer: in ZeroMQ and its own backlog.
+  static std::size_t queued_bytes(const Peer& peer) {
+    return peer.account->bytes.load(std::memory_order_acquire) + peer.backlog_bytes;
+  }
+
+  bool over_cap(const Peer& peer) const {
+    return !peer.backlog.empty() || queued_bytes(peer) >= options.max_outgoing_bytes;
+  }
+
+  // What a reply to this peer may still take (FETCH replies are sized by it).
+  std::size_t outgoing_room(const std::string& routing_id) {
+    Peer* peer = find_peer(routing_id);
+    if (peer == nullptr) return options.max_outgoing_bytes;
+    auto queued = queued_bytes(*peer);
+    return queued >= options.max_outgoing_bytes ? 0 : options.max_outgoing_bytes - queued;
+  }
+
+  enum class SendResult { sent, full, gone };
+
+  // Queues one reply in ZeroMQ without blocking; the body is handed over
+  // without a copy and counted in the peer's account until ZeroMQ frees it.
+  SendResult send_now(const std::string& routing_id, Peer& peer, wire::Frames& frames) {
+    try {
+      if (!router.send(zmq::buffer(routing_id.data(), routing_id.size()),
+                       zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+        return SendResult::full;
+      }
+      // Once the routing id is queued ZeroMQ takes the rest of the message.
+      router.send(zmq::buffer(frames.tag.data(), frames.tag.size()), zmq::send_flags::sndmore);
+      router.send(zmq::buffer(frames.command.data(), frames.command.size()),
+                  zmq::send_flags::sndmore);
+      auto size = frames.body.size();
+      auto* body = new ReplyBody{std::move(frames.body), peer.account};
+      peer.account->bytes.fetch_add(size, std::memory_order_acq_rel);
+      zmq::message_t message(body->bytes.data(), size, &release_reply_body, body);
+      router.send(message, zmq::send_flags::none);
+      return SendResult::sent;
+    } catch (const zmq::error_t& error) {
+      // EHOSTUNREACH: the peer is gone. EINTR before anything was queued: try later.
+      if (error.num() == EINTR) return SendResult::full;
+      logger->debug("reply dropped: {}", error.what());
+      return SendResult::gone;
+    }
+  }
+
+  void reply(const std::string& routing_id, const wire::AnyMessage& message) {
+    reply_frames(routing_id, wire::encode(message));
+  }
+
+  void reply_frames(const std::string& routing_id, wire::Frames frames) {
+    Peer& peer = peer_for(routing_id);
+    if (peer.backlog.empty()) {
+      switch (send_now(routing_id, peer, frames)) {
+        case SendResult::sent:
+          return;
+        case SendResult::gone:
+          ++counters.replies_dropped;
+          forget_gone_peer(routing_id);
+          return;
+        case SendResult::full:
+          break;
+      }
+    }
+    // Held here in order until ZeroMQ has room; the peer gets no more work
+    // meanwhile, so this stays within about one cap.
+    if (peer.backlog_bytes + frames.body.size() > 2 * options.max_outgoing_bytes) {
+      ++counters.replies_dropped;
+      return;
+    }
+    peer.backlog_bytes += frames.body.size();
+    peer.backlog.push_back(std::move(frames));
+    held_back.insert(routing_id);
+  }
+
+  // Replies are sent in arrival order per connection: before anything is
+  // answered, this peer's batches in the group commit being collected are
+  // committed and acknowledged.
+  void answer(const std::string& routing_id, const wire::AnyMessage& message) {
+    if (Peer* peer = find_peer(routing_id); peer != nullptr && peer->pending_batches > 0) {
+      commit_pending();
+    }
+    reply(routing_id, message);
   }
 
   void reply_error(const std::string& routing_id, std::uint64_t request_id, wire::ErrorCode code,
                    std::string message) {
-    reply(routing_id, wire::ErrorReply{request_id, code, std::move(message)});
+    answer(routing_id, wire::ErrorReply{request_id, code, std::move(message)});
+  }
+
+  // A version 1 peer can read ERROR (its layout did not change) only in a
+  // version 1 frame: tell it in its own version why it is refused.
+  void refuse_first_version(const std::string& routing_id) {
+    ++counters.malformed;
+    auto frames = wire::encode(
+        wire::ErrorReply{0, wire::ErrorCode::unsupported_version,
+                         "protocol version " + std::to_string(kFirstProtocolVersion) +
+                             " is not supported: this broker speaks version " +
+                             std::to_string(wire::kProtocolVersion) + " (upgrade the client)"});
+    frames.tag = wire::encode_tag(kFirstProtocolVersion);
+    reply_frames(routing_id, std::move(frames));
   }
 
   void malformed(const std::string& routing_id, std::uint64_t request_id,
@@ -194,6 +374,84 @@ struct Server::Impl {
     ++counters.malformed;
     logger->debug("malformed input: {}", error.message);
     reply_error(routing_id, request_id, error.code, error.message);
+  }
+
+  // The connection is closed: what it still had waiting is never answered.
+  // (Peers are erased only by sweep_peers, so a Peer& stays valid meanwhile.)
+  void forget_gone_peer(const std::string& routing_id) {
+    if (Peer* peer = find_peer(routing_id)) {
+      counters.replies_dropped += peer->backlog.size() + peer->parked.size();
+      peer->backlog.clear();
+      peer->backlog_bytes = 0;
+      peer->parked.clear();
+      peer->parked_bytes = 0;
+    }
+  }
+
+  // Moves backlogs into ZeroMQ as it makes room and serves parked requests of
+  // peers back under their cap. Called when a reply body was released.
+  void serve_held_back() {
+    std::vector<std::string> ids(held_back.begin(), held_back.end());
+    bool served = false;
+    for (const auto& routing_id : ids) {
+      Peer* found = find_peer(routing_id);
+      if (found == nullptr) {
+        held_back.erase(routing_id);
+        continue;
+      }
+      Peer& peer = *found;
+      while (!peer.backlog.empty()) {
+        auto size = peer.backlog.front().body.size();
+        auto result = send_now(routing_id, peer, peer.backlog.front());
+        if (result == SendResult::full) break;
+        if (result == SendResult::gone) {
+          ++counters.replies_dropped;
+          forget_gone_peer(routing_id);
+          break;
+        }
+        peer.backlog_bytes -= size;
+        peer.backlog.pop_front();
+      }
+      while (!peer.parked.empty() && has_room(peer)) {
+        auto request = std::move(peer.parked.front());
+        peer.parked.pop_front();
+        peer.parked_bytes -= received_bytes(*request);
+        served = true;
+        dispatch(routing_id, std::move(request));
+      }
+      if (peer.backlog.empty() && peer.parked.empty()) {
+        peer.dropping = false;
+        held_back.erase(routing_id);
+      } else {
+        want_wake(peer);
+      }
+    }
+    if (served) commit_pending();
+  }
+
+  // Whether the peer may be given more work. ACKs are made when the group
+  // commit ends: before they could take the peer past its cap, commit, so that
+  // the cap is weighed against real bytes.
+  bool has_room(Peer& peer) {
+    if (peer.pending_batches > 0 &&
+        queued_bytes(peer) + peer.pending_reply_bytes >= options.max_outgoing_bytes) {
+      commit_pending();
+    }
+    return !over_cap(peer);
+  }
+
+  void want_wake(Peer& peer) {
+    peer.account->wake_wanted.store(true, std::memory_order_release);
+    // Released meanwhile: no wake-up will come, so look again at once.
+    if (!over_cap(peer) || peer.account->bytes.load(std::memory_order_acquire) == 0) {
+      wake_now = true;
+    }
+  }
+
+  static std::size_t received_bytes(const wire::Received& received) {
+    std::size_t total = 0;
+    for (const auto& frame : received.frames) total += frame.size();
+    return total;
   }
 
   // ---- input ------------------------------------------------------------------
@@ -223,32 +481,109 @@ struct Server::Impl {
     if (received->frames.empty()) return;
     std::string routing_id(static_cast<const char*>(received->frames[0].data()),
                            received->frames[0].size());
-    if (received->too_many_frames || received->frames.size() != 4) {
-      malformed(routing_id, 0,
-                {wire::ErrorCode::bad_frame_count,
-                 "expected 3 frames (tag, command, body), got " +
-                     (received->too_many_frames ? std::string("more than 4")
-                                                : std::to_string(received->frames.size() - 1))});
-      return;
+    Peer* peer = find_peer(routing_id);
+    if (peer != nullptr && (!peer->parked.empty() || !has_room(*peer))) {
+      return hold_back(routing_id, *peer, std::move(received));
     }
-    auto views = received->views(1);
-    if (auto tag = wire::decode_tag(views[0]); !tag) return malformed(routing_id, 0, tag.error());
-    auto command = wire::decode_command(views[1]);
-    if (!command) return malformed(routing_id, 0, command.error());
-    if (*command == wire::Command::publish) {
-      return handle_publish(routing_id, std::move(received));
-    }
-    // Replies go out in arrival order per connection: acknowledge this peer's
-    // earlier batches before answering anything else it sent.
-    if (has_pending_from(routing_id)) commit_pending();
-    auto decoded = wire::decode_body(*command, views[2], options.limits);
-    if (!decoded) return malformed(routing_id, 0, decoded.error());
-    std::visit([&](auto& message) { on_message(routing_id, message); }, decoded.value());
+    dispatch(routing_id, std::move(received));
   }
 
-  bool has_pending_from(const std::string& routing_id) const {
-    return std::any_of(pending.begin(), pending.end(),
-                       [&](const PendingBatch& batch) { return batch.routing_id == routing_id; });
+  // A peer over its outgoing cap gets no more work until it has read enough:
+  // its requests wait, in order, up to a small bound; beyond it they are
+  // dropped (counted in requests_dropped) and its session fails, so that
+  // nothing of it is stored past a dropped batch.
+  void hold_back(const std::string& routing_id, Peer& peer,
+                 std::unique_ptr<wire::Received> received) {
+    auto size = received_bytes(*received);
+    if (peer.parked.size() < options.max_parked_requests &&
+        peer.parked_bytes + size <= options.max_parked_bytes) {
+      peer.parked_bytes += size;
+      peer.parked.push_back(std::move(received));
+      held_back.insert(routing_id);
+      want_wake(peer);
+      return;
+    }
+    ++counters.requests_dropped;
+    if (!peer.dropping) {
+      peer.dropping = true;
+      logger->warn(
+          "a peer does not read its replies ({} bytes queued for it): dropping its "
+          "requests until it does",
+          queued_bytes(peer));
+    }
+    fail_session(routing_id, "its requests were dropped while it did not read its replies");
+  }
+
+  void fail_session(const std::string& routing_id, std::string_view why) {
+    Session* session = find_session(routing_id);
+    if (session != nullptr && !session->failed) {
+      session->failed = true;
+      logger->warn("session {} ({}) failed: {}", session->id, session->producer, why);
+    }
+  }
+
+  static bool is_publish_frame(const zmq::message_t& frame) {
+    return frame.size() == 1 && static_cast<const std::uint8_t*>(frame.data())[0] ==
+                                    static_cast<std::uint8_t>(wire::Command::publish);
+  }
+
+  void dispatch(const std::string& routing_id, std::unique_ptr<wire::Received> received) {
+    // A message whose command frame says PUBLISH fails the session whatever
+    // else is wrong with it, so no later batch is stored past it.
+    bool publish = received->frames.size() >= 3 && is_publish_frame(received->frames[2]);
+    auto refuse = [&](std::uint64_t request_id, const wire::Error& error) {
+      if (publish) fail_session(routing_id, error.message);
+      malformed(routing_id, request_id, error);
+    };
+    if (received->too_many_frames || received->frames.size() != 4) {
+      auto request_id =
+          publish && received->frames.size() >= 4
+              ? wire::peek_request_id(wire::Command::publish, received->views(3).front())
+              : 0;
+      return refuse(request_id, {wire::ErrorCode::bad_frame_count,
+                                 "expected 3 frames (tag, command, body), got " +
+                                     (received->too_many_frames
+                                          ? std::string("more than 4")
+                                          : std::to_string(received->frames.size() - 1))});
+    }
+    auto views = received->views(1);
+    if (auto tag = wire::decode_tag(views[0]); !tag) {
+      if (tag.error().code == wire::ErrorCode::unsupported_version &&
+          static_cast<std::uint8_t>(views[0][3]) == kFirstProtocolVersion) {
+        if (publish) fail_session(routing_id, tag.error().message);
+        return refuse_first_version(routing_id);
+      }
+      return refuse(publish ? wire::peek_request_id(wire::Command::publish, views[2]) : 0,
+                    tag.error());
+    }
+    auto command = wire::decode_command(views[1]);
+    if (!command) return refuse(0, command.error());
+    switch (*command) {
+      case wire::Command::publish:
+        return handle_publish(routing_id, std::move(received));
+      case wire::Command::welcome:
+      case wire::Command::ack:
+      case wire::Command::messages:
+      case wire::Command::offset_committed:
+      case wire::Command::pong:
+      case wire::Command::stats_reply:
+        return malformed(
+            routing_id, 0,
+            {wire::ErrorCode::unexpected_command,
+             std::string(wire::command_name(*command)) + " is not a request the broker serves"});
+      default:
+        break;
+    }
+    // Arrival order: this peer's earlier batches are acknowledged first (and
+    // what they stored is visible to its FETCH).
+    if (Peer* peer = find_peer(routing_id); peer != nullptr && peer->pending_batches > 0) {
+      commit_pending();
+    }
+    auto decoded = wire::decode_body(*command, views[2], options.limits);
+    if (!decoded) {
+      return malformed(routing_id, wire::peek_request_id(*command, views[2]), decoded.error());
+    }
+    std::visit([&](auto& message) { on_message(routing_id, message); }, decoded.value());
   }
 
   Session* find_session(const std::string& routing_id) {
@@ -258,23 +593,13 @@ struct Server::Impl {
 
   void handle_publish(const std::string& routing_id, std::unique_ptr<wire::Received> received) {
     auto views = received->views(1);
-    Session* session = find_session(routing_id);
     auto view = wire::decode_publish_view(views[2], options.limits);
     if (!view) {
-      std::uint64_t batch_id = 0;
-      if (views[2].size() >= 16) {
-        for (int i = 0; i < 8; ++i) {
-          batch_id |= static_cast<std::uint64_t>(static_cast<std::uint8_t>(views[2][8 + i]))
-                      << (8 * i);
-        }
-      }
-      if (session != nullptr && !session->failed) {
-        session->failed = true;
-        logger->warn("session {} ({}) failed: {}", session->id, session->producer,
-                     view.error().message);
-      }
-      return malformed(routing_id, batch_id, view.error());
+      fail_session(routing_id, view.error().message);
+      return malformed(routing_id, wire::peek_request_id(wire::Command::publish, views[2]),
+                       view.error());
     }
+    Session* session = find_session(routing_id);
     if (session == nullptr || session->id != view->session_id) {
       ++counters.refused_batches;
       return reply_error(
@@ -282,6 +607,28 @@ struct Server::Impl {
           "no session " + std::to_string(view->session_id) + " on this connection; send HELLO");
     }
     session->last_active = Clock::now();
+    if (!session->failed && !session->origin.empty()) {
+      // A newer relay of the same outbox opened a session since: this one
+      // is stale and must not store anything more.
+      std::uint64_t highest = 0;
+      try {
+        highest = store.origin_epoch(session->origin);
+      } catch (const std::exception& error) {
+        session->failed = true;
+        ++counters.storage_failures;
+        return reply_error(routing_id, view->batch_id, wire::ErrorCode::storage_failure,
+                           std::string("cannot read the lease epoch: ") + error.what());
+      }
+      if (highest > session->epoch) {
+        session->failed = true;
+        ++counters.refused_batches;
+        ++counters.stale_epochs;
+        logger->warn("session {} ({}) refused: {}", session->id, session->producer,
+                     stale_epoch_text(session->origin, session->epoch, highest));
+        return reply_error(routing_id, view->batch_id, wire::ErrorCode::stale_epoch,
+                           stale_epoch_text(session->origin, session->epoch, highest));
+      }
+    }
     if (session->failed) {
       ++counters.refused_batches;
       return reply_error(
@@ -289,31 +636,60 @@ struct Server::Impl {
           "an earlier batch of session " + std::to_string(session->id) +
               " failed; send HELLO and resend from the first unacknowledged message");
     }
+    if (session->has_batch && view->batch_id != session->last_batch_id + 1) {
+      ++counters.refused_batches;
+      auto why = "batch " + std::to_string(view->batch_id) + " follows batch " +
+                 std::to_string(session->last_batch_id) +
+                 ": batch ids of a session must be consecutive";
+      fail_session(routing_id, why);
+      return reply_error(routing_id, view->batch_id, wire::ErrorCode::invalid_value,
+                         why + "; send HELLO and resend from the first unacknowledged message");
+    }
+    session->has_batch = true;
+    session->last_batch_id = view->batch_id;
     PendingBatch batch;
     batch.routing_id = routing_id;
     batch.session_id = session->id;
     batch.batch_id = view->batch_id;
     batch.slots.reserve(view->messages.size());
     for (const auto& message : view->messages) {
-      // The session is the order group: inside one group commit the store
-      // blocks later messages of a key after a refused one.
-      IncomingMessage incoming_message{message.msg_id,  message.topic,   message.key,
-                                       message.headers, message.payload, session->id};
       if (!session->refused_keys.empty() &&
           session->refused_keys.count(refusal_key(message.topic, message.key)) > 0) {
         batch.slots.push_back(kBlocked);
         continue;
       }
+      if (!message.violation.empty()) {
+        // A field above its limit: REJECTED here, and its key blocked for the
+        // rest of the session like any refused message.
+        batch.slots.push_back(kRejectedSlotBase + static_cast<std::uint32_t>(violations.size()));
+        violations.push_back(message.violation);
+        session->refused_keys.insert(refusal_key(message.topic, message.key));
+        continue;
+      }
+      // The session is the order group: inside one group commit the store
+      // blocks later messages of a key after a refused one.
       batch.slots.push_back(static_cast<std::uint32_t>(incoming.size()));
-      incoming.push_back(incoming_message);
-      pending_bytes += message.payload.size() + message.headers.size() + message.key.size();
+      incoming.push_back(IncomingMessage{message.msg_id, message.topic, message.key,
+                                         message.headers, message.payload, session->id});
     }
+    // Whole frames: what the round holds is what the next read is weighed against.
+    pending_bytes += views[2].size();
+    Peer& peer = peer_for(routing_id);
+    ++peer.pending_batches;
+    peer.pending_reply_bytes += kAckHeaderBytes + batch.slots.size() * kAckEntryEstimateBytes;
     batch.frames = std::move(received);
     pending.push_back(std::move(batch));
   }
 
   void commit_pending() {
     if (pending.empty()) return;
+    for (const auto& batch : pending) {
+      if (Peer* peer = find_peer(batch.routing_id); peer != nullptr && peer->pending_batches > 0) {
+        --peer->pending_batches;
+        peer->pending_reply_bytes = 0;
+      }
+    }
+    if (pending_bytes >= kTrimAfterBytes) trim_due = true;
     bool ok = false;
     try {
       auto started = Clock::now();
@@ -333,8 +709,8 @@ struct Server::Impl {
             session != nullptr && session->id == batch.session_id) {
           session->failed = true;
         }
-        reply_error(batch.routing_id, batch.batch_id, wire::ErrorCode::storage_failure,
-                    std::string("batch not stored: ") + error.what());
+        reply(batch.routing_id, wire::ErrorReply{batch.batch_id, wire::ErrorCode::storage_failure,
+                                                 std::string("batch not stored: ") + error.what()});
       }
     }
     if (ok) {
@@ -357,6 +733,13 @@ struct Server::Impl {
             ack.entries.push_back(std::move(entry));
             continue;
           }
+          if (slot >= kRejectedSlotBase) {
+            ++counters.rejected_on_decode;
+            entry.status = wire::AckStatus::rejected;
+            entry.reason = std::string(violations[slot - kRejectedSlotBase]);
+            ack.entries.push_back(std::move(entry));
+            continue;
+          }
           auto i = static_cast<std::size_t>(slot);
           const auto& outcome = outcomes[i];
           if ((outcome.status == AppendStatus::conflict ||
@@ -376,7 +759,7 @@ struct Server::Impl {
               break;
             case AppendStatus::conflict:
               entry.status = wire::AckStatus::conflict;
-              entry.reason = "msg_id already stored with a different payload or topic";
+              entry.reason = outcome.detail;
               break;
             case AppendStatus::rejected:
               entry.status = wire::AckStatus::rejected;
@@ -395,6 +778,7 @@ struct Server::Impl {
     }
     pending.clear();
     incoming.clear();
+    violations.clear();
     pending_bytes = 0;
     if (ok && !waiting.empty()) wake_fetches();
   }
@@ -416,21 +800,59 @@ struct Server::Impl {
 
   // ---- other commands ---------------------------------------------------------
 
+  static std::string stale_epoch_text(const std::string& origin, std::uint64_t epoch,
+                                      std::uint64_t highest) {
+    return "lease epoch " + std::to_string(epoch) + " of origin " + origin +
+           " is older than epoch " + std::to_string(highest) +
+           " already seen: another relay holds that outbox's lease";
+  }
+
   void on_message(const std::string& routing_id, wire::Hello& hello) {
+    if (!hello.origin.empty()) {
+      // A refused HELLO also ends the connection's earlier session.
+      auto refuse = [&](wire::ErrorCode code, const std::string& text) {
+        sessions.erase(routing_id);
+        reply_error(routing_id, 0, code, text);
+      };
+      std::uint64_t highest = 0;
+      try {
+        highest = store.advance_origin_epoch(hello.origin, hello.epoch);
+      } catch (const std::invalid_argument& error) {
+        ++counters.malformed;
+        return refuse(wire::ErrorCode::invalid_value, std::string("HELLO: ") + error.what());
+      } catch (const std::exception& error) {
+        ++counters.storage_failures;
+        return refuse(wire::ErrorCode::storage_failure,
+                      std::string("cannot record the lease epoch: ") + error.what());
+      }
+      if (highest > hello.epoch) {
+        ++counters.stale_epochs;
+        logger->warn("HELLO from '{}' refused: {}", hello.producer,
+                     stale_epoch_text(hello.origin, hello.epoch, highest));
+        return refuse(wire::ErrorCode::stale_epoch,
+                      stale_epoch_text(hello.origin, hello.epoch, highest));
+      }
+    }
     if (sessions.size() >= options.max_sessions && find_session(routing_id) == nullptr) {
       auto oldest = std::min_element(sessions.begin(), sessions.end(), [](auto& a, auto& b) {
         return a.second.last_active < b.second.last_active;
       });
-      sessions.erase(oldest);
+      if (oldest != sessions.end()) sessions.erase(oldest);
     }
     Session& session = sessions[routing_id];
-    session = Session{++next_session_id, false, hello.producer, Clock::now(), {}};
+    session = Session{++next_session_id, false, hello.producer, Clock::now(), hello.origin,
+                      hello.epoch,       {}};
     ++counters.sessions_opened;
-    logger->info("session {} opened by '{}'", session.id, hello.producer);
-    reply(routing_id,
-          wire::Welcome{session.id, static_cast<std::uint32_t>(store.options().max_message_bytes),
-                        static_cast<std::uint32_t>(options.limits.max_batch_messages),
-                        options.broker_name});
+    if (hello.origin.empty()) {
+      logger->info("session {} opened by '{}'", session.id, hello.producer);
+    } else {
+      logger->info("session {} opened by '{}' for origin {} at lease epoch {}", session.id,
+                   hello.producer, hello.origin, hello.epoch);
+    }
+    answer(routing_id,
+           wire::Welcome{session.id, static_cast<std::uint32_t>(store.options().max_message_bytes),
+                         static_cast<std::uint32_t>(options.limits.max_batch_messages),
+                         options.broker_name});
   }
 
   void on_message(const std::string& routing_id, wire::Fetch& fetch) {
@@ -445,7 +867,9 @@ struct Server::Impl {
                            "FETCH from the group offset needs a group");
       }
       try {
-        fetch.from_offset = store.committed_offset(fetch.group, fetch.topic) + 1;
+        // A group that never committed (or committed 0) starts at from_offset.
+        auto committed = store.committed_offset(fetch.group, fetch.topic);
+        if (committed > 0) fetch.from_offset = committed + 1;
       } catch (const std::exception& error) {
         return reply_error(routing_id, fetch.request_id, wire::ErrorCode::storage_failure,
                            error.what());
@@ -472,8 +896,14 @@ struct Server::Impl {
     reply_message.request_id = fetch.request_id;
     reply_message.topic = fetch.topic;
     try {
-      auto result =
-          store.fetch(fetch.topic, fetch.from_offset, fetch.max_messages, fetch.max_bytes);
+      // Sized to what the peer can still take: with no room left the reply
+      // carries no messages (next_offset = from_offset), and the first message
+      // of a reply may exceed the room by at most one message.
+      auto room = outgoing_room(routing_id);
+      auto max_bytes = std::min<std::size_t>(fetch.max_bytes, room);
+      auto max_messages = room == 0 ? 0 : fetch.max_messages;
+      if (fetch.max_bytes >= kTrimAfterBytes) trim_due = true;
+      auto result = store.fetch(fetch.topic, fetch.from_offset, max_messages, max_bytes);
       reply_message.next_offset = result.next_offset;
       reply_message.last_offset = result.last_offset;
       reply_message.messages.reserve(result.messages.size());
@@ -492,7 +922,7 @@ struct Server::Impl {
       return reply_error(routing_id, fetch.request_id, wire::ErrorCode::storage_failure,
                          error.what());
     }
-    reply(routing_id, reply_message);
+    answer(routing_id, reply_message);
   }
 
   void wake_fetches() {
@@ -532,12 +962,24 @@ struct Server::Impl {
       return reply_error(routing_id, commit.request_id, wire::ErrorCode::storage_failure,
                          error.what());
     }
-    reply(routing_id,
-          wire::OffsetCommitted{commit.request_id, commit.topic, commit.group, commit.offset});
+    answer(routing_id,
+           wire::OffsetCommitted{commit.request_id, commit.topic, commit.group, commit.offset});
   }
 
   void on_message(const std::string& routing_id, wire::Ping& ping) {
-    reply(routing_id, wire::Pong{ping.nonce});
+    answer(routing_id, wire::Pong{ping.nonce});
+  }
+
+  std::uint64_t outgoing_bytes() const {
+    std::uint64_t total = 0;
+    for (const auto& [id, peer] : peers) total += queued_bytes(peer);
+    return total;
+  }
+
+  std::uint64_t requests_waiting() const {
+    std::uint64_t total = 0;
+    for (const auto& [id, peer] : peers) total += peer.parked.size();
+    return total;
   }
 
   void on_message(const std::string& routing_id, wire::StatsRequest& request) {
@@ -549,18 +991,27 @@ struct Server::Impl {
           {"stored", store_stats.stored},
           {"duplicates", store_stats.duplicates},
           {"conflicts", store_stats.conflicts},
-          {"rejected", store_stats.rejected},
+          {"rejected", store_stats.rejected + counters.rejected_on_decode},
           {"dedup_entries", store_stats.dedup_entries},
           {"malformed", counters.malformed},
           {"refused_batches", counters.refused_batches},
+          {"stale_epochs", counters.stale_epochs},
           {"blocked", counters.blocked},
           {"storage_failures", counters.storage_failures},
           {"group_commits", counters.group_commits},
           {"batches", counters.batches},
+          {"fetches", counters.fetches},
           {"sessions_opened", counters.sessions_opened},
           {"sessions_active", sessions.size()},
           {"waiting_fetches", waiting.size()},
           {"replies_dropped", counters.replies_dropped},
+          {"curve_refused", counters.curve_refused},
+          // 0: forever. Clients compare it with how late they may resend.
+          {"dedup_window_ms", static_cast<std::uint64_t>(store.options().dedup_window.count())},
+          {"requests_dropped", counters.requests_dropped},
+          {"peers_held_back", held_back.size()},
+          {"outgoing_bytes", outgoing_bytes()},
+          {"requests_waiting", requests_waiting()},
       };
       for (auto& topic : store_stats.topics) {
         stats.topics.push_back({std::move(topic.topic), topic.message_count, topic.last_offset});
@@ -569,10 +1020,9 @@ struct Server::Impl {
       return reply_error(routing_id, request.request_id, wire::ErrorCode::storage_failure,
                          error.what());
     }
-    reply(routing_id, stats);
+    answer(routing_id, stats);
   }
 
-  void on_message(const std::string&, wire::Pong&) {}
   void on_message(const std::string&, wire::ErrorReply& error) {
     logger->debug("peer reported error {}: {}", wire::error_code_name(error.code), error.message);
   }
@@ -602,6 +1052,7 @@ struct Server::Impl {
                       allowed_clients.end();
       }
       if (!allowed) {
+        ++counters.curve_refused;
         logger->warn("refused CURVE client {}", binary_to_z85(client_key));
       }
       std::string_view reply_frames[] = {
@@ -648,23 +1099,60 @@ struct Server::Impl {
     logger->info("serving on {}", endpoint);
     while (!stop.load(std::memory_order_relaxed)) {
       auto now = Clock::now();
-      std::vector<zmq::pollitem_t> items = {{router.handle(), 0, ZMQ_POLLIN, 0}};
+      std::vector<zmq::pollitem_t> items = {{router.handle(), 0, ZMQ_POLLIN, 0},
+                                            {nullptr, wake.fd(), ZMQ_POLLIN, 0}};
       if (zap) items.push_back({zap->handle(), 0, ZMQ_POLLIN, 0});
+      auto timeout = wake_now ? std::chrono::milliseconds(0) : next_timeout(now);
       try {
-        zmq::poll(items, next_timeout(now));
+        zmq::poll(items, timeout);
       } catch (const zmq::error_t& error) {
         if (error.num() != EINTR) throw;
         continue;
       }
-      if (zap && (items[1].revents & ZMQ_POLLIN) != 0) serve_zap();
-      if ((items[0].revents & ZMQ_POLLIN) != 0) read_round();
+      bool idle = true;
+      if (zap && (items[2].revents & ZMQ_POLLIN) != 0) serve_zap();
+      if ((items[1].revents & ZMQ_POLLIN) != 0 || wake_now) {
+        wake.drain();
+        wake_now = false;
+        idle = false;
+        serve_held_back();
+      }
+      if ((items[0].revents & ZMQ_POLLIN) != 0) idle = !read_round() && idle;
       now = Clock::now();
       if (!waiting.empty()) {
         answer_waiting_if([now](const WaitingFetch& entry) { return entry.deadline <= now; });
       }
       maintain(now);
+      if (now >= next_peer_sweep) {
+        next_peer_sweep = now + std::chrono::seconds(1);
+        sweep_peers();
+      }
+      if (idle) return_memory();
     }
     shutdown();
+  }
+
+  // Connections whose replies were all written cost nothing here.
+  void sweep_peers() {
+    for (auto it = peers.begin(); it != peers.end();) {
+      const Peer& peer = it->second;
+      if (peer.backlog.empty() && peer.parked.empty() && peer.pending_batches == 0 &&
+          peer.account->bytes.load(std::memory_order_acquire) == 0) {
+        it = peers.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // Freed buffers of large batches and replies go back to the system when
+  // the loop has nothing to do, so a burst does not leave the process large.
+  void return_memory() {
+    if (!trim_due) return;
+    trim_due = false;
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
   }
 
   void shutdown() {
@@ -673,6 +1161,7 @@ struct Server::Impl {
     for (int round = 0; round < 20 && read_round(); ++round) {
     }
     answer_waiting_if([](const WaitingFetch&) { return true; });
+    serve_held_back();  // what fits in ZeroMQ now goes out during the linger
     router.set(zmq::sockopt::linger, static_cast<int>(options.shutdown_linger.count()));
     router.close();
     if (zap) zap->close();
@@ -681,12 +1170,22 @@ struct Server::Impl {
   }
 
   static constexpr std::uint32_t kBlocked = 0xffffffffu;
+  // An ACK: batch id and count, then per message status, offset and a reason
+  // (empty for STORED and DUPLICATE, up to ~70 bytes for BLOCKED).
+  static constexpr std::size_t kAckHeaderBytes = 12;
+  static constexpr std::size_t kAckEntryEstimateBytes = 11 + 80;
+  // Slots from here on index `violations` (messages refused while decoding).
+  static constexpr std::uint32_t kRejectedSlotBase = 0x80000000u;
+  // A group commit or a peer's queue this large leaves freed memory worth
+  // returning to the system once the loop is idle.
+  static constexpr std::size_t kTrimAfterBytes = std::size_t{8} << 20;
   static constexpr const char* kBlockedReason =
       "an earlier message of this topic and key was refused in this session";
 
   Store& store;
   ServerOptions options;
   std::shared_ptr<spdlog::logger> logger;
+  WakeFd wake;  // before the context: outlives its I/O threads
   zmq::context_t context;
   zmq::socket_t router;
   std::optional<zmq::socket_t> zap;
@@ -700,6 +1199,12 @@ struct Server::Impl {
   std::vector<PendingBatch> pending;
   std::vector<IncomingMessage> incoming;
   std::vector<AppendOutcome> outcomes;
+  std::vector<std::string_view> violations;  // REJECTED reasons of the batches in `pending`
+  std::unordered_map<std::string, Peer> peers;
+  std::unordered_set<std::string> held_back;  // peers with a backlog or parked requests
+  bool wake_now = false;
+  Clock::time_point next_peer_sweep{};
+  bool trim_due = false;
   std::size_t pending_bytes = 0;
   std::vector<std::string> touched_topics;
   std::vector<WaitingFetch> waiting;

@@ -7,12 +7,19 @@
 //       messages. Each topic's log is a contiguous, append-only key range of
 //       one rowid table: appends touch only the right edge of each topic's
 //       range and a fetch is one range scan. No secondary index.
-//   dedup(msg_id TEXT PRIMARY KEY, message_id, payload_hash, seen_at) WITHOUT ROWID
+//   dedup(msg_id TEXT PRIMARY KEY, message_id, payload_hash, seen_at, envelope_hash)
+//       WITHOUT ROWID
 //       the only other B-tree written per message. Time-ordered msg_ids
 //       (snowflake, UUID v7) land near its right edge, which keeps the working
-//       set small however many ids are retained.
+//       set small however many ids are retained. A message's identity is its
+//       topic (in message_id), payload (payload_hash) and partition key plus
+//       header block (envelope_hash). Entries written by schema version 1
+//       have no envelope_hash (NULL): for them only topic and payload count.
 //   topics, counters, group_offsets, store_meta: one small row each, rewritten
 //       once per transaction, not once per message.
+//   origin_epochs(origin TEXT PRIMARY KEY, epoch, updated_at) WITHOUT ROWID
+//       the highest relay lease epoch seen per producer database; written
+//       when a session opens with a higher epoch, never per message.
 //
 // A batch is one IMMEDIATE transaction: the dedup row and the message row of a
 // new msg_id are written together, so a msg_id is never seen without its
@@ -39,6 +46,7 @@
 #include "store_chunk.hpp"
 #include "store_hash.hpp"
 #include "store_sqlite.hpp"
+#include "wire/protocol.hpp"
 
 namespace broker {
 
@@ -93,8 +101,11 @@ constexpr std::uint64_t max_offset = (std::uint64_t{1} << offset_bits) - 1;
 constexpr std::uint64_t max_topic_id = (std::uint64_t{1} << (63 - offset_bits)) - 1;
 constexpr std::size_t max_msg_id_bytes = 255;
 constexpr std::size_t max_topic_bytes = 249;
-constexpr std::int64_t schema_version = 1;
+constexpr std::int64_t schema_version = 2;
+// Version 1 stores lack dedup.envelope_hash; opening one adds the column.
+constexpr std::int64_t oldest_upgradable_version = 1;
 constexpr const char* store_format = "outbox-broker-store";
+constexpr std::size_t max_conflicts_described_per_call = 64;
 
 std::int64_t message_key(std::uint64_t topic_id, std::uint64_t offset) {
   return static_cast<std::int64_t>((topic_id << offset_bits) | offset);
@@ -130,6 +141,64 @@ RejectReason validate(const IncomingMessage& message, std::size_t max_message_by
     return RejectReason::too_large;
   }
   return RejectReason::none;
+}
+
+// Identity beyond topic and payload: the partition key and the header block
+// exactly as sent, hashed in sequence (the key's hash seeds the headers'), so
+// bytes moving between the two never hash alike by construction.
+std::uint64_t envelope_hash(const IncomingMessage& message) {
+  constexpr std::uint64_t seed = 0x6f6278'6b6579ULL;  // "obxkey"
+  return payload_hash(message.headers, payload_hash(message.partition_key, seed));
+}
+
+// Which parts of a message's identity differ from the stored copy.
+struct Difference {
+  bool topic = false;
+  bool payload = false;
+  bool envelope = false;  // key or headers
+  bool any() const { return topic || payload || envelope; }
+};
+
+// A value for a one-line reason: printable ASCII as is, other bytes as \xNN,
+// cut after 48 bytes with the full size named.
+std::string shown(std::string_view value) {
+  constexpr std::size_t shown_bytes = 48;
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string text = "'";
+  for (std::size_t i = 0; i < value.size() && i < shown_bytes; ++i) {
+    auto byte = static_cast<unsigned char>(value[i]);
+    if (byte >= 0x20 && byte < 0x7f && byte != '\\' && byte != '\'') {
+      text.push_back(static_cast<char>(byte));
+    } else {
+      text += "\\x";
+      text.push_back(hex[byte >> 4]);
+      text.push_back(hex[byte & 0x0f]);
+    }
+  }
+  text.push_back('\'');
+  if (value.size() > shown_bytes) text += "... (" + std::to_string(value.size()) + " bytes)";
+  return text;
+}
+
+std::string shown_key(std::string_view key) {
+  return key.empty() ? std::string("no key") : "key " + shown(key);
+}
+
+// Header blocks as "name=value, ..." (no headers: "no headers").
+std::string shown_headers(std::string_view encoded) {
+  auto headers = wire::decode_headers(encoded);
+  if (!headers) return "headers of " + std::to_string(encoded.size()) + " bytes";
+  if (headers->empty()) return "no headers";
+  std::string text;
+  for (const auto& header : *headers) {
+    text += text.empty() ? "" : ", ";
+    text += header.name + "=" + header.value;
+  }
+  return "headers " + shown(text);
+}
+
+std::string shown_payload(std::string_view payload) {
+  return "payload " + shown(payload);
 }
 
 struct StringHash {
@@ -234,6 +303,7 @@ struct Store::Impl {
   std::unordered_map<std::string, std::uint64_t, StringHash, std::equal_to<>> topic_ids;
   Counters counters;
   std::uint64_t call_number = 0;
+  std::size_t conflicts_described_in_call = 0;
   std::string dedup_sweep_cursor;  // msg_id where the expiry sweep resumes
 
   sqlite::Statement begin, commit, rollback;
@@ -242,6 +312,7 @@ struct Store::Impl {
   sqlite::Statement chunk_at_or_before, scan_chunks, first_chunk;
   sqlite::Statement upsert_group_offset, select_group_offset;
   sqlite::Statement scan_dedup, delete_dedup, scan_chunk_times, delete_chunks;
+  sqlite::Statement select_origin_epoch, raise_origin_epoch;
   std::unique_ptr<WalFlusher> wal_flusher;  // synchronous=NORMAL only
 
   Impl(const std::filesystem::path& store_path, StoreOptions store_options)
@@ -301,6 +372,8 @@ struct Store::Impl {
       sqlite::execute(handle, ("PRAGMA max_page_count = " + std::to_string(pages)).c_str());
     }
 
+    if (options.integrity_check) check_integrity();
+
     begin = sqlite::Statement(handle, "BEGIN IMMEDIATE");
     commit = sqlite::Statement(handle, "COMMIT");
     rollback = sqlite::Statement(handle, "ROLLBACK");
@@ -309,6 +382,21 @@ struct Store::Impl {
     load_state();
     logger->info("opened store {} (sync {}, {} topics, {} dedup entries)", path.string(),
                  to_string(options.sync), topics.size(), counters.dedup_entries);
+  }
+
+  // PRAGMA quick_check reads every page once (O(size), no index cross-checks);
+  // only its first finding is kept so a badly damaged file costs no more.
+  void check_integrity() {
+    sqlite::Statement check(db.get(), "PRAGMA quick_check(1)");
+    std::string finding = check.step() ? std::string(check.column_text(0)) : "no result";
+    check.reset();
+    // Its report spans lines ("*** in database main ***\nPage 7: ..."); keep one.
+    for (auto& c : finding) c = c == '\n' ? ' ' : c;
+    if (finding != "ok") {
+      throw StoreError(path.string() + " is corrupt (quick_check: " + finding +
+                           "); see the repair steps in docs/operations.md",
+                       SQLITE_CORRUPT);
+    }
   }
 
   void create_or_check_schema() {
@@ -337,7 +425,8 @@ struct Store::Impl {
           msg_id TEXT PRIMARY KEY,
           message_id INTEGER NOT NULL,
           payload_hash INTEGER NOT NULL,
-          seen_at INTEGER NOT NULL) WITHOUT ROWID;
+          seen_at INTEGER NOT NULL,
+          envelope_hash INTEGER) WITHOUT ROWID;
         CREATE TABLE counters(
           id INTEGER PRIMARY KEY CHECK (id = 1),
           stored INTEGER NOT NULL,
@@ -352,6 +441,7 @@ struct Store::Impl {
           committed_offset INTEGER NOT NULL,
           PRIMARY KEY (group_name, topic)) WITHOUT ROWID;
       )sql");
+      create_origin_epochs(handle);
       sqlite::Statement insert(handle, "INSERT INTO store_meta(key, value) VALUES (?, ?)");
       insert.bind_text(1, "format");
       insert.bind_text(2, store_format);
@@ -369,6 +459,19 @@ struct Store::Impl {
       select.bind_text(1, "schema_version");
       std::int64_t version = select.step() ? select.column_integer(0) : 0;
       select.reset();
+      if (version >= oldest_upgradable_version && version < schema_version) {
+        // Adding a nullable column rewrites only the schema, not the rows:
+        // old entries keep comparing topic and payload (documented).
+        sqlite::execute(handle, "ALTER TABLE dedup ADD COLUMN envelope_hash INTEGER");
+        create_origin_epochs(handle);
+        sqlite::Statement update(handle,
+                                 "UPDATE store_meta SET value = ? WHERE key = 'schema_version'");
+        update.bind(1, schema_version);
+        update.run();
+        logger->info("upgraded store {} from schema version {} to {}", path.string(), version,
+                     schema_version);
+        version = schema_version;
+      }
       if (version != schema_version) {
         throw StoreError(path.string() + " has store schema version " + std::to_string(version) +
                              ", this build reads version " + std::to_string(schema_version),
@@ -378,14 +481,25 @@ struct Store::Impl {
     transaction.commit();
   }
 
+  static void create_origin_epochs(sqlite3* handle) {
+    sqlite::execute(handle, R"sql(
+      CREATE TABLE origin_epochs(
+        origin TEXT PRIMARY KEY,
+        epoch INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL) WITHOUT ROWID;
+    )sql");
+  }
+
   void prepare_statements() {
     sqlite3* handle = db.get();
     insert_dedup = sqlite::Statement(
         handle,
-        "INSERT INTO dedup(msg_id, message_id, payload_hash, seen_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT(msg_id) DO NOTHING");
-    select_dedup =
-        sqlite::Statement(handle, "SELECT message_id, payload_hash FROM dedup WHERE msg_id = ?");
+        "INSERT INTO dedup(msg_id, message_id, payload_hash, seen_at, envelope_hash) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(msg_id) DO NOTHING");
+    select_dedup = sqlite::Statement(
+        handle,
+        "SELECT message_id, payload_hash, envelope_hash IS NULL, envelope_hash FROM dedup "
+        "WHERE msg_id = ?");
     insert_chunk = sqlite::Statement(
         handle, "INSERT INTO chunks(id, last_offset, stored_at, data) VALUES (?, ?, ?, ?)");
     insert_topic = sqlite::Statement(
@@ -418,6 +532,13 @@ struct Store::Impl {
         handle,
         "SELECT id, last_offset, stored_at FROM chunks WHERE id BETWEEN ? AND ? ORDER BY id");
     delete_chunks = sqlite::Statement(handle, "DELETE FROM chunks WHERE id BETWEEN ? AND ?");
+    select_origin_epoch =
+        sqlite::Statement(handle, "SELECT epoch FROM origin_epochs WHERE origin = ?");
+    raise_origin_epoch =
+        sqlite::Statement(handle,
+                          "INSERT INTO origin_epochs(origin, epoch, updated_at) VALUES (?, ?, ?) "
+                          "ON CONFLICT(origin) DO UPDATE SET epoch = excluded.epoch, updated_at = "
+                          "excluded.updated_at WHERE excluded.epoch > origin_epochs.epoch");
   }
 
   void load_state() {
@@ -512,20 +633,81 @@ struct Store::Impl {
     topic.chunk.clear();
   }
 
+  // CONFLICT for `message`, whose msg_id is stored at `original_key`; the
+  // detail names each differing part with both values when the stored body
+  // is still there (retention may have removed it).
+  AppendOutcome conflict_outcome(const IncomingMessage& message, std::int64_t original_key,
+                                 const Difference& difference, std::int64_t now) {
+    const std::uint64_t original_offset = key_offset(original_key);
+    Topic& original_topic = topics[key_topic(original_key) - 1];
+    // The original may sit in this call's chunk, not yet written.
+    if (!original_topic.chunk.empty() && original_offset >= original_topic.chunk_first) {
+      flush_chunk(original_topic, now);
+    }
+    std::string detail = "msg_id " + std::string(message.msg_id) + " is already stored in " +
+                         original_topic.name + " at offset " + std::to_string(original_offset);
+    // Reading the original costs a chunk (up to ~64 KiB) per conflict: a
+    // batch full of conflicts gets the first ones described in full.
+    FetchResult page;
+    std::string unread = "its body is no longer retained";
+    if (conflicts_described_in_call < max_conflicts_described_per_call) {
+      ++conflicts_described_in_call;
+      page = fetch(original_topic.name, original_offset, 1, 0);
+    } else {
+      unread = "its body was not read (more than 64 conflicts in one commit)";
+    }
+    const StoredMessage* original =
+        page.messages.empty() || page.messages[0].offset != original_offset ? nullptr
+                                                                            : &page.messages[0];
+    std::vector<std::pair<std::string, std::string>> parts;  // stored, this message's
+    if (difference.topic)
+      parts.emplace_back("topic " + original_topic.name, "topic " + std::string(message.topic));
+    if (original == nullptr) {
+      if (difference.envelope) parts.emplace_back("another key or headers", "");
+      if (difference.payload) parts.emplace_back("another payload", "");
+      detail += " with ";
+      for (std::size_t i = 0; i < parts.size(); ++i) {
+        detail += (i == 0 ? "" : ", ") + parts[i].first;
+      }
+      if (difference.topic) detail += " (this message: " + parts[0].second + ")";
+      detail += "; " + unread;
+    } else {
+      if (original->partition_key != message.partition_key) {
+        parts.emplace_back(shown_key(original->partition_key), shown_key(message.partition_key));
+      }
+      if (original->headers != message.headers) {
+        parts.emplace_back(shown_headers(original->headers), shown_headers(message.headers));
+      }
+      if (original->payload != message.payload) {
+        parts.emplace_back(shown_payload(original->payload), shown_payload(message.payload));
+      }
+      std::string stored_text, this_text;
+      for (std::size_t i = 0; i < parts.size(); ++i) {
+        stored_text += (i == 0 ? "" : ", ") + parts[i].first;
+        this_text += (i == 0 ? "" : ", ") + parts[i].second;
+      }
+      // A hash collision would land here with nothing to show.
+      if (parts.empty()) stored_text = this_text = "an identity hash that differs";
+      detail += " with " + stored_text + "; this message has " + this_text;
+    }
+    return AppendOutcome{AppendStatus::conflict, original_offset, RejectReason::none,
+                         std::move(detail)};
+  }
+
   // Appends one valid-or-not message inside the open transaction of append().
   AppendOutcome append_one(const IncomingMessage& message, std::int64_t now,
                            std::vector<TopicUndo>& undo) {
     RejectReason reason = validate(message, options.max_message_bytes);
     if (reason != RejectReason::none) {
       ++counters.rejected;
-      return AppendOutcome{AppendStatus::rejected, 0, reason};
+      return AppendOutcome{AppendStatus::rejected, 0, reason, {}};
     }
     // A known msg_id sent to a topic that does not exist yet is a conflict;
     // checking first keeps such a message from creating an empty topic.
     if (topic_ids.find(message.topic) == topic_ids.end()) {
       if (auto original_key = known_message_key(message.msg_id)) {
         ++counters.conflicts;
-        return AppendOutcome{AppendStatus::conflict, key_offset(*original_key), RejectReason::none};
+        return conflict_outcome(message, *original_key, Difference{.topic = true}, now);
       }
     }
     Topic& topic = topic_for_append(message.topic, undo);
@@ -534,11 +716,13 @@ struct Store::Impl {
     const std::uint64_t offset = topic.last_offset + 1;
     const std::int64_t key = message_key(topic.id, offset);
     const auto hash = static_cast<std::int64_t>(payload_hash(message.payload));
+    const auto envelope = static_cast<std::int64_t>(envelope_hash(message));
 
     insert_dedup.bind_text(1, message.msg_id);
     insert_dedup.bind(2, key);
     insert_dedup.bind(3, hash);
     insert_dedup.bind(4, now);
+    insert_dedup.bind(5, envelope);
     insert_dedup.run();
     if (sqlite3_changes(db.get()) == 1) {
       // The body is written with its chunk before COMMIT, in this transaction.
@@ -552,7 +736,7 @@ struct Store::Impl {
       ++topic.message_count;
       ++counters.stored;
       ++counters.dedup_entries;
-      return AppendOutcome{AppendStatus::stored, offset, RejectReason::none};
+      return AppendOutcome{AppendStatus::stored, offset, RejectReason::none, {}};
     }
     // Already known, from an earlier call or earlier in this batch.
     sqlite::ResetGuard guard(select_dedup);
@@ -561,18 +745,28 @@ struct Store::Impl {
       throw StoreError("dedup entry for " + std::string(message.msg_id) + " vanished",
                        SQLITE_CORRUPT);
     }
+    Difference difference;
     const std::int64_t original_key = select_dedup.column_integer(0);
-    const std::int64_t original_hash = select_dedup.column_integer(1);
-    const bool same = original_hash == hash && key_topic(original_key) == topic.id;
-    ++(same ? counters.duplicates : counters.conflicts);
-    return AppendOutcome{same ? AppendStatus::duplicate : AppendStatus::conflict,
-                         key_offset(original_key), RejectReason::none};
+    difference.topic = key_topic(original_key) != topic.id;
+    difference.payload = select_dedup.column_integer(1) != hash;
+    // NULL: an entry from schema version 1, which did not record key and headers.
+    difference.envelope =
+        select_dedup.column_integer(2) == 0 && select_dedup.column_integer(3) != envelope;
+    select_dedup.reset();
+    if (!difference.any()) {
+      ++counters.duplicates;
+      return AppendOutcome{
+          AppendStatus::duplicate, key_offset(original_key), RejectReason::none, {}};
+    }
+    ++counters.conflicts;
+    return conflict_outcome(message, original_key, difference, now);
   }
 
   void append(std::span<const IncomingMessage> batch, std::vector<AppendOutcome>& outcomes) {
     outcomes.assign(batch.size(), AppendOutcome{});
     if (batch.empty()) return;  // nothing to make durable, not even a counter
     ++call_number;
+    conflicts_described_in_call = 0;
     const Counters saved_counters = counters;
     const std::size_t saved_topic_count = topics.size();
     std::vector<TopicUndo> undo;
@@ -594,7 +788,7 @@ struct Store::Impl {
         AppendOutcome& outcome = outcomes[i];
         if (!refused_streams.empty() && message.order_group != 0 &&
             refused_streams.count(stream_of(message)) > 0) {
-          outcome = AppendOutcome{AppendStatus::blocked, 0, RejectReason::none};
+          outcome = AppendOutcome{AppendStatus::blocked, 0, RejectReason::none, {}};
           continue;
         }
         outcome = append_one(message, now, undo);
@@ -710,6 +904,16 @@ struct Store::Impl {
     }
     if (topic.empty() || !valid_topic(topic)) throw std::invalid_argument("invalid topic name");
     if (offset > max_offset) throw std::invalid_argument("offset out of range");
+    // A commit past the end would make the group skip messages not yet stored.
+    const Topic* found = find_topic(topic);
+    if (found == nullptr) {
+      throw std::invalid_argument("unknown topic '" + std::string(topic) + "'");
+    }
+    if (offset > found->last_offset) {
+      throw std::invalid_argument("offset " + std::to_string(offset) + " is past the last offset " +
+                                  std::to_string(found->last_offset) + " of topic '" +
+                                  std::string(topic) + "'");
+    }
     upsert_group_offset.bind_text(1, group);
     upsert_group_offset.bind_text(2, topic);
     upsert_group_offset.bind(3, static_cast<std::int64_t>(offset));
@@ -723,6 +927,35 @@ struct Store::Impl {
     return select_group_offset.step()
                ? static_cast<std::uint64_t>(select_group_offset.column_integer(0))
                : 0;
+  }
+
+  std::uint64_t origin_epoch(std::string_view origin) {
+    sqlite::ResetGuard guard(select_origin_epoch);
+    select_origin_epoch.bind_text(1, origin);
+    return select_origin_epoch.step()
+               ? static_cast<std::uint64_t>(select_origin_epoch.column_integer(0))
+               : 0;
+  }
+
+  std::uint64_t advance_origin_epoch(std::string_view origin, std::uint64_t epoch) {
+    if (origin.empty() || !valid_msg_id(origin)) {
+      throw std::invalid_argument(
+          "origin must be 1 to 255 bytes of printable ASCII without spaces");
+    }
+    if (epoch > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+      throw std::invalid_argument("epoch out of range");
+    }
+    if (origin_epoch(origin) >= epoch) return origin_epoch(origin);
+    sqlite::Transaction transaction(db.get(), begin, commit, rollback);
+    {
+      sqlite::ResetGuard guard(raise_origin_epoch);
+      raise_origin_epoch.bind_text(1, origin);
+      raise_origin_epoch.bind(2, static_cast<std::int64_t>(epoch));
+      raise_origin_epoch.bind(3, now_ms());
+      raise_origin_epoch.run();
+    }
+    transaction.commit();
+    return origin_epoch(origin);
   }
 
   StoreStats stats() {
@@ -875,6 +1108,14 @@ std::uint64_t Store::committed_offset(std::string_view group, std::string_view t
 
 StoreStats Store::stats() const {
   return impl_->stats();
+}
+
+std::uint64_t Store::origin_epoch(std::string_view origin) const {
+  return impl_->origin_epoch(origin);
+}
+
+std::uint64_t Store::advance_origin_epoch(std::string_view origin, std::uint64_t epoch) {
+  return impl_->advance_origin_epoch(origin, epoch);
 }
 
 MaintenanceResult Store::run_maintenance(std::size_t max_rows) {

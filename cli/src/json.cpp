@@ -4,18 +4,71 @@
 #include <cstdio>
 
 namespace cli {
+namespace {
+
+// The length of the valid UTF-8 sequence at `at`, or 0 when it is not one.
+std::size_t utf8_sequence_length(std::string_view bytes, std::size_t at) {
+  auto byte = [&](std::size_t k) { return static_cast<unsigned char>(bytes[at + k]); };
+  auto c = byte(0);
+  if (c < 0x80) return 1;
+  std::size_t length = 0;
+  unsigned char low = 0x80;
+  unsigned char high = 0xbf;  // the allowed range of the second byte
+  if (c >= 0xc2 && c <= 0xdf) {
+    length = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    length = 3;
+    if (c == 0xe0) low = 0xa0;   // overlong
+    if (c == 0xed) high = 0x9f;  // surrogates
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    length = 4;
+    if (c == 0xf0) low = 0x90;   // overlong
+    if (c == 0xf4) high = 0x8f;  // above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (at + length > bytes.size()) return 0;
+  if (byte(1) < low || byte(1) > high) return 0;
+  for (std::size_t k = 2; k < length; ++k) {
+    if ((byte(k) & 0xc0) != 0x80) return 0;
+  }
+  return length;
+}
+
+}  // namespace
 
 std::string json_escape(std::string_view text) {
   std::string out;
   out.reserve(text.size() + 2);
   out.push_back('"');
-  for (unsigned char c : text) {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x80) {
+      auto length = utf8_sequence_length(text, i);
+      if (length == 0) {
+        out += "\\ufffd";
+      } else {
+        out.append(text.substr(i, length));
+        i += length - 1;
+      }
+      continue;
+    }
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20 || c == 0x7f) {
           char buffer[8];
@@ -56,23 +109,32 @@ std::string base64_encode(std::string_view bytes) {
   return out;
 }
 
+bool is_valid_utf8(std::string_view bytes) {
+  for (std::size_t i = 0; i < bytes.size();) {
+    auto length = utf8_sequence_length(bytes, i);
+    if (length == 0) return false;
+    i += length;
+  }
+  return true;
+}
+
 bool is_printable_text(std::string_view bytes) {
-  std::size_t i = 0;
-  while (i < bytes.size()) {
+  for (std::size_t i = 0; i < bytes.size();) {
+    auto length = utf8_sequence_length(bytes, i);
+    if (length == 0) return false;
     auto c = static_cast<unsigned char>(bytes[i]);
-    if (c < 0x80) {
-      if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f) return false;
-      ++i;
-      continue;
-    }
-    std::size_t length = (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    if (length == 0 || i + length > bytes.size()) return false;
-    for (std::size_t k = 1; k < length; ++k) {
-      if ((static_cast<unsigned char>(bytes[i + k]) & 0xc0) != 0x80) return false;
+    if (length == 1 && ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c == 0x7f)) {
+      return false;
     }
     i += length;
   }
   return true;
+}
+
+std::string json_bytes(std::string_view bytes, BytesAs as) {
+  bool text = as == BytesAs::any_text ? is_valid_utf8(bytes) : is_printable_text(bytes);
+  if (text) return json_escape(bytes);
+  return "{\"base64\":\"" + base64_encode(bytes) + "\"}";
 }
 
 }  // namespace cli

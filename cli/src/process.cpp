@@ -45,6 +45,8 @@ void install_stop_handlers(StopFunction on_stop) {
   sigaction(SIGTERM, &action, nullptr);
 }
 
-bool stop_requested() noexcept { return stop_flag != 0; }
+bool stop_requested() noexcept {
+  return stop_flag != 0;
+}
 
 }  // namespace cli

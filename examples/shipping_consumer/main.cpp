@@ -13,6 +13,13 @@
 // --crash-after N aborts right after the N-th shipment of this run, before
 // its offset is committed: the next run receives those messages again and the
 // inbox skips them.
+//
+// --inbox redis://127.0.0.1:6379 keeps the dedup records in Redis
+// (outbox::RedisInbox) instead of the consumer's database, so that several
+// consumers on different machines share them. The shipment row is then written
+// outside the inbox (as a call to a shipping API would be): shipped, then the
+// record completed. A consumer killed in between ships that order again once
+// its claim's lease has passed: at least once, made idempotent by the record.
 #include <sqlite3.h>
 
 #include <atomic>
@@ -27,10 +34,14 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <broker/client.hpp>
 #include <outbox/inbox.hpp>
+#ifdef SHIPPING_WITH_REDIS_INBOX
+#include <outbox/redis_inbox.hpp>
+#endif
 
 namespace {
 
@@ -47,6 +58,8 @@ struct Settings {
   std::string group = "shipping";
   std::string topic = "order.created";
   std::string db = "shipping.db";
+  std::string inbox = "sqlite";  // or a Redis endpoint: redis://host:port, unix:///path
+  double lease = 30;             // seconds: the Redis inbox's claim lease
   std::uint32_t batch = 500;
   std::uint32_t wait_ms = 500;  // long-poll: how long the broker holds an empty FETCH
   double stop_after_idle = 0;   // seconds without a message; 0: never
@@ -166,10 +179,58 @@ void print_summary(const Settings& settings, const Counts& counts, long total) {
   std::fflush(stdout);
 }
 
+// A flag value the program cannot use (exit code 2, like a parse error).
+struct BadFlag : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+// Ships one message once, through the inbox the flags chose.
+class Dedup {
+ public:
+  explicit Dedup(const Settings& settings) : inbox_(outbox::Inbox::open(settings.db)) {
+    if (settings.inbox == "sqlite") return;
+#ifdef SHIPPING_WITH_REDIS_INBOX
+    outbox::RedisInboxOptions options;
+    options.endpoint = settings.inbox;
+    options.process_lease = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::duration<double>(settings.lease));
+    try {
+      redis_.emplace(outbox::RedisInbox::connect(options));
+    } catch (const outbox::RedisError&) {
+      throw;  // Redis unreachable: a runtime failure, not a bad flag
+    } catch (const outbox::Error& error) {
+      throw BadFlag(std::string("--inbox: ") + error.what());
+    }
+#else
+    throw BadFlag("--inbox " + settings.inbox +
+                  ": this build has no Redis inbox (hiredis was not found)");
+#endif
+  }
+
+  // The consumer's database: shipments (and, with the SQLite inbox, the records).
+  sqlite3* db() const {
+    return inbox_.db();
+  }
+
+  outbox::ProcessResult process_once(const wire::StoredMessage& message, Shipments& shipments) {
+#ifdef SHIPPING_WITH_REDIS_INBOX
+    if (redis_) {
+      return redis_->process_once(message.msg_id, [&] { shipments.ship(db(), message); });
+    }
+#endif
+    return inbox_.process_once(message.msg_id, [&](sqlite3* db) { shipments.ship(db, message); });
+  }
+
+ private:
+  outbox::Inbox inbox_;
+#ifdef SHIPPING_WITH_REDIS_INBOX
+  std::optional<outbox::RedisInbox> redis_;
+#endif
+};
+
 int run(const Settings& settings) {
-  auto inbox = outbox::Inbox::open(settings.db);
+  Dedup inbox(settings);
   Shipments shipments(inbox.db());
-  long total = count_shipments(inbox.db());
 
   broker::Client client(settings.broker);
   Counts counts;
@@ -178,7 +239,9 @@ int run(const Settings& settings) {
   bool broker_trouble = false;
 
   while (!stop_requested.load()) {
-    if (settings.expect >= 0 && total >= settings.expect) break;
+    // Consumers sharing a Redis inbox also share the shipments table: --expect
+    // counts what all of them shipped.
+    if (settings.expect >= 0 && count_shipments(inbox.db()) >= settings.expect) break;
     if (settings.stop_after_idle > 0 &&
         std::chrono::steady_clock::now() - last_message_at >
             std::chrono::duration<double>(settings.stop_after_idle)) {
@@ -209,7 +272,10 @@ int run(const Settings& settings) {
         broker_trouble = true;
       }
       // The answer may still arrive later: start afresh on a new connection.
+      // A broken connection is reported at once (ErrorCode::disconnected),
+      // so pause a little rather than reconnect in a tight loop.
       client.reconnect();
+      if (reply.error().code == wire::ErrorCode::disconnected) std::this_thread::sleep_for(100ms);
       continue;
     }
     if (broker_trouble) {
@@ -226,14 +292,25 @@ int run(const Settings& settings) {
     last_message_at = std::chrono::steady_clock::now();
 
     long unacknowledged = 0;
+    bool batch_unfinished = false;  // stopped or the inbox failed: do not commit
     for (const auto& message : reply->messages) {
       ++unacknowledged;
       try {
-        const auto result =
-            inbox.process_once(message.msg_id, [&](sqlite3* db) { shipments.ship(db, message); });
-        if (result == outbox::ProcessResult::processed) {
+        auto result = inbox.process_once(message, shipments);
+        // Another consumer holds the claim (a shared Redis inbox). Its outcome
+        // decides: it completes (already_done), or it dies and its lease passes
+        // (this one ships). Moving the offset past it now could lose the order.
+        while (result == outbox::ProcessResult::in_progress && !stop_requested.load()) {
+          std::this_thread::sleep_for(50ms);  // retry backoff, not synchronisation
+          result = inbox.process_once(message, shipments);
+        }
+        if (result == outbox::ProcessResult::in_progress) {
+          batch_unfinished = true;
+          break;
+        }
+        if (result == outbox::ProcessResult::processed ||
+            result == outbox::ProcessResult::claim_lost) {  // shipped, late: the other may too
           ++counts.shipped;
-          ++total;
           if (counts.shipped == settings.crash_after) {
             std::fprintf(stderr,
                          "shipping_consumer: crashing after %ld shipments; the last %ld messages "
@@ -243,8 +320,16 @@ int run(const Settings& settings) {
             std::abort();
           }
         } else {
-          ++counts.skipped;  // already_done (or, with claims in use, in_progress)
+          ++counts.skipped;  // already_done
         }
+#ifdef SHIPPING_WITH_REDIS_INBOX
+      } catch (const outbox::RedisError& error) {
+        // Redis away: nothing is known about this message; the batch comes again.
+        std::fprintf(stderr, "shipping_consumer: %s; retrying the batch\n", error.what());
+        std::this_thread::sleep_for(200ms);
+        batch_unfinished = true;
+        break;
+#endif
       } catch (const std::logic_error&) {  // std::invalid_argument from ship(), std::stoll
         // Nothing was recorded; a real service would keep it in a dead-letter table.
         ++counts.malformed;
@@ -253,6 +338,7 @@ int run(const Settings& settings) {
       }
     }
 
+    if (batch_unfinished) continue;  // the next FETCH starts at the committed offset again
     // Only now the group moves on. A crash before this line means the batch
     // is delivered again, and the inbox makes that harmless.
     try {
@@ -270,7 +356,7 @@ int run(const Settings& settings) {
     }
   }
 
-  print_summary(settings, counts, total);
+  print_summary(settings, counts, count_shipments(inbox.db()));
   return 0;
 }
 
@@ -285,6 +371,14 @@ int main(int argc, char** argv) {
   app.add_option("--topic", settings.topic, "Topic to read")->capture_default_str();
   app.add_option("--db", settings.db, "SQLite database of the consumer (inbox and shipments)")
       ->capture_default_str();
+  app.add_option("--inbox", settings.inbox,
+                 "Where the dedup records live: 'sqlite' (the --db database, in the shipment's "
+                 "transaction) or a Redis endpoint, redis://host:port or unix:///path")
+      ->capture_default_str();
+  app.add_option("--lease", settings.lease,
+                 "Seconds a Redis inbox claim lasts before another consumer may take it over")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 86400.0));
   app.add_option("--batch", settings.batch, "Messages per FETCH")
       ->capture_default_str()
       ->check(CLI::Range(1u, 100'000u));
@@ -312,6 +406,9 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, request_stop);
   try {
     return run(settings);
+  } catch (const BadFlag& error) {
+    std::fprintf(stderr, "shipping_consumer: %s\n", error.what());
+    return 2;
   } catch (const std::exception& error) {
     std::fprintf(stderr, "shipping_consumer: %s\n", error.what());
     return 1;

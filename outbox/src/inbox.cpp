@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "common.hpp"
+#include "idgen/uuid.hpp"
 #include "schema.hpp"
 #include "sqlite.hpp"
 
@@ -24,9 +25,12 @@ struct Inbox::Impl {
   Statement rollback;
   Statement select;
   Statement insert;
+  Statement insert_claim;
   Statement take_over;
   Statement complete;
-  Statement forget;
+  Statement complete_claim;
+  Statement release_claim;
+  Statement extend_claim;
   Statement expired;
   Statement remove;
 
@@ -34,17 +38,33 @@ struct Inbox::Impl {
     begin = Statement(db, "BEGIN IMMEDIATE");
     commit = Statement(db, "COMMIT");
     rollback = Statement(db, "ROLLBACK");
-    select = Statement(db, "SELECT state, claimed_until_ms FROM outbox_inbox WHERE msg_id = ?1");
+    select = Statement(
+        db, "SELECT state, claimed_until_ms, claim_token FROM outbox_inbox WHERE msg_id = ?1");
     insert = Statement(db,
                        "INSERT INTO outbox_inbox(msg_id, state, claimed_until_ms, completed_at_ms) "
                        "VALUES (?1, ?2, ?3, ?4)");
+    insert_claim =
+        Statement(db,
+                  "INSERT INTO outbox_inbox(msg_id, state, claimed_until_ms, claim_token) "
+                  "VALUES (?1, 1, ?2, ?3)");
     take_over = Statement(db,
-                          "UPDATE outbox_inbox SET claimed_until_ms = ?2 "
+                          "UPDATE outbox_inbox SET claimed_until_ms = ?2, claim_token = ?3 "
                           "WHERE msg_id = ?1 AND state = 1");
-    complete = Statement(db,
-                         "UPDATE outbox_inbox SET state = 2, claimed_until_ms = NULL, "
-                         "completed_at_ms = ?2 WHERE msg_id = ?1 AND state = 1");
-    forget = Statement(db, "DELETE FROM outbox_inbox WHERE msg_id = ?1 AND state = 1");
+    // process_once taking over a stale claim: the old token no longer owns it.
+    complete =
+        Statement(db,
+                  "UPDATE outbox_inbox SET state = 2, claimed_until_ms = NULL, "
+                  "completed_at_ms = ?2, claim_token = NULL WHERE msg_id = ?1 AND state = 1");
+    // The token stays on the done row so that a repeated complete() is answered ok.
+    complete_claim = Statement(db,
+                               "UPDATE outbox_inbox SET state = 2, claimed_until_ms = NULL, "
+                               "completed_at_ms = ?3 "
+                               "WHERE msg_id = ?1 AND state = 1 AND claim_token = ?2");
+    release_claim = Statement(
+        db, "DELETE FROM outbox_inbox WHERE msg_id = ?1 AND state = 1 AND claim_token = ?2");
+    extend_claim = Statement(db,
+                             "UPDATE outbox_inbox SET claimed_until_ms = ?3 "
+                             "WHERE msg_id = ?1 AND state = 1 AND claim_token = ?2");
     expired = Statement(db,
                         "SELECT msg_id FROM outbox_inbox WHERE state = 2 AND completed_at_ms < ?1 "
                         "ORDER BY completed_at_ms LIMIT ?2");
@@ -87,6 +107,7 @@ struct Inbox::Impl {
   struct Entry {
     std::int64_t state = 0;
     std::optional<std::int64_t> claimed_until;
+    std::optional<std::string> token;
   };
 
   std::optional<Entry> find(const std::string& msg_id) {
@@ -96,6 +117,7 @@ struct Inbox::Impl {
     Entry entry;
     entry.state = use.column_int64(0);
     if (!use.column_is_null(1)) entry.claimed_until = use.column_int64(1);
+    if (!use.column_is_null(2)) entry.token = use.column_text(2);
     return entry;
   }
 };
@@ -104,6 +126,25 @@ namespace {
 void check_msg_id(const std::string& msg_id) {
   if (msg_id.empty()) throw Error("outbox: inbox msg_id is empty");
 }
+void check_lease(std::chrono::milliseconds lease) {
+  if (lease.count() <= 0) throw Error("outbox: inbox claim lease must be positive");
+}
+void check_token(const std::string& token) {
+  if (token.empty()) throw Error("outbox: inbox claim token is empty");
+}
+
+// Turns every commit on `db` into a rollback while it lives.
+class RefuseCommits {
+ public:
+  explicit RefuseCommits(sqlite3* db) : db_(db) { sqlite3_commit_hook(db_, &refuse, nullptr); }
+  ~RefuseCommits() noexcept { sqlite3_commit_hook(db_, nullptr, nullptr); }
+  RefuseCommits(const RefuseCommits&) = delete;
+  RefuseCommits& operator=(const RefuseCommits&) = delete;
+
+ private:
+  static int refuse(void*) { return 1; }  // non-zero: the commit becomes a rollback
+  sqlite3* db_;
+};
 }  // namespace
 
 Inbox::Inbox(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -149,62 +190,88 @@ ProcessResult Inbox::process_once(const std::string& msg_id,
     auto use = impl.insert.use();
     use.bind_text(1, msg_id).bind(2, detail::inbox_done).bind_null(3).bind(4, now).run();
   }
-  handler(impl.db);
+  {
+    // After some errors (disk full, I/O error, RAISE(ROLLBACK)) SQLite rolls
+    // the transaction back by itself. A handler that ignored such an error
+    // would run its next statements in autocommit mode, each committed on its
+    // own without the msg_id, and the redelivery would repeat them. While the
+    // handler runs, every commit on this connection is turned into a rollback.
+    RefuseCommits refuse(impl.db);
+    handler(impl.db);
+  }
+  if (sqlite3_get_autocommit(impl.db) != 0 || !impl.find(msg_id)) {
+    throw Error("outbox: the transaction of process_once for msg_id '" + msg_id +
+                "' ended inside the handler (SQLite rolled it back after an error the handler "
+                "did not report, or the handler ran COMMIT or ROLLBACK); nothing was recorded");
+  }
   transaction.commit();
   return ProcessResult::processed;
 }
 
-BeginResult Inbox::begin(const std::string& msg_id, std::chrono::milliseconds lease) {
+Claim Inbox::begin(const std::string& msg_id, std::chrono::milliseconds lease) {
   check_msg_id(msg_id);
-  if (lease.count() <= 0) throw Error("outbox: inbox claim lease must be positive");
+  check_lease(lease);
   auto& impl = *impl_;
   Impl::Transaction transaction(impl);
   const auto now = to_ms(impl.options.clock());
   auto entry = impl.find(msg_id);
+  Claim claim{BeginResult::claimed, idgen::to_string(idgen::uuid_v4())};
   if (!entry) {
-    auto use = impl.insert.use();
-    use.bind_text(1, msg_id)
-        .bind(2, detail::inbox_processing)
-        .bind(3, now + lease.count())
-        .bind_null(4)
-        .run();
+    auto use = impl.insert_claim.use();
+    use.bind_text(1, msg_id).bind(2, now + lease.count()).bind_text(3, claim.token).run();
   } else if (entry->state == detail::inbox_done) {
-    return BeginResult::already_done;
+    return Claim{BeginResult::already_done};
   } else if (entry->claimed_until.value_or(0) > now) {
-    return BeginResult::in_progress;
+    return Claim{BeginResult::in_progress_elsewhere};
   } else {
     impl.logger->warn("outbox: inbox claim on {} expired; taking it over", msg_id);
     auto use = impl.take_over.use();
-    use.bind_text(1, msg_id).bind(2, now + lease.count()).run();
+    use.bind_text(1, msg_id).bind(2, now + lease.count()).bind_text(3, claim.token).run();
   }
   transaction.commit();
-  return BeginResult::start;
+  return claim;
 }
 
-bool Inbox::complete(const std::string& msg_id) {
+ClaimResult Inbox::complete(const std::string& msg_id, const std::string& token) {
   check_msg_id(msg_id);
+  check_token(token);
   auto& impl = *impl_;
   Impl::Transaction transaction(impl);
   {
-    auto use = impl.complete.use();
-    use.bind_text(1, msg_id).bind(2, to_ms(impl.options.clock())).run();
+    auto use = impl.complete_claim.use();
+    use.bind_text(1, msg_id).bind_text(2, token).bind(3, to_ms(impl.options.clock())).run();
   }
-  bool changed = sqlite3_changes(impl.db) > 0;
-  transaction.commit();
-  return changed;
+  if (sqlite3_changes(impl.db) > 0) {
+    transaction.commit();
+    return ClaimResult::ok;
+  }
+  auto entry = impl.find(msg_id);
+  const bool completed_by_token =
+      entry && entry->state == detail::inbox_done && entry->token == token;
+  return completed_by_token ? ClaimResult::ok : ClaimResult::claim_lost;
 }
 
-bool Inbox::fail(const std::string& msg_id) {
+ClaimResult Inbox::fail(const std::string& msg_id, const std::string& token) {
   check_msg_id(msg_id);
+  check_token(token);
   auto& impl = *impl_;
-  Impl::Transaction transaction(impl);
-  {
-    auto use = impl.forget.use();
-    use.bind_text(1, msg_id).run();
-  }
-  bool changed = sqlite3_changes(impl.db) > 0;
-  transaction.commit();
-  return changed;
+  auto use = impl.release_claim.use();
+  use.bind_text(1, msg_id).bind_text(2, token).run();
+  return sqlite3_changes(impl.db) > 0 ? ClaimResult::ok : ClaimResult::claim_lost;
+}
+
+ClaimResult Inbox::extend(const std::string& msg_id, const std::string& token,
+                          std::chrono::milliseconds lease) {
+  check_msg_id(msg_id);
+  check_token(token);
+  check_lease(lease);
+  auto& impl = *impl_;
+  auto use = impl.extend_claim.use();
+  use.bind_text(1, msg_id)
+      .bind_text(2, token)
+      .bind(3, to_ms(impl.options.clock()) + lease.count())
+      .run();
+  return sqlite3_changes(impl.db) > 0 ? ClaimResult::ok : ClaimResult::claim_lost;
 }
 
 std::size_t Inbox::expire(std::size_t batch_size, std::size_t max_batches) {

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "common.hpp"
+#include "idgen/uuid.hpp"
 #include "notify.hpp"
 #include "outbox/schema.hpp"
 #include "schema.hpp"
@@ -124,6 +125,8 @@ struct RelayStore::Impl {
   Statement update_lease;
   Statement read_cursor;
   Statement update_cursor;
+  Statement read_generation;
+  Statement bump_generation;
   Statement select_pending;
   Statement select_blockers;
   Statement mark;
@@ -134,6 +137,7 @@ struct RelayStore::Impl {
 
   std::unique_ptr<detail::WakeReceiver> wake;
   std::int64_t last_data_version = -1;
+  std::int64_t generation_read = 0;  // by the last read_pending()
   int wal_pages_seen = 0;
   std::chrono::steady_clock::time_point last_checkpoint{};
   // Empty when checkpoints are off, the store is read-only, or the second
@@ -184,6 +188,9 @@ struct RelayStore::Impl {
     update_cursor = Statement(db,
                               "UPDATE outbox_relay_cursor SET settled_through_seq = ?1, "
                               "delivered_total = delivered_total + ?2 WHERE id = 1");
+    read_generation = Statement(db, "SELECT generation FROM outbox_relay_cursor WHERE id = 1");
+    bump_generation =
+        Statement(db, "UPDATE outbox_relay_cursor SET generation = generation + 1 WHERE id = 1");
     select_pending =
         Statement(db,
                   "SELECT m.seq, m.msg_id, m.topic, m.partition_key, m.headers, m.payload, "
@@ -231,6 +238,13 @@ struct RelayStore::Impl {
     auto use = read_cursor.use();
     if (!use.step()) throw Error("outbox: '" + path + "' has no relay cursor row");
     return {use.column_int64(0), use.column_int64(1)};
+  }
+
+  // Tells a running relay that delivery state changed under it (see
+  // delivery_generation()); part of the caller's transaction.
+  void changed_delivery_state() {
+    auto use = bump_generation.use();
+    use.run();
   }
 
   std::int64_t last_seq() {
@@ -323,7 +337,7 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   const char* filename = sqlite3_db_filename(impl->db, "main");
   impl->path = filename != nullptr ? filename : path.string();
   if (impl->options.read_only) {
-    int version = detail::read_schema_version(impl->db);
+    int version = detail::read_schema_version(impl->db, path.string());
     if (version == 0) {
       throw Error("database '" + path.string() +
                   "' has no outbox schema (table outbox_meta is missing)");
@@ -438,6 +452,10 @@ std::optional<LeaseInfo> RelayStore::lease_info() {
   return impl_->lease_row();
 }
 
+std::int64_t RelayStore::delivery_generation() const {
+  return impl_->generation_read;
+}
+
 std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int64_t after_seq) {
   auto& impl = *impl_;
   std::vector<PendingMessage> result;
@@ -447,6 +465,10 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
   impl.last_data_version = impl.current_data_version();
   const auto now_ms = to_ms(impl.now());
   auto start = std::max(after_seq, impl.cursor().first);
+  {
+    auto use = impl.read_generation.use();
+    if (use.step()) impl.generation_read = use.column_int64(0);
+  }
 
   std::map<KeyGroup, std::int64_t> blocked_from;  // key group -> lowest blocking seq
   {
@@ -647,6 +669,7 @@ bool RelayStore::replay_dead(const std::string& msg_id) {
   }
   if (sqlite3_changes(impl.db) == 0) return false;
   impl.lower_cursor(*seq);
+  impl.changed_delivery_state();
   transaction.commit();
   impl.logger->info("outbox: replaying dead message {} (seq {})", msg_id, *seq);
   return true;
@@ -671,6 +694,7 @@ std::size_t RelayStore::replay_all_dead() {
   }
   auto replayed = static_cast<std::size_t>(sqlite3_changes(impl.db));
   impl.lower_cursor(lowest);
+  impl.changed_delivery_state();
   transaction.commit();
   impl.logger->info("outbox: replaying {} dead messages", replayed);
   return replayed;
@@ -689,6 +713,7 @@ bool RelayStore::drop_dead(const std::string& msg_id) {
     use.bind(1, *seq).bind(2, to_ms(impl.now())).run();
   }
   if (sqlite3_changes(impl.db) == 0) return false;
+  impl.changed_delivery_state();
   transaction.commit();
   impl.logger->info("outbox: dropped dead message {} (seq {})", msg_id, *seq);
   return true;
@@ -791,6 +816,26 @@ bool RelayStore::wait_for_work(std::chrono::milliseconds timeout) {
       std::this_thread::sleep_for(step);
     }
   }
+}
+
+std::string RelayStore::origin_id() {
+  auto& impl = *impl_;
+  auto read = [&] {
+    Statement select(impl.db, "SELECT value FROM outbox_meta WHERE key = 'origin_id'");
+    auto use = select.use();
+    return use.step() ? use.column_text(0) : std::string();
+  };
+  if (auto known = read(); !known.empty() || impl.options.read_only) return known;
+  ScopedTransaction transaction(impl.db, true);
+  {
+    // Another relay may create it at the same moment: the first one wins.
+    Statement insert(impl.db,
+                     "INSERT INTO outbox_meta(key, value) VALUES ('origin_id', ?1) "
+                     "ON CONFLICT(key) DO NOTHING");
+    insert.use().bind_text(1, idgen::to_string(idgen::uuid_v4())).run();
+  }
+  transaction.commit();
+  return read();
 }
 
 }  // namespace outbox

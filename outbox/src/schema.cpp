@@ -1,5 +1,7 @@
 #include "schema.hpp"
 
+#include <limits>
+
 #include "outbox/error.hpp"
 #include "outbox/schema.hpp"
 #include "sqlite.hpp"
@@ -66,6 +68,14 @@ CREATE TABLE outbox_inbox(
 ) WITHOUT ROWID;
 CREATE INDEX outbox_inbox_completed ON outbox_inbox(completed_at_ms) WHERE state = 2;
 )sql",
+    // 3: one block per change, each under its own comment.
+    R"sql(
+-- relay generation (replay/drop)
+ALTER TABLE outbox_relay_cursor ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+
+-- inbox claim owners: the token of the begin() that holds (or completed) a claim.
+ALTER TABLE outbox_inbox ADD COLUMN claim_token TEXT;
+)sql",
 };
 static_assert(std::size(migrations) == static_cast<std::size_t>(schema_version));
 
@@ -83,12 +93,23 @@ const char* migration_sql(int version) {
   return migrations[version - 1];
 }
 
-int read_schema_version(sqlite3* db) {
+int read_schema_version(sqlite3* db, const std::string& path_for_errors) {
   if (!has_table(db, "outbox_meta")) return 0;
-  Statement statement(db, "SELECT value FROM outbox_meta WHERE key = 'schema_version'");
+  Statement statement(db,
+                      "SELECT typeof(value), value FROM outbox_meta WHERE key = 'schema_version'");
   auto use = statement.use();
   if (!use.step()) return 0;
-  return static_cast<int>(use.column_int64(0));
+  // Only an INTEGER is a version: SQLite would read '2abc' as 2 and 2.5 as 2.
+  auto type = use.column_text(0);
+  auto version = use.column_int64(1);
+  if (type != "integer" || version < 1 || version > std::numeric_limits<int>::max()) {
+    throw Error("database '" + path_for_errors + "' has outbox_meta schema_version " +
+                (type == "text" ? "'" + use.column_text(1) + "'" : use.column_text(1)) + " (" +
+                type +
+                "), not a positive integer; this is not an outbox written by this "
+                "toolkit, or it was damaged");
+  }
+  return static_cast<int>(version);
 }
 
 void ensure_schema(sqlite3* db, const std::string& path, SchemaMode mode) {
@@ -97,7 +118,7 @@ void ensure_schema(sqlite3* db, const std::string& path, SchemaMode mode) {
                 "' is inside a transaction; open or attach the outbox in autocommit mode");
   }
   // Fast path without a write lock: most opens find the current version.
-  int version = read_schema_version(db);
+  int version = read_schema_version(db, path);
   if (version == schema_version) return;
   if (version > schema_version) {
     throw Error("database '" + path + "' has outbox schema version " + std::to_string(version) +
@@ -110,7 +131,7 @@ void ensure_schema(sqlite3* db, const std::string& path, SchemaMode mode) {
                 "with outbox::Outbox::open");
   }
   ScopedTransaction transaction(db, true);
-  version = read_schema_version(db);  // another process may have migrated meanwhile
+  version = read_schema_version(db, path);  // another process may have migrated meanwhile
   if (version > schema_version) {
     throw Error("database '" + path + "' has outbox schema version " + std::to_string(version) +
                 ", newer than this library supports (" + std::to_string(schema_version) + ")");

@@ -26,8 +26,9 @@ enum class SchemaMode {
 // called in autocommit mode; migrates in one IMMEDIATE transaction.
 void ensure_schema(sqlite3* db, const std::string& path_for_errors, SchemaMode mode);
 
-// Reads the schema version; 0 when outbox_meta does not exist.
-int read_schema_version(sqlite3* db);
+// Reads the schema version; 0 when outbox_meta does not exist. Throws
+// outbox::Error naming the file when the stored value is not a positive INTEGER.
+int read_schema_version(sqlite3* db, const std::string& path_for_errors);
 
 // The SQL of one migration step (1-based), exposed for tests that build an
 // older database.

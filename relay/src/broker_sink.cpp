@@ -1,5 +1,6 @@
 #include "relay/broker_sink.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <variant>
 
@@ -48,6 +49,7 @@ struct BrokerSink::Impl {
   BrokerSinkOptions options;
   broker::Client client;
   bool used = false;
+  SinkLease lease;
   std::string body;
   std::vector<wire::Header> headers;
 };
@@ -62,14 +64,28 @@ BrokerSink::BrokerSink(BrokerSinkOptions options) {
 
 BrokerSink::~BrokerSink() noexcept = default;
 
+void BrokerSink::set_lease(SinkLease lease) { impl_->lease = std::move(lease); }
+
 std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds timeout) {
   // After any trouble the old connection's state is unknown: start afresh.
   if (impl_->used) impl_->client.reconnect();
   impl_->used = true;
-  auto welcome = impl_->client.hello(impl_->options.producer, timeout);
+  // The broker fences by origin and epoch: no local lease check is needed.
+  const auto& lease = impl_->lease;
+  auto welcome = impl_->client.hello(
+      wire::Hello{impl_->options.producer, 0, lease.origin,
+                  static_cast<std::uint64_t>(std::max<std::int64_t>(lease.epoch, 0))},
+      timeout);
   if (!welcome) {
     if (welcome.error().code == wire::ErrorCode::timeout) {
       return "no answer from the broker within " + std::to_string(timeout.count()) + " ms";
+    }
+    if (welcome.error().code == wire::ErrorCode::disconnected) return welcome.error().message;
+    if (welcome.error().code == wire::ErrorCode::stale_epoch) {
+      // Normally the relay then finds its lease lost and goes standby.
+      return "broker refused the session (stale_epoch): " + welcome.error().message +
+             "; should this relay still hold the lease, the database is an older copy "
+             "(restored from a backup): see docs/operations.md, Backups";
     }
     return "broker refused the session: " + welcome.error().message;
   }
@@ -96,8 +112,12 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
   if (!received) return std::nullopt;
   SinkEvent event;
   if (!received->ok()) {
+    // Batch id 0: the connection broke (everything in flight on it is in
+    // doubt) or a reply could not be read (it cannot say which batch).
     event.kind = SinkEvent::Kind::failed;
-    event.error = "unreadable reply from the broker: " + received->error().message;
+    event.error = received->error().code == wire::ErrorCode::disconnected
+                      ? received->error().message
+                      : "unreadable reply from the broker: " + received->error().message;
     return event;
   }
   auto& message = received->value();

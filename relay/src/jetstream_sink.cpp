@@ -82,6 +82,12 @@ std::shared_ptr<spdlog::logger> null_logger() {
                                           std::make_shared<spdlog::sinks::null_sink_mt>());
 }
 
+// NATS headers go on the wire (and into the stream) as an HTTP-like block:
+// "NATS/1.0\r\n", then "Name: value\r\n" per header, then "\r\n".
+constexpr std::size_t kHeaderLineBytes = sizeof("NATS/1.0\r\n") - 1;
+constexpr std::size_t kHeaderEntryFramingBytes = sizeof(": \r\n") - 1;
+constexpr std::size_t kHeaderEndBytes = sizeof("\r\n") - 1;
+
 struct NatsOptionsDeleter {
   void operator()(natsOptions* options) const noexcept { natsOptions_Destroy(options); }
 };
@@ -137,6 +143,18 @@ bool subject_matches(std::string_view pattern, std::string_view subject) {
   return want.size() == have.size();
 }
 
+std::size_t nats_message_size(const outbox::PendingMessage& message) {
+  // Exactly the headers send() sets: the outbox headers but a Nats-Msg-Id,
+  // then Nats-Msg-Id with the msg_id.
+  std::size_t headers = kHeaderLineBytes + kHeaderEndBytes;
+  for (const auto& header : message.headers) {
+    if (header.name == kMsgIdHeader) continue;
+    headers += header.name.size() + kHeaderEntryFramingBytes + header.value.size();
+  }
+  headers += sizeof(kMsgIdHeader) - 1 + kHeaderEntryFramingBytes + message.msg_id.size();
+  return headers + message.payload.size();
+}
+
 struct JetStreamSink::Impl {
   // A published message waiting for its PubAck: where its outcome goes.
   struct Slot {
@@ -189,6 +207,7 @@ struct JetStreamSink::Impl {
 
   JetStreamSinkOptions options;
   std::shared_ptr<spdlog::logger> log;
+  SinkLease lease;
   Shared shared;
   natsConnection* connection = nullptr;
   jsCtx* js = nullptr;
@@ -375,20 +394,24 @@ struct JetStreamSink::Impl {
     return list.empty() ? "none" : list;
   }
 
-  // Why NATS can never carry this message, if so.
+  // Why NATS can never carry this message, if so. Both limits count what
+  // nats-server 2.9 counts: the header block as sent plus the payload
+  // (stream.go: len(hdr)+len(msg) > MaxMsgSize; the server's max_payload is
+  // checked on the HPUB's total size). The subject is not counted.
   std::optional<std::string> refuse_locally(const outbox::PendingMessage& message) const {
-    std::size_t header_bytes = 0;
-    for (const auto& header : message.headers)
-      header_bytes += header.name.size() + header.value.size() + 4;
-    auto size = static_cast<std::int64_t>(message.payload.size());
-    if (max_payload > 0 && size + static_cast<std::int64_t>(header_bytes) > max_payload) {
-      return "message of " + std::to_string(size) +
-             " bytes is above the NATS server's max_payload (" + std::to_string(max_payload) + ")";
+    auto size = static_cast<std::int64_t>(nats_message_size(message));
+    auto describe = [&] {
+      return "message of " + std::to_string(size) + " bytes (headers " +
+             std::to_string(size - static_cast<std::int64_t>(message.payload.size())) +
+             " including Nats-Msg-Id, payload " + std::to_string(message.payload.size()) + ")";
+    };
+    if (max_payload > 0 && size > max_payload) {
+      return describe() + " is above the NATS server's max_payload (" +
+             std::to_string(max_payload) + ")";
     }
     if (max_message_size > 0 && size > max_message_size) {
-      return "message of " + std::to_string(size) +
-             " bytes is above the stream's max message size (" + std::to_string(max_message_size) +
-             ")";
+      return describe() + " is above the stream's max message size (" +
+             std::to_string(max_message_size) + ")";
     }
     return std::nullopt;
   }
@@ -398,6 +421,10 @@ JetStreamSink::JetStreamSink(JetStreamSinkOptions options)
     : impl_(std::make_unique<Impl>(std::move(options))) {}
 
 JetStreamSink::~JetStreamSink() noexcept = default;
+
+void JetStreamSink::set_lease(SinkLease lease) {
+  impl_->lease = std::move(lease);
+}
 
 std::optional<std::string> JetStreamSink::open_session(std::chrono::milliseconds timeout) {
   impl_->close_session();
@@ -491,6 +518,16 @@ bool JetStreamSink::send(std::uint64_t batch_id, std::span<const outbox::Pending
       continue;
     }
 
+    // JetStream cannot fence a stale relay: look at the lease right before
+    // the publish, so a relay paused past its lease sends nothing more.
+    if (impl_->lease.still_valid && !impl_->lease.still_valid()) {
+      natsMsg_Destroy(msg);
+      std::lock_guard lock(shared.mutex);
+      shared.fail("the relay lease (epoch " + std::to_string(impl_->lease.epoch) +
+                  ") may have lapsed before msg_id " + message.msg_id +
+                  " was published; not publishing");
+      break;
+    }
     natsMsg* published = msg;
     {
       std::lock_guard lock(shared.mutex);

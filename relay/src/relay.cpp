@@ -1,6 +1,7 @@
 #include "relay/relay.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <deque>
 #include <optional>
 #include <random>
@@ -24,6 +25,16 @@ std::shared_ptr<spdlog::logger> null_logger() {
 milliseconds until(SteadyClock::time_point deadline) {
   auto left = duration_cast<milliseconds>(deadline - SteadyClock::now());
   return std::max(left, milliseconds(0));
+}
+
+// Eight hex digits from the system's entropy source: what tells apart two
+// relays that present the same name (two containers, each with pid 1 on a
+// shared host name, or one config file copied to several machines).
+std::string random_instance_id() {
+  std::random_device device;
+  char text[9];
+  std::snprintf(text, sizeof text, "%08x", static_cast<unsigned>(device()));
+  return text;
 }
 
 std::string describe_key(const outbox::PendingMessage& message) {
@@ -60,6 +71,7 @@ struct Relay::Impl {
         sink(sink_in),
         config(std::move(config_in)),
         log(config.logger ? config.logger : null_logger()),
+        lease_holder(config.holder + ":" + random_instance_id()),
         random(std::random_device{}()) {
     config.batch_size = std::max<std::size_t>(config.batch_size, 1);
     config.max_in_flight_batches = std::max<std::size_t>(config.max_in_flight_batches, 1);
@@ -69,6 +81,7 @@ struct Relay::Impl {
   Sink& sink;
   RelayConfig config;
   std::shared_ptr<spdlog::logger> log;
+  const std::string lease_holder;  // unique to this instance
 
   std::atomic<bool> stop{false};
   struct AtomicCounters {
@@ -78,12 +91,31 @@ struct Relay::Impl {
   } counters;
 
   std::optional<outbox::Lease> lease;
+  // When our lease surely still holds: the clock read before the claim or
+  // renewal that set the database's expiry, plus the lease time. A relay
+  // paused past it (SIGSTOP, a long GC-like stall, a frozen VM) finds it
+  // passed when it wakes up.
+  SteadyClock::time_point lease_valid_until{};
+  std::string origin;  // this database's origin id, sent to the destination with the epoch
   bool standby_logged = false;
   bool session_open = false;
   std::deque<InFlight> in_flight;
   std::vector<outbox::Outcome> settled;  // handled, not yet recorded
   std::int64_t last_sent_seq = 0;
+  // The delivery generation the batches in flight were read under. When an
+  // operator replays or drops a message, everything goes on hold until those
+  // batches are settled; then reading starts over from the cursor.
+  std::int64_t generation = 0;
+  bool holding_for_generation = false;
   std::uint64_t next_batch_id = 1;
+  // Messages the session may have unacknowledged (slow start, as TCP does):
+  // a new session starts with kInitialWindow and every acknowledged message
+  // widens it by one, so it doubles each round trip and reaches full batches
+  // within a few milliseconds. A connection that breaks early then costs a
+  // small resend, and one that breaks every few hundred kilobytes still
+  // delivers most of what it carried instead of a fraction of a big batch.
+  static constexpr std::size_t kInitialWindow = 64;
+  std::size_t session_window = kInitialWindow;
   int consecutive_failures = 0;
   std::mt19937_64 random;
 
@@ -104,6 +136,7 @@ struct Relay::Impl {
 
   void drop_session() {
     session_open = false;
+    session_window = kInitialWindow;
     in_flight.clear();
     last_sent_seq = 0;  // the next session resends from the first unacknowledged message
   }
@@ -126,14 +159,19 @@ struct Relay::Impl {
           lose_lease("another relay holds it now");
           return false;
         }
+        lease_valid_until = now + config.lease_ttl;
         next_renew = now + config.lease_ttl / 3;
       }
       return true;
     }
-    lease = store.claim_lease(config.holder, config.lease_ttl);
+    lease = store.claim_lease(lease_holder, config.lease_ttl);
     if (lease) {
       counters.active = true;
+      lease_valid_until = now + config.lease_ttl;
       next_renew = now + config.lease_ttl / 3;
+      sink.set_lease(SinkLease{origin, lease->epoch, [this] {
+                                 return lease.has_value() && SteadyClock::now() < lease_valid_until;
+                               }});
       drop_session();
       log->info("active: holding the relay lease as '{}' (epoch {})", lease->holder, lease->epoch);
       return true;
@@ -156,11 +194,18 @@ struct Relay::Impl {
   void record_failure(const std::string& reason) {
     ++counters.failures;
     ++consecutive_failures;
-    auto delay = config.backoff.delay(consecutive_failures, random);
+    // The first attempt after progress goes at once: a connection that was
+    // cut (noticed from the socket within milliseconds) costs one reconnect,
+    // not a backoff. Only failures in a row without progress back off.
+    auto delay = consecutive_failures == 1 ? milliseconds(0)
+                                           : config.backoff.delay(consecutive_failures - 1, random);
     next_session_attempt = SteadyClock::now() + delay;
     log->warn("{}: {}; retrying in {} ms (attempt {}, {} batches were in flight)", sink.describe(),
               reason, delay.count(), consecutive_failures, in_flight.size());
     drop_session();
+    // Another relay taking over is one cause of a failure (the broker
+    // refuses a stale epoch): check the lease before anything else is sent.
+    next_renew = SteadyClock::now();
   }
 
   bool ensure_session() {
@@ -189,9 +234,31 @@ struct Relay::Impl {
   void fill_pipeline() {
     // With nothing in flight, read from the outbox's cursor rather than past
     // the last message sent: an operator may have replayed an earlier one.
-    if (in_flight.empty()) last_sent_seq = 0;
+    if (in_flight.empty()) {
+      last_sent_seq = 0;
+      holding_for_generation = false;
+    }
+    if (holding_for_generation) return;
     while (in_flight.size() < config.max_in_flight_batches && !stop.load()) {
-      auto batch = store.read_pending(config.batch_size, last_sent_seq);
+      std::size_t unacknowledged = 0;
+      for (const auto& batch : in_flight) unacknowledged += batch.messages.size();
+      if (unacknowledged >= session_window) return;
+      auto batch = store.read_pending(std::min(config.batch_size, session_window - unacknowledged),
+                                      last_sent_seq);
+      if (in_flight.empty()) {
+        generation = store.delivery_generation();
+      } else if (store.delivery_generation() != generation) {
+        // A replayed message, or one unblocked by a drop, sits behind
+        // last_sent_seq: reading on from there would let later messages of its
+        // key overtake it. Holding every key (not only the changed ones) costs
+        // one round of acknowledgements and needs no per-key bookkeeping.
+        log->info(
+            "delivery state changed outside the relay (replay or drop); holding new sends until "
+            "the {} batches in flight are settled, then resuming in seq order",
+            in_flight.size());
+        holding_for_generation = true;
+        return;
+      }
       if (batch.empty()) return;
       auto batch_id = next_batch_id;
       if (!sink.send(batch_id, batch)) return;  // queue full: read again after acks
@@ -270,6 +337,8 @@ struct Relay::Impl {
     counters.dead += dead;
     counters.blocked += blocked;
     if (stored + duplicates > 0) consecutive_failures = 0;
+    session_window = std::min(session_window + head->messages.size(),
+                              config.batch_size * config.max_in_flight_batches);
     in_flight.pop_front();
     if (any_blocked) {
       // Messages held back behind a dead one: a new session resends whatever
@@ -368,6 +437,7 @@ struct Relay::Impl {
 
   void run() {
     next_summary = SteadyClock::now() + config.summary_interval;
+    origin = store.origin_id();
     try {
       while (!stop.load()) {
         if (!ensure_lease()) continue;
@@ -403,6 +473,10 @@ Relay::~Relay() noexcept = default;
 
 void Relay::run() {
   impl_->run();
+}
+
+const std::string& Relay::lease_holder() const noexcept {
+  return impl_->lease_holder;
 }
 
 void Relay::request_stop() noexcept {

@@ -25,6 +25,21 @@ inline std::string broker_binary() {
   return OUTBOX_BIN_OUTBOX_BROKER;
 }
 
+// Waits for a daemon started with --endpoint-file to write the loopback
+// endpoint it bound; fails the test if it exits first or takes over 20 s.
+inline std::string wait_for_endpoint(test_support::ChildProcess& process,
+                                     const std::filesystem::path& file) {
+  bool listening = test_support::wait_until(
+      [&] { return std::filesystem::exists(file) || !process.running(); }, 20s);
+  INFO(process.stderr_text());
+  REQUIRE(listening);
+  REQUIRE(process.running());
+  auto text = test_support::read_file(file);
+  auto endpoint = text.substr(0, text.find('\n'));
+  REQUIRE(endpoint.rfind("tcp://127.0.0.1:", 0) == 0);
+  return endpoint;
+}
+
 class BrokerProcess {
  public:
   // `bind` defaults to a port the system picks; a restart passes the endpoint
@@ -46,14 +61,7 @@ class BrokerProcess {
                                      "debug"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     process_ = std::make_unique<test_support::ChildProcess>(broker_binary(), args, dir);
-    bool listening = test_support::wait_until(
-        [&] { return std::filesystem::exists(endpoint_file_) || !process_->running(); }, 20s);
-    INFO(process_->stderr_text());
-    REQUIRE(listening);
-    REQUIRE(process_->running());
-    auto text = test_support::read_file(endpoint_file_);
-    endpoint_ = text.substr(0, text.find('\n'));
-    REQUIRE(endpoint_.rfind("tcp://127.0.0.1:", 0) == 0);
+    endpoint_ = wait_for_endpoint(*process_, endpoint_file_);
   }
 
   const std::string& endpoint() const { return endpoint_; }

@@ -9,7 +9,9 @@ using namespace broker_test;
 
 namespace {
 
-void publish_range(broker::Client& client, const std::string& topic, int first, int count) {
+// `batch_id`: batch ids of a session are consecutive.
+void publish_range(broker::Client& client, std::uint64_t batch_id, const std::string& topic,
+                   int first, int count) {
   std::vector<wire::OutgoingMessage> batch;
   for (int i = first; i < first + count; ++i) {
     auto m = message(topic + "-" + std::to_string(i), "payload-" + std::to_string(i), topic,
@@ -17,7 +19,7 @@ void publish_range(broker::Client& client, const std::string& topic, int first, 
     m.headers = {{"n", std::to_string(i)}};
     batch.push_back(m);
   }
-  auto ack = client.publish(static_cast<std::uint64_t>(first), batch, 20s);
+  auto ack = client.publish(batch_id, batch, 20s);
   REQUIRE(ack.ok());
   for (const auto& entry : ack->entries) REQUIRE(entry.status == wire::AckStatus::stored);
 }
@@ -30,8 +32,8 @@ TEST_CASE("FETCH pages through a topic and group offsets resume a consumer") {
   {
     BrokerProcess broker(dir.path(), db);
     auto producer = connect(broker.endpoint());
-    publish_range(*producer, "orders", 0, 10);
-    publish_range(*producer, "payments", 0, 3);
+    publish_range(*producer, 1, "orders", 0, 10);
+    publish_range(*producer, 2, "payments", 0, 3);
 
     broker::Client consumer(broker.endpoint());
     wire::Fetch fetch;
@@ -96,7 +98,7 @@ TEST_CASE("a long-poll FETCH is answered when a commit stores to its topic") {
       },
       20s));
   auto producer = connect(broker.endpoint());
-  publish_range(*producer, "events", 0, 2);
+  publish_range(*producer, 1, "events", 0, 2);
   auto reply = consumer.receive(20s);
   REQUIRE(reply.has_value());
   REQUIRE(reply->ok());
@@ -116,7 +118,7 @@ TEST_CASE("retention removes bodies but a resend is still a DUPLICATE") {
   test_support::TempDir dir("broker-retention");
   BrokerProcess broker(dir.path(), dir / "broker.db", {"--retention", "1ms"});
   auto producer = connect(broker.endpoint());
-  publish_range(*producer, "old", 0, 5);
+  publish_range(*producer, 1, "old", 0, 5);
   // Maintenance runs about once a second: wait until the bodies are gone.
   REQUIRE(test_support::wait_until(
       [&] {
@@ -136,7 +138,7 @@ TEST_CASE("retention removes bodies but a resend is still a DUPLICATE") {
     m.headers = {{"n", std::to_string(i)}};
     again.push_back(m);
   }
-  auto ack = producer->publish(99, again, 20s);
+  auto ack = producer->publish(2, again, 20s);
   REQUIRE(ack.ok());
   for (const auto& entry : ack->entries) CHECK(entry.status == wire::AckStatus::duplicate);
 }

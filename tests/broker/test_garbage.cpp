@@ -84,6 +84,7 @@ TEST_CASE("garbage from many connections is counted and the broker keeps serving
   zmq::context_t context(1);
   long resident_after_first_wave = 0;
   std::uint64_t sent = 0;
+  std::uint64_t batch_id = 0;
   for (int wave = 0; wave < 3; ++wave) {
     std::vector<zmq::socket_t> sockets;
     for (int c = 0; c < kConnections; ++c) {
@@ -101,7 +102,7 @@ TEST_CASE("garbage from many connections is counted and the broker keeps serving
       // Valid traffic in between keeps working.
       if (i % 50 == 0) {
         auto id = "valid-" + std::to_string(wave) + "-" + std::to_string(i);
-        auto ack = producer->publish(sent, std::vector{message(id, "ok")}, 20s);
+        auto ack = producer->publish(++batch_id, std::vector{message(id, "ok")}, 20s);
         REQUIRE(ack.ok());
         CHECK(ack->entries[0].status == wire::AckStatus::stored);
       }

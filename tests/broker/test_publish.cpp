@@ -303,8 +303,12 @@ TEST_CASE("SIGTERM with batches in flight: everything acknowledged is kept") {
     REQUIRE(status.has_value());
     CHECK(status->exited);
     CHECK(status->code == 0);
-    // Collect the acks the broker flushed before it exited.
-    while (auto reply = client->receive(500ms)) record(*reply);
+    // Collect the acks the broker flushed before it exited (the client also
+    // reports the connection's end, as ErrorCode::disconnected).
+    while (auto reply = client->receive(500ms)) {
+      if (!reply->ok() && reply->error().code == wire::ErrorCode::disconnected) continue;
+      record(*reply);
+    }
     INFO(acknowledged.size() << " of " << kBatches * kPerBatch << " acknowledged before exit");
     CHECK_FALSE(acknowledged.empty());
   }
@@ -364,9 +368,11 @@ TEST_CASE("with CURVE only allowed client keys get a session") {
   broker::ClientOptions refused;
   refused.curve = broker::CurveClientConfig{server_public, other_public, other_secret};
   broker::Client bad(broker.endpoint(), refused);
-  auto welcome = bad.hello("intruder", 1500ms);
+  auto welcome = bad.hello("intruder", 20s);
   REQUIRE_FALSE(welcome.ok());
-  CHECK(welcome.error().code == wire::ErrorCode::timeout);
+  // The refusal ends the handshake, and the client says so (no waiting for a reply).
+  CHECK(welcome.error().code == wire::ErrorCode::disconnected);
+  CHECK(welcome.error().message.find("refused this client's credentials") != std::string::npos);
   CHECK(test_support::wait_until(
       [&] {
         return broker.process().stderr_text().find("refused CURVE client") != std::string::npos;
@@ -375,4 +381,129 @@ TEST_CASE("with CURVE only allowed client keys get a session") {
 
   broker::Client plain(broker.endpoint());
   CHECK_FALSE(plain.hello("plaintext", 1500ms).ok());
+}
+
+TEST_CASE("a reused msg_id with another key or headers is CONFLICT naming both values") {
+  test_support::TempDir dir("broker-identity");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  auto client = connect(broker.endpoint());
+  auto first = message("4711", "{}", "orders", "order-1");
+  first.headers = {{"trace", "abc"}};
+  REQUIRE(client->publish(1, std::vector{first}, 20s).ok());
+
+  auto other_key = message("4711", "{}", "orders", "order-2");
+  other_key.headers = first.headers;
+  auto other_headers = first;
+  other_headers.headers = {{"trace", "xyz"}};
+  auto reordered = first;
+  reordered.headers = {{"a", "1"}, {"b", "2"}};
+  // Separate batches: a refused message blocks its key for the session.
+  auto ack = client->publish(2, std::vector{other_key}, 20s);
+  REQUIRE(ack.ok());
+  CHECK(ack->entries[0].status == wire::AckStatus::conflict);
+  CHECK(ack->entries[0].offset == 1);
+  CHECK(ack->entries[0].reason ==
+        "msg_id 4711 is already stored in orders at offset 1 with key 'order-1'; this message "
+        "has key 'order-2'");
+  client = connect(broker.endpoint());
+  ack = client->publish(3, std::vector{other_headers}, 20s);
+  REQUIRE(ack.ok());
+  CHECK(ack->entries[0].status == wire::AckStatus::conflict);
+  CHECK(ack->entries[0].reason ==
+        "msg_id 4711 is already stored in orders at offset 1 with headers 'trace=abc'; this "
+        "message has headers 'trace=xyz'");
+
+  // Only the same topic, key, headers and payload is a resend.
+  client = connect(broker.endpoint());
+  ack = client->publish(4, std::vector{first}, 20s);
+  REQUIRE(ack.ok());
+  CHECK(ack->entries[0].status == wire::AckStatus::duplicate);
+
+  auto stats = client->stats(20s);
+  REQUIRE(stats.ok());
+  CHECK(counter(*stats, "stored") == 1);
+  CHECK(counter(*stats, "conflicts") == 2);
+  CHECK(counter(*stats, "duplicates") == 1);
+  CHECK(broker.stop().code == 0);
+}
+
+namespace {
+
+wire::Result<wire::Welcome> hello_as(broker::Client& client, const std::string& origin,
+                                     std::uint64_t epoch) {
+  return client.hello(wire::Hello{"relay", 0, origin, epoch}, 20s);
+}
+
+}  // namespace
+
+TEST_CASE("sessions and batches under an older lease epoch of an origin are refused") {
+  test_support::TempDir dir("broker-epoch");
+  std::optional<BrokerProcess> broker;
+  broker.emplace(dir.path(), dir / "broker.db");
+  broker::Client old_relay(broker->endpoint());
+  REQUIRE(hello_as(old_relay, "origin-a", 4).ok());
+  REQUIRE(old_relay.publish(1, std::vector{message("m-1", "1")}, 20s).ok());
+
+  // A newer relay of the same outbox: from now on the old session is stale.
+  broker::Client new_relay(broker->endpoint());
+  REQUIRE(hello_as(new_relay, "origin-a", 5).ok());
+  auto refused = old_relay.publish(2, std::vector{message("m-2", "2")}, 20s);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == wire::ErrorCode::stale_epoch);
+  CHECK(refused.error().message ==
+        "lease epoch 4 of origin origin-a is older than epoch 5 already seen: another relay "
+        "holds that outbox's lease");
+  // Nor can it open a new session with its old epoch.
+  auto again = hello_as(old_relay, "origin-a", 4);
+  REQUIRE_FALSE(again.ok());
+  CHECK(again.error().code == wire::ErrorCode::stale_epoch);
+  CHECK(new_relay.publish(1, std::vector{message("m-2", "2")}, 20s).ok());
+
+  // Other origins, the same epoch again (a reconnect) and unfenced clients go on.
+  broker::Client other(broker->endpoint());
+  CHECK(hello_as(other, "origin-b", 1).ok());
+  CHECK(hello_as(other, "origin-a", 5).ok());
+  CHECK(hello_as(other, "", 0).ok());
+
+  // The highest epoch survives a restart of the broker.
+  CHECK(broker->stop().code == 0);
+  broker.reset();
+  broker.emplace(dir.path(), dir / "broker.db");
+  broker::Client after_restart(broker->endpoint());
+  auto stale = hello_as(after_restart, "origin-a", 4);
+  REQUIRE_FALSE(stale.ok());
+  CHECK(stale.error().code == wire::ErrorCode::stale_epoch);
+  auto stats = after_restart.stats(20s);
+  REQUIRE(stats.ok());
+  CHECK(counter(*stats, "stale_epochs") == 1);
+  CHECK(counter(*stats, "stored") == 2);
+  CHECK(broker->stop().code == 0);
+}
+
+TEST_CASE("a version 1 client is told, in a version 1 frame, which version the broker speaks") {
+  test_support::TempDir dir("broker-version");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  zmq::context_t context(1);
+  zmq::socket_t socket(context, zmq::socket_type::dealer);
+  socket.set(zmq::sockopt::linger, 0);
+  socket.set(zmq::sockopt::rcvtimeo, 20000);
+  socket.connect(broker.endpoint());
+  // A version 1 HELLO: flags, producer.
+  wire::Frames frames{wire::encode_tag(1), std::string(1, '\x01'),
+                      std::string("\0\0\0\0\x02\0v1", 8)};
+  REQUIRE(wire::send_frames(socket, frames));
+  auto received = wire::receive_frames(socket);
+  REQUIRE(received.has_value());
+  auto views = received->views();
+  REQUIRE(views.size() == 3);
+  CHECK(views[0] == std::string("OBX\x01", 4));
+  CHECK(views[1] == std::string(1, '\x0D'));
+  // ERROR's body is the same in both versions.
+  auto error = wire::decode_body(wire::Command::error, views[2]);
+  REQUIRE(error.ok());
+  const auto& reply = std::get<wire::ErrorReply>(error.value());
+  CHECK(reply.code == wire::ErrorCode::unsupported_version);
+  CHECK(reply.message ==
+        "protocol version 1 is not supported: this broker speaks version 2 (upgrade the client)");
+  CHECK(broker.stop().code == 0);
 }

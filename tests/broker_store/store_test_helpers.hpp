@@ -42,16 +42,16 @@ inline broker::AppendOutcome append_one(broker::Store& store, const Message& mes
 }
 
 inline broker::AppendOutcome stored(std::uint64_t offset) {
-  return {broker::AppendStatus::stored, offset, broker::RejectReason::none};
+  return {broker::AppendStatus::stored, offset, broker::RejectReason::none, {}};
 }
 inline broker::AppendOutcome duplicate(std::uint64_t offset) {
-  return {broker::AppendStatus::duplicate, offset, broker::RejectReason::none};
+  return {broker::AppendStatus::duplicate, offset, broker::RejectReason::none, {}};
 }
 inline broker::AppendOutcome conflict(std::uint64_t offset) {
-  return {broker::AppendStatus::conflict, offset, broker::RejectReason::none};
+  return {broker::AppendStatus::conflict, offset, broker::RejectReason::none, {}};
 }
 inline broker::AppendOutcome rejected(broker::RejectReason reason) {
-  return {broker::AppendStatus::rejected, 0, reason};
+  return {broker::AppendStatus::rejected, 0, reason, {}};
 }
 
 }  // namespace store_test

@@ -1,6 +1,8 @@
 #include <catch2/catch.hpp>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <sstream>
 
@@ -9,6 +11,7 @@
 #include <sqlite3.h>
 
 #include "broker/store.hpp"
+#include "wire/protocol.hpp"
 #include "store_test_helpers.hpp"
 #include "test_support.hpp"
 
@@ -253,6 +256,15 @@ TEST_CASE("consumer-group offsets are kept per group and topic") {
   test_support::TempDir dir("broker-store");
   {
     broker::Store store(dir / "broker.db", normal_sync());
+    // Nothing stored yet: a commit would let the group skip what comes later.
+    CHECK_THROWS_AS(store.commit_offset("billing", "orders", 0), std::invalid_argument);
+    std::vector<Message> messages;
+    for (int i = 1; i <= 12; ++i) messages.push_back({"o-" + std::to_string(i), "orders", "x"});
+    for (int i = 1; i <= 3; ++i) messages.push_back({"p-" + std::to_string(i), "payments", "x"});
+    append(store, messages);
+    CHECK(store.committed_offset("billing", "orders") == 0);
+    CHECK_THROWS_AS(store.commit_offset("billing", "orders", 13), std::invalid_argument);
+    CHECK_THROWS_AS(store.commit_offset("billing", "nobody", 1), std::invalid_argument);
     CHECK(store.committed_offset("billing", "orders") == 0);
     store.commit_offset("billing", "orders", 10);
     store.commit_offset("billing", "payments", 3);
@@ -535,4 +547,157 @@ TEST_CASE("the store logs through the logger it is given") {
   { broker::Store store(dir / "broker.db", options); }
   CHECK(log.str().find("created store") != std::string::npos);
   CHECK(log.str().find("opened store") != std::string::npos);
+}
+
+TEST_CASE("a reused msg_id with another key or headers is a conflict naming both values") {
+  test_support::TempDir dir("broker-store");
+  broker::Store store(dir / "broker.db", normal_sync());
+  // The header block as PUBLISH carries it.
+  const std::vector<wire::Header> trace_abc = {{"trace", "abc"}}, trace_xyz = {{"trace", "xyz"}};
+  const std::string headers = wire::encode_headers(trace_abc);
+  const std::string other_headers = wire::encode_headers(trace_xyz);
+  REQUIRE(append_one(store, {"4711", "orders", "{}", "order-1", headers}) == stored(1));
+
+  auto key = append_one(store, {"4711", "orders", "{}", "order-2", headers});
+  CHECK(key == conflict(1));
+  CHECK(key.detail ==
+        "msg_id 4711 is already stored in orders at offset 1 with key 'order-1'; this message "
+        "has key 'order-2'");
+  auto header = append_one(store, {"4711", "orders", "{}", "order-1", other_headers});
+  CHECK(header == conflict(1));
+  CHECK(header.detail ==
+        "msg_id 4711 is already stored in orders at offset 1 with headers 'trace=abc'; this "
+        "message has headers 'trace=xyz'");
+  auto none = append_one(store, {"4711", "orders", "{}", "", ""});
+  CHECK(none.detail ==
+        "msg_id 4711 is already stored in orders at offset 1 with key 'order-1', headers "
+        "'trace=abc'; this message has no key, no headers");
+  // Long and binary values are cut and escaped; the reason stays one short line.
+  auto long_key = append_one(store, {"4711", "orders", std::string("\x01\xff", 2) + "payload",
+                                     std::string(300, 'k'), headers});
+  CHECK(long_key == conflict(1));
+  CHECK(long_key.detail.find("this message has key '" + std::string(48, 'k') +
+                             "'... (300 bytes), payload '\\x01\\xffpayload'") != std::string::npos);
+  CHECK(long_key.detail.find("with key 'order-1', payload '{}'") != std::string::npos);
+  CHECK(long_key.detail.size() < 400);
+
+  CHECK(append_one(store, {"4711", "orders", "{}", "order-1", headers}) == duplicate(1));
+  CHECK(store.stats().conflicts == 4);
+  CHECK(store.fetch("orders", 1, 10, 1 << 20).messages.size() == 1);
+}
+
+TEST_CASE("a conflict inside one batch names the copy stored earlier in the same batch") {
+  test_support::TempDir dir("broker-store");
+  broker::Store store(dir / "broker.db", normal_sync());
+  auto outcomes = append(store, {{"4711", "orders", "{}", "order-1"},
+                                 {"4711", "orders", "{}", "order-2"},
+                                 {"4712", "orders", "x", "order-3"}});
+  REQUIRE(outcomes.size() == 3);
+  CHECK(outcomes[0] == stored(1));
+  CHECK(outcomes[1] == conflict(1));
+  CHECK(outcomes[1].detail.find("with key 'order-1'; this message has key 'order-2'") !=
+        std::string::npos);
+  CHECK(outcomes[2] == stored(2));
+  auto fetched = store.fetch("orders", 1, 10, 1 << 20);
+  REQUIRE(fetched.messages.size() == 2);
+  CHECK(fetched.messages[1].payload == "x");
+}
+
+TEST_CASE("a store of schema version 1 is upgraded, and its old entries compare topic and payload") {
+  test_support::TempDir dir("broker-store");
+  {
+    broker::Store store(dir / "broker.db", normal_sync());
+    append(store, {{"old-1", "orders", "{}", "order-1"}});
+  }
+  {
+    // What a version 1 store looks like: no envelope hash, no epoch table.
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open((dir / "broker.db").c_str(), &raw) == SQLITE_OK);
+    CHECK(sqlite3_exec(raw,
+                       "ALTER TABLE dedup DROP COLUMN envelope_hash; DROP TABLE origin_epochs; "
+                       "UPDATE store_meta SET value = 1 WHERE key = 'schema_version'",
+                       nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(raw);
+  }
+  std::ostringstream log;
+  auto options = normal_sync();
+  options.logger = std::make_shared<spdlog::logger>(
+      "test", std::make_shared<spdlog::sinks::ostream_sink_st>(log));
+  broker::Store store(dir / "broker.db", options);
+  CHECK(log.str().find("from schema version 1 to 2") != std::string::npos);
+  // The old entry recorded no key: only its topic and payload count.
+  CHECK(append_one(store, {"old-1", "orders", "{}", "order-2"}) == duplicate(1));
+  CHECK(append_one(store, {"old-1", "orders", "[]", "order-1"}) == conflict(1));
+  // New entries compare everything.
+  REQUIRE(append_one(store, {"new-1", "orders", "{}", "order-1"}) == stored(2));
+  CHECK(append_one(store, {"new-1", "orders", "{}", "order-2"}) == conflict(2));
+  CHECK(store.advance_origin_epoch("origin", 3) == 3);
+}
+
+TEST_CASE("the highest lease epoch per origin only grows and survives reopening") {
+  test_support::TempDir dir("broker-store");
+  {
+    broker::Store store(dir / "broker.db", normal_sync());
+    CHECK(store.origin_epoch("a") == 0);
+    CHECK(store.advance_origin_epoch("a", 2) == 2);
+    CHECK(store.advance_origin_epoch("a", 1) == 2);  // stale: the caller sees the newer one
+    CHECK(store.advance_origin_epoch("a", 2) == 2);
+    CHECK(store.advance_origin_epoch("b", 7) == 7);
+    CHECK_THROWS_AS(store.advance_origin_epoch("", 1), std::invalid_argument);
+    CHECK_THROWS_AS(store.advance_origin_epoch(std::string(256, 'o'), 1), std::invalid_argument);
+    CHECK_THROWS_AS(store.advance_origin_epoch("a", ~std::uint64_t{0}), std::invalid_argument);
+  }
+  broker::Store store(dir / "broker.db", normal_sync());
+  CHECK(store.origin_epoch("a") == 2);
+  CHECK(store.origin_epoch("b") == 7);
+  CHECK(store.advance_origin_epoch("a", 3) == 3);
+}
+
+TEST_CASE("a commit full of conflicts reads the stored copies of the first 64 only") {
+  test_support::TempDir dir("broker-store");
+  broker::Store store(dir / "broker.db", normal_sync());
+  std::vector<Message> originals, conflicting;
+  for (int i = 0; i < 70; ++i) {
+    originals.push_back({"id-" + std::to_string(i), "orders", "{}", "a"});
+    conflicting.push_back({"id-" + std::to_string(i), "orders", "{}", "b"});
+  }
+  append(store, originals);
+  auto outcomes = append(store, conflicting);
+  REQUIRE(outcomes.size() == 70);
+  CHECK(outcomes[63].detail.find("with key 'a'; this message has key 'b'") != std::string::npos);
+  CHECK(outcomes[64] == conflict(65));
+  CHECK(outcomes[64].detail ==
+        "msg_id id-64 is already stored in orders at offset 65 with another key or headers; its "
+        "body was not read (more than 64 conflicts in one commit)");
+}
+
+TEST_CASE("a corrupt store is refused when it opens, naming the damage") {
+  test_support::TempDir dir("broker-store");
+  auto path = dir / "broker.db";
+  {
+    broker::Store store(path, normal_sync());
+    std::vector<Message> messages;
+    for (int i = 0; i < 2000; ++i) {
+      messages.push_back({"c-" + std::to_string(i), "orders", std::string(200, 'p')});
+    }
+    append(store, messages);
+  }
+  auto size = std::filesystem::file_size(path);
+  REQUIRE(size > 8 * 16384);
+  {
+    // Overwrite pages in the middle of the file (page 1, the schema, stays intact).
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(static_cast<std::streamoff>(3 * 16384));
+    std::string garbage(4 * 16384, '\x5a');
+    file.write(garbage.data(), static_cast<std::streamsize>(garbage.size()));
+    REQUIRE(file.good());
+  }
+  try {
+    broker::Store store(path, normal_sync());
+    FAIL("a corrupt store opened");
+  } catch (const broker::StoreError& error) {
+    CHECK(error.extended_code() == SQLITE_CORRUPT);
+    CHECK_THAT(error.what(), Catch::Contains("is corrupt (quick_check:"));
+    CHECK_THAT(error.what(), Catch::Contains("docs/operations.md"));
+  }
 }

@@ -9,6 +9,7 @@
 
 using store_test::append;
 using store_test::append_one;
+using store_test::conflict;
 using store_test::duplicate;
 using store_test::Message;
 using store_test::stored;
@@ -183,4 +184,19 @@ TEST_CASE("counters and topic counts after maintenance survive a restart") {
   CHECK(stats.topics[0].message_count == 0);
   CHECK(stats.topics[0].last_offset == 20);
   CHECK(append_one(store, {"id-0", "orders", "payload"}) == stored(21));
+}
+
+TEST_CASE("a conflict with a message whose body retention removed names what differs") {
+  test_support::TempDir dir("broker-store");
+  FakeClock clock;
+  broker::Store store(dir / "broker.db", options_with(clock, 1h, 0ms));
+  REQUIRE(append_one(store, {"4711", "orders", "{}", "order-1"}) == stored(1));
+  clock.advance(2h);
+  REQUIRE(maintain(store, 100).bodies_deleted == 1);
+  auto outcome = append_one(store, {"4711", "orders", "{}", "order-2"});
+  CHECK(outcome == conflict(1));
+  CHECK(outcome.detail ==
+        "msg_id 4711 is already stored in orders at offset 1 with another key or headers; its "
+        "body is no longer retained");
+  CHECK(append_one(store, {"4711", "orders", "{}", "order-1"}) == duplicate(1));
 }

@@ -18,6 +18,9 @@
 #include "broker/client.hpp"
 #include "broker_process.hpp"
 #include "test_support.hpp"
+#ifdef OUTBOX_REDIS_SERVER
+#include "redis_server.hpp"
+#endif
 
 namespace {
 
@@ -279,6 +282,67 @@ TEST_CASE("shipping_consumer: refuses bad flags, ships nothing from a malformed 
   CHECK(json_number(run.out, "malformed") == 1);
   CHECK(run.err.find("not an order") != std::string::npos);
 }
+
+#ifdef OUTBOX_REDIS_SERVER
+TEST_CASE("shipping_consumer --inbox redis: two consumers sharing one Redis ship each order once",
+          "[examples]") {
+  no_core_files();
+  test_support::TempDir dir("examples-redis-inbox");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  inbox_test::RedisServer redis;
+  constexpr int orders = 300;
+  auto client = broker_test::connect(broker.endpoint());
+  std::vector<wire::OutgoingMessage> messages;
+  for (int i = 1; i <= orders; ++i) {
+    messages.push_back(broker_test::message(
+        "order-" + std::to_string(i), R"({"order_id":)" + std::to_string(i) + R"(,"customer":"c"})",
+        "order.created", "c"));
+  }
+  REQUIRE(client->publish(1, messages, 20s).ok());
+
+  const auto shipping = dir / "shipping.db";
+  auto consumer = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {
+        "--broker", broker.endpoint(), "--db",           shipping.string(), "--group",
+        "shipping", "--inbox",         redis.endpoint(), "--batch",         "50",
+        "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<test_support::ChildProcess>(OUTBOX_BIN_SHIPPING_CONSUMER, args,
+                                                        dir.path());
+  };
+  // A consumer aborts after 40 shipments (completed in Redis, offset not
+  // committed): that batch comes again, and the records make it a no-op.
+  auto crashing = consumer({"--crash-after", "40"});
+  auto crashed = crashing->wait_for(120s);
+  REQUIRE(crashed.has_value());
+  CHECK(crashed->signal == SIGABRT);
+  CHECK(query_number(shipping, "SELECT count(*) FROM shipments") == 40);
+  // Two consumers of the same group race for every message of the rest.
+  auto first = consumer({"--expect", std::to_string(orders)});
+  auto second = consumer({"--expect", std::to_string(orders)});
+  for (auto* process : {first.get(), second.get()}) {
+    auto status = process->wait_for(120s);
+    INFO(process->stderr_text());
+    REQUIRE(status.has_value());
+    CHECK(status->exited);
+    CHECK(status->code == 0);
+  }
+  CHECK(query_number(shipping, "SELECT count(*) FROM shipments") == orders);
+  CHECK(query_number(shipping, "SELECT count(DISTINCT order_id) FROM shipments") == orders);
+  // The records are in Redis, not in the consumer's database.
+  CHECK(query_number(shipping, "SELECT count(*) FROM outbox_inbox") == 0);
+  CHECK(redis.command({"HGET", "outbox:inbox:order-1", "state"}) == "completed");
+
+  // A bad endpoint is a bad flag (2); an unreachable Redis a failure (1).
+  auto bad = shipping_consumer(broker.endpoint(), shipping, {"--inbox", "redis://host:port"});
+  CHECK(bad.status.code == 2);
+  CHECK(bad.err.find("--inbox") != std::string::npos);
+  redis.kill();
+  auto away = shipping_consumer(broker.endpoint(), shipping, {"--inbox", redis.endpoint()});
+  CHECK(away.status.code == 1);
+  CHECK(away.err.find(redis.endpoint()) != std::string::npos);
+}
+#endif
 
 TEST_CASE("idgen_usage: a restart with the same state file continues above the last id",
           "[examples]") {

@@ -1,9 +1,11 @@
 // A faulty network between outbox-relay and outbox-broker, for the fault
-// suite. It binds a ROUTER that relays connect to and opens one DEALER to the
-// broker per relay connection, so the broker sees one connection (and so one
-// session) per relay connection, as without the proxy. Messages are forwarded
-// opaquely, frame for frame; a seeded random generator decides which of them
-// meet a fault:
+// suite. Two modes.
+//
+// Message mode (the default): it binds a ROUTER that relays connect to and
+// opens one DEALER to the broker per relay connection, so the broker sees one
+// connection (and so one session) per relay connection, as without the
+// proxy. Messages are forwarded opaquely, frame for frame; a seeded random
+// generator decides which of them meet a fault:
 //
 //   relay -> broker
 //     delay      the message (and everything behind it) waits a few ms
@@ -29,14 +31,28 @@
 // --hostile-order also reorders and drops PUBLISH batches inside one
 // connection, which the protocol does not claim to survive (see the README).
 //
+// Cutting mode (--cut-every MIN-MAX): a plain TCP proxy that knows nothing of
+// ZeroMQ, as a NAT, a load balancer or a flaky link would be. Each accepted
+// connection gets its own connection to the broker; the bytes of both
+// directions are forwarded unchanged, and after a random number of bytes in
+// [MIN, MAX] (both directions counted, drawn anew for every connection) the
+// connection is cut in the middle of whatever it carried: both sockets are
+// closed, at random with a FIN or a RST. With --freeze P a share P of the
+// cuts instead leaves both sockets open and silently discards everything
+// from then on (a peer that died without closing, a black-holing route):
+// only heartbeats or timeouts can notice that.
+//
 //   fault_proxy --broker tcp://127.0.0.1:7750 --bind tcp://127.0.0.1:*
 //               --endpoint-file F --stats-file S --seed N [--rate 1.0]
 //               [--hostile-order]
+//   fault_proxy --cut-every 2K-400K [--freeze 0.05] --broker ... --bind ...
+//               --endpoint-file F --stats-file S --seed N
 //
 // SIGUSR1 turns fault injection off (messages still in the delay queues are
-// delivered); SIGTERM/SIGINT exit 0. The fault counts are written to the
-// stats file (replaced atomically) every 100 ms and at exit, one
-// "name=value" per line.
+// delivered; the cutting mode stops cutting), and --faults-off starts with it
+// off (a plain forwarder, to compare with); SIGTERM/SIGINT exit 0. The
+// fault counts are written to the stats file (replaced atomically) every
+// 100 ms and at exit, one "name=value" per line.
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -54,7 +70,16 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <zmq.hpp>
 
@@ -81,6 +106,10 @@ struct Settings {
   std::uint64_t seed = 1;
   double rate = 1.0;  // scales every fault probability
   bool hostile_order = false;
+  // Cutting mode: bytes per connection before its cut, 0 = message mode.
+  std::uint64_t cut_min = 0;
+  std::uint64_t cut_max = 0;
+  double freeze_share = 0;  // of the cuts, left open and silent instead
 };
 
 using Frames = std::vector<std::string>;
@@ -100,6 +129,20 @@ struct Counts {
     return sum;
   }
 };
+
+void write_stats_file(const std::string& path, const Counts& counts, bool faults_on) {
+  if (path.empty()) return;
+  std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    for (const auto& [kind, value] : counts.by_kind) out << kind << '=' << value << '\n';
+    out << "total=" << counts.total() << '\n';
+    out << "forwarded_up=" << counts.forwarded_up << '\n';
+    out << "forwarded_down=" << counts.forwarded_down << '\n';
+    out << "faults_on=" << (faults_on ? 1 : 0) << '\n';
+  }
+  std::filesystem::rename(temporary, path);
+}
 
 // One relay connection and the broker connection that serves it.
 struct Pair {
@@ -380,19 +423,7 @@ class Proxy {
     }
   }
 
-  void write_stats() {
-    if (settings_.stats_file.empty()) return;
-    std::string temporary = settings_.stats_file + ".tmp";
-    {
-      std::ofstream out(temporary, std::ios::trunc);
-      for (const auto& [kind, value] : counts_.by_kind) out << kind << '=' << value << '\n';
-      out << "total=" << counts_.total() << '\n';
-      out << "forwarded_up=" << counts_.forwarded_up << '\n';
-      out << "forwarded_down=" << counts_.forwarded_down << '\n';
-      out << "faults_on=" << (faults_on_ ? 1 : 0) << '\n';
-    }
-    std::filesystem::rename(temporary, settings_.stats_file);
-  }
+  void write_stats() { write_stats_file(settings_.stats_file, counts_, faults_on_); }
 
  public:
   const std::string& endpoint() const { return endpoint_; }
@@ -408,11 +439,290 @@ class Proxy {
   bool faults_on_ = true;
 };
 
+// --- cutting mode -----------------------------------------------------------
+
+// "tcp://127.0.0.1:7750" -> an IPv4 address; "*" or "0" as the port means any.
+sockaddr_in parse_tcp_endpoint(const std::string& endpoint) {
+  const std::string prefix = "tcp://";
+  auto colon = endpoint.rfind(':');
+  if (endpoint.rfind(prefix, 0) != 0 || colon == std::string::npos || colon < prefix.size()) {
+    throw std::invalid_argument("'" + endpoint + "' is not tcp://ADDRESS:PORT");
+  }
+  auto host = endpoint.substr(prefix.size(), colon - prefix.size());
+  auto port_text = endpoint.substr(colon + 1);
+  if (host == "localhost") host = "127.0.0.1";
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  if (::inet_pton(AF_INET, host.c_str(), &address.sin_addr) != 1) {
+    throw std::invalid_argument("'" + endpoint + "': the cutting mode needs an IPv4 address");
+  }
+  int port = port_text == "*" ? 0 : std::stoi(port_text);
+  if (port < 0 || port > 65535) throw std::invalid_argument("'" + endpoint + "': bad port");
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  return address;
+}
+
+// "2K-400K" -> {2048, 409600}; K and M are binary multiples.
+std::pair<std::uint64_t, std::uint64_t> parse_byte_range(const std::string& text) {
+  auto bytes = [&](const std::string& part) {
+    std::size_t used = 0;
+    auto value = std::stoull(part, &used);
+    auto unit = part.substr(used);
+    if (unit == "K" || unit == "k") return value << 10;
+    if (unit == "M" || unit == "m") return value << 20;
+    if (unit.empty()) return value;
+    throw std::invalid_argument("'" + text + "' is not a byte range like 2K-400K");
+  };
+  auto dash = text.find('-');
+  if (dash == std::string::npos) throw std::invalid_argument("'" + text + "' has no '-'");
+  std::pair range{bytes(text.substr(0, dash)), bytes(text.substr(dash + 1))};
+  if (range.first == 0 || range.second < range.first) {
+    throw std::invalid_argument("'" + text + "': need 0 < MIN <= MAX");
+  }
+  return range;
+}
+
+class CuttingProxy {
+ public:
+  CuttingProxy(Settings settings)
+      : settings_(std::move(settings)),
+        random_(settings_.seed),
+        broker_(parse_tcp_endpoint(settings_.broker)) {
+    auto address = parse_tcp_endpoint(settings_.bind);
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int on = 1;
+    ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    socklen_t length = sizeof address;
+    if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&address), length) != 0 ||
+        ::listen(listener_, 128) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      throw std::runtime_error("cannot listen on " + settings_.bind + ": " + std::strerror(errno));
+    }
+    char host[INET_ADDRSTRLEN] = {};
+    ::inet_ntop(AF_INET, &address.sin_addr, host, sizeof host);
+    endpoint_ = "tcp://" + std::string(host) + ":" + std::to_string(ntohs(address.sin_port));
+  }
+
+  ~CuttingProxy() {
+    for (auto& link : links_) close_link(link, false);
+    if (listener_ >= 0) ::close(listener_);
+  }
+  CuttingProxy(const CuttingProxy&) = delete;
+  CuttingProxy& operator=(const CuttingProxy&) = delete;
+
+  const std::string& endpoint() const { return endpoint_; }
+
+  void run() {
+    auto next_stats = Clock::now();
+    std::vector<pollfd> fds;
+    while (!stop_requested.load()) {
+      if (quiet_requested.load()) faults_on_ = false;
+      fds.clear();
+      fds.push_back({listener_, POLLIN, 0});
+      for (auto& link : links_) {
+        fds.push_back({link.relay, link_events(link, true), 0});
+        fds.push_back({link.broker, link_events(link, false), 0});
+      }
+      if (::poll(fds.data(), fds.size(), 50) < 0 && errno != EINTR) {
+        throw std::runtime_error(std::string("poll: ") + std::strerror(errno));
+      }
+      for (std::size_t i = 0; i < links_.size(); ++i) {
+        serve(links_[i], fds[1 + 2 * i].revents, fds[2 + 2 * i].revents);
+      }
+      links_.erase(std::remove_if(links_.begin(), links_.end(),
+                                  [](const Link& link) { return link.relay < 0; }),
+                   links_.end());
+      if ((fds[0].revents & POLLIN) != 0) accept_all();
+      if (Clock::now() >= next_stats) {
+        write_stats_file(settings_.stats_file, counts_, faults_on_);
+        next_stats = Clock::now() + milliseconds(100);
+      }
+    }
+    write_stats_file(settings_.stats_file, counts_, faults_on_);
+  }
+
+ private:
+  static constexpr std::size_t kBufferBytes = 256 * 1024;  // per direction and link
+
+  // Bytes waiting to be written to one side.
+  struct Pending {
+    std::vector<char> bytes;
+    std::size_t offset = 0;
+    std::size_t size() const { return bytes.size() - offset; }
+  };
+
+  struct Link {
+    int relay = -1;
+    int broker = -1;
+    bool connecting = true;    // the broker side's non-blocking connect is under way
+    bool frozen = false;       // everything is read and discarded
+    std::uint64_t budget = 0;  // bytes left before the cut
+    Pending to_broker, to_relay;
+  };
+
+  short link_events(const Link& link, bool relay_side) const {
+    if (link.frozen) return POLLIN;
+    if (relay_side) {
+      short events = link.to_relay.size() > 0 ? POLLOUT : 0;
+      if (link.to_broker.size() < kBufferBytes) events |= POLLIN;
+      return events;
+    }
+    if (link.connecting) return POLLOUT;
+    short events = link.to_broker.size() > 0 ? POLLOUT : 0;
+    if (link.to_relay.size() < kBufferBytes) events |= POLLIN;
+    return events;
+  }
+
+  void accept_all() {
+    while (true) {
+      int relay = ::accept4(listener_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (relay < 0) return;  // EAGAIN, or a connection that went away before accept
+      int broker = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (broker < 0) {
+        ::close(relay);
+        continue;
+      }
+      int on = 1;
+      ::setsockopt(relay, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+      ::setsockopt(broker, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+      if (::connect(broker, reinterpret_cast<const sockaddr*>(&broker_), sizeof broker_) != 0 &&
+          errno != EINPROGRESS) {
+        ::close(broker);
+        ::close(relay);  // as a proxy whose backend refuses would
+        continue;
+      }
+      Link link;
+      link.relay = relay;
+      link.broker = broker;
+      link.budget = std::uniform_int_distribution<std::uint64_t>(settings_.cut_min,
+                                                                 settings_.cut_max)(random_);
+      links_.push_back(std::move(link));
+    }
+  }
+
+  // Reads what `fd` has into `into` (up to the buffer bound); false at EOF or error.
+  static bool read_into(int fd, Pending& into) {
+    char chunk[64 * 1024];
+    while (into.size() < kBufferBytes) {
+      auto room = std::min(sizeof chunk, kBufferBytes - into.size());
+      auto got = ::read(fd, chunk, room);
+      if (got > 0) {
+        if (into.offset > 0 && into.offset == into.bytes.size()) {
+          into.bytes.clear();
+          into.offset = 0;
+        }
+        into.bytes.insert(into.bytes.end(), chunk, chunk + got);
+        continue;
+      }
+      if (got == 0) return false;
+      return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    }
+    return true;
+  }
+
+  static bool discard(int fd) {
+    char chunk[64 * 1024];
+    while (true) {
+      auto got = ::read(fd, chunk, sizeof chunk);
+      if (got > 0) continue;
+      if (got == 0) return false;
+      return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+    }
+  }
+
+  // Writes from `from` to `fd`, no further than the link's budget; false on error.
+  bool write_from(Link& link, int fd, Pending& from, std::uint64_t& forwarded) {
+    while (from.size() > 0) {
+      std::size_t allowed = from.size();
+      if (faults_on_)
+        allowed = static_cast<std::size_t>(std::min<std::uint64_t>(allowed, link.budget));
+      if (allowed == 0) break;
+      auto wrote = ::write(fd, from.bytes.data() + from.offset, allowed);
+      if (wrote < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+      from.offset += static_cast<std::size_t>(wrote);
+      forwarded += static_cast<std::uint64_t>(wrote);
+      if (faults_on_) link.budget -= static_cast<std::uint64_t>(wrote);
+    }
+    if (from.offset > kBufferBytes / 2 || from.size() == 0) {
+      from.bytes.erase(from.bytes.begin(), from.bytes.begin() + static_cast<long>(from.offset));
+      from.offset = 0;
+    }
+    return true;
+  }
+
+  void serve(Link& link, short relay_events, short broker_events) {
+    if (link.relay < 0) return;
+    if (link.frozen) {
+      // A black hole: nothing goes through, and nothing is closed unless
+      // the relay gives up on the connection.
+      if (relay_events != 0 && !discard(link.relay)) return close_link(link, false);
+      if (broker_events != 0 && !discard(link.broker)) {
+        ::close(link.broker);
+        link.broker = -1;
+      }
+      return;
+    }
+    bool ok = true;
+    if (link.connecting && broker_events != 0) {
+      int error = 0;
+      socklen_t length = sizeof error;
+      ::getsockopt(link.broker, SOL_SOCKET, SO_ERROR, &error, &length);
+      if (error != 0) return close_link(link, false);  // the broker is down
+      link.connecting = false;
+    }
+    if ((relay_events & (POLLIN | POLLHUP | POLLERR)) != 0)
+      ok = read_into(link.relay, link.to_broker);
+    if (ok && !link.connecting && (broker_events & (POLLIN | POLLHUP | POLLERR)) != 0) {
+      ok = read_into(link.broker, link.to_relay);
+    }
+    if (ok && !link.connecting)
+      ok = write_from(link, link.broker, link.to_broker, counts_.forwarded_up);
+    if (ok) ok = write_from(link, link.relay, link.to_relay, counts_.forwarded_down);
+    if (!ok) return close_link(link, false);  // one side closed: so does the other
+    if (faults_on_ && link.budget == 0) fault(link);
+  }
+
+  void fault(Link& link) {
+    if (std::uniform_real_distribution<double>(0, 1)(random_) < settings_.freeze_share) {
+      ++counts_.by_kind["freeze"];
+      link.frozen = true;
+      link.to_broker = {};
+      link.to_relay = {};
+      return;
+    }
+    ++counts_.by_kind["cut"];
+    close_link(link, std::uniform_int_distribution<int>(0, 1)(random_) == 0);
+  }
+
+  // With `reset` the sockets close with a RST (SO_LINGER 0), else with a FIN.
+  static void close_link(Link& link, bool reset) {
+    for (int* fd : {&link.relay, &link.broker}) {
+      if (*fd < 0) continue;
+      if (reset) {
+        linger option{1, 0};
+        ::setsockopt(*fd, SOL_SOCKET, SO_LINGER, &option, sizeof option);
+      }
+      ::close(*fd);
+      *fd = -1;
+    }
+  }
+
+  Settings settings_;
+  std::mt19937_64 random_;
+  sockaddr_in broker_;
+  int listener_ = -1;
+  std::string endpoint_;
+  std::vector<Link> links_;
+  Counts counts_;
+  bool faults_on_ = true;
+};
+
 int usage(const char* message) {
   std::fprintf(stderr, "fault_proxy: %s\n", message);
   std::fprintf(stderr,
                "usage: fault_proxy --broker ENDPOINT [--bind ENDPOINT] [--endpoint-file FILE]\n"
-               "                   [--stats-file FILE] [--seed N] [--rate X] [--hostile-order]\n");
+               "                   [--stats-file FILE] [--seed N] [--rate X] [--hostile-order]\n"
+               "                   [--cut-every MIN-MAX [--freeze SHARE]] [--faults-off]\n");
   return 2;
 }
 
@@ -441,6 +751,12 @@ int main(int argc, char** argv) {
         settings.rate = std::stod(value());
       else if (flag == "--hostile-order")
         settings.hostile_order = true;
+      else if (flag == "--cut-every")
+        std::tie(settings.cut_min, settings.cut_max) = parse_byte_range(value());
+      else if (flag == "--freeze")
+        settings.freeze_share = std::stod(value());
+      else if (flag == "--faults-off")
+        quiet_requested.store(true);  // as after SIGUSR1: a plain forwarder
       else
         return usage(("unknown flag " + flag).c_str());
     } catch (const std::exception& error) {
@@ -448,20 +764,36 @@ int main(int argc, char** argv) {
     }
   }
   if (settings.broker.empty()) return usage("--broker is required");
+  if (settings.freeze_share < 0 || settings.freeze_share > 1) {
+    return usage("--freeze is a share between 0 and 1");
+  }
+  if (settings.cut_max > 0 && settings.hostile_order) {
+    return usage("--hostile-order is a message-mode fault; the cutting mode sees only bytes");
+  }
+  // A cut or freeze kills the relay's connection, never the proxy.
+  std::signal(SIGPIPE, SIG_IGN);
 
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGUSR1, on_quiet_signal);
   try {
-    Proxy proxy(settings);
-    std::printf("listening on %s\n", proxy.endpoint().c_str());
-    std::fflush(stdout);
-    if (!settings.endpoint_file.empty()) {
-      std::string temporary = settings.endpoint_file + ".tmp";
-      std::ofstream(temporary, std::ios::trunc) << proxy.endpoint() << '\n';
-      std::filesystem::rename(temporary, settings.endpoint_file);
+    auto serve = [&](auto& proxy) {
+      std::printf("listening on %s\n", proxy.endpoint().c_str());
+      std::fflush(stdout);
+      if (!settings.endpoint_file.empty()) {
+        std::string temporary = settings.endpoint_file + ".tmp";
+        std::ofstream(temporary, std::ios::trunc) << proxy.endpoint() << '\n';
+        std::filesystem::rename(temporary, settings.endpoint_file);
+      }
+      proxy.run();
+    };
+    if (settings.cut_max > 0) {
+      CuttingProxy proxy(settings);
+      serve(proxy);
+    } else {
+      Proxy proxy(settings);
+      serve(proxy);
     }
-    proxy.run();
   } catch (const std::exception& error) {
     std::fprintf(stderr, "fault_proxy: %s\n", error.what());
     return 1;

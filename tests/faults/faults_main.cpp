@@ -9,11 +9,16 @@
 // seeded injector kills (SIGKILL), stops (SIGTERM) and pauses (SIGSTOP, then
 // SIGCONT) the relays, the broker, the consumer and producers at random
 // moments and starts them again, and the proxies drop, delay, duplicate and
-// reorder messages and cut connections (tests/faults/README.md). When enough faults were injected
-// (--faults) or the time is up
-// (--duration), faults stop, the producers finish, everything drains, and
-// the checker compares the producers' database, the broker and the
-// consumer's database.
+// reorder messages and cut connections; in front of them TCP proxies cut the
+// relays' and the consumer's connections every 2 KB-400 KB or make them go
+// silent (tests/faults/README.md). Some messages are too large for the broker
+// and become dead; as an operator would, the injector drops them, or strips
+// them and replays them, with outbox-relay drop / replay while the relays run.
+// When enough faults were injected (--faults) or the time is up (--duration),
+// faults stop, the producers finish, everything drains (the remaining dead
+// messages dropped or replayed), and the checker compares the producers'
+// database, the broker and the consumer's database; dropped messages are
+// expected nowhere.
 //
 // With --sink jetstream, nats-server -js takes the broker's place (no proxy,
 // no consumer): the relays publish to a stream covering outbox.>, the
@@ -49,6 +54,7 @@
 #include <vector>
 
 #include "broker/client.hpp"
+#include "cli/args.hpp"
 #include "outbox/relay_store.hpp"
 #include "test_support.hpp"
 
@@ -87,7 +93,13 @@ struct Settings {
   int keys = 12;
   milliseconds drain_timeout = 180s;
   double proxy_rate = 1.0;
+  // Fraction of messages too large for the broker (broker sink only).
+  double oversize_rate = 0.002;
   bool hostile_order = false;
+  // In front of each message-level proxy, a TCP proxy that cuts every
+  // connection after a random number of bytes ("off": none).
+  std::string cut_every = "2K-400K";
+  double freeze = 0.05;  // share of those cuts that go silent instead
   bool keep = false;
   std::string sink = "broker";  // or "jetstream"
   std::string nats_server_binary;
@@ -201,7 +213,8 @@ class Managed {
     if (state_ == State::running) {
       problem = name_ + " exited by itself (" + describe(status) + ")";
       if (status.exited && exit_code_ok_(status.code)) problem.reset();
-    } else if (expected_signal_ == SIGTERM && !(status.exited && term_exit_code_ok_(status.code))) {
+    } else if (expected_signal_ == SIGTERM && !(status.exited && term_exit_code_ok_(status.code)) &&
+               !killed_while_starting(status)) {
       problem = name_ + " did not exit 0 after SIGTERM (" + describe(status) + ")";
     }
     if (problem) last_log_tail_ = tail_lines(process_->stderr_text(), 15);
@@ -234,6 +247,15 @@ class Managed {
   }
 
  private:
+  // Ended by SIGTERM's default action before writing a single line: the
+  // signal arrived after exec but before the program installed its handler
+  // (the daemons log their first line after that), so nothing was in flight.
+  // On a loaded machine that window can outlast the injector's 100 ms grace.
+  bool killed_while_starting(const test_support::ExitStatus& status) const {
+    return !status.exited && status.signal == SIGTERM && process_->stderr_text().empty() &&
+           process_->stdout_text().empty();
+  }
+
   void archive(const test_support::ExitStatus& status) {
     last_stdout_ = process_->stdout_text();
     std::ostringstream header;
@@ -534,12 +556,13 @@ struct Report {
   Finding effect_missing{"consumer side effect missing"};
   Finding effect_twice{"consumer side effect applied more than once"};
   Finding effect_unknown{"consumer side effect for a message the broker does not have"};
-  long committed = 0, stored = 0, effects = 0;
+  Finding dropped_stored{"dropped by the operator but stored by the broker"};
+  long committed = 0, stored = 0, effects = 0, dropped = 0;
 
   std::vector<Finding*> all() {
-    return {&lost,           &duplicated,   &reordered,     &phantom,
-            &no_message,     &no_business,  &undelivered,   &wrong_offset,
-            &effect_missing, &effect_twice, &effect_unknown};
+    return {&lost,           &duplicated,   &reordered,      &phantom,
+            &no_message,     &no_business,  &undelivered,    &wrong_offset,
+            &effect_missing, &effect_twice, &effect_unknown, &dropped_stored};
   }
   bool passed() {
     for (auto* finding : all()) {
@@ -574,14 +597,21 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
   for (const auto& [id, row] : outbox) {
     if (!business.count(id)) report.no_business.add(id);
   }
+  // Dropped by the operator (state 3): settled without being sent, so
+  // expected neither at the broker nor at the consumer.
+  std::set<std::string> dropped;
   for (auto& row :
        app.rows("SELECT m.msg_id, coalesce(d.state, -1), coalesce(d.broker_offset, -1),"
                 " m.seq <= coalesce((SELECT settled_through_seq FROM outbox_relay_cursor), 0)"
                 " FROM outbox_messages m LEFT JOIN outbox_delivery d USING (seq)")) {
     bool settled = row[3] == "1";
-    if (row[1] != "1" && !(settled && row[1] == "-1"))
+    if (row[1] == "3") {
+      dropped.insert(row[0]);
+    } else if (row[1] != "1" && !(settled && row[1] == "-1")) {
       report.undelivered.add(row[0] + " (state " + row[1] + ")");
+    }
   }
+  report.dropped = static_cast<long>(dropped.size());
 
   // What the broker stored.
   std::map<std::string, const BrokerCopy*> first_copy;
@@ -602,7 +632,10 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
   }
   report.stored = static_cast<long>(stored.size());
   for (const auto& id : business) {
-    if (!first_copy.count(id)) report.lost.add(id);
+    if (first_copy.count(id) == 0 && dropped.count(id) == 0) report.lost.add(id);
+  }
+  for (const auto& id : dropped) {
+    if (first_copy.count(id) != 0) report.dropped_stored.add(id);
   }
   // Per (topic, key), offsets must follow commit order (seq).
   for (auto& [topic_key, copies] : per_key) {
@@ -682,9 +715,19 @@ class Run {
     consumer_db_ = dir_ / "consumer.db";
     proxy_stats_ = dir_ / "proxy.stats";
     consumer_proxy_stats_ = dir_ / "consumer-proxy.stats";
+    relay_cutter_stats_ = dir_ / "relay-cutter.stats";
+    consumer_cutter_stats_ = dir_ / "consumer-cutter.stats";
   }
 
   bool jetstream() const { return settings_.sink == "jetstream"; }
+  bool cutting() const { return !jetstream() && settings_.cut_every != "off"; }
+
+  std::vector<std::pair<std::string, fs::path>> proxy_stats() const {
+    return {{"proxy_", proxy_stats_},
+            {"consumer_proxy_", consumer_proxy_stats_},
+            {"relay_cutter_", relay_cutter_stats_},
+            {"consumer_cutter_", consumer_cutter_stats_}};
+  }
 
   int execute() {
     auto started = Clock::now();
@@ -702,8 +745,7 @@ class Run {
 
     std::ostringstream kinds;
     for (const auto& [kind, n] : fault_kinds_) kinds << ' ' << kind << '=' << n;
-    for (const auto& [prefix, stats] :
-         {std::pair{"proxy_", proxy_stats_}, std::pair{"consumer_proxy_", consumer_proxy_stats_}}) {
+    for (const auto& [prefix, stats] : proxy_stats()) {
       if (!fs::exists(stats)) continue;
       for (const auto& [kind, n] : read_counts(stats)) {
         if (kind != "total" && kind != "faults_on" && kind.rfind("forwarded", 0) != 0) {
@@ -718,6 +760,10 @@ class Run {
         std::chrono::duration<double>(Clock::now() - started).count(), report.committed,
         report.stored, report.effects, duplicates_reported_);
     std::printf("injected:%s\n", kinds.str().c_str());
+    if (!jetstream()) {
+      std::printf("dead messages: %ld replayed, %ld dropped (%ld dropped rows in the outbox)\n",
+                  replayed_, dropped_, report.dropped);
+    }
     if (jetstream()) {
       std::printf(
           "sink=jetstream stream=%s: consumer side effects not checked (no consumer runs)\n",
@@ -833,7 +879,8 @@ class Run {
           std::vector<std::string>{
               "serve", "--db", broker_db_.string(), "--bind",
               broker_endpoint_.empty() ? "tcp://127.0.0.1:*" : broker_endpoint_, "--endpoint-file",
-              endpoint_file.string(), "--sync", "normal", "--log-level", "info"},
+              endpoint_file.string(), "--sync", "normal", "--max-message-bytes", "16k",
+              "--log-level", "info"},
           dir_);
     });
     // Exit code 4: the port of the killed broker is not free yet; start again.
@@ -847,9 +894,26 @@ class Run {
 
     // One faulty network between the relays and the broker, one between the
     // consumer and the broker.
-    proxy_ = start_proxy("proxy", proxy_stats_, settings_.seed ^ 0x5bd1e995u, proxy_endpoint_);
-    consumer_proxy_ = start_proxy("consumer-proxy", consumer_proxy_stats_,
-                                  settings_.seed ^ 0x2545f491u, consumer_proxy_endpoint_);
+    std::vector<std::string> message_faults = {"--rate", std::to_string(settings_.proxy_rate)};
+    if (settings_.hostile_order) message_faults.push_back("--hostile-order");
+    proxy_ = start_proxy("proxy", proxy_stats_, settings_.seed ^ 0x5bd1e995u, broker_endpoint_,
+                         message_faults, proxy_endpoint_);
+    consumer_proxy_ =
+        start_proxy("consumer-proxy", consumer_proxy_stats_, settings_.seed ^ 0x2545f491u,
+                    broker_endpoint_, message_faults, consumer_proxy_endpoint_);
+    relay_entry_ = proxy_endpoint_;
+    consumer_entry_ = consumer_proxy_endpoint_;
+    if (!cutting()) return;
+    // In front of each, the TCP connection itself is cut at random (or goes
+    // silent), as by a NAT or load balancer: relays and consumer must notice
+    // from their sockets and carry on over a new connection.
+    std::vector<std::string> cuts = {"--cut-every", settings_.cut_every, "--freeze",
+                                     std::to_string(settings_.freeze)};
+    relay_cutter_ = start_proxy("relay-cutter", relay_cutter_stats_, settings_.seed ^ 0x9e3779b9u,
+                                proxy_endpoint_, cuts, relay_entry_);
+    consumer_cutter_ =
+        start_proxy("consumer-cutter", consumer_cutter_stats_, settings_.seed ^ 0x7f4a7c15u,
+                    consumer_proxy_endpoint_, cuts, consumer_entry_);
   }
 
   void start_producers_and_relays() {
@@ -863,7 +927,8 @@ class Run {
                 std::vector<std::string>{"--db", app_db_.string(), "--name", name, "--seed",
                                          std::to_string(seed), "--rate",
                                          std::to_string(settings_.rate), "--keys",
-                                         std::to_string(settings_.keys)},
+                                         std::to_string(settings_.keys), "--oversize-rate",
+                                         std::to_string(jetstream() ? 0 : settings_.oversize_rate)},
                 dir_);
           }));
       producers_.back()->start();
@@ -894,7 +959,7 @@ class Run {
         }
       } else {
         args.push_back("--broker");
-        args.push_back(proxy_endpoint_);
+        args.push_back(relay_entry_);
       }
       for (const char* arg : {"--lease", "1s", "--ack-timeout", "1s", "--backoff-initial", "20ms",
                               "--backoff-max", "500ms", "--log-level", "info"}) {
@@ -912,8 +977,8 @@ class Run {
     if (jetstream()) return;  // no consumer: the stream is read back at the end
 
     consumer_ = std::make_unique<Managed>("consumer", dir_ / "logs" / "consumer.log", [this] {
-      std::vector<std::string> args = {
-          "--broker", consumer_proxy_endpoint_, "--db", consumer_db_.string(), "--group", "faults"};
+      std::vector<std::string> args = {"--broker", consumer_entry_, "--db", consumer_db_.string(),
+                                       "--group",  "faults"};
       for (const auto& topic : kTopics) {
         args.push_back("--topic");
         args.push_back(topic);
@@ -924,14 +989,15 @@ class Run {
   }
 
   std::unique_ptr<Managed> start_proxy(const std::string& name, const fs::path& stats,
-                                       std::uint64_t seed, std::string& endpoint) {
+                                       std::uint64_t seed, const std::string& upstream,
+                                       const std::vector<std::string>& faults,
+                                       std::string& endpoint) {
     auto endpoint_file = dir_ / (name + "-endpoint");
-    std::vector<std::string> args = {
-        "--broker",           broker_endpoint_,  "--bind",
-        "tcp://127.0.0.1:*",  "--endpoint-file", endpoint_file.string(),
-        "--stats-file",       stats.string(),    "--seed",
-        std::to_string(seed), "--rate",          std::to_string(settings_.proxy_rate)};
-    if (settings_.hostile_order) args.push_back("--hostile-order");
+    std::vector<std::string> args = {"--broker",          upstream,          "--bind",
+                                     "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file.string(),
+                                     "--stats-file",      stats.string(),    "--seed",
+                                     std::to_string(seed)};
+    args.insert(args.end(), faults.begin(), faults.end());
     auto proxy = std::make_unique<Managed>(name, dir_ / "logs" / (name + ".log"), [this, args] {
       return std::make_unique<test_support::ChildProcess>(settings_.proxy_binary, args, dir_);
     });
@@ -945,8 +1011,9 @@ class Run {
 
   std::vector<Managed*> everything() {
     std::vector<Managed*> all;
-    for (auto* managed : {nats_.get(), broker_.get(), proxy_.get(), consumer_proxy_.get(),
-                          relay_.get(), standby_relay_.get(), consumer_.get()}) {
+    for (auto* managed :
+         {nats_.get(), broker_.get(), proxy_.get(), consumer_proxy_.get(), relay_cutter_.get(),
+          consumer_cutter_.get(), relay_.get(), standby_relay_.get(), consumer_.get()}) {
       if (managed != nullptr) all.push_back(managed);
     }
     for (auto& producer : producers_) all.push_back(producer.get());
@@ -973,7 +1040,8 @@ class Run {
         if (++bind_retries_ > 2000) throw HarnessError("the broker's port never became free again");
       }
       if (restart && managed->due_for_restart(now)) {
-        if (managed == proxy_.get() || managed == consumer_proxy_.get()) {
+        if (managed == proxy_.get() || managed == consumer_proxy_.get() ||
+            managed == relay_cutter_.get() || managed == consumer_cutter_.get()) {
           throw HarnessError(managed->name() + " exited");
         }
         managed->start();
@@ -1013,6 +1081,8 @@ class Run {
           {"consumer_kill9", 22, consumer_.get(), SIGKILL},
           {"consumer_term", 4, consumer_.get(), SIGTERM},
           {"producer_kill9", 8, producer, SIGKILL},
+          {"operator_replay", 8, nullptr, 0},
+          {"operator_drop", 8, nullptr, 0},
       };
     }
     int total = 0;
@@ -1022,6 +1092,13 @@ class Run {
       if (pick >= choice.weight) {
         pick -= choice.weight;
         continue;
+      }
+      if (choice.target == nullptr) {
+        // The operator's commands, while the relays run at full speed.
+        if (!resolve_dead(std::string(choice.kind) == "operator_drop", 1)) return;
+        ++fault_kinds_[choice.kind];
+        ++process_faults_;
+        return;
       }
       if (!choice.target->running()) return;  // already down: try again next time
       // A daemon killed before it finished starting is a valid fault too, but
@@ -1039,9 +1116,62 @@ class Run {
     }
   }
 
+  // Plays the operator for up to `limit` dead messages, oldest first: drops
+  // each, or strips its padding (the cause fixed) and replays it, through the
+  // outbox-relay CLI. Returns whether there was one.
+  bool resolve_dead(bool drop, std::size_t limit) {
+    std::vector<std::vector<std::string>> dead;
+    {
+      Database app(app_db_);
+      dead = app.rows(
+          "SELECT m.msg_id FROM outbox_delivery d JOIN outbox_messages m USING (seq) "
+          "WHERE d.state = 2 ORDER BY d.seq LIMIT " +
+          std::to_string(limit));
+    }
+    for (const auto& row : dead) {
+      const auto& msg_id = row[0];
+      if (!drop) strip_padding(msg_id);
+      auto result = test_support::run(
+          settings_.relay_binary,
+          {drop ? "drop" : "replay", "--db", app_db_.string(), "--msg-id", msg_id}, 30s);
+      append_file(dir_ / "logs" / "operator.log", std::string(drop ? "drop " : "replay ") + msg_id +
+                                                      ": " + describe(result.status) + "\n" +
+                                                      result.out + result.err);
+      if (!result.status.exited || result.status.code != 0) {
+        anomalies_.push_back("outbox-relay " + std::string(drop ? "drop" : "replay") + " of " +
+                             msg_id + " ended with " + describe(result.status) + ": " + result.err);
+        continue;
+      }
+      ++(drop ? dropped_ : replayed_);
+    }
+    return !dead.empty();
+  }
+
+  void strip_padding(const std::string& msg_id) {
+    sqlite3* db = nullptr;
+    int rc = sqlite3_open_v2(app_db_.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr);
+    std::unique_ptr<sqlite3, int (*)(sqlite3*)> guard(db, sqlite3_close);
+    if (rc != SQLITE_OK) throw HarnessError("cannot open " + app_db_.string() + " to repair it");
+    sqlite3_busy_timeout(db, 10000);
+    sqlite3_stmt* update = nullptr;
+    rc =
+        sqlite3_prepare_v2(db,
+                           "UPDATE outbox_messages SET payload = substr(payload, 1, "
+                           "length(payload) - 20001) WHERE msg_id = ?1 AND length(payload) > 20001",
+                           -1, &update, nullptr);
+    if (rc == SQLITE_OK) {
+      sqlite3_bind_text(update, 1, msg_id.c_str(), -1, SQLITE_TRANSIENT);
+      rc = sqlite3_step(update) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(db);
+    }
+    sqlite3_finalize(update);
+    if (rc != SQLITE_OK) {
+      throw HarnessError("repairing " + msg_id + " failed: " + sqlite3_errmsg(db));
+    }
+  }
+
   long proxy_faults() {
     long total = 0;
-    for (const auto& stats : {proxy_stats_, consumer_proxy_stats_}) {
+    for (const auto& [prefix, stats] : proxy_stats()) {
       if (fs::exists(stats)) total += read_counts(stats)["total"];
     }
     return total;
@@ -1085,8 +1215,11 @@ class Run {
   }
 
   bool drain() {
-    if (proxy_) proxy_->notify(SIGUSR1);  // no more network faults
-    if (consumer_proxy_) consumer_proxy_->notify(SIGUSR1);
+    // No more network faults.
+    for (auto* proxy :
+         {proxy_.get(), consumer_proxy_.get(), relay_cutter_.get(), consumer_cutter_.get()}) {
+      if (proxy != nullptr) proxy->notify(SIGUSR1);
+    }
     auto deadline = Clock::now() + settings_.drain_timeout;
     auto left = [&] { return std::chrono::duration_cast<milliseconds>(deadline - Clock::now()); };
     // Everything that is down comes back.
@@ -1132,6 +1265,9 @@ class Run {
             [&] {
               tend(true);
               auto stats = store.stats();
+              if (stats.dead > 0 && !jetstream()) {
+                resolve_dead(std::uniform_int_distribution<int>(0, 1)(random_) == 0, 100);
+              }
               return stats.pending == 0 && stats.dead == 0;
             },
             left(), 20ms)) {
@@ -1178,30 +1314,30 @@ class Run {
  public:
   Settings settings_;
   std::mt19937_64 random_;
-  fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_, consumer_proxy_stats_;
+  fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_, consumer_proxy_stats_,
+      relay_cutter_stats_, consumer_cutter_stats_;
   std::string broker_endpoint_, proxy_endpoint_, consumer_proxy_endpoint_;
-  std::unique_ptr<Managed> nats_, broker_, proxy_, consumer_proxy_, relay_, standby_relay_,
-      consumer_;
+  std::string relay_entry_, consumer_entry_;  // where relays and consumer connect
+  std::unique_ptr<Managed> nats_, broker_, proxy_, consumer_proxy_, relay_cutter_, consumer_cutter_,
+      relay_, standby_relay_, consumer_;
   int nats_port_ = 0;
   std::string nats_url_;
   std::vector<std::unique_ptr<Managed>> producers_;
   std::map<std::string, long> fault_kinds_;
   long process_faults_ = 0;
   long duplicates_reported_ = 0;
+  long replayed_ = 0, dropped_ = 0;  // dead messages the operator acted on
   long bind_retries_ = 0;
   int broker_starts_ = 0;
   std::vector<std::string> anomalies_;
 };
 
 milliseconds parse_duration(const std::string& text) {
-  std::size_t used = 0;
-  double value = std::stod(text, &used);
-  std::string unit = text.substr(used);
-  if (unit == "ms") return milliseconds(static_cast<long>(value));
-  if (unit == "s" || unit.empty()) return milliseconds(static_cast<long>(value * 1000));
-  if (unit == "m") return milliseconds(static_cast<long>(value * 60000));
-  if (unit == "h") return milliseconds(static_cast<long>(value * 3600000));
-  throw std::invalid_argument("'" + text + "' is not a duration (e.g. 90s, 10m)");
+  auto parsed = cli::parse_duration(text);
+  if (!parsed || parsed->count() == 0) {
+    throw std::invalid_argument("'" + text + "' is not a duration with a unit (e.g. 90s, 10m)");
+  }
+  return *parsed;
 }
 
 int usage(const std::string& message) {
@@ -1210,6 +1346,8 @@ int usage(const std::string& message) {
                "usage: outbox-faults [--seed N] [--faults N | --duration 10m] [--producers 3]\n"
                "                     [--rate 100] [--keys 12] [--drain-timeout 180s]\n"
                "                     [--max-load-time 10m] [--proxy-rate 1.0] [--hostile-order]\n"
+               "                     [--cut-every 2K-400K|off] [--freeze 0.05]\n"
+               "                     [--oversize-rate 0.002]\n"
                "                     [--sink broker|jetstream] [--work-dir DIR] [--keep]\n");
   return 2;
 }
@@ -1246,8 +1384,14 @@ int main(int argc, char** argv) {
         settings.drain_timeout = parse_duration(value());
       else if (flag == "--proxy-rate")
         settings.proxy_rate = std::stod(value());
+      else if (flag == "--oversize-rate")
+        settings.oversize_rate = std::stod(value());
       else if (flag == "--hostile-order")
         settings.hostile_order = true;
+      else if (flag == "--cut-every")
+        settings.cut_every = value();
+      else if (flag == "--freeze")
+        settings.freeze = std::stod(value());
       else if (flag == "--sink")
         settings.sink = value();
       else if (flag == "--work-dir") {

@@ -2,6 +2,7 @@
 // business rows and their messages in one transaction, until SIGTERM.
 //
 //   faults_producer --db APP.DB --name P1 --seed N [--rate 150] [--keys 16]
+//                   [--oversize-rate 0]
 //
 // Each transaction inserts one row into `business` (msg_id, producer, topic,
 // partition key) and enqueues its message on topic "orders" or "payments".
@@ -10,7 +11,11 @@
 // enqueued twice in the same transaction, and a few later transactions retry
 // an event that was already committed: the library must answer "duplicate"
 // for both, and the retried business operation is then rolled back. A
-// missing duplicate report ends the process with exit code 3.
+// missing duplicate report ends the process with exit code 3. With
+// --oversize-rate R, that fraction of messages carries kOversizePadding more
+// bytes (":" and "x"s) after its payload: too large for a broker started with
+// --max-message-bytes 16k, so it becomes dead until an operator drops it, or
+// strips the padding and replays it.
 //
 // On SIGTERM the current transaction finishes, the process prints
 // "committed N rolled-back M duplicates-reported D" and exits 0. It may also
@@ -67,6 +72,7 @@ int main(int argc, char** argv) {
   std::uint64_t seed = 1;
   double rate = 150;
   int keys = 16;
+  double oversize_rate = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--db")
@@ -79,6 +85,8 @@ int main(int argc, char** argv) {
       rate = std::stod(value);
     else if (flag == "--keys")
       keys = std::stoi(value);
+    else if (flag == "--oversize-rate")
+      oversize_rate = std::stod(value);
     else {
       std::fprintf(stderr, "faults_producer: unknown flag %s\n", flag.c_str());
       return 2;
@@ -126,6 +134,10 @@ int main(int argc, char** argv) {
       message.topic = chance(0.5) ? "orders" : "payments";
       message.key = "k" + std::to_string(std::uniform_int_distribution<int>(0, keys - 1)(random));
       message.payload = incarnation + ":" + std::to_string(n) + ":" + message.key;
+      if (oversize_rate > 0 && chance(oversize_rate)) {
+        constexpr std::size_t kOversizePadding = 20001;
+        message.payload += ":" + std::string(kOversizePadding - 1, 'x');
+      }
       const bool event_id = chance(0.3);
       if (event_id) message.msg_id = "evt-" + incarnation + "-" + std::to_string(n);
       try {

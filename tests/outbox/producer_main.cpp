@@ -58,9 +58,9 @@ int run_inbox(int argc, char** argv) {
     });
     if (result == outbox::ProcessResult::processed) ++processed;
     const std::string claim = "c-" + std::to_string(i);
-    if (inbox.begin(claim, std::chrono::minutes(5)) == outbox::BeginResult::start) {
+    auto held = inbox.begin(claim, std::chrono::minutes(5));
+    if (held.claimed() && inbox.complete(claim, held.token) == outbox::ClaimResult::ok) {
       ++claimed;
-      inbox.complete(claim);
     }
   }
   std::printf("processed %ld claimed %ld\n", processed, claimed);

@@ -152,6 +152,37 @@ TEST_CASE("a dead message blocks later messages of its key until replayed or dro
   }
 }
 
+TEST_CASE("replay and drop change the delivery generation a relay reads with pending rows") {
+  Fixture f;
+  f.enqueue({"a", "a", "b", "a"});  // seqs 1..4
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> outcomes{outbox::Outcome::dead(1, "REJECTED(too_large)"),
+                                        outbox::Outcome::dead(2, "REJECTED(too_large)")};
+  f.store.record_outcomes(outcomes, lease);
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{3});
+  const auto before = f.store.delivery_generation();
+  // The relay's own outcomes leave it alone: only changes made outside it count.
+  f.store.record_outcomes(std::vector{outbox::Outcome::delivered(3, 1)}, lease);
+  CHECK(f.store.read_pending(10).empty());
+  CHECK(f.store.delivery_generation() == before);
+
+  // Another connection (the operator's CLI) replays one and drops the other.
+  auto operator_store = f.open_store(outbox::DeadPolicy::block);
+  CHECK(operator_store.replay_dead(f.store.list_dead().at(0).msg_id));
+  CHECK(f.store.delivery_generation() == before);  // seen only with the next read
+  // A pipelining relay reading on from seq 3 would see nothing of seq 1.
+  CHECK(seqs_of(f.store.read_pending(10, 3)).empty());
+  CHECK(f.store.delivery_generation() == before + 1);
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{1});
+
+  CHECK(operator_store.drop_dead(f.store.list_dead().at(0).msg_id));
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{1, 4});
+  CHECK(f.store.delivery_generation() == before + 2);
+  CHECK(operator_store.replay_all_dead() == 0);  // nothing dead: nothing changes
+  f.store.read_pending(10);
+  CHECK(f.store.delivery_generation() == before + 2);
+}
+
 TEST_CASE("with DeadPolicy::skip later messages of a dead key go on") {
   Fixture f(outbox::DeadPolicy::skip);
   f.enqueue({"a", "a", "b"});
@@ -334,4 +365,22 @@ TEST_CASE("the relay side checkpoints the WAL without the producer") {
   auto viewer = outbox::RelayStore::open(f.dir / "app.db", read_only);
   CHECK(viewer.stats().pending == 200);
   CHECK_THROWS_AS(viewer.checkpoint(), outbox::Error);
+}
+
+TEST_CASE("the origin id is created once, kept in outbox_meta, and the same for every reader") {
+  Fixture f;
+  outbox::RelayOptions read_only;
+  read_only.read_only = true;
+  CHECK(outbox::RelayStore::open(f.dir / "app.db", read_only).origin_id().empty());
+
+  auto origin = f.store.origin_id();
+  CHECK(origin.size() == 36);  // a UUID
+  CHECK(f.store.origin_id() == origin);
+  CHECK(outbox::RelayStore::open(f.dir / "app.db").origin_id() == origin);
+  CHECK(outbox::RelayStore::open(f.dir / "app.db", read_only).origin_id() == origin);
+
+  // Another database has another one.
+  test_support::TempDir other_dir("relay-store-origin");
+  outbox::Outbox::open(other_dir / "app.db");
+  CHECK(outbox::RelayStore::open(other_dir / "app.db").origin_id() != origin);
 }

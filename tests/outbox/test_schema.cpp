@@ -77,7 +77,8 @@ TEST_CASE("a version 1 database is migrated forward and keeps its messages") {
     sqlite3_close_v2(db);
   }
   auto box = outbox::Outbox::open(dir / "app.db");
-  CHECK(query_int(box.db(), "SELECT value FROM outbox_meta WHERE key = 'schema_version'") == 2);
+  CHECK(query_int(box.db(), "SELECT value FROM outbox_meta WHERE key = 'schema_version'") ==
+        outbox::schema_version);
   {
     outbox::Transaction tx(box);
     outbox::Message message;

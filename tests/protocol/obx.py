@@ -154,11 +154,11 @@ def commit_body(request_id, topic, group, offset):
 
 # ---- reply decoding ----------------------------------------------------------------
 
-def decode(frames):
+def decode(frames, version=VERSION):
     """Checks the reply's shape against the document and returns (command, dict)."""
     if len(frames) != 3:
         raise ValueError("reply has %d frames" % len(frames))
-    if frames[0] != tag():
+    if frames[0] != tag(version):
         raise ValueError("reply tag %r" % frames[0])
     if len(frames[1]) != 1:
         raise ValueError("command frame of %d bytes" % len(frames[1]))
@@ -204,7 +204,9 @@ def read_welcome_limits(r):
 
 
 # docs/protocol.md, WELCOME: the limits a client must respect, in this order.
-WELCOME_LIMIT_FIELDS = ()
+WELCOME_LIMIT_FIELDS = ("max_body_bytes", "max_msg_id_bytes", "max_name_bytes", "max_key_bytes",
+                        "max_headers", "max_header_name_bytes", "max_header_value_bytes",
+                        "max_payload_bytes")
 
 
 # ---- a connection -------------------------------------------------------------------
@@ -234,11 +236,11 @@ class Connection:
             return None
         return self.socket.recv_multipart()
 
-    def receive(self, timeout_ms=None):
+    def receive(self, timeout_ms=None, version=VERSION):
         frames = self.receive_raw(timeout_ms)
         if frames is None:
             raise TimeoutError("no reply within %d ms" % (timeout_ms or self.timeout_ms))
-        return decode(frames)
+        return decode(frames, version)
 
     def request(self, command, body, timeout_ms=None):
         self.send(command, body)

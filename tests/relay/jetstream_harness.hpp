@@ -136,6 +136,22 @@ class NatsClient {
     return count;
   }
 
+  // Publishes one message with a Nats-Msg-Id; true if JetStream answered it
+  // as a duplicate (the id is still inside the stream's duplicate window).
+  bool publish(const std::string& subject, const std::string& payload, const std::string& msg_id) {
+    jsPubOptions options;
+    jsPubOptions_Init(&options);
+    options.MsgId = msg_id.c_str();
+    jsPubAck* ack = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    check_nats(js_Publish(&ack, js_, subject.c_str(), payload.data(),
+                          static_cast<int>(payload.size()), &options, &code),
+               "js_Publish");
+    bool duplicate = ack->Duplicate;
+    jsPubAck_Destroy(ack);
+    return duplicate;
+  }
+
   // Every message of the stream, in stream order.
   std::vector<StreamMessage> read_all(const std::string& stream) {
     jsStreamInfo* info = nullptr;

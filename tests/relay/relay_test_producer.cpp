@@ -1,14 +1,17 @@
 // Test producer for the relay tests: commits orders and their messages from
 // its own process, the way an application would.
 //
-//   relay_test_producer DB COUNT KEYS [ROLLBACK_EVERY]
+//   relay_test_producer DB COUNT KEYS [ROLLBACK_EVERY [PAYLOAD_BYTES [OVERSIZE_EVERY]]]
 //
 // For n in 1..COUNT: BEGIN IMMEDIATE; INSERT INTO orders; enqueue a message on
 // topic "orders" with key "k<n % KEYS>"; COMMIT -- except every ROLLBACK_EVERY-th
 // transaction, which is rolled back. Committed payloads are "<key>:<i>" where i
 // counts that key's committed messages from 1, so a reader can check per-key
-// order; rolled-back payloads start with "rolled-back:". Prints
-// "committed N rolled-back M" and exits 0.
+// order; rolled-back payloads start with "rolled-back:". With PAYLOAD_BYTES
+// every payload is padded with '.' to that size. Every OVERSIZE_EVERY-th
+// message carries kOversizePadding more bytes (":" and "x"s) after its
+// "<key>:<i>", enough for a broker started with --max-message-bytes 1k to
+// refuse it. Prints "committed N rolled-back M" and exits 0.
 #include <sqlite3.h>
 
 #include <cstdio>
@@ -33,13 +36,18 @@ void exec(sqlite3* db, const char* sql) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: relay_test_producer DB COUNT KEYS [ROLLBACK_EVERY]\n");
+    std::fprintf(stderr,
+                 "usage: relay_test_producer DB COUNT KEYS [ROLLBACK_EVERY [PAYLOAD_BYTES "
+                 "[OVERSIZE_EVERY]]]\n");
     return 2;
   }
   const long count = std::strtol(argv[2], nullptr, 10);
   const long keys = std::strtol(argv[3], nullptr, 10);
   const long rollback_every = argc > 4 ? std::strtol(argv[4], nullptr, 10) : 0;
-  if (count < 0 || keys < 1 || rollback_every < 0) {
+  const long payload_bytes = argc > 5 ? std::strtol(argv[5], nullptr, 10) : 0;
+  const long oversize_every = argc > 6 ? std::strtol(argv[6], nullptr, 10) : 0;
+  if (count < 0 || keys < 1 || rollback_every < 0 || payload_bytes < 0 ||
+      payload_bytes > (1 << 20) || oversize_every < 0) {
     std::fprintf(stderr, "relay_test_producer: bad numbers\n");
     return 2;
   }
@@ -64,6 +72,13 @@ int main(int argc, char** argv) {
       if (rc != SQLITE_DONE) throw std::runtime_error(sqlite3_errmsg(box.db()));
       std::string payload = roll_back ? "rolled-back:" + std::to_string(n)
                                       : key + ":" + std::to_string(per_key[key] + 1);
+      if (oversize_every > 0 && n % oversize_every == 0) {
+        constexpr std::size_t kOversizePadding = 2001;
+        payload += ":" + std::string(kOversizePadding - 1, 'x');
+      }
+      if (payload.size() < static_cast<std::size_t>(payload_bytes)) {
+        payload.resize(static_cast<std::size_t>(payload_bytes), '.');
+      }
       tx.enqueue({.topic = "orders", .key = key, .payload = payload});
       if (roll_back) {
         tx.rollback();

@@ -9,6 +9,7 @@
 
 #include <outbox/outbox.hpp>
 
+#include "holding_sink.hpp"
 #include "jetstream_harness.hpp"
 #include "relay/jetstream_sink.hpp"
 #include "relay_harness.hpp"
@@ -459,4 +460,138 @@ TEST_CASE("a stream deleted while the relay runs stops it with exit code 7", "[r
   CHECK(last_line(relay->log()).find("outbox-relay: JetStream stream 'OUTBOX' does not exist") ==
         0);
   CHECK(outbox_status(db).pending == 100);
+}
+
+TEST_CASE("the sink counts a message's size as nats-server does: header block and payload",
+          "[relay][jetstream]") {
+  outbox::PendingMessage message;
+  message.msg_id = "4711";
+  message.payload = std::string(100, 'x');
+  // "NATS/1.0\r\n" + "Nats-Msg-Id: 4711\r\n" + "\r\n" + payload.
+  CHECK(relay::nats_message_size(message) == 10 + 19 + 2 + 100);
+  message.headers = {{"Trace-Id", "abc"}, {"Nats-Msg-Id", "ignored: the msg_id wins"}};
+  CHECK(relay::nats_message_size(message) == 10 + 15 + 19 + 2 + 100);  // + "Trace-Id: abc\r\n"
+}
+
+TEST_CASE(
+    "headers count against the stream's size limit: an oversize message is dead before "
+    "anything after it of its key is published",
+    "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-header-size");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  constexpr std::size_t kLimit = 1024;
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"}, 2min, kLimit);
+
+  // A message of `key` whose size as the sink publishes it is exactly `size`:
+  // the payload fills what the headers leave.
+  auto sized = [](const std::string& msg_id, const std::string& key, outbox::Headers headers,
+                  std::size_t size) {
+    outbox::PendingMessage probe;
+    probe.msg_id = msg_id;
+    probe.headers = headers;
+    auto overhead = relay::nats_message_size(probe);
+    REQUIRE(size >= overhead);
+    return outbox::Message{.topic = "orders",
+                           .key = key,
+                           .payload = std::string(size - overhead, 'x'),
+                           .headers = std::move(headers),
+                           .msg_id = msg_id};
+  };
+  std::vector<std::string> dead_ids;
+  {
+    auto box = outbox::Outbox::open(db);
+    outbox::Transaction tx(box);
+    tx.enqueue({.topic = "orders", .key = "a", .payload = "a:1"});
+    // The reported case: a 1,000-byte payload fits, its headers push it over.
+    tx.enqueue({.topic = "orders",
+                .key = "a",
+                .payload = std::string(1000, 'y'),
+                .headers = {{"Trace-Id", "00-4bf92f3577b34da6a3ce929d0e0e4736-01"}},
+                .msg_id = "big-a"});
+    tx.enqueue({.topic = "orders", .key = "a", .payload = "a:2"});
+    tx.enqueue({.topic = "orders", .key = "b", .payload = "b:1"});
+    // Headers alone above the limit.
+    tx.enqueue({.topic = "orders",
+                .key = "h",
+                .payload = "h:1",
+                .headers = {{"Blob", std::string(kLimit, 'z')}},
+                .msg_id = "headers-alone"});
+    // Exactly at the limit is stored; one byte more is dead, refused by the
+    // relay's own count (the server's refusal reads differently).
+    tx.enqueue(sized("at-limit", "c", {{"Trace-Id", "abc"}}, kLimit));
+    tx.enqueue(sized("over-limit", "d", {{"Trace-Id", "abc"}}, kLimit + 1));
+    tx.enqueue({.topic = "orders", .key = "d", .payload = "d:2"});
+    tx.commit();
+    dead_ids = {"big-a", "headers-alone", "over-limit"};
+  }
+  auto relay = RelayProcess::with_flags(dir.path(), db, jetstream_flags(server));
+  INFO(relay->log());
+  REQUIRE(wait_delivered(db, 3));  // a:1, b:1, at-limit
+  REQUIRE(test_support::wait_until([&] { return outbox_status(db).dead == 3; }, 30s, 20ms));
+  auto status = outbox_status(db);
+  CHECK(status.pending == 2);  // a:2 and d:2 wait behind their dead messages
+
+  auto dead = test_support::run(relay_binary(), {"dead", "--db", db.string(), "--json"});
+  for (const auto& id : dead_ids) CHECK(dead.out.find(id) != std::string::npos);
+  CHECK(dead.out.find("above the stream's max message size (1024)") != std::string::npos);
+  CHECK(dead.out.find("message size exceeds maximum allowed") == std::string::npos);
+
+  std::vector<std::string> stored_ids;
+  for (const auto& message : NatsClient(server.url()).read_all(kStream)) {
+    stored_ids.push_back(message.payload.size() < 8 ? message.payload : message.msg_id);
+  }
+  CHECK(stored_ids == std::vector<std::string>{"a:1", "b:1", "at-limit"});
+  CHECK(relay->stop().code == 0);
+}
+
+TEST_CASE("a relay held past its lease between reading and publishing publishes nothing",
+          "[relay][jetstream][recovery]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-fencing");
+  auto db = dir / "app.db";
+  NatsServer server(dir.path(), dir / "jetstream");
+  // A one-second duplicate window: JetStream cannot catch a late resend.
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"}, 1s);
+  REQUIRE(produce(db, 200, 4) == 200);
+
+  auto store = outbox::RelayStore::open(db);
+  relay::JetStreamSinkOptions sink_options;
+  sink_options.url = server.url();
+  sink_options.stream = kStream;
+  sink_options.client_name = "paused";
+  sink_options.allow_short_dedup_window = true;
+  relay::JetStreamSink js(sink_options);
+  HoldingSink sink(js);
+  RelayThread paused(store, sink, short_lease_config("paused"));
+  REQUIRE(sink.wait_holding(30s));  // it read the 200 messages and holds the lease
+
+  auto standby = RelayProcess::with_flags(
+      dir.path(), db,
+      jetstream_flags(server,
+                      {"--lease", "1s", "--holder", "standby", "--allow-short-dedup-window"}));
+  INFO(standby->log());
+  REQUIRE(wait_delivered(db, 200));
+  CHECK(outbox_status(db).lease_holder.starts_with("standby:"));
+  // Wait until the stream has forgotten msg_ids published after the last delivery.
+  NatsClient probe(server.url());
+  REQUIRE_FALSE(probe.publish("outbox.probe._", "probe", "probe-id"));
+  REQUIRE(test_support::wait_until(
+      [&] { return !probe.publish("outbox.probe._", "probe", "probe-id"); }, 60s, 100ms));
+
+  // It goes on, with a lease that ran out long ago.
+  auto log = release_until_standby(sink, paused);
+  INFO(log);
+  CHECK(log.find("may have lapsed") != std::string::npos);
+
+  std::set<std::string> ids;
+  long orders = 0;
+  for (const auto& message : NatsClient(server.url()).read_all(kStream)) {
+    if (message.subject == "outbox.probe._") continue;
+    ++orders;
+    ids.insert(message.msg_id);
+  }
+  CHECK(orders == 200);
+  CHECK(ids.size() == 200);
 }

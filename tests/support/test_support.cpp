@@ -8,9 +8,11 @@
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -153,6 +155,14 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
     if (std::chrono::steady_clock::now() >= deadline) return false;
     std::this_thread::sleep_for(poll);  // polling interval of a deadline-bounded wait
   }
+}
+
+unsigned file_mode(const fs::path& path) {
+  struct stat status {};
+  if (::lstat(path.c_str(), &status) != 0) {
+    throw std::system_error(errno, std::generic_category(), "lstat " + path.string());
+  }
+  return status.st_mode & 07777;
 }
 
 std::string read_file(const fs::path& path) {

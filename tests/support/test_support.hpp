@@ -81,6 +81,10 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
 
 std::string read_file(const std::filesystem::path& path);
 
+// The permission bits of `path` itself (a symlink is not followed), e.g. 0600;
+// throws std::system_error when it cannot be read.
+unsigned file_mode(const std::filesystem::path& path);
+
 // Splits text into lines (without the newline characters).
 std::vector<std::string> lines(const std::string& text);
 

@@ -20,7 +20,8 @@ std::vector<wire::AnyMessage> samples() {
   wire::Messages messages{9, "orders", 3, 5, {}};
   messages.messages.push_back({1, 1700000000000, "0192-a", "customer-1", {{"h", "v"}}, "x"});
   return {
-      wire::Hello{"producer-a", 0},
+      wire::Hello{"producer-a", 0, "9f0c5d2e7b1a4c3d8e6f0a1b2c3d4e5f", 7},
+      wire::Hello{"tool", 0, "", 0},
       wire::Welcome{12, 1 << 20, 5000, "broker"},
       publish,
       wire::Ack{42,
@@ -37,6 +38,7 @@ std::vector<wire::AnyMessage> samples() {
       wire::StatsRequest{5},
       wire::StatsReply{5, {{"stored", 10}, {"malformed", 2}}, {{"orders", 10, 10}}},
       wire::ErrorReply{42, wire::ErrorCode::session_failed, "send HELLO again"},
+      wire::ErrorReply{0, wire::ErrorCode::stale_epoch, "lease epoch 3 is older than 4"},
   };
 }
 
@@ -53,7 +55,7 @@ TEST_CASE("every command survives an encode/decode round trip") {
 
 TEST_CASE("the tag frame is OBX plus the version, little-endian fields follow") {
   auto frames = wire::encode(wire::Ping{0x0102030405060708ull});
-  CHECK(frames.tag == std::string("OBX\x01", 4));
+  CHECK(frames.tag == std::string("OBX\x02", 4));
   CHECK(frames.command == std::string("\x09", 1));
   CHECK(frames.body == std::string("\x08\x07\x06\x05\x04\x03\x02\x01", 8));
 }
@@ -82,11 +84,15 @@ TEST_CASE("frames with the wrong shape give clear errors") {
   SECTION("foreign tag and unknown version") {
     std::string_view foreign[] = {"HTTP", frames.command, frames.body};
     CHECK(wire::decode(foreign).error().code == wire::ErrorCode::bad_tag);
-    auto future = wire::encode_tag(2);
+    auto future = wire::encode_tag(3);
     std::string_view newer[] = {future, frames.command, frames.body};
     auto decoded = wire::decode(newer);
     CHECK(decoded.error().code == wire::ErrorCode::unsupported_version);
-    CHECK_THAT(decoded.error().message, Catch::Contains("version 2"));
+    CHECK_THAT(decoded.error().message, Catch::Contains("version 3"));
+    CHECK_THAT(decoded.error().message, Catch::Contains("speaks version 2"));
+    auto first = wire::encode_tag(1);
+    std::string_view older[] = {first, frames.command, frames.body};
+    CHECK(wire::decode(older).error().code == wire::ErrorCode::unsupported_version);
   }
   SECTION("unknown command") {
     std::string_view unknown[] = {frames.tag, "\x7f", frames.body};
@@ -158,4 +164,17 @@ TEST_CASE("the zero-copy PUBLISH view sees the same fields as the owning decoder
   CHECK(wire::decode_headers(view->messages[1].headers)->empty());
   body.pop_back();
   CHECK(wire::decode_publish_view(body).error().code == wire::ErrorCode::truncated);
+}
+
+TEST_CASE("HELLO of version 2: flags, producer, origin, lease epoch") {
+  auto body = wire::encode_body(wire::Hello{"p", 0, "o1", 0x0102030405060708ull});
+  CHECK(body == std::string("\0\0\0\0"
+                            "\x01\0p"
+                            "\x02\0o1"
+                            "\x08\x07\x06\x05\x04\x03\x02\x01",
+                            4 + 3 + 4 + 8));
+  // A version 1 body (no origin, no epoch) is truncated for version 2.
+  auto old = wire::decode_body(wire::Command::hello, std::string("\0\0\0\0\x01\0p", 7));
+  REQUIRE_FALSE(old.ok());
+  CHECK(old.error().code == wire::ErrorCode::truncated);
 }

@@ -102,6 +102,23 @@ class Reader {
     return view;
   }
 
+  // Like take(), but a length above `maximum` is not a failure of the frame:
+  // the bytes are taken (when present) and `over` is set, so that one message
+  // of a batch can be refused while the rest of the batch is read.
+  std::string_view take_lenient(std::size_t length, std::size_t maximum, const char* field,
+                                bool& over) {
+    if (failed()) return {};
+    if (length > remaining()) {
+      fail(ErrorCode::truncated, std::string(field) + " length " + std::to_string(length) +
+                                     " but only " + std::to_string(remaining()) + " bytes left");
+      return {};
+    }
+    over = over || length > maximum;
+    auto view = data_.substr(position_, length);
+    position_ += length;
+    return view;
+  }
+
   std::string str16(std::size_t maximum, const char* field) {
     auto length = get<std::uint16_t>(field);
     return std::string(take(length, maximum, field));
@@ -171,6 +188,8 @@ std::vector<Header> read_headers(Reader& in) {
 void encode_into(std::string& out, const Hello& m) {
   put<std::uint32_t>(out, m.flags);
   put_str16(out, m.producer);
+  put_str16(out, m.origin);
+  put<std::uint64_t>(out, m.epoch);
 }
 void encode_into(std::string& out, const Welcome& m) {
   put<std::uint64_t>(out, m.session_id);
@@ -265,6 +284,8 @@ AnyMessage decode_hello(Reader& in) {
   Hello m;
   m.flags = in.get<std::uint32_t>("hello flags");
   m.producer = in.str16(in.limits().max_name_bytes, "producer name");
+  m.origin = in.str16(in.limits().max_name_bytes, "origin");
+  m.epoch = in.get<std::uint64_t>("lease epoch");
   if (!in.failed() && m.flags != 0) in.fail(ErrorCode::invalid_value, "hello flags must be 0");
   return m;
 }
@@ -387,7 +408,7 @@ AnyMessage decode_error(Reader& in) {
   ErrorReply m;
   m.request_id = in.get<std::uint64_t>("request id");
   auto code = in.get<std::uint16_t>("error code");
-  if (!in.failed() && (code == 0 || code > static_cast<std::uint16_t>(ErrorCode::internal))) {
+  if (!in.failed() && (code == 0 || code > static_cast<std::uint16_t>(ErrorCode::stale_epoch))) {
     // A newer peer may send codes this side does not know: keep them as internal.
     code = static_cast<std::uint16_t>(ErrorCode::internal);
   }
@@ -464,8 +485,12 @@ std::string_view error_code_name(ErrorCode code) noexcept {
       return "busy";
     case ErrorCode::internal:
       return "internal";
+    case ErrorCode::stale_epoch:
+      return "stale_epoch";
     case ErrorCode::timeout:
       return "timeout";
+    case ErrorCode::disconnected:
+      return "disconnected";
   }
   return "unknown";
 }
@@ -543,9 +568,10 @@ Result<std::uint8_t> decode_tag(std::string_view tag) {
   }
   auto version = static_cast<std::uint8_t>(tag[3]);
   if (version != kProtocolVersion) {
-    return Error{ErrorCode::unsupported_version, "protocol version " + std::to_string(version) +
-                                                     " is not supported (this side speaks " +
-                                                     std::to_string(kProtocolVersion) + ")"};
+    return Error{ErrorCode::unsupported_version,
+                 "protocol version " + std::to_string(version) +
+                     " is not supported (this side speaks version " +
+                     std::to_string(kProtocolVersion) + ")"};
   }
   return version;
 }
@@ -648,22 +674,38 @@ Result<PublishView> decode_publish_view(std::string_view body, const Limits& lim
   auto count = in.count(in.get<std::uint32_t>("message count"), limits.max_batch_messages, 12,
                         "message count");
   view.messages.reserve(count);
+  // Field limits are per message: a field above its limit whose bytes are all
+  // there refuses that message (`violation`), not the batch.
   for (std::size_t i = 0; i < count && !in.failed(); ++i) {
     MessageView message;
-    message.msg_id = in.take(in.get<std::uint16_t>("msg_id"), limits.max_msg_id_bytes, "msg_id");
-    message.topic = in.take(in.get<std::uint16_t>("topic"), limits.max_name_bytes, "topic");
-    message.key =
-        in.take(in.get<std::uint16_t>("partition key"), limits.max_key_bytes, "partition key");
+    bool over = false;
+    message.msg_id =
+        in.take_lenient(in.get<std::uint16_t>("msg_id"), limits.max_msg_id_bytes, "msg_id", over);
+    if (over) message.violation = kViolationMsgId;
+    over = false;
+    message.topic =
+        in.take_lenient(in.get<std::uint16_t>("topic"), limits.max_name_bytes, "topic", over);
+    if (over && message.violation.empty()) message.violation = kViolationTopic;
+    over = false;
+    message.key = in.take_lenient(in.get<std::uint16_t>("partition key"), limits.max_key_bytes,
+                                  "partition key", over);
+    if (over && message.violation.empty()) message.violation = kViolationKey;
+    over = false;
     auto headers_start = in.position();
-    auto header_count =
-        in.count(in.get<std::uint16_t>("header count"), limits.max_headers, 6, "header count");
+    std::size_t header_count = in.get<std::uint16_t>("header count");
+    over = header_count > limits.max_headers;
     for (std::size_t h = 0; h < header_count && !in.failed(); ++h) {
-      in.take(in.get<std::uint16_t>("header name"), limits.max_msg_id_bytes, "header name");
-      in.take(in.get<std::uint32_t>("header value"), limits.max_header_value_bytes, "header value");
+      in.take_lenient(in.get<std::uint16_t>("header name"), limits.max_msg_id_bytes, "header name",
+                      over);
+      in.take_lenient(in.get<std::uint32_t>("header value"), limits.max_header_value_bytes,
+                      "header value", over);
     }
+    if (over && message.violation.empty()) message.violation = kViolationHeaders;
+    over = false;
     if (!in.failed()) message.headers = body.substr(headers_start, in.position() - headers_start);
-    message.payload =
-        in.take(in.get<std::uint32_t>("payload"), limits.max_payload_bytes, "payload");
+    message.payload = in.take_lenient(in.get<std::uint32_t>("payload"), limits.max_payload_bytes,
+                                      "payload", over);
+    if (over && message.violation.empty()) message.violation = kViolationPayload;
     view.messages.push_back(message);
   }
   in.expect_end();
@@ -673,6 +715,37 @@ Result<PublishView> decode_publish_view(std::string_view body, const Limits& lim
     return error;
   }
   return view;
+}
+
+std::uint64_t peek_request_id(Command command, std::string_view body) noexcept {
+  std::size_t at = 0;
+  switch (command) {
+    case Command::publish:
+      at = 8;  // after the session id
+      break;
+    case Command::fetch:
+    case Command::commit_offset:
+    case Command::stats:
+    case Command::ping:
+      break;
+    default:
+      return 0;
+  }
+  if (body.size() < at + 8) return 0;
+  std::uint64_t id = 0;
+  for (std::size_t i = 0; i < 8; ++i) {
+    id |= static_cast<std::uint64_t>(static_cast<std::uint8_t>(body[at + i])) << (8 * i);
+  }
+  return id;
+}
+
+std::size_t max_message_bytes_in_frame(const Limits& limits) noexcept {
+  // One message alone in a PUBLISH: the batch header, msg_id and topic at
+  // their longest, the key and payload length fields; key, headers and payload
+  // are what max_message_bytes counts.
+  std::size_t overhead =
+      8 + 8 + 4 + (2 + limits.max_msg_id_bytes) + (2 + limits.max_name_bytes) + 2 + 4;
+  return limits.max_body_bytes > overhead ? limits.max_body_bytes - overhead : 0;
 }
 
 std::string encode_headers(std::span<const Header> headers) {

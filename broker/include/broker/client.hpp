@@ -11,9 +11,19 @@
 // send one request and wait for its answer; replies to other requests that
 // arrive meanwhile (acks of pipelined batches) are kept and handed out by
 // receive() in order. Errors are values: a wire::Error with the broker's
-// ERROR code and message, or ErrorCode::timeout when nothing came in time.
-// After a timeout the state of the connection is unknown: call reconnect(),
-// which drops everything in flight, then hello() again.
+// ERROR code and message, ErrorCode::timeout when nothing came in time, or
+// ErrorCode::disconnected as soon as the connection breaks.
+//
+// A broken connection is noticed by events, not by the deadline: the client
+// watches its socket (ZeroMQ's socket monitor reports the TCP connection
+// closing, reset, or failing its handshake) and sends ZMTP heartbeats, so a
+// peer that vanished without closing (a dead host, a black-holing route) is
+// noticed after heartbeat_timeout. Whatever was in flight on that connection
+// may or may not have reached the broker, and the session is gone with it
+// (ZeroMQ reconnects by itself, but the broker sees a new peer): after a
+// timeout or a disconnect call reconnect(), which drops everything in flight,
+// then hello() again and resend what was not acknowledged. Requests that need
+// no session (fetch, commit_offset, stats, ping) may simply be sent again.
 //
 // Not thread-safe: one thread per Client. zmq::error_t from the socket itself
 // (e.g. a malformed endpoint in the constructor) propagates as an exception.
@@ -42,6 +52,13 @@ struct CurveClientConfig {
 struct ClientOptions {
   int send_high_water_mark = 1024;
   int receive_high_water_mark = 1024;
+  // ZMTP heartbeats (ZMQ_HEARTBEAT_IVL / _TIMEOUT / _TTL): a PING every
+  // interval; no traffic from the broker within the timeout after one closes
+  // the connection (reported as ErrorCode::disconnected). The broker's
+  // ZeroMQ answers PINGs itself, however busy its loop is, and drops this
+  // connection after the same timeout without traffic from us. 0 turns them off.
+  std::chrono::milliseconds heartbeat_interval{500};
+  std::chrono::milliseconds heartbeat_timeout{3000};
   wire::Limits limits = client_limits();  // for decoding replies
   std::optional<CurveClientConfig> curve;
 
@@ -63,6 +80,10 @@ class Client {
 
   // Opens a session; later PUBLISH batches carry its id.
   wire::Result<wire::Welcome> hello(const std::string& producer, std::chrono::milliseconds timeout);
+  // Same for a relay: `request` carries the producer database's origin id and
+  // the relay's lease epoch, and the broker answers ERROR stale_epoch when it
+  // has seen a newer epoch for that origin.
+  wire::Result<wire::Welcome> hello(const wire::Hello& request, std::chrono::milliseconds timeout);
   std::uint64_t session_id() const noexcept { return session_id_; }
 
   // Pipelined publishing: queue a batch and return at once. False when the
@@ -91,7 +112,7 @@ class Client {
   bool send_raw(std::span<const std::string> frames);
 
   // A fresh socket (and so a fresh connection and routing id): drops anything
-  // in flight and the session.
+  // in flight, the session and connection events not yet reported.
   void reconnect();
 
   zmq::socket_t& socket() noexcept { return socket_; }
@@ -105,11 +126,20 @@ class Client {
                             std::chrono::milliseconds timeout);
   std::optional<wire::Result<wire::AnyMessage>> receive_from_socket(
       std::chrono::milliseconds timeout);
+  // Reads the socket monitor's pending events; an error if the connection broke.
+  std::optional<wire::Error> read_connection_events();
+  // Before a request that does not depend on an earlier one: a connection
+  // that broke before it was sent is none of its business (ZeroMQ
+  // reconnects by itself and the request goes on the new connection).
+  void forget_connection_events() { (void)read_connection_events(); }
+  void close_socket() noexcept;
 
   std::string endpoint_;
   ClientOptions options_;
   zmq::context_t context_;
   zmq::socket_t socket_;
+  zmq::socket_t monitor_;  // PAIR receiving socket_'s connection events
+  std::uint64_t monitors_opened_ = 0;
   std::uint64_t session_id_ = 0;
   std::uint64_t next_request_id_ = 1;
   std::deque<wire::Result<wire::AnyMessage>> kept_;

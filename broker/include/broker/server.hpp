@@ -17,15 +17,22 @@
 //   but after a CONFLICT or REJECTED message, later messages of the same
 //   (topic, key) in that session are answered BLOCKED and not stored.
 // - FETCH answers at once when messages are there, else waits (long-poll) until
-//   a commit stores to the topic or wait_ms passes. COMMIT_OFFSET, PING and
-//   STATS are answered in arrival order after earlier batches of the round.
-// - Anything malformed is answered with ERROR, counted in `malformed`, and
-//   never stops the loop. Replies to a peer that does not read are dropped by
-//   ZeroMQ once its queue is full, so a slow or hostile peer cannot grow memory.
+//   a commit stores to the topic or wait_ms passes. Every other request is
+//   answered in arrival order per connection, after the ACKs of that
+//   connection's earlier batches (errors included). Batch ids of a session
+//   are consecutive; a gap or a reorder fails the session.
+// - Anything malformed is answered with ERROR (echoing the request id when it
+//   is readable), counted in `malformed`, and never stops the loop. A field
+//   above its limit in a well-formed PUBLISH is REJECTED for that message only.
 //
-// Memory is bounded by: the socket high-water marks times the largest frame
-// (ZMQ_MAXMSGSIZE), the messages of one group commit, and the session and
-// long-poll tables, each with a configured maximum.
+// Memory is bounded in bytes: ZeroMQ holds one whole incoming message per
+// connection (receive_high_water_mark × limits.max_body_bytes); the replies
+// held for a connection are counted until ZeroMQ has written them, and a
+// connection at max_outgoing_bytes gets no more work until it reads (its
+// requests wait within max_parked_requests / max_parked_bytes, then are
+// dropped); one group commit holds about max_commit_bytes; the session and
+// long-poll tables have maximums. Freed memory is returned to the system
+// (malloc_trim) when the loop goes idle after large batches or replies.
 //
 // Thread safety: construct, run() and counters() on one thread; request_stop()
 // may be called from any thread and from a signal handler.
@@ -73,13 +80,25 @@ struct ServerOptions {
   // store's max_message_bytes so that a large message is REJECTED(too_large),
   // not treated as malformed.
   wire::Limits limits = default_limits();
-  // One group commit takes at most this many messages / payload bytes; more
-  // waiting input goes into the next one.
+  // One group commit takes at most this many messages / PUBLISH body bytes
+  // (it stops reading once either is reached, so it may hold one frame more);
+  // more waiting input goes into the next one.
   std::size_t max_commit_messages = 50'000;
-  std::size_t max_commit_bytes = std::size_t{64} << 20;
-  // Per-connection ZeroMQ queues, in messages.
-  int receive_high_water_mark = 256;
+  std::size_t max_commit_bytes = std::size_t{32} << 20;
+  // Per-connection ZeroMQ queues, in messages. ZeroMQ holds up to
+  // receive_high_water_mark whole incoming messages per connection, so its
+  // memory for a connection is up to that many times limits.max_body_bytes;
+  // the default keeps it to one frame.
+  int receive_high_water_mark = 1;
   int send_high_water_mark = 1024;
+  // Bytes of replies the broker holds for one connection (in ZeroMQ and its
+  // own queue). A peer at this cap gets no more work until it reads: its
+  // requests wait (up to max_parked_requests / max_parked_bytes, then they
+  // are dropped and its session fails), FETCH replies are sized to the room
+  // left under the cap.
+  std::size_t max_outgoing_bytes = std::size_t{64} << 20;
+  std::size_t max_parked_requests = 1024;
+  std::size_t max_parked_bytes = std::size_t{1} << 20;
   std::size_t max_sessions = 10'000;  // least recently active evicted beyond it
   std::size_t max_waiting_fetches = 10'000;
   std::uint32_t default_fetch_messages = 1000;
@@ -94,8 +113,11 @@ struct ServerOptions {
 
   static wire::Limits default_limits() {
     wire::Limits limits;
-    limits.max_body_bytes = std::size_t{64} << 20;
-    limits.max_payload_bytes = std::size_t{64} << 20;
+    // 32 MiB frames: with one whole frame queued per connection (the receive
+    // high-water mark), four publishers sending the largest batches cost
+    // 128 MiB in ZeroMQ next to the page cache.
+    limits.max_body_bytes = std::size_t{32} << 20;
+    limits.max_payload_bytes = std::size_t{32} << 20;
     limits.max_batch_messages = 100'000;
     return limits;
   }
@@ -105,6 +127,7 @@ struct ServerOptions {
 struct ServerCounters {
   std::uint64_t malformed = 0;         // frames that failed to decode
   std::uint64_t refused_batches = 0;   // PUBLISH answered with no_session / session_failed
+  std::uint64_t stale_epochs = 0;      // HELLO or PUBLISH refused: an older lease epoch
   std::uint64_t blocked = 0;           // messages answered BLOCKED
   std::uint64_t storage_failures = 0;  // group commits that threw
   std::uint64_t group_commits = 0;
@@ -112,7 +135,10 @@ struct ServerCounters {
   std::uint64_t messages = 0;  // messages in committed batches
   std::uint64_t sessions_opened = 0;
   std::uint64_t fetches = 0;
-  std::uint64_t replies_dropped = 0;     // a peer's queue was full or it was gone
+  std::uint64_t replies_dropped = 0;     // the peer was gone (or its backlog overflowed)
+  std::uint64_t requests_dropped = 0;    // from peers over their cap that did not read
+  std::uint64_t rejected_on_decode = 0;  // messages REJECTED for a field above its limit
+  std::uint64_t curve_refused = 0;       // CURVE handshakes refused (client key not allowed)
   std::uint64_t append_nanoseconds = 0;  // wall time inside Store::append (for benchmarks)
 };
 

@@ -6,8 +6,13 @@
 // transaction (group commit), and only after it returns may the daemon send the
 // acks. Each message gets an outcome: STORED(offset) for a new msg_id,
 // DUPLICATE(original offset) for a msg_id already persisted with the same
-// payload, CONFLICT for a msg_id persisted with a different payload (or on a
-// different topic), REJECTED(reason) for a message that can never be stored.
+// identity, CONFLICT for a msg_id persisted with another identity,
+// REJECTED(reason) for a message that can never be stored. A message's
+// identity is its topic, partition key, header block (the encoded bytes as
+// sent: names, values and their order) and payload; the store keeps hashes
+// of them (XXH64), not copies. Entries written by stores of schema version 1
+// (opened and upgraded by this version) recorded topic and payload only, so
+// for those msg_ids only topic and payload are compared.
 //
 //   broker::Store store("/var/lib/outbox/broker.db", {.sync = broker::SyncMode::normal});
 //   std::vector<broker::IncomingMessage> batch = ...;  // views into frame memory
@@ -86,6 +91,11 @@ struct StoreOptions {
   // Upper bound on the database file size; zero means no limit. A write that
   // would grow the file beyond it fails with StoreError (SQLITE_FULL).
   std::uint64_t max_database_bytes = 0;
+  // Run PRAGMA quick_check when opening: it reads the whole file once (about
+  // a second per few GiB), and a corrupt file fails to open with StoreError
+  // (SQLITE_CORRUPT) naming the first problem. Switch off for huge stores
+  // whose open time matters more.
+  bool integrity_check = true;
   // Logger for open/recovery/maintenance messages; null means a null sink.
   std::shared_ptr<spdlog::logger> logger;
   // Source of "now" for stored-at times, dedup expiry and retention. Empty
@@ -132,8 +142,15 @@ struct AppendOutcome {
   // first stored at (its topic may differ for a conflict). rejected: 0.
   std::uint64_t offset = 0;
   RejectReason reason = RejectReason::none;  // set only for rejected
+  // conflict: one line naming what differs from the stored copy, both values
+  // (each cut after 48 bytes), e.g. "msg_id 4711 is already stored in orders
+  // at offset 1 with key 'order-1'; this message has key 'order-2'". Text for
+  // people: not part of the outcome's equality.
+  std::string detail;
 
-  friend bool operator==(const AppendOutcome&, const AppendOutcome&) = default;
+  friend bool operator==(const AppendOutcome& a, const AppendOutcome& b) noexcept {
+    return a.status == b.status && a.offset == b.offset && a.reason == b.reason;
+  }
 };
 
 std::string_view to_string(AppendStatus status) noexcept;
@@ -227,12 +244,26 @@ class Store {
   // processed; a restarted consumer fetches from committed_offset() + 1.
   // Committing a lower offset than before rewinds the group. Durable on return.
   // Throws std::invalid_argument for an empty or over-long (> 255 bytes) group,
-  // an invalid topic name or an offset beyond the largest possible offset.
+  // an invalid topic name, a topic that has no messages yet, or an offset past
+  // the topic's last offset (a group must never skip messages not yet stored).
   void commit_offset(std::string_view group, std::string_view topic, std::uint64_t offset);
   // 0 when the group never committed for this topic.
   std::uint64_t committed_offset(std::string_view group, std::string_view topic) const;
 
   StoreStats stats() const;
+
+  // Fencing of stale relays. `origin` names a producer database (its origin
+  // id); the epoch is its relay lease epoch, which grows by one each time
+  // another relay takes the lease over. origin_epoch() is the highest epoch a
+  // session of the origin was opened with, 0 when the origin is unknown.
+  std::uint64_t origin_epoch(std::string_view origin) const;
+  // Records `epoch` for `origin` if it is higher than the one known, durable
+  // on return, and returns the highest epoch known afterwards: a result above
+  // `epoch` means the caller's lease is stale. Throws std::invalid_argument
+  // for an origin that is not 1 to 255 bytes of printable ASCII without
+  // spaces (like a msg_id) or an epoch above 2^63 - 1, StoreError if the
+  // write fails.
+  std::uint64_t advance_origin_epoch(std::string_view origin, std::uint64_t epoch);
 
   // Deletes message bodies older than the retention and dedup entries older
   // than the dedup window, about `max_rows` of each per call so the writer

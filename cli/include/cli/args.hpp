@@ -1,20 +1,86 @@
-// Values given on command lines and in config files.
-// Pure functions; safe from any thread.
+// Values given on command lines and in config files: durations, sizes, counts
+// and endpoints, as pure parsers and as CLI11 validators that refuse a bad value
+// where it is read (a flag or a config file key) with a message naming it.
+// Everything here is safe from any thread.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <optional>
+#include <string>
 #include <string_view>
+
+#include <CLI/CLI.hpp>
 
 namespace cli {
 
-// "0", "forever", "never" -> 0; "1500ms", "30s", "15m", "24h", "7d"; a bare
-// number is seconds. Empty on anything else (negative, unknown unit, overflow).
+// "1500ms", "30s", "15m", "24h", "7d"; "0" (no unit needed for nothing) and the
+// words "forever" and "never" read as 0. Empty on anything else: a bare number
+// other than 0 (it could mean seconds or hours), a negative number, an unknown
+// unit, an overflow.
 std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
+// The shortest exact spelling with a unit ("10s", "1500ms", "7d"), `zero` for 0.
+std::string format_duration(std::chrono::milliseconds duration, std::string_view zero = "0");
 
 // "1048576", "512k", "1m", "1g" (binary multiples; KiB/MiB/GiB spellings too).
 std::optional<std::uint64_t> parse_size(std::string_view text);
+// "256m", "1g", "1536k", "100" (the largest exact binary unit).
+std::string format_size(std::uint64_t bytes);
+
+// This machine's physical memory in bytes (0 when the system does not say).
+std::uint64_t physical_memory_bytes();
+
+// True for tcp:// endpoints on 127.0.0.0/8, ::1 or localhost, and for ipc://
+// and inproc:// (not reachable from other machines).
+bool is_loopback_endpoint(std::string_view endpoint);
+
+// ---- CLI11 validators ----------------------------------------------------------
+// Each returns a message without the flag name; CLI11 prefixes it ("--lease: ...").
+
+struct DurationLimits {
+  std::chrono::milliseconds min{1};  // 0 allows "0"
+  std::chrono::milliseconds max = std::chrono::hours(24 * 3650);
+  // The word that also means 0 ("forever", "never"), accepted only when min is 0.
+  std::string zero_word;
+};
+// Limits with the default maximum: at least `min`; `zero_word` as above.
+DurationLimits at_least(std::chrono::milliseconds min, std::string zero_word = {});
+CLI::Validator duration_check(DurationLimits limits = {});
+
+struct SizeLimits {
+  std::uint64_t min = 0;
+  std::uint64_t max = std::numeric_limits<std::uint64_t>::max();
+  // Why max is the maximum, e.g. "the largest frame the broker accepts".
+  std::string max_reason;
+  bool within_physical_memory = false;  // also refuse more than this machine has
+};
+CLI::Validator size_check(SizeLimits limits = {});
+
+// A whole number in [min, max] written in digits only ("-1", "1.5", "1e3" refused).
+CLI::Validator count_check(std::uint64_t min = 0,
+                           std::uint64_t max = std::numeric_limits<std::int64_t>::max());
+
+// ZeroMQ endpoints: tcp://HOST:PORT with PORT 1-65535 (or * when binding, to let
+// the system pick a free one), ipc://PATH, inproc://NAME.
+CLI::Validator bind_endpoint_check();
+CLI::Validator connect_endpoint_check();
+
+// ---- typed options -------------------------------------------------------------
+
+// An option that stores a checked duration in `target`; its help shows the
+// current value of `target` as the default.
+CLI::Option* add_duration_option(CLI::App* app, const std::string& name,
+                                 std::chrono::milliseconds& target, const std::string& description,
+                                 DurationLimits limits = {});
+CLI::Option* add_size_option(CLI::App* app, const std::string& name, std::uint64_t& target,
+                             const std::string& description, SizeLimits limits = {});
+
+// Parses the command line (in the usual order, without the program name).
+// Help goes to stdout (returns exit_ok); a bad flag, value or config file to
+// stderr as one line "program: message" (returns exit_usage). Empty when the
+// program should go on.
+std::optional<int> parse_command_line(CLI::App& app, const std::string& program,
+                                      std::vector<std::string> args);
 
 }  // namespace cli
-

@@ -8,24 +8,36 @@
 //
 //   auto inbox = outbox::Inbox::open("consumer.db");
 //   auto result = inbox.process_once(msg.msg_id, [&](sqlite3* db) {
-//     sqlite3_exec(db, "UPDATE stock SET ...", nullptr, nullptr, nullptr);
+//     // Check every result: throwing rolls back both the effects and the msg_id.
+//     if (sqlite3_exec(db, "UPDATE stock SET ...", nullptr, nullptr, nullptr) != SQLITE_OK) {
+//       throw std::runtime_error(sqlite3_errmsg(db));
+//     }
 //   });
 //   if (result == outbox::ProcessResult::already_done) { /* a redelivery */ }
 //
 // Handlers with effects outside the database (an e-mail, an HTTP call) use the
-// claim state machine instead:
+// claim state machine instead. begin() hands out a claim token; only the
+// holder of that token can complete, release (fail) or extend the claim:
 //
-//   switch (inbox.begin(msg_id, std::chrono::minutes(5))) {
-//     case outbox::BeginResult::start:        // ours: do the work, then
-//       send_email(...); inbox.complete(msg_id); break;   // or fail(msg_id) on error
-//     case outbox::BeginResult::in_progress:  // someone else is on it: retry later
-//     case outbox::BeginResult::already_done: break;      // ack the redelivery
+//   auto claim = inbox.begin(msg_id, std::chrono::minutes(5));
+//   switch (claim.result) {
+//     case outbox::BeginResult::claimed:                // ours: do the work, then
+//       send_email(...); inbox.complete(msg_id, claim.token); break;  // or fail()
+//     case outbox::BeginResult::in_progress_elsewhere:  // someone is on it: retry later
+//     case outbox::BeginResult::already_done: break;    // ack the redelivery
 //   }
 //
 // A claim ("processing") older than its lease may be taken over by the next
 // begin(), so a consumer that crashed mid-way does not block the message
 // forever; the cost is that the work may run twice in that case, which is why
-// such effects should themselves be idempotent where possible.
+// such effects should themselves be idempotent where possible. The old holder
+// learns it from ClaimResult::claim_lost and changes nothing; long work calls
+// extend() before the lease runs out. Until another begin() takes it over, an
+// expired claim still belongs to its holder.
+//
+// outbox::RedisInbox (outbox/redis_inbox.hpp, target outbox::redis_inbox) has
+// the same begin/complete/fail/extend contract for consumers that keep no
+// SQLite database.
 //
 // Completed entries are kept for `retention` (Options), then removed by
 // expire() in small batches. A msg_id redelivered after its entry expired is
@@ -61,12 +73,32 @@ enum class ProcessResult {
   processed,     // the handler ran and its transaction committed with the msg_id
   already_done,  // the msg_id was processed before; the handler did not run
   in_progress,   // a begin() claim on this msg_id is live; the handler did not run
+  claim_lost,    // RedisInbox only: the handler ran, but longer than the lease, and
+                 // another consumer took the claim over meanwhile (it may run again)
 };
 
 enum class BeginResult {
-  start,         // the caller holds the claim: do the work, then complete() or fail()
-  in_progress,   // another consumer holds a live claim
-  already_done,  // completed before
+  claimed,                // the caller holds the claim: do the work, then complete() or fail()
+  in_progress_elsewhere,  // another consumer holds a live claim
+  already_done,           // completed before
+};
+
+// What begin() returns: the outcome and, when `result` is claimed, the claim
+// token that complete(), fail() and extend() require. The token is a random
+// UUID, unique per begin(); keep it with the work it belongs to.
+struct Claim {
+  BeginResult result = BeginResult::in_progress_elsewhere;
+  std::string token{};  // empty unless claimed
+
+  bool claimed() const { return result == BeginResult::claimed; }
+};
+
+// What complete(), fail() and extend() return.
+enum class ClaimResult {
+  ok,          // done: the caller's claim was completed, released or extended
+  claim_lost,  // the token no longer holds this msg_id (taken over after its lease,
+               // released, completed by another holder, or never claimed); nothing
+               // was changed
 };
 
 struct InboxOptions {
@@ -93,16 +125,31 @@ class Inbox {
   // Records msg_id and runs `handler` in one IMMEDIATE transaction. If the
   // handler throws, both are rolled back and the exception propagates. A live
   // begin() claim on the msg_id gives in_progress; a stale one is taken over.
+  // The handler must not end the transaction. If it did, or SQLite rolled it
+  // back after an error the handler ignored (disk full, I/O error), the call
+  // throws outbox::Error without recording the msg_id or committing anything:
+  // while the handler runs, any commit on this connection (the handler's
+  // COMMIT, or a statement it runs after such a rollback) is turned into a
+  // rollback (a commit hook; do not install your own on db()). Handlers
+  // should still check every result, as in the example above.
   ProcessResult process_once(const std::string& msg_id,
                              const std::function<void(sqlite3*)>& handler);
 
-  // Claims msg_id for `lease`. A stale claim (older than its lease) is taken over.
-  BeginResult begin(const std::string& msg_id, std::chrono::milliseconds lease);
-  // Marks a claimed msg_id done. False if there was no claim to complete
-  // (never begun, failed, or already complete).
-  bool complete(const std::string& msg_id);
-  // Forgets a claim so the next delivery starts afresh. False if none.
-  bool fail(const std::string& msg_id);
+  // Claims msg_id for `lease` under a new token. A stale claim (past its
+  // lease) is taken over: its old holder gets claim_lost from then on.
+  // Throws outbox::Error for an empty msg_id or a lease that is not positive.
+  Claim begin(const std::string& msg_id, std::chrono::milliseconds lease);
+  // Marks the claim held by `token` done. Repeating a complete() that
+  // succeeded answers ok again; any other token gets claim_lost.
+  ClaimResult complete(const std::string& msg_id, const std::string& token);
+  // Releases the claim held by `token` so the next delivery starts afresh.
+  // A completed msg_id is never released (claim_lost).
+  ClaimResult fail(const std::string& msg_id, const std::string& token);
+  // Moves the claim's expiry to now + `lease` (also for a claim past its lease
+  // that nobody took over yet). Throws outbox::Error for a lease that is not
+  // positive.
+  ClaimResult extend(const std::string& msg_id, const std::string& token,
+                     std::chrono::milliseconds lease);
 
   // Removes completed entries older than the retention, `batch_size` per
   // transaction, at most `max_batches` batches. Returns how many were removed.

@@ -200,12 +200,25 @@ class RelayStore {
   // Gives the lease up so a standby can take over at once; no-op if lost.
   void release_lease(const Lease& lease);
   std::optional<LeaseInfo> lease_info();
+  // This database's origin id: a random UUID created the first time a relay
+  // asks (kept in outbox_meta, key 'origin_id') and never changed. The broker
+  // records the highest lease epoch per origin and refuses sends from an
+  // older one. Empty for a read-only store of a database that has none.
+  std::string origin_id();
 
   // --- Reading ------------------------------------------------------------
   // Up to `limit` pending messages with seq > after_seq, in seq order,
   // skipping blocked keys (see "Ordering" above) and retries not yet due.
   // Pipelining relays pass the last seq they already sent as after_seq.
   std::vector<PendingMessage> read_pending(std::size_t limit, std::int64_t after_seq = 0);
+  // The delivery generation (outbox_relay_cursor.generation) as the last
+  // read_pending() saw it, in the same transaction as the rows it returned.
+  // replay_dead(), replay_all_dead() and drop_dead() add one in their own
+  // transaction; so must any other tool that changes delivery state. A
+  // pipelining relay that sees it change must not read past after_seq any
+  // more: it settles what it has in flight, then reads from the cursor again
+  // (after_seq 0), since a message behind after_seq may be pending again.
+  std::int64_t delivery_generation() const;
 
   // --- Recording outcomes (one transaction per call) ----------------------
   // Marks each message delivered or dead and advances the cursor. Fenced: if
@@ -219,6 +232,8 @@ class RelayStore {
                       TimePoint not_before, const Lease& lease);
 
   // --- Inspection and operator actions (not fenced) -----------------------
+  // replay and drop add one to the delivery generation, so that a running
+  // relay notices them (see delivery_generation()).
   // Everything status shows; counting the delivered rows kept for retention
   // reads all of them.
   Stats stats();

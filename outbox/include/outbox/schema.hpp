@@ -9,6 +9,9 @@ namespace outbox {
 // Version 1: outbox_meta, outbox_messages (without headers), outbox_lease.
 // Version 2: outbox_messages.headers, relay delivery table and cursor,
 //            snowflake worker leases, consumer inbox.
-inline constexpr int schema_version = 2;
+// Version 3: outbox_relay_cursor.generation (changes of delivery state made
+//            outside the running relay), outbox_inbox.claim_token (claims
+//            have owners).
+inline constexpr int schema_version = 3;
 
 }  // namespace outbox

@@ -1,5 +1,8 @@
 // The Sink for outbox-broker: one DEALER connection, one broker session at a
-// time, PUBLISH batches pipelined on it, one ACK per batch.
+// time, PUBLISH batches pipelined on it, one ACK per batch. A broken
+// connection (seen by broker::Client's socket monitor and heartbeats) comes
+// out of poll() at once as a failed event, and every session opens on a
+// fresh connection.
 //
 //   relay::BrokerSink sink({.endpoint = "tcp://127.0.0.1:7750"});
 //
@@ -34,6 +37,7 @@ public:
   explicit BrokerSink(BrokerSinkOptions options);
   ~BrokerSink() noexcept override;
 
+  void set_lease(SinkLease lease) override;
   std::optional<std::string> open_session(std::chrono::milliseconds timeout) override;
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
   std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override;

@@ -20,13 +20,20 @@
 // of its batch is published.
 //
 // Outcomes: a PubAck is stored (offset = stream sequence) or, with
-// Duplicate=true, duplicate (offset = the original's sequence). A payload
-// above the server's max_payload or the stream's max message size, or a
+// Duplicate=true, duplicate (offset = the original's sequence). A message
+// whose headers and payload (nats_message_size()) are above the server's
+// max_payload or the stream's max message size is rejected before anything
+// of it is published, as is a
 // header NATS cannot carry, is rejected; later messages of its (topic, key)
 // in the same session come back blocked. Any other publish error, a lost
 // connection and (through the relay's ack timeout) a missing PubAck fail the
 // batch; the relay then opens a new session (a new connection) and resends
 // from the first unacknowledged message with the same msg_ids.
+//
+// Fencing: JetStream cannot refuse a stale relay, so the sink asks the
+// relay's lease (SinkLease::still_valid) immediately before each publish and
+// fails the session instead of publishing once it ran out; docs/jetstream.md
+// states the window that remains.
 //
 // Ownership: owns its NATS connection. Thread safety: used by one thread;
 // PubAcks arrive on a libnats thread and are handed over through a queue.
@@ -72,6 +79,7 @@ class JetStreamSink final : public Sink {
   JetStreamSink(const JetStreamSink&) = delete;
   JetStreamSink& operator=(const JetStreamSink&) = delete;
 
+  void set_lease(SinkLease lease) override;
   std::optional<std::string> open_session(std::chrono::milliseconds timeout) override;
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
   std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override;
@@ -105,5 +113,11 @@ std::optional<std::string> decode_subject_token(std::string_view token);
 
 // Whether a NATS subject pattern ('*' one token, '>' the rest) covers `subject`.
 bool subject_matches(std::string_view pattern, std::string_view subject);
+
+// The bytes nats-server counts against its max_payload and a stream's max
+// message size for this message as the sink publishes it: the header block
+// ("NATS/1.0\r\n", "Name: value\r\n" per header including Nats-Msg-Id,
+// "\r\n") plus the payload. The subject is not counted.
+std::size_t nats_message_size(const outbox::PendingMessage& message);
 
 }  // namespace relay

@@ -7,18 +7,27 @@
 //   relay.run();            // until request_stop(), e.g. from a signal handler
 //
 // What run() does:
-// - Takes the database's relay lease (one active relay per outbox). Without
-//   it the relay is a standby that retries every lease_ttl / 4 and takes over
-//   once the active relay's lease lapses or is released.
+// - Takes the database's relay lease (one active relay per outbox) as
+//   lease_holder(): the configured holder name followed by ":" and a random
+//   instance id drawn when the Relay is constructed, so two relays never share
+//   a lease by accident, even with equal names. Without the lease the relay is
+//   a standby that retries every lease_ttl / 4 and takes over once the active
+//   relay's lease lapses or is released. The sink gets the database's origin
+//   id and the lease epoch (Sink::set_lease) so that the destination can refuse
+//   a relay that lost its lease while paused; after any failed session the
+//   relay checks its lease before the next one.
 // - Reads pending messages in seq order and sends them in batches, up to
 //   max_in_flight_batches at once (memory stays flat whatever the backlog).
 // - Per acknowledged message: stored or duplicate -> delivered with the
 //   destination's offset; conflict or rejected -> dead with the reason. All
 //   outcomes of one batch are recorded in one transaction.
-// - On any transient failure (no ack within ack_timeout, a refused batch,
-//   connection trouble) it opens a new session after an exponential backoff
-//   with jitter and resends from the first unacknowledged message with the
-//   same msg_ids. Transient failures never make a message dead.
+// - On any transient failure (no ack within ack_timeout, a refused batch, a
+//   broken connection, which the sink reports as soon as its socket notices)
+//   it opens a new session and resends from the first unacknowledged message
+//   with the same msg_ids: at once after a session that made progress, after
+//   an exponential backoff with jitter when attempts fail in a row. A new
+//   session starts with a small window of unacknowledged messages that
+//   doubles each round trip. Transient failures never make a message dead.
 // - Sleeps on the outbox's commit notification when idle (about a millisecond
 //   from commit to send), polling as a fallback.
 // - Deletes delivered rows older than `retention` in small batches.
@@ -49,7 +58,9 @@ class logger;
 namespace relay {
 
 struct RelayConfig {
-  std::string holder = "outbox-relay";  // lease holder name shown by status
+  // Names the relay for people (outbox-relay uses host:pid); the lease holder
+  // is this name plus ":" and the instance id, e.g. "db1:4242:1a2b3c4d".
+  std::string holder = "outbox-relay";
   std::size_t batch_size = 1000;
   std::size_t max_in_flight_batches = 8;
   std::chrono::milliseconds ack_timeout{10'000};
@@ -87,6 +98,8 @@ public:
 
   void run();
   void request_stop() noexcept;
+  // The name this instance holds (or waits for) the lease under.
+  const std::string& lease_holder() const noexcept;
   RelayCounters counters() const;
 
 private:

@@ -11,6 +11,7 @@
 // - After a message is refused permanently (conflict, rejected), later
 //   messages of the same (topic, key) in the same session are not stored
 //   either; they come back as DeliveryStatus::blocked.
+// - Nothing is sent under a lease the relay may have lost (see SinkLease).
 //
 // Thread safety: a Sink is used by the relay's one thread.
 // Errors: transient problems (no answer, connection refused, destination
@@ -26,6 +27,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -68,6 +70,18 @@ struct Delivery {
   std::string reason;
 };
 
+// The relay lease the sink sends under. A destination that can fence (the
+// broker) carries origin and epoch in its session and refuses sends from an
+// older epoch than it has seen for the origin; one that cannot (JetStream)
+// calls `still_valid` immediately before each publish and publishes nothing
+// once it returns false, failing the session. After any failed session the
+// relay checks its lease before it sends again.
+struct SinkLease {
+  std::string origin;  // the outbox database's origin id (RelayStore::origin_id())
+  std::int64_t epoch = 0;
+  std::function<bool()> still_valid;  // called on the relay's thread; empty: always
+};
+
 struct SinkEvent {
   enum class Kind : std::uint8_t {
     acked,   // `deliveries` has one entry per message of the batch, in order
@@ -82,6 +96,10 @@ struct SinkEvent {
 class Sink {
 public:
   virtual ~Sink() = default;
+
+  // The lease for the sessions opened from now on; the relay sets it each
+  // time it takes the lease, before open_session().
+  virtual void set_lease(SinkLease lease) = 0;
 
   // Opens a fresh session, forgetting everything in flight on the old one.
   // Returns an error text when the destination cannot be reached in `timeout`.

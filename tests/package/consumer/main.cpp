@@ -10,6 +10,9 @@
 #include <idgen/uuid.hpp>
 #include <outbox/outbox.hpp>
 #include <outbox/relay_store.hpp>
+#ifdef CONSUMER_WITH_REDIS_INBOX
+#include <outbox/redis_inbox.hpp>
+#endif
 
 int main(int argc, char** argv) {
   if (argc != 2) {
@@ -72,6 +75,19 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "outbox message not pending after commit\n");
       return 1;
     }
+#ifdef CONSUMER_WITH_REDIS_INBOX
+    // Links hiredis through outbox::redis_inbox; no Redis listens on this socket.
+    outbox::RedisInboxOptions redis_options;
+    redis_options.endpoint =
+        "unix://" + (std::filesystem::absolute(argv[1]) / "no-redis.sock").string();
+    try {
+      outbox::RedisInbox::connect(redis_options);
+      std::fprintf(stderr, "connected to a Redis that does not exist\n");
+      return 1;
+    } catch (const outbox::RedisError& error) {
+      std::printf("redis inbox linked: %s\n", error.what());
+    }
+#endif
     std::printf("consumer ok: id %llu (%s), uuid %s\n", static_cast<unsigned long long>(previous),
                 text.c_str(), uuid.c_str());
     return 0;

@@ -24,7 +24,10 @@
 namespace wire {
 
 // Frame 0 is 'O' 'B' 'X' followed by the version byte.
-inline constexpr std::uint8_t kProtocolVersion = 1;
+// Version 2 added the origin and lease epoch to HELLO; a broker answers a
+// version 1 peer with ERROR unsupported_version in a version 1 frame, whose
+// ERROR layout is the same.
+inline constexpr std::uint8_t kProtocolVersion = 2;
 inline constexpr std::size_t kTagSize = 4;
 inline constexpr char kTagMagic[3] = {'O', 'B', 'X'};
 
@@ -65,8 +68,13 @@ enum class ErrorCode : std::uint16_t {
   shutting_down = 13,       // the broker is stopping; retry elsewhere or later
   busy = 14,                // too many pending requests; retry later
   internal = 15,
+  stale_epoch = 16,  // HELLO or PUBLISH under a lease epoch older than one the broker has
+                     // seen for the same origin: another relay holds that outbox's lease
   // Never sent on the wire: a client-side "no reply within the deadline".
   timeout = 100,
+  // Never sent on the wire: the client's connection to the broker broke (its
+  // session and every reply still owed on it are gone).
+  disconnected = 101,
 };
 
 std::string_view error_code_name(ErrorCode code) noexcept;
@@ -126,6 +134,12 @@ struct Header {
 struct Hello {
   std::string producer;     // who is publishing (for logs and stats), may be empty
   std::uint32_t flags = 0;  // reserved, 0
+  // The producer database this session forwards (its origin id, outbox_meta
+  // 'origin_id') and the relay's lease epoch for it. The broker refuses
+  // sessions and batches whose epoch is below the highest it has seen for
+  // the origin. Empty origin: not fenced (tools, consumers).
+  std::string origin;
+  std::uint64_t epoch = 0;
   bool operator==(const Hello&) const = default;
 };
 
@@ -311,12 +325,25 @@ Result<AnyMessage> decode(std::span<const std::string_view> frames, const Limits
 // the fields are views into `body`, which the caller keeps alive. `headers` is
 // the encoded header block (count and entries) exactly as on the wire, so it
 // can be stored verbatim and turned back into Headers with decode_headers().
+//
+// A field above its limit in Limits (msg_id, topic, key, header count, name or
+// value, payload) does not fail the batch when the frame itself is
+// well-formed: the message comes back with `violation` set to the REJECTED
+// reason (one of the kViolation* texts) and the caller refuses that message
+// alone. decode_body(Command::publish) stays strict (limit_exceeded).
+inline constexpr std::string_view kViolationMsgId = "invalid msg_id";
+inline constexpr std::string_view kViolationTopic = "invalid topic";
+inline constexpr std::string_view kViolationKey = "key too long";
+inline constexpr std::string_view kViolationHeaders = "invalid headers";
+inline constexpr std::string_view kViolationPayload = "too large";
+
 struct MessageView {
   std::string_view msg_id;
   std::string_view topic;
   std::string_view key;
   std::string_view headers;
   std::string_view payload;
+  std::string_view violation;  // empty: every field within its limit
 };
 
 struct PublishView {
@@ -326,6 +353,18 @@ struct PublishView {
 };
 
 Result<PublishView> decode_publish_view(std::string_view body, const Limits& limits = {});
+
+// The id a request carries, read without decoding the rest of the body: the
+// batch_id of PUBLISH, the request_id of FETCH, COMMIT_OFFSET and STATS, the
+// nonce of PING. 0 for other commands or a body too short to hold it. Lets a
+// receiver echo the id in the ERROR for a request it cannot decode.
+std::uint64_t peek_request_id(Command command, std::string_view body) noexcept;
+
+// The largest key + headers + payload that one PUBLISH frame of
+// `limits.max_body_bytes` can carry (the batch header and the longest msg_id
+// and topic take the rest). A receiver must not announce a larger
+// max_message_bytes.
+std::size_t max_message_bytes_in_frame(const Limits& limits) noexcept;
 
 // The header block of one message: u16 count, then per header str16 name and
 // bytes32 value. An empty header list encodes as two zero bytes; an empty

@@ -1,0 +1,50 @@
+// outbox-bench cuts: how fast an outbox drains when the relay's connection to
+// the broker is cut at random, next to the same drain without cuts.
+//
+// Per round, against one outbox-broker: N messages are committed to an outbox
+// first (not timed), and outbox-relay drains it through tests/faults'
+// fault_proxy in its cutting mode (a plain TCP proxy) with cutting off; then
+// N other messages drain the same way through a proxy that cuts every
+// connection after a random 2 KB-400 KB (--cut-every). Which of the two goes
+// first alternates between rounds. Each figure is the time from starting
+// outbox-relay until the broker has stored the last message; the ratio is the
+// rate under cuts over the rate without. Both topics are read back: every
+// message exactly once, with its payload, in per-key commit order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "dataset.hpp"
+#include "outbox_e2e.hpp"
+
+namespace bench {
+
+struct CutsSettings {
+  OutboxSettings outbox;  // daemons, sync level, relay batch and in-flight
+  std::filesystem::path proxy_binary;
+  std::string cut_every = "2K-400K";
+  std::uint64_t seed = 1;  // of the proxy's cuts
+};
+
+struct CutsResult {
+  std::size_t messages = 0;
+  double plain_seconds = 0;
+  double plain_msgs_per_sec = 0;
+  double cut_seconds = 0;
+  double cut_msgs_per_sec = 0;
+  double ratio = 0;        // cut rate / plain rate
+  std::uint64_t cuts = 0;  // connections the proxy cut during the cut drain
+  std::vector<std::string> problems;
+};
+
+// One round: `plain` drains without cuts, `cut` (other msg_ids) under cuts.
+// Throws on infrastructure failures (a daemon does not start, a drain takes
+// longer than its bounded timeout); wrong results go to CutsResult::problems.
+CutsResult run_cuts(const CutsSettings& settings, const Dataset& plain, const Dataset& cut,
+                    bool cut_first);
+
+}  // namespace bench

@@ -1,0 +1,98 @@
+// The outbox pipeline's processes as the benchmark passes use them:
+// outbox-broker and outbox-relay started on loopback in a temporary
+// directory, the broker's counters read with STATS, an outbox filled with a
+// dataset, and a topic read back and checked.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "broker/client.hpp"
+#include "child_process.hpp"
+#include "dataset.hpp"
+#include "outbox/outbox.hpp"
+#include "outbox_e2e.hpp"
+
+namespace bench {
+
+double seconds_between(std::int64_t from_ns, std::int64_t to_ns);
+std::string format_rate(double value);
+
+// How long a pass may take before the benchmark gives up: generous, bounded.
+std::chrono::milliseconds pass_timeout(std::size_t messages);
+
+// Waits up to 20 s for `process` to write its bound endpoint (tcp://...) to
+// `file`; throws with the end of its log if it exits or does not.
+std::string wait_for_endpoint_file(ChildProcess& process, const std::filesystem::path& file);
+
+class BrokerProcess {
+ public:
+  BrokerProcess(const OutboxSettings& settings, const std::filesystem::path& dir);
+  const std::string& endpoint() const { return endpoint_; }
+  ChildProcess& process() { return *process_; }
+
+ private:
+  std::unique_ptr<ChildProcess> process_;
+  std::string endpoint_;
+};
+
+// The broker's counters, read with STATS (answered by the broker loop after
+// the group commit in progress, so `stored` never runs ahead of the acks).
+class BrokerCounters {
+ public:
+  explicit BrokerCounters(const std::string& endpoint) : client_(endpoint) {}
+  struct Values {
+    std::uint64_t stored = 0, duplicates = 0, conflicts = 0, rejected = 0;
+  };
+  Values read();
+
+ private:
+  broker::Client client_;
+};
+
+// outbox-relay on `db`, forwarding to `endpoint`.
+class RelayProcess {
+ public:
+  RelayProcess(const OutboxSettings& settings, const std::filesystem::path& dir,
+               const std::filesystem::path& db, const std::string& endpoint,
+               const std::string& name);
+  ChildProcess& process() { return *process_; }
+  // SIGTERM; throws unless it exits 0.
+  void stop();
+
+ private:
+  std::unique_ptr<ChildProcess> process_;
+};
+
+// Waits until the broker's counter reaches `target`, polling every millisecond;
+// returns the steady time at which it was seen. Throws when a daemon dies or
+// the pass takes too long.
+std::int64_t wait_for_counter(BrokerCounters& counters,
+                              std::uint64_t BrokerCounters::Values::*field, std::uint64_t target,
+                              std::chrono::milliseconds timeout, std::vector<ChildProcess*> daemons,
+                              const char* what);
+
+outbox::Options producer_options();
+
+// Commits every message of `data` on `topic` into a new outbox at `db` with
+// the dataset's own msg_ids, `batch` messages a transaction. Returns msg/s.
+double fill_outbox(const std::filesystem::path& db, const std::string& topic, const Dataset& data,
+                   std::size_t batch);
+
+// What one topic should hold: msg_id -> payload.
+using Expected = std::unordered_map<std::string, std::string>;
+
+// Reads the whole topic back and checks it holds exactly `expected`; returns
+// how many matched. With `in_offset_order`, also hands out the msg_ids read,
+// in offset order.
+std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
+                         const Expected& expected, std::vector<std::string>& problems,
+                         std::vector<std::string>* in_offset_order = nullptr);
+
+}  // namespace bench

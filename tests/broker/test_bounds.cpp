@@ -1,0 +1,203 @@
+// The broker under peers that do not play along: replies held in bytes per
+// connection, requests of a peer over its cap held back (then dropped), and
+// offsets that cannot skip messages.
+#include <catch2/catch.hpp>
+
+#include "broker_process.hpp"
+#include "non_reading_peer.hpp"
+#include "wire/zmq_io.hpp"
+
+using namespace broker_test;
+
+namespace {
+
+constexpr std::size_t kMiB = std::size_t{1} << 20;
+
+// `count` messages of `size` bytes on topic "big", one batch.
+void publish_big(const std::string& endpoint, int count, std::size_t size) {
+  auto producer = connect(endpoint);
+  std::vector<wire::OutgoingMessage> batch;
+  for (int i = 0; i < count; ++i) {
+    batch.push_back(message("big-" + std::to_string(i), std::string(size, 'x'), "big"));
+  }
+  REQUIRE(producer->publish(1, batch, 20s).ok());
+}
+
+wire::StatsReply stats_of(broker::Client& client) {
+  auto stats = client.stats(20s);
+  REQUIRE(stats.ok());
+  return *stats;
+}
+
+}  // namespace
+
+TEST_CASE("a peer that does not read its FETCH replies is held at its outgoing cap") {
+  test_support::TempDir dir("broker-bounds");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-outgoing-bytes", "4m"});
+  publish_big(broker.endpoint(), 8, kMiB / 2);
+
+  zmq::context_t context(1);
+  auto hostile = test_support::non_reading_dealer(context, broker.endpoint());
+  constexpr std::uint64_t kFetches = 1100;
+  for (std::uint64_t id = 1; id <= kFetches; ++id) {
+    REQUIRE(wire::send_message(hostile, wire::Fetch{id, "big", "", 1, false, 0, 1 << 20, 0}));
+  }
+  // The broker holds at most the cap (plus one message) for it, keeps the
+  // rest of its requests waiting, drops those beyond the waiting bound, and
+  // goes on serving everyone else.
+  broker::Client observer(broker.endpoint());
+  wire::StatsReply stats;
+  REQUIRE(test_support::wait_until(
+      [&] {
+        stats = stats_of(observer);
+        // Every FETCH arrived: answered, waiting or dropped.
+        return counter(stats, "fetches") + counter(stats, "requests_waiting") +
+                   counter(stats, "requests_dropped") ==
+               kFetches;
+      },
+      30s));
+  CHECK(counter(stats, "peers_held_back") == 1);
+  CHECK(counter(stats, "requests_dropped") > 0);
+  CHECK(counter(stats, "outgoing_bytes") <= 4 * kMiB + kMiB);
+  CHECK(counter(stats, "outgoing_bytes") >= 2 * kMiB);
+  REQUIRE(observer.ping(20s).ok());
+
+  // Once it reads, what was held back is answered, in the order it was sent.
+  hostile.set(zmq::sockopt::rcvtimeo, 20000);
+  std::uint64_t last_id = 0;
+  std::uint64_t answered = 0;
+  auto dropped = counter(stats, "requests_dropped");
+  while (answered + dropped < kFetches) {
+    auto reply = wire::receive_message(hostile, zmq::recv_flags::none,
+                                       broker::ClientOptions::client_limits());
+    REQUIRE(reply.has_value());
+    REQUIRE(reply->ok());
+    auto* page = std::get_if<wire::Messages>(&reply->value());
+    REQUIRE(page != nullptr);
+    CHECK(page->request_id > last_id);
+    last_id = page->request_id;
+    ++answered;
+  }
+  REQUIRE(test_support::wait_until(
+      [&] {
+        stats = stats_of(observer);
+        return counter(stats, "peers_held_back") == 0 && counter(stats, "outgoing_bytes") == 0;
+      },
+      30s));
+  CHECK(answered >= 1024);
+  CHECK(broker.stop().code == 0);
+}
+
+TEST_CASE("a publisher that does not read its acks gets no more work done") {
+  test_support::TempDir dir("broker-bounds");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-outgoing-bytes", "1m"});
+  zmq::context_t context(1);
+  auto hostile = test_support::non_reading_dealer(context, broker.endpoint());
+  hostile.set(zmq::sockopt::rcvtimeo, 20000);
+  REQUIRE(wire::send_message(hostile, wire::Hello{"hostile", 0, "", 0}));
+  auto welcome = wire::receive_message(hostile);
+  REQUIRE(welcome.has_value());
+  REQUIRE(welcome->ok());
+  auto session = std::get<wire::Welcome>(welcome->value()).session_id;
+  // 10,000 messages with an empty msg_id, each its own key: a 170 KB batch. Its
+  // ACK is 230 KB the first time (REJECTED each), 790 KB after that (the keys
+  // are blocked for the session: BLOCKED with its reason).
+  constexpr std::uint64_t kBatches = 60;
+  for (std::uint64_t batch_id = 1; batch_id <= kBatches; ++batch_id) {
+    std::string body;
+    wire::begin_publish_body(body, session, batch_id);
+    for (int i = 0; i < 10'000; ++i) {
+      wire::append_publish_message(body, "", "t", std::to_string(i), {}, "");
+    }
+    wire::finish_publish_body(body, 10'000);
+    REQUIRE(wire::send_frames(hostile, {wire::encode_tag(), std::string(1, '\x03'), body}));
+  }
+  broker::Client observer(broker.endpoint());
+  wire::StatsReply stats;
+  REQUIRE(test_support::wait_until(
+      [&] {
+        stats = stats_of(observer);
+        // Every batch arrived: applied, waiting or dropped.
+        return counter(stats, "batches") + counter(stats, "requests_waiting") +
+                   counter(stats, "requests_dropped") ==
+               kBatches;
+      },
+      30s));
+  auto dropped = counter(stats, "requests_dropped");
+  CHECK(dropped > 0);
+  CHECK(counter(stats, "requests_waiting") > 0);
+  // At most the cap plus the one ACK that crossed it.
+  CHECK(counter(stats, "outgoing_bytes") <= kMiB + 790'012);
+  // Once it reads: ACKs in order up to where it was held back, then its
+  // session is failed (batches were dropped), so nothing is applied past them.
+  std::uint64_t expected = 1;
+  bool failed = false;
+  while (expected + dropped <= kBatches) {
+    auto reply = wire::receive_message(hostile, zmq::recv_flags::none,
+                                       broker::ClientOptions::client_limits());
+    REQUIRE(reply.has_value());
+    REQUIRE(reply->ok());
+    if (auto* ack = std::get_if<wire::Ack>(&reply->value())) {
+      CHECK_FALSE(failed);
+      CHECK(ack->batch_id == expected);
+    } else {
+      auto& error = std::get<wire::ErrorReply>(reply->value());
+      CHECK(error.code == wire::ErrorCode::session_failed);
+      CHECK(error.request_id == expected);
+      failed = true;
+    }
+    ++expected;
+  }
+  CHECK(observer.ping(20s).ok());
+}
+
+TEST_CASE("FETCH replies are sized to what the connection can still take") {
+  test_support::TempDir dir("broker-bounds");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-outgoing-bytes", "2m"});
+  publish_big(broker.endpoint(), 12, kMiB / 4);
+  // Asked for 8 MiB, the reply stays within the 2 MiB cap (plus one message).
+  broker::Client consumer(broker.endpoint());
+  auto page = consumer.fetch(wire::Fetch{0, "big", "", 1, false, 0, 8 << 20, 0}, 20s);
+  REQUIRE(page.ok());
+  std::size_t bytes = 0;
+  for (const auto& stored : page->messages) bytes += stored.payload.size();
+  CHECK(page->messages.size() >= 7);
+  CHECK(page->messages.size() < 12);
+  CHECK(bytes <= 2 * kMiB + kMiB / 4);
+}
+
+TEST_CASE("COMMIT_OFFSET cannot skip messages and a group's first FETCH honours from_offset") {
+  test_support::TempDir dir("broker-offsets");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  auto producer = connect(broker.endpoint());
+  std::vector<wire::OutgoingMessage> batch;
+  for (int i = 1; i <= 40; ++i) batch.push_back(message("o-" + std::to_string(i), "p"));
+  REQUIRE(producer->publish(1, batch, 20s).ok());
+
+  broker::Client consumer(broker.endpoint());
+  auto past_end = consumer.commit_offset("orders", "billing", 1000, 20s);
+  REQUIRE_FALSE(past_end.ok());
+  CHECK(past_end.error().code == wire::ErrorCode::invalid_value);
+  CHECK_THAT(past_end.error().message, Catch::Contains("past the last offset 40"));
+  auto unknown = consumer.commit_offset("nothing-here", "billing", 1, 20s);
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().code == wire::ErrorCode::invalid_value);
+  CHECK_THAT(unknown.error().message, Catch::Contains("unknown topic"));
+
+  // Never committed: from_offset is where it starts.
+  auto first = consumer.fetch(wire::Fetch{0, "orders", "billing", 30, true, 5, 0, 0}, 20s);
+  REQUIRE(first.ok());
+  REQUIRE_FALSE(first->messages.empty());
+  CHECK(first->messages.front().offset == 30);
+  // The refused commits changed nothing; a valid one is where the group resumes.
+  REQUIRE(consumer.commit_offset("orders", "billing", 40, 20s).ok());
+  auto resumed = consumer.fetch(wire::Fetch{0, "orders", "billing", 30, true, 5, 0, 0}, 20s);
+  REQUIRE(resumed.ok());
+  CHECK(resumed->messages.empty());
+  CHECK(resumed->next_offset == 41);
+  REQUIRE(consumer.commit_offset("orders", "billing", 3, 20s).ok());
+  auto rewound = consumer.fetch(wire::Fetch{0, "orders", "billing", 30, true, 5, 0, 0}, 20s);
+  REQUIRE(rewound.ok());
+  REQUIRE_FALSE(rewound->messages.empty());
+  CHECK(rewound->messages.front().offset == 4);
+}
