@@ -39,6 +39,7 @@ ERROR_CODES = {
     "shutting_down": 13,
     "busy": 14,
     "internal": 15,
+    "stale_epoch": 16,
 }
 
 

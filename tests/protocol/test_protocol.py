@@ -88,6 +88,36 @@ class TestSession(BrokerTest):
         self.assertEqual(pong["nonce"], 0xDEADBEEF01)
 
 
+class TestFencing(BrokerTest):
+    def test_an_older_epoch_of_the_same_origin_is_refused(self):
+        origin = "py-origin-%d" % os.getpid()
+        old = self.conn.hello(origin=origin, epoch=5)["session_id"]
+        self.publish_ok(old, 1, [obx.message("fe-1", "fence", "x")])
+        newer = self.broker.connect()
+        self.addCleanup(newer.close)
+        new = newer.hello(origin=origin, epoch=6)["session_id"]
+        # The older session's next batch is refused with its batch id, then the session is over.
+        reply = self.conn.publish(old, 2, [obx.message("fe-2", "fence", "x")])
+        self.expect_error(reply, "stale_epoch", 2)
+        reply = self.conn.publish(old, 3, [obx.message("fe-3", "fence", "x")])
+        self.expect_error(reply, "session_failed", 3)
+        # A HELLO below the highest epoch gets no session.
+        self.conn.send(obx.HELLO, obx.hello_body(origin=origin, epoch=5))
+        self.expect_error(self.conn.receive(), "stale_epoch", 0)
+        # The same epoch, other origins and unfenced sessions go on.
+        command, ack = newer.publish(new, 1, [obx.message("fe-4", "fence", "x")])
+        self.assertEqual(command, obx.ACK)
+        self.assertEqual(self.conn.hello(origin=origin, epoch=6)["session_id"] != 0, True)
+        self.assertNotEqual(self.conn.hello(origin="other-" + origin, epoch=1)["session_id"], 0)
+        self.assertNotEqual(self.conn.hello()["session_id"], 0)
+        self.assertEqual([m["msg_id"] for m in self.fetch_all("fence")], [b"fe-1", b"fe-4"])
+        self.assertGreaterEqual(self.counter("stale_epochs"), 2)
+
+    def test_an_origin_outside_its_character_set_is_invalid(self):
+        self.conn.send(obx.HELLO, obx.hello_body(origin="has space", epoch=1))
+        self.expect_error(self.conn.receive(), "invalid_value")
+
+
 class TestPublish(BrokerTest):
     def test_stored_then_duplicate_with_the_original_offset(self):
         session = self.conn.hello()["session_id"]
