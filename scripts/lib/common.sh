@@ -14,7 +14,11 @@ OUTBOX_PACKAGES=(
   libcli11-dev
   libbenchmark-dev
   nats-server libnats-dev
+<<<<<<< HEAD
+  python3 python3-zmq
+=======
   libhiredis-dev redis-server
+>>>>>>> main
 )
 
 outbox_log() { printf '==> %s\n' "$*" >&2; }
