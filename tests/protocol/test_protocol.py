@@ -64,6 +64,30 @@ class TestSession(BrokerTest):
         self.assertGreater(welcome["max_message_bytes"], 0)
         self.assertGreater(welcome["max_batch_messages"], 0)
         self.assertTrue(welcome["broker_name"])
+        # The documented defaults of outbox-broker.
+        self.assertEqual(welcome["limits"], {
+            "max_body_bytes": welcome["limits"]["max_body_bytes"],
+            "max_msg_id_bytes": 255, "max_name_bytes": 255, "max_key_bytes": 4096,
+            "max_headers": 64, "max_header_name_bytes": 255, "max_header_value_bytes": 65535,
+            "max_payload_bytes": welcome["limits"]["max_payload_bytes"]})
+        self.assertGreaterEqual(welcome["limits"]["max_body_bytes"], 2 * welcome["max_message_bytes"])
+        self.assertGreaterEqual(welcome["limits"]["max_payload_bytes"], welcome["max_message_bytes"])
+
+    def test_fields_over_the_announced_limits_are_rejected_one_by_one(self):
+        welcome = self.conn.hello()
+        limits = welcome["limits"]
+        entries = self.publish_ok(welcome["session_id"], 1, [
+            obx.message("l-1", "lim", "x", key="k" * (limits["max_key_bytes"] + 1)),
+            obx.message("l-2", "lim", "x", key="b",
+                        hdrs=[("h%d" % i, b"v") for i in range(limits["max_headers"] + 1)]),
+            obx.message("l-3", "lim", "x", key="c",
+                        hdrs=[("big", b"v" * (limits["max_header_value_bytes"] + 1))]),
+            obx.message("l-4", "lim", "x", key="d"),
+        ])
+        self.assertEqual([e["status"] for e in entries],
+                         [obx.REJECTED, obx.REJECTED, obx.REJECTED, obx.STORED])
+        self.assertIn(b"key too long", entries[0]["reason"])
+        self.assertIn(b"invalid headers", entries[1]["reason"])
 
     def test_a_second_hello_replaces_the_session(self):
         first = self.conn.hello()["session_id"]
