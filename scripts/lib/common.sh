@@ -14,11 +14,8 @@ OUTBOX_PACKAGES=(
   libcli11-dev
   libbenchmark-dev
   nats-server libnats-dev
-<<<<<<< HEAD
-  python3 python3-zmq
-=======
   libhiredis-dev redis-server
->>>>>>> main
+  python3 python3-zmq
 )
 
 outbox_log() { printf '==> %s\n' "$*" >&2; }
