@@ -55,3 +55,19 @@ function(outbox_add_executable target)
     install(TARGETS ${target} RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
   endif()
 endfunction()
+
+# outbox_find_library(<PREFIX> HEADER <path> LIBRARY <name>)
+# Finds a system library by its header and shared library, for packages without a
+# usable CMake config (Debian's cnats names a static library the package does not
+# ship; hiredis ships none). Sets <PREFIX>_INCLUDE_DIR and <PREFIX>_LIBRARY (cached,
+# so every directory sees them) and <PREFIX>_FOUND (ON/OFF) in the caller's scope.
+function(outbox_find_library prefix)
+  cmake_parse_arguments(ARG "" "HEADER;LIBRARY" "" ${ARGN})
+  find_path(${prefix}_INCLUDE_DIR ${ARG_HEADER})
+  find_library(${prefix}_LIBRARY ${ARG_LIBRARY})
+  if(${prefix}_INCLUDE_DIR AND ${prefix}_LIBRARY)
+    set(${prefix}_FOUND ON PARENT_SCOPE)
+  else()
+    set(${prefix}_FOUND OFF PARENT_SCOPE)
+  endif()
+endfunction()
