@@ -54,6 +54,45 @@ std::pair<std::size_t, std::size_t> tear(std::string& content, const Operation& 
   return {kept, sectors.size()};
 }
 
+// Calls visit(sector) for each 512-byte sector a write touches.
+template <typename Visit>
+void for_each_sector(const Operation& operation, Visit visit) {
+  if (operation.kind != Operation::Kind::write || operation.data.empty()) return;
+  std::int64_t last = operation.offset + static_cast<std::int64_t>(operation.data.size()) - 1;
+  for (std::int64_t sector = operation.offset / sector_bytes; sector <= last / sector_bytes;
+       ++sector)
+    visit(sector);
+}
+
+// Cut::reordered for one file: each sector the unsynced operations wrote holds
+// one of the versions it had since the last sync (the synced one included),
+// chosen at random. Returns how many sectors got a newer version, of how many.
+std::pair<std::size_t, std::size_t> scramble(std::string& content,
+                                             const std::vector<const Operation*>& unsynced,
+                                             std::mt19937_64& random) {
+  std::map<std::int64_t, std::size_t> versions;  // sector -> writes that touched it
+  for (const auto* operation : unsynced)
+    for_each_sector(*operation, [&](std::int64_t sector) { ++versions[sector]; });
+  std::map<std::int64_t, std::size_t> chosen;  // sector -> which write's version (0: synced)
+  for (const auto& [sector, count] : versions) chosen[sector] = random() % (count + 1);
+  std::map<std::int64_t, std::size_t> seen;
+  std::string progress = content;  // the file as the program saw it, write by write
+  std::size_t newer = 0;
+  for (const auto* operation : unsynced) {
+    apply(progress, *operation);
+    for_each_sector(*operation, [&](std::int64_t sector) {
+      if (++seen[sector] != chosen[sector]) return;
+      auto from = static_cast<std::size_t>(sector * sector_bytes);
+      auto to = std::min(from + static_cast<std::size_t>(sector_bytes), progress.size());
+      if (from < to)
+        apply_write(content, sector * sector_bytes,
+                    std::string_view(progress).substr(from, to - from));
+      ++newer;
+    });
+  }
+  return {newer, versions.size()};
+}
+
 }  // namespace
 
 std::vector<std::size_t> crash_points(const Recording& recording) {
@@ -133,12 +172,31 @@ CrashImage crash_image(const Recording& recording, std::size_t crash_point, Cut 
       if (named == durable_names.end()) continue;  // its file does not survive
       std::mt19937_64 random(seed ^ (0x9e3779b97f4a7c15ULL * (crash_point + 1)));
       auto [kept, total] = tear(image.files[named->first], operation, random);
-      image.torn_write = named->first + " write of " + std::to_string(operation.data.size()) +
-                         " bytes at " + std::to_string(operation.offset) + " (log position " +
-                         std::to_string(i) + "): " + std::to_string(kept) + " of " +
-                         std::to_string(total) + " sectors kept";
+      image.note = named->first + " write of " + std::to_string(operation.data.size()) +
+                   " bytes at " + std::to_string(operation.offset) + " (log position " +
+                   std::to_string(i) + "): " + std::to_string(kept) + " of " +
+                   std::to_string(total) + " sectors kept";
       break;
     }
+  }
+  if (cut == Cut::reordered) {
+    std::mt19937_64 random(seed ^ (0x9e3779b97f4a7c15ULL * (crash_point + 1)));
+    std::size_t newer = 0, touched = 0;
+    for (const auto& [name, generation] : durable_names) {
+      auto index = static_cast<std::size_t>(generation);
+      std::vector<const Operation*> unsynced;  // the one under way at the crash included
+      for (std::size_t i = 0; i < std::min(crash_point + 1, log.size()); ++i) {
+        const auto& operation = log[i];
+        if (operation.generation == generation && static_cast<std::ptrdiff_t>(i) > last_sync[index])
+          unsynced.push_back(&operation);
+      }
+      auto [kept, total] = scramble(image.files[name], unsynced, random);
+      newer += kept;
+      touched += total;
+    }
+    if (touched > 0)
+      image.note = std::to_string(newer) + " of " + std::to_string(touched) +
+                   " unsynced sectors hold a newer version";
   }
   return image;
 }

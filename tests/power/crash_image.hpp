@@ -13,7 +13,11 @@
 //   - with Cut::torn, in addition, the most recent unsynced write (the one
 //     under way, or else the last one before it) of a file that survives is
 //     torn: a random part of its 512-byte sectors reached the disk, the rest
-//     did not (at least one of each when it spans two sectors or more).
+//     did not (at least one of each when it spans two sectors or more);
+//   - with Cut::reordered, instead, the page cache wrote back what it liked:
+//     every sector that unsynced writes touched (the one under way included)
+//     holds one of the versions it had since the last xSync, chosen at
+//     random sector by sector. Unsynced truncates stay lost.
 // Writes are sector-granular and never damage bytes outside their range (the
 // powersafe-overwrite property SQLite's unix VFS assumes by default).
 #pragma once
@@ -30,15 +34,17 @@
 namespace power {
 
 enum class Cut : std::uint8_t {
-  discard,  // every unsynced write is lost
-  torn,     // the last unsynced write survives in part
+  discard,    // every unsynced write is lost
+  torn,       // the last unsynced write survives in part
+  reordered,  // each unsynced sector holds any of its versions since the last sync
 };
 
 struct CrashImage {
   std::map<std::string, std::string> files;  // name -> content
-  // Cut::torn: which write was torn and how many of its sectors survived
-  // (empty when there was no unsynced write to tear).
-  std::string torn_write;
+  // Cut::torn: which write was torn and how many of its sectors survived;
+  // Cut::reordered: how many unsynced sectors hold a newer version. Empty
+  // when there was nothing unsynced to cut.
+  std::string note;
 };
 
 // The positions worth cutting at: before every operation that touches a file
