@@ -7,9 +7,10 @@
 // outbox::Transaction (--subject producer, --sync normal is the library's
 // default, full is Durability::full). Then, for crash points chosen by the
 // seed, it rebuilds what the directory would hold after a power loss at that
-// moment (crash_image.hpp: unsynced writes discarded, or with --cut torn the
-// last one torn at sector granularity), opens it with the real code and
-// checks:
+// moment (crash_image.hpp: unsynced writes discarded; with --cut torn the
+// last one torn at sector granularity; with --cut reordered every unsynced
+// sector at any of its versions since the last sync), opens it with the real
+// code and checks:
 //   - the database opens (the store runs its quick_check) and passes PRAGMA
 //     integrity_check;
 //   - every acknowledged batch / committed transaction is there with all its
@@ -76,11 +77,14 @@ int run_all(const Settings& settings) {
                                                  : power::Cut::discard;
   bool broker = settings.workload.subject == "broker";
   bool durable_required = settings.workload.sync == "full" || settings.expect_durable;
-  std::string replay = "outbox-power-loss --subject " + settings.workload.subject + " --sync " +
-                       settings.workload.sync + " --cut " + settings.cut + " --commits " +
-                       std::to_string(settings.workload.commits) + " --seed " +
-                       std::to_string(settings.seed) +
-                       (settings.expect_durable ? " --expect-durable" : "");
+  std::string replay =
+      "outbox-power-loss --subject " + settings.workload.subject + " --sync " +
+      settings.workload.sync + " --cut " + settings.cut + " --commits " +
+      std::to_string(settings.workload.commits) + " --seed " + std::to_string(settings.seed) +
+      (settings.workload.checkpoint_pages
+           ? " --checkpoint-pages " + std::to_string(*settings.workload.checkpoint_pages)
+           : "") +
+      (settings.expect_durable ? " --expect-durable" : "");
 
   std::uint64_t points_done = 0, inconsistent = 0, lost_total = 0, runs = 0;
   std::uint64_t worst_commits_lost = 0, worst_messages_lost = 0, worst_acked = 0;
@@ -172,6 +176,10 @@ int main(int argc, char** argv) {
       ->check(cli::count_check(1));
   app.add_option("--commits", settings.workload.commits, "batches or transactions per run")
       ->check(cli::count_check(1, 100000));
+  app.add_option("--checkpoint-pages", settings.workload.checkpoint_pages,
+                 "producer: checkpoint when the WAL holds this many pages (default: the "
+                 "library's)")
+      ->check(CLI::Range(1, 1000000));
   app.add_option("--seed", settings.seed, "chooses workloads, crash points and torn sectors");
   app.add_option("--run", settings.only_run, "start at this run (with --crash-point: only it)");
   app.add_option("--crash-point", settings.only_crash_point,

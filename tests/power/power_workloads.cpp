@@ -213,6 +213,7 @@ outbox::Options producer_options(const Workload& workload) {
   // A configured worker id and a fixed clock: the same seed writes the same bytes.
   options.worker_id = 7;
   options.clock = [] { return outbox::TimePoint(std::chrono::hours(500000)); };
+  if (workload.checkpoint_pages) options.wal_autocheckpoint_pages = *workload.checkpoint_pages;
   return options;
 }
 

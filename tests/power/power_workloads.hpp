@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -32,6 +33,8 @@ struct Workload {
   std::string subject = "broker";  // broker (broker::Store) or producer (outbox::Outbox)
   std::string sync = "full";       // full or normal
   std::uint64_t commits = 24;      // batches or transactions per run
+  // Producer: Options::wal_autocheckpoint_pages; empty keeps the library's default.
+  std::optional<int> checkpoint_pages;
 };
 
 // One acknowledged batch (broker) or committed transaction (producer): the

@@ -223,7 +223,7 @@ TEST_CASE(
 
 TEST_CASE("power checks: a broker store with a message gone but its dedup entry kept is reported") {
   power::install_recording_vfs();
-  power::Workload workload{"broker", "full", 4};
+  power::Workload workload{"broker", "full", 4, {}};
   test_support::TempDir directory("outbox-power-model");
   auto run = power::record_run(workload, 1, 0, directory.path());
   auto end = run.recording.log.size();
@@ -248,7 +248,7 @@ TEST_CASE("power checks: a broker store with a message gone but its dedup entry 
 
 TEST_CASE("power checks: a producer's business row without its messages is reported") {
   power::install_recording_vfs();
-  power::Workload workload{"producer", "full", 4};
+  power::Workload workload{"producer", "full", 4, {}};
   test_support::TempDir directory("outbox-power-model");
   auto run = power::record_run(workload, 1, 0, directory.path());
   auto end = run.recording.log.size();
@@ -265,4 +265,29 @@ TEST_CASE("power checks: a producer's business row without its messages is repor
   CHECK(std::any_of(verdict.problems.begin(), verdict.problems.end(), [](const std::string& p) {
     return p.find("commit 1 is lost but the later commit 2 is there") != std::string::npos;
   }));
+}
+
+TEST_CASE("power workloads: the same seed records the same operations, byte for byte") {
+  power::install_recording_vfs();
+  for (const char* subject : {"broker", "producer"}) {
+    INFO(subject);
+    power::Workload workload{subject, "normal", 6, {}};
+    auto record = [&] {
+      test_support::TempDir directory("outbox-power-model");
+      return power::record_run(workload, 3, 1, directory.path());
+    };
+    auto first = record();
+    auto second = record();
+    CHECK(first.recording.baseline.files == second.recording.baseline.files);
+    REQUIRE(first.recording.log.size() == second.recording.log.size());
+    std::size_t differing = 0;
+    for (std::size_t i = 0; i < first.recording.log.size(); ++i) {
+      const auto& a = first.recording.log[i];
+      const auto& b = second.recording.log[i];
+      bool same = a.kind == b.kind && a.name == b.name && a.generation == b.generation &&
+                  a.offset == b.offset && a.data == b.data && a.event == b.event;
+      differing += same ? 0 : 1;
+    }
+    CHECK(differing == 0);
+  }
 }
