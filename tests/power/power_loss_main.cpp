@@ -21,8 +21,9 @@
 //     at all, a producer's business row is there iff its messages are;
 //   - broker: offsets run 1, 2, 3, ... per topic, the dedup index holds one
 //     entry per stored message and answers DUPLICATE with its offset for each
-//     of them (so no msg_id is remembered without its message, and none is
-//     stored without being remembered);
+//     of them, and a resend of each message not there is STORED (so no msg_id
+//     is remembered without its message, and none is stored without being
+//     remembered);
 //   - producer: the outbox's seq follows commit order.
 // The last line is the summary, e.g.
 //

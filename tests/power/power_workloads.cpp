@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -62,16 +64,22 @@ struct Owned {
   broker::IncomingMessage view() const { return {msg_id, topic, key, {}, payload}; }
 };
 
+// A run's number and seed, with the VFS's randomness seeded from it.
+Run begin_run(std::uint64_t seed, std::uint64_t number) {
+  Run run{number, run_seed(seed, number), {}, {}};
+  power::seed_randomness(run.seed);
+  return run;
+}
+
 Owned owned_message(const std::string& msg_id) {
   return {msg_id, topic_for(msg_id), key_for(msg_id), payload_for(msg_id)};
 }
 
 Run record_broker_run(const Workload& workload, std::uint64_t seed, std::uint64_t number,
                       const fs::path& directory) {
-  Run run{number, run_seed(seed, number), {}, {}};
+  auto run = begin_run(seed, number);
   std::mt19937_64 random(run.seed);
   auto path = directory / "broker.db";
-  power::seed_randomness(run.seed);
   { broker::Store created(path, store_options(workload)); }
   power::start_recording(directory);
   std::vector<std::string> sent;
@@ -119,17 +127,34 @@ std::map<std::string, std::uint64_t> commit_index(const Run& run) {
   return index;
 }
 
+// Runs `sql` and calls on_row for each row; throws std::runtime_error naming
+// the statement when it fails.
+void for_each_row(sqlite3* db, const char* sql, const std::function<void(sqlite3_stmt*)>& on_row) {
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db, sql, -1, &raw, nullptr) != SQLITE_OK)
+    throw std::runtime_error(std::string(sql) + ": " + sqlite3_errmsg(db));
+  std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> statement(raw, sqlite3_finalize);
+  int code = SQLITE_ROW;
+  while ((code = sqlite3_step(raw)) == SQLITE_ROW) on_row(raw);
+  if (code != SQLITE_DONE) throw std::runtime_error(std::string(sql) + ": " + sqlite3_errmsg(db));
+}
+
+std::string column_bytes(sqlite3_stmt* statement, int column) {
+  const auto* data = static_cast<const char*>(sqlite3_column_blob(statement, column));
+  return {data != nullptr ? data : "",
+          static_cast<std::size_t>(sqlite3_column_bytes(statement, column))};
+}
+
+// Empty when PRAGMA integrity_check says ok; else what it says, on one line.
 std::string integrity_problem(sqlite3* db) {
-  sqlite3_stmt* statement = nullptr;
-  if (sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &statement, nullptr) != SQLITE_OK)
-    return std::string("integrity_check cannot run: ") + sqlite3_errmsg(db);
   std::string result;
-  while (sqlite3_step(statement) == SQLITE_ROW) {
-    auto* text = reinterpret_cast<const char*>(sqlite3_column_text(statement, 0));
-    result += result.empty() ? "" : "; ";
-    result += text != nullptr ? text : "";
+  try {
+    for_each_row(db, "PRAGMA integrity_check", [&](sqlite3_stmt* row) {
+      result += (result.empty() ? "" : "; ") + column_bytes(row, 0);
+    });
+  } catch (const std::exception& error) {
+    return std::string("integrity_check cannot run: ") + error.what();
   }
-  sqlite3_finalize(statement);
   return result == "ok" ? std::string() : "integrity_check: " + result;
 }
 
@@ -196,6 +221,20 @@ Found inspect_broker(const Workload& workload, const Run& run, const fs::path& d
                                  " at offset " + std::to_string(outcomes[i].offset) +
                                  ", stored at " + std::to_string(offsets[i]));
     }
+    // Nothing else is: a message lost with the power lost its dedup entry too,
+    // so its resend is stored again rather than refused.
+    std::vector<Owned> missing;
+    for (const auto& [msg_id, commit] : rank_of)
+      if (found.commit_of.count(msg_id) == 0) missing.push_back(owned_message(msg_id));
+    views.clear();
+    for (const auto& message : missing) views.push_back(message.view());
+    outcomes = store.append(views);
+    for (std::size_t i = 0; i < missing.size(); ++i) {
+      if (outcomes[i].status != broker::AppendStatus::stored)
+        found.problems.push_back("resending the missing " + missing[i].msg_id + " gives " +
+                                 std::string(broker::to_string(outcomes[i].status)) +
+                                 " at offset " + std::to_string(outcomes[i].offset));
+    }
   } catch (const std::exception& error) {
     found.problems.push_back(std::string("the store does not open or read: ") + error.what());
     return found;
@@ -228,10 +267,9 @@ void execute(sqlite3* db, const std::string& sql) {
 
 Run record_producer_run(const Workload& workload, std::uint64_t seed, std::uint64_t number,
                         const fs::path& directory) {
-  Run run{number, run_seed(seed, number), {}, {}};
+  auto run = begin_run(seed, number);
   std::mt19937_64 random(run.seed);
   auto path = directory / "app.db";
-  power::seed_randomness(run.seed);
   {
     auto box = outbox::Outbox::open(path, producer_options(workload));
     execute(box.db(),
@@ -271,36 +309,27 @@ Found inspect_producer(const Workload& workload, const Run& run, const fs::path&
   auto rank_of = commit_index(run);
   try {
     auto box = outbox::Outbox::open(directory / "app.db", producer_options(workload));
-    sqlite3_stmt* statement = nullptr;
-    sqlite3_prepare_v2(box.db(), "SELECT id FROM orders ORDER BY id", -1, &statement, nullptr);
-    while (sqlite3_step(statement) == SQLITE_ROW)
-      found.business_rows.insert(static_cast<std::uint64_t>(sqlite3_column_int64(statement, 0)));
-    sqlite3_finalize(statement);
-    sqlite3_prepare_v2(box.db(),
-                       "SELECT msg_id, topic, partition_key, payload FROM outbox_messages "
-                       "ORDER BY seq",
-                       -1, &statement, nullptr);
+    for_each_row(box.db(), "SELECT id FROM orders ORDER BY id", [&](sqlite3_stmt* row) {
+      found.business_rows.insert(static_cast<std::uint64_t>(sqlite3_column_int64(row, 0)));
+    });
     std::uint64_t previous_rank = 0;
-    while (sqlite3_step(statement) == SQLITE_ROW) {
-      auto text = [&](int column) {
-        const auto* data = static_cast<const char*>(sqlite3_column_blob(statement, column));
-        return std::string(data != nullptr ? data : "",
-                           static_cast<std::size_t>(sqlite3_column_bytes(statement, column)));
-      };
-      auto msg_id = text(0);
-      if (text(1) != "orders" || text(2) != key_for(msg_id) || text(3) != payload_for(msg_id))
-        found.problems.push_back(msg_id + " is not what was enqueued");
-      auto known = rank_of.find(msg_id);
-      if (known == rank_of.end()) {
-        found.problems.push_back(msg_id + " was never enqueued");
-        continue;
-      }
-      if (known->second < previous_rank)
-        found.problems.push_back(msg_id + " has a seq before a message of an earlier commit");
-      previous_rank = known->second;
-      found.commit_of.emplace(msg_id, known->second);
-    }
-    sqlite3_finalize(statement);
+    for_each_row(
+        box.db(), "SELECT msg_id, topic, partition_key, payload FROM outbox_messages ORDER BY seq",
+        [&](sqlite3_stmt* row) {
+          auto msg_id = column_bytes(row, 0);
+          if (column_bytes(row, 1) != "orders" || column_bytes(row, 2) != key_for(msg_id) ||
+              column_bytes(row, 3) != payload_for(msg_id))
+            found.problems.push_back(msg_id + " is not what was enqueued");
+          auto known = rank_of.find(msg_id);
+          if (known == rank_of.end()) {
+            found.problems.push_back(msg_id + " was never enqueued");
+            return;
+          }
+          if (known->second < previous_rank)
+            found.problems.push_back(msg_id + " has a seq before a message of an earlier commit");
+          previous_rank = known->second;
+          found.commit_of.emplace(msg_id, known->second);
+        });
     if (auto problem = integrity_problem(box.db()); !problem.empty())
       found.problems.push_back(problem);
   } catch (const std::exception& error) {

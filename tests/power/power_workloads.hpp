@@ -76,8 +76,9 @@ Run record_run(const Workload& workload, std::uint64_t seed, std::uint64_t numbe
 // Opens the database in `directory` with the real code and reads everything
 // back: broker::Store (its quick_check at open, fetch of every topic, stats,
 // a resend of every message found, which must come back DUPLICATE at its
-// offset) or outbox::Outbox (business rows, outbox rows in seq order); then
-// PRAGMA integrity_check.
+// offset, then of every message of the run not found, which must be STORED:
+// no dedup entry outlives its message) or outbox::Outbox (business rows, outbox rows in seq order);
+// then PRAGMA integrity_check.
 Found inspect(const Workload& workload, const Run& run, const std::filesystem::path& directory);
 
 // Judges what was found after a crash at `crash_point`: every commit all

@@ -56,6 +56,22 @@ std::int64_t count_rows(sqlite3* db, const char* sql) {
   return value;
 }
 
+// A 4-commit run recorded to its end, and its crash image after everything.
+struct EndImage {
+  explicit EndImage(const char* subject) : workload{subject, "full", 4, {}} {
+    power::install_recording_vfs();
+    test_support::TempDir directory("outbox-power-model");
+    run = power::record_run(workload, 1, 0, directory.path());
+    power::write_image(power::crash_image(run.recording, end(), power::Cut::discard, 1),
+                       after.path());
+  }
+  std::size_t end() const { return run.recording.log.size(); }
+
+  power::Workload workload;
+  power::Run run;
+  test_support::TempDir after{"outbox-power-model-after"};
+};
+
 }  // namespace
 
 TEST_CASE("crash image: a file keeps the writes its last xSync covered, no later ones") {
@@ -222,44 +238,36 @@ TEST_CASE(
 }
 
 TEST_CASE("power checks: a broker store with a message gone but its dedup entry kept is reported") {
-  power::install_recording_vfs();
-  power::Workload workload{"broker", "full", 4, {}};
-  test_support::TempDir directory("outbox-power-model");
-  auto run = power::record_run(workload, 1, 0, directory.path());
-  auto end = run.recording.log.size();
-  test_support::TempDir after("outbox-power-model-after");
-  power::write_image(power::crash_image(run.recording, end, power::Cut::discard, 1), after.path());
-  CHECK(power::inspect(workload, run, after.path()).problems.empty());
+  EndImage image("broker");
+  CHECK(power::inspect(image.workload, image.run, image.after.path()).problems.empty());
   {
-    Database damage(after / "broker.db");
+    Database damage(image.after / "broker.db");
     execute(damage.db, "DELETE FROM chunks WHERE id = (SELECT max(id) FROM chunks)");
   }
-  auto found = power::inspect(workload, run, after.path());
+  auto found = power::inspect(image.workload, image.run, image.after.path());
   INFO(found.problems.size());
   CHECK(std::any_of(found.problems.begin(), found.problems.end(), [](const std::string& problem) {
     return problem.find("dedup entries for") != std::string::npos;
   }));
   // One chunk holds one topic's part of a batch: the batch is there by halves.
-  auto verdict = power::judge(run, end, found, true);
+  auto verdict = power::judge(image.run, image.end(), found, true);
   CHECK(std::any_of(verdict.problems.begin(), verdict.problems.end(), [](const std::string& p) {
     return p.find("is there by halves") != std::string::npos;
   }));
 }
 
 TEST_CASE("power checks: a producer's business row without its messages is reported") {
-  power::install_recording_vfs();
-  power::Workload workload{"producer", "full", 4, {}};
-  test_support::TempDir directory("outbox-power-model");
-  auto run = power::record_run(workload, 1, 0, directory.path());
-  auto end = run.recording.log.size();
-  test_support::TempDir after("outbox-power-model-after");
-  power::write_image(power::crash_image(run.recording, end, power::Cut::discard, 1), after.path());
-  CHECK(power::judge(run, end, power::inspect(workload, run, after.path()), true).problems.empty());
+  EndImage image("producer");
+  auto judged = [&] {
+    return power::judge(image.run, image.end(),
+                        power::inspect(image.workload, image.run, image.after.path()), true);
+  };
+  CHECK(judged().problems.empty());
   {
-    Database damage(after / "app.db");
+    Database damage(image.after / "app.db");
     execute(damage.db, "DELETE FROM outbox_messages WHERE msg_id LIKE 'order-2-%'");
   }
-  auto verdict = power::judge(run, end, power::inspect(workload, run, after.path()), true);
+  auto verdict = judged();
   CHECK(std::find(verdict.problems.begin(), verdict.problems.end(),
                   "order 2 is there without its messages") != verdict.problems.end());
   CHECK(std::any_of(verdict.problems.begin(), verdict.problems.end(), [](const std::string& p) {
