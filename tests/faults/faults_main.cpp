@@ -1127,15 +1127,20 @@ class Run {
           count_in_logs({"relay", "relay-b"}, "failed with SQLITE_IOERR"));
     }
     if (redis_inbox()) {
+      std::vector<std::string> consumers = {"consumer", "consumer-b"};
       std::printf(
           "redis inbox: 2 consumers, %ld side effects, %ld repeated as the contract allows (%ld "
           "after a kill -9 between side effect and complete, %ld after a lost claim, %ld after a "
-          "failed complete); %ld consumer kill -9s of their own\n",
+          "failed complete); consumers killed themselves %ld times: %ld after begin before the "
+          "side effect, %ld between the side effect and complete, %ld after complete before the "
+          "offset commit\n",
           report.effects,
           report.repeated_after_kill + report.repeated_after_claim_lost +
               report.repeated_after_error,
           report.repeated_after_kill, report.repeated_after_claim_lost, report.repeated_after_error,
-          consumer_self_kills_);
+          consumer_self_kills_, count_in_logs(consumers, "kill -9 of itself after begin"),
+          count_in_logs(consumers, "kill -9 of itself between the side effect"),
+          count_in_logs(consumers, "kill -9 of itself after complete"));
     }
     if (jetstream()) {
       std::printf(
@@ -1550,7 +1555,8 @@ class Run {
           {"broker_pause", 4, broker_.get(), SIGSTOP},
           {"broker_kill9", 20, broker_.get(), SIGKILL},
           {"broker_term", 8, broker_.get(), SIGTERM},
-          {"consumer_kill9", 22, consumer, SIGKILL},
+          // Two consumers in Redis inbox mode: kill them more often.
+          {"consumer_kill9", redis_inbox() ? 40 : 22, consumer, SIGKILL},
           {"consumer_term", 4, consumer, SIGTERM},
           // Longer than the Redis inbox's 1 s lease: the other consumer takes
           // the claim over, and the paused one's complete() finds it lost.
