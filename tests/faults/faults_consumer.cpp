@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "broker/client.hpp"
+#include "faults_flags.hpp"
 #include "outbox/inbox.hpp"
 #ifdef FAULTS_WITH_REDIS_INBOX
 #include "outbox/redis_inbox.hpp"
@@ -255,34 +256,17 @@ class RedisApplier : public Applier {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string endpoint, db_path, group = "faults", inbox = "sqlite";
-  long lease_ms = 1000;
-  double self_kill_rate = 0;
-  std::uint64_t seed = 1;
-  std::vector<std::string> topics;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--broker")
-      endpoint = value;
-    else if (flag == "--db")
-      db_path = value;
-    else if (flag == "--group")
-      group = value;
-    else if (flag == "--topic")
-      topics.push_back(value);
-    else if (flag == "--inbox")
-      inbox = value;
-    else if (flag == "--lease-ms")
-      lease_ms = std::stol(value);
-    else if (flag == "--self-kill-rate")
-      self_kill_rate = std::stod(value);
-    else if (flag == "--seed")
-      seed = std::stoull(value);
-    else {
-      std::fprintf(stderr, "faults_consumer: unknown flag %s\n", flag.c_str());
-      return 2;
-    }
-  }
+  auto flags = faults::Flags::parse(argc, argv, "faults_consumer",
+                                    {"--broker", "--db", "--group", "--topic", "--inbox",
+                                     "--lease-ms", "--self-kill-rate", "--seed"});
+  if (!flags) return 2;
+  const std::string endpoint = flags->text("--broker"), db_path = flags->text("--db"),
+                    group = flags->text("--group", "faults"),
+                    inbox = flags->text("--inbox", "sqlite");
+  const auto topics = flags->all("--topic");
+  const long lease_ms = static_cast<long>(flags->number("--lease-ms", 1000));
+  const double self_kill_rate = flags->number("--self-kill-rate", 0);
+  const auto seed = std::stoull(flags->text("--seed", "1"));
   if (endpoint.empty() || db_path.empty() || topics.empty()) {
     std::fprintf(stderr,
                  "usage: faults_consumer --broker E --db DB --group G --topic T ... "

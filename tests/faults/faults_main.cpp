@@ -1118,10 +1118,10 @@ class Run {
       std::vector<std::string> producers;
       for (auto& producer : producers_) producers.push_back(producer->name());
       std::printf(
-          "full disk: app.db's tmpfs filled %ld times, a producer saw SQLITE_FULL or SQLITE_IOERR "
-          "during %ld of them; first failures reported by producers %ld, by relays %ld "
-          "(SQLITE_FULL) + %ld (SQLITE_IOERR)\n",
-          fault_kinds_["disk_full"], disk_full_bites_,
+          "full disk: app.db's tmpfs filled %ld times, seen full (SQLITE_FULL or SQLITE_IOERR) by "
+          "a producer during %ld of them, by a relay during %ld; first failures reported by "
+          "producers %ld, by relays %ld (SQLITE_FULL) + %ld (SQLITE_IOERR)\n",
+          fault_kinds_["disk_full"], disk_full_producer_bites_, disk_full_relay_bites_,
           count_in_logs(producers, "full disk or I/O error"),
           count_in_logs({"relay", "relay-b"}, "failed with SQLITE_FULL"),
           count_in_logs({"relay", "relay-b"}, "failed with SQLITE_IOERR"));
@@ -1564,7 +1564,7 @@ class Run {
           {"producer_kill9", 8, producer, SIGKILL},
           {"operator_replay", 8, nullptr, 0},
           {"operator_drop", 8, nullptr, 0},
-          {"disk_full", disk_ != nullptr ? 5 : 0, nullptr, 0},
+          {"disk_full", disk_ != nullptr ? 8 : 0, nullptr, 0},
       };
     }
     int total = 0;
@@ -1604,31 +1604,56 @@ class Run {
     }
   }
 
-  // How often each producer has reported a full disk (or an I/O error) so far.
-  std::map<Managed*, std::size_t> disk_trouble_reports() {
+  // How often each of `processes` has reported a full disk or an I/O error on
+  // stderr so far (its current incarnation): the producers' "full disk or I/O
+  // error" lines, the relays' "failed with SQLITE_FULL" (or SQLITE_IOERR).
+  static std::map<Managed*, std::size_t> disk_reports(const std::vector<Managed*>& processes) {
     std::map<Managed*, std::size_t> reports;
-    for (auto& producer : producers_) {
-      auto text = producer->current_stderr();
+    for (auto* process : processes) {
+      auto text = process->current_stderr();
       std::size_t count = 0;
-      for (auto at = text.find("full disk or I/O error"); at != std::string::npos;
-           at = text.find("full disk or I/O error", at + 1)) {
-        ++count;
+      for (const char* needle :
+           {"full disk or I/O error", "failed with SQLITE_FULL", "failed with SQLITE_IOERR"}) {
+        for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+          ++count;
+        }
       }
-      reports[producer.get()] = count;
+      reports[process] = count;
     }
     return reports;
   }
 
+  std::vector<Managed*> producer_processes() {
+    std::vector<Managed*> all;
+    for (auto& producer : producers_) all.push_back(producer.get());
+    return all;
+  }
+  std::vector<Managed*> relay_processes() {
+    return {relay_.get(), standby_relay_.get()};
+  }
+
+  // Whether one of `processes` reported a full disk since `before`.
+  static bool reported_since(const std::vector<Managed*>& processes,
+                             std::map<Managed*, std::size_t>& before) {
+    for (const auto& [process, count] : disk_reports(processes)) {
+      if (count > before[process]) return true;
+    }
+    return false;
+  }
+
   // Fills app.db's file system to the last block. It stays full until a
-  // producer has reported the failure and 0-500 ms more, at most 5 s (a
-  // producer at 100 transactions a second meets it at once, unless SQLite
-  // still finds room in its WAL file), then free_disk_when_due frees it.
+  // producer and a relay have reported the failure and 0-300 ms more, or 2 s
+  // after only a producer did, at most 5 s (a producer at 100 transactions a
+  // second meets it at once, unless SQLite still finds room in its WAL file; a
+  // relay when it next records outcomes or renews its lease); then
+  // free_disk_when_due frees it.
   bool fill_disk() {
     if (disk_->full()) return false;
-    disk_reports_before_ = disk_trouble_reports();
+    producer_reports_before_ = disk_reports(producer_processes());
+    relay_reports_before_ = disk_reports(relay_processes());
     auto filled = disk_->fill();
     append_file(dir_ / "logs" / "disk.log", "filled with " + std::to_string(filled) + " bytes\n");
-    disk_bitten_ = false;
+    producer_saw_full_ = relay_saw_full_ = false;
     disk_full_until_ = Clock::now() + 5s;
     return true;
   }
@@ -1636,17 +1661,28 @@ class Run {
   void free_disk_when_due(bool now_anyway) {
     if (disk_ == nullptr || !disk_->full()) return;
     auto now = Clock::now();
-    if (!disk_bitten_) {
-      for (const auto& [producer, count] : disk_trouble_reports()) {
-        if (count > disk_reports_before_[producer]) disk_bitten_ = true;
-      }
-      if (disk_bitten_) disk_full_until_ = std::min(disk_full_until_, now + between(0, 500));
+    if (!now_anyway && now < next_disk_check_) return;
+    next_disk_check_ = now + 50ms;  // the logs are read anew each time
+    if (!producer_saw_full_ && reported_since(producer_processes(), producer_reports_before_)) {
+      producer_saw_full_ = true;
+      disk_full_until_ = std::min(disk_full_until_, now + 2s);
+    }
+    if (!relay_saw_full_ && reported_since(relay_processes(), relay_reports_before_)) {
+      relay_saw_full_ = true;
+    }
+    if (producer_saw_full_ && relay_saw_full_ && !disk_free_soon_) {
+      disk_free_soon_ = true;
+      disk_full_until_ = std::min(disk_full_until_, now + between(0, 300));
     }
     if (!now_anyway && now < disk_full_until_) return;
     disk_->free_space();
-    if (disk_bitten_) ++disk_full_bites_;
-    append_file(dir_ / "logs" / "disk.log", std::string("freed; a producer saw it full: ") +
-                                                (disk_bitten_ ? "yes" : "no") + "\n");
+    disk_free_soon_ = false;
+    if (producer_saw_full_) ++disk_full_producer_bites_;
+    if (relay_saw_full_) ++disk_full_relay_bites_;
+    append_file(dir_ / "logs" / "disk.log",
+                std::string("freed; seen full by a producer: ") +
+                    (producer_saw_full_ ? "yes" : "no") +
+                    ", by a relay: " + (relay_saw_full_ ? "yes" : "no") + "\n");
   }
 
   // Lines in the archived logs of `names` that contain `text`.
@@ -1926,9 +1962,11 @@ class Run {
   std::string relay_entry_, consumer_entry_;  // where relays and consumer connect
   SmallDisk* disk_;
   Clock::time_point disk_full_until_{};
-  long disk_full_bites_ = 0;  // fills during which a producer saw the disk full
-  bool disk_bitten_ = false;
-  std::map<Managed*, std::size_t> disk_reports_before_;
+  // Fills during which a producer, a relay saw the disk full.
+  long disk_full_producer_bites_ = 0, disk_full_relay_bites_ = 0;
+  bool producer_saw_full_ = false, relay_saw_full_ = false, disk_free_soon_ = false;
+  std::map<Managed*, std::size_t> producer_reports_before_, relay_reports_before_;
+  Clock::time_point next_disk_check_{};
   std::unique_ptr<Managed> nats_, redis_, broker_, proxy_, consumer_proxy_, relay_cutter_,
       consumer_cutter_, relay_, standby_relay_, consumer_, consumer2_;
   int nats_port_ = 0, redis_port_ = 0;

@@ -42,6 +42,7 @@
 
 #include <unistd.h>
 
+#include "faults_flags.hpp"
 #include "outbox/outbox.hpp"
 
 namespace {
@@ -95,30 +96,15 @@ struct Statement {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string db_path, name = "producer";
-  std::uint64_t seed = 1;
-  double rate = 150;
-  int keys = 16;
-  double oversize_rate = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--db")
-      db_path = value;
-    else if (flag == "--name")
-      name = value;
-    else if (flag == "--seed")
-      seed = std::stoull(value);
-    else if (flag == "--rate")
-      rate = std::stod(value);
-    else if (flag == "--keys")
-      keys = std::stoi(value);
-    else if (flag == "--oversize-rate")
-      oversize_rate = std::stod(value);
-    else {
-      std::fprintf(stderr, "faults_producer: unknown flag %s\n", flag.c_str());
-      return 2;
-    }
-  }
+  auto flags =
+      faults::Flags::parse(argc, argv, "faults_producer",
+                           {"--db", "--name", "--seed", "--rate", "--keys", "--oversize-rate"});
+  if (!flags) return 2;
+  const std::string db_path = flags->text("--db"), name = flags->text("--name", "producer");
+  const auto seed = std::stoull(flags->text("--seed", "1"));
+  const double rate = flags->number("--rate", 150),
+               oversize_rate = flags->number("--oversize-rate", 0);
+  const int keys = static_cast<int>(flags->number("--keys", 16));
   if (db_path.empty() || keys < 1 || rate <= 0) {
     std::fprintf(stderr,
                  "usage: faults_producer --db APP.DB --name P --seed N [--rate R] [--keys K]\n");

@@ -41,6 +41,8 @@
 
 #include <unistd.h>
 
+#include "faults_flags.hpp"
+
 namespace {
 
 std::atomic<bool> stop_requested{false};
@@ -183,29 +185,15 @@ void poison(Row& row, int pick, const std::string& tag) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string db_path, name = "sql-producer";
-  std::uint64_t seed = 1;
-  double rate = 30, poison_rate = 0.05;
-  int keys = 12;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--db")
-      db_path = value;
-    else if (flag == "--name")
-      name = value;
-    else if (flag == "--seed")
-      seed = std::stoull(value);
-    else if (flag == "--rate")
-      rate = std::stod(value);
-    else if (flag == "--keys")
-      keys = std::stoi(value);
-    else if (flag == "--poison-rate")
-      poison_rate = std::stod(value);
-    else {
-      std::fprintf(stderr, "faults_sql_producer: unknown flag %s\n", flag.c_str());
-      return 2;
-    }
-  }
+  auto flags =
+      faults::Flags::parse(argc, argv, "faults_sql_producer",
+                           {"--db", "--name", "--seed", "--rate", "--keys", "--poison-rate"});
+  if (!flags) return 2;
+  const std::string db_path = flags->text("--db"), name = flags->text("--name", "sql-producer");
+  const auto seed = std::stoull(flags->text("--seed", "1"));
+  const double rate = flags->number("--rate", 30),
+               poison_rate = flags->number("--poison-rate", 0.05);
+  const int keys = static_cast<int>(flags->number("--keys", 12));
   if (db_path.empty() || keys < 1 || rate <= 0) {
     std::fprintf(stderr,
                  "usage: faults_sql_producer --db APP.DB --name S --seed N [--rate R] [--keys K] "
