@@ -812,9 +812,8 @@ struct Report {
 
 // What the checker needs to know of a Redis inbox shared by the consumers.
 struct RedisInboxView {
-  // Reads the records of these msg_ids.
-  std::function<std::map<std::string, InboxRecord>(const std::vector<std::string>&)> records;
-  std::set<long> killed_pids;  // consumer processes that ended by SIGKILL
+  std::map<std::string, InboxRecord> records;  // of every stored msg_id
+  std::set<long> killed_pids;                  // consumer processes that ended by SIGKILL
 };
 
 // With --inbox redis a side effect may repeat, as docs/redis_inbox.md says,
@@ -841,11 +840,9 @@ void check_redis_effects(Report& report, Database& consumer,
   for (auto& row : consumer.rows("SELECT msg_id, claim_token, outcome FROM claim_outcomes")) {
     outcomes[{row[0], row[1]}] = row[2];
   }
-  std::vector<std::string> ids;
-  for (const auto& [id, copy] : first_copy) ids.push_back(id);
-  auto records = redis.records(ids);
   for (const auto& [id, copy] : first_copy) {
-    const auto& record = records[id];
+    auto found = redis.records.find(id);
+    auto record = found != redis.records.end() ? found->second : InboxRecord{};
     if (record.state != "completed") {
       report.inbox_unfinished.add(id + " (state '" + record.state + "')");
     }
@@ -1077,9 +1074,7 @@ class Run {
     if (redis_inbox()) {
       std::vector<std::string> ids;
       for (const auto& copy : stored) ids.push_back(copy.msg_id);
-      auto records = read_inbox_records(ids);
-      redis = RedisInboxView{[records](const std::vector<std::string>&) { return records; },
-                             killed_consumer_pids_};
+      redis = RedisInboxView{read_inbox_records(ids), {}};
     }
     stop_everything();
     if (redis) redis->killed_pids = killed_consumer_pids_;
