@@ -232,19 +232,17 @@ class Managed {
     last_pid_ = process_->pid();
     archive(status);
     std::optional<std::string> problem;
-    last_self_killed_ = false;
+    // On purpose, and it said so first (also while it was stopping).
+    last_self_killed_ = self_kill_ok_ && !status.exited && status.signal == SIGKILL &&
+                        process_->stderr_text().find("kill -9 of itself") != std::string::npos;
     if (state_ == State::running) {
       problem = name_ + " exited by itself (" + describe(status) + ")";
       if (status.exited && exit_code_ok_(status.code)) problem.reset();
-      if (self_kill_ok_ && !status.exited && status.signal == SIGKILL &&
-          process_->stderr_text().find("kill -9 of itself") != std::string::npos) {
-        problem.reset();  // on purpose, and it said so first
-        last_self_killed_ = true;
-      }
     } else if (expected_signal_ == SIGTERM && !(status.exited && term_exit_code_ok_(status.code)) &&
                !killed_while_starting(status)) {
       problem = name_ + " did not exit 0 after SIGTERM (" + describe(status) + ")";
     }
+    if (last_self_killed_) problem.reset();
     if (problem) last_log_tail_ = tail_lines(process_->stderr_text(), 15);
     process_.reset();
     state_ = State::down;
