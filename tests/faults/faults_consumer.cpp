@@ -156,7 +156,7 @@ class RedisApplier : public Applier {
         insert_(db_, kInsertEffect),
         outcome_(db_,
                  "INSERT INTO claim_outcomes(msg_id, claim_token, outcome) VALUES (?1, ?2, ?3)"),
-        inbox_(outbox::RedisInbox::connect(std::move(options))),
+        inbox_(connect(std::move(options))),
         self_kill_rate_(self_kill_rate),
         random_(seed ^ (static_cast<std::uint64_t>(::getpid()) << 20)),
         name_("consumer-" + std::to_string(::getpid())) {}
@@ -212,6 +212,20 @@ class RedisApplier : public Applier {
   }
 
  private:
+  // Redis restarts under the suite too: a consumer started meanwhile waits
+  // for it (up to 30 s) instead of failing.
+  static outbox::RedisInbox connect(outbox::RedisInboxOptions options) {
+    auto deadline = std::chrono::steady_clock::now() + 30s;
+    for (;;) {
+      try {
+        return outbox::RedisInbox::connect(options);
+      } catch (const outbox::RedisError&) {
+        if (std::chrono::steady_clock::now() >= deadline) throw;
+      }
+      std::this_thread::sleep_for(50ms);  // retry backoff
+    }
+  }
+
   static sqlite3* open(const std::string& path) {
     sqlite3* db = nullptr;
     if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) {

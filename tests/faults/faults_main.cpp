@@ -1554,6 +1554,11 @@ class Run {
           // Longer than the Redis inbox's 1 s lease: the other consumer takes
           // the claim over, and the paused one's complete() finds it lost.
           {"consumer_pause", redis_inbox() ? 4 : 0, consumer, SIGSTOP},
+          // redis-server with its append-only file fsynced on every write:
+          // killed, nothing completed is forgotten; paused past the inbox's
+          // 2 s command timeout, calls fail and may still take effect later.
+          {"redis_kill9", redis_inbox() ? 6 : 0, redis_.get(), SIGKILL},
+          {"redis_pause", redis_inbox() ? 2 : 0, redis_.get(), SIGSTOP},
           {"producer_kill9", 8, producer, SIGKILL},
           {"operator_replay", 8, nullptr, 0},
           {"operator_drop", 8, nullptr, 0},
