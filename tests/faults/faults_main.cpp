@@ -14,6 +14,11 @@
 // silent (tests/faults/README.md). Some messages are too large for the broker
 // and become dead; as an operator would, the injector drops them, or strips
 // them and replays them, with outbox-relay drop / replay while the relays run.
+// A producer that writes plain SQL (docs/schema.md) commits, among legal rows,
+// rows that can never be delivered; each must become dead with a reason that
+// names its field while everything else flows. app.db lives on a tmpfs of its
+// own that the injector fills to the last block now and then (SQLITE_FULL for
+// producers and relays) and frees again.
 // When enough faults were injected (--faults) or the time is up (--duration),
 // faults stop, the producers finish, everything drains (the remaining dead
 // messages dropped or replayed), and the checker compares the producers'
@@ -23,13 +28,20 @@
 // With --sink jetstream, nats-server -js takes the broker's place (no proxy,
 // no consumer): the relays publish to a stream covering outbox.>, the
 // injector kills, stops and pauses nats-server as it does the broker, and the
-// checker reads the stream back. The last line is the summary:
+// checker reads the stream back. With --inbox redis, two consumers share one
+// Redis inbox (redis-server started here, killed and paused too) and kill
+// themselves around their side effects; the checker allows exactly the
+// repeats the Redis inbox's contract allows. The last line is the summary:
 //
-//   faults=N lost=0 duplicated=0 reordered=0 phantom=0
+//   faults=N lost=0 duplicated=0 reordered=0 phantom=0 dead=D
+//
+// where D counts the messages dead at the end, every one listed before it with
+// its reason, and every one a row written to be undeliverable.
 //
 // Exit code 0 when every check passed, 1 when one failed (the seed and the
 // first offending msg_ids are printed to replay it), 2 for bad flags, 3 when
-// the run itself could not be carried out.
+// the run itself could not be carried out, 4 when --sink jetstream or --inbox
+// redis cannot run here (no nats-server, libnats, hiredis or redis-server).
 #include <sqlite3.h>
 
 #include <algorithm>
