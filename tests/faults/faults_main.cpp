@@ -14,6 +14,11 @@
 // silent (tests/faults/README.md). Some messages are too large for the broker
 // and become dead; as an operator would, the injector drops them, or strips
 // them and replays them, with outbox-relay drop / replay while the relays run.
+// A producer that writes plain SQL (docs/schema.md) commits, among legal rows,
+// rows that can never be delivered; each must become dead with a reason that
+// names its field while everything else flows. app.db lives on a tmpfs of its
+// own that the injector fills to the last block now and then (SQLITE_FULL for
+// producers and relays) and frees again.
 // When enough faults were injected (--faults) or the time is up (--duration),
 // faults stop, the producers finish, everything drains (the remaining dead
 // messages dropped or replayed), and the checker compares the producers'
@@ -23,13 +28,20 @@
 // With --sink jetstream, nats-server -js takes the broker's place (no proxy,
 // no consumer): the relays publish to a stream covering outbox.>, the
 // injector kills, stops and pauses nats-server as it does the broker, and the
-// checker reads the stream back. The last line is the summary:
+// checker reads the stream back. With --inbox redis, two consumers share one
+// Redis inbox (redis-server started here, killed and paused too) and kill
+// themselves around their side effects; the checker allows exactly the
+// repeats the Redis inbox's contract allows. The last line is the summary:
 //
-//   faults=N lost=0 duplicated=0 reordered=0 phantom=0
+//   faults=N lost=0 duplicated=0 reordered=0 phantom=0 dead=D
+//
+// where D counts the messages dead at the end, every one listed before it with
+// its reason, and every one a row written to be undeliverable.
 //
 // Exit code 0 when every check passed, 1 when one failed (the seed and the
 // first offending msg_ids are printed to replay it), 2 for bad flags, 3 when
-// the run itself could not be carried out.
+// the run itself could not be carried out, 4 when --sink jetstream or --inbox
+// redis cannot run here (no nats-server, libnats, hiredis or redis-server).
 #include <sqlite3.h>
 
 #include <algorithm>
@@ -58,12 +70,22 @@
 #include "outbox/relay_store.hpp"
 #include "test_support.hpp"
 
-#ifdef OUTBOX_RELAY_WITH_JETSTREAM
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
+
+#ifdef OUTBOX_FAULTS_REDIS_SERVER
+#include <hiredis/hiredis.h>
+#endif
+
+#ifdef OUTBOX_RELAY_WITH_JETSTREAM
 #include <nats/nats.h>
 
 #include "relay/jetstream_sink.hpp"
@@ -95,6 +117,10 @@ struct Settings {
   double proxy_rate = 1.0;
   // Fraction of messages too large for the broker (broker sink only).
   double oversize_rate = 0.002;
+  // The producer that writes plain SQL (broker sink only; 0: none), and the
+  // fraction of its messages that can never be delivered.
+  double sql_rate = 30;
+  double poison_rate = 0.05;
   bool hostile_order = false;
   // In front of each message-level proxy, a TCP proxy that cuts every
   // connection after a random number of bytes ("off": none).
@@ -102,12 +128,19 @@ struct Settings {
   double freeze = 0.05;  // share of those cuts that go silent instead
   bool keep = false;
   std::string sink = "broker";  // or "jetstream"
+  // "redis": two consumers share one Redis inbox (redis-server started here).
+  std::string inbox = "sqlite";
+  double self_kill_rate = 0.0005;  // --inbox redis: per claim and window
+  // app.db on a tmpfs that the injector fills up now and then (needs mount).
+  bool full_disk = true;
+  std::uint64_t disk_bytes = 64ull << 20;
   std::string nats_server_binary;
   fs::path work_dir;
   std::string relay_binary = OUTBOX_BIN_OUTBOX_RELAY;
   std::string broker_binary = OUTBOX_BIN_OUTBOX_BROKER;
   std::string proxy_binary = OUTBOX_BIN_FAULT_PROXY;
   std::string producer_binary = OUTBOX_BIN_FAULTS_PRODUCER;
+  std::string sql_producer_binary = OUTBOX_BIN_FAULTS_SQL_PRODUCER;
   std::string consumer_binary = OUTBOX_BIN_FAULTS_CONSUMER;
 };
 
@@ -208,8 +241,12 @@ class Managed {
     }
     auto status = *process_->wait_for(0ms);
     last_status_ = status;
+    last_pid_ = process_->pid();
     archive(status);
     std::optional<std::string> problem;
+    // On purpose, and it said so first (also while it was stopping).
+    last_self_killed_ = self_kill_ok_ && !status.exited && status.signal == SIGKILL &&
+                        process_->stderr_text().find("kill -9 of itself") != std::string::npos;
     if (state_ == State::running) {
       problem = name_ + " exited by itself (" + describe(status) + ")";
       if (status.exited && exit_code_ok_(status.code)) problem.reset();
@@ -217,6 +254,7 @@ class Managed {
                !killed_while_starting(status)) {
       problem = name_ + " did not exit 0 after SIGTERM (" + describe(status) + ")";
     }
+    if (last_self_killed_) problem.reset();
     if (problem) last_log_tail_ = tail_lines(process_->stderr_text(), 15);
     process_.reset();
     state_ = State::down;
@@ -231,9 +269,17 @@ class Managed {
   void stay_down() { restart_enabled_ = false; }
   void set_restart_at(Clock::time_point at) { restart_at_ = at; }
   std::optional<test_support::ExitStatus> last_status() const { return last_status_; }
+  pid_t last_pid() const { return last_pid_; }
+  // The last exit was a SIGKILL the process sent itself (accept_self_kill).
+  bool last_self_killed() const { return last_self_killed_; }
+  // A SIGKILL the process sends itself after saying "kill -9 of itself" on
+  // stderr is a fault it injects, not a problem.
+  void accept_self_kill() { self_kill_ok_ = true; }
   const std::string& last_log_tail() const { return last_log_tail_; }
   std::string stdout_text() const { return last_stdout_; }
   Clock::time_point started_at() const { return started_at_; }
+  // What the running incarnation printed on stderr so far.
+  std::string current_stderr() const { return process_ ? process_->stderr_text() : std::string(); }
   // Exit codes that are not a problem when the process ends by itself.
   void accept_exit_codes(std::function<bool(int)> ok) { exit_code_ok_ = std::move(ok); }
   // Exit codes that count as a clean stop after SIGTERM (0 unless told).
@@ -276,6 +322,8 @@ class Managed {
   bool restart_enabled_ = true;
   bool paused_ = false;
   bool reported_slow_stop_ = false;
+  bool self_kill_ok_ = false, last_self_killed_ = false;
+  pid_t last_pid_ = -1;
   Clock::time_point resume_at_{}, last_term_{};
   std::function<bool(int)> exit_code_ok_ = [](int) { return false; };
   std::function<bool(int)> term_exit_code_ok_ = [](int code) { return code == 0; };
@@ -296,6 +344,91 @@ std::map<std::string, long> read_counts(const fs::path& file) {
   return counts;
 }
 
+// --- a disk that fills up (--full-disk) ------------------------------------
+
+// The producers' database on a file system of its own, a tmpfs, so that the
+// suite can fill it to the last block and free it again, as a disk filled by
+// logs or a runaway job would be. Mounting needs root (or CAP_SYS_ADMIN);
+// without it mounted() is false and why_not() says why.
+class SmallDisk {
+ public:
+  SmallDisk(fs::path dir, std::uint64_t bytes) : dir_(std::move(dir)), bytes_(bytes) {
+    fs::create_directories(dir_);
+    if (::mount("outbox-faults", dir_.c_str(), "tmpfs", MS_NOSUID | MS_NODEV,
+                options(bytes_).c_str()) != 0) {
+      why_not_ = "mount -t tmpfs " + dir_.string() + ": " + std::strerror(errno);
+      return;
+    }
+    mounted_ = true;
+  }
+  ~SmallDisk() noexcept {
+    if (!mounted_) return;
+    free_space();
+    if (keep_) {
+      // The tmpfs goes away with the mount: copy what it holds next to it.
+      std::error_code ignored;
+      fs::copy(dir_, fs::path(dir_.string() + ".kept"), fs::copy_options::recursive, ignored);
+    }
+    ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  SmallDisk(const SmallDisk&) = delete;
+  SmallDisk& operator=(const SmallDisk&) = delete;
+
+  bool mounted() const { return mounted_; }
+  const std::string& why_not() const { return why_not_; }
+  const fs::path& dir() const { return dir_; }
+  bool full() const { return full_; }
+  void keep_contents() { keep_ = true; }
+
+  // Writes a file until no block is left. Grows the file system first when the
+  // data on it takes more than half, so that freeing the filler always leaves
+  // room. Returns the bytes the filler took.
+  std::uint64_t fill() {
+    if (full_) return 0;
+    struct statvfs stats {};
+    if (::statvfs(dir_.c_str(), &stats) == 0) {
+      auto used = static_cast<std::uint64_t>(stats.f_blocks - stats.f_bfree) * stats.f_frsize;
+      if (used * 2 > bytes_ &&
+          ::mount("outbox-faults", dir_.c_str(), "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV,
+                  options(bytes_ * 2).c_str()) == 0) {
+        bytes_ *= 2;
+      }
+    }
+    int fd = ::open(filler().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+      throw HarnessError("cannot create " + filler().string() + ": " + std::strerror(errno));
+    full_ = true;
+    std::uint64_t written = 0;
+    std::string block(1 << 20, 'f');
+    for (std::size_t size : {std::size_t{1} << 20, std::size_t{4096}, std::size_t{512}}) {
+      for (;;) {
+        auto n = ::write(fd, block.data(), size);
+        if (n <= 0) break;  // ENOSPC (or a short write before it)
+        written += static_cast<std::uint64_t>(n);
+      }
+    }
+    ::close(fd);
+    return written;
+  }
+
+  void free_space() noexcept {
+    if (!full_) return;
+    ::unlink(filler().c_str());
+    full_ = false;
+  }
+
+ private:
+  static std::string options(std::uint64_t bytes) {
+    return "size=" + std::to_string(bytes) + ",mode=0700";
+  }
+  fs::path filler() const { return dir_ / "filler"; }
+
+  fs::path dir_;
+  std::uint64_t bytes_;
+  bool mounted_ = false, full_ = false, keep_ = false;
+  std::string why_not_;
+};
+
 // --- reading the three databases -----------------------------------------
 
 class Database {
@@ -311,6 +444,10 @@ class Database {
   ~Database() { sqlite3_close(db_); }
   // One read transaction around several queries, so they see one snapshot.
   void begin() { rows("BEGIN"); }
+  bool has_table(const std::string& name) {
+    return !rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '" + name + "'")
+                .empty();
+  }
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
 
@@ -346,10 +483,44 @@ struct BrokerCopy {
   std::string key;
 };
 
-std::vector<BrokerCopy> fetch_everything(const std::string& endpoint) {
+// The rows faults_sql_producer made undeliverable on purpose, by msg_id.
+struct Poison {
+  std::string kind, expected_reason;
+};
+std::map<std::string, Poison> read_poison(Database& app) {
+  std::map<std::string, Poison> poison;
+  if (!app.has_table("poison")) return poison;
+  for (auto& row : app.rows("SELECT msg_id, kind, expected_reason FROM poison")) {
+    poison[row[0]] = {row[1], row[2]};
+  }
+  return poison;
+}
+
+// Every topic the broker may hold a message of: ours, and any other topic a
+// row names that the broker accepts (1-249 of A-Z a-z 0-9 . _ -); a poison
+// row's topic outside those cannot be stored there at all.
+std::vector<std::string> broker_topics(const fs::path& app_db) {
+  std::set<std::string> topics(kTopics.begin(), kTopics.end());
+  Database app(app_db);
+  for (auto& row : app.rows("SELECT DISTINCT topic FROM outbox_messages"
+                            " WHERE length(CAST(topic AS BLOB)) BETWEEN 1 AND 249"
+                            " AND topic NOT GLOB '*[^A-Za-z0-9._-]*'")) {
+    topics.insert(row[0]);
+  }
+  return {topics.begin(), topics.end()};
+}
+
+// A msg_id short enough for a report line.
+std::string shown(const std::string& msg_id) {
+  if (msg_id.size() <= 60) return msg_id;
+  return msg_id.substr(0, 40) + "...(" + std::to_string(msg_id.size()) + " bytes)";
+}
+
+std::vector<BrokerCopy> fetch_everything(const std::string& endpoint,
+                                         const std::vector<std::string>& topics) {
   broker::Client client(endpoint);
   std::vector<BrokerCopy> all;
-  for (const auto& topic : kTopics) {
+  for (const auto& topic : topics) {
     std::uint64_t from = 1;
     for (int round = 0; round < 100000; ++round) {
       wire::Fetch request;
@@ -367,6 +538,90 @@ std::vector<BrokerCopy> fetch_everything(const std::string& endpoint) {
   }
   return all;
 }
+
+// A port the system hands out for 127.0.0.1 right now (bound, read, closed).
+int free_loopback_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) throw HarnessError("socket() failed");
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  socklen_t length = sizeof address;
+  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
+  ::close(fd);
+  if (!ok) throw HarnessError("no free port on 127.0.0.1");
+  return ntohs(address.sin_port);
+}
+
+// --- Redis (--inbox redis) ------------------------------------------------
+
+// A Redis inbox record (docs/redis_inbox.md): "completed" or "processing", and
+// the token of the claim that wrote it.
+struct InboxRecord {
+  std::string state, token;
+};
+
+#ifdef OUTBOX_FAULTS_REDIS_SERVER
+const char* const kInboxKeyPrefix = "outbox:inbox:";
+
+// One hiredis connection to the suite's redis-server.
+class RedisReader {
+ public:
+  explicit RedisReader(int port) : context_(redisConnectWithTimeout("127.0.0.1", port, {2, 0})) {}
+  ~RedisReader() {
+    if (context_ != nullptr) redisFree(context_);
+  }
+  RedisReader(const RedisReader&) = delete;
+  RedisReader& operator=(const RedisReader&) = delete;
+
+  bool ping() {
+    if (context_ == nullptr || context_->err != 0) return false;
+    auto* reply = static_cast<redisReply*>(redisCommand(context_, "PING"));
+    bool pong = reply != nullptr && reply->type == REDIS_REPLY_STATUS &&
+                std::string(reply->str, reply->len) == "PONG";
+    if (reply != nullptr) freeReplyObject(reply);
+    return pong;
+  }
+
+  // The record of each msg_id (pipelined HMGET); a missing one has empty fields.
+  std::map<std::string, InboxRecord> records(const std::vector<std::string>& msg_ids) {
+    std::map<std::string, InboxRecord> found;
+    if (context_ == nullptr || context_->err != 0) throw HarnessError("cannot connect to Redis");
+    constexpr std::size_t kPipeline = 1000;
+    for (std::size_t from = 0; from < msg_ids.size(); from += kPipeline) {
+      auto to = std::min(msg_ids.size(), from + kPipeline);
+      for (auto i = from; i < to; ++i) {
+        auto key = kInboxKeyPrefix + msg_ids[i];
+        redisAppendCommand(context_, "HMGET %b state token", key.data(), key.size());
+      }
+      for (auto i = from; i < to; ++i) {
+        void* raw = nullptr;
+        if (redisGetReply(context_, &raw) != REDIS_OK || raw == nullptr) {
+          throw HarnessError(std::string("reading the Redis inbox: ") + context_->errstr);
+        }
+        auto* reply = static_cast<redisReply*>(raw);
+        InboxRecord record;
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+          for (std::size_t field = 0; field < 2; ++field) {
+            auto* value = reply->element[field];
+            if (value->type == REDIS_REPLY_STRING) {
+              (field == 0 ? record.state : record.token) = std::string(value->str, value->len);
+            }
+          }
+        }
+        freeReplyObject(reply);
+        found[msg_ids[i]] = record;
+      }
+    }
+    return found;
+  }
+
+ private:
+  redisContext* context_;
+};
+#endif
 
 // --- JetStream (--sink jetstream) -----------------------------------------
 
@@ -400,22 +655,6 @@ std::string find_nats_server() {
     start = end + 1;
   }
   return {};
-}
-
-// A port the system hands out for 127.0.0.1 right now (bound, read, closed).
-int free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw HarnessError("socket() failed");
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof address;
-  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
-            ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
-  ::close(fd);
-  if (!ok) throw HarnessError("no free port on 127.0.0.1");
-  return ntohs(address.sin_port);
 }
 
 std::string nats_error(natsStatus status) {
@@ -557,12 +796,21 @@ struct Report {
   Finding effect_twice{"consumer side effect applied more than once"};
   Finding effect_unknown{"consumer side effect for a message the broker does not have"};
   Finding dropped_stored{"dropped by the operator but stored by the broker"};
-  long committed = 0, stored = 0, effects = 0, dropped = 0;
+  Finding legal_dead{"a legal message ended dead"};
+  Finding poison_delivered{"a row that can never be delivered is marked delivered"};
+  Finding wrong_reason{"dead with a reason that does not name the field"};
+  Finding inbox_unfinished{"Redis inbox record not completed for a stored message"};
+  long committed = 0, stored = 0, effects = 0, dropped = 0, poison = 0, poison_dropped = 0;
+  std::vector<std::string> dead;  // every dead message at the end, with its reason
+  // --inbox redis: side effects repeated within the contract's at-least-once
+  // window, by what allowed each.
+  long repeated_after_kill = 0, repeated_after_claim_lost = 0, repeated_after_error = 0;
 
   std::vector<Finding*> all() {
-    return {&lost,           &duplicated,   &reordered,      &phantom,
-            &no_message,     &no_business,  &undelivered,    &wrong_offset,
-            &effect_missing, &effect_twice, &effect_unknown, &dropped_stored};
+    return {&lost,           &duplicated,       &reordered,      &phantom,
+            &no_message,     &no_business,      &undelivered,    &wrong_offset,
+            &effect_missing, &effect_twice,     &effect_unknown, &dropped_stored,
+            &legal_dead,     &poison_delivered, &wrong_reason,   &inbox_unfinished};
   }
   bool passed() {
     for (auto* finding : all()) {
@@ -572,9 +820,73 @@ struct Report {
   }
 };
 
+// What the checker needs to know of a Redis inbox shared by the consumers.
+struct RedisInboxView {
+  std::map<std::string, InboxRecord> records;  // of every stored msg_id
+  std::set<long> killed_pids;                  // consumer processes that ended by SIGKILL
+};
+
+// With --inbox redis a side effect may repeat, as docs/redis_inbox.md says,
+// only after its claim never completed: its consumer was killed (between the
+// side effect and complete()), its complete() found the claim taken over
+// (claim_lost) or failed. Exactly one effect per stored message carries the
+// token of the claim the record shows completed; every other one must have
+// one of those causes.
+void check_redis_effects(Report& report, Database& consumer,
+                         const std::map<std::string, const BrokerCopy*>& first_copy,
+                         const RedisInboxView& redis) {
+  struct Effect {
+    std::string token;
+    long pid;
+  };
+  std::map<std::string, std::vector<Effect>> effects;
+  for (auto& row : consumer.rows("SELECT msg_id, claim_token, consumer FROM effects")) {
+    auto dash = row[2].rfind('-');
+    long pid = dash == std::string::npos ? -1 : std::atol(row[2].c_str() + dash + 1);
+    effects[row[0]].push_back({row[1], pid});
+    ++report.effects;
+  }
+  std::map<std::pair<std::string, std::string>, std::string> outcomes;
+  for (auto& row : consumer.rows("SELECT msg_id, claim_token, outcome FROM claim_outcomes")) {
+    outcomes[{row[0], row[1]}] = row[2];
+  }
+  for (const auto& [id, copy] : first_copy) {
+    auto found = redis.records.find(id);
+    auto record = found != redis.records.end() ? found->second : InboxRecord{};
+    if (record.state != "completed") {
+      report.inbox_unfinished.add(id + " (state '" + record.state + "')");
+    }
+    long winners = 0;
+    for (const auto& effect : effects[id]) {
+      if (!record.token.empty() && effect.token == record.token) {
+        ++winners;
+        continue;
+      }
+      auto outcome = outcomes.find({id, effect.token});
+      if (outcome != outcomes.end()) {
+        ++(outcome->second == "claim_lost" ? report.repeated_after_claim_lost
+                                           : report.repeated_after_error);
+      } else if (redis.killed_pids.count(effect.pid) != 0) {
+        ++report.repeated_after_kill;
+      } else {
+        report.effect_twice.add(id + " (again by consumer pid " + std::to_string(effect.pid) +
+                                ", whose claim was neither lost nor ended by a kill)");
+      }
+    }
+    if (winners == 0) report.effect_missing.add(id + " (no effect under the completed claim)");
+    if (winners > 1) {
+      report.effect_twice.add(id + " (" + std::to_string(winners) +
+                              " effects under the completed claim)");
+    }
+  }
+  for (const auto& [id, list] : effects) {
+    if (!first_copy.count(id)) report.effect_unknown.add(id);
+  }
+}
+
 // Without a consumer database (--sink jetstream) the consumer checks are left out.
 Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
-             const std::vector<BrokerCopy>& stored) {
+             const std::vector<BrokerCopy>& stored, const RedisInboxView* redis) {
   Report report;
   Database app(app_db);
   app.begin();
@@ -598,17 +910,36 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
     if (!business.count(id)) report.no_business.add(id);
   }
   // Dropped by the operator (state 3): settled without being sent, so
-  // expected neither at the broker nor at the consumer.
+  // expected neither at the broker nor at the consumer. Dead (state 2) at the
+  // end: only rows written to be undeliverable, each with a reason that names
+  // what is wrong with it.
+  auto poison = read_poison(app);
+  report.poison = static_cast<long>(poison.size());
   std::set<std::string> dropped;
   for (auto& row :
        app.rows("SELECT m.msg_id, coalesce(d.state, -1), coalesce(d.broker_offset, -1),"
-                " m.seq <= coalesce((SELECT settled_through_seq FROM outbox_relay_cursor), 0)"
-                " FROM outbox_messages m LEFT JOIN outbox_delivery d USING (seq)")) {
+                " m.seq <= coalesce((SELECT settled_through_seq FROM outbox_relay_cursor), 0),"
+                " m.seq, coalesce(d.last_error, '')"
+                " FROM outbox_messages m LEFT JOIN outbox_delivery d USING (seq) ORDER BY m.seq")) {
     bool settled = row[3] == "1";
+    auto found = poison.find(row[0]);
     if (row[1] == "3") {
       dropped.insert(row[0]);
+      if (found != poison.end()) ++report.poison_dropped;
+    } else if (row[1] == "2") {
+      auto line = "seq " + row[4] + " msg_id " + shown(row[0]) + " (" +
+                  (found != poison.end() ? found->second.kind : "legal") + "): " + row[5];
+      report.dead.push_back(line);
+      if (found == poison.end()) {
+        report.legal_dead.add(line);
+      } else if (row[5].find(found->second.expected_reason) == std::string::npos) {
+        report.wrong_reason.add(line + " (expected to mention '" + found->second.expected_reason +
+                                "')");
+      }
+    } else if (row[1] == "1" && found != poison.end()) {
+      report.poison_delivered.add(shown(row[0]) + " (" + found->second.kind + ")");
     } else if (row[1] != "1" && !(settled && row[1] == "-1")) {
-      report.undelivered.add(row[0] + " (state " + row[1] + ")");
+      report.undelivered.add(shown(row[0]) + " (state " + row[1] + ")");
     }
   }
   report.dropped = static_cast<long>(dropped.size());
@@ -623,16 +954,18 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
                             std::to_string(it->second->offset) + " and " +
                             std::to_string(copy.offset) + ")");
     }
-    if (!outbox.count(copy.msg_id)) {
-      report.phantom.add(copy.msg_id + " (" + copy.topic + " offset " +
-                         std::to_string(copy.offset) + ")");
+    if (!outbox.count(copy.msg_id) || poison.count(copy.msg_id)) {
+      report.phantom.add(shown(copy.msg_id) + " (" + copy.topic + " offset " +
+                         std::to_string(copy.offset) +
+                         (poison.count(copy.msg_id) ? ", can never be delivered" : "") + ")");
       continue;
     }
     per_key[{copy.topic, copy.key}].push_back(&copy);
   }
   report.stored = static_cast<long>(stored.size());
   for (const auto& id : business) {
-    if (first_copy.count(id) == 0 && dropped.count(id) == 0) report.lost.add(id);
+    if (first_copy.count(id) == 0 && dropped.count(id) == 0 && poison.count(id) == 0)
+      report.lost.add(id);
   }
   for (const auto& id : dropped) {
     if (first_copy.count(id) != 0) report.dropped_stored.add(id);
@@ -674,6 +1007,10 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
   // What the consumer did.
   if (!consumer_db) return report;
   Database consumer(*consumer_db);
+  if (redis != nullptr) {
+    check_redis_effects(report, consumer, first_copy, *redis);
+    return report;
+  }
   std::map<std::string, long> effects;
   for (auto& row : consumer.rows("SELECT msg_id, count(*) FROM effects GROUP BY msg_id")) {
     effects[row[0]] = std::stol(row[1]);
@@ -707,12 +1044,15 @@ long count_effects(const fs::path& consumer_db) {
 
 class Run {
  public:
-  explicit Run(Settings settings) : settings_(std::move(settings)), random_(settings_.seed) {
+  // `disk`: where app.db lives when the full-disk fault is on (null: off).
+  Run(Settings settings, SmallDisk* disk)
+      : settings_(std::move(settings)), random_(settings_.seed), disk_(disk) {
     dir_ = settings_.work_dir;
     fs::create_directories(dir_ / "logs");
-    app_db_ = dir_ / "app.db";
+    app_db_ = (disk_ != nullptr ? disk_->dir() : dir_) / "app.db";
     broker_db_ = dir_ / "broker.db";
-    consumer_db_ = dir_ / "consumer.db";
+    // --inbox redis: the side effects of both consumers, as another service's store.
+    consumer_db_ = dir_ / (redis_inbox() ? "effects.db" : "consumer.db");
     proxy_stats_ = dir_ / "proxy.stats";
     consumer_proxy_stats_ = dir_ / "consumer-proxy.stats";
     relay_cutter_stats_ = dir_ / "relay-cutter.stats";
@@ -720,6 +1060,7 @@ class Run {
   }
 
   bool jetstream() const { return settings_.sink == "jetstream"; }
+  bool redis_inbox() const { return settings_.inbox == "redis"; }
   bool cutting() const { return !jetstream() && settings_.cut_every != "off"; }
 
   std::vector<std::pair<std::string, fs::path>> proxy_stats() const {
@@ -738,9 +1079,17 @@ class Run {
         " s; draining");
     bool drained = drain();
     auto stored = read_destination();
+    // The Redis inbox's records, read while redis-server still runs.
+    std::optional<RedisInboxView> redis;
+    if (redis_inbox()) {
+      std::vector<std::string> ids;
+      for (const auto& copy : stored) ids.push_back(copy.msg_id);
+      redis = RedisInboxView{read_inbox_records(ids), {}};
+    }
     stop_everything();
-    auto report =
-        check(app_db_, jetstream() ? std::nullopt : std::optional<fs::path>(consumer_db_), stored);
+    if (redis) redis->killed_pids = killed_consumer_pids_;
+    auto report = check(app_db_, jetstream() ? std::nullopt : std::optional<fs::path>(consumer_db_),
+                        stored, redis ? &*redis : nullptr);
     long total_faults = process_faults_ + proxy_faults();
 
     std::ostringstream kinds;
@@ -763,6 +1112,40 @@ class Run {
     if (!jetstream()) {
       std::printf("dead messages: %ld replayed, %ld dropped (%ld dropped rows in the outbox)\n",
                   replayed_, dropped_, report.dropped);
+      std::printf(
+          "undeliverable rows from the SQL producer: %ld committed, %ld replayed unchanged (dead "
+          "again), %ld dropped, %ld left dead\n",
+          report.poison, replayed_poison_, report.poison_dropped,
+          report.poison - report.poison_dropped);
+    }
+    for (const auto& line : report.dead) std::printf("dead: %s\n", line.c_str());
+    if (disk_ != nullptr) {
+      std::vector<std::string> producers;
+      for (auto& producer : producers_) producers.push_back(producer->name());
+      std::printf(
+          "full disk: app.db's tmpfs filled %ld times, seen full (SQLITE_FULL or SQLITE_IOERR) by "
+          "a producer during %ld of them, by a relay during %ld; first failures reported by "
+          "producers %ld, by relays %ld (SQLITE_FULL) + %ld (SQLITE_IOERR)\n",
+          fault_kinds_["disk_full"], disk_full_producer_bites_, disk_full_relay_bites_,
+          count_in_logs(producers, "full disk or I/O error"),
+          count_in_logs({"relay", "relay-b"}, "failed with SQLITE_FULL"),
+          count_in_logs({"relay", "relay-b"}, "failed with SQLITE_IOERR"));
+    }
+    if (redis_inbox()) {
+      std::vector<std::string> consumers = {"consumer", "consumer-b"};
+      std::printf(
+          "redis inbox: 2 consumers, %ld side effects, %ld repeated as the contract allows (%ld "
+          "after a kill -9 between side effect and complete, %ld after a lost claim, %ld after a "
+          "failed complete); consumers killed themselves %ld times: %ld after begin before the "
+          "side effect, %ld between the side effect and complete, %ld after complete before the "
+          "offset commit\n",
+          report.effects,
+          report.repeated_after_kill + report.repeated_after_claim_lost +
+              report.repeated_after_error,
+          report.repeated_after_kill, report.repeated_after_claim_lost, report.repeated_after_error,
+          consumer_self_kills_, count_in_logs(consumers, "kill -9 of itself after begin"),
+          count_in_logs(consumers, "kill -9 of itself between the side effect"),
+          count_in_logs(consumers, "kill -9 of itself after complete"));
     }
     if (jetstream()) {
       std::printf(
@@ -781,14 +1164,15 @@ class Run {
       std::printf("FAILED drain: the pipeline did not drain within %lld ms\n",
                   static_cast<long long>(settings_.drain_timeout.count()));
     if (!passed) {
-      std::printf("replay with: outbox-faults --seed %llu --faults %ld%s%s --keep   (logs in %s)\n",
-                  static_cast<unsigned long long>(settings_.seed), settings_.faults,
-                  settings_.hostile_order ? " --hostile-order" : "",
-                  jetstream() ? " --sink jetstream" : "", (dir_ / "logs").c_str());
+      std::printf(
+          "replay with: outbox-faults --seed %llu --faults %ld%s%s%s --keep   (logs in %s)\n",
+          static_cast<unsigned long long>(settings_.seed), settings_.faults,
+          settings_.hostile_order ? " --hostile-order" : "", jetstream() ? " --sink jetstream" : "",
+          redis_inbox() ? " --inbox redis" : "", (dir_ / "logs").c_str());
     }
-    std::printf("faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld\n", total_faults,
-                report.lost.count, report.duplicated.count, report.reordered.count,
-                report.phantom.count);
+    std::printf("faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld dead=%zu\n",
+                total_faults, report.lost.count, report.duplicated.count, report.reordered.count,
+                report.phantom.count, report.dead.size());
     std::fflush(stdout);
     return passed ? 0 : 1;
   }
@@ -800,8 +1184,57 @@ class Run {
     return milliseconds(std::uniform_int_distribution<int>(low, high)(random_));
   }
 
+  std::map<std::string, InboxRecord> read_inbox_records(const std::vector<std::string>& ids) {
+#ifdef OUTBOX_FAULTS_REDIS_SERVER
+    return RedisReader(redis_port_).records(ids);
+#else
+    (void)ids;
+    return {};
+#endif
+  }
+
+  // redis-server on 127.0.0.1, a port the system picked, append-only file
+  // fsynced on every write, in the work directory.
+  void start_redis() {
+#ifdef OUTBOX_FAULTS_REDIS_SERVER
+    auto data = dir_ / "redis";
+    fs::create_directories(data);
+    // Should another program take the port before redis-server binds it, try a new one.
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      if (redis_) {
+        redis_->stay_down();
+        redis_->signal(SIGKILL);
+        redis_->poll(Clock::now());
+      }
+      redis_port_ = free_loopback_port();
+      redis_ = std::make_unique<Managed>(
+          "redis-server", dir_ / "logs" / "redis-server.log", [this, data] {
+            return std::make_unique<test_support::ChildProcess>(
+                OUTBOX_FAULTS_REDIS_SERVER,
+                std::vector<std::string>{"--bind", "127.0.0.1", "--port",
+                                         std::to_string(redis_port_), "--dir", data.string(),
+                                         "--save", "", "--appendonly", "yes", "--appendfsync",
+                                         "always", "--daemonize", "no", "--logfile", ""},
+                dir_);
+          });
+      redis_->start();
+      bool up = test_support::wait_until(
+          [&] {
+            redis_->poll(Clock::now());  // a lost bind race ends it
+            return !redis_->running() || RedisReader(redis_port_).ping();
+          },
+          20s, 20ms);
+      if (up && redis_->running()) {
+        say("redis-server at redis://127.0.0.1:" + std::to_string(redis_port_));
+        return;
+      }
+    }
+    throw HarnessError("redis-server did not start on 127.0.0.1 (see logs/redis-server.log)");
+#endif
+  }
+
   std::vector<BrokerCopy> read_destination() {
-    if (!jetstream()) return fetch_everything(broker_endpoint_);
+    if (!jetstream()) return fetch_everything(broker_endpoint_, broker_topics(app_db_));
 #ifdef OUTBOX_RELAY_WITH_JETSTREAM
     auto client = wait_for_nats(30s);
     if (!client) throw HarnessError("nats-server does not answer; cannot read the stream");
@@ -866,6 +1299,7 @@ class Run {
       start_nats();
     } else {
       start_broker_and_proxies();
+      if (redis_inbox()) start_redis();
     }
     start_producers_and_relays();
   }
@@ -948,6 +1382,22 @@ class Run {
             30s, 10ms)) {
       throw HarnessError("no producer created the outbox schema");
     }
+    if (!jetstream() && settings_.sql_rate > 0) {
+      // Another language's producer: plain SQL on the tables the C++ one created.
+      auto seed = settings_.seed * 1000003u + 999u;
+      producers_.push_back(std::make_unique<Managed>(
+          "sql-producer", dir_ / "logs" / "sql-producer.log", [this, seed] {
+            return std::make_unique<test_support::ChildProcess>(
+                settings_.sql_producer_binary,
+                std::vector<std::string>{"--db", app_db_.string(), "--name", "sql", "--seed",
+                                         std::to_string(seed), "--rate",
+                                         std::to_string(settings_.sql_rate), "--keys",
+                                         std::to_string(settings_.keys), "--poison-rate",
+                                         std::to_string(settings_.poison_rate)},
+                dir_);
+          }));
+      producers_.back()->start();
+    }
 
     auto relay_starter = [this] {
       std::vector<std::string> args = {"run", "--db", app_db_.string()};
@@ -976,16 +1426,35 @@ class Run {
     standby_relay_->start();
     if (jetstream()) return;  // no consumer: the stream is read back at the end
 
-    consumer_ = std::make_unique<Managed>("consumer", dir_ / "logs" / "consumer.log", [this] {
-      std::vector<std::string> args = {"--broker", consumer_entry_, "--db", consumer_db_.string(),
-                                       "--group",  "faults"};
-      for (const auto& topic : kTopics) {
-        args.push_back("--topic");
-        args.push_back(topic);
-      }
-      return std::make_unique<test_support::ChildProcess>(settings_.consumer_binary, args, dir_);
-    });
-    consumer_->start();
+    consumer_ = make_consumer("consumer", 1);
+    // --inbox redis: a second consumer of the same group shares the records.
+    if (redis_inbox()) consumer2_ = make_consumer("consumer-b", 2);
+  }
+
+  std::unique_ptr<Managed> make_consumer(const std::string& name, int number) {
+    auto consumer =
+        std::make_unique<Managed>(name, dir_ / "logs" / (name + ".log"), [this, number] {
+          std::vector<std::string> args = {
+              "--broker", consumer_entry_, "--db", consumer_db_.string(), "--group", "faults"};
+          for (const auto& topic : kTopics) {
+            args.push_back("--topic");
+            args.push_back(topic);
+          }
+          if (redis_inbox()) {
+            for (const auto& arg :
+                 {std::string("--inbox"), "redis://127.0.0.1:" + std::to_string(redis_port_),
+                  std::string("--lease-ms"), std::string("1000"), std::string("--self-kill-rate"),
+                  std::to_string(settings_.self_kill_rate), std::string("--seed"),
+                  std::to_string(settings_.seed + static_cast<std::uint64_t>(number))}) {
+              args.push_back(arg);
+            }
+          }
+          return std::make_unique<test_support::ChildProcess>(settings_.consumer_binary, args,
+                                                              dir_);
+        });
+    if (redis_inbox()) consumer->accept_self_kill();
+    consumer->start();
+    return consumer;
   }
 
   std::unique_ptr<Managed> start_proxy(const std::string& name, const fs::path& stats,
@@ -1011,9 +1480,9 @@ class Run {
 
   std::vector<Managed*> everything() {
     std::vector<Managed*> all;
-    for (auto* managed :
-         {nats_.get(), broker_.get(), proxy_.get(), consumer_proxy_.get(), relay_cutter_.get(),
-          consumer_cutter_.get(), relay_.get(), standby_relay_.get(), consumer_.get()}) {
+    for (auto* managed : {nats_.get(), redis_.get(), broker_.get(), proxy_.get(),
+                          consumer_proxy_.get(), relay_cutter_.get(), consumer_cutter_.get(),
+                          relay_.get(), standby_relay_.get(), consumer_.get(), consumer2_.get()}) {
       if (managed != nullptr) all.push_back(managed);
     }
     for (auto& producer : producers_) all.push_back(producer.get());
@@ -1031,6 +1500,16 @@ class Run {
       if (auto problem = managed->poll(now + between(0, 300))) {
         anomalies_.push_back(*problem);
         say("PROBLEM: " + *problem + "\n" + managed->last_log_tail());
+      }
+      if (was_up && managed->state() == Managed::State::down &&
+          (managed == consumer_.get() || managed == consumer2_.get()) && managed->last_status() &&
+          !managed->last_status()->exited && managed->last_status()->signal == SIGKILL) {
+        killed_consumer_pids_.insert(managed->last_pid());
+        if (managed->last_self_killed()) {
+          ++consumer_self_kills_;
+          ++fault_kinds_["consumer_self_kill9"];
+          ++process_faults_;
+        }
       }
       if (was_up && managed->state() == Managed::State::down && managed == broker_.get() &&
           managed->last_status() && managed->last_status()->exited &&
@@ -1062,6 +1541,9 @@ class Run {
             .get();
     Managed* relay = std::uniform_int_distribution<int>(0, 1)(random_) == 0 ? relay_.get()
                                                                             : standby_relay_.get();
+    Managed* consumer = consumer2_ && std::uniform_int_distribution<int>(0, 1)(random_) == 1
+                            ? consumer2_.get()
+                            : consumer_.get();
     std::vector<Choice> choices;
     if (jetstream()) {
       choices = {
@@ -1078,11 +1560,21 @@ class Run {
           {"broker_pause", 4, broker_.get(), SIGSTOP},
           {"broker_kill9", 20, broker_.get(), SIGKILL},
           {"broker_term", 8, broker_.get(), SIGTERM},
-          {"consumer_kill9", 22, consumer_.get(), SIGKILL},
-          {"consumer_term", 4, consumer_.get(), SIGTERM},
+          // Two consumers in Redis inbox mode: kill them more often.
+          {"consumer_kill9", redis_inbox() ? 40 : 22, consumer, SIGKILL},
+          {"consumer_term", 4, consumer, SIGTERM},
+          // Longer than the Redis inbox's 1 s lease: the other consumer takes
+          // the claim over, and the paused one's complete() finds it lost.
+          {"consumer_pause", redis_inbox() ? 4 : 0, consumer, SIGSTOP},
+          // redis-server with its append-only file fsynced on every write:
+          // killed, nothing completed is forgotten; paused past the inbox's
+          // 2 s command timeout, calls fail and may still take effect later.
+          {"redis_kill9", redis_inbox() ? 6 : 0, redis_.get(), SIGKILL},
+          {"redis_pause", redis_inbox() ? 2 : 0, redis_.get(), SIGSTOP},
           {"producer_kill9", 8, producer, SIGKILL},
           {"operator_replay", 8, nullptr, 0},
           {"operator_drop", 8, nullptr, 0},
+          {"disk_full", disk_ != nullptr ? 8 : 0, nullptr, 0},
       };
     }
     int total = 0;
@@ -1094,8 +1586,14 @@ class Run {
         continue;
       }
       if (choice.target == nullptr) {
-        // The operator's commands, while the relays run at full speed.
-        if (!resolve_dead(std::string(choice.kind) == "operator_drop", 1)) return;
+        if (std::string(choice.kind) == "disk_full") {
+          if (!fill_disk()) return;
+        } else if (disk_ != nullptr && disk_->full()) {
+          return;  // the operator's commands would fail for want of space too
+        } else if (!resolve_one_dead(std::string(choice.kind) == "operator_drop")) {
+          // The operator's commands, while the relays run at full speed.
+          return;
+        }
         ++fault_kinds_[choice.kind];
         ++process_faults_;
         return;
@@ -1116,35 +1614,168 @@ class Run {
     }
   }
 
-  // Plays the operator for up to `limit` dead messages, oldest first: drops
-  // each, or strips its padding (the cause fixed) and replays it, through the
-  // outbox-relay CLI. Returns whether there was one.
-  bool resolve_dead(bool drop, std::size_t limit) {
-    std::vector<std::vector<std::string>> dead;
-    {
-      Database app(app_db_);
-      dead = app.rows(
-          "SELECT m.msg_id FROM outbox_delivery d JOIN outbox_messages m USING (seq) "
-          "WHERE d.state = 2 ORDER BY d.seq LIMIT " +
-          std::to_string(limit));
-    }
-    for (const auto& row : dead) {
-      const auto& msg_id = row[0];
-      if (!drop) strip_padding(msg_id);
-      auto result = test_support::run(
-          settings_.relay_binary,
-          {drop ? "drop" : "replay", "--db", app_db_.string(), "--msg-id", msg_id}, 30s);
-      append_file(dir_ / "logs" / "operator.log", std::string(drop ? "drop " : "replay ") + msg_id +
-                                                      ": " + describe(result.status) + "\n" +
-                                                      result.out + result.err);
-      if (!result.status.exited || result.status.code != 0) {
-        anomalies_.push_back("outbox-relay " + std::string(drop ? "drop" : "replay") + " of " +
-                             msg_id + " ended with " + describe(result.status) + ": " + result.err);
-        continue;
+  // How often each of `processes` has reported a full disk or an I/O error on
+  // stderr so far (its current incarnation): the producers' "full disk or I/O
+  // error" lines, the relays' "failed with SQLITE_FULL" (or SQLITE_IOERR).
+  static std::map<Managed*, std::size_t> disk_reports(const std::vector<Managed*>& processes) {
+    std::map<Managed*, std::size_t> reports;
+    for (auto* process : processes) {
+      auto text = process->current_stderr();
+      std::size_t count = 0;
+      for (const char* needle :
+           {"full disk or I/O error", "failed with SQLITE_FULL", "failed with SQLITE_IOERR"}) {
+        for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+          ++count;
+        }
       }
-      ++(drop ? dropped_ : replayed_);
+      reports[process] = count;
     }
-    return !dead.empty();
+    return reports;
+  }
+
+  std::vector<Managed*> producer_processes() {
+    std::vector<Managed*> all;
+    for (auto& producer : producers_) all.push_back(producer.get());
+    return all;
+  }
+  std::vector<Managed*> relay_processes() {
+    return {relay_.get(), standby_relay_.get()};
+  }
+
+  // Whether one of `processes` reported a full disk since `before`.
+  static bool reported_since(const std::vector<Managed*>& processes,
+                             std::map<Managed*, std::size_t>& before) {
+    for (const auto& [process, count] : disk_reports(processes)) {
+      if (count > before[process]) return true;
+    }
+    return false;
+  }
+
+  // Fills app.db's file system to the last block. It stays full until a
+  // producer and a relay have reported the failure and 0-300 ms more, or 2 s
+  // after only a producer did, at most 5 s (a producer at 100 transactions a
+  // second meets it at once, unless SQLite still finds room in its WAL file; a
+  // relay when it next records outcomes or renews its lease); then
+  // free_disk_when_due frees it.
+  bool fill_disk() {
+    if (disk_->full()) return false;
+    producer_reports_before_ = disk_reports(producer_processes());
+    relay_reports_before_ = disk_reports(relay_processes());
+    auto filled = disk_->fill();
+    append_file(dir_ / "logs" / "disk.log", "filled with " + std::to_string(filled) + " bytes\n");
+    producer_saw_full_ = relay_saw_full_ = false;
+    disk_full_until_ = Clock::now() + 5s;
+    return true;
+  }
+
+  void free_disk_when_due(bool now_anyway) {
+    if (disk_ == nullptr || !disk_->full()) return;
+    auto now = Clock::now();
+    if (!now_anyway && now < next_disk_check_) return;
+    next_disk_check_ = now + 50ms;  // the logs are read anew each time
+    if (!producer_saw_full_ && reported_since(producer_processes(), producer_reports_before_)) {
+      producer_saw_full_ = true;
+      disk_full_until_ = std::min(disk_full_until_, now + 2s);
+    }
+    if (!relay_saw_full_ && reported_since(relay_processes(), relay_reports_before_)) {
+      relay_saw_full_ = true;
+    }
+    if (producer_saw_full_ && relay_saw_full_ && !disk_free_soon_) {
+      disk_free_soon_ = true;
+      disk_full_until_ = std::min(disk_full_until_, now + between(0, 300));
+    }
+    if (!now_anyway && now < disk_full_until_) return;
+    disk_->free_space();
+    disk_free_soon_ = false;
+    if (producer_saw_full_) ++disk_full_producer_bites_;
+    if (relay_saw_full_) ++disk_full_relay_bites_;
+    append_file(dir_ / "logs" / "disk.log",
+                std::string("freed; seen full by a producer: ") +
+                    (producer_saw_full_ ? "yes" : "no") +
+                    ", by a relay: " + (relay_saw_full_ ? "yes" : "no") + "\n");
+  }
+
+  // Lines in the archived logs of `names` that contain `text`.
+  long count_in_logs(const std::vector<std::string>& names, const std::string& text) {
+    long count = 0;
+    for (const auto& name : names) {
+      auto path = dir_ / "logs" / (name + ".log");
+      if (!fs::exists(path)) continue;
+      for (const auto& line : test_support::lines(test_support::read_file(path))) {
+        if (line.find(text) != std::string::npos) ++count;
+      }
+    }
+    return count;
+  }
+
+  struct DeadRow {
+    std::string msg_id;
+    bool poison;      // written to be undeliverable: no fix exists
+    bool holds_back;  // a later message of its (topic, key) exists
+  };
+
+  std::vector<DeadRow> dead_rows() {
+    Database app(app_db_);
+    bool poison_known = app.has_table("poison");
+    std::vector<DeadRow> dead;
+    for (auto& row : app.rows(
+             "SELECT m.msg_id, " +
+             std::string(poison_known ? "EXISTS (SELECT 1 FROM poison p WHERE p.msg_id = m.msg_id)"
+                                      : "0") +
+             ", EXISTS (SELECT 1 FROM outbox_messages later WHERE later.seq > m.seq"
+             " AND later.topic = m.topic"
+             " AND coalesce(later.partition_key, '') = coalesce(m.partition_key, ''))"
+             " FROM outbox_delivery d JOIN outbox_messages m USING (seq)"
+             " WHERE d.state = 2 ORDER BY d.seq")) {
+      dead.push_back({row[0], row[1] == "1", row[2] == "1"});
+    }
+    return dead;
+  }
+
+  // Plays the operator for one dead message, chosen at random: drops it, or
+  // strips its padding (the cause fixed) and replays it, through the
+  // outbox-relay CLI. A row that can never be delivered has no fix: "replay"
+  // sends it back as it is, and it must go dead again. Returns whether there
+  // was one.
+  bool resolve_one_dead(bool drop) {
+    auto dead = dead_rows();
+    if (dead.empty()) return false;
+    const auto& row = dead[std::uniform_int_distribution<std::size_t>(0, dead.size() - 1)(random_)];
+    operator_command(drop, row);
+    return true;
+  }
+
+  // At the end of the load: every message that can be fixed is dropped or
+  // replayed fixed, and every undeliverable row that holds back later
+  // messages of its key is dropped; the others stay dead, as an operator may
+  // leave them. Returns how many dead messages still need the operator.
+  std::size_t resolve_dead_for_drain() {
+    std::size_t left = 0;
+    for (const auto& row : dead_rows()) {
+      if (row.poison && !row.holds_back) continue;
+      ++left;
+      operator_command(row.poison || std::uniform_int_distribution<int>(0, 1)(random_) == 0, row);
+    }
+    return left;
+  }
+
+  void operator_command(bool drop, const DeadRow& row) {
+    const auto& msg_id = row.msg_id;
+    if (!drop && !row.poison) strip_padding(msg_id);
+    auto result = test_support::run(
+        settings_.relay_binary,
+        {drop ? "drop" : "replay", "--db", app_db_.string(), "--msg-id", msg_id}, 30s);
+    append_file(dir_ / "logs" / "operator.log", std::string(drop ? "drop " : "replay ") + msg_id +
+                                                    ": " + describe(result.status) + "\n" +
+                                                    result.out + result.err);
+    if (!result.status.exited || result.status.code != 0) {
+      anomalies_.push_back("outbox-relay " + std::string(drop ? "drop" : "replay") + " of " +
+                           shown(msg_id) + " ended with " + describe(result.status) + ": " +
+                           result.err);
+      return;
+    }
+    ++(drop ? dropped_ : replayed_);
+    if (!drop && row.poison) ++replayed_poison_;
   }
 
   void strip_padding(const std::string& msg_id) {
@@ -1193,6 +1824,7 @@ class Run {
         }
       }
       tend(true);
+      free_disk_when_due(false);
       if (now >= next_fault) {
         inject_one();
         next_fault = now + between(60, 450);
@@ -1215,6 +1847,7 @@ class Run {
   }
 
   bool drain() {
+    free_disk_when_due(true);
     // No more network faults.
     for (auto* proxy :
          {proxy_.get(), consumer_proxy_.get(), relay_cutter_.get(), consumer_cutter_.get()}) {
@@ -1265,10 +1898,9 @@ class Run {
             [&] {
               tend(true);
               auto stats = store.stats();
-              if (stats.dead > 0 && !jetstream()) {
-                resolve_dead(std::uniform_int_distribution<int>(0, 1)(random_) == 0, 100);
-              }
-              return stats.pending == 0 && stats.dead == 0;
+              std::size_t need_operator = 0;
+              if (stats.dead > 0 && !jetstream()) need_operator = resolve_dead_for_drain();
+              return stats.pending == 0 && need_operator == 0;
             },
             left(), 20ms)) {
       auto stats = store.stats();
@@ -1278,7 +1910,8 @@ class Run {
     }
     if (jetstream()) return true;  // no consumer in this mode
     // The consumer applies everything the broker has.
-    long stored = static_cast<long>(fetch_everything(broker_endpoint_).size());
+    auto copies = fetch_everything(broker_endpoint_, broker_topics(app_db_));
+    long stored = static_cast<long>(copies.size());
     say("outbox drained; waiting for the consumer to apply " + std::to_string(stored) +
         " messages");
     if (!test_support::wait_until(
@@ -1289,6 +1922,25 @@ class Run {
             left(), 20ms)) {
       say("the consumer did not catch up: " + std::to_string(count_effects(consumer_db_)) + " of " +
           std::to_string(stored));
+      return false;
+    }
+    if (!redis_inbox()) return true;
+    // A claim whose consumer was killed after its side effect is completed by
+    // the other consumer once its lease has passed.
+    std::vector<std::string> ids;
+    for (const auto& copy : copies) ids.push_back(copy.msg_id);
+    long unfinished = 0;
+    if (!test_support::wait_until(
+            [&] {
+              tend(true);
+              unfinished = 0;
+              for (const auto& [id, record] : read_inbox_records(ids)) {
+                if (record.state != "completed") ++unfinished;
+              }
+              return unfinished == 0;
+            },
+            left(), 200ms)) {
+      say("the consumers did not complete " + std::to_string(unfinished) + " claims");
       return false;
     }
     return true;
@@ -1318,15 +1970,25 @@ class Run {
       relay_cutter_stats_, consumer_cutter_stats_;
   std::string broker_endpoint_, proxy_endpoint_, consumer_proxy_endpoint_;
   std::string relay_entry_, consumer_entry_;  // where relays and consumer connect
-  std::unique_ptr<Managed> nats_, broker_, proxy_, consumer_proxy_, relay_cutter_, consumer_cutter_,
-      relay_, standby_relay_, consumer_;
-  int nats_port_ = 0;
+  SmallDisk* disk_;
+  Clock::time_point disk_full_until_{};
+  // Fills during which a producer, a relay saw the disk full.
+  long disk_full_producer_bites_ = 0, disk_full_relay_bites_ = 0;
+  bool producer_saw_full_ = false, relay_saw_full_ = false, disk_free_soon_ = false;
+  std::map<Managed*, std::size_t> producer_reports_before_, relay_reports_before_;
+  Clock::time_point next_disk_check_{};
+  std::unique_ptr<Managed> nats_, redis_, broker_, proxy_, consumer_proxy_, relay_cutter_,
+      consumer_cutter_, relay_, standby_relay_, consumer_, consumer2_;
+  int nats_port_ = 0, redis_port_ = 0;
+  std::set<long> killed_consumer_pids_;  // --inbox redis: consumers that ended by SIGKILL
+  long consumer_self_kills_ = 0;
   std::string nats_url_;
   std::vector<std::unique_ptr<Managed>> producers_;
   std::map<std::string, long> fault_kinds_;
   long process_faults_ = 0;
   long duplicates_reported_ = 0;
   long replayed_ = 0, dropped_ = 0;  // dead messages the operator acted on
+  long replayed_poison_ = 0;         // of those, undeliverable rows replayed as they were
   long bind_retries_ = 0;
   int broker_starts_ = 0;
   std::vector<std::string> anomalies_;
@@ -1347,8 +2009,10 @@ int usage(const std::string& message) {
                "                     [--rate 100] [--keys 12] [--drain-timeout 180s]\n"
                "                     [--max-load-time 10m] [--proxy-rate 1.0] [--hostile-order]\n"
                "                     [--cut-every 2K-400K|off] [--freeze 0.05]\n"
-               "                     [--oversize-rate 0.002]\n"
-               "                     [--sink broker|jetstream] [--work-dir DIR] [--keep]\n");
+               "                     [--oversize-rate 0.002] [--sql-rate 30] [--poison-rate 0.05]\n"
+               "                     [--sink broker|jetstream] [--inbox sqlite|redis]\n"
+               "                     [--self-kill-rate 0.0005] [--full-disk on|off]\n"
+               "                     [--work-dir DIR] [--keep]\n");
   return 2;
 }
 
@@ -1386,6 +2050,10 @@ int main(int argc, char** argv) {
         settings.proxy_rate = std::stod(value());
       else if (flag == "--oversize-rate")
         settings.oversize_rate = std::stod(value());
+      else if (flag == "--sql-rate")
+        settings.sql_rate = std::stod(value());
+      else if (flag == "--poison-rate")
+        settings.poison_rate = std::stod(value());
       else if (flag == "--hostile-order")
         settings.hostile_order = true;
       else if (flag == "--cut-every")
@@ -1394,6 +2062,15 @@ int main(int argc, char** argv) {
         settings.freeze = std::stod(value());
       else if (flag == "--sink")
         settings.sink = value();
+      else if (flag == "--full-disk") {
+        auto choice = value();
+        if (choice != "on" && choice != "off")
+          throw std::invalid_argument("--full-disk is on or off");
+        settings.full_disk = choice == "on";
+      } else if (flag == "--inbox")
+        settings.inbox = value();
+      else if (flag == "--self-kill-rate")
+        settings.self_kill_rate = std::stod(value());
       else if (flag == "--work-dir") {
         settings.work_dir = value();
         work_dir_given = true;
@@ -1410,8 +2087,23 @@ int main(int argc, char** argv) {
   if (settings.producers < 1 || settings.keys < 1 || settings.rate <= 0 || settings.faults < 0) {
     return usage("--producers, --keys and --rate must be positive");
   }
+  if (settings.sql_rate < 0 || settings.poison_rate < 0 || settings.poison_rate > 1) {
+    return usage("--sql-rate must be 0 or more, --poison-rate between 0 and 1");
+  }
   if (settings.sink != "broker" && settings.sink != "jetstream") {
     return usage("--sink is broker or jetstream");
+  }
+  if (settings.inbox != "sqlite" && settings.inbox != "redis") {
+    return usage("--inbox is sqlite or redis");
+  }
+  if (settings.inbox == "redis") {
+#ifndef OUTBOX_FAULTS_REDIS_SERVER
+    std::fprintf(stderr,
+                 "outbox-faults: built without the Redis inbox or redis-server; --inbox redis is "
+                 "not available\n");
+    return 4;
+#endif
+    if (settings.sink != "broker") return usage("--inbox redis needs the broker sink's consumers");
   }
   if (settings.sink == "jetstream") {
 #ifdef OUTBOX_RELAY_WITH_JETSTREAM
@@ -1437,16 +2129,34 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "outbox-faults: seed %llu, work dir %s\n",
                static_cast<unsigned long long>(settings.seed), settings.work_dir.c_str());
+  // Declared after the work dir, so unmounted before it is removed.
+  std::unique_ptr<SmallDisk> disk;
+  if (settings.full_disk && settings.sink == "broker") {
+    disk = std::make_unique<SmallDisk>(settings.work_dir / "disk", settings.disk_bytes);
+    if (disk->mounted()) {
+      std::fprintf(stderr,
+                   "outbox-faults: app.db on a tmpfs of its own (%s) for full-disk faults\n",
+                   disk->dir().c_str());
+    } else {
+      std::printf("full disk: not injected (%s; needs root or CAP_SYS_ADMIN)\n",
+                  disk->why_not().c_str());
+      disk.reset();
+    }
+  }
   int result = 3;
   {
     try {
-      Run run(settings);
+      Run run(settings, disk.get());
       result = run.execute();
     } catch (const std::exception& error) {
       std::fprintf(stderr, "outbox-faults: %s (seed %llu)\n", error.what(),
                    static_cast<unsigned long long>(settings.seed));
       result = 3;
     }
+  }
+  if (disk && (result != 0 || settings.keep)) {
+    disk->free_space();
+    disk->keep_contents();
   }
   if (temporary && (result != 0 || settings.keep)) {
     // Keep the evidence: copy the logs and databases next to the temp dir.

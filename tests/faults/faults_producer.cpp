@@ -17,9 +17,16 @@
 // --max-message-bytes 16k, so it becomes dead until an operator drops it, or
 // strips the padding and replays it.
 //
+// A full disk or an I/O error (SQLITE_FULL, SQLITE_IOERR) reaches it as
+// outbox::Error with SQLite's code; the transaction is rolled back as a whole
+// and the operation retried, as an application would. The first failure of
+// each series is printed ("full disk or I/O error: ..."), and so is the first
+// success after it.
+//
 // On SIGTERM the current transaction finishes, the process prints
-// "committed N rolled-back M duplicates-reported D" and exits 0. It may also
-// be killed at any moment: an unfinished transaction leaves nothing behind.
+// "committed N rolled-back M duplicates-reported D busy B full F" and exits 0.
+// It may also be killed at any moment: an unfinished transaction leaves
+// nothing behind.
 #include <sqlite3.h>
 
 #include <atomic>
@@ -35,6 +42,7 @@
 
 #include <unistd.h>
 
+#include "faults_flags.hpp"
 #include "outbox/outbox.hpp"
 
 namespace {
@@ -49,7 +57,27 @@ void exec(sqlite3* db, const char* sql) {
   if (sqlite3_exec(db, sql, nullptr, nullptr, &error) != SQLITE_OK) {
     std::string text = error != nullptr ? error : "unknown error";
     sqlite3_free(error);
-    throw std::runtime_error(text);
+    throw outbox::Error(text, sqlite3_extended_errcode(db));
+  }
+}
+
+bool disk_trouble(int extended_code) {
+  return (extended_code & 0xff) == SQLITE_FULL || (extended_code & 0xff) == SQLITE_IOERR;
+}
+
+// Runs `step` until it succeeds, retrying what a full disk, an I/O error or a
+// lock held too long makes fail.
+template <typename Step>
+auto retrying(Step step) {
+  for (int attempt = 1;; ++attempt) {
+    try {
+      return step();
+    } catch (const outbox::Error& error) {
+      int primary = error.extended_code() & 0xff;
+      if ((!disk_trouble(error.extended_code()) && primary != SQLITE_BUSY) || attempt >= 6000)
+        throw;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // backoff, then retry
   }
 }
 
@@ -68,30 +96,15 @@ struct Statement {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string db_path, name = "producer";
-  std::uint64_t seed = 1;
-  double rate = 150;
-  int keys = 16;
-  double oversize_rate = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string flag = argv[i], value = argv[i + 1];
-    if (flag == "--db")
-      db_path = value;
-    else if (flag == "--name")
-      name = value;
-    else if (flag == "--seed")
-      seed = std::stoull(value);
-    else if (flag == "--rate")
-      rate = std::stod(value);
-    else if (flag == "--keys")
-      keys = std::stoi(value);
-    else if (flag == "--oversize-rate")
-      oversize_rate = std::stod(value);
-    else {
-      std::fprintf(stderr, "faults_producer: unknown flag %s\n", flag.c_str());
-      return 2;
-    }
-  }
+  auto flags =
+      faults::Flags::parse(argc, argv, "faults_producer",
+                           {"--db", "--name", "--seed", "--rate", "--keys", "--oversize-rate"});
+  if (!flags) return 2;
+  const std::string db_path = flags->text("--db"), name = flags->text("--name", "producer");
+  const auto seed = std::stoull(flags->text("--seed", "1"));
+  const double rate = flags->number("--rate", 150),
+               oversize_rate = flags->number("--oversize-rate", 0);
+  const int keys = static_cast<int>(flags->number("--keys", 16));
   if (db_path.empty() || keys < 1 || rate <= 0) {
     std::fprintf(stderr,
                  "usage: faults_producer --db APP.DB --name P --seed N [--rate R] [--keys K]\n");
@@ -104,22 +117,25 @@ int main(int argc, char** argv) {
   std::mt19937_64 random(seed ^ (static_cast<std::uint64_t>(::getpid()) << 20));
   auto chance = [&](double p) { return std::uniform_real_distribution<double>(0, 1)(random) < p; };
   const std::string incarnation = name + "-" + std::to_string(::getpid());
-  long committed = 0, rolled_back = 0, duplicates_reported = 0, busy_retries = 0;
+  long committed = 0, rolled_back = 0, duplicates_reported = 0, busy_retries = 0, full_retries = 0;
+  int failing = 0;  // SQLite code of the current series of disk failures, 0: none
   std::vector<outbox::Message> committed_events;  // for business retries
 
   try {
     auto box = [&] {
       try {
-        return outbox::Outbox::open(db_path);
+        return retrying([&] { return outbox::Outbox::open(db_path); });
       } catch (const outbox::Error& error) {
         throw outbox::Error(std::string("opening the outbox: ") + error.what(),
                             error.extended_code());
       }
     }();
-    exec(box.db(),
-         "CREATE TABLE IF NOT EXISTS business("
-         " id INTEGER PRIMARY KEY, msg_id TEXT NOT NULL, producer TEXT NOT NULL,"
-         " topic TEXT NOT NULL, partition_key TEXT NOT NULL)");
+    retrying([&] {
+      exec(box.db(),
+           "CREATE TABLE IF NOT EXISTS business("
+           " id INTEGER PRIMARY KEY, msg_id TEXT NOT NULL, producer TEXT NOT NULL,"
+           " topic TEXT NOT NULL, partition_key TEXT NOT NULL)");
+    });
     Statement insert(
         box.db(),
         "INSERT INTO business(msg_id, producer, topic, partition_key) VALUES (?1, ?2, ?3, ?4)");
@@ -187,10 +203,26 @@ int main(int argc, char** argv) {
         }
         tx.commit();
         ++committed;
+        if (failing != 0) {
+          std::fprintf(stderr, "faults_producer: committing again after SQLite code %d\n", failing);
+          failing = 0;
+        }
         if (event_id && committed_events.size() < 1000) committed_events.push_back(message);
       } catch (const outbox::Error& error) {
-        // A lock held too long by another process: the transaction was rolled
-        // back as a whole; the application would retry its operation.
+        // A lock held too long by another process, a full disk, an I/O error:
+        // the transaction was rolled back as a whole; the application would
+        // retry its operation.
+        if (disk_trouble(error.extended_code())) {
+          ++full_retries;
+          if (failing == 0) {
+            std::fprintf(stderr,
+                         "faults_producer: full disk or I/O error: %s (SQLite code %d); retrying\n",
+                         error.what(), error.extended_code());
+            failing = error.extended_code();
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));  // backoff
+          continue;
+        }
         if ((error.extended_code() & 0xff) != SQLITE_BUSY) throw;
         ++busy_retries;
       }
@@ -203,7 +235,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "faults_producer: %s\n", error.what());
     return 1;
   }
-  std::printf("committed %ld rolled-back %ld duplicates-reported %ld busy %ld\n", committed,
-              rolled_back, duplicates_reported, busy_retries);
+  std::printf("committed %ld rolled-back %ld duplicates-reported %ld busy %ld full %ld\n",
+              committed, rolled_back, duplicates_reported, busy_retries, full_retries);
   return 0;
 }

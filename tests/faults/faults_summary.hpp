@@ -23,24 +23,28 @@ inline std::vector<std::string> with_seed(std::vector<std::string> args) {
   return args;
 }
 
-// Requires "faults=N lost=0 duplicated=0 reordered=0 phantom=0" with N at
-// least `min_faults`, and a clean exit.
-inline void check_summary(const test_support::RunResult& result, long min_faults) {
+// Requires "faults=N lost=0 duplicated=0 reordered=0 phantom=0 dead=D" with N
+// at least `min_faults` and D at least `min_dead` (the checker has already
+// made sure that every dead message is one written to be undeliverable), and a
+// clean exit.
+inline void check_summary(const test_support::RunResult& result, long min_faults,
+                          long min_dead = 0) {
   INFO(result.err);
   INFO(result.out);
   auto lines = test_support::lines(result.out);
   REQUIRE(!lines.empty());
   const auto& summary = lines.back();
   std::printf("%s\n", summary.c_str());  // shown by ctest -V
-  long faults = -1, lost = -1, duplicated = -1, reordered = -1, phantom = -1;
+  long faults = -1, lost = -1, duplicated = -1, reordered = -1, phantom = -1, dead = -1;
   REQUIRE(std::sscanf(summary.c_str(),
-                      "faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld", &faults,
-                      &lost, &duplicated, &reordered, &phantom) == 5);
+                      "faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld dead=%ld",
+                      &faults, &lost, &duplicated, &reordered, &phantom, &dead) == 6);
   CHECK(faults >= min_faults);
   CHECK(lost == 0);
   CHECK(duplicated == 0);
   CHECK(reordered == 0);
   CHECK(phantom == 0);
+  CHECK(dead >= min_dead);
   CHECK(result.status.exited);
   CHECK(result.status.code == 0);
 }

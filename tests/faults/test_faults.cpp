@@ -10,5 +10,7 @@ TEST_CASE("the pipeline stays exactly-once under 200+ injected faults", "[faults
   auto args = faults_test::with_seed(
       {"--faults", "400", "--max-load-time", "150s", "--drain-timeout", "90s"});
   auto result = test_support::run(OUTBOX_BIN_OUTBOX_FAULTS, args, 285s);
-  faults_test::check_summary(result, 200);
+  // The SQL producer's undeliverable rows: some stay dead (the checker lists
+  // each with its reason and fails the run if a legal message is among them).
+  faults_test::check_summary(result, 200, 1);
 }
