@@ -9,16 +9,16 @@
 
 using namespace std::chrono_literals;
 
-TEST_CASE("two consumers sharing a Redis inbox apply each message once under 200+ faults",
+TEST_CASE("two consumers sharing a Redis inbox apply each message once under 120+ faults",
           "[faults][redis]") {
 #ifndef OUTBOX_FAULTS_WITH_REDIS
   WARN("built without the Redis inbox (hiredis) or redis-server not found; skipping");
   return;
 #else
   auto args = faults_test::with_seed(
-      {"--inbox", "redis", "--faults", "250", "--max-load-time", "60s", "--drain-timeout", "60s"});
+      {"--inbox", "redis", "--faults", "150", "--max-load-time", "60s", "--drain-timeout", "60s"});
   auto result = test_support::run(OUTBOX_BIN_OUTBOX_FAULTS, args, 170s);
-  faults_test::check_summary(result, 200);
+  faults_test::check_summary(result, 120);
   // The line before the summary counts the repeats and what allowed each.
   CHECK(result.out.find("redis inbox: ") != std::string::npos);
 #endif
