@@ -141,11 +141,18 @@ case "$mode" in
   examples)
     "$cmake" --install "$build_dir" --prefix "$work/prefix" >"$work/install.log" 2>&1 \
       || { cat "$work/install.log"; exit 1; }
-    for example in order_service shipping_consumer idgen_usage; do
+    examples=(order_service shipping_consumer idgen_usage)
+    # The JetStream consumer needs libnats (Debian: libnats-dev).
+    [ -e /usr/include/nats/nats.h ] && examples+=(jetstream_consumer)
+    for example in "${examples[@]}"; do
       "$cmake" -S "$source_dir/examples/$example" -B "$work/$example" -G Ninja \
         -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$work/prefix"
       "$cmake" --build "$work/$example" --parallel 2
     done
+    if [ -x "$work/jetstream_consumer/jetstream_consumer" ]; then
+      out="$("$work/jetstream_consumer/jetstream_consumer" run --help)"
+      grep -q -- "--max-ack-pending" <<<"$out"
+    fi
     out="$("$work/order_service/order_service" --db "$work/shop.db" --count 20)"
     grep -q "committed 20 orders" <<<"$out"
     out="$("$work/shipping_consumer/shipping_consumer" --help)"
