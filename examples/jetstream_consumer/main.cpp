@@ -291,7 +291,8 @@ struct Counts {
 };
 
 [[noreturn]] void crash(const char* where, long count) {
-  std::fprintf(stderr, "jetstream_consumer: crash point: killed %s message %ld of this run\n",
+  std::fprintf(stderr,
+               "jetstream_consumer: crash point: kill -9 of itself %s message %ld of this run\n",
                where, count);
   std::fflush(stderr);
   std::raise(SIGKILL);
