@@ -13,23 +13,9 @@ if [ -z "$nats_server" ] || [ ! -x "$nats_server" ]; then
   exit 77
 fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/outbox-walkthrough-XXXXXX")"
-pids=()
-stop_daemons() {
-  local pid
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-}
+# pids, stop_daemons (started daemons, stopped by pid on the way out), wait_for.
+source "$source_dir/tests/support/daemons.sh"
 trap 'stop_daemons; rm -rf "$work"' EXIT
-
-wait_for() {
-  local seconds="$1" i
-  shift
-  for ((i = 0; i < seconds * 20; i++)); do
-    "$@" && return 0
-    sleep 0.05
-  done
-  echo "gave up waiting for: $*" >&2
-  return 1
-}
 
 # The first ```sh block after the walkthrough's heading in a file.
 block() {

@@ -9,25 +9,9 @@ set -euo pipefail
 mode="$1" build_dir="$2" source_dir="$3" cmake="$4"
 work="$(mktemp -d "${TMPDIR:-/tmp}/outbox-package-XXXXXX")"
 
-# Started daemons, stopped by pid on the way out.
-pids=()
-stop_daemons() {
-  local pid
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-}
+# pids, stop_daemons (started daemons, stopped by pid on the way out), wait_for.
+source "$source_dir/tests/support/daemons.sh"
 trap 'stop_daemons; rm -rf "$work"' EXIT
-
-# wait_for <seconds> <command...>: polls the command until it succeeds.
-wait_for() {
-  local seconds="$1" i
-  shift
-  for ((i = 0; i < seconds * 20; i++)); do
-    "$@" && return 0
-    sleep 0.05
-  done
-  echo "gave up waiting for: $*" >&2
-  return 1
-}
 
 delivered() { "$bin/outbox-relay" status --db "$1" --json | grep -q "\"delivered_total\":$2,"; }
 
