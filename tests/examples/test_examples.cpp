@@ -17,6 +17,7 @@
 
 #include "broker/client.hpp"
 #include "broker_process.hpp"
+#include "examples_support.hpp"
 #include "test_support.hpp"
 #ifdef OUTBOX_REDIS_SERVER
 #include "redis_server.hpp"
@@ -26,64 +27,16 @@ namespace {
 
 using namespace std::chrono_literals;
 using broker_test::BrokerProcess;
+using examples_test::delivered_total;
+using examples_test::exec_sql;
+using examples_test::json_number;
+using examples_test::query_number;
 namespace fs = std::filesystem;
 
 // The examples crash on purpose; no core files from that.
 void no_core_files() {
   rlimit none{0, 0};
   ::setrlimit(RLIMIT_CORE, &none);
-}
-
-// One number from `sql` on `db`; `attach`, when given, is attached as "shipping".
-long query_number(const fs::path& db, const std::string& sql, const fs::path& attach = {}) {
-  sqlite3* handle = nullptr;
-  REQUIRE(sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
-  sqlite3_busy_timeout(handle, 10000);
-  if (!attach.empty()) {
-    const std::string attach_sql = "ATTACH '" + attach.string() + "' AS shipping";
-    REQUIRE(sqlite3_exec(handle, attach_sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
-  }
-  sqlite3_stmt* statement = nullptr;
-  long value = -1;
-  if (sqlite3_prepare_v2(handle, sql.c_str(), -1, &statement, nullptr) == SQLITE_OK &&
-      sqlite3_step(statement) == SQLITE_ROW) {
-    value = static_cast<long>(sqlite3_column_int64(statement, 0));
-  }
-  const std::string error = sqlite3_errmsg(handle);
-  sqlite3_finalize(statement);
-  sqlite3_close(handle);
-  INFO(sql << ": " << error);
-  REQUIRE(value >= 0);
-  return value;
-}
-
-void exec_sql(const fs::path& db, const std::string& sql) {
-  sqlite3* handle = nullptr;
-  REQUIRE(sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
-  sqlite3_busy_timeout(handle, 10000);
-  char* error = nullptr;
-  const int rc = sqlite3_exec(handle, sql.c_str(), nullptr, nullptr, &error);
-  const std::string text = error != nullptr ? error : "";
-  sqlite3_free(error);
-  sqlite3_close(handle);
-  INFO(text);
-  REQUIRE(rc == SQLITE_OK);
-}
-
-// A number from a flat JSON object ("name":123), -1 if absent.
-long json_number(const std::string& json, const std::string& name) {
-  const auto at = json.find("\"" + name + "\":");
-  if (at == std::string::npos) return -1;
-  return std::stol(json.substr(at + name.size() + 3));
-}
-
-long delivered_total(const fs::path& db) {
-  auto result =
-      test_support::run(OUTBOX_BIN_OUTBOX_RELAY, {"status", "--db", db.string(), "--json"});
-  INFO(result.err);
-  REQUIRE(result.status.exited);
-  REQUIRE(result.status.code == 0);
-  return json_number(result.out, "delivered_total");
 }
 
 std::uint64_t broker_counter(const std::string& endpoint, const std::string& name) {

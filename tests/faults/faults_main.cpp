@@ -25,10 +25,13 @@
 // database, the broker and the consumer's database; dropped messages are
 // expected nowhere.
 //
-// With --sink jetstream, nats-server -js takes the broker's place (no proxy,
-// no consumer): the relays publish to a stream covering outbox.>, the
-// injector kills, stops and pauses nats-server as it does the broker, and the
-// checker reads the stream back. With --inbox redis, two consumers share one
+// With --sink jetstream, nats-server -js takes the broker's place (no proxy):
+// the relays publish to a stream covering outbox.>, the injector kills, stops
+// and pauses nats-server as it does the broker, two examples/jetstream_consumer
+// processes apply the stream through one durable consumer and one inbox
+// database and are killed too (also at their own crash points, right before
+// and right after a side effect), and the checker reads the stream back and
+// compares producers, stream and side effects. With --inbox redis, two consumers share one
 // Redis inbox (redis-server started here, killed and paused too) and kill
 // themselves around their side effects; the checker allows exactly the
 // repeats the Redis inbox's contract allows. The last line is the summary:
@@ -128,6 +131,9 @@ struct Settings {
   double freeze = 0.05;  // share of those cuts that go silent instead
   bool keep = false;
   std::string sink = "broker";  // or "jetstream"
+  // The JetStream consumers' --max-ack-pending (and fetch size); only 1 keeps
+  // per-key order through their crashes.
+  int consumer_max_ack_pending = 1;
   // "redis": two consumers share one Redis inbox (redis-server started here).
   std::string inbox = "sqlite";
   double self_kill_rate = 0.0005;  // --inbox redis: per claim and window
@@ -142,6 +148,9 @@ struct Settings {
   std::string producer_binary = OUTBOX_BIN_FAULTS_PRODUCER;
   std::string sql_producer_binary = OUTBOX_BIN_FAULTS_SQL_PRODUCER;
   std::string consumer_binary = OUTBOX_BIN_FAULTS_CONSUMER;
+#ifdef OUTBOX_BIN_JETSTREAM_CONSUMER
+  std::string jetstream_consumer_binary = OUTBOX_BIN_JETSTREAM_CONSUMER;
+#endif
 };
 
 class HarnessError : public std::runtime_error {
@@ -884,24 +893,34 @@ void check_redis_effects(Report& report, Database& consumer,
   }
 }
 
-// Without a consumer database (--sink jetstream) the consumer checks are left out.
+// What the producers committed: business rows (by msg_id), and the outbox
+// rows by msg_id with their commit order.
+struct OutboxRow {
+  long seq;
+  std::string topic, key;
+};
+struct Committed {
+  std::set<std::string> business;
+  std::map<std::string, OutboxRow> outbox;
+};
+
+Committed read_committed(Database& app) {
+  Committed committed;
+  for (auto& row : app.rows("SELECT msg_id FROM business")) committed.business.insert(row[0]);
+  for (auto& row :
+       app.rows("SELECT seq, msg_id, topic, coalesce(partition_key, '') FROM outbox_messages")) {
+    committed.outbox[row[1]] = {std::stol(row[0]), row[2], row[3]};
+  }
+  return committed;
+}
+
+// Without a consumer database (no consumer ran) the consumer checks are left out.
 Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
              const std::vector<BrokerCopy>& stored, const RedisInboxView* redis) {
   Report report;
   Database app(app_db);
   app.begin();
-  // What the producers committed: business rows, and the outbox rows in commit order.
-  std::set<std::string> business;
-  for (auto& row : app.rows("SELECT msg_id FROM business")) business.insert(row[0]);
-  struct OutboxRow {
-    long seq;
-    std::string topic, key;
-  };
-  std::map<std::string, OutboxRow> outbox;
-  for (auto& row :
-       app.rows("SELECT seq, msg_id, topic, coalesce(partition_key, '') FROM outbox_messages")) {
-    outbox[row[1]] = {std::stol(row[0]), row[2], row[3]};
-  }
+  const auto [business, outbox] = read_committed(app);
   report.committed = static_cast<long>(business.size());
   for (const auto& id : business) {
     if (!outbox.count(id)) report.no_message.add(id);
@@ -1040,6 +1059,47 @@ long count_effects(const fs::path& consumer_db) {
   }
 }
 
+// The consumers' side effects against what the producers committed, by
+// msg_id (--sink jetstream): each committed message applied once, none that
+// was not committed, and per (topic, key) applied in commit (seq) order.
+struct EffectsReport {
+  Finding lost{"side effects lost"}, duplicated{"side effects duplicated"},
+      reordered{"side effects reordered"}, phantom{"side effects phantom"};
+  std::vector<Finding*> all() { return {&lost, &duplicated, &reordered, &phantom}; }
+};
+
+EffectsReport check_effects(const fs::path& app_db, const fs::path& consumer_db) {
+  EffectsReport report;
+  Database app(app_db);
+  app.begin();
+  const auto [business, outbox] = read_committed(app);
+  Database consumer(consumer_db);
+  std::map<std::string, long> times;
+  std::map<std::pair<std::string, std::string>, std::pair<long, std::string>> highest;
+  for (auto& row : consumer.rows("SELECT msg_id FROM effects ORDER BY id")) {
+    const auto& id = row[0];
+    if (++times[id] == 2) report.duplicated.add(id);
+    auto found = outbox.find(id);
+    if (found == outbox.end() || !business.count(id)) {
+      report.phantom.add(id);
+      continue;
+    }
+    auto& [seq, last_id] = highest[{found->second.topic, found->second.key}];
+    if (found->second.seq < seq) {
+      report.reordered.add(id + " (seq " + std::to_string(found->second.seq) + " applied after " +
+                           last_id + " seq " + std::to_string(seq) + ", key " + found->second.key +
+                           ")");
+    } else {
+      seq = found->second.seq;
+      last_id = id;
+    }
+  }
+  for (const auto& id : business) {
+    if (!times.count(id)) report.lost.add(id);
+  }
+  return report;
+}
+
 // --- the run --------------------------------------------------------------
 
 class Run {
@@ -1088,8 +1148,12 @@ class Run {
     }
     stop_everything();
     if (redis) redis->killed_pids = killed_consumer_pids_;
-    auto report = check(app_db_, jetstream() ? std::nullopt : std::optional<fs::path>(consumer_db_),
-                        stored, redis ? &*redis : nullptr);
+    const bool consumers_ran = consumer_ != nullptr;
+    auto report =
+        check(app_db_, consumers_ran ? std::optional<fs::path>(consumer_db_) : std::nullopt, stored,
+              redis ? &*redis : nullptr);
+    std::optional<EffectsReport> effects;
+    if (jetstream() && consumers_ran) effects = check_effects(app_db_, consumer_db_);
     long total_faults = process_faults_ + proxy_faults();
 
     std::ostringstream kinds;
@@ -1147,28 +1211,41 @@ class Run {
           count_in_logs(consumers, "kill -9 of itself between the side effect"),
           count_in_logs(consumers, "kill -9 of itself after complete"));
     }
-    if (jetstream()) {
+    if (jetstream() && !consumers_ran) {
       std::printf(
           "sink=jetstream stream=%s: consumer side effects not checked (no consumer runs)\n",
           kStream);
     }
-    for (auto* finding : report.all()) {
+    std::vector<Finding*> findings = report.all();
+    if (effects) {
+      for (auto* finding : effects->all()) findings.push_back(finding);
+      std::printf("side effects: lost=%ld duplicated=%ld reordered=%ld phantom=%ld\n",
+                  effects->lost.count, effects->duplicated.count, effects->reordered.count,
+                  effects->phantom.count);
+    }
+    bool findings_clear = true;
+    for (auto* finding : findings) {
       if (finding->count == 0) continue;
+      findings_clear = false;
       std::printf("FAILED %s: %ld, first:", finding->name.c_str(), finding->count);
       for (const auto& example : finding->examples) std::printf(" %s;", example.c_str());
       std::printf("\n");
     }
     for (const auto& anomaly : anomalies_) std::printf("FAILED process: %s\n", anomaly.c_str());
-    bool passed = report.passed() && anomalies_.empty() && drained;
+    bool passed = report.passed() && findings_clear && anomalies_.empty() && drained;
     if (!drained)
       std::printf("FAILED drain: the pipeline did not drain within %lld ms\n",
                   static_cast<long long>(settings_.drain_timeout.count()));
     if (!passed) {
+      const std::string pending =
+          settings_.consumer_max_ack_pending == 1
+              ? ""
+              : " --consumer-max-ack-pending " + std::to_string(settings_.consumer_max_ack_pending);
       std::printf(
-          "replay with: outbox-faults --seed %llu --faults %ld%s%s%s --keep   (logs in %s)\n",
+          "replay with: outbox-faults --seed %llu --faults %ld%s%s%s%s --keep   (logs in %s)\n",
           static_cast<unsigned long long>(settings_.seed), settings_.faults,
           settings_.hostile_order ? " --hostile-order" : "", jetstream() ? " --sink jetstream" : "",
-          redis_inbox() ? " --inbox redis" : "", (dir_ / "logs").c_str());
+          redis_inbox() ? " --inbox redis" : "", pending.c_str(), (dir_ / "logs").c_str());
     }
     std::printf("faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld dead=%zu\n",
                 total_faults, report.lost.count, report.duplicated.count, report.reordered.count,
@@ -1424,11 +1501,58 @@ class Run {
     standby_relay_ =
         std::make_unique<Managed>("relay-b", dir_ / "logs" / "relay-b.log", relay_starter);
     standby_relay_->start();
-    if (jetstream()) return;  // no consumer: the stream is read back at the end
+    if (jetstream()) {
+      start_jetstream_consumers();
+      return;
+    }
 
     consumer_ = make_consumer("consumer", 1);
     // --inbox redis: a second consumer of the same group shares the records.
     if (redis_inbox()) consumer2_ = make_consumer("consumer-b", 2);
+  }
+
+  // Two jetstream_consumer processes (examples/) on one durable pull consumer
+  // and one inbox database, as the example recommends for per-key order: max
+  // ack pending 1. Each incarnation may get a crash point, where it kills
+  // itself right before applying a message or right after, before the ack.
+  void start_jetstream_consumers() {
+#ifdef OUTBOX_BIN_JETSTREAM_CONSUMER
+    auto starter = [this] {
+      const auto pending = std::to_string(settings_.consumer_max_ack_pending);
+      std::vector<std::string> args = {"--nats-url",
+                                       nats_url_,
+                                       "--stream",
+                                       kStream,
+                                       "run",
+                                       "--durable",
+                                       "faults",
+                                       "--filter-subject",
+                                       "outbox.>",
+                                       "--db",
+                                       consumer_db_.string(),
+                                       "--ack-wait",
+                                       "1",
+                                       "--max-ack-pending",
+                                       pending,
+                                       "--batch",
+                                       pending};
+      // One incarnation in four: every crash costs the ack wait before the
+      // message comes again, and the consumers apply a few hundred a second.
+      const int draw = std::uniform_int_distribution<int>(0, 7)(random_);
+      if (draw < 2) {
+        args.push_back(draw == 0 ? "--crash-after" : "--crash-before");
+        args.push_back(std::to_string(std::uniform_int_distribution<int>(1, 2000)(random_)));
+      }
+      return std::make_unique<test_support::ChildProcess>(settings_.jetstream_consumer_binary, args,
+                                                          dir_);
+    };
+    for (auto* slot : {&consumer_, &consumer2_}) {
+      auto name = slot == &consumer_ ? std::string("consumer") : std::string("consumer-b");
+      *slot = std::make_unique<Managed>(name, dir_ / "logs" / (name + ".log"), starter);
+      (*slot)->accept_self_kill();  // its crash points
+      (*slot)->start();
+    }
+#endif
   }
 
   std::unique_ptr<Managed> make_consumer(const std::string& name, int number) {
@@ -1552,6 +1676,10 @@ class Run {
           {"nats_kill9", 22, nats_.get(), SIGKILL}, {"nats_term", 10, nats_.get(), SIGTERM},
           {"producer_kill9", 8, producer, SIGKILL},
       };
+      if (consumer != nullptr) {
+        choices.push_back({"consumer_kill9", 16, consumer, SIGKILL});
+        choices.push_back({"consumer_term", 5, consumer, SIGTERM});
+      }
     } else {
       choices = {
           {"relay_kill9", 28, relay, SIGKILL},
@@ -1908,10 +2036,12 @@ class Run {
           std::to_string(stats.dead));
       return false;
     }
-    if (jetstream()) return true;  // no consumer in this mode
-    // The consumer applies everything the broker has.
-    auto copies = fetch_everything(broker_endpoint_, broker_topics(app_db_));
-    long stored = static_cast<long>(copies.size());
+    if (!consumer_) return true;  // --sink jetstream built without examples/jetstream_consumer
+    // The consumers apply everything the broker has (in JetStream mode every
+    // outbox row: nothing is dropped there, and the outbox drained).
+    std::vector<BrokerCopy> copies;
+    if (!jetstream()) copies = fetch_everything(broker_endpoint_, broker_topics(app_db_));
+    long stored = jetstream() ? outbox_rows() : static_cast<long>(copies.size());
     say("outbox drained; waiting for the consumer to apply " + std::to_string(stored) +
         " messages");
     if (!test_support::wait_until(
@@ -1944,6 +2074,11 @@ class Run {
       return false;
     }
     return true;
+  }
+
+  long outbox_rows() {
+    Database app(app_db_);
+    return std::stol(app.rows("SELECT count(*) FROM outbox_messages")[0][0]);
   }
 
   void stop_everything() {
@@ -2011,6 +2146,7 @@ int usage(const std::string& message) {
                "                     [--cut-every 2K-400K|off] [--freeze 0.05]\n"
                "                     [--oversize-rate 0.002] [--sql-rate 30] [--poison-rate 0.05]\n"
                "                     [--sink broker|jetstream] [--inbox sqlite|redis]\n"
+               "                     [--consumer-max-ack-pending 1]\n"
                "                     [--self-kill-rate 0.0005] [--full-disk on|off]\n"
                "                     [--work-dir DIR] [--keep]\n");
   return 2;
@@ -2062,6 +2198,8 @@ int main(int argc, char** argv) {
         settings.freeze = std::stod(value());
       else if (flag == "--sink")
         settings.sink = value();
+      else if (flag == "--consumer-max-ack-pending")
+        settings.consumer_max_ack_pending = std::stoi(value());
       else if (flag == "--full-disk") {
         auto choice = value();
         if (choice != "on" && choice != "off")
@@ -2089,6 +2227,9 @@ int main(int argc, char** argv) {
   }
   if (settings.sql_rate < 0 || settings.poison_rate < 0 || settings.poison_rate > 1) {
     return usage("--sql-rate must be 0 or more, --poison-rate between 0 and 1");
+  }
+  if (settings.consumer_max_ack_pending < 1 || settings.consumer_max_ack_pending > 10000) {
+    return usage("--consumer-max-ack-pending is 1 to 10000");
   }
   if (settings.sink != "broker" && settings.sink != "jetstream") {
     return usage("--sink is broker or jetstream");

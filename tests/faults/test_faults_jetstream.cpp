@@ -1,8 +1,9 @@
 // The bounded fault-injection run against NATS JetStream: outbox-faults
 // --sink jetstream starts nats-server instead of outbox-broker, kills,
-// stops and pauses it and the relays, then reads the stream back and runs
-// the exactly-once checks. A random seed each run (printed); OUTBOX_FAULTS_SEED
-// fixes it. Skipped with a warning without nats-server or libnats.
+// stops and pauses it, the relays and the JetStream consumers, then reads the
+// stream and the consumers' database back and runs the exactly-once checks.
+// A random seed each run (printed); OUTBOX_FAULTS_SEED fixes it. Skipped with
+// a warning without nats-server or libnats.
 #include "faults_summary.hpp"
 
 using namespace std::chrono_literals;
@@ -24,5 +25,11 @@ TEST_CASE("the pipeline into JetStream stays exactly-once under 100+ injected fa
     return;
   }
   faults_test::check_summary(result, 100);
+#ifdef OUTBOX_FAULTS_WITH_JETSTREAM_CONSUMER
+  // The consumers' side effects against the producers: each once, in per-key order.
+  INFO(result.out);
+  CHECK(result.out.find("side effects: lost=0 duplicated=0 reordered=0 phantom=0") !=
+        std::string::npos);
+#endif
 #endif
 }

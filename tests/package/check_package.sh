@@ -9,25 +9,9 @@ set -euo pipefail
 mode="$1" build_dir="$2" source_dir="$3" cmake="$4"
 work="$(mktemp -d "${TMPDIR:-/tmp}/outbox-package-XXXXXX")"
 
-# Started daemons, stopped by pid on the way out.
-pids=()
-stop_daemons() {
-  local pid
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-}
+# pids, stop_daemons (started daemons, stopped by pid on the way out), wait_for.
+source "$source_dir/tests/support/daemons.sh"
 trap 'stop_daemons; rm -rf "$work"' EXIT
-
-# wait_for <seconds> <command...>: polls the command until it succeeds.
-wait_for() {
-  local seconds="$1" i
-  shift
-  for ((i = 0; i < seconds * 20; i++)); do
-    "$@" && return 0
-    sleep 0.05
-  done
-  echo "gave up waiting for: $*" >&2
-  return 1
-}
 
 delivered() { "$bin/outbox-relay" status --db "$1" --json | grep -q "\"delivered_total\":$2,"; }
 
@@ -141,11 +125,18 @@ case "$mode" in
   examples)
     "$cmake" --install "$build_dir" --prefix "$work/prefix" >"$work/install.log" 2>&1 \
       || { cat "$work/install.log"; exit 1; }
-    for example in order_service shipping_consumer idgen_usage; do
+    examples=(order_service shipping_consumer idgen_usage)
+    # The JetStream consumer needs libnats (Debian: libnats-dev).
+    [ -e /usr/include/nats/nats.h ] && examples+=(jetstream_consumer)
+    for example in "${examples[@]}"; do
       "$cmake" -S "$source_dir/examples/$example" -B "$work/$example" -G Ninja \
         -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$work/prefix"
       "$cmake" --build "$work/$example" --parallel 2
     done
+    if [ -x "$work/jetstream_consumer/jetstream_consumer" ]; then
+      out="$("$work/jetstream_consumer/jetstream_consumer" run --help)"
+      grep -q -- "--max-ack-pending" <<<"$out"
+    fi
     out="$("$work/order_service/order_service" --db "$work/shop.db" --count 20)"
     grep -q "committed 20 orders" <<<"$out"
     out="$("$work/shipping_consumer/shipping_consumer" --help)"

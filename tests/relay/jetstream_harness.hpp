@@ -136,6 +136,18 @@ class NatsClient {
     return count;
   }
 
+  // Messages a durable consumer has not handed out yet plus those handed out
+  // and not acknowledged: 0 once its reader has acknowledged everything.
+  std::uint64_t consumer_backlog(const std::string& stream, const std::string& durable) {
+    jsConsumerInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    check_nats(js_GetConsumerInfo(&info, js_, stream.c_str(), durable.c_str(), nullptr, &code),
+               "js_GetConsumerInfo");
+    auto backlog = info->NumPending + static_cast<std::uint64_t>(info->NumAckPending);
+    jsConsumerInfo_Destroy(info);
+    return backlog;
+  }
+
   // Publishes one message with a Nats-Msg-Id; true if JetStream answered it
   // as a duplicate (the id is still inside the stream's duplicate window).
   bool publish(const std::string& subject, const std::string& payload, const std::string& msg_id) {
