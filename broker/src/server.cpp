@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <deque>
 #include <fstream>
+#include <span>
 #include <stdexcept>
 #include <string_view>
 #include <unordered_map>
@@ -28,6 +29,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 constexpr std::uint8_t kFirstProtocolVersion = 1;
+// Routing id, tag, command, body, and one more to tell "too many" apart.
+constexpr std::size_t kMaxReceivedFrames = 5;
 
 std::shared_ptr<spdlog::logger> null_logger() {
   return std::make_shared<spdlog::logger>("broker",
@@ -201,10 +204,12 @@ struct Server::Impl {
         context(1),
         router(context, zmq::socket_type::router) {
     next_session_id =
-        static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                       std::chrono::system_clock::now().time_since_epoch())
-                                       .count())
-        << 16;
+        options.first_session_id != 0
+            ? options.first_session_id - 1
+            : static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                             std::chrono::system_clock::now().time_since_epoch())
+                                             .count())
+                  << 16;
     router.set(zmq::sockopt::router_mandatory, 1);
     router.set(zmq::sockopt::rcvhwm, options.receive_high_water_mark);
     router.set(zmq::sockopt::sndhwm, options.send_high_water_mark);
@@ -464,7 +469,7 @@ struct Server::Impl {
            pending_bytes < options.max_commit_bytes) {
       std::optional<wire::Received> received;
       try {
-        received = wire::receive_frames(router, zmq::recv_flags::dontwait, 5);
+        received = wire::receive_frames(router, zmq::recv_flags::dontwait, kMaxReceivedFrames);
       } catch (const zmq::error_t& error) {
         if (error.num() == EINTR) break;
         throw;
@@ -1130,6 +1135,21 @@ struct Server::Impl {
     shutdown();
   }
 
+  // Server::serve: one request handled as read_round() handles what it receives.
+  void serve(std::string_view routing_id, std::span<const std::string_view> frames) {
+    auto received = std::make_unique<wire::Received>();
+    received->frames.emplace_back(routing_id.data(), routing_id.size());
+    for (auto frame : frames) {
+      if (received->frames.size() == kMaxReceivedFrames) {
+        received->too_many_frames = true;
+        break;
+      }
+      received->frames.emplace_back(frame.data(), frame.size());
+    }
+    handle(std::move(received));
+    commit_pending();
+  }
+
   // Connections whose replies were all written cost nothing here.
   void sweep_peers() {
     for (auto it = peers.begin(); it != peers.end();) {
@@ -1226,6 +1246,10 @@ void Server::run() {
 
 void Server::request_stop() noexcept {
   impl_->stop.store(true, std::memory_order_relaxed);
+}
+
+void Server::serve(std::string_view routing_id, std::span<const std::string_view> frames) {
+  impl_->serve(routing_id, frames);
 }
 
 ServerCounters Server::counters() const {

@@ -45,7 +45,9 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <spdlog/logger.h>
@@ -110,6 +112,10 @@ struct ServerOptions {
   std::chrono::milliseconds shutdown_linger{5000};
   std::optional<CurveServerConfig> curve;
   std::shared_ptr<spdlog::logger> logger;  // null: a null sink
+  // The id of the first session, then one more per HELLO. 0 (the default): taken
+  // from the clock, so that a session id from before a restart does not match a
+  // session after it. Fuzzers set 1 to make the ids predictable.
+  std::uint64_t first_session_id = 0;
 
   static wire::Limits default_limits() {
     wire::Limits limits;
@@ -163,6 +169,15 @@ class Server {
   void request_stop() noexcept;
 
   ServerCounters counters() const;
+
+  // Handles one request as though it had arrived from the connection
+  // `routing_id` (frames: what follows the routing id; tag, command and body when
+  // well formed), then commits and acknowledges what it collected, as run() does
+  // after reading. Replies go to the socket; for a routing id that no connected
+  // peer has they are dropped (counted in replies_dropped). Lets fuzzers and
+  // tests drive the request handling without a peer. On run()'s thread, not
+  // while run() is running.
+  void serve(std::string_view routing_id, std::span<const std::string_view> frames);
 
  private:
   struct Impl;
