@@ -16,6 +16,9 @@ OUTBOX_PACKAGES=(
   nats-server libnats-dev
   libhiredis-dev redis-server
   python3 python3-zmq
+  # scripts/test's fuzz and static stages: libFuzzer and the sanitizer runtimes for
+  # clang, clang-tidy (with run-clang-tidy) and clang-format, all version 14.
+  clang-14 libclang-rt-14-dev clang-tidy-14 clang-format-14
 )
 
 outbox_log() { printf '==> %s\n' "$*" >&2; }

@@ -726,7 +726,6 @@ Result<PublishView> decode_publish_view(std::string_view body, const Limits& lim
     message.key = in.take_lenient(in.get<std::uint16_t>("partition key"), limits.max_key_bytes,
                                   "partition key", over);
     if (over && message.violation.empty()) message.violation = kViolationKey;
-    over = false;
     auto headers_start = in.position();
     std::size_t header_count = in.get<std::uint16_t>("header count");
     over = header_count > limits.max_headers;

@@ -1,0 +1,124 @@
+# The stages of scripts/test. Source after common.sh; each function returns the
+# stage's exit code.
+
+OUTBOX_SANITIZER_DIR="$OUTBOX_ROOT/tests/sanitizers"
+
+outbox_jobs() { nproc 2>/dev/null || echo 2; }
+
+# The plain build (build/, RelWithDebInfo, warnings as errors) and the whole suite;
+# the arguments go to ctest.
+outbox_stage_plain() {
+  outbox_build "$OUTBOX_ROOT/build" RelWithDebInfo -DOUTBOX_WARNINGS_AS_ERRORS=ON || return $?
+  outbox_log "running tests (build/)"
+  ctest --test-dir "$OUTBOX_ROOT/build" --output-on-failure --parallel "$(outbox_jobs)" "$@"
+}
+
+# Formatting and clang-tidy over the project's own sources (tidy reads build/'s
+# compile database, so the plain build comes first).
+outbox_stage_static() {
+  local status=0
+  bash "$OUTBOX_ROOT/scripts/check-format" || status=$?
+  if [ ! -f "$OUTBOX_ROOT/build/compile_commands.json" ]; then
+    outbox_build "$OUTBOX_ROOT/build" RelWithDebInfo -DOUTBOX_WARNINGS_AS_ERRORS=ON || return $?
+  fi
+  bash "$OUTBOX_ROOT/scripts/check-tidy" "$OUTBOX_ROOT/build" || { [ $status -ne 0 ] || status=$?; }
+  return $status
+}
+
+# outbox_sanitizer_env <report dir>: the run-time options of every sanitizer. Reports
+# go to files in <report dir> (one per process), so that a report in a daemon a test
+# started, stopped or killed is seen even when the test never looks at its stderr.
+outbox_sanitizer_env() {
+  local reports="$1"
+  export ASAN_OPTIONS="log_path=$reports/asan:detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1:abort_on_error=0"
+  export LSAN_OPTIONS="suppressions=$OUTBOX_SANITIZER_DIR/lsan.supp:print_suppressions=0"
+  export UBSAN_OPTIONS="log_path=$reports/ubsan:print_stacktrace=1:halt_on_error=1:suppressions=$OUTBOX_SANITIZER_DIR/ubsan.supp"
+  export TSAN_OPTIONS="log_path=$reports/tsan:halt_on_error=0:second_deadlock_stack=1:suppressions=$OUTBOX_SANITIZER_DIR/tsan.supp:print_suppressions=0"
+}
+
+# outbox_sanitizer_reports <report dir>: prints every report and fails if there is one.
+outbox_sanitizer_reports() {
+  local reports="$1" file found=0
+  for file in "$reports"/*; do
+    [ -s "$file" ] || continue
+    found=$((found + 1))
+    echo "==== sanitizer report $file" >&2
+    cat "$file" >&2
+  done
+  if [ $found -ne 0 ]; then
+    echo "error: $found sanitizer report(s) in $reports" >&2
+    return 1
+  fi
+}
+
+# outbox_stage_sanitizer asan|tsan <sanitizers>: builds build-<name>/ with
+# -fsanitize=<sanitizers> and runs its share of the suite: the whole suite under
+# ASan+UBSan, the tests with threads under TSan (label-based, see below). The
+# package checks build a project against the installed tree with plain flags, so
+# they run in build/ only.
+outbox_stage_sanitizer() {
+  local name="$1" sanitizers="$2"
+  local build_dir="$OUTBOX_ROOT/build-$name"
+  outbox_build "$build_dir" RelWithDebInfo -DOUTBOX_WARNINGS_AS_ERRORS=ON \
+    -DOUTBOX_SANITIZE="$sanitizers" -DOUTBOX_BUILD_BENCH=OFF -DOUTBOX_INSTALL=OFF || return $?
+  local reports="$build_dir/sanitizer-reports"
+  rm -rf "$reports"
+  mkdir -p "$reports"
+  local status=0
+  (
+    outbox_sanitizer_env "$reports"
+    local exclude="package"
+    # TSan: every test runs threads of ours or of libzmq except a few pure parsers,
+    # so it runs the suite without the long fault runs, which ASan covers.
+    [ "$name" = tsan ] && exclude="package|faults"
+    outbox_log "running tests ($build_dir, -fsanitize=$sanitizers, without: $exclude)"
+    ctest --test-dir "$build_dir" --output-on-failure --parallel "$(outbox_jobs)" \
+      --label-exclude "^($exclude)\$" --timeout 900
+  ) || status=$?
+  outbox_sanitizer_reports "$reports" || { [ $status -ne 0 ] || status=1; }
+  return $status
+}
+
+# outbox_stage_fuzz <seconds>: builds the libFuzzer targets with clang into
+# build-fuzz/ and runs each for <seconds> from its seed corpus (tests/fuzz/corpus/);
+# a crash, a leak, a timeout or an out-of-memory fails the stage and leaves the
+# input in build-fuzz/artifacts/.
+outbox_stage_fuzz() {
+  local seconds="$1"
+  local build_dir="$OUTBOX_ROOT/build-fuzz"
+  local clang
+  clang="$(command -v clang++-14 || command -v clang++)" || {
+    echo "error: the fuzz targets need clang++ (Debian: clang-14)" >&2
+    return 11
+  }
+  outbox_log "configuring $build_dir (clang, libFuzzer, ASan+UBSan)"
+  CXX="$clang" cmake -S "$OUTBOX_ROOT" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DOUTBOX_WARNINGS_AS_ERRORS=ON -DOUTBOX_BUILD_FUZZ=ON -DOUTBOX_BUILD_TESTS=OFF \
+    -DOUTBOX_BUILD_BENCH=OFF -DOUTBOX_BUILD_EXAMPLES=OFF -DOUTBOX_BUILD_TOOLS=OFF \
+    -DOUTBOX_INSTALL=OFF || return 11
+  outbox_log "building $build_dir"
+  cmake --build "$build_dir" --parallel "$(outbox_jobs)" --target fuzz_targets || return 11
+  local status=0 target corpus work
+  mkdir -p "$build_dir/artifacts"
+  for target in "$build_dir"/fuzz/fuzz_*; do
+    [ -x "$target" ] || continue
+    local name="${target##*/}"
+    corpus="$OUTBOX_ROOT/tests/fuzz/corpus/${name#fuzz_}"
+    work="$build_dir/corpus/${name#fuzz_}"
+    mkdir -p "$work"
+    outbox_log "fuzzing $name for ${seconds}s"
+    # New inputs go to the scratch corpus in build-fuzz/, never into the repository.
+    "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+      -artifact_prefix="$build_dir/artifacts/$name-" "$work" "$corpus" \
+      >"$build_dir/$name.log" 2>&1 || {
+      status=1
+      tail -n 60 "$build_dir/$name.log" >&2
+      echo "error: $name failed (log: $build_dir/$name.log)" >&2
+      continue
+    }
+    grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb)' \
+      "$build_dir/$name.log" | tr '\n' ' ' >&2
+    echo >&2
+  done
+  return $status
+}
