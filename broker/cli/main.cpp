@@ -333,14 +333,14 @@ int main(int argc, char** argv) {
                    "without fsync per commit (survives process crashes)")
       ->check(CLI::IsMember({"full", "normal"}))
       ->capture_default_str();
-  cli::add_size_option(serve_command, "--max-message-bytes", serve_settings.max_message_bytes,
-                       "largest key + headers + payload stored; larger ones are REJECTED "
-                       "(accepts k, m suffixes)",
-                       {1, wire::max_message_bytes_in_frame(broker::ServerOptions::default_limits()),
-                        "what one " +
-                            std::to_string(broker::ServerOptions::default_limits().max_body_bytes) +
-                            "-byte PUBLISH frame carries",
-                        false});
+  cli::add_size_option(
+      serve_command, "--max-message-bytes", serve_settings.max_message_bytes,
+      "largest key + headers + payload stored; larger ones are REJECTED "
+      "(accepts k, m suffixes)",
+      {1, wire::max_message_bytes_in_frame(broker::ServerOptions::default_limits()),
+       "what one " + std::to_string(broker::ServerOptions::default_limits().max_body_bytes) +
+           "-byte PUBLISH frame carries",
+       false});
   cli::add_duration_option(
       serve_command, "--dedup-window", serve_settings.dedup_window,
       "how long a msg_id is remembered, with a unit (e.g. 7d, 24h) or 'forever'; below 1h "
@@ -368,11 +368,11 @@ int main(int argc, char** argv) {
                    "most messages written in one group commit")
       ->check(cli::count_check(1, 1'000'000))
       ->capture_default_str();
-  cli::add_size_option(serve_command, "--max-outgoing-bytes", serve_settings.max_outgoing_bytes,
-                       "replies held for one connection at most (e.g. 64m); a peer at this cap "
-                       "gets no more work until it reads, FETCH replies are sized to fit",
-                       {std::uint64_t{1} << 20, std::numeric_limits<std::uint64_t>::max(), "",
-                        true});
+  cli::add_size_option(
+      serve_command, "--max-outgoing-bytes", serve_settings.max_outgoing_bytes,
+      "replies held for one connection at most (e.g. 64m); a peer at this cap "
+      "gets no more work until it reads, FETCH replies are sized to fit",
+      {std::uint64_t{1} << 20, std::numeric_limits<std::uint64_t>::max(), "", true});
   serve_command->add_flag(
       "--skip-integrity-check", serve_settings.skip_integrity_check,
       "do not run PRAGMA quick_check when opening the database (it reads the whole file; "

@@ -191,12 +191,12 @@ struct RelayStore::Impl {
     read_generation = Statement(db, "SELECT generation FROM outbox_relay_cursor WHERE id = 1");
     bump_generation =
         Statement(db, "UPDATE outbox_relay_cursor SET generation = generation + 1 WHERE id = 1");
-    select_pending =
-        Statement(db,
-                  "SELECT m.seq, m.msg_id, m.topic, nullif(m.partition_key, ''), m.headers, m.payload, "
-                  "m.created_at_ms, d.state, d.attempts, d.next_attempt_ms "
-                  "FROM outbox_messages m LEFT JOIN outbox_delivery d ON d.seq = m.seq "
-                  "WHERE m.seq > ?1 ORDER BY m.seq LIMIT ?2");
+    select_pending = Statement(
+        db,
+        "SELECT m.seq, m.msg_id, m.topic, nullif(m.partition_key, ''), m.headers, m.payload, "
+        "m.created_at_ms, d.state, d.attempts, d.next_attempt_ms "
+        "FROM outbox_messages m LEFT JOIN outbox_delivery d ON d.seq = m.seq "
+        "WHERE m.seq > ?1 ORDER BY m.seq LIMIT ?2");
     select_blockers =
         Statement(db,
                   "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, nullif(m.partition_key, '') "

@@ -38,9 +38,8 @@ TEST_CASE("new msg_ids are STORED, resends DUPLICATE, changed payloads CONFLICT"
 
   // In the same batch (so the same group commit): another key goes on, while
   // the conflicting message's own key is held back behind it.
-  std::vector<wire::OutgoingMessage> changed = {message("id-1", "ONE"),
-                                                message("id-3", "three", "orders", "other"),
-                                                message("id-4", "four")};
+  std::vector<wire::OutgoingMessage> changed = {
+      message("id-1", "ONE"), message("id-3", "three", "orders", "other"), message("id-4", "four")};
   auto conflict = client->publish(3, changed, 20s);
   REQUIRE(conflict.ok());
   REQUIRE(conflict->entries.size() == 3);

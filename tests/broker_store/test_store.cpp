@@ -11,9 +11,9 @@
 #include <sqlite3.h>
 
 #include "broker/store.hpp"
-#include "wire/protocol.hpp"
 #include "store_test_helpers.hpp"
 #include "test_support.hpp"
+#include "wire/protocol.hpp"
 
 using broker::AppendStatus;
 using broker::RejectReason;
@@ -603,7 +603,8 @@ TEST_CASE("a conflict inside one batch names the copy stored earlier in the same
   CHECK(fetched.messages[1].payload == "x");
 }
 
-TEST_CASE("a store of schema version 1 is upgraded, and its old entries compare topic and payload") {
+TEST_CASE(
+    "a store of schema version 1 is upgraded, and its old entries compare topic and payload") {
   test_support::TempDir dir("broker-store");
   {
     broker::Store store(dir / "broker.db", normal_sync());

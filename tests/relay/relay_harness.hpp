@@ -27,7 +27,9 @@ namespace relay_test {
 using namespace std::chrono_literals;
 using broker_test::BrokerProcess;
 
-inline std::string relay_binary() { return OUTBOX_BIN_OUTBOX_RELAY; }
+inline std::string relay_binary() {
+  return OUTBOX_BIN_OUTBOX_RELAY;
+}
 
 // Commits `count` orders (one message each) over `keys` keys; every
 // `rollback_every`-th transaction is rolled back; payloads are padded to
@@ -64,7 +66,7 @@ inline void sql_produce(const std::filesystem::path& db, const std::vector<std::
 // `oversize_every`, every such message is too large for a broker started with
 // --max-message-bytes 1k (see relay_test_producer.cpp).
 class BackgroundProducer {
-public:
+ public:
   BackgroundProducer(const std::filesystem::path& dir, const std::filesystem::path& db, long count,
                      long keys, long oversize_every = 0)
       : process_(OUTBOX_BIN_RELAY_TEST_PRODUCER,
@@ -80,12 +82,12 @@ public:
     REQUIRE(exit.has_value());
     REQUIRE(exit->code == 0);
     long committed = 0, rolled_back = 0;
-    REQUIRE(std::sscanf(process_.stdout_text().c_str(), "committed %ld rolled-back %ld",
-                        &committed, &rolled_back) == 2);
+    REQUIRE(std::sscanf(process_.stdout_text().c_str(), "committed %ld rolled-back %ld", &committed,
+                        &rolled_back) == 2);
     return committed;
   }
 
-private:
+ private:
   test_support::ChildProcess process_;
 };
 
@@ -99,13 +101,21 @@ inline std::string enqueue_one(outbox::Outbox& box, const std::string& key,
 }
 
 class RelayProcess {
-public:
+ public:
   RelayProcess(const std::filesystem::path& dir, const std::filesystem::path& db,
                const std::string& broker_endpoint, std::vector<std::string> extra = {}) {
-    std::vector<std::string> args = {"run",           "--db",         db.string(),
-                                     "--broker",      broker_endpoint, "--log-level",
-                                     "debug",         "--backoff-initial", "20ms",
-                                     "--backoff-max", "500ms",        "--summary-interval",
+    std::vector<std::string> args = {"run",
+                                     "--db",
+                                     db.string(),
+                                     "--broker",
+                                     broker_endpoint,
+                                     "--log-level",
+                                     "debug",
+                                     "--backoff-initial",
+                                     "20ms",
+                                     "--backoff-max",
+                                     "500ms",
+                                     "--summary-interval",
                                      "1s"};
     args.insert(args.end(), extra.begin(), extra.end());
     process_ = std::make_unique<test_support::ChildProcess>(relay_binary(), args, dir);
@@ -116,9 +126,9 @@ public:
   static std::unique_ptr<RelayProcess> with_flags(const std::filesystem::path& dir,
                                                   const std::filesystem::path& db,
                                                   const std::vector<std::string>& flags) {
-    std::vector<std::string> args = {"run",           "--db",    db.string(), "--log-level",
-                                     "debug",         "--backoff-initial", "20ms",
-                                     "--backoff-max", "500ms",   "--summary-interval", "1s"};
+    std::vector<std::string> args = {
+        "run",  "--db",          db.string(), "--log-level",        "debug", "--backoff-initial",
+        "20ms", "--backoff-max", "500ms",     "--summary-interval", "1s"};
     args.insert(args.end(), flags.begin(), flags.end());
     std::unique_ptr<RelayProcess> relay(new RelayProcess());
     relay->process_ = std::make_unique<test_support::ChildProcess>(relay_binary(), args, dir);
@@ -141,7 +151,7 @@ public:
     return *status;
   }
 
-private:
+ private:
   RelayProcess() = default;
   std::unique_ptr<test_support::ChildProcess> process_;
 };
@@ -217,8 +227,8 @@ inline bool wait_schema(const std::filesystem::path& db, std::chrono::millisecon
 // Waits until the outbox has delivered `expected` messages in all.
 inline bool wait_delivered(const std::filesystem::path& db, long expected,
                            std::chrono::milliseconds timeout = 120s) {
-  return test_support::wait_until([&] { return outbox_status(db).delivered_total >= expected; }, timeout,
-                                  50ms);
+  return test_support::wait_until([&] { return outbox_status(db).delivered_total >= expected; },
+                                  timeout, 50ms);
 }
 
 // Everything the broker stored on a topic, in offset order.
@@ -257,8 +267,7 @@ inline std::vector<wire::StoredMessage> fetch_all_curve(const std::string& endpo
 // key the payload counters 1, 2, 3, ... in offset order. `dropped` names the
 // "<key>:<i>" payloads an operator dropped: they must be missing, and only they.
 inline void check_exactly_once_in_order(const std::vector<wire::StoredMessage>& stored,
-                                        long committed,
-                                        const std::set<std::string>& dropped = {}) {
+                                        long committed, const std::set<std::string>& dropped = {}) {
   std::set<std::string> ids;
   std::map<std::string, long> last_per_key;
   long duplicates = 0, phantoms = 0, out_of_order = 0;

@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
   long committed = 0, rolled_back = 0;
   try {
     auto box = outbox::Outbox::open(argv[1]);
-    exec(box.db(), "CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, key TEXT, n INTEGER)");
+    exec(box.db(),
+         "CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, key TEXT, n INTEGER)");
     sqlite3_stmt* insert = nullptr;
     if (sqlite3_prepare_v2(box.db(), "INSERT INTO orders(key, n) VALUES (?1, ?2)", -1, &insert,
                            nullptr) != SQLITE_OK) {

@@ -18,7 +18,8 @@ TEST_CASE("a relay paused past its lease between reading and sending stores noth
   test_support::TempDir dir("relay-fencing");
   auto db = dir / "app.db";
   // The broker forgets msg_ids after a second: dedup alone cannot catch a late resend.
-  BrokerProcess broker(dir.path(), dir / "broker.db", {"--dedup-window", "1s", "--allow-short-dedup-window"});
+  BrokerProcess broker(dir.path(), dir / "broker.db",
+                       {"--dedup-window", "1s", "--allow-short-dedup-window"});
   REQUIRE(produce(db, 200, 4) == 200);
 
   auto store = outbox::RelayStore::open(db);

@@ -11,8 +11,8 @@ using namespace relay_test;
 
 namespace {
 
-const std::vector<std::string> kSmallBatches = {"--batch-size", "100", "--in-flight", "4",
-                                                "--lease", "1s", "--ack-timeout", "1s"};
+const std::vector<std::string> kSmallBatches = {"--batch-size", "100", "--in-flight",   "4",
+                                                "--lease",      "1s",  "--ack-timeout", "1s"};
 
 }  // namespace
 
@@ -25,7 +25,8 @@ TEST_CASE("kill -9 of the relay mid-stream loses and duplicates nothing", "[rela
   {
     RelayProcess first(dir.path(), db, broker.endpoint(), kSmallBatches);
     INFO(first.log());
-    REQUIRE(test_support::wait_until([&] { return outbox_status(db).delivered_total >= 1000; }, 60s, 5ms));
+    REQUIRE(test_support::wait_until([&] { return outbox_status(db).delivered_total >= 1000; }, 60s,
+                                     5ms));
     first.kill9();
   }
   RelayProcess second(dir.path(), db, broker.endpoint(), kSmallBatches);
@@ -46,20 +47,22 @@ TEST_CASE("kill -9 of the broker mid-stream loses and duplicates nothing", "[rel
   REQUIRE(wait_schema(db));
   RelayProcess relay(dir.path(), db, endpoint, kSmallBatches);
   INFO(relay.log());
-  REQUIRE(test_support::wait_until([&] { return outbox_status(db).delivered_total >= 1000; }, 60s, 5ms));
+  REQUIRE(test_support::wait_until([&] { return outbox_status(db).delivered_total >= 1000; }, 60s,
+                                   5ms));
   broker->process().signal(SIGKILL);
   REQUIRE(broker->process().wait_for(10s).has_value());
   broker.reset();
   // Same database, same endpoint: the relay reconnects by itself.
-  broker = std::make_unique<BrokerProcess>(dir.path(), broker_db, std::vector<std::string>{},
-                                           endpoint);
+  broker =
+      std::make_unique<BrokerProcess>(dir.path(), broker_db, std::vector<std::string>{}, endpoint);
   auto committed = producer.wait_committed();
   REQUIRE(wait_delivered(db, committed));
   check_exactly_once_in_order(fetch_all(endpoint), committed);
   CHECK(relay.process().running());
 }
 
-TEST_CASE("a lost acknowledgement makes a resend the broker answers DUPLICATE", "[relay][recovery]") {
+TEST_CASE("a lost acknowledgement makes a resend the broker answers DUPLICATE",
+          "[relay][recovery]") {
   test_support::TempDir dir("relay-lost-ack");
   auto db = dir / "app.db";
   BrokerProcess broker(dir.path(), dir / "broker.db");

@@ -132,8 +132,12 @@ std::optional<ExitStatus> ChildProcess::wait_for(std::chrono::milliseconds timeo
   return status_;
 }
 
-std::string ChildProcess::stdout_text() const { return read_file(stdout_path_); }
-std::string ChildProcess::stderr_text() const { return read_file(stderr_path_); }
+std::string ChildProcess::stdout_text() const {
+  return read_file(stdout_path_);
+}
+std::string ChildProcess::stderr_text() const {
+  return read_file(stderr_path_);
+}
 
 RunResult run(const std::string& program, const std::vector<std::string>& args,
               std::chrono::milliseconds timeout, const std::vector<std::string>& extra_env) {
@@ -141,8 +145,8 @@ RunResult run(const std::string& program, const std::vector<std::string>& args,
   auto status = child.wait_for(timeout);
   if (!status) {
     child.signal(SIGKILL);
-    throw std::runtime_error(program + " did not finish within " +
-                             std::to_string(timeout.count()) + " ms");
+    throw std::runtime_error(program + " did not finish within " + std::to_string(timeout.count()) +
+                             " ms");
   }
   return RunResult{*status, child.stdout_text(), child.stderr_text()};
 }

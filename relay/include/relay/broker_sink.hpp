@@ -33,7 +33,7 @@ struct BrokerSinkOptions {
 };
 
 class BrokerSink final : public Sink {
-public:
+ public:
   explicit BrokerSink(BrokerSinkOptions options);
   ~BrokerSink() noexcept override;
 
@@ -45,7 +45,7 @@ public:
   // From the broker's WELCOME (docs/protocol.md).
   SinkLimits limits() const override;
 
-private:
+ private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -120,7 +120,7 @@ struct RelayCounters {
 };
 
 class Relay {
-public:
+ public:
   Relay(outbox::RelayStore& store, Sink& sink, RelayConfig config);
   ~Relay() noexcept;
   Relay(const Relay&) = delete;
@@ -132,7 +132,7 @@ public:
   const std::string& lease_holder() const noexcept;
   RelayCounters counters() const;
 
-private:
+ private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

@@ -53,7 +53,7 @@ const char* to_string(DeliveryStatus status) noexcept;
 
 // The destination refuses the relay's configuration for good; retrying cannot help.
 class SinkRefusal : public std::runtime_error {
-public:
+ public:
   enum class Reason : std::uint8_t {
     not_found,     // the named destination (stream, subject) does not exist
     incompatible,  // it exists but cannot keep the relay's guarantee as configured
@@ -62,7 +62,7 @@ public:
       : std::runtime_error(message), reason_(reason) {}
   Reason reason() const noexcept { return reason_; }
 
-private:
+ private:
   Reason reason_;
 };
 
@@ -133,7 +133,7 @@ struct SinkEvent {
 };
 
 class Sink {
-public:
+ public:
   virtual ~Sink() = default;
 
   // The lease for the sessions opened from now on; the relay sets it each
