@@ -171,7 +171,7 @@ DurationLimits at_least(milliseconds min, std::string zero_word) {
 
 CLI::Validator duration_check(DurationLimits limits) {
   return CLI::Validator(
-      [limits](std::string& text) -> std::string {
+      [limits = std::move(limits)](std::string& text) -> std::string {
         auto lowered = lower(text);
         if ((lowered == "forever" || lowered == "never") && lowered != limits.zero_word) {
           return "'" + text + "' is not a duration here (e.g. 500ms, 10s, 5m, 24h)";
@@ -198,7 +198,7 @@ CLI::Validator duration_check(DurationLimits limits) {
 
 CLI::Validator size_check(SizeLimits limits) {
   return CLI::Validator(
-      [limits](std::string& text) -> std::string {
+      [limits = std::move(limits)](std::string& text) -> std::string {
         auto parsed = parse_size(text);
         if (!parsed) return "'" + text + "' is not a size (e.g. 4096, 512k, 64m, 1g)";
         if (*parsed < limits.min) {

@@ -192,7 +192,7 @@ std::int64_t parse_utc(std::string_view text) {
       if (pos < text.size() && text[pos] == ':') ++pos;
       if (!read_digits(text, pos, 2, offset_mins)) throw fail("bad zone offset");
       if (offset_hours > 23 || offset_mins > 59) throw fail("zone offset out of range");
-      offset_minutes = static_cast<std::int64_t>(offset_hours * 60 + offset_mins);
+      offset_minutes = static_cast<std::int64_t>(offset_hours) * 60 + offset_mins;
       if (zone == '-') offset_minutes = -offset_minutes;
     } else {
       throw fail("bad time zone");
