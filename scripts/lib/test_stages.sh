@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The stages of scripts/test. Source after common.sh; each function returns the
 # stage's exit code.
 
@@ -21,7 +22,9 @@ outbox_stage_static() {
   if [ ! -f "$OUTBOX_ROOT/build/compile_commands.json" ]; then
     outbox_build "$OUTBOX_ROOT/build" RelWithDebInfo -DOUTBOX_WARNINGS_AS_ERRORS=ON || return $?
   fi
-  bash "$OUTBOX_ROOT/scripts/check-tidy" "$OUTBOX_ROOT/build" || { [ $status -ne 0 ] || status=$?; }
+  local tidy_status=0
+  bash "$OUTBOX_ROOT/scripts/check-tidy" "$OUTBOX_ROOT/build" || tidy_status=$?
+  [ $status -ne 0 ] || status=$tidy_status
   return $status
 }
 
