@@ -10,7 +10,9 @@ TEST_CASE("the broker sink opens its next session ahead of need and uses it on t
   test_support::TempDir dir("relay-spare-session");
   BrokerProcess broker(dir.path(), dir / "broker.db");
   const auto& endpoint = broker.endpoint();
-  relay::BrokerSink sink({.endpoint = endpoint});
+  relay::BrokerSinkOptions options;
+  options.endpoint = endpoint;
+  relay::BrokerSink sink(options);
   auto sessions_opened = [&] { return broker_counter(endpoint, "sessions_opened"); };
 
   REQUIRE_FALSE(sink.open_session(10s).has_value());
