@@ -37,9 +37,9 @@
 //   an exponential backoff with jitter when attempts fail in a row (a
 //   session that opened and then lost its connection is retried at once up
 //   to three times in a row). A new session starts with a small window of
-//   unacknowledged messages, sent as several batches, that doubles each round
-//   trip. The next batches are sent before the outcomes just acknowledged are
-//   written to the database. Transient failures never make a message dead.
+//   unacknowledged messages that doubles each round trip. The next batches
+//   are sent before the outcomes just acknowledged are written to the
+//   database. Transient failures never make a message dead.
 // - Sleeps on the outbox's commit notification when idle (about a millisecond
 //   from commit to send), polling as a fallback.
 // - Deletes delivered rows older than `retention` in small batches.
