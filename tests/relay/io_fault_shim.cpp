@@ -46,52 +46,44 @@ bool should_fail(int fd) {
   return fail;
 }
 
+// True (with errno EIO) when the call on `fd` is to fail.
+bool refuse(int fd) {
+  if (!should_fail(fd)) return false;
+  errno = EIO;
+  return true;
+}
+
 }  // namespace
 
 extern "C" {
 
 ssize_t write(int fd, const void* buffer, size_t count) {
   static auto real = next_definition<ssize_t (*)(int, const void*, size_t)>("write");
-  if (should_fail(fd)) {
-    errno = EIO;
-    return -1;
-  }
+  if (refuse(fd)) return -1;
   return real(fd, buffer, count);
 }
 
 ssize_t pwrite(int fd, const void* buffer, size_t count, off_t offset) {
   static auto real = next_definition<ssize_t (*)(int, const void*, size_t, off_t)>("pwrite");
-  if (should_fail(fd)) {
-    errno = EIO;
-    return -1;
-  }
+  if (refuse(fd)) return -1;
   return real(fd, buffer, count, offset);
 }
 
 ssize_t pwrite64(int fd, const void* buffer, size_t count, off64_t offset) {
   static auto real = next_definition<ssize_t (*)(int, const void*, size_t, off64_t)>("pwrite64");
-  if (should_fail(fd)) {
-    errno = EIO;
-    return -1;
-  }
+  if (refuse(fd)) return -1;
   return real(fd, buffer, count, offset);
 }
 
 int fsync(int fd) {
   static auto real = next_definition<int (*)(int)>("fsync");
-  if (should_fail(fd)) {
-    errno = EIO;
-    return -1;
-  }
+  if (refuse(fd)) return -1;
   return real(fd);
 }
 
 int fdatasync(int fd) {
   static auto real = next_definition<int (*)(int)>("fdatasync");
-  if (should_fail(fd)) {
-    errno = EIO;
-    return -1;
-  }
+  if (refuse(fd)) return -1;
   return real(fd);
 }
 
