@@ -180,8 +180,11 @@ bool BrokerSink::send(std::uint64_t batch_id, std::span<const outbox::PendingMes
 }
 
 std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
-  if (impl_->spare_wanted) impl_->prepare_spare();
-  auto received = impl_->client->receive(timeout);
+  // A reply that is already there goes first; the spare's socket is made
+  // while waiting for one.
+  auto received = impl_->client->receive(std::chrono::milliseconds(0));
+  if (!received && impl_->spare_wanted) impl_->prepare_spare();
+  if (!received) received = impl_->client->receive(timeout);
   if (!received) return std::nullopt;
   SinkEvent event;
   if (!received->ok()) {

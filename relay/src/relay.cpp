@@ -219,11 +219,17 @@ struct Relay::Impl {
     }
   }
 
-  // A change that need not reach the database at once: a session that broke
-  // and opened again within milliseconds would otherwise cost two writes to
-  // app.db on the reconnect path. housekeeping() writes it within
-  // kStatusInterval.
-  void publish_status_soon() { status_dirty = true; }
+  // A session change: written at once, unless the status row was written
+  // less than kStatusInterval ago. A connection that breaks and opens again
+  // every few milliseconds would otherwise cost two writes to app.db on
+  // every reconnect; housekeeping() (and going idle) writes what waited.
+  void publish_status_soon() {
+    if (SteadyClock::now() >= next_status_write) {
+      publish_status();
+    } else {
+      status_dirty = true;
+    }
+  }
 
   void set_session_state(bool up) {
     if (status.session_up == up && status.session_changed_at != outbox::TimePoint{}) return;
@@ -723,6 +729,7 @@ struct Relay::Impl {
     if (!ensure_session()) return;
     fill_pipeline();
     if (in_flight.empty()) {
+      if (status_dirty) publish_status();  // idle: the status row is current
       database("waiting for commits").wait_for_work(config.idle_wait);
       return;
     }
