@@ -185,10 +185,16 @@ wire::Result<wire::Welcome> Client::hello(const std::string& producer,
 
 wire::Result<wire::Welcome> Client::hello(const wire::Hello& request,
                                           std::chrono::milliseconds timeout) {
+  if (!send_hello(request)) return wire::Error{wire::ErrorCode::busy, "send queue full"};
+  return await_welcome(timeout);
+}
+
+bool Client::send_hello(const wire::Hello& request) {
   forget_connection_events();
-  if (!wire::send_message(socket_, request, zmq::send_flags::dontwait)) {
-    return wire::Error{wire::ErrorCode::busy, "send queue full"};
-  }
+  return wire::send_message(socket_, request, zmq::send_flags::dontwait);
+}
+
+wire::Result<wire::Welcome> Client::await_welcome(std::chrono::milliseconds timeout) {
   auto welcome = await<wire::Welcome>([](const wire::Welcome&) { return true; }, 0, timeout);
   if (welcome) session_id_ = welcome->session_id;
   return welcome;

@@ -282,8 +282,16 @@ Transaction::Transaction(Outbox& box) : box_(&box), db_(box.db()) {
   if (sqlite3_get_autocommit(db_) == 0) {
     throw Error("outbox: a transaction is already open on this connection");
   }
-  auto use = box_->impl_->begin.use();
-  use.run();
+  try {
+    auto use = box_->impl_->begin.use();
+    use.run();
+  } catch (const Error& error) {
+    // Typically SQLITE_BUSY: another connection held the write lock past the
+    // busy timeout. Nothing was written.
+    throw Error(
+        "outbox: begin on '" + box_->impl_->path + "': " + error.what() + " (nothing was written)",
+        error.extended_code());
+  }
   active_ = true;
 }
 

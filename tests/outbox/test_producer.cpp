@@ -535,3 +535,48 @@ TEST_CASE(
   }
   check_orders_match_messages(box.db(), committed + 1);
 }
+
+TEST_CASE(
+    "a write lock held past the busy timeout reaches the caller as SQLITE_BUSY, nothing "
+    "half-written") {
+  test_support::TempDir dir;
+  outbox::Options options;
+  options.busy_timeout = std::chrono::milliseconds(200);
+  auto box = outbox::Outbox::open(dir / "app.db", options);
+  create_orders(box.db());
+  {
+    outbox::Transaction tx(box);
+    exec(tx.db(), "INSERT INTO orders(customer) VALUES ('c-full')");
+    tx.enqueue(order_message(std::string(16384, 'x')));
+    tx.commit();
+  }
+
+  // Another connection (another process, in real life) holds the write lock.
+  outbox_test::RawDb other((dir / "app.db").string());
+  exec(other.get(), "BEGIN IMMEDIATE");
+  exec(other.get(), "INSERT INTO orders(customer) VALUES ('other-writer')");
+  std::optional<outbox::Error> refused;
+  try {
+    outbox::Transaction tx(box);
+    exec(tx.db(), "INSERT INTO orders(customer) VALUES ('c-full')");
+    tx.enqueue(order_message(std::string(16384, 'x')));
+    tx.commit();
+  } catch (const outbox::Error& error) {
+    refused = error;
+  }
+  REQUIRE(refused);
+  INFO(refused->what());
+  CHECK((refused->extended_code() & 0xff) == SQLITE_BUSY);
+  CHECK_THAT(refused->what(), Catch::Contains("app.db"));
+  exec(other.get(), "ROLLBACK");
+  check_orders_match_messages(box.db(), 1);
+
+  // The lock is gone: the same Outbox goes on.
+  {
+    outbox::Transaction tx(box);
+    exec(tx.db(), "INSERT INTO orders(customer) VALUES ('c-full')");
+    tx.enqueue(order_message(std::string(16384, 'x')));
+    tx.commit();
+  }
+  check_orders_match_messages(box.db(), 2);
+}

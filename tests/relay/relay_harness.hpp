@@ -102,8 +102,10 @@ inline std::string enqueue_one(outbox::Outbox& box, const std::string& key,
 
 class RelayProcess {
  public:
+  // `environment` adds "NAME=value" entries to the relay's environment.
   RelayProcess(const std::filesystem::path& dir, const std::filesystem::path& db,
-               const std::string& broker_endpoint, std::vector<std::string> extra = {}) {
+               const std::string& broker_endpoint, std::vector<std::string> extra = {},
+               const std::vector<std::string>& environment = {}) {
     std::vector<std::string> args = {"run",
                                      "--db",
                                      db.string(),
@@ -118,7 +120,7 @@ class RelayProcess {
                                      "--summary-interval",
                                      "1s"};
     args.insert(args.end(), extra.begin(), extra.end());
-    process_ = std::make_unique<test_support::ChildProcess>(relay_binary(), args, dir);
+    process_ = std::make_unique<test_support::ChildProcess>(relay_binary(), args, dir, environment);
   }
 
   // `outbox-relay run --db DB` with the common test flags and `flags`, but
@@ -292,6 +294,59 @@ inline void check_exactly_once_in_order(const std::vector<wire::StoredMessage>& 
   CHECK(phantoms == 0);
   CHECK(out_of_order == 0);
   CHECK(static_cast<long>(stored.size()) == committed - static_cast<long>(dropped.size()));
+}
+
+// Commits orders through the library in this process, numbered per key the
+// way check_exactly_once_in_order() expects ("<key>:<n>:", padded).
+class OrderWriter {
+ public:
+  explicit OrderWriter(outbox::Outbox& box, long keys = 3, std::size_t payload_bytes = 1000)
+      : box_(box), keys_(keys), payload_bytes_(payload_bytes) {}
+
+  // `count` orders in one transaction. Throws outbox::Error (with SQLite's
+  // code) when the database refuses it; nothing of it counts then.
+  void commit(long count) {
+    std::map<std::string, long> next = per_key_;
+    outbox::Transaction tx(box_);
+    for (long i = 0; i < count; ++i) {
+      std::string key = "k" + std::to_string((committed_ + i) % keys_);
+      auto payload = key + ":" + std::to_string(++next[key]) + ":";
+      payload.resize(std::max(payload.size(), payload_bytes_), 'x');
+      tx.enqueue({.topic = "orders", .key = key, .payload = payload});
+    }
+    tx.commit();
+    per_key_ = std::move(next);
+    committed_ += count;
+  }
+
+  long committed() const { return committed_; }
+
+ private:
+  outbox::Outbox& box_;
+  long keys_;
+  std::size_t payload_bytes_;
+  std::map<std::string, long> per_key_;
+  long committed_ = 0;
+};
+
+// The relay lease row as "holder epoch": unchanged across a test means the
+// relay kept its lease throughout (a lease that lapsed and was claimed again
+// has a new epoch).
+inline std::string lease_holder_and_epoch(const std::filesystem::path& db) {
+  sqlite3* handle = nullptr;
+  REQUIRE(sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
+  sqlite3_busy_timeout(handle, 10000);
+  sqlite3_stmt* statement = nullptr;
+  std::string row;
+  if (sqlite3_prepare_v2(handle, "SELECT holder, epoch FROM outbox_lease", -1, &statement,
+                         nullptr) == SQLITE_OK &&
+      sqlite3_step(statement) == SQLITE_ROW) {
+    row = reinterpret_cast<const char*>(sqlite3_column_text(statement, 0)) + std::string(" ") +
+          std::to_string(sqlite3_column_int64(statement, 1));
+  }
+  sqlite3_finalize(statement);
+  sqlite3_close(handle);
+  return row;
 }
 
 inline void exec_sql(const std::filesystem::path& db, const std::string& sql) {

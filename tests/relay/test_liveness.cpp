@@ -130,17 +130,8 @@ TEST_CASE("1500 messages of 70 KB and 100 of 900 KB drain with the default flags
   // broker's 64 MiB frame: only a byte bound on batches lets them through.
   auto enqueue = [&](long count, std::size_t bytes) {
     auto box = outbox::Outbox::open(db);
-    std::map<std::string, long> per_key;
-    for (long done = 0; done < count;) {
-      outbox::Transaction tx(box);
-      for (long i = 0; i < 100 && done < count; ++i, ++done) {
-        std::string key = "k" + std::to_string(done % 7);
-        auto payload = key + ":" + std::to_string(++per_key[key]) + ":";
-        payload.resize(bytes, 'x');
-        tx.enqueue({.topic = "orders", .key = key, .payload = payload});
-      }
-      tx.commit();
-    }
+    OrderWriter writer(box, 7, bytes);
+    while (writer.committed() < count) writer.commit(std::min(100L, count - writer.committed()));
   };
   auto [count, bytes] = GENERATE(std::pair<long, std::size_t>{1500, 70 * 1000},
                                  std::pair<long, std::size_t>{100, 900 * 1000});
@@ -229,30 +220,22 @@ TEST_CASE("a full disk under the outbox makes the relay wait and resume instead 
   auto db = dir / "disk" / "app.db";
   BrokerProcess broker(dir.path(), dir / "broker.db");
   auto box = outbox::Outbox::open(db);
-  std::map<std::string, long> per_key;
-  long committed = 0;
+  OrderWriter writer(box);
   // One message per transaction; false when the disk refused it.
   auto enqueue_next = [&] {
-    std::string key = "k" + std::to_string(committed % 3);
-    auto payload = key + ":" + std::to_string(per_key[key] + 1) + ":";
-    payload.resize(1000, 'x');
     try {
-      outbox::Transaction tx(box);
-      tx.enqueue({.topic = "orders", .key = key, .payload = payload});
-      tx.commit();
+      writer.commit(1);
     } catch (const outbox::Error& error) {
       INFO(error.what());
       CHECK((error.extended_code() & 0xff) == SQLITE_FULL);
       return false;
     }
-    ++per_key[key];
-    ++committed;
     return true;
   };
   for (int i = 0; i < 200; ++i) REQUIRE(enqueue_next());
   RelayProcess relay(dir.path(), db, broker.endpoint(), {"--lease", "3s"});
   INFO(relay.log());
-  REQUIRE(wait_delivered(db, committed, 60s));
+  REQUIRE(wait_delivered(db, writer.committed(), 60s));
 
   fill(dir / "disk" / "filler");
   // Whatever still fits in the WAL goes in; then the producer is refused too.
@@ -266,10 +249,10 @@ TEST_CASE("a full disk under the outbox makes the relay wait and resume instead 
 
   std::filesystem::remove(dir / "disk" / "filler");
   for (int i = 0; i < 200; ++i) REQUIRE(enqueue_next());
-  REQUIRE(wait_delivered(db, committed, 120s));
+  REQUIRE(wait_delivered(db, writer.committed(), 120s));
   CHECK(relay.log().find("works again") != std::string::npos);
   CHECK(relay.process().running());
-  check_exactly_once_in_order(fetch_all(broker.endpoint()), committed);
+  check_exactly_once_in_order(fetch_all(broker.endpoint()), writer.committed());
   auto exit = relay.stop();
   CHECK(exit.exited);
   CHECK(exit.code == 0);

@@ -147,6 +147,26 @@ TEST_CASE("connections cut every 2 KB-400 KB: 50,000 messages arrive exactly onc
   CHECK(log.find(" lost (closed, reset, or silent past the heartbeat timeout)") !=
         std::string::npos);
   CHECK(log.find("no acknowledgement for batch") == std::string::npos);
+  // A session that had opened is reopened at once after a cut, even one that
+  // came before its first acknowledgement: only a fourth failure in a row
+  // without progress waits for a backoff.
+  std::size_t cuts_retried_at_once = 0, cuts_backed_off_early = 0;
+  for (const auto& line : test_support::lines(log)) {
+    if (line.find(" lost (closed, reset") == std::string::npos) continue;
+    bool early = false;
+    for (const char* attempt : {"(attempt 1,", "(attempt 2,", "(attempt 3,"}) {
+      early = early || line.find(attempt) != std::string::npos;
+    }
+    if (!early) continue;
+    if (line.find("retrying in 0 ms") != std::string::npos) {
+      ++cuts_retried_at_once;
+    } else {
+      UNSCOPED_INFO(line);
+      ++cuts_backed_off_early;
+    }
+  }
+  CHECK(cuts_retried_at_once > 0);
+  CHECK(cuts_backed_off_early == 0);
 }
 
 TEST_CASE("a connection that goes silent is given up by heartbeat, not by the ack timeout",

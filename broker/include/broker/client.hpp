@@ -84,6 +84,13 @@ class Client {
   // the relay's lease epoch, and the broker answers ERROR stale_epoch when it
   // has seen a newer epoch for that origin.
   wire::Result<wire::Welcome> hello(const wire::Hello& request, std::chrono::milliseconds timeout);
+  // hello() in two halves, for a caller that opens a session ahead of need
+  // (the relay keeps one ready on a second connection, so that a broken
+  // connection costs no handshake): send_hello() queues the HELLO and returns
+  // at once (false if the send queue is full; ZeroMQ sends it when connected),
+  // await_welcome() waits for the answer like hello() does.
+  bool send_hello(const wire::Hello& request);
+  wire::Result<wire::Welcome> await_welcome(std::chrono::milliseconds timeout);
   std::uint64_t session_id() const noexcept { return session_id_; }
 
   // Pipelined publishing: queue a batch and return at once. False when the

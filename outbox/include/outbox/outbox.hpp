@@ -152,7 +152,10 @@ EnqueueResult enqueue(sqlite3* db, const Message& message);
 
 // RAII transaction: BEGIN IMMEDIATE in the constructor (so the write lock is
 // taken up front and the business SQL never fails with SQLITE_BUSY halfway),
-// ROLLBACK in the destructor unless commit() ran.
+// ROLLBACK in the destructor unless commit() ran. When another connection
+// holds the write lock past Options::busy_timeout, the constructor throws
+// outbox::Error with SQLITE_BUSY (extended_code()) naming the database, and
+// nothing is written.
 class Transaction {
  public:
   explicit Transaction(Outbox& box);

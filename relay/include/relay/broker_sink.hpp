@@ -1,12 +1,15 @@
-// The Sink for outbox-broker: one DEALER connection, one broker session at a
-// time, PUBLISH batches pipelined on it, one ACK per batch. A broken
-// connection (seen by broker::Client's socket monitor and heartbeats) comes
-// out of poll() at once as a failed event, and every session opens on a
-// fresh connection.
+// The Sink for outbox-broker: one DEALER connection carries the session,
+// PUBLISH batches pipelined on it, one ACK per batch. A broken connection
+// (seen by broker::Client's socket monitor and heartbeats) comes out of
+// poll() at once as a failed event, and every session opens on a fresh
+// connection. Once a session is open, a second connection opens the next
+// session ahead of need (HELLO sent, nothing else), so that after a broken
+// connection the next open_session() costs no new socket and no handshake:
+// the broker sees two sessions per relay, one of them idle.
 //
 //   relay::BrokerSink sink({.endpoint = "tcp://127.0.0.1:7750"});
 //
-// Ownership: owns its ZeroMQ context and socket. Thread safety: one thread.
+// Ownership: owns its ZeroMQ contexts and sockets. Thread safety: one thread.
 // Errors: the constructor throws std::runtime_error for a malformed endpoint
 // or unusable CURVE keys; everything the broker or the network does later is
 // reported as values through the Sink interface.

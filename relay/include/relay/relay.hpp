@@ -15,7 +15,9 @@
 //   relay's lease lapses or is released. The sink gets the database's origin
 //   id and the lease epoch (Sink::set_lease) so that the destination can refuse
 //   a relay that lost its lease while paused; after any failed session the
-//   relay checks its lease before the next one.
+//   relay checks its lease before the next one (an immediate reconnect after
+//   a broken connection leaves that to the destination, which refuses a
+//   HELLO with a stale epoch).
 // - Reads pending messages in seq order and sends them in batches of at most
 //   batch_size messages and batch_bytes bytes (lowered to what the
 //   destination announced), up to max_in_flight_batches at once: memory stays
@@ -32,9 +34,12 @@
 //   broken connection, which the sink reports as soon as its socket notices)
 //   it opens a new session and resends from the first unacknowledged message
 //   with the same msg_ids: at once after a session that made progress, after
-//   an exponential backoff with jitter when attempts fail in a row. A new
-//   session starts with a small window of unacknowledged messages that
-//   doubles each round trip. Transient failures never make a message dead.
+//   an exponential backoff with jitter when attempts fail in a row (a
+//   session that opened and then lost its connection is retried at once up
+//   to three times in a row). A new session starts with a small window of
+//   unacknowledged messages that doubles each round trip. The next batches
+//   are sent before the outcomes just acknowledged are written to the
+//   database. Transient failures never make a message dead.
 // - Sleeps on the outbox's commit notification when idle (about a millisecond
 //   from commit to send), polling as a fallback.
 // - Deletes delivered rows older than `retention` in small batches.
