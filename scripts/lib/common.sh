@@ -16,6 +16,7 @@ OUTBOX_PACKAGES=(
   nats-server libnats-dev
   libhiredis-dev redis-server
   python3 python3-zmq
+  libcpp-httplib-dev prometheus
 )
 
 outbox_log() { printf '==> %s\n' "$*" >&2; }

@@ -55,6 +55,7 @@
 namespace broker {
 
 class Store;
+struct ServerMetrics;
 
 // CURVE keys are Z85 text (40 characters), as zmq_curve_keypair() prints them.
 struct CurveServerConfig {
@@ -110,6 +111,8 @@ struct ServerOptions {
   std::chrono::milliseconds shutdown_linger{5000};
   std::optional<CurveServerConfig> curve;
   std::shared_ptr<spdlog::logger> logger;  // null: a null sink
+  // Where the loop reports its metrics (broker/metrics.hpp); null: nowhere.
+  std::shared_ptr<ServerMetrics> metrics;
 
   static wire::Limits default_limits() {
     wire::Limits limits;
