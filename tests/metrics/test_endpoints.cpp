@@ -240,3 +240,33 @@ TEST_CASE("--metrics-bind refuses a bad address and an address in use", "[integr
   CHECK(second.err.find(taken) != std::string::npos);
   CHECK(broker.stop().code == 0);
 }
+
+TEST_CASE("--log-format json writes one JSON object per line", "[integration]") {
+  test_support::TempDir dir("metrics-json-log");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--log-format", "json"});
+  const auto db = dir / "app.db";
+  relay_test::produce(db, 3, 1);
+  RelayProcess relay(dir.path(), db, broker.endpoint(), {"--log-format", "json"});
+  REQUIRE(relay_test::wait_delivered(db, 3));
+  CHECK(relay.stop().code == 0);
+  CHECK(broker.stop().code == 0);
+  for (auto [component, text] : {std::pair{"outbox-relay", relay.log()},
+                                 std::pair{"outbox-broker", broker.process().stderr_text()}}) {
+    auto lines = test_support::lines(text);
+    INFO(text);
+    REQUIRE(lines.size() >= 2);
+    for (const auto& line : lines) {
+      INFO(line);
+      CHECK(line.rfind("{\"time\":\"20", 0) == 0);
+      CHECK(line.find("Z\",\"level\":\"") != std::string::npos);
+      CHECK(line.find(std::string(",\"component\":\"") + component + "\",\"pid\":") !=
+            std::string::npos);
+      CHECK(line.find(",\"message\":\"") != std::string::npos);
+      CHECK(line.back() == '}');
+    }
+  }
+  auto bad = test_support::run(relay_test::relay_binary(),
+                               {"run", "--db", db.string(), "--log-format", "yaml"});
+  CHECK(bad.status.code == 2);
+  CHECK(bad.err.find("--log-format") != std::string::npos);
+}

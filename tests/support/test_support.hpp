@@ -17,7 +17,7 @@ namespace test_support {
 // A fresh directory under the system temp dir, removed with everything in it
 // when the object goes out of scope (also when the test fails).
 class TempDir {
-public:
+ public:
   explicit TempDir(const std::string& prefix = "outbox-test");
   ~TempDir() noexcept;
   TempDir(const TempDir&) = delete;
@@ -26,22 +26,22 @@ public:
   const std::filesystem::path& path() const { return path_; }
   std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
 
-private:
+ private:
   std::filesystem::path path_;
 };
 
 // Result of a finished child process.
 struct ExitStatus {
-  bool exited = false;    // true: normal exit with `code`
-  int code = -1;          // exit code when `exited`
-  int signal = 0;         // terminating signal when !exited
+  bool exited = false;  // true: normal exit with `code`
+  int code = -1;        // exit code when `exited`
+  int signal = 0;       // terminating signal when !exited
 };
 
 // A program started with fork/exec. stdout and stderr go to files in
 // `log_dir` (if given) so a test can read what it printed. The destructor
 // kills the process (SIGKILL, by pid) if it is still running and reaps it.
 class ChildProcess {
-public:
+ public:
   ChildProcess(const std::string& program, const std::vector<std::string>& args,
                const std::filesystem::path& log_dir = {},
                const std::vector<std::string>& extra_env = {});
@@ -57,7 +57,7 @@ public:
   std::string stdout_text() const;
   std::string stderr_text() const;
 
-private:
+ private:
   pid_t pid_ = -1;
   std::optional<ExitStatus> status_;
   std::filesystem::path stdout_path_;
@@ -87,5 +87,12 @@ unsigned file_mode(const std::filesystem::path& path);
 
 // Splits text into lines (without the newline characters).
 std::vector<std::string> lines(const std::string& text);
+
+// A port the kernel just handed out on 127.0.0.1 (bound, read, closed), for
+// servers that cannot bind port 0 and report it back (nats-server,
+// redis-server, prometheus). Another program may take it first: a server that
+// then fails to start should be retried on another. Throws
+// std::runtime_error when no socket can be bound.
+int free_loopback_port();
 
 }  // namespace test_support
