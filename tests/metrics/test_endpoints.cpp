@@ -217,7 +217,7 @@ TEST_CASE("the broker is not ready while its store refuses writes", "[integratio
   CHECK(broker.stop().code == 0);
 }
 
-TEST_CASE("--metrics-bind refuses a bad address and an address in use", "[integration]") {
+TEST_CASE("a bad metrics address and an address in use are refused", "[integration]") {
   test_support::TempDir dir("metrics-flags");
   auto bad = test_support::run(
       relay_test::relay_binary(),
@@ -241,7 +241,7 @@ TEST_CASE("--metrics-bind refuses a bad address and an address in use", "[integr
   CHECK(broker.stop().code == 0);
 }
 
-TEST_CASE("--log-format json writes one JSON object per line", "[integration]") {
+TEST_CASE("with --log-format json every log line is one JSON object", "[integration]") {
   test_support::TempDir dir("metrics-json-log");
   BrokerProcess broker(dir.path(), dir / "broker.db", {"--log-format", "json"});
   const auto db = dir / "app.db";

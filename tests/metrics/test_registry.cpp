@@ -131,7 +131,7 @@ TEST_CASE("relay readiness: lease, session and the age of the oldest pending mes
   CHECK(state.reason == unreadable.error);
 }
 
-TEST_CASE("--metrics-bind takes HOST:PORT with an IPv4 address or localhost") {
+TEST_CASE("the metrics address is HOST:PORT with an IPv4 address or localhost") {
   CHECK(cli::parse_bind_address("127.0.0.1:9464"));
   CHECK(cli::parse_bind_address("0.0.0.0:0"));
   CHECK(cli::parse_bind_address("localhost:9464")->port == 9464);
