@@ -7,4 +7,11 @@ find_package(spdlog REQUIRED)
 find_package(cppzmq REQUIRED)
 if(OUTBOX_BUILD_TOOLS OR OUTBOX_BUILD_BENCH OR OUTBOX_BUILD_EXAMPLES OR OUTBOX_BUILD_FUZZ)
   find_package(CLI11 REQUIRED)
+  # The daemons serve /metrics, /healthz and /readyz with cpp-httplib (Debian:
+  # libcpp-httplib-dev). Found through its pkg-config file rather than by
+  # header and library: Debian builds the library with OpenSSL, zlib and
+  # Brotli support, and every file including httplib.h must see the same
+  # definitions (the .pc file carries them).
+  find_package(PkgConfig REQUIRED)
+  pkg_check_modules(CPP_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 endif()

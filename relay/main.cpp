@@ -20,10 +20,12 @@
 #include "cli/args.hpp"
 #include "cli/config.hpp"
 #include "cli/json.hpp"
+#include "cli/metrics_server.hpp"
 #include "cli/process.hpp"
 #include "outbox/relay_store.hpp"
 #include "relay/broker_sink.hpp"
 #include "relay/filesystem.hpp"
+#include "relay/metrics.hpp"
 #include "relay/relay.hpp"
 #if OUTBOX_RELAY_WITH_JETSTREAM
 #include "relay/jetstream_sink.hpp"
@@ -100,6 +102,9 @@ struct RunSettings {
   std::string curve_server_public_key_file;
   std::string curve_secret_key_file;
   std::string log_level = "info";
+  std::string log_format = "text";
+  cli::MetricsSettings metrics;
+  std::chrono::milliseconds ready_max_lag = 60s;
 };
 
 int run_relay(const RunSettings& settings) {
@@ -126,7 +131,7 @@ int run_relay(const RunSettings& settings) {
   }
   std::shared_ptr<spdlog::logger> logger;
   try {
-    logger = cli::make_stderr_logger("outbox-relay", settings.log_level);
+    logger = cli::make_stderr_logger("outbox-relay", settings.log_level, settings.log_format);
   } catch (const std::invalid_argument& error) {
     throw UsageError(std::string("--log-level: ") + error.what());
   }
@@ -205,7 +210,28 @@ int run_relay(const RunSettings& settings) {
       return cli::exit_endpoint;
     }
   }
+  // The registry outlives everything that reports into it or serves it.
+  metrics::Registry registry;
+  std::unique_ptr<relay::BacklogProbe> backlog_probe;
+  if (!settings.metrics.bind.empty()) {
+    config.metrics = std::make_shared<relay::RelayMetrics>(registry);
+    backlog_probe = std::make_unique<relay::BacklogProbe>(registry, settings.db);
+  }
   relay::Relay relay(store, *sink, config);
+  std::unique_ptr<cli::MetricsServer> metrics_server;
+  try {
+    metrics_server = cli::start_metrics_server(
+        settings.metrics, registry,
+        [metrics = config.metrics.get(), probe = backlog_probe.get(),
+         lag = settings.ready_max_lag] {
+          auto state = relay::relay_readiness(*metrics, probe->read(), lag);
+          return cli::Readiness{state.ready, std::move(state.reason)};
+        },
+        *logger);
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+    return cli::exit_endpoint;
+  }
   running_relay = &relay;
   if (cli::stop_requested()) relay.request_stop();  // SIGTERM while starting up
   logger->info(
@@ -479,6 +505,15 @@ int main(int argc, char** argv) {
   run_cmd
       ->add_option("--log-level", run.log_level, "trace, debug, info, warn, error, critical or off")
       ->capture_default_str();
+  run_cmd
+      ->add_option("--log-format", run.log_format,
+                   "text, or json: one JSON object per line (time, level, component, pid, message)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  cli::add_metrics_options(run_cmd, run.metrics);
+  cli::add_duration_option(run_cmd, "--ready-max-lag", run.ready_max_lag,
+                           "/readyz answers 503 while the oldest pending message is older than "
+                           "this (with --metrics-bind)");
 
   std::string db;
   bool json = false;

@@ -7,6 +7,8 @@
 //   outbox-bench compare [--json]    both, alternating rounds, and the ratio
 //   outbox-bench cuts                drain with the relay's connection cut at
 //                                    random, next to the same drain without
+//   outbox-bench metrics             drain with the relay serving metrics (and
+//                                    scraped every second), next to one without
 //
 // Progress goes to stderr, the table (or with --json one JSON object) to
 // stdout, and the same JSON object to a results file under bench/results/.
@@ -33,6 +35,7 @@
 #include "dataset.hpp"
 #include "jetstream.hpp"
 #include "outbox_e2e.hpp"
+#include "overhead.hpp"
 #include "progress.hpp"
 #include "report.hpp"
 
@@ -141,6 +144,24 @@ void run_cuts_rounds(const Flags& flags, const bench::RunInfo& info, bench::Summ
   }
 }
 
+// outbox-bench metrics: per round one drain without metrics and one with
+// them, other msg_ids each, alternating which goes first.
+void run_overhead_rounds(const Flags& flags, const bench::RunInfo& info, bench::Summary& summary) {
+  bench::OverheadSettings settings;
+  settings.outbox = outbox_settings(flags);
+  for (int round = 1; round <= info.rounds; ++round) {
+    auto base = static_cast<std::uint32_t>(round * 8);
+    auto seed = flags.seed + static_cast<std::uint64_t>(round);
+    auto off = bench::make_dataset(flags.messages, flags.payload_bytes, flags.keys, base, seed);
+    auto on =
+        bench::make_dataset(flags.messages, flags.payload_bytes, flags.keys, base + 4, seed + 1000);
+    bench::progress("round " + std::to_string(round) + " of " + std::to_string(info.rounds));
+    auto result = bench::run_overhead(settings, off, on, round % 2 == 0);
+    collect(summary, result.problems, "round " + std::to_string(round) + ": ");
+    summary.overhead.push_back(std::move(result));
+  }
+}
+
 int run(const std::string& subcommand, const Flags& flags, const std::string& command_line) {
   bench::set_progress_enabled(!flags.quiet);
   bench::RunInfo info;
@@ -153,13 +174,19 @@ int run(const std::string& subcommand, const Flags& flags, const std::string& co
   info.sync = flags.sync;
   info.rate = flags.rate;
   info.latency_seconds = flags.latency_seconds;
-  info.rounds = subcommand == "compare" || subcommand == "cuts" ? std::max(flags.rounds, 1) : 1;
+  info.rounds = subcommand == "compare" || subcommand == "cuts" || subcommand == "metrics"
+                    ? std::max(flags.rounds, 1)
+                    : 1;
   info.machine = bench::describe_machine();
   if (subcommand == "cuts") info.cut_every = flags.cut_every;
 
   bench::Summary summary;
   if (subcommand == "cuts") {
     run_cuts_rounds(flags, info, summary);
+    return finish(flags, info, summary);
+  }
+  if (subcommand == "metrics") {
+    run_overhead_rounds(flags, info, summary);
     return finish(flags, info, summary);
   }
   const bool with_outbox = subcommand != "jetstream";
@@ -311,6 +338,11 @@ int main(int argc, char** argv) {
       "cuts",
       "Outbox drain with the relay-broker connection cut at random (--cut-every) next to the "
       "same drain through the same proxy without cuts; --rounds rounds, median and spread");
+  auto* metrics = app.add_subcommand(
+      "metrics",
+      "Outbox drain with outbox-relay serving metrics (--metrics-bind, scraped every second) "
+      "next to the same drain without; --rounds rounds, median and spread of the ratio");
+  (void)metrics;
   (void)e2e;
   (void)jetstream;
   (void)compare;

@@ -2,7 +2,9 @@
 
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <stdexcept>
+#include <unordered_map>
 
 namespace bench {
 namespace {
@@ -77,7 +79,8 @@ BrokerCounters::Values BrokerCounters::read() {
 }
 
 RelayProcess::RelayProcess(const OutboxSettings& settings, const fs::path& dir, const fs::path& db,
-                           const std::string& endpoint, const std::string& name) {
+                           const std::string& endpoint, const std::string& name,
+                           const std::vector<std::string>& extra_args) {
   std::vector<std::string> args = {"run",    "--db",        db.string(),   "--broker",
                                    endpoint, "--sync",      settings.sync, "--holder",
                                    name,     "--log-level", "info"};
@@ -90,6 +93,7 @@ RelayProcess::RelayProcess(const OutboxSettings& settings, const fs::path& dir, 
   if (settings.relay_in_flight > 0) {
     args.insert(args.end(), {"--in-flight", std::to_string(settings.relay_in_flight)});
   }
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
   process_ = std::make_unique<ChildProcess>(name, settings.relay_binary.string(), args, dir);
 }
 
@@ -212,6 +216,58 @@ std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
   report(unexpected, "messages the benchmark never committed");
   report(wrong_payload, "messages with a different payload");
   return matched;
+}
+
+void check_topic_in_order(const std::string& endpoint, const std::string& topic,
+                          const Dataset& data, std::vector<std::string>& problems) {
+  Expected expected;
+  std::unordered_map<std::string, std::size_t> index_of;
+  expected.reserve(data.size());
+  index_of.reserve(data.size());
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    expected.emplace(data.msg_ids[i], data.payloads[i]);
+    index_of.emplace(data.msg_ids[i], i);
+  }
+  std::vector<std::string> read;
+  read.reserve(data.size());
+  verify_topic(endpoint, topic, expected, problems, &read);
+  std::map<std::string, std::size_t> next_per_key;
+  std::size_t reordered = 0;
+  for (const auto& msg_id : read) {
+    auto found = index_of.find(msg_id);
+    if (found == index_of.end()) continue;  // reported by verify_topic
+    auto& next = next_per_key[data.keys[found->second]];
+    if (found->second < next) ++reordered;
+    next = found->second + 1;
+  }
+  if (reordered > 0) {
+    problems.push_back(topic + ": " + std::to_string(reordered) +
+                       " messages stored before an earlier message of their key");
+  }
+}
+
+DrainPair run_drain_pair(const OutboxSettings& settings, const std::string& name,
+                         const Dataset& baseline, const Dataset& variant, bool variant_first,
+                         const DrainFunction& drain, std::vector<std::string>& problems) {
+  DrainPair result;
+  TempDir dir("outbox-bench-" + name);
+  BrokerProcess broker(settings, dir.path());
+  BrokerCounters counters(broker.endpoint());
+  const std::string baseline_topic = "bench." + name + ".baseline";
+  const std::string variant_topic = "bench." + name + ".variant";
+  for (int pass = 0; pass < 2; ++pass) {
+    bool is_variant = (pass == 0) == variant_first;
+    auto seconds = drain(dir.path(), broker, counters, is_variant ? variant : baseline,
+                         is_variant ? variant_topic : baseline_topic, is_variant);
+    (is_variant ? result.variant_seconds : result.baseline_seconds) = seconds;
+  }
+  check_topic_in_order(broker.endpoint(), baseline_topic, baseline, problems);
+  check_topic_in_order(broker.endpoint(), variant_topic, variant, problems);
+  auto status = broker.process().stop(15s);
+  if (!status.exited || status.code != 0) {
+    problems.push_back("outbox-broker ended with " + status.describe());
+  }
+  return result;
 }
 
 }  // namespace bench

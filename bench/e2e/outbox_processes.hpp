@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -61,7 +62,7 @@ class RelayProcess {
  public:
   RelayProcess(const OutboxSettings& settings, const std::filesystem::path& dir,
                const std::filesystem::path& db, const std::string& endpoint,
-               const std::string& name);
+               const std::string& name, const std::vector<std::string>& extra_args = {});
   ChildProcess& process() { return *process_; }
   // SIGTERM; throws unless it exits 0.
   void stop();
@@ -94,5 +95,27 @@ using Expected = std::unordered_map<std::string, std::string>;
 std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
                          const Expected& expected, std::vector<std::string>& problems,
                          std::vector<std::string>* in_offset_order = nullptr);
+
+// Two drains against one outbox-broker, each of its own dataset into its own
+// outbox and topic: `baseline`, and `variant` (what is measured), in the order
+// `variant_first` says. `drain` runs one in `dir`: it fills an outbox, starts
+// outbox-relay and returns the seconds until the broker stored the last
+// message. Afterwards both topics are read back (exactly once, in per-key
+// commit order) and the broker must stop cleanly; what is wrong goes to
+// `problems`.
+using DrainFunction = std::function<double(const std::filesystem::path& dir, BrokerProcess& broker,
+                                           BrokerCounters& counters, const Dataset& data,
+                                           const std::string& topic, bool variant)>;
+struct DrainPair {
+  double baseline_seconds = 0;
+  double variant_seconds = 0;
+};
+DrainPair run_drain_pair(const OutboxSettings& settings, const std::string& name,
+                         const Dataset& baseline, const Dataset& variant, bool variant_first,
+                         const DrainFunction& drain, std::vector<std::string>& problems);
+
+// verify_topic, and within each key the dataset's (commit) order.
+void check_topic_in_order(const std::string& endpoint, const std::string& topic,
+                          const Dataset& data, std::vector<std::string>& problems);
 
 }  // namespace bench

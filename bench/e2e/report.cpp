@@ -260,8 +260,8 @@ struct Spread {
   double median = 0, low = 0, high = 0;
 };
 
-template <typename Field>
-Spread spread_of(const std::vector<CutsResult>& results, Field field) {
+template <typename Result, typename Field>
+Spread spread_of(const std::vector<Result>& results, Field field) {
   std::vector<double> values;
   for (const auto& result : results) values.push_back(result.*field);
   Spread spread;
@@ -327,8 +327,56 @@ std::string cuts_round_json(const CutsResult& r) {
       .str();
 }
 
+std::string overhead_text_report(const RunInfo& info, const Summary& summary) {
+  std::ostringstream out;
+  const auto& rounds = summary.overhead;
+  out << "outbox-bench metrics: " << thousands(static_cast<double>(info.messages))
+      << " messages of " << info.payload_bytes
+      << " B drained by outbox-relay without metrics and with --metrics-bind (scraped every "
+         "second); "
+      << rounds.size() << " rounds\n";
+  out << "  " << info.command_line << "\n\n";
+  out << "round   without metrics msg/s   with metrics msg/s   ratio   scrapes\n";
+  for (std::size_t i = 0; i < rounds.size(); ++i) {
+    char line[160];
+    std::snprintf(line, sizeof line, "%5zu   %21s   %18s   %5.3f   %7llu\n", i + 1,
+                  thousands(rounds[i].off_msgs_per_sec).c_str(),
+                  thousands(rounds[i].on_msgs_per_sec).c_str(), rounds[i].ratio,
+                  static_cast<unsigned long long>(rounds[i].scrapes));
+    out << line;
+  }
+  auto off = spread_of(rounds, &OverheadResult::off_msgs_per_sec);
+  auto on = spread_of(rounds, &OverheadResult::on_msgs_per_sec);
+  auto ratio = spread_of(rounds, &OverheadResult::ratio);
+  out << "\nmedian (min-max): without metrics " << thousands(off.median) << " msg/s ("
+      << thousands(off.low) << "-" << thousands(off.high) << "), with metrics "
+      << thousands(on.median) << " msg/s (" << thousands(on.low) << "-" << thousands(on.high)
+      << "), ratio " << fixed(ratio.median, 3) << " (" << fixed(ratio.low, 3) << "-"
+      << fixed(ratio.high, 3) << ")\n";
+  out << "target ratio >= 0.97: " << (ratio.median >= 0.97 ? "met" : "MISSED") << "\n";
+  if (!summary.ok()) {
+    out << "\nCHECK FAILED:\n";
+    for (const auto& problem : summary.problems) out << "  " << problem << "\n";
+  }
+  return out.str();
+}
+
+std::string overhead_round_json(const OverheadResult& r) {
+  return JsonObject()
+      .integer("messages", r.messages)
+      .num("without_metrics_seconds", r.off_seconds)
+      .rate("without_metrics_msgs_per_sec", r.off_msgs_per_sec)
+      .num("with_metrics_seconds", r.on_seconds)
+      .rate("with_metrics_msgs_per_sec", r.on_msgs_per_sec)
+      .num("ratio", r.ratio)
+      .integer("scrapes", r.scrapes)
+      .field("problems", json_strings(r.problems))
+      .str();
+}
+
 std::string text_report(const RunInfo& info, const Summary& summary) {
   if (!summary.cuts.empty()) return cuts_text_report(info, summary);
+  if (!summary.overhead.empty()) return overhead_text_report(info, summary);
   std::ostringstream out;
   const auto& m = info.machine;
   out << "outbox-bench " << info.subcommand << ": " << thousands(static_cast<double>(info.messages))
@@ -495,6 +543,22 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
                spread_json(spread_of(summary.cuts, &CutsResult::cut_msgs_per_sec)))
         .field("ratio", spread_json(spread_of(summary.cuts, &CutsResult::ratio)))
         .field("under_cuts_seconds", spread_json(spread_of(summary.cuts, &CutsResult::cut_seconds)))
+        .boolean("ok", summary.ok())
+        .field("problems", json_strings(summary.problems))
+        .field("rounds", rounds + "]")
+        .str();
+  }
+  if (!summary.overhead.empty()) {
+    std::string rounds = "[";
+    for (std::size_t i = 0; i < summary.overhead.size(); ++i) {
+      rounds += (i > 0 ? "," : "") + overhead_round_json(summary.overhead[i]);
+    }
+    return object
+        .field("without_metrics_msgs_per_sec",
+               spread_json(spread_of(summary.overhead, &OverheadResult::off_msgs_per_sec)))
+        .field("with_metrics_msgs_per_sec",
+               spread_json(spread_of(summary.overhead, &OverheadResult::on_msgs_per_sec)))
+        .field("ratio", spread_json(spread_of(summary.overhead, &OverheadResult::ratio)))
         .boolean("ok", summary.ok())
         .field("problems", json_strings(summary.problems))
         .field("rounds", rounds + "]")

@@ -9,6 +9,7 @@
 #include "cuts.hpp"
 #include "jetstream.hpp"
 #include "outbox_e2e.hpp"
+#include "overhead.hpp"
 
 namespace bench {
 
@@ -42,8 +43,9 @@ struct RunInfo {
 struct Summary {
   std::vector<OutboxResult> outbox;
   std::vector<JetStreamResult> jetstream;
-  std::vector<CutsResult> cuts;       // outbox-bench cuts
-  std::vector<std::string> problems;  // from every round
+  std::vector<CutsResult> cuts;          // outbox-bench cuts
+  std::vector<OverheadResult> overhead;  // outbox-bench metrics
+  std::vector<std::string> problems;     // from every round
   bool ok() const { return problems.empty(); }
 };
 

@@ -21,11 +21,13 @@
 #include <CLI/CLI.hpp>
 
 #include "broker/client.hpp"
+#include "broker/metrics.hpp"
 #include "broker/server.hpp"
 #include "broker/store.hpp"
 #include "cli/args.hpp"
 #include "cli/config.hpp"
 #include "cli/files.hpp"
+#include "cli/metrics_server.hpp"
 #include "cli/process.hpp"
 #include "format.hpp"
 
@@ -60,6 +62,9 @@ struct ServeSettings {
   std::size_t max_commit_messages = 50'000;
   std::uint64_t max_outgoing_bytes = 64 * 1024 * 1024;
   bool skip_integrity_check = false;
+  cli::MetricsSettings metrics;
+  std::size_t metrics_max_topics = 100;
+  std::size_t metrics_max_groups = 100;
 };
 
 struct ClientSettings {
@@ -106,7 +111,13 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
   store_options.max_database_bytes = settings.max_database_bytes;
   store_options.logger = logger;
 
+  // Declared before everything that reports into it: destroyed last.
+  metrics::Registry registry;
   broker::ServerOptions server_options;
+  if (!settings.metrics.bind.empty()) {
+    server_options.metrics = std::make_shared<broker::ServerMetrics>(
+        registry, settings.metrics_max_topics, settings.metrics_max_groups);
+  }
   server_options.bind_endpoint = settings.bind;
   server_options.endpoint_file = settings.endpoint_file;
   server_options.logger = logger;
@@ -160,6 +171,25 @@ int serve(const ServeSettings& settings, const std::shared_ptr<spdlog::logger>& 
         "{} is reachable from other machines and CURVE is off: anyone who can connect "
         "can publish, read and commit offsets (see --curve-secret-key-file)",
         server->endpoint());
+  }
+  std::unique_ptr<cli::MetricsServer> metrics_server;
+  try {
+    metrics_server = cli::start_metrics_server(
+        settings.metrics, registry,
+        [metrics = server_options.metrics.get()] {
+          if (metrics->serving.value() == 0) {
+            return cli::Readiness{false, "the broker loop is not serving (starting or stopping)"};
+          }
+          if (metrics->store_writable.value() == 0) {
+            return cli::Readiness{false,
+                                  "the last group commit failed to write the store (see the log)"};
+          }
+          return cli::Readiness{true, "serving, the store accepts writes"};
+        },
+        *logger);
+  } catch (const std::exception& error) {
+    logger->error("{}", error.what());
+    return cli::exit_endpoint;
   }
   // One line on stdout with the real endpoint, for scripts that bind port *.
   std::cout << "listening on " << server->endpoint() << std::endl;
@@ -308,6 +338,7 @@ int main(int argc, char** argv) {
   app.name("outbox-broker");
   app.require_subcommand(1);
   std::string log_level = "info";
+  std::string log_format = "text";
 
   ServeSettings serve_settings;
   auto* serve_command = app.add_subcommand("serve", "run the broker daemon");
@@ -373,6 +404,24 @@ int main(int argc, char** argv) {
       "replies held for one connection at most (e.g. 64m); a peer at this cap "
       "gets no more work until it reads, FETCH replies are sized to fit",
       {std::uint64_t{1} << 20, std::numeric_limits<std::uint64_t>::max(), "", true});
+  serve_command
+      ->add_option("--log-format", log_format,
+                   "text, or json: one JSON object per line (time, level, component, pid, message)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+  cli::add_metrics_options(serve_command, serve_settings.metrics);
+  serve_command
+      ->add_option("--metrics-max-topics", serve_settings.metrics_max_topics,
+                   "topics with their own outbox_broker_topic_last_offset series (first in name "
+                   "order; the rest are counted in outbox_broker_topics_unlisted)")
+      ->check(cli::count_check(0, 100'000))
+      ->capture_default_str();
+  serve_command
+      ->add_option("--metrics-max-groups", serve_settings.metrics_max_groups,
+                   "(consumer group, topic) pairs with their own offset and lag series (first "
+                   "in name order)")
+      ->check(cli::count_check(0, 100'000))
+      ->capture_default_str();
   serve_command->add_flag(
       "--skip-integrity-check", serve_settings.skip_integrity_check,
       "do not run PRAGMA quick_check when opening the database (it reads the whole file; "
@@ -458,7 +507,7 @@ int main(int argc, char** argv) {
   cli::install_stop_handlers(&stop_running_server);
   try {
     if (*serve_command) {
-      auto logger = cli::make_stderr_logger("outbox-broker", log_level);
+      auto logger = cli::make_stderr_logger("outbox-broker", log_level, log_format);
       try {
         return serve(serve_settings, logger);
       } catch (const UsageError& error) {

@@ -8,11 +8,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <deque>
 #include <fstream>
 #include <span>
 #include <stdexcept>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -20,6 +22,7 @@
 #include <spdlog/sinks/null_sink.h>
 #include <zmq.hpp>
 
+#include "broker/metrics.hpp"
 #include "broker/store.hpp"
 #include "wire/zmq_io.hpp"
 
@@ -79,6 +82,56 @@ std::string binary_to_z85(std::string_view binary) {
   }
   return std::string(text, 40);
 }
+
+// Counts the ROUTER's open connections from ZeroMQ's socket monitor events
+// (accepted / disconnected), on its own thread so that the loop is untouched.
+// Only started when metrics are wanted.
+class ConnectionWatcher {
+ public:
+  ConnectionWatcher() = default;
+  ConnectionWatcher(const ConnectionWatcher&) = delete;
+  ConnectionWatcher& operator=(const ConnectionWatcher&) = delete;
+  ~ConnectionWatcher() noexcept { stop(); }
+
+  // Called on the socket's own thread (zmq_socket_monitor requires it).
+  void start(zmq::context_t& context, zmq::socket_t& socket, metrics::Gauge& connections) {
+    static std::atomic<unsigned> next_id{0};
+    std::string address = "inproc://outbox-broker-monitor-" + std::to_string(next_id++);
+    if (zmq_socket_monitor(socket.handle(), address.c_str(),
+                           ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+      throw std::runtime_error(std::string("cannot monitor the broker socket: ") +
+                               zmq_strerror(zmq_errno()));
+    }
+    zmq::socket_t pair(context, zmq::socket_type::pair);
+    pair.set(zmq::sockopt::linger, 0);
+    pair.connect(address);
+    thread_ = std::thread([this, pair = std::move(pair), &connections]() mutable {
+      std::int64_t open = 0;
+      while (!stop_.load(std::memory_order_relaxed)) {
+        zmq::pollitem_t item{pair.handle(), 0, ZMQ_POLLIN, 0};
+        if (zmq::poll(&item, 1, std::chrono::milliseconds(100)) == 0) continue;
+        zmq::message_t event, address_frame;
+        if (!pair.recv(event, zmq::recv_flags::dontwait)) continue;
+        if (event.more()) (void)pair.recv(address_frame, zmq::recv_flags::dontwait);
+        if (event.size() < 2) continue;
+        std::uint16_t id = 0;
+        std::memcpy(&id, event.data(), sizeof id);
+        if (id == ZMQ_EVENT_ACCEPTED) ++open;
+        if (id == ZMQ_EVENT_DISCONNECTED && open > 0) --open;
+        connections.set(static_cast<double>(open));
+      }
+    });
+  }
+
+  void stop() noexcept {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
 
 std::string reject_text(RejectReason reason) {
   return std::string(to_string(reason));
@@ -225,6 +278,7 @@ struct Server::Impl {
       throw std::runtime_error("cannot bind " + options.bind_endpoint + ": " + error.what());
     }
     endpoint = router.get(zmq::sockopt::last_endpoint);
+    if (options.metrics) connection_watcher.start(context, router, options.metrics->connections);
     if (!options.endpoint_file.empty()) write_endpoint_file();
     logger->info("listening on {}", endpoint);
   }
@@ -703,11 +757,18 @@ struct Server::Impl {
       } else {
         store.append(incoming, outcomes);
       }
+      auto took = Clock::now() - started;
       counters.append_nanoseconds += static_cast<std::uint64_t>(
-          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - started).count());
+          std::chrono::duration_cast<std::chrono::nanoseconds>(took).count());
       ok = true;
+      if (options.metrics && !incoming.empty()) {
+        options.metrics->group_commit_messages.observe(static_cast<double>(incoming.size()));
+        options.metrics->group_commit_seconds.observe(std::chrono::duration<double>(took).count());
+        options.metrics->store_writable.set(1);
+      }
     } catch (const std::exception& error) {
       ++counters.storage_failures;
+      if (options.metrics) options.metrics->store_writable.set(0);
       logger->error("group commit of {} messages failed: {}", incoming.size(), error.what());
       for (const auto& batch : pending) {
         if (auto* session = find_session(batch.routing_id);
@@ -1098,8 +1159,61 @@ struct Server::Impl {
     }
   }
 
+  // Copies the loop's counters and the store's figures into the metrics, once
+  // per second: nothing per message.
+  void refresh_metrics(Clock::time_point now) {
+    if (!options.metrics || now < next_metrics_refresh) return;
+    next_metrics_refresh = now + std::chrono::seconds(1);
+    auto& m = *options.metrics;
+    m.malformed_frames.set(counters.malformed);
+    m.refused_batches.set(counters.refused_batches);
+    m.stale_epochs.set(counters.stale_epochs);
+    m.curve_refused.set(counters.curve_refused);
+    m.storage_failures.set(counters.storage_failures);
+    m.sessions_opened.set(counters.sessions_opened);
+    m.fetches.set(counters.fetches);
+    m.messages_blocked.set(counters.blocked);
+    m.sessions.set(static_cast<double>(sessions.size()));
+    std::size_t outgoing = 0;
+    for (const auto& [routing_id, peer] : peers) {
+      outgoing += peer.account->bytes.load(std::memory_order_relaxed) + peer.backlog_bytes;
+    }
+    m.outgoing_bytes.set(static_cast<double>(outgoing));
+    std::error_code ignored;
+    auto bytes = std::filesystem::file_size(store.path(), ignored);
+    auto wal_bytes = std::filesystem::file_size(store.path().string() + "-wal", ignored);
+    m.database_bytes.set(static_cast<double>((bytes == std::uintmax_t(-1) ? 0 : bytes) +
+                                             (wal_bytes == std::uintmax_t(-1) ? 0 : wal_bytes)));
+    try {
+      auto stats = store.stats();
+      m.messages_stored.set(stats.stored);
+      m.messages_duplicate.set(stats.duplicates);
+      m.messages_conflict.set(stats.conflicts);
+      m.messages_rejected.set(stats.rejected + counters.rejected_on_decode);
+      m.dedup_entries.set(static_cast<double>(stats.dedup_entries));
+      std::vector<ServerMetrics::TopicOffset> topics;
+      for (std::size_t i = 0; i < stats.topics.size() && i < m.max_topic_series; ++i) {
+        topics.push_back({stats.topics[i].topic, stats.topics[i].last_offset});
+      }
+      auto left_out = stats.topics.size() - topics.size();
+      auto offsets = store.group_offsets(m.max_group_series + 1);
+      bool groups_left_out = offsets.size() > m.max_group_series;
+      if (groups_left_out) offsets.pop_back();
+      std::vector<ServerMetrics::GroupLag> groups;
+      for (auto& offset : offsets) {
+        auto last = store.last_offset(offset.topic);
+        groups.push_back({std::move(offset.group), std::move(offset.topic), offset.committed_offset,
+                          last > offset.committed_offset ? last - offset.committed_offset : 0});
+      }
+      m.publish(std::move(topics), left_out, std::move(groups), groups_left_out);
+    } catch (const std::exception& error) {
+      logger->debug("could not read the store's figures for the metrics: {}", error.what());
+    }
+  }
+
   void run() {
     logger->info("serving on {}", endpoint);
+    if (options.metrics) options.metrics->serving.set(1);
     while (!stop.load(std::memory_order_relaxed)) {
       auto now = Clock::now();
       std::vector<zmq::pollitem_t> items = {{router.handle(), 0, ZMQ_POLLIN, 0},
@@ -1126,6 +1240,7 @@ struct Server::Impl {
         answer_waiting_if([now](const WaitingFetch& entry) { return entry.deadline <= now; });
       }
       maintain(now);
+      refresh_metrics(now);
       if (now >= next_peer_sweep) {
         next_peer_sweep = now + std::chrono::seconds(1);
         sweep_peers();
@@ -1174,6 +1289,7 @@ struct Server::Impl {
   }
 
   void shutdown() {
+    if (options.metrics) options.metrics->serving.set(0);
     logger->info("stopping: committing and acknowledging what was received");
     // Bounded: a peer that keeps sending cannot keep the broker alive.
     for (int round = 0; round < 20 && read_round(); ++round) {
@@ -1207,6 +1323,8 @@ struct Server::Impl {
   zmq::context_t context;
   zmq::socket_t router;
   std::optional<zmq::socket_t> zap;
+  ConnectionWatcher connection_watcher;  // after the context: stopped before it ends
+  Clock::time_point next_metrics_refresh{};
   std::vector<std::string> allowed_clients;  // binary 32-byte keys
   std::string endpoint;
   std::atomic<bool> stop{false};

@@ -310,7 +310,7 @@ struct Store::Impl {
   sqlite::Statement insert_dedup, select_dedup, insert_chunk;
   sqlite::Statement insert_topic, update_topic, update_counters;
   sqlite::Statement chunk_at_or_before, scan_chunks, first_chunk;
-  sqlite::Statement upsert_group_offset, select_group_offset;
+  sqlite::Statement upsert_group_offset, select_group_offset, scan_group_offsets;
   sqlite::Statement scan_dedup, delete_dedup, scan_chunk_times, delete_chunks;
   sqlite::Statement select_origin_epoch, raise_origin_epoch;
   std::unique_ptr<WalFlusher> wal_flusher;  // synchronous=NORMAL only
@@ -525,6 +525,10 @@ struct Store::Impl {
         "excluded.committed_offset");
     select_group_offset = sqlite::Statement(
         handle, "SELECT committed_offset FROM group_offsets WHERE group_name = ? AND topic = ?");
+    scan_group_offsets = sqlite::Statement(
+        handle,
+        "SELECT group_name, topic, committed_offset FROM group_offsets ORDER BY group_name, topic "
+        "LIMIT ?");
     scan_dedup = sqlite::Statement(
         handle, "SELECT msg_id, seen_at FROM dedup WHERE msg_id > ? ORDER BY msg_id LIMIT ?");
     delete_dedup = sqlite::Statement(handle, "DELETE FROM dedup WHERE msg_id = ?");
@@ -929,6 +933,19 @@ struct Store::Impl {
                : 0;
   }
 
+  std::vector<GroupOffset> group_offsets(std::size_t limit) {
+    std::vector<GroupOffset> result;
+    sqlite::ResetGuard guard(scan_group_offsets);
+    scan_group_offsets.bind(1, static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
+    while (scan_group_offsets.step()) {
+      result.push_back(
+          GroupOffset{std::string(scan_group_offsets.column_text(0)),
+                      std::string(scan_group_offsets.column_text(1)),
+                      static_cast<std::uint64_t>(scan_group_offsets.column_integer(2))});
+    }
+    return result;
+  }
+
   std::uint64_t origin_epoch(std::string_view origin) {
     sqlite::ResetGuard guard(select_origin_epoch);
     select_origin_epoch.bind_text(1, origin);
@@ -1104,6 +1121,10 @@ void Store::commit_offset(std::string_view group, std::string_view topic, std::u
 
 std::uint64_t Store::committed_offset(std::string_view group, std::string_view topic) const {
   return impl_->committed_offset(group, topic);
+}
+
+std::vector<GroupOffset> Store::group_offsets(std::size_t limit) const {
+  return impl_->group_offsets(limit);
 }
 
 StoreStats Store::stats() const {

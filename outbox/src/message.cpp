@@ -26,7 +26,25 @@ std::string_view take(std::string_view& bytes) {
   return field;
 }
 
+bool lowercase_hex(std::string_view text) {
+  for (char c : text) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
+
 }  // namespace
+
+bool valid_traceparent(std::string_view text) {
+  // version "00": 2 + 1 + 32 + 1 + 16 + 1 + 2 characters.
+  if (text.size() != 55 || text.substr(0, 3) != "00-" || text[35] != '-' || text[52] != '-') {
+    return false;
+  }
+  auto trace_id = text.substr(3, 32), parent_id = text.substr(36, 16), flags = text.substr(53, 2);
+  return lowercase_hex(trace_id) && lowercase_hex(parent_id) && lowercase_hex(flags) &&
+         trace_id.find_first_not_of('0') != std::string_view::npos &&
+         parent_id.find_first_not_of('0') != std::string_view::npos;
+}
 
 std::string encode_headers(const Headers& headers) {
   std::string out;

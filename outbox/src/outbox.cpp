@@ -26,6 +26,33 @@ std::unordered_map<sqlite3*, Outbox::Impl*>& registry() {
   return connections;
 }
 
+// The message's headers with its trace context added as the `traceparent`
+// and `tracestate` headers, after checking it (Message::traceparent).
+Headers with_trace_context(const Message& message) {
+  constexpr std::size_t max_tracestate_bytes = 512;  // the W3C limit
+  if (!message.traceparent.empty() && !valid_traceparent(message.traceparent)) {
+    throw Error("outbox: traceparent '" + message.traceparent.substr(0, 80) +
+                "' is not 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>");
+  }
+  if (message.traceparent.empty()) throw Error("outbox: tracestate given without a traceparent");
+  if (message.tracestate.size() > max_tracestate_bytes) {
+    throw Error("outbox: tracestate of " + std::to_string(message.tracestate.size()) +
+                " bytes is over the 512 allowed");
+  }
+  Headers headers = message.headers;
+  for (const auto& header : headers) {
+    if (header.name == kTraceparentHeader || header.name == kTracestateHeader) {
+      throw Error("outbox: header '" + header.name +
+                  "' given both in Message::headers and as Message::" + header.name);
+    }
+  }
+  headers.push_back({std::string(kTraceparentHeader), message.traceparent});
+  if (!message.tracestate.empty()) {
+    headers.push_back({std::string(kTracestateHeader), message.tracestate});
+  }
+  return headers;
+}
+
 }  // namespace
 
 struct Outbox::Impl {
@@ -185,7 +212,11 @@ struct Outbox::Impl {
       result.msg_id = message.msg_id;
     }
     std::string headers;
-    if (!message.headers.empty()) headers = encode_headers(message.headers);
+    if (!message.traceparent.empty() || !message.tracestate.empty()) {
+      headers = encode_headers(with_trace_context(message));
+    } else if (!message.headers.empty()) {
+      headers = encode_headers(message.headers);
+    }
     {
       auto use = insert.use();
       use.bind_text(1, result.msg_id).bind_text(2, message.topic);
@@ -194,7 +225,7 @@ struct Outbox::Impl {
       } else {
         use.bind_text(3, message.key);
       }
-      if (message.headers.empty()) {
+      if (headers.empty()) {
         use.bind_null(4);
       } else {
         use.bind_blob(4, headers);

@@ -13,6 +13,7 @@
 #include <spdlog/logger.h>
 #include <spdlog/sinks/null_sink.h>
 
+#include "relay/metrics.hpp"
 #include "wire/protocol.hpp"
 
 namespace relay {
@@ -120,6 +121,9 @@ struct Relay::Impl {
         config(std::move(config_in)),
         log(config.logger ? config.logger : null_logger()),
         lease_holder(config.holder + ":" + random_instance_id()),
+        metrics_registry(config.metrics ? nullptr : std::make_unique<metrics::Registry>()),
+        metrics(config.metrics ? config.metrics
+                               : std::make_shared<RelayMetrics>(*metrics_registry)),
         random(std::random_device{}()) {
     config.batch_size = std::max<std::size_t>(config.batch_size, 1);
     config.max_in_flight_batches = std::max<std::size_t>(config.max_in_flight_batches, 1);
@@ -130,6 +134,11 @@ struct Relay::Impl {
   RelayConfig config;
   std::shared_ptr<spdlog::logger> log;
   const std::string lease_holder;  // unique to this instance
+
+  // Updated unconditionally: without RelayConfig::metrics, into a registry
+  // nobody reads (a few relaxed atomic adds per batch).
+  std::unique_ptr<metrics::Registry> metrics_registry;
+  std::shared_ptr<RelayMetrics> metrics;
 
   std::atomic<bool> stop{false};
   struct AtomicCounters {
@@ -235,16 +244,44 @@ struct Relay::Impl {
     if (status.session_up == up && status.session_changed_at != outbox::TimePoint{}) return;
     status.session_up = up;
     status.session_changed_at = outbox::system_now();
+    metrics->session_up.set(up ? 1 : 0);
   }
 
   void note_error(const std::string& error) {
     status.last_error = error;
     status.last_error_at = outbox::system_now();
+    metrics->last_error_time.set(
+        std::chrono::duration<double>(status.last_error_at->time_since_epoch()).count());
   }
 
   void note_progress() {
     last_progress = SteadyClock::now();
     status.last_progress_at = outbox::system_now();
+  }
+
+  void note_lease() {
+    metrics->lease_held.set(lease ? 1 : 0);
+    metrics->lease_epoch.set(lease ? static_cast<double>(lease->epoch) : 0);
+    if (lease) metrics->standby.set(0);
+  }
+
+  void observe_commit_to_ack(const outbox::PendingMessage& message, outbox::TimePoint now) {
+    metrics->commit_to_ack_seconds.observe(
+        std::max(std::chrono::duration<double>(now - message.created_at).count(), 0.0));
+  }
+
+  // Conflict and rejected are told apart from the deliveries only when there
+  // are dead ones (rare), so the common batch costs two atomic adds.
+  void count_acknowledged(std::uint64_t stored, std::uint64_t duplicates, std::uint64_t dead,
+                          std::uint64_t blocked, const SinkEvent& event) {
+    metrics->acknowledged_stored.add(stored);
+    metrics->acknowledged_duplicate.add(duplicates);
+    if (blocked > 0) metrics->acknowledged_blocked.add(blocked);
+    if (dead == 0) return;
+    for (const auto& delivery : event.deliveries) {
+      if (delivery.status == DeliveryStatus::conflict) metrics->acknowledged_conflict.add();
+      if (delivery.status == DeliveryStatus::rejected) metrics->acknowledged_rejected.add();
+    }
   }
 
   // Sleeps up to `duration`, waking early on request_stop().
@@ -259,6 +296,7 @@ struct Relay::Impl {
     session_open = false;
     session_window = kInitialWindow;
     in_flight.clear();
+    metrics->batches_in_flight.set(0);
     last_sent_seq = 0;  // the next session resends from the first unacknowledged message
   }
 
@@ -266,6 +304,7 @@ struct Relay::Impl {
     log->warn("lost the relay lease ({}); going back to standby", why);
     lease.reset();
     counters.active = false;
+    note_lease();
     standby_logged = false;
     settled.clear();  // fenced writes would be refused: the next holder resends them
     drop_session();
@@ -288,6 +327,7 @@ struct Relay::Impl {
     lease = database("claiming the relay lease").claim_lease(lease_holder, config.lease_ttl);
     if (lease) {
       counters.active = true;
+      note_lease();
       lease_valid_until = now + config.lease_ttl;
       next_renew = now + config.lease_ttl / 3;
       sink.set_lease(SinkLease{origin, lease->epoch, [this] {
@@ -303,6 +343,7 @@ struct Relay::Impl {
     // Standby: look again when the holder's lease runs out (or a quarter ttl).
     auto wait = config.lease_ttl / 4;
     if (auto info = database("reading the relay lease").lease_info()) {
+      metrics->standby.set(info->expired ? 0 : 1);
       if (!standby_logged) {
         log->info("standby: the relay lease is held by '{}'; taking over when it lapses",
                   info->holder);
@@ -315,7 +356,8 @@ struct Relay::Impl {
     return false;
   }
 
-  void record_failure(const std::string& reason) {
+  void record_failure(const std::string& reason, metrics::Counter& cause) {
+    cause.add();
     ++counters.failures;
     ++consecutive_failures;
     // A session that had opened shows the destination is up: a connection cut
@@ -360,13 +402,14 @@ struct Relay::Impl {
       return false;
     }
     if (auto error = sink.open_session(config.connect_timeout)) {
-      record_failure(*error);
+      record_failure(*error, metrics->failure_connect);
       return false;
     }
     drop_session();
     session_open = true;
     limits = sink.limits();
     ++counters.sessions;
+    metrics->sessions_opened.add();
     set_session_state(true);
     publish_status_soon();
     if (consecutive_failures > 0) {
@@ -413,6 +456,7 @@ struct Relay::Impl {
     if (dead > 0) {
       counters.dead += dead;
       counters.undeliverable += dead;
+      metrics->undeliverable.add(dead);
       note_progress();
       record_settled();
     }
@@ -465,7 +509,9 @@ struct Relay::Impl {
       ++next_batch_id;                          // ids stay consecutive within a session
       last_sent_seq = batch.back().seq;
       counters.sent_messages += batch.size();
+      metrics->sent_messages.add(batch.size());
       in_flight.push_back(InFlight{batch_id, std::move(batch), SteadyClock::now()});
+      metrics->batches_in_flight.set(static_cast<double>(in_flight.size()));
     }
   }
 
@@ -482,24 +528,30 @@ struct Relay::Impl {
         record_failure(event.kind == SinkEvent::Kind::failed
                            ? event.error
                            : "acknowledgement for batch " + std::to_string(event.batch_id) +
-                                 " arrived out of order");
+                                 " arrived out of order",
+                       event.kind == SinkEvent::Kind::failed ? metrics->failure_destination
+                                                             : metrics->failure_protocol);
       }
       return;  // a late answer from a session we already left
     }
     if (event.kind == SinkEvent::Kind::failed) {
-      record_failure(event.error);
+      record_failure(event.error, metrics->failure_destination);
       return;
     }
     if (event.deliveries.size() != head->messages.size()) {
       record_failure("acknowledgement of batch " + std::to_string(event.batch_id) + " has " +
-                     std::to_string(event.deliveries.size()) + " entries for " +
-                     std::to_string(head->messages.size()) + " messages");
+                         std::to_string(event.deliveries.size()) + " entries for " +
+                         std::to_string(head->messages.size()) + " messages",
+                     metrics->failure_protocol);
       return;
     }
 
     auto& outcomes = settled;
     bool any_blocked = false;
     std::uint64_t stored = 0, duplicates = 0, dead = 0, blocked = 0;
+    const auto acknowledged_at = outbox::system_now();
+    metrics->send_to_ack_seconds.observe(
+        std::chrono::duration<double>(SteadyClock::now() - head->sent_at).count());
     for (std::size_t i = 0; i < event.deliveries.size(); ++i) {
       const auto& delivery = event.deliveries[i];
       const auto& message = head->messages[i];
@@ -507,10 +559,12 @@ struct Relay::Impl {
       switch (delivery.status) {
         case DeliveryStatus::stored:
           ++stored;
+          observe_commit_to_ack(message, acknowledged_at);
           outcomes.push_back(outbox::Outcome::delivered(message.seq, offset));
           break;
         case DeliveryStatus::duplicate:
           ++duplicates;
+          observe_commit_to_ack(message, acknowledged_at);
           outcomes.push_back(outbox::Outcome::delivered(message.seq, offset));
           break;
         case DeliveryStatus::conflict:
@@ -536,11 +590,13 @@ struct Relay::Impl {
     counters.duplicates += duplicates;
     counters.dead += dead;
     counters.blocked += blocked;
+    count_acknowledged(stored, duplicates, dead, blocked, event);
     if (stored + duplicates > 0) consecutive_failures = 0;
     if (stored + duplicates + dead > 0) note_progress();
     session_window = std::min(session_window + head->messages.size(),
                               config.batch_size * config.max_in_flight_batches);
     in_flight.pop_front();
+    metrics->batches_in_flight.set(static_cast<double>(in_flight.size()));
     if (any_blocked) {
       // Messages held back behind a dead one: a new session resends whatever
       // is still allowed to go (nothing of that key under the block policy).
@@ -592,7 +648,8 @@ struct Relay::Impl {
     }
     if (SteadyClock::now() >= deadline) {
       record_failure("no acknowledgement for batch " + std::to_string(in_flight.front().batch_id) +
-                     " within " + std::to_string(config.ack_timeout.count()) + " ms");
+                         " within " + std::to_string(config.ack_timeout.count()) + " ms",
+                     metrics->failure_ack_timeout);
     }
   }
 
@@ -666,6 +723,7 @@ struct Relay::Impl {
   // lapses meanwhile, the next fenced write finds out and goes to standby.
   void on_database_error(const outbox::Error& error) {
     ++counters.database_errors;
+    metrics->failure_database.add();
     ++database_failures;
     settled.clear();
     drop_session();
@@ -719,6 +777,7 @@ struct Relay::Impl {
       }
       lease.reset();
       counters.active = false;
+      note_lease();
     }
   }
 
@@ -765,6 +824,7 @@ struct Relay::Impl {
         store.release_lease(*lease);
         lease.reset();
         counters.active = false;
+        note_lease();
       }
       throw;
     }

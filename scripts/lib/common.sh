@@ -19,6 +19,7 @@ OUTBOX_PACKAGES=(
   # scripts/test's fuzz and static stages: libFuzzer and the sanitizer runtimes for
   # clang, clang-tidy (with run-clang-tidy) and clang-format, all version 14.
   clang-14 libclang-rt-14-dev clang-tidy-14 clang-format-14
+  libcpp-httplib-dev prometheus
 )
 
 outbox_log() { printf '==> %s\n' "$*" >&2; }

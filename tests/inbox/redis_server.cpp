@@ -13,23 +13,6 @@
 namespace inbox_test {
 namespace {
 
-// A port the kernel just handed out on 127.0.0.1. Another program may take
-// it before redis-server binds it; start() then tries another.
-int free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error("socket() failed");
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof(address);
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
-  ::close(fd);
-  if (!ok) throw std::runtime_error("cannot bind 127.0.0.1:0");
-  return ntohs(address.sin_port);
-}
-
 redisContext* connect_to(const std::filesystem::path& socket, int port) {
   const timeval timeout{1, 0};
   return port == 0 ? redisConnectUnixWithTimeout(socket.c_str(), timeout)
@@ -40,7 +23,7 @@ redisContext* connect_to(const std::filesystem::path& socket, int port) {
 
 RedisServer::RedisServer(RedisServerOptions options) : options_(options) {
   for (int attempt = 0; attempt < 5; ++attempt) {
-    if (!options_.unix_socket) port_ = free_loopback_port();
+    if (!options_.unix_socket) port_ = test_support::free_loopback_port();
     if (start_once()) return;
   }
   FAIL("redis-server did not start; see its log in " << dir_.path());

@@ -371,6 +371,59 @@ TEST_CASE("headers survive the round trip") {
                   outbox::Error);
 }
 
+TEST_CASE("trace context is stored as the traceparent and tracestate headers, checked") {
+  test_support::TempDir dir;
+  auto box = outbox::Outbox::open(dir / "app.db");
+  const std::string traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  auto message = order_message();
+  message.headers = {{"content-type", "application/json"}};
+  message.traceparent = traceparent;
+  message.tracestate = "congo=t61rcWkgMzE";
+  {
+    outbox::Transaction tx(box);
+    tx.enqueue(message);
+    auto only_parent = order_message();
+    only_parent.traceparent = traceparent;
+    tx.enqueue(only_parent);
+    tx.commit();
+  }
+  auto store = outbox::RelayStore::open(dir / "app.db");
+  auto pending = store.read_pending(10);
+  REQUIRE(pending.size() == 2);
+  CHECK(pending[0].headers == outbox::Headers{{"content-type", "application/json"},
+                                              {"traceparent", traceparent},
+                                              {"tracestate", "congo=t61rcWkgMzE"}});
+  CHECK(pending[1].headers == outbox::Headers{{"traceparent", traceparent}});
+
+  auto refused = [&](auto change) {
+    auto bad = order_message();
+    change(bad);
+    outbox::Transaction tx(box);
+    CHECK_THROWS_AS(tx.enqueue(bad), outbox::Error);
+  };
+  for (const char* bad_parent :
+       {"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",        // no flags
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",     // unknown version
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",     // uppercase
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",     // zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",     // zero parent id
+        "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01"}) {  // not hex
+    INFO(bad_parent);
+    CHECK_FALSE(outbox::valid_traceparent(bad_parent));
+    refused([&](outbox::Message& m) { m.traceparent = bad_parent; });
+  }
+  CHECK(outbox::valid_traceparent(traceparent));
+  refused([](outbox::Message& m) { m.tracestate = "congo=1"; });  // without a traceparent
+  refused([&](outbox::Message& m) {
+    m.traceparent = traceparent;
+    m.tracestate = std::string(513, 'a');
+  });
+  refused([&](outbox::Message& m) {  // given twice
+    m.traceparent = traceparent;
+    m.headers = {{"traceparent", traceparent}};
+  });
+}
+
 TEST_CASE("wait_for_work returns after another connection commits") {
   test_support::TempDir dir;
   for (bool notify : {true, false}) {

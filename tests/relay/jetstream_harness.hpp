@@ -3,8 +3,6 @@
 // client that creates streams and reads every message of a stream back.
 #pragma once
 
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -47,21 +45,6 @@ inline std::string nats_server_binary() {
     start = end + 1;
   }
   return {};
-}
-
-// A port the system hands out for 127.0.0.1 right now (bound, read, closed).
-inline int free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
-  socklen_t length = sizeof address;
-  REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0);
-  ::close(fd);
-  return ntohs(address.sin_port);
 }
 
 inline void check_nats(natsStatus status, const char* what) {
@@ -217,7 +200,7 @@ class NatsServer {
     // A port picked by the system; should another program take it before
     // nats-server binds, start again on a new one (not on a restart).
     for (int attempt = 0; attempt < 5; ++attempt) {
-      port_ = port != 0 ? port : free_loopback_port();
+      port_ = port != 0 ? port : test_support::free_loopback_port();
       process_ = std::make_unique<test_support::ChildProcess>(
           binary_,
           std::vector<std::string>{"-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd",

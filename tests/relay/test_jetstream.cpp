@@ -174,6 +174,60 @@ TEST_CASE("keys, topics and headers reach JetStream intact", "[relay][jetstream]
   for (const auto& message : stored) CHECK(message.msg_id.size() > 10);
 }
 
+TEST_CASE("a traceparent set at enqueue reaches consumers unchanged through both sinks",
+          "[relay][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-trace-context");
+  const std::string traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  const std::string tracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+  auto commit_orders = [&](const std::filesystem::path& db) {
+    auto box = outbox::Outbox::open(db);
+    outbox::Transaction tx(box);
+    tx.enqueue({.topic = "orders",
+                .key = "k",
+                .payload = "traced",
+                .traceparent = traceparent,
+                .tracestate = tracestate});
+    tx.enqueue({.topic = "orders", .key = "k", .payload = "untraced"});
+    tx.commit();
+  };
+
+  // Through the broker: FETCH (wire::StoredMessage) and `outbox-broker tail --json`.
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  commit_orders(dir / "to-broker.db");
+  RelayProcess to_broker(dir.path(), dir / "to-broker.db", broker.endpoint());
+  REQUIRE(wait_delivered(dir / "to-broker.db", 2));
+  auto fetched = fetch_all(broker.endpoint());
+  REQUIRE(fetched.size() == 2);
+  CHECK(wire::header_value(fetched[0].headers, "traceparent") ==
+        std::optional<std::string_view>(traceparent));
+  CHECK(wire::header_value(fetched[0].headers, "tracestate") ==
+        std::optional<std::string_view>(tracestate));
+  CHECK_FALSE(wire::header_value(fetched[1].headers, "traceparent").has_value());
+  auto tail = test_support::run(
+      broker_test::broker_binary(),
+      {"tail", "--connect", broker.endpoint(), "--topic", "orders", "--max", "1", "--json"});
+  CHECK(tail.status.code == 0);
+  CHECK(tail.out.find("\"traceparent\":\"" + traceparent + "\"") != std::string::npos);
+  CHECK(to_broker.stop().code == 0);
+
+  // Through JetStream: NATS headers of the same names.
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
+  commit_orders(dir / "to-nats.db");
+  auto to_nats = RelayProcess::with_flags(dir.path(), dir / "to-nats.db", jetstream_flags(server));
+  INFO(to_nats->log());
+  REQUIRE(wait_delivered(dir / "to-nats.db", 2));
+  auto streamed = NatsClient(server.url()).read_all(kStream);
+  REQUIRE(streamed.size() == 2);
+  auto headers = streamed[0].headers;
+  std::sort(headers.begin(), headers.end());
+  CHECK(headers == std::vector<std::pair<std::string, std::string>>{{"traceparent", traceparent},
+                                                                    {"tracestate", tracestate}});
+  CHECK(streamed[1].headers.empty());
+  CHECK(to_nats->stop().code == 0);
+}
+
 TEST_CASE("a resend after lost acknowledgements is answered duplicate by JetStream",
           "[relay][jetstream]") {
   if (!have_nats_server()) return;

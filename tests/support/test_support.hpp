@@ -88,4 +88,11 @@ unsigned file_mode(const std::filesystem::path& path);
 // Splits text into lines (without the newline characters).
 std::vector<std::string> lines(const std::string& text);
 
+// A port the kernel just handed out on 127.0.0.1 (bound, read, closed), for
+// servers that cannot bind port 0 and report it back (nats-server,
+// redis-server, prometheus). Another program may take it first: a server that
+// then fails to start should be retried on another. Throws
+// std::runtime_error when no socket can be bound.
+int free_loopback_port();
+
 }  // namespace test_support

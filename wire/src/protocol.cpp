@@ -802,4 +802,12 @@ Result<std::vector<Header>> decode_headers(std::string_view encoded, const Limit
   return headers;
 }
 
+std::optional<std::string_view> header_value(std::span<const Header> headers,
+                                             std::string_view name) noexcept {
+  for (const auto& header : headers) {
+    if (header.name == name) return std::string_view(header.value);
+  }
+  return std::nullopt;
+}
+
 }  // namespace wire

@@ -57,6 +57,7 @@
 namespace broker {
 
 class Store;
+struct ServerMetrics;
 
 // CURVE keys are Z85 text (40 characters), as zmq_curve_keypair() prints them.
 struct CurveServerConfig {
@@ -116,6 +117,8 @@ struct ServerOptions {
   // from the clock, so that a session id from before a restart does not match a
   // session after it. Fuzzers set 1 to make the ids predictable.
   std::uint64_t first_session_id = 0;
+  // Where the loop reports its metrics (broker/metrics.hpp); null: nowhere.
+  std::shared_ptr<ServerMetrics> metrics;
 
   static wire::Limits default_limits() {
     wire::Limits limits;

@@ -183,6 +183,12 @@ struct TopicStats {
   std::uint64_t last_offset = 0;    // last offset ever assigned, 0 if none
 };
 
+struct GroupOffset {
+  std::string group;
+  std::string topic;
+  std::uint64_t committed_offset = 0;
+};
+
 struct StoreStats {
   // Outcome counters since the database was created; persisted with every append.
   std::uint64_t stored = 0;
@@ -249,6 +255,9 @@ class Store {
   void commit_offset(std::string_view group, std::string_view topic, std::uint64_t offset);
   // 0 when the group never committed for this topic.
   std::uint64_t committed_offset(std::string_view group, std::string_view topic) const;
+  // Every (group, topic) with a committed offset, ordered by group then topic,
+  // at most `limit` of them (the metrics list the first ones).
+  std::vector<GroupOffset> group_offsets(std::size_t limit) const;
 
   StoreStats stats() const;
 

@@ -23,10 +23,14 @@ enum ExitCode : int {
   exit_not_found = 7,    // the named thing (a msg_id, ...) does not exist
 };
 
-// A logger named `name` writing to stderr ("2026-11-25T15:04:05.123 info ...").
-// Throws std::invalid_argument for an unknown level name.
+// A logger named `name` writing to stderr, one line per record. Format "text":
+//   2026-11-25T15:04:05.123 info message
+// Format "json", one object per line (docs/operations.md, Logs):
+//   {"time":"2026-11-25T15:04:05.123Z","level":"info","component":"outbox-relay","pid":42,"message":"..."}
+// Throws std::invalid_argument for an unknown level or format name.
 std::shared_ptr<spdlog::logger> make_stderr_logger(const std::string& name,
-                                                   const std::string& level);
+                                                   const std::string& level,
+                                                   const std::string& format = "text");
 
 // Installs SIGINT/SIGTERM handlers that set stop_requested() and call `on_stop`
 // (which must be async-signal-safe, e.g. an atomic store). Once per process.

@@ -36,7 +36,23 @@ struct Message {
   // ASCII without spaces ('!'..'~'); the topic is 1-249 of [A-Za-z0-9._-] and
   // the key at most 4,096 bytes (docs/schema.md): enqueue() refuses others.
   std::string msg_id{};
+  // W3C trace context (https://www.w3.org/TR/trace-context/) of the operation
+  // that enqueues the message, e.g. of the current span: stored as the headers
+  // `traceparent` and `tracestate`, which the relay, the broker and the
+  // JetStream sink carry unchanged and consumers read back (wire::header_value,
+  // `outbox-broker tail --json`). Plain strings: no tracing SDK needed here.
+  // Empty: none. enqueue() refuses a traceparent that is not
+  // "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>" (lowercase, ids not
+  // all zeros), a tracestate over 512 bytes or without a traceparent, and
+  // either one given both here and in `headers`.
+  std::string traceparent{};
+  std::string tracestate{};
 };
+
+inline constexpr std::string_view kTraceparentHeader = "traceparent";
+inline constexpr std::string_view kTracestateHeader = "tracestate";
+// True for a version-00 traceparent as described at Message::traceparent.
+bool valid_traceparent(std::string_view text);
 
 enum class EnqueueStatus : std::uint8_t {
   inserted,   // the message is part of the transaction

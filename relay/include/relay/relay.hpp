@@ -80,6 +80,8 @@ class logger;
 
 namespace relay {
 
+struct RelayMetrics;
+
 struct RelayConfig {
   // Names the relay for people (outbox-relay uses host:pid); the lease holder
   // is this name plus ":" and the instance id, e.g. "db1:4242:1a2b3c4d".
@@ -107,6 +109,8 @@ struct RelayConfig {
   // Pending messages but nothing settled for this many ack timeouts: warn.
   int stall_ack_timeouts = 3;
   std::shared_ptr<spdlog::logger> logger;  // null: a null sink
+  // Where the relay reports its metrics (relay/metrics.hpp); null: nowhere.
+  std::shared_ptr<RelayMetrics> metrics;
 };
 
 // Monotonic counters since run() started; readable from other threads.

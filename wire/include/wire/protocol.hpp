@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -403,5 +404,12 @@ std::size_t max_message_bytes_in_frame(const Limits& limits) noexcept;
 // string_view decodes as no headers.
 std::string encode_headers(std::span<const Header> headers);
 Result<std::vector<Header>> decode_headers(std::string_view encoded, const Limits& limits = {});
+
+// The value of the first header named exactly `name`, if any. W3C trace
+// context travels as the headers "traceparent" and "tracestate", unchanged
+// from the producer's commit to every consumer (docs/protocol.md, Trace
+// context): header_value(message.headers, "traceparent").
+std::optional<std::string_view> header_value(std::span<const Header> headers,
+                                             std::string_view name) noexcept;
 
 }  // namespace wire

@@ -1,0 +1,126 @@
+#include "overhead.hpp"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "child_process.hpp"
+#include "outbox_processes.hpp"
+#include "progress.hpp"
+
+namespace bench {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// GET /metrics every `interval` until destroyed; counts the answers.
+class Scraper {
+ public:
+  Scraper(const fs::path& address_file, std::chrono::milliseconds interval)
+      : thread_([this, address_file, interval] {
+          std::string address;
+          while (!stop_.load()) {
+            if (address.empty()) {
+              address = read_address(address_file);
+              if (address.empty()) {
+                std::this_thread::sleep_for(5ms);
+                continue;
+              }
+            }
+            auto colon = address.rfind(':');
+            httplib::Client client(address.substr(0, colon), std::stoi(address.substr(colon + 1)));
+            if (auto reply = client.Get("/metrics"); reply && reply->status == 200) ++scrapes_;
+            auto next = std::chrono::steady_clock::now() + interval;
+            while (!stop_.load() && std::chrono::steady_clock::now() < next) {
+              std::this_thread::sleep_for(5ms);
+            }
+          }
+        }) {}
+  ~Scraper() {
+    stop_.store(true);
+    thread_.join();
+  }
+  std::uint64_t scrapes() const { return scrapes_.load(); }
+
+ private:
+  static std::string read_address(const fs::path& file) {
+    std::ifstream in(file);
+    std::string line;
+    std::getline(in, line);
+    return line;
+  }
+
+  std::atomic<bool> stop_{false};
+  std::atomic<std::uint64_t> scrapes_{0};
+  std::thread thread_;
+};
+
+struct Drain {
+  double seconds = 0;
+  std::uint64_t scrapes = 0;
+};
+
+Drain drain(const OverheadSettings& settings, const fs::path& dir, BrokerProcess& broker,
+            BrokerCounters& counters, const Dataset& data, const std::string& topic,
+            bool with_metrics) {
+  const std::string name = with_metrics ? "metrics-on" : "metrics-off";
+  auto db = dir / (name + ".db");
+  fill_outbox(db, topic, data, settings.outbox.setup_batch);
+  auto address_file = dir / (name + ".address");
+  std::vector<std::string> extra;
+  if (with_metrics) {
+    extra = {"--metrics-bind", "127.0.0.1:0", "--metrics-address-file", address_file.string()};
+  }
+  auto base = counters.read().stored;
+  auto started = steady_ns();
+  RelayProcess relay(settings.outbox, dir, db, broker.endpoint(), "relay-" + name, extra);
+  std::unique_ptr<Scraper> scraper;
+  if (with_metrics) scraper = std::make_unique<Scraper>(address_file, settings.scrape_interval);
+  auto done = wait_for_counter(counters, &BrokerCounters::Values::stored, base + data.size(),
+                               pass_timeout(data.size()), {&relay.process(), &broker.process()},
+                               with_metrics ? "drain with metrics" : "drain without metrics");
+  Drain result;
+  result.seconds = seconds_between(started, done);
+  result.scrapes = scraper ? scraper->scrapes() : 0;
+  scraper.reset();
+  relay.stop();
+  return result;
+}
+
+}  // namespace
+
+OverheadResult run_overhead(const OverheadSettings& settings, const Dataset& off, const Dataset& on,
+                            bool on_first) {
+  OverheadResult result;
+  result.messages = off.size();
+  auto pair = run_drain_pair(
+      settings.outbox, "metrics", off, on, on_first,
+      [&](const fs::path& dir, BrokerProcess& broker, BrokerCounters& counters, const Dataset& data,
+          const std::string& topic, bool with_metrics) {
+        auto measured = drain(settings, dir, broker, counters, data, topic, with_metrics);
+        auto rate = static_cast<double>(data.size()) / measured.seconds;
+        if (with_metrics) {
+          result.scrapes = measured.scrapes;
+          progress("metrics: with metrics " + format_rate(rate) + " msg/s (" +
+                   std::to_string(measured.seconds) + " s, " + std::to_string(measured.scrapes) +
+                   " scrapes)");
+        } else {
+          progress("metrics: without metrics " + format_rate(rate) + " msg/s (" +
+                   std::to_string(measured.seconds) + " s)");
+        }
+        return measured.seconds;
+      },
+      result.problems);
+  result.off_seconds = pair.baseline_seconds;
+  result.off_msgs_per_sec = static_cast<double>(result.messages) / pair.baseline_seconds;
+  result.on_seconds = pair.variant_seconds;
+  result.on_msgs_per_sec = static_cast<double>(result.messages) / pair.variant_seconds;
+  result.ratio = result.on_msgs_per_sec / result.off_msgs_per_sec;
+  if (result.scrapes == 0) result.problems.push_back("no scrape of /metrics succeeded");
+  return result;
+}
+
+}  // namespace bench

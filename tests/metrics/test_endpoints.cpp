@@ -1,0 +1,272 @@
+// The metrics endpoints of the real outbox-relay and outbox-broker: what they
+// report after traffic, readiness that follows the relay's session and the
+// broker's store, and the flags' errors.
+#include <csignal>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "broker_process.hpp"
+#include "relay_harness.hpp"
+#include "scrape.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using broker_test::BrokerProcess;
+using metrics_test::http_get;
+using metrics_test::scrape;
+using relay_test::RelayProcess;
+
+std::vector<std::string> metrics_flags(const std::filesystem::path& address_file) {
+  return {"--metrics-bind", "127.0.0.1:0", "--metrics-address-file", address_file.string()};
+}
+
+// The HOST:PORT a daemon wrote to --metrics-address-file.
+std::string wait_for_address(test_support::ChildProcess& process,
+                             const std::filesystem::path& file) {
+  bool written = test_support::wait_until(
+      [&] { return std::filesystem::exists(file) || !process.running(); }, 20s);
+  INFO(process.stderr_text());
+  REQUIRE(written);
+  REQUIRE(process.running());
+  auto text = test_support::read_file(file);
+  auto address = text.substr(0, text.find('\n'));
+  REQUIRE(address.rfind("127.0.0.1:", 0) == 0);
+  return address;
+}
+
+bool wait_for_sample(const std::string& address, const std::string& series, double expected,
+                     std::chrono::milliseconds timeout = 60s) {
+  return test_support::wait_until([&] { return scrape(address, series) == expected; }, timeout,
+                                  50ms);
+}
+
+}  // namespace
+
+TEST_CASE("relay and broker metrics after a delivered backlog and a consumer commit",
+          "[integration]") {
+  test_support::TempDir dir("metrics-delivered");
+  BrokerProcess broker(dir.path(), dir / "broker.db", metrics_flags(dir / "broker.address"));
+  auto broker_metrics = wait_for_address(broker.process(), dir / "broker.address");
+  const auto db = dir / "app.db";
+  auto committed = relay_test::produce(db, 200, 4);
+  REQUIRE(committed == 200);
+
+  RelayProcess relay(dir.path(), db, broker.endpoint(), metrics_flags(dir / "relay.address"));
+  auto relay_metrics = wait_for_address(relay.process(), dir / "relay.address");
+  INFO(relay.log());
+  REQUIRE(
+      wait_for_sample(relay_metrics, "outbox_relay_acknowledged_total{outcome=\"stored\"}", 200));
+  CHECK(wait_for_sample(relay_metrics, "outbox_relay_pending_messages", 0));
+  auto text = http_get(relay_metrics, "/metrics").body;
+  using metrics_test::sample;
+  CHECK(sample(text, "outbox_relay_lease_held") == 1);
+  CHECK(sample(text, "outbox_relay_lease_epoch") >= 1);
+  CHECK(sample(text, "outbox_relay_standby") == 0);
+  CHECK(sample(text, "outbox_relay_session_up") == 1);
+  CHECK(sample(text, "outbox_relay_dead_messages") == 0);
+  CHECK(sample(text, "outbox_relay_oldest_pending_age_seconds") == 0);
+  CHECK(sample(text, "outbox_relay_sent_messages_total") >= 200);
+  CHECK(sample(text, "outbox_relay_acknowledged_total{outcome=\"duplicate\"}") == 0);
+  CHECK(sample(text, "outbox_relay_sessions_opened_total") >= 1);
+  // Every stored message was timed from its commit, every batch from its send.
+  CHECK(sample(text, "outbox_relay_commit_to_ack_seconds_count") == 200);
+  CHECK(sample(text, "outbox_relay_commit_to_ack_seconds_bucket{le=\"+Inf\"}") == 200);
+  CHECK(sample(text, "outbox_relay_send_to_ack_seconds_count") >= 1);
+  CHECK(sample(text, "outbox_relay_last_error_time_seconds") == 0);
+  auto ready = http_get(relay_metrics, "/readyz");
+  CHECK(ready.status == 200);
+  CHECK(ready.body.rfind("ready", 0) == 0);
+  CHECK(http_get(relay_metrics, "/healthz").status == 200);
+
+  // A consumer group that processed 150 of the 200 messages is 50 behind.
+  auto client = broker_test::connect(broker.endpoint());
+  REQUIRE(client->commit_offset("orders", "billing", 150, 20s).ok());
+  CHECK(wait_for_sample(
+      broker_metrics, "outbox_broker_group_lag_messages{group=\"billing\",topic=\"orders\"}", 50));
+  text = http_get(broker_metrics, "/metrics").body;
+  CHECK(sample(text, "outbox_broker_messages_total{outcome=\"stored\"}") == 200);
+  CHECK(sample(text, "outbox_broker_messages_total{outcome=\"conflict\"}") == 0);
+  CHECK(sample(text, "outbox_broker_topic_last_offset{topic=\"orders\"}") == 200);
+  CHECK(sample(text, "outbox_broker_group_committed_offset{group=\"billing\",topic=\"orders\"}") ==
+        150);
+  CHECK(sample(text, "outbox_broker_topics_unlisted") == 0);
+  CHECK(sample(text, "outbox_broker_dedup_entries") == 200);
+  CHECK(sample(text, "outbox_broker_sessions") >= 1);
+  CHECK(sample(text, "outbox_broker_connections") >= 2);  // the relay and this client
+  CHECK(sample(text, "outbox_broker_database_bytes") > 0);
+  CHECK(sample(text, "outbox_broker_store_writable") == 1);
+  CHECK(sample(text, "outbox_broker_group_commit_messages_sum") == 200);
+  CHECK(sample(text, "outbox_broker_group_commit_seconds_count") >= 1);
+  CHECK(http_get(broker_metrics, "/readyz").status == 200);
+  CHECK(http_get(broker_metrics, "/nothing-here").status == 404);
+
+  // The client's connection closes: the broker counts it from ZeroMQ's events.
+  auto with_client = scrape(broker_metrics, "outbox_broker_connections");
+  client.reset();
+  CHECK(wait_for_sample(broker_metrics, "outbox_broker_connections", with_client - 1, 20s));
+
+  CHECK(relay.stop().code == 0);
+  CHECK(broker.stop().code == 0);
+}
+
+TEST_CASE("the relay is ready only with a session, and again once the broker is back",
+          "[integration]") {
+  test_support::TempDir dir("metrics-readiness");
+  const auto db = dir / "app.db";
+  relay_test::produce(db, 10, 2);
+  // The broker's address, then no broker behind it.
+  auto first = std::make_unique<BrokerProcess>(dir.path(), dir / "broker.db");
+  const auto endpoint = first->endpoint();
+  REQUIRE(first->stop().code == 0);
+  first.reset();
+
+  RelayProcess relay(dir.path(), db, endpoint,
+                     {"--metrics-bind", "127.0.0.1:0", "--metrics-address-file",
+                      (dir / "relay.address").string(), "--connect-timeout", "200ms"});
+  auto address = wait_for_address(relay.process(), dir / "relay.address");
+  INFO(relay.log());
+  REQUIRE(test_support::wait_until(
+      [&] {
+        return scrape(address, "outbox_relay_session_failures_total{cause=\"connect\"}") >= 1;
+      },
+      60s, 50ms));
+  auto ready = http_get(address, "/readyz");
+  CHECK(ready.status == 503);
+  CHECK(ready.body == "not ready: holds the lease but has no session with its destination\n");
+  CHECK(scrape(address, "outbox_relay_lease_held") == 1);
+  CHECK(scrape(address, "outbox_relay_pending_messages") == 10);
+  CHECK(scrape(address, "outbox_relay_oldest_pending_age_seconds") > 0);
+  CHECK(scrape(address, "outbox_relay_last_error_time_seconds") > 0);
+
+  BrokerProcess broker(dir.path(), dir / "broker.db", {}, endpoint);
+  CHECK(test_support::wait_until([&] { return http_get(address, "/readyz").status == 200; }, 60s,
+                                 50ms));
+  CHECK(wait_for_sample(address, "outbox_relay_pending_messages", 0));
+  CHECK(relay.stop().code == 0);
+}
+
+TEST_CASE(
+    "a standby is ready behind a live holder, unless the backlog is older than "
+    "--ready-max-lag",
+    "[integration]") {
+  test_support::TempDir dir("metrics-standby");
+  const auto db = dir / "app.db";
+  relay_test::produce(db, 5, 1);
+  // The active relay has no destination: the messages stay pending and age.
+  RelayProcess active(dir.path(), db, "tcp://127.0.0.1:1",
+                      {"--metrics-bind", "127.0.0.1:0", "--metrics-address-file",
+                       (dir / "active.address").string(), "--connect-timeout", "100ms"});
+  auto active_address = wait_for_address(active.process(), dir / "active.address");
+  REQUIRE(test_support::wait_until(
+      [&] { return scrape(active_address, "outbox_relay_lease_held") == 1; }, 20s, 20ms));
+  auto standby_with = [&](const std::string& name, const std::string& max_lag) {
+    auto address_file = dir / (name + ".address");
+    auto relay = std::make_unique<RelayProcess>(
+        dir.path(), db, "tcp://127.0.0.1:1",
+        std::vector<std::string>{"--metrics-bind", "127.0.0.1:0", "--metrics-address-file",
+                                 address_file.string(), "--ready-max-lag", max_lag});
+    auto address = wait_for_address(relay->process(), address_file);
+    INFO(relay->log());
+    REQUIRE(test_support::wait_until([&] { return scrape(address, "outbox_relay_standby") == 1; },
+                                     20s, 20ms));
+    CHECK(scrape(address, "outbox_relay_lease_held") == 0);
+    auto ready = http_get(address, "/readyz");
+    CHECK(relay->stop().code == 0);
+    return ready;
+  };
+  auto patient = standby_with("patient", "1h");
+  CHECK(patient.status == 200);
+  CHECK(patient.body == "ready: standby behind a live lease holder\n");
+  auto strict = standby_with("strict", "1ms");
+  CHECK(strict.status == 503);
+  CHECK(strict.body.rfind("not ready: the oldest pending message is ", 0) == 0);
+  CHECK(active.stop().code == 0);
+}
+
+TEST_CASE("the broker is not ready while its store refuses writes", "[integration]") {
+  test_support::TempDir dir("metrics-store-full");
+  BrokerProcess broker(dir.path(), dir / "broker.db",
+                       {"--max-database-size", "2m", "--metrics-bind", "127.0.0.1:0",
+                        "--metrics-address-file", (dir / "broker.address").string()});
+  auto address = wait_for_address(broker.process(), dir / "broker.address");
+  REQUIRE(wait_for_sample(address, "outbox_broker_serving", 1, 20s));
+  CHECK(http_get(address, "/readyz").status == 200);
+  auto client = broker_test::connect(broker.endpoint());
+  std::string payload(8000, 'x');
+  bool refused = false;
+  for (int round = 0; round < 1000 && !refused; ++round) {
+    std::vector<wire::OutgoingMessage> batch;
+    for (int i = 0; i < 20; ++i) {
+      batch.push_back(
+          broker_test::message("fill-" + std::to_string(round) + "-" + std::to_string(i), payload));
+    }
+    refused = !client->publish(static_cast<std::uint64_t>(round) + 1, batch, 20s).ok();
+  }
+  REQUIRE(refused);
+  auto ready = http_get(address, "/readyz");
+  CHECK(ready.status == 503);
+  CHECK(ready.body == "not ready: the last group commit failed to write the store (see the log)\n");
+  CHECK(wait_for_sample(address, "outbox_broker_store_writable", 0, 20s));
+  CHECK(test_support::wait_until(
+      [&] { return scrape(address, "outbox_broker_storage_failures_total") >= 1; }, 20s, 20ms));
+  CHECK(broker.stop().code == 0);
+}
+
+TEST_CASE("a bad metrics address and an address in use are refused", "[integration]") {
+  test_support::TempDir dir("metrics-flags");
+  auto bad = test_support::run(
+      relay_test::relay_binary(),
+      {"run", "--db", (dir / "app.db").string(), "--metrics-bind", "127.0.0.1:99999"});
+  CHECK(bad.status.code == 2);
+  CHECK(bad.err.find("--metrics-bind") != std::string::npos);
+  auto orphan = test_support::run(broker_test::broker_binary(),
+                                  {"serve", "--db", (dir / "broker.db").string(),
+                                   "--metrics-address-file", (dir / "x").string()});
+  CHECK(orphan.status.code == 2);
+  CHECK(orphan.err.find("--metrics-bind") != std::string::npos);
+
+  BrokerProcess broker(dir.path(), dir / "broker.db", metrics_flags(dir / "broker.address"));
+  auto taken = wait_for_address(broker.process(), dir / "broker.address");
+  auto second = test_support::run(broker_test::broker_binary(),
+                                  {"serve", "--db", (dir / "other.db").string(), "--bind",
+                                   "tcp://127.0.0.1:*", "--metrics-bind", taken},
+                                  20s);
+  CHECK(second.status.code == 4);
+  CHECK(second.err.find(taken) != std::string::npos);
+  CHECK(broker.stop().code == 0);
+}
+
+TEST_CASE("with --log-format json every log line is one JSON object", "[integration]") {
+  test_support::TempDir dir("metrics-json-log");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--log-format", "json"});
+  const auto db = dir / "app.db";
+  relay_test::produce(db, 3, 1);
+  RelayProcess relay(dir.path(), db, broker.endpoint(), {"--log-format", "json"});
+  REQUIRE(relay_test::wait_delivered(db, 3));
+  CHECK(relay.stop().code == 0);
+  CHECK(broker.stop().code == 0);
+  for (auto [component, text] : {std::pair{"outbox-relay", relay.log()},
+                                 std::pair{"outbox-broker", broker.process().stderr_text()}}) {
+    auto lines = test_support::lines(text);
+    INFO(text);
+    REQUIRE(lines.size() >= 2);
+    for (const auto& line : lines) {
+      INFO(line);
+      CHECK(line.rfind("{\"time\":\"20", 0) == 0);
+      CHECK(line.find("Z\",\"level\":\"") != std::string::npos);
+      CHECK(line.find(std::string(",\"component\":\"") + component + "\",\"pid\":") !=
+            std::string::npos);
+      CHECK(line.find(",\"message\":\"") != std::string::npos);
+      CHECK(line.back() == '}');
+    }
+  }
+  auto bad = test_support::run(relay_test::relay_binary(),
+                               {"run", "--db", db.string(), "--log-format", "yaml"});
+  CHECK(bad.status.code == 2);
+  CHECK(bad.err.find("--log-format") != std::string::npos);
+}
