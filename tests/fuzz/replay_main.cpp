@@ -5,8 +5,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
@@ -29,9 +27,22 @@ int main(int argc, char** argv) {
     return 1;
   }
   for (const auto& file : files) {
-    std::ifstream in(file, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (!in.eof() && !in) {
+    // stdio rather than istreambuf_iterator, which GCC 12's -Wnull-dereference
+    // flags inside libstdc++ at -O2.
+    std::string bytes;
+    std::FILE* in = std::fopen(file.c_str(), "rb");
+    bool ok = in != nullptr;
+    char buffer[65536];
+    while (ok) {
+      std::size_t got = std::fread(buffer, 1, sizeof buffer, in);
+      bytes.append(buffer, got);
+      if (got < sizeof buffer) {
+        ok = std::ferror(in) == 0;
+        break;
+      }
+    }
+    if (in != nullptr) std::fclose(in);
+    if (!ok) {
       std::fprintf(stderr, "error: cannot read %s\n", file.c_str());
       return 1;
     }
