@@ -122,7 +122,10 @@ std::vector<double> latency_buckets() {
 
 std::vector<double> power_of_two_buckets(double max) {
   std::vector<double> bounds;
-  for (double bound = 1; bound <= max; bound *= 2) bounds.push_back(bound);
+  // An integer exponent: a floating-point loop variable is not exact (cert-flp30-c).
+  for (int exponent = 0; exponent < 64 && std::ldexp(1.0, exponent) <= max; ++exponent) {
+    bounds.push_back(std::ldexp(1.0, exponent));
+  }
   return bounds;
 }
 
