@@ -28,6 +28,16 @@
 // (SIGKILL, as kill -9 would) right after the N-th message of this run was
 // applied, before its acknowledgement; --crash-before N right before applying
 // the N-th. SIGINT/SIGTERM finish the message in hand and exit 0.
+//
+// --inbox redis://127.0.0.1:6379 keeps the dedup records in Redis
+// (outbox::RedisInbox) instead of the consumer's database, as shipping_consumer
+// does, so that consumers on different machines share them. The effect row is
+// then written outside the inbox (as a call to another service would be):
+// claimed, applied, the record completed, and only then acknowledged. A Redis
+// failure means nothing is known about the message: it is not acknowledged and
+// comes again. A consumer killed between its side effect and completing the
+// record applies that message again once the claim's lease has passed: at
+// least once, made idempotent by the record.
 #include <sqlite3.h>
 
 #include <atomic>
@@ -35,6 +45,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -45,6 +56,9 @@
 #include <nats/nats.h>
 #include <CLI/CLI.hpp>
 #include <outbox/inbox.hpp>
+#ifdef JETSTREAM_WITH_REDIS_INBOX
+#include <outbox/redis_inbox.hpp>
+#endif
 
 namespace {
 
@@ -72,7 +86,9 @@ struct Settings {
   std::string durable = "shipping";
   std::string filter_subject = "outbox.>";
   std::string db = "shipping.db";
-  double ack_wait = 30;  // seconds
+  std::string inbox = "sqlite";  // or a Redis endpoint: redis://host:port, unix:///path
+  double lease = 30;             // seconds: the Redis inbox's claim lease
+  double ack_wait = 30;          // seconds
   int max_ack_pending = 1;
   int batch = 1;
   double stop_after_idle = 0;  // seconds without a message; 0: never
@@ -284,6 +300,59 @@ natsSubscription* bind_durable(jsCtx* js, const Settings& settings) {
   }
 }
 
+// Applies one message once, through the inbox the flags chose.
+class Dedup {
+ public:
+  explicit Dedup(const Settings& settings) : inbox_(outbox::Inbox::open(settings.db)) {
+    if (settings.inbox == "sqlite") return;
+#ifdef JETSTREAM_WITH_REDIS_INBOX
+    outbox::RedisInboxOptions options;
+    options.endpoint = settings.inbox;
+    options.process_lease = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::duration<double>(settings.lease));
+    try {
+      redis_.emplace(outbox::RedisInbox::connect(options));
+    } catch (const outbox::RedisError& error) {
+      throw Failure(1, error.what());  // Redis unreachable: a runtime failure, not a bad flag
+    } catch (const outbox::Error& error) {
+      throw Failure(kExitBadFlag, std::string("--inbox: ") + error.what());
+    }
+#else
+    throw Failure(kExitBadFlag, "--inbox " + settings.inbox +
+                                    ": this build has no Redis inbox (hiredis was not found)");
+#endif
+  }
+
+  // The consumer's database: effects (and, with the SQLite inbox, the records).
+  sqlite3* db() const {
+    return inbox_.db();
+  }
+
+  // No value when Redis did not answer (reported on one line): nothing is
+  // known about the message then, not even whether `apply` ran.
+  std::optional<outbox::ProcessResult> process_once(const std::string& msg_id,
+                                                    const std::function<void(sqlite3*)>& apply) {
+#ifdef JETSTREAM_WITH_REDIS_INBOX
+    if (redis_) {
+      try {
+        return redis_->process_once(msg_id, [&] { apply(db()); });
+      } catch (const outbox::RedisError& error) {
+        std::fprintf(stderr, "jetstream_consumer: %s (msg_id %s)\n", error.what(), msg_id.c_str());
+        std::this_thread::sleep_for(200ms);  // retry backoff
+        return std::nullopt;
+      }
+    }
+#endif
+    return inbox_.process_once(msg_id, apply);
+  }
+
+ private:
+  outbox::Inbox inbox_;
+#ifdef JETSTREAM_WITH_REDIS_INBOX
+  std::optional<outbox::RedisInbox> redis_;
+#endif
+};
+
 struct Counts {
   long applied = 0;  // messages applied by this run
   long skipped = 0;  // redeliveries and second copies the inbox recognised
@@ -313,7 +382,7 @@ void print_summary(const Settings& settings, const Counts& counts, long total) {
 }
 
 // One message: applied once through the inbox, acknowledged after the commit.
-void handle(natsMsg* message, outbox::Inbox& inbox, Effects& effects, const Settings& settings,
+void handle(natsMsg* message, Dedup& inbox, Effects& effects, const Settings& settings,
             Counts& counts) {
   jsMsgMetaData* meta = nullptr;
   std::uint64_t sequence = 0;
@@ -337,11 +406,12 @@ void handle(natsMsg* message, outbox::Inbox& inbox, Effects& effects, const Sett
   if (counts.applied + 1 == settings.crash_before) crash("before applying", counts.applied + 1);
   const auto result = inbox.process_once(
       msg_id, [&](sqlite3* db) { effects.apply(db, msg_id, message, sequence); });
-  if (result == outbox::ProcessResult::in_progress) {
-    // A begin() claim elsewhere holds it: no ack, JetStream redelivers it.
-    return;
-  }
-  if (result == outbox::ProcessResult::processed) {
+  // Redis away (nothing known), or a claim elsewhere holds it: no ack.
+  // JetStream redelivers it after the ack wait, by when the inbox can tell
+  // (the claim completed, or its lease passed and this one applies it).
+  if (!result || *result == outbox::ProcessResult::in_progress) return;
+  if (*result == outbox::ProcessResult::processed ||
+      *result == outbox::ProcessResult::claim_lost) {  // applied, late: the other may too
     ++counts.applied;
     if (counts.applied == settings.crash_after) crash("after applying", counts.applied);
   } else {
@@ -353,7 +423,7 @@ void handle(natsMsg* message, outbox::Inbox& inbox, Effects& effects, const Sett
 }
 
 int run(const Settings& settings) {
-  auto inbox = outbox::Inbox::open(settings.db);
+  Dedup inbox(settings);
   Effects effects(inbox.db());
   JetStream nats(settings.nats_url);
   std::unique_ptr<natsSubscription, void (*)(natsSubscription*)> subscription(
@@ -435,6 +505,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   consume->add_option("--db", settings.db, "SQLite database of the consumer (inbox and effects)")
       ->capture_default_str();
+  consume
+      ->add_option("--inbox", settings.inbox,
+                   "Where the dedup records live: 'sqlite' (the --db database, in the effect's "
+                   "transaction) or a Redis endpoint, redis://host:port or unix:///path")
+      ->capture_default_str();
+  consume
+      ->add_option("--lease", settings.lease,
+                   "Seconds a Redis inbox claim lasts before another consumer may take it over")
+      ->capture_default_str()
+      ->check(CLI::Range(0.001, 86400.0));
   consume
       ->add_option("--ack-wait", settings.ack_wait,
                    "Seconds before JetStream redelivers an unacknowledged message")
