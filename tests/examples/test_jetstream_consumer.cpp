@@ -3,7 +3,9 @@
 // with the consumer killed at its crash points, and the layered guarantee: a
 // producer database restored from a backup resends every message after the
 // stream's duplicate window, JetStream stores each a second time, and the
-// consumer's inbox applies each once. Skipped with a warning without nats-server.
+// consumer's inbox applies each once; and two consumers sharing one durable and
+// one Redis inbox (--inbox redis://...), one of them killed. Skipped with a
+// warning without nats-server.
 #include <sqlite3.h>
 
 #include <chrono>
@@ -20,6 +22,9 @@
 #include "examples_support.hpp"
 #include "jetstream_harness.hpp"
 #include "test_support.hpp"
+#ifdef OUTBOX_REDIS_SERVER
+#include "redis_server.hpp"
+#endif
 
 namespace {
 
@@ -259,3 +264,85 @@ TEST_CASE("jetstream_consumer refuses a message without Nats-Msg-Id and a missin
   CHECK(query_number(shipping, "SELECT count(*) FROM effects WHERE msg_id IN ('id-1', 'id-3')") ==
         2);
 }
+
+#ifdef OUTBOX_REDIS_SERVER
+TEST_CASE(
+    "jetstream_consumer --inbox redis: two consumers on one durable apply every order once "
+    "through a kill",
+    "[examples][jetstream]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("jetstream-redis-inbox");
+  NatsServer server(dir.path(), dir / "nats-store");
+  NatsClient client(server.url());
+  client.add_stream(kStream, {"outbox.>"});
+  inbox_test::RedisServer redis;
+  const auto shop = dir / "shop.db";
+  const auto shipping = dir / "shipping.db";
+  constexpr long orders = 300;
+  produce_orders(shop, orders);
+  relay_everything(dir.path(), shop, server.url(), orders);
+
+  // Every process: the same durable, the same Redis inbox, the same effects table.
+  auto consumer = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), {"--inbox", redis.endpoint(), "--expect", std::to_string(orders)});
+    return std::make_unique<test_support::ChildProcess>(
+        OUTBOX_BIN_JETSTREAM_CONSUMER, consumer_args(server.url(), shipping, extra), dir.path());
+  };
+  // Two consumers take turns on the durable; one is killed right after its 40th
+  // effect, its record completed in Redis and the message not acknowledged.
+  auto crashing = consumer({"--crash-after", "40"});
+  auto surviving = consumer({});
+  auto crashed = crashing->wait_for(120s);
+  INFO(crashing->stderr_text());
+  REQUIRE(crashed.has_value());
+  CHECK(crashed->signal == SIGKILL);
+  CHECK(crashing->stderr_text().find("after applying message 40") != std::string::npos);
+  // A new process takes its place; both run until every order has its effect.
+  auto restarted = consumer({});
+  long applied = 40;
+  long skipped = 0;
+  for (auto* process : {surviving.get(), restarted.get()}) {
+    auto status = process->wait_for(120s);
+    INFO(process->stderr_text());
+    REQUIRE(status.has_value());
+    CHECK(status->exited);
+    CHECK(status->code == 0);
+    const auto summary = process->stdout_text();
+    INFO(summary);
+    CHECK(json_number(summary, "effects_in_db") == orders);
+    applied += json_number(summary, "applied");
+    skipped += json_number(summary, "skipped");
+  }
+  // The killed one's last message came again and its completed record was
+  // recognised: no second effect for it, nor for any other.
+  CHECK(applied == orders);
+  CHECK(skipped >= 1);
+  CHECK(query_number(shipping, "SELECT count(*) FROM effects") == orders);
+  CHECK(query_number(shipping, "SELECT count(DISTINCT msg_id) FROM effects") == orders);
+  CHECK(query_number(
+            shop, "SELECT count(*) FROM outbox_messages m JOIN shipping.effects e USING (msg_id)",
+            shipping) == orders);
+  CHECK(effects_out_of_order(shipping) == 0);
+  // The records are in Redis, one per order and each completed; none in SQLite.
+  CHECK(query_number(shipping, "SELECT count(*) FROM outbox_inbox") == 0);
+  CHECK(redis.command({"DBSIZE"}) == std::to_string(orders));
+  CHECK(redis.command({"EVAL",
+                       "local n = 0 for _, key in ipairs(redis.call('KEYS', 'outbox:inbox:*')) "
+                       "do if redis.call('HGET', key, 'state') == 'completed' then n = n + 1 end "
+                       "end return n",
+                       "0"}) == std::to_string(orders));
+
+  // A bad endpoint is a bad flag (2); an unreachable Redis a failure (1).
+  auto bad = test_support::run(
+      OUTBOX_BIN_JETSTREAM_CONSUMER,
+      consumer_args(server.url(), shipping, {"--inbox", "redis://host:port"}), 60s);
+  CHECK(bad.status.code == 2);
+  CHECK(bad.err.find("--inbox") != std::string::npos);
+  redis.kill();
+  auto away =
+      test_support::run(OUTBOX_BIN_JETSTREAM_CONSUMER,
+                        consumer_args(server.url(), shipping, {"--inbox", redis.endpoint()}), 60s);
+  CHECK(away.status.code == 1);
+  CHECK(away.err.find(redis.endpoint()) != std::string::npos);
+}
+#endif
