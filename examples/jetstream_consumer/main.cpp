@@ -337,7 +337,8 @@ class Dedup {
       try {
         return redis_->process_once(msg_id, [&] { apply(db()); });
       } catch (const outbox::RedisError& error) {
-        std::fprintf(stderr, "jetstream_consumer: %s (msg_id %s)\n", error.what(), msg_id.c_str());
+        std::fprintf(stderr, "jetstream_consumer: %s; msg_id %s not acknowledged, it comes again\n",
+                     error.what(), msg_id.c_str());
         std::this_thread::sleep_for(200ms);  // retry backoff
         return std::nullopt;
       }

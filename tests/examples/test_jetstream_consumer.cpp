@@ -282,23 +282,24 @@ TEST_CASE(
   produce_orders(shop, orders);
   relay_everything(dir.path(), shop, server.url(), orders);
 
-  // Every process: the same durable, the same Redis inbox, the same effects table.
-  auto consumer = [&](std::vector<std::string> extra) {
-    extra.insert(extra.end(), {"--inbox", redis.endpoint(), "--expect", std::to_string(orders)});
+  // Every process: the same durable, the same Redis inbox, the same effects
+  // table; each runs until that table holds `expect` effects (from all of them).
+  auto consumer = [&](std::vector<std::string> extra, long expect) {
+    extra.insert(extra.end(), {"--inbox", redis.endpoint(), "--expect", std::to_string(expect)});
     return std::make_unique<test_support::ChildProcess>(
         OUTBOX_BIN_JETSTREAM_CONSUMER, consumer_args(server.url(), shipping, extra), dir.path());
   };
   // Two consumers take turns on the durable; one is killed right after its 40th
   // effect, its record completed in Redis and the message not acknowledged.
-  auto crashing = consumer({"--crash-after", "40"});
-  auto surviving = consumer({});
+  auto crashing = consumer({"--crash-after", "40"}, orders);
+  auto surviving = consumer({}, orders);
   auto crashed = crashing->wait_for(120s);
   INFO(crashing->stderr_text());
   REQUIRE(crashed.has_value());
   CHECK(crashed->signal == SIGKILL);
   CHECK(crashing->stderr_text().find("after applying message 40") != std::string::npos);
   // A new process takes its place; both run until every order has its effect.
-  auto restarted = consumer({});
+  auto restarted = consumer({}, orders);
   long applied = 40;
   long skipped = 0;
   for (auto* process : {surviving.get(), restarted.get()}) {
@@ -331,6 +332,37 @@ TEST_CASE(
                        "do if redis.call('HGET', key, 'state') == 'completed' then n = n + 1 end "
                        "end return n",
                        "0"}) == std::to_string(orders));
+
+  // Redis goes away under a running consumer: the messages that arrive then
+  // are not acknowledged, and once Redis is back they come again and are applied.
+  constexpr long late = 5;
+  auto waiting = consumer({}, orders + late);
+  INFO(waiting->stderr_text());
+  REQUIRE(test_support::wait_until(
+      [&] {
+        return !waiting->running() ||
+               waiting->stderr_text().find("durable shipping on stream") != std::string::npos;
+      },
+      30s, 10ms));
+  REQUIRE(waiting->running());
+  redis.kill();
+  for (long i = 1; i <= late; ++i) {
+    client.publish("outbox.orders.late", "late", "late-" + std::to_string(i));
+  }
+  REQUIRE(test_support::wait_until(
+      [&] {
+        return !waiting->running() ||
+               waiting->stderr_text().find("msg_id late-1 not acknowledged, it comes again") !=
+                   std::string::npos;
+      },
+      30s, 10ms));
+  CHECK(query_number(shipping, "SELECT count(*) FROM effects") == orders);
+  redis.restart();
+  auto waited = waiting->wait_for(120s);
+  REQUIRE(waited.has_value());
+  CHECK(waited->code == 0);
+  CHECK(query_number(shipping, "SELECT count(*) FROM effects") == orders + late);
+  CHECK(query_number(shipping, "SELECT count(DISTINCT msg_id) FROM effects") == orders + late);
 
   // A bad endpoint is a bad flag (2); an unreachable Redis a failure (1).
   auto bad = test_support::run(
