@@ -175,6 +175,10 @@ struct JetStreamSink::Impl {
     std::unordered_map<natsMsg*, Slot> slots;
     std::deque<Batch> batches;
     std::optional<std::string> failure;  // the session failed; poll() reports it
+    // Connections whose closed callback has run. libnats calls it on its own
+    // thread after natsConnection_Close() returns, so a connection is destroyed
+    // (and this object with it) only once its callback is done with `mutex`.
+    std::unordered_set<natsConnection*> closed;
     std::unordered_set<std::string> refused_subjects;
 
     Batch* find_batch(std::uint64_t batch_id) {
@@ -261,9 +265,10 @@ struct JetStreamSink::Impl {
   static void on_closed(natsConnection* closed, void* closure) {
     auto& state = *static_cast<Shared*>(closure);
     std::lock_guard lock(state.mutex);
+    state.closed.insert(closed);
+    state.changed.notify_all();
     if (closed != state.connection) return;  // a session we already left
     state.fail("the connection to the NATS server was closed");
-    state.changed.notify_all();
   }
 
   void forget_in_flight() {
@@ -277,6 +282,17 @@ struct JetStreamSink::Impl {
 
   void close_session() noexcept {
     forget_in_flight();
+    if (connection != nullptr) {
+      // Close, then wait (bounded) for the closed callback, which libnats
+      // runs on its own thread: destroying `shared` before it ran made the
+      // callback lock a destroyed mutex as the relay exited (std::system_error,
+      // abort) about once in ten stops.
+      natsConnection_Close(connection);
+      std::unique_lock lock(shared.mutex);
+      shared.changed.wait_for(lock, std::chrono::seconds(5),
+                              [&] { return shared.closed.count(connection) != 0; });
+      shared.closed.erase(connection);
+    }
     if (js != nullptr) {
       jsCtx_Destroy(js);
       js = nullptr;

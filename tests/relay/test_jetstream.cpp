@@ -541,6 +541,7 @@ TEST_CASE("a stream deleted while the relay runs stops it with exit code 7", "[r
   // The publish finds no stream (no responders), the next session finds none either.
   auto exit = relay->process().wait_for(60s);
   REQUIRE(exit.has_value());
+  INFO("signal " << exit->signal << "\n" << relay->log());
   CHECK(exit->code == 7);
   CHECK(relay->log().find("no responders") != std::string::npos);
   CHECK(last_line(relay->log()).find("outbox-relay: JetStream stream 'OUTBOX' does not exist") ==
