@@ -73,11 +73,8 @@
 #include "outbox/relay_store.hpp"
 #include "test_support.hpp"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <sys/mount.h>
-#include <sys/socket.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -546,22 +543,6 @@ std::vector<BrokerCopy> fetch_everything(const std::string& endpoint,
     }
   }
   return all;
-}
-
-// A port the system hands out for 127.0.0.1 right now (bound, read, closed).
-int free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw HarnessError("socket() failed");
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = 0;
-  socklen_t length = sizeof address;
-  bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
-            ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
-  ::close(fd);
-  if (!ok) throw HarnessError("no free port on 127.0.0.1");
-  return ntohs(address.sin_port);
 }
 
 // --- Redis (--inbox redis) ------------------------------------------------
@@ -1283,7 +1264,7 @@ class Run {
         redis_->signal(SIGKILL);
         redis_->poll(Clock::now());
       }
-      redis_port_ = free_loopback_port();
+      redis_port_ = test_support::free_loopback_port();
       redis_ = std::make_unique<Managed>(
           "redis-server", dir_ / "logs" / "redis-server.log", [this, data] {
             return std::make_unique<test_support::ChildProcess>(
@@ -1349,7 +1330,7 @@ class Run {
         nats_->signal(SIGKILL);
         nats_->poll(Clock::now());
       }
-      nats_port_ = free_loopback_port();
+      nats_port_ = test_support::free_loopback_port();
       nats_url_ = "nats://127.0.0.1:" + std::to_string(nats_port_);
       nats_ = std::make_unique<Managed>(
           "nats-server", dir_ / "logs" / "nats-server.log", [this, store] {
