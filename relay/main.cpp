@@ -432,7 +432,10 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--broker", run.broker, "Broker endpoint (--sink broker)")
       ->capture_default_str()
       ->check(cli::connect_endpoint_check());
-  run_cmd->add_option("--nats-url", run.nats_url, "NATS server URL (--sink jetstream)")
+  run_cmd
+      ->add_option("--nats-url", run.nats_url,
+                   "NATS server URL, or a comma-separated list of a cluster's nodes (--sink "
+                   "jetstream)")
       ->capture_default_str();
   run_cmd->add_option("--stream", run.stream,
                       "JetStream stream the messages must land in (required with --sink "

@@ -60,6 +60,8 @@
 #include <outbox/redis_inbox.hpp>
 #endif
 
+#include "fetch.hpp"
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -123,11 +125,23 @@ std::int64_t nanoseconds(double seconds) {
 class JetStream {
  public:
   // Retries until the server answers or a stop is requested (then throws).
+  // `url` is one URL or several comma-separated (the nodes of a cluster):
+  // libnats tries them in turn, when connecting and when reconnecting.
   explicit JetStream(const std::string& url) {
     natsOptions* options = nullptr;
     if (natsOptions_Create(&options) != NATS_OK) throw std::bad_alloc();
     std::unique_ptr<natsOptions, void (*)(natsOptions*)> guard(options, natsOptions_Destroy);
-    if (natsOptions_SetURL(options, url.c_str()) != NATS_OK) {
+    std::vector<std::string> urls;
+    for (std::size_t start = 0; start <= url.size();) {
+      auto end = url.find(',', start);
+      if (end == std::string::npos) end = url.size();
+      urls.push_back(url.substr(start, end - start));
+      start = end + 1;
+    }
+    std::vector<const char*> servers;
+    for (const auto& one : urls) servers.push_back(one.c_str());
+    if (natsOptions_SetServers(options, servers.data(), static_cast<int>(servers.size())) !=
+        NATS_OK) {
       throw Failure(kExitBadFlag, "--nats-url " + url + ": " + nats_error(NATS_INVALID_ARG));
     }
     natsOptions_SetMaxReconnect(options, -1);
@@ -432,6 +446,12 @@ int run(const Settings& settings) {
   std::fprintf(stderr, "jetstream_consumer: durable %s on stream %s (%s), max ack pending %d\n",
                settings.durable.c_str(), settings.stream.c_str(), settings.filter_subject.c_str(),
                settings.max_ack_pending);
+  if (jetstream_consumer::safe_fetch_batch(settings.batch) != settings.batch) {
+    std::fprintf(stderr,
+                 "jetstream_consumer: --batch %d: libnats %s overflows a heap buffer in fetches of "
+                 "more than one message (fixed in 3.9.0, fetch.hpp); fetching one at a time\n",
+                 settings.batch, nats_GetVersion());
+  }
 
   Counts counts;
   auto last_message_at = std::chrono::steady_clock::now();
@@ -447,7 +467,7 @@ int run(const Settings& settings) {
     jsErrCode code = static_cast<jsErrCode>(0);
     // Waits up to 500 ms for the first message, so that a stop is noticed.
     const natsStatus status =
-        natsSubscription_Fetch(&list, subscription.get(), settings.batch, 500, &code);
+        jetstream_consumer::fetch_messages(&list, subscription.get(), settings.batch, 500, &code);
     if (status == NATS_TIMEOUT) continue;
     if (status != NATS_OK) {
       // Server restarting, connection lost (libnats reconnects): try again.
@@ -483,7 +503,9 @@ int main(int argc, char** argv) {
   Settings settings;
   CLI::App app{"jetstream_consumer: applies each message of a JetStream stream exactly once"};
   app.require_subcommand(1);
-  app.add_option("--nats-url", settings.nats_url, "The NATS server")->capture_default_str();
+  app.add_option("--nats-url", settings.nats_url,
+                 "The NATS server, or a cluster's nodes comma-separated")
+      ->capture_default_str();
   app.add_option("--stream", settings.stream, "The JetStream stream")->capture_default_str();
 
   auto* create = app.add_subcommand("create-stream", "Create the stream the relay publishes to");

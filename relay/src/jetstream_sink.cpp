@@ -309,7 +309,18 @@ struct JetStreamSink::Impl {
       return "cannot set up a NATS connection: " + nats_error_text(status);
     }
     std::unique_ptr<natsOptions, NatsOptionsDeleter> nats_options(raw);
-    auto status = natsOptions_SetURL(raw, options.url.c_str());
+    // One URL, or the nodes of a cluster comma-separated: a fresh connection
+    // tries them in turn, so a session starts again while one node is down.
+    std::vector<std::string> urls;
+    for (std::size_t start = 0; start <= options.url.size();) {
+      auto end = options.url.find(',', start);
+      if (end == std::string::npos) end = options.url.size();
+      urls.push_back(options.url.substr(start, end - start));
+      start = end + 1;
+    }
+    std::vector<const char*> servers;
+    for (const auto& url : urls) servers.push_back(url.c_str());
+    auto status = natsOptions_SetServers(raw, servers.data(), static_cast<int>(servers.size()));
     if (status == NATS_OK) status = natsOptions_SetName(raw, options.client_name.c_str());
     if (status == NATS_OK) {
       status = natsOptions_SetTimeout(raw, std::max<std::int64_t>(timeout.count(), 1));

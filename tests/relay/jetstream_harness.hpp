@@ -119,6 +119,18 @@ class NatsClient {
     return count;
   }
 
+  // The name of the cluster node that leads the stream (empty on a single server).
+  std::string stream_leader(const std::string& stream) {
+    jsStreamInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    check_nats(js_GetStreamInfo(&info, js_, stream.c_str(), nullptr, &code), "js_GetStreamInfo");
+    std::string leader;
+    if (info->Cluster != nullptr && info->Cluster->Leader != nullptr)
+      leader = info->Cluster->Leader;
+    jsStreamInfo_Destroy(info);
+    return leader;
+  }
+
   // Messages a durable consumer has not handed out yet plus those handed out
   // and not acknowledged: 0 once its reader has acknowledged everything.
   std::uint64_t consumer_backlog(const std::string& stream, const std::string& durable) {
@@ -190,6 +202,24 @@ class NatsClient {
   jsCtx* js_ = nullptr;
 };
 
+// Whether a NATS server at `url` accepts a connection and its JetStream
+// answers (after recovering its store; in a cluster, once a meta leader is elected).
+inline bool jetstream_answers(const std::string& url) {
+  natsConnection* connection = nullptr;
+  if (natsConnection_ConnectTo(&connection, url.c_str()) != NATS_OK) return false;
+  jsCtx* js = nullptr;
+  bool ready = false;
+  if (natsConnection_JetStream(&js, connection, nullptr) == NATS_OK) {
+    jsAccountInfo* account = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    ready = js_GetAccountInfo(&account, js, nullptr, &code) == NATS_OK;
+    if (account != nullptr) jsAccountInfo_Destroy(account);
+    jsCtx_Destroy(js);
+  }
+  natsConnection_Destroy(connection);
+  return ready;
+}
+
 // nats-server -js on 127.0.0.1, storing under `store_dir`. A restart passes
 // the port of the previous process, so that clients find it again.
 class NatsServer {
@@ -226,30 +256,98 @@ class NatsServer {
  private:
   bool wait_ready() {
     return test_support::wait_until(
-               [&] {
-                 if (!process_->running()) return true;
-                 natsConnection* connection = nullptr;
-                 if (natsConnection_ConnectTo(&connection, url().c_str()) != NATS_OK) return false;
-                 // Connected; JetStream answers once the server has recovered its store.
-                 jsCtx* js = nullptr;
-                 bool ready = false;
-                 if (natsConnection_JetStream(&js, connection, nullptr) == NATS_OK) {
-                   jsAccountInfo* account = nullptr;
-                   jsErrCode code = static_cast<jsErrCode>(0);
-                   ready = js_GetAccountInfo(&account, js, nullptr, &code) == NATS_OK;
-                   if (account != nullptr) jsAccountInfo_Destroy(account);
-                   jsCtx_Destroy(js);
-                 }
-                 natsConnection_Destroy(connection);
-                 return ready;
-               },
-               30s, 10ms) &&
+               [&] { return !process_->running() || jetstream_answers(url()); }, 30s, 10ms) &&
            process_->running();
   }
 
   std::string binary_;
   int port_ = 0;
   std::unique_ptr<test_support::ChildProcess> process_;
+};
+
+// Three nats-server -js nodes on 127.0.0.1, clustered by routes (cluster
+// "outbox", nodes "nats-1" to "nats-3"), each with its own store under `dir`,
+// client and route ports picked by the system. Ready once every node answers
+// JetStream (a meta leader is elected).
+class NatsCluster {
+ public:
+  static constexpr int kNodes = 3;
+
+  explicit NatsCluster(const std::filesystem::path& dir) : binary_(nats_server_binary()) {
+    REQUIRE(!binary_.empty());
+    // Should another program take a picked port first, start again on new ones.
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      if (start(dir)) return;
+      for (auto& node : nodes_) node.process.reset();
+    }
+    FAIL("a three-node nats-server cluster did not start on 127.0.0.1");
+  }
+
+  std::string name(int node) const { return "nats-" + std::to_string(node + 1); }
+  std::string url(int node) const {
+    return "nats://127.0.0.1:" + std::to_string(nodes_[node].client_port);
+  }
+  // Every node's URL, comma-separated, as --nats-url takes a cluster.
+  std::string urls() const {
+    std::string all;
+    for (int node = 0; node < kNodes; ++node) all += (node == 0 ? "" : ",") + url(node);
+    return all;
+  }
+  int node_named(const std::string& node_name) const {
+    for (int node = 0; node < kNodes; ++node) {
+      if (name(node) == node_name) return node;
+    }
+    FAIL("no cluster node is named '" << node_name << "'");
+    return -1;
+  }
+  test_support::ChildProcess& process(int node) { return *nodes_[node].process; }
+
+  void kill9(int node) {
+    nodes_[node].process->signal(SIGKILL);
+    REQUIRE(nodes_[node].process->wait_for(10s).has_value());
+  }
+
+ private:
+  struct Node {
+    int client_port = 0;
+    int route_port = 0;
+    std::unique_ptr<test_support::ChildProcess> process;
+  };
+
+  bool start(const std::filesystem::path& dir) {
+    for (auto& node : nodes_) {
+      node.client_port = test_support::free_loopback_port();
+      node.route_port = test_support::free_loopback_port();
+    }
+    for (int node = 0; node < kNodes; ++node) {
+      std::string routes;
+      for (int other = 0; other < kNodes; ++other) {
+        if (other == node) continue;
+        routes += (routes.empty() ? "" : ",") + std::string("nats://127.0.0.1:") +
+                  std::to_string(nodes_[other].route_port);
+      }
+      nodes_[node].process = std::make_unique<test_support::ChildProcess>(
+          binary_,
+          std::vector<std::string>{
+              "-js", "-a", "127.0.0.1", "-p", std::to_string(nodes_[node].client_port), "-sd",
+              (dir / (name(node) + "-store")).string(), "-n", name(node), "--cluster_name",
+              "outbox", "--cluster", "nats://127.0.0.1:" + std::to_string(nodes_[node].route_port),
+              "--routes", routes},
+          dir);
+    }
+    for (int node = 0; node < kNodes; ++node) {
+      auto& process = *nodes_[node].process;
+      if (!test_support::wait_until(
+              [&] { return !process.running() || jetstream_answers(url(node)); }, 30s, 20ms) ||
+          !process.running()) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  std::string binary_;
+  Node nodes_[kNodes];
 };
 
 }  // namespace jetstream_test

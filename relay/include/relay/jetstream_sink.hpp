@@ -58,6 +58,7 @@ class logger;
 namespace relay {
 
 struct JetStreamSinkOptions {
+  // One NATS URL, or several comma-separated (the nodes of a cluster), tried in turn.
   std::string url = "nats://127.0.0.1:4222";
   std::string stream;  // required: the stream the messages must land in
   std::string subject_prefix = "outbox";
