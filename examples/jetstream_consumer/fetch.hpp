@@ -9,9 +9,10 @@
 // messages equals the lowered one. When more than half a batch was waiting
 // (left over from an earlier pull request that outlived its fetch: a fetch that
 // timed out while the server was paused, slow or still sending), that equality
-// never comes and every further message is stored past the end of the array
-// until the fetch times out. glibc aborts later, at some malloc or free
-// ("malloc(): invalid size (unsorted)", "corrupted size vs. prev_size").
+// never comes: the fetch collects until it times out, and the messages beyond
+// its batch that the earlier request still delivers are written past the end of
+// the array. glibc aborts later, at some malloc or free ("malloc(): invalid
+// size (unsorted)", "corrupted size vs. prev_size").
 // Fixed upstream by nats.c pull request #749, released in 3.9.0. A fetch of one
 // message cannot overflow (it stops at one, or never asks the server), so on
 // those versions fetch_messages fetches one message at a time.

@@ -548,7 +548,10 @@ int main(int argc, char** argv) {
                    "Unacknowledged messages at a time; 1 keeps stream order through crashes")
       ->capture_default_str()
       ->check(CLI::Range(1, 100'000));
-  consume->add_option("--batch", settings.batch, "Messages per fetch")
+  consume
+      ->add_option("--batch", settings.batch,
+                   "Messages per fetch (1 with libnats before 3.9.0, whose fetch of more "
+                   "overflows a heap buffer: fetch.hpp)")
       ->capture_default_str()
       ->check(CLI::Range(1, 10'000));
   consume
