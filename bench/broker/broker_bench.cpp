@@ -24,7 +24,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <sqlite3.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 
 #include "broker/client.hpp"
 #include "broker/server.hpp"
@@ -76,8 +78,11 @@ struct Settings {
   std::size_t in_flight = 16;
   std::size_t payload_bytes = 256;
   std::size_t cache_mib = 512;
+  std::size_t rounds = 3;
   int keys = 64;
   bool keep = false;
+  bool prefill_with_bodies = false;
+  bool prefill_only = false;
 };
 
 double cpu_seconds() {
@@ -206,7 +211,8 @@ void print(const char* label, const PassResult& result, const broker::ServerCoun
   std::fflush(stdout);
 }
 
-// Fills the dedup index directly through the store (not timed, not the path measured).
+// Fills the dedup index through the store, bodies included (not timed, not
+// the path measured): --prefill-with-bodies.
 void prefill(broker::Store& store, SnowflakeIds& source, std::size_t count,
              const Settings& settings) {
   std::string payload(settings.payload_bytes, 'p');
@@ -224,6 +230,112 @@ void prefill(broker::Store& store, SnowflakeIds& source, std::size_t count,
   }
   std::printf("prefilled %zu msg_ids in %.1f s\n", count,
               std::chrono::duration<double>(Clock::now() - started).count());
+}
+
+// Offsets in a dedup entry's message_id: topic_id << 40 | offset (the
+// store's layout, broker/src/store.cpp).
+constexpr int offset_bits = 40;
+
+void check_sqlite(sqlite3* db, int rc, const char* what) {
+  if (rc != SQLITE_OK && rc != SQLITE_DONE && rc != SQLITE_ROW) {
+    throw std::runtime_error(std::string("bulk load: ") + what + ": " + sqlite3_errmsg(db));
+  }
+}
+
+void execute(sqlite3* db, const char* sql) {
+  check_sqlite(db, sqlite3_exec(db, sql, nullptr, nullptr, nullptr), sql);
+}
+
+std::int64_t query_integer(sqlite3* db, const char* sql) {
+  sqlite3_stmt* statement = nullptr;
+  check_sqlite(db, sqlite3_prepare_v2(db, sql, -1, &statement, nullptr), sql);
+  int rc = sqlite3_step(statement);
+  std::int64_t value = rc == SQLITE_ROW ? sqlite3_column_int64(statement, 0) : -1;
+  sqlite3_finalize(statement);
+  check_sqlite(db, rc, sql);
+  return value;
+}
+
+// The i-th bulk-loaded msg_id: 1,000 per millisecond from 4 workers, in key order.
+constexpr std::size_t bulk_ids_per_millisecond = 1000;
+
+std::int64_t bulk_first_ms(std::size_t count, std::int64_t newest_ms) {
+  return newest_ms - static_cast<std::int64_t>(count / bulk_ids_per_millisecond) - 1000;
+}
+
+std::string bulk_msg_id(std::int64_t first_ms, std::size_t i) {
+  const auto millis = static_cast<std::uint64_t>(first_ms) + i / bulk_ids_per_millisecond;
+  const std::size_t within = i % bulk_ids_per_millisecond;
+  return std::to_string((millis << 22) | ((within / 250 + 1) << 12) | (within % 250));
+}
+
+// The msg_ids a broker remembers after retention removed their bodies: `count`
+// dedup entries of topic bench.orders at offsets 1..count, written straight
+// into a store that broker::Store created and closed, in key order and in big
+// transactions (minutes for 50 million, where publishing them would take far
+// longer). The ids are snowflake-style like SnowflakeIds' but from the
+// `count` / 1000 milliseconds before `newest_ms`, so every id published later
+// sorts after them, as live traffic does. Returns the bytes the dedup B-tree
+// takes on disk.
+std::uint64_t bulk_load_dedup(const fs::path& db_path, std::size_t count, std::int64_t newest_ms) {
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(db_path.c_str(), &raw, SQLITE_OPEN_READWRITE, nullptr);
+  std::unique_ptr<sqlite3, int (*)(sqlite3*)> db(raw, sqlite3_close);
+  check_sqlite(raw, rc, "open");
+  // A scratch file: no journal while loading; WAL again afterwards, as the store keeps it.
+  execute(raw, "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA cache_size = -262144");
+  sqlite3_stmt* insert = nullptr;
+  check_sqlite(raw,
+               sqlite3_prepare_v2(raw,
+                                  "INSERT INTO dedup(msg_id, message_id, payload_hash, seen_at, "
+                                  "envelope_hash) VALUES (?, ?, ?, ?, ?)",
+                                  -1, &insert, nullptr),
+               "prepare");
+  std::unique_ptr<sqlite3_stmt, int (*)(sqlite3_stmt*)> insert_guard(insert, sqlite3_finalize);
+  const std::int64_t first_ms = bulk_first_ms(count, newest_ms);
+  const std::int64_t seen_at = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count();
+  execute(raw, "BEGIN");
+  for (std::size_t i = 0; i < count; ++i) {
+    const std::string text = bulk_msg_id(first_ms, i);
+    sqlite3_bind_text(insert, 1, text.data(), static_cast<int>(text.size()), SQLITE_STATIC);
+    sqlite3_bind_int64(insert, 2,
+                       static_cast<std::int64_t>((std::uint64_t{1} << offset_bits) | (i + 1)));
+    sqlite3_bind_int64(insert, 3, 0);
+    sqlite3_bind_int64(insert, 4, seen_at);
+    sqlite3_bind_int64(insert, 5, 0);
+    rc = sqlite3_step(insert);
+    sqlite3_reset(insert);
+    check_sqlite(raw, rc, "insert");
+    if ((i + 1) % 1'000'000 == 0) execute(raw, "COMMIT; BEGIN");
+  }
+  const std::string finish =
+      "INSERT INTO topics(topic_id, name, last_offset, message_count) VALUES (1, 'bench.orders', " +
+      std::to_string(count) + ", 0); UPDATE counters SET stored = " + std::to_string(count) +
+      ", dedup_entries = " + std::to_string(count) + " WHERE id = 1; COMMIT";
+  execute(raw, finish.c_str());
+  const auto bytes = static_cast<std::uint64_t>(
+      query_integer(raw, "SELECT sum(pgsize) FROM dbstat WHERE name = 'dedup'"));
+  execute(raw, "PRAGMA journal_mode = WAL");
+  return bytes;
+}
+
+// Refuses to start a prefilled pass that would fill the disk.
+void check_free_space(const fs::path& dir, std::uint64_t needed) {
+  struct statvfs info {};
+  if (::statvfs(dir.c_str(), &info) != 0) return;
+  const std::uint64_t available = static_cast<std::uint64_t>(info.f_bavail) * info.f_frsize;
+  if (available < needed) {
+    throw std::runtime_error(dir.string() + " has " + std::to_string(available >> 30) +
+                             " GiB free; the prefilled passes need about " +
+                             std::to_string((needed >> 30) + 1) + " GiB");
+  }
+}
+
+double median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
 }
 
 }  // namespace
@@ -245,10 +357,20 @@ int main(int argc, char** argv) {
   app.add_option("--payload", settings.payload_bytes, "payload bytes (>= 17)")
       ->capture_default_str();
   app.add_option("--cache-mib", settings.cache_mib, "store page cache")->capture_default_str();
+  app.add_option("--rounds", settings.rounds,
+                 "rounds of the side-by-side empty / prefilled passes (medians)")
+      ->capture_default_str();
+  app.add_flag("--prefill-with-bodies", settings.prefill_with_bodies,
+               "prefill through Store::append with message bodies, instead of writing the "
+               "dedup index directly as retention leaves it");
+  app.add_flag("--prefill-only", settings.prefill_only,
+               "skip the sync normal / duplicates / sync full passes");
   app.add_flag("--keep", settings.keep, "keep the databases");
   CLI11_PARSE(app, argc, argv);
-  if (settings.batch == 0 || settings.in_flight == 0 || settings.payload_bytes < 17) {
-    std::fprintf(stderr, "--batch and --in-flight must be positive, --payload at least 17\n");
+  if (settings.batch == 0 || settings.in_flight == 0 || settings.rounds == 0 ||
+      settings.payload_bytes < 17) {
+    std::fprintf(stderr,
+                 "--batch, --in-flight and --rounds must be positive, --payload at least 17\n");
     return 2;
   }
 
@@ -260,41 +382,121 @@ int main(int argc, char** argv) {
       settings.cache_mib);
   SnowflakeIds source(4);
   try {
-    double empty_rate = 0;
-    {
-      RunningBroker broker(settings.dir / "normal.db", broker::SyncMode::normal, settings);
-      broker.start();
-      auto ids = make_ids(source, settings.messages);
-      broker::ServerCounters zero;
-      auto stored = publish_pass(broker.endpoint(), ids, settings, wire::AckStatus::stored);
-      empty_rate = stored.rate();
-      // Counters are read after stop; run the duplicate pass on a fresh loop over the same store.
-      auto after_stored = broker.stop();
-      print("stored, sync normal, empty index", stored, zero, after_stored);
-      broker.start();
-      auto duplicates = publish_pass(broker.endpoint(), ids, settings, wire::AckStatus::duplicate);
-      print("duplicates answered, sync normal", duplicates, zero, broker.stop());
-    }
-    if (settings.full_messages > 0) {
-      RunningBroker broker(settings.dir / "full.db", broker::SyncMode::full, settings);
-      broker.start();
-      auto ids = make_ids(source, settings.full_messages);
-      auto stored = publish_pass(broker.endpoint(), ids, settings, wire::AckStatus::stored);
-      print("stored, sync full, empty index", stored, {}, broker.stop());
+    if (!settings.prefill_only) {
+      {
+        RunningBroker broker(settings.dir / "normal.db", broker::SyncMode::normal, settings);
+        broker.start();
+        auto ids = make_ids(source, settings.messages);
+        broker::ServerCounters zero;
+        auto stored = publish_pass(broker.endpoint(), ids, settings, wire::AckStatus::stored);
+        // Counters are read after stop; run the duplicate pass on a fresh loop over the same store.
+        auto after_stored = broker.stop();
+        print("stored, sync normal, empty index", stored, zero, after_stored);
+        broker.start();
+        auto duplicates =
+            publish_pass(broker.endpoint(), ids, settings, wire::AckStatus::duplicate);
+        print("duplicates answered, sync normal", duplicates, zero, broker.stop());
+      }
+      if (settings.full_messages > 0) {
+        RunningBroker broker(settings.dir / "full.db", broker::SyncMode::full, settings);
+        broker.start();
+        auto ids = make_ids(source, settings.full_messages);
+        auto stored = publish_pass(broker.endpoint(), ids, settings, wire::AckStatus::stored);
+        print("stored, sync full, empty index", stored, {}, broker.stop());
+      }
     }
     if (settings.prefill > 0) {
-      RunningBroker broker(settings.dir / "prefilled.db", broker::SyncMode::normal, settings);
-      prefill(broker.store(), source, settings.prefill, settings);
-      broker.start();
-      auto ids = make_ids(source, settings.messages);
-      auto stored = publish_pass(broker.endpoint(), ids, settings, wire::AckStatus::stored);
-      char label[64];
-      std::snprintf(label, sizeof label, "stored, sync normal, %zuM ids in index",
-                    settings.prefill / 1'000'000);
-      print(label, stored, {}, broker.stop());
-      std::printf("rate with %zu ids retained vs empty index: %.0f%% (drop %.0f%%)\n",
-                  settings.prefill, 100.0 * stored.rate() / empty_rate,
-                  100.0 - 100.0 * stored.rate() / empty_rate);
+      // Side by side: each round publishes `messages` new msg_ids into a fresh
+      // empty store and into the store holding `prefill` ids, alternating
+      // which goes first; the figure is the median of the per-round ratios.
+      const std::uint64_t body_bytes = settings.payload_bytes + 96;
+      check_free_space(settings.dir,
+                       (settings.prefill_with_bodies ? settings.prefill * body_bytes
+                                                     : settings.prefill * std::uint64_t{100}) +
+                           2 * settings.rounds * settings.messages * body_bytes +
+                           (std::uint64_t{1} << 30));
+      const fs::path prefilled = settings.dir / "prefilled.db";
+      const auto load_started = Clock::now();
+      if (settings.prefill_with_bodies) {
+        RunningBroker broker(prefilled, broker::SyncMode::normal, settings);
+        prefill(broker.store(), source, settings.prefill, settings);
+      } else {
+        { RunningBroker create(prefilled, broker::SyncMode::normal, settings); }
+        const auto newest_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count() -
+                               1'700'000'000'000LL;
+        const auto dedup_bytes = bulk_load_dedup(prefilled, settings.prefill, newest_ms);
+        std::printf(
+            "bulk-loaded %zu msg_ids in %.1f s: dedup index %.2f GiB, %.1f bytes per msg_id; "
+            "file %.2f GiB\n",
+            settings.prefill, std::chrono::duration<double>(Clock::now() - load_started).count(),
+            static_cast<double>(dedup_bytes) / (1 << 30),
+            static_cast<double>(dedup_bytes) / static_cast<double>(settings.prefill),
+            static_cast<double>(fs::file_size(prefilled)) / (1 << 30));
+        // The store must see what was loaded: its count, and a sample of the
+        // ids remembered at their offsets (CONFLICT: the loader kept no hashes).
+        RunningBroker check(prefilled, broker::SyncMode::normal, settings);
+        if (check.store().stats().dedup_entries != settings.prefill) {
+          throw std::runtime_error("the store does not count the bulk-loaded msg_ids");
+        }
+        const auto first_ms = bulk_first_ms(settings.prefill, newest_ms);
+        const std::size_t step = settings.prefill / 97 + 1;
+        std::vector<std::string> sample_ids;
+        for (std::size_t i = 0; i < settings.prefill; i += step) {
+          sample_ids.push_back(bulk_msg_id(first_ms, i));
+        }
+        std::vector<broker::IncomingMessage> sample;
+        for (const auto& id : sample_ids) sample.push_back({id, "bench.orders", "", "", "x"});
+        std::vector<broker::AppendOutcome> outcomes;
+        check.store().append(sample, outcomes);
+        for (std::size_t k = 0; k < outcomes.size(); ++k) {
+          if (outcomes[k].status != broker::AppendStatus::conflict ||
+              outcomes[k].offset != k * step + 1) {
+            throw std::runtime_error("bulk-loaded msg_id " + sample_ids[k] +
+                                     " is not remembered at offset " +
+                                     std::to_string(k * step + 1));
+          }
+        }
+      }
+      std::vector<double> empty_rates, prefilled_rates, ratios;
+      for (std::size_t round = 0; round < settings.rounds; ++round) {
+        double rates[2] = {0, 0};  // empty, prefilled
+        for (int leg = 0; leg < 2; ++leg) {
+          const bool is_prefilled = (leg + static_cast<int>(round)) % 2 == 1;
+          const fs::path db = is_prefilled ? prefilled : settings.dir / "empty.db";
+          const auto opened = Clock::now();
+          RunningBroker broker(db, broker::SyncMode::normal, settings);
+          const double open_seconds = std::chrono::duration<double>(Clock::now() - opened).count();
+          broker.start();
+          auto ids = make_ids(source, settings.messages);
+          auto stored = publish_pass(broker.endpoint(), ids, settings, wire::AckStatus::stored);
+          char label[80];
+          std::snprintf(
+              label, sizeof label, "round %zu: stored, %s", round + 1,
+              is_prefilled
+                  ? (std::to_string(settings.prefill / 1'000'000) + "M ids retained").c_str()
+                  : "empty store");
+          print(label, stored, {}, broker.stop());
+          if (is_prefilled && round == 0) std::printf("  (opened in %.1f s)\n", open_seconds);
+          rates[is_prefilled ? 1 : 0] = stored.rate();
+          if (!is_prefilled) {
+            std::error_code ignored;
+            fs::remove(db, ignored);
+            fs::remove(db.string() + "-wal", ignored);
+            fs::remove(db.string() + "-shm", ignored);
+          }
+        }
+        empty_rates.push_back(rates[0]);
+        prefilled_rates.push_back(rates[1]);
+        ratios.push_back(rates[1] / rates[0]);
+      }
+      auto [low, high] = std::minmax_element(ratios.begin(), ratios.end());
+      std::printf(
+          "median stored/s: empty store %.0f, %zu ids retained %.0f; ratio %.2f (rounds %.2f to "
+          "%.2f)\n",
+          median(empty_rates), settings.prefill, median(prefilled_rates), median(ratios), *low,
+          *high);
     }
   } catch (const std::exception& error) {
     std::fprintf(stderr, "broker-bench: %s\n", error.what());
