@@ -3,7 +3,7 @@
 //
 //   bench_outbox_enqueue [--dir DIR] [--rounds N] [--txns-per-round N] [--batches N]
 //                        [--checkpoint-pages N] [--checkpoints relay|producer]
-//                        [--limits check|none|trigger]
+//                        [--limits check|none|trigger] [--producers N] [--producer-ms MS]
 //
 // Reference: BEGIN IMMEDIATE; INSERT one row into `orders` (one secondary
 // index); COMMIT. With enqueue: the same plus one 256-byte message. Both run on
@@ -213,6 +213,62 @@ LegSummary summarize(const std::vector<Figures>& leg, const std::vector<Figures>
   return {spread(wall), spread(cpu), spread(wall_ratio), spread(cpu_ratio)};
 }
 
+// Waits for the write lock with sleeps of 10-500 us (the relay's connection
+// does the same) instead of SQLite's built-in busy_timeout handler, whose
+// first sleep is a whole millisecond; counts the sleeps.
+int short_sleep_busy_handler(void* sleeps, int attempt) {
+  static_cast<std::atomic<long>*>(sleeps)->fetch_add(1);
+  if (attempt > 20000) return 0;
+  std::this_thread::sleep_for(std::chrono::microseconds(std::min(500, 10 << std::min(attempt, 6))));
+  return 1;
+}
+
+// Concurrent producers: `threads` threads, each with its own Outbox on one
+// file, commit one business row and one message per transaction for
+// `duration`. Returns the messages committed per second; `sleeps` counts the
+// busy waits of the short-sleep handler when it is used.
+double concurrent_producers(const std::filesystem::path& file, int threads, bool short_sleeps,
+                            std::chrono::milliseconds duration, const std::string& payload,
+                            long& sleeps) {
+  {
+    auto box = outbox::Outbox::open(file);
+    exec(box.db(),
+         "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
+         "amount INTEGER NOT NULL, created_at INTEGER NOT NULL);"
+         "CREATE INDEX orders_customer ON orders(customer);");
+  }
+  std::atomic<long> busy_sleeps{0};
+  std::atomic<long> committed{0};
+  std::atomic<bool> go{false}, stop{false};
+  std::vector<std::thread> producers;
+  for (int t = 0; t < threads; ++t) {
+    producers.emplace_back([&, t] {
+      auto box = outbox::Outbox::open(file);
+      if (short_sleeps) sqlite3_busy_handler(box.db(), short_sleep_busy_handler, &busy_sleeps);
+      OrderInsert order(box.db());
+      std::int64_t n = static_cast<std::int64_t>(t) << 40;
+      while (!go.load()) std::this_thread::yield();
+      long mine = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        outbox::Transaction tx(box);
+        order.run(tx.db(), ++n);
+        tx.enqueue({.topic = "orders", .key = "customer", .payload = payload});
+        tx.commit();
+        ++mine;
+      }
+      committed += mine;
+    });
+  }
+  const auto start = Clock::now();
+  go = true;
+  std::this_thread::sleep_for(duration);  // the measured interval itself, not a synchronisation
+  stop = true;
+  for (auto& producer : producers) producer.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  sleeps = busy_sleeps.load();
+  return static_cast<double>(committed.load()) / seconds;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -220,6 +276,8 @@ int main(int argc, char** argv) {
   int rounds = 41;
   int txns_per_round = 500;
   int batches = 200;
+  int producers = 2;
+  int producer_ms = 2000;
   int checkpoint_pages = outbox::Options{}.wal_autocheckpoint_pages;
   bool background_checkpoints = false;
   std::string limits = "check";
@@ -255,11 +313,15 @@ int main(int argc, char** argv) {
       }
     } else if (arg == "--batches") {
       batches = std::max(1, std::atoi(value().c_str()));
+    } else if (arg == "--producers") {
+      producers = std::max(0, std::atoi(value().c_str()));
+    } else if (arg == "--producer-ms") {
+      producer_ms = std::max(1, std::atoi(value().c_str()));
     } else {
       std::fprintf(stderr,
                    "usage: bench_outbox_enqueue [--dir DIR] [--rounds N] [--txns-per-round N] "
                    "[--batches N] [--checkpoint-pages N] [--checkpoints relay|producer] "
-                   "[--limits check|none|trigger]\n");
+                   "[--limits check|none|trigger] [--producers N] [--producer-ms MS]\n");
       return 2;
     }
   }
@@ -267,6 +329,8 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(work);
   const std::string payload(256, 'p');
   double batched_rate = 0;
+  double alone_rate = 0, builtin_rate = 0, short_rate = 0;
+  long short_sleeps = 0;
   std::vector<LegSummary> bench_path, user_path, naive;
   try {
     // Runs the reference transaction and the same transaction plus `extra`
@@ -405,6 +469,15 @@ int main(int argc, char** argv) {
       double seconds = std::chrono::duration<double>(Clock::now() - start).count();
       batched_rate = static_cast<double>(batches) * per_txn / seconds;
     }
+    if (producers > 0) {
+      const std::chrono::milliseconds duration(producer_ms);
+      long ignored = 0;
+      alone_rate = concurrent_producers(work / "alone.db", 1, false, duration, payload, ignored);
+      builtin_rate =
+          concurrent_producers(work / "builtin.db", producers, false, duration, payload, ignored);
+      short_rate =
+          concurrent_producers(work / "short.db", producers, true, duration, payload, short_sleeps);
+    }
   } catch (const std::exception& error) {
     std::fprintf(stderr, "bench: %s\n", error.what());
     std::filesystem::remove_all(work);
@@ -430,5 +503,13 @@ int main(int argc, char** argv) {
   line("naive outbox table: business txn", naive[0]);
   line("  + 1 row in the naive outbox table", naive[1]);
   std::printf("batched enqueue, 1000 msgs/txn: %.0f msg/s (target >= 300000)\n", batched_rate);
+  if (producers > 0) {
+    std::printf("one message per transaction, no relay, %d ms each:\n", producer_ms);
+    std::printf("  1 producer:                                   %8.0f msg/s\n", alone_rate);
+    std::printf("  %d producers, SQLite's busy_timeout handler:   %8.0f msg/s\n", producers,
+                builtin_rate);
+    std::printf("  %d producers, busy sleeps of 10-500 us:        %8.0f msg/s (%ld sleeps)\n",
+                producers, short_rate, short_sleeps);
+  }
   return 0;
 }
