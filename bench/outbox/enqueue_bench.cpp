@@ -470,13 +470,25 @@ int main(int argc, char** argv) {
       batched_rate = static_cast<double>(batches) * per_txn / seconds;
     }
     if (producers > 0) {
+      // Three rounds of the three setups in turn, each on a fresh file; medians.
       const std::chrono::milliseconds duration(producer_ms);
-      long ignored = 0;
-      alone_rate = concurrent_producers(work / "alone.db", 1, false, duration, payload, ignored);
-      builtin_rate =
-          concurrent_producers(work / "builtin.db", producers, false, duration, payload, ignored);
-      short_rate =
-          concurrent_producers(work / "short.db", producers, true, duration, payload, short_sleeps);
+      std::vector<double> alone, builtin, short_waits, sleeps;
+      for (int r = 0; r < 3; ++r) {
+        long count = 0;
+        const auto file = [&](const char* name) {
+          return work / (name + std::to_string(r) + ".db");
+        };
+        alone.push_back(concurrent_producers(file("alone"), 1, false, duration, payload, count));
+        builtin.push_back(
+            concurrent_producers(file("builtin"), producers, false, duration, payload, count));
+        short_waits.push_back(
+            concurrent_producers(file("short"), producers, true, duration, payload, count));
+        sleeps.push_back(static_cast<double>(count));
+      }
+      alone_rate = spread(alone).median;
+      builtin_rate = spread(builtin).median;
+      short_rate = spread(short_waits).median;
+      short_sleeps = static_cast<long>(spread(sleeps).median);
     }
   } catch (const std::exception& error) {
     std::fprintf(stderr, "bench: %s\n", error.what());
@@ -504,7 +516,8 @@ int main(int argc, char** argv) {
   line("  + 1 row in the naive outbox table", naive[1]);
   std::printf("batched enqueue, 1000 msgs/txn: %.0f msg/s (target >= 300000)\n", batched_rate);
   if (producers > 0) {
-    std::printf("one message per transaction, no relay, %d ms each:\n", producer_ms);
+    std::printf("one message per transaction, no relay, %d ms each, median of 3 rounds:\n",
+                producer_ms);
     std::printf("  1 producer:                                   %8.0f msg/s\n", alone_rate);
     std::printf("  %d producers, SQLite's busy_timeout handler:   %8.0f msg/s\n", producers,
                 builtin_rate);
