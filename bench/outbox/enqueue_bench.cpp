@@ -93,8 +93,8 @@ struct OrderInsert {
 constexpr const char* outbox_insert_sql =
     "INSERT INTO outbox_messages(msg_id, topic, partition_key, headers, payload, created_at_ms) "
     "VALUES (?1, 'orders', 'customer', NULL, ?2, ?3) ON CONFLICT(msg_id) DO NOTHING";
-// Counter-made msg_ids in the range of today's snowflake ids, so they sort
-// after the generated ones' neighbours the same way (appended at the end).
+// Counter-made msg_ids as long as snowflake ids; like generated ones they
+// only grow, so each lands at the end of its range of the msg_id index.
 constexpr std::int64_t raw_msg_id_base = 119000000000000000LL;
 
 sqlite3_stmt* prepare(sqlite3* db, const char* sql) {
