@@ -340,11 +340,13 @@ struct Relay::Impl {
   // half of this one's (see session_window).
   void leave_session() {
     if (in_flight.empty() || !lease) return drop_session();
+    if (session_open) {  // not again for each session that could not open
+      window_ceiling = std::max(2 * kInitialWindow, session_window / 2);
+      session_window = window_ceiling;
+    }
     session_open = false;
     resuming = false;
     in_doubt = true;
-    window_ceiling = std::max(2 * kInitialWindow, session_window / 2);
-    session_window = window_ceiling;
   }
 
   // The new session asks which of the batches in doubt were stored; without

@@ -146,9 +146,9 @@ class TestResume(BrokerTest):
     def test_resume_returns_the_stored_batches_of_the_previous_session(self):
         origin = "py-resume-%d" % os.getpid()
         old = self.conn.hello(origin=origin, epoch=3)["session_id"]
-        first = self.publish_ok(old, 7, [obx.message("rs-1", "resume", "a"),
-                                         obx.message("rs-2", "resume", "b")])
-        second = self.publish_ok(old, 8, [obx.message("rs-3", "resume", "c")])
+        first = self.publish_ok(old, 7, [obx.message("rs-1", "resume-a", "a"),
+                                         obx.message("rs-2", "resume-a", "b")])
+        second = self.publish_ok(old, 8, [obx.message("rs-3", "resume-a", "c")])
         # The connection "breaks": a new one opens the next session and asks.
         newer = self.broker.connect()
         self.addCleanup(newer.close)
@@ -160,11 +160,11 @@ class TestResume(BrokerTest):
         self.assertEqual(reply["acks"][0]["entries"], second)
         # The previous session is over: its batches are no longer applied,
         # and a second RESUME of it finds nothing.
-        self.expect_error(self.conn.publish(old, 9, [obx.message("rs-4", "resume", "d")]),
+        self.expect_error(self.conn.publish(old, 9, [obx.message("rs-4", "resume-a", "d")]),
                           "no_session", 9)
         command, reply = newer.resume(new, old, 7)
         self.assertEqual((command, reply["acks"]), (obx.RESUMED, []))
-        self.assertEqual([m["msg_id"] for m in self.fetch_all("resume")],
+        self.assertEqual([m["msg_id"] for m in self.fetch_all("resume-a")],
                          [b"rs-1", b"rs-2", b"rs-3"])
         self.assertEqual(first[0]["status"], obx.STORED)
         self.assertGreaterEqual(self.counter("resumes"), 2)
@@ -174,7 +174,7 @@ class TestResume(BrokerTest):
         origin = "py-resume-run-%d" % os.getpid()
         old = self.conn.hello(origin=origin, epoch=1)["session_id"]
         for batch_id in (20, 21, 22):
-            self.publish_ok(old, batch_id, [obx.message("rr-%d" % batch_id, "resume", "x")])
+            self.publish_ok(old, batch_id, [obx.message("rr-%d" % batch_id, "resume-b", "x")])
         newer = self.broker.connect()
         self.addCleanup(newer.close)
         new = newer.hello(origin=origin, epoch=1)["session_id"]
@@ -186,7 +186,7 @@ class TestResume(BrokerTest):
     def test_resume_tells_nothing_about_another_origin_or_epoch(self):
         origin = "py-resume-other-%d" % os.getpid()
         old = self.conn.hello(origin=origin, epoch=1)["session_id"]
-        self.publish_ok(old, 1, [obx.message("ro-1", "resume", "x")])
+        self.publish_ok(old, 1, [obx.message("ro-1", "resume-c", "x")])
         for other_origin, epoch in (("x" + origin, 1), (origin, 2), ("", 0)):
             other = self.broker.connect()
             self.addCleanup(other.close)
