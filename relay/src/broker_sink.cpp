@@ -85,7 +85,8 @@ struct BrokerSink::Impl {
   // the way), so a cut costs neither a new socket nor a handshake through
   // whatever cut it. Measured behind a proxy cutting every 2 KB-400 KB: the
   // fresh socket and HELLO took 1-2.5 ms of every cut. Made ready at the first
-  // poll() after a session opened (the first batches are out by then), and
+  // poll() after a session opened that finds no reply waiting (the first
+  // batches are out by then; a waiting reply is not delayed by it), and
   // only after a session opened, so a broker that is down sees no extra
   // connection attempts.
   std::unique_ptr<broker::Client> spare;
