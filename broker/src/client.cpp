@@ -211,6 +211,11 @@ bool Client::send_publish(std::uint64_t batch_id, std::span<const wire::Outgoing
   return send_publish_body(body);
 }
 
+bool Client::send_resume(std::uint64_t previous_session_id, std::uint64_t from_batch_id) {
+  return wire::send_message(socket_, wire::Resume{session_id_, previous_session_id, from_batch_id},
+                            zmq::send_flags::dontwait);
+}
+
 bool Client::send_publish_body(const std::string& body) {
   wire::Frames frames{wire::encode_tag(), std::string(1, static_cast<char>(wire::Command::publish)),
                       body};

@@ -215,7 +215,19 @@ struct Server::Impl {
     // id, each later one the previous + 1; a gap or a reorder fails the session.
     bool has_batch = false;
     std::uint64_t last_batch_id = 0;
+    // The ACKs of a relay session's latest stored batches, oldest first and
+    // consecutive, for a RESUME from the relay's next session after this
+    // connection broke (retain_ack bounds them). Without them the relay
+    // resends everything it had in flight: behind a proxy cutting every
+    // 2 KB-400 KB that was half of all it sent, each answered DUPLICATE.
+    std::deque<wire::Ack> retained_acks;
+    std::size_t retained_ack_bytes = 0;
   };
+
+  // Per relay session, a few windows of acknowledgements (11 bytes a
+  // message: 8,000 in flight take 88 KiB); in total, a fixed budget.
+  static constexpr std::size_t kRetainedAckBytesPerSession = 256 * 1024;
+  static constexpr std::size_t kRetainedAckBytesTotal = 64 * 1024 * 1024;
 
   // Outgoing and held-back work of one connection, kept only while there is
   // some (an idle connection costs nothing here).
@@ -626,6 +638,7 @@ struct Server::Impl {
       case wire::Command::offset_committed:
       case wire::Command::pong:
       case wire::Command::stats_reply:
+      case wire::Command::resumed:
         return malformed(
             routing_id, 0,
             {wire::ErrorCode::unexpected_command,
@@ -840,6 +853,7 @@ struct Server::Impl {
           ack.entries.push_back(std::move(entry));
         }
         reply(batch.routing_id, ack);
+        if (session != nullptr && !session->origin.empty()) retain_ack(*session, std::move(ack));
       }
     }
     pending.clear();
@@ -847,6 +861,37 @@ struct Server::Impl {
     violations.clear();
     pending_bytes = 0;
     if (ok && !waiting.empty()) wake_fetches();
+  }
+
+  void forget_session(const std::string& routing_id) {
+    auto found = sessions.find(routing_id);
+    if (found == sessions.end()) return;
+    retained_ack_bytes -= found->second.retained_ack_bytes;
+    sessions.erase(found);
+  }
+
+  static std::size_t ack_wire_bytes(const wire::Ack& ack) {
+    std::size_t bytes = 12;
+    for (const auto& entry : ack.entries) bytes += 11 + entry.reason.size();
+    return bytes;
+  }
+
+  // Keeps `ack` (of a batch just stored) for a RESUME, dropping the session's
+  // oldest ones beyond its share. Over the total budget, the session keeps
+  // none: its relay then resends what it had in flight, as without RESUME.
+  void retain_ack(Session& session, wire::Ack ack) {
+    auto bytes = ack_wire_bytes(ack);
+    session.retained_acks.push_back(std::move(ack));
+    session.retained_ack_bytes += bytes;
+    retained_ack_bytes += bytes;
+    while (!session.retained_acks.empty() &&
+           (session.retained_ack_bytes > kRetainedAckBytesPerSession ||
+            retained_ack_bytes > kRetainedAckBytesTotal)) {
+      auto oldest = ack_wire_bytes(session.retained_acks.front());
+      session.retained_acks.pop_front();
+      session.retained_ack_bytes -= oldest;
+      retained_ack_bytes -= oldest;
+    }
   }
 
   static std::string refusal_key(std::string_view topic, std::string_view key) {
@@ -877,7 +922,7 @@ struct Server::Impl {
     if (!hello.origin.empty()) {
       // A refused HELLO also ends the connection's earlier session.
       auto refuse = [&](wire::ErrorCode code, const std::string& text) {
-        sessions.erase(routing_id);
+        forget_session(routing_id);
         reply_error(routing_id, 0, code, text);
       };
       std::uint64_t highest = 0;
@@ -903,11 +948,15 @@ struct Server::Impl {
       auto oldest = std::min_element(sessions.begin(), sessions.end(), [](auto& a, auto& b) {
         return a.second.last_active < b.second.last_active;
       });
-      if (oldest != sessions.end()) sessions.erase(oldest);
+      if (oldest != sessions.end()) forget_session(oldest->first);
     }
+    forget_session(routing_id);  // a HELLO replaces the connection's earlier session
     Session& session = sessions[routing_id];
-    session = Session{++next_session_id, false, hello.producer, Clock::now(), hello.origin,
-                      hello.epoch,       {}};
+    session.id = ++next_session_id;
+    session.producer = hello.producer;
+    session.last_active = Clock::now();
+    session.origin = hello.origin;
+    session.epoch = hello.epoch;
     ++counters.sessions_opened;
     if (hello.origin.empty()) {
       logger->info("session {} opened by '{}'", session.id, hello.producer);
@@ -917,6 +966,52 @@ struct Server::Impl {
     }
     answer(routing_id, wire::welcome_for(session.id, store.options().max_message_bytes,
                                          options.broker_name, options.limits));
+  }
+
+  // The relay's new session asks which batches of its previous one (whose
+  // connection broke) were stored: their ACKs again, consecutive from the
+  // first batch it has no ACK for. Only for the same origin and lease epoch,
+  // so a session learns nothing about another relay's batches. The previous
+  // session is over afterwards: a late batch of it on a connection that is
+  // still open somewhere is not applied (no_session), so nothing of it can be
+  // stored behind what the new session resends.
+  void on_message(const std::string& routing_id, wire::Resume& resume) {
+    Session* session = find_session(routing_id);
+    if (session == nullptr || session->id != resume.session_id) {
+      return reply_error(routing_id, 0, wire::ErrorCode::no_session,
+                         "RESUME: no session " + std::to_string(resume.session_id) +
+                             " on this connection; send HELLO");
+    }
+    session->last_active = Clock::now();
+    wire::Resumed resumed{resume.previous_session_id, {}};
+    auto previous = std::find_if(sessions.begin(), sessions.end(), [&](const auto& entry) {
+      const Session& other = entry.second;
+      return other.id == resume.previous_session_id && entry.first != routing_id &&
+             !other.origin.empty() && other.origin == session->origin &&
+             other.epoch == session->epoch;
+    });
+    if (previous != sessions.end()) {
+      // Its batches read in this round count: stored now, they need no resend.
+      const bool previous_pending =
+          std::any_of(pending.begin(), pending.end(), [&](const PendingBatch& batch) {
+            return batch.session_id == resume.previous_session_id;
+          });
+      if (previous_pending) commit_pending();
+      auto& acks = previous->second.retained_acks;
+      auto next = std::find_if(acks.begin(), acks.end(), [&](const wire::Ack& ack) {
+        return ack.batch_id == resume.from_batch_id;
+      });
+      for (auto expected = resume.from_batch_id; next != acks.end() && next->batch_id == expected;
+           ++next, ++expected) {
+        resumed.acks.push_back(std::move(*next));
+      }
+      forget_session(previous->first);
+    }
+    ++counters.resumes;
+    counters.resumed_batches += resumed.acks.size();
+    logger->debug("session {} resumed {} batches of session {} from batch {}", session->id,
+                  resumed.acks.size(), resume.previous_session_id, resume.from_batch_id);
+    answer(routing_id, resumed);
   }
 
   void on_message(const std::string& routing_id, wire::Fetch& fetch) {
@@ -1070,6 +1165,8 @@ struct Server::Impl {
           {"waiting_fetches", waiting.size()},
           {"replies_dropped", counters.replies_dropped},
           {"curve_refused", counters.curve_refused},
+          {"resumes", counters.resumes},
+          {"resumed_batches", counters.resumed_batches},
           // 0: forever. Clients compare it with how late they may resend.
           {"dedup_window_ms", static_cast<std::uint64_t>(store.options().dedup_window.count())},
           {"requests_dropped", counters.requests_dropped},
@@ -1331,6 +1428,7 @@ struct Server::Impl {
   ServerCounters counters;
 
   std::unordered_map<std::string, Session> sessions;
+  std::size_t retained_ack_bytes = 0;  // Session::retained_acks of all sessions
   std::uint64_t next_session_id = 0;
   std::vector<PendingBatch> pending;
   std::vector<IncomingMessage> incoming;

@@ -1,6 +1,7 @@
 #include "relay/broker_sink.hpp"
 
 #include <algorithm>
+#include <deque>
 #include <stdexcept>
 #include <variant>
 
@@ -84,7 +85,8 @@ struct BrokerSink::Impl {
   // the way), so a cut costs neither a new socket nor a handshake through
   // whatever cut it. Measured behind a proxy cutting every 2 KB-400 KB: the
   // fresh socket and HELLO took 1-2.5 ms of every cut. Made ready at the first
-  // poll() after a session opened (the first batches are out by then), and
+  // poll() after a session opened that finds no reply waiting (the first
+  // batches are out by then; a waiting reply is not delayed by it), and
   // only after a session opened, so a broker that is down sees no extra
   // connection attempts.
   std::unique_ptr<broker::Client> spare;
@@ -93,6 +95,11 @@ struct BrokerSink::Impl {
   bool used = false;
   SinkLimits limits = limits_from(wire::Welcome{});
   SinkLease lease;
+  // The session the last batch went out on: the one resume() asks about
+  // (a session that broke before it sent anything leaves it unchanged).
+  std::uint64_t publishing_session = 0;
+  bool awaiting_resumed = false;
+  std::deque<SinkEvent> resumed_events;  // from RESUMED, handed out by poll()
   std::string body;
   std::vector<wire::Header> headers;
 
@@ -134,6 +141,8 @@ std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds ti
   // The broker fences by origin and epoch: no local lease check is needed.
   auto request = impl.hello();
   impl.spare_wanted = false;
+  impl.awaiting_resumed = false;
+  impl.resumed_events.clear();
   if (impl.used && impl.spare_hello == request) {
     // The old connection goes out of use; the spare's session takes over.
     std::swap(impl.client, impl.spare);
@@ -163,7 +172,18 @@ std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds ti
   return std::nullopt;
 }
 
+bool BrokerSink::resume(std::uint64_t first_batch_id) {
+  auto& impl = *impl_;
+  if (impl.publishing_session == 0 || impl.publishing_session == impl.client->session_id()) {
+    return false;
+  }
+  if (!impl.client->send_resume(impl.publishing_session, first_batch_id)) return false;
+  impl.awaiting_resumed = true;
+  return true;
+}
+
 bool BrokerSink::send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) {
+  impl_->publishing_session = impl_->client->session_id();
   auto& body = impl_->body;
   body.clear();
   wire::begin_publish_body(body, impl_->client->session_id(), batch_id);
@@ -179,7 +199,28 @@ bool BrokerSink::send(std::uint64_t batch_id, std::span<const outbox::PendingMes
   return impl_->client->send_publish_body(body);
 }
 
+namespace {
+
+SinkEvent acked_event(wire::Ack& ack) {
+  SinkEvent event;
+  event.batch_id = ack.batch_id;
+  event.deliveries.reserve(ack.entries.size());
+  for (auto& entry : ack.entries) {
+    event.deliveries.push_back(
+        Delivery{from_wire(entry.status), entry.offset, std::move(entry.reason)});
+  }
+  return event;
+}
+
+}  // namespace
+
 std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
+  auto& impl = *impl_;
+  if (!impl.resumed_events.empty()) {
+    auto event = std::move(impl.resumed_events.front());
+    impl.resumed_events.pop_front();
+    return event;
+  }
   // A reply that is already there goes first; the spare's socket is made
   // while waiting for one.
   auto received = impl_->client->receive(std::chrono::milliseconds(0));
@@ -197,16 +238,23 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
     return event;
   }
   auto& message = received->value();
-  if (auto* ack = std::get_if<wire::Ack>(&message)) {
-    event.batch_id = ack->batch_id;
-    event.deliveries.reserve(ack->entries.size());
-    for (auto& entry : ack->entries) {
-      event.deliveries.push_back(
-          Delivery{from_wire(entry.status), entry.offset, std::move(entry.reason)});
-    }
-    return event;
+  if (auto* ack = std::get_if<wire::Ack>(&message)) return acked_event(*ack);
+  if (auto* resumed = std::get_if<wire::Resumed>(&message); resumed && impl.awaiting_resumed) {
+    impl.awaiting_resumed = false;
+    for (auto& ack : resumed->acks) impl.resumed_events.push_back(acked_event(ack));
+    impl.resumed_events.push_back(SinkEvent{SinkEvent::Kind::resumed, 0, {}, {}});
+    auto first = std::move(impl.resumed_events.front());
+    impl.resumed_events.pop_front();
+    return first;
   }
-  if (auto* error = std::get_if<wire::ErrorReply>(&message)) {
+  auto* error = std::get_if<wire::ErrorReply>(&message);
+  if (error != nullptr && impl.awaiting_resumed && error->request_id == 0) {
+    // Nothing but RESUME is outstanding: a broker that does not know it (or
+    // has forgotten this session) refused it. Nothing is resumed.
+    impl.awaiting_resumed = false;
+    return SinkEvent{SinkEvent::Kind::resumed, 0, {}, {}};
+  }
+  if (error != nullptr) {
     event.kind = SinkEvent::Kind::failed;
     event.batch_id = error->request_id;
     event.error = "broker refused batch " + std::to_string(error->request_id) + " (" +

@@ -20,6 +20,7 @@ MAGIC = b"OBX"
 HELLO, WELCOME, PUBLISH, ACK, FETCH, MESSAGES = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 COMMIT_OFFSET, OFFSET_COMMITTED, PING, PONG, STATS, STATS_REPLY, ERROR = (
     0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D)
+RESUME, RESUMED = 0x0E, 0x0F
 
 STORED, DUPLICATE, CONFLICT, REJECTED, BLOCKED = 0, 1, 2, 3, 4
 
@@ -141,6 +142,10 @@ def publish_body(session_id, batch_id, messages):
     return u64(session_id) + u64(batch_id) + u32(len(messages)) + b"".join(messages)
 
 
+def resume_body(session_id, previous_session_id, from_batch_id):
+    return u64(session_id) + u64(previous_session_id) + u64(from_batch_id)
+
+
 def fetch_body(request_id, topic, group="", from_offset=0, use_group=False, max_messages=0,
                max_bytes=0, wait_ms=0, flags=None):
     if flags is None:
@@ -171,11 +176,10 @@ def decode(frames, version=VERSION):
         # Limits appended in version 2 (see docs/protocol.md, WELCOME).
         out["limits"] = read_welcome_limits(r)
     elif command == ACK:
-        batch_id = r.u64()
-        entries = []
-        for _ in range(r.u32()):
-            entries.append({"status": r.u8(), "offset": r.u64(), "reason": r.str16()})
-        out = {"batch_id": batch_id, "entries": entries}
+        out = read_ack(r)
+    elif command == RESUMED:
+        out = {"previous_session_id": r.u64()}
+        out["acks"] = [read_ack(r) for _ in range(r.u32())]
     elif command == MESSAGES:
         out = {"request_id": r.u64(), "topic": r.str16(), "next_offset": r.u64(),
                "last_offset": r.u64()}
@@ -197,6 +201,14 @@ def decode(frames, version=VERSION):
         raise ValueError("unexpected reply command 0x%02x" % command)
     r.done()
     return command, out
+
+
+def read_ack(r):
+    batch_id = r.u64()
+    entries = []
+    for _ in range(r.u32()):
+        entries.append({"status": r.u8(), "offset": r.u64(), "reason": r.str16()})
+    return {"batch_id": batch_id, "entries": entries}
 
 
 def read_welcome_limits(r):
@@ -255,6 +267,9 @@ class Connection:
 
     def publish(self, session_id, batch_id, messages):
         return self.request(PUBLISH, publish_body(session_id, batch_id, messages))
+
+    def resume(self, session_id, previous_session_id, from_batch_id):
+        return self.request(RESUME, resume_body(session_id, previous_session_id, from_batch_id))
 
     def fetch(self, request_id, topic, timeout_ms=None, **kwargs):
         return self.request(FETCH, fetch_body(request_id, topic, **kwargs), timeout_ms)

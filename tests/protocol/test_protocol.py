@@ -142,6 +142,66 @@ class TestFencing(BrokerTest):
         self.expect_error(self.conn.receive(), "invalid_value")
 
 
+class TestResume(BrokerTest):
+    def test_resume_returns_the_stored_batches_of_the_previous_session(self):
+        origin = "py-resume-%d" % os.getpid()
+        old = self.conn.hello(origin=origin, epoch=3)["session_id"]
+        first = self.publish_ok(old, 7, [obx.message("rs-1", "resume-a", "a"),
+                                         obx.message("rs-2", "resume-a", "b")])
+        second = self.publish_ok(old, 8, [obx.message("rs-3", "resume-a", "c")])
+        # The connection "breaks": a new one opens the next session and asks.
+        newer = self.broker.connect()
+        self.addCleanup(newer.close)
+        new = newer.hello(origin=origin, epoch=3)["session_id"]
+        command, reply = newer.resume(new, old, 8)
+        self.assertEqual(command, obx.RESUMED, reply)
+        self.assertEqual(reply["previous_session_id"], old)
+        self.assertEqual([a["batch_id"] for a in reply["acks"]], [8])
+        self.assertEqual(reply["acks"][0]["entries"], second)
+        # The previous session is over: its batches are no longer applied,
+        # and a second RESUME of it finds nothing.
+        self.expect_error(self.conn.publish(old, 9, [obx.message("rs-4", "resume-a", "d")]),
+                          "no_session", 9)
+        command, reply = newer.resume(new, old, 7)
+        self.assertEqual((command, reply["acks"]), (obx.RESUMED, []))
+        self.assertEqual([m["msg_id"] for m in self.fetch_all("resume-a")],
+                         [b"rs-1", b"rs-2", b"rs-3"])
+        self.assertEqual(first[0]["status"], obx.STORED)
+        self.assertGreaterEqual(self.counter("resumes"), 2)
+        self.assertGreaterEqual(self.counter("resumed_batches"), 1)
+
+    def test_resume_lists_consecutive_batches_from_the_one_asked(self):
+        origin = "py-resume-run-%d" % os.getpid()
+        old = self.conn.hello(origin=origin, epoch=1)["session_id"]
+        for batch_id in (20, 21, 22):
+            self.publish_ok(old, batch_id, [obx.message("rr-%d" % batch_id, "resume-b", "x")])
+        newer = self.broker.connect()
+        self.addCleanup(newer.close)
+        new = newer.hello(origin=origin, epoch=1)["session_id"]
+        command, reply = newer.resume(new, old, 21)
+        self.assertEqual(command, obx.RESUMED, reply)
+        self.assertEqual([a["batch_id"] for a in reply["acks"]], [21, 22])
+        self.assertEqual([a["entries"][0]["status"] for a in reply["acks"]], [obx.STORED] * 2)
+
+    def test_resume_tells_nothing_about_another_origin_or_epoch(self):
+        origin = "py-resume-other-%d" % os.getpid()
+        old = self.conn.hello(origin=origin, epoch=1)["session_id"]
+        self.publish_ok(old, 1, [obx.message("ro-1", "resume-c", "x")])
+        for other_origin, epoch in (("x" + origin, 1), (origin, 2), ("", 0)):
+            other = self.broker.connect()
+            self.addCleanup(other.close)
+            session = other.hello(origin=other_origin, epoch=epoch)["session_id"]
+            command, reply = other.resume(session, old, 1)
+            self.assertEqual((command, reply["acks"]), (obx.RESUMED, []))
+
+    def test_resume_outside_a_session_is_no_session(self):
+        self.conn.send(obx.RESUME, obx.resume_body(123, 1, 1))
+        self.expect_error(self.conn.receive(), "no_session", 0)
+        session = self.conn.hello()["session_id"]
+        self.conn.send(obx.RESUME, obx.resume_body(session, 1, 1) + b"x")
+        self.expect_error(self.conn.receive(), "trailing_bytes", 0)
+
+
 class TestPublish(BrokerTest):
     def test_stored_then_duplicate_with_the_original_offset(self):
         session = self.conn.hello()["session_id"]
@@ -309,7 +369,8 @@ class TestMalformed(BrokerTest):
     def test_replies_sent_to_the_broker_are_unexpected(self):
         for command, body in [(obx.PONG, obx.u64(5)),
                               (obx.WELCOME, obx.u64(1) + obx.u32(1) + obx.u32(1) + obx.str16("b")),
-                              (obx.OFFSET_COMMITTED, obx.commit_body(6, "t", "g", 1))]:
+                              (obx.OFFSET_COMMITTED, obx.commit_body(6, "t", "g", 1)),
+                              (obx.RESUMED, obx.u64(1) + obx.u32(0))]:
             self.conn.send(command, body)
             self.expect_error(self.conn.receive(), "unexpected_command")
 

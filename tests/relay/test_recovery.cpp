@@ -143,6 +143,10 @@ TEST_CASE("connections cut every 2 KB-400 KB: 50,000 messages arrive exactly onc
   REQUIRE(drained);
   check_exactly_once_in_order(fetch_all(broker.endpoint()), committed);
   CHECK(proxy.counts()["cut"] > 0);
+  // After a cut the new session asked which batches in flight were stored
+  // (RESUME) and got some of them back instead of resending them.
+  CHECK(broker_counter(broker.endpoint(), "resumes") > 0);
+  CHECK(broker_counter(broker.endpoint(), "resumed_batches") > 0);
   // Each cut was noticed from the socket, never by waiting out the ack timeout.
   CHECK(log.find(" lost (closed, reset, or silent past the heartbeat timeout)") !=
         std::string::npos);

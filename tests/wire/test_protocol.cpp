@@ -40,6 +40,11 @@ std::vector<wire::AnyMessage> samples() {
       wire::StatsReply{5, {{"stored", 10}, {"malformed", 2}}, {{"orders", 10, 10}}},
       wire::ErrorReply{42, wire::ErrorCode::session_failed, "send HELLO again"},
       wire::ErrorReply{0, wire::ErrorCode::stale_epoch, "lease epoch 3 is older than 4"},
+      wire::Resume{14, 13, 42},
+      wire::Resumed{13,
+                    {wire::Ack{42, {{wire::AckStatus::stored, 1, ""}}},
+                     wire::Ack{43, {{wire::AckStatus::rejected, 0, "too large"}}}}},
+      wire::Resumed{13, {}},
   };
 }
 
@@ -134,6 +139,15 @@ TEST_CASE("absurd counts and lengths are refused before any allocation") {
   REQUIRE_FALSE(decoded.ok());
   CHECK(decoded.error().code == wire::ErrorCode::limit_exceeded);
   CHECK_THAT(decoded.error().message, Catch::Contains("payload"));
+}
+
+TEST_CASE("a RESUMED whose ack count cannot fit is truncated, not allocated") {
+  std::string body = wire::encode_body(wire::Resumed{1, {}});
+  body[8] = '\xff';  // the ack count's low byte: 255 ACKs announced, none present
+  auto decoded = wire::decode_body(wire::Command::resumed, body);
+  REQUIRE_FALSE(decoded.ok());
+  CHECK(decoded.error().code == wire::ErrorCode::truncated);
+  CHECK_THAT(decoded.error().message, Catch::Contains("RESUMED"));
 }
 
 TEST_CASE("unknown ack status and fetch flags are invalid values") {

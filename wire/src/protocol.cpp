@@ -221,6 +221,16 @@ void encode_into(std::string& out, const Ack& m) {
     put_str16(out, entry.reason);
   }
 }
+void encode_into(std::string& out, const Resume& m) {
+  put<std::uint64_t>(out, m.session_id);
+  put<std::uint64_t>(out, m.previous_session_id);
+  put<std::uint64_t>(out, m.from_batch_id);
+}
+void encode_into(std::string& out, const Resumed& m) {
+  put<std::uint64_t>(out, m.previous_session_id);
+  put<std::uint32_t>(out, count32(m.acks.size()));
+  for (const auto& ack : m.acks) encode_into(out, ack);
+}
 void encode_into(std::string& out, const Fetch& m) {
   put<std::uint64_t>(out, m.request_id);
   put_str16(out, m.topic);
@@ -332,7 +342,7 @@ AnyMessage decode_publish(Reader& in) {
   }
   return m;
 }
-AnyMessage decode_ack(Reader& in) {
+Ack decode_ack_fields(Reader& in) {
   Ack m;
   m.batch_id = in.get<std::uint64_t>("batch id");
   auto count =
@@ -349,6 +359,25 @@ AnyMessage decode_ack(Reader& in) {
     entry.reason = in.str16(in.limits().max_reason_bytes, "ack reason");
     m.entries.push_back(std::move(entry));
   }
+  return m;
+}
+AnyMessage decode_ack(Reader& in) {
+  return decode_ack_fields(in);
+}
+AnyMessage decode_resume(Reader& in) {
+  Resume m;
+  m.session_id = in.get<std::uint64_t>("session id");
+  m.previous_session_id = in.get<std::uint64_t>("previous session id");
+  m.from_batch_id = in.get<std::uint64_t>("from batch id");
+  return m;
+}
+AnyMessage decode_resumed(Reader& in) {
+  Resumed m;
+  m.previous_session_id = in.get<std::uint64_t>("previous session id");
+  auto count = in.count(in.get<std::uint32_t>("resumed ack count"), in.limits().max_batch_messages,
+                        12, "resumed ack count");
+  m.acks.reserve(count);
+  for (std::size_t i = 0; i < count && !in.failed(); ++i) m.acks.push_back(decode_ack_fields(in));
   return m;
 }
 AnyMessage decode_fetch(Reader& in) {
@@ -462,6 +491,10 @@ std::string_view command_name(Command command) noexcept {
       return "STATS_REPLY";
     case Command::error:
       return "ERROR";
+    case Command::resume:
+      return "RESUME";
+    case Command::resumed:
+      return "RESUMED";
   }
   return "UNKNOWN";
 }
@@ -531,7 +564,7 @@ Command command_of(const AnyMessage& message) noexcept {
       Command::hello, Command::welcome,  Command::publish,       Command::ack,
       Command::fetch, Command::messages, Command::commit_offset, Command::offset_committed,
       Command::ping,  Command::pong,     Command::stats,         Command::stats_reply,
-      Command::error};
+      Command::error, Command::resume,   Command::resumed};
   static_assert(std::size(table) == std::variant_size_v<AnyMessage>);
   return table[message.index()];
 }
@@ -619,7 +652,7 @@ Result<Command> decode_command(std::string_view command) {
   }
   auto value = static_cast<std::uint8_t>(command[0]);
   if (value < static_cast<std::uint8_t>(Command::hello) ||
-      value > static_cast<std::uint8_t>(Command::error)) {
+      value > static_cast<std::uint8_t>(Command::resumed)) {
     return Error{ErrorCode::unknown_command, "unknown command " + std::to_string(value)};
   }
   return static_cast<Command>(value);
@@ -672,6 +705,12 @@ Result<AnyMessage> decode_body(Command command, std::string_view body, const Lim
       break;
     case Command::error:
       message = decode_error(in);
+      break;
+    case Command::resume:
+      message = decode_resume(in);
+      break;
+    case Command::resumed:
+      message = decode_resumed(in);
       break;
     default:
       return Error{ErrorCode::unknown_command, "unknown command"};

@@ -99,6 +99,10 @@ class Client {
   // Same with a body built by wire::begin_publish_body / append_publish_message /
   // finish_publish_body (its session id must be session_id()).
   bool send_publish_body(const std::string& body);
+  // Queues a RESUME in this session (docs/protocol.md): the broker answers
+  // RESUMED with the ACKs of `previous_session_id`'s batches from
+  // `from_batch_id` on that it stored. False if the send queue is full.
+  bool send_resume(std::uint64_t previous_session_id, std::uint64_t from_batch_id);
   // The next reply of any kind, kept replies first. Empty when none came
   // within `timeout`; a reply that failed to decode comes back as an Error.
   std::optional<wire::Result<wire::AnyMessage>> receive(std::chrono::milliseconds timeout);

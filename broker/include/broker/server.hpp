@@ -148,6 +148,8 @@ struct ServerCounters {
   std::uint64_t requests_dropped = 0;    // from peers over their cap that did not read
   std::uint64_t rejected_on_decode = 0;  // messages REJECTED for a field above its limit
   std::uint64_t curve_refused = 0;       // CURVE handshakes refused (client key not allowed)
+  std::uint64_t resumes = 0;             // RESUME requests answered
+  std::uint64_t resumed_batches = 0;     // acknowledgements they carried again
   std::uint64_t append_nanoseconds = 0;  // wall time inside Store::append (for benchmarks)
 };
 

@@ -5,7 +5,10 @@
 // connection. Once a session is open, a second connection opens the next
 // session ahead of need (HELLO sent, nothing else), so that after a broken
 // connection the next open_session() costs no new socket and no handshake:
-// the broker sees two sessions per relay, one of them idle.
+// the broker sees two sessions per relay, one of them idle. resume() sends
+// RESUME naming the session the unacknowledged batches went out on, and the
+// broker's RESUMED answer comes out of poll() as their ACKs and a `resumed`
+// event (a broker without RESUME answers ERROR: nothing resumed).
 //
 //   relay::BrokerSink sink({.endpoint = "tcp://127.0.0.1:7750"});
 //
@@ -42,6 +45,7 @@ class BrokerSink final : public Sink {
 
   void set_lease(SinkLease lease) override;
   std::optional<std::string> open_session(std::chrono::milliseconds timeout) override;
+  bool resume(std::uint64_t first_batch_id) override;
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
   std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override;
   std::string describe() const override;

@@ -123,8 +123,9 @@ struct SinkLease {
 
 struct SinkEvent {
   enum class Kind : std::uint8_t {
-    acked,   // `deliveries` has one entry per message of the batch, in order
-    failed,  // the batch (and so the session) failed; `error` says why
+    acked,    // `deliveries` has one entry per message of the batch, in order
+    failed,   // the batch (and so the session) failed; `error` says why
+    resumed,  // the answer to resume() is complete (see Sink::resume)
   };
   Kind kind = Kind::acked;
   std::uint64_t batch_id = 0;
@@ -143,6 +144,18 @@ class Sink {
   // Opens a fresh session, forgetting everything in flight on the old one.
   // Returns an error text when the destination cannot be reached in `timeout`.
   virtual std::optional<std::string> open_session(std::chrono::milliseconds timeout) = 0;
+
+  // Right after open_session(), when the previous session ended with batches
+  // unacknowledged: asks the destination which of them, from `first_batch_id`
+  // on, it stored. True when asked: poll() then returns the acknowledgements
+  // of the batches it stored (consecutive, from `first_batch_id`, under their
+  // own batch ids), then one event of kind `resumed`; the relay resends from
+  // the first batch not acknowledged, and sends nothing before that event.
+  // False (the default: a destination that cannot tell): resend everything.
+  virtual bool resume(std::uint64_t first_batch_id) {
+    (void)first_batch_id;
+    return false;
+  }
 
   // Queues a batch on the open session without waiting for its outcome.
   // False if the sink cannot take it now (queue full); nothing was sent.

@@ -46,6 +46,8 @@ enum class Command : std::uint8_t {
   stats = 0x0B,        // client -> broker: ask for counters
   stats_reply = 0x0C,  // broker -> client: counters and per-topic figures
   error = 0x0D,        // either way: a request could not be served
+  resume = 0x0E,       // client -> broker: which batches of my previous session were stored?
+  resumed = 0x0F,      // broker -> client: the answer to RESUME, the ACKs of those batches
 };
 
 std::string_view command_name(Command command) noexcept;
@@ -210,6 +212,27 @@ struct Ack {
   bool operator==(const Ack&) const = default;
 };
 
+// Sent in a new session after the connection of the previous one broke:
+// asks for the acknowledgements of the previous session's batches from
+// `from_batch_id` on that the broker stored durably, so that the client
+// resends only what was not stored (docs/protocol.md, RESUME).
+struct Resume {
+  std::uint64_t session_id = 0;           // the session this is sent in (from WELCOME)
+  std::uint64_t previous_session_id = 0;  // the session whose batches are in doubt
+  std::uint64_t from_batch_id = 0;        // its first unacknowledged batch
+  bool operator==(const Resume&) const = default;
+};
+
+// The ACKs of consecutive batches of the previous session from
+// `from_batch_id` on, as the broker sent (or would have sent) them: every
+// batch listed was stored durably; the first batch not listed and everything
+// after it must be resent. Empty when the broker holds none of them.
+struct Resumed {
+  std::uint64_t previous_session_id = 0;
+  std::vector<Ack> acks;
+  bool operator==(const Resumed&) const = default;
+};
+
 // Offset 0 in `from_offset` with `use_group_offset` set means "resume where the
 // group left off"; offsets start at 1 in every topic.
 struct Fetch {
@@ -298,8 +321,9 @@ struct ErrorReply {
   bool operator==(const ErrorReply&) const = default;
 };
 
-using AnyMessage = std::variant<Hello, Welcome, Publish, Ack, Fetch, Messages, CommitOffset,
-                                OffsetCommitted, Ping, Pong, StatsRequest, StatsReply, ErrorReply>;
+using AnyMessage =
+    std::variant<Hello, Welcome, Publish, Ack, Fetch, Messages, CommitOffset, OffsetCommitted, Ping,
+                 Pong, StatsRequest, StatsReply, ErrorReply, Resume, Resumed>;
 
 Command command_of(const AnyMessage& message) noexcept;
 
