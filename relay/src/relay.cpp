@@ -445,6 +445,22 @@ struct Relay::Impl {
     return true;
   }
 
+  // The error line for a message that became dead, with its fields
+  // (docs/operations.md, Logs: message_dead).
+  template <class... Args>
+  void log_dead(const outbox::PendingMessage& message, const std::string& reason,
+                spdlog::format_string_t<Args...> format, Args&&... args) {
+    metrics::log(*log, spdlog::level::err,
+                 {{"event", "message_dead"},
+                  {"db", store.path()},
+                  {"seq", message.seq},
+                  {"msg_id", message.msg_id},
+                  {"topic", message.topic},
+                  {"destination", sink.describe()},
+                  {"reason", reason}},
+                 format, std::forward<Args>(args)...);
+  }
+
   // Makes every message of `batch` that can never be delivered dead, and
   // returns how many messages from the front form the next batch: those before
   // the first undeliverable one (later messages of its key must wait for the
@@ -458,15 +474,8 @@ struct Relay::Impl {
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const auto& message = batch[i];
       if (auto reason = undeliverable_reason(message, limits)) {
-        metrics::log(
-            *log, spdlog::level::err,
-            {{"event", "message_dead"},
-             {"db", store.path()},
-             {"seq", message.seq},
-             {"msg_id", message.msg_id},
-             {"topic", message.topic},
-             {"destination", sink.describe()},
-             {"reason", "UNDELIVERABLE: " + *reason}},
+        log_dead(
+            message, "UNDELIVERABLE: " + *reason,
             "message {} (seq {}, topic '{}', {}) can never be delivered to {}: {}; it is dead, "
             "later messages of its key wait until it is replayed or dropped (outbox-relay dead / "
             "replay / drop)",
@@ -605,15 +614,8 @@ struct Relay::Impl {
           std::string reason =
               delivery.status == DeliveryStatus::conflict ? "CONFLICT" : "REJECTED";
           if (!delivery.reason.empty()) reason += ": " + delivery.reason;
-          metrics::log(
-              *log, spdlog::level::err,
-              {{"event", "message_dead"},
-               {"db", store.path()},
-               {"seq", message.seq},
-               {"msg_id", message.msg_id},
-               {"topic", message.topic},
-               {"destination", sink.describe()},
-               {"reason", reason}},
+          log_dead(
+              message, reason,
               "message {} (seq {}, topic '{}', {}) is dead: {}; later messages of its key wait "
               "until it is replayed or dropped (outbox-relay dead / replay / drop)",
               message.msg_id, message.seq, message.topic, describe_key(message), reason);

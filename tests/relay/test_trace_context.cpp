@@ -15,26 +15,13 @@ using namespace relay_test;
 
 namespace {
 
-const std::string kTraceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-const std::string kTracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
-
-// Three messages of one key: traced, untraced, and one whose traceparent
-// header a producer wrote by hand in a shape that is not W3C's.
-void commit_orders(const std::filesystem::path& db) {
-  auto box = outbox::Outbox::open(db);
-  outbox::Transaction tx(box);
-  tx.enqueue({.topic = "orders",
-              .key = "k",
-              .payload = "traced",
-              .traceparent = kTraceparent,
-              .tracestate = kTracestate});
-  tx.enqueue({.topic = "orders", .key = "k", .payload = "untraced"});
-  tx.enqueue({.topic = "orders",
-              .key = "k",
-              .payload = "malformed",
-              .headers = {{"traceparent", "01-not-a-trace"}, {"tracestate", "a=b"}}});
-  tx.commit();
-}
+// After the traced and the untraced message, one whose traceparent header a
+// producer wrote by hand in a shape that is not W3C's.
+const outbox::Message kMalformed{
+    .topic = "orders",
+    .key = "k",
+    .payload = "malformed",
+    .headers = {{"traceparent", "01-not-a-trace"}, {"tracestate", "a=b"}}};
 
 }  // namespace
 
@@ -44,7 +31,7 @@ TEST_CASE(
     "[relay][trace]") {
   test_support::TempDir dir("relay-trace-inbox");
   BrokerProcess broker(dir.path(), dir / "broker.db");
-  commit_orders(dir / "app.db");
+  commit_traced_orders(dir / "app.db", {kMalformed});
   RelayProcess relay(dir.path(), dir / "app.db", broker.endpoint());
   REQUIRE(wait_delivered(dir / "app.db", 3));
   auto fetched = fetch_all(broker.endpoint());
