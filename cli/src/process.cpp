@@ -53,14 +53,13 @@ class JsonFormatter final : public spdlog::formatter {
         ",\"pid\":" + std::to_string(::getpid()) + ",\"message\":" +
         json_escape(std::string_view(record.payload.data(), record.payload.size()));
     for (const auto& field : metrics::LogFields::current()) {
-      const bool fixed = field.name == "time" || field.name == "level" ||
-                         field.name == "component" || field.name == "pid" ||
-                         field.name == "message";
+      const auto name = field.name();
+      const bool fixed = name == "time" || name == "level" || name == "component" ||
+                         name == "pid" || name == "message";
       line += ',';
-      line += json_escape(fixed ? "field_" + std::string(field.name) : std::string(field.name));
+      line += json_escape(fixed ? "field_" + std::string(name) : std::string(name));
       line += ':';
-      line +=
-          field.is_number ? std::to_string(field.number_value) : json_escape(field.string_value);
+      line += field.is_number() ? std::string(field.value()) : json_escape(field.value());
     }
     line += "}\n";
     out.append(line.data(), line.data() + line.size());

@@ -21,6 +21,8 @@
 // spdlog::async_logger formats on another thread and sees none).
 #pragma once
 
+#include <charconv>
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <span>
@@ -33,20 +35,35 @@
 
 namespace metrics {
 
-struct LogField {
-  LogField(std::string_view field_name, std::string_view text)
-      : name(field_name), string_value(text) {}
-  LogField(std::string_view field_name, const std::string& text)
-      : name(field_name), string_value(text) {}
-  LogField(std::string_view field_name, const char* text) : name(field_name), string_value(text) {}
+// One field: a name and a string or an integer. Strings are views (of the
+// caller's values, alive for the call that logs them); an integer is kept as
+// its decimal digits, whatever its type.
+class LogField {
+ public:
+  LogField(std::string_view field_name, std::string_view text) : name_(field_name), text_(text) {}
+  LogField(std::string_view field_name, const std::string& text) : name_(field_name), text_(text) {}
+  LogField(std::string_view field_name, const char* text) : name_(field_name), text_(text) {}
   template <class Integer>
-  requires std::is_integral_v<Integer> LogField(std::string_view field_name, Integer number)
-      : name(field_name), is_number(true), number_value(static_cast<std::int64_t>(number)) {}
+  requires(std::is_integral_v<Integer> && !std::is_same_v<Integer, bool>)
+      LogField(std::string_view field_name, Integer number)
+      : name_(field_name), is_number_(true) {
+    auto end = std::to_chars(digits_, digits_ + sizeof digits_, number).ptr;
+    digit_count_ = static_cast<std::size_t>(end - digits_);
+  }
 
-  std::string_view name;
-  bool is_number = false;
-  std::string_view string_value{};
-  std::int64_t number_value = 0;
+  std::string_view name() const noexcept { return name_; }
+  bool is_number() const noexcept { return is_number_; }
+  // The string, or the number's decimal digits ('-' first when negative).
+  std::string_view value() const noexcept {
+    return is_number_ ? std::string_view(digits_, digit_count_) : text_;
+  }
+
+ private:
+  std::string_view name_;
+  std::string_view text_{};
+  bool is_number_ = false;
+  char digits_[24]{};  // any 64-bit integer
+  std::size_t digit_count_ = 0;
 };
 
 // Sets the calling thread's fields for its lifetime (the previous ones
