@@ -71,7 +71,8 @@ class Scraper {
 
 struct Drain {
   double seconds = 0;
-  double cpu_seconds = 0;  // outbox-relay's threads on a CPU until the last message was stored
+  double cpu_seconds = 0;       // outbox-relay's threads on a CPU until the last message was stored
+  double loop_cpu_seconds = 0;  // of which its main thread, the relay loop
   std::uint64_t scrapes = 0;
   double scrape_seconds = 0;  // all scrapes' round trips together
 };
@@ -96,6 +97,8 @@ Drain drain(const OverheadSettings& settings, const fs::path& dir, BrokerProcess
                                pass_timeout(data.size()), {&relay.process(), &broker.process()},
                                with_metrics ? "drain with metrics" : "drain without metrics");
   Drain result;
+  result.loop_cpu_seconds =
+      static_cast<double>(main_thread_cpu_run_ns(relay.process().pid())) / 1e9;
   result.cpu_seconds = static_cast<double>(cpu_run_ns(relay.process().pid())) / 1e9;
   result.seconds = seconds_between(started, done);
   result.scrapes = scraper ? scraper->scrapes() : 0;
@@ -119,6 +122,10 @@ OverheadResult run_overhead(const OverheadSettings& settings, const Dataset& off
         auto rate = static_cast<double>(data.size()) / measured.seconds;
         auto cpu_us = measured.cpu_seconds * 1e6 / static_cast<double>(data.size());
         (with_metrics ? result.on_cpu_us_per_message : result.off_cpu_us_per_message) = cpu_us;
+        const auto other_us = (measured.cpu_seconds - measured.loop_cpu_seconds) * 1e6 /
+                              static_cast<double>(data.size());
+        (with_metrics ? result.on_other_threads_us_per_message
+                      : result.off_other_threads_us_per_message) = other_us;
         if (with_metrics) {
           result.scrapes = measured.scrapes;
           result.scrape_us_per_message =
@@ -139,6 +146,8 @@ OverheadResult run_overhead(const OverheadSettings& settings, const Dataset& off
   result.on_seconds = pair.variant_seconds;
   result.on_msgs_per_sec = static_cast<double>(result.messages) / pair.variant_seconds;
   result.ratio = result.on_msgs_per_sec / result.off_msgs_per_sec;
+  result.other_threads_added_us_per_message =
+      result.on_other_threads_us_per_message - result.off_other_threads_us_per_message;
   if (result.off_cpu_us_per_message > 0) {
     result.cpu_ratio = result.on_cpu_us_per_message / result.off_cpu_us_per_message;
   } else {

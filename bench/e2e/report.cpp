@@ -389,6 +389,11 @@ std::string overhead_text_report(const RunInfo& info, const Summary& summary) {
       << fixed(scrape.median * 1000, 1) << " ns (max " << fixed(scrape.high * 1000, 1)
       << " ns), against " << fixed(cpu_off.median * 1000, 0)
       << " ns of relay CPU per message without metrics\n";
+  auto added = spread_of(rounds, &OverheadResult::other_threads_added_us_per_message);
+  out << "CPU the relay's threads besides its loop added per message with metrics: "
+      << fixed(added.median * 1000, 1) << " ns (quartiles " << fixed(added.lower_quartile * 1000, 1)
+      << " to " << fixed(added.upper_quartile * 1000, 1) << " ns), "
+      << fixed(added.median / cpu_off.median * 100, 2) << " % of the relay's CPU per message\n";
   out << "target rate ratio >= 0.97: " << (ratio.median >= 0.97 ? "met" : "MISSED")
       << "; load average at the start " << info.machine.load_average << ", at the end "
       << info.load_average_at_end << "\n";
@@ -412,6 +417,9 @@ std::string overhead_round_json(const OverheadResult& r) {
       .num("relay_cpu_us_per_message_with_metrics", r.on_cpu_us_per_message)
       .num("relay_cpu_ratio", r.cpu_ratio)
       .num("scrape_us_per_message", r.scrape_us_per_message)
+      .num("other_threads_cpu_us_per_message_without_metrics", r.off_other_threads_us_per_message)
+      .num("other_threads_cpu_us_per_message_with_metrics", r.on_other_threads_us_per_message)
+      .num("other_threads_added_cpu_us_per_message", r.other_threads_added_us_per_message)
       .field("problems", json_strings(r.problems))
       .str();
 }
@@ -610,6 +618,9 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
                spread_json(spread_of(summary.overhead, &OverheadResult::cpu_ratio)))
         .field("scrape_us_per_message",
                spread_json(spread_of(summary.overhead, &OverheadResult::scrape_us_per_message)))
+        .field("other_threads_added_cpu_us_per_message",
+               spread_json(spread_of(summary.overhead,
+                                     &OverheadResult::other_threads_added_us_per_message)))
         .boolean("ok", summary.ok())
         .field("problems", json_strings(summary.problems))
         .field("rounds", rounds + "]")
