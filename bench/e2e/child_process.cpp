@@ -195,6 +195,11 @@ std::int64_t cpu_wait_ns(pid_t pid) {
 std::int64_t cpu_run_ns(pid_t pid) {
   return schedstat_sum(pid, 0);
 }
+std::int64_t main_thread_cpu_run_ns(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/schedstat");
+  long long on_cpu = 0;
+  return in >> on_cpu ? on_cpu : 0;
+}
 
 fs::path executable_dir() {
   std::error_code error;

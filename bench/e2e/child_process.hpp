@@ -85,6 +85,8 @@ bool wait_until(const std::function<bool()>& condition, std::chrono::millisecond
 std::int64_t cpu_wait_ns(pid_t pid);
 // Nanoseconds the threads of process `pid` have run on a CPU (same source).
 std::int64_t cpu_run_ns(pid_t pid);
+// The same for its main thread alone (/proc/<pid>/task/<pid>/schedstat).
+std::int64_t main_thread_cpu_run_ns(pid_t pid);
 
 // The directory holding the running executable (/proc/self/exe).
 std::filesystem::path executable_dir();

@@ -121,7 +121,7 @@ void collect(bench::Summary& summary, const std::vector<std::string>& problems,
   for (const auto& problem : problems) summary.problems.push_back(prefix + problem);
 }
 
-int finish(const Flags& flags, const bench::RunInfo& info, const bench::Summary& summary);
+int finish(const Flags& flags, bench::RunInfo info, const bench::Summary& summary);
 
 // outbox-bench cuts: per round one drain without cuts and one under cuts,
 // other msg_ids each, alternating which goes first.
@@ -224,7 +224,8 @@ int run(const std::string& subcommand, const Flags& flags, const std::string& co
 }
 
 // Prints the table (or JSON), writes the results file; the exit code.
-int finish(const Flags& flags, const bench::RunInfo& info, const bench::Summary& summary) {
+int finish(const Flags& flags, bench::RunInfo info, const bench::Summary& summary) {
+  info.load_average_at_end = bench::load_average();
   auto json = bench::json_report(info, summary);
   if (!flags.results_dir.empty()) {
     try {

@@ -9,6 +9,12 @@
 // outbox-relay until the broker has stored the last message; the ratio is the
 // rate with metrics over the rate without. Both topics are read back: every
 // message exactly once, in per-key commit order.
+//
+// On a shared machine the rates swing with other work far more than metrics
+// move them, so each drain also records the CPU time outbox-relay's threads
+// ran (schedstat, the metrics endpoint's threads included) per message: what
+// metrics cost the relay, without the time it waited for a CPU; and the time
+// the scrapes took per message, the most that serving metrics can have added.
 #pragma once
 
 #include <chrono>
@@ -33,7 +39,20 @@ struct OverheadResult {
   double off_msgs_per_sec = 0;
   double on_seconds = 0;
   double on_msgs_per_sec = 0;
-  double ratio = 0;           // with metrics / without
+  double ratio = 0;                   // with metrics / without
+  double off_cpu_us_per_message = 0;  // outbox-relay's CPU time per message
+  double on_cpu_us_per_message = 0;
+  double cpu_ratio = 0;  // with metrics / without (above 1: metrics cost CPU)
+  // The same CPU time without the relay loop's own (main) thread: ZeroMQ's
+  // I/O threads in both drains, and the metrics endpoint's threads in the
+  // drain with metrics, whose work (scrapes, backlog readings) is all that
+  // serving metrics adds; the difference is that cost per message.
+  double off_other_threads_us_per_message = 0;
+  double on_other_threads_us_per_message = 0;
+  double other_threads_added_us_per_message = 0;
+  // The scrapes' round trips during the drain with metrics, per message: an
+  // upper bound of what serving them took from the relay's CPUs.
+  double scrape_us_per_message = 0;
   std::uint64_t scrapes = 0;  // successful GET /metrics during the drain with metrics
   std::vector<std::string> problems;
 };

@@ -228,6 +228,13 @@ std::string source_commit() {
   return text;
 }
 
+std::string load_average() {
+  std::ifstream loadavg("/proc/loadavg");
+  std::string one, five, fifteen;
+  if (loadavg >> one >> five >> fifteen) return one + " " + five + " " + fifteen;
+  return {};
+}
+
 Machine describe_machine() {
   Machine machine;
   machine.cores = std::thread::hardware_concurrency();
@@ -242,9 +249,7 @@ Machine describe_machine() {
   }
   utsname name{};
   if (::uname(&name) == 0) machine.kernel = std::string(name.sysname) + " " + name.release;
-  std::ifstream loadavg("/proc/loadavg");
-  std::string one, five, fifteen;
-  if (loadavg >> one >> five >> fifteen) machine.load_average = one + " " + five + " " + fifteen;
+  machine.load_average = load_average();
   std::ifstream meminfo("/proc/meminfo");
   while (std::getline(meminfo, line)) {
     if (line.rfind("MemTotal:", 0) == 0) {
@@ -255,10 +260,21 @@ Machine describe_machine() {
   return machine;
 }
 
-// Median, lowest and highest of one figure over the rounds.
+// Median, quartiles, lowest and highest of one figure over the rounds.
 struct Spread {
   double median = 0, low = 0, high = 0;
+  double lower_quartile = 0, upper_quartile = 0;
 };
+
+// The value below which `fraction` of the sorted values lie (linear between
+// neighbours).
+double quantile(const std::vector<double>& sorted, double fraction) {
+  if (sorted.empty()) return 0;
+  const double position = fraction * static_cast<double>(sorted.size() - 1);
+  const auto below = static_cast<std::size_t>(position);
+  const auto above = std::min(below + 1, sorted.size() - 1);
+  return sorted[below] + (sorted[above] - sorted[below]) * (position - static_cast<double>(below));
+}
 
 template <typename Result, typename Field>
 Spread spread_of(const std::vector<Result>& results, Field field) {
@@ -266,15 +282,20 @@ Spread spread_of(const std::vector<Result>& results, Field field) {
   for (const auto& result : results) values.push_back(result.*field);
   Spread spread;
   if (values.empty()) return spread;
+  std::sort(values.begin(), values.end());
   spread.median = median(values);
-  spread.low = *std::min_element(values.begin(), values.end());
-  spread.high = *std::max_element(values.begin(), values.end());
+  spread.low = values.front();
+  spread.high = values.back();
+  spread.lower_quartile = quantile(values, 0.25);
+  spread.upper_quartile = quantile(values, 0.75);
   return spread;
 }
 
 std::string spread_json(const Spread& spread) {
   return JsonObject()
       .num("median", spread.median)
+      .num("lower_quartile", spread.lower_quartile)
+      .num("upper_quartile", spread.upper_quartile)
       .num("min", spread.low)
       .num("max", spread.high)
       .str();
@@ -336,24 +357,46 @@ std::string overhead_text_report(const RunInfo& info, const Summary& summary) {
          "second); "
       << rounds.size() << " rounds\n";
   out << "  " << info.command_line << "\n\n";
-  out << "round   without metrics msg/s   with metrics msg/s   ratio   scrapes\n";
+  out << "round   without metrics msg/s   with metrics msg/s   ratio   scrapes   relay CPU "
+         "us/msg without   with   ratio\n";
   for (std::size_t i = 0; i < rounds.size(); ++i) {
-    char line[160];
-    std::snprintf(line, sizeof line, "%5zu   %21s   %18s   %5.3f   %7llu\n", i + 1,
-                  thousands(rounds[i].off_msgs_per_sec).c_str(),
-                  thousands(rounds[i].on_msgs_per_sec).c_str(), rounds[i].ratio,
-                  static_cast<unsigned long long>(rounds[i].scrapes));
+    char line[200];
+    std::snprintf(
+        line, sizeof line, "%5zu   %21s   %18s   %5.3f   %7llu   %19.2f   %4.2f   %5.3f\n", i + 1,
+        thousands(rounds[i].off_msgs_per_sec).c_str(), thousands(rounds[i].on_msgs_per_sec).c_str(),
+        rounds[i].ratio, static_cast<unsigned long long>(rounds[i].scrapes),
+        rounds[i].off_cpu_us_per_message, rounds[i].on_cpu_us_per_message, rounds[i].cpu_ratio);
     out << line;
   }
   auto off = spread_of(rounds, &OverheadResult::off_msgs_per_sec);
   auto on = spread_of(rounds, &OverheadResult::on_msgs_per_sec);
   auto ratio = spread_of(rounds, &OverheadResult::ratio);
+  auto cpu_ratio = spread_of(rounds, &OverheadResult::cpu_ratio);
+  auto quartiles = [](const Spread& spread) {
+    return fixed(spread.median, 3) + " (quartiles " + fixed(spread.lower_quartile, 3) + "-" +
+           fixed(spread.upper_quartile, 3) + ", min-max " + fixed(spread.low, 3) + "-" +
+           fixed(spread.high, 3) + ")";
+  };
   out << "\nmedian (min-max): without metrics " << thousands(off.median) << " msg/s ("
       << thousands(off.low) << "-" << thousands(off.high) << "), with metrics "
       << thousands(on.median) << " msg/s (" << thousands(on.low) << "-" << thousands(on.high)
-      << "), ratio " << fixed(ratio.median, 3) << " (" << fixed(ratio.low, 3) << "-"
-      << fixed(ratio.high, 3) << ")\n";
-  out << "target ratio >= 0.97: " << (ratio.median >= 0.97 ? "met" : "MISSED") << "\n";
+      << ")\n";
+  out << "rate ratio, with metrics / without: " << quartiles(ratio) << "\n";
+  out << "relay CPU per message, with metrics / without: " << quartiles(cpu_ratio) << "\n";
+  auto scrape = spread_of(rounds, &OverheadResult::scrape_us_per_message);
+  auto cpu_off = spread_of(rounds, &OverheadResult::off_cpu_us_per_message);
+  out << "scrape round trips per message (the most serving metrics can add): "
+      << fixed(scrape.median * 1000, 1) << " ns (max " << fixed(scrape.high * 1000, 1)
+      << " ns), against " << fixed(cpu_off.median * 1000, 0)
+      << " ns of relay CPU per message without metrics\n";
+  auto added = spread_of(rounds, &OverheadResult::other_threads_added_us_per_message);
+  out << "CPU the relay's threads besides its loop added per message with metrics: "
+      << fixed(added.median * 1000, 1) << " ns (quartiles " << fixed(added.lower_quartile * 1000, 1)
+      << " to " << fixed(added.upper_quartile * 1000, 1) << " ns), "
+      << fixed(added.median / cpu_off.median * 100, 2) << " % of the relay's CPU per message\n";
+  out << "target rate ratio >= 0.97: " << (ratio.median >= 0.97 ? "met" : "MISSED")
+      << "; load average at the start " << info.machine.load_average << ", at the end "
+      << info.load_average_at_end << "\n";
   if (!summary.ok()) {
     out << "\nCHECK FAILED:\n";
     for (const auto& problem : summary.problems) out << "  " << problem << "\n";
@@ -370,6 +413,13 @@ std::string overhead_round_json(const OverheadResult& r) {
       .rate("with_metrics_msgs_per_sec", r.on_msgs_per_sec)
       .num("ratio", r.ratio)
       .integer("scrapes", r.scrapes)
+      .num("relay_cpu_us_per_message_without_metrics", r.off_cpu_us_per_message)
+      .num("relay_cpu_us_per_message_with_metrics", r.on_cpu_us_per_message)
+      .num("relay_cpu_ratio", r.cpu_ratio)
+      .num("scrape_us_per_message", r.scrape_us_per_message)
+      .num("other_threads_cpu_us_per_message_without_metrics", r.off_other_threads_us_per_message)
+      .num("other_threads_cpu_us_per_message_with_metrics", r.on_other_threads_us_per_message)
+      .num("other_threads_added_cpu_us_per_message", r.other_threads_added_us_per_message)
       .field("problems", json_strings(r.problems))
       .str();
 }
@@ -522,6 +572,7 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
                             .text("kernel", info.machine.kernel)
                             .num("memory_gib", info.machine.memory_gib)
                             .text("load_average_at_start", info.machine.load_average)
+                            .text("load_average_at_end", info.load_average_at_end)
                             .str())
       .field("settings", JsonObject()
                              .integer("messages", info.messages)
@@ -559,6 +610,17 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
         .field("with_metrics_msgs_per_sec",
                spread_json(spread_of(summary.overhead, &OverheadResult::on_msgs_per_sec)))
         .field("ratio", spread_json(spread_of(summary.overhead, &OverheadResult::ratio)))
+        .field("relay_cpu_us_per_message_without_metrics",
+               spread_json(spread_of(summary.overhead, &OverheadResult::off_cpu_us_per_message)))
+        .field("relay_cpu_us_per_message_with_metrics",
+               spread_json(spread_of(summary.overhead, &OverheadResult::on_cpu_us_per_message)))
+        .field("relay_cpu_ratio",
+               spread_json(spread_of(summary.overhead, &OverheadResult::cpu_ratio)))
+        .field("scrape_us_per_message",
+               spread_json(spread_of(summary.overhead, &OverheadResult::scrape_us_per_message)))
+        .field("other_threads_added_cpu_us_per_message",
+               spread_json(spread_of(summary.overhead,
+                                     &OverheadResult::other_threads_added_us_per_message)))
         .boolean("ok", summary.ok())
         .field("problems", json_strings(summary.problems))
         .field("rounds", rounds + "]")

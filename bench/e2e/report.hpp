@@ -21,6 +21,8 @@ struct Machine {
   std::string load_average;  // /proc/loadavg's first three fields: other work on the machine
 };
 Machine describe_machine();
+// /proc/loadavg's first three fields ("" if unreadable).
+std::string load_average();
 
 // What a run was asked to do, echoed in the output.
 struct RunInfo {
@@ -36,6 +38,7 @@ struct RunInfo {
   int rounds = 1;
   std::string cut_every;  // outbox-bench cuts
   Machine machine;
+  std::string load_average_at_end;  // when the last round finished
 };
 
 // The figures of one subcommand run; the compare figures are medians over rounds

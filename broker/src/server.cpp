@@ -24,6 +24,7 @@
 
 #include "broker/metrics.hpp"
 #include "broker/store.hpp"
+#include "metrics/log_fields.hpp"
 #include "wire/zmq_io.hpp"
 
 namespace broker {
@@ -577,10 +578,15 @@ struct Server::Impl {
     ++counters.requests_dropped;
     if (!peer.dropping) {
       peer.dropping = true;
-      logger->warn(
-          "a peer does not read its replies ({} bytes queued for it): dropping its "
-          "requests until it does",
-          queued_bytes(peer));
+      const Session* session = find_session(routing_id);
+      metrics::log(*logger, spdlog::level::warn,
+                   {{"event", "peer_not_reading"},
+                    {"queued_bytes", queued_bytes(peer)},
+                    {"session", session != nullptr ? session->id : 0},
+                    {"producer", session != nullptr ? session->producer : std::string()}},
+                   "a peer does not read its replies ({} bytes queued for it): dropping its "
+                   "requests until it does",
+                   queued_bytes(peer));
     }
     fail_session(routing_id, "its requests were dropped while it did not read its replies");
   }
@@ -589,7 +595,12 @@ struct Server::Impl {
     Session* session = find_session(routing_id);
     if (session != nullptr && !session->failed) {
       session->failed = true;
-      logger->warn("session {} ({}) failed: {}", session->id, session->producer, why);
+      metrics::log(*logger, spdlog::level::warn,
+                   {{"event", "session_failed"},
+                    {"session", session->id},
+                    {"producer", session->producer},
+                    {"reason", why}},
+                   "session {} ({}) failed: {}", session->id, session->producer, why);
     }
   }
 
@@ -695,7 +706,15 @@ struct Server::Impl {
         session->failed = true;
         ++counters.refused_batches;
         ++counters.stale_epochs;
-        logger->warn("session {} ({}) refused: {}", session->id, session->producer,
+        metrics::log(*logger, spdlog::level::warn,
+                     {{"event", "session_refused"},
+                      {"session", session->id},
+                      {"producer", session->producer},
+                      {"origin", session->origin},
+                      {"epoch", session->epoch},
+                      {"newest_epoch", highest},
+                      {"error_code", "stale_epoch"}},
+                     "session {} ({}) refused: {}", session->id, session->producer,
                      stale_epoch_text(session->origin, session->epoch, highest));
         return reply_error(routing_id, view->batch_id, wire::ErrorCode::stale_epoch,
                            stale_epoch_text(session->origin, session->epoch, highest));
@@ -782,7 +801,12 @@ struct Server::Impl {
     } catch (const std::exception& error) {
       ++counters.storage_failures;
       if (options.metrics) options.metrics->store_writable.set(0);
-      logger->error("group commit of {} messages failed: {}", incoming.size(), error.what());
+      metrics::log(*logger, spdlog::level::err,
+                   {{"event", "store_write_failed"},
+                    {"db", store.path().string()},
+                    {"messages", incoming.size()},
+                    {"error", error.what()}},
+                   "group commit of {} messages failed: {}", incoming.size(), error.what());
       for (const auto& batch : pending) {
         if (auto* session = find_session(batch.routing_id);
             session != nullptr && session->id == batch.session_id) {
@@ -938,7 +962,14 @@ struct Server::Impl {
       }
       if (highest > hello.epoch) {
         ++counters.stale_epochs;
-        logger->warn("HELLO from '{}' refused: {}", hello.producer,
+        metrics::log(*logger, spdlog::level::warn,
+                     {{"event", "session_refused"},
+                      {"producer", hello.producer},
+                      {"origin", hello.origin},
+                      {"epoch", hello.epoch},
+                      {"newest_epoch", highest},
+                      {"error_code", "stale_epoch"}},
+                     "HELLO from '{}' refused: {}", hello.producer,
                      stale_epoch_text(hello.origin, hello.epoch, highest));
         return refuse(wire::ErrorCode::stale_epoch,
                       stale_epoch_text(hello.origin, hello.epoch, highest));
@@ -959,9 +990,18 @@ struct Server::Impl {
     session.epoch = hello.epoch;
     ++counters.sessions_opened;
     if (hello.origin.empty()) {
-      logger->info("session {} opened by '{}'", session.id, hello.producer);
+      metrics::log(
+          *logger, spdlog::level::info,
+          {{"event", "session_opened"}, {"session", session.id}, {"producer", hello.producer}},
+          "session {} opened by '{}'", session.id, hello.producer);
     } else {
-      logger->info("session {} opened by '{}' for origin {} at lease epoch {}", session.id,
+      metrics::log(*logger, spdlog::level::info,
+                   {{"event", "session_opened"},
+                    {"session", session.id},
+                    {"producer", hello.producer},
+                    {"origin", hello.origin},
+                    {"epoch", hello.epoch}},
+                   "session {} opened by '{}' for origin {} at lease epoch {}", session.id,
                    hello.producer, hello.origin, hello.epoch);
     }
     answer(routing_id, wire::welcome_for(session.id, store.options().max_message_bytes,
@@ -1214,7 +1254,10 @@ struct Server::Impl {
       }
       if (!allowed) {
         ++counters.curve_refused;
-        logger->warn("refused CURVE client {}", binary_to_z85(client_key));
+        const auto key = binary_to_z85(client_key);
+        metrics::log(*logger, spdlog::level::warn,
+                     {{"event", "curve_refused"}, {"client_key", key}}, "refused CURVE client {}",
+                     key);
       }
       std::string_view reply_frames[] = {
           "1.0", request_id, allowed ? "200" : "400", allowed ? "OK" : "client key not allowed",
@@ -1252,7 +1295,10 @@ struct Server::Impl {
       }
       if (result.more) next_maintenance = now;
     } catch (const std::exception& error) {
-      logger->error("maintenance failed: {}", error.what());
+      metrics::log(
+          *logger, spdlog::level::err,
+          {{"event", "maintenance_failed"}, {"db", store.path().string()}, {"error", error.what()}},
+          "maintenance failed: {}", error.what());
     }
   }
 

@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/json.hpp"
+#include "metrics/log_fields.hpp"
 
 namespace cli {
 namespace {
@@ -26,8 +27,11 @@ extern "C" void on_stop_signal(int) {
   if (auto function = stop_function.load()) function();
 }
 
-// One JSON object per record, for log collectors. The message goes through
-// json_escape, so any bytes in it (a msg_id from a client) still parse.
+// One JSON object per record, for log collectors: time, level, component,
+// pid, message, then the record's structured fields (metrics::LogFields) as
+// members of their own. Every string goes through json_escape, so any bytes
+// in it (a msg_id from a client) still parse. A field named like one of the
+// fixed members is written with a "field_" prefix, so no key appears twice.
 class JsonFormatter final : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& record, spdlog::memory_buf_t& out) override {
@@ -47,7 +51,17 @@ class JsonFormatter final : public spdlog::formatter {
         std::string(level.data(), level.size()) + "\",\"component\":" +
         json_escape(std::string_view(record.logger_name.data(), record.logger_name.size())) +
         ",\"pid\":" + std::to_string(::getpid()) + ",\"message\":" +
-        json_escape(std::string_view(record.payload.data(), record.payload.size())) + "}\n";
+        json_escape(std::string_view(record.payload.data(), record.payload.size()));
+    for (const auto& field : metrics::LogFields::current()) {
+      const auto name = field.name();
+      const bool fixed = name == "time" || name == "level" || name == "component" ||
+                         name == "pid" || name == "message";
+      line += ',';
+      line += json_escape(fixed ? "field_" + std::string(name) : std::string(name));
+      line += ':';
+      line += field.is_number() ? std::string(field.value()) : json_escape(field.value());
+    }
+    line += "}\n";
     out.append(line.data(), line.data() + line.size());
   }
   std::unique_ptr<spdlog::formatter> clone() const override {

@@ -208,6 +208,12 @@ ProcessResult Inbox::process_once(const std::string& msg_id,
   return ProcessResult::processed;
 }
 
+ProcessResult Inbox::process_once(
+    const std::string& msg_id, const TraceContext& trace,
+    const std::function<void(sqlite3*, const TraceContext&)>& handler) {
+  return process_once(msg_id, [&](sqlite3* db) { handler(db, trace); });
+}
+
 Claim Inbox::begin(const std::string& msg_id, std::chrono::milliseconds lease) {
   check_msg_id(msg_id);
   check_lease(lease);

@@ -46,6 +46,14 @@ bool valid_traceparent(std::string_view text) {
          parent_id.find_first_not_of('0') != std::string_view::npos;
 }
 
+TraceContext trace_context(std::string_view traceparent, std::string_view tracestate) {
+  TraceContext context;
+  if (!valid_traceparent(traceparent)) return context;
+  context.traceparent = traceparent;
+  if (tracestate.size() <= kMaxTracestateBytes) context.tracestate = tracestate;
+  return context;
+}
+
 std::string encode_headers(const Headers& headers) {
   std::string out;
   for (const auto& header : headers) {

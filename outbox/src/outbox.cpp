@@ -29,13 +29,12 @@ std::unordered_map<sqlite3*, Outbox::Impl*>& registry() {
 // The message's headers with its trace context added as the `traceparent`
 // and `tracestate` headers, after checking it (Message::traceparent).
 Headers with_trace_context(const Message& message) {
-  constexpr std::size_t max_tracestate_bytes = 512;  // the W3C limit
   if (!message.traceparent.empty() && !valid_traceparent(message.traceparent)) {
     throw Error("outbox: traceparent '" + message.traceparent.substr(0, 80) +
                 "' is not 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>");
   }
   if (message.traceparent.empty()) throw Error("outbox: tracestate given without a traceparent");
-  if (message.tracestate.size() > max_tracestate_bytes) {
+  if (message.tracestate.size() > kMaxTracestateBytes) {
     throw Error("outbox: tracestate of " + std::to_string(message.tracestate.size()) +
                 " bytes is over the 512 allowed");
   }

@@ -587,23 +587,18 @@ void RelayStore::schedule_retry(std::span<const std::int64_t> seqs, const std::s
 
 namespace {
 
-// Pending, retrying, dead and the oldest pending age: queries bounded by the
-// backlog (messages past the cursor) and the unsettled-state index, never by
-// the number of delivered rows kept for retention.
-void read_backlog(RelayStore::Impl& impl, std::int64_t settled, Backlog& backlog) {
+// Retrying and dead counts come from the unsettled-state index; the oldest
+// pending message is the first unsettled one past the cursor. Both cost index
+// lookups, never a pass over the backlog or the delivered rows kept for
+// retention.
+void read_unsettled(RelayStore::Impl& impl, std::int64_t settled, Backlog& backlog) {
   {
-    Statement pending(impl.db,
-                      "SELECT count(*), min(m.seq) FROM outbox_messages m "
-                      "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
-                      "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = 0)");
-    auto use = pending.use();
-    use.bind(1, settled);
-    use.step();
-    backlog.pending = use.column_int64(0);
-    if (!use.column_is_null(1)) {
+    auto first = impl.first_unsettled.use();
+    first.bind(1, settled);
+    if (first.step()) {
       Statement created(impl.db, "SELECT created_at_ms FROM outbox_messages WHERE seq = ?1");
       auto created_use = created.use();
-      created_use.bind(1, use.column_int64(1));
+      created_use.bind(1, first.column_int64(0));
       if (created_use.step()) {
         auto age = impl.now() - from_ms(created_use.column_int64(0));
         backlog.oldest_pending_age = std::max(std::chrono::milliseconds(0), age);
@@ -619,13 +614,47 @@ void read_backlog(RelayStore::Impl& impl, std::int64_t settled, Backlog& backlog
   backlog.dead = use.column_int64(1);
 }
 
+// The pending count without visiting the pending rows: every seq past the
+// cursor up to the largest one, less those already settled (delivery rows
+// past the cursor: the messages acknowledged out of order, a pipeline's
+// worth, or the other keys' messages behind a blocked one). Seqs are
+// consecutive (SQLite assigns max + 1 and the newest row is never deleted),
+// so this is the exact count unless rows past the cursor are gone: retention
+// deleting delivered messages behind a key blocked for longer than the
+// retention time, or rows inserted with explicit seqs. Then it counts those
+// too. Measured with bench_outbox_relay_side (2 cores, load average 10):
+// 18 us with 100,000 messages pending, where counting them (stats()) took
+// 163 ms.
+std::int64_t pending_by_seq(RelayStore::Impl& impl, std::int64_t settled) {
+  Statement settled_past(impl.db,
+                         "SELECT count(*) FROM outbox_delivery WHERE seq > ?1 AND state <> 0");
+  auto use = settled_past.use();
+  use.bind(1, settled);
+  use.step();
+  return std::max<std::int64_t>(0, impl.last_seq() - settled - use.column_int64(0));
+}
+
+// The exact pending count: one pass over the messages past the cursor.
+std::int64_t pending_by_count(RelayStore::Impl& impl, std::int64_t settled) {
+  Statement pending(impl.db,
+                    "SELECT count(*) FROM outbox_messages m "
+                    "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
+                    "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = 0)");
+  auto use = pending.use();
+  use.bind(1, settled);
+  use.step();
+  return use.column_int64(0);
+}
+
 }  // namespace
 
 Backlog RelayStore::backlog() {
   auto& impl = *impl_;
   Backlog backlog;
   ScopedTransaction transaction(impl.db, false);
-  read_backlog(impl, impl.cursor().first, backlog);
+  const auto settled = impl.cursor().first;
+  backlog.pending = pending_by_seq(impl, settled);
+  read_unsettled(impl, settled, backlog);
   transaction.commit();
   return backlog;
 }
@@ -639,7 +668,8 @@ Stats RelayStore::stats() {
   stats.delivered_total = total;
   stats.last_seq = impl.last_seq();
   Backlog backlog;
-  read_backlog(impl, settled, backlog);
+  backlog.pending = pending_by_count(impl, settled);
+  read_unsettled(impl, settled, backlog);
   stats.pending = backlog.pending;
   stats.retrying = backlog.retrying;
   stats.dead = backlog.dead;

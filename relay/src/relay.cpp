@@ -14,6 +14,7 @@
 #include <spdlog/logger.h>
 #include <spdlog/sinks/null_sink.h>
 
+#include "metrics/log_fields.hpp"
 #include "relay/metrics.hpp"
 #include "wire/protocol.hpp"
 
@@ -376,7 +377,9 @@ struct Relay::Impl {
   }
 
   void lose_lease(const char* why) {
-    log->warn("lost the relay lease ({}); going back to standby", why);
+    metrics::log(*log, spdlog::level::warn,
+                 {{"event", "lease_lost"}, {"db", store.path()}, {"reason", why}},
+                 "lost the relay lease ({}); going back to standby", why);
     lease.reset();
     counters.active = false;
     note_lease();
@@ -412,7 +415,13 @@ struct Relay::Impl {
       last_progress = now;
       set_session_state(false);
       publish_status();
-      log->info("active: holding the relay lease as '{}' (epoch {})", lease->holder, lease->epoch);
+      metrics::log(*log, spdlog::level::info,
+                   {{"event", "lease_acquired"},
+                    {"db", store.path()},
+                    {"holder", lease->holder},
+                    {"epoch", lease->epoch}},
+                   "active: holding the relay lease as '{}' (epoch {})", lease->holder,
+                   lease->epoch);
       return true;
     }
     // Standby: look again when the holder's lease runs out (or a quarter ttl).
@@ -420,8 +429,10 @@ struct Relay::Impl {
     if (auto info = database("reading the relay lease").lease_info()) {
       metrics->standby.set(info->expired ? 0 : 1);
       if (!standby_logged) {
-        log->info("standby: the relay lease is held by '{}'; taking over when it lapses",
-                  info->holder);
+        metrics::log(*log, spdlog::level::info,
+                     {{"event", "standby"}, {"db", store.path()}, {"holder", info->holder}},
+                     "standby: the relay lease is held by '{}'; taking over when it lapses",
+                     info->holder);
         standby_logged = true;
       }
       auto left = duration_cast<milliseconds>(info->expires_at - outbox::system_now());
@@ -449,8 +460,16 @@ struct Relay::Impl {
     if (consecutive_failures == 1) delay = milliseconds(0);
     const bool session_was_open = session_open;
     next_session_attempt = SteadyClock::now() + delay;
-    log->warn("{}: {}; retrying in {} ms (attempt {}, {} batches were in flight)", sink.describe(),
-              reason, delay.count(), consecutive_failures, in_flight.size());
+    metrics::log(*log, spdlog::level::warn,
+                 {{"event", "session_failed"},
+                  {"db", store.path()},
+                  {"destination", sink.describe()},
+                  {"error", reason},
+                  {"retry_in_ms", delay.count()},
+                  {"attempt", consecutive_failures},
+                  {"batches_in_flight", in_flight.size()}},
+                 "{}: {}; retrying in {} ms (attempt {}, {} batches were in flight)",
+                 sink.describe(), reason, delay.count(), consecutive_failures, in_flight.size());
     leave_session();
     last_failure = reason;
     note_error(sink.describe() + ": " + reason);
@@ -488,12 +507,33 @@ struct Relay::Impl {
     set_session_state(true);
     publish_status_soon();
     if (consecutive_failures > 0) {
-      log->info("{}: session open again after {} failed attempts", sink.describe(),
-                consecutive_failures);
+      metrics::log(*log, spdlog::level::info,
+                   {{"event", "session_up"},
+                    {"db", store.path()},
+                    {"destination", sink.describe()},
+                    {"failed_attempts", consecutive_failures}},
+                   "{}: session open again after {} failed attempts", sink.describe(),
+                   consecutive_failures);
     } else {
       log->debug("{}: session open", sink.describe());
     }
     return true;
+  }
+
+  // The error line for a message that became dead, with its fields
+  // (docs/operations.md, Logs: message_dead).
+  template <class... Args>
+  void log_dead(const outbox::PendingMessage& message, const std::string& reason,
+                spdlog::format_string_t<Args...> format, Args&&... args) {
+    metrics::log(*log, spdlog::level::err,
+                 {{"event", "message_dead"},
+                  {"db", store.path()},
+                  {"seq", message.seq},
+                  {"msg_id", message.msg_id},
+                  {"topic", message.topic},
+                  {"destination", sink.describe()},
+                  {"reason", reason}},
+                 format, std::forward<Args>(args)...);
   }
 
   // Makes every message of `batch` that can never be delivered dead, and
@@ -509,7 +549,8 @@ struct Relay::Impl {
     for (std::size_t i = 0; i < batch.size(); ++i) {
       const auto& message = batch[i];
       if (auto reason = undeliverable_reason(message, limits)) {
-        log->error(
+        log_dead(
+            message, "UNDELIVERABLE: " + *reason,
             "message {} (seq {}, topic '{}', {}) can never be delivered to {}: {}; it is dead, "
             "later messages of its key wait until it is replayed or dropped (outbox-relay dead / "
             "replay / drop)",
@@ -656,7 +697,8 @@ struct Relay::Impl {
           std::string reason =
               delivery.status == DeliveryStatus::conflict ? "CONFLICT" : "REJECTED";
           if (!delivery.reason.empty()) reason += ": " + delivery.reason;
-          log->error(
+          log_dead(
+              message, reason,
               "message {} (seq {}, topic '{}', {}) is dead: {}; later messages of its key wait "
               "until it is replayed or dropped (outbox-relay dead / replay / drop)",
               message.msg_id, message.seq, message.topic, describe_key(message), reason);
@@ -755,11 +797,22 @@ struct Relay::Impl {
       if (sent != summary_sent_before || !in_flight.empty()) {
         auto stats = database("reading the backlog").backlog();
         double rate = elapsed > 0 ? static_cast<double>(sent - summary_sent_before) / elapsed : 0;
-        log->info(
+        const auto oldest_ms = stats.oldest_pending_age ? stats.oldest_pending_age->count() : 0;
+        metrics::log(
+            *log, spdlog::level::info,
+            {{"event", "summary"},
+             {"db", store.path()},
+             {"msgs_per_sec", static_cast<std::int64_t>(rate)},
+             {"pending", stats.pending},
+             {"oldest_pending_age_ms", oldest_ms},
+             {"dead", stats.dead},
+             {"batches_in_flight", in_flight.size()},
+             {"stored_total", counters.stored.load()},
+             {"duplicates_total", counters.duplicates.load()}},
             "forwarding {:.0f} msg/s; backlog {} (oldest {} ms), dead {}, in flight {} batches; "
             "totals stored {} duplicates {}",
-            rate, stats.pending, stats.oldest_pending_age ? stats.oldest_pending_age->count() : 0,
-            stats.dead, in_flight.size(), counters.stored.load(), counters.duplicates.load());
+            rate, stats.pending, oldest_ms, stats.dead, in_flight.size(), counters.stored.load(),
+            counters.duplicates.load());
       }
       summary_sent_before = sent;
       summary_since = now;
@@ -794,9 +847,18 @@ struct Relay::Impl {
               std::to_string(backlog.retrying) + ")";
     }
     using Seconds = std::chrono::duration<double>;
-    log->warn("no progress for {:.1f} s with {} messages pending (oldest {:.1f} s): {}",
-              Seconds(now - last_progress).count(), backlog.pending,
-              Seconds(backlog.oldest_pending_age.value_or(milliseconds(0))).count(), cause);
+    const auto oldest = backlog.oldest_pending_age.value_or(milliseconds(0));
+    metrics::log(*log, spdlog::level::warn,
+                 {{"event", "stalled"},
+                  {"db", store.path()},
+                  {"destination", sink.describe()},
+                  {"pending", backlog.pending},
+                  {"oldest_pending_age_ms", oldest.count()},
+                  {"dead", backlog.dead},
+                  {"cause", cause}},
+                 "no progress for {:.1f} s with {} messages pending (oldest {:.1f} s): {}",
+                 Seconds(now - last_progress).count(), backlog.pending, Seconds(oldest).count(),
+                 cause);
   }
 
   // A transient database failure: one line naming the database, the
@@ -815,7 +877,14 @@ struct Relay::Impl {
         fmt::format("database '{}': {} failed with {}: {}", store.path(), database_operation,
                     sqlite_code_name(error.extended_code()), error.what());
     if (database_failures == 1 || status.last_error != line) {
-      log->error("{}; keeping the lease, retrying in {} ms", line, delay.count());
+      metrics::log(*log, spdlog::level::err,
+                   {{"event", "database_error"},
+                    {"db", store.path()},
+                    {"operation", database_operation},
+                    {"error_code", sqlite_code_name(error.extended_code())},
+                    {"error", error.what()},
+                    {"retry_in_ms", delay.count()}},
+                   "{}; keeping the lease, retrying in {} ms", line, delay.count());
     } else {
       log->debug("{}; retrying in {} ms (attempt {})", line, delay.count(), database_failures);
     }
@@ -893,15 +962,24 @@ struct Relay::Impl {
           continue;
         }
         if (database_failures > 0) {
-          log->info("database '{}' works again after {} failed attempts", store.path(),
-                    database_failures);
+          metrics::log(*log, spdlog::level::info,
+                       {{"event", "database_recovered"},
+                        {"db", store.path()},
+                        {"failed_attempts", database_failures}},
+                       "database '{}' works again after {} failed attempts", store.path(),
+                       database_failures);
           database_failures = 0;
         }
       }
     } catch (const SinkRefusal& refusal) {
       // Nothing in flight is acknowledged any more; a standby (or the next
       // start, once the destination is fixed) need not wait for the lease.
-      log->error("{}: {}", sink.describe(), refusal.what());
+      metrics::log(*log, spdlog::level::err,
+                   {{"event", "destination_refused"},
+                    {"db", store.path()},
+                    {"destination", sink.describe()},
+                    {"error", refusal.what()}},
+                   "{}: {}", sink.describe(), refusal.what());
       drop_session();
       if (lease) {
         store.release_lease(*lease);

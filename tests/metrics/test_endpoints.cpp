@@ -3,6 +3,9 @@
 // broker's store, and the flags' errors.
 #include <csignal>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -43,6 +46,51 @@ bool wait_for_sample(const std::string& address, const std::string& series, doub
                      std::chrono::milliseconds timeout = 60s) {
   return test_support::wait_until([&] { return scrape(address, series) == expected; }, timeout,
                                   50ms);
+}
+
+// The records of a --log-format json log as python3's json module reads
+// them: per line one map from member name to the member's value in JSON
+// (strings quoted). A line that is not one JSON object fails the test.
+using LogRecord = std::map<std::string, std::string>;
+std::vector<LogRecord> json_log_records(const std::filesystem::path& dir, const std::string& log) {
+  const auto file = dir / "log.jsonl";
+  {
+    std::ofstream out(file);
+    out << log;
+  }
+  const char* script =
+      "import json, sys\n"
+      "for line in open(sys.argv[1], encoding='utf-8'):\n"
+      "    record = json.loads(line)\n"
+      "    assert isinstance(record, dict), line\n"
+      "    for name, value in record.items():\n"
+      "        print(name + '\\t' + json.dumps(value, ensure_ascii=False))\n"
+      "    print()\n";
+  auto parsed = test_support::run(OUTBOX_PYTHON3, {"-c", script, file.string()});
+  INFO(log);
+  INFO(parsed.err);
+  REQUIRE(parsed.status.code == 0);
+  std::vector<LogRecord> records(1);
+  for (const auto& line : test_support::lines(parsed.out)) {
+    if (line.empty()) {
+      records.emplace_back();
+      continue;
+    }
+    auto tab = line.find('\t');
+    REQUIRE(tab != std::string::npos);
+    REQUIRE(records.back().emplace(line.substr(0, tab), line.substr(tab + 1)).second);
+  }
+  records.pop_back();  // after the last record's blank line
+  return records;
+}
+
+std::optional<LogRecord> find_event(const std::vector<LogRecord>& records,
+                                    const std::string& event) {
+  for (const auto& record : records) {
+    if (auto it = record.find("event"); it != record.end() && it->second == "\"" + event + "\"")
+      return record;
+  }
+  return std::nullopt;
 }
 
 }  // namespace
@@ -241,30 +289,64 @@ TEST_CASE("a bad metrics address and an address in use are refused", "[integrati
   CHECK(broker.stop().code == 0);
 }
 
-TEST_CASE("with --log-format json every log line is one JSON object", "[integration]") {
+TEST_CASE("with --log-format json every log line is one JSON object with the fields it is about",
+          "[integration]") {
+  if (std::string(OUTBOX_PYTHON3).empty()) {
+    WARN("python3 is not installed: the JSON log lines are not parsed");
+    return;
+  }
   test_support::TempDir dir("metrics-json-log");
-  BrokerProcess broker(dir.path(), dir / "broker.db", {"--log-format", "json"});
+  BrokerProcess broker(dir.path(), dir / "broker.db",
+                       {"--log-format", "json", "--max-message-bytes", "1k"});
   const auto db = dir / "app.db";
-  relay_test::produce(db, 3, 1);
+  std::string too_large;
+  {
+    auto box = outbox::Outbox::open(db);
+    relay_test::enqueue_one(box, "a", "a:1");
+    too_large = relay_test::enqueue_one(box, "a", std::string(4096, 'x'));
+    relay_test::enqueue_one(box, "b", "b:1");
+  }
   RelayProcess relay(dir.path(), db, broker.endpoint(), {"--log-format", "json"});
-  REQUIRE(relay_test::wait_delivered(db, 3));
+  REQUIRE(relay_test::wait_delivered(db, 2));
+  REQUIRE(
+      test_support::wait_until([&] { return relay_test::outbox_status(db).dead == 1; }, 30s, 20ms));
   CHECK(relay.stop().code == 0);
   CHECK(broker.stop().code == 0);
-  for (auto [component, text] : {std::pair{"outbox-relay", relay.log()},
-                                 std::pair{"outbox-broker", broker.process().stderr_text()}}) {
-    auto lines = test_support::lines(text);
-    INFO(text);
-    REQUIRE(lines.size() >= 2);
-    for (const auto& line : lines) {
-      INFO(line);
-      CHECK(line.rfind("{\"time\":\"20", 0) == 0);
-      CHECK(line.find("Z\",\"level\":\"") != std::string::npos);
-      CHECK(line.find(std::string(",\"component\":\"") + component + "\",\"pid\":") !=
-            std::string::npos);
-      CHECK(line.find(",\"message\":\"") != std::string::npos);
-      CHECK(line.back() == '}');
+
+  auto relay_records = json_log_records(dir.path(), relay.log());
+  auto broker_records = json_log_records(dir.path(), broker.process().stderr_text());
+  for (auto [component, records] :
+       {std::pair{"outbox-relay", &relay_records}, std::pair{"outbox-broker", &broker_records}}) {
+    REQUIRE(records->size() >= 2);
+    for (const auto& record : *records) {
+      CHECK(record.at("time").rfind("\"20", 0) == 0);
+      CHECK(record.count("level") == 1);
+      CHECK(record.at("component") == std::string("\"") + component + "\"");
+      CHECK(record.count("pid") == 1);
+      CHECK(record.count("message") == 1);
     }
   }
+  auto acquired = find_event(relay_records, "lease_acquired");
+  REQUIRE(acquired);
+  CHECK(acquired->at("db") == "\"" + db.string() + "\"");
+  CHECK(acquired->at("epoch") == "1");
+  CHECK(acquired->at("holder").size() > 2);
+  auto dead = find_event(relay_records, "message_dead");
+  REQUIRE(dead);
+  CHECK(dead->at("level") == "\"error\"");
+  CHECK(dead->at("msg_id") == "\"" + too_large + "\"");
+  CHECK(dead->at("seq") == "2");
+  CHECK(dead->at("topic") == "\"orders\"");
+  CHECK(dead->at("reason").rfind("\"UNDELIVERABLE: too large", 0) == 0);
+  CHECK(dead->at("db") == "\"" + db.string() + "\"");
+  auto opened = find_event(broker_records, "session_opened");
+  REQUIRE(opened);
+  CHECK(opened->at("session").find_first_not_of("0123456789") == std::string::npos);
+  CHECK(opened->at("session") != "0");
+  CHECK(opened->at("epoch") == "1");
+  CHECK(opened->count("producer") == 1);
+  CHECK(opened->count("origin") == 1);
+
   auto bad = test_support::run(relay_test::relay_binary(),
                                {"run", "--db", db.string(), "--log-format", "yaml"});
   CHECK(bad.status.code == 2);

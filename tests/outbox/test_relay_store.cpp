@@ -310,8 +310,13 @@ TEST_CASE("retention also removes delivered rows behind a blocked key") {
       outbox::Outcome::delivered(4, 2), outbox::Outcome::delivered(5, 3)};
   f.store.record_outcomes(outcomes, lease);
   CHECK(f.store.stats().settled_through_seq == 1);  // seq 2 waits behind dead seq 1
+  CHECK(f.store.backlog().pending == 1);
   f.clock.advance(2h);
   CHECK(f.store.delete_delivered(1h) == 2);  // 3 and 4; 5 is the newest
+  // backlog() counts seqs: the deleted 3 and 4 count as pending next to 2
+  // until the key moves on; stats() counts rows.
+  CHECK(f.store.stats().pending == 1);
+  CHECK(f.store.backlog().pending == 3);
   CHECK(seqs_of(f.store.read_pending(10)).empty());
   CHECK(f.store.drop_dead(f.store.list_dead().at(0).msg_id));
   CHECK(seqs_of(f.store.read_pending(10)) == Seqs{2});
@@ -320,6 +325,7 @@ TEST_CASE("retention also removes delivered rows behind a blocked key") {
   auto stats = f.store.stats();
   CHECK(stats.settled_through_seq == 5);
   CHECK(stats.pending == 0);
+  CHECK(f.store.backlog().pending == 0);
 }
 
 TEST_CASE("stats show the oldest pending age") {
@@ -334,6 +340,46 @@ TEST_CASE("stats show the oldest pending age") {
   REQUIRE(stats.oldest_pending_age);
   CHECK(*stats.oldest_pending_age == 2000ms);
   CHECK_FALSE(stats.lease);
+}
+
+TEST_CASE(
+    "backlog() agrees with the row count of stats() while acks, retries and deaths come "
+    "out of order") {
+  Fixture f;
+  f.enqueue({"a", "b", "c", "d", "e", "f", "g", "h"});
+  f.clock.advance(3s);
+  auto lease = f.lease();
+  auto agree = [&](std::int64_t pending, std::int64_t retrying, std::int64_t dead) {
+    auto backlog = f.store.backlog();
+    auto stats = f.store.stats();
+    CHECK(stats.pending == pending);
+    CHECK(backlog.pending == pending);
+    CHECK(backlog.retrying == retrying);
+    CHECK(backlog.dead == dead);
+    CHECK(backlog.oldest_pending_age == stats.oldest_pending_age);
+  };
+  agree(8, 0, 0);
+  REQUIRE(f.store.backlog().oldest_pending_age == 3000ms);
+  // Acknowledged past the first one: the cursor stays before seq 1.
+  std::vector<outbox::Outcome> acked{outbox::Outcome::delivered(2, 1),
+                                     outbox::Outcome::delivered(4, 2),
+                                     outbox::Outcome::dead(5, "REJECTED")};
+  f.store.record_outcomes(acked, lease);
+  std::vector<std::int64_t> retry{1, 3};
+  f.store.schedule_retry(retry, "broker timeout", f.clock.now() + 5s, lease);
+  agree(5, 2, 1);
+  std::vector<outbox::Outcome> first{outbox::Outcome::delivered(1, 3)};
+  f.store.record_outcomes(first, lease);
+  agree(4, 1, 1);
+  f.enqueue({"i"});
+  agree(5, 1, 1);
+  std::vector<outbox::Outcome> rest{
+      outbox::Outcome::delivered(3, 4), outbox::Outcome::delivered(6, 5),
+      outbox::Outcome::delivered(7, 6), outbox::Outcome::delivered(8, 7),
+      outbox::Outcome::delivered(9, 8)};
+  f.store.record_outcomes(rest, lease);
+  agree(0, 0, 1);
+  CHECK_FALSE(f.store.backlog().oldest_pending_age);
 }
 
 TEST_CASE("retention deletes old delivered rows in batches and keeps the newest") {

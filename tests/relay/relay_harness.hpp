@@ -100,6 +100,26 @@ inline std::string enqueue_one(outbox::Outbox& box, const std::string& key,
   return result.msg_id;
 }
 
+// The W3C trace context the trace tests follow from enqueue to a consumer.
+inline const std::string kTraceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+inline const std::string kTracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
+
+// Commits in one transaction, on topic "orders" and key "k", the payload
+// "traced" with that trace context, "untraced" without one, then `more`.
+inline void commit_traced_orders(const std::filesystem::path& db,
+                                 const std::vector<outbox::Message>& more = {}) {
+  auto box = outbox::Outbox::open(db);
+  outbox::Transaction tx(box);
+  tx.enqueue({.topic = "orders",
+              .key = "k",
+              .payload = "traced",
+              .traceparent = kTraceparent,
+              .tracestate = kTracestate});
+  tx.enqueue({.topic = "orders", .key = "k", .payload = "untraced"});
+  for (const auto& message : more) tx.enqueue(message);
+  tx.commit();
+}
+
 class RelayProcess {
  public:
   // `environment` adds "NAME=value" entries to the relay's environment.

@@ -178,23 +178,12 @@ TEST_CASE("a traceparent set at enqueue reaches consumers unchanged through both
           "[relay][jetstream]") {
   if (!have_nats_server()) return;
   test_support::TempDir dir("relay-trace-context");
-  const std::string traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-  const std::string tracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
-  auto commit_orders = [&](const std::filesystem::path& db) {
-    auto box = outbox::Outbox::open(db);
-    outbox::Transaction tx(box);
-    tx.enqueue({.topic = "orders",
-                .key = "k",
-                .payload = "traced",
-                .traceparent = traceparent,
-                .tracestate = tracestate});
-    tx.enqueue({.topic = "orders", .key = "k", .payload = "untraced"});
-    tx.commit();
-  };
+  const std::string& traceparent = kTraceparent;
+  const std::string& tracestate = kTracestate;
 
   // Through the broker: FETCH (wire::StoredMessage) and `outbox-broker tail --json`.
   BrokerProcess broker(dir.path(), dir / "broker.db");
-  commit_orders(dir / "to-broker.db");
+  commit_traced_orders(dir / "to-broker.db");
   RelayProcess to_broker(dir.path(), dir / "to-broker.db", broker.endpoint());
   REQUIRE(wait_delivered(dir / "to-broker.db", 2));
   auto fetched = fetch_all(broker.endpoint());
@@ -214,7 +203,7 @@ TEST_CASE("a traceparent set at enqueue reaches consumers unchanged through both
   // Through JetStream: NATS headers of the same names.
   NatsServer server(dir.path(), dir / "jetstream");
   NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
-  commit_orders(dir / "to-nats.db");
+  commit_traced_orders(dir / "to-nats.db");
   auto to_nats = RelayProcess::with_flags(dir.path(), dir / "to-nats.db", jetstream_flags(server));
   INFO(to_nats->log());
   REQUIRE(wait_delivered(dir / "to-nats.db", 2));

@@ -26,7 +26,8 @@ enum ExitCode : int {
 // A logger named `name` writing to stderr, one line per record. Format "text":
 //   2026-11-25T15:04:05.123 info message
 // Format "json", one object per line (docs/operations.md, Logs):
-//   {"time":"2026-11-25T15:04:05.123Z","level":"info","component":"outbox-relay","pid":42,"message":"..."}
+//   {"time":"2026-11-25T15:04:05.123Z","level":"info","component":"outbox-relay","pid":42,"message":"...",
+//    ...the structured fields of the record (metrics/log_fields.hpp), e.g. "seq":17}
 // Throws std::invalid_argument for an unknown level or format name.
 std::shared_ptr<spdlog::logger> make_stderr_logger(const std::string& name,
                                                    const std::string& level,

@@ -15,6 +15,14 @@
 //   });
 //   if (result == outbox::ProcessResult::already_done) { /* a redelivery */ }
 //
+// A handler that continues the producer's trace takes the message's trace
+// context too (the W3C traceparent and tracestate the producer enqueued with
+// it, carried unchanged by the relay and the broker):
+//
+//   inbox.process_once(message, [&](sqlite3* db, const outbox::TraceContext& trace) {
+//     // trace.traceparent: "00-<trace id>-<parent id>-<flags>", or empty
+//   });
+//
 // Handlers with effects outside the database (an e-mail, an HTTP call) use the
 // claim state machine instead. begin() hands out a claim token; only the
 // holder of that token can complete, release (fail) or extend the claim:
@@ -62,6 +70,7 @@
 
 #include "outbox/clock.hpp"
 #include "outbox/error.hpp"
+#include "outbox/message.hpp"
 
 namespace spdlog {
 class logger;
@@ -134,6 +143,23 @@ class Inbox {
   // should still check every result, as in the example above.
   ProcessResult process_once(const std::string& msg_id,
                              const std::function<void(sqlite3*)>& handler);
+  // The same for a handler that continues the message's trace: it also gets
+  // the message's trace context (empty when it carries none).
+  ProcessResult process_once(const std::string& msg_id, const TraceContext& trace,
+                             const std::function<void(sqlite3*, const TraceContext&)>& handler);
+  // The same for a received message taken as it is: its msg_id, and the trace
+  // context read from its headers (trace_context_of, which drops a malformed
+  // one):
+  //
+  //   inbox.process_once(message, [&](sqlite3* db, const outbox::TraceContext& trace) {
+  //     auto span = start_span("ship order", trace.traceparent, trace.tracestate);
+  //     ...
+  //   });
+  template <ReceivedMessage Received>
+  ProcessResult process_once(const Received& message,
+                             const std::function<void(sqlite3*, const TraceContext&)>& handler) {
+    return process_once(message.msg_id, trace_context_of(message.headers), handler);
+  }
 
   // Claims msg_id for `lease` under a new token. A stale claim (past its
   // lease) is taken over: its old holder gets claim_lost from then on.

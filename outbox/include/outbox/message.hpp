@@ -1,6 +1,8 @@
 // What a producer puts into the outbox, and what comes back from enqueue.
 #pragma once
 
+#include <concepts>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -51,8 +53,54 @@ struct Message {
 
 inline constexpr std::string_view kTraceparentHeader = "traceparent";
 inline constexpr std::string_view kTracestateHeader = "tracestate";
+inline constexpr std::size_t kMaxTracestateBytes = 512;  // the W3C limit
 // True for a version-00 traceparent as described at Message::traceparent.
 bool valid_traceparent(std::string_view text);
+
+// The W3C trace context a received message carries, for a consumer's handler
+// to continue the producer's trace (e.g. as the parent of its own span).
+// Both empty: the message carries none.
+struct TraceContext {
+  std::string traceparent{};
+  std::string tracestate{};
+
+  bool empty() const noexcept { return traceparent.empty(); }
+  friend bool operator==(const TraceContext&, const TraceContext&) = default;
+};
+
+// The trace context from the values of a message's `traceparent` and
+// `tracestate` headers. They come from other processes, so they are checked
+// as W3C Trace Context asks of a receiver: a traceparent that is not valid
+// (valid_traceparent) gives an empty context, and a tracestate over
+// kMaxTracestateBytes is dropped.
+TraceContext trace_context(std::string_view traceparent, std::string_view tracestate);
+
+// The same from a message's header list: any range of headers with `name` and
+// `value` members, such as outbox::Headers or wire::StoredMessage::headers.
+// The first header of each name counts.
+template <class HeaderRange>
+TraceContext trace_context_of(const HeaderRange& headers) {
+  std::string_view traceparent, tracestate;
+  bool have_traceparent = false, have_tracestate = false;
+  for (const auto& header : headers) {
+    if (!have_traceparent && header.name == kTraceparentHeader) {
+      traceparent = header.value;
+      have_traceparent = true;
+    } else if (!have_tracestate && header.name == kTracestateHeader) {
+      tracestate = header.value;
+      have_tracestate = true;
+    }
+  }
+  return trace_context(traceparent, tracestate);
+}
+
+// A received message the inbox can take as it is: a msg_id and a header list
+// (wire::StoredMessage, or a consumer's own type with these members).
+template <class T>
+concept ReceivedMessage = requires(const T& message) {
+  { message.msg_id } -> std::convertible_to<const std::string&>;
+  trace_context_of(message.headers);
+};
 
 enum class EnqueueStatus : std::uint8_t {
   inserted,   // the message is part of the transaction

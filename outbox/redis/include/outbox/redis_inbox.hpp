@@ -10,6 +10,11 @@
 //   auto result = inbox.process_once(msg.msg_id, [&] { call_shipping_api(msg); });
 //   if (result == outbox::ProcessResult::already_done) { /* a redelivery */ }
 //
+// A handler that continues the producer's trace takes the message as it is
+// and gets its trace context (traceparent and tracestate, see outbox::Inbox):
+//
+//   inbox.process_once(msg, [&](const outbox::TraceContext& trace) { ... });
+//
 // What it guarantees. The side effect and the record are not one transaction
 // (unlike outbox::Inbox::process_once): a consumer that dies after its side
 // effect and before complete() leaves a "processing" claim, which another
@@ -128,6 +133,17 @@ class RedisInbox {
   // claim_lost (the handler outlived the lease and another consumer took the
   // claim over meanwhile).
   ProcessResult process_once(const std::string& msg_id, const std::function<void()>& handler);
+  // The same for a handler that continues the message's trace: it also gets
+  // the message's trace context (empty when it carries none).
+  ProcessResult process_once(const std::string& msg_id, const TraceContext& trace,
+                             const std::function<void(const TraceContext&)>& handler);
+  // The same for a received message taken as it is (wire::StoredMessage): its
+  // msg_id, and the trace context read from its headers (trace_context_of).
+  template <ReceivedMessage Received>
+  ProcessResult process_once(const Received& message,
+                             const std::function<void(const TraceContext&)>& handler) {
+    return process_once(message.msg_id, trace_context_of(message.headers), handler);
+  }
 
   const RedisInboxOptions& options() const;
 
