@@ -36,7 +36,10 @@ outbox_sanitizer_env() {
   export ASAN_OPTIONS="log_path=$reports/asan:detect_leaks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1:abort_on_error=0"
   export LSAN_OPTIONS="suppressions=$OUTBOX_SANITIZER_DIR/lsan.supp:print_suppressions=0"
   export UBSAN_OPTIONS="log_path=$reports/ubsan:print_stacktrace=1:halt_on_error=1:suppressions=$OUTBOX_SANITIZER_DIR/ubsan.supp"
-  export TSAN_OPTIONS="log_path=$reports/tsan:halt_on_error=0:second_deadlock_stack=1:suppressions=$OUTBOX_SANITIZER_DIR/tsan.supp:print_suppressions=0"
+  # history_size=7 (the most): a race whose earlier access was long ago still shows
+  # that access's stack, which is what tells a libzmq hand-off (tsan.supp) from
+  # ours; with less, TSan reports it with "failed to restore the stack".
+  export TSAN_OPTIONS="log_path=$reports/tsan:halt_on_error=0:second_deadlock_stack=1:history_size=7:suppressions=$OUTBOX_SANITIZER_DIR/tsan.supp:print_suppressions=0"
 }
 
 # outbox_sanitizer_reports <report dir>: prints every report and fails if there is one.
