@@ -48,11 +48,16 @@ TEST_CASE("a connection that goes silent is reported as disconnected by heartbea
   test_support::TempDir dir("client-silent");
   BrokerProcess broker(dir.path(), dir / "broker.db");
   CuttingProxy proxy(dir.path(), broker.endpoint(), {"--cut-every", "8K-8K", "--freeze", "1"});
+  // The timeout is far below the publish's 10 minutes, so only the heartbeat can
+  // end it, and far above what a loaded machine (or a sanitizer build) needs to
+  // answer a ping: 500 ms lost the connection during HELLO under TSan.
   broker::ClientOptions options;
-  options.heartbeat_interval = 100ms;
-  options.heartbeat_timeout = 500ms;
+  options.heartbeat_interval = 250ms;
+  options.heartbeat_timeout = 5s;
   broker::Client client(proxy.endpoint(), options);
-  REQUIRE(client.hello("silent", 20s).ok());
+  auto hello = client.hello("silent", 20s);
+  INFO((hello.ok() ? std::string() : hello.error().message));
+  REQUIRE(hello.ok());
   auto ack = client.publish(1, big_batch("silent-"), 10min);
   REQUIRE_FALSE(ack.ok());
   CHECK(ack.error().code == wire::ErrorCode::disconnected);
