@@ -139,6 +139,7 @@ class JetStream {
       start = end + 1;
     }
     std::vector<const char*> servers;
+    servers.reserve(urls.size());
     for (const auto& one : urls) servers.push_back(one.c_str());
     if (natsOptions_SetServers(options, servers.data(), static_cast<int>(servers.size())) !=
         NATS_OK) {

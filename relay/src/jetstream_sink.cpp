@@ -319,6 +319,7 @@ struct JetStreamSink::Impl {
       start = end + 1;
     }
     std::vector<const char*> servers;
+    servers.reserve(urls.size());
     for (const auto& url : urls) servers.push_back(url.c_str());
     auto status = natsOptions_SetServers(raw, servers.data(), static_cast<int>(servers.size()));
     if (status == NATS_OK) status = natsOptions_SetName(raw, options.client_name.c_str());
