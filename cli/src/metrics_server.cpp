@@ -4,6 +4,9 @@
 #include <sys/socket.h>
 
 #include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 
@@ -46,6 +49,9 @@ struct MetricsServer::Impl {
   httplib::Server server;
   std::string address;
   std::thread thread;
+  std::mutex mutex;
+  std::condition_variable finished_changed;
+  bool finished = false;  // the accept loop has returned (under mutex)
 };
 
 MetricsServer::MetricsServer(const std::string& bind, const metrics::Registry& registry,
@@ -91,11 +97,26 @@ MetricsServer::MetricsServer(const std::string& bind, const metrics::Registry& r
                              " (in use, or not an address of this machine)");
   }
   impl_->address = parsed->host + ":" + std::to_string(port);
-  impl_->thread = std::thread([this] { impl_->server.listen_after_bind(); });
+  impl_->thread = std::thread([impl = impl_.get()] {
+    impl->server.listen_after_bind();
+    const std::lock_guard<std::mutex> lock(impl->mutex);
+    impl->finished = true;
+    impl->finished_changed.notify_all();
+  });
 }
 
 MetricsServer::~MetricsServer() noexcept {
-  impl_->server.stop();
+  // cpp-httplib's stop() does nothing until the accept loop has begun (it
+  // acts only once is_running() is true), so a stop right after the start
+  // would leave the loop serving and the join waiting forever: stop again
+  // until the loop has returned.
+  {
+    std::unique_lock<std::mutex> lock(impl_->mutex);
+    while (!impl_->finished) {
+      impl_->server.stop();
+      impl_->finished_changed.wait_for(lock, std::chrono::milliseconds(5));
+    }
+  }
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 

@@ -1,5 +1,9 @@
 // The metrics registry's text format, the readiness rules of the relay and
 // the --metrics-bind parser, without daemons.
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <thread>
 #include <vector>
 
@@ -140,4 +144,32 @@ TEST_CASE("the metrics address is HOST:PORT with an IPv4 address or localhost") 
     INFO(bad);
     CHECK_FALSE(cli::parse_bind_address(bad));
   }
+}
+
+// A daemon told to stop right after it started must not hang in the metrics
+// server's destructor (the HTTP library's stop() does nothing until its
+// accept loop has begun). Run on a thread with a deadline, so that a hang is
+// reported as a failure instead of a test that never ends.
+TEST_CASE("a metrics server destroyed right after it started stops at once") {
+  constexpr int kServers = 200;
+  static metrics::Registry registry;  // outlives the thread, even a hung one
+  static std::atomic<int> stopped{0};
+  std::thread([] {
+    for (int i = 0; i < kServers; ++i) {
+      {
+        cli::MetricsServer server("127.0.0.1:0", registry, [] { return cli::Readiness{true, ""}; });
+      }
+      stopped.fetch_add(1);
+    }
+  }).detach();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (stopped.load() < kServers && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (stopped.load() < kServers) {
+    std::fprintf(stderr, "metrics server %d of %d did not stop within 60 s\n", stopped.load() + 1,
+                 kServers);
+    std::_Exit(1);  // the hung thread cannot be joined
+  }
+  CHECK(stopped.load() == kServers);
 }
