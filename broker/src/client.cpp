@@ -201,8 +201,13 @@ wire::Result<wire::Welcome> Client::await_welcome(std::chrono::milliseconds time
 }
 
 bool Client::send_publish(std::uint64_t batch_id, std::span<const wire::OutgoingMessage> messages) {
+  return send_publish(session_id_, batch_id, messages);
+}
+
+bool Client::send_publish(std::uint64_t session_id, std::uint64_t batch_id,
+                          std::span<const wire::OutgoingMessage> messages) {
   std::string body;
-  wire::begin_publish_body(body, session_id_, batch_id);
+  wire::begin_publish_body(body, session_id, batch_id);
   for (const auto& message : messages) {
     wire::append_publish_message(body, message.msg_id, message.topic, message.key, message.headers,
                                  message.payload);
@@ -225,7 +230,13 @@ bool Client::send_publish_body(const std::string& body) {
 wire::Result<wire::Ack> Client::publish(std::uint64_t batch_id,
                                         std::span<const wire::OutgoingMessage> messages,
                                         std::chrono::milliseconds timeout) {
-  if (!send_publish(batch_id, messages)) {
+  return publish(session_id_, batch_id, messages, timeout);
+}
+
+wire::Result<wire::Ack> Client::publish(std::uint64_t session_id, std::uint64_t batch_id,
+                                        std::span<const wire::OutgoingMessage> messages,
+                                        std::chrono::milliseconds timeout) {
+  if (!send_publish(session_id, batch_id, messages)) {
     return wire::Error{wire::ErrorCode::busy, "send queue full"};
   }
   return await<wire::Ack>([batch_id](const wire::Ack& ack) { return ack.batch_id == batch_id; },

@@ -202,8 +202,12 @@ std::vector<std::string> read_allowed_clients_file(const std::filesystem::path& 
 }
 
 struct Server::Impl {
+  // A session belongs to one connection. A connection holds one session, or
+  // one per origin when its HELLOs say "one of several" (a relay forwarding
+  // many databases over few connections): PUBLISH names its session by id.
   struct Session {
     std::uint64_t id = 0;
+    std::string routing_id;  // its connection
     bool failed = false;
     std::string producer;
     Clock::time_point last_active;
@@ -578,7 +582,9 @@ struct Server::Impl {
     ++counters.requests_dropped;
     if (!peer.dropping) {
       peer.dropping = true;
-      const Session* session = find_session(routing_id);
+      // The connection's first session names it (each one's failure is
+      // logged with its own id below).
+      const Session* session = first_session(routing_id);
       metrics::log(*logger, spdlog::level::warn,
                    {{"event", "peer_not_reading"},
                     {"queued_bytes", queued_bytes(peer)},
@@ -588,20 +594,41 @@ struct Server::Impl {
                    "requests until it does",
                    queued_bytes(peer));
     }
-    fail_session(routing_id, "its requests were dropped while it did not read its replies");
+    fail_sessions(routing_id, "its requests were dropped while it did not read its replies");
   }
 
-  void fail_session(const std::string& routing_id, std::string_view why) {
-    Session* session = find_session(routing_id);
-    if (session != nullptr && !session->failed) {
-      session->failed = true;
-      metrics::log(*logger, spdlog::level::warn,
-                   {{"event", "session_failed"},
-                    {"session", session->id},
-                    {"producer", session->producer},
-                    {"reason", why}},
-                   "session {} ({}) failed: {}", session->id, session->producer, why);
+  void fail_session(Session& session, std::string_view why) {
+    if (session.failed) return;
+    session.failed = true;
+    metrics::log(*logger, spdlog::level::warn,
+                 {{"event", "session_failed"},
+                  {"session", session.id},
+                  {"producer", session.producer},
+                  {"reason", why}},
+                 "session {} ({}) failed: {}", session.id, session.producer, why);
+  }
+
+  // Every session of the connection: its requests were dropped, whichever
+  // session they belonged to.
+  void fail_sessions(const std::string& routing_id, std::string_view why) {
+    auto found = peer_sessions.find(routing_id);
+    if (found == peer_sessions.end()) return;
+    for (auto id : found->second) fail_session(sessions.at(id), why);
+  }
+
+  // A malformed PUBLISH fails the session its body names, when that can be
+  // read and is one of the connection's; else every session of the
+  // connection (with one session per connection: that session either way).
+  void fail_publishing_session(const std::string& routing_id, std::string_view body,
+                               std::string_view why) {
+    if (body.size() >= 8) {
+      std::uint64_t id = 0;
+      for (std::size_t i = 0; i < 8; ++i) {
+        id |= static_cast<std::uint64_t>(static_cast<std::uint8_t>(body[i])) << (8 * i);
+      }
+      if (Session* session = find_session(routing_id, id)) return fail_session(*session, why);
     }
+    fail_sessions(routing_id, why);
   }
 
   static bool is_publish_frame(const zmq::message_t& frame) {
@@ -614,7 +641,12 @@ struct Server::Impl {
     // else is wrong with it, so no later batch is stored past it.
     bool publish = received->frames.size() >= 3 && is_publish_frame(received->frames[2]);
     auto refuse = [&](std::uint64_t request_id, const wire::Error& error) {
-      if (publish) fail_session(routing_id, error.message);
+      if (publish) {
+        fail_publishing_session(
+            routing_id,
+            received->frames.size() >= 4 ? received->views(3).front() : std::string_view(),
+            error.message);
+      }
       malformed(routing_id, request_id, error);
     };
     if (received->too_many_frames || received->frames.size() != 4) {
@@ -632,7 +664,7 @@ struct Server::Impl {
     if (auto tag = wire::decode_tag(views[0]); !tag) {
       if (tag.error().code == wire::ErrorCode::unsupported_version &&
           static_cast<std::uint8_t>(views[0][3]) == kFirstProtocolVersion) {
-        if (publish) fail_session(routing_id, tag.error().message);
+        if (publish) fail_publishing_session(routing_id, views[2], tag.error().message);
         return refuse_first_version(routing_id);
       }
       return refuse(publish ? wire::peek_request_id(wire::Command::publish, views[2]) : 0,
@@ -669,21 +701,58 @@ struct Server::Impl {
     std::visit([&](auto& message) { on_message(routing_id, message); }, decoded.value());
   }
 
-  Session* find_session(const std::string& routing_id) {
-    auto found = sessions.find(routing_id);
-    return found == sessions.end() ? nullptr : &found->second;
+  // The connection's earliest open session, if any.
+  const Session* first_session(const std::string& routing_id) const {
+    auto peer = peer_sessions.find(routing_id);
+    if (peer == peer_sessions.end() || peer->second.empty()) return nullptr;
+    return &sessions.at(peer->second.front());
+  }
+
+  // The session `id` if it is one of the connection's.
+  Session* find_session(const std::string& routing_id, std::uint64_t id) {
+    auto found = sessions.find(id);
+    if (found == sessions.end() || found->second.routing_id != routing_id) return nullptr;
+    return &found->second;
+  }
+
+  // Every path that ends a session comes here: HELLO replacing it, eviction
+  // of the oldest, RESUME by the next session; its retained ACKs go with it.
+  void erase_session(std::uint64_t id) {
+    auto found = sessions.find(id);
+    if (found == sessions.end()) return;
+    retained_ack_bytes -= found->second.retained_ack_bytes;
+    auto peer = peer_sessions.find(found->second.routing_id);
+    if (peer != peer_sessions.end()) {
+      std::erase(peer->second, id);
+      if (peer->second.empty()) peer_sessions.erase(peer);
+    }
+    sessions.erase(found);
+  }
+
+  // What a HELLO replaces: with "one of several", the connection's session
+  // for the same origin; without, every session of the connection.
+  void end_replaced_sessions(const std::string& routing_id, const wire::Hello& hello) {
+    auto peer = peer_sessions.find(routing_id);
+    if (peer == peer_sessions.end()) return;
+    std::vector<std::uint64_t> replaced;
+    for (auto id : peer->second) {
+      if ((hello.flags & wire::kHelloOneOfSeveral) == 0 || sessions.at(id).origin == hello.origin) {
+        replaced.push_back(id);
+      }
+    }
+    for (auto id : replaced) erase_session(id);
   }
 
   void handle_publish(const std::string& routing_id, std::unique_ptr<wire::Received> received) {
     auto views = received->views(1);
     auto view = wire::decode_publish_view(views[2], options.limits);
     if (!view) {
-      fail_session(routing_id, view.error().message);
+      fail_publishing_session(routing_id, views[2], view.error().message);
       return malformed(routing_id, wire::peek_request_id(wire::Command::publish, views[2]),
                        view.error());
     }
-    Session* session = find_session(routing_id);
-    if (session == nullptr || session->id != view->session_id) {
+    Session* session = find_session(routing_id, view->session_id);
+    if (session == nullptr) {
       ++counters.refused_batches;
       return reply_error(
           routing_id, view->batch_id, wire::ErrorCode::no_session,
@@ -732,7 +801,7 @@ struct Server::Impl {
       auto why = "batch " + std::to_string(view->batch_id) + " follows batch " +
                  std::to_string(session->last_batch_id) +
                  ": batch ids of a session must be consecutive";
-      fail_session(routing_id, why);
+      fail_session(*session, why);
       return reply_error(routing_id, view->batch_id, wire::ErrorCode::invalid_value,
                          why + "; send HELLO and resend from the first unacknowledged message");
     }
@@ -808,8 +877,7 @@ struct Server::Impl {
                     {"error", error.what()}},
                    "group commit of {} messages failed: {}", incoming.size(), error.what());
       for (const auto& batch : pending) {
-        if (auto* session = find_session(batch.routing_id);
-            session != nullptr && session->id == batch.session_id) {
+        if (auto* session = find_session(batch.routing_id, batch.session_id)) {
           session->failed = true;
         }
         reply(batch.routing_id, wire::ErrorReply{batch.batch_id, wire::ErrorCode::storage_failure,
@@ -825,8 +893,7 @@ struct Server::Impl {
         wire::Ack ack;
         ack.batch_id = batch.batch_id;
         ack.entries.reserve(batch.slots.size());
-        Session* session = find_session(batch.routing_id);
-        if (session != nullptr && session->id != batch.session_id) session = nullptr;
+        Session* session = find_session(batch.routing_id, batch.session_id);
         for (auto slot : batch.slots) {
           wire::AckEntry entry;
           if (slot == kBlocked) {
@@ -887,13 +954,6 @@ struct Server::Impl {
     if (ok && !waiting.empty()) wake_fetches();
   }
 
-  void forget_session(const std::string& routing_id) {
-    auto found = sessions.find(routing_id);
-    if (found == sessions.end()) return;
-    retained_ack_bytes -= found->second.retained_ack_bytes;
-    sessions.erase(found);
-  }
-
   static std::size_t ack_wire_bytes(const wire::Ack& ack) {
     std::size_t bytes = 12;
     for (const auto& entry : ack.entries) bytes += 11 + entry.reason.size();
@@ -944,9 +1004,9 @@ struct Server::Impl {
 
   void on_message(const std::string& routing_id, wire::Hello& hello) {
     if (!hello.origin.empty()) {
-      // A refused HELLO also ends the connection's earlier session.
+      // A refused HELLO also ends what it would have replaced.
       auto refuse = [&](wire::ErrorCode code, const std::string& text) {
-        forget_session(routing_id);
+        end_replaced_sessions(routing_id, hello);
         reply_error(routing_id, 0, code, text);
       };
       std::uint64_t highest = 0;
@@ -975,19 +1035,22 @@ struct Server::Impl {
                       stale_epoch_text(hello.origin, hello.epoch, highest));
       }
     }
-    if (sessions.size() >= options.max_sessions && find_session(routing_id) == nullptr) {
+    end_replaced_sessions(routing_id, hello);
+    if (sessions.size() >= options.max_sessions) {
       auto oldest = std::min_element(sessions.begin(), sessions.end(), [](auto& a, auto& b) {
         return a.second.last_active < b.second.last_active;
       });
-      if (oldest != sessions.end()) forget_session(oldest->first);
+      if (oldest != sessions.end()) erase_session(oldest->first);
     }
-    forget_session(routing_id);  // a HELLO replaces the connection's earlier session
-    Session& session = sessions[routing_id];
-    session.id = ++next_session_id;
+    const auto id = ++next_session_id;
+    Session& session = sessions[id];
+    session.id = id;
+    session.routing_id = routing_id;
     session.producer = hello.producer;
     session.last_active = Clock::now();
     session.origin = hello.origin;
     session.epoch = hello.epoch;
+    peer_sessions[routing_id].push_back(id);
     ++counters.sessions_opened;
     if (hello.origin.empty()) {
       metrics::log(
@@ -1016,20 +1079,24 @@ struct Server::Impl {
   // still open somewhere is not applied (no_session), so nothing of it can be
   // stored behind what the new session resends.
   void on_message(const std::string& routing_id, wire::Resume& resume) {
-    Session* session = find_session(routing_id);
-    if (session == nullptr || session->id != resume.session_id) {
+    Session* session = find_session(routing_id, resume.session_id);
+    if (session == nullptr) {
       return reply_error(routing_id, 0, wire::ErrorCode::no_session,
                          "RESUME: no session " + std::to_string(resume.session_id) +
                              " on this connection; send HELLO");
     }
     session->last_active = Clock::now();
     wire::Resumed resumed{resume.previous_session_id, {}};
-    auto previous = std::find_if(sessions.begin(), sessions.end(), [&](const auto& entry) {
-      const Session& other = entry.second;
-      return other.id == resume.previous_session_id && entry.first != routing_id &&
-             !other.origin.empty() && other.origin == session->origin &&
-             other.epoch == session->epoch;
-    });
+    // By id, on whichever connection it was: a relay carrying several
+    // databases over a connection resumes each database's session on its own.
+    auto previous = sessions.find(resume.previous_session_id);
+    if (previous != sessions.end()) {
+      const Session& other = previous->second;
+      if (other.id == session->id || other.origin.empty() || other.origin != session->origin ||
+          other.epoch != session->epoch) {
+        previous = sessions.end();
+      }
+    }
     if (previous != sessions.end()) {
       // Its batches read in this round count: stored now, they need no resend.
       const bool previous_pending =
@@ -1045,7 +1112,7 @@ struct Server::Impl {
            ++next, ++expected) {
         resumed.acks.push_back(std::move(*next));
       }
-      forget_session(previous->first);
+      erase_session(previous->first);
     }
     ++counters.resumes;
     counters.resumed_batches += resumed.acks.size();
@@ -1212,6 +1279,7 @@ struct Server::Impl {
           {"requests_dropped", counters.requests_dropped},
           {"peers_held_back", held_back.size()},
           {"outgoing_bytes", outgoing_bytes()},
+          {"retained_ack_bytes", retained_ack_bytes},
           {"requests_waiting", requests_waiting()},
       };
       for (auto& topic : store_stats.topics) {
@@ -1473,7 +1541,9 @@ struct Server::Impl {
   std::atomic<bool> stop{false};
   ServerCounters counters;
 
-  std::unordered_map<std::string, Session> sessions;
+  std::unordered_map<std::uint64_t, Session> sessions;  // by session id
+  // The session ids of each connection that has any, in opening order.
+  std::unordered_map<std::string, std::vector<std::uint64_t>> peer_sessions;
   std::size_t retained_ack_bytes = 0;  // Session::retained_acks of all sessions
   std::uint64_t next_session_id = 0;
   std::vector<PendingBatch> pending;

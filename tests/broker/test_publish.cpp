@@ -479,6 +479,82 @@ TEST_CASE("sessions and batches under an older lease epoch of an origin are refu
   CHECK(broker->stop().code == 0);
 }
 
+TEST_CASE("one connection carries a session per origin; each fails, is fenced and replaced alone") {
+  test_support::TempDir dir("broker-several");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  broker::Client relay(broker.endpoint());
+  auto open = [&](broker::Client& client, const std::string& origin, std::uint64_t epoch) {
+    return client.hello(wire::Hello{"relay", wire::kHelloOneOfSeveral, origin, epoch}, 20s);
+  };
+  std::map<std::string, std::uint64_t> session;
+  for (const std::string origin : {"db-a", "db-b", "db-c"}) {
+    auto welcome = open(relay, origin, 1);
+    REQUIRE(welcome.ok());
+    session[origin] = welcome->session_id;
+  }
+  REQUIRE(std::set<std::uint64_t>{session["db-a"], session["db-b"], session["db-c"]}.size() == 3);
+
+  // Pipelined batches of the three sessions, interleaved on the one
+  // connection: every session numbers its batches from 1.
+  std::map<std::uint64_t, std::string> waiting;  // batch id -> expected msg_id
+  for (std::uint64_t batch = 1; batch <= 3; ++batch) {
+    for (const auto& [origin, id] : session) {
+      auto msg_id = origin + "-" + std::to_string(batch);
+      REQUIRE(relay.send_publish(id, batch, std::vector{message(msg_id, "x", "t", origin)}));
+    }
+  }
+  std::size_t stored = 0;
+  while (stored < 9) {
+    auto reply = relay.receive(20s);
+    REQUIRE(reply.has_value());
+    REQUIRE(reply->ok());
+    auto* ack = std::get_if<wire::Ack>(&reply->value());
+    REQUIRE(ack != nullptr);
+    REQUIRE(ack->entries.size() == 1);
+    CHECK(ack->entries[0].status == wire::AckStatus::stored);
+    ++stored;
+  }
+
+  // A new HELLO for db-a replaces db-a's session only.
+  auto replaced = open(relay, "db-a", 1);
+  REQUIRE(replaced.ok());
+  auto gone =
+      relay.publish(session["db-a"], 4, std::vector{message("db-a-4", "x", "t", "db-a")}, 20s);
+  REQUIRE_FALSE(gone.ok());
+  CHECK(gone.error().code == wire::ErrorCode::no_session);
+  CHECK(
+      relay.publish(replaced->session_id, 1, std::vector{message("db-a-4", "x", "t", "db-a")}, 20s)
+          .ok());
+
+  // A newer relay of db-b (another connection) fences db-b's session only.
+  broker::Client newer(broker.endpoint());
+  REQUIRE(open(newer, "db-b", 2).ok());
+  auto fenced =
+      relay.publish(session["db-b"], 4, std::vector{message("db-b-4", "x", "t", "db-b")}, 20s);
+  REQUIRE_FALSE(fenced.ok());
+  CHECK(fenced.error().code == wire::ErrorCode::stale_epoch);
+  auto next =
+      relay.publish(session["db-c"], 4, std::vector{message("db-c-4", "x", "t", "db-c")}, 20s);
+  REQUIRE(next.ok());
+  CHECK(next->entries[0].status == wire::AckStatus::stored);
+
+  // Without the flag a HELLO needs no origin and ends every session of the connection.
+  auto plain = relay.hello("tool", 20s);
+  REQUIRE(plain.ok());
+  auto ended =
+      relay.publish(session["db-c"], 5, std::vector{message("db-c-5", "x", "t", "db-c")}, 20s);
+  REQUIRE_FALSE(ended.ok());
+  CHECK(ended.error().code == wire::ErrorCode::no_session);
+  auto no_origin = relay.hello(wire::Hello{"relay", wire::kHelloOneOfSeveral, "", 0}, 20s);
+  REQUIRE_FALSE(no_origin.ok());
+  CHECK(no_origin.error().code == wire::ErrorCode::invalid_value);
+
+  auto stats = relay.stats(20s);
+  REQUIRE(stats.ok());
+  CHECK(counter(*stats, "stored") == 11);
+  CHECK(broker.stop().code == 0);
+}
+
 TEST_CASE("a version 1 client is told, in a version 1 frame, which version the broker speaks") {
   test_support::TempDir dir("broker-version");
   BrokerProcess broker(dir.path(), dir / "broker.db");

@@ -130,6 +130,10 @@ class Reader:
 
 # ---- request bodies ---------------------------------------------------------------
 
+# HELLO flag bit 0: one of several sessions on the connection, one per origin.
+HELLO_ONE_OF_SEVERAL = 1
+
+
 def hello_body(producer="pyclient", origin="", epoch=0, flags=0):
     return u32(flags) + str16(producer) + str16(origin) + u64(epoch)
 

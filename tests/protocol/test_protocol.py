@@ -102,14 +102,154 @@ class TestSession(BrokerTest):
         reply = self.conn.publish(12345, 7, [obx.message("s-1", "session", "x")])
         self.expect_error(reply, "no_session", 7)
 
-    def test_hello_with_nonzero_flags_is_invalid_value(self):
-        self.conn.send(obx.HELLO, obx.hello_body(flags=1))
-        self.expect_error(self.conn.receive(), "invalid_value")
+    def test_hello_with_unknown_flags_is_invalid_value(self):
+        for flags in (2, 0x80000000, 3):
+            self.conn.send(obx.HELLO, obx.hello_body(origin="py-flags", epoch=1, flags=flags))
+            self.expect_error(self.conn.receive(), "invalid_value")
 
     def test_ping_echoes_its_nonce(self):
         command, pong = self.conn.request(obx.PING, obx.u64(0xDEADBEEF01))
         self.assertEqual(command, obx.PONG)
         self.assertEqual(pong["nonce"], 0xDEADBEEF01)
+
+
+class TestSeveralSessions(BrokerTest):
+    """HELLO flag 'one of several': one session per origin on one connection."""
+
+    def origin(self, name):
+        return "py-%s-%d" % (name, os.getpid())
+
+    def several(self, origin, epoch=1, conn=None):
+        return (conn or self.conn).hello(origin=origin, epoch=epoch,
+                                         flags=obx.HELLO_ONE_OF_SEVERAL)["session_id"]
+
+    def test_sessions_of_several_origins_share_a_connection(self):
+        a = self.several(self.origin("share-a"))
+        b = self.several(self.origin("share-b"))
+        self.assertNotEqual(a, b)
+        # Interleaved batches, each session numbering its own.
+        self.assertEqual(self.publish_ok(a, 1, [obx.message("ms-a1", "multi", "x", key="a")])[0]
+                         ["status"], obx.STORED)
+        self.assertEqual(self.publish_ok(b, 7, [obx.message("ms-b1", "multi", "x", key="b")])[0]
+                         ["status"], obx.STORED)
+        self.publish_ok(a, 2, [obx.message("ms-a2", "multi", "x", key="a")])
+        self.publish_ok(b, 8, [obx.message("ms-b2", "multi", "x", key="b")])
+        self.assertEqual([m["msg_id"] for m in self.fetch_all("multi")],
+                         [b"ms-a1", b"ms-b1", b"ms-a2", b"ms-b2"])
+        self.assertGreaterEqual(self.counter("sessions_active"), 2)
+
+    def test_a_hello_replaces_only_the_session_of_its_origin(self):
+        origin_a = self.origin("repl-a")
+        a = self.several(origin_a)
+        b = self.several(self.origin("repl-b"))
+        a2 = self.several(origin_a)
+        self.expect_error(self.conn.publish(a, 1, [obx.message("mr-1", "mrepl", "x")]),
+                          "no_session", 1)
+        self.publish_ok(a2, 1, [obx.message("mr-2", "mrepl", "x")])
+        self.publish_ok(b, 1, [obx.message("mr-3", "mrepl", "x")])
+
+    def test_a_hello_without_the_flag_replaces_every_session(self):
+        a = self.several(self.origin("plain-a"))
+        b = self.several(self.origin("plain-b"))
+        plain = self.conn.hello()["session_id"]
+        for session in (a, b):
+            self.expect_error(self.conn.publish(session, 1, [obx.message("mp-1", "mplain", "x")]),
+                              "no_session", 1)
+        self.publish_ok(plain, 1, [obx.message("mp-2", "mplain", "x")])
+
+    def test_the_flag_needs_an_origin(self):
+        self.conn.send(obx.HELLO, obx.hello_body(flags=obx.HELLO_ONE_OF_SEVERAL))
+        self.expect_error(self.conn.receive(), "invalid_value", 0)
+
+    def test_a_session_of_another_connection_is_no_session(self):
+        a = self.several(self.origin("other-conn"))
+        other = self.broker.connect()
+        self.addCleanup(other.close)
+        self.several(self.origin("other-conn-2"), conn=other)
+        self.expect_error(other.publish(a, 1, [obx.message("mo-1", "mother", "x")]),
+                          "no_session", 1)
+
+    def test_a_failure_fails_only_its_own_session(self):
+        a = self.several(self.origin("fail-a"))
+        b = self.several(self.origin("fail-b"))
+        body = obx.publish_body(a, 1, [obx.message("mf-1", "mfail", "x")])
+        self.conn.send(obx.PUBLISH, body[:-3])
+        self.expect_error(self.conn.receive(), "truncated", 1)
+        self.expect_error(self.conn.publish(a, 2, [obx.message("mf-2", "mfail", "x")]),
+                          "session_failed", 2)
+        self.publish_ok(b, 1, [obx.message("mf-3", "mfail", "x")])
+        # A gap in one session's batch ids fails that session only.
+        self.publish_ok(b, 2, [obx.message("mf-4", "mfail", "x")])
+        c = self.several(self.origin("fail-c"))
+        self.publish_ok(c, 5, [obx.message("mf-5", "mfail", "x")])
+        self.expect_error(self.conn.publish(c, 9, [obx.message("mf-6", "mfail", "x")]),
+                          "invalid_value", 9)
+        self.publish_ok(b, 3, [obx.message("mf-7", "mfail", "x")])
+        self.assertEqual([m["msg_id"] for m in self.fetch_all("mfail")],
+                         [b"mf-3", b"mf-4", b"mf-5", b"mf-7"])
+
+    def test_a_refused_key_blocks_only_its_own_session(self):
+        a = self.several(self.origin("block-a"))
+        b = self.several(self.origin("block-b"))
+        self.publish_ok(a, 1, [obx.message("mb-1", "mblock", "x", key="k")])
+        entries = self.publish_ok(a, 2, [obx.message("mb-1", "mblock", "other", key="k"),
+                                         obx.message("mb-2", "mblock", "x", key="k")])
+        self.assertEqual([e["status"] for e in entries], [obx.CONFLICT, obx.BLOCKED])
+        self.assertEqual(self.publish_ok(b, 1, [obx.message("mb-3", "mblock", "x", key="k")])[0]
+                         ["status"], obx.STORED)
+
+    def test_a_stale_epoch_ends_only_that_origins_session(self):
+        origin_a = self.origin("stale-a")
+        a = self.several(origin_a, epoch=3)
+        b = self.several(self.origin("stale-b"), epoch=3)
+        newer = self.broker.connect()
+        self.addCleanup(newer.close)
+        self.several(origin_a, epoch=4, conn=newer)
+        self.expect_error(self.conn.publish(a, 1, [obx.message("mst-1", "mstale", "x")]),
+                          "stale_epoch", 1)
+        self.conn.send(obx.HELLO, obx.hello_body(origin=origin_a, epoch=3,
+                                                 flags=obx.HELLO_ONE_OF_SEVERAL))
+        self.expect_error(self.conn.receive(), "stale_epoch", 0)
+        self.publish_ok(b, 1, [obx.message("mst-2", "mstale", "x")])
+        self.assertEqual([m["msg_id"] for m in self.fetch_all("mstale")], [b"mst-2"])
+
+    def test_resume_works_session_by_session(self):
+        origin_a, origin_b = self.origin("resume-a"), self.origin("resume-b")
+        a, b = self.several(origin_a), self.several(origin_b)
+        self.publish_ok(a, 1, [obx.message("mrs-1", "mresume", "x", key="a")])
+        self.publish_ok(a, 2, [obx.message("mrs-2", "mresume", "x", key="a")])
+        self.publish_ok(b, 5, [obx.message("mrs-3", "mresume", "x", key="b")])
+        retained = self.counter("retained_ack_bytes")
+        one_ack = 12 + 11  # an ACK body of one entry without a reason
+        # The relay's new connection carries the next session of each origin.
+        newer = self.broker.connect()
+        self.addCleanup(newer.close)
+        a2, b2 = self.several(origin_a, conn=newer), self.several(origin_b, conn=newer)
+        # Another origin's session, on the old connection or on this one, tells nothing.
+        for previous in (b, b2):
+            command, reply = newer.resume(a2, previous, 5)
+            self.assertEqual((command, reply["acks"]), (obx.RESUMED, []))
+        # Found by its id on the old connection: a's ACKs only; a is over and
+        # its kept ACKs are freed, b goes on.
+        command, reply = newer.resume(a2, a, 1)
+        self.assertEqual(command, obx.RESUMED, reply)
+        self.assertEqual([ack["batch_id"] for ack in reply["acks"]], [1, 2])
+        self.assertEqual(self.counter("retained_ack_bytes"), retained - 2 * one_ack)
+        self.expect_error(self.conn.publish(a, 3, [obx.message("mrs-4", "mresume", "x", key="a")]),
+                          "no_session", 3)
+        self.publish_ok(b, 6, [obx.message("mrs-5", "mresume", "x", key="b")])
+        command, reply = newer.resume(b2, b, 5)
+        self.assertEqual([ack["batch_id"] for ack in reply["acks"]], [5, 6])
+        self.assertEqual(self.counter("retained_ack_bytes"), retained - 3 * one_ack)
+        # A HELLO replacing a session frees its kept ACKs too.
+        c = self.several(self.origin("resume-c"))
+        self.publish_ok(c, 1, [obx.message("mrs-6", "mresume", "x", key="c")])
+        self.assertEqual(self.counter("retained_ack_bytes"), retained - 2 * one_ack)
+        self.several(self.origin("resume-c"))
+        self.assertEqual(self.counter("retained_ack_bytes"), retained - 3 * one_ack)
+        # The sessions still open publish on.
+        newer_ok = newer.publish(a2, 1, [obx.message("mrs-7", "mresume", "x", key="a")])
+        self.assertEqual(newer_ok[0], obx.ACK, newer_ok)
 
 
 class TestFencing(BrokerTest):

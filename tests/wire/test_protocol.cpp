@@ -22,6 +22,7 @@ std::vector<wire::AnyMessage> samples() {
   return {
       wire::Hello{"producer-a", 0, "9f0c5d2e7b1a4c3d8e6f0a1b2c3d4e5f", 7},
       wire::Hello{"tool", 0, "", 0},
+      wire::Hello{"multi-relay", wire::kHelloOneOfSeveral, "origin-7", 3},
       wire::Welcome{12, 1 << 20, 5000, "broker"},
       wire::welcome_for(13, 1 << 20, "broker", wire::Limits{}),
       publish,
@@ -211,6 +212,22 @@ TEST_CASE("HELLO of version 2: flags, producer, origin, lease epoch") {
                             "\x02\0o1"
                             "\x08\x07\x06\x05\x04\x03\x02\x01",
                             4 + 3 + 4 + 8));
+  // Flag bit 0, one of several sessions on the connection, needs an origin;
+  // the other bits are reserved.
+  auto decode_flags = [](std::uint32_t flags, const std::string& origin) {
+    auto hello = wire::encode_body(wire::Hello{"p", 0, origin, 1});
+    for (int i = 0; i < 4; ++i)
+      hello[static_cast<std::size_t>(i)] = static_cast<char>(flags >> (8 * i));
+    return wire::decode_body(wire::Command::hello, hello);
+  };
+  REQUIRE(decode_flags(1, "o1").ok());
+  CHECK(std::get<wire::Hello>(decode_flags(1, "o1").value()).flags == wire::kHelloOneOfSeveral);
+  for (auto [flags, origin] :
+       {std::pair<std::uint32_t, std::string>{1, ""}, {2, "o1"}, {0x80000001u, "o1"}}) {
+    auto refused = decode_flags(flags, origin);
+    REQUIRE_FALSE(refused.ok());
+    CHECK(refused.error().code == wire::ErrorCode::invalid_value);
+  }
   // A version 1 body (no origin, no epoch) is truncated for version 2.
   auto old = wire::decode_body(wire::Command::hello, std::string("\0\0\0\0\x01\0p", 7));
   REQUIRE_FALSE(old.ok());

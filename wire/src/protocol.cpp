@@ -303,7 +303,12 @@ AnyMessage decode_hello(Reader& in) {
   m.producer = in.str16(in.limits().max_name_bytes, "producer name");
   m.origin = in.str16(in.limits().max_name_bytes, "origin");
   m.epoch = in.get<std::uint64_t>("lease epoch");
-  if (!in.failed() && m.flags != 0) in.fail(ErrorCode::invalid_value, "hello flags must be 0");
+  if (!in.failed() && (m.flags & ~kHelloOneOfSeveral) != 0) {
+    in.fail(ErrorCode::invalid_value, "unknown hello flags (only bit 0 is defined)");
+  }
+  if (!in.failed() && (m.flags & kHelloOneOfSeveral) != 0 && m.origin.empty()) {
+    in.fail(ErrorCode::invalid_value, "hello flag 'one of several' needs an origin");
+  }
   return m;
 }
 AnyMessage decode_welcome(Reader& in) {

@@ -78,7 +78,10 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
-  // Opens a session; later PUBLISH batches carry its id.
+  // Opens a session; later PUBLISH batches carry its id. With
+  // wire::kHelloOneOfSeveral in the request's flags the connection keeps one
+  // session per origin (docs/protocol.md, HELLO): session_id() is then the
+  // last one opened, and the overloads taking a session id publish under any.
   wire::Result<wire::Welcome> hello(const std::string& producer, std::chrono::milliseconds timeout);
   // Same for a relay: `request` carries the producer database's origin id and
   // the relay's lease epoch, and the broker answers ERROR stale_epoch when it
@@ -96,6 +99,8 @@ class Client {
   // Pipelined publishing: queue a batch and return at once. False when the
   // socket's send queue is full (wait for acks, then retry).
   bool send_publish(std::uint64_t batch_id, std::span<const wire::OutgoingMessage> messages);
+  bool send_publish(std::uint64_t session_id, std::uint64_t batch_id,
+                    std::span<const wire::OutgoingMessage> messages);
   // Same with a body built by wire::begin_publish_body / append_publish_message /
   // finish_publish_body (its session id must be session_id()).
   bool send_publish_body(const std::string& body);
@@ -109,6 +114,9 @@ class Client {
 
   // Sends one batch and waits for its ACK (or ERROR naming the batch).
   wire::Result<wire::Ack> publish(std::uint64_t batch_id,
+                                  std::span<const wire::OutgoingMessage> messages,
+                                  std::chrono::milliseconds timeout);
+  wire::Result<wire::Ack> publish(std::uint64_t session_id, std::uint64_t batch_id,
                                   std::span<const wire::OutgoingMessage> messages,
                                   std::chrono::milliseconds timeout);
 

@@ -134,9 +134,15 @@ struct Header {
 
 // ---- commands -------------------------------------------------------------
 
+inline constexpr std::uint32_t kHelloOneOfSeveral = 1;
+
 struct Hello {
-  std::string producer;     // who is publishing (for logs and stats), may be empty
-  std::uint32_t flags = 0;  // reserved, 0
+  std::string producer;  // who is publishing (for logs and stats), may be empty
+  // Bit 0 (kHelloOneOfSeveral): this session is one of several on the
+  // connection, one per origin; it replaces only the connection's session for
+  // the same origin (needs an origin). Without it a HELLO replaces every
+  // session of the connection. Other bits: reserved, 0.
+  std::uint32_t flags = 0;
   // The producer database this session forwards (its origin id, outbox_meta
   // 'origin_id') and the relay's lease epoch for it. The broker refuses
   // sessions and batches whose epoch is below the highest it has seen for
