@@ -1,14 +1,17 @@
-// outbox-relay: forwards one outbox database to outbox-broker or to a NATS
-// JetStream stream, and the operator commands that inspect and repair that database. Parses flags
-// (and a config file), sets up logging and signals, and hands over to the relay and outbox
-// libraries.
+// outbox-relay: forwards one outbox database (or every outbox database of a
+// directory) to outbox-broker or to a NATS JetStream stream, and the operator commands that inspect
+// and repair that database. Parses flags (and a config file), sets up logging and signals, and
+// hands over to the relay and outbox libraries.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -26,6 +29,7 @@
 #include "relay/broker_sink.hpp"
 #include "relay/filesystem.hpp"
 #include "relay/metrics.hpp"
+#include "relay/multi_relay.hpp"
 #include "relay/relay.hpp"
 #if OUTBOX_RELAY_WITH_JETSTREAM
 #include "relay/jetstream_sink.hpp"
@@ -41,9 +45,11 @@ class UsageError : public std::runtime_error {
 };
 
 relay::Relay* running_relay = nullptr;
+relay::MultiRelay* running_multi_relay = nullptr;
 
 void stop_running_relay() noexcept {
   if (running_relay != nullptr) running_relay->request_stop();
+  if (running_multi_relay != nullptr) running_multi_relay->request_stop();
 }
 
 std::string default_holder() {
@@ -78,6 +84,13 @@ outbox::RelayStore open_store(const std::string& db, bool read_only, bool sync_f
 
 struct RunSettings {
   std::string db;
+  std::string db_dir;
+  std::string glob = "*.db";
+  std::size_t connections = 2;
+  std::size_t max_open_databases = 256;
+  std::chrono::milliseconds idle_release = 30s;
+  std::chrono::milliseconds rescan_interval = 30s;
+  std::chrono::milliseconds idle_poll = 1s;
   std::string sink = "broker";
   std::string broker = "tcp://127.0.0.1:7750";
   std::string nats_url = "nats://127.0.0.1:4222";
@@ -106,6 +119,80 @@ struct RunSettings {
   cli::MetricsSettings metrics;
   std::chrono::milliseconds ready_max_lag = 60s;
 };
+
+// The broker sink's options; empty (after a line on stderr) when the CURVE
+// key files cannot be read.
+std::optional<relay::BrokerSinkOptions> broker_sink_options(const RunSettings& settings) {
+  relay::BrokerSinkOptions sink_options;
+  sink_options.endpoint = settings.broker;
+  sink_options.producer = settings.holder;
+  if (!settings.curve_server_public_key_file.empty() || !settings.curve_secret_key_file.empty()) {
+    if (settings.curve_server_public_key_file.empty() || settings.curve_secret_key_file.empty()) {
+      throw UsageError(
+          "CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
+    }
+    try {
+      sink_options.curve =
+          relay::BrokerCurveKeys{broker::read_curve_key_file(settings.curve_server_public_key_file),
+                                 broker::read_curve_key_file(settings.curve_secret_key_file)};
+    } catch (const std::runtime_error& error) {
+      std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+      return std::nullopt;
+    }
+  }
+  return sink_options;
+}
+
+// run --db-dir: every outbox database of a directory from one process.
+int run_directory(const RunSettings& settings, relay::RelayConfig config,
+                  const std::shared_ptr<spdlog::logger>& logger) {
+  if (settings.sink != "broker") {
+    throw UsageError("--db-dir forwards to outbox-broker only (--sink broker)");
+  }
+  if (!settings.metrics.bind.empty()) {
+    throw UsageError("--metrics-bind is not available with --db-dir yet");
+  }
+  relay::MultiRelayConfig multi;
+  multi.directory = settings.db_dir;
+  multi.glob = settings.glob;
+  multi.connections = settings.connections;
+  multi.max_open_databases = settings.max_open_databases;
+  multi.idle_release = settings.idle_release;
+  multi.rescan_interval = settings.rescan_interval;
+  config.idle_wait = settings.idle_poll;
+  multi.relay = std::move(config);
+  multi.store.synchronous_full = settings.sync == "full";
+  multi.store.on_dead =
+      settings.on_dead == "skip" ? outbox::DeadPolicy::skip : outbox::DeadPolicy::block;
+  auto sink_options = broker_sink_options(settings);
+  if (!sink_options) return cli::exit_endpoint;
+  multi.broker = std::move(*sink_options);
+  std::unique_ptr<relay::MultiRelay> relay;
+  try {
+    relay = std::make_unique<relay::MultiRelay>(std::move(multi));
+  } catch (const std::runtime_error& error) {
+    std::fprintf(stderr, "outbox-relay: --broker %s: %s\n", settings.broker.c_str(), error.what());
+    return cli::exit_endpoint;
+  }
+  running_multi_relay = relay.get();
+  if (cli::stop_requested()) relay->request_stop();  // SIGTERM while starting up
+  try {
+    relay->run();
+  } catch (const relay::SinkRefusal& refusal) {
+    running_multi_relay = nullptr;
+    std::fprintf(stderr, "outbox-relay: %s\n", refusal.what());
+    return cli::exit_refused;
+  } catch (const std::runtime_error& error) {
+    running_multi_relay = nullptr;
+    std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+    return cli::exit_storage;
+  }
+  running_multi_relay = nullptr;
+  auto counters = relay->counters();
+  logger->info("outbox-relay: stopped; {} databases, stored {}, duplicates {}, dead {}",
+               counters.databases, counters.stored, counters.duplicates, counters.dead);
+  return cli::exit_ok;
+}
 
 int run_relay(const RunSettings& settings) {
   cli::install_stop_handlers(&stop_running_relay);  // also when flags came before `run`
@@ -136,6 +223,10 @@ int run_relay(const RunSettings& settings) {
     throw UsageError(std::string("--log-level: ") + error.what());
   }
   config.logger = logger;
+  if (settings.db.empty() == settings.db_dir.empty()) {
+    throw UsageError("run needs --db (one database) or --db-dir (a directory of them)");
+  }
+  if (!settings.db_dir.empty()) return run_directory(settings, config, logger);
 
   if (settings.sink == "jetstream") {
 #if !OUTBOX_RELAY_WITH_JETSTREAM
@@ -184,26 +275,10 @@ int run_relay(const RunSettings& settings) {
     }
 #endif
   } else {
-    relay::BrokerSinkOptions sink_options;
-    sink_options.endpoint = settings.broker;
-    sink_options.producer = settings.holder;
-    if (!settings.curve_server_public_key_file.empty() || !settings.curve_secret_key_file.empty()) {
-      if (settings.curve_server_public_key_file.empty() || settings.curve_secret_key_file.empty()) {
-        throw UsageError(
-            "CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
-      }
-      try {
-        sink_options.curve = relay::BrokerCurveKeys{
-            broker::read_curve_key_file(settings.curve_server_public_key_file),
-            broker::read_curve_key_file(settings.curve_secret_key_file)};
-      } catch (const std::runtime_error& error) {
-        std::fprintf(stderr, "outbox-relay: %s\n", error.what());
-        return cli::exit_endpoint;
-      }
-    }
-
+    auto sink_options = broker_sink_options(settings);
+    if (!sink_options) return cli::exit_endpoint;
     try {
-      sink = std::make_unique<relay::BrokerSink>(sink_options);
+      sink = std::make_unique<relay::BrokerSink>(*sink_options);
     } catch (const std::runtime_error& error) {
       std::fprintf(stderr, "outbox-relay: --broker %s: %s\n", settings.broker.c_str(),
                    error.what());
@@ -266,6 +341,82 @@ std::string json_time(const std::optional<outbox::TimePoint>& time) {
   return time ? "\"" + iso_time(*time) + "\"" : "null";
 }
 
+// The lease as JSON: holder, epoch, expiry; null when never claimed.
+std::string lease_json(const std::optional<outbox::LeaseInfo>& lease) {
+  if (!lease) return "null";
+  return "{\"holder\":" + cli::json_escape(lease->holder) +
+         ",\"epoch\":" + std::to_string(lease->epoch) + ",\"expires_at\":\"" +
+         iso_time(lease->expires_at) + "\",\"expired\":" + (lease->expired ? "true" : "false") +
+         "}";
+}
+
+// status --db-dir: one line (or JSON entry) per database with the cheap
+// figures (no count of the delivered rows kept), then the totals.
+int show_directory_status(const std::string& directory, const std::string& glob, bool json) {
+  std::vector<std::string> names;
+  try {
+    names = relay::database_files(directory, glob);
+  } catch (const std::runtime_error& error) {
+    std::fprintf(stderr, "outbox-relay: --db-dir: %s\n", error.what());
+    return cli::exit_storage;
+  }
+  std::int64_t pending = 0, dead = 0, oldest = 0, active = 0, unreadable = 0;
+  std::ostringstream entries;
+  for (const auto& name : names) {
+    auto path = std::filesystem::path(directory) / name;
+    if (entries.tellp() > 0 && json) entries << ",";
+    try {
+      auto store = open_store(path.string(), true);
+      auto backlog = store.backlog();
+      auto lease = store.lease_info();
+      auto age = backlog.oldest_pending_age ? backlog.oldest_pending_age->count() : 0;
+      pending += backlog.pending;
+      dead += backlog.dead;
+      oldest = std::max<std::int64_t>(oldest, age);
+      if (lease && !lease->expired) ++active;
+      if (json) {
+        entries << "{\"db\":" << cli::json_escape(name) << ",\"pending\":" << backlog.pending
+                << ",\"retrying\":" << backlog.retrying << ",\"dead\":" << backlog.dead
+                << ",\"oldest_pending_age_ms\":" << age << ",\"lease\":" << lease_json(lease)
+                << ",\"error\":null}";
+      } else {
+        char line[512];
+        std::snprintf(line, sizeof line, "%-32s %9lld %12s %6lld  %s\n", name.c_str(),
+                      static_cast<long long>(backlog.pending),
+                      backlog.oldest_pending_age ? (std::to_string(age) + " ms").c_str() : "-",
+                      static_cast<long long>(backlog.dead),
+                      !lease           ? "none"
+                      : lease->expired ? ("expired (" + lease->holder + ")").c_str()
+                                       : lease->holder.c_str());
+        entries << line;
+      }
+    } catch (const outbox::Error& error) {
+      ++unreadable;
+      if (json) {
+        entries << "{\"db\":" << cli::json_escape(name)
+                << ",\"error\":" << cli::json_escape(error.what()) << "}";
+      } else {
+        entries << name << ": " << error.what() << "\n";
+      }
+    }
+  }
+  if (json) {
+    std::cout << "{\"db_dir\":" << cli::json_escape(directory) << ",\"databases\":["
+              << entries.str() << "],\"totals\":{\"databases\":" << names.size()
+              << ",\"unreadable\":" << unreadable << ",\"pending\":" << pending
+              << ",\"dead\":" << dead << ",\"oldest_pending_age_ms\":" << oldest
+              << ",\"leases_held\":" << active << "}}\n";
+    return cli::exit_ok;
+  }
+  char header[256];
+  std::snprintf(header, sizeof header, "%-32s %9s %12s %6s  %s\n", "database", "pending", "oldest",
+                "dead", "lease");
+  std::cout << header << entries.str() << "total: " << names.size() << " databases (" << unreadable
+            << " unreadable), pending " << pending << ", oldest " << oldest << " ms, dead " << dead
+            << ", leases held " << active << "\n";
+  return cli::exit_ok;
+}
+
 int show_status(const std::string& db, bool json) {
   auto store = open_store(db, true);
   auto stats = store.stats();
@@ -279,15 +430,7 @@ int show_status(const std::string& db, bool json) {
         << ",\"delivered_total\":" << stats.delivered_total << ",\"dead\":" << stats.dead
         << ",\"last_seq\":" << stats.last_seq
         << ",\"settled_through_seq\":" << stats.settled_through_seq
-        << ",\"oldest_pending_age_ms\":" << age << ",\"lease\":";
-    if (stats.lease) {
-      out << "{\"holder\":" << cli::json_escape(stats.lease->holder)
-          << ",\"epoch\":" << stats.lease->epoch << ",\"expires_at\":\""
-          << iso_time(stats.lease->expires_at)
-          << "\",\"expired\":" << (stats.lease->expired ? "true" : "false") << "}";
-    } else {
-      out << "null";
-    }
+        << ",\"oldest_pending_age_ms\":" << age << ",\"lease\":" << lease_json(stats.lease);
     out << ",\"session_up\":" << (up ? "true" : "false") << ",\"relay\":";
     if (relay_status) {
       out << "{\"holder\":" << cli::json_escape(relay_status->holder)
@@ -422,7 +565,36 @@ int main(int argc, char** argv) {
   auto* run_cmd = app.add_subcommand("run",
                                      "Forward pending messages to the broker until stopped "
                                      "(SIGINT/SIGTERM: finish in-flight work, exit 0)");
-  run_cmd->add_option("--db", run.db, "Outbox database (the producer's SQLite file)")->required();
+  run_cmd->add_option("--db", run.db, "Outbox database (the producer's SQLite file)");
+  run_cmd->add_option("--db-dir", run.db_dir,
+                      "Forward every outbox database in this directory (not its subdirectories) "
+                      "from this one process, over a few broker connections; databases that "
+                      "appear or go while it runs are picked up or dropped (--sink broker)");
+  run_cmd->add_option("--glob", run.glob, "With --db-dir: which file names are databases")
+      ->capture_default_str();
+  run_cmd
+      ->add_option("--connections", run.connections,
+                   "With --db-dir: broker connections carrying the databases' sessions")
+      ->capture_default_str()
+      ->check(cli::count_check(1, 64));
+  run_cmd
+      ->add_option("--max-open-databases", run.max_open_databases,
+                   "With --db-dir: databases open at once (three file descriptors each); the "
+                   "least recently busy idle one is closed beyond it")
+      ->capture_default_str()
+      ->check(cli::count_check(1, 100000));
+  cli::add_duration_option(run_cmd, "--idle-release", run.idle_release,
+                           "With --db-dir: a database idle this long gives its lease up and is "
+                           "closed until its next commit",
+                           cli::at_least(1s));
+  cli::add_duration_option(run_cmd, "--rescan-interval", run.rescan_interval,
+                           "With --db-dir: how often to list the directory again, besides "
+                           "watching it (inotify)",
+                           cli::at_least(100ms));
+  cli::add_duration_option(run_cmd, "--idle-poll", run.idle_poll,
+                           "With --db-dir: longest time an open idle database goes without a "
+                           "look (commits wake it at once)",
+                           cli::at_least(10ms));
   run_cmd
       ->add_option("--sink", run.sink,
                    "Where messages go: broker (outbox-broker, --broker) or jetstream (a NATS "
@@ -519,6 +691,8 @@ int main(int argc, char** argv) {
                            "this (with --metrics-bind)");
 
   std::string db;
+  std::string db_dir;
+  std::string glob = "*.db";
   bool json = false;
   std::size_t limit = 1000;
   std::string msg_id;
@@ -526,7 +700,12 @@ int main(int argc, char** argv) {
   auto* status_cmd = app.add_subcommand("status",
                                         "Backlog, oldest pending age, dead count and "
                                         "lease holder of an outbox (no broker needed)");
-  status_cmd->add_option("--db", db, "Outbox database")->required();
+  status_cmd->add_option("--db", db, "Outbox database");
+  status_cmd->add_option("--db-dir", db_dir,
+                         "Every outbox database in this directory: one line each, then totals "
+                         "(pending, oldest pending age, dead, lease)");
+  status_cmd->add_option("--glob", glob, "With --db-dir: which file names are databases")
+      ->capture_default_str();
   status_cmd->add_flag("--json", json, "One JSON object");
   auto* dead_cmd = app.add_subcommand("dead", "List dead messages with their reasons");
   dead_cmd->add_option("--db", db, "Outbox database")->required();
@@ -559,7 +738,12 @@ int main(int argc, char** argv) {
 
   try {
     if (*run_cmd) return run_relay(run);
-    if (*status_cmd) return show_status(db, json);
+    if (*status_cmd) {
+      if (db.empty() == db_dir.empty()) {
+        throw UsageError("status needs --db (one database) or --db-dir (a directory of them)");
+      }
+      return db_dir.empty() ? show_status(db, json) : show_directory_status(db_dir, glob, json);
+    }
     if (*dead_cmd) return list_dead(db, json, limit);
     if (*replay_cmd) return replay(db, msg_id, all);
     if (*drop_cmd) return drop(db, msg_id);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <deque>
 #include <stdexcept>
+#include <unordered_map>
 #include <variant>
 
 #include <zmq.h>
@@ -69,6 +70,50 @@ SinkLimits limits_from(const wire::Welcome& welcome) {
   limits.max_payload_bytes = pick(welcome.max_payload_bytes, defaults.max_payload_bytes, u32);
   limits.max_message_bytes = pick(welcome.max_message_bytes, u32, u32);
   return limits;
+}
+
+// A PUBLISH body for `messages`; `headers` is scratch space kept between calls.
+void encode_publish(std::string& body, std::vector<wire::Header>& headers, std::uint64_t session_id,
+                    std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) {
+  body.clear();
+  wire::begin_publish_body(body, session_id, batch_id);
+  for (const auto& message : messages) {
+    headers.clear();
+    for (const auto& header : message.headers) headers.push_back({header.name, header.value});
+    wire::append_publish_message(body, message.msg_id, message.topic,
+                                 message.partition_key.value_or(std::string()), headers,
+                                 message.payload);
+  }
+  wire::finish_publish_body(body, static_cast<std::uint32_t>(messages.size()));
+}
+
+// A failed event about the batch `batch_id` (0: the whole connection).
+SinkEvent failed_event(std::uint64_t batch_id, std::string error) {
+  SinkEvent event;
+  event.kind = SinkEvent::Kind::failed;
+  event.batch_id = batch_id;
+  event.error = std::move(error);
+  return event;
+}
+
+std::string refused_batch_text(const wire::ErrorReply& error, std::uint64_t batch_id) {
+  return "broker refused batch " + std::to_string(batch_id) + " (" +
+         std::string(wire::error_code_name(error.code)) + "): " + error.message;
+}
+
+std::optional<std::string> welcome_error(const wire::Error& error,
+                                         std::chrono::milliseconds timeout) {
+  if (error.code == wire::ErrorCode::timeout) {
+    return "no answer from the broker within " + std::to_string(timeout.count()) + " ms";
+  }
+  if (error.code == wire::ErrorCode::disconnected) return error.message;
+  if (error.code == wire::ErrorCode::stale_epoch) {
+    // Normally the relay then finds its lease lost and goes standby.
+    return "broker refused the session (stale_epoch): " + error.message +
+           "; should this relay still hold the lease, the database is an older copy "
+           "(restored from a backup): see docs/operations.md, Backups";
+  }
+  return "broker refused the session: " + error.message;
 }
 
 }  // namespace
@@ -154,19 +199,7 @@ std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds ti
   }
   impl.used = true;
   auto welcome = impl.client->await_welcome(timeout);
-  if (!welcome) {
-    if (welcome.error().code == wire::ErrorCode::timeout) {
-      return "no answer from the broker within " + std::to_string(timeout.count()) + " ms";
-    }
-    if (welcome.error().code == wire::ErrorCode::disconnected) return welcome.error().message;
-    if (welcome.error().code == wire::ErrorCode::stale_epoch) {
-      // Normally the relay then finds its lease lost and goes standby.
-      return "broker refused the session (stale_epoch): " + welcome.error().message +
-             "; should this relay still hold the lease, the database is an older copy "
-             "(restored from a backup): see docs/operations.md, Backups";
-    }
-    return "broker refused the session: " + welcome.error().message;
-  }
+  if (!welcome) return welcome_error(welcome.error(), timeout);
   impl_->limits = limits_from(*welcome);
   impl_->spare_wanted = true;
   return std::nullopt;
@@ -184,19 +217,8 @@ bool BrokerSink::resume(std::uint64_t first_batch_id) {
 
 bool BrokerSink::send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) {
   impl_->publishing_session = impl_->client->session_id();
-  auto& body = impl_->body;
-  body.clear();
-  wire::begin_publish_body(body, impl_->client->session_id(), batch_id);
-  for (const auto& message : messages) {
-    impl_->headers.clear();
-    for (const auto& header : message.headers)
-      impl_->headers.push_back({header.name, header.value});
-    wire::append_publish_message(body, message.msg_id, message.topic,
-                                 message.partition_key.value_or(std::string()), impl_->headers,
-                                 message.payload);
-  }
-  wire::finish_publish_body(body, static_cast<std::uint32_t>(messages.size()));
-  return impl_->client->send_publish_body(body);
+  encode_publish(impl_->body, impl_->headers, impl_->client->session_id(), batch_id, messages);
+  return impl_->client->send_publish_body(impl_->body);
 }
 
 namespace {
@@ -255,11 +277,7 @@ std::optional<SinkEvent> BrokerSink::poll(std::chrono::milliseconds timeout) {
     return SinkEvent{SinkEvent::Kind::resumed, 0, {}, {}};
   }
   if (error != nullptr) {
-    event.kind = SinkEvent::Kind::failed;
-    event.batch_id = error->request_id;
-    event.error = "broker refused batch " + std::to_string(error->request_id) + " (" +
-                  std::string(wire::error_code_name(error->code)) + "): " + error->message;
-    return event;
+    return failed_event(error->request_id, refused_batch_text(*error, error->request_id));
   }
   return std::nullopt;  // a stray answer (PONG, ...) is not about our batches
 }
@@ -269,6 +287,240 @@ SinkLimits BrokerSink::limits() const {
 }
 
 std::string BrokerSink::describe() const {
+  return "broker " + impl_->options.endpoint;
+}
+
+}  // namespace relay
+
+namespace relay {
+
+// ---- SharedBrokerConnection ---------------------------------------------------
+
+namespace {
+constexpr unsigned kSlotShift = 32;
+constexpr std::uint64_t kLocalBatchMask = (std::uint64_t{1} << kSlotShift) - 1;
+}  // namespace
+
+struct SharedBrokerConnection::Impl {
+  // What one database's Sink keeps; owned by the channel, registered here.
+  struct Channel {
+    std::uint32_t slot = 0;
+    SinkLease lease;
+    std::uint64_t session_id = 0;  // 0: none open
+    SinkLimits limits = limits_from(wire::Welcome{});
+    std::deque<SinkEvent> events;
+    // The answer to this channel's HELLO in flight (hello_token), once it came.
+    std::uint64_t hello_token = 0;
+    std::optional<wire::Result<wire::Welcome>> hello_answer;
+  };
+
+  explicit Impl(BrokerSinkOptions options_in)
+      : options(std::move(options_in)),
+        client(std::make_unique<broker::Client>(options.endpoint, client_options(options))) {}
+
+  BrokerSinkOptions options;
+  std::unique_ptr<broker::Client> client;
+  std::unordered_map<std::uint32_t, Channel*> channels;
+  // HELLOs in flight in sending order, by (slot, token): the broker answers a
+  // connection's requests in order, and WELCOME names no origin.
+  std::deque<std::pair<std::uint32_t, std::uint64_t>> hellos;
+  std::uint64_t next_hello_token = 1;
+  // After a HELLO went unanswered, others fail at once until then, instead of
+  // each waiting the full timeout while the broker is away.
+  std::chrono::steady_clock::time_point unanswered_until{};
+  std::string unanswered_error;
+  std::string body;
+  std::vector<wire::Header> headers;
+
+  // Everything on the connection is in doubt: every channel with a session
+  // or a HELLO in flight gets a failure, and the next sessions go on a fresh
+  // connection, so nothing of the old ones is queued behind their HELLOs.
+  void connection_broke(const std::string& why) {
+    for (auto& [slot, channel] : channels) {
+      if (channel->session_id != 0) channel->events.push_back(failed_event(0, why));
+      channel->session_id = 0;
+      if (channel->hello_token != 0 && !channel->hello_answer) {
+        channel->hello_answer = wire::Error{wire::ErrorCode::disconnected, why};
+      }
+    }
+    hellos.clear();
+    client->reconnect();
+  }
+
+  void route(wire::Result<wire::AnyMessage> received) {
+    if (!received.ok()) {
+      connection_broke(received.error().code == wire::ErrorCode::disconnected
+                           ? received.error().message
+                           : "unreadable reply from the broker: " + received.error().message);
+      return;
+    }
+    auto& message = received.value();
+    auto* welcome = std::get_if<wire::Welcome>(&message);
+    auto* error = std::get_if<wire::ErrorReply>(&message);
+    if (welcome != nullptr || (error != nullptr && error->request_id == 0)) {
+      if (hellos.empty()) return;  // not ours to place
+      auto [slot, token] = hellos.front();
+      hellos.pop_front();
+      auto channel = channels.find(slot);
+      if (channel == channels.end() || channel->second->hello_token != token) return;
+      if (welcome != nullptr) {
+        channel->second->hello_answer = std::move(*welcome);
+      } else {
+        channel->second->hello_answer = wire::Error{error->code, error->message};
+      }
+      return;
+    }
+    std::uint64_t wire_id = 0;
+    if (auto* ack = std::get_if<wire::Ack>(&message)) {
+      wire_id = ack->batch_id;
+    } else if (error != nullptr) {
+      wire_id = error->request_id;
+    } else {
+      return;  // PONG and other answers are not about batches
+    }
+    auto channel = channels.find(static_cast<std::uint32_t>(wire_id >> kSlotShift));
+    if (channel == channels.end()) return;  // a database closed meanwhile
+    const auto local_id = wire_id & kLocalBatchMask;
+    if (auto* ack = std::get_if<wire::Ack>(&message)) {
+      SinkEvent event;
+      event.batch_id = local_id;
+      event.deliveries.reserve(ack->entries.size());
+      for (auto& entry : ack->entries) {
+        event.deliveries.push_back(
+            Delivery{from_wire(entry.status), entry.offset, std::move(entry.reason)});
+      }
+      channel->second->events.push_back(std::move(event));
+    } else {
+      channel->second->events.push_back(
+          failed_event(local_id, refused_batch_text(*error, local_id)));
+    }
+  }
+
+  std::size_t pump(std::chrono::milliseconds timeout) {
+    std::size_t routed = 0;
+    auto received = client->receive(timeout);
+    while (received) {
+      route(std::move(*received));
+      ++routed;
+      received = client->receive(std::chrono::milliseconds(0));
+    }
+    return routed;
+  }
+};
+
+namespace {
+
+class SharedChannel final : public Sink {
+ public:
+  SharedChannel(std::shared_ptr<SharedBrokerConnection::Impl> connection, std::uint32_t slot)
+      : connection_(std::move(connection)) {
+    state_.slot = slot;
+    if (!connection_->channels.emplace(slot, &state_).second) {
+      throw std::invalid_argument("slot " + std::to_string(slot) + " is in use on " + describe());
+    }
+  }
+  ~SharedChannel() noexcept override { connection_->channels.erase(state_.slot); }
+  SharedChannel(const SharedChannel&) = delete;
+  SharedChannel& operator=(const SharedChannel&) = delete;
+
+  void set_lease(SinkLease lease) override { state_.lease = std::move(lease); }
+
+  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override {
+    auto& connection = *connection_;
+    state_.session_id = 0;
+    state_.events.clear();  // answers about the old session are of no use any more
+    auto now = std::chrono::steady_clock::now();
+    if (now < connection.unanswered_until) return connection.unanswered_error;
+    wire::Hello hello{connection.options.producer, wire::kHelloOneOfSeveral, state_.lease.origin,
+                      static_cast<std::uint64_t>(std::max<std::int64_t>(state_.lease.epoch, 0))};
+    if (!connection.client->send_hello(hello)) return "the HELLO could not be queued";
+    state_.hello_token = connection.next_hello_token++;
+    state_.hello_answer.reset();
+    connection.hellos.emplace_back(state_.slot, state_.hello_token);
+    auto deadline = now + timeout;
+    while (!state_.hello_answer && std::chrono::steady_clock::now() < deadline) {
+      connection.pump(std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   deadline - std::chrono::steady_clock::now()),
+                               std::chrono::milliseconds(0)));
+    }
+    if (!state_.hello_answer) {
+      // The broker is away (or the connection stuck): start afresh next time,
+      // and spare the other databases the same wait for a while.
+      auto error = welcome_error(wire::Error{wire::ErrorCode::timeout, ""}, timeout);
+      connection.unanswered_until = std::chrono::steady_clock::now() + timeout;
+      connection.unanswered_error = *error;
+      connection.connection_broke(*error);
+      return error;
+    }
+    auto answer = std::move(*state_.hello_answer);
+    state_.hello_answer.reset();
+    state_.hello_token = 0;
+    if (!answer.ok()) return welcome_error(answer.error(), timeout);
+    state_.session_id = answer->session_id;
+    state_.limits = limits_from(*answer);
+    return std::nullopt;
+  }
+
+  bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override {
+    if (state_.session_id == 0 || batch_id > kLocalBatchMask) return false;
+    auto& connection = *connection_;
+    encode_publish(connection.body, connection.headers, state_.session_id,
+                   std::uint64_t{state_.slot} << kSlotShift | batch_id, messages);
+    return connection.client->send_publish_body(connection.body);
+  }
+
+  std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (state_.events.empty()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      connection_->pump(std::max(left, std::chrono::milliseconds(0)));
+      if (left <= std::chrono::milliseconds(0)) break;
+    }
+    if (state_.events.empty()) return std::nullopt;
+    auto event = std::move(state_.events.front());
+    state_.events.pop_front();
+    return event;
+  }
+
+  std::string describe() const override { return "broker " + connection_->options.endpoint; }
+  SinkLimits limits() const override { return state_.limits; }
+
+ private:
+  std::shared_ptr<SharedBrokerConnection::Impl> connection_;
+  SharedBrokerConnection::Impl::Channel state_;
+};
+
+}  // namespace
+
+SharedBrokerConnection::SharedBrokerConnection(BrokerSinkOptions options) {
+  try {
+    impl_ = std::make_shared<Impl>(std::move(options));
+  } catch (const zmq::error_t& error) {
+    throw std::runtime_error("cannot use broker endpoint: " + std::string(error.what()));
+  }
+}
+
+SharedBrokerConnection::~SharedBrokerConnection() noexcept = default;
+
+std::unique_ptr<Sink> SharedBrokerConnection::channel(std::uint32_t slot) {
+  return std::make_unique<SharedChannel>(impl_, slot);
+}
+
+std::size_t SharedBrokerConnection::pump(std::chrono::milliseconds timeout) {
+  return impl_->pump(timeout);
+}
+
+bool SharedBrokerConnection::has_events(std::uint32_t slot) const {
+  auto channel = impl_->channels.find(slot);
+  return channel != impl_->channels.end() && !channel->second->events.empty();
+}
+
+void* SharedBrokerConnection::socket_handle() {
+  return impl_->client->socket().handle();
+}
+
+std::string SharedBrokerConnection::describe() const {
   return "broker " + impl_->options.endpoint;
 }
 

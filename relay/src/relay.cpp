@@ -314,6 +314,27 @@ struct Relay::Impl {
     }
   }
 
+  // step() never blocks: where run() would wait, a step notes when it wants
+  // to run again (resume_at) and returns.
+  bool stepping = false;
+  bool started = false;
+  SteadyClock::time_point resume_at{};
+  bool turn_did_work = false;  // this step sent, handled or recorded something
+  bool turn_went_idle = false;
+  // Batches a step may send: one, so that a program stepping many relays in
+  // turn gives each the same share whatever its backlog.
+  std::size_t sends_left = SIZE_MAX;
+
+  // run(): sleeps up to `duration`, waking early on request_stop(); step():
+  // asks to be called again after `duration`.
+  void wait_or_step(milliseconds duration) {
+    if (stepping) {
+      resume_at = SteadyClock::now() + duration;
+    } else {
+      pause(duration);
+    }
+  }
+
   // Sleeps up to `duration`, waking early on request_stop().
   void pause(milliseconds duration) {
     auto deadline = SteadyClock::now() + duration;
@@ -438,7 +459,7 @@ struct Relay::Impl {
       auto left = duration_cast<milliseconds>(info->expires_at - outbox::system_now());
       wait = std::clamp(left + milliseconds(5), milliseconds(5), wait);
     }
-    pause(wait);
+    wait_or_step(wait);
     return false;
   }
 
@@ -492,7 +513,7 @@ struct Relay::Impl {
     if (session_open) return true;
     auto now = SteadyClock::now();
     if (now < next_session_attempt) {
-      pause(std::min(until(next_session_attempt), config.lease_ttl / 4));
+      wait_or_step(std::min(until(next_session_attempt), config.lease_ttl / 4));
       return false;
     }
     if (auto error = sink.open_session(config.connect_timeout)) {
@@ -595,7 +616,7 @@ struct Relay::Impl {
     const std::size_t batch_share = std::max(
         kInitialWindow,
         session_window / std::min<std::size_t>(config.max_in_flight_batches, kBatchesPerWindow));
-    while (in_flight.size() < config.max_in_flight_batches && !stop.load()) {
+    while (in_flight.size() < config.max_in_flight_batches && !stop.load() && sends_left > 0) {
       std::size_t unacknowledged = 0;
       for (const auto& batch : in_flight) unacknowledged += batch.messages.size();
       if (unacknowledged >= session_window) return;
@@ -627,6 +648,8 @@ struct Relay::Impl {
       auto batch_id = next_batch_id;
       if (!sink.send(batch_id, batch)) return;  // queue full: read again after acks
       ++next_batch_id;                          // ids stay consecutive within a session
+      --sends_left;
+      turn_did_work = true;
       last_sent_seq = batch.back().seq;
       counters.sent_messages += batch.size();
       metrics->sent_messages.add(batch.size());
@@ -636,6 +659,7 @@ struct Relay::Impl {
   }
 
   void handle(SinkEvent event) {
+    turn_did_work = true;
     if (event.kind == SinkEvent::Kind::resumed) {
       if (resuming) finish_resume();
       return;
@@ -754,7 +778,9 @@ struct Relay::Impl {
     auto deadline = in_flight.front().sent_at + config.ack_timeout;
     bool has_credit = in_flight.size() < config.max_in_flight_batches;
     // With credit left, come back soon to send what producers commit meanwhile.
-    auto wait = std::min(until(deadline), has_credit ? milliseconds(2) : milliseconds(50));
+    auto wait = stepping
+                    ? milliseconds(0)
+                    : std::min(until(deadline), has_credit ? milliseconds(2) : milliseconds(50));
     if (auto event = sink.poll(wait)) {
       handle(std::move(*event));
       // Whatever else already arrived goes into the same bookkeeping write.
@@ -892,7 +918,7 @@ struct Relay::Impl {
     note_error(line);
     set_session_state(false);
     publish_status();
-    pause(delay);
+    wait_or_step(delay);
   }
 
   void drain_and_release() {
@@ -941,52 +967,102 @@ struct Relay::Impl {
     fill_pipeline();
     if (in_flight.empty()) {
       if (status_dirty) publish_status();  // idle: the status row is current
-      database("waiting for commits").wait_for_work(config.idle_wait);
+      if (stepping) {
+        turn_went_idle = settled.empty();
+      } else {
+        database("waiting for commits").wait_for_work(config.idle_wait);
+      }
       return;
     }
     await_events();
   }
 
-  void run() {
+  void start() {
+    if (started) return;
+    started = true;
     next_summary = SteadyClock::now() + config.summary_interval;
     origin = store.origin_id();
+  }
+
+  // One turn; a transient database failure is reported and waited out.
+  void guarded_turn() {
     try {
-      while (!stop.load()) {
-        try {
-          turn();
-        } catch (const outbox::LeaseLost&) {
-          throw;
-        } catch (const outbox::Error& error) {
-          if (!transient_database_error(error.extended_code())) throw;
-          on_database_error(error);
-          continue;
-        }
-        if (database_failures > 0) {
-          metrics::log(*log, spdlog::level::info,
-                       {{"event", "database_recovered"},
-                        {"db", store.path()},
-                        {"failed_attempts", database_failures}},
-                       "database '{}' works again after {} failed attempts", store.path(),
-                       database_failures);
-          database_failures = 0;
-        }
-      }
-    } catch (const SinkRefusal& refusal) {
-      // Nothing in flight is acknowledged any more; a standby (or the next
-      // start, once the destination is fixed) need not wait for the lease.
-      metrics::log(*log, spdlog::level::err,
-                   {{"event", "destination_refused"},
+      turn();
+    } catch (const outbox::LeaseLost&) {
+      throw;
+    } catch (const outbox::Error& error) {
+      if (!transient_database_error(error.extended_code())) throw;
+      on_database_error(error);
+      return;
+    }
+    if (database_failures > 0) {
+      metrics::log(*log, spdlog::level::info,
+                   {{"event", "database_recovered"},
                     {"db", store.path()},
-                    {"destination", sink.describe()},
-                    {"error", refusal.what()}},
-                   "{}: {}", sink.describe(), refusal.what());
-      drop_session();
-      if (lease) {
-        store.release_lease(*lease);
-        lease.reset();
-        counters.active = false;
-        note_lease();
-      }
+                    {"failed_attempts", database_failures}},
+                   "database '{}' works again after {} failed attempts", store.path(),
+                   database_failures);
+      database_failures = 0;
+    }
+  }
+
+  // The destination refuses the configuration for good: nothing in flight is
+  // acknowledged any more; a standby (or the next start, once the destination
+  // is fixed) need not wait for the lease.
+  void give_up(const SinkRefusal& refusal) {
+    metrics::log(*log, spdlog::level::err,
+                 {{"event", "destination_refused"},
+                  {"db", store.path()},
+                  {"destination", sink.describe()},
+                  {"error", refusal.what()}},
+                 "{}: {}", sink.describe(), refusal.what());
+    drop_session();
+    if (lease) {
+      store.release_lease(*lease);
+      lease.reset();
+      counters.active = false;
+      note_lease();
+    }
+  }
+
+  StepResult step() {
+    stepping = true;
+    start();
+    turn_did_work = false;
+    turn_went_idle = false;
+    resume_at = {};
+    sends_left = 1;
+    try {
+      guarded_turn();
+    } catch (const SinkRefusal& refusal) {
+      give_up(refusal);
+      throw;
+    }
+    StepResult result;
+    result.state = turn_did_work    ? StepResult::State::busy
+                   : turn_went_idle ? StepResult::State::idle
+                   : !lease         ? StepResult::State::standby
+                                    : StepResult::State::waiting;
+    // Housekeeping, the lease and the oldest batch's acknowledgement are due
+    // at fixed times; nothing else needs a step before an event.
+    auto next =
+        std::min({next_renew, next_retention, next_summary, SteadyClock::now() + config.idle_wait});
+    if (resume_at != SteadyClock::time_point{})
+      next = lease ? std::min(next, resume_at) : resume_at;
+    if (!in_flight.empty()) next = std::min(next, in_flight.front().sent_at + config.ack_timeout);
+    if (status_dirty) next = std::min(next, next_status_write);
+    result.call_again_by = next;
+    return result;
+  }
+
+  void run() {
+    stepping = false;
+    sends_left = SIZE_MAX;
+    start();
+    try {
+      while (!stop.load()) guarded_turn();
+    } catch (const SinkRefusal& refusal) {
+      give_up(refusal);
       throw;
     }
     drain_and_release();
@@ -1000,6 +1076,18 @@ Relay::~Relay() noexcept = default;
 
 void Relay::run() {
   impl_->run();
+}
+
+StepResult Relay::step() {
+  return impl_->step();
+}
+
+void Relay::finish() {
+  impl_->drain_and_release();
+}
+
+bool Relay::holds_lease() const noexcept {
+  return impl_->lease.has_value();
 }
 
 const std::string& Relay::lease_holder() const noexcept {

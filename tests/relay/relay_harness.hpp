@@ -143,14 +143,27 @@ class RelayProcess {
     process_ = std::make_unique<test_support::ChildProcess>(relay_binary(), args, dir, environment);
   }
 
+  // `outbox-relay run --db-dir DIR --broker ENDPOINT` with the common test
+  // flags and `extra`.
+  static std::unique_ptr<RelayProcess> for_directory(const std::filesystem::path& dir,
+                                                     const std::filesystem::path& db_dir,
+                                                     const std::string& broker_endpoint,
+                                                     const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> flags = {"--db-dir", db_dir.string(), "--broker", broker_endpoint};
+    flags.insert(flags.end(), extra.begin(), extra.end());
+    return with_flags(dir, {}, flags);
+  }
+
   // `outbox-relay run --db DB` with the common test flags and `flags`, but
-  // no --broker: for the other sinks (--sink jetstream ...).
+  // no --broker: for the other sinks (--sink jetstream ...). An empty `db`
+  // leaves --db out.
   static std::unique_ptr<RelayProcess> with_flags(const std::filesystem::path& dir,
                                                   const std::filesystem::path& db,
                                                   const std::vector<std::string>& flags) {
-    std::vector<std::string> args = {
-        "run",  "--db",          db.string(), "--log-level",        "debug", "--backoff-initial",
-        "20ms", "--backoff-max", "500ms",     "--summary-interval", "1s"};
+    std::vector<std::string> args = {"run",  "--log-level",   "debug", "--backoff-initial",
+                                     "20ms", "--backoff-max", "500ms", "--summary-interval",
+                                     "1s"};
+    if (!db.empty()) args.insert(args.end(), {"--db", db.string()});
     args.insert(args.end(), flags.begin(), flags.end());
     std::unique_ptr<RelayProcess> relay(new RelayProcess());
     relay->process_ = std::make_unique<test_support::ChildProcess>(relay_binary(), args, dir);
@@ -317,11 +330,13 @@ inline void check_exactly_once_in_order(const std::vector<wire::StoredMessage>& 
 }
 
 // Commits orders through the library in this process, numbered per key the
-// way check_exactly_once_in_order() expects ("<key>:<n>:", padded).
+// way check_exactly_once_in_order() expects ("<key>:<n>:", padded). Keys are
+// "<key_prefix>k<i>" (a prefix per database keeps several databases' keys apart).
 class OrderWriter {
  public:
-  explicit OrderWriter(outbox::Outbox& box, long keys = 3, std::size_t payload_bytes = 1000)
-      : box_(box), keys_(keys), payload_bytes_(payload_bytes) {}
+  explicit OrderWriter(outbox::Outbox& box, long keys = 3, std::size_t payload_bytes = 1000,
+                       std::string key_prefix = "")
+      : box_(box), keys_(keys), payload_bytes_(payload_bytes), key_prefix_(std::move(key_prefix)) {}
 
   // `count` orders in one transaction. Throws outbox::Error (with SQLite's
   // code) when the database refuses it; nothing of it counts then.
@@ -329,7 +344,7 @@ class OrderWriter {
     std::map<std::string, long> next = per_key_;
     outbox::Transaction tx(box_);
     for (long i = 0; i < count; ++i) {
-      std::string key = "k" + std::to_string((committed_ + i) % keys_);
+      std::string key = key_prefix_ + "k" + std::to_string((committed_ + i) % keys_);
       auto payload = key + ":" + std::to_string(++next[key]) + ":";
       payload.resize(std::max(payload.size(), payload_bytes_), 'x');
       tx.enqueue({.topic = "orders", .key = key, .payload = payload});
@@ -345,6 +360,7 @@ class OrderWriter {
   outbox::Outbox& box_;
   long keys_;
   std::size_t payload_bytes_;
+  std::string key_prefix_;
   std::map<std::string, long> per_key_;
   long committed_ = 0;
 };

@@ -51,3 +51,82 @@ TEST_CASE("the broker sink opens its next session ahead of need and uses it on t
       },
       20s, 5ms));
 }
+
+namespace {
+
+std::vector<outbox::PendingMessage> one_message(const std::string& msg_id, const std::string& key) {
+  std::vector<outbox::PendingMessage> batch(1);
+  batch[0].seq = 1;
+  batch[0].msg_id = msg_id;
+  batch[0].topic = "orders";
+  batch[0].partition_key = key;
+  batch[0].payload = key + ":1:";
+  return batch;
+}
+
+// The next event of `sink`, waiting up to 20 s.
+relay::SinkEvent next_event(relay::Sink& sink) {
+  std::optional<relay::SinkEvent> event;
+  REQUIRE(test_support::wait_until(
+      [&] {
+        event = sink.poll(50ms);
+        return event.has_value();
+      },
+      20s, 0ms));
+  return std::move(*event);
+}
+
+}  // namespace
+
+TEST_CASE("databases sharing a broker connection each get their own session and replies",
+          "[relay]") {
+  test_support::TempDir dir("relay-shared-connection");
+  std::optional<BrokerProcess> broker;
+  broker.emplace(dir.path(), dir / "broker.db");
+  relay::BrokerSinkOptions options;
+  options.endpoint = broker->endpoint();
+  relay::SharedBrokerConnection connection(options);
+  auto a = connection.channel(1);
+  auto b = connection.channel(2);
+  CHECK_THROWS_AS(connection.channel(1), std::invalid_argument);
+  a->set_lease({"origin-a", 1, {}});
+  b->set_lease({"origin-b", 1, {}});
+  REQUIRE_FALSE(a->open_session(10s).has_value());
+  REQUIRE_FALSE(b->open_session(10s).has_value());
+  CHECK(broker_counter(broker->endpoint(), "sessions_opened") == 2);
+
+  // Both number their batches from 1; each reply reaches its own channel,
+  // whichever channel reads the connection.
+  REQUIRE(a->send(1, one_message("shared-a-1", "a")));
+  REQUIRE(b->send(1, one_message("shared-b-1", "b")));
+  auto from_b = next_event(*b);
+  CHECK(from_b.batch_id == 1);
+  REQUIRE(from_b.kind == relay::SinkEvent::Kind::acked);
+  CHECK(connection.has_events(1));
+  auto from_a = next_event(*a);
+  CHECK(from_a.batch_id == 1);
+  REQUIRE(from_a.kind == relay::SinkEvent::Kind::acked);
+  CHECK(from_a.deliveries.at(0).status == relay::DeliveryStatus::stored);
+
+  // A session of one origin that is fenced fails that channel only.
+  broker::Client newer(broker->endpoint());
+  REQUIRE(newer.hello(wire::Hello{"newer", wire::kHelloOneOfSeveral, "origin-a", 2}, 20s).ok());
+  REQUIRE(a->send(2, one_message("shared-a-2", "a")));
+  REQUIRE(b->send(2, one_message("shared-b-2", "b")));
+  auto fenced = next_event(*a);
+  CHECK(fenced.kind == relay::SinkEvent::Kind::failed);
+  CHECK(fenced.batch_id == 2);
+  CHECK(fenced.error.find("stale_epoch") != std::string::npos);
+  auto still_open = next_event(*b);
+  CHECK(still_open.kind == relay::SinkEvent::Kind::acked);
+  auto refused = a->open_session(10s);
+  REQUIRE(refused.has_value());
+  CHECK(refused->find("stale_epoch") != std::string::npos);
+
+  // The broker goes away: every channel with a session hears of it.
+  broker->process().signal(SIGKILL);
+  REQUIRE(broker->process().wait_for(10s).has_value());
+  auto broke = next_event(*b);
+  CHECK(broke.kind == relay::SinkEvent::Kind::failed);
+  CHECK(broke.batch_id == 0);
+}

@@ -49,6 +49,16 @@ TEST_CASE("outbox-relay refuses bad flags and values with exit code 2", "[relay]
                        "--on-dead");
   check_one_line_error(relay_cli({"run", "--db", "x.db", "--batch-size", "0"}), kExitUsage,
                        "--batch-size");
+  check_one_line_error(relay_cli({"run", "--db", "x.db", "--db-dir", dir.path().string()}),
+                       kExitUsage, "--db-dir");
+  check_one_line_error(
+      relay_cli({"run", "--db-dir", dir.path().string(), "--sink", "jetstream", "--stream", "s"}),
+      kExitUsage, "--db-dir");
+  check_one_line_error(relay_cli({"run", "--db-dir", (dir / "missing").string()}), kExitStorage,
+                       "no such directory");
+  check_one_line_error(relay_cli({"status", "--db-dir", (dir / "missing").string()}), kExitStorage,
+                       "missing");
+  check_one_line_error(relay_cli({"status"}), kExitUsage, "--db-dir");
 
   produce(dir / "app.db", 1, 1);
   check_one_line_error(

@@ -18,6 +18,8 @@
 // reported as values through the Sink interface.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,6 +57,53 @@ class BrokerSink final : public Sink {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+// One broker connection carrying the sessions of many outbox databases (the
+// HELLO flag "one of several", docs/protocol.md): each database gets its own
+// Sink through channel(), with its own session, origin and lease epoch, its
+// own batch order, failures and fencing, as if it had the connection alone.
+//
+//   relay::SharedBrokerConnection connection({.endpoint = "tcp://127.0.0.1:7750"});
+//   auto sink = connection.channel(7);   // a Sink for one database
+//   relay::Relay relay(store, *sink, config);
+//
+// Replies are routed by batch id: a channel's batch ids go out with its slot
+// in the high 32 bits (the relay's own ids stay below 2^32); WELCOMEs and
+// refused HELLOs by the order of the HELLOs. A channel's poll() reads the
+// connection and keeps what belongs to the other channels for them; pump()
+// does the same for a caller that waits on socket() itself. A broken
+// connection fails the session of every channel (each resends, as after any
+// cut) and the next sessions go on a fresh connection. While the broker does
+// not answer a HELLO, the other channels' open_session() fail at once for the
+// same timeout instead of waiting in turn.
+//
+// Ownership: channels share the connection's state; each channel must be
+// destroyed before the next one with its slot is made. Thread safety: the
+// connection and all its channels on one thread. Errors: as BrokerSink.
+class SharedBrokerConnection {
+ public:
+  explicit SharedBrokerConnection(BrokerSinkOptions options);
+  ~SharedBrokerConnection() noexcept;
+  SharedBrokerConnection(const SharedBrokerConnection&) = delete;
+  SharedBrokerConnection& operator=(const SharedBrokerConnection&) = delete;
+
+  // A Sink for one database. Throws std::invalid_argument if `slot` is in use.
+  std::unique_ptr<Sink> channel(std::uint32_t slot);
+  // Reads the replies that arrive within `timeout` (and whatever follows
+  // them at once) into their channels; how many.
+  std::size_t pump(std::chrono::milliseconds timeout);
+  // Whether the channel `slot` has replies waiting for its poll().
+  bool has_events(std::uint32_t slot) const;
+  // The DEALER socket's libzmq handle, to wait on with zmq_poll (ZMQ_POLLIN)
+  // in an event loop; valid until the next call on the connection or a channel.
+  void* socket_handle();
+  std::string describe() const;
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
 };
 
 }  // namespace relay

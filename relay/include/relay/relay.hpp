@@ -128,6 +128,20 @@ struct RelayCounters {
   bool active = false;                // holds the lease
 };
 
+// What Relay::step() did, and when it wants to run again.
+struct StepResult {
+  enum class State : std::uint8_t {
+    busy,     // sent, handled or recorded something: step again in the next round
+    waiting,  // batches in flight and nothing more to send now: step on a reply
+    idle,     // nothing pending: step on a commit
+    standby,  // another relay holds the lease (or it was just lost)
+  };
+  State state = State::idle;
+  // Step again by then even without an event: housekeeping, the lease, an
+  // acknowledgement's deadline, the end of a backoff or of the holder's lease.
+  std::chrono::steady_clock::time_point call_again_by{};
+};
+
 class Relay {
  public:
   Relay(outbox::RelayStore& store, Sink& sink, RelayConfig config);
@@ -137,6 +151,16 @@ class Relay {
 
   void run();
   void request_stop() noexcept;
+
+  // For a program that forwards many databases from one thread (MultiRelay):
+  // one turn of run()'s loop without blocking, sending at most one batch,
+  // polling the sink without waiting and never waiting for commits (the
+  // caller watches for them). Errors as for run(). finish() then waits up to
+  // drain_timeout for what is in flight, records it and releases the lease,
+  // as run() does when stopped. Use either run() or step()/finish().
+  StepResult step();
+  void finish();
+  bool holds_lease() const noexcept;
   // The name this instance holds (or waits for) the lease under.
   const std::string& lease_holder() const noexcept;
   RelayCounters counters() const;

@@ -1,0 +1,106 @@
+// Forwards every outbox database of a directory from one process and one
+// thread, over a few shared broker connections (docs/architecture.md, "Many
+// outboxes, one relay").
+//
+//   relay::MultiRelayConfig config;
+//   config.directory = "/var/lib/tenants";
+//   config.broker.endpoint = "tcp://127.0.0.1:7750";
+//   relay::MultiRelay relay(config);
+//   relay.run();            // until request_stop(), e.g. from a signal handler
+//
+// What run() does:
+// - Lists the directory (not recursively) for files matching `glob`, and
+//   watches it with inotify: a file that appears is picked up, one that goes
+//   away is no longer forwarded, and a commit to a database (its WAL file
+//   changes) wakes that database. A full rescan every rescan_interval (and at
+//   once after an inotify queue overflow) covers lost events. A matching file
+//   that is not an outbox database is logged once and looked at again when it
+//   changes.
+// - Forwards each database with a Relay of its own (relay.hpp: its own lease,
+//   session, window, dead letters, retention and status row), stepped in
+//   turn: one batch per database per round, so a database with a large
+//   backlog does not hold back one with a single message.
+// - Carries every database's session over `connections` broker connections
+//   (SharedBrokerConnection); a database keeps its connection while open.
+// - Keeps at most max_open_databases open (three descriptors each): beyond
+//   it the least recently busy idle or standby database is closed. A
+//   database idle for idle_release gives its lease up and is closed; its
+//   next commit opens it again, and it is forwarded again if a read finds
+//   pending messages.
+// - request_stop(): every open database finishes as Relay::run() does when
+//   stopped (in-flight acknowledgements within drain_timeout, lease
+//   released), then run() returns.
+//
+// Ownership: owns its databases, relays and connections. Thread safety:
+// run() on one thread; request_stop() from any thread or a signal handler;
+// counters() from any thread. Errors: an unusable directory (missing, not a
+// directory, no inotify) throws std::runtime_error from run(); SinkRefusal
+// from a database propagates (the broker refuses the configuration for
+// everyone); every other database failure is logged with the database's
+// name and that database alone is closed and retried later.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "outbox/relay_store.hpp"
+#include "relay/broker_sink.hpp"
+#include "relay/relay.hpp"
+
+namespace relay {
+
+struct MultiRelayConfig {
+  std::filesystem::path directory;
+  std::string glob = "*.db";  // fnmatch(3) pattern for the file names
+  std::size_t connections = 2;
+  std::size_t max_open_databases = 256;
+  std::chrono::milliseconds idle_release{30'000};
+  std::chrono::milliseconds rescan_interval{30'000};
+  // Per database. Its holder names the process; idle_wait is the longest a
+  // database goes unlooked at while open (commits wake it sooner).
+  RelayConfig relay{};
+  outbox::RelayOptions store{};
+  BrokerSinkOptions broker{};
+};
+
+// Since run() started; readable from other threads.
+struct MultiRelayCounters {
+  std::uint64_t databases = 0;  // known outbox databases in the directory
+  std::uint64_t open = 0;       // open now
+  std::uint64_t active = 0;     // holding their lease now
+  std::uint64_t stored = 0;     // summed over every database
+  std::uint64_t duplicates = 0;
+  std::uint64_t dead = 0;
+};
+
+// The names of the files in `directory` (not its subdirectories) that
+// MultiRelay takes for databases: regular files matching `glob`, never
+// SQLite's or the outbox's companion files (-wal, -shm, -journal,
+// -outbox-workers.lock). Sorted. Throws std::runtime_error naming the
+// directory when it cannot be listed.
+std::vector<std::string> database_files(const std::filesystem::path& directory,
+                                        const std::string& glob);
+
+class MultiRelay {
+ public:
+  explicit MultiRelay(MultiRelayConfig config);
+  ~MultiRelay() noexcept;
+  MultiRelay(const MultiRelay&) = delete;
+  MultiRelay& operator=(const MultiRelay&) = delete;
+
+  void run();
+  void request_stop() noexcept;
+  MultiRelayCounters counters() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace relay

@@ -1,0 +1,441 @@
+#include "relay/multi_relay.hpp"
+
+#include <fnmatch.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+#include <spdlog/logger.h>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/null_sink.h>
+#include <zmq.hpp>
+
+namespace relay {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr auto kNever = SteadyClock::time_point::max();
+
+// Writes each line to the program's sinks with "database NAME: " in front, so
+// that every line a database's Relay logs says which database it is about.
+class PrefixSink final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  PrefixSink(std::string prefix, std::vector<spdlog::sink_ptr> targets)
+      : prefix_(std::move(prefix)), targets_(std::move(targets)) {}
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& message) override {
+    std::string text = prefix_;
+    text.append(message.payload.data(), message.payload.size());
+    spdlog::details::log_msg copy(message.time, message.source, message.logger_name, message.level,
+                                  text);
+    for (auto& target : targets_) {
+      if (target->should_log(copy.level)) target->log(copy);
+    }
+  }
+  void flush_() override {
+    for (auto& target : targets_) target->flush();
+  }
+
+ private:
+  std::string prefix_;
+  std::vector<spdlog::sink_ptr> targets_;
+};
+
+std::shared_ptr<spdlog::logger> database_logger(const std::shared_ptr<spdlog::logger>& base,
+                                                const std::string& name) {
+  auto logger = std::make_shared<spdlog::logger>(
+      base->name(), std::make_shared<PrefixSink>("database " + name + ": ", base->sinks()));
+  logger->set_level(base->level());
+  logger->flush_on(base->flush_level());
+  return logger;
+}
+
+// Files SQLite and the outbox keep next to a database: never databases
+// themselves, whatever the glob says.
+bool companion_file(const std::string& name) {
+  for (const char* suffix : {"-wal", "-shm", "-journal", "-outbox-workers.lock"}) {
+    auto length = std::strlen(suffix);
+    if (name.size() >= length && name.compare(name.size() - length, length, suffix) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool database_name(const std::string& name, const std::string& glob) {
+  return !companion_file(name) && ::fnmatch(glob.c_str(), name.c_str(), 0) == 0;
+}
+
+RelayCounters& operator+=(RelayCounters& total, const RelayCounters& more) {
+  total.sent_messages += more.sent_messages;
+  total.stored += more.stored;
+  total.duplicates += more.duplicates;
+  total.dead += more.dead;
+  total.blocked += more.blocked;
+  total.sessions += more.sessions;
+  total.failures += more.failures;
+  total.deleted += more.deleted;
+  total.undeliverable += more.undeliverable;
+  total.database_errors += more.database_errors;
+  return total;
+}
+
+}  // namespace
+
+std::vector<std::string> database_files(const std::filesystem::path& directory,
+                                        const std::string& glob) {
+  std::error_code error;
+  std::vector<std::string> names;
+  for (std::filesystem::directory_iterator entry(directory, error), end; !error && entry != end;
+       entry.increment(error)) {
+    auto name = entry->path().filename().string();
+    std::error_code kind_error;
+    if (database_name(name, glob) && entry->is_regular_file(kind_error)) names.push_back(name);
+  }
+  if (error) throw std::runtime_error("cannot list " + directory.string() + ": " + error.message());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+struct MultiRelay::Impl {
+  struct Database {
+    std::filesystem::path path;
+    std::uint32_t slot = 0;  // on its connection, while open
+    std::size_t connection = 0;
+    std::unique_ptr<outbox::RelayStore> store;
+    std::unique_ptr<Sink> sink;
+    std::unique_ptr<Relay> relay;  // with store and sink: the database is open
+    bool due = true;               // an event says: look at it in the next round
+    SteadyClock::time_point call_again_by = kNever;
+    SteadyClock::time_point last_busy{};
+    StepResult::State state = StepResult::State::idle;
+    std::string last_problem;       // logged once until it changes
+    RelayCounters closed_counters;  // of this database's relays closed before
+  };
+
+  explicit Impl(MultiRelayConfig config_in)
+      : config(std::move(config_in)),
+        log(config.relay.logger ? config.relay.logger
+                                : std::make_shared<spdlog::logger>(
+                                      "relay", std::make_shared<spdlog::sinks::null_sink_mt>())) {
+    config.connections = std::max<std::size_t>(config.connections, 1);
+    config.max_open_databases = std::max<std::size_t>(config.max_open_databases, 1);
+    for (std::size_t i = 0; i < config.connections; ++i) {
+      connections.push_back(std::make_unique<SharedBrokerConnection>(config.broker));
+    }
+  }
+
+  ~Impl() {
+    if (inotify_fd >= 0) ::close(inotify_fd);
+  }
+
+  MultiRelayConfig config;
+  std::shared_ptr<spdlog::logger> log;
+  std::vector<std::unique_ptr<SharedBrokerConnection>> connections;
+  std::map<std::string, Database> databases;  // by file name
+  std::uint32_t next_slot = 1;
+  std::size_t open_count = 0;
+  int inotify_fd = -1;
+  SteadyClock::time_point next_rescan{};
+  SteadyClock::time_point next_counters{};
+  std::atomic<bool> stop{false};
+  mutable std::mutex counters_mutex;
+  MultiRelayCounters published;
+
+  bool matches(const std::string& name) const { return database_name(name, config.glob); }
+
+  Database& add(const std::string& name) {
+    auto [found, added] = databases.try_emplace(name);
+    if (added) {
+      auto& database = found->second;
+      database.path = config.directory / name;
+      log->info("database {}: found in {}", name, config.directory.string());
+    }
+    return found->second;
+  }
+
+  void close(Database& database, bool finish) {
+    if (!database.relay) return;
+    if (finish) {
+      try {
+        database.relay->finish();
+      } catch (const std::exception& error) {
+        log->warn("database {}: could not finish cleanly ({}); its lease lapses by itself",
+                  database.path.filename().string(), error.what());
+      }
+    }
+    database.closed_counters += database.relay->counters();
+    database.relay.reset();
+    database.sink.reset();
+    database.store.reset();
+    --open_count;
+  }
+
+  void remove(const std::string& name) {
+    auto found = databases.find(name);
+    if (found == databases.end()) return;
+    close(found->second, false);  // the file is gone: nothing to write to
+    log->info("database {}: gone from {}; no longer forwarded", name, config.directory.string());
+    databases.erase(found);
+  }
+
+  void rescan() {
+    next_rescan = SteadyClock::now() + config.rescan_interval;
+    std::vector<std::string> present;
+    try {
+      present = database_files(config.directory, config.glob);
+    } catch (const std::runtime_error& error) {
+      log->error("{}; trying again in {} ms", error.what(), config.rescan_interval.count());
+      return;
+    }
+    std::vector<std::string> gone;
+    for (auto& [name, database] : databases) {
+      if (!std::binary_search(present.begin(), present.end(), name)) gone.push_back(name);
+    }
+    for (const auto& name : gone) remove(name);
+    // Every closed database is looked at again: commits whose events were
+    // lost, and databases whose relay died with messages pending.
+    for (const auto& name : present) {
+      auto& database = add(name);
+      if (!database.relay) database.due = true;
+    }
+  }
+
+  void watch_directory() {
+    std::error_code error;
+    if (!std::filesystem::is_directory(config.directory, error)) {
+      throw std::runtime_error("--db-dir " + config.directory.string() +
+                               ": no such directory (or not a directory)");
+    }
+    inotify_fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (inotify_fd < 0) {
+      throw std::runtime_error(std::string("cannot watch directories (inotify): ") +
+                               std::strerror(errno));
+    }
+    // A commit appends to "<db>-wal" (IN_MODIFY): one descriptor wakes every database.
+    constexpr std::uint32_t kEvents =
+        IN_CREATE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM | IN_MODIFY | IN_CLOSE_WRITE;
+    if (::inotify_add_watch(inotify_fd, config.directory.c_str(), kEvents) < 0) {
+      throw std::runtime_error("cannot watch " + config.directory.string() +
+                               " (inotify): " + std::strerror(errno));
+    }
+  }
+
+  void read_directory_events() {
+    alignas(inotify_event) char buffer[16384];
+    for (;;) {
+      auto length = ::read(inotify_fd, buffer, sizeof buffer);
+      if (length <= 0) return;  // EAGAIN: nothing more for now
+      for (char* at = buffer; at < buffer + length;) {
+        auto* event = reinterpret_cast<inotify_event*>(at);
+        at += sizeof(inotify_event) + event->len;
+        if ((event->mask & IN_Q_OVERFLOW) != 0) {
+          log->warn("missed directory events in {} (inotify queue overflow); rescanning",
+                    config.directory.string());
+          next_rescan = SteadyClock::now();
+          continue;
+        }
+        if (event->len == 0) continue;
+        std::string name(event->name);
+        constexpr std::string_view kWal = "-wal";
+        if (name.size() > kWal.size() && name.ends_with(kWal)) {
+          auto found = databases.find(name.substr(0, name.size() - kWal.size()));
+          if (found != databases.end()) found->second.due = true;
+          continue;
+        }
+        if (!matches(name)) continue;
+        if ((event->mask & (IN_DELETE | IN_MOVED_FROM)) != 0) {
+          remove(name);
+        } else {
+          add(name).due = true;
+        }
+      }
+    }
+  }
+
+  // Closes the least recently busy open database that has nothing in
+  // flight (idle or standby); false if every open database is busy.
+  bool make_room() {
+    Database* oldest = nullptr;
+    for (auto& [name, database] : databases) {
+      if (!database.relay || (database.state != StepResult::State::idle &&
+                              database.state != StepResult::State::standby)) {
+        continue;
+      }
+      if (oldest == nullptr || database.last_busy < oldest->last_busy) oldest = &database;
+    }
+    if (oldest == nullptr) return false;
+    const bool standby = oldest->state == StepResult::State::standby;
+    close(*oldest, !standby);
+    if (!standby) oldest->call_again_by = kNever;  // its next commit wakes it
+    return true;
+  }
+
+  void note_problem(Database& database, const std::string& problem) {
+    if (database.last_problem == problem) return;
+    database.last_problem = problem;
+    log->warn("database {}: {}; looking again when it changes", database.path.filename().string(),
+              problem);
+  }
+
+  // Opens a database that has work; false (and closed again) if it has none.
+  bool open(Database& database) {
+    auto now = SteadyClock::now();
+    if (open_count >= config.max_open_databases && !make_room()) {
+      database.call_again_by = now + milliseconds(100);  // every open one is busy
+      return false;
+    }
+    try {
+      auto store = std::make_unique<outbox::RelayStore>(
+          outbox::RelayStore::open(database.path, config.store));
+      // Nothing pending is not worth a lease: the next commit wakes it. A
+      // read writes nothing, so it makes no directory event of its own.
+      if (store->backlog().pending == 0) {
+        database.call_again_by = kNever;
+        database.last_problem.clear();
+        return false;
+      }
+      database.store = std::move(store);
+    } catch (const outbox::Error& error) {
+      note_problem(database, error.what());
+      database.call_again_by = kNever;
+      return false;
+    }
+    database.last_problem.clear();
+    auto relay_config = config.relay;
+    relay_config.logger = database_logger(log, database.path.filename().string());
+    // A fresh slot each time: late replies to a closed relay's batches never
+    // reach the next relay of the database, whose batch ids start at 1 again.
+    database.slot = next_slot++;
+    database.connection = database.slot % connections.size();
+    database.sink = connections[database.connection]->channel(database.slot);
+    database.relay = std::make_unique<Relay>(*database.store, *database.sink, relay_config);
+    database.last_busy = now;
+    database.state = StepResult::State::busy;  // not to be closed before its first step
+    ++open_count;
+    return true;
+  }
+
+  void step(Database& database) {
+    database.due = false;
+    if (!database.relay && !open(database)) return;
+    StepResult result;
+    try {
+      result = database.relay->step();
+    } catch (const SinkRefusal&) {
+      throw;
+    } catch (const std::exception& error) {
+      // A database that fails for good (no outbox any more, corrupt, a newer
+      // schema) stops only itself.
+      note_problem(database, error.what());
+      close(database, false);
+      database.call_again_by = kNever;
+      return;
+    }
+    auto now = SteadyClock::now();
+    database.state = result.state;
+    database.call_again_by = result.call_again_by;
+    if (result.state == StepResult::State::busy) {
+      database.due = true;
+      database.last_busy = now;
+    } else if (result.state == StepResult::State::idle &&
+               now - database.last_busy >= config.idle_release) {
+      log->debug("database {}: idle; lease released and closed until its next commit",
+                 database.path.filename().string());
+      close(database, true);
+      database.call_again_by = kNever;
+    }
+  }
+
+  void publish_counters(bool now) {
+    auto clock = SteadyClock::now();
+    if (!now && clock < next_counters) return;
+    next_counters = clock + milliseconds(100);
+    MultiRelayCounters counters;
+    counters.databases = databases.size();
+    counters.open = open_count;
+    for (auto& [name, database] : databases) {
+      auto total = database.closed_counters;
+      if (database.relay) {
+        total += database.relay->counters();
+        if (database.relay->holds_lease()) ++counters.active;
+      }
+      counters.stored += total.stored;
+      counters.duplicates += total.duplicates;
+      counters.dead += total.dead;
+    }
+    std::lock_guard lock(counters_mutex);
+    published = counters;
+  }
+
+  // Sleeps until a reply, a directory event or `deadline`, whichever is first.
+  void await(SteadyClock::time_point deadline) {
+    std::vector<zmq::pollitem_t> items;
+    items.push_back({nullptr, inotify_fd, ZMQ_POLLIN, 0});
+    for (auto& connection : connections) {
+      items.push_back({connection->socket_handle(), 0, ZMQ_POLLIN, 0});
+    }
+    // Connection events (a broken connection) are read with the replies:
+    // look at least every 100 ms.
+    auto wait = std::clamp(std::chrono::duration_cast<milliseconds>(deadline - SteadyClock::now()),
+                           milliseconds(0), milliseconds(100));
+    zmq::poll(items.data(), items.size(), wait);
+  }
+
+  void run() {
+    watch_directory();
+    rescan();
+    log->info("forwarding the outbox databases in {} matching '{}' ({} found) over {} connections",
+              config.directory.string(), config.glob, databases.size(), connections.size());
+    while (!stop.load()) {
+      read_directory_events();
+      if (SteadyClock::now() >= next_rescan) rescan();
+      for (auto& connection : connections) connection->pump(milliseconds(0));
+      auto next = SteadyClock::now() + milliseconds(1000);
+      bool busy = false;
+      for (auto& [name, database] : databases) {
+        if (stop.load()) break;
+        auto now = SteadyClock::now();
+        bool replies =
+            database.relay && connections[database.connection]->has_events(database.slot);
+        if (database.due || replies || now >= database.call_again_by) step(database);
+        busy = busy || database.due;
+        next = std::min(next, database.call_again_by);
+      }
+      publish_counters(false);
+      if (!busy) await(next);
+    }
+    for (auto& [name, database] : databases) close(database, true);
+    publish_counters(true);
+  }
+};
+
+MultiRelay::MultiRelay(MultiRelayConfig config)
+    : impl_(std::make_unique<Impl>(std::move(config))) {}
+
+MultiRelay::~MultiRelay() noexcept = default;
+
+void MultiRelay::run() {
+  impl_->run();
+}
+
+void MultiRelay::request_stop() noexcept {
+  impl_->stop.store(true);
+}
+
+MultiRelayCounters MultiRelay::counters() const {
+  std::lock_guard lock(impl_->counters_mutex);
+  return impl_->published;
+}
+
+}  // namespace relay

@@ -1,0 +1,165 @@
+// outbox-relay run --db-dir: one process forwards a directory of outbox
+// databases over shared broker connections; databases appear and go while it
+// runs; two processes share a directory and one takes over from the other.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "relay_harness.hpp"
+
+using namespace relay_test;
+
+namespace {
+
+// A tenant database written from this process. UUID v7 ids: the default for
+// databases forwarded together (docs/architecture.md, "Ids across tenants").
+outbox::Options uuid_v7_ids() {
+  outbox::Options options;
+  options.id_kind = outbox::IdKind::uuid_v7;
+  return options;
+}
+
+struct Tenant {
+  Tenant(const std::filesystem::path& path, const std::string& name)
+      : box(outbox::Outbox::open(path / (name + ".db"), uuid_v7_ids())),
+        writer(box, 3, 200, name + "-") {}
+  outbox::Outbox box;
+  OrderWriter writer;
+};
+
+std::vector<std::unique_ptr<Tenant>> make_tenants(const std::filesystem::path& path, int count,
+                                                  const std::string& prefix = "t") {
+  std::vector<std::unique_ptr<Tenant>> tenants;
+  for (int i = 0; i < count; ++i) {
+    tenants.push_back(std::make_unique<Tenant>(path, prefix + std::to_string(i)));
+  }
+  return tenants;
+}
+
+long committed(const std::vector<std::unique_ptr<Tenant>>& tenants) {
+  long total = 0;
+  for (const auto& tenant : tenants) total += tenant->writer.committed();
+  return total;
+}
+
+bool wait_stored(const std::string& endpoint, long expected,
+                 std::chrono::milliseconds timeout = 120s) {
+  return test_support::wait_until(
+      [&] { return static_cast<long>(broker_counter(endpoint, "stored")) >= expected; }, timeout,
+      50ms);
+}
+
+}  // namespace
+
+TEST_CASE("one relay process forwards a directory of databases as they come and go",
+          "[integration]") {
+  test_support::TempDir dir("relay-multi");
+  auto tenants_dir = dir / "tenants";
+  std::filesystem::create_directories(tenants_dir);
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+
+  auto tenants = make_tenants(tenants_dir, 20);
+  for (auto& tenant : tenants) tenant->writer.commit(25);
+  // Not an outbox: logged and skipped, the rest goes on.
+  std::ofstream(tenants_dir / "notes.db") << "not a database";
+
+  auto relay = RelayProcess::for_directory(dir.path(), tenants_dir, broker.endpoint(),
+                                           {"--connections", "2", "--rescan-interval", "1s"});
+  REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
+
+  // More commits everywhere, one large backlog, and a database that appears.
+  for (auto& tenant : tenants) tenant->writer.commit(10);
+  tenants[3]->writer.commit(2000);
+  tenants.push_back(std::make_unique<Tenant>(tenants_dir, "late"));
+  tenants.back()->writer.commit(30);
+  REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
+
+  // A database that goes away is no longer forwarded.
+  auto gone_path = tenants_dir / "t19.db";
+  tenants.erase(tenants.begin() + 19);
+  for (const char* suffix : {"", "-wal", "-shm", "-outbox-workers.lock"}) {
+    std::filesystem::remove(gone_path.string() + suffix);
+  }
+  CHECK(test_support::wait_until(
+      [&] { return relay->log().find("database t19.db: gone") != std::string::npos; }, 30s));
+
+  INFO(relay->log());
+  CHECK(relay->stop().code == 0);
+  auto stored = fetch_all(broker.endpoint());
+  check_exactly_once_in_order(stored, committed(tenants) + 35);  // t19's 35 stay stored
+  CHECK(broker_counter(broker.endpoint(), "conflicts") == 0);
+  const auto log = relay->log();
+  CHECK(log.find("over 2 connections") != std::string::npos);
+  CHECK(log.find("database late.db: found") != std::string::npos);
+  CHECK(log.find("database notes.db: ") != std::string::npos);
+
+  // status --db-dir: every database and the totals, the file that is no outbox named.
+  auto json = test_support::run(relay_binary(),
+                                {"status", "--db-dir", tenants_dir.string(), "--json"}, 60s);
+  INFO(json.err);
+  REQUIRE(json.status.code == 0);
+  CHECK(json.out.find("\"totals\":{\"databases\":21,\"unreadable\":1,\"pending\":0,\"dead\":0") !=
+        std::string::npos);
+  CHECK(json.out.find("{\"db\":\"late.db\",\"pending\":0,") != std::string::npos);
+  CHECK(json.out.find("{\"db\":\"notes.db\",\"error\":\"") != std::string::npos);
+  CHECK(json.out.find("t19.db") == std::string::npos);
+  auto text = test_support::run(relay_binary(), {"status", "--db-dir", tenants_dir.string()}, 60s);
+  REQUIRE(text.status.code == 0);
+  CHECK(text.out.find("total: 21 databases (1 unreadable), pending 0") != std::string::npos);
+  auto both = test_support::run(relay_binary(),
+                                {"status", "--db-dir", tenants_dir.string(), "--db", "x.db"}, 60s);
+  CHECK(both.status.code == 2);
+}
+
+TEST_CASE("two relay processes share a directory; after kill -9 of one the other takes over",
+          "[integration]") {
+  test_support::TempDir dir("relay-multi-takeover");
+  auto tenants_dir = dir / "tenants";
+  std::filesystem::create_directories(tenants_dir);
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  auto tenants = make_tenants(tenants_dir, 10);
+  for (auto& tenant : tenants) tenant->writer.commit(20);
+
+  const std::vector<std::string> flags = {"--lease", "1s", "--rescan-interval", "500ms"};
+  auto with_holder = [&](const std::string& holder) {
+    auto all = flags;
+    all.insert(all.end(), {"--holder", holder});
+    return RelayProcess::for_directory(dir.path(), tenants_dir, broker.endpoint(), all);
+  };
+  auto first = with_holder("first");
+  REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
+  auto second = with_holder("second");
+
+  // Commits keep coming while the first process holds the leases it took.
+  for (int round = 0; round < 5; ++round) {
+    for (auto& tenant : tenants) tenant->writer.commit(5);
+  }
+  int held_by_first = 0;
+  for (int i = 0; i < 10; ++i) {
+    if (holds_lease_as(outbox_status(tenants_dir / ("t" + std::to_string(i) + ".db")), "first")) {
+      ++held_by_first;
+    }
+  }
+  INFO(first->log());
+  REQUIRE(held_by_first > 0);
+  first->kill9();
+  for (int round = 0; round < 5; ++round) {
+    for (auto& tenant : tenants) tenant->writer.commit(5);
+  }
+  REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
+
+  // Every database is forwarded by the second process now.
+  for (int i = 0; i < 10; ++i) {
+    auto db = tenants_dir / ("t" + std::to_string(i) + ".db");
+    CHECK(
+        test_support::wait_until([&] { return holds_lease_as(outbox_status(db), "second"); }, 30s));
+  }
+  INFO(second->log());
+  CHECK(second->stop().code == 0);
+  check_exactly_once_in_order(fetch_all(broker.endpoint()), committed(tenants));
+  CHECK(broker_counter(broker.endpoint(), "conflicts") == 0);
+}
