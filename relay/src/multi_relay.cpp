@@ -389,7 +389,11 @@ struct MultiRelay::Impl {
     // look at least every 100 ms.
     auto wait = std::clamp(std::chrono::duration_cast<milliseconds>(deadline - SteadyClock::now()),
                            milliseconds(0), milliseconds(100));
-    zmq::poll(items.data(), items.size(), wait);
+    try {
+      zmq::poll(items.data(), items.size(), wait);
+    } catch (const zmq::error_t& error) {
+      if (error.num() != EINTR) throw;  // a signal (SIGTERM): the loop looks at stop
+    }
   }
 
   void run() {
