@@ -91,6 +91,10 @@ struct RunSettings {
   std::chrono::milliseconds idle_release = 30s;
   std::chrono::milliseconds rescan_interval = 30s;
   std::chrono::milliseconds idle_poll = 1s;
+  // Whether --batch-size / --in-flight were given (flag or config file):
+  // --db-dir has smaller defaults of its own.
+  bool batch_size_given = false;
+  bool in_flight_given = false;
   std::string sink = "broker";
   std::string broker = "tcp://127.0.0.1:7750";
   std::string nats_url = "nats://127.0.0.1:4222";
@@ -143,6 +147,9 @@ std::optional<relay::BrokerSinkOptions> broker_sink_options(const RunSettings& s
   return sink_options;
 }
 
+constexpr std::size_t kDirectoryBatchSize = 256;
+constexpr std::size_t kDirectoryInFlight = 2;
+
 // run --db-dir: every outbox database of a directory from one process.
 int run_directory(const RunSettings& settings, relay::RelayConfig config,
                   const std::shared_ptr<spdlog::logger>& logger) {
@@ -160,6 +167,10 @@ int run_directory(const RunSettings& settings, relay::RelayConfig config,
   multi.idle_release = settings.idle_release;
   multi.rescan_interval = settings.rescan_interval;
   config.idle_wait = settings.idle_poll;
+  // Small windows per database: what one database has queued on a shared
+  // connection is what another database's next batch or HELLO waits behind.
+  if (!settings.batch_size_given) config.batch_size = kDirectoryBatchSize;
+  if (!settings.in_flight_given) config.max_in_flight_batches = kDirectoryInFlight;
   multi.relay = std::move(config);
   multi.store.synchronous_full = settings.sync == "full";
   multi.store.on_dead =
@@ -623,19 +634,25 @@ int main(int argc, char** argv) {
                     "retry horizon (ack-timeout + connect-timeout + backoff-max + lease). Risk: "
                     "a message whose PubAck was lost and that is resent after the window has "
                     "passed is stored twice, so consumers see it twice (--sink jetstream)");
-  run_cmd->add_option("--batch-size", run.batch_size, "Messages per PUBLISH batch")
-      ->capture_default_str()
-      ->check(cli::count_check(1, 100000));
+  auto* batch_size_option = run_cmd
+                                ->add_option("--batch-size", run.batch_size,
+                                             "Messages per PUBLISH batch (with --db-dir default " +
+                                                 std::to_string(kDirectoryBatchSize) + ")")
+                                ->capture_default_str();
+  batch_size_option->check(cli::count_check(1, 100000));
   cli::add_size_option(run_cmd, "--batch-bytes", run.batch_bytes,
                        "Bytes per batch (as encoded in a PUBLISH, e.g. 512k, 4m); lowered to the "
                        "broker's frame limit. A larger message goes alone; one above the "
                        "broker's limits is dead",
                        {1024, std::uint64_t{1} << 30, "", false});
-  run_cmd
-      ->add_option("--in-flight", run.in_flight,
-                   "Batches sent before their acknowledgements (bounds memory)")
-      ->capture_default_str()
-      ->check(cli::count_check(1, 1024));
+  auto* in_flight_option =
+      run_cmd
+          ->add_option("--in-flight", run.in_flight,
+                       "Batches sent before their acknowledgements (bounds memory; with "
+                       "--db-dir per database, default " +
+                           std::to_string(kDirectoryInFlight) + ")")
+          ->capture_default_str();
+  in_flight_option->check(cli::count_check(1, 1024));
   // Durations need a unit (500ms, 10s, 5m, 24h, 7d): a bare "2" is refused.
   cli::add_duration_option(run_cmd, "--ack-timeout", run.ack_timeout,
                            "No acknowledgement this long: reconnect and resend");
@@ -736,6 +753,8 @@ int main(int argc, char** argv) {
     return *code;
   }
 
+  run.batch_size_given = batch_size_option->count() > 0;
+  run.in_flight_given = in_flight_option->count() > 0;
   try {
     if (*run_cmd) return run_relay(run);
     if (*status_cmd) {

@@ -9,6 +9,7 @@
 #include <zmq.h>
 
 #include "broker/client.hpp"
+#include "wire/zmq_io.hpp"
 
 namespace relay {
 namespace {
@@ -311,6 +312,7 @@ struct SharedBrokerConnection::Impl {
     std::deque<SinkEvent> events;
     // The answer to this channel's HELLO in flight (hello_token), once it came.
     std::uint64_t hello_token = 0;
+    std::chrono::steady_clock::time_point hello_sent_at{};
     std::optional<wire::Result<wire::Welcome>> hello_answer;
   };
 
@@ -322,7 +324,10 @@ struct SharedBrokerConnection::Impl {
   std::unique_ptr<broker::Client> client;
   std::unordered_map<std::uint32_t, Channel*> channels;
   // HELLOs in flight in sending order, by (slot, token): the broker answers a
-  // connection's requests in order, and WELCOME names no origin.
+  // connection's requests in order, and WELCOME names no origin. Each HELLO
+  // is followed by a PING whose nonce is its token: its PONG comes after the
+  // HELLO's answer, so a PONG drops every HELLO up to its token that got no
+  // answer (one the broker dropped), and the next answer is not taken for it.
   std::deque<std::pair<std::uint32_t, std::uint64_t>> hellos;
   std::uint64_t next_hello_token = 1;
   // After a HELLO went unanswered, others fail at once until then, instead of
@@ -355,6 +360,19 @@ struct SharedBrokerConnection::Impl {
       return;
     }
     auto& message = received.value();
+    if (auto* pong = std::get_if<wire::Pong>(&message)) {
+      while (!hellos.empty() && hellos.front().second <= pong->nonce) {
+        auto [slot, token] = hellos.front();
+        hellos.pop_front();
+        auto channel = channels.find(slot);
+        if (channel != channels.end() && channel->second->hello_token == token &&
+            !channel->second->hello_answer) {
+          channel->second->hello_answer =
+              wire::Error{wire::ErrorCode::timeout, "the broker did not answer the HELLO"};
+        }
+      }
+      return;
+    }
     auto* welcome = std::get_if<wire::Welcome>(&message);
     auto* error = std::get_if<wire::ErrorReply>(&message);
     if (welcome != nullptr || (error != nullptr && error->request_id == 0)) {
@@ -423,33 +441,41 @@ class SharedChannel final : public Sink {
   SharedChannel(const SharedChannel&) = delete;
   SharedChannel& operator=(const SharedChannel&) = delete;
 
-  void set_lease(SinkLease lease) override { state_.lease = std::move(lease); }
+  void set_lease(SinkLease lease) override {
+    state_.lease = std::move(lease);
+    state_.hello_token = 0;  // a HELLO sent ahead carried the old epoch
+  }
+
+  bool prepare_session() override {
+    auto& connection = *connection_;
+    if (std::chrono::steady_clock::now() < connection.unanswered_until) return false;
+    return send_hello();
+  }
 
   std::optional<std::string> open_session(std::chrono::milliseconds timeout) override {
     auto& connection = *connection_;
     state_.session_id = 0;
     state_.events.clear();  // answers about the old session are of no use any more
     auto now = std::chrono::steady_clock::now();
-    if (now < connection.unanswered_until) return connection.unanswered_error;
-    wire::Hello hello{connection.options.producer, wire::kHelloOneOfSeveral, state_.lease.origin,
-                      static_cast<std::uint64_t>(std::max<std::int64_t>(state_.lease.epoch, 0))};
-    if (!connection.client->send_hello(hello)) return "the HELLO could not be queued";
-    state_.hello_token = connection.next_hello_token++;
-    state_.hello_answer.reset();
-    connection.hellos.emplace_back(state_.slot, state_.hello_token);
-    auto deadline = now + timeout;
+    if (state_.hello_token == 0) {
+      if (now < connection.unanswered_until) return connection.unanswered_error;
+      if (!send_hello()) return "the HELLO could not be queued";
+    }
+    auto deadline = state_.hello_sent_at + timeout;
     while (!state_.hello_answer && std::chrono::steady_clock::now() < deadline) {
       connection.pump(std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    deadline - std::chrono::steady_clock::now()),
                                std::chrono::milliseconds(0)));
     }
     if (!state_.hello_answer) {
-      // The broker is away (or the connection stuck): start afresh next time,
-      // and spare the other databases the same wait for a while.
+      // The broker is away or busy with what was queued before the HELLO:
+      // spare the other databases the same wait for a while. The connection
+      // stays (its other sessions may be fine); a late answer to this HELLO
+      // finds its token outdated and is dropped.
       auto error = welcome_error(wire::Error{wire::ErrorCode::timeout, ""}, timeout);
+      state_.hello_token = 0;
       connection.unanswered_until = std::chrono::steady_clock::now() + timeout;
       connection.unanswered_error = *error;
-      connection.connection_broke(*error);
       return error;
     }
     auto answer = std::move(*state_.hello_answer);
@@ -487,6 +513,21 @@ class SharedChannel final : public Sink {
   SinkLimits limits() const override { return state_.limits; }
 
  private:
+  // Queues a HELLO for this channel's lease, and the PING that fences its answer.
+  bool send_hello() {
+    auto& connection = *connection_;
+    wire::Hello hello{connection.options.producer, wire::kHelloOneOfSeveral, state_.lease.origin,
+                      static_cast<std::uint64_t>(std::max<std::int64_t>(state_.lease.epoch, 0))};
+    if (!connection.client->send_hello(hello)) return false;
+    state_.hello_token = connection.next_hello_token++;
+    state_.hello_sent_at = std::chrono::steady_clock::now();
+    state_.hello_answer.reset();
+    connection.hellos.emplace_back(state_.slot, state_.hello_token);
+    (void)wire::send_message(connection.client->socket(), wire::Ping{state_.hello_token},
+                             zmq::send_flags::dontwait);
+    return true;
+  }
+
   std::shared_ptr<SharedBrokerConnection::Impl> connection_;
   SharedBrokerConnection::Impl::Channel state_;
 };
@@ -513,7 +554,8 @@ std::size_t SharedBrokerConnection::pump(std::chrono::milliseconds timeout) {
 
 bool SharedBrokerConnection::has_events(std::uint32_t slot) const {
   auto channel = impl_->channels.find(slot);
-  return channel != impl_->channels.end() && !channel->second->events.empty();
+  return channel != impl_->channels.end() &&
+         (!channel->second->events.empty() || channel->second->hello_answer.has_value());
 }
 
 void* SharedBrokerConnection::socket_handle() {

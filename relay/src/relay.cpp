@@ -164,6 +164,7 @@ struct Relay::Impl {
   // only the rest is resent (session_window says what that saves).
   bool in_doubt = false;
   bool resuming = false;
+  bool session_prepared = false;  // step(): the sink is opening the next session
   std::deque<InFlight> in_flight;
   std::vector<outbox::Outcome> settled;  // handled, not yet recorded
   std::int64_t last_sent_seq = 0;
@@ -345,6 +346,7 @@ struct Relay::Impl {
 
   void drop_session() {
     session_open = false;
+    session_prepared = false;
     session_window = kInitialWindow;
     forget_in_flight();
   }
@@ -367,6 +369,7 @@ struct Relay::Impl {
       session_window = window_ceiling;
     }
     session_open = false;
+    session_prepared = false;
     resuming = false;
     in_doubt = true;
   }
@@ -515,6 +518,15 @@ struct Relay::Impl {
     if (now < next_session_attempt) {
       wait_or_step(std::min(until(next_session_attempt), config.lease_ttl / 4));
       return false;
+    }
+    if (stepping && !session_prepared) {
+      // Come back when the destination has answered (or the connect
+      // timeout passed): other relays stepped meanwhile open theirs too.
+      session_prepared = true;
+      if (sink.prepare_session()) {
+        wait_or_step(config.connect_timeout);
+        return false;
+      }
     }
     if (auto error = sink.open_session(config.connect_timeout)) {
       record_failure(*error, metrics->failure_connect);

@@ -70,9 +70,12 @@ class BrokerSink final : public Sink {
 //
 // Replies are routed by batch id: a channel's batch ids go out with its slot
 // in the high 32 bits (the relay's own ids stay below 2^32); WELCOMEs and
-// refused HELLOs by the order of the HELLOs. A channel's poll() reads the
-// connection and keeps what belongs to the other channels for them; pump()
-// does the same for a caller that waits on socket() itself. A broken
+// refused HELLOs by the order of the HELLOs, each HELLO followed by a PING
+// whose PONG fences its answer. prepare_session() sends the HELLO without
+// waiting, so that many channels' handshakes are in flight together. A
+// channel's poll() reads the connection and keeps what belongs to the other
+// channels for them; pump() does the same for a caller that waits on
+// socket_handle() itself. A broken
 // connection fails the session of every channel (each resends, as after any
 // cut) and the next sessions go on a fresh connection. While the broker does
 // not answer a HELLO, the other channels' open_session() fail at once for the

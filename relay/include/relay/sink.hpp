@@ -157,6 +157,12 @@ class Sink {
     return false;
   }
 
+  // Starts opening the next session without waiting (under the lease set
+  // last), so that a caller forwarding many databases from one thread has
+  // their handshakes in flight together; open_session() then finishes it.
+  // False when the sink cannot (the default): open_session() does it all.
+  virtual bool prepare_session() { return false; }
+
   // Queues a batch on the open session without waiting for its outcome.
   // False if the sink cannot take it now (queue full); nothing was sent.
   virtual bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) = 0;
