@@ -53,14 +53,25 @@ bool wait_stored(const std::string& endpoint, long expected,
       50ms);
 }
 
+// A directory for tenant databases and a broker, in a temporary directory.
+struct TenantDirectory {
+  explicit TenantDirectory(const std::string& prefix)
+      : dir(prefix), path(created(dir / "tenants")), broker(dir.path(), dir / "broker.db") {}
+  static std::filesystem::path created(const std::filesystem::path& path) {
+    std::filesystem::create_directories(path);
+    return path;
+  }
+  test_support::TempDir dir;
+  std::filesystem::path path;
+  BrokerProcess broker;
+};
+
 }  // namespace
 
 TEST_CASE("one relay process forwards a directory of databases as they come and go",
           "[integration]") {
-  test_support::TempDir dir("relay-multi");
-  auto tenants_dir = dir / "tenants";
-  std::filesystem::create_directories(tenants_dir);
-  BrokerProcess broker(dir.path(), dir / "broker.db");
+  TenantDirectory setup("relay-multi");
+  auto& [dir, tenants_dir, broker] = setup;
 
   auto tenants = make_tenants(tenants_dir, 20);
   for (auto& tenant : tenants) tenant->writer.commit(25);
@@ -117,10 +128,8 @@ TEST_CASE("one relay process forwards a directory of databases as they come and 
 
 TEST_CASE("two relay processes share a directory; after kill -9 of one the other takes over",
           "[integration]") {
-  test_support::TempDir dir("relay-multi-takeover");
-  auto tenants_dir = dir / "tenants";
-  std::filesystem::create_directories(tenants_dir);
-  BrokerProcess broker(dir.path(), dir / "broker.db");
+  TenantDirectory setup("relay-multi-takeover");
+  auto& [dir, tenants_dir, broker] = setup;
   auto tenants = make_tenants(tenants_dir, 10);
   for (auto& tenant : tenants) tenant->writer.commit(20);
 
@@ -166,10 +175,8 @@ TEST_CASE("two relay processes share a directory; after kill -9 of one the other
 
 TEST_CASE("a database with one message is not held back by another's large backlog",
           "[integration]") {
-  test_support::TempDir dir("relay-multi-fair");
-  auto tenants_dir = dir / "tenants";
-  std::filesystem::create_directories(tenants_dir);
-  BrokerProcess broker(dir.path(), dir / "broker.db");
+  TenantDirectory setup("relay-multi-fair");
+  auto& [dir, tenants_dir, broker] = setup;
   Tenant big(tenants_dir, "big");
   Tenant small(tenants_dir, "small");
   for (int i = 0; i < 12; ++i) big.writer.commit(5000);
