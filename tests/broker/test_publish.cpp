@@ -479,7 +479,9 @@ TEST_CASE("sessions and batches under an older lease epoch of an origin are refu
   CHECK(broker->stop().code == 0);
 }
 
-TEST_CASE("one connection carries a session per origin; each fails, is fenced and replaced alone") {
+TEST_CASE(
+    "one connection carries a session per origin, and each fails, is fenced and is replaced "
+    "alone") {
   test_support::TempDir dir("broker-several");
   BrokerProcess broker(dir.path(), dir / "broker.db");
   broker::Client relay(broker.endpoint());

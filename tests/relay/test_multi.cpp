@@ -126,7 +126,7 @@ TEST_CASE("one relay process forwards a directory of databases as they come and 
   CHECK(both.status.code == 2);
 }
 
-TEST_CASE("two relay processes share a directory; after kill -9 of one the other takes over",
+TEST_CASE("two relay processes share a directory, and after kill -9 of one the other takes over",
           "[integration]") {
   TenantDirectory setup("relay-multi-takeover");
   auto& [dir, tenants_dir, broker] = setup;
