@@ -77,7 +77,8 @@ class BrokerSink final : public Sink {
 // channels for them; pump() does the same for a caller that waits on
 // socket_handle() itself. A broken
 // connection fails the session of every channel (each resends, as after any
-// cut) and the next sessions go on a fresh connection. While the broker does
+// cut: channels keep Sink::resume()'s default and resend everything in
+// flight) and the next sessions go on a fresh connection. While the broker does
 // not answer a HELLO, the other channels' open_session() fail at once for the
 // same timeout instead of waiting in turn.
 //
