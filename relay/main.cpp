@@ -91,6 +91,7 @@ struct RunSettings {
   std::chrono::milliseconds idle_release = 30s;
   std::chrono::milliseconds rescan_interval = 30s;
   std::chrono::milliseconds idle_poll = 1s;
+  std::size_t metrics_max_databases = 20;
   // Whether --batch-size / --in-flight were given (flag or config file):
   // --db-dir has smaller defaults of its own.
   bool batch_size_given = false;
@@ -156,9 +157,6 @@ int run_directory(const RunSettings& settings, relay::RelayConfig config,
   if (settings.sink != "broker") {
     throw UsageError("--db-dir forwards to outbox-broker only (--sink broker)");
   }
-  if (!settings.metrics.bind.empty()) {
-    throw UsageError("--metrics-bind is not available with --db-dir yet");
-  }
   relay::MultiRelayConfig multi;
   multi.directory = settings.db_dir;
   multi.glob = settings.glob;
@@ -166,6 +164,15 @@ int run_directory(const RunSettings& settings, relay::RelayConfig config,
   multi.max_open_databases = settings.max_open_databases;
   multi.idle_release = settings.idle_release;
   multi.rescan_interval = settings.rescan_interval;
+  // The registry outlives everything that reports into it or serves it.
+  metrics::Registry registry;
+  std::optional<relay::DirectoryMetrics> directory_metrics;
+  if (!settings.metrics.bind.empty()) {
+    directory_metrics.emplace(registry);
+    config.metrics = directory_metrics->relay_metrics();
+    multi.backlog_interval = 1s;
+    multi.listed_databases = settings.metrics_max_databases;
+  }
   config.idle_wait = settings.idle_poll;
   // Small windows per database: what one database has queued on a shared
   // connection is what another database's next batch or HELLO waits behind.
@@ -184,6 +191,22 @@ int run_directory(const RunSettings& settings, relay::RelayConfig config,
   } catch (const std::runtime_error& error) {
     std::fprintf(stderr, "outbox-relay: --broker %s: %s\n", settings.broker.c_str(), error.what());
     return cli::exit_endpoint;
+  }
+  std::unique_ptr<cli::MetricsServer> metrics_server;
+  if (directory_metrics) {
+    directory_metrics->collect(*relay);
+    try {
+      metrics_server = cli::start_metrics_server(
+          settings.metrics, registry,
+          [multi_relay = relay.get(), lag = settings.ready_max_lag] {
+            auto state = relay::directory_readiness(multi_relay->counters(), lag);
+            return cli::Readiness{state.ready, std::move(state.reason)};
+          },
+          *logger);
+    } catch (const std::exception& error) {
+      std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+      return cli::exit_endpoint;
+    }
   }
   running_multi_relay = relay.get();
   if (cli::stop_requested()) relay->request_stop();  // SIGTERM while starting up
@@ -606,6 +629,13 @@ int main(int argc, char** argv) {
                            "With --db-dir: longest time an open idle database goes without a "
                            "look (commits wake it at once)",
                            cli::at_least(10ms));
+  run_cmd
+      ->add_option("--metrics-max-databases", run.metrics_max_databases,
+                   "With --db-dir and --metrics-bind: how many databases, those with the "
+                   "largest backlogs, get outbox_relay_database_* series of their own (the "
+                   "totals cover every database)")
+      ->capture_default_str()
+      ->check(cli::count_check(0, 10000));
   run_cmd
       ->add_option("--sink", run.sink,
                    "Where messages go: broker (outbox-broker, --broker) or jetstream (a NATS "

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <span>
 #include <stdexcept>
 #include <vector>
 
@@ -16,6 +17,8 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/null_sink.h>
 #include <zmq.hpp>
+
+#include "metrics/log_fields.hpp"
 
 namespace relay {
 namespace {
@@ -25,12 +28,15 @@ using std::chrono::milliseconds;
 
 constexpr auto kNever = SteadyClock::time_point::max();
 
-// Writes each line to the program's sinks with "database NAME: " in front, so
-// that every line a database's Relay logs says which database it is about.
+// Writes each line to the program's sinks with "database NAME: " in front and
+// a `database` field next to the line's own fields, so that every line a
+// database's Relay logs says which database it is about, in text and in
+// structured logs. The sinks are synchronous: the fields reach them on the
+// logging thread (metrics/log_fields.hpp).
 class PrefixSink final : public spdlog::sinks::base_sink<std::mutex> {
  public:
-  PrefixSink(std::string prefix, std::vector<spdlog::sink_ptr> targets)
-      : prefix_(std::move(prefix)), targets_(std::move(targets)) {}
+  PrefixSink(std::string name, std::vector<spdlog::sink_ptr> targets)
+      : name_(std::move(name)), prefix_("database " + name_ + ": "), targets_(std::move(targets)) {}
 
  protected:
   void sink_it_(const spdlog::details::log_msg& message) override {
@@ -38,6 +44,13 @@ class PrefixSink final : public spdlog::sinks::base_sink<std::mutex> {
     text.append(message.payload.data(), message.payload.size());
     spdlog::details::log_msg copy(message.time, message.source, message.logger_name, message.level,
                                   text);
+    auto own = metrics::LogFields::current();
+    fields_.assign(own.begin(), own.end());
+    if (std::none_of(own.begin(), own.end(),
+                     [](const metrics::LogField& field) { return field.name() == "database"; })) {
+      fields_.emplace_back("database", name_);
+    }
+    metrics::LogFields scope(fields_);
     for (auto& target : targets_) {
       if (target->should_log(copy.level)) target->log(copy);
     }
@@ -47,14 +60,16 @@ class PrefixSink final : public spdlog::sinks::base_sink<std::mutex> {
   }
 
  private:
+  std::string name_;
   std::string prefix_;
   std::vector<spdlog::sink_ptr> targets_;
+  std::vector<metrics::LogField> fields_;  // of the line being written (under the sink's mutex)
 };
 
 std::shared_ptr<spdlog::logger> database_logger(const std::shared_ptr<spdlog::logger>& base,
                                                 const std::string& name) {
-  auto logger = std::make_shared<spdlog::logger>(
-      base->name(), std::make_shared<PrefixSink>("database " + name + ": ", base->sinks()));
+  auto logger = std::make_shared<spdlog::logger>(base->name(),
+                                                 std::make_shared<PrefixSink>(name, base->sinks()));
   logger->set_level(base->level());
   logger->flush_on(base->flush_level());
   return logger;
@@ -121,6 +136,20 @@ struct MultiRelay::Impl {
     StepResult::State state = StepResult::State::idle;
     std::string last_problem;       // logged once until it changes
     RelayCounters closed_counters;  // of this database's relays closed before
+    // Its backlog as last read (config.backlog_interval), and when.
+    std::optional<outbox::Backlog> backlog;
+    SteadyClock::time_point backlog_read_at{};
+
+    std::string name() const { return path.filename().string(); }
+    RelayCounters counters() const {
+      auto total = closed_counters;
+      if (!relay) return total;
+      auto now = relay->counters();
+      total += now;
+      total.active = now.active;
+      total.session_up = now.session_up;
+      return total;
+    }
   };
 
   explicit Impl(MultiRelayConfig config_in)
@@ -149,6 +178,8 @@ struct MultiRelay::Impl {
   SteadyClock::time_point next_rescan{};
   SteadyClock::time_point next_counters{};
   std::atomic<bool> stop{false};
+  RelayCounters removed_counters;        // of databases gone from the directory
+  std::vector<const Database*> listing;  // publish_counters()' scratch space
   mutable std::mutex counters_mutex;
   MultiRelayCounters published;
 
@@ -159,9 +190,31 @@ struct MultiRelay::Impl {
     if (added) {
       auto& database = found->second;
       database.path = config.directory / name;
-      log->info("database {}: found in {}", name, config.directory.string());
+      metrics::log(*log, spdlog::level::info, {{"event", "database_found"}, {"database", name}},
+                   "database {}: found in {}", name, config.directory.string());
     }
     return found->second;
+  }
+
+  // Reads the database's backlog (an open one's store) when it is due, or
+  // always with `now`. A failed reading keeps the last one: the relay's step
+  // reports the failure.
+  void read_backlog(Database& database, bool now = false) {
+    if (config.backlog_interval.count() == 0 || !database.store) return;
+    auto clock = SteadyClock::now();
+    if (!now && database.backlog && clock - database.backlog_read_at < config.backlog_interval) {
+      return;
+    }
+    try {
+      note_backlog(database, database.store->backlog(), clock);
+    } catch (const std::exception&) {
+    }
+  }
+
+  static void note_backlog(Database& database, const outbox::Backlog& backlog,
+                           SteadyClock::time_point at) {
+    database.backlog = backlog;
+    database.backlog_read_at = at;
   }
 
   void close(Database& database, bool finish) {
@@ -170,10 +223,12 @@ struct MultiRelay::Impl {
       try {
         database.relay->finish();
       } catch (const std::exception& error) {
-        log->warn("database {}: could not finish cleanly ({}); its lease lapses by itself",
-                  database.path.filename().string(), error.what());
+        metrics::log(*log, spdlog::level::warn, {{"database", database.name()}},
+                     "database {}: could not finish cleanly ({}); its lease lapses by itself",
+                     database.name(), error.what());
       }
     }
+    if (finish) read_backlog(database, true);
     database.closed_counters += database.relay->counters();
     database.relay.reset();
     database.sink.reset();
@@ -185,7 +240,9 @@ struct MultiRelay::Impl {
     auto found = databases.find(name);
     if (found == databases.end()) return;
     close(found->second, false);  // the file is gone: nothing to write to
-    log->info("database {}: gone from {}; no longer forwarded", name, config.directory.string());
+    removed_counters += found->second.closed_counters;
+    metrics::log(*log, spdlog::level::info, {{"event", "database_gone"}, {"database", name}},
+                 "database {}: gone from {}; no longer forwarded", name, config.directory.string());
     databases.erase(found);
   }
 
@@ -284,8 +341,9 @@ struct MultiRelay::Impl {
   void note_problem(Database& database, const std::string& problem) {
     if (database.last_problem == problem) return;
     database.last_problem = problem;
-    log->warn("database {}: {}; looking again when it changes", database.path.filename().string(),
-              problem);
+    metrics::log(*log, spdlog::level::warn,
+                 {{"event", "database_skipped"}, {"database", database.name()}, {"error", problem}},
+                 "database {}: {}; looking again when it changes", database.name(), problem);
   }
 
   // Opens a database that has work; false (and closed again) if it has none.
@@ -300,7 +358,9 @@ struct MultiRelay::Impl {
           outbox::RelayStore::open(database.path, config.store));
       // Nothing pending is not worth a lease: the next commit wakes it. A
       // read writes nothing, so it makes no directory event of its own.
-      if (store->backlog().pending == 0) {
+      auto backlog = store->backlog();
+      note_backlog(database, backlog, now);
+      if (backlog.pending == 0) {
         database.call_again_by = kNever;
         database.last_problem.clear();
         return false;
@@ -313,7 +373,7 @@ struct MultiRelay::Impl {
     }
     database.last_problem.clear();
     auto relay_config = config.relay;
-    relay_config.logger = database_logger(log, database.path.filename().string());
+    relay_config.logger = database_logger(log, database.name());
     // A fresh slot each time: late replies to a closed relay's batches never
     // reach the next relay of the database, whose batch ids start at 1 again.
     database.slot = next_slot++;
@@ -342,6 +402,7 @@ struct MultiRelay::Impl {
       database.call_again_by = kNever;
       return;
     }
+    read_backlog(database);
     auto now = SteadyClock::now();
     database.state = result.state;
     database.call_again_by = result.call_again_by;
@@ -350,8 +411,10 @@ struct MultiRelay::Impl {
       database.last_busy = now;
     } else if (result.state == StepResult::State::idle &&
                now - database.last_busy >= config.idle_release) {
-      log->debug("database {}: idle; lease released and closed until its next commit",
-                 database.path.filename().string());
+      metrics::log(*log, spdlog::level::debug,
+                   {{"event", "database_released"}, {"database", database.name()}},
+                   "database {}: idle; lease released and closed until its next commit",
+                   database.name());
       close(database, true);
       database.call_again_by = kNever;
     }
@@ -364,18 +427,68 @@ struct MultiRelay::Impl {
     MultiRelayCounters counters;
     counters.databases = databases.size();
     counters.open = open_count;
+    auto total = removed_counters;
+    auto& listed = listing;
+    listed.clear();
     for (auto& [name, database] : databases) {
-      auto total = database.closed_counters;
-      if (database.relay) {
-        total += database.relay->counters();
-        if (database.relay->holds_lease()) ++counters.active;
+      auto database_total = database.counters();
+      total += database_total;
+      if (database.relay && database_total.active) ++counters.active;
+      if (database.relay && database_total.session_up) ++counters.sessions_up;
+      if (config.backlog_interval.count() == 0) continue;
+      if (!database.backlog) {
+        ++counters.unread;
+        continue;
       }
-      counters.stored += total.stored;
-      counters.duplicates += total.duplicates;
-      counters.dead += total.dead;
+      const auto& backlog = *database.backlog;
+      counters.pending += backlog.pending;
+      counters.retrying += backlog.retrying;
+      counters.dead_messages += backlog.dead;
+      if (auto since = oldest_pending_since(database);
+          since && (!counters.oldest_pending_since || *since < *counters.oldest_pending_since)) {
+        counters.oldest_pending_since = since;
+        counters.oldest_pending_database = name;
+      }
+      listed.push_back(&database);
+    }
+    counters.stored = total.stored;
+    counters.duplicates = total.duplicates;
+    counters.dead = total.dead;
+    counters.sent_messages = total.sent_messages;
+    // The largest backlogs: most pending, then most dead, then by name.
+    auto first = [](const Database* a, const Database* b) {
+      const auto &x = *a->backlog, &y = *b->backlog;
+      if (x.pending != y.pending) return x.pending > y.pending;
+      if (x.dead != y.dead) return x.dead > y.dead;
+      return a->path < b->path;
+    };
+    auto count = std::min(listed.size(), config.listed_databases);
+    std::partial_sort(listed.begin(), listed.begin() + static_cast<std::ptrdiff_t>(count),
+                      listed.end(), first);
+    for (const auto* database : std::span(listed).first(count)) {
+      const auto database_total = database->counters();
+      DatabaseCounters entry;
+      entry.name = database->name();
+      entry.pending = database->backlog->pending;
+      entry.retrying = database->backlog->retrying;
+      entry.dead = database->backlog->dead;
+      entry.oldest_pending_since = oldest_pending_since(*database);
+      entry.counters = database_total;
+      entry.open = database->relay != nullptr;
+      entry.active = entry.open && database_total.active;
+      entry.session_up = entry.open && database_total.session_up;
+      counters.largest.push_back(std::move(entry));
     }
     std::lock_guard lock(counters_mutex);
-    published = counters;
+    published = std::move(counters);
+  }
+
+  static std::optional<SteadyClock::time_point> oldest_pending_since(const Database& database) {
+    if (!database.backlog || database.backlog->pending == 0 ||
+        !database.backlog->oldest_pending_age) {
+      return std::nullopt;
+    }
+    return database.backlog_read_at - *database.backlog->oldest_pending_age;
   }
 
   // Sleeps until a reply, a directory event or `deadline`, whichever is first.

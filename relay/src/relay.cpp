@@ -147,6 +147,7 @@ struct Relay::Impl {
     std::atomic<std::uint64_t> sent_messages{0}, stored{0}, duplicates{0}, dead{0}, blocked{0},
         sessions{0}, failures{0}, deleted{0}, undeliverable{0}, database_errors{0};
     std::atomic<bool> active{false};
+    std::atomic<bool> session_up{false};
   } counters;
 
   std::optional<outbox::Lease> lease;
@@ -275,6 +276,7 @@ struct Relay::Impl {
     if (status.session_up == up && status.session_changed_at != outbox::TimePoint{}) return;
     status.session_up = up;
     status.session_changed_at = outbox::system_now();
+    counters.session_up.store(up);
     metrics->session_up.set(up ? 1 : 0);
   }
 
@@ -1115,7 +1117,7 @@ RelayCounters Relay::counters() const {
   return RelayCounters{
       c.sent_messages.load(), c.stored.load(),          c.duplicates.load(), c.dead.load(),
       c.blocked.load(),       c.sessions.load(),        c.failures.load(),   c.deleted.load(),
-      c.undeliverable.load(), c.database_errors.load(), c.active.load()};
+      c.undeliverable.load(), c.database_errors.load(), c.active.load(),     c.session_up.load()};
 }
 
 }  // namespace relay

@@ -21,6 +21,7 @@ namespace {
 using namespace std::chrono_literals;
 using broker_test::BrokerProcess;
 using metrics_test::http_get;
+using metrics_test::sample;
 using metrics_test::scrape;
 using relay_test::RelayProcess;
 
@@ -111,7 +112,6 @@ TEST_CASE("relay and broker metrics after a delivered backlog and a consumer com
       wait_for_sample(relay_metrics, "outbox_relay_acknowledged_total{outcome=\"stored\"}", 200));
   CHECK(wait_for_sample(relay_metrics, "outbox_relay_pending_messages", 0));
   auto text = http_get(relay_metrics, "/metrics").body;
-  using metrics_test::sample;
   CHECK(sample(text, "outbox_relay_lease_held") == 1);
   CHECK(sample(text, "outbox_relay_lease_epoch") >= 1);
   CHECK(sample(text, "outbox_relay_standby") == 0);
@@ -234,6 +234,117 @@ TEST_CASE(
   CHECK(strict.status == 503);
   CHECK(strict.body.rfind("not ready: the oldest pending message is ", 0) == 0);
   CHECK(active.stop().code == 0);
+}
+
+// The samples of one family in an exposition, by their labels ("" for none).
+std::map<std::string, double> samples_of(const std::string& exposition, const std::string& name) {
+  std::map<std::string, double> found;
+  for (const auto& line : test_support::lines(exposition)) {
+    if (line.rfind(name, 0) != 0 || line.size() <= name.size()) continue;
+    auto rest = line.substr(name.size());
+    if (rest[0] != '{' && rest[0] != ' ') continue;  // another family with this prefix
+    auto space = rest.rfind(' ');
+    found[rest.substr(0, space)] = std::stod(rest.substr(space + 1));
+  }
+  return found;
+}
+
+TEST_CASE("run --db-dir serves totals over every database and series for the largest backlogs only",
+          "[integration]") {
+  test_support::TempDir dir("metrics-directory");
+  const auto tenants = dir / "tenants";
+  std::filesystem::create_directories(tenants);
+  // t0 .. t4 with 10, 20, ... 50 pending messages; UUID v7 ids, as for
+  // databases forwarded together.
+  outbox::Options options;
+  options.id_kind = outbox::IdKind::uuid_v7;
+  for (int i = 0; i < 5; ++i) {
+    auto box = outbox::Outbox::open(tenants / ("t" + std::to_string(i) + ".db"), options);
+    relay_test::OrderWriter(box, 2, 100, "t" + std::to_string(i) + "-").commit(10 * (i + 1));
+  }
+  // The broker's address, then no broker behind it: the backlogs stay.
+  auto first = std::make_unique<BrokerProcess>(dir.path(), dir / "broker.db");
+  const auto endpoint = first->endpoint();
+  REQUIRE(first->stop().code == 0);
+  first.reset();
+
+  auto flags = metrics_flags(dir / "relay.address");
+  flags.insert(flags.end(), {"--metrics-max-databases", "3", "--connect-timeout", "200ms",
+                             "--log-format", "json"});
+  auto relay = RelayProcess::for_directory(dir.path(), tenants, endpoint, flags);
+  auto address = wait_for_address(relay->process(), dir / "relay.address");
+  INFO(relay->log());
+  REQUIRE(wait_for_sample(address, "outbox_relay_pending_messages", 150));
+  auto text = http_get(address, "/metrics").body;
+  INFO(text);
+  CHECK(sample(text, "outbox_relay_databases") == 5);
+  CHECK(sample(text, "outbox_relay_databases_unlisted") == 2);
+  CHECK(sample(text, "outbox_relay_databases_unread") == 0);
+  CHECK(sample(text, "outbox_relay_dead_messages") == 0);
+  CHECK(sample(text, "outbox_relay_oldest_pending_age_seconds") > 0);
+  // The per-relay state gauges mean nothing summed: not served.
+  CHECK_FALSE(sample(text, "outbox_relay_lease_held"));
+  // The three largest backlogs, and only them, in every per-database family.
+  const std::map<std::string, double> largest = {
+      {"{database=\"t4.db\"}", 50}, {"{database=\"t3.db\"}", 40}, {"{database=\"t2.db\"}", 30}};
+  CHECK(samples_of(text, "outbox_relay_database_pending_messages") == largest);
+  for (const char* family :
+       {"outbox_relay_database_oldest_pending_age_seconds", "outbox_relay_database_dead_messages",
+        "outbox_relay_database_lease_held", "outbox_relay_database_session_up",
+        "outbox_relay_database_sent_messages_total"}) {
+    INFO(family);
+    CHECK(samples_of(text, family).size() == 3);
+  }
+  CHECK(samples_of(text, "outbox_relay_database_acknowledged_total").size() == 6);
+  CHECK(http_get(address, "/readyz").status == 200);  // the backlog is younger than 60 s
+
+  // The broker comes: everything is delivered; the totals count every
+  // database, and the list follows the backlogs (all empty now: by name).
+  BrokerProcess broker(dir.path(), dir / "broker.db", {}, endpoint);
+  REQUIRE(wait_for_sample(address, "outbox_relay_acknowledged_total{outcome=\"stored\"}", 150));
+  REQUIRE(wait_for_sample(address, "outbox_relay_pending_messages", 0));
+  REQUIRE(test_support::wait_until(
+      [&] {
+        return samples_of(http_get(address, "/metrics").body,
+                          "outbox_relay_database_pending_messages")
+            .contains("{database=\"t0.db\"}");
+      },
+      30s, 50ms));
+  text = http_get(address, "/metrics").body;
+  CHECK(sample(text, "outbox_relay_sent_messages_total") >= 150);
+  CHECK(sample(text, "outbox_relay_commit_to_ack_seconds_count") >= 150);
+  CHECK(sample(text, "outbox_relay_oldest_pending_age_seconds") == 0);
+  // t0, t1 and t2 now, each with its own deliveries (one answer per message
+  // stored, as the broker stored each once).
+  auto acknowledged = samples_of(text, "outbox_relay_database_acknowledged_total");
+  CHECK(acknowledged.size() == 6);
+  CHECK(acknowledged["{database=\"t0.db\",outcome=\"stored\"}"] == 10);
+  CHECK(acknowledged["{database=\"t1.db\",outcome=\"stored\"}"] == 20);
+  CHECK(acknowledged["{database=\"t2.db\",outcome=\"stored\"}"] == 30);
+  CHECK(samples_of(text, "outbox_relay_database_pending_messages").size() == 3);
+  CHECK(sample(text, "outbox_relay_database_pending_messages{database=\"t4.db\"}") == std::nullopt);
+  CHECK(relay->stop().code == 0);
+  CHECK(broker.stop().code == 0);
+
+  // Every log line about one database names it: in its text and as a field.
+  if (std::string(OUTBOX_PYTHON3).empty()) {
+    WARN("python3 is not installed: the JSON log lines are not parsed");
+    return;
+  }
+  int about_databases = 0;
+  for (const auto& record : json_log_records(dir.path(), relay->log())) {
+    const auto& message = record.at("message");
+    if (message.rfind("\"database t", 0) != 0) continue;
+    ++about_databases;
+    auto name = message.substr(std::string("\"database ").size(), 5);
+    INFO(message);
+    CHECK(record.count("database") == 1);
+    if (record.count("database") == 1) CHECK(record.at("database") == "\"" + name + "\"");
+  }
+  CHECK(about_databases >= 10);  // found, then active, for each of the five
+  auto acquired = find_event(json_log_records(dir.path(), relay->log()), "lease_acquired");
+  REQUIRE(acquired);
+  CHECK(acquired->count("database") == 1);
 }
 
 TEST_CASE("the broker is not ready while its store refuses writes", "[integration]") {

@@ -8,7 +8,8 @@
 //   auto relay_metrics = std::make_shared<relay::RelayMetrics>(registry);
 //   relay::Relay relay(store, sink, {.metrics = relay_metrics});
 //
-// Every label value is fixed here: the relay adds no series at run time.
+// Every label value is fixed here: the relay adds no series at run time
+// (DirectoryMetrics below: a bounded number per database directory).
 // Ownership: the references point into the registry, which must outlive this.
 // Thread safety: as metrics::Registry (updates from the relay's thread, reads
 // from any).
@@ -23,11 +24,18 @@
 
 #include "metrics/metrics.hpp"
 #include "outbox/relay_store.hpp"
+#include "relay/multi_relay.hpp"
 
 namespace relay {
 
 struct RelayMetrics {
   explicit RelayMetrics(metrics::Registry& registry);
+  // For one RelayMetrics shared by the relays of many databases (MultiRelay):
+  // the counters, the histograms and last_error_time add up over them in
+  // `registry`; the gauges of one relay's state (lease_held, lease_epoch,
+  // standby, session_up, batches_in_flight), which they would overwrite in
+  // turn, go to `relay_state`, a registry the caller does not serve.
+  RelayMetrics(metrics::Registry& registry, metrics::Registry& relay_state);
 
   metrics::Counter& sent_messages;
   // outbox_relay_acknowledged_total{outcome=...}
@@ -86,6 +94,43 @@ class BacklogProbe {
   Reading last_;
 };
 
+// The metrics of a MultiRelay (outbox-relay run --db-dir) in one registry,
+// for the whole process, with a bounded number of series whatever the
+// directory holds:
+// - the counters and histograms of RelayMetrics, added up over every
+//   database (relay_metrics() goes in MultiRelayConfig::relay.metrics), and
+//   last_error_time of any database;
+// - the single relay's backlog gauges (pending, retrying, dead, oldest
+//   pending age) summed over the databases (the oldest of them all), as the
+//   MultiRelay last read them (MultiRelayConfig::backlog_interval), and
+//   gauges of the databases known, open, leased and with a session;
+// - outbox_relay_database_*{database="NAME"} series for the databases of
+//   MultiRelayCounters::largest only (MultiRelayConfig::listed_databases):
+//   a database that leaves that list loses its series.
+// docs/operations.md lists the series.
+//
+//   metrics::Registry registry;
+//   relay::DirectoryMetrics directory_metrics(registry);
+//   config.relay.metrics = directory_metrics.relay_metrics();
+//   relay::MultiRelay relay(config);
+//   directory_metrics.collect(relay);  // then serve the registry
+//
+// Ownership: borrows the registry and, after collect(), the MultiRelay; both
+// must outlive the registry's last render() (destroy the server first).
+// Thread safety: render() from any thread (MultiRelay::counters() is).
+class DirectoryMetrics {
+ public:
+  explicit DirectoryMetrics(metrics::Registry& registry);
+  std::shared_ptr<RelayMetrics> relay_metrics() const { return relay_metrics_; }
+  // Adds the collector that writes `relay`'s figures on every render().
+  void collect(const MultiRelay& relay);
+
+ private:
+  metrics::Registry& registry_;
+  metrics::Registry relay_state_;  // the per-relay gauges, not served
+  std::shared_ptr<RelayMetrics> relay_metrics_;
+};
+
 struct RelayReadiness {
   bool ready = false;
   std::string reason;  // one line: why not, or what ready means now
@@ -96,5 +141,10 @@ struct RelayReadiness {
 // most `max_lag` old.
 RelayReadiness relay_readiness(const RelayMetrics& metrics, const BacklogProbe::Reading& backlog,
                                std::chrono::milliseconds max_lag);
+
+// For a MultiRelay: ready while the oldest pending message of every database
+// (as last read) is at most `max_lag` old; the reason names the database.
+RelayReadiness directory_readiness(const MultiRelayCounters& counters,
+                                   std::chrono::milliseconds max_lag);
 
 }  // namespace relay

@@ -31,9 +31,14 @@
 //   stopped (in-flight acknowledgements within drain_timeout, lease
 //   released), then run() returns.
 //
+// - Every line it logs about one database, and every line that database's
+//   Relay logs, names the database: "database NAME: " in front of the text
+//   and a `database` field (metrics/log_fields.hpp) for structured logs.
+//
 // Ownership: owns its databases, relays and connections. Thread safety:
 // run() on one thread; request_stop() from any thread or a signal handler;
-// counters() from any thread. Errors: an unusable directory (missing, not a
+// counters() from any thread (a copy of what run() last published).
+// Errors: an unusable directory (missing, not a
 // directory, no inotify) throws std::runtime_error from run(); SinkRefusal
 // from a database propagates (the broker refuses the configuration for
 // everyone); every other database failure is logged with the database's
@@ -46,6 +51,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,21 +68,60 @@ struct MultiRelayConfig {
   std::size_t max_open_databases = 256;
   std::chrono::milliseconds idle_release{30'000};
   std::chrono::milliseconds rescan_interval{30'000};
+  // Read each database's backlog (pending, retrying, dead, oldest pending
+  // age) for counters(): when it is opened, at its turns at most once per
+  // backlog_interval while open, and when it is closed. Never a pass over
+  // every database: a closed database keeps its last reading. 0: not read.
+  std::chrono::milliseconds backlog_interval{0};
+  // counters().largest lists at most this many databases, by backlog.
+  std::size_t listed_databases = 20;
   // Per database. Its holder names the process; idle_wait is the longest a
-  // database goes unlooked at while open (commits wake it sooner).
+  // database goes unlooked at while open (commits wake it sooner). A
+  // `metrics` given here is shared by every database's relay: build it with
+  // RelayMetrics' two-registry constructor (relay/metrics.hpp).
   RelayConfig relay{};
   outbox::RelayOptions store{};
   BrokerSinkOptions broker{};
 };
 
-// Since run() started; readable from other threads.
+// One database's figures in MultiRelayCounters::largest.
+struct DatabaseCounters {
+  std::string name;  // the file name in the directory
+  std::int64_t pending = 0;
+  std::int64_t retrying = 0;
+  std::int64_t dead = 0;
+  // When its oldest pending message was committed, on this process' steady
+  // clock (its age as read, taken back from the time of the reading); empty
+  // when none is pending.
+  std::optional<std::chrono::steady_clock::time_point> oldest_pending_since;
+  RelayCounters counters;  // of every relay of it since run() started
+  bool open = false;
+  bool active = false;      // holds its lease
+  bool session_up = false;  // its relay has a session with the broker
+};
+
+// Since run() started, refreshed by run() every 100 ms; readable from other
+// threads. The counters count on after a database is gone from the directory.
 struct MultiRelayCounters {
-  std::uint64_t databases = 0;  // known outbox databases in the directory
-  std::uint64_t open = 0;       // open now
-  std::uint64_t active = 0;     // holding their lease now
-  std::uint64_t stored = 0;     // summed over every database
+  std::uint64_t databases = 0;    // known outbox databases in the directory
+  std::uint64_t open = 0;         // open now
+  std::uint64_t active = 0;       // holding their lease now
+  std::uint64_t sessions_up = 0;  // with a session with the broker now
+  std::uint64_t stored = 0;       // summed over every database
   std::uint64_t duplicates = 0;
   std::uint64_t dead = 0;
+  std::uint64_t sent_messages = 0;
+  // With backlog_interval: the backlogs summed over every database as last
+  // read, the oldest pending message of them all, and the listed_databases
+  // databases with the most pending messages (then dead ones, then by name).
+  // `unread`: known databases without a reading (not yet read, or unreadable).
+  std::int64_t pending = 0;
+  std::int64_t retrying = 0;
+  std::int64_t dead_messages = 0;
+  std::uint64_t unread = 0;
+  std::optional<std::chrono::steady_clock::time_point> oldest_pending_since;
+  std::string oldest_pending_database;  // whose it is
+  std::vector<DatabaseCounters> largest;
 };
 
 // The names of the files in `directory` (not its subdirectories) that

@@ -126,6 +126,7 @@ struct RelayCounters {
   std::uint64_t undeliverable = 0;    // of `dead`: refused by the relay's own checks
   std::uint64_t database_errors = 0;  // transient database failures survived
   bool active = false;                // holds the lease
+  bool session_up = false;            // has a session with its destination
 };
 
 // What Relay::step() did, and when it wants to run again.
