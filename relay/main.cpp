@@ -155,7 +155,9 @@ constexpr std::size_t kDirectoryInFlight = 2;
 int run_directory(const RunSettings& settings, relay::RelayConfig config,
                   const std::shared_ptr<spdlog::logger>& logger) {
   if (settings.sink != "broker") {
-    throw UsageError("--db-dir forwards to outbox-broker only (--sink broker)");
+    throw UsageError(
+        "--db-dir forwards to outbox-broker only (--sink broker); --sink jetstream forwards one "
+        "database (--db)");
   }
   relay::MultiRelayConfig multi;
   multi.directory = settings.db_dir;

@@ -227,6 +227,12 @@ RelayReadiness directory_readiness(const MultiRelayCounters& counters,
                   printable_field(counters.oldest_pending_database).c_str(), age, limit);
     return {false, text};
   }
+  if (counters.active > 0 && counters.sessions_up == 0) {
+    std::snprintf(text, sizeof text,
+                  "holds the lease of %llu databases but none has a session with its destination",
+                  static_cast<unsigned long long>(counters.active));
+    return {false, text};
+  }
   std::snprintf(text, sizeof text,
                 "delivering: %llu databases, %llu leased, %llu with a session, oldest pending "
                 "message %.1f s old",

@@ -54,6 +54,9 @@ TEST_CASE("outbox-relay refuses bad flags and values with exit code 2", "[relay]
   check_one_line_error(
       relay_cli({"run", "--db-dir", dir.path().string(), "--sink", "jetstream", "--stream", "s"}),
       kExitUsage, "--db-dir");
+  check_one_line_error(relay_cli({"run", "--db-dir", dir.path().string(), "--metrics-bind",
+                                  "127.0.0.1:0", "--metrics-max-databases", "lots"}),
+                       kExitUsage, "--metrics-max-databases");
   check_one_line_error(relay_cli({"run", "--db-dir", (dir / "missing").string()}), kExitStorage,
                        "no such directory");
   check_one_line_error(relay_cli({"status", "--db-dir", (dir / "missing").string()}), kExitStorage,

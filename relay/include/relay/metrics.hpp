@@ -143,7 +143,9 @@ RelayReadiness relay_readiness(const RelayMetrics& metrics, const BacklogProbe::
                                std::chrono::milliseconds max_lag);
 
 // For a MultiRelay: ready while the oldest pending message of every database
-// (as last read) is at most `max_lag` old; the reason names the database.
+// (as last read) is at most `max_lag` old (else the reason names the
+// database), and, when it holds leases, while at least one of those databases
+// has a session with its destination.
 RelayReadiness directory_readiness(const MultiRelayCounters& counters,
                                    std::chrono::milliseconds max_lag);
 
