@@ -695,8 +695,9 @@ struct Relay::Impl {
     }
     if (holding_for_generation || resuming) return;
     // Reading from the cursor again (the session was dropped): what was
-    // settled is written down first, else it would be read and sent again.
-    if (last_sent_seq == 0 && !settled.empty()) {
+    // settled is written down first, else it would be read and sent again;
+    // and a dead message, before anything of its key is read.
+    if ((last_sent_seq == 0 && !settled.empty()) || settled_has_dead()) {
       record_settled();
       if (!lease) return;
     }
@@ -868,9 +869,10 @@ struct Relay::Impl {
     if (settled.empty()) return false;
     const auto now = SteadyClock::now();
     if (settled_since == SteadyClock::time_point{}) settled_since = now;
+    if (settled_has_dead()) return true;
     if (!session_open && in_doubt) return false;
     return !session_open || in_flight.empty() || settled.size() >= config.batch_size ||
-           now - settled_since >= kRecordDelay || settled_has_dead();
+           now - settled_since >= kRecordDelay;
   }
 
   // Records the outcomes of every batch handled since the last call, in one
@@ -1080,7 +1082,8 @@ struct Relay::Impl {
     if (!ensure_session()) return;
     fill_pipeline();
     if (in_flight.empty()) {
-      if (status_dirty) publish_status();  // idle: the status row is current
+      record_settled();                    // idle: every outcome is written down
+      if (status_dirty) publish_status();  // and the status row is current
       if (stepping) {
         turn_went_idle = settled.empty();
       } else {
