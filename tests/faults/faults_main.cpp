@@ -25,6 +25,14 @@
 // database, the broker and the consumer's database; dropped messages are
 // expected nowhere.
 //
+// With --databases N, the producers write to N tenant databases in one
+// directory (UUID v7 ids, the default for databases forwarded together), two
+// outbox-relay run --db-dir processes share them database by database (each
+// takes over the other's databases when their leases lapse), and the checker
+// holds every database to the same promises, order per (database, topic,
+// key); the SQL producer and the full disk are left out, and the summary
+// ends with takeovers=T, the leases taken by the other relay process.
+//
 // With --sink jetstream, nats-server -js takes the broker's place (no proxy):
 // the relays publish to a stream covering outbox.>, the injector kills, stops
 // and pauses nats-server as it does the broker, two examples/jetstream_consumer
@@ -66,6 +74,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "broker/client.hpp"
@@ -111,6 +120,9 @@ struct Settings {
   std::optional<milliseconds> duration;
   milliseconds max_load_time = 10min;
   int producers = 3;
+  // More than 0: that many tenant databases in one directory, forwarded by
+  // two outbox-relay run --db-dir processes (the producers share them out).
+  int databases = 0;
   double rate = 100;  // transactions per second per producer
   int keys = 12;
   milliseconds drain_timeout = 180s;
@@ -505,13 +517,15 @@ std::map<std::string, Poison> read_poison(Database& app) {
 // Every topic the broker may hold a message of: ours, and any other topic a
 // row names that the broker accepts (1-249 of A-Z a-z 0-9 . _ -); a poison
 // row's topic outside those cannot be stored there at all.
-std::vector<std::string> broker_topics(const fs::path& app_db) {
+std::vector<std::string> broker_topics(const std::vector<fs::path>& app_dbs) {
   std::set<std::string> topics(kTopics.begin(), kTopics.end());
-  Database app(app_db);
-  for (auto& row : app.rows("SELECT DISTINCT topic FROM outbox_messages"
-                            " WHERE length(CAST(topic AS BLOB)) BETWEEN 1 AND 249"
-                            " AND topic NOT GLOB '*[^A-Za-z0-9._-]*'")) {
-    topics.insert(row[0]);
+  for (const auto& app_db : app_dbs) {
+    Database app(app_db);
+    for (auto& row : app.rows("SELECT DISTINCT topic FROM outbox_messages"
+                              " WHERE length(CAST(topic AS BLOB)) BETWEEN 1 AND 249"
+                              " AND topic NOT GLOB '*[^A-Za-z0-9._-]*'")) {
+      topics.insert(row[0]);
+    }
   }
   return {topics.begin(), topics.end()};
 }
@@ -790,6 +804,7 @@ struct Report {
   Finding poison_delivered{"a row that can never be delivered is marked delivered"};
   Finding wrong_reason{"dead with a reason that does not name the field"};
   Finding inbox_unfinished{"Redis inbox record not completed for a stored message"};
+  Finding collided{"msg_id committed in more than one database"};
   long committed = 0, stored = 0, effects = 0, dropped = 0, poison = 0, poison_dropped = 0;
   std::vector<std::string> dead;  // every dead message at the end, with its reason
   // --inbox redis: side effects repeated within the contract's at-least-once
@@ -800,7 +815,8 @@ struct Report {
     return {&lost,           &duplicated,       &reordered,      &phantom,
             &no_message,     &no_business,      &undelivered,    &wrong_offset,
             &effect_missing, &effect_twice,     &effect_unknown, &dropped_stored,
-            &legal_dead,     &poison_delivered, &wrong_reason,   &inbox_unfinished};
+            &legal_dead,     &poison_delivered, &wrong_reason,   &inbox_unfinished,
+            &collided};
   }
   bool passed() {
     for (auto* finding : all()) {
@@ -875,8 +891,9 @@ void check_redis_effects(Report& report, Database& consumer,
 }
 
 // What the producers committed: business rows (by msg_id), and the outbox
-// rows by msg_id with their commit order.
+// rows by msg_id with their database (its number) and commit order there.
 struct OutboxRow {
+  std::size_t db;
   long seq;
   std::string topic, key;
 };
@@ -885,23 +902,81 @@ struct Committed {
   std::map<std::string, OutboxRow> outbox;
 };
 
-Committed read_committed(Database& app) {
-  Committed committed;
+// Adds what database number `db` committed to `committed`; a msg_id another
+// database committed too is added to `collided` (when given) and kept once.
+void read_committed(Database& app, std::size_t db, Committed& committed,
+                    Finding* collided = nullptr) {
   for (auto& row : app.rows("SELECT msg_id FROM business")) committed.business.insert(row[0]);
   for (auto& row :
        app.rows("SELECT seq, msg_id, topic, coalesce(partition_key, '') FROM outbox_messages")) {
-    committed.outbox[row[1]] = {std::stol(row[0]), row[2], row[3]};
+    auto [it, fresh] =
+        committed.outbox.try_emplace(row[1], OutboxRow{db, std::stol(row[0]), row[2], row[3]});
+    if (!fresh && collided != nullptr) {
+      collided->add(shown(row[1]) + " (databases " + std::to_string(it->second.db + 1) + " and " +
+                    std::to_string(db + 1) + ")");
+    }
   }
-  return committed;
 }
 
-// Without a consumer database (no consumer ran) the consumer checks are left out.
-Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
+// The name of database number `db` in a report line: nothing with one
+// database, "tenant-0007.db " with several.
+std::string database_label(const std::vector<fs::path>& app_dbs, std::size_t db) {
+  return app_dbs.size() > 1 ? app_dbs[db].filename().string() + " " : std::string();
+}
+
+// Without a consumer database (no consumer ran) the consumer checks are left
+// out. With several outbox databases, order is checked per (database, topic,
+// key): the order contract is per database.
+Report check(const std::vector<fs::path>& app_dbs, const std::optional<fs::path>& consumer_db,
              const std::vector<BrokerCopy>& stored, const RedisInboxView* redis) {
   Report report;
-  Database app(app_db);
-  app.begin();
-  const auto [business, outbox] = read_committed(app);
+  Committed committed;
+  std::map<std::string, Poison> poison;
+  // Dropped by the operator (state 3): settled without being sent, so
+  // expected neither at the broker nor at the consumer. Dead (state 2) at the
+  // end: only rows written to be undeliverable, each with a reason that names
+  // what is wrong with it.
+  std::set<std::string> dropped;
+  std::vector<std::pair<std::string, std::string>> delivered;  // msg_id, recorded offset
+  for (std::size_t db = 0; db < app_dbs.size(); ++db) {
+    Database app(app_dbs[db]);
+    app.begin();
+    read_committed(app, db, committed, &report.collided);
+    auto poison_here = read_poison(app);
+    const auto label = database_label(app_dbs, db);
+    for (auto& row : app.rows(
+             "SELECT m.msg_id, coalesce(d.state, -1), coalesce(d.broker_offset, -1),"
+             " m.seq <= coalesce((SELECT settled_through_seq FROM outbox_relay_cursor), 0),"
+             " m.seq, coalesce(d.last_error, '')"
+             " FROM outbox_messages m LEFT JOIN outbox_delivery d USING (seq) ORDER BY m.seq")) {
+      bool settled = row[3] == "1";
+      auto found = poison_here.find(row[0]);
+      if (row[1] == "3") {
+        dropped.insert(row[0]);
+        if (found != poison_here.end()) ++report.poison_dropped;
+      } else if (row[1] == "2") {
+        auto line = label + "seq " + row[4] + " msg_id " + shown(row[0]) + " (" +
+                    (found != poison_here.end() ? found->second.kind : "legal") + "): " + row[5];
+        report.dead.push_back(line);
+        if (found == poison_here.end()) {
+          report.legal_dead.add(line);
+        } else if (row[5].find(found->second.expected_reason) == std::string::npos) {
+          report.wrong_reason.add(line + " (expected to mention '" + found->second.expected_reason +
+                                  "')");
+        }
+      } else if (row[1] == "1" && found != poison_here.end()) {
+        report.poison_delivered.add(label + shown(row[0]) + " (" + found->second.kind + ")");
+      } else if (row[1] != "1" && !(settled && row[1] == "-1")) {
+        report.undelivered.add(label + shown(row[0]) + " (state " + row[1] + ")");
+      }
+    }
+    for (auto& row : app.rows("SELECT m.msg_id, d.broker_offset FROM outbox_messages m"
+                              " JOIN outbox_delivery d USING (seq) WHERE d.state = 1")) {
+      delivered.emplace_back(row[0], row[1]);
+    }
+    poison.merge(poison_here);
+  }
+  const auto& [business, outbox] = committed;
   report.committed = static_cast<long>(business.size());
   for (const auto& id : business) {
     if (!outbox.count(id)) report.no_message.add(id);
@@ -909,44 +984,13 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
   for (const auto& [id, row] : outbox) {
     if (!business.count(id)) report.no_business.add(id);
   }
-  // Dropped by the operator (state 3): settled without being sent, so
-  // expected neither at the broker nor at the consumer. Dead (state 2) at the
-  // end: only rows written to be undeliverable, each with a reason that names
-  // what is wrong with it.
-  auto poison = read_poison(app);
   report.poison = static_cast<long>(poison.size());
-  std::set<std::string> dropped;
-  for (auto& row :
-       app.rows("SELECT m.msg_id, coalesce(d.state, -1), coalesce(d.broker_offset, -1),"
-                " m.seq <= coalesce((SELECT settled_through_seq FROM outbox_relay_cursor), 0),"
-                " m.seq, coalesce(d.last_error, '')"
-                " FROM outbox_messages m LEFT JOIN outbox_delivery d USING (seq) ORDER BY m.seq")) {
-    bool settled = row[3] == "1";
-    auto found = poison.find(row[0]);
-    if (row[1] == "3") {
-      dropped.insert(row[0]);
-      if (found != poison.end()) ++report.poison_dropped;
-    } else if (row[1] == "2") {
-      auto line = "seq " + row[4] + " msg_id " + shown(row[0]) + " (" +
-                  (found != poison.end() ? found->second.kind : "legal") + "): " + row[5];
-      report.dead.push_back(line);
-      if (found == poison.end()) {
-        report.legal_dead.add(line);
-      } else if (row[5].find(found->second.expected_reason) == std::string::npos) {
-        report.wrong_reason.add(line + " (expected to mention '" + found->second.expected_reason +
-                                "')");
-      }
-    } else if (row[1] == "1" && found != poison.end()) {
-      report.poison_delivered.add(shown(row[0]) + " (" + found->second.kind + ")");
-    } else if (row[1] != "1" && !(settled && row[1] == "-1")) {
-      report.undelivered.add(shown(row[0]) + " (state " + row[1] + ")");
-    }
-  }
   report.dropped = static_cast<long>(dropped.size());
 
   // What the broker stored.
   std::map<std::string, const BrokerCopy*> first_copy;
-  std::map<std::pair<std::string, std::string>, std::vector<const BrokerCopy*>> per_key;
+  std::map<std::tuple<std::size_t, std::string, std::string>, std::vector<const BrokerCopy*>>
+      per_key;
   for (const auto& copy : stored) {
     auto [it, fresh] = first_copy.emplace(copy.msg_id, &copy);
     if (!fresh) {
@@ -954,13 +998,14 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
                             std::to_string(it->second->offset) + " and " +
                             std::to_string(copy.offset) + ")");
     }
-    if (!outbox.count(copy.msg_id) || poison.count(copy.msg_id)) {
+    auto committed_row = outbox.find(copy.msg_id);
+    if (committed_row == outbox.end() || poison.count(copy.msg_id)) {
       report.phantom.add(shown(copy.msg_id) + " (" + copy.topic + " offset " +
                          std::to_string(copy.offset) +
                          (poison.count(copy.msg_id) ? ", can never be delivered" : "") + ")");
       continue;
     }
-    per_key[{copy.topic, copy.key}].push_back(&copy);
+    per_key[{committed_row->second.db, copy.topic, copy.key}].push_back(&copy);
   }
   report.stored = static_cast<long>(stored.size());
   for (const auto& id : business) {
@@ -970,36 +1015,36 @@ Report check(const fs::path& app_db, const std::optional<fs::path>& consumer_db,
   for (const auto& id : dropped) {
     if (first_copy.count(id) != 0) report.dropped_stored.add(id);
   }
-  // Per (topic, key), offsets must follow commit order (seq).
-  for (auto& [topic_key, copies] : per_key) {
+  // Per (database, topic, key), offsets must follow commit order (seq).
+  for (auto& [db_topic_key, copies] : per_key) {
     std::sort(copies.begin(), copies.end(),
               [](const BrokerCopy* a, const BrokerCopy* b) { return a->offset < b->offset; });
+    const auto label = database_label(app_dbs, std::get<0>(db_topic_key));
     long highest_seq = 0;
     std::string highest_id;
     for (const auto* copy : copies) {
       const auto& row = outbox.at(copy->msg_id);
       if (row.topic != copy->topic || row.key != copy->key) {
         report.reordered.add(copy->msg_id + " (stored under " + copy->topic + "/" + copy->key +
-                             ", committed under " + row.topic + "/" + row.key + ")");
+                             ", committed under " + label + row.topic + "/" + row.key + ")");
         continue;
       }
       if (row.seq < highest_seq) {
-        report.reordered.add(copy->msg_id + " (seq " + std::to_string(row.seq) + " at " +
-                             copy->topic + " offset " + std::to_string(copy->offset) + ", after " +
-                             highest_id + " seq " + std::to_string(highest_seq) + ", key " +
-                             copy->key + ")");
+        report.reordered.add(copy->msg_id + " (" + label + "seq " + std::to_string(row.seq) +
+                             " at " + copy->topic + " offset " + std::to_string(copy->offset) +
+                             ", after " + highest_id + " seq " + std::to_string(highest_seq) +
+                             ", key " + copy->key + ")");
       } else {
         highest_seq = row.seq;
         highest_id = copy->msg_id;
       }
     }
   }
-  for (auto& row : app.rows("SELECT m.msg_id, m.topic, d.broker_offset FROM outbox_messages m"
-                            " JOIN outbox_delivery d USING (seq) WHERE d.state = 1")) {
-    auto found = first_copy.find(row[0]);
+  for (const auto& [id, offset] : delivered) {
+    auto found = first_copy.find(id);
     if (found == first_copy.end()) continue;  // counted as lost
-    if (row[2] != std::to_string(found->second->offset)) {
-      report.wrong_offset.add(row[0] + " (outbox says " + row[2] + ", broker " +
+    if (offset != std::to_string(found->second->offset)) {
+      report.wrong_offset.add(id + " (outbox says " + offset + ", broker " +
                               std::to_string(found->second->offset) + ")");
     }
   }
@@ -1053,7 +1098,9 @@ EffectsReport check_effects(const fs::path& app_db, const fs::path& consumer_db)
   EffectsReport report;
   Database app(app_db);
   app.begin();
-  const auto [business, outbox] = read_committed(app);
+  Committed committed;
+  read_committed(app, 0, committed);
+  const auto& [business, outbox] = committed;
   Database consumer(consumer_db);
   std::map<std::string, long> times;
   std::map<std::pair<std::string, std::string>, std::pair<long, std::string>> highest;
@@ -1091,6 +1138,17 @@ class Run {
     dir_ = settings_.work_dir;
     fs::create_directories(dir_ / "logs");
     app_db_ = (disk_ != nullptr ? disk_->dir() : dir_) / "app.db";
+    if (multi()) {
+      tenant_dir_ = dir_ / "tenants";
+      fs::create_directories(tenant_dir_);
+      for (int i = 1; i <= settings_.databases; ++i) {
+        char name[32];
+        std::snprintf(name, sizeof name, "tenant-%04d.db", i);
+        app_dbs_.push_back(tenant_dir_ / name);
+      }
+    } else {
+      app_dbs_ = {app_db_};
+    }
     broker_db_ = dir_ / "broker.db";
     // --inbox redis: the side effects of both consumers, as another service's store.
     consumer_db_ = dir_ / (redis_inbox() ? "effects.db" : "consumer.db");
@@ -1102,6 +1160,7 @@ class Run {
 
   bool jetstream() const { return settings_.sink == "jetstream"; }
   bool redis_inbox() const { return settings_.inbox == "redis"; }
+  bool multi() const { return settings_.databases > 0; }
   bool cutting() const { return !jetstream() && settings_.cut_every != "off"; }
 
   std::vector<std::pair<std::string, fs::path>> proxy_stats() const {
@@ -1131,8 +1190,8 @@ class Run {
     if (redis) redis->killed_pids = killed_consumer_pids_;
     const bool consumers_ran = consumer_ != nullptr;
     auto report =
-        check(app_db_, consumers_ran ? std::optional<fs::path>(consumer_db_) : std::nullopt, stored,
-              redis ? &*redis : nullptr);
+        check(app_dbs_, consumers_ran ? std::optional<fs::path>(consumer_db_) : std::nullopt,
+              stored, redis ? &*redis : nullptr);
     std::optional<EffectsReport> effects;
     if (jetstream() && consumers_ran) effects = check_effects(app_db_, consumer_db_);
     long total_faults = process_faults_ + proxy_faults();
@@ -1164,6 +1223,14 @@ class Run {
           report.poison - report.poison_dropped);
     }
     for (const auto& line : report.dead) std::printf("dead: %s\n", line.c_str());
+    Takeovers takeovers;
+    if (multi()) {
+      takeovers = count_takeovers();
+      std::printf(
+          "databases: %d in one directory, forwarded by 2 outbox-relay run --db-dir; lease "
+          "takeovers: %ld (a database's lease taken by the other relay process) in %ld databases\n",
+          settings_.databases, takeovers.count, takeovers.databases);
+    }
     if (disk_ != nullptr) {
       std::vector<std::string> producers;
       for (auto& producer : producers_) producers.push_back(producer->name());
@@ -1223,14 +1290,16 @@ class Run {
               ? ""
               : " --consumer-max-ack-pending " + std::to_string(settings_.consumer_max_ack_pending);
       std::printf(
-          "replay with: outbox-faults --seed %llu --faults %ld%s%s%s%s --keep   (logs in %s)\n",
+          "replay with: outbox-faults --seed %llu --faults %ld%s%s%s%s%s --keep   (logs in %s)\n",
           static_cast<unsigned long long>(settings_.seed), settings_.faults,
+          multi() ? (" --databases " + std::to_string(settings_.databases)).c_str() : "",
           settings_.hostile_order ? " --hostile-order" : "", jetstream() ? " --sink jetstream" : "",
           redis_inbox() ? " --inbox redis" : "", pending.c_str(), (dir_ / "logs").c_str());
     }
-    std::printf("faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld dead=%zu\n",
+    std::printf("faults=%ld lost=%ld duplicated=%ld reordered=%ld phantom=%ld dead=%zu%s\n",
                 total_faults, report.lost.count, report.duplicated.count, report.reordered.count,
-                report.phantom.count, report.dead.size());
+                report.phantom.count, report.dead.size(),
+                multi() ? (" takeovers=" + std::to_string(takeovers.count)).c_str() : "");
     std::fflush(stdout);
     return passed ? 0 : 1;
   }
@@ -1292,7 +1361,7 @@ class Run {
   }
 
   std::vector<BrokerCopy> read_destination() {
-    if (!jetstream()) return fetch_everything(broker_endpoint_, broker_topics(app_db_));
+    if (!jetstream()) return fetch_everything(broker_endpoint_, broker_topics(app_dbs_));
 #ifdef OUTBOX_RELAY_WITH_JETSTREAM
     auto client = wait_for_nats(30s);
     if (!client) throw HarnessError("nats-server does not answer; cannot read the stream");
@@ -1409,38 +1478,57 @@ class Run {
   }
 
   void start_producers_and_relays() {
-    for (int i = 0; i < settings_.producers; ++i) {
+    // With several databases, producer i writes to databases i, i + P, i + 2P, ...
+    const int producers =
+        multi() ? std::min(settings_.producers, settings_.databases) : settings_.producers;
+    for (int i = 0; i < producers; ++i) {
       auto name = "producer-" + std::to_string(i + 1);
       auto seed = settings_.seed * 1000003u + static_cast<std::uint64_t>(i);
+      std::vector<std::string> args;
+      for (auto db = static_cast<std::size_t>(i); db < app_dbs_.size();
+           db += static_cast<std::size_t>(producers)) {
+        args.push_back("--db");
+        args.push_back(app_dbs_[db].string());
+      }
+      for (const auto& arg :
+           {std::string("--name"), name, std::string("--seed"), std::to_string(seed),
+            std::string("--rate"), std::to_string(settings_.rate), std::string("--keys"),
+            std::to_string(settings_.keys), std::string("--oversize-rate"),
+            std::to_string(jetstream() ? 0 : settings_.oversize_rate)}) {
+        args.push_back(arg);
+      }
+      // Databases forwarded together: ids unique across them (docs/operations.md).
+      if (multi()) {
+        args.push_back("--ids");
+        args.push_back("uuid_v7");
+      }
       producers_.push_back(
-          std::make_unique<Managed>(name, dir_ / "logs" / (name + ".log"), [this, name, seed] {
-            return std::make_unique<test_support::ChildProcess>(
-                settings_.producer_binary,
-                std::vector<std::string>{"--db", app_db_.string(), "--name", name, "--seed",
-                                         std::to_string(seed), "--rate",
-                                         std::to_string(settings_.rate), "--keys",
-                                         std::to_string(settings_.keys), "--oversize-rate",
-                                         std::to_string(jetstream() ? 0 : settings_.oversize_rate)},
-                dir_);
+          std::make_unique<Managed>(name, dir_ / "logs" / (name + ".log"), [this, args] {
+            return std::make_unique<test_support::ChildProcess>(settings_.producer_binary, args,
+                                                                dir_);
           }));
       producers_.back()->start();
     }
-    // The relay refuses a database without the outbox tables: wait for a producer.
-    if (!test_support::wait_until(
-            [&] {
-              try {
-                outbox::RelayOptions options;
-                options.read_only = true;
-                outbox::RelayStore::open(app_db_, options);
-                return true;
-              } catch (const outbox::Error&) {
-                return false;
-              }
-            },
-            30s, 10ms)) {
-      throw HarnessError("no producer created the outbox schema");
+    // The relay refuses a database without the outbox tables (and the checker
+    // reads every one): wait for the producers to create them.
+    for (const auto& app_db : app_dbs_) {
+      if (!test_support::wait_until(
+              [&] {
+                tend(true);
+                try {
+                  outbox::RelayOptions options;
+                  options.read_only = true;
+                  outbox::RelayStore::open(app_db, options);
+                  return true;
+                } catch (const outbox::Error&) {
+                  return false;
+                }
+              },
+              30s, 10ms)) {
+        throw HarnessError("no producer created the outbox schema in " + app_db.string());
+      }
     }
-    if (!jetstream() && settings_.sql_rate > 0) {
+    if (!jetstream() && !multi() && settings_.sql_rate > 0) {
       // Another language's producer: plain SQL on the tables the C++ one created.
       auto seed = settings_.seed * 1000003u + 999u;
       producers_.push_back(std::make_unique<Managed>(
@@ -1458,7 +1546,9 @@ class Run {
     }
 
     auto relay_starter = [this] {
-      std::vector<std::string> args = {"run", "--db", app_db_.string()};
+      std::vector<std::string> args = {"run"};
+      args.push_back(multi() ? "--db-dir" : "--db");
+      args.push_back(multi() ? tenant_dir_.string() : app_db_.string());
       if (jetstream()) {
         for (const auto& arg :
              {std::string("--sink"), std::string("jetstream"), std::string("--nats-url"), nats_url_,
@@ -1476,7 +1566,9 @@ class Run {
       return std::make_unique<test_support::ChildProcess>(settings_.relay_binary, args, dir_);
     };
     // Two relays on one outbox: one active, one standby that takes over when
-    // the active one's lease lapses (it was killed or paused).
+    // the active one's lease lapses (it was killed or paused). On a directory
+    // of databases, each holds the leases of some databases and is the
+    // standby of the others, taking them over database by database.
     relay_ = std::make_unique<Managed>("relay", dir_ / "logs" / "relay.log", relay_starter);
     relay_->start();
     standby_relay_ =
@@ -1804,6 +1896,46 @@ class Run {
                     ", by a relay: " + (relay_saw_full_ ? "yes" : "no") + "\n");
   }
 
+  // Lease takeovers on a directory of databases, from the relays' archived
+  // logs: per database, which relay process (relay or relay-b) acquired each
+  // lease epoch; a takeover is an epoch acquired by the other process than
+  // the epoch before it (a relay that comes back after kill -9 and claims
+  // the lease again is not one).
+  struct Takeovers {
+    long count = 0, databases = 0;
+  };
+  Takeovers count_takeovers() {
+    const std::string marker = ": active: holding the relay lease as '";
+    std::map<std::string, std::map<long, std::string>> acquired;  // database, epoch: relay
+    for (const std::string relay : {"relay", "relay-b"}) {
+      auto path = dir_ / "logs" / (relay + ".log");
+      if (!fs::exists(path)) continue;
+      for (const auto& line : test_support::lines(test_support::read_file(path))) {
+        auto at = line.find(marker);
+        if (at == std::string::npos) continue;
+        auto name_at = line.rfind("database ", at);
+        auto epoch_at = line.find("(epoch ", at);
+        if (name_at == std::string::npos || epoch_at == std::string::npos) continue;
+        auto name = line.substr(name_at + 9, at - name_at - 9);
+        acquired[name][std::atol(line.c_str() + epoch_at + 7)] = relay;
+      }
+    }
+    Takeovers takeovers;
+    for (const auto& [name, epochs] : acquired) {
+      std::string previous;
+      bool taken = false;
+      for (const auto& [epoch, relay] : epochs) {
+        if (!previous.empty() && relay != previous) {
+          ++takeovers.count;
+          taken = true;
+        }
+        previous = relay;
+      }
+      if (taken) ++takeovers.databases;
+    }
+    return takeovers;
+  }
+
   // Lines in the archived logs of `names` that contain `text`.
   long count_in_logs(const std::vector<std::string>& names, const std::string& text) {
     long count = 0;
@@ -1818,25 +1950,30 @@ class Run {
   }
 
   struct DeadRow {
+    fs::path db;
     std::string msg_id;
     bool poison;      // written to be undeliverable: no fix exists
     bool holds_back;  // a later message of its (topic, key) exists
   };
 
-  std::vector<DeadRow> dead_rows() {
-    Database app(app_db_);
-    bool poison_known = app.has_table("poison");
+  // The dead messages of every outbox database, of those in `among` only when given.
+  std::vector<DeadRow> dead_rows(const std::vector<fs::path>* among = nullptr) {
     std::vector<DeadRow> dead;
-    for (auto& row : app.rows(
-             "SELECT m.msg_id, " +
-             std::string(poison_known ? "EXISTS (SELECT 1 FROM poison p WHERE p.msg_id = m.msg_id)"
-                                      : "0") +
-             ", EXISTS (SELECT 1 FROM outbox_messages later WHERE later.seq > m.seq"
-             " AND later.topic = m.topic"
-             " AND coalesce(later.partition_key, '') = coalesce(m.partition_key, ''))"
-             " FROM outbox_delivery d JOIN outbox_messages m USING (seq)"
-             " WHERE d.state = 2 ORDER BY d.seq")) {
-      dead.push_back({row[0], row[1] == "1", row[2] == "1"});
+    for (const auto& db : among != nullptr ? *among : app_dbs_) {
+      Database app(db);
+      bool poison_known = app.has_table("poison");
+      for (auto& row :
+           app.rows("SELECT m.msg_id, " +
+                    std::string(poison_known
+                                    ? "EXISTS (SELECT 1 FROM poison p WHERE p.msg_id = m.msg_id)"
+                                    : "0") +
+                    ", EXISTS (SELECT 1 FROM outbox_messages later WHERE later.seq > m.seq"
+                    " AND later.topic = m.topic"
+                    " AND coalesce(later.partition_key, '') = coalesce(m.partition_key, ''))"
+                    " FROM outbox_delivery d JOIN outbox_messages m USING (seq)"
+                    " WHERE d.state = 2 ORDER BY d.seq")) {
+        dead.push_back({db, row[0], row[1] == "1", row[2] == "1"});
+      }
     }
     return dead;
   }
@@ -1858,9 +1995,9 @@ class Run {
   // replayed fixed, and every undeliverable row that holds back later
   // messages of its key is dropped; the others stay dead, as an operator may
   // leave them. Returns how many dead messages still need the operator.
-  std::size_t resolve_dead_for_drain() {
+  std::size_t resolve_dead_for_drain(const std::vector<fs::path>& among) {
     std::size_t left = 0;
-    for (const auto& row : dead_rows()) {
+    for (const auto& row : dead_rows(&among)) {
       if (row.poison && !row.holds_back) continue;
       ++left;
       operator_command(row.poison || std::uniform_int_distribution<int>(0, 1)(random_) == 0, row);
@@ -1870,10 +2007,10 @@ class Run {
 
   void operator_command(bool drop, const DeadRow& row) {
     const auto& msg_id = row.msg_id;
-    if (!drop && !row.poison) strip_padding(msg_id);
+    if (!drop && !row.poison) strip_padding(row.db, msg_id);
     auto result = test_support::run(
         settings_.relay_binary,
-        {drop ? "drop" : "replay", "--db", app_db_.string(), "--msg-id", msg_id}, 30s);
+        {drop ? "drop" : "replay", "--db", row.db.string(), "--msg-id", msg_id}, 30s);
     append_file(dir_ / "logs" / "operator.log", std::string(drop ? "drop " : "replay ") + msg_id +
                                                     ": " + describe(result.status) + "\n" +
                                                     result.out + result.err);
@@ -1887,11 +2024,11 @@ class Run {
     if (!drop && row.poison) ++replayed_poison_;
   }
 
-  void strip_padding(const std::string& msg_id) {
+  void strip_padding(const fs::path& app_db, const std::string& msg_id) {
     sqlite3* db = nullptr;
-    int rc = sqlite3_open_v2(app_db_.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr);
+    int rc = sqlite3_open_v2(app_db.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr);
     std::unique_ptr<sqlite3, int (*)(sqlite3*)> guard(db, sqlite3_close);
-    if (rc != SQLITE_OK) throw HarnessError("cannot open " + app_db_.string() + " to repair it");
+    if (rc != SQLITE_OK) throw HarnessError("cannot open " + app_db.string() + " to repair it");
     sqlite3_busy_timeout(db, 10000);
     sqlite3_stmt* update = nullptr;
     rc =
@@ -1999,29 +2136,41 @@ class Run {
         duplicates_reported_ += duplicates;
       }
     }
-    // The relay delivers everything.
-    outbox::RelayOptions options;
-    options.read_only = true;
-    auto store = outbox::RelayStore::open(app_db_, options);
+    // The relays deliver everything. A database with nothing pending and
+    // nothing dead stays so (the producers stopped): it is not read again.
+    std::vector<fs::path> undrained = app_dbs_;
+    std::int64_t pending = 0, dead = 0;
     if (!test_support::wait_until(
             [&] {
               tend(true);
-              auto stats = store.stats();
+              pending = dead = 0;
+              std::vector<fs::path> with_dead, still;
+              for (const auto& app_db : undrained) {
+                outbox::RelayOptions options;
+                options.read_only = true;
+                auto stats = outbox::RelayStore::open(app_db, options).stats();
+                pending += stats.pending;
+                dead += stats.dead;
+                if (stats.dead > 0) with_dead.push_back(app_db);
+                if (stats.pending > 0 || stats.dead > 0) still.push_back(app_db);
+              }
+              undrained = std::move(still);
               std::size_t need_operator = 0;
-              if (stats.dead > 0 && !jetstream()) need_operator = resolve_dead_for_drain();
-              return stats.pending == 0 && need_operator == 0;
+              if (!with_dead.empty() && !jetstream()) {
+                need_operator = resolve_dead_for_drain(with_dead);
+              }
+              return pending == 0 && need_operator == 0;
             },
             left(), 20ms)) {
-      auto stats = store.stats();
-      say("the outbox did not drain: pending " + std::to_string(stats.pending) + ", dead " +
-          std::to_string(stats.dead));
+      say("the outbox did not drain: pending " + std::to_string(pending) + ", dead " +
+          std::to_string(dead) + " (" + std::to_string(undrained.size()) + " databases)");
       return false;
     }
     if (!consumer_) return true;  // --sink jetstream built without examples/jetstream_consumer
     // The consumers apply everything the broker has (in JetStream mode every
     // outbox row: nothing is dropped there, and the outbox drained).
     std::vector<BrokerCopy> copies;
-    if (!jetstream()) copies = fetch_everything(broker_endpoint_, broker_topics(app_db_));
+    if (!jetstream()) copies = fetch_everything(broker_endpoint_, broker_topics(app_dbs_));
     long stored = jetstream() ? outbox_rows() : static_cast<long>(copies.size());
     say("outbox drained; waiting for the consumer to apply " + std::to_string(stored) +
         " messages");
@@ -2084,6 +2233,9 @@ class Run {
   std::mt19937_64 random_;
   fs::path dir_, app_db_, broker_db_, consumer_db_, proxy_stats_, consumer_proxy_stats_,
       relay_cutter_stats_, consumer_cutter_stats_;
+  // Every outbox database: app.db alone, or the tenant databases in tenant_dir_.
+  std::vector<fs::path> app_dbs_;
+  fs::path tenant_dir_;
   std::string broker_endpoint_, proxy_endpoint_, consumer_proxy_endpoint_;
   std::string relay_entry_, consumer_entry_;  // where relays and consumer connect
   SmallDisk* disk_;
@@ -2122,6 +2274,7 @@ int usage(const std::string& message) {
   std::fprintf(stderr, "outbox-faults: %s\n", message.c_str());
   std::fprintf(stderr,
                "usage: outbox-faults [--seed N] [--faults N | --duration 10m] [--producers 3]\n"
+               "                     [--databases N]\n"
                "                     [--rate 100] [--keys 12] [--drain-timeout 180s]\n"
                "                     [--max-load-time 10m] [--proxy-rate 1.0] [--hostile-order]\n"
                "                     [--cut-every 2K-400K|off] [--freeze 0.05]\n"
@@ -2157,6 +2310,8 @@ int main(int argc, char** argv) {
         settings.max_load_time = parse_duration(value());
       else if (flag == "--producers")
         settings.producers = std::stoi(value());
+      else if (flag == "--databases")
+        settings.databases = std::stoi(value());
       else if (flag == "--rate")
         settings.rate = std::stod(value());
       else if (flag == "--keys")
@@ -2212,6 +2367,12 @@ int main(int argc, char** argv) {
   if (settings.consumer_max_ack_pending < 1 || settings.consumer_max_ack_pending > 10000) {
     return usage("--consumer-max-ack-pending is 1 to 10000");
   }
+  if (settings.databases < 0 || settings.databases > 100000) {
+    return usage("--databases is 0 (one database) to 100000");
+  }
+  if (settings.databases > 0 && (settings.sink != "broker" || settings.inbox != "sqlite")) {
+    return usage("--databases runs with --sink broker and --inbox sqlite only");
+  }
   if (settings.sink != "broker" && settings.sink != "jetstream") {
     return usage("--sink is broker or jetstream");
   }
@@ -2253,7 +2414,7 @@ int main(int argc, char** argv) {
                static_cast<unsigned long long>(settings.seed), settings.work_dir.c_str());
   // Declared after the work dir, so unmounted before it is removed.
   std::unique_ptr<SmallDisk> disk;
-  if (settings.full_disk && settings.sink == "broker") {
+  if (settings.full_disk && settings.sink == "broker" && settings.databases == 0) {
     disk = std::make_unique<SmallDisk>(settings.work_dir / "disk", settings.disk_bytes);
     if (disk->mounted()) {
       std::fprintf(stderr,

@@ -1,11 +1,15 @@
 // A producer for the fault suite: an application process that commits
 // business rows and their messages in one transaction, until SIGTERM.
 //
-//   faults_producer --db APP.DB --name P1 --seed N [--rate 150] [--keys 16]
-//                   [--oversize-rate 0]
+//   faults_producer --db APP.DB [--db TENANT2.DB ...] --name P1 --seed N
+//                   [--rate 150] [--keys 16] [--oversize-rate 0]
+//                   [--ids snowflake|uuid_v7]
 //
 // Each transaction inserts one row into `business` (msg_id, producer, topic,
 // partition key) and enqueues its message on topic "orders" or "payments".
+// Given several databases (tenants forwarded together by one relay), each
+// transaction goes to one of them drawn at random, and `--ids uuid_v7` makes
+// the generated msg_ids unique across them (docs/operations.md).
 // About one in ten transactions is rolled back on purpose. Some messages carry
 // a business event id as msg_id instead of a generated one; a few of those are
 // enqueued twice in the same transaction, and a few later transactions retry
@@ -34,6 +38,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -96,20 +101,25 @@ struct Statement {
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto flags =
-      faults::Flags::parse(argc, argv, "faults_producer",
-                           {"--db", "--name", "--seed", "--rate", "--keys", "--oversize-rate"});
+  auto flags = faults::Flags::parse(
+      argc, argv, "faults_producer",
+      {"--db", "--name", "--seed", "--rate", "--keys", "--oversize-rate", "--ids"});
   if (!flags) return 2;
-  const std::string db_path = flags->text("--db"), name = flags->text("--name", "producer");
+  const auto db_paths = flags->all("--db");
+  const std::string name = flags->text("--name", "producer"),
+                    ids = flags->text("--ids", "snowflake");
   const auto seed = std::stoull(flags->text("--seed", "1"));
   const double rate = flags->number("--rate", 150),
                oversize_rate = flags->number("--oversize-rate", 0);
   const int keys = static_cast<int>(flags->number("--keys", 16));
-  if (db_path.empty() || keys < 1 || rate <= 0) {
+  if (db_paths.empty() || keys < 1 || rate <= 0 || (ids != "snowflake" && ids != "uuid_v7")) {
     std::fprintf(stderr,
-                 "usage: faults_producer --db APP.DB --name P --seed N [--rate R] [--keys K]\n");
+                 "usage: faults_producer --db APP.DB [--db ...] --name P --seed N [--rate R] "
+                 "[--keys K] [--ids snowflake|uuid_v7]\n");
     return 2;
   }
+  outbox::Options options;
+  options.id_kind = ids == "uuid_v7" ? outbox::IdKind::uuid_v7 : outbox::IdKind::snowflake;
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGINT, on_stop_signal);
 
@@ -119,26 +129,35 @@ int main(int argc, char** argv) {
   const std::string incarnation = name + "-" + std::to_string(::getpid());
   long committed = 0, rolled_back = 0, duplicates_reported = 0, busy_retries = 0, full_retries = 0;
   int failing = 0;  // SQLite code of the current series of disk failures, 0: none
-  std::vector<outbox::Message> committed_events;  // for business retries
 
   try {
-    auto box = [&] {
-      try {
-        return retrying([&] { return outbox::Outbox::open(db_path); });
-      } catch (const outbox::Error& error) {
-        throw outbox::Error(std::string("opening the outbox: ") + error.what(),
-                            error.extended_code());
-      }
-    }();
-    retrying([&] {
-      exec(box.db(),
-           "CREATE TABLE IF NOT EXISTS business("
-           " id INTEGER PRIMARY KEY, msg_id TEXT NOT NULL, producer TEXT NOT NULL,"
-           " topic TEXT NOT NULL, partition_key TEXT NOT NULL)");
-    });
-    Statement insert(
-        box.db(),
-        "INSERT INTO business(msg_id, producer, topic, partition_key) VALUES (?1, ?2, ?3, ?4)");
+    // One outbox (and its business table and statement) per database.
+    struct Tenant {
+      outbox::Outbox box;
+      std::unique_ptr<Statement> insert;
+      std::vector<outbox::Message> committed_events;  // for business retries
+    };
+    std::vector<Tenant> tenants;
+    for (const auto& db_path : db_paths) {
+      auto box = [&] {
+        try {
+          return retrying([&] { return outbox::Outbox::open(db_path, options); });
+        } catch (const outbox::Error& error) {
+          throw outbox::Error("opening the outbox " + db_path + ": " + error.what(),
+                              error.extended_code());
+        }
+      }();
+      retrying([&] {
+        exec(box.db(),
+             "CREATE TABLE IF NOT EXISTS business("
+             " id INTEGER PRIMARY KEY, msg_id TEXT NOT NULL, producer TEXT NOT NULL,"
+             " topic TEXT NOT NULL, partition_key TEXT NOT NULL)");
+      });
+      auto insert = std::make_unique<Statement>(
+          box.db(),
+          "INSERT INTO business(msg_id, producer, topic, partition_key) VALUES (?1, ?2, ?3, ?4)");
+      tenants.push_back({std::move(box), std::move(insert), {}});
+    }
     auto pace = std::chrono::duration<double>(1.0 / rate);
     auto next = std::chrono::steady_clock::now();
     for (long n = 1; !stop_requested.load(); ++n) {
@@ -146,6 +165,11 @@ int main(int argc, char** argv) {
       next += std::chrono::duration_cast<std::chrono::steady_clock::duration>(pace);
       std::this_thread::sleep_until(next);
 
+      auto& tenant =
+          tenants[std::uniform_int_distribution<std::size_t>(0, tenants.size() - 1)(random)];
+      auto& box = tenant.box;
+      auto& committed_events = tenant.committed_events;
+      auto& insert = *tenant.insert;
       outbox::Message message;
       message.topic = chance(0.5) ? "orders" : "payments";
       message.key = "k" + std::to_string(std::uniform_int_distribution<int>(0, keys - 1)(random));

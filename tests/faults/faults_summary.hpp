@@ -49,4 +49,13 @@ inline void check_summary(const test_support::RunResult& result, long min_faults
   CHECK(result.status.code == 0);
 }
 
+// The value of `name`=N in the summary line, -1 when it is not there.
+inline long summary_field(const test_support::RunResult& result, const std::string& name) {
+  auto lines = test_support::lines(result.out);
+  if (lines.empty()) return -1;
+  auto at = (" " + lines.back()).find(" " + name + "=");
+  if (at == std::string::npos) return -1;
+  return std::atol(lines.back().c_str() + at + name.size() + 1);
+}
+
 }  // namespace faults_test
