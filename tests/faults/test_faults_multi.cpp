@@ -9,11 +9,13 @@
 
 using namespace std::chrono_literals;
 
-TEST_CASE("many databases on two relays stay exactly-once under 100+ injected faults", "[faults]") {
-  auto args = faults_test::with_seed({"--databases", "40", "--faults", "200", "--max-load-time",
-                                      "120s", "--drain-timeout", "90s"});
+TEST_CASE("many databases on two relays stay exactly-once under 200+ injected faults", "[faults]") {
+  // Bounded by time: 45 s of load make 800-900 faults here, most of them in
+  // the network, 100-150 kills, pauses and stops of processes.
+  auto args =
+      faults_test::with_seed({"--databases", "40", "--duration", "45s", "--drain-timeout", "90s"});
   auto result = test_support::run(OUTBOX_BIN_OUTBOX_FAULTS, args, 285s);
-  faults_test::check_summary(result, 100);
+  faults_test::check_summary(result, 200);
   // The standby path ran: some database's lease went to the other relay.
   CHECK(faults_test::summary_field(result, "takeovers") > 0);
 }
