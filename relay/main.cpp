@@ -720,7 +720,7 @@ int main(int argc, char** argv) {
                            "How often to log a one-line summary while there is traffic");
   cli::add_duration_option(run_cmd, "--drain-timeout", run.drain_timeout,
                            "On SIGINT/SIGTERM, how long to wait for in-flight acknowledgements "
-                           "(0: do not wait)",
+                           "(0: do not wait; with --db-dir, for all databases together)",
                            cli::at_least(0ms));
   run_cmd->add_option("--curve-server-public-key-file", run.curve_server_public_key_file,
                       "Broker's CURVE public key (Z85), enables encryption");

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <vector>
@@ -217,11 +218,18 @@ struct MultiRelay::Impl {
     database.backlog_read_at = at;
   }
 
-  void close(Database& database, bool finish) {
+  // With `finish`, waits for what is in flight until `deadline` (default:
+  // one drain timeout from now) and releases the lease.
+  void close(Database& database, bool finish,
+             std::optional<SteadyClock::time_point> deadline = std::nullopt) {
     if (!database.relay) return;
     if (finish) {
       try {
-        database.relay->finish();
+        if (deadline) {
+          database.relay->finish(*deadline);
+        } else {
+          database.relay->finish();
+        }
       } catch (const std::exception& error) {
         metrics::log(*log, spdlog::level::warn, {{"database", database.name()}},
                      "database {}: could not finish cleanly ({}); its lease lapses by itself",
@@ -532,7 +540,11 @@ struct MultiRelay::Impl {
       publish_counters(false);
       if (!busy) await(next);
     }
-    for (auto& [name, database] : databases) close(database, true);
+    // One drain timeout for all of them, not one each: the databases'
+    // replies keep arriving while the first ones wait, and a reply that never
+    // comes (a connection that went silent) costs the timeout once.
+    const auto deadline = SteadyClock::now() + config.relay.drain_timeout;
+    for (auto& [name, database] : databases) close(database, true, deadline);
     publish_counters(true);
   }
 };

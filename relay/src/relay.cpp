@@ -1037,11 +1037,11 @@ struct Relay::Impl {
     wait_or_step(delay);
   }
 
-  void drain_and_release() {
-    auto deadline = SteadyClock::now() + config.drain_timeout;
+  void drain_and_release() { drain_and_release(SteadyClock::now() + config.drain_timeout); }
+  void drain_and_release(SteadyClock::time_point deadline) {
     if (!in_flight.empty() && session_open) {
-      log->info("stopping: waiting up to {} ms for {} batches in flight",
-                config.drain_timeout.count(), in_flight.size());
+      log->info("stopping: waiting up to {} ms for {} batches in flight", until(deadline).count(),
+                in_flight.size());
     }
     try {
       while (!in_flight.empty() && session_open && lease && SteadyClock::now() < deadline) {
@@ -1201,6 +1201,10 @@ StepResult Relay::step() {
 
 void Relay::finish() {
   impl_->drain_and_release();
+}
+
+void Relay::finish(SteadyClock::time_point deadline) {
+  impl_->drain_and_release(deadline);
 }
 
 bool Relay::holds_lease() const noexcept {

@@ -1757,7 +1757,10 @@ class Run {
       choices = {
           {"relay_kill9", 28, relay, SIGKILL},
           {"relay_term", 10, relay, SIGTERM},
-          {"relay_pause", 6, relay, SIGSTOP},
+          // On a directory of databases a pause is what makes the other relay
+          // take over database by database while the paused one still
+          // believes it holds them: more of them there.
+          {"relay_pause", multi() ? 18 : 6, relay, SIGSTOP},
           {"broker_pause", 4, broker_.get(), SIGSTOP},
           {"broker_kill9", 20, broker_.get(), SIGKILL},
           {"broker_term", 8, broker_.get(), SIGTERM},

@@ -3,12 +3,15 @@
 // runs; two processes share a directory and one takes over from the other.
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "cutting_proxy.hpp"
 #include "relay_harness.hpp"
 
 using namespace relay_test;
@@ -204,4 +207,48 @@ TEST_CASE("a database with one message is not held back by another's large backl
   auto status = relay->stop();
   INFO(relay->log());
   CHECK(status.code == 0);
+}
+
+TEST_CASE("stopping a directory relay waits one drain timeout in all and not one per database",
+          "[integration]") {
+  TenantDirectory setup("relay-multi-stop");
+  auto& [dir, tenants_dir, broker] = setup;
+  // A plain forwarder between relay and broker: it keeps the relay's
+  // connection alive (ZMTP heartbeats answered) while the broker behind it is
+  // stopped, so batches go out and no acknowledgement comes back.
+  broker_test::CuttingProxy forwarder(dir.path(), broker.endpoint(), {"--faults-off"});
+  constexpr int kTenants = 8;
+  auto tenants = make_tenants(tenants_dir, kTenants);
+  for (auto& tenant : tenants) tenant->writer.commit(1);
+  auto relay = RelayProcess::for_directory(
+      dir.path(), tenants_dir, forwarder.endpoint(),
+      {"--connections", "1", "--drain-timeout", "2s", "--ack-timeout", "60s", "--lease", "30s"});
+  REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
+
+  broker.process().signal(SIGSTOP);
+  struct Continue {
+    test_support::ChildProcess& process;
+    ~Continue() { process.signal(SIGCONT); }
+  } continue_broker{broker.process()};
+  const auto sent_before = forwarder.counts()["forwarded_up"];
+  for (auto& tenant : tenants) tenant->writer.commit(1);
+  // Every database's batch is on its way to the stopped broker.
+  REQUIRE(test_support::wait_until(
+      [&] { return forwarder.counts()["forwarded_up"] >= sent_before + kTenants; }, 60s));
+  const auto stopping = std::chrono::steady_clock::now();
+  const auto status = relay->stop();
+  const auto took = std::chrono::steady_clock::now() - stopping;
+  INFO(relay->log());
+  CHECK(status.code == 0);
+  // A bound, not a speed: one drain timeout (2 s) for all the databases
+  // together, where waiting one each took 8 x 2 s.
+  CHECK(took < std::chrono::seconds(8));
+
+  // Nothing is lost: the next relay sends the unacknowledged batches again.
+  broker.process().signal(SIGCONT);
+  auto again = RelayProcess::for_directory(dir.path(), tenants_dir, broker.endpoint(),
+                                           {"--connections", "1"});
+  REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
+  CHECK(again->stop().code == 0);
+  check_exactly_once_in_order(fetch_all(broker.endpoint()), committed(tenants));
 }

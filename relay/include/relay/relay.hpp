@@ -159,8 +159,12 @@ class Relay {
   // caller watches for them). Errors as for run(). finish() then waits up to
   // drain_timeout for what is in flight, records it and releases the lease,
   // as run() does when stopped. Use either run() or step()/finish().
+  // finish(deadline) waits until `deadline` instead: a program finishing
+  // many relays one after another gives them all one deadline, so that
+  // stopping takes one drain_timeout, not one per relay.
   StepResult step();
   void finish();
+  void finish(std::chrono::steady_clock::time_point deadline);
   bool holds_lease() const noexcept;
   // The name this instance holds (or waits for) the lease under.
   const std::string& lease_holder() const noexcept;
