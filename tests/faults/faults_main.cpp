@@ -1478,15 +1478,17 @@ class Run {
   }
 
   void start_producers_and_relays() {
-    // With several databases, producer i writes to databases i, i + P, i + 2P, ...
+    // One database: every producer writes to it. Several: producer i writes
+    // to databases i, i + P, i + 2P, ...
     const int producers =
         multi() ? std::min(settings_.producers, settings_.databases) : settings_.producers;
     for (int i = 0; i < producers; ++i) {
       auto name = "producer-" + std::to_string(i + 1);
       auto seed = settings_.seed * 1000003u + static_cast<std::uint64_t>(i);
       std::vector<std::string> args;
-      for (auto db = static_cast<std::size_t>(i); db < app_dbs_.size();
-           db += static_cast<std::size_t>(producers)) {
+      const auto first = multi() ? static_cast<std::size_t>(i) : 0;
+      const auto step = multi() ? static_cast<std::size_t>(producers) : 1;
+      for (auto db = first; db < app_dbs_.size(); db += step) {
         args.push_back("--db");
         args.push_back(app_dbs_[db].string());
       }
