@@ -249,6 +249,11 @@ TEST_CASE("stopping a directory relay waits one drain timeout in all and not one
   auto again = RelayProcess::for_directory(dir.path(), tenants_dir, broker.endpoint(),
                                            {"--connections", "1"});
   REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
+  // The broker may have stored the batches on its own once continued: stop
+  // the relay only once it is running (its SIGTERM handler installed).
+  REQUIRE(test_support::wait_until(
+      [&] { return again->log().find("forwarding the outbox databases") != std::string::npos; },
+      60s));
   CHECK(again->stop().code == 0);
   check_exactly_once_in_order(fetch_all(broker.endpoint()), committed(tenants));
 }
