@@ -715,18 +715,36 @@ struct Server::Impl {
     return &found->second;
   }
 
-  // Every path that ends a session comes here: HELLO replacing it, eviction
-  // of the oldest, RESUME by the next session; its retained ACKs go with it.
+  // Every path that ends a session comes here: HELLO replacing it, a newer
+  // session of its origin, eviction of the oldest, RESUME by the next
+  // session; its retained ACKs go with it.
   void erase_session(std::uint64_t id) {
     auto found = sessions.find(id);
     if (found == sessions.end()) return;
     retained_ack_bytes -= found->second.retained_ack_bytes;
-    auto peer = peer_sessions.find(found->second.routing_id);
-    if (peer != peer_sessions.end()) {
-      std::erase(peer->second, id);
-      if (peer->second.empty()) peer_sessions.erase(peer);
-    }
+    auto forget = [id](auto& index, const std::string& key) {
+      auto entry = index.find(key);
+      if (entry == index.end()) return;
+      std::erase(entry->second, id);
+      if (entry->second.empty()) index.erase(entry);
+    };
+    forget(peer_sessions, found->second.routing_id);
+    if (!found->second.origin.empty()) forget(origin_sessions, found->second.origin);
     sessions.erase(found);
+  }
+
+  // A new session of an origin ends every earlier one of that origin, on any
+  // connection, but the latest: a RESUME from the new session may still ask
+  // about that one (its connection broke), or it is a relay's live session
+  // that a HELLO with a newer epoch fences (its next PUBLISH is answered
+  // stale_epoch, not no_session). Without this, the sessions of broken
+  // connections and of databases a relay closed and opened again would stay
+  // until evicted as the least recently active under the session maximum.
+  void end_older_sessions(const std::string& origin) {
+    auto entry = origin_sessions.find(origin);
+    if (entry == origin_sessions.end() || entry->second.size() < 2) return;
+    std::vector<std::uint64_t> older(entry->second.begin(), entry->second.end() - 1);
+    for (auto id : older) erase_session(id);
   }
 
   // What a HELLO replaces: with "one of several", the connection's session
@@ -1051,6 +1069,10 @@ struct Server::Impl {
     session.origin = hello.origin;
     session.epoch = hello.epoch;
     peer_sessions[routing_id].push_back(id);
+    if (!hello.origin.empty()) {
+      end_older_sessions(hello.origin);
+      origin_sessions[hello.origin].push_back(id);
+    }
     ++counters.sessions_opened;
     if (hello.origin.empty()) {
       metrics::log(
@@ -1544,6 +1566,9 @@ struct Server::Impl {
   std::unordered_map<std::uint64_t, Session> sessions;  // by session id
   // The session ids of each connection that has any, in opening order.
   std::unordered_map<std::string, std::vector<std::uint64_t>> peer_sessions;
+  // The session ids of each origin that has any, in opening order (at most two
+  // each: see end_older_sessions).
+  std::unordered_map<std::string, std::vector<std::uint64_t>> origin_sessions;
   std::size_t retained_ack_bytes = 0;  // Session::retained_acks of all sessions
   std::uint64_t next_session_id = 0;
   std::vector<PendingBatch> pending;

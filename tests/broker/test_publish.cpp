@@ -557,6 +557,66 @@ TEST_CASE(
   CHECK(broker.stop().code == 0);
 }
 
+TEST_CASE(
+    "a new session of an origin ends its older ones on any connection but the latest, and their "
+    "retained ACKs with them") {
+  test_support::TempDir dir("broker-origin-sessions");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  auto open = [](broker::Client& client, const std::string& origin) {
+    auto welcome = client.hello(wire::Hello{"relay", wire::kHelloOneOfSeveral, origin, 1}, 20s);
+    REQUIRE(welcome.ok());
+    return welcome->session_id;
+  };
+  auto stat = [&](const std::string& name) {
+    broker::Client tool(broker.endpoint());
+    auto stats = tool.stats(20s);
+    REQUIRE(stats.ok());
+    return counter(*stats, name);
+  };
+  // Each connection stands for one a relay used and lost (or a database it
+  // closed and opened again on another connection).
+  broker::Client first(broker.endpoint()), second(broker.endpoint()), third(broker.endpoint());
+  broker::Client other(broker.endpoint());
+  const auto other_session = open(other, "db-other");
+  const auto first_session = open(first, "db-a");
+  REQUIRE(first.publish(first_session, 1, std::vector{message("a-1", "x", "t", "db-a")}, 20s).ok());
+  const auto kept = stat("retained_ack_bytes");
+  CHECK(kept > 0);
+
+  // The second session keeps the first: a RESUME from it may ask about that one.
+  const auto second_session = open(second, "db-a");
+  CHECK(stat("sessions_active") == 3);
+  CHECK(stat("retained_ack_bytes") == kept);
+
+  // The third ends the first (and its ACKs), and keeps the second.
+  const auto third_session = open(third, "db-a");
+  CHECK(stat("sessions_active") == 3);
+  CHECK(stat("retained_ack_bytes") == 0);
+  auto ended = first.publish(first_session, 2, std::vector{message("a-2", "x", "t", "db-a")}, 20s);
+  REQUIRE_FALSE(ended.ok());
+  CHECK(ended.error().code == wire::ErrorCode::no_session);
+  REQUIRE(
+      second.publish(second_session, 1, std::vector{message("a-2", "x", "t", "db-a")}, 20s).ok());
+  CHECK(stat("retained_ack_bytes") > 0);
+
+  // RESUME of the kept one works and ends it.
+  REQUIRE(third.send_resume(second_session, 1));
+  auto resumed = third.receive(20s);
+  REQUIRE(resumed.has_value());
+  REQUIRE(resumed->ok());
+  auto* answer = std::get_if<wire::Resumed>(&resumed->value());
+  REQUIRE(answer != nullptr);
+  CHECK(answer->acks.size() == 1);
+  CHECK(stat("sessions_active") == 2);
+  CHECK(stat("retained_ack_bytes") == 0);
+
+  // The other origin's session was never touched.
+  CHECK(
+      other.publish(other_session, 1, std::vector{message("o-1", "x", "t", "db-other")}, 20s).ok());
+  CHECK(third.publish(third_session, 1, std::vector{message("a-3", "x", "t", "db-a")}, 20s).ok());
+  CHECK(broker.stop().code == 0);
+}
+
 TEST_CASE("a version 1 client is told, in a version 1 frame, which version the broker speaks") {
   test_support::TempDir dir("broker-version");
   BrokerProcess broker(dir.path(), dir / "broker.db");

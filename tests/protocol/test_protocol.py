@@ -41,8 +41,8 @@ class BrokerTest(unittest.TestCase):
             self.assertEqual(body["request_id"], request_id)
         return body
 
-    def publish_ok(self, session, batch_id, messages):
-        command, ack = self.conn.publish(session, batch_id, messages)
+    def publish_ok(self, session, batch_id, messages, conn=None):
+        command, ack = (conn or self.conn).publish(session, batch_id, messages)
         self.assertEqual(command, obx.ACK, "PUBLISH answered %r" % (ack,))
         self.assertEqual(ack["batch_id"], batch_id)
         self.assertEqual(len(ack["entries"]), len(messages))
@@ -212,6 +212,23 @@ class TestSeveralSessions(BrokerTest):
         self.expect_error(self.conn.receive(), "stale_epoch", 0)
         self.publish_ok(b, 1, [obx.message("mst-2", "mstale", "x")])
         self.assertEqual([m["msg_id"] for m in self.fetch_all("mstale")], [b"mst-2"])
+
+    def test_a_new_session_of_an_origin_ends_the_older_ones_but_the_latest(self):
+        origin = self.origin("older")
+        conns = []
+        for _ in range(3):
+            conn = self.broker.connect()
+            self.addCleanup(conn.close)
+            conns.append(conn)
+        first = self.several(origin, conn=conns[0])
+        second = self.several(origin, conn=conns[1])
+        # The second keeps the first (a RESUME may ask about it); the third ends it.
+        self.publish_ok(first, 1, [obx.message("mo-1", "molder", "x")], conn=conns[0])
+        third = self.several(origin, conn=conns[2])
+        self.expect_error(conns[0].publish(first, 2, [obx.message("mo-2", "molder", "x")]),
+                          "no_session", 2)
+        self.publish_ok(second, 1, [obx.message("mo-2", "molder", "x")], conn=conns[1])
+        self.publish_ok(third, 1, [obx.message("mo-3", "molder", "x")], conn=conns[2])
 
     def test_resume_works_session_by_session(self):
         origin_a, origin_b = self.origin("resume-a"), self.origin("resume-b")
