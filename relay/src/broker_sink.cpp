@@ -452,6 +452,10 @@ class SharedChannel final : public Sink {
     return send_hello();
   }
 
+  bool session_answered() const override {
+    return state_.hello_token == 0 || state_.hello_answer.has_value();
+  }
+
   std::optional<std::string> open_session(std::chrono::milliseconds timeout) override {
     auto& connection = *connection_;
     state_.session_id = 0;

@@ -20,6 +20,7 @@
 #include <zmq.hpp>
 
 #include "metrics/log_fields.hpp"
+#include "snowflake_warning.hpp"
 
 namespace relay {
 namespace {
@@ -129,6 +130,9 @@ struct MultiRelay::Impl {
     std::uint32_t slot = 0;  // on its connection, while open
     std::size_t connection = 0;
     std::unique_ptr<outbox::RelayStore> store;
+    // Its session on the shared connection; `sink` is the channel behind the
+    // check of the msg_ids it sends (snowflake_warning.hpp).
+    std::unique_ptr<Sink> channel;
     std::unique_ptr<Sink> sink;
     std::unique_ptr<Relay> relay;  // with store and sink: the database is open
     bool due = true;               // an event says: look at it in the next round
@@ -137,6 +141,8 @@ struct MultiRelay::Impl {
     StepResult::State state = StepResult::State::idle;
     std::string last_problem;       // logged once until it changes
     RelayCounters closed_counters;  // of this database's relays closed before
+    // Once per database, not once per relay it is opened with.
+    bool warned_snowflake_ids = false;
     // Its backlog as last read (config.backlog_interval), and when.
     std::optional<outbox::Backlog> backlog;
     SteadyClock::time_point backlog_read_at{};
@@ -240,6 +246,7 @@ struct MultiRelay::Impl {
     database.closed_counters += database.relay->counters();
     database.relay.reset();
     database.sink.reset();
+    database.channel.reset();
     database.store.reset();
     --open_count;
   }
@@ -386,7 +393,10 @@ struct MultiRelay::Impl {
     // reach the next relay of the database, whose batch ids start at 1 again.
     database.slot = next_slot++;
     database.connection = database.slot % connections.size();
-    database.sink = connections[database.connection]->channel(database.slot);
+    database.channel = connections[database.connection]->channel(database.slot);
+    database.sink = std::make_unique<SnowflakeWarningSink>(*database.channel, relay_config.logger,
+                                                           database.path.string(),
+                                                           database.warned_snowflake_ids);
     database.relay = std::make_unique<Relay>(*database.store, *database.sink, relay_config);
     database.last_busy = now;
     database.state = StepResult::State::busy;  // not to be closed before its first step

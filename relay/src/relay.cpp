@@ -166,6 +166,9 @@ struct Relay::Impl {
   bool in_doubt = false;
   bool resuming = false;
   bool session_prepared = false;  // step(): the sink is opening the next session
+  // step(): until when the answer to prepare_session() is awaited without
+  // calling open_session() (which would wait for it).
+  SteadyClock::time_point session_answer_by{};
   std::deque<InFlight> in_flight;
   std::vector<outbox::Outcome> settled;     // handled, not yet recorded
   SteadyClock::time_point settled_since{};  // when `settled` got its first outcome
@@ -565,10 +568,18 @@ struct Relay::Impl {
       // Come back when the destination has answered (or the connect
       // timeout passed): other relays stepped meanwhile open theirs too.
       session_prepared = true;
+      session_answer_by = SteadyClock::time_point{};
       if (sink.prepare_session()) {
-        wait_or_step(config.connect_timeout);
+        session_answer_by = now + config.connect_timeout;
+        wait_or_step(std::min(config.connect_timeout, config.lease_ttl / 4));
         return false;
       }
+    }
+    if (stepping && now < session_answer_by && !sink.session_answered()) {
+      // Stepped early (a commit, the lease): open_session() would wait for
+      // the answer, and every other relay stepped on this thread with it.
+      wait_or_step(std::min(until(session_answer_by), config.lease_ttl / 4));
+      return false;
     }
     if (auto error = sink.open_session(config.connect_timeout)) {
       record_settled();  // waiting anyway

@@ -72,7 +72,8 @@ class BrokerSink final : public Sink {
 // in the high 32 bits (the relay's own ids stay below 2^32); WELCOMEs and
 // refused HELLOs by the order of the HELLOs, each HELLO followed by a PING
 // whose PONG fences its answer. prepare_session() sends the HELLO without
-// waiting, so that many channels' handshakes are in flight together. A
+// waiting, so that many channels' handshakes are in flight together, and
+// session_answered() says when open_session() would no longer wait for it. A
 // channel's poll() reads the connection and keeps what belongs to the other
 // channels for them; pump() does the same for a caller that waits on
 // socket_handle() itself. A broken

@@ -163,6 +163,14 @@ class Sink {
   // False when the sink cannot (the default): open_session() does it all.
   virtual bool prepare_session() { return false; }
 
+  // After prepare_session() returned true: whether the destination has
+  // answered (or the attempt failed), so that open_session() returns
+  // without waiting. A caller stepping many relays on one thread asks this
+  // first and looks again later rather than wait in open_session(), which
+  // would hold up every other relay while the destination is away. True by
+  // default (a sink that prepares nothing never waits for an answer).
+  virtual bool session_answered() const { return true; }
+
   // Queues a batch on the open session without waiting for its outcome.
   // False if the sink cannot take it now (queue full); nothing was sent.
   virtual bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) = 0;
