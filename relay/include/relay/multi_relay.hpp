@@ -22,6 +22,12 @@
 //   backlog does not hold back one with a single message.
 // - Carries every database's session over `connections` broker connections
 //   (SharedBrokerConnection); a database keeps its connection while open.
+//   A database whose HELLO is not answered yet (the broker is down or not
+//   started) holds up no other: it is looked at again when the answer
+//   comes or the connect timeout has passed.
+// - Warns once per database that sends a msg_id shaped like a snowflake id
+//   (unique per database only; databases forwarded together use UUID v7,
+//   docs/operations.md).
 // - Keeps at most max_open_databases open (three descriptors each): beyond
 //   it the least recently busy idle or standby database is closed. A
 //   database idle for idle_release gives its lease up and is closed; its
