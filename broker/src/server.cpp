@@ -733,18 +733,32 @@ struct Server::Impl {
     sessions.erase(found);
   }
 
-  // A new session of an origin ends every earlier one of that origin, on any
-  // connection, but the latest: a RESUME from the new session may still ask
-  // about that one (its connection broke), or it is a relay's live session
-  // that a HELLO with a newer epoch fences (its next PUBLISH is answered
-  // stale_epoch, not no_session). Without this, the sessions of broken
-  // connections and of databases a relay closed and opened again would stay
-  // until evicted as the least recently active under the session maximum.
-  void end_older_sessions(const std::string& origin) {
+  // A new session of an origin ends the earlier ones of that origin, on any
+  // connection, but two: the latest of its own lease epoch (a RESUME from the
+  // new session may still ask about it, or it is the relay's live session
+  // next to which it opened a spare), and the latest of an older epoch that
+  // published, else the latest of an older epoch (its relay, if still
+  // running, learns from stale_epoch that it lost the lease). Without this, the sessions of broken
+  // connections and of databases a relay closed and opened again would stay until evicted as the
+  // least recently active under the session maximum.
+  void end_older_sessions(const std::string& origin, std::uint64_t epoch) {
     auto entry = origin_sessions.find(origin);
-    if (entry == origin_sessions.end() || entry->second.size() < 2) return;
-    std::vector<std::uint64_t> older(entry->second.begin(), entry->second.end() - 1);
-    for (auto id : older) erase_session(id);
+    if (entry == origin_sessions.end()) return;
+    std::uint64_t keep_same = 0, keep_older = 0;
+    bool older_published = false;
+    for (auto id : entry->second) {
+      const Session& session = sessions.at(id);
+      if (session.epoch == epoch) keep_same = id;
+      if (session.epoch < epoch && (session.has_batch || !older_published)) {
+        keep_older = id;
+        older_published = session.has_batch;
+      }
+    }
+    std::vector<std::uint64_t> ended;
+    for (auto id : entry->second) {
+      if (id != keep_same && id != keep_older) ended.push_back(id);
+    }
+    for (auto id : ended) erase_session(id);
   }
 
   // What a HELLO replaces: with "one of several", the connection's session
@@ -1070,7 +1084,7 @@ struct Server::Impl {
     session.epoch = hello.epoch;
     peer_sessions[routing_id].push_back(id);
     if (!hello.origin.empty()) {
-      end_older_sessions(hello.origin);
+      end_older_sessions(hello.origin, hello.epoch);
       origin_sessions[hello.origin].push_back(id);
     }
     ++counters.sessions_opened;
@@ -1566,8 +1580,8 @@ struct Server::Impl {
   std::unordered_map<std::uint64_t, Session> sessions;  // by session id
   // The session ids of each connection that has any, in opening order.
   std::unordered_map<std::string, std::vector<std::uint64_t>> peer_sessions;
-  // The session ids of each origin that has any, in opening order (at most two
-  // each: see end_older_sessions).
+  // The session ids of each origin that has any, in opening order (at most
+  // three: see end_older_sessions).
   std::unordered_map<std::string, std::vector<std::uint64_t>> origin_sessions;
   std::size_t retained_ack_bytes = 0;  // Session::retained_acks of all sessions
   std::uint64_t next_session_id = 0;
