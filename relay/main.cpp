@@ -628,8 +628,9 @@ int main(int argc, char** argv) {
                            "watching it (inotify)",
                            cli::at_least(100ms));
   cli::add_duration_option(run_cmd, "--idle-poll", run.idle_poll,
-                           "With --db-dir: longest time an open idle database goes without a "
-                           "look (commits wake it at once)",
+                           "With --db-dir: shortest time between two fallback looks for commits "
+                           "(PRAGMA data_version) at one open idle database; commits wake it at "
+                           "once (inotify), and the looks are paced at 100 a second in all",
                            cli::at_least(10ms));
   run_cmd
       ->add_option("--metrics-max-databases", run.metrics_max_databases,

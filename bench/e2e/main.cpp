@@ -9,6 +9,10 @@
 //                                    random, next to the same drain without
 //   outbox-bench metrics             drain with the relay serving metrics (and
 //                                    scraped every second), next to one without
+//   outbox-bench tenants             one relay forwarding a directory of
+//                                    databases: drain of many small ones next
+//                                    to one large one, a small tenant's latency
+//                                    under a backlog, the cost of idle ones
 //
 // Progress goes to stderr, the table (or with --json one JSON object) to
 // stdout, and the same JSON object to a results file under bench/results/.
@@ -21,6 +25,7 @@
 #pragma GCC diagnostic ignored "-Wnull-dereference"
 #endif
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -38,6 +43,7 @@
 #include "overhead.hpp"
 #include "progress.hpp"
 #include "report.hpp"
+#include "tenants.hpp"
 
 namespace {
 
@@ -70,6 +76,16 @@ struct Flags {
   bool json = false;
   bool quiet = false;
   std::uint64_t seed = 20261125;
+  // outbox-bench tenants
+  std::size_t databases = 1000;
+  std::size_t per_database = 200;
+  std::size_t backlog = 1'000'000;
+  std::size_t small_tenants = 10;
+  int commit_every_ms = 20;
+  std::size_t idle_databases = 5000;
+  double settle_seconds = 35;
+  double idle_seconds = 60;
+  std::vector<std::string> parts = {"drain", "latency", "idle"};
 };
 
 std::string joined_command_line(int argc, char** argv) {
@@ -162,6 +178,47 @@ void run_overhead_rounds(const Flags& flags, const bench::RunInfo& info, bench::
   }
 }
 
+// outbox-bench tenants: the parts asked for, the drain in rounds that
+// alternate which side goes first.
+void run_tenants(const Flags& flags, const bench::RunInfo& info, bench::Summary& summary) {
+  bench::TenantsSettings settings;
+  settings.outbox = outbox_settings(flags);
+  settings.databases = flags.databases;
+  settings.per_database = flags.per_database;
+  settings.backlog = flags.backlog;
+  settings.small_tenants = flags.small_tenants;
+  settings.commit_every = std::chrono::milliseconds(flags.commit_every_ms);
+  settings.idle_databases = flags.idle_databases;
+  settings.settle =
+      std::chrono::milliseconds(static_cast<std::int64_t>(flags.settle_seconds * 1000));
+  settings.idle_seconds = flags.idle_seconds;
+  auto wanted = [&](const std::string& part) {
+    return std::find(flags.parts.begin(), flags.parts.end(), part) != flags.parts.end();
+  };
+  if (wanted("drain")) {
+    const auto messages = flags.databases * flags.per_database;
+    for (int round = 1; round <= info.rounds; ++round) {
+      auto base = static_cast<std::uint32_t>(round * 8);
+      auto seed = flags.seed + static_cast<std::uint64_t>(round);
+      auto one = bench::make_dataset(messages, flags.payload_bytes, flags.keys, base, seed);
+      auto many =
+          bench::make_dataset(messages, flags.payload_bytes, flags.keys, base + 4, seed + 1000);
+      bench::progress("round " + std::to_string(round) + " of " + std::to_string(info.rounds));
+      auto result = bench::run_tenants_drain(settings, one, many, round % 2 == 0);
+      collect(summary, result.problems, "round " + std::to_string(round) + ": ");
+      summary.tenants_drain.push_back(std::move(result));
+    }
+  }
+  if (wanted("latency")) {
+    summary.tenants_latency = bench::run_tenants_latency(settings);
+    collect(summary, summary.tenants_latency->problems, "latency: ");
+  }
+  if (wanted("idle")) {
+    summary.tenants_idle = bench::run_tenants_idle(settings);
+    collect(summary, summary.tenants_idle->problems, "idle: ");
+  }
+}
+
 int run(const std::string& subcommand, const Flags& flags, const std::string& command_line) {
   bench::set_progress_enabled(!flags.quiet);
   bench::RunInfo info;
@@ -174,7 +231,8 @@ int run(const std::string& subcommand, const Flags& flags, const std::string& co
   info.sync = flags.sync;
   info.rate = flags.rate;
   info.latency_seconds = flags.latency_seconds;
-  info.rounds = subcommand == "compare" || subcommand == "cuts" || subcommand == "metrics"
+  info.rounds = subcommand == "compare" || subcommand == "cuts" || subcommand == "metrics" ||
+                        subcommand == "tenants"
                     ? std::max(flags.rounds, 1)
                     : 1;
   info.machine = bench::describe_machine();
@@ -187,6 +245,11 @@ int run(const std::string& subcommand, const Flags& flags, const std::string& co
   }
   if (subcommand == "metrics") {
     run_overhead_rounds(flags, info, summary);
+    return finish(flags, info, summary);
+  }
+  if (subcommand == "tenants") {
+    info.messages = flags.databases * flags.per_database;
+    run_tenants(flags, info, summary);
     return finish(flags, info, summary);
   }
   const bool with_outbox = subcommand != "jetstream";
@@ -343,6 +406,48 @@ int main(int argc, char** argv) {
       "metrics",
       "Outbox drain with outbox-relay serving metrics (--metrics-bind, scraped every second) "
       "next to the same drain without; --rounds rounds, median and spread of the ratio");
+  auto* tenants = app.add_subcommand(
+      "tenants",
+      "One outbox-relay forwarding a directory of databases (run --db-dir): drain of --databases "
+      "x --per-database messages next to one database of them all (--rounds rounds), a small "
+      "tenant's commit-to-stored latency while a --backlog drains, and the relay's CPU, memory "
+      "and descriptors with --idle-databases idle databases");
+  tenants->add_option("--databases", flags.databases, "drain: the many databases")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100'000}));
+  tenants->add_option("--per-database", flags.per_database, "drain: messages in each")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{10'000'000}));
+  tenants->add_option("--backlog", flags.backlog, "latency: messages in the large database")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100'000'000}));
+  tenants
+      ->add_option("--small-tenants", flags.small_tenants,
+                   "latency: databases the producer commits to in turn")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{10'000}));
+  tenants
+      ->add_option("--commit-every-ms", flags.commit_every_ms,
+                   "latency: one small tenant's commit this often")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10'000));
+  tenants
+      ->add_option("--idle-databases", flags.idle_databases, "idle: databases of one message each")
+      ->capture_default_str()
+      ->check(CLI::Range(std::size_t{1}, std::size_t{100'000}));
+  tenants
+      ->add_option("--settle-seconds", flags.settle_seconds,
+                   "idle: wait after the last message is stored (the relay's --idle-release "
+                   "is 30 s) before measuring")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
+  tenants->add_option("--idle-seconds", flags.idle_seconds, "idle: how long CPU time is measured")
+      ->capture_default_str()
+      ->check(CLI::Range(1.0, 3600.0));
+  tenants->add_option("--parts", flags.parts, "Which parts to run")
+      ->capture_default_str()
+      ->delimiter(',')
+      ->check(CLI::IsMember({"drain", "latency", "idle"}));
   (void)metrics;
   (void)e2e;
   (void)jetstream;

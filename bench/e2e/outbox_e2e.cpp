@@ -196,43 +196,9 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     std::vector<std::int64_t> commit_ns(count, 0);
     std::vector<std::string> ids(count);
     std::vector<std::int64_t> commit_wall_us(count, 0);
-    struct Arrival {
-      std::string msg_id;
-      std::int64_t arrived_ns;
-      std::int64_t broker_stored_ms;  // the broker's own timestamp (ms resolution)
-    };
-    std::vector<Arrival> arrivals;
-    arrivals.reserve(count);
-    std::atomic<bool> producer_done{false};
-    std::atomic<bool> abort{false};
-    std::string consumer_error;
-
+    bool abort = false;
     // The consumer: long-poll FETCH, stamp each reply's arrival.
-    std::thread consumer([&] {
-      try {
-        broker::Client client(broker.endpoint());
-        std::uint64_t from = 1;
-        auto give_up =
-            Clock::now() +
-            std::chrono::milliseconds(static_cast<std::int64_t>(settings.latency_seconds * 1000)) +
-            60s;
-        while (arrivals.size() < count && !abort.load() && Clock::now() < give_up) {
-          wire::Fetch request;
-          request.topic = latency_topic;
-          request.from_offset = from;
-          request.max_messages = 10'000;
-          request.wait_ms = 100;
-          auto reply = client.fetch(request, 10s);
-          auto arrived = steady_ns();
-          if (!reply.ok()) throw std::runtime_error("FETCH failed: " + reply.error().message);
-          for (auto& message : reply->messages)
-            arrivals.push_back({std::move(message.msg_id), arrived, message.timestamp_ms});
-          if (!reply->messages.empty()) from = reply->next_offset;
-        }
-      } catch (const std::exception& failure) {
-        consumer_error = failure.what();
-      }
-    });
+    ArrivalRecorder consumer(broker.endpoint(), latency_topic);
 
     progress("outbox: latency, " + format_rate(settings.rate) + " msg/s for " +
              std::to_string(settings.latency_seconds) +
@@ -275,8 +241,17 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
       producer_error = failure.what();
       abort = true;
     }
-    producer_done = true;
-    consumer.join();
+    std::vector<ArrivalRecorder::Arrival> arrivals;
+    std::string consumer_error;
+    try {
+      auto timeout = abort ? 0ms
+                           : std::chrono::milliseconds(
+                                 static_cast<std::int64_t>(settings.latency_seconds * 1000)) +
+                                 60s;
+      arrivals = consumer.collect(count, timeout);
+    } catch (const std::exception& failure) {
+      consumer_error = failure.what();
+    }
     result.latency_cpu_wait_broker_ms =
         static_cast<double>(cpu_wait_ns(broker.process().pid()) - broker_wait_before) / 1e6;
     result.latency_cpu_wait_relay_ms =
@@ -286,7 +261,7 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     result.latency_cpu_used_ms = static_cast<double>(cpu_used() - cpu_used_before) / 1e6;
     if (!producer_error.empty())
       throw std::runtime_error("latency producer failed: " + producer_error);
-    if (!consumer_error.empty()) throw std::runtime_error("latency consumer: " + consumer_error);
+    if (!consumer_error.empty()) throw std::runtime_error("latency " + consumer_error);
     check_interrupted();
     result.latency_achieved_rate = static_cast<double>(count) / seconds_between(started, finished);
 

@@ -78,12 +78,12 @@ BrokerCounters::Values BrokerCounters::read() {
   return values;
 }
 
-RelayProcess::RelayProcess(const OutboxSettings& settings, const fs::path& dir, const fs::path& db,
-                           const std::string& endpoint, const std::string& name,
-                           const std::vector<std::string>& extra_args) {
-  std::vector<std::string> args = {"run",    "--db",        db.string(),   "--broker",
-                                   endpoint, "--sync",      settings.sync, "--holder",
-                                   name,     "--log-level", "info"};
+RelayProcess::RelayProcess(const OutboxSettings& settings, const fs::path& dir,
+                           const RelaySource& source, const std::string& endpoint,
+                           const std::string& name, const std::vector<std::string>& extra_args) {
+  std::vector<std::string> args = {
+      "run",      source.flag, source.path.string(), "--broker", endpoint, "--sync", settings.sync,
+      "--holder", name,        "--log-level",        "info"};
   if (settings.relay_batch > 0) {
     args.insert(args.end(), {"--batch-size", std::to_string(settings.relay_batch)});
   }
@@ -216,6 +216,51 @@ std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
   report(unexpected, "messages the benchmark never committed");
   report(wrong_payload, "messages with a different payload");
   return matched;
+}
+
+ArrivalRecorder::ArrivalRecorder(const std::string& endpoint, const std::string& topic)
+    : thread_([this, endpoint, topic] {
+        try {
+          broker::Client client(endpoint);
+          std::uint64_t from = 1;
+          while (!stop_.load()) {
+            wire::Fetch request;
+            request.topic = topic;
+            request.from_offset = from;
+            request.max_messages = 10'000;
+            request.wait_ms = 100;
+            auto reply = client.fetch(request, 10s);
+            auto arrived = steady_ns();
+            if (!reply.ok()) throw std::runtime_error("FETCH failed: " + reply.error().message);
+            std::lock_guard lock(mutex_);
+            for (auto& message : reply->messages) {
+              arrivals_.push_back({std::move(message.msg_id), arrived, message.timestamp_ms});
+            }
+            if (!reply->messages.empty()) from = reply->next_offset;
+          }
+        } catch (const std::exception& failure) {
+          std::lock_guard lock(mutex_);
+          error_ = failure.what();
+        }
+      }) {}
+
+ArrivalRecorder::~ArrivalRecorder() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+std::vector<ArrivalRecorder::Arrival> ArrivalRecorder::collect(std::size_t count,
+                                                               std::chrono::milliseconds timeout) {
+  wait_until(
+      [&] {
+        std::lock_guard lock(mutex_);
+        return arrivals_.size() >= count || !error_.empty();
+      },
+      timeout, 1ms);
+  stop_.store(true);
+  thread_.join();
+  if (!error_.empty()) throw std::runtime_error("consumer: " + error_);
+  return std::move(arrivals_);
 }
 
 void check_topic_in_order(const std::string& endpoint, const std::string& topic,

@@ -4,13 +4,16 @@
 // dataset, and a topic read back and checked.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -57,12 +60,25 @@ class BrokerCounters {
   broker::Client client_;
 };
 
-// outbox-relay on `db`, forwarding to `endpoint`.
+// What outbox-relay forwards: one database (--db, from a path) or every
+// outbox database of a directory (--db-dir).
+struct RelaySource {
+  RelaySource(const std::filesystem::path& db) : flag("--db"), path(db) {}  // NOLINT
+  static RelaySource directory(const std::filesystem::path& dir) {
+    RelaySource source(dir);
+    source.flag = "--db-dir";
+    return source;
+  }
+  std::string flag;
+  std::filesystem::path path;
+};
+
+// outbox-relay on `source`, forwarding to `endpoint`.
 class RelayProcess {
  public:
   RelayProcess(const OutboxSettings& settings, const std::filesystem::path& dir,
-               const std::filesystem::path& db, const std::string& endpoint,
-               const std::string& name, const std::vector<std::string>& extra_args = {});
+               const RelaySource& source, const std::string& endpoint, const std::string& name,
+               const std::vector<std::string>& extra_args = {});
   ChildProcess& process() { return *process_; }
   // SIGTERM; throws unless it exits 0.
   void stop();
@@ -113,6 +129,32 @@ struct DrainPair {
 DrainPair run_drain_pair(const OutboxSettings& settings, const std::string& name,
                          const Dataset& baseline, const Dataset& variant, bool variant_first,
                          const DrainFunction& drain, std::vector<std::string>& problems);
+
+// A thread that long-polls FETCH on one topic and stamps each reply's
+// arrival on the steady clock: when a consumer sees a message, an upper
+// bound of its commit-to-stored time.
+class ArrivalRecorder {
+ public:
+  struct Arrival {
+    std::string msg_id;
+    std::int64_t arrived_ns = 0;
+    std::int64_t broker_stored_ms = 0;  // the broker's own timestamp (ms resolution)
+  };
+  ArrivalRecorder(const std::string& endpoint, const std::string& topic);
+  ~ArrivalRecorder();
+  ArrivalRecorder(const ArrivalRecorder&) = delete;
+  ArrivalRecorder& operator=(const ArrivalRecorder&) = delete;
+  // Waits until `count` messages arrived or `timeout` passed, stops the
+  // thread and hands out what arrived. Throws what the thread failed with.
+  std::vector<Arrival> collect(std::size_t count, std::chrono::milliseconds timeout);
+
+ private:
+  std::mutex mutex_;
+  std::vector<Arrival> arrivals_;
+  std::string error_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
 
 // verify_topic, and within each key the dataset's (commit) order.
 void check_topic_in_order(const std::string& endpoint, const std::string& topic,

@@ -301,6 +301,15 @@ std::string spread_json(const Spread& spread) {
       .str();
 }
 
+// The report so far, and what every failed check found.
+std::string with_problems(std::ostringstream& out, const Summary& summary) {
+  if (!summary.ok()) {
+    out << "\nCHECK FAILED:\n";
+    for (const auto& problem : summary.problems) out << "  " << problem << "\n";
+  }
+  return out.str();
+}
+
 std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
   std::ostringstream out;
   const auto& rounds = summary.cuts;
@@ -328,11 +337,7 @@ std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
       << fixed(ratio.high, 2) << "); drain under cuts " << fixed(seconds.median, 2) << " s ("
       << fixed(seconds.low, 2) << "-" << fixed(seconds.high, 2) << ")\n";
   out << "target ratio >= 0.5: " << (ratio.median >= 0.5 ? "met" : "MISSED") << "\n";
-  if (!summary.ok()) {
-    out << "\nCHECK FAILED:\n";
-    for (const auto& problem : summary.problems) out << "  " << problem << "\n";
-  }
-  return out.str();
+  return with_problems(out, summary);
 }
 
 std::string cuts_round_json(const CutsResult& r) {
@@ -397,11 +402,7 @@ std::string overhead_text_report(const RunInfo& info, const Summary& summary) {
   out << "target rate ratio >= 0.97: " << (ratio.median >= 0.97 ? "met" : "MISSED")
       << "; load average at the start " << info.machine.load_average << ", at the end "
       << info.load_average_at_end << "\n";
-  if (!summary.ok()) {
-    out << "\nCHECK FAILED:\n";
-    for (const auto& problem : summary.problems) out << "  " << problem << "\n";
-  }
-  return out.str();
+  return with_problems(out, summary);
 }
 
 std::string overhead_round_json(const OverheadResult& r) {
@@ -424,7 +425,119 @@ std::string overhead_round_json(const OverheadResult& r) {
       .str();
 }
 
+std::string tenants_text_report(const RunInfo& info, const Summary& summary) {
+  std::ostringstream out;
+  out << "outbox-bench tenants: outbox-relay run --db-dir, " << info.payload_bytes
+      << " B payloads\n  " << info.command_line << "\n";
+  const auto& rounds = summary.tenants_drain;
+  if (!rounds.empty()) {
+    out << "\ndrain: " << rounds.front().databases << " databases x "
+        << thousands(static_cast<double>(rounds.front().messages / rounds.front().databases))
+        << " messages against 1 database x "
+        << thousands(static_cast<double>(rounds.front().messages)) << "; " << rounds.size()
+        << " rounds\n";
+    out << "round   1 database msg/s (relay CPU s)   many databases msg/s (relay CPU s)   ratio\n";
+    for (std::size_t i = 0; i < rounds.size(); ++i) {
+      char line[200];
+      std::snprintf(line, sizeof line,
+                    "%5zu   %13s (%6.2f)              %13s (%6.2f)            %5.2f\n", i + 1,
+                    thousands(rounds[i].one_msgs_per_sec).c_str(), rounds[i].one_cpu_seconds,
+                    thousands(rounds[i].many_msgs_per_sec).c_str(), rounds[i].many_cpu_seconds,
+                    rounds[i].ratio);
+      out << line;
+    }
+    auto one = spread_of(rounds, &TenantsDrainResult::one_msgs_per_sec);
+    auto many = spread_of(rounds, &TenantsDrainResult::many_msgs_per_sec);
+    auto ratio = spread_of(rounds, &TenantsDrainResult::ratio);
+    out << "median (min-max): 1 database " << thousands(one.median) << " msg/s ("
+        << thousands(one.low) << "-" << thousands(one.high) << "), many databases "
+        << thousands(many.median) << " msg/s (" << thousands(many.low) << "-"
+        << thousands(many.high) << "), ratio " << fixed(ratio.median, 2) << " ("
+        << fixed(ratio.low, 2) << "-" << fixed(ratio.high, 2)
+        << "); target >= 0.5: " << (ratio.median >= 0.5 ? "met" : "MISSED") << "\n";
+  }
+  if (const auto& latency = summary.tenants_latency) {
+    out << "\nlatency: a backlog of " << thousands(static_cast<double>(latency->backlog))
+        << " messages drained in " << fixed(latency->backlog_seconds, 2) << " s ("
+        << thousands(latency->backlog_msgs_per_sec) << " msg/s); meanwhile "
+        << latency->small_messages
+        << " single messages of small tenants, commit to seen by a consumer: p50 "
+        << fixed(latency->latency.p50_ms, 2) << " ms, p99 " << fixed(latency->latency.p99_ms, 2)
+        << " ms, max " << fixed(latency->latency.max_ms, 2)
+        << " ms; target p99 < 50 ms: " << (latency->latency.p99_ms < 50 ? "met" : "MISSED") << "\n";
+  }
+  if (const auto& idle = summary.tenants_idle) {
+    out << "\nidle: " << thousands(static_cast<double>(idle->databases))
+        << " databases (one message each, all stored after " << fixed(idle->setup_seconds, 1)
+        << " s); over " << fixed(idle->measured_seconds, 1) << " s idle: relay CPU "
+        << fixed(idle->cpu_percent, 3) << " % of one core, RSS " << fixed(idle->rss_mib, 1)
+        << " MiB, " << idle->descriptors << " descriptors open (at most " << idle->max_descriptors
+        << " from the start); target < 2 %: " << (idle->cpu_percent < 2 ? "met" : "MISSED") << "\n";
+  }
+  out << "\nload average at the start " << info.machine.load_average << ", at the end "
+      << info.load_average_at_end << "\n";
+  return with_problems(out, summary);
+}
+
+std::string tenants_drain_round_json(const TenantsDrainResult& r) {
+  return JsonObject()
+      .integer("databases", r.databases)
+      .integer("messages", r.messages)
+      .num("one_database_seconds", r.one_seconds)
+      .rate("one_database_msgs_per_sec", r.one_msgs_per_sec)
+      .num("one_database_relay_cpu_seconds", r.one_cpu_seconds)
+      .num("many_databases_seconds", r.many_seconds)
+      .rate("many_databases_msgs_per_sec", r.many_msgs_per_sec)
+      .num("many_databases_relay_cpu_seconds", r.many_cpu_seconds)
+      .num("ratio", r.ratio)
+      .field("problems", json_strings(r.problems))
+      .str();
+}
+
+void tenants_json(JsonObject& object, const Summary& summary) {
+  if (!summary.tenants_drain.empty()) {
+    std::string rounds = "[";
+    for (std::size_t i = 0; i < summary.tenants_drain.size(); ++i) {
+      rounds += (i > 0 ? "," : "") + tenants_drain_round_json(summary.tenants_drain[i]);
+    }
+    const auto& drain = summary.tenants_drain;
+    object.field("drain",
+                 JsonObject()
+                     .field("one_database_msgs_per_sec",
+                            spread_json(spread_of(drain, &TenantsDrainResult::one_msgs_per_sec)))
+                     .field("many_databases_msgs_per_sec",
+                            spread_json(spread_of(drain, &TenantsDrainResult::many_msgs_per_sec)))
+                     .field("ratio", spread_json(spread_of(drain, &TenantsDrainResult::ratio)))
+                     .field("rounds", rounds + "]")
+                     .str());
+  }
+  if (const auto& latency = summary.tenants_latency) {
+    object.field("latency", JsonObject()
+                                .integer("backlog", latency->backlog)
+                                .num("backlog_seconds", latency->backlog_seconds)
+                                .rate("backlog_msgs_per_sec", latency->backlog_msgs_per_sec)
+                                .integer("small_tenant_messages", latency->small_messages)
+                                .field("commit_to_seen", latency_json(latency->latency))
+                                .field("problems", json_strings(latency->problems))
+                                .str());
+  }
+  if (const auto& idle = summary.tenants_idle) {
+    object.field("idle", JsonObject()
+                             .integer("databases", idle->databases)
+                             .num("setup_seconds", idle->setup_seconds)
+                             .num("measured_seconds", idle->measured_seconds)
+                             .num("relay_cpu_percent_of_one_core", idle->cpu_percent)
+                             .num("relay_rss_mib", idle->rss_mib)
+                             .integer("relay_descriptors", idle->descriptors)
+                             .integer("relay_max_descriptors", idle->max_descriptors)
+                             .field("problems", json_strings(idle->problems))
+                             .str());
+  }
+  object.boolean("ok", summary.ok()).field("problems", json_strings(summary.problems));
+}
+
 std::string text_report(const RunInfo& info, const Summary& summary) {
+  if (info.subcommand == "tenants") return tenants_text_report(info, summary);
   if (!summary.cuts.empty()) return cuts_text_report(info, summary);
   if (!summary.overhead.empty()) return overhead_text_report(info, summary);
   std::ostringstream out;
@@ -553,11 +666,7 @@ std::string text_report(const RunInfo& info, const Summary& summary) {
         << " ms, producer and consumer " << fixed(bench_wait, 0) << " ms; together they ran "
         << fixed(used, 0) << " ms on a CPU.\n";
   }
-  if (!summary.ok()) {
-    out << "\nCHECK FAILED:\n";
-    for (const auto& problem : summary.problems) out << "  " << problem << "\n";
-  }
-  return out.str();
+  return with_problems(out, summary);
 }
 
 std::string json_report(const RunInfo& info, const Summary& summary) {
@@ -598,6 +707,10 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
         .field("problems", json_strings(summary.problems))
         .field("rounds", rounds + "]")
         .str();
+  }
+  if (info.subcommand == "tenants") {
+    tenants_json(object, summary);
+    return object.str();
   }
   if (!summary.overhead.empty()) {
     std::string rounds = "[";

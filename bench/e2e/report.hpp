@@ -10,6 +10,7 @@
 #include "jetstream.hpp"
 #include "outbox_e2e.hpp"
 #include "overhead.hpp"
+#include "tenants.hpp"
 
 namespace bench {
 
@@ -48,7 +49,11 @@ struct Summary {
   std::vector<JetStreamResult> jetstream;
   std::vector<CutsResult> cuts;          // outbox-bench cuts
   std::vector<OverheadResult> overhead;  // outbox-bench metrics
-  std::vector<std::string> problems;     // from every round
+  // outbox-bench tenants: drain rounds, and the parts run once
+  std::vector<TenantsDrainResult> tenants_drain;
+  std::optional<TenantsLatencyResult> tenants_latency;
+  std::optional<TenantsIdleResult> tenants_idle;
+  std::vector<std::string> problems;  // from every round
   bool ok() const { return problems.empty(); }
 };
 

@@ -140,9 +140,29 @@ struct RelayStore::Impl {
   std::int64_t generation_read = 0;  // by the last read_pending()
   int wal_pages_seen = 0;
   std::chrono::steady_clock::time_point last_checkpoint{};
-  // Empty when checkpoints are off, the store is read-only, or the second
-  // connection could not be opened (then checkpoints run on `db`).
+  // Empty until the first checkpoint is due, when checkpoints are off, the
+  // store is read-only, or the second connection could not be opened (then
+  // checkpoints run on `db`). Opened on demand: a program that opens
+  // thousands of small outboxes in turn pays for the connection and its
+  // thread only where the WAL grows.
   std::unique_ptr<BackgroundCheckpointer> checkpointer;
+  bool checkpointer_tried = false;
+  detail::OpenOptions open_options;
+  std::filesystem::path file;
+
+  void start_checkpointer() {
+    checkpointer_tried = true;
+    try {
+      auto second = detail::open_connection(file, open_options);
+      if (!options.checkpoint_on_close) {
+        sqlite3_db_config(second.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+      }
+      checkpointer = std::make_unique<BackgroundCheckpointer>(std::move(second), path, logger);
+    } catch (const Error& error) {
+      logger->warn("outbox: checkpoints of {} run on the relay's connection: {}", path,
+                   error.what());
+    }
+  }
 
   // Runs after each commit of this connection with the WAL's size in pages.
   static int on_wal_commit(void* self, sqlite3*, const char*, int pages) {
@@ -154,6 +174,7 @@ struct RelayStore::Impl {
   void maybe_checkpoint(bool force_probe) {
     if (options.checkpoint_pages <= 0 || options.read_only) return;
     if (!force_probe && wal_pages_seen < options.checkpoint_pages) return;
+    if (!checkpointer_tried) start_checkpointer();
     if (checkpointer) {
       checkpointer->request();
       wal_pages_seen = 0;
@@ -172,64 +193,69 @@ struct RelayStore::Impl {
     }
   }
 
+  // Each compiled on its first use: a store opened to find nothing pending
+  // compiles two of them.
   void prepare() {
-    read_lease = Statement(db,
-                           "SELECT holder, epoch, acquired_at_ms, expires_at_ms FROM outbox_lease "
-                           "WHERE name = ?1");
-    insert_lease = Statement(db,
-                             "INSERT INTO outbox_lease(name, holder, epoch, acquired_at_ms, "
-                             "expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
+    read_lease =
+        Statement::deferred(db,
+                            "SELECT holder, epoch, acquired_at_ms, expires_at_ms FROM outbox_lease "
+                            "WHERE name = ?1");
+    insert_lease =
+        Statement::deferred(db,
+                            "INSERT INTO outbox_lease(name, holder, epoch, acquired_at_ms, "
+                            "expires_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
     update_lease =
-        Statement(db,
-                  "UPDATE outbox_lease SET holder = ?2, epoch = ?3, acquired_at_ms = ?4, "
-                  "expires_at_ms = ?5 WHERE name = ?1");
-    read_cursor = Statement(
+        Statement::deferred(db,
+                            "UPDATE outbox_lease SET holder = ?2, epoch = ?3, acquired_at_ms = ?4, "
+                            "expires_at_ms = ?5 WHERE name = ?1");
+    read_cursor = Statement::deferred(
         db, "SELECT settled_through_seq, delivered_total FROM outbox_relay_cursor WHERE id = 1");
-    update_cursor = Statement(db,
-                              "UPDATE outbox_relay_cursor SET settled_through_seq = ?1, "
-                              "delivered_total = delivered_total + ?2 WHERE id = 1");
-    read_generation = Statement(db, "SELECT generation FROM outbox_relay_cursor WHERE id = 1");
-    bump_generation =
-        Statement(db, "UPDATE outbox_relay_cursor SET generation = generation + 1 WHERE id = 1");
-    select_pending = Statement(
+    update_cursor = Statement::deferred(db,
+                                        "UPDATE outbox_relay_cursor SET settled_through_seq = ?1, "
+                                        "delivered_total = delivered_total + ?2 WHERE id = 1");
+    read_generation =
+        Statement::deferred(db, "SELECT generation FROM outbox_relay_cursor WHERE id = 1");
+    bump_generation = Statement::deferred(
+        db, "UPDATE outbox_relay_cursor SET generation = generation + 1 WHERE id = 1");
+    select_pending = Statement::deferred(
         db,
         "SELECT m.seq, m.msg_id, m.topic, nullif(m.partition_key, ''), m.headers, m.payload, "
         "m.created_at_ms, d.state, d.attempts, d.next_attempt_ms "
         "FROM outbox_messages m LEFT JOIN outbox_delivery d ON d.seq = m.seq "
         "WHERE m.seq > ?1 ORDER BY m.seq LIMIT ?2");
-    select_blockers =
-        Statement(db,
-                  "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, nullif(m.partition_key, '') "
-                  "FROM outbox_delivery d JOIN outbox_messages m ON m.seq = d.seq "
-                  "WHERE d.state <> 1");
+    select_blockers = Statement::deferred(
+        db,
+        "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, nullif(m.partition_key, '') "
+        "FROM outbox_delivery d JOIN outbox_messages m ON m.seq = d.seq "
+        "WHERE d.state <> 1");
     // One statement for both outcomes. Only a message that exists and is not
     // settled yet changes: a late or repeated outcome is ignored.
-    mark =
-        Statement(db,
-                  "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
-                  "broker_offset, updated_at_ms) "
-                  "SELECT ?1, ?2, 0, 0, ?3, ?4, ?5 "
-                  "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
-                  "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
-                  "last_error = coalesce(excluded.last_error, last_error), "
-                  "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
-                  "WHERE outbox_delivery.state = 0");
-    retry =
-        Statement(db,
-                  "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
-                  "updated_at_ms) "
-                  "SELECT ?1, 0, 1, ?2, ?3, ?4 "
-                  "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
-                  "ON CONFLICT(seq) DO UPDATE SET attempts = attempts + 1, "
-                  "next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error, "
-                  "updated_at_ms = excluded.updated_at_ms WHERE outbox_delivery.state = 0");
-    first_unsettled = Statement(db,
-                                "SELECT m.seq FROM outbox_messages m "
-                                "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
-                                "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = 0) "
-                                "ORDER BY m.seq LIMIT 1");
-    max_seq = Statement(db, "SELECT coalesce(max(seq), 0) FROM outbox_messages");
-    data_version = Statement(db, "PRAGMA data_version");
+    mark = Statement::deferred(
+        db,
+        "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+        "broker_offset, updated_at_ms) "
+        "SELECT ?1, ?2, 0, 0, ?3, ?4, ?5 "
+        "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
+        "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
+        "last_error = coalesce(excluded.last_error, last_error), "
+        "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
+        "WHERE outbox_delivery.state = 0");
+    retry = Statement::deferred(
+        db,
+        "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+        "updated_at_ms) "
+        "SELECT ?1, 0, 1, ?2, ?3, ?4 "
+        "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
+        "ON CONFLICT(seq) DO UPDATE SET attempts = attempts + 1, "
+        "next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error, "
+        "updated_at_ms = excluded.updated_at_ms WHERE outbox_delivery.state = 0");
+    first_unsettled = Statement::deferred(db,
+                                          "SELECT m.seq FROM outbox_messages m "
+                                          "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
+                                          "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = 0) "
+                                          "ORDER BY m.seq LIMIT 1");
+    max_seq = Statement::deferred(db, "SELECT coalesce(max(seq), 0) FROM outbox_messages");
+    data_version = Statement::deferred(db, "PRAGMA data_version");
   }
 
   TimePoint now() const { return options.clock(); }
@@ -353,15 +379,11 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   }
   impl->prepare();
   if (!impl->options.read_only) sqlite3_wal_hook(impl->db, &Impl::on_wal_commit, impl.get());
-  if (!impl->options.read_only && impl->options.checkpoint_pages > 0) {
-    try {
-      impl->checkpointer = std::make_unique<BackgroundCheckpointer>(
-          detail::open_connection(path, open_options), impl->path, impl->logger);
-    } catch (const Error& error) {
-      impl->logger->warn("outbox: checkpoints of {} run on the relay's connection: {}", impl->path,
-                         error.what());
-    }
+  if (!impl->options.checkpoint_on_close) {
+    sqlite3_db_config(impl->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
   }
+  impl->open_options = open_options;
+  impl->file = path;
   return RelayStore(std::move(impl));
 }
 
@@ -879,6 +901,14 @@ void RelayStore::checkpoint() {
   if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
     detail::throw_sqlite(impl.db, rc, "checkpoint of '" + impl.path + "'");
   }
+}
+
+bool RelayStore::committed_since_last_look() {
+  auto& impl = *impl_;
+  auto version = impl.current_data_version();
+  const bool changed = impl.last_data_version >= 0 && version != impl.last_data_version;
+  impl.last_data_version = version;
+  return changed;
 }
 
 bool RelayStore::wait_for_work(std::chrono::milliseconds timeout) {

@@ -62,11 +62,22 @@ void exec(sqlite3* db, const char* sql) {
 }
 
 Statement::Statement(sqlite3* db, std::string_view sql) : db_(db), sql_(sql) {
+  compile();
+}
+
+Statement Statement::deferred(sqlite3* db, std::string_view sql) {
+  Statement statement;
+  statement.db_ = db;
+  statement.sql_ = sql;
+  return statement;
+}
+
+void Statement::compile() {
   sqlite3_stmt* raw = nullptr;
-  int rc = sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()),
+  int rc = sqlite3_prepare_v3(db_, sql_.data(), static_cast<int>(sql_.size()),
                               SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
   stmt_.reset(raw);
-  if (rc != SQLITE_OK) throw_sqlite(db, rc, "preparing statement");
+  if (rc != SQLITE_OK) throw_sqlite(db_, rc, "preparing statement");
 }
 
 Statement::Use::~Use() noexcept {

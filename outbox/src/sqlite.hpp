@@ -44,6 +44,10 @@ class Statement {
  public:
   Statement() = default;
   Statement(sqlite3* db, std::string_view sql);
+  // Compiled on its first use(), not now: for a connection that may need
+  // only a few of the statements it could run (a relay store opened to find
+  // nothing pending). A bad statement then throws from use().
+  static Statement deferred(sqlite3* db, std::string_view sql);
 
   class Use {
    public:
@@ -73,11 +77,15 @@ class Statement {
     Statement* statement_;
   };
 
-  Use use() { return Use(*this); }
+  Use use() {
+    if (!stmt_) compile();
+    return Use(*this);
+  }
   sqlite3* db() const { return db_; }
   bool valid() const { return stmt_ != nullptr; }
 
  private:
+  void compile();
   sqlite3* db_ = nullptr;
   StatementPtr stmt_;
   std::string sql_;

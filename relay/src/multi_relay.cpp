@@ -2,6 +2,7 @@
 
 #include <fnmatch.h>
 #include <sys/inotify.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -89,6 +90,32 @@ bool companion_file(const std::string& name) {
   return false;
 }
 
+// What a database's files looked like: a rescan looks again at a closed
+// database only when its file or its WAL changed since it was last found
+// with nothing to do (a commit appends to the WAL, or rewrites it from its
+// start after a checkpoint, and sets its modification time either way).
+struct FileSignature {
+  struct File {
+    ino_t inode = 0;
+    off_t size = -1;
+    std::int64_t modified_ns = 0;
+    bool operator==(const File&) const = default;
+  };
+  File database, wal;
+  bool operator==(const FileSignature&) const = default;
+};
+
+FileSignature::File file_signature(const std::string& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0) return {};
+  return {info.st_ino, info.st_size,
+          static_cast<std::int64_t>(info.st_mtim.tv_sec) * 1'000'000'000 + info.st_mtim.tv_nsec};
+}
+
+FileSignature signature(const std::filesystem::path& database) {
+  return {file_signature(database.string()), file_signature(database.string() + "-wal")};
+}
+
 bool database_name(const std::string& name, const std::string& glob) {
   return !companion_file(name) && ::fnmatch(glob.c_str(), name.c_str(), 0) == 0;
 }
@@ -157,6 +184,14 @@ struct MultiRelay::Impl {
       total.session_up = now.session_up;
       return total;
     }
+    // Closed with nothing to do (or failing): its files then. A rescan opens
+    // it again only when they changed (default: never looked at).
+    FileSignature seen{};
+    SteadyClock::time_point last_poll{};  // its last fallback commit check
+    // A commit's event can come before the commit is visible (SQLite writes
+    // the WAL, then its index): a database woken by an event that found
+    // nothing looks at data_version once more shortly after.
+    SteadyClock::time_point recheck_at = kNever;
   };
 
   explicit Impl(MultiRelayConfig config_in)
@@ -166,6 +201,9 @@ struct MultiRelay::Impl {
                                       "relay", std::make_shared<spdlog::sinks::null_sink_mt>())) {
     config.connections = std::max<std::size_t>(config.connections, 1);
     config.max_open_databases = std::max<std::size_t>(config.max_open_databases, 1);
+    // Databases are closed and opened again all the time: closing must not
+    // cost a checkpoint with two fsyncs (and the WAL's removal) each.
+    config.store.checkpoint_on_close = false;
     for (std::size_t i = 0; i < config.connections; ++i) {
       connections.push_back(std::make_unique<SharedBrokerConnection>(config.broker));
     }
@@ -179,6 +217,9 @@ struct MultiRelay::Impl {
   std::shared_ptr<spdlog::logger> log;
   std::vector<std::unique_ptr<SharedBrokerConnection>> connections;
   std::map<std::string, Database> databases;  // by file name
+  std::vector<Database*> open_databases;      // the fallback check goes round them
+  std::size_t next_poll_index = 0;
+  SteadyClock::time_point next_poll{};
   std::uint32_t next_slot = 1;
   std::size_t open_count = 0;
   int inotify_fd = -1;
@@ -243,12 +284,37 @@ struct MultiRelay::Impl {
       }
     }
     if (finish) read_backlog(database, true);
+    // An idle database's last read found nothing pending. Its files as they
+    // are now, after what finishing wrote, hold nothing more if no other
+    // connection committed since that read, which data_version (read after
+    // the files) tells; then the events of closing it end at a stat().
+    database.seen = {};
+    if (finish && database.state == StepResult::State::idle) {
+      auto files = signature(database.path);
+      try {
+        if (!database.store->committed_since_last_look()) database.seen = files;
+      } catch (const outbox::Error&) {
+        // unknown: the next event or rescan looks
+      }
+    }
     database.closed_counters += database.relay->counters();
     database.relay.reset();
     database.sink.reset();
     database.channel.reset();
     database.store.reset();
     --open_count;
+    auto at = std::find(open_databases.begin(), open_databases.end(), &database);
+    if (at != open_databases.end()) {
+      *at = open_databases.back();
+      open_databases.pop_back();
+    }
+  }
+
+  // Closes a database that has nothing to do (or fails) until an event or a
+  // rescan finds its files changed.
+  void close_until_changed(Database& database, bool finish) {
+    close(database, finish);
+    database.call_again_by = kNever;
   }
 
   void remove(const std::string& name) {
@@ -275,11 +341,12 @@ struct MultiRelay::Impl {
       if (!std::binary_search(present.begin(), present.end(), name)) gone.push_back(name);
     }
     for (const auto& name : gone) remove(name);
-    // Every closed database is looked at again: commits whose events were
-    // lost, and databases whose relay died with messages pending.
+    // A closed database whose files changed since it was last looked at is
+    // looked at again (commits whose events were lost); an unchanged one
+    // costs two stat() calls, not an open.
     for (const auto& name : present) {
       auto& database = add(name);
-      if (!database.relay) database.due = true;
+      if (!database.relay && signature(database.path) != database.seen) database.due = true;
     }
   }
 
@@ -339,17 +406,19 @@ struct MultiRelay::Impl {
   // flight (idle or standby); false if every open database is busy.
   bool make_room() {
     Database* oldest = nullptr;
-    for (auto& [name, database] : databases) {
-      if (!database.relay || (database.state != StepResult::State::idle &&
-                              database.state != StepResult::State::standby)) {
+    for (auto* database : open_databases) {
+      if (database->state != StepResult::State::idle &&
+          database->state != StepResult::State::standby) {
         continue;
       }
-      if (oldest == nullptr || database.last_busy < oldest->last_busy) oldest = &database;
+      if (oldest == nullptr || database->last_busy < oldest->last_busy) oldest = database;
     }
     if (oldest == nullptr) return false;
-    const bool standby = oldest->state == StepResult::State::standby;
-    close(*oldest, !standby);
-    if (!standby) oldest->call_again_by = kNever;  // its next commit wakes it
+    if (oldest->state == StepResult::State::standby) {
+      close(*oldest, false);  // looked at again when the holder's lease ends
+    } else {
+      close_until_changed(*oldest, true);  // its next commit wakes it
+    }
     return true;
   }
 
@@ -364,6 +433,14 @@ struct MultiRelay::Impl {
   // Opens a database that has work; false (and closed again) if it has none.
   bool open(Database& database) {
     auto now = SteadyClock::now();
+    // Taken before the read: a commit after it changes the files again.
+    // Unchanged since a read found nothing pending: still nothing (the
+    // events of closing our own connections end here, at two stat() calls).
+    auto files = signature(database.path);
+    if (files == database.seen) {
+      database.call_again_by = kNever;
+      return false;
+    }
     if (open_count >= config.max_open_databases && !make_room()) {
       database.call_again_by = now + milliseconds(100);  // every open one is busy
       return false;
@@ -377,6 +454,7 @@ struct MultiRelay::Impl {
       note_backlog(database, backlog, now);
       if (backlog.pending == 0) {
         database.call_again_by = kNever;
+        database.seen = files;
         database.last_problem.clear();
         return false;
       }
@@ -384,11 +462,16 @@ struct MultiRelay::Impl {
     } catch (const outbox::Error& error) {
       note_problem(database, error.what());
       database.call_again_by = kNever;
+      database.seen = files;
       return false;
     }
     database.last_problem.clear();
     auto relay_config = config.relay;
     relay_config.logger = database_logger(log, database.name());
+    // An idle database is not stepped to look for commits: inotify wakes it,
+    // and the fallback check is paced over all databases (poll_open()).
+    relay_config.idle_wait = std::chrono::hours(1);
+    relay_config.first_window_one_batch = true;
     // A fresh slot each time: late replies to a closed relay's batches never
     // reach the next relay of the database, whose batch ids start at 1 again.
     database.slot = next_slot++;
@@ -399,13 +482,17 @@ struct MultiRelay::Impl {
                                                            database.warned_snowflake_ids);
     database.relay = std::make_unique<Relay>(*database.store, *database.sink, relay_config);
     database.last_busy = now;
+    database.last_poll = now;
     database.state = StepResult::State::busy;  // not to be closed before its first step
     ++open_count;
+    open_databases.push_back(&database);
     return true;
   }
 
   void step(Database& database) {
+    const bool woken = database.due;
     database.due = false;
+    database.recheck_at = kNever;
     if (!database.relay && !open(database)) return;
     StepResult result;
     try {
@@ -416,14 +503,14 @@ struct MultiRelay::Impl {
       // A database that fails for good (no outbox any more, corrupt, a newer
       // schema) stops only itself.
       note_problem(database, error.what());
-      close(database, false);
-      database.call_again_by = kNever;
+      close_until_changed(database, false);
       return;
     }
     read_backlog(database);
     auto now = SteadyClock::now();
     database.state = result.state;
     database.call_again_by = result.call_again_by;
+    if (woken && result.state == StepResult::State::idle) schedule_recheck(database, now);
     if (result.state == StepResult::State::busy) {
       database.due = true;
       database.last_busy = now;
@@ -433,8 +520,49 @@ struct MultiRelay::Impl {
                    {{"event", "database_released"}, {"database", database.name()}},
                    "database {}: idle; lease released and closed until its next commit",
                    database.name());
-      close(database, true);
-      database.call_again_by = kNever;
+      close_until_changed(database, true);
+    }
+  }
+
+  static constexpr milliseconds kRecheckDelay{2};
+  static void schedule_recheck(Database& database, SteadyClock::time_point now) {
+    database.recheck_at = now + kRecheckDelay;
+  }
+
+  // The look at data_version that schedule_recheck asked for.
+  void recheck(Database& database, SteadyClock::time_point now) {
+    if (!database.relay || now < database.recheck_at) return;
+    database.recheck_at = kNever;
+    try {
+      if (database.store->committed_since_last_look()) database.due = true;
+    } catch (const outbox::Error&) {
+      database.due = true;  // its step says what is wrong
+    }
+  }
+
+  // The fallback for commits inotify did not report (a writer on another
+  // machine of a network file system): PRAGMA data_version of one open idle
+  // database at a time, at most config.fallback_checks_per_second in all and
+  // no database more often than config.relay.idle_wait, so that its cost
+  // does not grow with the number of databases.
+  void poll_open() {
+    auto now = SteadyClock::now();
+    if (now < next_poll || open_databases.empty()) return;
+    next_poll = now + std::chrono::microseconds(
+                          1'000'000 / std::max<std::size_t>(config.fallback_checks_per_second, 1));
+    for (std::size_t looked = 0; looked < open_databases.size(); ++looked) {
+      auto& database = *open_databases[next_poll_index++ % open_databases.size()];
+      if (database.due || database.state != StepResult::State::idle ||
+          now - database.last_poll < config.relay.idle_wait) {
+        continue;
+      }
+      database.last_poll = now;
+      try {
+        if (database.store->committed_since_last_look()) database.due = true;
+      } catch (const outbox::Error&) {
+        database.due = true;  // its step says what is wrong
+      }
+      return;
     }
   }
 
@@ -536,16 +664,19 @@ struct MultiRelay::Impl {
       read_directory_events();
       if (SteadyClock::now() >= next_rescan) rescan();
       for (auto& connection : connections) connection->pump(milliseconds(0));
+      poll_open();
       auto next = SteadyClock::now() + milliseconds(1000);
+      if (!open_databases.empty()) next = std::min(next, next_poll);
       bool busy = false;
       for (auto& [name, database] : databases) {
         if (stop.load()) break;
         auto now = SteadyClock::now();
+        recheck(database, now);
         bool replies =
             database.relay && connections[database.connection]->has_events(database.slot);
         if (database.due || replies || now >= database.call_again_by) step(database);
         busy = busy || database.due;
-        next = std::min(next, database.call_again_by);
+        next = std::min({next, database.call_again_by, database.recheck_at});
       }
       publish_counters(false);
       if (!busy) await(next);

@@ -13,6 +13,9 @@
 
 #include "cutting_proxy.hpp"
 #include "multi_harness.hpp"
+#include "outbox/relay_store.hpp"
+#include "relay/relay.hpp"
+#include "relay/sink.hpp"
 
 using namespace relay_test;
 
@@ -201,4 +204,63 @@ TEST_CASE("stopping a directory relay waits one drain timeout in all and not one
       60s));
   CHECK(again->stop().code == 0);
   check_exactly_once_in_order(fetch_all(broker.endpoint()), committed(tenants));
+}
+
+namespace {
+
+// A sink whose queue is full for the first send (a shared connection carrying
+// other databases' batches): it refuses it, then takes and acknowledges
+// every batch at once.
+class FullOnceSink final : public relay::Sink {
+ public:
+  void set_lease(relay::SinkLease) override {}
+  std::optional<std::string> open_session(std::chrono::milliseconds) override {
+    return std::nullopt;
+  }
+  bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override {
+    if (++sends == 1) return false;
+    relay::SinkEvent event;
+    event.batch_id = batch_id;
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+      event.deliveries.push_back({relay::DeliveryStatus::stored, ++offset, {}});
+    }
+    events.push_back(std::move(event));
+    return true;
+  }
+  std::optional<relay::SinkEvent> poll(std::chrono::milliseconds) override {
+    if (events.empty()) return std::nullopt;
+    auto event = std::move(events.front());
+    events.erase(events.begin());
+    return event;
+  }
+  std::string describe() const override { return "full-once sink"; }
+
+  int sends = 0;
+  std::uint64_t offset = 0;
+  std::vector<relay::SinkEvent> events;
+};
+
+}  // namespace
+
+TEST_CASE("a stepped relay whose batch the sink refused is not idle and sends it again soon",
+          "[relay][multi]") {
+  test_support::TempDir dir("relay-full-once");
+  {
+    auto box = outbox::Outbox::open(dir / "tenant.db", uuid_v7_ids());
+    outbox::Transaction tx(box);
+    tx.enqueue({.topic = "t", .key = "k", .payload = "one"});
+    tx.commit();
+  }
+  auto store = outbox::RelayStore::open(dir / "tenant.db");
+  FullOnceSink sink;
+  relay::Relay relay(store, sink, {});
+  relay::StepResult result;
+  for (int step = 0; step < 10 && sink.sends == 0; ++step) result = relay.step();
+  REQUIRE(sink.sends == 1);  // refused
+  // Idle would let a directory close it with the message pending.
+  CHECK(result.state != relay::StepResult::State::idle);
+  CHECK(result.call_again_by <= std::chrono::steady_clock::now() + std::chrono::seconds(1));
+  for (int step = 0; step < 10 && store.backlog().pending > 0; ++step) relay.step();
+  CHECK(sink.sends == 2);
+  CHECK(store.backlog().pending == 0);
 }

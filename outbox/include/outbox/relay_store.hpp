@@ -88,6 +88,12 @@ struct RelayOptions {
   // WAL holds at least this many pages (0: never). Producers then never pay
   // for checkpoints on their commits (see Options::wal_autocheckpoint_pages).
   int checkpoint_pages = 1000;
+  // Whether closing the store, when it holds the database's last
+  // connection, copies the WAL back and removes it (SQLite's default: two
+  // fsyncs and an unlink). A program that closes and reopens many databases
+  // in turn turns it off: the WAL stays, and the next opener, producer or
+  // relay, carries on with it; nothing committed is lost either way.
+  bool checkpoint_on_close = true;
   // Open the file read-only (status and listing tools); writes then throw.
   bool read_only = false;
   Clock clock = system_clock();
@@ -312,6 +318,13 @@ class RelayStore {
   // every poll_interval), false when `timeout` passes without one. Spurious
   // true returns are possible; read_pending() decides.
   bool wait_for_work(std::chrono::milliseconds timeout);
+
+  // Whether another connection committed to the database since the last
+  // read_pending() or call of this (PRAGMA data_version), without waiting and
+  // without the wake-up socket: for a program that watches many databases and
+  // paces these checks itself. The first call only takes note (false).
+  // Spurious true returns are possible; read_pending() decides.
+  bool committed_since_last_look();
 
   sqlite3* db() const;
   const std::string& path() const;

@@ -81,8 +81,12 @@ struct MultiRelayConfig {
   std::chrono::milliseconds backlog_interval{0};
   // counters().largest lists at most this many databases, by backlog.
   std::size_t listed_databases = 20;
-  // Per database. Its holder names the process; idle_wait is the longest a
-  // database goes unlooked at while open (commits wake it sooner). A
+  // The fallback look for commits inotify missed (PRAGMA data_version of
+  // open idle databases): this many in all per second, whatever the number
+  // of databases; none more often than relay.idle_wait.
+  std::size_t fallback_checks_per_second = 100;
+  // Per database. Its holder names the process; idle_wait is the shortest
+  // time between two fallback checks of one open idle database. A
   // `metrics` given here is shared by every database's relay: build it with
   // RelayMetrics' two-registry constructor (relay/metrics.hpp).
   RelayConfig relay{};

@@ -96,6 +96,13 @@ struct RelayConfig {
   // relay's in-flight memory is batch_bytes x max_in_flight_batches.
   std::size_t batch_bytes = std::size_t{1} << 20;
   std::size_t max_in_flight_batches = 8;
+  // A new session's window of unacknowledged messages starts at 64 and
+  // doubles each round trip (slow start: a connection that breaks early costs
+  // little). With this set it starts at one whole batch: for a program that
+  // forwards many small databases with small windows (MultiRelay), where a
+  // database's whole backlog is often less than a batch and each round trip
+  // is a round of turns over every database.
+  bool first_window_one_batch = false;
   std::chrono::milliseconds ack_timeout{10'000};
   std::chrono::milliseconds connect_timeout{2'000};
   outbox::BackoffPolicy backoff{};
