@@ -6,6 +6,24 @@ OUTBOX_SANITIZER_DIR="$OUTBOX_ROOT/tests/sanitizers"
 
 outbox_jobs() { nproc 2>/dev/null || echo 2; }
 
+# outbox_children_cpu <variable>: sets <variable> to the CPU seconds (user + system)
+# of every child process this shell has waited for so far, with theirs (compilers
+# under ninja, tests under ctest, daemons under tests). Its difference over a stage
+# is that stage's CPU time, which unlike the wall time does not depend on what else
+# the machine runs. Call it directly, never in $(...): a subshell has no children.
+outbox_children_cpu() {
+  local file
+  file="$(mktemp)" || return 1
+  times >"$file"
+  # Second line: "0m12.345s 0m1.234s" (the children's user and system time).
+  printf -v "$1" '%s' "$(awk 'NR == 2 {
+      total = 0
+      for (i = 1; i <= 2; ++i) { split($i, part, "m"); total += part[1] * 60 + part[2] }
+      printf "%.0f", total
+    }' "$file")"
+  rm -f "$file"
+}
+
 # The plain build (build/, RelWithDebInfo, warnings as errors) and the whole suite;
 # the arguments go to ctest.
 outbox_stage_plain() {

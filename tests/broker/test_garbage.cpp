@@ -78,8 +78,9 @@ TEST_CASE("garbage from many connections is counted and the broker keeps serving
   auto producer = connect(broker.endpoint());
   auto observer = std::make_unique<broker::Client>(broker.endpoint());
   std::mt19937_64 rng(42);
-  constexpr int kConnections = 24;
-  constexpr int kPerConnection = 250;
+  // Reduced in the sanitizer trees: 8 connections of 100 messages a wave.
+  const int kConnections = test_support::scaled(24, 8);
+  const int kPerConnection = test_support::scaled(250, 100);
 
   zmq::context_t context(1);
   long resident_after_first_wave = 0;

@@ -202,4 +202,18 @@ int free_loopback_port() {
   return ntohs(address.sin_port);
 }
 
+bool reduced_scale() {
+#ifdef OUTBOX_TEST_REDUCED_SCALE
+  constexpr bool tree_default = true;
+#else
+  constexpr bool tree_default = false;
+#endif
+  const char* value = std::getenv("OUTBOX_TEST_SCALE");
+  if (value == nullptr || *value == '\0') return tree_default;
+  const std::string scale(value);
+  if (scale == "full") return false;
+  if (scale == "reduced") return true;
+  throw std::invalid_argument("OUTBOX_TEST_SCALE=" + scale + ": expected full or reduced");
+}
+
 }  // namespace test_support

@@ -95,4 +95,18 @@ std::vector<std::string> lines(const std::string& text);
 // std::runtime_error when no socket can be bound.
 int free_loopback_port();
 
+// The size of the expensive tests (thousands of connections, requests or
+// messages): full, or reduced in the sanitizer trees (compiled with
+// OUTBOX_TEST_REDUCED_SCALE), where every process runs 5 to 15 times slower.
+// A reduced test makes the same checks on fewer items; it never skips one.
+// The environment variable OUTBOX_TEST_SCALE=full or =reduced overrides the
+// tree's default; any other value throws std::invalid_argument naming it.
+bool reduced_scale();
+
+// `full`, or `reduced` when reduced_scale().
+template <class T>
+T scaled(T full, T reduced) {
+  return reduced_scale() ? reduced : full;
+}
+
 }  // namespace test_support
