@@ -1106,6 +1106,18 @@ struct Relay::Impl {
     housekeeping();
     if (!ensure_session()) return;
     fill_pipeline();
+    if (send_refused) {
+      // Refused: the sink's queue is full, or its session ended while no
+      // reply was awaited (a shared connection broke with nothing of this
+      // database in flight). What the sink has to say is handled now: a
+      // failure among it ends the session and the next turn opens another,
+      // where waiting for the queue would wait for ever.
+      while (session_open) {
+        auto event = sink.poll(milliseconds(0));
+        if (!event) break;
+        handle(std::move(*event));
+      }
+    }
     if (in_flight.empty()) {
       record_settled();  // idle: every outcome is written down
       // and the status row is made current (when stepped, once its interval

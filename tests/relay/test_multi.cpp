@@ -9,6 +9,7 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cutting_proxy.hpp"
@@ -211,14 +212,32 @@ namespace {
 // A sink whose queue is full for the first send (a shared connection carrying
 // other databases' batches): it refuses it, then takes and acknowledges
 // every batch at once.
+// With `session_ends` false: a sink whose queue is full for the first send
+// (a shared connection carrying other databases' batches). With it true: a
+// sink whose session ended before the first send while nothing was in flight
+// (a shared connection that broke): it refuses every send of that session and
+// says why in a failure event for no batch. Either way it then takes and
+// acknowledges every batch at once.
 class FullOnceSink final : public relay::Sink {
  public:
+  explicit FullOnceSink(bool session_ends = false) : session_ends_(session_ends) {}
   void set_lease(relay::SinkLease) override {}
   std::optional<std::string> open_session(std::chrono::milliseconds) override {
+    ++sessions;
     return std::nullopt;
   }
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override {
-    if (++sends == 1) return false;
+    ++sends;
+    if (session_ends_ && sessions == 1) {
+      if (sends == 1) {
+        relay::SinkEvent ended;
+        ended.kind = relay::SinkEvent::Kind::failed;
+        ended.error = "connection lost";
+        events.push_back(std::move(ended));
+      }
+      return false;
+    }
+    if (!session_ends_ && sends == 1) return false;
     relay::SinkEvent event;
     event.batch_id = batch_id;
     for (std::size_t i = 0; i < messages.size(); ++i) {
@@ -236,8 +255,12 @@ class FullOnceSink final : public relay::Sink {
   std::string describe() const override { return "full-once sink"; }
 
   int sends = 0;
+  int sessions = 0;
   std::uint64_t offset = 0;
   std::vector<relay::SinkEvent> events;
+
+ private:
+  bool session_ends_;
 };
 
 }  // namespace
@@ -262,5 +285,31 @@ TEST_CASE("a stepped relay whose batch the sink refused is not idle and sends it
   CHECK(result.call_again_by <= std::chrono::steady_clock::now() + std::chrono::seconds(1));
   for (int step = 0; step < 10 && store.backlog().pending > 0; ++step) relay.step();
   CHECK(sink.sends == 2);
+  CHECK(store.backlog().pending == 0);
+}
+
+TEST_CASE("a stepped relay whose session ended with nothing in flight opens another and sends",
+          "[relay][multi]") {
+  test_support::TempDir dir("relay-session-ended");
+  {
+    auto box = outbox::Outbox::open(dir / "tenant.db", uuid_v7_ids());
+    outbox::Transaction tx(box);
+    tx.enqueue({.topic = "t", .key = "k", .payload = "one"});
+    tx.commit();
+  }
+  auto store = outbox::RelayStore::open(dir / "tenant.db");
+  FullOnceSink sink(/*session_ends=*/true);
+  relay::Relay relay(store, sink, {});
+  // Before, every send of the ended session was refused as if the queue were
+  // full, the failure was never read (nothing in flight, nothing awaited), and
+  // the message waited for ever.
+  for (int step = 0; step < 50 && store.backlog().pending > 0; ++step) {
+    auto result = relay.step();
+    if (store.backlog().pending > 0) {
+      std::this_thread::sleep_until(std::min(
+          result.call_again_by, std::chrono::steady_clock::now() + std::chrono::milliseconds(50)));
+    }
+  }
+  CHECK(sink.sessions == 2);
   CHECK(store.backlog().pending == 0);
 }
