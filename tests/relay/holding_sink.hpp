@@ -84,8 +84,8 @@ class CapturedLog final : public spdlog::sinks::base_sink<std::mutex> {
   std::string text_;
 };
 
-// Runs a Relay over a HoldingSink on its own thread and logs into a string. Stopping also releases the sink, so a test that
-// fails while the relay is held still ends.
+// Runs a Relay over a HoldingSink on its own thread and logs into a string. Stopping also releases
+// the sink, so a test that fails while the relay is held still ends.
 class RelayThread {
  public:
   RelayThread(outbox::RelayStore& store, HoldingSink& sink, relay::RelayConfig config)

@@ -102,8 +102,10 @@ TEST_CASE("ids of a thousand databases producing at once never meet at the broke
   CHECK(static_cast<long>(broker_test::counter(*stats, "stored")) == committed(tenants));
   // Each database has at most its latest session and the one before (a new
   // session of an origin ends the older ones), however often it was opened.
-  CHECK(broker_test::counter(*stats, "sessions_active") <= 2 * static_cast<std::uint64_t>(kTenants));
-  CHECK(broker_test::counter(*stats, "sessions_opened") >= static_cast<std::uint64_t>(kRounds * kTenants));
+  CHECK(broker_test::counter(*stats, "sessions_active") <=
+        2 * static_cast<std::uint64_t>(kTenants));
+  CHECK(broker_test::counter(*stats, "sessions_opened") >=
+        static_cast<std::uint64_t>(kRounds * kTenants));
 
   INFO(relay->log().substr(0, 4000));
   CHECK(relay->stop().code == 0);
