@@ -263,18 +263,23 @@ class FullOnceSink final : public relay::Sink {
   bool session_ends_;
 };
 
-}  // namespace
-
-TEST_CASE("a stepped relay whose batch the sink refused is not idle and sends it again soon",
-          "[relay][multi]") {
-  test_support::TempDir dir("relay-full-once");
+// A database in `dir` with one message pending, opened for a relay.
+outbox::RelayStore store_with_one_message(const test_support::TempDir& dir) {
   {
     auto box = outbox::Outbox::open(dir / "tenant.db", uuid_v7_ids());
     outbox::Transaction tx(box);
     tx.enqueue({.topic = "t", .key = "k", .payload = "one"});
     tx.commit();
   }
-  auto store = outbox::RelayStore::open(dir / "tenant.db");
+  return outbox::RelayStore::open(dir / "tenant.db");
+}
+
+}  // namespace
+
+TEST_CASE("a stepped relay whose batch the sink refused is not idle and sends it again soon",
+          "[relay][multi]") {
+  test_support::TempDir dir("relay-full-once");
+  auto store = store_with_one_message(dir);
   FullOnceSink sink;
   relay::Relay relay(store, sink, {});
   relay::StepResult result;
@@ -291,13 +296,7 @@ TEST_CASE("a stepped relay whose batch the sink refused is not idle and sends it
 TEST_CASE("a stepped relay whose session ended with nothing in flight opens another and sends",
           "[relay][multi]") {
   test_support::TempDir dir("relay-session-ended");
-  {
-    auto box = outbox::Outbox::open(dir / "tenant.db", uuid_v7_ids());
-    outbox::Transaction tx(box);
-    tx.enqueue({.topic = "t", .key = "k", .payload = "one"});
-    tx.commit();
-  }
-  auto store = outbox::RelayStore::open(dir / "tenant.db");
+  auto store = store_with_one_message(dir);
   FullOnceSink sink(/*session_ends=*/true);
   relay::Relay relay(store, sink, {});
   // Before, every send of the ended session was refused as if the queue were
