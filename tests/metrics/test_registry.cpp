@@ -13,6 +13,7 @@
 #include "metrics/metrics.hpp"
 #include "relay/metrics.hpp"
 #include "scrape.hpp"
+#include "test_support.hpp"
 
 using metrics_test::sample;
 
@@ -162,11 +163,8 @@ TEST_CASE("a metrics server destroyed right after it started stops at once") {
       stopped.fetch_add(1);
     }
   }).detach();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (stopped.load() < kServers && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  if (stopped.load() < kServers) {
+  if (!test_support::wait_until([] { return stopped.load() == kServers; },
+                                std::chrono::seconds(60))) {
     std::fprintf(stderr, "metrics server %d of %d did not stop within 60 s\n", stopped.load() + 1,
                  kServers);
     std::_Exit(1);  // the hung thread cannot be joined
