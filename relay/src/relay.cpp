@@ -355,7 +355,7 @@ struct Relay::Impl {
   bool started = false;
   SteadyClock::time_point resume_at{};
   bool turn_did_work = false;  // this step sent, handled or recorded something
-  bool send_refused = false;   // the sink's queue was full
+  bool send_refused = false;   // the sink refused a send (queue full, or its session ended)
   static constexpr milliseconds kRefusedSendRetry{5};
   bool turn_went_idle = false;
   // Batches a step may send: one, so that a program stepping many relays in
