@@ -32,7 +32,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <thread>
@@ -233,21 +236,83 @@ struct TopicUndo {
   std::uint64_t message_count;
 };
 
-// Writes the WAL's dirty pages to disk every few milliseconds from a
-// background thread. A checkpoint (which runs inside a commit: the store holds
-// its file in EXCLUSIVE mode, so no other connection can take it over) first
-// fsyncs the WAL; with synchronous=NORMAL that fsync had to write out
-// everything since the previous checkpoint, up to 64 MiB, and stalled the
-// commit path for 40-140 ms every few hundred milliseconds under a steady
-// stream of small commits (outbox-bench e2e: commit-to-stored p99 45-75 ms at
-// 10,000 msg/s). Flushed ahead, the checkpoint's own fsync finds little left.
-// fdatasync through a second descriptor only adds durability; it never
-// changes what SQLite writes or when a commit is acknowledged.
-class WalFlusher {
+// Holds the store for one process: an open file description lock (OFD, so
+// that SQLite's own POSIX locks on other descriptors of the same file neither
+// release nor conflict with it) on a byte far past any page SQLite uses. A
+// second Store on the same file, in this process or another, fails at open
+// instead of writing the file behind the first one's back.
+class OwnerLock {
  public:
-  explicit WalFlusher(std::filesystem::path wal_path)
-      : wal_path_(std::move(wal_path)), thread_([this] { run(); }) {}
-  ~WalFlusher() noexcept {
+  OwnerLock() = default;
+  explicit OwnerLock(const std::filesystem::path& database) {
+    fd_ = ::open(database.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);  // as SQLite creates it
+    if (fd_ < 0) {
+      throw StoreError(
+          "cannot open store database " + database.string() + ": " + std::strerror(errno),
+          SQLITE_CANTOPEN);
+    }
+    struct flock lock {};
+    lock.l_type = F_WRLCK;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = kOwnerByte;
+    lock.l_len = 1;
+    if (::fcntl(fd_, F_OFD_SETLK, &lock) != 0) {
+      const int error = errno;
+      ::close(fd_);
+      fd_ = -1;
+      throw StoreError(
+          database.string() +
+              (error == EAGAIN || error == EACCES
+                   ? std::string(" is in use by another broker (one process owns a store)")
+                   : ": cannot lock the store: " + std::string(std::strerror(error))),
+          SQLITE_BUSY);
+    }
+  }
+  ~OwnerLock() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  OwnerLock(OwnerLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  OwnerLock& operator=(OwnerLock&& other) noexcept {
+    if (this != &other) {
+      if (fd_ >= 0) ::close(fd_);
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+
+ private:
+  static constexpr off_t kOwnerByte = off_t{1} << 62;
+  int fd_ = -1;
+};
+
+// Checkpoints on its own thread and connection, and (with synchronous=NORMAL)
+// writes the WAL's dirty pages to disk every few milliseconds.
+//
+// A checkpoint run inside a commit (SQLite's auto-checkpoint) ends with an
+// fsync of the WAL and one of the database file; under a steady stream of
+// small commits (10,000 msg/s) it came every 250-300 ms and held the group
+// commit for 8-80 ms on a busy disk: the tail of commit-to-stored latency
+// (outbox-bench e2e, p99 20-100 ms). A PASSIVE checkpoint from a second
+// connection blocks neither the writer nor readers, so commits go on while
+// it copies and syncs. The commit path only asks for one (the WAL hook);
+// should the checkpointer fall behind, the writer checkpoints itself past a
+// hard limit, so the WAL stays bounded.
+//
+// The flush: with synchronous=NORMAL the checkpoint's first fsync of the WAL
+// had to write out everything since the previous one; flushed ahead, it
+// finds little left. fdatasync through a second descriptor only adds
+// durability; it never changes what SQLite writes or when a commit is
+// acknowledged.
+class BackgroundSync {
+ public:
+  BackgroundSync(std::filesystem::path database, SyncMode sync,
+                 std::shared_ptr<spdlog::logger> logger)
+      : database_(std::move(database)),
+        wal_path_(database_.string() + "-wal"),
+        sync_(sync),
+        logger_(std::move(logger)),
+        thread_([this] { run(); }) {}
+  ~BackgroundSync() noexcept {
     {
       std::lock_guard lock(mutex_);
       stop_ = true;
@@ -256,17 +321,37 @@ class WalFlusher {
     thread_.join();
     if (fd_ >= 0) ::close(fd_);
   }
-  WalFlusher(const WalFlusher&) = delete;
-  WalFlusher& operator=(const WalFlusher&) = delete;
+  BackgroundSync(const BackgroundSync&) = delete;
+  BackgroundSync& operator=(const BackgroundSync&) = delete;
+
+  // Asks for a checkpoint soon; never blocks on the database.
+  void request_checkpoint() {
+    {
+      std::lock_guard lock(mutex_);
+      if (checkpoint_requested_) return;
+      checkpoint_requested_ = true;
+    }
+    wake_.notify_one();
+  }
 
  private:
   static constexpr std::chrono::milliseconds interval{20};
 
   void run() {
     std::unique_lock lock(mutex_);
-    while (!wake_.wait_for(lock, interval, [&] { return stop_; })) {
+    for (;;) {
+      auto woken = [&] { return stop_ || checkpoint_requested_; };
+      // Nothing to flush with synchronous=FULL: every commit synced the WAL.
+      if (sync_ == SyncMode::full) {
+        wake_.wait(lock, woken);
+      } else {
+        wake_.wait_for(lock, interval, woken);
+      }
+      if (stop_) return;
+      const bool checkpoint_due = std::exchange(checkpoint_requested_, false);
       lock.unlock();
-      flush();
+      if (sync_ != SyncMode::full) flush();
+      if (checkpoint_due) checkpoint();
       lock.lock();
     }
   }
@@ -283,11 +368,36 @@ class WalFlusher {
     if (fd_ >= 0) ::fdatasync(fd_);
   }
 
+  void checkpoint() {
+    try {
+      if (!connection_) {
+        connection_ = sqlite::open_database(database_.string());
+        // The checkpointing connection's level decides its fsyncs.
+        sqlite::execute(connection_.get(), sync_ == SyncMode::full ? "PRAGMA synchronous = FULL"
+                                                                   : "PRAGMA synchronous = NORMAL");
+      }
+      int rc = sqlite3_wal_checkpoint_v2(connection_.get(), "main", SQLITE_CHECKPOINT_PASSIVE,
+                                         nullptr, nullptr);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+        sqlite::throw_error(connection_.get(), rc, "checkpoint");
+      }
+    } catch (const std::exception& error) {
+      // Not fatal: the writer checkpoints itself past its hard limit.
+      logger_->warn("background checkpoint of {} failed: {}", database_.string(), error.what());
+      connection_.reset();
+    }
+  }
+
+  std::filesystem::path database_;
   std::filesystem::path wal_path_;
+  SyncMode sync_;
+  std::shared_ptr<spdlog::logger> logger_;
+  sqlite::DatabaseHandle connection_;  // the checkpointer's own, opened on first use
   int fd_ = -1;
   std::mutex mutex_;
   std::condition_variable wake_;
   bool stop_ = false;
+  bool checkpoint_requested_ = false;
   std::thread thread_;  // last: starts once everything above is ready
 };
 
@@ -297,6 +407,7 @@ struct Store::Impl {
   std::filesystem::path path;
   StoreOptions options;
   std::shared_ptr<spdlog::logger> logger;
+  OwnerLock owner;  // taken before the database is opened, released after it is closed
   sqlite::DatabaseHandle db;
 
   std::vector<Topic> topics;  // index = topic id - 1
@@ -313,7 +424,7 @@ struct Store::Impl {
   sqlite::Statement upsert_group_offset, select_group_offset, scan_group_offsets;
   sqlite::Statement scan_dedup, delete_dedup, scan_chunk_times, delete_chunks;
   sqlite::Statement select_origin_epoch, raise_origin_epoch;
-  std::unique_ptr<WalFlusher> wal_flusher;  // synchronous=NORMAL only
+  std::unique_ptr<BackgroundSync> background;  // destroyed first: closes its connection before `db`
 
   Impl(const std::filesystem::path& store_path, StoreOptions store_options)
       : path(store_path), options(std::move(store_options)) {
@@ -340,13 +451,11 @@ struct Store::Impl {
   }
 
   void open_database() {
+    owner = OwnerLock(path);
     db = sqlite::open_database(path.string());
     sqlite3* handle = db.get();
     // Page size only takes effect before the first table exists.
     sqlite::execute(handle, "PRAGMA page_size = 16384");
-    // EXCLUSIVE: one process owns the store; it also spares the shared-memory
-    // WAL index on every commit.
-    sqlite::execute(handle, "PRAGMA locking_mode = EXCLUSIVE");
     {
       sqlite::Statement journal(handle, "PRAGMA journal_mode = WAL");
       if (!journal.step() || journal.column_text(0) != "wal") {
@@ -358,13 +467,11 @@ struct Store::Impl {
                                                            : "PRAGMA synchronous = NORMAL");
     auto cache_kib = std::to_string(std::max<std::size_t>(options.cache_bytes / 1024, 1024));
     sqlite::execute(handle, ("PRAGMA cache_size = -" + cache_kib).c_str());
-    // Checkpoints copy the WAL into the database; doing it every 64 MiB rather
-    // than every 4 MiB keeps them off most commits.
-    sqlite::execute(handle, "PRAGMA wal_autocheckpoint = 4096");
     sqlite::execute(handle, "PRAGMA temp_store = MEMORY");
-    if (options.sync != SyncMode::full) {
-      wal_flusher = std::make_unique<WalFlusher>(path.string() + "-wal");
-    }
+    // Checkpoints run on the background connection (see BackgroundSync); this
+    // hook replaces SQLite's auto-checkpoint on the writer.
+    background = std::make_unique<BackgroundSync>(path, options.sync, logger);
+    sqlite3_wal_hook(handle, &Impl::on_wal_commit, this);
     if (options.max_database_bytes > 0) {
       auto page_size =
           static_cast<std::uint64_t>(sqlite::query_integer(handle, "PRAGMA page_size"));
@@ -382,6 +489,27 @@ struct Store::Impl {
     load_state();
     logger->info("opened store {} (sync {}, {} topics, {} dedup entries)", path.string(),
                  to_string(options.sync), topics.size(), counters.dedup_entries);
+  }
+
+  // Checkpoints copy the WAL into the database. Asked for every 64 MiB of WAL
+  // rather than every 4 MiB keeps the WAL's restarts rare; past four times
+  // that the background checkpointer has fallen behind (or fails) and the
+  // writer copies the WAL back itself.
+  static constexpr int kCheckpointPages = 4096;
+  static constexpr int kWriterCheckpointPages = 4 * kCheckpointPages;
+  static int on_wal_commit(void* self, sqlite3* connection, const char* database, int pages) {
+    auto* impl = static_cast<Impl*>(self);
+    if (pages >= kWriterCheckpointPages) {
+      int rc = sqlite3_wal_checkpoint_v2(connection, database, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                         nullptr);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+        impl->logger->warn("checkpoint of {} failed: {}", impl->path.string(),
+                           sqlite3_errmsg(connection));
+      }
+    } else if (pages >= kCheckpointPages) {
+      impl->background->request_checkpoint();
+    }
+    return SQLITE_OK;
   }
 
   // PRAGMA quick_check reads every page once (O(size), no index cross-checks);

@@ -382,8 +382,24 @@ TEST_CASE("a second store on the same file is refused while the first is open") 
     FAIL("opened a store that is in use");
   } catch (const broker::StoreError& error) {
     CHECK((error.extended_code() & 0xff) == SQLITE_BUSY);
+    CHECK_THAT(error.what(), Catch::Matchers::Contains("in use by another broker"));
   }
   CHECK(append_one(first, {"id-2", "orders", "b"}) == stored(1));
+  // Other connections may read the file meanwhile (a backup, sqlite3), and
+  // the store goes on writing.
+  {
+    sqlite3* reader = nullptr;
+    REQUIRE(sqlite3_open_v2((dir / "broker.db").c_str(), &reader, SQLITE_OPEN_READONLY, nullptr) ==
+            SQLITE_OK);
+    sqlite3_stmt* count = nullptr;
+    REQUIRE(sqlite3_prepare_v2(reader, "SELECT count(*) FROM dedup", -1, &count, nullptr) ==
+            SQLITE_OK);
+    REQUIRE(sqlite3_step(count) == SQLITE_ROW);
+    CHECK(sqlite3_column_int(count, 0) == 1);
+    sqlite3_finalize(count);
+    sqlite3_close(reader);
+  }
+  CHECK(append_one(first, {"id-3", "orders", "c"}) == stored(2));
 }
 
 TEST_CASE("a failed append applies nothing and the store stays usable") {

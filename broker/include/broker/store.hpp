@@ -43,8 +43,14 @@
 // Thread safety. A Store is not thread-safe: all calls, including fetch() and
 // the const accessors, must come from one thread at a time (the daemon's loop
 // thread). One Store per database file: the file is locked while the Store is
-// open, and a second Store (in any process) fails to open with StoreError
-// (SQLITE_BUSY).
+// open (an OFD lock on a byte SQLite never uses), and a second Store (in any
+// process) fails to open with StoreError (SQLITE_BUSY); other SQLite
+// connections may read the file meanwhile. Each Store owns one background
+// thread with a second connection of its own: it copies the WAL back into the
+// database (checkpoints, asked for by the writer every 64 MiB of WAL, so that
+// append() does not wait for their fsyncs) and, with SyncMode::normal, writes
+// the WAL to disk every 20 ms. Should it fall behind, append() checkpoints
+// itself once the WAL holds 256 MiB.
 #pragma once
 
 #include <chrono>
