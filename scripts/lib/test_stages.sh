@@ -111,6 +111,24 @@ outbox_stage_sanitizer() {
   return $status
 }
 
+# outbox_fuzz_wait_one <array name>: waits for one of the fuzz runs in the associative
+# array (pid -> target name) to end, removes it and prints its figures, or its log's
+# tail and an error; returns 1 for a failed run. Needs $build_dir.
+outbox_fuzz_wait_one() {
+  local -n runs="$1"
+  local pid name result=0
+  wait -n -p pid "${!runs[@]}" || result=$?
+  name="${runs[$pid]}"
+  unset "runs[$pid]"
+  if [ $result -ne 0 ]; then
+    tail -n 60 "$build_dir/$name.log" >&2
+    echo "error: $name failed with exit $result (log: $build_dir/$name.log)" >&2
+    return 1
+  fi
+  echo "$name: $(grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb)' \
+    "$build_dir/$name.log" | tr '\n' ' ')" >&2
+}
+
 # outbox_stage_fuzz <seconds>: builds the libFuzzer targets with clang into
 # build-fuzz/ and runs each for <seconds> from its seed corpus (tests/fuzz/corpus/);
 # a crash, a leak, a timeout or an out-of-memory fails the stage and leaves the
@@ -130,27 +148,29 @@ outbox_stage_fuzz() {
     -DOUTBOX_INSTALL=OFF || return 11
   outbox_log "building $build_dir"
   cmake --build "$build_dir" --parallel "$(outbox_jobs)" --target fuzz_targets || return 11
-  local status=0 target corpus work
+  local status=0 target name corpus work jobs
+  jobs="$(outbox_jobs)"
   mkdir -p "$build_dir/artifacts"
+  # The targets run side by side, one per core: each still gets <seconds> of its own.
+  local -A running=()
   for target in "$build_dir"/fuzz/fuzz_*; do
     [ -x "$target" ] || continue
-    local name="${target##*/}"
+    name="${target##*/}"
     corpus="$OUTBOX_ROOT/tests/fuzz/corpus/${name#fuzz_}"
     work="$build_dir/corpus/${name#fuzz_}"
     mkdir -p "$work"
+    while [ "${#running[@]}" -ge "$jobs" ]; do
+      outbox_fuzz_wait_one running || status=1
+    done
     outbox_log "fuzzing $name for ${seconds}s"
     # New inputs go to the scratch corpus in build-fuzz/, never into the repository.
     "$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$build_dir/artifacts/$name-" "$work" "$corpus" \
-      >"$build_dir/$name.log" 2>&1 || {
-      status=1
-      tail -n 60 "$build_dir/$name.log" >&2
-      echo "error: $name failed (log: $build_dir/$name.log)" >&2
-      continue
-    }
-    grep -E '^(#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::peak_rss_mb)' \
-      "$build_dir/$name.log" | tr '\n' ' ' >&2
-    echo >&2
+      >"$build_dir/$name.log" 2>&1 &
+    running[$!]="$name"
+  done
+  while [ "${#running[@]}" -gt 0 ]; do
+    outbox_fuzz_wait_one running || status=1
   done
   return $status
 }
