@@ -128,8 +128,10 @@ struct RelayStore::Impl {
   Statement read_generation;
   Statement bump_generation;
   Statement select_pending;
+  Statement select_delivery_after;
   Statement select_blockers;
   Statement mark;
+  Statement mark_delivered_run;
   Statement retry;
   Statement first_unsettled;
   Statement max_seq;
@@ -217,12 +219,18 @@ struct RelayStore::Impl {
         Statement::deferred(db, "SELECT generation FROM outbox_relay_cursor WHERE id = 1");
     bump_generation = Statement::deferred(
         db, "UPDATE outbox_relay_cursor SET generation = generation + 1 WHERE id = 1");
+    // The rows after a seq and their delivery rows, read side by side in seq
+    // order (a merge) rather than joined: a join looks up outbox_delivery
+    // once per message, where past the last message sent there is usually
+    // no delivery row at all.
     select_pending = Statement::deferred(
         db,
-        "SELECT m.seq, m.msg_id, m.topic, nullif(m.partition_key, ''), m.headers, m.payload, "
-        "m.created_at_ms, d.state, d.attempts, d.next_attempt_ms "
-        "FROM outbox_messages m LEFT JOIN outbox_delivery d ON d.seq = m.seq "
-        "WHERE m.seq > ?1 ORDER BY m.seq LIMIT ?2");
+        "SELECT seq, msg_id, topic, nullif(partition_key, ''), headers, payload, created_at_ms "
+        "FROM outbox_messages WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+    select_delivery_after = Statement::deferred(
+        db,
+        "SELECT seq, state, attempts, next_attempt_ms FROM outbox_delivery WHERE seq > ?1 "
+        "ORDER BY seq");
     select_blockers = Statement::deferred(
         db,
         "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, nullif(m.partition_key, '') "
@@ -238,6 +246,20 @@ struct RelayStore::Impl {
         "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
         "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
         "last_error = coalesce(excluded.last_error, last_error), "
+        "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
+        "WHERE outbox_delivery.state = 0");
+    // The same for a run of delivered messages with consecutive seqs stored
+    // at consecutive offsets (a batch of one topic, the usual case): one
+    // statement per run instead of one per message. Every seq of the range
+    // is in the run, so the range names exactly its messages; a seq whose
+    // row is gone is skipped, as the EXISTS above skips it.
+    mark_delivered_run = Statement::deferred(
+        db,
+        "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+        "broker_offset, updated_at_ms) "
+        "SELECT seq, 1, 0, 0, NULL, seq + ?3, ?4 FROM outbox_messages "
+        "WHERE seq BETWEEN ?1 AND ?2 "
+        "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
         "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
         "WHERE outbox_delivery.state = 0");
     retry = Statement::deferred(
@@ -512,61 +534,97 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
     }
   }
 
-  const std::int64_t chunk = static_cast<std::int64_t>(std::max<std::size_t>(limit, 64));
-  for (;;) {
-    std::int64_t rows = 0;
-    auto use = impl.select_pending.use();
-    use.bind(1, start).bind(2, chunk);
-    while (use.step()) {
-      ++rows;
-      const auto seq = use.column_int64(0);
-      start = seq;
-      if (!use.column_is_null(7)) {
-        const auto state = use.column_int64(7);
-        if (state != detail::state_retry || use.column_int64(9) > now_ms) continue;
-      }
-      std::string topic = use.column_text(2);
-      auto key = use.column_optional_text(3);
-      if (!blocked_from.empty()) {
-        auto found = blocked_from.find(KeyGroup{topic, key});
-        if (found != blocked_from.end() && found->second < seq) continue;
-      }
-      PendingMessage message;
-      message.seq = seq;
-      message.msg_id = use.column_text(1);
-      message.topic = std::move(topic);
-      message.partition_key = std::move(key);
-      std::size_t headers_bytes = 0;
-      if (!use.column_is_null(4)) {
-        auto blob = use.column_blob(4);
-        headers_bytes = blob.size();
-        try {
-          message.headers = decode_headers(blob);
-        } catch (const Error& error) {
-          // A row another program wrote: the relay makes it dead, the rest flows.
-          message.format_error = std::string(error.what()) + " (headers blob of " +
-                                 std::to_string(blob.size()) + " bytes)";
+  // Delivery rows after `start`, in seq order, stepped along with the messages.
+  {
+    auto delivery = impl.select_delivery_after.use();
+    delivery.bind(1, start);
+    std::optional<std::int64_t> delivery_seq;
+    if (delivery.step()) delivery_seq = delivery.column_int64(0);
+
+    const std::int64_t chunk = static_cast<std::int64_t>(std::max<std::size_t>(limit, 64));
+    for (;;) {
+      std::int64_t rows = 0;
+      auto use = impl.select_pending.use();
+      use.bind(1, start).bind(2, chunk);
+      while (use.step()) {
+        ++rows;
+        const auto seq = use.column_int64(0);
+        start = seq;
+        while (delivery_seq && *delivery_seq < seq) {
+          delivery_seq.reset();
+          if (delivery.step()) delivery_seq = delivery.column_int64(0);
         }
+        int attempts = 0;
+        if (delivery_seq == seq) {
+          const auto state = delivery.column_int64(1);
+          if (state != detail::state_retry || delivery.column_int64(3) > now_ms) continue;
+          attempts = static_cast<int>(delivery.column_int64(2));
+        }
+        std::string topic = use.column_text(2);
+        auto key = use.column_optional_text(3);
+        if (!blocked_from.empty()) {
+          auto found = blocked_from.find(KeyGroup{topic, key});
+          if (found != blocked_from.end() && found->second < seq) continue;
+        }
+        PendingMessage message;
+        message.seq = seq;
+        message.msg_id = use.column_text(1);
+        message.topic = std::move(topic);
+        message.partition_key = std::move(key);
+        std::size_t headers_bytes = 0;
+        if (!use.column_is_null(4)) {
+          auto blob = use.column_blob(4);
+          headers_bytes = blob.size();
+          try {
+            message.headers = decode_headers(blob);
+          } catch (const Error& error) {
+            // A row another program wrote: the relay makes it dead, the rest flows.
+            message.format_error = std::string(error.what()) + " (headers blob of " +
+                                   std::to_string(blob.size()) + " bytes)";
+          }
+        }
+        message.payload = use.column_blob(5);
+        message.created_at = from_ms(use.column_int64(6));
+        message.attempts = attempts;
+        const std::size_t message_bytes = message.msg_id.size() + message.topic.size() +
+                                          message.partition_key.value_or("").size() +
+                                          headers_bytes + message.payload.size() + 16;
+        if (!result.empty() && bytes + message_bytes > max_bytes) {
+          full = true;
+          break;
+        }
+        bytes += message_bytes;
+        result.push_back(std::move(message));
+        if (result.size() == limit) break;
       }
-      message.payload = use.column_blob(5);
-      message.created_at = from_ms(use.column_int64(6));
-      message.attempts = use.column_is_null(8) ? 0 : static_cast<int>(use.column_int64(8));
-      const std::size_t message_bytes = message.msg_id.size() + message.topic.size() +
-                                        message.partition_key.value_or("").size() + headers_bytes +
-                                        message.payload.size() + 16;
-      if (!result.empty() && bytes + message_bytes > max_bytes) {
-        full = true;
-        break;
-      }
-      bytes += message_bytes;
-      result.push_back(std::move(message));
-      if (result.size() == limit) break;
+      if (full || result.size() == limit || rows < chunk) break;
     }
-    if (full || result.size() == limit || rows < chunk) break;
   }
   transaction.commit();
   return result;
 }
+
+namespace {
+
+// How many outcomes from the first one are delivered, with seqs and broker
+// offsets both rising by one from each to the next.
+std::size_t delivered_run(std::span<const Outcome> outcomes) {
+  std::size_t length = 0;
+  while (length < outcomes.size()) {
+    const auto& outcome = outcomes[length];
+    if (outcome.kind != Outcome::Kind::delivered) break;
+    if (length > 0) {
+      const auto& previous = outcomes[length - 1];
+      if (outcome.seq != previous.seq + 1 || outcome.broker_offset != previous.broker_offset + 1) {
+        break;
+      }
+    }
+    ++length;
+  }
+  return length;
+}
+
+}  // namespace
 
 void RelayStore::record_outcomes(std::span<const Outcome> outcomes, const Lease& lease) {
   if (outcomes.empty()) return;
@@ -575,7 +633,21 @@ void RelayStore::record_outcomes(std::span<const Outcome> outcomes, const Lease&
   impl.fence(lease);
   const auto now_ms = to_ms(impl.now());
   std::int64_t delivered = 0;
-  for (const auto& outcome : outcomes) {
+  for (std::size_t i = 0; i < outcomes.size();) {
+    const auto run = delivered_run(outcomes.subspan(i));
+    if (run > 1) {
+      const auto& first = outcomes[i];
+      auto use = impl.mark_delivered_run.use();
+      use.bind(1, first.seq)
+          .bind(2, first.seq + static_cast<std::int64_t>(run) - 1)
+          .bind(3, first.broker_offset - first.seq)
+          .bind(4, now_ms)
+          .run();
+      delivered += sqlite3_changes(impl.db);
+      i += run;
+      continue;
+    }
+    const auto& outcome = outcomes[i++];
     auto use = impl.mark.use();
     use.bind(1, outcome.seq);
     if (outcome.kind == Outcome::Kind::delivered) {
