@@ -222,9 +222,10 @@ bool Client::send_resume(std::uint64_t previous_session_id, std::uint64_t from_b
 }
 
 bool Client::send_publish_body(const std::string& body) {
-  wire::Frames frames{wire::encode_tag(), std::string(1, static_cast<char>(wire::Command::publish)),
-                      body};
-  return wire::send_frames(socket_, frames, zmq::send_flags::dontwait);
+  static const std::string tag = wire::encode_tag();
+  const char command = static_cast<char>(wire::Command::publish);
+  return wire::send_frames(socket_, tag, std::string_view(&command, 1), body,
+                           zmq::send_flags::dontwait);
 }
 
 wire::Result<wire::Ack> Client::publish(std::uint64_t batch_id,

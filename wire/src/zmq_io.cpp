@@ -23,6 +23,11 @@ auto retry_interrupted(Call call) {
 
 bool send_frames(zmq::socket_t& socket, const Frames& frames, zmq::send_flags flags,
                  std::string_view routing_id) {
+  return send_frames(socket, frames.tag, frames.command, frames.body, flags, routing_id);
+}
+
+bool send_frames(zmq::socket_t& socket, std::string_view tag, std::string_view command,
+                 std::string_view body, zmq::send_flags flags, std::string_view routing_id) {
   auto more = flags | zmq::send_flags::sndmore;
   // Only the first frame can fail to queue; once it is in, ZeroMQ takes the rest.
   auto send = [&socket](std::string_view frame, zmq::send_flags frame_flags) {
@@ -32,9 +37,9 @@ bool send_frames(zmq::socket_t& socket, const Frames& frames, zmq::send_flags fl
   if (!routing_id.empty()) {
     if (!send(routing_id, more)) return false;
   }
-  if (!send(frames.tag, more)) return false;
-  send(frames.command, more);
-  send(frames.body, flags);
+  if (!send(tag, more)) return false;
+  send(command, more);
+  send(body, flags);
   return true;
 }
 

@@ -22,6 +22,12 @@ namespace wire {
 // (with zmq::send_flags::dontwait) or the peer is gone.
 bool send_frames(zmq::socket_t& socket, const Frames& frames,
                  zmq::send_flags flags = zmq::send_flags::none, std::string_view routing_id = {});
+// The same from views: ZeroMQ copies each frame once, and a body built in a
+// buffer the caller keeps (a PUBLISH of a thousand messages) is not copied
+// into a Frames first.
+bool send_frames(zmq::socket_t& socket, std::string_view tag, std::string_view command,
+                 std::string_view body, zmq::send_flags flags = zmq::send_flags::none,
+                 std::string_view routing_id = {});
 bool send_message(zmq::socket_t& socket, const AnyMessage& message,
                   zmq::send_flags flags = zmq::send_flags::none, std::string_view routing_id = {});
 
