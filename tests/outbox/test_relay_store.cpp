@@ -115,6 +115,87 @@ TEST_CASE("outcomes are recorded per batch and advance the cursor") {
   CHECK(query_int(f.store.db(), "SELECT broker_offset FROM outbox_delivery WHERE seq = 3") == 102);
 }
 
+TEST_CASE("a run of consecutive outcomes is recorded as each would be on its own") {
+  // Seqs and broker offsets rising together are written by one statement per
+  // run; what each row ends up as must not depend on that.
+  Fixture f;
+  f.enqueue({"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"});  // seqs 1..10
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> earlier{outbox::Outcome::delivered(3, 50)};
+  f.store.record_outcomes(earlier, lease);
+  std::vector<std::int64_t> retry{7};
+  f.store.schedule_retry(retry, "broker timeout", f.clock.now(), lease);
+  exec(f.box.db(), "DELETE FROM outbox_messages WHERE seq = 5");  // gone meanwhile
+
+  std::vector<outbox::Outcome> outcomes;
+  for (std::int64_t seq = 1; seq <= 7; ++seq) {
+    outcomes.push_back(outbox::Outcome::delivered(seq, 99 + seq));  // offsets 100..106
+  }
+  outcomes.push_back(outbox::Outcome::delivered(8, 200));  // the offsets jump: a new run
+  outcomes.push_back(outbox::Outcome::delivered(9, 201));
+  outcomes.push_back(outbox::Outcome::dead(10, "REJECTED(too large)"));
+  f.store.record_outcomes(outcomes, lease);
+
+  auto offset_of = [&](int seq) {
+    return query_int(f.store.db(),
+                     "SELECT broker_offset FROM outbox_delivery WHERE state = 1 AND seq = " +
+                         std::to_string(seq));
+  };
+  CHECK(offset_of(1) == 100);
+  CHECK(offset_of(2) == 101);
+  CHECK(offset_of(3) == 50);  // settled before: a repeated ack changes nothing
+  CHECK(offset_of(4) == 103);
+  CHECK(offset_of(6) == 105);
+  CHECK(offset_of(7) == 106);
+  CHECK(offset_of(8) == 200);
+  CHECK(offset_of(9) == 201);
+  CHECK(query_int(f.store.db(), "SELECT count(*) FROM outbox_delivery WHERE seq = 5") == 0);
+  CHECK(query_int(f.store.db(),
+                  "SELECT attempts = 1 AND last_error = 'broker timeout' FROM outbox_delivery "
+                  "WHERE seq = 7") == 1);
+  CHECK(query_int(f.store.db(),
+                  "SELECT state = 2 AND last_error = 'REJECTED(too large)' FROM outbox_delivery "
+                  "WHERE seq = 10") == 1);
+  auto stats = f.store.stats();
+  CHECK(stats.delivered_total == 8);  // 3 once, then 1, 2, 4, 6, 7, 8, 9
+  CHECK(stats.delivered == 8);
+  CHECK(stats.dead == 1);
+  CHECK(stats.settled_through_seq == 10);
+}
+
+TEST_CASE("pending reads skip settled rows past the cursor across many rows") {
+  // Acknowledgements can settle messages past the cursor (out of order); a
+  // read from the cursor walks the messages and their delivery rows together.
+  Fixture f;
+  std::vector<std::string> keys;
+  for (int i = 1; i <= 200; ++i) keys.push_back("k" + std::to_string(i));
+  f.enqueue(keys);  // seqs 1..200
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> evens;
+  for (std::int64_t seq = 2; seq <= 200; seq += 2) {
+    evens.push_back(outbox::Outcome::delivered(seq, seq));
+  }
+  f.store.record_outcomes(evens, lease);
+  std::vector<std::int64_t> retry{101, 103};
+  f.store.schedule_retry(retry, "broker timeout", f.clock.now() + 5s, lease);
+  f.clock.advance(5s);
+  f.store.schedule_retry(std::vector<std::int64_t>{103}, "broker timeout", f.clock.now() + 5s,
+                         lease);  // 101 due, 103 not yet
+  CHECK(f.store.stats().settled_through_seq == 0);
+
+  CHECK(seqs_of(f.store.read_pending(3)) == Seqs{1, 3, 5});
+  auto pending = f.store.read_pending(1000);
+  Seqs expected;
+  for (std::int64_t seq = 1; seq <= 199; seq += 2) {
+    if (seq != 103) expected.push_back(seq);
+  }
+  CHECK(seqs_of(pending) == expected);
+  for (const auto& message : pending) {
+    CHECK(message.attempts == (message.seq == 101 ? 1 : 0));
+  }
+  CHECK(seqs_of(f.store.read_pending(2, 150)) == Seqs{151, 153});
+}
+
 TEST_CASE("a dead message blocks later messages of its key until replayed or dropped") {
   Fixture f;
   f.enqueue({"a", "b", "a", "b", "a"});  // seqs 1..5
