@@ -2,6 +2,7 @@
 // directory) to outbox-broker or to a NATS JetStream stream, and the operator commands that inspect
 // and repair that database. Parses flags (and a config file), sets up logging and signals, and
 // hands over to the relay and outbox libraries.
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -574,6 +575,15 @@ int drop(const std::string& db, const std::string& msg_id) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#if defined(__GLIBC__)
+  // Each batch's PUBLISH (up to --batch-bytes, 1 MiB by default) is copied
+  // into a ZeroMQ message that is freed once sent. With glibc's defaults these
+  // buffers went back to the system and came in again on fresh pages, faulted
+  // in and zeroed per batch (a tenth of the relay's time in a drain). Buffers
+  // under 4 MiB come from the heap, and up to 16 MiB of free heap is kept.
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
+  mallopt(M_TRIM_THRESHOLD, 16 << 20);
+#endif
   // First of all: a SIGTERM while the relay starts (opening the database,
   // connecting to NATS) must end in a clean stop, not kill it half-started.
   cli::install_stop_handlers(&stop_running_relay);
