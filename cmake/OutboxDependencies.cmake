@@ -5,6 +5,12 @@ find_package(SQLite3 REQUIRED)
 find_package(Boost 1.74 REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(cppzmq REQUIRED)
+# XXH64 for the broker's dedup index (Debian: libxxhash-dev), which ships no
+# CMake package.
+outbox_find_library(XXHASH HEADER xxhash.h LIBRARY xxhash)
+if(NOT XXHASH_FOUND)
+  message(FATAL_ERROR "libxxhash was not found (install libxxhash-dev)")
+endif()
 if(OUTBOX_BUILD_TOOLS OR OUTBOX_BUILD_BENCH OR OUTBOX_BUILD_EXAMPLES OR OUTBOX_BUILD_FUZZ)
   find_package(CLI11 REQUIRED)
   # The daemons serve /metrics, /healthz and /readyz with cpp-httplib (Debian:

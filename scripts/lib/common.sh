@@ -7,6 +7,7 @@ OUTBOX_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUTBOX_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libsqlite3-dev sqlite3
+  libxxhash-dev
   libzmq3-dev cppzmq-dev
   libboost-dev
   libspdlog-dev
