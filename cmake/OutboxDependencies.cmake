@@ -1,5 +1,5 @@
 # Every third-party package comes from the system (Debian packages); see
-# scripts/lib/packages.sh for the list the scripts install.
+# OUTBOX_PACKAGES in scripts/lib/common.sh for the list the scripts install.
 find_package(Threads REQUIRED)
 find_package(SQLite3 REQUIRED)
 find_package(Boost 1.74 REQUIRED)
@@ -21,3 +21,8 @@ if(OUTBOX_BUILD_TOOLS OR OUTBOX_BUILD_BENCH OR OUTBOX_BUILD_EXAMPLES OR OUTBOX_B
   find_package(PkgConfig REQUIRED)
   pkg_check_modules(CPP_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 endif()
+
+# The NATS C client (Debian: libnats-dev), optional: the relay's JetStream sink,
+# the tests and the benchmark that use it are left out without it. Looked up
+# here once so that every directory sees the same NATS_FOUND.
+outbox_find_library(NATS HEADER nats/nats.h LIBRARY nats)
