@@ -44,30 +44,33 @@ struct Inbox::Impl {
                        "INSERT INTO outbox_inbox(msg_id, state, claimed_until_ms, completed_at_ms) "
                        "VALUES (?1, ?2, ?3, ?4)");
     insert_claim =
-        Statement(db,
-                  "INSERT INTO outbox_inbox(msg_id, state, claimed_until_ms, claim_token) "
-                  "VALUES (?1, 1, ?2, ?3)");
-    take_over = Statement(db,
-                          "UPDATE outbox_inbox SET claimed_until_ms = ?2, claim_token = ?3 "
-                          "WHERE msg_id = ?1 AND state = 1");
+        Statement(db, detail::with_states(
+                          "INSERT INTO outbox_inbox(msg_id, state, claimed_until_ms, claim_token) "
+                          "VALUES (?1, {processing}, ?2, ?3)"));
+    take_over = Statement(
+        db, detail::with_states("UPDATE outbox_inbox SET claimed_until_ms = ?2, claim_token = ?3 "
+                                "WHERE msg_id = ?1 AND state = {processing}"));
     // process_once taking over a stale claim: the old token no longer owns it.
-    complete =
-        Statement(db,
-                  "UPDATE outbox_inbox SET state = 2, claimed_until_ms = NULL, "
-                  "completed_at_ms = ?2, claim_token = NULL WHERE msg_id = ?1 AND state = 1");
+    complete = Statement(
+        db,
+        detail::with_states(
+            "UPDATE outbox_inbox SET state = {done}, claimed_until_ms = NULL, "
+            "completed_at_ms = ?2, claim_token = NULL WHERE msg_id = ?1 AND state = {processing}"));
     // The token stays on the done row so that a repeated complete() is answered ok.
-    complete_claim = Statement(db,
-                               "UPDATE outbox_inbox SET state = 2, claimed_until_ms = NULL, "
-                               "completed_at_ms = ?3 "
-                               "WHERE msg_id = ?1 AND state = 1 AND claim_token = ?2");
-    release_claim = Statement(
-        db, "DELETE FROM outbox_inbox WHERE msg_id = ?1 AND state = 1 AND claim_token = ?2");
-    extend_claim = Statement(db,
-                             "UPDATE outbox_inbox SET claimed_until_ms = ?3 "
-                             "WHERE msg_id = ?1 AND state = 1 AND claim_token = ?2");
-    expired = Statement(db,
-                        "SELECT msg_id FROM outbox_inbox WHERE state = 2 AND completed_at_ms < ?1 "
-                        "ORDER BY completed_at_ms LIMIT ?2");
+    complete_claim = Statement(
+        db, detail::with_states("UPDATE outbox_inbox SET state = {done}, claimed_until_ms = NULL, "
+                                "completed_at_ms = ?3 "
+                                "WHERE msg_id = ?1 AND state = {processing} AND claim_token = ?2"));
+    release_claim =
+        Statement(db, detail::with_states("DELETE FROM outbox_inbox WHERE msg_id = ?1 AND state = "
+                                          "{processing} AND claim_token = ?2"));
+    extend_claim = Statement(
+        db, detail::with_states("UPDATE outbox_inbox SET claimed_until_ms = ?3 "
+                                "WHERE msg_id = ?1 AND state = {processing} AND claim_token = ?2"));
+    expired = Statement(
+        db, detail::with_states(
+                "SELECT msg_id FROM outbox_inbox WHERE state = {done} AND completed_at_ms < ?1 "
+                "ORDER BY completed_at_ms LIMIT ?2"));
     remove = Statement(db, "DELETE FROM outbox_inbox WHERE msg_id = ?1");
   }
 

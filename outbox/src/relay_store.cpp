@@ -232,50 +232,50 @@ struct RelayStore::Impl {
         "SELECT seq, state, attempts, next_attempt_ms FROM outbox_delivery WHERE seq > ?1 "
         "ORDER BY seq");
     select_blockers = Statement::deferred(
-        db,
-        "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, nullif(m.partition_key, '') "
-        "FROM outbox_delivery d JOIN outbox_messages m ON m.seq = d.seq "
-        "WHERE d.state <> 1");
+        db, detail::with_states(
+                "SELECT d.seq, d.state, d.next_attempt_ms, m.topic, nullif(m.partition_key, '') "
+                "FROM outbox_delivery d JOIN outbox_messages m ON m.seq = d.seq "
+                "WHERE d.state <> {delivered}"));
     // One statement for both outcomes. Only a message that exists and is not
     // settled yet changes: a late or repeated outcome is ignored.
     mark = Statement::deferred(
-        db,
-        "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
-        "broker_offset, updated_at_ms) "
-        "SELECT ?1, ?2, 0, 0, ?3, ?4, ?5 "
-        "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
-        "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
-        "last_error = coalesce(excluded.last_error, last_error), "
-        "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
-        "WHERE outbox_delivery.state = 0");
+        db, detail::with_states(
+                "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+                "broker_offset, updated_at_ms) "
+                "SELECT ?1, ?2, 0, 0, ?3, ?4, ?5 "
+                "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
+                "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
+                "last_error = coalesce(excluded.last_error, last_error), "
+                "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
+                "WHERE outbox_delivery.state = {retry}"));
     // The same for a run of delivered messages with consecutive seqs stored
     // at consecutive offsets (a batch of one topic, the usual case): one
     // statement per run instead of one per message. Every seq of the range
     // is in the run, so the range names exactly its messages; a seq whose
     // row is gone is skipped, as the EXISTS above skips it.
     mark_delivered_run = Statement::deferred(
-        db,
-        "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
-        "broker_offset, updated_at_ms) "
-        "SELECT seq, 1, 0, 0, NULL, seq + ?3, ?4 FROM outbox_messages "
-        "WHERE seq BETWEEN ?1 AND ?2 "
-        "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
-        "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
-        "WHERE outbox_delivery.state = 0");
+        db, detail::with_states(
+                "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+                "broker_offset, updated_at_ms) "
+                "SELECT seq, {delivered}, 0, 0, NULL, seq + ?3, ?4 FROM outbox_messages "
+                "WHERE seq BETWEEN ?1 AND ?2 "
+                "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
+                "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
+                "WHERE outbox_delivery.state = {retry}"));
     retry = Statement::deferred(
-        db,
-        "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
-        "updated_at_ms) "
-        "SELECT ?1, 0, 1, ?2, ?3, ?4 "
-        "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
-        "ON CONFLICT(seq) DO UPDATE SET attempts = attempts + 1, "
-        "next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error, "
-        "updated_at_ms = excluded.updated_at_ms WHERE outbox_delivery.state = 0");
-    first_unsettled = Statement::deferred(db,
-                                          "SELECT m.seq FROM outbox_messages m "
-                                          "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
-                                          "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = 0) "
-                                          "ORDER BY m.seq LIMIT 1");
+        db, detail::with_states(
+                "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
+                "updated_at_ms) "
+                "SELECT ?1, {retry}, 1, ?2, ?3, ?4 "
+                "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
+                "ON CONFLICT(seq) DO UPDATE SET attempts = attempts + 1, "
+                "next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error, "
+                "updated_at_ms = excluded.updated_at_ms WHERE outbox_delivery.state = {retry}"));
+    first_unsettled = Statement::deferred(
+        db, detail::with_states("SELECT m.seq FROM outbox_messages m "
+                                "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
+                                "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = {retry}) "
+                                "ORDER BY m.seq LIMIT 1"));
     max_seq = Statement::deferred(db, "SELECT coalesce(max(seq), 0) FROM outbox_messages");
     data_version = Statement::deferred(db, "PRAGMA data_version");
   }
@@ -700,8 +700,9 @@ void read_unsettled(RelayStore::Impl& impl, std::int64_t settled, Backlog& backl
     }
   }
   Statement counts(impl.db,
-                   "SELECT coalesce(sum(state = 0), 0), coalesce(sum(state = 2), 0) "
-                   "FROM outbox_delivery WHERE state <> 1");
+                   detail::with_states(
+                       "SELECT coalesce(sum(state = {retry}), 0), coalesce(sum(state = {dead}), 0) "
+                       "FROM outbox_delivery WHERE state <> {delivered}"));
   auto use = counts.use();
   use.step();
   backlog.retrying = use.column_int64(0);
@@ -720,8 +721,9 @@ void read_unsettled(RelayStore::Impl& impl, std::int64_t settled, Backlog& backl
 // 18 us with 100,000 messages pending, where counting them (stats()) took
 // 163 ms.
 std::int64_t pending_by_seq(RelayStore::Impl& impl, std::int64_t settled) {
-  Statement settled_past(impl.db,
-                         "SELECT count(*) FROM outbox_delivery WHERE seq > ?1 AND state <> 0");
+  Statement settled_past(
+      impl.db, detail::with_states(
+                   "SELECT count(*) FROM outbox_delivery WHERE seq > ?1 AND state <> {retry}"));
   auto use = settled_past.use();
   use.bind(1, settled);
   use.step();
@@ -730,10 +732,10 @@ std::int64_t pending_by_seq(RelayStore::Impl& impl, std::int64_t settled) {
 
 // The exact pending count: one pass over the messages past the cursor.
 std::int64_t pending_by_count(RelayStore::Impl& impl, std::int64_t settled) {
-  Statement pending(impl.db,
-                    "SELECT count(*) FROM outbox_messages m "
-                    "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
-                    "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = 0)");
+  Statement pending(
+      impl.db, detail::with_states("SELECT count(*) FROM outbox_messages m "
+                                   "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
+                                   "WHERE m.seq > ?1 AND (d.seq IS NULL OR d.state = {retry})"));
   auto use = pending.use();
   use.bind(1, settled);
   use.step();
@@ -769,7 +771,9 @@ Stats RelayStore::stats() {
   stats.dead = backlog.dead;
   stats.oldest_pending_age = backlog.oldest_pending_age;
   {
-    Statement delivered(impl.db, "SELECT count(*) FROM outbox_delivery WHERE state = 1");
+    Statement delivered(
+        impl.db,
+        detail::with_states("SELECT count(*) FROM outbox_delivery WHERE state = {delivered}"));
     auto use = delivered.use();
     use.step();
     stats.delivered = use.column_int64(0);
@@ -782,11 +786,12 @@ Stats RelayStore::stats() {
 std::vector<DeadMessage> RelayStore::list_dead(std::size_t limit) {
   auto& impl = *impl_;
   std::vector<DeadMessage> result;
-  Statement select(impl.db,
+  Statement select(
+      impl.db, detail::with_states(
                    "SELECT d.seq, m.msg_id, m.topic, m.partition_key, d.last_error, d.attempts, "
                    "m.created_at_ms, d.updated_at_ms FROM outbox_delivery d "
                    "JOIN outbox_messages m ON m.seq = d.seq "
-                   "WHERE d.state <> 1 AND d.state = 2 ORDER BY d.seq LIMIT ?1");
+                   "WHERE d.state <> {delivered} AND d.state = {dead} ORDER BY d.seq LIMIT ?1"));
   auto use = select.use();
   use.bind(1, static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
   while (use.step()) {
@@ -810,7 +815,8 @@ bool RelayStore::replay_dead(const std::string& msg_id) {
   auto seq = impl.seq_of(msg_id);
   if (!seq) return false;
   {
-    Statement remove(impl.db, "DELETE FROM outbox_delivery WHERE seq = ?1 AND state = 2");
+    Statement remove(impl.db, detail::with_states(
+                                  "DELETE FROM outbox_delivery WHERE seq = ?1 AND state = {dead}"));
     auto use = remove.use();
     use.bind(1, *seq).run();
   }
@@ -827,15 +833,19 @@ std::size_t RelayStore::replay_all_dead() {
   ScopedTransaction transaction(impl.db, true);
   std::int64_t lowest = 0;
   {
-    Statement lowest_dead(impl.db,
-                          "SELECT min(seq) FROM outbox_delivery WHERE state <> 1 AND state = 2");
+    Statement lowest_dead(
+        impl.db,
+        detail::with_states(
+            "SELECT min(seq) FROM outbox_delivery WHERE state <> {delivered} AND state = {dead}"));
     auto use = lowest_dead.use();
     use.step();
     if (use.column_is_null(0)) return 0;
     lowest = use.column_int64(0);
   }
   {
-    Statement remove(impl.db, "DELETE FROM outbox_delivery WHERE state <> 1 AND state = 2");
+    Statement remove(
+        impl.db, detail::with_states(
+                     "DELETE FROM outbox_delivery WHERE state <> {delivered} AND state = {dead}"));
     auto use = remove.use();
     use.run();
   }
@@ -853,9 +863,9 @@ bool RelayStore::drop_dead(const std::string& msg_id) {
   auto seq = impl.seq_of(msg_id);
   if (!seq) return false;
   {
-    Statement drop(impl.db,
-                   "UPDATE outbox_delivery SET state = 3, updated_at_ms = ?2 "
-                   "WHERE seq = ?1 AND state = 2");
+    Statement drop(impl.db, detail::with_states(
+                                "UPDATE outbox_delivery SET state = {dropped}, updated_at_ms = ?2 "
+                                "WHERE seq = ?1 AND state = {dead}"));
     auto use = drop.use();
     use.bind(1, *seq).bind(2, to_ms(impl.now())).run();
   }

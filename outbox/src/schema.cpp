@@ -1,6 +1,10 @@
 #include "schema.hpp"
 
+#include <algorithm>
+#include <array>
 #include <limits>
+#include <stdexcept>
+#include <utility>
 
 #include "outbox/error.hpp"
 #include "outbox/schema.hpp"
@@ -130,6 +134,34 @@ bool has_table(sqlite3* db, const char* name) {
 }
 
 }  // namespace
+
+std::string with_states(std::string_view sql) {
+  static constexpr std::array<std::pair<std::string_view, int>, 6> names = {{
+      {"{retry}", state_retry},
+      {"{delivered}", state_delivered},
+      {"{dead}", state_dead},
+      {"{dropped}", state_dropped},
+      {"{processing}", inbox_processing},
+      {"{done}", inbox_done},
+  }};
+  std::string out;
+  out.reserve(sql.size());
+  while (!sql.empty()) {
+    const auto open = sql.find('{');
+    out.append(sql.substr(0, open));
+    if (open == std::string_view::npos) break;
+    sql.remove_prefix(open);
+    const auto close = sql.find('}');
+    const auto name = sql.substr(0, close == std::string_view::npos ? sql.size() : close + 1);
+    const auto known = std::find_if(names.begin(), names.end(),
+                                    [&](const auto& entry) { return entry.first == name; });
+    if (known == names.end())
+      throw std::logic_error("unknown state name in SQL: " + std::string(name));
+    out += std::to_string(known->second);
+    sql.remove_prefix(name.size());
+  }
+  return out;
+}
 
 const char* migration_sql(int version) {
   if (version < 1 || version > schema_version) throw Error("no such schema version");

@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 
 #include <string>
+#include <string_view>
 
 namespace outbox::detail {
 
@@ -15,6 +16,13 @@ inline constexpr int state_dropped = 3;
 // Inbox states in outbox_inbox.state.
 inline constexpr int inbox_processing = 1;
 inline constexpr int inbox_done = 2;
+
+// `sql` with {retry}, {delivered}, {dead}, {dropped}, {processing} and {done}
+// replaced by the state numbers above. Written into the text rather than bound
+// as parameters: SQLite uses a partial index (WHERE state <> 1, WHERE state = 2)
+// only for a query that names the same literal. Throws std::logic_error on an
+// unknown name in braces (a typo in our own SQL).
+std::string with_states(std::string_view sql);
 
 enum class SchemaMode {
   create_or_migrate,  // producers and consumers: create the tables if missing
