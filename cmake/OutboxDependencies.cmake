@@ -21,6 +21,12 @@ if(OUTBOX_BUILD_TOOLS OR OUTBOX_BUILD_BENCH OR OUTBOX_BUILD_EXAMPLES OR OUTBOX_B
   find_package(PkgConfig REQUIRED)
   pkg_check_modules(CPP_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 endif()
+# JSON for the programs' --json output and for the tests that read it (Debian:
+# nlohmann-json3-dev; header-only, never part of the installed libraries).
+if(OUTBOX_BUILD_TOOLS OR OUTBOX_BUILD_BENCH OR OUTBOX_BUILD_EXAMPLES OR OUTBOX_BUILD_FUZZ
+   OR OUTBOX_BUILD_TESTS)
+  find_package(nlohmann_json 3 REQUIRED)
+endif()
 
 # The NATS C client (Debian: libnats-dev), optional: the relay's JetStream sink,
 # the tests and the benchmark that use it are left out without it. Looked up

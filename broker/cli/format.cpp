@@ -1,28 +1,42 @@
 #include "format.hpp"
 
+#include <utility>
+#include <vector>
+
 #include "cli/json.hpp"
 
 namespace broker {
+namespace {
+
+// An object's members: names (valid UTF-8) and values already printed as JSON.
+using Members = std::vector<std::pair<std::string, std::string>>;
+
+// The object, with names printed by nlohmann::json. Written out here because a
+// message's header names may repeat, which nlohmann::json's objects cannot hold.
+std::string object_text(const Members& members) {
+  std::string out = "{";
+  for (const auto& [name, value] : members) {
+    if (out.size() > 1) out += ",";
+    out += cli::Json(name).dump() + ":" + value;
+  }
+  return out + "}";
+}
+
+}  // namespace
 
 using cli::base64_encode;
 using cli::is_printable_text;
-using cli::json_escape;
 
 std::string stats_to_json(const wire::StatsReply& stats) {
-  std::string out = "{";
-  for (const auto& [name, value] : stats.counters) {
-    out += json_escape(name) + ":" + std::to_string(value) + ",";
-  }
-  out += "\"topics\":{";
-  bool first = true;
+  cli::Json out = cli::Json::object();
+  for (const auto& [name, value] : stats.counters) out[cli::to_valid_utf8(name)] = value;
+  cli::Json topics = cli::Json::object();
   for (const auto& topic : stats.topics) {
-    if (!first) out += ",";
-    first = false;
-    out += json_escape(topic.topic) + ":{\"messages\":" + std::to_string(topic.message_count) +
-           ",\"last_offset\":" + std::to_string(topic.last_offset) + "}";
+    topics[cli::to_valid_utf8(topic.topic)] = {{"messages", topic.message_count},
+                                               {"last_offset", topic.last_offset}};
   }
-  out += "}}";
-  return out;
+  out["topics"] = std::move(topics);
+  return out.dump();
 }
 
 std::string stats_to_text(const wire::StatsReply& stats) {
@@ -40,24 +54,24 @@ std::string stats_to_text(const wire::StatsReply& stats) {
 
 std::string message_to_json(std::string_view topic, const wire::StoredMessage& message) {
   using cli::BytesAs;
-  using cli::json_bytes;
-  std::string out =
-      "{\"topic\":" + json_bytes(topic) + ",\"offset\":" + std::to_string(message.offset) +
-      ",\"msg_id\":" + json_bytes(message.msg_id) + ",\"key\":" + json_bytes(message.key) +
-      ",\"timestamp_ms\":" + std::to_string(message.timestamp_ms);
+  using cli::json_value;
+  Members line = {{"topic", json_value(topic).dump()},
+                  {"offset", cli::Json(message.offset).dump()},
+                  {"msg_id", json_value(message.msg_id).dump()},
+                  {"key", json_value(message.key).dump()},
+                  {"timestamp_ms", cli::Json(message.timestamp_ms).dump()}};
   if (!message.headers.empty()) {
-    // Names are keys, so they are always strings (bytes that are not UTF-8 read as U+FFFD).
-    out += ",\"headers\":{";
-    for (std::size_t i = 0; i < message.headers.size(); ++i) {
-      if (i > 0) out += ",";
-      const auto& header = message.headers[i];
-      out +=
-          cli::json_escape(header.name) + ":" + json_bytes(header.value, BytesAs::printable_text);
+    // Names are keys, so they are always strings (bytes that are not UTF-8 read
+    // as U+FFFD); a repeated name appears twice, as it was sent.
+    Members headers;
+    for (const auto& header : message.headers) {
+      headers.emplace_back(cli::to_valid_utf8(header.name),
+                           json_value(header.value, BytesAs::printable_text).dump());
     }
-    out += "}";
+    line.emplace_back("headers", object_text(headers));
   }
-  out += ",\"payload\":" + json_bytes(message.payload, BytesAs::printable_text) + "}";
-  return out;
+  line.emplace_back("payload", json_value(message.payload, BytesAs::printable_text).dump());
+  return object_text(line);
 }
 
 std::string message_to_text(const wire::StoredMessage& message) {

@@ -1,7 +1,6 @@
 #include "cli/json.hpp"
 
 #include <cstdint>
-#include <cstdio>
 
 namespace cli {
 namespace {
@@ -37,50 +36,29 @@ std::size_t utf8_sequence_length(std::string_view bytes, std::size_t at) {
 
 }  // namespace
 
-std::string json_escape(std::string_view text) {
-  std::string out;
-  out.reserve(text.size() + 2);
-  out.push_back('"');
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    auto c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x80) {
-      auto length = utf8_sequence_length(text, i);
-      if (length == 0) {
-        out += "\\ufffd";
-      } else {
-        out.append(text.substr(i, length));
-        i += length - 1;
-      }
-      continue;
-    }
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          char buffer[8];
-          std::snprintf(buffer, sizeof buffer, "\\u%04x", c);
-          out += buffer;
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
+std::string to_valid_utf8(std::string_view text) {
+  if (is_valid_utf8(text)) return std::string(text);
+  std::string valid;
+  valid.reserve(text.size() + 2);
+  for (std::size_t i = 0; i < text.size();) {
+    const auto length = utf8_sequence_length(text, i);
+    if (length == 0) {
+      valid += "\xef\xbf\xbd";  // U+FFFD
+      ++i;
+    } else {
+      valid.append(text.substr(i, length));
+      i += length;
     }
   }
-  out.push_back('"');
-  return out;
+  return valid;
+}
+
+Json json_text(std::string_view text) {
+  return to_valid_utf8(text);
+}
+
+std::string json_escape(std::string_view text) {
+  return json_text(text).dump();
 }
 
 std::string base64_encode(std::string_view bytes) {
@@ -131,10 +109,14 @@ bool is_printable_text(std::string_view bytes) {
   return true;
 }
 
-std::string json_bytes(std::string_view bytes, BytesAs as) {
+Json json_value(std::string_view bytes, BytesAs as) {
   bool text = as == BytesAs::any_text ? is_valid_utf8(bytes) : is_printable_text(bytes);
-  if (text) return json_escape(bytes);
-  return "{\"base64\":\"" + base64_encode(bytes) + "\"}";
+  if (text) return std::string(bytes);
+  return Json{{"base64", base64_encode(bytes)}};
+}
+
+std::string json_bytes(std::string_view bytes, BytesAs as) {
+  return json_value(bytes, as).dump();
 }
 
 }  // namespace cli

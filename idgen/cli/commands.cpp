@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <spdlog/logger.h>
+#include <nlohmann/json.hpp>
 
 #include "idgen/encoding.hpp"
 #include "idgen/snowflake.hpp"
@@ -49,21 +50,18 @@ class Output {
   std::string buffer_;
 };
 
-std::string json_string(std::string_view text) {
-  std::string quoted = "\"";
-  for (const char c : text) {
-    if (c == '"' || c == '\\') {
-      quoted += '\\';
-      quoted += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char escaped[8];
-      std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(c));
-      quoted += escaped;
-    } else {
-      quoted += c;
-    }
-  }
-  return quoted + "\"";
+using Json = nlohmann::ordered_json;
+
+// One JSON object on a line of its own.
+std::string json_line(const Json& object) {
+  return object.dump() + "\n";
+}
+
+// `value` rounded to `decimals` places, for JSON numbers that should not print
+// every digit of a measurement.
+double rounded(double value, int decimals) {
+  const double scale = std::pow(10.0, decimals);
+  return std::round(value * scale) / scale;
 }
 
 // A whole number in [min, max] given for `what` (a flag or argument name).
@@ -166,7 +164,7 @@ int run_gen(const GenOptions& options, const std::shared_ptr<spdlog::logger>& lo
   for (std::uint64_t i = 0; i < count; ++i) {
     const std::string text = encode(generator.next(), encoding);
     if (options.json) {
-      out << (i == 0 ? "\"" : ",\n\"") << text << "\"";
+      out << (i == 0 ? "" : ",\n") << Json(text).dump();
     } else {
       out << text << "\n";
     }
@@ -190,13 +188,12 @@ int decode_uuid(const DecodeOptions& options) {
   if (version == 7) unix_ms = uuid_v7_unix_ms(uuid);
   Output out;
   if (options.json) {
-    out << "{\"uuid\":" << json_string(idgen::to_string(uuid))
-        << ",\"version\":" << std::to_string(version);
+    Json decoded = {{"uuid", idgen::to_string(uuid)}, {"version", version}};
     if (unix_ms) {
-      out << ",\"timestamp_ms\":" << std::to_string(*unix_ms)
-          << ",\"time\":" << json_string(format_utc(*unix_ms));
+      decoded["timestamp_ms"] = *unix_ms;
+      decoded["time"] = format_utc(*unix_ms);
     }
-    out << "}\n";
+    out << json_line(decoded);
   } else {
     out << "uuid          " << idgen::to_string(uuid) << "\n"
         << "version       " << std::to_string(version) << "\n";
@@ -219,12 +216,12 @@ int run_decode(const DecodeOptions& options) {
   const Parts parts = decode(layout, id);
   Output out;
   if (options.json) {
-    out << "{\"id\":" << json_string(encode(id, Encoding::decimal))
-        << ",\"layout\":" << json_string(layout_label(layout))
-        << ",\"timestamp_ms\":" << std::to_string(parts.timestamp_unix_ms)
-        << ",\"time\":" << json_string(format_utc(parts.timestamp_unix_ms))
-        << ",\"worker\":" << std::to_string(parts.worker)
-        << ",\"sequence\":" << std::to_string(parts.sequence) << "}\n";
+    out << json_line({{"id", encode(id, Encoding::decimal)},
+                      {"layout", layout_label(layout)},
+                      {"timestamp_ms", parts.timestamp_unix_ms},
+                      {"time", format_utc(parts.timestamp_unix_ms)},
+                      {"worker", parts.worker},
+                      {"sequence", parts.sequence}});
   } else {
     out << "id            " << encode(id, Encoding::decimal) << "\n"
         << "layout        " << layout_label(layout) << "\n"
@@ -256,12 +253,12 @@ int run_compose(const ComposeOptions& options) {
   }
   Output out;
   if (options.json) {
-    out << "{\"id\":" << json_string(encode(id, encoding))
-        << ",\"layout\":" << json_string(layout_label(layout))
-        << ",\"timestamp_ms\":" << std::to_string(parts.timestamp_unix_ms)
-        << ",\"time\":" << json_string(format_utc(parts.timestamp_unix_ms))
-        << ",\"worker\":" << std::to_string(parts.worker)
-        << ",\"sequence\":" << std::to_string(parts.sequence) << "}\n";
+    out << json_line({{"id", encode(id, encoding)},
+                      {"layout", layout_label(layout)},
+                      {"timestamp_ms", parts.timestamp_unix_ms},
+                      {"time", format_utc(parts.timestamp_unix_ms)},
+                      {"worker", parts.worker},
+                      {"sequence", parts.sequence}});
   } else {
     out << encode(id, encoding) << "\n";
   }
@@ -279,19 +276,20 @@ int run_layout(const LayoutOptions& options) {
   const auto max_rate = static_cast<std::uint64_t>(std::llround(layout.max_ids_per_second()));
   Output out;
   if (options.json) {
-    out << "{\"name\":" << json_string(layout.name) << ",\"spec\":" << json_string(layout.spec())
-        << ",\"timestamp_bits\":" << std::to_string(layout.timestamp_bits)
-        << ",\"worker_bits\":" << std::to_string(layout.worker_bits)
-        << ",\"sequence_bits\":" << std::to_string(layout.sequence_bits)
-        << ",\"order\":" << json_string(order_text(layout.order))
-        << ",\"epoch_ms\":" << std::to_string(layout.epoch_unix_ms)
-        << ",\"epoch\":" << json_string(format_utc(layout.epoch_unix_ms))
-        << ",\"tick_ms\":" << std::to_string(layout.tick_ms)
-        << ",\"max_worker_id\":" << std::to_string(layout.max_worker_id())
-        << ",\"max_ids_per_sec\":" << std::to_string(max_rate)
-        << ",\"expires_ms\":" << std::to_string(expires)
-        << ",\"expires\":" << json_string(format_utc(expires))
-        << ",\"expired\":" << (expires <= now ? "true" : "false") << "}\n";
+    out << json_line({{"name", layout.name},
+                      {"spec", layout.spec()},
+                      {"timestamp_bits", layout.timestamp_bits},
+                      {"worker_bits", layout.worker_bits},
+                      {"sequence_bits", layout.sequence_bits},
+                      {"order", order_text(layout.order)},
+                      {"epoch_ms", layout.epoch_unix_ms},
+                      {"epoch", format_utc(layout.epoch_unix_ms)},
+                      {"tick_ms", layout.tick_ms},
+                      {"max_worker_id", layout.max_worker_id()},
+                      {"max_ids_per_sec", max_rate},
+                      {"expires_ms", expires},
+                      {"expires", format_utc(expires)},
+                      {"expired", expires <= now}});
   } else {
     out << "layout        " << layout.name << "\n"
         << "spec          " << layout.spec() << "\n"
@@ -320,7 +318,7 @@ int run_uuid(const UuidOptions& options) {
   for (std::uint64_t i = 0; i < count; ++i) {
     const std::string text = idgen::to_string(options.v4 ? uuid_v4() : v7.next());
     if (options.json) {
-      out << (i == 0 ? "\"" : ",\n\"") << text << "\"";
+      out << (i == 0 ? "" : ",\n") << Json(text).dump();
     } else {
       out << text << "\n";
     }
@@ -393,12 +391,13 @@ int run_bench(const BenchOptions& options, const std::shared_ptr<spdlog::logger>
   const double limit = layout.max_ids_per_second();
   Output out;
   if (options.json) {
-    out << "{\"layout\":" << json_string(layout_label(layout))
-        << ",\"threads\":" << std::to_string(threads) << ",\"seconds\":" << fixed(elapsed, 3)
-        << ",\"ids\":" << std::to_string(total)
-        << ",\"ids_per_sec\":" << std::to_string(std::llround(rate))
-        << ",\"limit_per_sec\":" << std::to_string(std::llround(limit))
-        << ",\"ratio\":" << fixed(rate / limit, 4) << "}\n";
+    out << json_line({{"layout", layout_label(layout)},
+                      {"threads", threads},
+                      {"seconds", rounded(elapsed, 3)},
+                      {"ids", total},
+                      {"ids_per_sec", std::llround(rate)},
+                      {"limit_per_sec", std::llround(limit)},
+                      {"ratio", rounded(rate / limit, 4)}});
   } else {
     out << "layout        " << layout_label(layout) << ", " << std::to_string(threads)
         << (threads == 1 ? " thread, " : " threads, ") << fixed(elapsed, 2) << " s\n"

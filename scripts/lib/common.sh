@@ -13,6 +13,7 @@ OUTBOX_PACKAGES=(
   libspdlog-dev
   catch2
   libcli11-dev
+  nlohmann-json3-dev
   libbenchmark-dev
   nats-server libnats-dev
   libhiredis-dev redis-server

@@ -17,3 +17,10 @@ TEST_CASE("stats and messages print as one JSON object each") {
   CHECK(broker::stats_to_json(stats) ==
         "{\"stored\":2,\"topics\":{\"orders\":{\"messages\":2,\"last_offset\":2}}}");
 }
+
+TEST_CASE("a header name sent twice appears twice in tail --json, as docs/protocol.md says") {
+  wire::StoredMessage message{1, 2, "id", "", {{"h", "a"}, {"h", "b"}}, "p"};
+  CHECK(broker::message_to_json("orders", message) ==
+        "{\"topic\":\"orders\",\"offset\":1,\"msg_id\":\"id\",\"key\":\"\",\"timestamp_ms\":2,"
+        "\"headers\":{\"h\":\"a\",\"h\":\"b\"},\"payload\":\"p\"}");
+}
