@@ -77,7 +77,7 @@
 #include <tuple>
 #include <vector>
 
-#include "broker/client.hpp"
+#include "broker_topic.hpp"
 #include "cli/args.hpp"
 #include "outbox/relay_store.hpp"
 #include "test_support.hpp"
@@ -538,22 +538,10 @@ std::string shown(const std::string& msg_id) {
 
 std::vector<BrokerCopy> fetch_everything(const std::string& endpoint,
                                          const std::vector<std::string>& topics) {
-  broker::Client client(endpoint);
   std::vector<BrokerCopy> all;
   for (const auto& topic : topics) {
-    std::uint64_t from = 1;
-    for (int round = 0; round < 100000; ++round) {
-      wire::Fetch request;
-      request.topic = topic;
-      request.from_offset = from;
-      request.max_messages = 10000;
-      auto reply = client.fetch(request, 20s);
-      if (!reply) throw HarnessError("fetching " + topic + " failed: " + reply.error().message);
-      if (reply->messages.empty()) break;
-      for (auto& message : reply->messages) {
-        all.push_back({topic, message.offset, message.msg_id, message.key});
-      }
-      from = reply->next_offset;
+    for (auto& message : test_support::fetch_topic(endpoint, topic)) {
+      all.push_back({topic, message.offset, message.msg_id, message.key});
     }
   }
   return all;

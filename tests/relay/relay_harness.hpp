@@ -19,6 +19,7 @@
 
 #include "broker/client.hpp"
 #include "broker_process.hpp"
+#include "broker_topic.hpp"
 #include "outbox/outbox.hpp"
 #include "test_support.hpp"
 
@@ -270,22 +271,7 @@ inline bool wait_delivered(const std::filesystem::path& db, long expected,
 inline std::vector<wire::StoredMessage> fetch_all(const std::string& endpoint,
                                                   const std::string& topic = "orders",
                                                   broker::ClientOptions options = {}) {
-  broker::Client client(endpoint, options);
-  std::vector<wire::StoredMessage> all;
-  std::uint64_t from = 1;
-  for (int round = 0; round < 100000; ++round) {
-    wire::Fetch request;
-    request.topic = topic;
-    request.from_offset = from;
-    request.max_messages = 10000;
-    auto reply = client.fetch(request, 20s);
-    INFO((reply.ok() ? std::string() : reply.error().message));
-    REQUIRE(reply.ok());
-    if (reply->messages.empty()) break;
-    for (auto& message : reply->messages) all.push_back(std::move(message));
-    from = reply->next_offset;
-  }
-  return all;
+  return test_support::fetch_topic(endpoint, topic, options);
 }
 
 inline std::vector<wire::StoredMessage> fetch_all_curve(const std::string& endpoint,

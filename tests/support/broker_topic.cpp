@@ -1,0 +1,31 @@
+#include "broker_topic.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <utility>
+
+namespace test_support {
+
+std::vector<wire::StoredMessage> fetch_topic(const std::string& endpoint, const std::string& topic,
+                                             const broker::ClientOptions& options) {
+  broker::Client client(endpoint, options);
+  std::vector<wire::StoredMessage> all;
+  std::uint64_t from = 1;
+  for (int round = 0; round < 100000; ++round) {
+    wire::Fetch request;
+    request.topic = topic;
+    request.from_offset = from;
+    request.max_messages = 10000;
+    auto reply = client.fetch(request, std::chrono::seconds(20));
+    if (!reply) {
+      throw std::runtime_error("fetching " + topic + " failed: " + reply.error().message);
+    }
+    if (reply->messages.empty()) break;
+    for (auto& message : reply->messages) all.push_back(std::move(message));
+    from = reply->next_offset;
+  }
+  return all;
+}
+
+}  // namespace test_support
