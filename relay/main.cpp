@@ -374,17 +374,17 @@ bool session_up(const std::optional<outbox::RelayStatus>& status,
          lease->holder == status->holder;
 }
 
-std::string json_time(const std::optional<outbox::TimePoint>& time) {
-  return time ? "\"" + iso_time(*time) + "\"" : "null";
+cli::Json json_time(const std::optional<outbox::TimePoint>& time) {
+  return time ? cli::Json(iso_time(*time)) : cli::Json(nullptr);
 }
 
 // The lease as JSON: holder, epoch, expiry; null when never claimed.
-std::string lease_json(const std::optional<outbox::LeaseInfo>& lease) {
-  if (!lease) return "null";
-  return "{\"holder\":" + cli::json_escape(lease->holder) +
-         ",\"epoch\":" + std::to_string(lease->epoch) + ",\"expires_at\":\"" +
-         iso_time(lease->expires_at) + "\",\"expired\":" + (lease->expired ? "true" : "false") +
-         "}";
+cli::Json lease_json(const std::optional<outbox::LeaseInfo>& lease) {
+  if (!lease) return nullptr;
+  return {{"holder", cli::json_text(lease->holder)},
+          {"epoch", lease->epoch},
+          {"expires_at", iso_time(lease->expires_at)},
+          {"expired", lease->expired}};
 }
 
 // status --db-dir: one line (or JSON entry) per database with the cheap
@@ -399,9 +399,9 @@ int show_directory_status(const std::string& directory, const std::string& glob,
   }
   std::int64_t pending = 0, dead = 0, oldest = 0, active = 0, unreadable = 0;
   std::ostringstream entries;
+  cli::Json databases = cli::Json::array();
   for (const auto& name : names) {
     auto path = std::filesystem::path(directory) / name;
-    if (entries.tellp() > 0 && json) entries << ",";
     try {
       auto store = open_store(path.string(), true);
       auto backlog = store.backlog();
@@ -412,10 +412,13 @@ int show_directory_status(const std::string& directory, const std::string& glob,
       oldest = std::max<std::int64_t>(oldest, age);
       if (lease && !lease->expired) ++active;
       if (json) {
-        entries << "{\"db\":" << cli::json_escape(name) << ",\"pending\":" << backlog.pending
-                << ",\"retrying\":" << backlog.retrying << ",\"dead\":" << backlog.dead
-                << ",\"oldest_pending_age_ms\":" << age << ",\"lease\":" << lease_json(lease)
-                << ",\"error\":null}";
+        databases.push_back({{"db", cli::json_text(name)},
+                             {"pending", backlog.pending},
+                             {"retrying", backlog.retrying},
+                             {"dead", backlog.dead},
+                             {"oldest_pending_age_ms", age},
+                             {"lease", lease_json(lease)},
+                             {"error", nullptr}});
       } else {
         char line[512];
         std::snprintf(line, sizeof line, "%-32s %9lld %12s %6lld  %s\n", name.c_str(),
@@ -430,19 +433,24 @@ int show_directory_status(const std::string& directory, const std::string& glob,
     } catch (const outbox::Error& error) {
       ++unreadable;
       if (json) {
-        entries << "{\"db\":" << cli::json_escape(name)
-                << ",\"error\":" << cli::json_escape(error.what()) << "}";
+        databases.push_back(
+            {{"db", cli::json_text(name)}, {"error", cli::json_text(error.what())}});
       } else {
         entries << name << ": " << error.what() << "\n";
       }
     }
   }
   if (json) {
-    std::cout << "{\"db_dir\":" << cli::json_escape(directory) << ",\"databases\":["
-              << entries.str() << "],\"totals\":{\"databases\":" << names.size()
-              << ",\"unreadable\":" << unreadable << ",\"pending\":" << pending
-              << ",\"dead\":" << dead << ",\"oldest_pending_age_ms\":" << oldest
-              << ",\"leases_held\":" << active << "}}\n";
+    const cli::Json totals = {{"databases", names.size()},
+                              {"unreadable", unreadable},
+                              {"pending", pending},
+                              {"dead", dead},
+                              {"oldest_pending_age_ms", oldest},
+                              {"leases_held", active}};
+    const cli::Json status = {{"db_dir", cli::json_text(directory)},
+                              {"databases", std::move(databases)},
+                              {"totals", totals}};
+    std::cout << status.dump() << "\n";
     return cli::exit_ok;
   }
   char header[256];
@@ -461,30 +469,32 @@ int show_status(const std::string& db, bool json) {
   const bool up = session_up(relay_status, stats.lease);
   auto age = stats.oldest_pending_age ? stats.oldest_pending_age->count() : 0;
   if (json) {
-    std::ostringstream out;
-    out << "{\"db\":" << cli::json_escape(db) << ",\"pending\":" << stats.pending
-        << ",\"retrying\":" << stats.retrying << ",\"delivered\":" << stats.delivered
-        << ",\"delivered_total\":" << stats.delivered_total << ",\"dead\":" << stats.dead
-        << ",\"last_seq\":" << stats.last_seq
-        << ",\"settled_through_seq\":" << stats.settled_through_seq
-        << ",\"oldest_pending_age_ms\":" << age << ",\"lease\":" << lease_json(stats.lease);
-    out << ",\"session_up\":" << (up ? "true" : "false") << ",\"relay\":";
+    cli::Json relay = nullptr;
     if (relay_status) {
-      out << "{\"holder\":" << cli::json_escape(relay_status->holder)
-          << ",\"destination\":" << cli::json_escape(relay_status->destination)
-          << ",\"session_up\":" << (up ? "true" : "false")
-          << ",\"session_changed_at\":" << json_time(relay_status->session_changed_at)
-          << ",\"last_error\":"
-          << (relay_status->last_error.empty() ? "null"
-                                               : cli::json_escape(relay_status->last_error))
-          << ",\"last_error_at\":" << json_time(relay_status->last_error_at)
-          << ",\"last_progress_at\":" << json_time(relay_status->last_progress_at)
-          << ",\"updated_at\":" << json_time(relay_status->updated_at) << "}";
-    } else {
-      out << "null";
+      relay = {{"holder", cli::json_text(relay_status->holder)},
+               {"destination", cli::json_text(relay_status->destination)},
+               {"session_up", up},
+               {"session_changed_at", json_time(relay_status->session_changed_at)},
+               {"last_error", relay_status->last_error.empty()
+                                  ? cli::Json(nullptr)
+                                  : cli::json_text(relay_status->last_error)},
+               {"last_error_at", json_time(relay_status->last_error_at)},
+               {"last_progress_at", json_time(relay_status->last_progress_at)},
+               {"updated_at", json_time(relay_status->updated_at)}};
     }
-    out << "}";
-    std::cout << out.str() << "\n";
+    const cli::Json status = {{"db", cli::json_text(db)},
+                              {"pending", stats.pending},
+                              {"retrying", stats.retrying},
+                              {"delivered", stats.delivered},
+                              {"delivered_total", stats.delivered_total},
+                              {"dead", stats.dead},
+                              {"last_seq", stats.last_seq},
+                              {"settled_through_seq", stats.settled_through_seq},
+                              {"oldest_pending_age_ms", age},
+                              {"lease", lease_json(stats.lease)},
+                              {"session_up", up},
+                              {"relay", std::move(relay)}};
+    std::cout << status.dump() << "\n";
     return cli::exit_ok;
   }
   std::cout << "outbox:            " << db << "\n"
@@ -529,13 +539,17 @@ int list_dead(const std::string& db, bool json, std::size_t limit) {
   auto dead = store.list_dead(limit);
   for (const auto& message : dead) {
     if (json) {
-      std::cout << "{\"seq\":" << message.seq << ",\"msg_id\":" << cli::json_bytes(message.msg_id)
-                << ",\"topic\":" << cli::json_bytes(message.topic) << ",\"key\":"
-                << (message.partition_key ? cli::json_bytes(*message.partition_key) : "null")
-                << ",\"reason\":" << cli::json_escape(message.reason)
-                << ",\"attempts\":" << message.attempts << ",\"created_at\":\""
-                << iso_time(message.created_at) << "\",\"died_at\":\"" << iso_time(message.died_at)
-                << "\"}\n";
+      const cli::Json line = {
+          {"seq", message.seq},
+          {"msg_id", cli::json_value(message.msg_id)},
+          {"topic", cli::json_value(message.topic)},
+          {"key",
+           message.partition_key ? cli::json_value(*message.partition_key) : cli::Json(nullptr)},
+          {"reason", cli::json_text(message.reason)},
+          {"attempts", message.attempts},
+          {"created_at", iso_time(message.created_at)},
+          {"died_at", iso_time(message.died_at)}};
+      std::cout << line.dump() << "\n";
     } else {
       std::cout << "seq " << message.seq << "  msg_id " << relay::printable_field(message.msg_id)
                 << "  topic " << relay::printable_field(message.topic) << "  key "

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "broker/client.hpp"
 #include "broker_process.hpp"
@@ -208,32 +209,34 @@ inline Status outbox_status(const std::filesystem::path& db) {
   auto result = test_support::run(relay_binary(), {"status", "--db", db.string(), "--json"}, 30s);
   INFO(result.err);
   REQUIRE(result.status.code == 0);
+  const auto json = nlohmann::json::parse(result.out);
   Status s;
-  auto number = [&](const std::string& name) {
-    auto at = result.out.find("\"" + name + "\":");
-    REQUIRE(at != std::string::npos);
-    return std::stol(result.out.substr(at + name.size() + 3));
-  };
-  s.pending = number("pending");
-  s.delivered_total = number("delivered_total");
-  s.delivered_kept = number("delivered");
-  s.dead = number("dead");
-  s.lease_expired = result.out.find("\"expired\":true") != std::string::npos;
-  s.session_up = result.out.find("\"session_up\":true") != std::string::npos;
-  auto error = result.out.find("\"last_error\":\"");
-  if (error != std::string::npos) {
-    auto start = error + 14;
-    auto end = start;
-    while (end < result.out.size() && result.out[end] != '"')
-      end += result.out[end] == '\\' ? 2 : 1;
-    s.last_error = result.out.substr(start, end - start);
+  s.pending = json.at("pending").get<long>();
+  s.delivered_total = json.at("delivered_total").get<long>();
+  s.delivered_kept = json.at("delivered").get<long>();
+  s.dead = json.at("dead").get<long>();
+  const auto& lease = json.at("lease");
+  const auto& relay = json.at("relay");
+  s.lease_expired = !lease.is_null() && lease.at("expired").get<bool>();
+  s.session_up = json.at("session_up").get<bool>();
+  if (!relay.is_null() && relay.at("last_error").is_string()) {
+    s.last_error = relay.at("last_error").get<std::string>();
   }
-  auto holder = result.out.find("\"holder\":\"");
-  if (holder != std::string::npos) {
-    auto start = holder + 10;
-    s.lease_holder = result.out.substr(start, result.out.find('"', start) - start);
+  // The lease's holder; before any lease, the holder the relay reported.
+  if (!lease.is_null()) {
+    s.lease_holder = lease.at("holder").get<std::string>();
+  } else if (!relay.is_null()) {
+    s.lease_holder = relay.at("holder").get<std::string>();
   }
   return s;
+}
+
+// The lines of `outbox-relay dead --json` output, parsed: one object per dead message.
+inline std::vector<nlohmann::json> json_lines(const std::string& output) {
+  std::vector<nlohmann::json> parsed;
+  for (const auto& line : test_support::lines(output))
+    parsed.push_back(nlohmann::json::parse(line));
+  return parsed;
 }
 
 // Whether the lease is held as "<name>:<8 hex digits>", the name a relay was

@@ -3,6 +3,7 @@
 
 #include <zmq.h>
 
+#include <nlohmann/json.hpp>
 #include <outbox/outbox.hpp>
 
 #include "relay_harness.hpp"
@@ -68,8 +69,12 @@ TEST_CASE("a refused message is dead and holds back its key until dropped", "[re
 
   auto dead = test_support::run(relay_binary(), {"dead", "--db", db.string(), "--json"});
   CHECK(dead.status.code == 0);
-  CHECK(dead.out.find(too_large) != std::string::npos);
-  CHECK(dead.out.find("UNDELIVERABLE: too large") != std::string::npos);  // checked before sending
+  const auto dead_lines = json_lines(dead.out);
+  REQUIRE(dead_lines.size() == 1);
+  CHECK(dead_lines[0].at("msg_id") == too_large);
+  // Checked before sending.
+  CHECK_THAT(dead_lines[0].at("reason").get<std::string>(),
+             Catch::Contains("UNDELIVERABLE: too large"));
 
   // Replaying it changes nothing (it is dead again at once)...
   auto replay =

@@ -5,6 +5,7 @@
 
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "relay_harness.hpp"
 
@@ -65,7 +66,8 @@ void check_poison_reasons(const std::filesystem::path& db) {
     CHECK(dead.out.find(reason) != std::string::npos);
   }
   for (const auto& line : lines) {
-    CHECK(line.find("\"reason\":\"UNDELIVERABLE: ") != std::string::npos);
+    CHECK_THAT(nlohmann::json::parse(line).at("reason").get<std::string>(),
+               Catch::StartsWith("UNDELIVERABLE: "));
   }
   // The text listing names seq, msg_id and reason, long fields cut short.
   auto text = test_support::run(relay_binary(), {"dead", "--db", db.string()});
