@@ -8,6 +8,7 @@
 #include <string>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "test_support.hpp"
 
@@ -50,11 +51,16 @@ inline void exec_sql(const std::filesystem::path& db, const std::string& sql) {
   REQUIRE(rc == SQLITE_OK);
 }
 
-// A number from a flat JSON object ("name":123), -1 if absent.
-inline long json_number(const std::string& json, const std::string& name) {
-  const auto at = json.find("\"" + name + "\":");
-  if (at == std::string::npos) return -1;
-  return std::stol(json.substr(at + name.size() + 3));
+// The number `name` of the first line of `output` that is a JSON object with
+// it, -1 if there is none.
+inline long json_number(const std::string& output, const std::string& name) {
+  for (const auto& line : test_support::lines(output)) {
+    const auto object = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (object.is_object() && object.contains(name) && object.at(name).is_number_integer()) {
+      return object.at(name).get<long>();
+    }
+  }
+  return -1;
 }
 
 inline long delivered_total(const std::filesystem::path& db) {

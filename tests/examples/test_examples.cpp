@@ -327,5 +327,5 @@ TEST_CASE("idgen_shell.sh runs against the idgen CLI", "[examples]") {
   INFO(result.out << result.err);
   REQUIRE(result.status.exited);
   CHECK(result.status.code == 0);
-  CHECK(result.out.find("\"worker\":9") != std::string::npos);
+  CHECK(examples_test::json_number(result.out, "worker") == 9);
 }

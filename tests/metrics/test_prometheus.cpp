@@ -6,10 +6,12 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "broker_process.hpp"
 #include "relay_harness.hpp"
@@ -72,12 +74,15 @@ class PrometheusServer {
   std::optional<double> query(const std::string& promql) {
     auto reply = http_get(address_, "/api/v1/query?query=" + percent_encode(promql));
     if (reply.status != 200) return std::nullopt;
-    auto value = reply.body.find("\"value\":[");
-    if (value == std::string::npos) return std::nullopt;
-    auto start = reply.body.find(",\"", value);
-    if (start == std::string::npos) return std::nullopt;
-    start += 2;
-    return std::stod(reply.body.substr(start, reply.body.find('"', start) - start));
+    // {"status":"success","data":{"resultType":"vector","result":[{"metric":{...},
+    // "value":[<time>,"<value>"]}]}}
+    const auto body = nlohmann::json::parse(reply.body, nullptr, /*allow_exceptions=*/false);
+    if (!body.is_object() || !body.contains("data")) return std::nullopt;
+    const auto& result = body.at("data").value("result", nlohmann::json::array());
+    if (!result.is_array() || result.empty() || !result.at(0).contains("value")) {
+      return std::nullopt;
+    }
+    return std::stod(result.at(0).at("value").at(1).get<std::string>());
   }
 
   bool wait_for(const std::string& promql, double expected) {
@@ -201,14 +206,20 @@ TEST_CASE("a real Prometheus scrapes the backlog, the stored count and a consume
     INFO(query);
     auto reply = http_get(prometheus.address(), "/api/v1/query?query=" + percent_encode(query));
     CHECK(reply.status == 200);
-    CHECK(reply.body.find("\"status\":\"success\"") != std::string::npos);
+    CHECK(nlohmann::json::parse(reply.body).at("status") == "success");
   }
 
   // The shipped rules are loaded.
   auto rules = http_get(prometheus.address(), "/api/v1/rules");
   CHECK(rules.status == 200);
-  CHECK(rules.body.find("\"OutboxNoRelayHoldsLease\"") != std::string::npos);
-  CHECK(rules.body.find("\"OutboxConsumerLagGrowing\"") != std::string::npos);
+  std::set<std::string> rule_names;
+  const auto rules_reply = nlohmann::json::parse(rules.body);
+  for (const auto& group : rules_reply.at("data").at("groups")) {
+    for (const auto& rule : group.at("rules"))
+      rule_names.insert(rule.at("name").get<std::string>());
+  }
+  CHECK(rule_names.count("OutboxNoRelayHoldsLease") == 1);
+  CHECK(rule_names.count("OutboxConsumerLagGrowing") == 1);
 
   CHECK(relay.stop().code == 0);
   CHECK(broker.stop().code == 0);

@@ -74,7 +74,8 @@ TEST_CASE("one relay process forwards a directory of databases as they come and 
   CHECK(totals.at("pending") == 0);
   CHECK(totals.at("dead") == 0);
   std::map<std::string, nlohmann::json> databases;
-  for (const auto& entry : status.at("databases")) databases[entry.at("db")] = entry;
+  for (const auto& entry : status.at("databases"))
+    databases[entry.at("db").get<std::string>()] = entry;
   REQUIRE(databases.count("late.db") == 1);
   CHECK(databases.at("late.db").at("pending") == 0);
   REQUIRE(databases.count("notes.db") == 1);
