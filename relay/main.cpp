@@ -11,6 +11,7 @@
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -89,6 +90,7 @@ struct RunSettings {
   std::string glob = "*.db";
   std::size_t connections = 2;
   std::size_t max_open_databases = 256;
+  std::size_t opener_threads = 4;
   std::chrono::milliseconds idle_release = 30s;
   std::chrono::milliseconds rescan_interval = 30s;
   std::chrono::milliseconds idle_poll = 1s;
@@ -165,6 +167,7 @@ int run_directory(const RunSettings& settings, relay::RelayConfig config,
   multi.glob = settings.glob;
   multi.connections = settings.connections;
   multi.max_open_databases = settings.max_open_databases;
+  multi.opener_threads = settings.opener_threads;
   multi.idle_release = settings.idle_release;
   multi.rescan_interval = settings.rescan_interval;
   // The registry outlives everything that reports into it or serves it.
@@ -388,7 +391,9 @@ cli::Json lease_json(const std::optional<outbox::LeaseInfo>& lease) {
 }
 
 // status --db-dir: one line (or JSON entry) per database with the cheap
-// figures (no count of the delivered rows kept), then the totals.
+// figures (no count of the delivered rows kept), then the totals. Databases
+// that share an origin id (one is a copy of another) are named: a relay
+// forwards only one of them.
 int show_directory_status(const std::string& directory, const std::string& glob, bool json) {
   std::vector<std::string> names;
   try {
@@ -397,46 +402,88 @@ int show_directory_status(const std::string& directory, const std::string& glob,
     std::fprintf(stderr, "outbox-relay: --db-dir: %s\n", error.what());
     return cli::exit_storage;
   }
-  std::int64_t pending = 0, dead = 0, oldest = 0, active = 0, unreadable = 0;
-  std::ostringstream entries;
-  cli::Json databases = cli::Json::array();
+  struct Entry {
+    std::string name;
+    outbox::Backlog backlog;
+    std::optional<outbox::LeaseInfo> lease;
+    std::string origin;
+    std::optional<std::string> error;
+  };
+  std::vector<Entry> read;
+  std::map<std::string, std::vector<std::string>> by_origin;
   for (const auto& name : names) {
-    auto path = std::filesystem::path(directory) / name;
+    auto& entry = read.emplace_back(Entry{name, {}, {}, {}, {}});
     try {
-      auto store = open_store(path.string(), true);
-      auto backlog = store.backlog();
-      auto lease = store.lease_info();
-      auto age = backlog.oldest_pending_age ? backlog.oldest_pending_age->count() : 0;
-      pending += backlog.pending;
-      dead += backlog.dead;
-      oldest = std::max<std::int64_t>(oldest, age);
-      if (lease && !lease->expired) ++active;
-      if (json) {
-        databases.push_back({{"db", cli::json_text(name)},
-                             {"pending", backlog.pending},
-                             {"retrying", backlog.retrying},
-                             {"dead", backlog.dead},
-                             {"oldest_pending_age_ms", age},
-                             {"lease", lease_json(lease)},
-                             {"error", nullptr}});
-      } else {
-        char line[512];
-        std::snprintf(line, sizeof line, "%-32s %9lld %12s %6lld  %s\n", name.c_str(),
-                      static_cast<long long>(backlog.pending),
-                      backlog.oldest_pending_age ? (std::to_string(age) + " ms").c_str() : "-",
-                      static_cast<long long>(backlog.dead),
-                      !lease           ? "none"
-                      : lease->expired ? ("expired (" + lease->holder + ")").c_str()
-                                       : lease->holder.c_str());
-        entries << line;
-      }
+      auto store = open_store((std::filesystem::path(directory) / name).string(), true);
+      entry.backlog = store.backlog();
+      entry.lease = store.lease_info();
+      entry.origin = store.origin_id();
+      if (!entry.origin.empty()) by_origin[entry.origin].push_back(name);
     } catch (const outbox::Error& error) {
+      entry.error = error.what();
+    }
+  }
+  // The other databases of the same origin id.
+  auto copies = [&](const Entry& entry) {
+    std::vector<std::string> others;
+    if (entry.origin.empty()) return others;
+    for (const auto& name : by_origin.at(entry.origin)) {
+      if (name != entry.name) others.push_back(name);
+    }
+    return others;
+  };
+  std::int64_t pending = 0, dead = 0, oldest = 0, active = 0, unreadable = 0, shared = 0;
+  std::ostringstream entries;
+  std::ostringstream warnings;
+  cli::Json databases = cli::Json::array();
+  for (const auto& entry : read) {
+    const auto& name = entry.name;
+    if (entry.error) {
       ++unreadable;
       if (json) {
         databases.push_back(
-            {{"db", cli::json_text(name)}, {"error", cli::json_text(error.what())}});
+            {{"db", cli::json_text(name)}, {"error", cli::json_text(*entry.error)}});
       } else {
-        entries << name << ": " << error.what() << "\n";
+        entries << name << ": " << *entry.error << "\n";
+      }
+      continue;
+    }
+    const auto& backlog = entry.backlog;
+    const auto& lease = entry.lease;
+    auto age = backlog.oldest_pending_age ? backlog.oldest_pending_age->count() : 0;
+    pending += backlog.pending;
+    dead += backlog.dead;
+    oldest = std::max<std::int64_t>(oldest, age);
+    if (lease && !lease->expired) ++active;
+    auto others = copies(entry);
+    if (!others.empty()) ++shared;
+    if (json) {
+      cli::Json same = cli::Json::array();
+      for (const auto& other : others) same.push_back(cli::json_text(other));
+      databases.push_back({{"db", cli::json_text(name)},
+                           {"pending", backlog.pending},
+                           {"retrying", backlog.retrying},
+                           {"dead", backlog.dead},
+                           {"oldest_pending_age_ms", age},
+                           {"lease", lease_json(lease)},
+                           {"origin_id", cli::json_text(entry.origin)},
+                           {"same_origin_as", std::move(same)},
+                           {"error", nullptr}});
+    } else {
+      char line[512];
+      std::snprintf(line, sizeof line, "%-32s %9lld %12s %6lld  %s\n", name.c_str(),
+                    static_cast<long long>(backlog.pending),
+                    backlog.oldest_pending_age ? (std::to_string(age) + " ms").c_str() : "-",
+                    static_cast<long long>(backlog.dead),
+                    !lease           ? "none"
+                    : lease->expired ? ("expired (" + lease->holder + ")").c_str()
+                                     : lease->holder.c_str());
+      entries << line;
+      if (!others.empty() && others.front() > name) {
+        warnings << "same origin id '" << entry.origin << "': " << name;
+        for (const auto& other : others) warnings << ", " << other;
+        warnings << " (copies of one database): a relay forwards only one of them; give each "
+                    "copy a new origin id (docs/operations.md)\n";
       }
     }
   }
@@ -446,7 +493,8 @@ int show_directory_status(const std::string& directory, const std::string& glob,
                               {"pending", pending},
                               {"dead", dead},
                               {"oldest_pending_age_ms", oldest},
-                              {"leases_held", active}};
+                              {"leases_held", active},
+                              {"same_origin", shared}};
     const cli::Json status = {{"db_dir", cli::json_text(directory)},
                               {"databases", std::move(databases)},
                               {"totals", totals}};
@@ -456,9 +504,10 @@ int show_directory_status(const std::string& directory, const std::string& glob,
   char header[256];
   std::snprintf(header, sizeof header, "%-32s %9s %12s %6s  %s\n", "database", "pending", "oldest",
                 "dead", "lease");
-  std::cout << header << entries.str() << "total: " << names.size() << " databases (" << unreadable
-            << " unreadable), pending " << pending << ", oldest " << oldest << " ms, dead " << dead
-            << ", leases held " << active << "\n";
+  std::cout << header << entries.str() << warnings.str() << "total: " << names.size()
+            << " databases (" << unreadable << " unreadable, " << shared
+            << " sharing an origin id), pending " << pending << ", oldest " << oldest
+            << " ms, dead " << dead << ", leases held " << active << "\n";
   return cli::exit_ok;
 }
 
@@ -643,6 +692,12 @@ int main(int argc, char** argv) {
                    "least recently busy idle one is closed beyond it")
       ->capture_default_str()
       ->check(cli::count_check(1, 100000));
+  run_cmd
+      ->add_option("--opener-threads", run.opener_threads,
+                   "With --db-dir: threads that open databases (schema check, backlog, lease) "
+                   "while the others are forwarded; 0: the forwarding loop opens each itself")
+      ->capture_default_str()
+      ->check(cli::count_check(0, 64));
   cli::add_duration_option(run_cmd, "--idle-release", run.idle_release,
                            "With --db-dir: a database idle this long gives its lease up and is "
                            "closed until its next commit",

@@ -1039,7 +1039,7 @@ struct Server::Impl {
       // A refused HELLO also ends what it would have replaced.
       auto refuse = [&](wire::ErrorCode code, const std::string& text) {
         end_replaced_sessions(routing_id, hello);
-        reply_error(routing_id, 0, code, text);
+        reply_error(routing_id, hello.hello_id, code, text);
       };
       std::uint64_t highest = 0;
       try {
@@ -1103,8 +1103,10 @@ struct Server::Impl {
                    "session {} opened by '{}' for origin {} at lease epoch {}", session.id,
                    hello.producer, hello.origin, hello.epoch);
     }
-    answer(routing_id, wire::welcome_for(session.id, store.options().max_message_bytes,
-                                         options.broker_name, options.limits));
+    auto welcome = wire::welcome_for(session.id, store.options().max_message_bytes,
+                                     options.broker_name, options.limits);
+    welcome.hello_id = hello.hello_id;
+    answer(routing_id, welcome);
   }
 
   // The relay's new session asks which batches of its previous one (whose

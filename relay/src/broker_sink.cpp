@@ -300,6 +300,10 @@ namespace relay {
 namespace {
 constexpr unsigned kSlotShift = 32;
 constexpr std::uint64_t kLocalBatchMask = (std::uint64_t{1} << kSlotShift) - 1;
+// HELLO ids (and the PING nonces that fence them) have the top bit set: an
+// ERROR's request_id names either a HELLO or a batch (slot << 32 | id, slots
+// below 2^31), never both.
+constexpr std::uint64_t kFirstHelloToken = (std::uint64_t{1} << 63) | 1;
 }  // namespace
 
 struct SharedBrokerConnection::Impl {
@@ -323,13 +327,19 @@ struct SharedBrokerConnection::Impl {
   BrokerSinkOptions options;
   std::unique_ptr<broker::Client> client;
   std::unordered_map<std::uint32_t, Channel*> channels;
-  // HELLOs in flight in sending order, by (slot, token): the broker answers a
-  // connection's requests in order, and WELCOME names no origin. Each HELLO
-  // is followed by a PING whose nonce is its token: its PONG comes after the
-  // HELLO's answer, so a PONG drops every HELLO up to its token that got no
-  // answer (one the broker dropped), and the next answer is not taken for it.
+  // HELLOs in flight in sending order, by (slot, token). Each HELLO carries
+  // its token as hello_id, and the broker's answer names it (WELCOME's
+  // hello_id, ERROR's request_id). A broker older than hello ids refuses
+  // them (ERROR invalid_value naming no request); the connection then sends
+  // HELLOs without, and takes their answers in order (the broker answers a
+  // connection's requests in order). Each HELLO is followed by a PING whose
+  // nonce is its token: its PONG comes after the HELLO's answer, so a PONG
+  // drops every HELLO up to its token that got no answer (one the broker
+  // dropped).
   std::deque<std::pair<std::uint32_t, std::uint64_t>> hellos;
-  std::uint64_t next_hello_token = 1;
+  std::uint64_t next_hello_token = kFirstHelloToken;
+  bool hello_ids = true;
+  std::uint64_t unmatched_answers = 0;  // answers naming no HELLO in flight
   // After a HELLO went unanswered, others fail at once until then, instead of
   // each waiting the full timeout while the broker is away.
   std::chrono::steady_clock::time_point unanswered_until{};
@@ -349,6 +359,7 @@ struct SharedBrokerConnection::Impl {
       }
     }
     hellos.clear();
+    hello_ids = true;  // the broker behind the new connection may know them
     client->reconnect();
   }
 
@@ -375,17 +386,33 @@ struct SharedBrokerConnection::Impl {
     }
     auto* welcome = std::get_if<wire::Welcome>(&message);
     auto* error = std::get_if<wire::ErrorReply>(&message);
+    const std::uint64_t named = welcome != nullptr ? welcome->hello_id
+                                : error != nullptr ? error->request_id
+                                                   : 0;
+    if (named >= kFirstHelloToken || (welcome != nullptr && named != 0)) {
+      // It names the HELLO it answers: that one, or none (a duplicated reply).
+      auto hello = std::find_if(hellos.begin(), hellos.end(),
+                                [&](const auto& entry) { return entry.second == named; });
+      if (hello == hellos.end()) {
+        ++unmatched_answers;
+        return;
+      }
+      auto [slot, token] = *hello;
+      hellos.erase(hello);
+      answer_hello(slot, token, welcome, error);
+      return;
+    }
     if (welcome != nullptr || (error != nullptr && error->request_id == 0)) {
-      if (hellos.empty()) return;  // not ours to place
+      if (hellos.empty()) {  // not ours to place
+        if (welcome != nullptr) ++unmatched_answers;
+        return;
+      }
+      if (hello_ids && error != nullptr && error->code == wire::ErrorCode::invalid_value) {
+        hello_ids = false;  // a broker older than hello ids: this HELLO is tried again without
+      }
       auto [slot, token] = hellos.front();
       hellos.pop_front();
-      auto channel = channels.find(slot);
-      if (channel == channels.end() || channel->second->hello_token != token) return;
-      if (welcome != nullptr) {
-        channel->second->hello_answer = std::move(*welcome);
-      } else {
-        channel->second->hello_answer = wire::Error{error->code, error->message};
-      }
+      answer_hello(slot, token, welcome, error);
       return;
     }
     std::uint64_t wire_id = 0;
@@ -411,6 +438,17 @@ struct SharedBrokerConnection::Impl {
     } else {
       channel->second->events.push_back(
           failed_event(local_id, refused_batch_text(*error, local_id)));
+    }
+  }
+
+  void answer_hello(std::uint32_t slot, std::uint64_t token, wire::Welcome* welcome,
+                    const wire::ErrorReply* error) {
+    auto channel = channels.find(slot);
+    if (channel == channels.end() || channel->second->hello_token != token) return;
+    if (welcome != nullptr) {
+      channel->second->hello_answer = std::move(*welcome);
+    } else {
+      channel->second->hello_answer = wire::Error{error->code, error->message};
     }
   }
 
@@ -520,10 +558,15 @@ class SharedChannel final : public Sink {
   // Queues a HELLO for this channel's lease, and the PING that fences its answer.
   bool send_hello() {
     auto& connection = *connection_;
-    wire::Hello hello{connection.options.producer, wire::kHelloOneOfSeveral, state_.lease.origin,
-                      static_cast<std::uint64_t>(std::max<std::int64_t>(state_.lease.epoch, 0))};
+    const auto token = connection.next_hello_token;
+    wire::Hello hello{connection.options.producer,
+                      wire::kHelloOneOfSeveral | (connection.hello_ids ? wire::kHelloWithId : 0U),
+                      state_.lease.origin,
+                      static_cast<std::uint64_t>(std::max<std::int64_t>(state_.lease.epoch, 0)),
+                      connection.hello_ids ? token : 0};
     if (!connection.client->send_hello(hello)) return false;
-    state_.hello_token = connection.next_hello_token++;
+    ++connection.next_hello_token;
+    state_.hello_token = token;
     state_.hello_sent_at = std::chrono::steady_clock::now();
     state_.hello_answer.reset();
     connection.hellos.emplace_back(state_.slot, state_.hello_token);
@@ -560,6 +603,10 @@ bool SharedBrokerConnection::has_events(std::uint32_t slot) const {
   auto channel = impl_->channels.find(slot);
   return channel != impl_->channels.end() &&
          (!channel->second->events.empty() || channel->second->hello_answer.has_value());
+}
+
+std::uint64_t SharedBrokerConnection::unmatched_answers() const noexcept {
+  return impl_->unmatched_answers;
 }
 
 void* SharedBrokerConnection::socket_handle() {

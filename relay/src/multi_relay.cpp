@@ -7,12 +7,15 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <span>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include <spdlog/logger.h>
@@ -20,6 +23,7 @@
 #include <spdlog/sinks/null_sink.h>
 #include <zmq.hpp>
 
+#include "database_opener.hpp"
 #include "metrics/log_fields.hpp"
 #include "snowflake_warning.hpp"
 
@@ -162,7 +166,18 @@ struct MultiRelay::Impl {
     std::unique_ptr<Sink> channel;
     std::unique_ptr<Sink> sink;
     std::unique_ptr<Relay> relay;  // with store and sink: the database is open
-    bool due = true;               // an event says: look at it in the next round
+    // Being opened by an opener thread (its ticket), or opened and waiting
+    // for its relay to be built at its next step.
+    std::uint64_t opening = 0;
+    std::optional<OpenResult> opened;
+    FileSignature opening_files{};     // taken before the opener read it
+    std::string instance_id;           // of the lease holder the opener claimed for
+    bool woken_while_opening = false;  // an event the opener's read may have missed
+    // Its origin id as last opened; `copy_of`: the database that forwards the
+    // same origin id, while this one is refused for it.
+    std::string origin;
+    std::string copy_of;
+    bool due = true;  // an event says: look at it in the next round
     SteadyClock::time_point call_again_by = kNever;
     SteadyClock::time_point last_busy{};
     StepResult::State state = StepResult::State::idle;
@@ -192,6 +207,7 @@ struct MultiRelay::Impl {
     // the WAL, then its index): a database woken by an event that found
     // nothing looks at data_version once more shortly after.
     SteadyClock::time_point recheck_at = kNever;
+    bool looked_again = false;  // the second look after an open that found nothing
   };
 
   explicit Impl(MultiRelayConfig config_in)
@@ -207,6 +223,7 @@ struct MultiRelay::Impl {
     for (std::size_t i = 0; i < config.connections; ++i) {
       connections.push_back(std::make_unique<SharedBrokerConnection>(config.broker));
     }
+    opener = std::make_unique<DatabaseOpener>(config.opener_threads, config.store);
   }
 
   ~Impl() {
@@ -216,12 +233,22 @@ struct MultiRelay::Impl {
   MultiRelayConfig config;
   std::shared_ptr<spdlog::logger> log;
   std::vector<std::unique_ptr<SharedBrokerConnection>> connections;
+  std::uint64_t unmatched_answers_logged = 0;
   std::map<std::string, Database> databases;  // by file name
   std::vector<Database*> open_databases;      // the fallback check goes round them
   std::size_t next_poll_index = 0;
   SteadyClock::time_point next_poll{};
   std::uint32_t next_slot = 1;
+  // Open, being opened or opened and waiting for their relay.
   std::size_t open_count = 0;
+  std::unique_ptr<DatabaseOpener> opener;
+  std::map<std::uint64_t, std::string> opening_names;  // by ticket
+  // Which database forwards each origin id: the broker keeps one relay
+  // session per origin, so two databases of one origin (a file copied from
+  // another) would end each other's sessions.
+  std::map<std::string, std::string> origin_owners;
+  std::uint64_t next_ticket = 1;
+  std::mt19937 random{std::random_device{}()};
   int inotify_fd = -1;
   SteadyClock::time_point next_rescan{};
   SteadyClock::time_point next_counters{};
@@ -321,6 +348,8 @@ struct MultiRelay::Impl {
     auto found = databases.find(name);
     if (found == databases.end()) return;
     close(found->second, false);  // the file is gone: nothing to write to
+    forget_open(found->second);
+    disown_origin(found->second);
     removed_counters += found->second.closed_counters;
     metrics::log(*log, spdlog::level::info, {{"event", "database_gone"}, {"database", name}},
                  "database {}: gone from {}; no longer forwarded", name, config.directory.string());
@@ -430,43 +459,154 @@ struct MultiRelay::Impl {
                  "database {}: {}; looking again when it changes", database.name(), problem);
   }
 
-  // Opens a database that has work; false (and closed again) if it has none.
-  bool open(Database& database) {
+  // Hands a database that may have work to an opener thread; its step
+  // after the open builds its relay (open()).
+  void request_open(Database& database) {
     auto now = SteadyClock::now();
+    database.call_again_by = kNever;
     // Taken before the read: a commit after it changes the files again.
     // Unchanged since a read found nothing pending: still nothing (the
     // events of closing our own connections end here, at two stat() calls).
     auto files = signature(database.path);
-    if (files == database.seen) {
-      database.call_again_by = kNever;
-      return false;
-    }
+    if (files == database.seen) return;
     if (open_count >= config.max_open_databases && !make_room()) {
       database.call_again_by = now + milliseconds(100);  // every open one is busy
-      return false;
+      return;
     }
-    try {
-      auto store = std::make_unique<outbox::RelayStore>(
-          outbox::RelayStore::open(database.path, config.store));
-      // Nothing pending is not worth a lease: the next commit wakes it. A
-      // read writes nothing, so it makes no directory event of its own.
-      auto backlog = store->backlog();
-      note_backlog(database, backlog, now);
-      if (backlog.pending == 0) {
-        database.call_again_by = kNever;
-        database.seen = files;
-        database.last_problem.clear();
-        return false;
+    char instance[9];
+    std::snprintf(instance, sizeof instance, "%08x", static_cast<unsigned>(random()));
+    database.instance_id = instance;
+    database.opening = next_ticket++;
+    database.opening_files = files;
+    opening_names.emplace(database.opening, database.name());
+    ++open_count;
+    opener->submit({database.opening, database.path, config.relay.holder + ":" + instance,
+                    config.relay.lease_ttl});
+  }
+
+  // The opens the opener threads finished: a database with work is stepped
+  // at once; one without (or failing) waits until its files change.
+  void take_opened() {
+    for (auto& result : opener->take()) {
+      auto name = opening_names.find(result.ticket);
+      if (name == opening_names.end()) {
+        release_unused(result);  // gone from the directory meanwhile
+        continue;
       }
-      database.store = std::move(store);
-    } catch (const outbox::Error& error) {
-      note_problem(database, error.what());
-      database.call_again_by = kNever;
-      database.seen = files;
+      auto& database = databases.at(name->second);
+      opening_names.erase(name);
+      database.opening = 0;
+      // Its files changed after the opener looked: look again (unchanged: at two stat()s).
+      database.due = std::exchange(database.woken_while_opening, false);
+      if (result.error) {
+        --open_count;
+        note_problem(database, *result.error);
+        wait_until_changed(database);
+        continue;
+      }
+      note_backlog(database, result.backlog, SteadyClock::now());
+      database.last_problem.clear();
+      if (!result.store) {
+        --open_count;
+        wait_until_changed(database);
+        continue;
+      }
+      database.looked_again = false;
+      if (!own_origin(database, result.origin)) {
+        --open_count;
+        release_unused(result);
+        database.seen = database.opening_files;
+        continue;
+      }
+      database.opened = std::move(result);
+      database.due = true;
+    }
+  }
+
+  // An open that found nothing to do (or failed) waits for the files to
+  // change, after one more look shortly after: the files it saw may already
+  // hold a commit its read could not see yet (SQLite writes the WAL, then its
+  // index; see recheck_at), a producer creating the database in particular.
+  void wait_until_changed(Database& database) {
+    database.seen = database.opening_files;
+    database.looked_again = !database.looked_again;
+    if (database.looked_again) {
+      database.seen = {};
+      database.call_again_by = SteadyClock::now() + kRecheckDelay;
+    }
+  }
+
+  // Records that `database` forwards `origin`; false (logged once) if another
+  // database of the directory does: the one opened first keeps it.
+  bool own_origin(Database& database, const std::string& origin) {
+    if (origin != database.origin) disown_origin(database);
+    database.origin = origin;
+    if (origin.empty()) return true;
+    auto [owner, added] = origin_owners.try_emplace(origin, database.name());
+    if (added || owner->second == database.name()) {
+      database.copy_of.clear();
+      return true;
+    }
+    database.copy_of = owner->second;
+    note_problem(database, "has the same origin id '" + origin + "' as " +
+                               (config.directory / owner->second).string() + " (" +
+                               database.path.string() +
+                               " is a copy of it, or it of this one); not forwarded while that "
+                               "one is, give the copy a new origin id (docs/operations.md)");
+    return false;
+  }
+
+  // `database` no longer forwards its origin: a copy refused for it is
+  // looked at again.
+  void disown_origin(Database& database) {
+    auto owner = origin_owners.find(database.origin);
+    if (owner == origin_owners.end() || owner->second != database.name()) return;
+    origin_owners.erase(owner);
+    for (auto& [name, other] : databases) {
+      if (other.copy_of != database.name()) continue;
+      other.copy_of.clear();
+      other.seen = {};
+      other.due = true;
+    }
+  }
+
+  static void release_unused(OpenResult& result) {
+    if (!result.store || !result.lease) return;
+    try {
+      result.store->release_lease(*result.lease);
+    } catch (const outbox::Error&) {
+      // it lapses by itself
+    }
+  }
+
+  // A database gone from the directory (or at the end of run()) is not
+  // opened any more: what an opener has of it is dropped.
+  void forget_open(Database& database) {
+    if (database.opening != 0) {
+      opening_names.erase(database.opening);
+      database.opening = 0;
+      --open_count;
+    }
+    if (database.opened) {
+      release_unused(*database.opened);
+      database.opened.reset();
+      --open_count;
+    }
+  }
+
+  // Builds the relay of a database an opener found work in; false while it
+  // is not opened (request_open()).
+  bool open(Database& database) {
+    if (database.opening != 0) return false;
+    if (!database.opened) {
+      request_open(database);
       return false;
     }
-    database.last_problem.clear();
+    auto now = SteadyClock::now();
+    database.store = std::move(database.opened->store);
+    database.opened.reset();
     auto relay_config = config.relay;
+    relay_config.instance_id = database.instance_id;
     relay_config.logger = database_logger(log, database.name());
     // An idle database is not stepped to look for commits: inotify wakes it,
     // and the fallback check is paced over all databases (poll_open()).
@@ -484,7 +624,6 @@ struct MultiRelay::Impl {
     database.last_busy = now;
     database.last_poll = now;
     database.state = StepResult::State::busy;  // not to be closed before its first step
-    ++open_count;
     open_databases.push_back(&database);
     return true;
   }
@@ -493,6 +632,10 @@ struct MultiRelay::Impl {
     const bool woken = database.due;
     database.due = false;
     database.recheck_at = kNever;
+    if (database.opening != 0) {
+      database.woken_while_opening = database.woken_while_opening || woken;
+      return;
+    }
     if (!database.relay && !open(database)) return;
     StepResult result;
     try {
@@ -570,6 +713,7 @@ struct MultiRelay::Impl {
     auto clock = SteadyClock::now();
     if (!now && clock < next_counters) return;
     next_counters = clock + milliseconds(100);
+    log_unmatched_answers();
     MultiRelayCounters counters;
     counters.databases = databases.size();
     counters.open = open_count;
@@ -629,6 +773,19 @@ struct MultiRelay::Impl {
     published = std::move(counters);
   }
 
+  // Answers to HELLOs that named none in flight were dropped (a duplicated
+  // reply); said once per 100 ms at most, with how many.
+  void log_unmatched_answers() {
+    std::uint64_t unmatched = 0;
+    for (const auto& connection : connections) unmatched += connection->unmatched_answers();
+    if (unmatched == unmatched_answers_logged) return;
+    log->warn(
+        "{}: {} answer(s) naming no HELLO in flight ignored ({} in all): a reply duplicated on "
+        "the way, or one that came after its HELLO was given up",
+        config.broker.endpoint, unmatched - unmatched_answers_logged, unmatched);
+    unmatched_answers_logged = unmatched;
+  }
+
   static std::optional<SteadyClock::time_point> oldest_pending_since(const Database& database) {
     if (!database.backlog || database.backlog->pending == 0 ||
         !database.backlog->oldest_pending_age) {
@@ -641,6 +798,7 @@ struct MultiRelay::Impl {
   void await(SteadyClock::time_point deadline) {
     std::vector<zmq::pollitem_t> items;
     items.push_back({nullptr, inotify_fd, ZMQ_POLLIN, 0});
+    items.push_back({nullptr, opener->descriptor(), ZMQ_POLLIN, 0});
     for (auto& connection : connections) {
       items.push_back({connection->socket_handle(), 0, ZMQ_POLLIN, 0});
     }
@@ -662,6 +820,7 @@ struct MultiRelay::Impl {
               config.directory.string(), config.glob, databases.size(), connections.size());
     while (!stop.load()) {
       read_directory_events();
+      take_opened();
       if (SteadyClock::now() >= next_rescan) rescan();
       for (auto& connection : connections) connection->pump(milliseconds(0));
       poll_open();
@@ -685,7 +844,11 @@ struct MultiRelay::Impl {
     // replies keep arriving while the first ones wait, and a reply that never
     // comes (a connection that went silent) costs the timeout once.
     const auto deadline = SteadyClock::now() + config.relay.drain_timeout;
-    for (auto& [name, database] : databases) close(database, true, deadline);
+    for (auto& [name, database] : databases) {
+      close(database, true, deadline);
+      forget_open(database);
+    }
+    opener.reset();  // an open under way finishes; its lease is given back
     publish_counters(true);
   }
 };

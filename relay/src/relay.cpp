@@ -122,7 +122,8 @@ struct Relay::Impl {
         sink(sink_in),
         config(std::move(config_in)),
         log(config.logger ? config.logger : null_logger()),
-        lease_holder(config.holder + ":" + random_instance_id()),
+        lease_holder(config.holder + ":" +
+                     (config.instance_id.empty() ? random_instance_id() : config.instance_id)),
         metrics_registry(config.metrics ? nullptr : std::make_unique<metrics::Registry>()),
         metrics(config.metrics ? config.metrics
                                : std::make_shared<RelayMetrics>(*metrics_registry)),
@@ -998,6 +999,13 @@ struct Relay::Impl {
       last_progress = now;  // idle, not stalled
       return;
     }
+    // Nothing has waited longer than the oldest pending message: a database
+    // that commits rarely (idle since its last progress) is not stalled.
+    const auto waited = backlog.oldest_pending_age.value_or(milliseconds(0));
+    if (waited < stall_after) {
+      last_progress = std::max(last_progress, now - waited);
+      return;
+    }
     std::string cause;
     if (!session_open) {
       cause = "no session with " + sink.describe() +
@@ -1014,7 +1022,7 @@ struct Relay::Impl {
               std::to_string(backlog.retrying) + ")";
     }
     using Seconds = std::chrono::duration<double>;
-    const auto oldest = backlog.oldest_pending_age.value_or(milliseconds(0));
+    const auto oldest = waited;
     metrics::log(*log, spdlog::level::warn,
                  {{"event", "stalled"},
                   {"db", store.path()},

@@ -132,10 +132,13 @@ class Reader:
 
 # HELLO flag bit 0: one of several sessions on the connection, one per origin.
 HELLO_ONE_OF_SEVERAL = 1
+# HELLO flag bit 1: the body ends with a hello_id that the answer names.
+HELLO_WITH_ID = 2
 
 
-def hello_body(producer="pyclient", origin="", epoch=0, flags=0):
-    return u32(flags) + str16(producer) + str16(origin) + u64(epoch)
+def hello_body(producer="pyclient", origin="", epoch=0, flags=0, hello_id=None):
+    body = u32(flags) + str16(producer) + str16(origin) + u64(epoch)
+    return body + (u64(hello_id) if hello_id is not None else b"")
 
 
 def message(msg_id, topic, payload, key="", hdrs=()):
@@ -179,6 +182,8 @@ def decode(frames, version=VERSION):
                "max_batch_messages": r.u32(), "broker_name": r.str16()}
         # Limits appended in version 2 (see docs/protocol.md, WELCOME).
         out["limits"] = read_welcome_limits(r)
+        # Only in answer to a HELLO with flag bit 1 (docs/protocol.md, HELLO ids).
+        out["hello_id"] = r.u64() if r.pos < len(r.body) else None
     elif command == ACK:
         out = read_ack(r)
     elif command == RESUMED:

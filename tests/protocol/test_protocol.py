@@ -103,9 +103,23 @@ class TestSession(BrokerTest):
         self.expect_error(reply, "no_session", 7)
 
     def test_hello_with_unknown_flags_is_invalid_value(self):
-        for flags in (2, 0x80000000, 3):
+        for flags in (4, 0x80000000, 5):
             self.conn.send(obx.HELLO, obx.hello_body(origin="py-flags", epoch=1, flags=flags))
             self.expect_error(self.conn.receive(), "invalid_value")
+
+    def test_hello_with_an_id_is_answered_naming_it(self):
+        several = obx.HELLO_ONE_OF_SEVERAL | obx.HELLO_WITH_ID
+        welcome = self.conn.hello(origin="py-id-a", epoch=1, flags=several, hello_id=0x8000000000000007)
+        self.assertEqual(welcome["hello_id"], 0x8000000000000007)
+        # Without the flag, WELCOME ends with the limits, as before.
+        self.assertIsNone(self.conn.hello(origin="py-id-b", epoch=1, flags=1)["hello_id"])
+        # A refused HELLO names it in the ERROR's request_id; an id of 0 is invalid.
+        self.conn.send(obx.HELLO, obx.hello_body(origin="py-id-a", epoch=0, flags=several,
+                                                 hello_id=41))
+        self.expect_error(self.conn.receive(), "stale_epoch", 41)
+        self.conn.send(obx.HELLO, obx.hello_body(origin="py-id-c", epoch=1, flags=several,
+                                                 hello_id=0))
+        self.expect_error(self.conn.receive(), "invalid_value")
 
     def test_ping_echoes_its_nonce(self):
         command, pong = self.conn.request(obx.PING, obx.u64(0xDEADBEEF01))

@@ -10,9 +10,13 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <spdlog/logger.h>
+#include <spdlog/sinks/ostream_sink.h>
 
 #include "cutting_proxy.hpp"
 #include "multi_harness.hpp"
@@ -84,7 +88,8 @@ TEST_CASE("one relay process forwards a directory of databases as they come and 
   CHECK(json.out.find("t19.db") == std::string::npos);
   auto text = test_support::run(relay_binary(), {"status", "--db-dir", tenants_dir.string()}, 60s);
   REQUIRE(text.status.code == 0);
-  CHECK(text.out.find("total: 21 databases (1 unreadable), pending 0") != std::string::npos);
+  CHECK(text.out.find("total: 21 databases (1 unreadable, 0 sharing an origin id), pending 0") !=
+        std::string::npos);
   auto both = test_support::run(relay_binary(),
                                 {"status", "--db-dir", tenants_dir.string(), "--db", "x.db"}, 60s);
   CHECK(both.status.code == 2);
@@ -323,4 +328,103 @@ TEST_CASE("a stepped relay whose session ended with nothing in flight opens anot
   }
   CHECK(sink.sessions == 2);
   CHECK(store.backlog().pending == 0);
+}
+
+TEST_CASE("a stepped relay of a database that commits rarely warns of no stall", "[relay][multi]") {
+  test_support::TempDir dir("relay-rare-commits");
+  auto store = store_with_one_message(dir);
+  FullOnceSink sink;
+  std::ostringstream lines;
+  auto logger = std::make_shared<spdlog::logger>(
+      "relay", std::make_shared<spdlog::sinks::ostream_sink_mt>(lines));
+  relay::RelayConfig config;
+  config.logger = logger;
+  config.ack_timeout = std::chrono::milliseconds(200);
+  config.stall_ack_timeouts = 1;
+  relay::Relay relay(store, sink, config);
+  auto step_until_delivered = [&] {
+    for (int step = 0; step < 50 && store.backlog().pending > 0; ++step) {
+      auto result = relay.step();
+      if (store.backlog().pending > 0) {
+        std::this_thread::sleep_until(
+            std::min(result.call_again_by,
+                     std::chrono::steady_clock::now() + std::chrono::milliseconds(50)));
+      }
+    }
+    REQUIRE(store.backlog().pending == 0);
+  };
+  step_until_delivered();
+  // Idle for five stall times (what is tested is time passing, not a wait
+  // for something), then one commit: it has waited for nothing yet.
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  {
+    auto box = outbox::Outbox::open(dir / "tenant.db", uuid_v7_ids());
+    outbox::Transaction tx(box);
+    tx.enqueue({.topic = "t", .key = "k", .payload = "two"});
+    tx.commit();
+  }
+  step_until_delivered();
+  INFO(lines.str());
+  CHECK(lines.str().find("no progress") == std::string::npos);
+}
+
+TEST_CASE(
+    "a database copied from another in the directory is refused, naming both, until it "
+    "gets an origin id of its own",
+    "[integration]") {
+  TenantDirectory setup("relay-multi-copy");
+  auto& [dir, tenants_dir, broker] = setup;
+  auto tenants = make_tenants(tenants_dir, 3);
+  for (auto& tenant : tenants) tenant->writer.commit(20);
+  auto relay = RelayProcess::for_directory(dir.path(), tenants_dir, broker.endpoint(),
+                                           {"--lease", "1s", "--rescan-interval", "1s"});
+  REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
+
+  // t0's copy (its origin id included), made outside and moved in whole.
+  auto copy_path = tenants_dir / "copy.db";
+  exec_sql(tenants_dir / "t0.db", "VACUUM INTO '" + (dir.path() / "copy.db").string() + "'");
+  std::filesystem::rename(dir.path() / "copy.db", copy_path);
+  Tenant copy(tenants_dir, "copy");
+  copy.writer.commit(20);
+  for (auto& tenant : tenants) tenant->writer.commit(10);
+  REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
+  const std::string refusal = "database copy.db: has the same origin id '";
+  REQUIRE(test_support::wait_until([&] { return relay->log().find(refusal) != std::string::npos; },
+                                   30s));
+  const auto log = relay->log();
+  INFO(log);
+  const auto line =
+      log.substr(log.find(refusal), log.find('\n', log.find(refusal)) - log.find(refusal));
+  CHECK(line.find((tenants_dir / "t0.db").string()) != std::string::npos);
+  CHECK(line.find(copy_path.string()) != std::string::npos);
+  CHECK(broker_counter(broker.endpoint(), "stored") ==
+        static_cast<std::uint64_t>(committed(tenants)));
+
+  // status --db-dir names the two of them.
+  auto json = test_support::run(relay_binary(),
+                                {"status", "--db-dir", tenants_dir.string(), "--json"}, 60s);
+  REQUIRE(json.status.code == 0);
+  auto status = nlohmann::json::parse(json.out);
+  std::map<std::string, nlohmann::json> databases;
+  for (const auto& entry : status.at("databases"))
+    databases[entry.at("db").get<std::string>()] = entry;
+  REQUIRE(databases.count("copy.db") == 1);
+  REQUIRE(databases.count("t0.db") == 1);
+  CHECK(databases.at("copy.db").at("pending") == 20);
+  CHECK(databases.at("copy.db").at("same_origin_as") == nlohmann::json::array({"t0.db"}));
+  CHECK(databases.at("t0.db").at("same_origin_as") == nlohmann::json::array({"copy.db"}));
+  CHECK(databases.at("copy.db").at("origin_id") == databases.at("t0.db").at("origin_id"));
+  CHECK(status.at("totals").at("same_origin") == 2);
+  auto text = test_support::run(relay_binary(), {"status", "--db-dir", tenants_dir.string()}, 60s);
+  CHECK(text.out.find("same origin id '") != std::string::npos);
+  CHECK(text.out.find(": copy.db, t0.db (copies of one database)") != std::string::npos);
+
+  // A new origin id for the copy (docs/operations.md): it is forwarded too.
+  exec_sql(copy_path, "DELETE FROM outbox_meta WHERE key = 'origin_id'");
+  copy.writer.commit(5);
+  REQUIRE(wait_stored(broker.endpoint(), committed(tenants) + copy.writer.committed()));
+  CHECK(relay->stop().code == 0);
+  CHECK(broker_counter(broker.endpoint(), "conflicts") == 0);
+  check_exactly_once_in_order(fetch_all(broker.endpoint()),
+                              committed(tenants) + copy.writer.committed());
 }

@@ -23,7 +23,10 @@ std::vector<wire::AnyMessage> samples() {
       wire::Hello{"producer-a", 0, "9f0c5d2e7b1a4c3d8e6f0a1b2c3d4e5f", 7},
       wire::Hello{"tool", 0, "", 0},
       wire::Hello{"multi-relay", wire::kHelloOneOfSeveral, "origin-7", 3},
+      wire::Hello{"multi-relay", wire::kHelloOneOfSeveral | wire::kHelloWithId, "origin-8", 4,
+                  (1ull << 63) | 5},
       wire::Welcome{12, 1 << 20, 5000, "broker"},
+      wire::Welcome{12, 1 << 20, 5000, "broker", 1, 2, 3, 4, 5, 6, 7, 8, (1ull << 63) | 5},
       wire::welcome_for(13, 1 << 20, "broker", wire::Limits{}),
       publish,
       wire::Ack{42,
@@ -213,7 +216,7 @@ TEST_CASE("HELLO of version 2: flags, producer, origin, lease epoch") {
                             "\x08\x07\x06\x05\x04\x03\x02\x01",
                             4 + 3 + 4 + 8));
   // Flag bit 0, one of several sessions on the connection, needs an origin;
-  // the other bits are reserved.
+  // bit 1 needs a hello_id after the epoch (below); the other bits are reserved.
   auto decode_flags = [](std::uint32_t flags, const std::string& origin) {
     auto hello = wire::encode_body(wire::Hello{"p", 0, origin, 1});
     for (int i = 0; i < 4; ++i)
@@ -223,7 +226,7 @@ TEST_CASE("HELLO of version 2: flags, producer, origin, lease epoch") {
   REQUIRE(decode_flags(1, "o1").ok());
   CHECK(std::get<wire::Hello>(decode_flags(1, "o1").value()).flags == wire::kHelloOneOfSeveral);
   for (auto [flags, origin] :
-       {std::pair<std::uint32_t, std::string>{1, ""}, {2, "o1"}, {0x80000001u, "o1"}}) {
+       {std::pair<std::uint32_t, std::string>{1, ""}, {4, "o1"}, {0x80000001u, "o1"}}) {
     auto refused = decode_flags(flags, origin);
     REQUIRE_FALSE(refused.ok());
     CHECK(refused.error().code == wire::ErrorCode::invalid_value);
@@ -232,4 +235,42 @@ TEST_CASE("HELLO of version 2: flags, producer, origin, lease epoch") {
   auto old = wire::decode_body(wire::Command::hello, std::string("\0\0\0\0\x01\0p", 7));
   REQUIRE_FALSE(old.ok());
   CHECK(old.error().code == wire::ErrorCode::truncated);
+}
+
+TEST_CASE("HELLO with flag bit 1 carries a hello_id, and its WELCOME names it") {
+  wire::Hello hello{"p", wire::kHelloOneOfSeveral | wire::kHelloWithId, "o1", 1, 0x0a0b};
+  auto body = wire::encode_body(hello);
+  CHECK(body.size() == 4 + 3 + 4 + 8 + 8);
+  CHECK(body.substr(body.size() - 8) == std::string("\x0b\x0a\0\0\0\0\0\0", 8));
+  // Without bit 1 the id is not on the wire (the body is as before).
+  CHECK(wire::encode_body(wire::Hello{"p", wire::kHelloOneOfSeveral, "o1", 1, 0x0a0b}).size() ==
+        4 + 3 + 4 + 8);
+  // Bit 1 without the id is truncated; an id of 0 is refused.
+  auto without_id = body.substr(0, body.size() - 8);
+  auto truncated = wire::decode_body(wire::Command::hello, without_id);
+  REQUIRE_FALSE(truncated.ok());
+  CHECK(truncated.error().code == wire::ErrorCode::truncated);
+  auto zero = wire::decode_body(wire::Command::hello, without_id + std::string(8, '\0'));
+  REQUIRE_FALSE(zero.ok());
+  CHECK(zero.error().code == wire::ErrorCode::invalid_value);
+
+  // A WELCOME without hello_id (to a HELLO without bit 1, or from an older
+  // broker) decodes with 0; with it, the id; anything else after the limits
+  // is malformed.
+  auto plain = wire::encode_body(wire::welcome_for(3, 1 << 20, "b", wire::Limits{}));
+  auto decoded = wire::decode_body(wire::Command::welcome, plain);
+  REQUIRE(decoded.ok());
+  CHECK(std::get<wire::Welcome>(decoded.value()).hello_id == 0);
+  auto named = wire::welcome_for(3, 1 << 20, "b", wire::Limits{});
+  named.hello_id = 0x0a0b;
+  auto with_id = wire::encode_body(named);
+  CHECK(with_id.size() == plain.size() + 8);
+  decoded = wire::decode_body(wire::Command::welcome, with_id);
+  REQUIRE(decoded.ok());
+  CHECK(std::get<wire::Welcome>(decoded.value()).hello_id == 0x0a0b);
+  for (std::size_t extra : {1, 7, 9}) {
+    INFO(extra << " bytes after the limits");
+    CHECK_FALSE(wire::decode_body(wire::Command::welcome, plain + std::string(extra, '\x01')).ok());
+  }
+  CHECK_FALSE(wire::decode_body(wire::Command::welcome, plain + std::string(8, '\0')).ok());
 }

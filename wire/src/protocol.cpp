@@ -192,6 +192,7 @@ void encode_into(std::string& out, const Hello& m) {
   put_str16(out, m.producer);
   put_str16(out, m.origin);
   put<std::uint64_t>(out, m.epoch);
+  if ((m.flags & kHelloWithId) != 0) put<std::uint64_t>(out, m.hello_id);
 }
 void encode_into(std::string& out, const Welcome& m) {
   put<std::uint64_t>(out, m.session_id);
@@ -203,6 +204,7 @@ void encode_into(std::string& out, const Welcome& m) {
         m.max_header_name_bytes, m.max_header_value_bytes, m.max_payload_bytes}) {
     put<std::uint32_t>(out, limit);
   }
+  if (m.hello_id != 0) put<std::uint64_t>(out, m.hello_id);
 }
 void encode_into(std::string& out, const Publish& m) {
   begin_publish_body(out, m.session_id, m.batch_id);
@@ -303,8 +305,12 @@ AnyMessage decode_hello(Reader& in) {
   m.producer = in.str16(in.limits().max_name_bytes, "producer name");
   m.origin = in.str16(in.limits().max_name_bytes, "origin");
   m.epoch = in.get<std::uint64_t>("lease epoch");
-  if (!in.failed() && (m.flags & ~kHelloOneOfSeveral) != 0) {
-    in.fail(ErrorCode::invalid_value, "unknown hello flags (only bit 0 is defined)");
+  if (!in.failed() && (m.flags & ~(kHelloOneOfSeveral | kHelloWithId)) != 0) {
+    in.fail(ErrorCode::invalid_value, "unknown hello flags (only bits 0 and 1 are defined)");
+  }
+  if (!in.failed() && (m.flags & kHelloWithId) != 0) {
+    m.hello_id = in.get<std::uint64_t>("hello id");
+    if (!in.failed() && m.hello_id == 0) in.fail(ErrorCode::invalid_value, "hello id 0");
   }
   if (!in.failed() && (m.flags & kHelloOneOfSeveral) != 0 && m.origin.empty()) {
     in.fail(ErrorCode::invalid_value, "hello flag 'one of several' needs an origin");
@@ -325,6 +331,11 @@ AnyMessage decode_welcome(Reader& in) {
   m.max_header_name_bytes = in.get<std::uint32_t>("max header name bytes");
   m.max_header_value_bytes = in.get<std::uint32_t>("max header value bytes");
   m.max_payload_bytes = in.get<std::uint32_t>("max payload bytes");
+  // Present only in answer to a HELLO with an id: older brokers never send it.
+  if (!in.failed() && in.remaining() > 0) {
+    m.hello_id = in.get<std::uint64_t>("hello id");
+    if (!in.failed() && m.hello_id == 0) in.fail(ErrorCode::invalid_value, "hello id 0");
+  }
   return m;
 }
 AnyMessage decode_publish(Reader& in) {

@@ -70,8 +70,11 @@ class BrokerSink final : public Sink {
 //
 // Replies are routed by batch id: a channel's batch ids go out with its slot
 // in the high 32 bits (the relay's own ids stay below 2^32); WELCOMEs and
-// refused HELLOs by the order of the HELLOs, each HELLO followed by a PING
-// whose PONG fences its answer. prepare_session() sends the HELLO without
+// refused HELLOs by the hello_id each HELLO carries and its answer names
+// (with a broker older than hello ids: by the order of the HELLOs), each
+// HELLO followed by a PING whose PONG fences its answer. An answer naming
+// no HELLO in flight (a duplicated reply) is dropped and counted
+// (unmatched_answers()). prepare_session() sends the HELLO without
 // waiting, so that many channels' handshakes are in flight together, and
 // session_answered() says when open_session() would no longer wait for it. A
 // channel's poll() reads the connection and keeps what belongs to the other
@@ -104,6 +107,10 @@ class SharedBrokerConnection {
   // in an event loop; valid until the next call on the connection or a channel.
   void* socket_handle();
   std::string describe() const;
+  // WELCOMEs and refused HELLOs that named no HELLO in flight (a reply the
+  // network or a proxy duplicated, or one for a HELLO already given up),
+  // dropped since the connection was made.
+  std::uint64_t unmatched_answers() const noexcept;
 
   struct Impl;
 

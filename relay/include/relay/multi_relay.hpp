@@ -20,6 +20,13 @@
 //   session, window, dead letters, retention and status row), stepped in
 //   turn: one batch per database per round, so a database with a large
 //   backlog does not hold back one with a single message.
+// - Opens databases on opener_threads threads of its own (schema check,
+//   backlog, origin id and, with something pending, the lease claimed for
+//   the database's relay), while the loop forwards the open ones.
+// - Forwards one database per origin id: a database whose origin id another
+//   database of the directory already forwards (a file copied from it) is
+//   refused with a warning naming both files, and looked at again when its
+//   files change or the other one goes away (docs/operations.md).
 // - Carries every database's session over `connections` broker connections
 //   (SharedBrokerConnection); a database keeps its connection while open.
 //   A database whose HELLO is not answered yet (the broker is down or not
@@ -41,14 +48,13 @@
 //   Relay logs, names the database: "database NAME: " in front of the text
 //   and a `database` field (metrics/log_fields.hpp) for structured logs.
 //
-// Ownership: owns its databases, relays and connections. Thread safety:
-// run() on one thread; request_stop() from any thread or a signal handler;
-// counters() from any thread (a copy of what run() last published).
-// Errors: an unusable directory (missing, not a
-// directory, no inotify) throws std::runtime_error from run(); SinkRefusal
-// from a database propagates (the broker refuses the configuration for
-// everyone); every other database failure is logged with the database's
-// name and that database alone is closed and retried later.
+// Ownership: owns its databases, relays, connections and opener threads
+// (started by the constructor). Thread safety: run() on one thread; request_stop() from any thread
+// or a signal handler; counters() from any thread (a copy of what run() last published). Errors: an
+// unusable directory (missing, not a directory, no inotify) throws std::runtime_error from run();
+// SinkRefusal from a database propagates (the broker refuses the configuration for everyone); every
+// other database failure is logged with the database's name and that database alone is closed and
+// retried later.
 #pragma once
 
 #include <atomic>
@@ -72,6 +78,11 @@ struct MultiRelayConfig {
   std::string glob = "*.db";  // fnmatch(3) pattern for the file names
   std::size_t connections = 2;
   std::size_t max_open_databases = 256;
+  // Threads that open databases (and claim their leases) while the loop
+  // forwards the open ones: on disk an open waits for file creation and a
+  // sync, far longer than forwarding a small backlog takes. 0: the loop
+  // opens each database itself, in turn.
+  std::size_t opener_threads = 4;
   std::chrono::milliseconds idle_release{30'000};
   std::chrono::milliseconds rescan_interval{30'000};
   // Read each database's backlog (pending, retrying, dead, oldest pending

@@ -86,6 +86,10 @@ struct RelayConfig {
   // Names the relay for people (outbox-relay uses host:pid); the lease holder
   // is this name plus ":" and the instance id, e.g. "db1:4242:1a2b3c4d".
   std::string holder = "outbox-relay";
+  // The lease holder's instance id; empty: a random one. A program that
+  // claims the lease before it builds the relay (MultiRelay opens databases
+  // on other threads) sets it, so that the relay carries on with that lease.
+  std::string instance_id{};
   std::size_t batch_size = 1000;
   // Bytes of one batch as counted by message_bytes() (a PUBLISH body); the
   // destination's announced frame limit lowers it further. 1 MiB: a batch of

@@ -135,13 +135,17 @@ struct Header {
 // ---- commands -------------------------------------------------------------
 
 inline constexpr std::uint32_t kHelloOneOfSeveral = 1;
+inline constexpr std::uint32_t kHelloWithId = 2;
 
 struct Hello {
   std::string producer;  // who is publishing (for logs and stats), may be empty
   // Bit 0 (kHelloOneOfSeveral): this session is one of several on the
   // connection, one per origin; it replaces only the connection's session for
   // the same origin (needs an origin). Without it a HELLO replaces every
-  // session of the connection. Other bits: reserved, 0.
+  // session of the connection. Bit 1 (kHelloWithId): the body ends with
+  // hello_id, and the answer names it (WELCOME's hello_id, ERROR's
+  // request_id), so that a client with several HELLOs in flight on one
+  // connection matches answers exactly. Other bits: reserved, 0.
   std::uint32_t flags = 0;
   // The producer database this session forwards (its origin id, outbox_meta
   // 'origin_id') and the relay's lease epoch for it. The broker refuses
@@ -149,6 +153,7 @@ struct Hello {
   // the origin. Empty origin: not fenced (tools, consumers).
   std::string origin;
   std::uint64_t epoch = 0;
+  std::uint64_t hello_id = 0;  // with kHelloWithId: chosen by the client, not 0
   bool operator==(const Hello&) const = default;
 };
 
@@ -170,6 +175,9 @@ struct Welcome {
   std::uint32_t max_header_name_bytes = 0;
   std::uint32_t max_header_value_bytes = 0;
   std::uint32_t max_payload_bytes = 0;
+  // The hello_id of the HELLO it answers when that HELLO had kHelloWithId;
+  // 0: not on the wire (a HELLO without it, or a broker older than it).
+  std::uint64_t hello_id = 0;
   bool operator==(const Welcome&) const = default;
 };
 
