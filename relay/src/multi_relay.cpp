@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -116,6 +117,13 @@ FileSignature::File file_signature(const std::string& path) {
           static_cast<std::int64_t>(info.st_mtim.tv_sec) * 1'000'000'000 + info.st_mtim.tv_nsec};
 }
 
+// Now on the clock that stamps file modification times.
+std::int64_t wall_clock_ns() {
+  struct timespec now {};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
+}
+
 FileSignature signature(const std::filesystem::path& database) {
   return {file_signature(database.string()), file_signature(database.string() + "-wal")};
 }
@@ -170,9 +178,10 @@ struct MultiRelay::Impl {
     // for its relay to be built at its next step.
     std::uint64_t opening = 0;
     std::optional<OpenResult> opened;
-    FileSignature opening_files{};     // taken before the opener read it
-    std::string instance_id;           // of the lease holder the opener claimed for
-    bool woken_while_opening = false;  // an event the opener's read may have missed
+    FileSignature opening_files{};       // taken before the opener read it
+    std::int64_t opening_looked_ns = 0;  // wall clock (as file times) when they were taken
+    std::string instance_id;             // of the lease holder the opener claimed for
+    bool woken_while_opening = false;    // an event the opener's read may have missed
     // Its origin id as last opened; `copy_of`: the database that forwards the
     // same origin id, while this one is refused for it.
     std::string origin;
@@ -207,7 +216,6 @@ struct MultiRelay::Impl {
     // the WAL, then its index): a database woken by an event that found
     // nothing looks at data_version once more shortly after.
     SteadyClock::time_point recheck_at = kNever;
-    bool looked_again = false;  // the second look after an open that found nothing
   };
 
   explicit Impl(MultiRelayConfig config_in)
@@ -478,6 +486,7 @@ struct MultiRelay::Impl {
     database.instance_id = instance;
     database.opening = next_ticket++;
     database.opening_files = files;
+    database.opening_looked_ns = wall_clock_ns();
     opening_names.emplace(database.opening, database.name());
     ++open_count;
     opener->submit({database.opening, database.path, config.relay.holder + ":" + instance,
@@ -511,7 +520,6 @@ struct MultiRelay::Impl {
         wait_until_changed(database);
         continue;
       }
-      database.looked_again = false;
       if (!own_origin(database, result.origin)) {
         --open_count;
         release_unused(result);
@@ -524,15 +532,20 @@ struct MultiRelay::Impl {
   }
 
   // An open that found nothing to do (or failed) waits for the files to
-  // change, after one more look shortly after: the files it saw may already
-  // hold a commit its read could not see yet (SQLite writes the WAL, then its
-  // index; see recheck_at), a producer creating the database in particular.
+  // change. Not when they changed within kRacyWindow before it looked: the
+  // clock that stamps modification times ticks coarsely (4-10 ms), so a
+  // commit right after the look can leave size and time as they were, and
+  // the files it saw may hold a commit its read could not see yet (SQLite
+  // writes the WAL, then its index). Such a database is looked at again
+  // shortly after, until its files have been still for that long.
   void wait_until_changed(Database& database) {
-    database.seen = database.opening_files;
-    database.looked_again = !database.looked_again;
-    if (database.looked_again) {
+    const auto& files = database.opening_files;
+    const auto newest = std::max(files.database.modified_ns, files.wal.modified_ns);
+    if (database.opening_looked_ns - newest < kRacyWindow.count()) {
       database.seen = {};
-      database.call_again_by = SteadyClock::now() + kRecheckDelay;
+      database.call_again_by = SteadyClock::now() + kRacyWindow;
+    } else {
+      database.seen = files;
     }
   }
 
@@ -668,6 +681,7 @@ struct MultiRelay::Impl {
   }
 
   static constexpr milliseconds kRecheckDelay{2};
+  static constexpr std::chrono::nanoseconds kRacyWindow = milliseconds(20);
   static void schedule_recheck(Database& database, SteadyClock::time_point now) {
     database.recheck_at = now + kRecheckDelay;
   }

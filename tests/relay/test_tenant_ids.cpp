@@ -207,8 +207,11 @@ TEST_CASE("a database waiting for a broker that is not there yet holds up no oth
   Tenant busy(tenants_dir, "busy");
   busy.writer.commit(1);
   // It holds its lease; its HELLO went out with it and stays unanswered.
-  REQUIRE(test_support::wait_until(
-      [&] { return relay->log().find("database busy.db: active") != std::string::npos; }, 60s));
+  if (!test_support::wait_until(
+          [&] { return relay->log().find("database busy.db: active") != std::string::npos; },
+          60s)) {
+    FAIL("busy.db never became active; the relay's log:\n" << relay->log());
+  }
 
   // Commits keep waking that database while another one appears: it is
   // found (inotify) and its HELLO goes out too.
