@@ -538,8 +538,10 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
   {
     auto delivery = impl.select_delivery_after.use();
     delivery.bind(1, start);
-    std::optional<std::int64_t> delivery_seq;
-    if (delivery.step()) delivery_seq = delivery.column_int64(0);
+    // A plain flag and value, not an optional: GCC 12 at -O1 (the sanitizer
+    // builds) takes the optional's value for maybe-uninitialized.
+    bool delivery_left = delivery.step();
+    std::int64_t delivery_seq = delivery_left ? delivery.column_int64(0) : 0;
 
     const std::int64_t chunk = static_cast<std::int64_t>(std::max<std::size_t>(limit, 64));
     for (;;) {
@@ -550,12 +552,12 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
         ++rows;
         const auto seq = use.column_int64(0);
         start = seq;
-        while (delivery_seq && *delivery_seq < seq) {
-          delivery_seq.reset();
-          if (delivery.step()) delivery_seq = delivery.column_int64(0);
+        while (delivery_left && delivery_seq < seq) {
+          delivery_left = delivery.step();
+          if (delivery_left) delivery_seq = delivery.column_int64(0);
         }
         int attempts = 0;
-        if (delivery_seq == seq) {
+        if (delivery_left && delivery_seq == seq) {
           const auto state = delivery.column_int64(1);
           if (state != detail::state_retry || delivery.column_int64(3) > now_ms) continue;
           attempts = static_cast<int>(delivery.column_int64(2));
