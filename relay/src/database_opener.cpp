@@ -110,6 +110,7 @@ void DatabaseOpener::claim_lease(outbox::RelayStore& store, const OpenRequest& r
                                  OpenResult& result) {
   if (request.lease_holder.empty()) return;
   try {
+    result.lease_claimed_at = std::chrono::steady_clock::now();
     result.lease = store.claim_lease(request.lease_holder, request.lease_ttl);
   } catch (const outbox::Error&) {
     // Busy, or a transient failure: the relay claims it and reports what fails.

@@ -8,7 +8,7 @@
 // WAL's header. An opener does all of that, reads the backlog and, when
 // something is pending, claims the lease under the holder name the
 // database's Relay will use (its first write), so that the loop only builds
-// the Relay and sends.
+// the Relay, hands it the lease (Relay::adopt_lease) and sends.
 //
 // With no threads, submit() opens the database itself before it returns (the
 // result waits for take() all the same).
@@ -48,7 +48,10 @@ struct OpenResult {
   outbox::Backlog backlog;
   std::string origin;                  // outbox_meta's origin_id (created if missing)
   std::optional<outbox::Lease> lease;  // claimed for the request's holder
-  std::optional<std::string> error;    // the database cannot be forwarded: why
+  // The steady clock read before the claim: the lease holds until then plus
+  // its ttl (Relay::adopt_lease()).
+  std::chrono::steady_clock::time_point lease_claimed_at{};
+  std::optional<std::string> error;  // the database cannot be forwarded: why
 };
 
 class DatabaseOpener {

@@ -26,6 +26,8 @@
 
 #include "database_opener.hpp"
 #include "metrics/log_fields.hpp"
+#include "metrics/metrics.hpp"
+#include "relay/metrics.hpp"
 #include "snowflake_warning.hpp"
 
 namespace relay {
@@ -228,6 +230,12 @@ struct MultiRelay::Impl {
     // Databases are closed and opened again all the time: closing must not
     // cost a checkpoint with two fsyncs (and the WAL's removal) each.
     config.store.checkpoint_on_close = false;
+    // Without a registry of the caller's, the relays of every database share
+    // one nobody reads: building a registry and its series for each relay
+    // was a fixed cost of every open.
+    if (!config.relay.metrics) {
+      config.relay.metrics = std::make_shared<RelayMetrics>(unserved_metrics, unserved_state);
+    }
     for (std::size_t i = 0; i < config.connections; ++i) {
       connections.push_back(std::make_unique<SharedBrokerConnection>(config.broker));
     }
@@ -238,6 +246,10 @@ struct MultiRelay::Impl {
     if (inotify_fd >= 0) ::close(inotify_fd);
   }
 
+  // Where the relays count when the caller gave no RelayMetrics; declared
+  // first, so that they outlive every relay.
+  metrics::Registry unserved_metrics;
+  metrics::Registry unserved_state;
   MultiRelayConfig config;
   std::shared_ptr<spdlog::logger> log;
   std::vector<std::unique_ptr<SharedBrokerConnection>> connections;
@@ -616,8 +628,9 @@ struct MultiRelay::Impl {
       return false;
     }
     auto now = SteadyClock::now();
-    database.store = std::move(database.opened->store);
+    auto opened = std::move(*database.opened);
     database.opened.reset();
+    database.store = std::move(opened.store);
     auto relay_config = config.relay;
     relay_config.instance_id = database.instance_id;
     relay_config.logger = database_logger(log, database.name());
@@ -634,6 +647,10 @@ struct MultiRelay::Impl {
                                                            database.path.string(),
                                                            database.warned_snowflake_ids);
     database.relay = std::make_unique<Relay>(*database.store, *database.sink, relay_config);
+    // The opener claimed the lease with the database's first write: the
+    // relay carries on with it rather than writing it again.
+    if (opened.lease)
+      database.relay->adopt_lease(std::move(*opened.lease), opened.lease_claimed_at);
     database.last_busy = now;
     database.last_poll = now;
     database.state = StepResult::State::busy;  // not to be closed before its first step

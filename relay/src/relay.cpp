@@ -6,7 +6,9 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <stdexcept>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <sqlite3.h>
@@ -152,6 +154,9 @@ struct Relay::Impl {
   } counters;
 
   std::optional<outbox::Lease> lease;
+  // Handed over by adopt_lease(), taken by the first ensure_lease().
+  std::optional<outbox::Lease> adopted;
+  SteadyClock::time_point adopted_claimed_at{};
   // When our lease surely still holds: the clock read before the claim or
   // renewal that set the database's expiry, plus the lease time. A relay
   // paused past it (SIGSTOP, a long GC-like stall, a frozen VM) finds it
@@ -480,7 +485,14 @@ struct Relay::Impl {
       }
       return true;
     }
-    lease = database("claiming the relay lease").claim_lease(lease_holder, config.lease_ttl);
+    if (adopted) {
+      // Claimed for this relay before it was built (adopt_lease()): held
+      // from the clock read before that claim, not claimed a second time.
+      lease = std::exchange(adopted, std::nullopt);
+      now = adopted_claimed_at;
+    } else {
+      lease = database("claiming the relay lease").claim_lease(lease_holder, config.lease_ttl);
+    }
     if (lease) {
       counters.active = true;
       note_lease();
@@ -1106,6 +1118,13 @@ struct Relay::Impl {
       counters.active = false;
       note_lease();
     }
+    if (adopted) {  // never stepped: given back all the same
+      try {
+        store.release_lease(*std::exchange(adopted, std::nullopt));
+      } catch (const outbox::Error&) {
+        // it lapses by itself
+      }
+    }
   }
 
   // One pass of the loop: a linear sequence of named steps.
@@ -1262,6 +1281,16 @@ void Relay::finish() {
 
 void Relay::finish(SteadyClock::time_point deadline) {
   impl_->drain_and_release(deadline);
+}
+
+void Relay::adopt_lease(outbox::Lease lease, SteadyClock::time_point claimed_at) {
+  if (lease.holder != impl_->lease_holder) {
+    throw std::invalid_argument("adopt_lease: the lease is held by '" + lease.holder +
+                                "', not by this relay ('" + impl_->lease_holder + "')");
+  }
+  if (impl_->lease) return;  // holds one already
+  impl_->adopted = std::move(lease);
+  impl_->adopted_claimed_at = claimed_at;
 }
 
 bool Relay::holds_lease() const noexcept {

@@ -22,7 +22,8 @@
 //   backlog does not hold back one with a single message.
 // - Opens databases on opener_threads threads of its own (schema check,
 //   backlog, origin id and, with something pending, the lease claimed for
-//   the database's relay), while the loop forwards the open ones.
+//   the database's relay, which carries on with it: one lease write per
+//   open), while the loop forwards the open ones.
 // - Forwards one database per origin id: a database whose origin id another
 //   database of the directory already forwards (a file copied from it) is
 //   refused with a warning naming both files, and looked at again when its

@@ -176,6 +176,13 @@ class Relay {
   StepResult step();
   void finish();
   void finish(std::chrono::steady_clock::time_point deadline);
+  // Carries on with a lease claimed under lease_holder() before the relay was
+  // built (MultiRelay's opener threads claim it with the database's first
+  // write), read from the clock before that claim: the first step takes it
+  // as its own instead of claiming again; finish() gives it back if no step
+  // took it. Before the first step only. Throws std::invalid_argument when
+  // the lease names another holder.
+  void adopt_lease(outbox::Lease lease, std::chrono::steady_clock::time_point claimed_at);
   bool holds_lease() const noexcept;
   // The name this instance holds (or waits for) the lease under.
   const std::string& lease_holder() const noexcept;
