@@ -63,6 +63,10 @@ struct TenantsLatencyResult {
   double backlog_msgs_per_sec = 0;
   std::size_t small_messages = 0;  // committed while the backlog drained
   Percentiles latency;
+  // Commit (wall clock) to the broker's own stored timestamp (ms
+  // resolution): what of `latency` is before the message is stored, as
+  // opposed to the consumer's FETCH.
+  Percentiles stored_latency;
   std::vector<std::string> problems;
 };
 
