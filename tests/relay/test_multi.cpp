@@ -310,6 +310,47 @@ TEST_CASE("a stepped relay whose batch the sink refused is not idle and sends it
   CHECK(store.backlog().pending == 0);
 }
 
+TEST_CASE("a relay handed the lease its opener claimed carries on with it and gives it back",
+          "[relay][multi]") {
+  test_support::TempDir dir("relay-adopted-lease");
+  auto store = store_with_one_message(dir);
+  FullOnceSink sink;
+  relay::RelayConfig config;
+  config.holder = "directory";
+  config.instance_id = "0badcafe";
+  config.lease_ttl = std::chrono::seconds(10);
+  relay::Relay relay(store, sink, config);
+  // Claimed for a longer time than the relay's own ttl: a second claim by the
+  // relay would bring the expiry down to ten seconds from now.
+  const auto claimed_at = std::chrono::steady_clock::now();
+  auto lease = store.claim_lease(relay.lease_holder(), std::chrono::minutes(10));
+  REQUIRE(lease);
+  CHECK_THROWS_AS(relay.adopt_lease({"someone-else", lease->epoch, lease->expires_at}, claimed_at),
+                  std::invalid_argument);
+  relay.adopt_lease(*lease, claimed_at);
+  for (int step = 0; step < 10 && store.backlog().pending > 0; ++step) relay.step();
+  CHECK(store.backlog().pending == 0);
+  CHECK(relay.holds_lease());
+  auto info = store.lease_info();
+  REQUIRE(info);
+  CHECK(info->holder == "directory:0badcafe");
+  CHECK(info->epoch == lease->epoch);
+  CHECK(info->expires_at > outbox::system_now() + std::chrono::minutes(5));
+  relay.finish();
+  CHECK_FALSE(relay.holds_lease());
+  CHECK(store.lease_info()->expired);
+
+  // A relay handed a lease and never stepped gives it back when it finishes,
+  // so that a standby takes over at once.
+  relay::Relay unused(store, sink, {});
+  auto second = store.claim_lease(unused.lease_holder(), std::chrono::minutes(10));
+  REQUIRE(second);
+  unused.adopt_lease(*second, std::chrono::steady_clock::now());
+  CHECK_FALSE(store.lease_info()->expired);
+  unused.finish();
+  CHECK(store.lease_info()->expired);
+}
+
 TEST_CASE("a stepped relay whose session ended with nothing in flight opens another and sends",
           "[relay][multi]") {
   test_support::TempDir dir("relay-session-ended");
