@@ -46,9 +46,9 @@
 #include <spdlog/logger.h>
 #include <spdlog/sinks/null_sink.h>
 
+#include "sqlite/sqlite.hpp"
 #include "store_chunk.hpp"
 #include "store_hash.hpp"
-#include "store_sqlite.hpp"
 #include "wire/protocol.hpp"
 
 namespace broker {
@@ -247,7 +247,8 @@ class OwnerLock {
   explicit OwnerLock(const std::filesystem::path& database) {
     fd_ = ::open(database.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);  // as SQLite creates it
     if (fd_ < 0) {
-      throw StoreError(
+      throw outbox::Error(
+          outbox::ErrorKind::database,
           "cannot open store database " + database.string() + ": " + std::strerror(errno),
           SQLITE_CANTOPEN);
     }
@@ -260,7 +261,8 @@ class OwnerLock {
       const int error = errno;
       ::close(fd_);
       fd_ = -1;
-      throw StoreError(
+      throw outbox::Error(
+          outbox::ErrorKind::database,
           database.string() +
               (error == EAGAIN || error == EACCES
                    ? std::string(" is in use by another broker (one process owns a store)")
@@ -371,10 +373,11 @@ class BackgroundSync {
   void checkpoint() {
     try {
       if (!connection_) {
-        connection_ = sqlite::open_database(database_.string());
+        connection_ = sqlite::open_file(
+            database_.string(), SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, "store database");
         // The checkpointing connection's level decides its fsyncs.
-        sqlite::execute(connection_.get(), sync_ == SyncMode::full ? "PRAGMA synchronous = FULL"
-                                                                   : "PRAGMA synchronous = NORMAL");
+        sqlite::exec(connection_.get(), sync_ == SyncMode::full ? "PRAGMA synchronous = FULL"
+                                                                : "PRAGMA synchronous = NORMAL");
       }
       int rc = sqlite3_wal_checkpoint_v2(connection_.get(), "main", SQLITE_CHECKPOINT_PASSIVE,
                                          nullptr, nullptr);
@@ -392,7 +395,7 @@ class BackgroundSync {
   std::filesystem::path wal_path_;
   SyncMode sync_;
   std::shared_ptr<spdlog::logger> logger_;
-  sqlite::DatabaseHandle connection_;  // the checkpointer's own, opened on first use
+  sqlite::ConnectionPtr connection_;  // the checkpointer's own, opened on first use
   int fd_ = -1;
   std::mutex mutex_;
   std::condition_variable wake_;
@@ -408,7 +411,7 @@ struct Store::Impl {
   StoreOptions options;
   std::shared_ptr<spdlog::logger> logger;
   OwnerLock owner;  // taken before the database is opened, released after it is closed
-  sqlite::DatabaseHandle db;
+  sqlite::ConnectionPtr db;
 
   std::vector<Topic> topics;  // index = topic id - 1
   std::unordered_map<std::string, std::uint64_t, StringHash, std::equal_to<>> topic_ids;
@@ -417,7 +420,7 @@ struct Store::Impl {
   std::size_t conflicts_described_in_call = 0;
   std::string dedup_sweep_cursor;  // msg_id where the expiry sweep resumes
 
-  sqlite::Statement begin, commit, rollback;
+  sqlite::TransactionStatements transaction_statements;
   sqlite::Statement insert_dedup, select_dedup, insert_chunk;
   sqlite::Statement insert_topic, update_topic, update_counters;
   sqlite::Statement chunk_at_or_before, scan_chunks, first_chunk;
@@ -452,38 +455,36 @@ struct Store::Impl {
 
   void open_database() {
     owner = OwnerLock(path);
-    db = sqlite::open_database(path.string());
+    db = sqlite::open_file(path.string(), SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                           "store database");
     sqlite3* handle = db.get();
     // Page size only takes effect before the first table exists.
-    sqlite::execute(handle, "PRAGMA page_size = 16384");
+    sqlite::exec(handle, "PRAGMA page_size = 16384");
     {
       sqlite::Statement journal(handle, "PRAGMA journal_mode = WAL");
-      if (!journal.step() || journal.column_text(0) != "wal") {
-        throw StoreError("cannot switch " + path.string() + " to WAL mode", SQLITE_ERROR);
+      auto use = journal.use();
+      if (!use.step() || use.column_text_view(0) != "wal") {
+        throw outbox::Error("cannot switch " + path.string() + " to WAL mode", SQLITE_ERROR);
       }
-      journal.reset();
     }
-    sqlite::execute(handle, options.sync == SyncMode::full ? "PRAGMA synchronous = FULL"
-                                                           : "PRAGMA synchronous = NORMAL");
+    sqlite::exec(handle, options.sync == SyncMode::full ? "PRAGMA synchronous = FULL"
+                                                        : "PRAGMA synchronous = NORMAL");
     auto cache_kib = std::to_string(std::max<std::size_t>(options.cache_bytes / 1024, 1024));
-    sqlite::execute(handle, ("PRAGMA cache_size = -" + cache_kib).c_str());
-    sqlite::execute(handle, "PRAGMA temp_store = MEMORY");
+    sqlite::exec(handle, ("PRAGMA cache_size = -" + cache_kib).c_str());
+    sqlite::exec(handle, "PRAGMA temp_store = MEMORY");
     // Checkpoints run on the background connection (see BackgroundSync); this
     // hook replaces SQLite's auto-checkpoint on the writer.
     background = std::make_unique<BackgroundSync>(path, options.sync, logger);
     sqlite3_wal_hook(handle, &Impl::on_wal_commit, this);
     if (options.max_database_bytes > 0) {
-      auto page_size =
-          static_cast<std::uint64_t>(sqlite::query_integer(handle, "PRAGMA page_size"));
+      auto page_size = static_cast<std::uint64_t>(sqlite::query_int64(handle, "PRAGMA page_size"));
       auto pages = std::max<std::uint64_t>(options.max_database_bytes / page_size, 1);
-      sqlite::execute(handle, ("PRAGMA max_page_count = " + std::to_string(pages)).c_str());
+      sqlite::exec(handle, ("PRAGMA max_page_count = " + std::to_string(pages)).c_str());
     }
 
     if (options.integrity_check) check_integrity();
 
-    begin = sqlite::Statement(handle, "BEGIN IMMEDIATE");
-    commit = sqlite::Statement(handle, "COMMIT");
-    rollback = sqlite::Statement(handle, "ROLLBACK");
+    transaction_statements = sqlite::TransactionStatements(handle);
     create_or_check_schema();
     prepare_statements();
     load_state();
@@ -516,28 +517,31 @@ struct Store::Impl {
   // only its first finding is kept so a badly damaged file costs no more.
   void check_integrity() {
     sqlite::Statement check(db.get(), "PRAGMA quick_check(1)");
-    std::string finding = check.step() ? std::string(check.column_text(0)) : "no result";
-    check.reset();
+    std::string finding;
+    {
+      auto use = check.use();
+      finding = use.step() ? use.column_text(0) : "no result";
+    }
     // Its report spans lines ("*** in database main ***\nPage 7: ..."); keep one.
     for (auto& c : finding) c = c == '\n' ? ' ' : c;
     if (finding != "ok") {
-      throw StoreError(path.string() + " is corrupt (quick_check: " + finding +
-                           "); see the repair steps in docs/operations.md",
-                       SQLITE_CORRUPT);
+      throw outbox::Error(path.string() + " is corrupt (quick_check: " + finding +
+                              "); see the repair steps in docs/operations.md",
+                          SQLITE_CORRUPT);
     }
   }
 
   void create_or_check_schema() {
     sqlite3* handle = db.get();
-    sqlite::Transaction transaction(handle, begin, commit, rollback);
-    bool has_meta = sqlite::query_integer(
+    sqlite::Transaction transaction(handle, transaction_statements);
+    bool has_meta = sqlite::query_int64(
                         handle, "SELECT count(*) FROM sqlite_schema WHERE name = 'store_meta'") > 0;
     if (!has_meta) {
-      if (sqlite::query_integer(handle, "SELECT count(*) FROM sqlite_schema") > 0) {
-        throw StoreError(path.string() + " is a SQLite database but not a broker store",
-                         SQLITE_ERROR);
+      if (sqlite::query_int64(handle, "SELECT count(*) FROM sqlite_schema") > 0) {
+        throw outbox::Error(path.string() + " is a SQLite database but not a broker store",
+                            SQLITE_ERROR);
       }
-      sqlite::execute(handle, R"sql(
+      sqlite::exec(handle, R"sql(
         CREATE TABLE store_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
         CREATE TABLE topics(
           topic_id INTEGER PRIMARY KEY,
@@ -571,46 +575,47 @@ struct Store::Impl {
       )sql");
       create_origin_epochs(handle);
       sqlite::Statement insert(handle, "INSERT INTO store_meta(key, value) VALUES (?, ?)");
-      insert.bind_text(1, "format");
-      insert.bind_text(2, store_format);
-      insert.run();
-      insert.bind_text(1, "schema_version");
-      insert.bind(2, schema_version);
-      insert.run();
+      insert.use().bind_text(1, "format").bind_text(2, store_format).run();
+      insert.use().bind_text(1, "schema_version").bind(2, schema_version).run();
       logger->info("created store {}", path.string());
     } else {
       sqlite::Statement select(handle, "SELECT value FROM store_meta WHERE key = ?");
-      select.bind_text(1, "format");
-      bool ok = select.step() && select.column_text(0) == store_format;
-      select.reset();
-      if (!ok) throw StoreError(path.string() + " is not a broker store", SQLITE_ERROR);
-      select.bind_text(1, "schema_version");
-      std::int64_t version = select.step() ? select.column_integer(0) : 0;
-      select.reset();
+      bool ok = false;
+      {
+        auto use = select.use();
+        use.bind_text(1, "format");
+        ok = use.step() && use.column_text_view(0) == store_format;
+      }
+      if (!ok) throw outbox::Error(path.string() + " is not a broker store", SQLITE_ERROR);
+      std::int64_t version = 0;
+      {
+        auto use = select.use();
+        use.bind_text(1, "schema_version");
+        if (use.step()) version = use.column_int64(0);
+      }
       if (version >= oldest_upgradable_version && version < schema_version) {
         // Adding a nullable column rewrites only the schema, not the rows:
         // old entries keep comparing topic and payload (documented).
-        sqlite::execute(handle, "ALTER TABLE dedup ADD COLUMN envelope_hash INTEGER");
+        sqlite::exec(handle, "ALTER TABLE dedup ADD COLUMN envelope_hash INTEGER");
         create_origin_epochs(handle);
         sqlite::Statement update(handle,
                                  "UPDATE store_meta SET value = ? WHERE key = 'schema_version'");
-        update.bind(1, schema_version);
-        update.run();
+        update.use().bind(1, schema_version).run();
         logger->info("upgraded store {} from schema version {} to {}", path.string(), version,
                      schema_version);
         version = schema_version;
       }
       if (version != schema_version) {
-        throw StoreError(path.string() + " has store schema version " + std::to_string(version) +
-                             ", this build reads version " + std::to_string(schema_version),
-                         SQLITE_ERROR);
+        throw outbox::Error(path.string() + " has store schema version " + std::to_string(version) +
+                                ", this build reads version " + std::to_string(schema_version),
+                            SQLITE_ERROR);
       }
     }
     transaction.commit();
   }
 
   static void create_origin_epochs(sqlite3* handle) {
-    sqlite::execute(handle, R"sql(
+    sqlite::exec(handle, R"sql(
       CREATE TABLE origin_epochs(
         origin TEXT PRIMARY KEY,
         epoch INTEGER NOT NULL,
@@ -677,16 +682,16 @@ struct Store::Impl {
     sqlite3* handle = db.get();
     sqlite::Statement select_topics(
         handle, "SELECT topic_id, name, last_offset, message_count FROM topics ORDER BY topic_id");
-    sqlite::ResetGuard topics_guard(select_topics);
-    while (select_topics.step()) {
+    auto topics_use = select_topics.use();
+    while (topics_use.step()) {
       Topic topic;
-      topic.id = static_cast<std::uint64_t>(select_topics.column_integer(0));
-      topic.name = std::string(select_topics.column_text(1));
-      topic.last_offset = static_cast<std::uint64_t>(select_topics.column_integer(2));
-      topic.message_count = static_cast<std::uint64_t>(select_topics.column_integer(3));
+      topic.id = static_cast<std::uint64_t>(topics_use.column_int64(0));
+      topic.name = topics_use.column_text(1);
+      topic.last_offset = static_cast<std::uint64_t>(topics_use.column_int64(2));
+      topic.message_count = static_cast<std::uint64_t>(topics_use.column_int64(3));
       if (topic.id != topics.size() + 1) {
-        throw StoreError(path.string() + ": topic ids are not contiguous (corrupt store)",
-                         SQLITE_CORRUPT);
+        throw outbox::Error(path.string() + ": topic ids are not contiguous (corrupt store)",
+                            SQLITE_CORRUPT);
       }
       topic_ids.emplace(topic.name, topic.id);
       topics.push_back(std::move(topic));
@@ -694,15 +699,15 @@ struct Store::Impl {
     sqlite::Statement select_counters(
         handle,
         "SELECT stored, duplicates, conflicts, rejected, dedup_entries FROM counters WHERE id = 1");
-    sqlite::ResetGuard counters_guard(select_counters);
-    if (!select_counters.step()) {
-      throw StoreError(path.string() + ": counters row missing (corrupt store)", SQLITE_CORRUPT);
+    auto counters_use = select_counters.use();
+    if (!counters_use.step()) {
+      throw outbox::Error(path.string() + ": counters row missing (corrupt store)", SQLITE_CORRUPT);
     }
-    counters.stored = static_cast<std::uint64_t>(select_counters.column_integer(0));
-    counters.duplicates = static_cast<std::uint64_t>(select_counters.column_integer(1));
-    counters.conflicts = static_cast<std::uint64_t>(select_counters.column_integer(2));
-    counters.rejected = static_cast<std::uint64_t>(select_counters.column_integer(3));
-    counters.dedup_entries = static_cast<std::uint64_t>(select_counters.column_integer(4));
+    counters.stored = static_cast<std::uint64_t>(counters_use.column_int64(0));
+    counters.duplicates = static_cast<std::uint64_t>(counters_use.column_int64(1));
+    counters.conflicts = static_cast<std::uint64_t>(counters_use.column_int64(2));
+    counters.rejected = static_cast<std::uint64_t>(counters_use.column_int64(3));
+    counters.dedup_entries = static_cast<std::uint64_t>(counters_use.column_int64(4));
   }
 
   const Topic* find_topic(std::string_view name) const {
@@ -711,32 +716,35 @@ struct Store::Impl {
   }
 
   void write_counters() {
-    update_counters.bind(1, static_cast<std::int64_t>(counters.stored));
-    update_counters.bind(2, static_cast<std::int64_t>(counters.duplicates));
-    update_counters.bind(3, static_cast<std::int64_t>(counters.conflicts));
-    update_counters.bind(4, static_cast<std::int64_t>(counters.rejected));
-    update_counters.bind(5, static_cast<std::int64_t>(counters.dedup_entries));
-    update_counters.run();
+    update_counters.use()
+        .bind(1, static_cast<std::int64_t>(counters.stored))
+        .bind(2, static_cast<std::int64_t>(counters.duplicates))
+        .bind(3, static_cast<std::int64_t>(counters.conflicts))
+        .bind(4, static_cast<std::int64_t>(counters.rejected))
+        .bind(5, static_cast<std::int64_t>(counters.dedup_entries))
+        .run();
   }
 
   void write_topic(const Topic& topic) {
-    update_topic.bind(1, static_cast<std::int64_t>(topic.last_offset));
-    update_topic.bind(2, static_cast<std::int64_t>(topic.message_count));
-    update_topic.bind(3, static_cast<std::int64_t>(topic.id));
-    update_topic.run();
+    update_topic.use()
+        .bind(1, static_cast<std::int64_t>(topic.last_offset))
+        .bind(2, static_cast<std::int64_t>(topic.message_count))
+        .bind(3, static_cast<std::int64_t>(topic.id))
+        .run();
   }
 
   // The topic for a message of this call, created (inside the transaction) if new.
   Topic& topic_for_append(std::string_view name, std::vector<TopicUndo>& undo) {
     auto found = topic_ids.find(name);
     if (found == topic_ids.end()) {
-      if (topics.size() >= max_topic_id) throw StoreError("too many topics", SQLITE_FULL);
+      if (topics.size() >= max_topic_id) throw outbox::Error("too many topics", SQLITE_FULL);
       Topic topic;
       topic.id = topics.size() + 1;
       topic.name = std::string(name);
-      insert_topic.bind(1, static_cast<std::int64_t>(topic.id));
-      insert_topic.bind_text(2, topic.name);
-      insert_topic.run();
+      insert_topic.use()
+          .bind(1, static_cast<std::int64_t>(topic.id))
+          .bind_text(2, topic.name)
+          .run();
       found = topic_ids.emplace(topic.name, topic.id).first;
       topics.push_back(std::move(topic));
     }
@@ -749,19 +757,20 @@ struct Store::Impl {
   }
 
   std::optional<std::int64_t> known_message_key(std::string_view msg_id) {
-    sqlite::ResetGuard guard(select_dedup);
-    select_dedup.bind_text(1, msg_id);
-    if (!select_dedup.step()) return std::nullopt;
-    return select_dedup.column_integer(0);
+    auto use = select_dedup.use();
+    use.bind_text(1, msg_id);
+    if (!use.step()) return std::nullopt;
+    return use.column_int64(0);
   }
 
   void flush_chunk(Topic& topic, std::int64_t now) {
     if (topic.chunk.empty()) return;
-    insert_chunk.bind(1, message_key(topic.id, topic.chunk_first));
-    insert_chunk.bind(2, static_cast<std::int64_t>(topic.last_offset));
-    insert_chunk.bind(3, now);
-    insert_chunk.bind_blob(4, topic.chunk);
-    insert_chunk.run();
+    insert_chunk.use()
+        .bind(1, message_key(topic.id, topic.chunk_first))
+        .bind(2, static_cast<std::int64_t>(topic.last_offset))
+        .bind(3, now)
+        .bind_blob(4, topic.chunk)
+        .run();
     topic.chunk.clear();
   }
 
@@ -844,18 +853,19 @@ struct Store::Impl {
     }
     Topic& topic = topic_for_append(message.topic, undo);
     if (topic.last_offset >= max_offset)
-      throw StoreError("topic " + topic.name + " is out of offsets", SQLITE_FULL);
+      throw outbox::Error("topic " + topic.name + " is out of offsets", SQLITE_FULL);
     const std::uint64_t offset = topic.last_offset + 1;
     const std::int64_t key = message_key(topic.id, offset);
     const auto hash = static_cast<std::int64_t>(payload_hash(message.payload));
     const auto envelope = static_cast<std::int64_t>(envelope_hash(message));
 
-    insert_dedup.bind_text(1, message.msg_id);
-    insert_dedup.bind(2, key);
-    insert_dedup.bind(3, hash);
-    insert_dedup.bind(4, now);
-    insert_dedup.bind(5, envelope);
-    insert_dedup.run();
+    insert_dedup.use()
+        .bind_text(1, message.msg_id)
+        .bind(2, key)
+        .bind(3, hash)
+        .bind(4, now)
+        .bind(5, envelope)
+        .run();
     if (sqlite3_changes(db.get()) == 1) {
       // The body is written with its chunk before COMMIT, in this transaction.
       if (topic.chunk.empty()) {
@@ -871,20 +881,21 @@ struct Store::Impl {
       return AppendOutcome{AppendStatus::stored, offset, RejectReason::none, {}};
     }
     // Already known, from an earlier call or earlier in this batch.
-    sqlite::ResetGuard guard(select_dedup);
-    select_dedup.bind_text(1, message.msg_id);
-    if (!select_dedup.step()) {
-      throw StoreError("dedup entry for " + std::string(message.msg_id) + " vanished",
-                       SQLITE_CORRUPT);
-    }
     Difference difference;
-    const std::int64_t original_key = select_dedup.column_integer(0);
-    difference.topic = key_topic(original_key) != topic.id;
-    difference.payload = select_dedup.column_integer(1) != hash;
-    // NULL: an entry from schema version 1, which did not record key and headers.
-    difference.envelope =
-        select_dedup.column_integer(2) == 0 && select_dedup.column_integer(3) != envelope;
-    select_dedup.reset();
+    std::int64_t original_key = 0;
+    {
+      auto use = select_dedup.use();
+      use.bind_text(1, message.msg_id);
+      if (!use.step()) {
+        throw outbox::Error("dedup entry for " + std::string(message.msg_id) + " vanished",
+                            SQLITE_CORRUPT);
+      }
+      original_key = use.column_int64(0);
+      difference.topic = key_topic(original_key) != topic.id;
+      difference.payload = use.column_int64(1) != hash;
+      // NULL: an entry from schema version 1, which did not record key and headers.
+      difference.envelope = use.column_int64(2) == 0 && use.column_int64(3) != envelope;
+    }
     if (!difference.any()) {
       ++counters.duplicates;
       return AppendOutcome{
@@ -914,7 +925,7 @@ struct Store::Impl {
     };
     try {
       const std::int64_t now = now_ms();
-      sqlite::Transaction transaction(db.get(), begin, commit, rollback);
+      sqlite::Transaction transaction(db.get(), transaction_statements);
       for (std::size_t i = 0; i < batch.size(); ++i) {
         const IncomingMessage& message = batch[i];
         AppendOutcome& outcome = outcomes[i];
@@ -968,22 +979,20 @@ struct Store::Impl {
     // Start with the chunk holding from_offset: the last one starting at or before it.
     std::int64_t start_key = message_key(topic->id, from_offset);
     {
-      sqlite::ResetGuard guard(chunk_at_or_before);
-      chunk_at_or_before.bind(1, message_key(topic->id, 1));
-      chunk_at_or_before.bind(2, start_key);
-      if (chunk_at_or_before.step()) start_key = chunk_at_or_before.column_integer(0);
+      auto use = chunk_at_or_before.use();
+      use.bind(1, message_key(topic->id, 1)).bind(2, start_key);
+      if (use.step()) start_key = use.column_int64(0);
     }
-    sqlite::ResetGuard guard(scan_chunks);
-    scan_chunks.bind(1, start_key);
-    scan_chunks.bind(2, message_key(topic->id, max_offset));
+    auto scan = scan_chunks.use();
+    scan.bind(1, start_key).bind(2, message_key(topic->id, max_offset));
     std::size_t bytes = 0;
     bool full = false;
-    while (!full && scan_chunks.step()) {
-      std::uint64_t offset = key_offset(scan_chunks.column_integer(0));
-      const auto chunk_last = static_cast<std::uint64_t>(scan_chunks.column_integer(1));
-      const std::int64_t stored_at = scan_chunks.column_integer(2);
+    while (!full && scan.step()) {
+      std::uint64_t offset = key_offset(scan.column_int64(0));
+      const auto chunk_last = static_cast<std::uint64_t>(scan.column_int64(1));
+      const std::int64_t stored_at = scan.column_int64(2);
       if (chunk_last < from_offset) continue;
-      chunk::Reader reader(scan_chunks.column_blob(3));
+      chunk::Reader reader(scan.column_blob_view(3));
       chunk::MessageView view;
       for (; !reader.done(); ++offset) {
         if (!reader.next(view) || offset > chunk_last) throw corrupt_chunk(*topic, offset);
@@ -1016,18 +1025,17 @@ struct Store::Impl {
     return result;
   }
 
-  StoreError corrupt_chunk(const Topic& topic, std::uint64_t offset) const {
-    return StoreError(path.string() + ": malformed message chunk in topic " + topic.name +
-                          " at offset " + std::to_string(offset),
-                      SQLITE_CORRUPT);
+  outbox::Error corrupt_chunk(const Topic& topic, std::uint64_t offset) const {
+    return outbox::Error(path.string() + ": malformed message chunk in topic " + topic.name +
+                             " at offset " + std::to_string(offset),
+                         SQLITE_CORRUPT);
   }
 
   std::uint64_t first_retained_offset(const Topic& topic) {
     if (topic.message_count == 0) return 0;
-    sqlite::ResetGuard guard(first_chunk);
-    first_chunk.bind(1, message_key(topic.id, 1));
-    first_chunk.bind(2, message_key(topic.id, max_offset));
-    return first_chunk.step() ? key_offset(first_chunk.column_integer(0)) : 0;
+    auto use = first_chunk.use();
+    use.bind(1, message_key(topic.id, 1)).bind(2, message_key(topic.id, max_offset));
+    return use.step() ? key_offset(use.column_int64(0)) : 0;
   }
 
   void commit_offset(std::string_view group, std::string_view topic, std::uint64_t offset) {
@@ -1046,40 +1054,34 @@ struct Store::Impl {
                                   std::to_string(found->last_offset) + " of topic '" +
                                   std::string(topic) + "'");
     }
-    upsert_group_offset.bind_text(1, group);
-    upsert_group_offset.bind_text(2, topic);
-    upsert_group_offset.bind(3, static_cast<std::int64_t>(offset));
-    upsert_group_offset.run();
+    upsert_group_offset.use()
+        .bind_text(1, group)
+        .bind_text(2, topic)
+        .bind(3, static_cast<std::int64_t>(offset))
+        .run();
   }
 
   std::uint64_t committed_offset(std::string_view group, std::string_view topic) {
-    sqlite::ResetGuard guard(select_group_offset);
-    select_group_offset.bind_text(1, group);
-    select_group_offset.bind_text(2, topic);
-    return select_group_offset.step()
-               ? static_cast<std::uint64_t>(select_group_offset.column_integer(0))
-               : 0;
+    auto use = select_group_offset.use();
+    use.bind_text(1, group).bind_text(2, topic);
+    return use.step() ? static_cast<std::uint64_t>(use.column_int64(0)) : 0;
   }
 
   std::vector<GroupOffset> group_offsets(std::size_t limit) {
     std::vector<GroupOffset> result;
-    sqlite::ResetGuard guard(scan_group_offsets);
-    scan_group_offsets.bind(1, static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
-    while (scan_group_offsets.step()) {
-      result.push_back(
-          GroupOffset{std::string(scan_group_offsets.column_text(0)),
-                      std::string(scan_group_offsets.column_text(1)),
-                      static_cast<std::uint64_t>(scan_group_offsets.column_integer(2))});
+    auto use = scan_group_offsets.use();
+    use.bind(1, static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
+    while (use.step()) {
+      result.push_back(GroupOffset{use.column_text(0), use.column_text(1),
+                                   static_cast<std::uint64_t>(use.column_int64(2))});
     }
     return result;
   }
 
   std::uint64_t origin_epoch(std::string_view origin) {
-    sqlite::ResetGuard guard(select_origin_epoch);
-    select_origin_epoch.bind_text(1, origin);
-    return select_origin_epoch.step()
-               ? static_cast<std::uint64_t>(select_origin_epoch.column_integer(0))
-               : 0;
+    auto use = select_origin_epoch.use();
+    use.bind_text(1, origin);
+    return use.step() ? static_cast<std::uint64_t>(use.column_int64(0)) : 0;
   }
 
   std::uint64_t advance_origin_epoch(std::string_view origin, std::uint64_t epoch) {
@@ -1091,14 +1093,12 @@ struct Store::Impl {
       throw std::invalid_argument("epoch out of range");
     }
     if (origin_epoch(origin) >= epoch) return origin_epoch(origin);
-    sqlite::Transaction transaction(db.get(), begin, commit, rollback);
-    {
-      sqlite::ResetGuard guard(raise_origin_epoch);
-      raise_origin_epoch.bind_text(1, origin);
-      raise_origin_epoch.bind(2, static_cast<std::int64_t>(epoch));
-      raise_origin_epoch.bind(3, now_ms());
-      raise_origin_epoch.run();
-    }
+    sqlite::Transaction transaction(db.get(), transaction_statements);
+    raise_origin_epoch.use()
+        .bind_text(1, origin)
+        .bind(2, static_cast<std::int64_t>(epoch))
+        .bind(3, now_ms())
+        .run();
     transaction.commit();
     return origin_epoch(origin);
   }
@@ -1129,21 +1129,16 @@ struct Store::Impl {
       std::int64_t last_expired = -1;
       std::uint64_t count = 0;
       {
-        sqlite::ResetGuard guard(scan_chunk_times);
-        scan_chunk_times.bind(1, message_key(topic.id, 1));
-        scan_chunk_times.bind(2, message_key(topic.id, max_offset));
+        auto use = scan_chunk_times.use();
+        use.bind(1, message_key(topic.id, 1)).bind(2, message_key(topic.id, max_offset));
         // Offsets follow store time, so the first young chunk ends the scan.
-        while (deleted + count < budget && scan_chunk_times.step() &&
-               scan_chunk_times.column_integer(2) < cutoff) {
-          last_expired = scan_chunk_times.column_integer(0);
-          count += static_cast<std::uint64_t>(scan_chunk_times.column_integer(1)) -
-                   key_offset(last_expired) + 1;
+        while (deleted + count < budget && use.step() && use.column_int64(2) < cutoff) {
+          last_expired = use.column_int64(0);
+          count += static_cast<std::uint64_t>(use.column_int64(1)) - key_offset(last_expired) + 1;
         }
       }
       if (count == 0) continue;
-      delete_chunks.bind(1, message_key(topic.id, 1));
-      delete_chunks.bind(2, last_expired);
-      delete_chunks.run();
+      delete_chunks.use().bind(1, message_key(topic.id, 1)).bind(2, last_expired).run();
       topic.message_count -= std::min<std::uint64_t>(topic.message_count, count);
       write_topic(topic);
       deleted += static_cast<std::size_t>(count);
@@ -1160,18 +1155,16 @@ struct Store::Impl {
     const std::size_t scan_limit = budget * 4;
     std::string last_seen;
     {
-      sqlite::ResetGuard guard(scan_dedup);
-      scan_dedup.bind_text(1, dedup_sweep_cursor);
-      scan_dedup.bind(2, static_cast<std::int64_t>(scan_limit));
-      while (expired.size() < budget && scan_dedup.step()) {
+      auto use = scan_dedup.use();
+      use.bind_text(1, dedup_sweep_cursor).bind(2, static_cast<std::int64_t>(scan_limit));
+      while (expired.size() < budget && use.step()) {
         ++scanned;
-        last_seen = std::string(scan_dedup.column_text(0));
-        if (scan_dedup.column_integer(1) < cutoff) expired.push_back(last_seen);
+        last_seen = use.column_text(0);
+        if (use.column_int64(1) < cutoff) expired.push_back(last_seen);
       }
     }
     for (const std::string& msg_id : expired) {
-      delete_dedup.bind_text(1, msg_id);
-      delete_dedup.run();
+      delete_dedup.use().bind_text(1, msg_id).run();
     }
     counters.dedup_entries -= std::min<std::uint64_t>(counters.dedup_entries, expired.size());
     // A short scan reached the end of the index: the next pass starts over.
@@ -1192,7 +1185,7 @@ struct Store::Impl {
     for (const Topic& topic : topics) saved_counts.emplace_back(topic.id, topic.message_count);
     const std::string saved_cursor = dedup_sweep_cursor;
     try {
-      sqlite::Transaction transaction(db.get(), begin, commit, rollback);
+      sqlite::Transaction transaction(db.get(), transaction_statements);
       if (expire_bodies_now) {
         result.bodies_deleted = expire_bodies(now - options.retention.count(), max_rows);
       }

@@ -6,23 +6,21 @@
 #include "common.hpp"
 #include "idgen/uuid.hpp"
 #include "schema.hpp"
-#include "sqlite.hpp"
+#include "sqlite/sqlite.hpp"
 
 namespace outbox {
 
-using detail::Statement;
 using detail::to_ms;
+using sqlite::Statement;
 
 struct Inbox::Impl {
-  detail::ConnectionPtr connection;
+  sqlite::ConnectionPtr connection;
   sqlite3* db = nullptr;
   std::string path;
   InboxOptions options;
   std::shared_ptr<spdlog::logger> logger;
 
-  Statement begin;
-  Statement commit;
-  Statement rollback;
+  sqlite::TransactionStatements transaction_statements;
   Statement select;
   Statement insert;
   Statement insert_claim;
@@ -35,9 +33,7 @@ struct Inbox::Impl {
   Statement remove;
 
   void prepare() {
-    begin = Statement(db, "BEGIN IMMEDIATE");
-    commit = Statement(db, "COMMIT");
-    rollback = Statement(db, "ROLLBACK");
+    transaction_statements = sqlite::TransactionStatements(db);
     select = Statement(
         db, "SELECT state, claimed_until_ms, claim_token FROM outbox_inbox WHERE msg_id = ?1");
     insert = Statement(db,
@@ -75,37 +71,12 @@ struct Inbox::Impl {
   }
 
   // A write transaction on the prepared BEGIN/COMMIT/ROLLBACK statements.
-  class Transaction {
-   public:
-    explicit Transaction(Impl& impl) : impl_(impl) {
-      if (sqlite3_get_autocommit(impl_.db) == 0) {
-        throw Error("outbox: the inbox connection is already inside a transaction");
-      }
-      auto use = impl_.begin.use();
-      use.run();
+  sqlite::Transaction write_transaction() {
+    if (sqlite3_get_autocommit(db) == 0) {
+      throw Error("outbox: the inbox connection is already inside a transaction");
     }
-    ~Transaction() noexcept {
-      if (!done_ && sqlite3_get_autocommit(impl_.db) == 0) {
-        try {
-          auto use = impl_.rollback.use();
-          use.run();
-        } catch (...) {
-          // The connection rolls back by itself at the next BEGIN or close.
-        }
-      }
-    }
-    Transaction(const Transaction&) = delete;
-    Transaction& operator=(const Transaction&) = delete;
-    void commit() {
-      auto use = impl_.commit.use();
-      use.run();
-      done_ = true;
-    }
-
-   private:
-    Impl& impl_;
-    bool done_ = false;
-  };
+    return sqlite::Transaction(db, transaction_statements);
+  }
 
   struct Entry {
     std::int64_t state = 0;
@@ -156,11 +127,11 @@ Inbox& Inbox::operator=(Inbox&&) noexcept = default;
 Inbox::~Inbox() noexcept = default;
 
 Inbox Inbox::open(const std::filesystem::path& path, InboxOptions options) {
-  detail::OpenOptions open_options;
+  sqlite::OpenOptions open_options;
   open_options.synchronous_full = options.synchronous_full;
   open_options.busy_timeout = options.busy_timeout;
   auto impl = std::make_unique<Impl>();
-  impl->connection = detail::open_connection(path, open_options);
+  impl->connection = sqlite::open_connection(path, open_options);
   impl->db = impl->connection.get();
   impl->options = std::move(options);
   if (!impl->options.clock) impl->options.clock = system_clock();
@@ -179,7 +150,7 @@ ProcessResult Inbox::process_once(const std::string& msg_id,
                                   const std::function<void(sqlite3*)>& handler) {
   check_msg_id(msg_id);
   auto& impl = *impl_;
-  Impl::Transaction transaction(impl);
+  auto transaction = impl.write_transaction();
   const auto now = to_ms(impl.options.clock());
   auto entry = impl.find(msg_id);
   if (entry && entry->state == detail::inbox_done) return ProcessResult::already_done;
@@ -221,7 +192,7 @@ Claim Inbox::begin(const std::string& msg_id, std::chrono::milliseconds lease) {
   check_msg_id(msg_id);
   check_lease(lease);
   auto& impl = *impl_;
-  Impl::Transaction transaction(impl);
+  auto transaction = impl.write_transaction();
   const auto now = to_ms(impl.options.clock());
   auto entry = impl.find(msg_id);
   Claim claim{BeginResult::claimed, idgen::to_string(idgen::uuid_v4())};
@@ -245,7 +216,7 @@ ClaimResult Inbox::complete(const std::string& msg_id, const std::string& token)
   check_msg_id(msg_id);
   check_token(token);
   auto& impl = *impl_;
-  Impl::Transaction transaction(impl);
+  auto transaction = impl.write_transaction();
   {
     auto use = impl.complete_claim.use();
     use.bind_text(1, msg_id).bind_text(2, token).bind(3, to_ms(impl.options.clock())).run();
@@ -288,7 +259,7 @@ std::size_t Inbox::expire(std::size_t batch_size, std::size_t max_batches) {
   auto& impl = *impl_;
   std::size_t removed = 0;
   for (std::size_t batch = 0; batch < max_batches; ++batch) {
-    Impl::Transaction transaction(impl);
+    auto transaction = impl.write_transaction();
     const auto cutoff = to_ms(impl.options.clock() - impl.options.retention);
     std::vector<std::string> ids;
     {

@@ -7,13 +7,13 @@
 #include "ids.hpp"
 #include "notify.hpp"
 #include "schema.hpp"
-#include "sqlite.hpp"
+#include "sqlite/sqlite.hpp"
 #include "worker_lease.hpp"
 
 namespace outbox {
 
-using detail::Statement;
 using detail::to_ms;
+using sqlite::Statement;
 
 namespace {
 
@@ -55,7 +55,7 @@ Headers with_trace_context(const Message& message) {
 }  // namespace
 
 struct Outbox::Impl {
-  detail::ConnectionPtr owned;
+  sqlite::ConnectionPtr owned;
   sqlite3* db = nullptr;
   std::string path;
   Options options;
@@ -121,7 +121,7 @@ struct Outbox::Impl {
         if (options.worker_lease.count() <= 0) throw Error("outbox: worker_lease must be positive");
         lease = std::make_unique<detail::WorkerLease>(db, path, options.clock, options.worker_lease,
                                                       logger);
-        detail::ScopedTransaction transaction(db, true);
+        sqlite::Transaction transaction(db, true);
         auto claim = lease->claim();
         transaction.commit();
         lease->committed();
@@ -240,7 +240,7 @@ struct Outbox::Impl {
           on_rolled_back();
           text += " (SQLite rolled the transaction back)";
         }
-        throw Error(text, error.extended_code());
+        throw Error(error.kind(), text, error.extended_code());
       }
     }
     if (sqlite3_changes(db) == 0) {
@@ -259,12 +259,12 @@ Outbox& Outbox::operator=(Outbox&&) noexcept = default;
 Outbox::~Outbox() noexcept = default;
 
 Outbox Outbox::open(const std::filesystem::path& path, Options options) {
-  detail::OpenOptions open_options;
+  sqlite::OpenOptions open_options;
   open_options.synchronous_full = options.durability == Durability::full;
   open_options.busy_timeout = options.busy_timeout;
   open_options.cache_kib = options.cache_kib;
   auto impl = std::make_unique<Impl>();
-  impl->owned = detail::open_connection(path, open_options);
+  impl->owned = sqlite::open_connection(path, open_options);
   impl->db = impl->owned.get();
   impl->options = std::move(options);
   impl->setup();
@@ -274,7 +274,7 @@ Outbox Outbox::open(const std::filesystem::path& path, Options options) {
 Outbox Outbox::attach(sqlite3* db, Options options) {
   if (db == nullptr) throw Error("outbox: attach needs a connection, got a null sqlite3*");
   const char* filename = sqlite3_db_filename(db, "main");
-  detail::verify_readable(db, filename != nullptr && *filename ? filename : ":memory:");
+  sqlite::verify_readable(db, filename != nullptr && *filename ? filename : ":memory:");
   auto impl = std::make_unique<Impl>();
   impl->db = db;
   impl->options = std::move(options);
@@ -319,6 +319,7 @@ Transaction::Transaction(Outbox& box) : box_(&box), db_(box.db()) {
     // Typically SQLITE_BUSY: another connection held the write lock past the
     // busy timeout. Nothing was written.
     throw Error(
+        error.kind(),
         "outbox: begin on '" + box_->impl_->path + "': " + error.what() + " (nothing was written)",
         error.extended_code());
   }
@@ -353,7 +354,8 @@ void Transaction::commit() {
       // The commit's error is the one to report. A failed ROLLBACK leaves
       // nothing committed; SQLite rolls back when the connection closes.
     }
-    throw Error("outbox: commit on '" + box_->impl_->path + "': " + error.what() +
+    throw Error(error.kind(),
+                "outbox: commit on '" + box_->impl_->path + "': " + error.what() +
                     " (rolled back: neither the rows nor the messages were written)",
                 error.extended_code());
   } catch (...) {

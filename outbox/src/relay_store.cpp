@@ -13,14 +13,13 @@
 #include "notify.hpp"
 #include "outbox/schema.hpp"
 #include "schema.hpp"
-#include "sqlite.hpp"
+#include "sqlite/sqlite.hpp"
 
 namespace outbox {
 
 using detail::from_ms;
-using detail::ScopedTransaction;
-using detail::Statement;
 using detail::to_ms;
+using sqlite::Statement;
 
 namespace {
 
@@ -36,7 +35,7 @@ using KeyGroup = std::pair<std::string, std::optional<std::string>>;
 // checkpoint from another connection blocks no reader or writer.
 class BackgroundCheckpointer {
  public:
-  BackgroundCheckpointer(detail::ConnectionPtr connection, std::string path,
+  BackgroundCheckpointer(sqlite::ConnectionPtr connection, std::string path,
                          std::shared_ptr<spdlog::logger> logger)
       : connection_(std::move(connection)),
         path_(std::move(path)),
@@ -89,7 +88,7 @@ class BackgroundCheckpointer {
     }
   }
 
-  detail::ConnectionPtr connection_;
+  sqlite::ConnectionPtr connection_;
   std::string path_;
   std::shared_ptr<spdlog::logger> logger_;
   std::mutex mutex_;
@@ -114,7 +113,7 @@ const char* to_string(Outcome::Kind kind) {
 }
 
 struct RelayStore::Impl {
-  detail::ConnectionPtr connection;
+  sqlite::ConnectionPtr connection;
   sqlite3* db = nullptr;
   std::string path;
   RelayOptions options;
@@ -149,13 +148,13 @@ struct RelayStore::Impl {
   // thread only where the WAL grows.
   std::unique_ptr<BackgroundCheckpointer> checkpointer;
   bool checkpointer_tried = false;
-  detail::OpenOptions open_options;
+  sqlite::OpenOptions open_options;
   std::filesystem::path file;
 
   void start_checkpointer() {
     checkpointer_tried = true;
     try {
-      auto second = detail::open_connection(file, open_options);
+      auto second = sqlite::open_connection(file, open_options);
       if (!options.checkpoint_on_close) {
         sqlite3_db_config(second.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
       }
@@ -366,7 +365,7 @@ RelayStore& RelayStore::operator=(RelayStore&&) noexcept = default;
 RelayStore::~RelayStore() noexcept = default;
 
 RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions options) {
-  detail::OpenOptions open_options;
+  sqlite::OpenOptions open_options;
   open_options.create_if_missing = false;
   open_options.read_only = options.read_only;
   open_options.synchronous_full = options.synchronous_full;
@@ -377,7 +376,7 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   // The relay never changes the journal mode: the producer chose it.
   open_options.wal = false;
   auto impl = std::make_unique<Impl>();
-  impl->connection = detail::open_connection(path, open_options);
+  impl->connection = sqlite::open_connection(path, open_options);
   impl->db = impl->connection.get();
   impl->options = std::move(options);
   if (!impl->options.clock) impl->options.clock = system_clock();
@@ -387,13 +386,14 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   if (impl->options.read_only) {
     int version = detail::read_schema_version(impl->db, path.string());
     if (version == 0) {
-      throw Error("database '" + path.string() +
-                  "' has no outbox schema (table outbox_meta is missing)");
+      throw Error(ErrorKind::database, "database '" + path.string() +
+                                           "' has no outbox schema (table outbox_meta is missing)");
     }
     if (version != schema_version) {
-      throw Error("database '" + path.string() + "' has outbox schema version " +
-                  std::to_string(version) + "; this library reads version " +
-                  std::to_string(schema_version) + " (open it read-write once to migrate)");
+      throw Error(ErrorKind::database,
+                  "database '" + path.string() + "' has outbox schema version " +
+                      std::to_string(version) + "; this library reads version " +
+                      std::to_string(schema_version) + " (open it read-write once to migrate)");
     }
   } else {
     detail::ensure_schema(impl->db, impl->path, detail::SchemaMode::require_existing);
@@ -421,7 +421,7 @@ std::optional<Lease> RelayStore::claim_lease(const std::string& holder,
   if (holder.empty()) throw Error("outbox: relay lease holder name is empty");
   if (ttl.count() <= 0) throw Error("outbox: relay lease time must be positive");
   auto& impl = *impl_;
-  ScopedTransaction transaction(impl.db, true);
+  sqlite::Transaction transaction(impl.db, true);
   const auto now = impl.now();
   auto row = impl.lease_row();
   Lease lease{holder, 1, now + ttl};
@@ -457,7 +457,7 @@ std::optional<Lease> RelayStore::claim_lease(const std::string& holder,
 bool RelayStore::renew_lease(Lease& lease, std::chrono::milliseconds ttl) {
   if (ttl.count() <= 0) throw Error("outbox: relay lease time must be positive");
   auto& impl = *impl_;
-  ScopedTransaction transaction(impl.db, true);
+  sqlite::Transaction transaction(impl.db, true);
   auto row = impl.lease_row();
   if (!row || row->holder != lease.holder || row->epoch != lease.epoch) return false;
   const auto expires = impl.now() + ttl;
@@ -477,7 +477,7 @@ bool RelayStore::renew_lease(Lease& lease, std::chrono::milliseconds ttl) {
 
 void RelayStore::release_lease(const Lease& lease) {
   auto& impl = *impl_;
-  ScopedTransaction transaction(impl.db, true);
+  sqlite::Transaction transaction(impl.db, true);
   auto row = impl.lease_row();
   if (!row || row->holder != lease.holder || row->epoch != lease.epoch) return;
   {
@@ -509,7 +509,7 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
   bool full = false;
   if (limit == 0) return result;
   // One read transaction so the cursor, the blockers and the rows agree.
-  ScopedTransaction transaction(impl.db, false);
+  sqlite::Transaction transaction(impl.db, false);
   impl.last_data_version = impl.current_data_version();
   const auto now_ms = to_ms(impl.now());
   auto start = std::max(after_seq, impl.cursor().first);
@@ -631,7 +631,7 @@ std::size_t delivered_run(std::span<const Outcome> outcomes) {
 void RelayStore::record_outcomes(std::span<const Outcome> outcomes, const Lease& lease) {
   if (outcomes.empty()) return;
   auto& impl = *impl_;
-  ScopedTransaction transaction(impl.db, true);
+  sqlite::Transaction transaction(impl.db, true);
   impl.fence(lease);
   const auto now_ms = to_ms(impl.now());
   std::int64_t delivered = 0;
@@ -671,7 +671,7 @@ void RelayStore::schedule_retry(std::span<const std::int64_t> seqs, const std::s
                                 TimePoint not_before, const Lease& lease) {
   if (seqs.empty()) return;
   auto& impl = *impl_;
-  ScopedTransaction transaction(impl.db, true);
+  sqlite::Transaction transaction(impl.db, true);
   impl.fence(lease);
   const auto now_ms = to_ms(impl.now());
   for (auto seq : seqs) {
@@ -749,7 +749,7 @@ std::int64_t pending_by_count(RelayStore::Impl& impl, std::int64_t settled) {
 Backlog RelayStore::backlog() {
   auto& impl = *impl_;
   Backlog backlog;
-  ScopedTransaction transaction(impl.db, false);
+  sqlite::Transaction transaction(impl.db, false);
   const auto settled = impl.cursor().first;
   backlog.pending = pending_by_seq(impl, settled);
   read_unsettled(impl, settled, backlog);
@@ -760,7 +760,7 @@ Backlog RelayStore::backlog() {
 Stats RelayStore::stats() {
   auto& impl = *impl_;
   Stats stats;
-  ScopedTransaction transaction(impl.db, false);
+  sqlite::Transaction transaction(impl.db, false);
   auto [settled, total] = impl.cursor();
   stats.settled_through_seq = settled;
   stats.delivered_total = total;
@@ -813,7 +813,7 @@ std::vector<DeadMessage> RelayStore::list_dead(std::size_t limit) {
 
 bool RelayStore::replay_dead(const std::string& msg_id) {
   auto& impl = *impl_;
-  ScopedTransaction transaction(impl.db, true);
+  sqlite::Transaction transaction(impl.db, true);
   auto seq = impl.seq_of(msg_id);
   if (!seq) return false;
   {
@@ -832,7 +832,7 @@ bool RelayStore::replay_dead(const std::string& msg_id) {
 
 std::size_t RelayStore::replay_all_dead() {
   auto& impl = *impl_;
-  ScopedTransaction transaction(impl.db, true);
+  sqlite::Transaction transaction(impl.db, true);
   std::int64_t lowest = 0;
   {
     Statement lowest_dead(
@@ -861,7 +861,7 @@ std::size_t RelayStore::replay_all_dead() {
 
 bool RelayStore::drop_dead(const std::string& msg_id) {
   auto& impl = *impl_;
-  ScopedTransaction transaction(impl.db, true);
+  sqlite::Transaction transaction(impl.db, true);
   auto seq = impl.seq_of(msg_id);
   if (!seq) return false;
   {
@@ -941,7 +941,7 @@ std::size_t RelayStore::delete_delivered(std::chrono::milliseconds retention,
   Statement delete_delivery(impl.db, "DELETE FROM outbox_delivery WHERE seq = ?1");
   std::size_t deleted = 0;
   for (std::size_t batch = 0; batch < max_batches; ++batch) {
-    ScopedTransaction transaction(impl.db, true);
+    sqlite::Transaction transaction(impl.db, true);
     const auto cutoff = to_ms(impl.now() - retention);
     // Never the newest message: without AUTOINCREMENT its seq would be reused.
     // Delivered rows past the cursor (behind a blocked key) may go too: the
@@ -983,7 +983,7 @@ void RelayStore::checkpoint() {
   impl.wal_pages_seen = 0;
   impl.last_checkpoint = std::chrono::steady_clock::now();
   if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
-    detail::throw_sqlite(impl.db, rc, "checkpoint of '" + impl.path + "'");
+    sqlite::throw_error(impl.db, rc, "checkpoint of '" + impl.path + "'");
   }
 }
 
@@ -1045,7 +1045,7 @@ std::string RelayStore::origin_id() {
     return use.step() ? use.column_text(0) : std::string();
   };
   if (auto known = read(); !known.empty() || impl.options.read_only) return known;
-  ScopedTransaction transaction(impl.db, true);
+  sqlite::Transaction transaction(impl.db, true);
   {
     // Another relay may create it at the same moment: the first one wins.
     Statement insert(impl.db,

@@ -8,7 +8,7 @@
 
 #include "outbox/error.hpp"
 #include "outbox/schema.hpp"
-#include "sqlite.hpp"
+#include "sqlite/sqlite.hpp"
 
 namespace outbox::detail {
 namespace {
@@ -127,7 +127,7 @@ CREATE TABLE outbox_relay_status(
 static_assert(std::size(migrations) == static_cast<std::size_t>(schema_version));
 
 bool has_table(sqlite3* db, const char* name) {
-  Statement statement(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1");
+  sqlite::Statement statement(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1");
   auto use = statement.use();
   use.bind_text(1, name);
   return use.step();
@@ -170,19 +170,20 @@ const char* migration_sql(int version) {
 
 int read_schema_version(sqlite3* db, const std::string& path_for_errors) {
   if (!has_table(db, "outbox_meta")) return 0;
-  Statement statement(db,
-                      "SELECT typeof(value), value FROM outbox_meta WHERE key = 'schema_version'");
+  sqlite::Statement statement(
+      db, "SELECT typeof(value), value FROM outbox_meta WHERE key = 'schema_version'");
   auto use = statement.use();
   if (!use.step()) return 0;
   // Only an INTEGER is a version: SQLite would read '2abc' as 2 and 2.5 as 2.
   auto type = use.column_text(0);
   auto version = use.column_int64(1);
   if (type != "integer" || version < 1 || version > std::numeric_limits<int>::max()) {
-    throw Error("database '" + path_for_errors + "' has outbox_meta schema_version " +
-                (type == "text" ? "'" + use.column_text(1) + "'" : use.column_text(1)) + " (" +
-                type +
-                "), not a positive integer; this is not an outbox written by this "
-                "toolkit, or it was damaged");
+    throw Error(ErrorKind::database,
+                "database '" + path_for_errors + "' has outbox_meta schema_version " +
+                    (type == "text" ? "'" + use.column_text(1) + "'" : use.column_text(1)) + " (" +
+                    type +
+                    "), not a positive integer; this is not an outbox written by this "
+                    "toolkit, or it was damaged");
   }
   return static_cast<int>(version);
 }
@@ -196,39 +197,45 @@ void ensure_schema(sqlite3* db, const std::string& path, SchemaMode mode) {
   int version = read_schema_version(db, path);
   if (version == schema_version) return;
   if (version > schema_version) {
-    throw Error("database '" + path + "' has outbox schema version " + std::to_string(version) +
-                ", newer than this library supports (" + std::to_string(schema_version) +
-                "); upgrade the outbox library");
+    throw Error(ErrorKind::database,
+                "database '" + path + "' has outbox schema version " + std::to_string(version) +
+                    ", newer than this library supports (" + std::to_string(schema_version) +
+                    "); upgrade the outbox library");
   }
   if (version == 0 && mode == SchemaMode::require_existing) {
-    throw Error("database '" + path +
-                "' has no outbox schema (table outbox_meta is missing); a producer creates it "
-                "with outbox::Outbox::open");
+    throw Error(ErrorKind::database,
+                "database '" + path +
+                    "' has no outbox schema (table outbox_meta is missing); a producer creates it "
+                    "with outbox::Outbox::open");
   }
-  ScopedTransaction transaction(db, true);
+  sqlite::Transaction transaction(db, true);
   version = read_schema_version(db, path);  // another process may have migrated meanwhile
   if (version > schema_version) {
-    throw Error("database '" + path + "' has outbox schema version " + std::to_string(version) +
-                ", newer than this library supports (" + std::to_string(schema_version) + ")");
+    throw Error(ErrorKind::database,
+                "database '" + path + "' has outbox schema version " + std::to_string(version) +
+                    ", newer than this library supports (" + std::to_string(schema_version) + ")");
   }
   if (version == 0 && has_table(db, "outbox_messages")) {
-    throw Error("database '" + path +
-                "' has a table outbox_messages but no outbox_meta; refusing to guess its version");
+    throw Error(
+        ErrorKind::database,
+        "database '" + path +
+            "' has a table outbox_messages but no outbox_meta; refusing to guess its version");
   }
   for (int step = version + 1; step <= schema_version; ++step) {
     try {
-      exec(db, migrations[step - 1]);
+      sqlite::exec(db, migrations[step - 1]);
     } catch (const Error& error) {
       // A step may relax checks while it copies rows; never leave them off.
       sqlite3_exec(db, "PRAGMA ignore_check_constraints = OFF", nullptr, nullptr, nullptr);
-      throw Error("migrating '" + path + "' to outbox schema version " + std::to_string(step) +
+      throw Error(ErrorKind::database,
+                  "migrating '" + path + "' to outbox schema version " + std::to_string(step) +
                       ": " + error.what(),
                   error.extended_code());
     }
   }
-  Statement record(db,
-                   "INSERT INTO outbox_meta(key, value) VALUES ('schema_version', ?1) "
-                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+  sqlite::Statement record(db,
+                           "INSERT INTO outbox_meta(key, value) VALUES ('schema_version', ?1) "
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value");
   {
     auto use = record.use();
     use.bind(1, schema_version).run();
@@ -239,10 +246,10 @@ void ensure_schema(sqlite3* db, const std::string& path, SchemaMode mode) {
 void repair_relay_state(sqlite3* db) {
   // A database whose tables were created by another program may lack the
   // rows only the relay needs; nothing of the producer's side depends on them.
-  if (query_int64(db, "SELECT count(*) FROM outbox_relay_cursor WHERE id = 1") != 0) return;
-  exec(db,
-       "INSERT INTO outbox_relay_cursor(id, settled_through_seq, delivered_total) "
-       "VALUES (1, 0, 0) ON CONFLICT(id) DO NOTHING");
+  if (sqlite::query_int64(db, "SELECT count(*) FROM outbox_relay_cursor WHERE id = 1") != 0) return;
+  sqlite::exec(db,
+               "INSERT INTO outbox_relay_cursor(id, settled_through_seq, delivered_total) "
+               "VALUES (1, 0, 0) ON CONFLICT(id) DO NOTHING");
 }
 
 }  // namespace outbox::detail

@@ -56,14 +56,14 @@ WorkerLease::WorkerLease(sqlite3* db, const std::string& path, Clock clock,
     const mode_t mode = ::stat(path.c_str(), &database) == 0 ? (database.st_mode & 0666) : 0644;
     lock_fd_ = ::open(lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, mode);
     if (lock_fd_ < 0) {
-      throw Error("outbox: cannot open the worker id lock file '" + lock_path_ +
-                  "': " + std::strerror(errno));
+      throw Error(ErrorKind::io, "outbox: cannot open the worker id lock file '" + lock_path_ +
+                                     "': " + std::strerror(errno));
     }
   }
   holder_ = make_holder_name(lock_fd_ >= 0);
-  renew_ = Statement(db_,
-                     "UPDATE outbox_workers SET expires_at_ms = ?1, reserved_until_ms = ?2 "
-                     "WHERE worker_id = ?3 AND holder = ?4");
+  renew_ = sqlite::Statement(db_,
+                             "UPDATE outbox_workers SET expires_at_ms = ?1, reserved_until_ms = ?2 "
+                             "WHERE worker_id = ?3 AND holder = ?4");
 }
 
 WorkerLease::~WorkerLease() noexcept {
@@ -82,8 +82,8 @@ bool WorkerLease::try_lock(std::uint32_t id) {
   range.l_len = 1;
   if (::fcntl(lock_fd_, F_OFD_SETLK, &range) == 0) return true;
   if (errno == EAGAIN || errno == EACCES) return false;
-  throw Error("outbox: locking worker id " + std::to_string(id) + " in '" + lock_path_ +
-              "': " + std::strerror(errno));
+  throw Error(ErrorKind::io, "outbox: locking worker id " + std::to_string(id) + " in '" +
+                                 lock_path_ + "': " + std::strerror(errno));
 }
 
 void WorkerLease::unlock(std::uint32_t id) {
@@ -102,9 +102,9 @@ WorkerLease::Claim WorkerLease::claim() {
   const auto max_id = IdSource::max_worker_id();
   std::vector<std::optional<WorkerRow>> rows(max_id + std::size_t{1});
   {
-    Statement select(db_,
-                     "SELECT worker_id, holder, expires_at_ms, reserved_until_ms "
-                     "FROM outbox_workers WHERE worker_id BETWEEN 0 AND ?1");
+    sqlite::Statement select(db_,
+                             "SELECT worker_id, holder, expires_at_ms, reserved_until_ms "
+                             "FROM outbox_workers WHERE worker_id BETWEEN 0 AND ?1");
     auto use = select.use();
     use.bind(1, max_id);
     while (use.step()) {
@@ -157,11 +157,12 @@ WorkerLease::Claim WorkerLease::claim() {
 
   const std::int64_t reserved = std::max(chosen_mark, wall_ms) + reservation_step.count();
   const TimePoint expires = from_ms(now_ms) + lease_;
-  Statement write(db_,
-                  "INSERT INTO outbox_workers(worker_id, holder, expires_at_ms, reserved_until_ms) "
-                  "VALUES (?1, ?2, ?3, ?4) ON CONFLICT(worker_id) DO UPDATE SET "
-                  "holder = excluded.holder, expires_at_ms = excluded.expires_at_ms, "
-                  "reserved_until_ms = excluded.reserved_until_ms");
+  sqlite::Statement write(
+      db_,
+      "INSERT INTO outbox_workers(worker_id, holder, expires_at_ms, reserved_until_ms) "
+      "VALUES (?1, ?2, ?3, ?4) ON CONFLICT(worker_id) DO UPDATE SET "
+      "holder = excluded.holder, expires_at_ms = excluded.expires_at_ms, "
+      "reserved_until_ms = excluded.reserved_until_ms");
   {
     auto use = write.use();
     use.bind(1, *chosen).bind_text(2, holder_).bind(3, to_ms(expires)).bind(4, reserved).run();
@@ -227,9 +228,9 @@ void WorkerLease::release() noexcept {
     // milliseconds ahead keeps older libraries, which do not read the mark,
     // out of this holder's last millisecond.
     const std::int64_t mark = std::max(issued_below_ms_, last_id_ms_ + 1);
-    Statement release(db_,
-                      "UPDATE outbox_workers SET expires_at_ms = ?1, reserved_until_ms = "
-                      "min(reserved_until_ms, ?2) WHERE worker_id = ?3 AND holder = ?4");
+    sqlite::Statement release(db_,
+                              "UPDATE outbox_workers SET expires_at_ms = ?1, reserved_until_ms = "
+                              "min(reserved_until_ms, ?2) WHERE worker_id = ?3 AND holder = ?4");
     auto use = release.use();
     use.bind(1, to_ms(clock_()) + 2).bind(2, mark).bind(3, worker_).bind_text(4, holder_).run();
   } catch (const std::exception& error) {

@@ -29,7 +29,7 @@
 #include <string>
 
 #include "outbox/clock.hpp"
-#include "sqlite.hpp"
+#include "sqlite/sqlite.hpp"
 
 namespace spdlog {
 class logger;
@@ -91,7 +91,7 @@ class WorkerLease {
   std::chrono::milliseconds lease_;
   std::shared_ptr<spdlog::logger> logger_;
   std::string holder_;
-  Statement renew_;
+  sqlite::Statement renew_;
 
   std::uint32_t worker_ = 0;
   bool holding_ = false;

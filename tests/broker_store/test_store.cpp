@@ -341,7 +341,7 @@ TEST_CASE("opening something that is not a store fails with a clear error") {
     REQUIRE(sqlite3_exec(raw, "CREATE TABLE business(x)", nullptr, nullptr, nullptr) == SQLITE_OK);
     sqlite3_close(raw);
   }
-  CHECK_THROWS_AS(broker::Store(dir / "other.db"), broker::StoreError);
+  CHECK_THROWS_AS(broker::Store(dir / "other.db"), outbox::Error);
 
   {
     std::FILE* file = std::fopen((dir / "garbage.db").c_str(), "wb");
@@ -353,10 +353,10 @@ TEST_CASE("opening something that is not a store fails with a clear error") {
   try {
     broker::Store store(dir / "garbage.db");
     FAIL("opened a garbage file");
-  } catch (const broker::StoreError& error) {
+  } catch (const outbox::Error& error) {
     CHECK((error.extended_code() & 0xff) == SQLITE_NOTADB);
   }
-  CHECK_THROWS_AS(broker::Store(dir / "missing-dir" / "broker.db"), broker::StoreError);
+  CHECK_THROWS_AS(broker::Store(dir / "missing-dir" / "broker.db"), outbox::Error);
 }
 
 TEST_CASE("invalid options are refused") {
@@ -380,7 +380,7 @@ TEST_CASE("a second store on the same file is refused while the first is open") 
   try {
     broker::Store second(dir / "broker.db");
     FAIL("opened a store that is in use");
-  } catch (const broker::StoreError& error) {
+  } catch (const outbox::Error& error) {
     CHECK((error.extended_code() & 0xff) == SQLITE_BUSY);
     CHECK_THAT(error.what(), Catch::Matchers::Contains("in use by another broker"));
   }
@@ -433,7 +433,7 @@ TEST_CASE("a failed append applies nothing and the store stays usable") {
       auto last_before = store.last_offset("orders");
       try {
         append(store, batch);
-      } catch (const broker::StoreError& error) {
+      } catch (const outbox::Error& error) {
         CHECK((error.extended_code() & 0xff) == SQLITE_FULL);
         failed = true;
         failed_batch = batch;
@@ -547,7 +547,7 @@ TEST_CASE("a damaged message chunk is reported as corruption, not returned") {
   try {
     store.fetch("orders", 1, 10, 1 << 20);
     FAIL("fetched from a damaged chunk");
-  } catch (const broker::StoreError& error) {
+  } catch (const outbox::Error& error) {
     CHECK(error.extended_code() == SQLITE_CORRUPT);
   }
 }
@@ -712,7 +712,7 @@ TEST_CASE("a corrupt store is refused when it opens, naming the damage") {
   try {
     broker::Store store(path, normal_sync());
     FAIL("a corrupt store opened");
-  } catch (const broker::StoreError& error) {
+  } catch (const outbox::Error& error) {
     CHECK(error.extended_code() == SQLITE_CORRUPT);
     CHECK_THAT(error.what(), Catch::Contains("is corrupt (quick_check:"));
     CHECK_THAT(error.what(), Catch::Contains("docs/operations.md"));

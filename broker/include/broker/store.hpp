@@ -22,7 +22,7 @@
 // Offsets start at 1 in every topic and grow by one per stored message; 0 means
 // "none" (an empty topic's last offset, a group that never committed). A topic
 // holds up to 2^40 - 1 offsets and a store up to 2^23 - 1 topics; beyond that
-// append() throws StoreError (SQLITE_FULL).
+// append() throws outbox::Error (SQLITE_FULL).
 //
 // Durability. With SyncMode::full append() returns only after everything it
 // wrote is fsync'ed: an acknowledged message survives a power loss. With
@@ -36,7 +36,8 @@
 //
 // Errors. Expected outcomes (duplicate, conflict, rejected) are values.
 // Failures of the database (disk full, I/O error, corrupt file, locked by
-// another process) throw StoreError, which keeps SQLite's extended result code;
+// another process) throw outbox::Error of kind database (outbox/error.hpp),
+// which keeps SQLite's extended result code;
 // after a failed append() the store is unchanged and may be used again. Invalid
 // options throw std::invalid_argument.
 //
@@ -44,7 +45,7 @@
 // the const accessors, must come from one thread at a time (the daemon's loop
 // thread). One Store per database file: the file is locked while the Store is
 // open (an OFD lock on a byte SQLite never uses), and a second Store (in any
-// process) fails to open with StoreError (SQLITE_BUSY); other SQLite
+// process) fails to open with outbox::Error (SQLITE_BUSY); other SQLite
 // connections may read the file meanwhile. Each Store owns one background
 // thread with a second connection of its own: it copies the WAL back into the
 // database (checkpoints, asked for by the writer every 64 MiB of WAL, so that
@@ -65,6 +66,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "outbox/error.hpp"
 
 namespace spdlog {
 class logger;
@@ -95,10 +98,10 @@ struct StoreOptions {
   // this need not hold the whole index; random ids (UUID v4) touch all of it.
   std::size_t cache_bytes = std::size_t{256} * 1024 * 1024;
   // Upper bound on the database file size; zero means no limit. A write that
-  // would grow the file beyond it fails with StoreError (SQLITE_FULL).
+  // would grow the file beyond it fails with outbox::Error (SQLITE_FULL).
   std::uint64_t max_database_bytes = 0;
   // Run PRAGMA quick_check when opening: it reads the whole file once (about
-  // a second per few GiB), and a corrupt file fails to open with StoreError
+  // a second per few GiB), and a corrupt file fails to open with outbox::Error
   // (SQLITE_CORRUPT) naming the first problem. Switch off for huge stores
   // whose open time matters more.
   bool integrity_check = true;
@@ -211,20 +214,9 @@ struct MaintenanceResult {
   bool more = false;  // true when another call right away would find more to delete
 };
 
-// A database error; extended_code() is SQLite's extended result code.
-class StoreError : public std::runtime_error {
- public:
-  StoreError(const std::string& message, int extended_code)
-      : std::runtime_error(message), extended_code_(extended_code) {}
-  int extended_code() const noexcept { return extended_code_; }
-
- private:
-  int extended_code_;
-};
-
 class Store {
  public:
-  // Opens (creating if needed) the store at `path`. Throws StoreError when the
+  // Opens (creating if needed) the store at `path`. Throws outbox::Error when the
   // file cannot be opened or is not a store, std::invalid_argument for bad options.
   explicit Store(const std::filesystem::path& path, StoreOptions options = {});
   ~Store() noexcept;
@@ -236,7 +228,7 @@ class Store {
   // Applies a batch in order in one durable transaction and returns one outcome
   // per message, in the same order. A msg_id appearing twice in the batch is
   // stored once; the later copy is a DUPLICATE (or CONFLICT) of the first.
-  // Throws StoreError if the transaction fails; then nothing was applied.
+  // Throws outbox::Error if the transaction fails; then nothing was applied.
   std::vector<AppendOutcome> append(std::span<const IncomingMessage> batch);
   // Same, writing into `outcomes` (resized to batch.size()) to reuse its memory.
   void append(std::span<const IncomingMessage> batch, std::vector<AppendOutcome>& outcomes);
@@ -276,7 +268,7 @@ class Store {
   // on return, and returns the highest epoch known afterwards: a result above
   // `epoch` means the caller's lease is stale. Throws std::invalid_argument
   // for an origin that is not 1 to 255 bytes of printable ASCII without
-  // spaces (like a msg_id) or an epoch above 2^63 - 1, StoreError if the
+  // spaces (like a msg_id) or an epoch above 2^63 - 1, outbox::Error if the
   // write fails.
   std::uint64_t advance_origin_epoch(std::string_view origin, std::uint64_t epoch);
 

@@ -1,6 +1,12 @@
-// Private RAII layer over the SQLite C API: owned connections, prepared
-// statements that reset themselves after each use, and result checking that
-// turns every failure into outbox::Error with the extended result code.
+// The toolkit's one layer over the SQLite C API, internal to this tree (the
+// outbox library, the broker store, tests and benchmarks use it; it is not
+// part of the installed API): owned connections, statements prepared once and
+// reset after each use, transactions that roll back unless committed, and
+// result checking that turns every failure into outbox::Error of kind
+// database carrying SQLite's extended result code.
+//
+// Thread safety: as SQLite's own with SQLITE_OPEN_NOMUTEX: a connection and
+// its statements are used by one thread at a time.
 #pragma once
 
 #include <sqlite3.h>
@@ -15,7 +21,7 @@
 
 #include "outbox/error.hpp"
 
-namespace outbox::detail {
+namespace sqlite {
 
 struct ConnectionCloser {
   void operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
@@ -27,11 +33,16 @@ struct StatementFinalizer {
 };
 using StatementPtr = std::unique_ptr<sqlite3_stmt, StatementFinalizer>;
 
-// Throws outbox::Error "<context>: <sqlite message>" unless rc is one of the
-// success codes.
-[[noreturn]] void throw_sqlite(sqlite3* db, int rc, std::string_view context);
+using outbox::Error;
+using outbox::ErrorKind;
+
+// Throws Error (kind database) "<context>: <sqlite message>" with the
+// connection's extended result code (`rc` itself when the connection's last
+// error is another one, or db is null).
+[[noreturn]] void throw_error(sqlite3* db, int rc, std::string_view context);
+// Throws as above unless rc is one of the success codes.
 inline void check(sqlite3* db, int rc, std::string_view context) {
-  if (rc != SQLITE_OK && rc != SQLITE_ROW && rc != SQLITE_DONE) throw_sqlite(db, rc, context);
+  if (rc != SQLITE_OK && rc != SQLITE_ROW && rc != SQLITE_DONE) throw_error(db, rc, context);
 }
 
 // Runs SQL without results (may hold several statements).
@@ -57,6 +68,9 @@ class Statement {
     Use& operator=(const Use&) = delete;
 
     Use& bind(int index, std::int64_t value);
+    // Bound text and blobs are not copied (SQLITE_STATIC): their memory must
+    // stay valid while this Use lives. An empty value binds '' or an empty
+    // blob, never NULL.
     Use& bind_text(int index, std::string_view value);
     Use& bind_blob(int index, std::string_view value);
     Use& bind_null(int index);
@@ -72,11 +86,15 @@ class Statement {
     std::string column_text(int index) const;
     std::string column_blob(int index) const;
     std::optional<std::string> column_optional_text(int index) const;
+    // Without a copy: valid until the next step() or the end of this Use.
+    std::string_view column_text_view(int index) const;
+    std::string_view column_blob_view(int index) const;
 
    private:
     Statement* statement_;
   };
 
+  // Throws Error when a deferred statement does not compile.
   Use use() {
     if (!stmt_) compile();
     return Use(*this);
@@ -91,8 +109,15 @@ class Statement {
   std::string sql_;
 };
 
-// Runs a single-value query, e.g. "PRAGMA data_version".
+// Runs a single-value query, e.g. "PRAGMA data_version"; throws when it
+// returns no row.
 std::int64_t query_int64(sqlite3* db, const char* sql);
+
+// Opens `path` with sqlite3_open_v2 and `flags` (SQLITE_OPEN_NOMUTEX and
+// SQLITE_OPEN_EXRESCODE added) with extended result codes on, and nothing
+// else: no busy handler, no pragma, no read. Throws Error "cannot open
+// <what> '<path>': <reason>" with SQLite's code.
+ConnectionPtr open_file(const std::string& path, int flags, std::string_view what = "database");
 
 struct OpenOptions {
   bool create_if_missing = true;
@@ -114,18 +139,36 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
 // (which detects "file is not a database" before anything is written).
 void verify_readable(sqlite3* db, const std::string& path_for_errors);
 
-// Transaction with rollback in the destructor, for the library's own writes.
-class ScopedTransaction {
+// BEGIN IMMEDIATE, COMMIT and ROLLBACK prepared once, for a connection that
+// runs many transactions (the broker's group commits, the inbox): a prepared
+// BEGIN/COMMIT is not parsed again each time.
+struct TransactionStatements {
+  TransactionStatements() = default;
+  explicit TransactionStatements(sqlite3* db);
+  Statement begin;
+  Statement commit;
+  Statement rollback;
+};
+
+// A write transaction: begins on construction, rolls back in the destructor
+// unless commit() succeeded (a failed rollback leaves nothing more to do:
+// SQLite rolls back itself when the connection closes or the next
+// transaction begins). Throws Error when BEGIN or COMMIT fails.
+class Transaction {
  public:
-  ScopedTransaction(sqlite3* db, bool immediate = true);
-  ~ScopedTransaction() noexcept;
-  ScopedTransaction(const ScopedTransaction&) = delete;
-  ScopedTransaction& operator=(const ScopedTransaction&) = delete;
+  // Runs BEGIN IMMEDIATE (BEGIN when `immediate` is false) through sqlite3_exec.
+  explicit Transaction(sqlite3* db, bool immediate = true);
+  // Runs the prepared statements; they must outlive the transaction.
+  Transaction(sqlite3* db, TransactionStatements& statements);
+  ~Transaction() noexcept;
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
   void commit();
 
  private:
   sqlite3* db_;
+  TransactionStatements* statements_ = nullptr;
   bool open_ = false;
 };
 
-}  // namespace outbox::detail
+}  // namespace sqlite

@@ -1,4 +1,4 @@
-#include "sqlite.hpp"
+#include "sqlite/sqlite.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -6,7 +6,7 @@
 #include <system_error>
 #include <thread>
 
-namespace outbox::detail {
+namespace sqlite {
 namespace {
 
 // SQLite's own busy handler (sqlite3_busy_timeout) sleeps 1, 2, 5, 10, ...
@@ -36,9 +36,11 @@ int short_sleep_busy_handler(void* timeout_ms, int attempt) {
 
 }  // namespace
 
-void throw_sqlite(sqlite3* db, int rc, std::string_view context) {
+void throw_error(sqlite3* db, int rc, std::string_view context) {
   int extended = rc;
   std::string message;
+  // The connection's last error may belong to an earlier call when `rc` did
+  // not come from it (e.g. SQLITE_MISUSE from a call that records nothing).
   if (db != nullptr) {
     extended = sqlite3_extended_errcode(db);
     if ((extended & 0xff) != (rc & 0xff)) extended = rc;
@@ -46,7 +48,7 @@ void throw_sqlite(sqlite3* db, int rc, std::string_view context) {
   } else {
     message = sqlite3_errstr(rc);
   }
-  throw Error(std::string(context) + ": " + message, extended);
+  throw Error(ErrorKind::database, std::string(context) + ": " + message, extended);
 }
 
 void exec(sqlite3* db, const char* sql) {
@@ -57,7 +59,7 @@ void exec(sqlite3* db, const char* sql) {
     sqlite3_free(error);
     int extended = sqlite3_extended_errcode(db);
     if ((extended & 0xff) != (rc & 0xff)) extended = rc;
-    throw Error(message, extended);
+    throw Error(ErrorKind::database, message, extended);
   }
 }
 
@@ -77,7 +79,7 @@ void Statement::compile() {
   int rc = sqlite3_prepare_v3(db_, sql_.data(), static_cast<int>(sql_.size()),
                               SQLITE_PREPARE_PERSISTENT, &raw, nullptr);
   stmt_.reset(raw);
-  if (rc != SQLITE_OK) throw_sqlite(db_, rc, "preparing statement");
+  if (rc != SQLITE_OK) throw_error(db_, rc, "preparing statement");
 }
 
 Statement::Use::~Use() noexcept {
@@ -92,18 +94,25 @@ Statement::Use& Statement::Use::bind(int index, std::int64_t value) {
   return *this;
 }
 
+namespace {
+// SQLite binds NULL for a null pointer: an empty value must still be '' or an
+// empty blob, so it gets a non-null one.
+const char* non_null(std::string_view value) {
+  static const char empty = 0;
+  return value.data() != nullptr ? value.data() : &empty;
+}
+}  // namespace
+
 Statement::Use& Statement::Use::bind_text(int index, std::string_view value) {
   check(statement_->db_,
-        sqlite3_bind_text64(statement_->stmt_.get(), index, value.data(), value.size(),
+        sqlite3_bind_text64(statement_->stmt_.get(), index, non_null(value), value.size(),
                             SQLITE_STATIC, SQLITE_UTF8),
         "binding");
   return *this;
 }
 
 Statement::Use& Statement::Use::bind_blob(int index, std::string_view value) {
-  // A zero-length blob must still be a blob, not NULL: pass a non-null pointer.
-  static const char empty = 0;
-  const char* data = value.empty() ? &empty : value.data();
+  const char* data = non_null(value);
   check(statement_->db_,
         sqlite3_bind_blob64(statement_->stmt_.get(), index, data, value.size(), SQLITE_STATIC),
         "binding");
@@ -124,7 +133,7 @@ bool Statement::Use::step() {
   int rc = sqlite3_step(statement_->stmt_.get());
   if (rc == SQLITE_ROW) return true;
   if (rc == SQLITE_DONE) return false;
-  throw_sqlite(statement_->db_, rc, "executing statement");
+  throw_error(statement_->db_, rc, "executing statement");
 }
 
 void Statement::Use::run() {
@@ -159,20 +168,49 @@ std::optional<std::string> Statement::Use::column_optional_text(int index) const
   return column_text(index);
 }
 
+std::string_view Statement::Use::column_text_view(int index) const {
+  const auto* data =
+      reinterpret_cast<const char*>(sqlite3_column_text(statement_->stmt_.get(), index));
+  auto size = static_cast<std::size_t>(sqlite3_column_bytes(statement_->stmt_.get(), index));
+  return data != nullptr ? std::string_view(data, size) : std::string_view();
+}
+
+std::string_view Statement::Use::column_blob_view(int index) const {
+  const auto* data = static_cast<const char*>(sqlite3_column_blob(statement_->stmt_.get(), index));
+  auto size = static_cast<std::size_t>(sqlite3_column_bytes(statement_->stmt_.get(), index));
+  return data != nullptr ? std::string_view(data, size) : std::string_view();
+}
+
 std::int64_t query_int64(sqlite3* db, const char* sql) {
   Statement statement(db, sql);
   auto use = statement.use();
-  if (!use.step()) throw Error(std::string("no result from: ") + sql);
+  if (!use.step()) throw Error(ErrorKind::database, std::string("no result from: ") + sql);
   return use.column_int64(0);
+}
+
+ConnectionPtr open_file(const std::string& path, int flags, std::string_view what) {
+  sqlite3* raw = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &raw, flags | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+                           nullptr);
+  ConnectionPtr db(raw);
+  if (rc != SQLITE_OK) {
+    throw Error(ErrorKind::database,
+                "cannot open " + std::string(what) + " '" + path +
+                    "': " + (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)),
+                raw != nullptr ? sqlite3_extended_errcode(raw) : rc);
+  }
+  check(raw, sqlite3_extended_result_codes(raw, 1), "enabling extended result codes");
+  return db;
 }
 
 ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptions& options) {
   const std::string name = path.string();
-  if (name.empty()) throw Error("database path is empty");
+  if (name.empty()) throw Error(ErrorKind::database, "database path is empty");
   std::error_code ec;
   auto parent = path.parent_path();
   if (!parent.empty() && !std::filesystem::is_directory(parent, ec)) {
     throw Error(
+        ErrorKind::database,
         "cannot open database '" + name + "': directory '" + parent.string() + "' does not exist",
         SQLITE_CANTOPEN);
   }
@@ -183,22 +221,14 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
   if (!exists && !options.create_if_missing) {
     throw Error("cannot open database '" + name + "': file does not exist", SQLITE_CANTOPEN);
   }
-  int flags = SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE;
+  int flags = 0;
   if (options.read_only) {
     flags |= SQLITE_OPEN_READONLY;
   } else {
     flags |= SQLITE_OPEN_READWRITE;
     if (options.create_if_missing) flags |= SQLITE_OPEN_CREATE;
   }
-  sqlite3* raw = nullptr;
-  int rc = sqlite3_open_v2(name.c_str(), &raw, flags, nullptr);
-  ConnectionPtr db(raw);
-  if (rc != SQLITE_OK) {
-    throw Error("cannot open database '" + name +
-                    "': " + (raw != nullptr ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)),
-                rc);
-  }
-  check(db.get(), sqlite3_extended_result_codes(db.get(), 1), "enabling extended result codes");
+  ConnectionPtr db = open_file(name, flags);
   // Before the first access: another process may hold a lock right now (a
   // producer creating the schema, switching to WAL), and reads must wait for it.
   check(db.get(),
@@ -231,7 +261,8 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
       std::this_thread::sleep_for(
           std::chrono::microseconds(std::min(2000, 50 << std::min(attempt, 6))));
     }
-    if (mode != "wal") throw Error("cannot switch database '" + name + "' to WAL journal mode");
+    if (mode != "wal")
+      throw Error(ErrorKind::database, "cannot switch database '" + name + "' to WAL journal mode");
   }
   exec(db.get(),
        options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
@@ -256,22 +287,42 @@ void verify_readable(sqlite3* db, const std::string& path_for_errors) {
   throw Error("cannot read database '" + path_for_errors + "': " + sqlite3_errmsg(db), extended);
 }
 
-ScopedTransaction::ScopedTransaction(sqlite3* db, bool immediate) : db_(db) {
+TransactionStatements::TransactionStatements(sqlite3* db)
+    : begin(db, "BEGIN IMMEDIATE"), commit(db, "COMMIT"), rollback(db, "ROLLBACK") {}
+
+Transaction::Transaction(sqlite3* db, bool immediate) : db_(db) {
   exec(db_, immediate ? "BEGIN IMMEDIATE" : "BEGIN");
   open_ = true;
 }
 
-ScopedTransaction::~ScopedTransaction() noexcept {
-  if (open_ && sqlite3_get_autocommit(db_) == 0) {
-    // A failed rollback leaves nothing more to do: SQLite rolls back itself
-    // when the connection closes or the next transaction begins.
+Transaction::Transaction(sqlite3* db, TransactionStatements& statements)
+    : db_(db), statements_(&statements) {
+  statements_->begin.use().run();
+  open_ = true;
+}
+
+Transaction::~Transaction() noexcept {
+  if (!open_ || sqlite3_get_autocommit(db_) != 0) return;
+  // A failed COMMIT may already have rolled back; a failed rollback leaves
+  // nothing more to do: SQLite rolls back itself when the connection closes
+  // or the next transaction begins.
+  if (statements_ == nullptr) {
     sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    return;
+  }
+  try {
+    statements_->rollback.use().run();
+  } catch (const Error&) {
   }
 }
 
-void ScopedTransaction::commit() {
-  exec(db_, "COMMIT");
+void Transaction::commit() {
+  if (statements_ != nullptr) {
+    statements_->commit.use().run();
+  } else {
+    exec(db_, "COMMIT");
+  }
   open_ = false;
 }
 
-}  // namespace outbox::detail
+}  // namespace sqlite
