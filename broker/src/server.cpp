@@ -25,6 +25,7 @@
 #include "broker/metrics.hpp"
 #include "broker/store.hpp"
 #include "metrics/log_fields.hpp"
+#include "outbox/error.hpp"
 #include "wire/zmq_io.hpp"
 
 namespace broker {
@@ -50,16 +51,17 @@ std::string trim(std::string text) {
 
 std::vector<std::string> key_lines(const std::filesystem::path& path) {
   std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot read key file " + path.string());
+  if (!in) throw outbox::Error(outbox::ErrorKind::io, "cannot read key file " + path.string());
   std::vector<std::string> keys;
   std::string line;
   while (std::getline(in, line)) {
     line = trim(line);
     if (line.empty() || line[0] == '#') continue;
     if (line.size() != 40) {
-      throw std::runtime_error("key file " + path.string() +
-                               ": expected 40-character Z85 keys, got a line of " +
-                               std::to_string(line.size()) + " characters");
+      throw outbox::Error(outbox::ErrorKind::io,
+                          "key file " + path.string() +
+                              ": expected 40-character Z85 keys, got a line of " +
+                              std::to_string(line.size()) + " characters");
     }
     keys.push_back(line);
   }
@@ -70,7 +72,7 @@ std::string z85_to_binary(const std::string& z85, const char* what) {
   std::string binary(32, '\0');
   if (z85.size() != 40 ||
       zmq_z85_decode(reinterpret_cast<std::uint8_t*>(binary.data()), z85.c_str()) == nullptr) {
-    throw std::runtime_error(std::string(what) + " is not a valid Z85 CURVE key");
+    throw outbox::Error(outbox::ErrorKind::io, std::string(what) + " is not a valid Z85 CURVE key");
   }
   return binary;
 }
@@ -100,8 +102,8 @@ class ConnectionWatcher {
     std::string address = "inproc://outbox-broker-monitor-" + std::to_string(next_id++);
     if (zmq_socket_monitor(socket.handle(), address.c_str(),
                            ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
-      throw std::runtime_error(std::string("cannot monitor the broker socket: ") +
-                               zmq_strerror(zmq_errno()));
+      throw outbox::Error(outbox::ErrorKind::io, std::string("cannot monitor the broker socket: ") +
+                                                     zmq_strerror(zmq_errno()));
     }
     zmq::socket_t pair(context, zmq::socket_type::pair);
     pair.set(zmq::sockopt::linger, 0);
@@ -171,7 +173,7 @@ void release_reply_body(void* /*data*/, void* hint) noexcept {
 class WakeFd {
  public:
   WakeFd() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {
-    if (fd_ < 0) throw std::runtime_error("cannot create an eventfd");
+    if (fd_ < 0) throw outbox::Error(outbox::ErrorKind::io, "cannot create an eventfd");
   }
   ~WakeFd() noexcept { ::close(fd_); }
   WakeFd(const WakeFd&) = delete;
@@ -190,7 +192,8 @@ class WakeFd {
 
 std::string read_curve_key_file(const std::filesystem::path& path) {
   auto keys = key_lines(path);
-  if (keys.empty()) throw std::runtime_error("key file " + path.string() + " holds no key");
+  if (keys.empty())
+    throw outbox::Error(outbox::ErrorKind::io, "key file " + path.string() + " holds no key");
   z85_to_binary(keys.front(), ("key in " + path.string()).c_str());
   return keys.front();
 }
@@ -292,7 +295,8 @@ struct Server::Impl {
     try {
       router.bind(options.bind_endpoint);
     } catch (const zmq::error_t& error) {
-      throw std::runtime_error("cannot bind " + options.bind_endpoint + ": " + error.what());
+      throw outbox::Error(outbox::ErrorKind::io,
+                          "cannot bind " + options.bind_endpoint + ": " + error.what());
     }
     endpoint = router.get(zmq::sockopt::last_endpoint);
     if (options.metrics) connection_watcher.start(context, router, options.metrics->connections);
@@ -301,7 +305,8 @@ struct Server::Impl {
   }
 
   void setup_curve(const CurveServerConfig& curve) {
-    if (!zmq_has("curve")) throw std::runtime_error("this libzmq was built without CURVE");
+    if (!zmq_has("curve"))
+      throw outbox::Error(outbox::ErrorKind::io, "this libzmq was built without CURVE");
     auto secret = z85_to_binary(curve.secret_key, "the CURVE secret key");
     for (const auto& key : curve.allowed_client_keys) {
       allowed_clients.push_back(z85_to_binary(key, "an allowed client key"));
@@ -322,7 +327,7 @@ struct Server::Impl {
     {
       std::ofstream out(temporary, std::ios::trunc);
       out << endpoint << '\n';
-      if (!out) throw std::runtime_error("cannot write " + temporary.string());
+      if (!out) throw outbox::Error(outbox::ErrorKind::io, "cannot write " + temporary.string());
     }
     std::filesystem::rename(temporary, options.endpoint_file);
   }

@@ -19,13 +19,6 @@ namespace {
 
 constexpr std::size_t max_msg_id_bytes = 255;  // the wire limit, also a CHECK constraint
 
-// Connections with an Outbox, for the free function enqueue(sqlite3*, ...).
-std::mutex registry_mutex;
-std::unordered_map<sqlite3*, Outbox::Impl*>& registry() {
-  static std::unordered_map<sqlite3*, Outbox::Impl*> connections;
-  return connections;
-}
-
 // The message's headers with its trace context added as the `traceparent`
 // and `tracestate` headers, after checking it (Message::traceparent).
 Headers with_trace_context(const Message& message) {
@@ -55,6 +48,13 @@ Headers with_trace_context(const Message& message) {
 }  // namespace
 
 struct Outbox::Impl {
+  // Connections with an Outbox, for the free function enqueue(sqlite3*, ...).
+  static inline std::mutex registry_mutex;
+  static std::unordered_map<sqlite3*, Impl*>& registry() {
+    static std::unordered_map<sqlite3*, Impl*> connections;
+    return connections;
+  }
+
   sqlite::ConnectionPtr owned;
   sqlite3* db = nullptr;
   std::string path;
@@ -297,9 +297,9 @@ std::uint32_t Outbox::worker_id() const {
 EnqueueResult enqueue(sqlite3* db, const Message& message) {
   Outbox::Impl* impl = nullptr;
   {
-    std::lock_guard lock(registry_mutex);
-    auto found = registry().find(db);
-    if (found != registry().end()) impl = found->second;
+    std::lock_guard lock(Outbox::Impl::registry_mutex);
+    auto found = Outbox::Impl::registry().find(db);
+    if (found != Outbox::Impl::registry().end()) impl = found->second;
   }
   if (impl == nullptr) {
     throw Error(

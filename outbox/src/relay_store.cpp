@@ -100,19 +100,16 @@ class BackgroundCheckpointer {
 
 }  // namespace
 
-std::chrono::milliseconds BackoffPolicy::delay(int attempt, std::mt19937_64& random) const {
-  if (attempt < 1) attempt = 1;
-  double base = static_cast<double>(initial.count()) * std::pow(multiplier, attempt - 1);
-  base = std::min(base, static_cast<double>(max.count()));
-  std::uniform_real_distribution<double> jitter(base / 2, base);
-  return std::chrono::milliseconds(static_cast<std::int64_t>(jitter(random)));
-}
-
 const char* to_string(Outcome::Kind kind) {
   return kind == Outcome::Kind::delivered ? "delivered" : "dead";
 }
 
 struct RelayStore::Impl {
+  // Backlog figures (defined below, next to backlog()).
+  void read_unsettled(std::int64_t settled, Backlog& backlog);
+  std::int64_t pending_by_seq(std::int64_t settled);
+  std::int64_t pending_by_count(std::int64_t settled);
+
   sqlite::ConnectionPtr connection;
   sqlite3* db = nullptr;
   std::string path;
@@ -131,7 +128,6 @@ struct RelayStore::Impl {
   Statement select_blockers;
   Statement mark;
   Statement mark_delivered_run;
-  Statement retry;
   Statement first_unsettled;
   Statement max_seq;
   Statement data_version;
@@ -261,15 +257,6 @@ struct RelayStore::Impl {
                 "ON CONFLICT(seq) DO UPDATE SET state = excluded.state, "
                 "broker_offset = excluded.broker_offset, updated_at_ms = excluded.updated_at_ms "
                 "WHERE outbox_delivery.state = {retry}"));
-    retry = Statement::deferred(
-        db, detail::with_states(
-                "INSERT INTO outbox_delivery(seq, state, attempts, next_attempt_ms, last_error, "
-                "updated_at_ms) "
-                "SELECT ?1, {retry}, 1, ?2, ?3, ?4 "
-                "WHERE EXISTS (SELECT 1 FROM outbox_messages WHERE seq = ?1) "
-                "ON CONFLICT(seq) DO UPDATE SET attempts = attempts + 1, "
-                "next_attempt_ms = excluded.next_attempt_ms, last_error = excluded.last_error, "
-                "updated_at_ms = excluded.updated_at_ms WHERE outbox_delivery.state = {retry}"));
     first_unsettled = Statement::deferred(
         db, detail::with_states("SELECT m.seq FROM outbox_messages m "
                                 "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
@@ -667,27 +654,12 @@ void RelayStore::record_outcomes(std::span<const Outcome> outcomes, const Lease&
   impl.maybe_checkpoint(false);
 }
 
-void RelayStore::schedule_retry(std::span<const std::int64_t> seqs, const std::string& error,
-                                TimePoint not_before, const Lease& lease) {
-  if (seqs.empty()) return;
-  auto& impl = *impl_;
-  sqlite::Transaction transaction(impl.db, true);
-  impl.fence(lease);
-  const auto now_ms = to_ms(impl.now());
-  for (auto seq : seqs) {
-    auto use = impl.retry.use();
-    use.bind(1, seq).bind(2, to_ms(not_before)).bind_text(3, error).bind(4, now_ms).run();
-  }
-  transaction.commit();
-}
-
-namespace {
-
 // Retrying and dead counts come from the unsettled-state index; the oldest
 // pending message is the first unsettled one past the cursor. Both cost index
 // lookups, never a pass over the backlog or the delivered rows kept for
 // retention.
-void read_unsettled(RelayStore::Impl& impl, std::int64_t settled, Backlog& backlog) {
+void RelayStore::Impl::read_unsettled(std::int64_t settled, Backlog& backlog) {
+  Impl& impl = *this;
   {
     auto first = impl.first_unsettled.use();
     first.bind(1, settled);
@@ -722,7 +694,8 @@ void read_unsettled(RelayStore::Impl& impl, std::int64_t settled, Backlog& backl
 // too. Measured with bench_outbox_relay_side (2 cores, load average 10):
 // 18 us with 100,000 messages pending, where counting them (stats()) took
 // 163 ms.
-std::int64_t pending_by_seq(RelayStore::Impl& impl, std::int64_t settled) {
+std::int64_t RelayStore::Impl::pending_by_seq(std::int64_t settled) {
+  Impl& impl = *this;
   Statement settled_past(
       impl.db, detail::with_states(
                    "SELECT count(*) FROM outbox_delivery WHERE seq > ?1 AND state <> {retry}"));
@@ -733,7 +706,8 @@ std::int64_t pending_by_seq(RelayStore::Impl& impl, std::int64_t settled) {
 }
 
 // The exact pending count: one pass over the messages past the cursor.
-std::int64_t pending_by_count(RelayStore::Impl& impl, std::int64_t settled) {
+std::int64_t RelayStore::Impl::pending_by_count(std::int64_t settled) {
+  Impl& impl = *this;
   Statement pending(
       impl.db, detail::with_states("SELECT count(*) FROM outbox_messages m "
                                    "LEFT JOIN outbox_delivery d ON d.seq = m.seq "
@@ -744,15 +718,13 @@ std::int64_t pending_by_count(RelayStore::Impl& impl, std::int64_t settled) {
   return use.column_int64(0);
 }
 
-}  // namespace
-
 Backlog RelayStore::backlog() {
   auto& impl = *impl_;
   Backlog backlog;
   sqlite::Transaction transaction(impl.db, false);
   const auto settled = impl.cursor().first;
-  backlog.pending = pending_by_seq(impl, settled);
-  read_unsettled(impl, settled, backlog);
+  backlog.pending = impl.pending_by_seq(settled);
+  impl.read_unsettled(settled, backlog);
   transaction.commit();
   return backlog;
 }
@@ -766,8 +738,8 @@ Stats RelayStore::stats() {
   stats.delivered_total = total;
   stats.last_seq = impl.last_seq();
   Backlog backlog;
-  backlog.pending = pending_by_count(impl, settled);
-  read_unsettled(impl, settled, backlog);
+  backlog.pending = impl.pending_by_count(settled);
+  impl.read_unsettled(settled, backlog);
   stats.pending = backlog.pending;
   stats.retrying = backlog.retrying;
   stats.dead = backlog.dead;

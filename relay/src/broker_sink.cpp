@@ -9,6 +9,7 @@
 #include <zmq.h>
 
 #include "broker/client.hpp"
+#include "outbox/error.hpp"
 #include "wire/zmq_io.hpp"
 
 namespace relay {
@@ -20,11 +21,13 @@ broker::ClientOptions client_options(const BrokerSinkOptions& options) {
   if (options.curve) {
     char public_key[41] = {};
     if (options.curve->server_public_key.size() != 40) {
-      throw std::runtime_error("the broker's CURVE public key must be 40 Z85 characters");
+      throw outbox::Error(outbox::ErrorKind::io,
+                          "the broker's CURVE public key must be 40 Z85 characters");
     }
     if (options.curve->client_secret_key.size() != 40 ||
         zmq_curve_public(public_key, options.curve->client_secret_key.c_str()) != 0) {
-      throw std::runtime_error("the relay's CURVE secret key is not a valid 40-character Z85 key");
+      throw outbox::Error(outbox::ErrorKind::io,
+                          "the relay's CURVE secret key is not a valid 40-character Z85 key");
     }
     client.curve = broker::CurveClientConfig{options.curve->server_public_key, public_key,
                                              options.curve->client_secret_key};
@@ -171,7 +174,8 @@ BrokerSink::BrokerSink(BrokerSinkOptions options) {
   try {
     impl_ = std::make_unique<Impl>(std::move(options));
   } catch (const zmq::error_t& error) {
-    throw std::runtime_error("cannot use broker endpoint: " + std::string(error.what()));
+    throw outbox::Error(outbox::ErrorKind::io,
+                        "cannot use broker endpoint: " + std::string(error.what()));
   }
 }
 
@@ -585,7 +589,8 @@ SharedBrokerConnection::SharedBrokerConnection(BrokerSinkOptions options) {
   try {
     impl_ = std::make_shared<Impl>(std::move(options));
   } catch (const zmq::error_t& error) {
-    throw std::runtime_error("cannot use broker endpoint: " + std::string(error.what()));
+    throw outbox::Error(outbox::ErrorKind::io,
+                        "cannot use broker endpoint: " + std::string(error.what()));
   }
 }
 

@@ -16,8 +16,9 @@ DatabaseOpener::DatabaseOpener(std::size_t threads, outbox::RelayOptions options
     : options_(std::move(options)) {
   event_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (event_fd_ < 0) {
-    throw std::runtime_error(std::string("cannot create an eventfd for the database openers: ") +
-                             std::strerror(errno));
+    throw outbox::Error(
+        outbox::ErrorKind::io,
+        std::string("cannot create an eventfd for the database openers: ") + std::strerror(errno));
   }
   workers_.reserve(threads);
   for (std::size_t i = 0; i < threads; ++i) workers_.emplace_back([this] { work(); });

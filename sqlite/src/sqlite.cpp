@@ -141,6 +141,10 @@ void Statement::Use::run() {
   }
 }
 
+int Statement::Use::column_count() const {
+  return sqlite3_column_count(statement_->stmt_.get());
+}
+
 std::int64_t Statement::Use::column_int64(int index) const {
   return sqlite3_column_int64(statement_->stmt_.get(), index);
 }

@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "sqlite/sqlite.hpp"
 #include "test_support.hpp"
 
 namespace examples_test {
@@ -17,38 +18,23 @@ namespace examples_test {
 // One number from `sql` on `db`; `attach`, when given, is attached as "shipping".
 inline long query_number(const std::filesystem::path& db, const std::string& sql,
                          const std::filesystem::path& attach = {}) {
-  sqlite3* handle = nullptr;
-  REQUIRE(sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
-  sqlite3_busy_timeout(handle, 10000);
+  auto handle = sqlite::open_file(db.string(), SQLITE_OPEN_READWRITE);
+  sqlite3_busy_timeout(handle.get(), 10000);
   if (!attach.empty()) {
-    const std::string attach_sql = "ATTACH '" + attach.string() + "' AS shipping";
-    REQUIRE(sqlite3_exec(handle, attach_sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite::exec(handle.get(), ("ATTACH '" + attach.string() + "' AS shipping").c_str());
   }
-  sqlite3_stmt* statement = nullptr;
-  long value = -1;
-  if (sqlite3_prepare_v2(handle, sql.c_str(), -1, &statement, nullptr) == SQLITE_OK &&
-      sqlite3_step(statement) == SQLITE_ROW) {
-    value = static_cast<long>(sqlite3_column_int64(statement, 0));
-  }
-  const std::string error = sqlite3_errmsg(handle);
-  sqlite3_finalize(statement);
-  sqlite3_close(handle);
-  INFO(sql << ": " << error);
+  sqlite::Statement statement(handle.get(), sql);
+  auto use = statement.use();
+  long value = use.step() ? static_cast<long>(use.column_int64(0)) : -1;
+  INFO(sql);
   REQUIRE(value >= 0);
   return value;
 }
 
 inline void exec_sql(const std::filesystem::path& db, const std::string& sql) {
-  sqlite3* handle = nullptr;
-  REQUIRE(sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
-  sqlite3_busy_timeout(handle, 10000);
-  char* error = nullptr;
-  const int rc = sqlite3_exec(handle, sql.c_str(), nullptr, nullptr, &error);
-  const std::string text = error != nullptr ? error : "";
-  sqlite3_free(error);
-  sqlite3_close(handle);
-  INFO(text);
-  REQUIRE(rc == SQLITE_OK);
+  auto handle = sqlite::open_file(db.string(), SQLITE_OPEN_READWRITE);
+  sqlite3_busy_timeout(handle.get(), 10000);
+  sqlite::exec(handle.get(), sql.c_str());
 }
 
 // The number `name` of the first line of `output` that is a JSON object with

@@ -80,6 +80,7 @@
 #include "broker_topic.hpp"
 #include "cli/args.hpp"
 #include "outbox/relay_store.hpp"
+#include "sqlite/sqlite.hpp"
 #include "test_support.hpp"
 
 #include <fcntl.h>
@@ -452,46 +453,39 @@ class SmallDisk {
 class Database {
  public:
   explicit Database(const fs::path& path) {
-    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
-      std::string message = db_ ? sqlite3_errmsg(db_) : "out of memory";
-      sqlite3_close(db_);
-      throw HarnessError("cannot open " + path.string() + ": " + message);
+    try {
+      db_ = sqlite::open_file(path.string(), SQLITE_OPEN_READONLY);
+    } catch (const outbox::Error& error) {
+      throw HarnessError(error.what());
     }
-    sqlite3_busy_timeout(db_, 10000);
+    sqlite3_busy_timeout(db_.get(), 10000);
   }
-  ~Database() { sqlite3_close(db_); }
   // One read transaction around several queries, so they see one snapshot.
   void begin() { rows("BEGIN"); }
   bool has_table(const std::string& name) {
     return !rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '" + name + "'")
                 .empty();
   }
-  Database(const Database&) = delete;
-  Database& operator=(const Database&) = delete;
 
   // Every row as text columns.
   std::vector<std::vector<std::string>> rows(const std::string& sql) {
-    sqlite3_stmt* statement = nullptr;
-    if (sqlite3_prepare_v2(db_, sql.c_str(), -1, &statement, nullptr) != SQLITE_OK) {
-      throw HarnessError(std::string("query failed: ") + sqlite3_errmsg(db_) + ": " + sql);
-    }
-    std::vector<std::vector<std::string>> result;
-    int rc;
-    while ((rc = sqlite3_step(statement)) == SQLITE_ROW) {
-      std::vector<std::string> row;
-      for (int i = 0; i < sqlite3_column_count(statement); ++i) {
-        auto text = sqlite3_column_text(statement, i);
-        row.emplace_back(text ? reinterpret_cast<const char*>(text) : "");
+    try {
+      sqlite::Statement statement(db_.get(), sql);
+      auto use = statement.use();
+      std::vector<std::vector<std::string>> result;
+      while (use.step()) {
+        std::vector<std::string> row;
+        for (int i = 0; i < use.column_count(); ++i) row.push_back(use.column_text(i));
+        result.push_back(std::move(row));
       }
-      result.push_back(std::move(row));
+      return result;
+    } catch (const outbox::Error& error) {
+      throw HarnessError(std::string("query failed: ") + error.what() + ": " + sql);
     }
-    sqlite3_finalize(statement);
-    if (rc != SQLITE_DONE) throw HarnessError(std::string("query failed: ") + sqlite3_errmsg(db_));
-    return result;
   }
 
  private:
-  sqlite3* db_ = nullptr;
+  sqlite::ConnectionPtr db_;
 };
 
 struct BrokerCopy {
@@ -2018,24 +2012,17 @@ class Run {
   }
 
   void strip_padding(const fs::path& app_db, const std::string& msg_id) {
-    sqlite3* db = nullptr;
-    int rc = sqlite3_open_v2(app_db.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr);
-    std::unique_ptr<sqlite3, int (*)(sqlite3*)> guard(db, sqlite3_close);
-    if (rc != SQLITE_OK) throw HarnessError("cannot open " + app_db.string() + " to repair it");
-    sqlite3_busy_timeout(db, 10000);
-    sqlite3_stmt* update = nullptr;
-    rc =
-        sqlite3_prepare_v2(db,
-                           "UPDATE outbox_messages SET payload = substr(payload, 1, "
-                           "length(payload) - 20001) WHERE msg_id = ?1 AND length(payload) > 20001",
-                           -1, &update, nullptr);
-    if (rc == SQLITE_OK) {
-      sqlite3_bind_text(update, 1, msg_id.c_str(), -1, SQLITE_TRANSIENT);
-      rc = sqlite3_step(update) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(db);
-    }
-    sqlite3_finalize(update);
-    if (rc != SQLITE_OK) {
-      throw HarnessError("repairing " + msg_id + " failed: " + sqlite3_errmsg(db));
+    try {
+      auto db = sqlite::open_file(app_db.string(), SQLITE_OPEN_READWRITE);
+      sqlite3_busy_timeout(db.get(), 10000);
+      sqlite::Statement update(
+          db.get(),
+          "UPDATE outbox_messages SET payload = substr(payload, 1, length(payload) - 20001) "
+          "WHERE msg_id = ?1 AND length(payload) > 20001");
+      update.use().bind_text(1, msg_id).run();
+    } catch (const outbox::Error& error) {
+      throw HarnessError("repairing " + msg_id + " in " + app_db.string() +
+                         " failed: " + error.what());
     }
   }
 

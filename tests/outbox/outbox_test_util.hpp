@@ -8,56 +8,37 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <stdexcept>
 #include <string>
 
 #include "outbox/clock.hpp"
+#include "sqlite/sqlite.hpp"
 
 namespace outbox_test {
 
 inline void exec(sqlite3* db, const std::string& sql) {
-  char* error = nullptr;
-  if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
-    std::string message = error != nullptr ? error : "?";
-    sqlite3_free(error);
-    throw std::runtime_error(sql + ": " + message);
-  }
+  sqlite::exec(db, sql.c_str());
 }
 
+// The first column of the first row, -1 when there is no row.
 inline std::int64_t query_int(sqlite3* db, const std::string& sql) {
-  sqlite3_stmt* stmt = nullptr;
-  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr) != SQLITE_OK) {
-    throw std::runtime_error(sql + ": " + sqlite3_errmsg(db));
-  }
-  std::int64_t value = -1;
-  int rc = sqlite3_step(stmt);
-  if (rc == SQLITE_ROW) value = sqlite3_column_int64(stmt, 0);
-  sqlite3_finalize(stmt);
-  if (rc != SQLITE_ROW && rc != SQLITE_DONE) throw std::runtime_error(sql + ": step failed");
-  return value;
+  sqlite::Statement statement(db, sql);
+  auto use = statement.use();
+  return use.step() ? use.column_int64(0) : -1;
 }
 
 // A separate plain connection, for looking at a database from outside.
 class RawDb {
  public:
-  explicit RawDb(const std::string& path) {
-    if (sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
-      std::string message = db_ != nullptr ? sqlite3_errmsg(db_) : "open failed";
-      sqlite3_close_v2(db_);
-      throw std::runtime_error(message);
-    }
-    sqlite3_busy_timeout(db_, 5000);
+  explicit RawDb(const std::string& path) : db_(sqlite::open_file(path, SQLITE_OPEN_READWRITE)) {
+    sqlite3_busy_timeout(db_.get(), 5000);
   }
-  ~RawDb() { sqlite3_close_v2(db_); }
-  RawDb(const RawDb&) = delete;
-  RawDb& operator=(const RawDb&) = delete;
-  sqlite3* get() const { return db_; }
+  sqlite3* get() const { return db_.get(); }
   std::int64_t count(const std::string& table) {
-    return query_int(db_, "SELECT count(*) FROM " + table);
+    return query_int(db_.get(), "SELECT count(*) FROM " + table);
   }
 
  private:
-  sqlite3* db_ = nullptr;
+  sqlite::ConnectionPtr db_;
 };
 
 // A clock tests move by hand.

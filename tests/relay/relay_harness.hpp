@@ -22,6 +22,7 @@
 #include "broker_process.hpp"
 #include "broker_topic.hpp"
 #include "outbox/outbox.hpp"
+#include "sqlite/sqlite.hpp"
 #include "test_support.hpp"
 
 namespace relay_test {
@@ -358,33 +359,18 @@ class OrderWriter {
 // relay kept its lease throughout (a lease that lapsed and was claimed again
 // has a new epoch).
 inline std::string lease_holder_and_epoch(const std::filesystem::path& db) {
-  sqlite3* handle = nullptr;
-  REQUIRE(sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
-  sqlite3_busy_timeout(handle, 10000);
-  sqlite3_stmt* statement = nullptr;
-  std::string row;
-  if (sqlite3_prepare_v2(handle, "SELECT holder, epoch FROM outbox_lease", -1, &statement,
-                         nullptr) == SQLITE_OK &&
-      sqlite3_step(statement) == SQLITE_ROW) {
-    row = reinterpret_cast<const char*>(sqlite3_column_text(statement, 0)) + std::string(" ") +
-          std::to_string(sqlite3_column_int64(statement, 1));
-  }
-  sqlite3_finalize(statement);
-  sqlite3_close(handle);
-  return row;
+  auto handle = sqlite::open_file(db.string(), SQLITE_OPEN_READONLY);
+  sqlite3_busy_timeout(handle.get(), 10000);
+  sqlite::Statement statement(handle.get(), "SELECT holder, epoch FROM outbox_lease");
+  auto use = statement.use();
+  if (!use.step()) return {};
+  return use.column_text(0) + " " + std::to_string(use.column_int64(1));
 }
 
 inline void exec_sql(const std::filesystem::path& db, const std::string& sql) {
-  sqlite3* handle = nullptr;
-  REQUIRE(sqlite3_open(db.c_str(), &handle) == SQLITE_OK);
-  sqlite3_busy_timeout(handle, 10000);
-  char* error = nullptr;
-  int rc = sqlite3_exec(handle, sql.c_str(), nullptr, nullptr, &error);
-  std::string text = error != nullptr ? error : "";
-  sqlite3_free(error);
-  sqlite3_close(handle);
-  INFO(text);
-  REQUIRE(rc == SQLITE_OK);
+  auto handle = sqlite::open_file(db.string(), SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  sqlite3_busy_timeout(handle.get(), 10000);
+  sqlite::exec(handle.get(), sql.c_str());
 }
 
 inline std::uint64_t broker_counter(const std::string& endpoint, const std::string& name) {

@@ -16,27 +16,19 @@ struct DeadRow {
 
 // Dead messages, read with the SQL the schema documents (docs/schema.md).
 std::vector<DeadRow> dead_rows(const std::filesystem::path& db) {
-  sqlite3* handle = nullptr;
-  REQUIRE(sqlite3_open_v2(db.c_str(), &handle, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK);
-  sqlite3_busy_timeout(handle, 10000);
-  sqlite3_stmt* select = nullptr;
-  REQUIRE(sqlite3_prepare_v2(handle,
-                             "SELECT m.msg_id, m.payload FROM outbox_delivery d "
-                             "JOIN outbox_messages m ON m.seq = d.seq WHERE d.state = 2 "
-                             "ORDER BY d.seq",
-                             -1, &select, nullptr) == SQLITE_OK);
+  auto handle = sqlite::open_file(db.string(), SQLITE_OPEN_READONLY);
+  sqlite3_busy_timeout(handle.get(), 10000);
+  sqlite::Statement select(handle.get(),
+                           "SELECT m.msg_id, m.payload FROM outbox_delivery d "
+                           "JOIN outbox_messages m ON m.seq = d.seq WHERE d.state = 2 "
+                           "ORDER BY d.seq");
+  auto use = select.use();
   std::vector<DeadRow> rows;
-  int rc = SQLITE_ROW;
-  while ((rc = sqlite3_step(select)) == SQLITE_ROW) {
-    std::string payload(static_cast<const char*>(sqlite3_column_blob(select, 1)),
-                        static_cast<std::size_t>(sqlite3_column_bytes(select, 1)));
+  while (use.step()) {
+    std::string payload = use.column_blob(1);
     auto second_colon = payload.find(':', payload.find(':') + 1);
-    rows.push_back({reinterpret_cast<const char*>(sqlite3_column_text(select, 0)),
-                    payload.substr(0, second_colon)});
+    rows.push_back({use.column_text(0), payload.substr(0, second_colon)});
   }
-  sqlite3_finalize(select);
-  sqlite3_close(handle);
-  REQUIRE(rc == SQLITE_DONE);
   return rows;
 }
 

@@ -68,9 +68,11 @@ struct CurveServerConfig {
 };
 
 // Reads a key file: the first line that is 40 Z85 characters (blank lines and
-// lines starting with '#' are skipped). Throws std::runtime_error naming the file.
+// lines starting with '#' are skipped). Throws outbox::Error of kind io naming
+// the file when it cannot be read or holds no valid key.
 std::string read_curve_key_file(const std::filesystem::path& path);
-// One Z85 public key per line ('#' comments and blank lines skipped).
+// One Z85 public key per line ('#' comments and blank lines skipped). Throws
+// as read_curve_key_file.
 std::vector<std::string> read_allowed_clients_file(const std::filesystem::path& path);
 
 struct ServerOptions {
@@ -155,8 +157,9 @@ struct ServerCounters {
 
 class Server {
  public:
-  // Binds the socket (and the ZAP handler for CURVE). Throws std::runtime_error
-  // with a clear message when the endpoint cannot be bound or a key is invalid.
+  // Binds the socket (and the ZAP handler for CURVE). Throws outbox::Error of
+  // kind io with a clear message when the endpoint cannot be bound or a key is
+  // invalid.
   Server(Store& store, ServerOptions options);
   ~Server() noexcept;
   Server(const Server&) = delete;

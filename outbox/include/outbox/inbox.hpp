@@ -181,9 +181,8 @@ class Inbox {
   // transaction, at most `max_batches` batches. Returns how many were removed.
   std::size_t expire(std::size_t batch_size = 500, std::size_t max_batches = SIZE_MAX);
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit Inbox(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_{};
 };

@@ -137,10 +137,10 @@ class Outbox {
   // The snowflake worker id in use (leased or configured).
   std::uint32_t worker_id() const;
 
-  struct Impl;
-
  private:
+  struct Impl;
   friend class Transaction;
+  friend EnqueueResult enqueue(sqlite3* db, const Message& message);
   explicit Outbox(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_{};
 };

@@ -123,7 +123,7 @@ struct PendingMessage {
   Headers headers{};
   std::string payload{};
   TimePoint created_at{};
-  int attempts = 0;  // earlier attempts recorded with schedule_retry()
+  int attempts = 0;  // earlier attempts of a retry row (docs/schema.md, state 0)
   // Non-empty when the row breaks the SQL contract's format so that it cannot
   // be read as a message (a malformed headers blob): why, in one line. Such a
   // message can never be sent; `headers` is then empty.
@@ -194,16 +194,6 @@ struct RelayStatus {
   TimePoint updated_at{};
 };
 
-// Exponential backoff with full jitter, for transient failures.
-struct BackoffPolicy {
-  std::chrono::milliseconds initial{100};
-  std::chrono::milliseconds max{30000};
-  double multiplier = 2.0;
-  // Delay before attempt number `attempt` (1 = first retry): a random value
-  // in [base/2, base] where base = min(max, initial * multiplier^(attempt-1)).
-  std::chrono::milliseconds delay(int attempt, std::mt19937_64& random) const;
-};
-
 class RelayStore {
  public:
   // Opens an existing outbox database (migrating an older schema forward).
@@ -257,11 +247,6 @@ class RelayStore {
   // `lease` no longer holds the lease, throws LeaseLost and writes nothing.
   // Outcomes for messages already settled or no longer present are ignored.
   void record_outcomes(std::span<const Outcome> outcomes, const Lease& lease);
-  // Keeps messages pending but not before `not_before`, counting an attempt
-  // and remembering `error`. Transient failures only: they never make a
-  // message dead. Fenced like record_outcomes().
-  void schedule_retry(std::span<const std::int64_t> seqs, const std::string& error,
-                      TimePoint not_before, const Lease& lease);
 
   // --- Inspection and operator actions (not fenced) -----------------------
   // replay and drop add one to the delivery generation, so that a running
@@ -329,9 +314,8 @@ class RelayStore {
   sqlite3* db() const;
   const std::string& path() const;
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit RelayStore(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_{};
 };

@@ -13,8 +13,8 @@
 //   relay::BrokerSink sink({.endpoint = "tcp://127.0.0.1:7750"});
 //
 // Ownership: owns its ZeroMQ contexts and sockets. Thread safety: one thread.
-// Errors: the constructor throws std::runtime_error for a malformed endpoint
-// or unusable CURVE keys; everything the broker or the network does later is
+// Errors: the constructor throws outbox::Error of kind io for a malformed
+// endpoint or unusable CURVE keys; everything the broker or the network does later is
 // reported as values through the Sink interface.
 #pragma once
 
@@ -24,6 +24,7 @@
 #include <optional>
 #include <string>
 
+#include "outbox/error.hpp"
 #include "relay/sink.hpp"
 
 namespace relay {

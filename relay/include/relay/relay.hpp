@@ -72,6 +72,7 @@
 #include <string>
 
 #include "outbox/relay_store.hpp"
+#include "relay/backoff.hpp"
 #include "relay/sink.hpp"
 
 namespace spdlog {
@@ -109,7 +110,7 @@ struct RelayConfig {
   bool first_window_one_batch = false;
   std::chrono::milliseconds ack_timeout{10'000};
   std::chrono::milliseconds connect_timeout{2'000};
-  outbox::BackoffPolicy backoff{};
+  BackoffPolicy backoff{};
   std::chrono::milliseconds lease_ttl{10'000};
   std::chrono::milliseconds retention{std::chrono::hours(24)};
   std::chrono::milliseconds retention_interval{10'000};

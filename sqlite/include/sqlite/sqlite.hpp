@@ -81,6 +81,7 @@ class Statement {
     // Steps to completion, for statements without results.
     void run();
 
+    int column_count() const;
     std::int64_t column_int64(int index) const;
     bool column_is_null(int index) const;
     std::string column_text(int index) const;

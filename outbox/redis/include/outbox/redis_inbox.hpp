@@ -72,10 +72,11 @@ class logger;
 
 namespace outbox {
 
-// Redis could not be reached, did not answer in time, or answered with an error.
+// Redis could not be reached, did not answer in time, or answered with an
+// error. Kind io.
 class RedisError : public Error {
  public:
-  using Error::Error;
+  explicit RedisError(const std::string& message) : Error(ErrorKind::io, message) {}
 };
 
 struct RedisInboxOptions {
@@ -147,9 +148,8 @@ class RedisInbox {
 
   const RedisInboxOptions& options() const;
 
-  struct Impl;
-
  private:
+  struct Impl;
   explicit RedisInbox(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_{};
 };
