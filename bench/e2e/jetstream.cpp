@@ -11,7 +11,7 @@
 #include <thread>
 #include <unordered_map>
 
-#include "child_process.hpp"
+#include "bench_support.hpp"
 #include "progress.hpp"
 
 #if OUTBOX_BENCH_HAVE_NATS
@@ -144,10 +144,10 @@ class NatsServer {
     for (int attempt = 0; attempt < 5; ++attempt) {
       port_ = free_loopback_port();
       process_ = std::make_unique<ChildProcess>(
-          "nats-server", binary,
+          binary,
           std::vector<std::string>{"-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd",
                                    (dir / "jetstream").string()},
-          dir);
+          KeptLog{"nats-server", dir});
       url_ = "nats://127.0.0.1:" + std::to_string(port_);
       if (connect_when_ready()) return;
       process_.reset();
