@@ -1,12 +1,9 @@
 #include "readers.hpp"
 
-#include <unistd.h>
-
-#include <cstdlib>
 #include <set>
-#include <system_error>
 
 #include "broker_topic.hpp"
+#include "find_program.hpp"
 
 namespace faults {
 
@@ -45,24 +42,7 @@ std::vector<BrokerCopy> fetch_everything(const std::string& endpoint,
 
 #ifdef OUTBOX_RELAY_WITH_JETSTREAM
 std::string find_nats_server() {
-  if (const char* chosen = std::getenv("OUTBOX_NATS_SERVER"); chosen != nullptr) {
-    return ::access(chosen, X_OK) == 0 ? std::string(chosen) : std::string();
-  }
-  std::string entries = std::getenv("PATH") != nullptr ? std::getenv("PATH") : "";
-  entries += ":/usr/sbin:/usr/bin:/sbin:/usr/local/sbin:/usr/local/bin";
-  std::size_t start = 0;
-  while (start <= entries.size()) {
-    auto end = entries.find(':', start);
-    if (end == std::string::npos) end = entries.size();
-    auto candidate = fs::path(entries.substr(start, end - start)) / "nats-server";
-    std::error_code error;
-    if (!candidate.parent_path().empty() && fs::is_regular_file(candidate, error) &&
-        ::access(candidate.c_str(), X_OK) == 0) {
-      return candidate.string();
-    }
-    start = end + 1;
-  }
-  return {};
+  return test_support::find_program("nats-server", "OUTBOX_NATS_SERVER");
 }
 
 std::string nats_error(natsStatus status) {
