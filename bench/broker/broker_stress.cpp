@@ -33,9 +33,9 @@
 #include <CLI/CLI.hpp>
 #include <zmq.hpp>
 
+#include "bench_support.hpp"
 #include "broker/client.hpp"
 #include "broker/server.hpp"
-#include "child_process.hpp"
 #include "non_reading_peer.hpp"
 #include "wire/protocol.hpp"
 #include "wire/zmq_io.hpp"
@@ -70,11 +70,11 @@ class Daemon {
     auto endpoint_file = fs::path(settings.dir) / (name + ".endpoint");
     fs::remove(endpoint_file);
     process_ = std::make_unique<bench::ChildProcess>(
-        name, settings.broker,
+        settings.broker,
         std::vector<std::string>{"serve", "--db", db.string(), "--bind", "tcp://127.0.0.1:*",
                                  "--endpoint-file", endpoint_file.string(), "--sync", "normal",
                                  "--log-level", "warn"},
-        settings.dir);
+        bench::KeptLog{name, settings.dir});
     if (!bench::wait_until([&] { return fs::exists(endpoint_file) || !process_->running(); },
                            30s) ||
         !process_->running()) {

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <unordered_map>
 
-#include "child_process.hpp"
+#include "bench_support.hpp"
 #include "outbox_processes.hpp"
 #include "progress.hpp"
 
@@ -32,7 +32,8 @@ class CuttingProxy {
                                      "--seed",          std::to_string(settings.seed),
                                      "--cut-every",     settings.cut_every};
     if (!cutting) args.push_back("--faults-off");
-    process_ = std::make_unique<ChildProcess>(name, settings.proxy_binary.string(), args, dir);
+    process_ =
+        std::make_unique<ChildProcess>(settings.proxy_binary.string(), args, KeptLog{name, dir});
     endpoint_ = wait_for_endpoint_file(*process_, endpoint_file);
   }
 

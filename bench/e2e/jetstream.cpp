@@ -11,7 +11,8 @@
 #include <thread>
 #include <unordered_map>
 
-#include "child_process.hpp"
+#include "bench_support.hpp"
+#include "find_program.hpp"
 #include "progress.hpp"
 
 #if OUTBOX_BENCH_HAVE_NATS
@@ -26,21 +27,12 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
+// `program` itself when it names a path, else where PATH (or a system
+// directory not on every PATH) has it; unchanged when nowhere.
 std::string resolve_in_path(const std::string& program) {
   if (program.find('/') != std::string::npos) return program;
-  const char* path = std::getenv("PATH");
-  std::string entries = path ? path : "/usr/local/bin:/usr/bin:/bin";
-  entries += ":/usr/sbin:/sbin";
-  std::size_t start = 0;
-  while (start <= entries.size()) {
-    auto end = entries.find(':', start);
-    if (end == std::string::npos) end = entries.size();
-    auto candidate = fs::path(entries.substr(start, end - start)) / program;
-    std::error_code error;
-    if (!candidate.empty() && fs::is_regular_file(candidate, error)) return candidate.string();
-    start = end + 1;
-  }
-  return program;
+  auto found = test_support::find_program(program);
+  return found.empty() ? program : found;
 }
 
 }  // namespace
@@ -144,10 +136,10 @@ class NatsServer {
     for (int attempt = 0; attempt < 5; ++attempt) {
       port_ = free_loopback_port();
       process_ = std::make_unique<ChildProcess>(
-          "nats-server", binary,
+          binary,
           std::vector<std::string>{"-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd",
                                    (dir / "jetstream").string()},
-          dir);
+          KeptLog{"nats-server", dir});
       url_ = "nats://127.0.0.1:" + std::to_string(port_);
       if (connect_when_ready()) return;
       process_.reset();

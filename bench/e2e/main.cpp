@@ -34,7 +34,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include "child_process.hpp"
+#include "bench_support.hpp"
 #include "cli/process.hpp"
 #include "cuts.hpp"
 #include "dataset.hpp"

@@ -16,7 +16,7 @@
 #include <unordered_map>
 
 #include "broker/client.hpp"
-#include "child_process.hpp"
+#include "bench_support.hpp"
 #include "outbox/outbox.hpp"
 #include "outbox/relay_store.hpp"
 #include "outbox_processes.hpp"

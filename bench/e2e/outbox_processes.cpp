@@ -33,11 +33,11 @@ std::chrono::milliseconds pass_timeout(std::size_t messages) {
 BrokerProcess::BrokerProcess(const OutboxSettings& settings, const fs::path& dir) {
   auto endpoint_file = dir / "broker.endpoint";
   process_ = std::make_unique<ChildProcess>(
-      "outbox-broker", settings.broker_binary.string(),
+      settings.broker_binary.string(),
       std::vector<std::string>{"serve", "--db", (dir / "broker.db").string(), "--bind",
                                "tcp://127.0.0.1:*", "--endpoint-file", endpoint_file.string(),
                                "--sync", settings.sync, "--log-level", "info"},
-      dir);
+      KeptLog{"outbox-broker", dir});
   endpoint_ = wait_for_endpoint_file(*process_, endpoint_file);
 }
 
@@ -94,7 +94,8 @@ RelayProcess::RelayProcess(const OutboxSettings& settings, const fs::path& dir,
     args.insert(args.end(), {"--in-flight", std::to_string(settings.relay_in_flight)});
   }
   args.insert(args.end(), extra_args.begin(), extra_args.end());
-  process_ = std::make_unique<ChildProcess>(name, settings.relay_binary.string(), args, dir);
+  process_ =
+      std::make_unique<ChildProcess>(settings.relay_binary.string(), args, KeptLog{name, dir});
 }
 
 void RelayProcess::stop() {

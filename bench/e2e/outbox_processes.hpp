@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "broker/client.hpp"
-#include "child_process.hpp"
+#include "bench_support.hpp"
 #include "dataset.hpp"
 #include "outbox/outbox.hpp"
 #include "outbox_e2e.hpp"

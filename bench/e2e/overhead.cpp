@@ -6,7 +6,7 @@
 #include <fstream>
 #include <thread>
 
-#include "child_process.hpp"
+#include "bench_support.hpp"
 #include "outbox_processes.hpp"
 #include "progress.hpp"
 

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <fstream>
 #include <memory>
@@ -13,7 +15,8 @@
 #include <sstream>
 #include <thread>
 
-#include "cli/json.hpp"
+#include <nlohmann/json.hpp>
+
 #include "progress.hpp"
 
 namespace bench {
@@ -70,59 +73,48 @@ std::string latency_cell(const Percentiles& p) {
          fixed(p.max_ms, 1);
 }
 
-std::string number(double value) {
-  if (!std::isfinite(value)) return "null";
+// The results file's JSON: members in the order they are added.
+using Json = nlohmann::ordered_json;
+
+// Six significant digits, as the figures deserve; null when not finite.
+Json number(double value) {
+  if (!std::isfinite(value)) return nullptr;
   char buffer[64];
   std::snprintf(buffer, sizeof buffer, "%.6g", value);
-  return buffer;
+  return std::strtod(buffer, nullptr);
 }
 
-std::string rate_number(double value) {
-  return std::isfinite(value) ? std::to_string(std::llround(value)) : "null";
+// A rate in whole messages per second; null when not finite.
+Json rate_number(double value) {
+  if (!std::isfinite(value)) return nullptr;
+  return static_cast<std::int64_t>(std::llround(value));
 }
 
+// Adds members in order, each setter returning the object so calls chain.
 class JsonObject {
  public:
-  JsonObject& field(const std::string& name, const std::string& raw) {
-    out_ << (first_ ? "" : ",") << cli::json_escape(name) << ":" << raw;
-    first_ = false;
+  JsonObject& field(const std::string& name, Json value) {
+    object_[name] = std::move(value);
     return *this;
   }
-  JsonObject& text(const std::string& name, const std::string& value) {
-    return field(name, cli::json_escape(value));
-  }
+  JsonObject& text(const std::string& name, const std::string& value) { return field(name, value); }
   JsonObject& num(const std::string& name, double value) { return field(name, number(value)); }
   JsonObject& rate(const std::string& name, double value) {
     return field(name, rate_number(value));
   }
-  JsonObject& integer(const std::string& name, std::uint64_t value) {
-    return field(name, std::to_string(value));
-  }
-  JsonObject& boolean(const std::string& name, bool value) {
-    return field(name, value ? "true" : "false");
-  }
-  std::string str() const {
-    std::string text = "{";
-    text += out_.str();
-    text += '}';
-    return text;
-  }
+  JsonObject& integer(const std::string& name, std::uint64_t value) { return field(name, value); }
+  JsonObject& boolean(const std::string& name, bool value) { return field(name, value); }
+  const Json& json() const { return object_; }
 
  private:
-  std::ostringstream out_;
-  bool first_ = true;
+  Json object_ = Json::object();
 };
 
-std::string json_strings(const std::vector<std::string>& values) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    if (i > 0) out += ',';
-    out += cli::json_escape(values[i]);
-  }
-  return out + "]";
+Json json_strings(const std::vector<std::string>& values) {
+  return Json(values);
 }
 
-std::string latency_json(const Percentiles& p) {
+Json latency_json(const Percentiles& p) {
   return JsonObject()
       .integer("samples", p.samples)
       .num("p50_ms", p.p50_ms)
@@ -131,10 +123,10 @@ std::string latency_json(const Percentiles& p) {
       .num("p999_ms", p.p999_ms)
       .num("max_ms", p.max_ms)
       .num("mean_ms", p.mean_ms)
-      .str();
+      .json();
 }
 
-std::string outbox_round_json(const OutboxResult& r) {
+Json outbox_round_json(const OutboxResult& r) {
   return JsonObject()
       .integer("drain_messages", r.drain_messages)
       .num("drain_seconds", r.drain_seconds)
@@ -161,10 +153,10 @@ std::string outbox_round_json(const OutboxResult& r) {
       .integer("broker_duplicates", r.broker_duplicates)
       .integer("verified_messages", r.verified_messages)
       .field("problems", json_strings(r.problems))
-      .str();
+      .json();
 }
 
-std::string jetstream_round_json(const JetStreamResult& r) {
+Json jetstream_round_json(const JetStreamResult& r) {
   return JsonObject()
       .integer("messages", r.messages)
       .num("publish_seconds", r.publish_seconds)
@@ -178,7 +170,7 @@ std::string jetstream_round_json(const JetStreamResult& r) {
       .boolean("resend_all_duplicate", r.resend_all_duplicate)
       .integer("stream_messages", r.stream_messages)
       .field("problems", json_strings(r.problems))
-      .str();
+      .json();
 }
 
 template <typename Result>
@@ -291,14 +283,14 @@ Spread spread_of(const std::vector<Result>& results, Field field) {
   return spread;
 }
 
-std::string spread_json(const Spread& spread) {
+Json spread_json(const Spread& spread) {
   return JsonObject()
       .num("median", spread.median)
       .num("lower_quartile", spread.lower_quartile)
       .num("upper_quartile", spread.upper_quartile)
       .num("min", spread.low)
       .num("max", spread.high)
-      .str();
+      .json();
 }
 
 // The report so far, and what every failed check found.
@@ -340,7 +332,7 @@ std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
   return with_problems(out, summary);
 }
 
-std::string cuts_round_json(const CutsResult& r) {
+Json cuts_round_json(const CutsResult& r) {
   return JsonObject()
       .integer("messages", r.messages)
       .num("without_cuts_seconds", r.plain_seconds)
@@ -350,7 +342,7 @@ std::string cuts_round_json(const CutsResult& r) {
       .num("ratio", r.ratio)
       .integer("connections_cut", r.cuts)
       .field("problems", json_strings(r.problems))
-      .str();
+      .json();
 }
 
 std::string overhead_text_report(const RunInfo& info, const Summary& summary) {
@@ -405,7 +397,7 @@ std::string overhead_text_report(const RunInfo& info, const Summary& summary) {
   return with_problems(out, summary);
 }
 
-std::string overhead_round_json(const OverheadResult& r) {
+Json overhead_round_json(const OverheadResult& r) {
   return JsonObject()
       .integer("messages", r.messages)
       .num("without_metrics_seconds", r.off_seconds)
@@ -422,7 +414,7 @@ std::string overhead_round_json(const OverheadResult& r) {
       .num("other_threads_cpu_us_per_message_with_metrics", r.on_other_threads_us_per_message)
       .num("other_threads_added_cpu_us_per_message", r.other_threads_added_us_per_message)
       .field("problems", json_strings(r.problems))
-      .str();
+      .json();
 }
 
 std::string tenants_text_report(const RunInfo& info, const Summary& summary) {
@@ -483,7 +475,7 @@ std::string tenants_text_report(const RunInfo& info, const Summary& summary) {
   return with_problems(out, summary);
 }
 
-std::string tenants_drain_round_json(const TenantsDrainResult& r) {
+Json tenants_drain_round_json(const TenantsDrainResult& r) {
   return JsonObject()
       .integer("databases", r.databases)
       .integer("messages", r.messages)
@@ -495,14 +487,14 @@ std::string tenants_drain_round_json(const TenantsDrainResult& r) {
       .num("many_databases_relay_cpu_seconds", r.many_cpu_seconds)
       .num("ratio", r.ratio)
       .field("problems", json_strings(r.problems))
-      .str();
+      .json();
 }
 
 void tenants_json(JsonObject& object, const Summary& summary) {
   if (!summary.tenants_drain.empty()) {
-    std::string rounds = "[";
+    Json rounds = Json::array();
     for (std::size_t i = 0; i < summary.tenants_drain.size(); ++i) {
-      rounds += (i > 0 ? "," : "") + tenants_drain_round_json(summary.tenants_drain[i]);
+      rounds.push_back(tenants_drain_round_json(summary.tenants_drain[i]));
     }
     const auto& drain = summary.tenants_drain;
     object.field("drain",
@@ -512,8 +504,8 @@ void tenants_json(JsonObject& object, const Summary& summary) {
                      .field("many_databases_msgs_per_sec",
                             spread_json(spread_of(drain, &TenantsDrainResult::many_msgs_per_sec)))
                      .field("ratio", spread_json(spread_of(drain, &TenantsDrainResult::ratio)))
-                     .field("rounds", rounds + "]")
-                     .str());
+                     .field("rounds", rounds)
+                     .json());
   }
   if (const auto& latency = summary.tenants_latency) {
     object.field("latency",
@@ -525,7 +517,7 @@ void tenants_json(JsonObject& object, const Summary& summary) {
                      .field("commit_to_seen", latency_json(latency->latency))
                      .field("commit_to_stored_broker_clock", latency_json(latency->stored_latency))
                      .field("problems", json_strings(latency->problems))
-                     .str());
+                     .json());
   }
   if (const auto& idle = summary.tenants_idle) {
     object.field("idle", JsonObject()
@@ -537,7 +529,7 @@ void tenants_json(JsonObject& object, const Summary& summary) {
                              .integer("relay_descriptors", idle->descriptors)
                              .integer("relay_max_descriptors", idle->max_descriptors)
                              .field("problems", json_strings(idle->problems))
-                             .str());
+                             .json());
   }
   object.boolean("ok", summary.ok()).field("problems", json_strings(summary.problems));
 }
@@ -675,7 +667,7 @@ std::string text_report(const RunInfo& info, const Summary& summary) {
   return with_problems(out, summary);
 }
 
-std::string json_report(const RunInfo& info, const Summary& summary) {
+Json json_document(const RunInfo& info, const Summary& summary) {
   JsonObject object;
   object.text("benchmark", info.subcommand)
       .text("started_at", info.started_at)
@@ -688,7 +680,7 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
                             .num("memory_gib", info.machine.memory_gib)
                             .text("load_average_at_start", info.machine.load_average)
                             .text("load_average_at_end", info.load_average_at_end)
-                            .str())
+                            .json())
       .field("settings", JsonObject()
                              .integer("messages", info.messages)
                              .integer("payload_bytes", info.payload_bytes)
@@ -696,11 +688,11 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
                              .num("latency_rate_msgs_per_sec", info.rate)
                              .num("latency_seconds", info.latency_seconds)
                              .integer("rounds", static_cast<std::uint64_t>(info.rounds))
-                             .str());
+                             .json());
   if (!summary.cuts.empty()) {
-    std::string rounds = "[";
+    Json rounds = Json::array();
     for (std::size_t i = 0; i < summary.cuts.size(); ++i) {
-      rounds += (i > 0 ? "," : "") + cuts_round_json(summary.cuts[i]);
+      rounds.push_back(cuts_round_json(summary.cuts[i]));
     }
     return object.text("cut_every", info.cut_every)
         .field("without_cuts_msgs_per_sec",
@@ -711,17 +703,17 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
         .field("under_cuts_seconds", spread_json(spread_of(summary.cuts, &CutsResult::cut_seconds)))
         .boolean("ok", summary.ok())
         .field("problems", json_strings(summary.problems))
-        .field("rounds", rounds + "]")
-        .str();
+        .field("rounds", rounds)
+        .json();
   }
   if (info.subcommand == "tenants") {
     tenants_json(object, summary);
-    return object.str();
+    return object.json();
   }
   if (!summary.overhead.empty()) {
-    std::string rounds = "[";
+    Json rounds = Json::array();
     for (std::size_t i = 0; i < summary.overhead.size(); ++i) {
-      rounds += (i > 0 ? "," : "") + overhead_round_json(summary.overhead[i]);
+      rounds.push_back(overhead_round_json(summary.overhead[i]));
     }
     return object
         .field("without_metrics_msgs_per_sec",
@@ -742,8 +734,8 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
                                      &OverheadResult::other_threads_added_us_per_message)))
         .boolean("ok", summary.ok())
         .field("problems", json_strings(summary.problems))
-        .field("rounds", rounds + "]")
-        .str();
+        .field("rounds", rounds)
+        .json();
   }
   const bool have_outbox = !summary.outbox.empty();
   const bool have_js = !summary.jetstream.empty();
@@ -784,20 +776,23 @@ std::string json_report(const RunInfo& info, const Summary& summary) {
                      .boolean("drain_at_least_2x_jetstream", drain >= target_ratio * publish)
                      .boolean("latency_p50_at_most_1ms", latency.p50_ms <= target_p50_ms)
                      .boolean("latency_p99_at_most_5ms", latency.p99_ms <= target_p99_ms)
-                     .str());
+                     .json());
   }
   object.boolean("ok", summary.ok()).field("problems", json_strings(summary.problems));
-  std::string rounds = "[";
+  Json rounds = Json::array();
   for (std::size_t i = 0; i < std::max(summary.outbox.size(), summary.jetstream.size()); ++i) {
     JsonObject round;
     if (i < summary.outbox.size()) round.field("outbox", outbox_round_json(summary.outbox[i]));
     if (i < summary.jetstream.size())
       round.field("jetstream", jetstream_round_json(summary.jetstream[i]));
-    if (i > 0) rounds += ',';
-    rounds += round.str();
+    rounds.push_back(round.json());
   }
-  object.field("rounds", rounds + "]");
-  return object.str();
+  object.field("rounds", rounds);
+  return object.json();
+}
+
+std::string json_report(const RunInfo& info, const Summary& summary) {
+  return json_document(info, summary).dump();
 }
 
 std::filesystem::path write_results_file(const std::filesystem::path& dir, const RunInfo& info,

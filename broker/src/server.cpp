@@ -19,7 +19,6 @@
 #include <unordered_set>
 #include <utility>
 
-#include <spdlog/sinks/null_sink.h>
 #include <zmq.hpp>
 
 #include "broker/metrics.hpp"
@@ -36,11 +35,6 @@ using Clock = std::chrono::steady_clock;
 constexpr std::uint8_t kFirstProtocolVersion = 1;
 // Routing id, tag, command, body, and one more to tell "too many" apart.
 constexpr std::size_t kMaxReceivedFrames = 5;
-
-std::shared_ptr<spdlog::logger> null_logger() {
-  return std::make_shared<spdlog::logger>("broker",
-                                          std::make_shared<spdlog::sinks::null_sink_mt>());
-}
 
 std::string trim(std::string text) {
   auto not_space = [](unsigned char c) { return !std::isspace(c); };
@@ -272,7 +266,7 @@ struct Server::Impl {
   Impl(Store& store_ref, ServerOptions opts)
       : store(store_ref),
         options(std::move(opts)),
-        logger(options.logger ? options.logger : null_logger()),
+        logger(options.logger ? options.logger : metrics::null_logger("broker")),
         wake(),
         context(1),
         router(context, zmq::socket_type::router) {

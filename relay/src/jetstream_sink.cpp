@@ -11,7 +11,8 @@
 
 #include <nats/nats.h>
 #include <spdlog/logger.h>
-#include <spdlog/sinks/null_sink.h>
+
+#include "metrics/log_fields.hpp"
 
 namespace relay {
 namespace {
@@ -75,11 +76,6 @@ std::string describe_duration(std::chrono::nanoseconds duration) {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(duration).count();
   if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
   return std::to_string(ms) + "ms";
-}
-
-std::shared_ptr<spdlog::logger> null_logger() {
-  return std::make_shared<spdlog::logger>("jetstream",
-                                          std::make_shared<spdlog::sinks::null_sink_mt>());
 }
 
 // NATS headers go on the wire (and into the stream) as an HTTP-like block:
@@ -201,7 +197,8 @@ struct JetStreamSink::Impl {
   };
 
   explicit Impl(JetStreamSinkOptions options_in)
-      : options(std::move(options_in)), log(options.logger ? options.logger : null_logger()) {
+      : options(std::move(options_in)),
+        log(options.logger ? options.logger : metrics::null_logger("jetstream")) {
     if (options.url.empty()) throw std::invalid_argument("the NATS URL is empty");
     if (options.stream.empty()) throw std::invalid_argument("the JetStream stream name is empty");
     options.max_pending = std::max<std::size_t>(options.max_pending, 1);

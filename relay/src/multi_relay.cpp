@@ -21,7 +21,6 @@
 
 #include <spdlog/logger.h>
 #include <spdlog/sinks/base_sink.h>
-#include <spdlog/sinks/null_sink.h>
 #include <zmq.hpp>
 
 #include "database_opener.hpp"
@@ -222,9 +221,7 @@ struct MultiRelay::Impl {
 
   explicit Impl(MultiRelayConfig config_in)
       : config(std::move(config_in)),
-        log(config.relay.logger ? config.relay.logger
-                                : std::make_shared<spdlog::logger>(
-                                      "relay", std::make_shared<spdlog::sinks::null_sink_mt>())) {
+        log(config.relay.logger ? config.relay.logger : metrics::null_logger("relay")) {
     config.connections = std::max<std::size_t>(config.connections, 1);
     config.max_open_databases = std::max<std::size_t>(config.max_open_databases, 1);
     // Databases are closed and opened again all the time: closing must not

@@ -14,7 +14,6 @@
 #include <sqlite3.h>
 
 #include <spdlog/logger.h>
-#include <spdlog/sinks/null_sink.h>
 
 #include "metrics/log_fields.hpp"
 #include "relay/metrics.hpp"
@@ -26,10 +25,6 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 using std::chrono::duration_cast;
 using std::chrono::milliseconds;
-
-std::shared_ptr<spdlog::logger> null_logger() {
-  return std::make_shared<spdlog::logger>("relay", std::make_shared<spdlog::sinks::null_sink_mt>());
-}
 
 milliseconds until(SteadyClock::time_point deadline) {
   auto left = duration_cast<milliseconds>(deadline - SteadyClock::now());
@@ -123,7 +118,7 @@ struct Relay::Impl {
       : store(store_in),
         sink(sink_in),
         config(std::move(config_in)),
-        log(config.logger ? config.logger : null_logger()),
+        log(config.logger ? config.logger : metrics::null_logger("relay")),
         lease_holder(config.holder + ":" +
                      (config.instance_id.empty() ? random_instance_id() : config.instance_id)),
         metrics_registry(config.metrics ? nullptr : std::make_unique<metrics::Registry>()),

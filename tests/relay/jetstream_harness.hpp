@@ -18,6 +18,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "find_program.hpp"
 #include "test_support.hpp"
 
 namespace jetstream_test {
@@ -27,24 +28,7 @@ using namespace std::chrono_literals;
 // $OUTBOX_NATS_SERVER if set (empty when it is not an executable), else
 // nats-server on PATH or in /usr/sbin (where Debian installs it, not on every PATH).
 inline std::string nats_server_binary() {
-  if (const char* chosen = std::getenv("OUTBOX_NATS_SERVER"); chosen != nullptr) {
-    return ::access(chosen, X_OK) == 0 ? std::string(chosen) : std::string();
-  }
-  std::string entries = std::getenv("PATH") != nullptr ? std::getenv("PATH") : "/usr/bin:/bin";
-  entries += ":/usr/sbin:/sbin:/usr/local/sbin";
-  std::size_t start = 0;
-  while (start <= entries.size()) {
-    auto end = entries.find(':', start);
-    if (end == std::string::npos) end = entries.size();
-    auto candidate = std::filesystem::path(entries.substr(start, end - start)) / "nats-server";
-    std::error_code error;
-    if (!candidate.parent_path().empty() && std::filesystem::is_regular_file(candidate, error) &&
-        ::access(candidate.c_str(), X_OK) == 0) {
-      return candidate.string();
-    }
-    start = end + 1;
-  }
-  return {};
+  return test_support::find_program("nats-server", "OUTBOX_NATS_SERVER");
 }
 
 inline void check_nats(natsStatus status, const char* what) {

@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -37,6 +38,11 @@ TempDir::~TempDir() noexcept {
   fs::remove_all(path_, ignored);
 }
 
+std::string ExitStatus::describe() const {
+  if (exited) return "exit code " + std::to_string(code);
+  return std::string("signal ") + ::strsignal(signal);
+}
+
 namespace {
 
 ExitStatus decode_status(int raw) {
@@ -58,12 +64,28 @@ fs::path unique_log_path(const fs::path& dir, const std::string& stem, const cha
 }  // namespace
 
 ChildProcess::ChildProcess(const std::string& program, const std::vector<std::string>& args,
-                           const fs::path& log_dir, const std::vector<std::string>& extra_env) {
+                           const fs::path& log_dir, const std::vector<std::string>& extra_env)
+    : name_(fs::path(program).filename().string()) {
   fs::path dir = log_dir.empty() ? fs::temp_directory_path() : log_dir;
-  std::string stem = fs::path(program).filename().string();
-  stdout_path_ = unique_log_path(dir, stem, ".out");
-  stderr_path_ = unique_log_path(dir, stem, ".err");
+  stdout_path_ = unique_log_path(dir, name_, ".out");
+  stderr_path_ = unique_log_path(dir, name_, ".err");
+  start(program, args, extra_env);
+}
 
+ChildProcess::ChildProcess(const std::string& program, const std::vector<std::string>& args,
+                           const KeptLog& log)
+    : name_(log.name),
+      stdout_path_(log.dir / (log.name + ".log")),
+      stderr_path_(stdout_path_),
+      keep_logs_(true) {
+  start(program, args, {});
+}
+
+void ChildProcess::start(const std::string& program, const std::vector<std::string>& args,
+                         const std::vector<std::string>& extra_env) {
+  if (::access(program.c_str(), X_OK) != 0) {
+    throw std::runtime_error("cannot run " + program + ": " + std::strerror(errno));
+  }
   std::vector<std::string> argv_storage;
   argv_storage.push_back(program);
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
@@ -86,19 +108,29 @@ ChildProcess::ChildProcess(const std::string& program, const std::vector<std::st
   std::vector<char*> envp;
   for (auto& assignment : env_storage) envp.push_back(assignment.data());
   envp.push_back(nullptr);
+  const bool one_log = stdout_path_ == stderr_path_;
+  const pid_t parent = ::getpid();
 
   pid_ = ::fork();
   if (pid_ < 0) throw std::runtime_error("fork failed: " + std::string(std::strerror(errno)));
   if (pid_ == 0) {
-    int out = ::open(stdout_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int err = ::open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    int in = ::open("/dev/null", O_RDONLY);
-    if (out >= 0) ::dup2(out, 1);
-    if (err >= 0) ::dup2(err, 2);
-    if (in >= 0) ::dup2(in, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);  // the parent died before prctl
+    int out = ::open(stdout_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int err = one_log
+                  ? out
+                  : ::open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (out >= 0) ::dup2(out, STDOUT_FILENO);
+    if (err >= 0) ::dup2(err, STDERR_FILENO);
+    if (in >= 0) ::dup2(in, STDIN_FILENO);
+    // Default signal mask: a parent that blocks signals does not pass that on.
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::execve(program.c_str(), argv.data(), envp.data());
     const char message[] = "exec failed\n";
-    [[maybe_unused]] auto written = ::write(2, message, sizeof message - 1);
+    [[maybe_unused]] auto written = ::write(STDERR_FILENO, message, sizeof message - 1);
     ::_exit(127);
   }
 }
@@ -106,24 +138,33 @@ ChildProcess::ChildProcess(const std::string& program, const std::vector<std::st
 ChildProcess::~ChildProcess() noexcept {
   if (pid_ > 0 && !status_) {
     ::kill(pid_, SIGKILL);
-    int raw = 0;
-    while (::waitpid(pid_, &raw, 0) < 0 && errno == EINTR) {
-    }
+    reap(true);
   }
-  std::error_code ignored;
-  fs::remove(stdout_path_, ignored);
-  fs::remove(stderr_path_, ignored);
+  if (!keep_logs_) {
+    std::error_code ignored;
+    fs::remove(stdout_path_, ignored);
+    fs::remove(stderr_path_, ignored);
+  }
+}
+
+std::optional<ExitStatus> ChildProcess::reap(bool block) {
+  if (status_) return status_;
+  int raw = 0;
+  pid_t result;
+  do {
+    result = ::waitpid(pid_, &raw, block ? 0 : WNOHANG);
+  } while (result < 0 && errno == EINTR);
+  if (result == 0) return std::nullopt;
+  if (result < 0) {
+    status_ = ExitStatus{true, -1, 0};  // already reaped elsewhere: gone
+  } else {
+    status_ = decode_status(raw);
+  }
+  return status_;
 }
 
 bool ChildProcess::running() {
-  if (status_) return false;
-  int raw = 0;
-  pid_t result = ::waitpid(pid_, &raw, WNOHANG);
-  if (result == pid_) {
-    status_ = decode_status(raw);
-    return false;
-  }
-  return true;
+  return !reap(false).has_value();
 }
 
 void ChildProcess::signal(int sig) {
@@ -135,11 +176,24 @@ std::optional<ExitStatus> ChildProcess::wait_for(std::chrono::milliseconds timeo
   return status_;
 }
 
+ExitStatus ChildProcess::stop(std::chrono::milliseconds grace) {
+  signal(SIGTERM);
+  if (auto status = wait_for(grace)) return *status;
+  signal(SIGKILL);
+  return *reap(true);
+}
+
 std::string ChildProcess::stdout_text() const {
   return read_file(stdout_path_);
 }
 std::string ChildProcess::stderr_text() const {
   return read_file(stderr_path_);
+}
+
+std::string ChildProcess::log_tail(std::size_t max_bytes) const {
+  auto text = stderr_text();
+  if (text.size() > max_bytes) text = "..." + text.substr(text.size() - max_bytes);
+  return text;
 }
 
 RunResult run(const std::string& program, const std::vector<std::string>& args,
@@ -155,7 +209,7 @@ RunResult run(const std::string& program, const std::vector<std::string>& args,
 }
 
 bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
-                std::chrono::milliseconds poll) {
+                std::chrono::microseconds poll) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (true) {
     if (condition()) return true;
@@ -188,17 +242,20 @@ std::vector<std::string> lines(const std::string& text) {
 }
 
 int free_loopback_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error("socket() failed");
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error(std::string("socket failed: ") + std::strerror(errno));
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   address.sin_port = 0;
   socklen_t length = sizeof(address);
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+    const int error = errno;
+    ::close(fd);
+    throw std::runtime_error(std::string("cannot bind 127.0.0.1:0: ") + std::strerror(error));
+  }
   ::close(fd);
-  if (!ok) throw std::runtime_error("cannot bind 127.0.0.1:0");
   return ntohs(address.sin_port);
 }
 

@@ -1,9 +1,12 @@
-// Helpers shared by the test programs: temporary directories that clean up
-// after themselves, child processes started and stopped by pid, and waiting
-// on a condition with a deadline (tests never sleep to synchronise).
+// Helpers shared by the test programs, the fault suite (outbox-faults) and
+// the benchmarks: temporary directories that clean up after themselves, child
+// processes started and stopped by pid, a free loopback port, and waiting on
+// a condition with a deadline (tests never sleep to synchronise). No test
+// framework here: the benchmarks link it too.
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -35,33 +38,64 @@ struct ExitStatus {
   bool exited = false;  // true: normal exit with `code`
   int code = -1;        // exit code when `exited`
   int signal = 0;       // terminating signal when !exited
+  // "exit code 3" or "signal Killed", for messages.
+  std::string describe() const;
 };
 
-// A program started with fork/exec. stdout and stderr go to files in
-// `log_dir` (if given) so a test can read what it printed. The destructor
-// kills the process (SIGKILL, by pid) if it is still running and reaps it.
+// Where a child's output goes when one log should stay after it: stdout and
+// stderr both to <dir>/<name>.log (the benchmarks keep their daemons' logs).
+struct KeptLog {
+  std::string name;
+  std::filesystem::path dir;
+};
+
+// A program started with fork/exec, with stdin from /dev/null and the default
+// signal mask. By default stdout and stderr go to two files of their own in
+// `log_dir` (the system temp dir if empty), removed with the object, so a test
+// can read what it printed; with a KeptLog both go to that one file, which
+// stays. The destructor kills the process (SIGKILL, by pid) if it is still
+// running and reaps it. The child also gets SIGKILL when the thread that
+// started it ends (PR_SET_PDEATHSIG), so a test or benchmark that is killed
+// leaves no daemon behind: start children from a thread that outlives them.
+// Not thread-safe: one thread owns a ChildProcess. Throws std::runtime_error
+// when `program` is not executable or fork fails.
 class ChildProcess {
  public:
   ChildProcess(const std::string& program, const std::vector<std::string>& args,
                const std::filesystem::path& log_dir = {},
                const std::vector<std::string>& extra_env = {});
+  ChildProcess(const std::string& program, const std::vector<std::string>& args,
+               const KeptLog& log);
   ~ChildProcess() noexcept;
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
 
   pid_t pid() const { return pid_; }
+  // The KeptLog's name, else the program's file name.
+  const std::string& name() const { return name_; }
   bool running();
   void signal(int sig);  // only ever to our own child, by pid
   // Waits up to `timeout` for the process to exit; empty if still running.
   std::optional<ExitStatus> wait_for(std::chrono::milliseconds timeout);
+  // SIGTERM, wait up to `grace`, then SIGKILL. Returns how it ended.
+  ExitStatus stop(std::chrono::milliseconds grace = std::chrono::seconds(10));
+  // What it printed so far (with a KeptLog, both return the one log).
   std::string stdout_text() const;
   std::string stderr_text() const;
+  // The last `max_bytes` of stderr (of the KeptLog), for error messages.
+  std::string log_tail(std::size_t max_bytes = 2000) const;
 
  private:
+  void start(const std::string& program, const std::vector<std::string>& args,
+             const std::vector<std::string>& extra_env);
+  std::optional<ExitStatus> reap(bool block);
+
+  std::string name_;
   pid_t pid_ = -1;
   std::optional<ExitStatus> status_;
   std::filesystem::path stdout_path_;
   std::filesystem::path stderr_path_;
+  bool keep_logs_ = false;
 };
 
 // Runs a program to completion (bounded by `timeout`) and captures its output.
@@ -74,10 +108,10 @@ RunResult run(const std::string& program, const std::vector<std::string>& args,
               std::chrono::milliseconds timeout = std::chrono::seconds(60),
               const std::vector<std::string>& extra_env = {});
 
-// Polls `condition` every few milliseconds until it holds or `timeout` passes.
+// Polls `condition` every `poll` until it holds or `timeout` passes.
 // Returns whether it held.
 bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
-                std::chrono::milliseconds poll = std::chrono::milliseconds(5));
+                std::chrono::microseconds poll = std::chrono::milliseconds(5));
 
 std::string read_file(const std::filesystem::path& path);
 
@@ -92,7 +126,7 @@ std::vector<std::string> lines(const std::string& text);
 // servers that cannot bind port 0 and report it back (nats-server,
 // redis-server, prometheus). Another program may take it first: a server that
 // then fails to start should be retried on another. Throws
-// std::runtime_error when no socket can be bound.
+// std::runtime_error, with the reason, when no socket can be bound.
 int free_loopback_port();
 
 // The size of the expensive tests (thousands of connections, requests or

@@ -1,0 +1,61 @@
+#include "bench_support.hpp"
+
+#include <fstream>
+#include <string>
+
+#include "cli/process.hpp"
+
+namespace bench {
+
+namespace fs = std::filesystem;
+
+void check_interrupted() {
+  if (cli::stop_requested()) throw Interrupted();
+}
+
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
+                std::chrono::microseconds poll) {
+  return test_support::wait_until(
+      [&] {
+        if (condition()) return true;
+        check_interrupted();
+        return false;
+      },
+      timeout, poll);
+}
+
+namespace {
+
+std::int64_t schedstat_sum(pid_t pid, int field) {
+  std::int64_t total = 0;
+  std::error_code error;
+  for (const auto& task : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
+    std::ifstream in(task.path() / "schedstat");
+    long long on_cpu = 0, waiting = 0;
+    if (in >> on_cpu >> waiting) total += field == 0 ? on_cpu : waiting;
+  }
+  return total;
+}
+
+}  // namespace
+
+std::int64_t cpu_wait_ns(pid_t pid) {
+  return schedstat_sum(pid, 1);
+}
+std::int64_t cpu_run_ns(pid_t pid) {
+  return schedstat_sum(pid, 0);
+}
+std::int64_t main_thread_cpu_run_ns(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/schedstat");
+  long long on_cpu = 0;
+  return in >> on_cpu ? on_cpu : 0;
+}
+
+fs::path executable_dir() {
+  std::error_code error;
+  auto self = fs::read_symlink("/proc/self/exe", error);
+  if (error) return fs::current_path();
+  return self.parent_path();
+}
+
+}  // namespace bench

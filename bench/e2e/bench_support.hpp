@@ -1,0 +1,50 @@
+// What the benchmark needs to run other programs, on top of the support
+// library it shares with the tests (tests/support/test_support.hpp: temporary
+// directories, child processes stopped by pid, a free loopback port): waits
+// that give up on Ctrl-C, and what the kernel says about a process's CPU time.
+// Every wait checks the stop flag set by SIGINT/SIGTERM, so Ctrl-C unwinds
+// through the destructors (children killed, directories removed).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <stdexcept>
+
+#include "test_support.hpp"
+
+namespace bench {
+
+using test_support::ChildProcess;
+using test_support::ExitStatus;
+using test_support::free_loopback_port;
+using test_support::KeptLog;
+using test_support::TempDir;
+
+// Thrown by waits once SIGINT/SIGTERM arrived.
+struct Interrupted : std::runtime_error {
+  Interrupted() : std::runtime_error("interrupted") {}
+};
+
+// Throws Interrupted if a stop signal arrived.
+void check_interrupted();
+
+// test_support::wait_until that also throws Interrupted on a stop signal.
+bool wait_until(const std::function<bool()>& condition, std::chrono::milliseconds timeout,
+                std::chrono::microseconds poll = std::chrono::milliseconds(1));
+
+// Nanoseconds the threads of process `pid` have spent runnable but waiting
+// for a CPU (/proc/<pid>/task/*/schedstat); 0 if the kernel does not say.
+std::int64_t cpu_wait_ns(pid_t pid);
+// Nanoseconds the threads of process `pid` have run on a CPU (same source).
+std::int64_t cpu_run_ns(pid_t pid);
+// The same for its main thread alone (/proc/<pid>/task/<pid>/schedstat).
+std::int64_t main_thread_cpu_run_ns(pid_t pid);
+
+// The directory holding the running executable (/proc/self/exe).
+std::filesystem::path executable_dir();
+
+}  // namespace bench
