@@ -1,7 +1,10 @@
 #include "cuts.hpp"
 
+#include <httplib.h>
+
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <unordered_map>
@@ -57,9 +60,31 @@ class CuttingProxy {
   std::unique_ptr<ChildProcess> process_;
 };
 
+// The relay's outbox_relay_sent_messages_total, read from its /metrics
+// endpoint (its address in `address_file`); nullopt when it cannot be read.
+std::optional<std::uint64_t> relay_sent_messages(const fs::path& address_file) {
+  std::ifstream in(address_file);
+  std::string address;
+  std::getline(in, address);
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos) return std::nullopt;
+  httplib::Client client(address.substr(0, colon), std::stoi(address.substr(colon + 1)));
+  auto reply = client.Get("/metrics");
+  if (!reply || reply->status != 200) return std::nullopt;
+  std::istringstream lines(reply->body);
+  const std::string name = "outbox_relay_sent_messages_total ";
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(name, 0) == 0) {
+      return static_cast<std::uint64_t>(std::stod(line.substr(name.size())));
+    }
+  }
+  return std::nullopt;
+}
+
 struct Drain {
   double seconds = 0;
   std::uint64_t cuts = 0;
+  std::optional<std::uint64_t> sent;  // messages the relay sent, resends included
 };
 
 Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, BrokerProcess& broker,
@@ -71,14 +96,20 @@ Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, Bro
   CuttingProxy proxy(settings, dir, "proxy-" + name, broker.endpoint(), cutting);
   auto base = counters.read().stored;
   auto started = steady_ns();
-  RelayProcess relay(settings.outbox, dir, db, proxy.endpoint(), "relay-" + name);
+  // Both drains serve metrics (read once, after the drain), so that they
+  // differ only in the cuts.
+  auto address_file = dir / (name + ".metrics-address");
+  RelayProcess relay(
+      settings.outbox, dir, db, proxy.endpoint(), "relay-" + name,
+      {"--metrics-bind", "127.0.0.1:0", "--metrics-address-file", address_file.string()});
   auto done = wait_for_counter(counters, &BrokerCounters::Values::stored, base + data.size(),
                                pass_timeout(data.size()),
                                {&relay.process(), &broker.process(), &proxy.process()},
                                cutting ? "drain under cuts" : "drain without cuts");
-  relay.stop();
   Drain drain;
   drain.seconds = seconds_between(started, done);
+  drain.sent = relay_sent_messages(address_file);
+  relay.stop();
   drain.cuts = proxy.stop();
   return drain;
 }
@@ -97,6 +128,11 @@ CutsResult run_cuts(const CutsSettings& settings, const Dataset& plain, const Da
         auto rate = static_cast<double>(data.size()) / drain.seconds;
         if (cutting) {
           result.cuts = drain.cuts;
+          if (drain.sent && drain.cuts > 0) {
+            result.resent_per_cut = (static_cast<double>(*drain.sent) - data.size()) / drain.cuts;
+          } else {
+            result.problems.push_back("the relay's sent-message counter could not be read");
+          }
           progress("cuts: under cuts " + format_rate(rate) + " msg/s (" +
                    std::to_string(drain.seconds) + " s, " + std::to_string(drain.cuts) +
                    " connections cut)");

@@ -9,7 +9,8 @@
 // first alternates between rounds. Each figure is the time from starting
 // outbox-relay until the broker has stored the last message; the ratio is the
 // rate under cuts over the rate without. Both topics are read back: every
-// message exactly once, with its payload, in per-key commit order.
+// message exactly once, with its payload, in per-key commit order. The
+// relay's resends per cut are its sent-message counter beyond N, over the cuts.
 #pragma once
 
 #include <cstddef>
@@ -38,6 +39,9 @@ struct CutsResult {
   double cut_msgs_per_sec = 0;
   double ratio = 0;        // cut rate / plain rate
   std::uint64_t cuts = 0;  // connections the proxy cut during the cut drain
+  // Under cuts: messages the relay sent beyond the N (its resends), per cut
+  // (outbox_relay_sent_messages_total from its /metrics endpoint).
+  double resent_per_cut = 0;
   std::vector<std::string> problems;
 };
 

@@ -309,25 +309,29 @@ std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
       << info.payload_bytes << " B drained by outbox-relay through a TCP proxy, without and with "
       << "cuts (" << info.cut_every << " per connection); " << rounds.size() << " rounds\n";
   out << "  " << info.command_line << "\n\n";
-  out << "round   without cuts msg/s   under cuts msg/s   ratio   connections cut\n";
+  out << "round   without cuts msg/s   under cuts msg/s   ratio   connections cut   resent per "
+         "cut\n";
   for (std::size_t i = 0; i < rounds.size(); ++i) {
     char line[160];
-    std::snprintf(line, sizeof line, "%5zu   %18s   %16s   %5.2f   %15llu\n", i + 1,
+    std::snprintf(line, sizeof line, "%5zu   %18s   %16s   %5.2f   %15llu   %14.0f\n", i + 1,
                   thousands(rounds[i].plain_msgs_per_sec).c_str(),
                   thousands(rounds[i].cut_msgs_per_sec).c_str(), rounds[i].ratio,
-                  static_cast<unsigned long long>(rounds[i].cuts));
+                  static_cast<unsigned long long>(rounds[i].cuts), rounds[i].resent_per_cut);
     out << line;
   }
   auto plain = spread_of(rounds, &CutsResult::plain_msgs_per_sec);
   auto cut = spread_of(rounds, &CutsResult::cut_msgs_per_sec);
   auto ratio = spread_of(rounds, &CutsResult::ratio);
   auto seconds = spread_of(rounds, &CutsResult::cut_seconds);
+  auto resent = spread_of(rounds, &CutsResult::resent_per_cut);
   out << "\nmedian (min-max): without cuts " << thousands(plain.median) << " msg/s ("
       << thousands(plain.low) << "-" << thousands(plain.high) << "), under cuts "
       << thousands(cut.median) << " msg/s (" << thousands(cut.low) << "-" << thousands(cut.high)
       << "), ratio " << fixed(ratio.median, 2) << " (" << fixed(ratio.low, 2) << "-"
       << fixed(ratio.high, 2) << "); drain under cuts " << fixed(seconds.median, 2) << " s ("
-      << fixed(seconds.low, 2) << "-" << fixed(seconds.high, 2) << ")\n";
+      << fixed(seconds.low, 2) << "-" << fixed(seconds.high, 2) << "); resent per cut "
+      << fixed(resent.median, 0) << " (" << fixed(resent.low, 0) << "-" << fixed(resent.high, 0)
+      << ")\n";
   out << "target ratio >= 0.5: " << (ratio.median >= 0.5 ? "met" : "MISSED") << "\n";
   return with_problems(out, summary);
 }
@@ -341,6 +345,7 @@ Json cuts_round_json(const CutsResult& r) {
       .rate("under_cuts_msgs_per_sec", r.cut_msgs_per_sec)
       .num("ratio", r.ratio)
       .integer("connections_cut", r.cuts)
+      .num("resent_per_cut", r.resent_per_cut)
       .field("problems", json_strings(r.problems))
       .json();
 }
@@ -701,6 +706,7 @@ Json json_document(const RunInfo& info, const Summary& summary) {
                spread_json(spread_of(summary.cuts, &CutsResult::cut_msgs_per_sec)))
         .field("ratio", spread_json(spread_of(summary.cuts, &CutsResult::ratio)))
         .field("under_cuts_seconds", spread_json(spread_of(summary.cuts, &CutsResult::cut_seconds)))
+        .field("resent_per_cut", spread_json(spread_of(summary.cuts, &CutsResult::resent_per_cut)))
         .boolean("ok", summary.ok())
         .field("problems", json_strings(summary.problems))
         .field("rounds", rounds)
