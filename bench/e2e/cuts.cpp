@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -81,10 +82,33 @@ std::optional<std::uint64_t> relay_sent_messages(const fs::path& address_file) {
   return std::nullopt;
 }
 
+// The relay's waits before a new session, from its log: the lines of failed
+// sessions ("...; retrying in N ms (attempt ...") with N above 0.
+struct Backoffs {
+  std::uint64_t count = 0;
+  std::uint64_t milliseconds = 0;
+};
+
+Backoffs relay_backoffs(const fs::path& log_file) {
+  Backoffs backoffs;
+  std::ifstream in(log_file);
+  const std::string marker = "; retrying in ";
+  for (std::string line; std::getline(in, line);) {
+    auto at = line.find(marker);
+    if (at == std::string::npos) continue;
+    auto delay = std::strtoull(line.c_str() + at + marker.size(), nullptr, 10);
+    if (delay == 0) continue;
+    ++backoffs.count;
+    backoffs.milliseconds += delay;
+  }
+  return backoffs;
+}
+
 struct Drain {
   double seconds = 0;
   std::uint64_t cuts = 0;
   std::optional<std::uint64_t> sent;  // messages the relay sent, resends included
+  Backoffs backoffs;
 };
 
 Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, BrokerProcess& broker,
@@ -110,6 +134,7 @@ Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, Bro
   drain.seconds = seconds_between(started, done);
   drain.sent = relay_sent_messages(address_file);
   relay.stop();
+  drain.backoffs = relay_backoffs(dir / ("relay-" + name + ".log"));
   drain.cuts = proxy.stop();
   return drain;
 }
@@ -128,6 +153,8 @@ CutsResult run_cuts(const CutsSettings& settings, const Dataset& plain, const Da
         auto rate = static_cast<double>(data.size()) / drain.seconds;
         if (cutting) {
           result.cuts = drain.cuts;
+          result.backoffs = drain.backoffs.count;
+          result.backoff_ms = drain.backoffs.milliseconds;
           if (drain.sent && drain.cuts > 0) {
             result.resent_per_cut = (static_cast<double>(*drain.sent) - data.size()) / drain.cuts;
           } else {

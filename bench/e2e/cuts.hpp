@@ -42,6 +42,10 @@ struct CutsResult {
   // Under cuts: messages the relay sent beyond the N (its resends), per cut
   // (outbox_relay_sent_messages_total from its /metrics endpoint).
   double resent_per_cut = 0;
+  // Under cuts: the relay's waits before a new session (a backoff, not an
+  // immediate reconnect), counted from its log, and their sum.
+  std::uint64_t backoffs = 0;
+  std::uint64_t backoff_ms = 0;
   std::vector<std::string> problems;
 };
 

@@ -310,13 +310,16 @@ std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
       << "cuts (" << info.cut_every << " per connection); " << rounds.size() << " rounds\n";
   out << "  " << info.command_line << "\n\n";
   out << "round   without cuts msg/s   under cuts msg/s   ratio   connections cut   resent per "
-         "cut\n";
+         "cut   backoffs (ms)\n";
   for (std::size_t i = 0; i < rounds.size(); ++i) {
     char line[160];
-    std::snprintf(line, sizeof line, "%5zu   %18s   %16s   %5.2f   %15llu   %14.0f\n", i + 1,
+    std::snprintf(line, sizeof line,
+                  "%5zu   %18s   %16s   %5.2f   %15llu   %14.0f   %3llu (%llu)\n", i + 1,
                   thousands(rounds[i].plain_msgs_per_sec).c_str(),
                   thousands(rounds[i].cut_msgs_per_sec).c_str(), rounds[i].ratio,
-                  static_cast<unsigned long long>(rounds[i].cuts), rounds[i].resent_per_cut);
+                  static_cast<unsigned long long>(rounds[i].cuts), rounds[i].resent_per_cut,
+                  static_cast<unsigned long long>(rounds[i].backoffs),
+                  static_cast<unsigned long long>(rounds[i].backoff_ms));
     out << line;
   }
   auto plain = spread_of(rounds, &CutsResult::plain_msgs_per_sec);
@@ -346,6 +349,8 @@ Json cuts_round_json(const CutsResult& r) {
       .num("ratio", r.ratio)
       .integer("connections_cut", r.cuts)
       .num("resent_per_cut", r.resent_per_cut)
+      .integer("backoffs", r.backoffs)
+      .integer("backoff_ms", r.backoff_ms)
       .field("problems", json_strings(r.problems))
       .json();
 }

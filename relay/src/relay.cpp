@@ -531,22 +531,30 @@ struct Relay::Impl {
     return false;
   }
 
+  // A session that had opened shows the destination is up: a connection cut
+  // under it (noticed from the socket within milliseconds) costs one
+  // reconnect, not a backoff, even when the cut came before the first
+  // acknowledgement. Behind a proxy cutting every 2 KB-400 KB about one
+  // connection in ten breaks before its first acknowledgement; with three
+  // such failures going at once, a run of four came every few drains and its
+  // backoff (200-400 ms, the third step) was a quarter of a drain. So up to
+  // kImmediateRetries failures in a row of sessions that had opened go at
+  // once, and past them the backoff starts from its first step. A session
+  // that cannot open backs off from its second failure in a row. Progress (a
+  // message stored, or found stored by RESUME) ends a run.
+  static constexpr int kImmediateRetries = 8;
+  milliseconds failure_delay() {
+    if (consecutive_failures <= 1) return milliseconds(0);
+    if (!session_open) return config.backoff.delay(consecutive_failures - 1, random);
+    if (consecutive_failures <= kImmediateRetries) return milliseconds(0);
+    return config.backoff.delay(consecutive_failures - kImmediateRetries, random);
+  }
+
   void record_failure(const std::string& reason, metrics::Counter& cause) {
     cause.add();
     ++counters.failures;
     ++consecutive_failures;
-    // A session that had opened shows the destination is up: a connection cut
-    // under it (noticed from the socket within milliseconds) costs one
-    // reconnect, not a backoff, even when the cut came before the first
-    // acknowledgement (behind a proxy cutting every 2 KB-400 KB, 4 % of the
-    // connections break that early, and a 100 ms backoff each was a quarter
-    // of the drain time). A few such failures in a row go at once; a session
-    // that cannot open, or runs of failures without progress, back off.
-    constexpr int kImmediateRetries = 3;
-    auto delay = session_open && consecutive_failures <= kImmediateRetries
-                     ? milliseconds(0)
-                     : config.backoff.delay(consecutive_failures - 1, random);
-    if (consecutive_failures == 1) delay = milliseconds(0);
+    auto delay = failure_delay();
     const bool session_was_open = session_open;
     next_session_attempt = SteadyClock::now() + delay;
     metrics::log(*log, spdlog::level::warn,

@@ -36,7 +36,8 @@
 //   with the same msg_ids: at once after a session that made progress, after
 //   an exponential backoff with jitter when attempts fail in a row (a
 //   session that opened and then lost its connection is retried at once up
-//   to three times in a row). A new session starts with a small window of
+//   to eight times in a row without progress; past that the backoff starts
+//   from its first step). A new session starts with a small window of
 //   unacknowledged messages that doubles each round trip. The next batches
 //   are sent before the outcomes just acknowledged are written to the
 //   database. Transient failures never make a message dead.
