@@ -45,6 +45,9 @@
 #include <utility>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
+#include "cli/args.hpp"
 #include "outbox/outbox.hpp"
 #include "outbox/relay_store.hpp"
 
@@ -281,50 +284,39 @@ int main(int argc, char** argv) {
   int checkpoint_pages = outbox::Options{}.wal_autocheckpoint_pages;
   bool background_checkpoints = false;
   std::string limits = "check";
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "bench: %s needs a value\n", arg.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (arg == "--dir") {
-      dir = value();
-    } else if (arg == "--rounds") {
-      rounds = std::max(1, std::atoi(value().c_str()));
-    } else if (arg == "--txns-per-round") {
-      txns_per_round = std::max(1, std::atoi(value().c_str()));
-    } else if (arg == "--checkpoint-pages") {
-      checkpoint_pages = std::atoi(value().c_str());
-    } else if (arg == "--checkpoints") {
-      auto mode = value();
-      if (mode != "relay" && mode != "producer") {
-        std::fprintf(stderr, "bench: --checkpoints is relay or producer\n");
-        return 2;
-      }
-      background_checkpoints = mode == "relay";
-    } else if (arg == "--limits") {
-      limits = value();
-      if (limits != "trigger" && limits != "none" && limits != "check") {
-        std::fprintf(stderr, "bench: --limits is check, none or trigger\n");
-        return 2;
-      }
-    } else if (arg == "--batches") {
-      batches = std::max(1, std::atoi(value().c_str()));
-    } else if (arg == "--producers") {
-      producers = std::max(0, std::atoi(value().c_str()));
-    } else if (arg == "--producer-ms") {
-      producer_ms = std::max(1, std::atoi(value().c_str()));
-    } else {
-      std::fprintf(stderr,
-                   "usage: bench_outbox_enqueue [--dir DIR] [--rounds N] [--txns-per-round N] "
-                   "[--batches N] [--checkpoint-pages N] [--checkpoints relay|producer] "
-                   "[--limits check|none|trigger] [--producers N] [--producer-ms MS]\n");
-      return 2;
-    }
+  CLI::App app{"bench_outbox_enqueue: what one enqueue adds to a business transaction",
+               "bench_outbox_enqueue"};
+  app.add_option("--dir", dir, "Where the databases go (a subdirectory, removed after)")
+      ->capture_default_str();
+  app.add_option("--rounds", rounds, "Interleaved rounds")
+      ->capture_default_str()
+      ->check(cli::count_check(1));
+  app.add_option("--txns-per-round", txns_per_round, "Transactions per round and leg")
+      ->capture_default_str()
+      ->check(cli::count_check(1));
+  app.add_option("--batches", batches, "Batched enqueues measured")
+      ->capture_default_str()
+      ->check(cli::count_check(1));
+  app.add_option("--checkpoint-pages", checkpoint_pages, "WAL autocheckpoint pages")
+      ->capture_default_str();
+  std::string checkpointer = "producer";
+  app.add_option("--checkpoints", checkpointer, "Who checkpoints the WAL: relay or producer")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"relay", "producer"}));
+  app.add_option("--limits", limits, "Field limits: check, none or trigger")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"check", "none", "trigger"}));
+  app.add_option("--producers", producers, "Concurrent producer threads (0: none)")
+      ->capture_default_str()
+      ->check(cli::count_check());
+  app.add_option("--producer-ms", producer_ms, "How long each producer run lasts, in ms")
+      ->capture_default_str()
+      ->check(cli::count_check(1));
+  if (auto code = cli::parse_command_line(app, "bench_outbox_enqueue",
+                                          std::vector<std::string>(argv + 1, argv + argc))) {
+    return *code;
   }
+  background_checkpoints = checkpointer == "relay";
   auto work = dir / ("outbox-bench-" + std::to_string(::getpid()));
   std::filesystem::create_directories(work);
   const std::string payload(256, 'p');

@@ -17,6 +17,9 @@
 
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
+
+#include "cli/args.hpp"
 #include "outbox/outbox.hpp"
 #include "outbox/relay_store.hpp"
 
@@ -41,19 +44,19 @@ int main(int argc, char** argv) {
   std::filesystem::path dir = std::filesystem::temp_directory_path();
   long messages = 200'000;
   std::size_t batch = 1000;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string arg = argv[i];
-    if (arg == "--dir") {
-      dir = argv[i + 1];
-    } else if (arg == "--messages") {
-      messages = std::max(1L, std::atol(argv[i + 1]));
-    } else if (arg == "--batch") {
-      batch = static_cast<std::size_t>(std::max(1L, std::atol(argv[i + 1])));
-    } else {
-      std::fprintf(stderr,
-                   "usage: bench_outbox_relay_side [--dir DIR] [--messages N] [--batch N]\n");
-      return 2;
-    }
+  CLI::App app{"bench_outbox_relay_side: the relay's reads, outcome writes and retention",
+               "bench_outbox_relay_side"};
+  app.add_option("--dir", dir, "Where the database goes (a subdirectory, removed after)")
+      ->capture_default_str();
+  app.add_option("--messages", messages, "Rows in the outbox")
+      ->capture_default_str()
+      ->check(cli::count_check(1));
+  app.add_option("--batch", batch, "Rows per read and per outcome write")
+      ->capture_default_str()
+      ->check(cli::count_check(1));
+  if (auto code = cli::parse_command_line(app, "bench_outbox_relay_side",
+                                          std::vector<std::string>(argv + 1, argv + argc))) {
+    return *code;
   }
   using Clock = std::chrono::steady_clock;
   auto work = dir / ("outbox-relay-bench-" + std::to_string(::getpid()));

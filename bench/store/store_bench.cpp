@@ -10,11 +10,15 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <sys/resource.h>
 
+#include <CLI/CLI.hpp>
+
 #include "broker/store.hpp"
+#include "cli/args.hpp"
 
 namespace {
 
@@ -185,65 +189,28 @@ void print(const char* label, const Result& result) {
 int main(int argc, char** argv) {
   Settings settings;
   std::string dir;
-  // A plain parser keeps the benchmark free of CLI11, whose inlined code trips
-  // GCC 12's -Wnull-dereference at -O2.
-  const std::string usage =
-      "usage: broker-store-bench --dir DIR [--messages N] [--full-messages N] [--batch N]\n"
-      "         [--payload BYTES] [--prefill N] [--workers N] [--topics N] [--cache-mib N]\n"
-      "         [--skip-basic] [--skip-uuid] [--skip-prefill]\n"
-      "Appends 256-byte messages in batches (one append() call each) and prints stored/s with\n"
-      "sync normal and full, duplicates/s, UUID v4 ids (for information), and stored/s with\n"
-      "--prefill msg_ids already in the dedup index. DIR is emptied first and removed after.\n";
-  std::vector<std::pair<std::string, std::size_t*>> sizes = {
+  CLI::App app{
+      "broker-store-bench: appends 256-byte messages in batches (one append() call each) and "
+      "prints stored/s with sync normal and full, duplicates/s, UUID v4 ids (for information), "
+      "and stored/s with --prefill msg_ids already in the dedup index. DIR is emptied first and "
+      "removed after.",
+      "broker-store-bench"};
+  app.add_option("--dir", dir, "Scratch directory (emptied first, removed after)")->required();
+  const std::pair<const char*, std::size_t*> sizes[] = {
       {"--messages", &settings.messages}, {"--full-messages", &settings.full_messages},
       {"--batch", &settings.batch},       {"--payload", &settings.payload_bytes},
       {"--prefill", &settings.prefill},   {"--cache-mib", &settings.cache_mib},
       {"--workers", &settings.workers},   {"--topics", &settings.topics}};
-  std::vector<std::pair<std::string, bool*>> flags = {{"--skip-basic", &settings.skip_basic},
-                                                      {"--skip-uuid", &settings.skip_uuid},
-                                                      {"--skip-prefill", &settings.skip_prefill}};
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::printf("%s", usage.c_str());
-      return 0;
-    }
-    bool matched = false;
-    for (auto& [name, target] : flags) {
-      if (arg == name) *target = matched = true;
-    }
-    if (matched) continue;
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "%s: missing value or unknown option\n%s", arg.c_str(), usage.c_str());
-      return 1;
-    }
-    std::string value = argv[++i];
-    if (arg == "--dir") {
-      dir = value;
-      continue;
-    }
-    for (auto& [name, target] : sizes) {
-      if (arg != name) continue;
-      try {
-        std::size_t used = 0;
-        *target = std::stoull(value, &used);
-        matched = used == value.size();
-      } catch (const std::exception&) {
-        matched = false;
-      }
-      if (!matched) {
-        std::fprintf(stderr, "%s: not a number: %s\n", arg.c_str(), value.c_str());
-        return 1;
-      }
-    }
-    if (!matched) {
-      std::fprintf(stderr, "unknown option %s\n%s", arg.c_str(), usage.c_str());
-      return 1;
-    }
+  for (const auto& [name, target] : sizes) {
+    app.add_option(name, *target)->capture_default_str()->check(cli::count_check());
   }
-  if (dir.empty()) {
-    std::fprintf(stderr, "--dir is required\n%s", usage.c_str());
-    return 1;
+  app.add_flag("--skip-basic", settings.skip_basic,
+               "Skip the sync normal/full and duplicate passes");
+  app.add_flag("--skip-uuid", settings.skip_uuid, "Skip the UUID v4 pass");
+  app.add_flag("--skip-prefill", settings.skip_prefill, "Skip the prefilled dedup index pass");
+  if (auto code = cli::parse_command_line(app, "broker-store-bench",
+                                          std::vector<std::string>(argv + 1, argv + argc))) {
+    return *code;
   }
   if (settings.batch == 0 || settings.payload_bytes < 17 || settings.workers < 1 ||
       settings.topics < 1) {

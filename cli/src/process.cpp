@@ -5,8 +5,6 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
-#include <cstdio>
-#include <ctime>
 #include <stdexcept>
 
 #include <spdlog/formatter.h>
@@ -14,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/json.hpp"
+#include "cli/time.hpp"
 #include "metrics/log_fields.hpp"
 
 namespace cli {
@@ -35,16 +34,7 @@ extern "C" void on_stop_signal(int) {
 class JsonFormatter final : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& record, spdlog::memory_buf_t& out) override {
-    auto since_epoch = record.time.time_since_epoch();
-    auto seconds = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
-    auto millis = std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch - seconds);
-    std::time_t t = static_cast<std::time_t>(seconds.count());
-    std::tm tm{};
-    ::gmtime_r(&t, &tm);
-    char time[96];
-    std::snprintf(time, sizeof time, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                  static_cast<int>(millis.count()));
+    const auto time = format_utc_time(record.time);
     auto level = spdlog::level::to_string_view(record.level);
     std::string line =
         std::string("{\"time\":\"") + time + "\",\"level\":\"" +

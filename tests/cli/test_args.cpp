@@ -82,6 +82,22 @@ TEST_CASE("validators name the problem and suggest the fix") {
   CHECK_FALSE(check(connect, "tcp://127.0.0.1:*").empty());
 }
 
+TEST_CASE("a choice option stores the value of the word given and refuses any other word") {
+  enum class Policy { block, skip };
+  Policy policy = Policy::block;
+  CLI::App app{"test"};
+  cli::add_choice_option(app.add_subcommand("run"), "--on-dead", policy,
+                         {{"block", Policy::block}, {"skip", Policy::skip}}, "what to do");
+  auto* run = app.get_subcommand("run");
+  CHECK_THAT(run->help(), Catch::Contains("{block,skip}=block"));
+  app.parse(std::vector<std::string>{"skip", "--on-dead", "run"});
+  CHECK(policy == Policy::skip);
+  policy = Policy::block;
+  CHECK_THROWS_WITH(app.parse(std::vector<std::string>{"maybe", "--on-dead", "run"}),
+                    Catch::Contains("--on-dead") && Catch::Contains("maybe"));
+  CHECK(policy == Policy::block);
+}
+
 TEST_CASE("loopback endpoints are told apart from reachable ones") {
   CHECK(cli::is_loopback_endpoint("tcp://127.0.0.1:7750"));
   CHECK(cli::is_loopback_endpoint("tcp://127.0.0.2:7750"));

@@ -10,6 +10,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -75,6 +77,38 @@ CLI::Option* add_duration_option(CLI::App* app, const std::string& name,
                                  DurationLimits limits = {});
 CLI::Option* add_size_option(CLI::App* app, const std::string& name, std::uint64_t& target,
                              const std::string& description, SizeLimits limits = {});
+
+// An option whose value is one of `choices`' names (CLI::IsMember refuses any
+// other word where it is read) and that stores the matching value in `target`;
+// the help shows the name of `target`'s current value as the default.
+template <typename Value>
+CLI::Option* add_choice_option(CLI::App* app, const std::string& name, Value& target,
+                               std::vector<std::pair<std::string, Value>> choices,
+                               const std::string& description) {
+  std::vector<std::string> names;
+  for (const auto& choice : choices) names.push_back(choice.first);
+  auto* option = app->add_option(
+      name,
+      [&target, choices](const CLI::results_t& results) {
+        for (const auto& [choice_name, value] : choices) {
+          if (choice_name == results.back()) {
+            target = value;
+            return true;
+          }
+        }
+        return false;
+      },
+      description, false,
+      [&target, choices] {
+        for (const auto& [choice_name, value] : choices) {
+          if (value == target) return choice_name;
+        }
+        return std::string();
+      });
+  option->type_name("TEXT")->type_size(1)->check(CLI::IsMember(std::move(names)));
+  option->capture_default_str();
+  return option;
+}
 
 // Parses the command line (in the usual order, without the program name).
 // Help goes to stdout (returns exit_ok); a bad flag, value or config file to

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include <spdlog/logger.h>
@@ -21,6 +22,13 @@ enum ExitCode : int {
   exit_unreachable = 5,  // no answer from the broker
   exit_refused = 6,      // the broker answered with an error
   exit_not_found = 7,    // the named thing (a msg_id, ...) does not exist
+};
+
+// A combination of flags or values that cannot work, found after parsing: the
+// program prints "program: message" on one line and exits with exit_usage.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
 };
 
 // A logger named `name` writing to stderr, one line per record. Format "text":
