@@ -21,7 +21,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
-#include "broker/server.hpp"
+#include "broker/curve_keys.hpp"
 #include "cli/args.hpp"
 #include "cli/config.hpp"
 #include "cli/json.hpp"

@@ -52,6 +52,7 @@
 
 #include <spdlog/logger.h>
 
+#include "broker/curve_keys.hpp"
 #include "wire/protocol.hpp"
 
 namespace broker {
@@ -67,11 +68,7 @@ struct CurveServerConfig {
   std::vector<std::string> allowed_client_keys;
 };
 
-// Reads a key file: the first line that is 40 Z85 characters (blank lines and
-// lines starting with '#' are skipped). Throws std::runtime_error naming the file.
-std::string read_curve_key_file(const std::filesystem::path& path);
-// One Z85 public key per line ('#' comments and blank lines skipped).
-std::vector<std::string> read_allowed_clients_file(const std::filesystem::path& path);
+// The key files behind CurveServerConfig: broker/curve_keys.hpp.
 
 struct ServerOptions {
   std::string bind_endpoint = "tcp://127.0.0.1:7750";
@@ -185,7 +182,7 @@ class Server {
   void serve(std::string_view routing_id, std::span<const std::string_view> frames);
 
  private:
-  struct Impl;
+  class Impl;
   std::unique_ptr<Impl> impl_;
 };
 
