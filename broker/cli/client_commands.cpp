@@ -9,7 +9,7 @@
 #include <string>
 
 #include "broker/client.hpp"
-#include "broker/server.hpp"
+#include "broker/curve_keys.hpp"
 #include "cli/process.hpp"
 #include "commands.hpp"
 #include "format.hpp"

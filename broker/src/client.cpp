@@ -289,6 +289,10 @@ wire::Result<wire::Pong> Client::ping(std::chrono::milliseconds timeout) {
                            timeout);
 }
 
+bool Client::send_request(const wire::AnyMessage& request) {
+  return wire::send_message(socket_, request, zmq::send_flags::dontwait);
+}
+
 bool Client::send_raw(std::span<const std::string> frames) {
   if (frames.empty()) {
     return socket_.send(zmq::message_t(), zmq::send_flags::dontwait).has_value();

@@ -10,7 +10,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "broker/server.hpp"
+#include "broker/curve_keys.hpp"
 #include "cli/process.hpp"
 #include "commands.hpp"
 #include "relay/broker_sink.hpp"

@@ -7,6 +7,7 @@
 #include <variant>
 
 #include <zmq.h>
+#include <zmq.hpp>
 
 #include "broker/client.hpp"
 #include "outbox/error.hpp"
@@ -574,8 +575,7 @@ class SharedChannel final : public Sink {
     state_.hello_sent_at = std::chrono::steady_clock::now();
     state_.hello_answer.reset();
     connection.hellos.emplace_back(state_.slot, state_.hello_token);
-    (void)wire::send_message(connection.client->socket(), wire::Ping{state_.hello_token},
-                             zmq::send_flags::dontwait);
+    (void)connection.client->send_request(wire::Ping{state_.hello_token});
     return true;
   }
 
@@ -615,7 +615,7 @@ std::uint64_t SharedBrokerConnection::unmatched_answers() const noexcept {
 }
 
 void* SharedBrokerConnection::socket_handle() {
-  return impl_->client->socket().handle();
+  return impl_->client->poll_handle();
 }
 
 std::string SharedBrokerConnection::describe() const {

@@ -3,7 +3,6 @@
 #include <catch2/catch.hpp>
 
 #include "broker_process.hpp"
-#include "wire/zmq_io.hpp"
 
 using namespace broker_test;
 
@@ -88,7 +87,7 @@ TEST_CASE("a long-poll FETCH is answered when a commit stores to its topic") {
   BrokerProcess broker(dir.path(), dir / "broker.db");
   broker::Client consumer(broker.endpoint());
   wire::Fetch fetch{77, "events", "", 1, false, 100, 0, 30'000};
-  REQUIRE(wire::send_message(consumer.socket(), fetch));
+  REQUIRE(consumer.send_request(fetch));
   // The fetch is parked before the message exists: wait until the broker says so.
   auto observer = std::make_unique<broker::Client>(broker.endpoint());
   REQUIRE(test_support::wait_until(

@@ -274,3 +274,29 @@ TEST_CASE("HELLO with flag bit 1 carries a hello_id, and its WELCOME names it") 
   }
   CHECK_FALSE(wire::decode_body(wire::Command::welcome, plain + std::string(8, '\0')).ok());
 }
+
+TEST_CASE("peeking at a frame reads the fields at their documented places") {
+  // PUBLISH: session id at bytes 0-7, batch id at bytes 8-15, little-endian.
+  auto body = wire::encode_body(wire::Publish{0x0102030405060708, 0x1112131415161718, {}});
+  CHECK(wire::peek_publish_session_id(body) == 0x0102030405060708u);
+  CHECK(wire::peek_request_id(wire::Command::publish, body) == 0x1112131415161718u);
+  CHECK(wire::peek_publish_session_id(body.substr(0, 8)) == 0x0102030405060708u);
+  CHECK_FALSE(wire::peek_publish_session_id(body.substr(0, 7)).has_value());
+  CHECK(wire::peek_request_id(wire::Command::publish, body.substr(0, 15)) == 0);
+
+  // The tag's version is readable whatever it is; a foreign frame has none.
+  CHECK(wire::peek_tag_version(wire::encode_tag()) == wire::kProtocolVersion);
+  CHECK(wire::peek_tag_version(wire::encode_tag(1)) == 1);
+  CHECK_FALSE(wire::peek_tag_version("OBX").has_value());
+  CHECK_FALSE(wire::peek_tag_version("ABC\x02").has_value());
+
+  auto frames = wire::encode(wire::Publish{1, 2, {}});
+  CHECK(wire::is_command_frame(frames.command, wire::Command::publish));
+  CHECK_FALSE(wire::is_command_frame(frames.command, wire::Command::fetch));
+  CHECK_FALSE(wire::is_command_frame(frames.command + "x", wire::Command::publish));
+
+  // The ACK size formula is the encoder's.
+  wire::Ack ack{9, {{wire::AckStatus::stored, 1, ""}, {wire::AckStatus::rejected, 0, "too large"}}};
+  CHECK(wire::ack_body_bytes(ack) == wire::encode_body(ack).size());
+  CHECK(wire::ack_body_bytes(wire::Ack{9, {}}) == wire::kAckFixedBytes);
+}

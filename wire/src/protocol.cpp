@@ -829,6 +829,33 @@ std::uint64_t peek_request_id(Command command, std::string_view body) noexcept {
   return id;
 }
 
+std::optional<std::uint64_t> peek_publish_session_id(std::string_view body) noexcept {
+  if (body.size() < 8) return std::nullopt;
+  std::uint64_t id = 0;
+  for (std::size_t i = 0; i < 8; ++i) {
+    id |= static_cast<std::uint64_t>(static_cast<std::uint8_t>(body[i])) << (8 * i);
+  }
+  return id;
+}
+
+std::optional<std::uint8_t> peek_tag_version(std::string_view tag) noexcept {
+  if (tag.size() != kTagSize || std::memcmp(tag.data(), kTagMagic, sizeof kTagMagic) != 0) {
+    return std::nullopt;
+  }
+  return static_cast<std::uint8_t>(tag[3]);
+}
+
+bool is_command_frame(std::string_view frame, Command command) noexcept {
+  return frame.size() == 1 &&
+         static_cast<std::uint8_t>(frame[0]) == static_cast<std::uint8_t>(command);
+}
+
+std::size_t ack_body_bytes(const Ack& ack) noexcept {
+  std::size_t bytes = kAckFixedBytes;
+  for (const auto& entry : ack.entries) bytes += kAckEntryFixedBytes + entry.reason.size();
+  return bytes;
+}
+
 std::size_t max_message_bytes_in_frame(const Limits& limits) noexcept {
   // One message alone in a PUBLISH: the batch header, msg_id and topic at
   // their longest, the key and payload length fields; key, headers and payload

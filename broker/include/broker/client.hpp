@@ -127,14 +127,23 @@ class Client {
   wire::Result<wire::StatsReply> stats(std::chrono::milliseconds timeout);
   wire::Result<wire::Pong> ping(std::chrono::milliseconds timeout);
 
+  // Queues one request as it is (its request id, nonce or hello id as the
+  // caller set them) without waiting: its reply comes out of receive(). For a
+  // caller that keeps several requests in flight, e.g. a long-poll FETCH next
+  // to other traffic, or a PING fencing a HELLO. False if the send queue is full.
+  bool send_request(const wire::AnyMessage& request);
   // Sends raw frames (tests use it to send garbage). False if it would block.
   bool send_raw(std::span<const std::string> frames);
+
+  // The DEALER socket's libzmq handle, only to wait for input on with zmq_poll
+  // (ZMQ_POLLIN) next to other sockets; read and write through this Client.
+  // Valid until reconnect() or destruction.
+  void* poll_handle() noexcept { return socket_.handle(); }
 
   // A fresh socket (and so a fresh connection and routing id): drops anything
   // in flight, the session and connection events not yet reported.
   void reconnect();
 
-  zmq::socket_t& socket() noexcept { return socket_; }
   const std::string& endpoint() const noexcept { return endpoint_; }
 
  private:

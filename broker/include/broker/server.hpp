@@ -52,6 +52,7 @@
 
 #include <spdlog/logger.h>
 
+#include "broker/curve_keys.hpp"
 #include "wire/protocol.hpp"
 
 namespace broker {
@@ -67,13 +68,7 @@ struct CurveServerConfig {
   std::vector<std::string> allowed_client_keys;
 };
 
-// Reads a key file: the first line that is 40 Z85 characters (blank lines and
-// lines starting with '#' are skipped). Throws outbox::Error of kind io naming
-// the file when it cannot be read or holds no valid key.
-std::string read_curve_key_file(const std::filesystem::path& path);
-// One Z85 public key per line ('#' comments and blank lines skipped). Throws
-// as read_curve_key_file.
-std::vector<std::string> read_allowed_clients_file(const std::filesystem::path& path);
+// The key files behind CurveServerConfig: broker/curve_keys.hpp.
 
 struct ServerOptions {
   std::string bind_endpoint = "tcp://127.0.0.1:7750";
@@ -158,8 +153,7 @@ struct ServerCounters {
 class Server {
  public:
   // Binds the socket (and the ZAP handler for CURVE). Throws outbox::Error of
-  // kind io with a clear message when the endpoint cannot be bound or a key is
-  // invalid.
+  // kind io with a clear message when the endpoint cannot be bound or a key is invalid.
   Server(Store& store, ServerOptions options);
   ~Server() noexcept;
   Server(const Server&) = delete;
@@ -188,7 +182,7 @@ class Server {
   void serve(std::string_view routing_id, std::span<const std::string_view> frames);
 
  private:
-  struct Impl;
+  class Impl;
   std::unique_ptr<Impl> impl_;
 };
 

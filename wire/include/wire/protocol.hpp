@@ -430,6 +430,22 @@ Result<PublishView> decode_publish_view(std::string_view body, const Limits& lim
 // nonce of PING. 0 for other commands or a body too short to hold it. Lets a
 // receiver echo the id in the ERROR for a request it cannot decode.
 std::uint64_t peek_request_id(Command command, std::string_view body) noexcept;
+// The session id a PUBLISH body names (its bytes 0-7), read without decoding
+// the rest; empty for a body too short to hold it. Lets a receiver fail the
+// session of a PUBLISH it cannot decode.
+std::optional<std::uint64_t> peek_publish_session_id(std::string_view body) noexcept;
+// The version byte of a frame 0 that carries the OBX magic, whatever the
+// version; empty for a frame that is no OBX tag. Lets a receiver answer a peer
+// of another version in that peer's own version.
+std::optional<std::uint8_t> peek_tag_version(std::string_view tag) noexcept;
+// Whether a command frame names `command` (without checking anything else).
+bool is_command_frame(std::string_view frame, Command command) noexcept;
+
+// Exact size of an ACK body: batch id and count, then per message its status,
+// offset and reason (str16).
+inline constexpr std::size_t kAckFixedBytes = 12;
+inline constexpr std::size_t kAckEntryFixedBytes = 11;
+std::size_t ack_body_bytes(const Ack& ack) noexcept;
 
 // The largest key + headers + payload that one PUBLISH frame of
 // `limits.max_body_bytes` can carry (the batch header and the longest msg_id

@@ -1,0 +1,284 @@
+#include "server_sessions.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "server_impl.hpp"
+
+#include "metrics/log_fields.hpp"
+
+namespace broker::detail {
+
+Sessions::Sessions(std::size_t max_sessions, std::uint64_t first_session_id, spdlog::logger& logger)
+    : max_sessions_(max_sessions), logger_(logger) {
+  next_session_id_ =
+      first_session_id != 0
+          ? first_session_id - 1
+          : static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           std::chrono::system_clock::now().time_since_epoch())
+                                           .count())
+                << 16;
+}
+
+Session* Sessions::find(const std::string& routing_id, std::uint64_t id) {
+  auto found = sessions_.find(id);
+  if (found == sessions_.end() || found->second.routing_id != routing_id) return nullptr;
+  return &found->second;
+}
+
+const Session* Sessions::first(const std::string& routing_id) const {
+  auto peer = peer_sessions_.find(routing_id);
+  if (peer == peer_sessions_.end() || peer->second.empty()) return nullptr;
+  return &sessions_.at(peer->second.front());
+}
+
+// Every path that ends a session comes here: HELLO replacing it, a newer
+// session of its origin, eviction of the oldest, RESUME by the next
+// session; its retained ACKs go with it.
+void Sessions::erase(std::uint64_t id) {
+  auto found = sessions_.find(id);
+  if (found == sessions_.end()) return;
+  retained_ack_bytes_ -= found->second.retained_ack_bytes;
+  auto forget = [id](auto& index, const std::string& key) {
+    auto entry = index.find(key);
+    if (entry == index.end()) return;
+    std::erase(entry->second, id);
+    if (entry->second.empty()) index.erase(entry);
+  };
+  forget(peer_sessions_, found->second.routing_id);
+  if (!found->second.origin.empty()) forget(origin_sessions_, found->second.origin);
+  sessions_.erase(found);
+}
+
+// A new session of an origin ends the earlier ones of that origin, on any
+// connection, but two: the latest of its own lease epoch (a RESUME from the
+// new session may still ask about it, or it is the relay's live session
+// next to which it opened a spare), and the latest of an older epoch that
+// published, else the latest of an older epoch (its relay, if still
+// running, learns from stale_epoch that it lost the lease). Without this, the sessions of broken
+// connections and of databases a relay closed and opened again would stay until evicted as the
+// least recently active under the session maximum.
+void Sessions::end_older(const std::string& origin, std::uint64_t epoch) {
+  auto entry = origin_sessions_.find(origin);
+  if (entry == origin_sessions_.end()) return;
+  std::uint64_t keep_same = 0, keep_older = 0;
+  bool older_published = false;
+  for (auto id : entry->second) {
+    const Session& session = sessions_.at(id);
+    if (session.epoch == epoch) keep_same = id;
+    if (session.epoch < epoch && (session.has_batch || !older_published)) {
+      keep_older = id;
+      older_published = session.has_batch;
+    }
+  }
+  std::vector<std::uint64_t> ended;
+  for (auto id : entry->second) {
+    if (id != keep_same && id != keep_older) ended.push_back(id);
+  }
+  for (auto id : ended) erase(id);
+}
+
+void Sessions::end_replaced(const std::string& routing_id, const wire::Hello& hello) {
+  auto peer = peer_sessions_.find(routing_id);
+  if (peer == peer_sessions_.end()) return;
+  std::vector<std::uint64_t> replaced;
+  for (auto id : peer->second) {
+    if ((hello.flags & wire::kHelloOneOfSeveral) == 0 || sessions_.at(id).origin == hello.origin) {
+      replaced.push_back(id);
+    }
+  }
+  for (auto id : replaced) erase(id);
+}
+
+Session& Sessions::open(const std::string& routing_id, const wire::Hello& hello) {
+  end_replaced(routing_id, hello);
+  if (sessions_.size() >= max_sessions_) {
+    auto oldest = std::min_element(sessions_.begin(), sessions_.end(), [](auto& a, auto& b) {
+      return a.second.last_active < b.second.last_active;
+    });
+    if (oldest != sessions_.end()) erase(oldest->first);
+  }
+  const auto id = ++next_session_id_;
+  Session& session = sessions_[id];
+  session.id = id;
+  session.routing_id = routing_id;
+  session.producer = hello.producer;
+  session.last_active = Clock::now();
+  session.origin = hello.origin;
+  session.epoch = hello.epoch;
+  peer_sessions_[routing_id].push_back(id);
+  if (!hello.origin.empty()) {
+    end_older(hello.origin, hello.epoch);
+    origin_sessions_[hello.origin].push_back(id);
+  }
+  if (hello.origin.empty()) {
+    metrics::log(
+        logger_, spdlog::level::info,
+        {{"event", "session_opened"}, {"session", session.id}, {"producer", hello.producer}},
+        "session {} opened by '{}'", session.id, hello.producer);
+  } else {
+    metrics::log(logger_, spdlog::level::info,
+                 {{"event", "session_opened"},
+                  {"session", session.id},
+                  {"producer", hello.producer},
+                  {"origin", hello.origin},
+                  {"epoch", hello.epoch}},
+                 "session {} opened by '{}' for origin {} at lease epoch {}", session.id,
+                 hello.producer, hello.origin, hello.epoch);
+  }
+  return session;
+}
+
+void Sessions::fail(Session& session, std::string_view why) {
+  if (session.failed) return;
+  session.failed = true;
+  metrics::log(logger_, spdlog::level::warn,
+               {{"event", "session_failed"},
+                {"session", session.id},
+                {"producer", session.producer},
+                {"reason", why}},
+               "session {} ({}) failed: {}", session.id, session.producer, why);
+}
+
+void Sessions::fail_all(const std::string& routing_id, std::string_view why) {
+  auto found = peer_sessions_.find(routing_id);
+  if (found == peer_sessions_.end()) return;
+  for (auto id : found->second) fail(sessions_.at(id), why);
+}
+
+void Sessions::fail_publishing(const std::string& routing_id, std::string_view body,
+                               std::string_view why) {
+  if (auto id = wire::peek_publish_session_id(body)) {
+    if (Session* session = find(routing_id, *id)) return fail(*session, why);
+  }
+  fail_all(routing_id, why);
+}
+
+void Sessions::retain_ack(Session& session, wire::Ack ack) {
+  auto bytes = wire::ack_body_bytes(ack);
+  session.retained_acks.push_back(std::move(ack));
+  session.retained_ack_bytes += bytes;
+  retained_ack_bytes_ += bytes;
+  while (!session.retained_acks.empty() &&
+         (session.retained_ack_bytes > kRetainedAckBytesPerSession ||
+          retained_ack_bytes_ > kRetainedAckBytesTotal)) {
+    auto oldest = wire::ack_body_bytes(session.retained_acks.front());
+    session.retained_acks.pop_front();
+    session.retained_ack_bytes -= oldest;
+    retained_ack_bytes_ -= oldest;
+  }
+}
+
+const Session* Sessions::resumable(const Session& session, std::uint64_t previous_id) const {
+  auto previous = sessions_.find(previous_id);
+  if (previous == sessions_.end()) return nullptr;
+  const Session& other = previous->second;
+  if (other.id == session.id || other.origin.empty() || other.origin != session.origin ||
+      other.epoch != session.epoch) {
+    return nullptr;
+  }
+  return &other;
+}
+
+std::vector<wire::Ack> Sessions::take_acks(std::uint64_t previous_id, std::uint64_t from_batch_id) {
+  std::vector<wire::Ack> taken;
+  auto previous = sessions_.find(previous_id);
+  if (previous == sessions_.end()) return taken;
+  auto& acks = previous->second.retained_acks;
+  auto next = std::find_if(acks.begin(), acks.end(),
+                           [&](const wire::Ack& ack) { return ack.batch_id == from_batch_id; });
+  for (auto expected = from_batch_id; next != acks.end() && next->batch_id == expected;
+       ++next, ++expected) {
+    taken.push_back(std::move(*next));
+  }
+  erase(previous_id);
+  return taken;
+}
+
+}  // namespace broker::detail
+
+// ---- HELLO and RESUME ----------------------------------------------------------
+
+namespace broker {
+
+std::string Server::Impl::stale_epoch_text(const std::string& origin, std::uint64_t epoch,
+                                           std::uint64_t highest) {
+  return "lease epoch " + std::to_string(epoch) + " of origin " + origin + " is older than epoch " +
+         std::to_string(highest) + " already seen: another relay holds that outbox's lease";
+}
+
+void Server::Impl::on_message(const std::string& routing_id, wire::Hello& hello) {
+  if (!hello.origin.empty()) {
+    // A refused HELLO also ends what it would have replaced.
+    auto refuse = [&](wire::ErrorCode code, const std::string& text) {
+      sessions_.end_replaced(routing_id, hello);
+      reply_error(routing_id, hello.hello_id, code, text);
+    };
+    std::uint64_t highest = 0;
+    try {
+      highest = store_.advance_origin_epoch(hello.origin, hello.epoch);
+    } catch (const std::invalid_argument& error) {
+      ++counters_.malformed;
+      return refuse(wire::ErrorCode::invalid_value, std::string("HELLO: ") + error.what());
+    } catch (const std::exception& error) {
+      ++counters_.storage_failures;
+      return refuse(wire::ErrorCode::storage_failure,
+                    std::string("cannot record the lease epoch: ") + error.what());
+    }
+    if (highest > hello.epoch) {
+      ++counters_.stale_epochs;
+      metrics::log(*logger_, spdlog::level::warn,
+                   {{"event", "session_refused"},
+                    {"producer", hello.producer},
+                    {"origin", hello.origin},
+                    {"epoch", hello.epoch},
+                    {"newest_epoch", highest},
+                    {"error_code", "stale_epoch"}},
+                   "HELLO from '{}' refused: {}", hello.producer,
+                   stale_epoch_text(hello.origin, hello.epoch, highest));
+      return refuse(wire::ErrorCode::stale_epoch,
+                    stale_epoch_text(hello.origin, hello.epoch, highest));
+    }
+  }
+  const detail::Session& session = sessions_.open(routing_id, hello);
+  ++counters_.sessions_opened;
+  auto welcome = wire::welcome_for(session.id, store_.options().max_message_bytes,
+                                   options_.broker_name, options_.limits);
+  welcome.hello_id = hello.hello_id;
+  answer(routing_id, welcome);
+}
+
+// The relay's new session asks which batches of its previous one (whose
+// connection broke) were stored: their ACKs again, consecutive from the
+// first batch it has no ACK for. Only for the same origin and lease epoch,
+// so a session learns nothing about another relay's batches. The previous
+// session is over afterwards: a late batch of it on a connection that is
+// still open somewhere is not applied (no_session), so nothing of it can be
+// stored behind what the new session resends.
+void Server::Impl::on_message(const std::string& routing_id, wire::Resume& resume) {
+  detail::Session* session = sessions_.find(routing_id, resume.session_id);
+  if (session == nullptr) {
+    return reply_error(routing_id, 0, wire::ErrorCode::no_session,
+                       "RESUME: no session " + std::to_string(resume.session_id) +
+                           " on this connection; send HELLO");
+  }
+  session->last_active = detail::Clock::now();
+  wire::Resumed resumed{resume.previous_session_id, {}};
+  // By id, on whichever connection it was: a relay carrying several
+  // databases over a connection resumes each database's session on its own.
+  if (sessions_.resumable(*session, resume.previous_session_id) != nullptr) {
+    // Its batches read in this round count: stored now, they need no resend.
+    const bool previous_pending = std::any_of(
+        round_.pending.begin(), round_.pending.end(),
+        [&](const PendingBatch& batch) { return batch.session_id == resume.previous_session_id; });
+    if (previous_pending) commit_pending();
+    resumed.acks = sessions_.take_acks(resume.previous_session_id, resume.from_batch_id);
+  }
+  ++counters_.resumes;
+  counters_.resumed_batches += resumed.acks.size();
+  logger_->debug("session {} resumed {} batches of session {} from batch {}", session->id,
+                 resumed.acks.size(), resume.previous_session_id, resume.from_batch_id);
+  answer(routing_id, resumed);
+}
+
+}  // namespace broker
