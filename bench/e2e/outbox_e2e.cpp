@@ -15,8 +15,8 @@
 #include <thread>
 #include <unordered_map>
 
-#include "broker/client.hpp"
 #include "bench_support.hpp"
+#include "broker/client.hpp"
 #include "outbox/outbox.hpp"
 #include "outbox/relay_store.hpp"
 #include "outbox_processes.hpp"

@@ -17,8 +17,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "broker/client.hpp"
 #include "bench_support.hpp"
+#include "broker/client.hpp"
 #include "dataset.hpp"
 #include "outbox/outbox.hpp"
 #include "outbox_e2e.hpp"

@@ -29,9 +29,10 @@ std::vector<std::string> key_lines(const std::filesystem::path& path) {
     line = trim(line);
     if (line.empty() || line[0] == '#') continue;
     if (line.size() != 40) {
-      throw outbox::Error(outbox::ErrorKind::io, "key file " + path.string() +
-                               ": expected 40-character Z85 keys, got a line of " +
-                               std::to_string(line.size()) + " characters");
+      throw outbox::Error(outbox::ErrorKind::io,
+                          "key file " + path.string() +
+                              ": expected 40-character Z85 keys, got a line of " +
+                              std::to_string(line.size()) + " characters");
     }
     keys.push_back(line);
   }
@@ -61,7 +62,8 @@ std::string curve_key_to_z85(std::string_view binary) {
 
 std::string read_curve_key_file(const std::filesystem::path& path) {
   auto keys = key_lines(path);
-  if (keys.empty()) throw outbox::Error(outbox::ErrorKind::io, "key file " + path.string() + " holds no key");
+  if (keys.empty())
+    throw outbox::Error(outbox::ErrorKind::io, "key file " + path.string() + " holds no key");
   curve_key_to_binary(keys.front(), "key in " + path.string());
   return keys.front();
 }

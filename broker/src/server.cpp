@@ -49,7 +49,8 @@ Server::Impl::Impl(Store& store, ServerOptions options)
   try {
     router_.bind(options_.bind_endpoint);
   } catch (const zmq::error_t& error) {
-    throw outbox::Error(outbox::ErrorKind::io, "cannot bind " + options_.bind_endpoint + ": " + error.what());
+    throw outbox::Error(outbox::ErrorKind::io,
+                        "cannot bind " + options_.bind_endpoint + ": " + error.what());
   }
   endpoint_ = router_.get(zmq::sockopt::last_endpoint);
   if (options_.metrics) connection_watcher_.start(context_, router_, options_.metrics->connections);

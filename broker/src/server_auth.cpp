@@ -14,7 +14,8 @@ namespace broker::detail {
 CurveAuth::CurveAuth(zmq::context_t& context, zmq::socket_t& router,
                      const CurveServerConfig& config, spdlog::logger& logger)
     : logger_(logger) {
-  if (!zmq_has("curve")) throw outbox::Error(outbox::ErrorKind::io, "this libzmq was built without CURVE");
+  if (!zmq_has("curve"))
+    throw outbox::Error(outbox::ErrorKind::io, "this libzmq was built without CURVE");
   auto secret = curve_key_to_binary(config.secret_key, "the CURVE secret key");
   for (const auto& key : config.allowed_client_keys) {
     allowed_clients_.push_back(curve_key_to_binary(key, "an allowed client key"));

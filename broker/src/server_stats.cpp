@@ -22,7 +22,7 @@ void ConnectionWatcher::start(zmq::context_t& context, zmq::socket_t& socket,
   if (zmq_socket_monitor(socket.handle(), address.c_str(),
                          ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
     throw outbox::Error(outbox::ErrorKind::io, std::string("cannot monitor the broker socket: ") +
-                             zmq_strerror(zmq_errno()));
+                                                   zmq_strerror(zmq_errno()));
   }
   zmq::socket_t pair(context, zmq::socket_type::pair);
   pair.set(zmq::sockopt::linger, 0);
