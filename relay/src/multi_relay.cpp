@@ -541,18 +541,23 @@ struct MultiRelay::Impl {
   }
 
   // An open that found nothing to do (or failed) waits for the files to
-  // change. Not when they changed within kRacyWindow before it looked: the
-  // clock that stamps modification times ticks coarsely (4-10 ms), so a
-  // commit right after the look can leave size and time as they were, and
-  // the files it saw may hold a commit its read could not see yet (SQLite
-  // writes the WAL, then its index). Such a database is looked at again
-  // shortly after, until its files have been still for that long.
+  // change. Not when they changed shortly before it looked: the clock that
+  // stamps modification times ticks coarsely (4-10 ms), so a commit right
+  // after the look can leave size and time as they were; and the files it
+  // saw may hold a commit its read could not see yet (SQLite writes the
+  // WAL, then its index, and a writer descheduled in between on a loaded
+  // machine leaves that gap open for as long as it waits for a CPU). Such a
+  // database is looked at again when its files have been still for twice
+  // as long (at least kRacyWindow), until they have been still for
+  // kSettledAfter: a handful of extra looks per burst of changes.
   void wait_until_changed(Database& database) {
     const auto& files = database.opening_files;
     const auto newest = std::max(files.database.modified_ns, files.wal.modified_ns);
-    if (database.opening_looked_ns - newest < kRacyWindow.count()) {
+    const auto still = std::chrono::nanoseconds(database.opening_looked_ns - newest);
+    if (still < kSettledAfter) {
       database.seen = {};
-      database.call_again_by = SteadyClock::now() + kRacyWindow;
+      database.call_again_by =
+          SteadyClock::now() + std::max<std::chrono::nanoseconds>(kRacyWindow, still);
     } else {
       database.seen = files;
     }
@@ -696,6 +701,7 @@ struct MultiRelay::Impl {
 
   static constexpr milliseconds kRecheckDelay{2};
   static constexpr std::chrono::nanoseconds kRacyWindow = milliseconds(20);
+  static constexpr std::chrono::nanoseconds kSettledAfter = milliseconds(1000);
   static void schedule_recheck(Database& database, SteadyClock::time_point now) {
     database.recheck_at = now + kRecheckDelay;
   }
