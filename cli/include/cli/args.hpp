@@ -86,6 +86,7 @@ CLI::Option* add_choice_option(CLI::App* app, const std::string& name, Value& ta
                                std::vector<std::pair<std::string, Value>> choices,
                                const std::string& description) {
   std::vector<std::string> names;
+  names.reserve(choices.size());
   for (const auto& choice : choices) names.push_back(choice.first);
   auto* option = app->add_option(
       name,
