@@ -14,7 +14,7 @@ using idgen::ManualClock;
 
 namespace {
 
-std::int64_t start_ms() {
+std::int64_t state_start_ms() {
   return Layout::standard().epoch_unix_ms + 5'000'000;
 }
 
@@ -32,7 +32,7 @@ GeneratorOptions with_state(const std::filesystem::path& path,
 // the largest id it issued. With `crash`, the state file is left as it was
 // while the generator ran (as after a kill), not as a clean shutdown leaves it.
 std::uint64_t run_first_life(const std::filesystem::path& path, bool crash) {
-  auto clock = std::make_shared<ManualClock>(start_ms());
+  auto clock = std::make_shared<ManualClock>(state_start_ms());
   std::uint64_t largest = 0;
   std::string on_disk;
   {
@@ -52,7 +52,7 @@ std::uint64_t run_first_life(const std::filesystem::path& path, bool crash) {
 TEST_CASE("the state file records a high-water mark ahead of the issued ids", "[idgen][state]") {
   test_support::TempDir dir("idgen-state");
   const auto path = dir / "worker-4.state";
-  auto clock = std::make_shared<ManualClock>(start_ms());
+  auto clock = std::make_shared<ManualClock>(state_start_ms());
   Generator generator(Layout::standard(), 4, with_state(path, clock, ClockPolicy::wait));
   const auto first = idgen::decode(Layout::standard(), generator.next());
   const std::string text = test_support::read_file(path);
@@ -71,7 +71,7 @@ TEST_CASE("restart after a clock rollback never reissues ids", "[idgen][state][c
 
   SECTION("policy borrow continues above everything issued before") {
     // The clock was rolled back a whole second.
-    auto clock = std::make_shared<ManualClock>(start_ms() - 1000);
+    auto clock = std::make_shared<ManualClock>(state_start_ms() - 1000);
     Generator generator(Layout::standard(), 4, with_state(path, clock, ClockPolicy::borrow));
     std::uint64_t previous = largest;
     for (int i = 0; i < 20'000; ++i) {
@@ -81,17 +81,17 @@ TEST_CASE("restart after a clock rollback never reissues ids", "[idgen][state][c
     }
   }
   SECTION("policy wait refuses to start") {
-    auto clock = std::make_shared<ManualClock>(start_ms() - 1000);
+    auto clock = std::make_shared<ManualClock>(state_start_ms() - 1000);
     CHECK_THROWS_AS(Generator(Layout::standard(), 4, with_state(path, clock, ClockPolicy::wait)),
                     idgen::ClockMovedBackwardsError);
   }
   SECTION("policy fail refuses to start") {
-    auto clock = std::make_shared<ManualClock>(start_ms());
+    auto clock = std::make_shared<ManualClock>(state_start_ms());
     CHECK_THROWS_AS(Generator(Layout::standard(), 4, with_state(path, clock, ClockPolicy::fail)),
                     idgen::ClockMovedBackwardsError);
   }
   SECTION("a restart with the clock past the mark just goes on") {
-    auto clock = std::make_shared<ManualClock>(start_ms() + 10'000);
+    auto clock = std::make_shared<ManualClock>(state_start_ms() + 10'000);
     Generator generator(Layout::standard(), 4, with_state(path, clock, ClockPolicy::wait));
     CHECK(generator.next() > largest);
   }
@@ -129,7 +129,7 @@ TEST_CASE("a restart inside the write-ahead window waits for the clock to pass t
 TEST_CASE("one state file serves one generator at a time", "[idgen][state]") {
   test_support::TempDir dir("idgen-state");
   const auto path = dir / "shared.state";
-  auto clock = std::make_shared<ManualClock>(start_ms());
+  auto clock = std::make_shared<ManualClock>(state_start_ms());
   Generator first(Layout::standard(), 1, with_state(path, clock, ClockPolicy::wait));
   try {
     Generator second(Layout::standard(), 2, with_state(path, clock, ClockPolicy::wait));
@@ -144,7 +144,7 @@ TEST_CASE("a corrupt state file is refused, not ignored", "[idgen][state]") {
   test_support::TempDir dir("idgen-state");
   const auto path = dir / "bad.state";
   std::ofstream(path) << "hello\n";
-  auto clock = std::make_shared<ManualClock>(start_ms());
+  auto clock = std::make_shared<ManualClock>(state_start_ms());
   try {
     Generator generator(Layout::standard(), 1, with_state(path, clock, ClockPolicy::wait));
     FAIL("accepted");

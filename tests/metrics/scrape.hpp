@@ -4,11 +4,15 @@
 
 #include <httplib.h>
 
+#include <chrono>
+#include <filesystem>
 #include <optional>
 #include <sstream>
 #include <string>
 
 #include <catch2/catch.hpp>
+
+#include "test_support.hpp"
 
 namespace metrics_test {
 
@@ -16,6 +20,23 @@ struct HttpReply {
   int status = 0;  // 0: no answer
   std::string body;
 };
+
+// The HOST:PORT a daemon started with `--metrics-bind 127.0.0.1:0
+// --metrics-address-file <file>` wrote there; fails the test if the daemon ended
+// first.
+inline std::string wait_for_address(test_support::ChildProcess& process,
+                                    const std::filesystem::path& file) {
+  bool written =
+      test_support::wait_until([&] { return std::filesystem::exists(file) || !process.running(); },
+                               std::chrono::seconds(20));
+  INFO(process.stderr_text());
+  REQUIRE(written);
+  REQUIRE(process.running());
+  auto text = test_support::read_file(file);
+  auto address = text.substr(0, text.find('\n'));
+  REQUIRE(address.rfind("127.0.0.1:", 0) == 0);
+  return address;
+}
 
 // `address` is HOST:PORT as written to --metrics-address-file.
 inline HttpReply http_get(const std::string& address, const std::string& path) {

@@ -23,24 +23,11 @@ using broker_test::BrokerProcess;
 using metrics_test::http_get;
 using metrics_test::sample;
 using metrics_test::scrape;
+using metrics_test::wait_for_address;
 using relay_test::RelayProcess;
 
 std::vector<std::string> metrics_flags(const std::filesystem::path& address_file) {
   return {"--metrics-bind", "127.0.0.1:0", "--metrics-address-file", address_file.string()};
-}
-
-// The HOST:PORT a daemon wrote to --metrics-address-file.
-std::string wait_for_address(test_support::ChildProcess& process,
-                             const std::filesystem::path& file) {
-  bool written = test_support::wait_until(
-      [&] { return std::filesystem::exists(file) || !process.running(); }, 20s);
-  INFO(process.stderr_text());
-  REQUIRE(written);
-  REQUIRE(process.running());
-  auto text = test_support::read_file(file);
-  auto address = text.substr(0, text.find('\n'));
-  REQUIRE(address.rfind("127.0.0.1:", 0) == 0);
-  return address;
 }
 
 bool wait_for_sample(const std::string& address, const std::string& series, double expected,

@@ -23,6 +23,7 @@ namespace {
 using namespace std::chrono_literals;
 using broker_test::BrokerProcess;
 using metrics_test::http_get;
+using metrics_test::wait_for_address;
 using relay_test::RelayProcess;
 
 std::string percent_encode(const std::string& text) {
@@ -96,16 +97,6 @@ class PrometheusServer {
   std::string address_;
   std::unique_ptr<test_support::ChildProcess> process_;
 };
-
-std::string wait_for_address(test_support::ChildProcess& process,
-                             const std::filesystem::path& file) {
-  REQUIRE(test_support::wait_until(
-      [&] { return std::filesystem::exists(file) || !process.running(); }, 20s));
-  INFO(process.stderr_text());
-  REQUIRE(process.running());
-  auto text = test_support::read_file(file);
-  return text.substr(0, text.find('\n'));
-}
 
 // The "expr" strings of the shipped Grafana dashboard (JSON escapes undone).
 std::vector<std::string> dashboard_queries() {
