@@ -61,7 +61,7 @@ outbox_stage_static() {
 # that outbox_static_stop can end it and its clang-tidy processes, and a Ctrl-C
 # reaches scripts/test, whose exit trap does that.
 outbox_static_start() {
-  local log="$OUTBOX_ROOT/build/static-stage.log"
+  local log="$OUTBOX_ROOT/build/static-stage.log" started cpu_started=0 cpu_now=0 result
   outbox_log "static stage started in the background at nice 19 (log: $log)"
   set -m
   (
