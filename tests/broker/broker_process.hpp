@@ -16,6 +16,7 @@
 #include "broker/client.hpp"
 #include "test_support.hpp"
 #include "wire/protocol.hpp"
+#include "written_address.hpp"
 
 namespace broker_test {
 
@@ -29,15 +30,7 @@ inline std::string broker_binary() {
 // endpoint it bound; fails the test if it exits first or takes over 20 s.
 inline std::string wait_for_endpoint(test_support::ChildProcess& process,
                                      const std::filesystem::path& file) {
-  bool listening = test_support::wait_until(
-      [&] { return std::filesystem::exists(file) || !process.running(); }, 20s);
-  INFO(process.stderr_text());
-  REQUIRE(listening);
-  REQUIRE(process.running());
-  auto text = test_support::read_file(file);
-  auto endpoint = text.substr(0, text.find('\n'));
-  REQUIRE(endpoint.rfind("tcp://127.0.0.1:", 0) == 0);
-  return endpoint;
+  return test_support::wait_for_written_address(process, file, "tcp://127.0.0.1:");
 }
 
 class BrokerProcess {

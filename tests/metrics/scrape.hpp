@@ -13,6 +13,7 @@
 #include <catch2/catch.hpp>
 
 #include "test_support.hpp"
+#include "written_address.hpp"
 
 namespace metrics_test {
 
@@ -26,16 +27,7 @@ struct HttpReply {
 // first.
 inline std::string wait_for_address(test_support::ChildProcess& process,
                                     const std::filesystem::path& file) {
-  bool written =
-      test_support::wait_until([&] { return std::filesystem::exists(file) || !process.running(); },
-                               std::chrono::seconds(20));
-  INFO(process.stderr_text());
-  REQUIRE(written);
-  REQUIRE(process.running());
-  auto text = test_support::read_file(file);
-  auto address = text.substr(0, text.find('\n'));
-  REQUIRE(address.rfind("127.0.0.1:", 0) == 0);
-  return address;
+  return test_support::wait_for_written_address(process, file, "127.0.0.1:");
 }
 
 // `address` is HOST:PORT as written to --metrics-address-file.
