@@ -1,7 +1,8 @@
 // outbox-relay --sink jetstream against a real nats-server -js: exactly once
 // and per-key order through kills of the relay and of the server, resends
 // answered as duplicates, and the refusals at start (no stream, no subject,
-// a duplicate window shorter than the relay's retry horizon).
+// a duplicate window shorter than the relay's retry horizon); the same for a
+// directory of databases over one NATS connection (--db-dir).
 #include <algorithm>
 #include <fstream>
 #include <map>
@@ -12,7 +13,9 @@
 
 #include "holding_sink.hpp"
 #include "jetstream_harness.hpp"
+#include "multi_harness.hpp"
 #include "relay/jetstream_sink.hpp"
+#include "relay/multi_relay.hpp"
 #include "relay_harness.hpp"
 
 using namespace relay_test;
@@ -671,4 +674,111 @@ TEST_CASE("a relay held past its lease between reading and publishing publishes 
   }
   CHECK(orders == 200);
   CHECK(ids.size() == 200);
+}
+
+namespace {
+
+// `outbox-relay run --db-dir DIR --sink jetstream` with the common test flags and `extra`.
+std::unique_ptr<RelayProcess> directory_relay(const test_support::TempDir& dir,
+                                              const std::filesystem::path& tenants_dir,
+                                              const NatsServer& server,
+                                              std::vector<std::string> extra = {}) {
+  std::vector<std::string> flags = {"--db-dir", tenants_dir.string(), "--rescan-interval", "1s"};
+  flags.insert(flags.end(), extra.begin(), extra.end());
+  return RelayProcess::with_flags(dir.path(), {}, jetstream_flags(server, flags));
+}
+
+bool wait_stream_count(NatsClient& client, long expected,
+                       std::chrono::milliseconds timeout = 120s) {
+  return test_support::wait_until(
+      [&] { return static_cast<long>(client.message_count(kStream)) >= expected; }, timeout, 50ms);
+}
+
+}  // namespace
+
+TEST_CASE("--db-dir --sink jetstream: every database drains over one connection, in order",
+          "[relay][jetstream][multi]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-dir");
+  auto tenants_dir = dir / "tenants";
+  std::filesystem::create_directories(tenants_dir);
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient client(server.url());
+  // Messages above 1 KiB cannot be stored: such a row is dead.
+  client.add_stream(kStream, {"outbox.>"}, 2min, 1024);
+
+  auto tenants = make_tenants(tenants_dir, 12);
+  for (auto& tenant : tenants) tenant->writer.commit(40);
+  // t0 has a row no stream takes, ahead of more of its key and of other keys.
+  auto too_large = enqueue_one(tenants[0]->box, "t0-k0", std::string(4096, 'x'));
+  tenants[0]->writer.commit(10);
+
+  auto relay = directory_relay(dir, tenants_dir, server);
+  INFO(relay->log());
+  // Everything but t0's key t0-k0 after the dead row (t0 commits 50 over 3 keys: k0 gets 17,
+  // 14 of them before the dead row).
+  const long held_back = 3;
+  REQUIRE(wait_stream_count(client, committed(tenants) - held_back));
+
+  // A database that appears while it runs, and more commits everywhere.
+  tenants.push_back(std::make_unique<Tenant>(tenants_dir, "late"));
+  for (auto& tenant : tenants) tenant->writer.commit(20);
+  const long expected = committed(tenants) - held_back - 7;  // 7 more of t0-k0
+  REQUIRE(wait_stream_count(client, expected));
+
+  const auto t0 = outbox_status(tenants_dir / "t0.db");
+  CHECK(t0.dead == 1);
+  CHECK(t0.pending == held_back + 7);
+  auto dead = test_support::run(relay_binary(),
+                                {"dead", "--db", (tenants_dir / "t0.db").string(), "--json"});
+  CHECK(dead.out.find(too_large) != std::string::npos);
+  CHECK(dead.out.find("max message size") != std::string::npos);
+  // Dropping the dead row lets the rest of its key through, in order.
+  CHECK(test_support::run(relay_binary(),
+                          {"drop", "--db", (tenants_dir / "t0.db").string(), "--msg-id", too_large})
+            .status.code == 0);
+  REQUIRE(wait_stream_count(client, committed(tenants)));
+
+  CHECK(relay->stop().code == 0);
+  const auto log = relay->log();
+  CHECK(log.find("over 1 connections") != std::string::npos);
+  CHECK(log.find("database late.db: found") != std::string::npos);
+  CHECK(client.message_count(kStream) == static_cast<std::uint64_t>(committed(tenants)));
+  check_stream_exactly_once_in_order(client.read_all(kStream), committed(tenants));
+  for (const auto& name : relay::database_files(tenants_dir, "*.db")) {
+    CHECK(outbox_status(tenants_dir / name).pending == 0);
+  }
+}
+
+TEST_CASE("--db-dir --sink jetstream: kill -9 of the relay, then a new one: no loss, no duplicate",
+          "[relay][jetstream][multi][recovery]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-dir-kill");
+  auto tenants_dir = dir / "tenants";
+  std::filesystem::create_directories(tenants_dir);
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient client(server.url());
+  client.add_stream(kStream, {"outbox.>"});
+  auto tenants = make_tenants(tenants_dir, 10);
+  for (auto& tenant : tenants) tenant->writer.commit(600);
+
+  const std::vector<std::string> flags = {"--lease", "1s", "--batch-size", "50"};
+  {
+    auto first = directory_relay(dir, tenants_dir, server, flags);
+    INFO(first->log());
+    REQUIRE(wait_stream_count(client, 1000, 60s));
+    first->kill9();
+  }
+  REQUIRE(client.message_count(kStream) < static_cast<std::uint64_t>(committed(tenants)));
+  auto second = directory_relay(dir, tenants_dir, server, flags);
+  INFO(second->log());
+  // Commits while the second one takes the leases over.
+  for (auto& tenant : tenants) tenant->writer.commit(20);
+  for (std::size_t i = 0; i < tenants.size(); ++i) {
+    REQUIRE(wait_delivered(tenants_dir / ("t" + std::to_string(i) + ".db"),
+                           tenants[i]->writer.committed()));
+  }
+  CHECK(second->stop().code == 0);
+  CHECK(client.message_count(kStream) == static_cast<std::uint64_t>(committed(tenants)));
+  check_stream_exactly_once_in_order(client.read_all(kStream), committed(tenants));
 }
