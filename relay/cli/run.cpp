@@ -157,8 +157,9 @@ void use_jetstream(const RunSettings& settings, relay::MultiRelayConfig& multi) 
   relay::SharedJetStreamOptions options;
   options.sink = jetstream_options(settings, multi.relay);
   options.sink.max_pending_bytes = multi.relay.batch_bytes * multi.relay.max_in_flight_batches;
-  // A server that stops answering is noticed by libnats' pings well before
-  // every database's acknowledgement timeout has run out on its own.
+  // A server that stops answering is noticed by libnats' pings (two missed
+  // PONGs close the connection); until then a database whose acknowledgement
+  // timed out opens its next session on the same connection.
   options.sink.ping_interval = std::max(multi.relay.ack_timeout / 2, 1000ms);
   options.max_total_pending_bytes = static_cast<std::size_t>(settings.nats_pending_bytes);
   try {
