@@ -688,6 +688,22 @@ std::unique_ptr<RelayProcess> directory_relay(const test_support::TempDir& dir,
   return RelayProcess::with_flags(dir.path(), {}, jetstream_flags(server, flags));
 }
 
+// A directory for tenant databases next to a nats-server holding the stream
+// kStream (messages up to `max_msg_size` bytes; -1: any).
+struct JetStreamTenants {
+  explicit JetStreamTenants(const std::string& prefix, std::int32_t max_msg_size = -1)
+      : dir(prefix),
+        tenants_dir(TenantDirectory::created(dir / "tenants")),
+        server(dir.path(), dir / "jetstream"),
+        client(server.url()) {
+    client.add_stream(kStream, {"outbox.>"}, 2min, max_msg_size);
+  }
+  test_support::TempDir dir;
+  std::filesystem::path tenants_dir;
+  NatsServer server;
+  NatsClient client;
+};
+
 bool wait_stream_count(NatsClient& client, long expected,
                        std::chrono::milliseconds timeout = 120s) {
   return test_support::wait_until(
@@ -699,13 +715,9 @@ bool wait_stream_count(NatsClient& client, long expected,
 TEST_CASE("--db-dir --sink jetstream: every database drains over one connection, in order",
           "[relay][jetstream][multi]") {
   if (!have_nats_server()) return;
-  test_support::TempDir dir("relay-js-dir");
-  auto tenants_dir = dir / "tenants";
-  std::filesystem::create_directories(tenants_dir);
-  NatsServer server(dir.path(), dir / "jetstream");
-  NatsClient client(server.url());
   // Messages above 1 KiB cannot be stored: such a row is dead.
-  client.add_stream(kStream, {"outbox.>"}, 2min, 1024);
+  JetStreamTenants setup("relay-js-dir", 1024);
+  auto& [dir, tenants_dir, server, client] = setup;
 
   auto tenants = make_tenants(tenants_dir, 12);
   for (auto& tenant : tenants) tenant->writer.commit(40);
@@ -753,12 +765,8 @@ TEST_CASE("--db-dir --sink jetstream: every database drains over one connection,
 TEST_CASE("--db-dir --sink jetstream: kill -9 of the relay, then a new one: no loss, no duplicate",
           "[relay][jetstream][multi][recovery]") {
   if (!have_nats_server()) return;
-  test_support::TempDir dir("relay-js-dir-kill");
-  auto tenants_dir = dir / "tenants";
-  std::filesystem::create_directories(tenants_dir);
-  NatsServer server(dir.path(), dir / "jetstream");
-  NatsClient client(server.url());
-  client.add_stream(kStream, {"outbox.>"});
+  JetStreamTenants setup("relay-js-dir-kill");
+  auto& [dir, tenants_dir, server, client] = setup;
   auto tenants = make_tenants(tenants_dir, 10);
   for (auto& tenant : tenants) tenant->writer.commit(600);
 
@@ -781,4 +789,101 @@ TEST_CASE("--db-dir --sink jetstream: kill -9 of the relay, then a new one: no l
   CHECK(second->stop().code == 0);
   CHECK(client.message_count(kStream) == static_cast<std::uint64_t>(committed(tenants)));
   check_stream_exactly_once_in_order(client.read_all(kStream), committed(tenants));
+}
+
+namespace {
+
+// `count` messages of key `key`, each of `payload_bytes` bytes.
+std::vector<outbox::PendingMessage> pending_messages(const std::string& key, int count,
+                                                     std::size_t payload_bytes) {
+  std::vector<outbox::PendingMessage> messages;
+  for (int i = 1; i <= count; ++i) {
+    outbox::PendingMessage message;
+    message.seq = i;
+    message.msg_id = key + "-" + std::to_string(i);
+    message.topic = "orders";
+    message.partition_key = key;
+    message.payload = key + ":" + std::to_string(i) + ":";
+    message.payload.resize(payload_bytes, 'x');
+    messages.push_back(std::move(message));
+  }
+  return messages;
+}
+
+}  // namespace
+
+TEST_CASE("one NATS connection for many databases: pending bytes bounded, a lost server fails all",
+          "[relay][jetstream][multi]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-shared");
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
+
+  relay::SharedJetStreamOptions options;
+  options.sink.url = server.url();
+  options.sink.stream = kStream;
+  options.sink.max_pending_bytes = 3000;  // per database
+  options.max_total_pending_bytes = 5000;
+  relay::SharedJetStreamConnection connection(options);
+  auto a = connection.channel(1), b = connection.channel(2), c = connection.channel(3);
+  CHECK_THROWS_AS(connection.channel(2), std::invalid_argument);
+  for (auto* sink : {a.get(), b.get(), c.get()}) REQUIRE_FALSE(sink->open_session(5s));
+  REQUIRE(connection.readable().socket == nullptr);
+  REQUIRE(connection.readable().descriptor >= 0);
+
+  // Two messages of ~1,060 bytes each (headers and Nats-Msg-Id counted).
+  const auto a1 = pending_messages("a", 2, 1000), a2 = pending_messages("a2", 2, 1000);
+  const auto b1 = pending_messages("b", 2, 1000), c1 = pending_messages("c", 2, 1000);
+  REQUIRE(relay::nats_message_size(a1[0]) > 1000);
+  REQUIRE(relay::nats_message_size(a1[0]) * 4 < 5000);
+
+  // With the server stopped no PubAck comes back: what is published stays pending.
+  server.process().signal(SIGSTOP);
+  CHECK(a->send(1, a1));
+  CHECK_FALSE(a->send(2, a2));  // a would hold more than 3,000 bytes
+  CHECK(b->send(1, b1));
+  CHECK_FALSE(c->send(1, c1));  // all would hold more than 5,000 bytes
+  CHECK_FALSE(connection.has_events(1));
+  server.process().signal(SIGCONT);
+
+  auto acked = [&](relay::Sink& sink, std::uint32_t slot, std::uint64_t batch_id) {
+    REQUIRE(test_support::wait_until([&] { return connection.has_events(slot); }, 30s, 1ms));
+    connection.pump(0ms);
+    auto event = sink.poll(0ms);
+    REQUIRE(event);
+    CHECK(event->kind == relay::SinkEvent::Kind::acked);
+    CHECK(event->batch_id == batch_id);
+    REQUIRE(event->deliveries.size() == 2);
+    for (const auto& delivery : event->deliveries)
+      CHECK(delivery.status == relay::DeliveryStatus::stored);
+  };
+  acked(*a, 1, 1);
+  acked(*b, 2, 1);
+  REQUIRE(c->send(1, c1));
+  acked(*c, 3, 1);
+  REQUIRE(a->send(2, a2));
+  acked(*a, 1, 2);
+  CHECK(NatsClient(server.url()).message_count(kStream) == 8);
+
+  // The server goes away with a batch of a's in flight: libnats reports the
+  // connection lost, a's session fails; b, with nothing in flight, learns it
+  // at its next send.
+  server.process().signal(SIGSTOP);
+  REQUIRE(a->send(3, pending_messages("a3", 2, 100)));
+  server.kill9();
+  REQUIRE(test_support::wait_until([&] { return connection.has_events(1); }, 30s, 1ms));
+  auto failed = a->poll(0ms);
+  REQUIRE(failed);
+  CHECK(failed->kind == relay::SinkEvent::Kind::failed);
+  CHECK(failed->error.find("NATS server") != std::string::npos);
+  CHECK_FALSE(connection.has_events(1));  // reported once
+  CHECK_FALSE(connection.has_events(2));
+  REQUIRE(b->send(2, pending_messages("b2", 1, 100)));
+  auto b_failed = b->poll(0ms);
+  REQUIRE(b_failed);
+  CHECK(b_failed->kind == relay::SinkEvent::Kind::failed);
+  // No server: a new session cannot open.
+  auto error = a->open_session(500ms);
+  REQUIRE(error);
+  CHECK(error->find("cannot connect to NATS") != std::string::npos);
 }
