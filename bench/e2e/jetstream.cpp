@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 
@@ -58,6 +59,20 @@ bool jetstream_available() {
 void jetstream_shutdown() {}
 JetStreamResult run_jetstream(const JetStreamSettings&, const Dataset&) {
   throw std::runtime_error("outbox-bench was built without libnats (install libnats-dev)");
+}
+struct JetStreamTarget::Impl {};
+JetStreamTarget::JetStreamTarget(const JetStreamSettings&, const fs::path&, const std::string&) {
+  throw std::runtime_error("outbox-bench was built without libnats (install libnats-dev)");
+}
+JetStreamTarget::~JetStreamTarget() = default;
+std::string JetStreamTarget::url() const {
+  return {};
+}
+std::uint64_t JetStreamTarget::stream_messages() {
+  return 0;
+}
+test_support::ChildProcess& JetStreamTarget::process() {
+  throw std::logic_error("no nats-server");
 }
 
 #else
@@ -184,6 +199,11 @@ class NatsServer {
 
   int port_ = 0;
   std::string url_;
+
+ public:
+  const std::string& url() const { return url_; }
+
+ private:
   std::unique_ptr<ChildProcess> process_;
   natsConnection* connection_ = nullptr;
 };
@@ -195,6 +215,30 @@ std::uint64_t stream_messages(jsCtx* js) {
   auto count = info->State.Msgs;
   jsStreamInfo_Destroy(info);
   return count;
+}
+
+// The file-backed stream `stream_name` covering `subjects`.
+void add_stream(jsCtx* js, const JetStreamSettings& settings, const char* subjects) {
+  jsStreamConfig config;
+  jsStreamConfig_Init(&config);
+  config.Name = stream_name;
+  const char* list[] = {subjects};
+  config.Subjects = list;
+  config.SubjectsLen = 1;
+  config.Storage = js_FileStorage;
+  config.Duplicates = settings.duplicate_window_seconds * 1'000'000'000LL;
+  jsStreamInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  check(js_AddStream(&info, js, &config, nullptr, &code), "js_AddStream");
+  jsStreamInfo_Destroy(info);
+}
+
+void open_nats() {
+  static const bool opened = [] {
+    check(nats_Open(-1), "nats_Open");
+    return true;
+  }();
+  (void)opened;
 }
 
 void publish_one(jsCtx* js, const char* subject, const std::string& msg_id,
@@ -232,12 +276,7 @@ double publish_all(jsCtx* js, const Dataset& data) {
 JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& data) {
   JetStreamResult result;
   result.server_version = nats_server_version(settings.server_binary);
-  static const bool opened = [] {
-    check(nats_Open(-1), "nats_Open");
-    return true;
-  }();
-  (void)opened;
-
+  open_nats();
   TempDir dir("outbox-bench-nats");
   NatsServer server(settings, dir.path());
   progress("jetstream: nats-server " + result.server_version + " up, file storage in " +
@@ -255,20 +294,7 @@ JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& 
   check(natsConnection_JetStream(&js, server.connection(), &js_options), "JetStream context");
   std::unique_ptr<jsCtx, void (*)(jsCtx*)> js_guard(js, jsCtx_Destroy);
 
-  {
-    jsStreamConfig config;
-    jsStreamConfig_Init(&config);
-    config.Name = stream_name;
-    const char* subjects[] = {"bench.>"};
-    config.Subjects = subjects;
-    config.SubjectsLen = 1;
-    config.Storage = js_FileStorage;
-    config.Duplicates = settings.duplicate_window_seconds * 1'000'000'000LL;
-    jsStreamInfo* info = nullptr;
-    jsErrCode code = static_cast<jsErrCode>(0);
-    check(js_AddStream(&info, js, &config, nullptr, &code), "js_AddStream");
-    jsStreamInfo_Destroy(info);
-  }
+  add_stream(js, settings, "bench.>");
 
   // ---- publish -----------------------------------------------------------
   progress("jetstream: async publish of " + std::to_string(data.size()) + " messages (" +
@@ -375,6 +401,41 @@ JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& 
   js_guard.reset();
   server.stop();
   return result;
+}
+
+struct JetStreamTarget::Impl {
+  Impl(const JetStreamSettings& settings, const fs::path& dir) : server(settings, dir) {}
+  NatsServer server;
+  jsCtx* js = nullptr;
+};
+
+JetStreamTarget::JetStreamTarget(const JetStreamSettings& settings, const fs::path& dir,
+                                 const std::string& subjects) {
+  static_assert(std::string_view(kStream) == std::string_view("BENCH"));
+  open_nats();
+  impl_ = std::make_unique<Impl>(settings, dir);
+  jsOptions options;
+  jsOptions_Init(&options);
+  options.Wait = 10'000;
+  check(natsConnection_JetStream(&impl_->js, impl_->server.connection(), &options),
+        "JetStream context");
+  add_stream(impl_->js, settings, subjects.c_str());
+}
+
+JetStreamTarget::~JetStreamTarget() {
+  if (impl_ && impl_->js != nullptr) jsCtx_Destroy(impl_->js);
+}
+
+std::string JetStreamTarget::url() const {
+  return impl_->server.url();
+}
+
+std::uint64_t JetStreamTarget::stream_messages() {
+  return bench::stream_messages(impl_->js);
+}
+
+test_support::ChildProcess& JetStreamTarget::process() {
+  return impl_->server.process();
 }
 
 #endif

@@ -13,10 +13,16 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "dataset.hpp"
+
+namespace test_support {
+class ChildProcess;
+}
 
 namespace bench {
 
@@ -56,6 +62,28 @@ bool jetstream_available();  // false when built without libnats
 std::string nats_server_version(const std::string& server_binary);
 
 JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& data);
+
+// nats-server -js on loopback (as run_jetstream starts it) with one
+// file-backed stream, JetStreamTarget::kStream, covering `subjects`: where
+// outbox-relay --sink jetstream forwards in `outbox-bench tenants --sink
+// jetstream`. Throws std::runtime_error when it cannot start (or without
+// libnats).
+class JetStreamTarget {
+ public:
+  static constexpr const char* kStream = "BENCH";
+  JetStreamTarget(const JetStreamSettings& settings, const std::filesystem::path& dir,
+                  const std::string& subjects);
+  ~JetStreamTarget();
+  JetStreamTarget(const JetStreamTarget&) = delete;
+  JetStreamTarget& operator=(const JetStreamTarget&) = delete;
+  std::string url() const;
+  std::uint64_t stream_messages();  // what the stream holds now
+  test_support::ChildProcess& process();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // nats_Close() once at program exit (no-op without libnats).
 void jetstream_shutdown();

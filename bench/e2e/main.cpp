@@ -86,6 +86,7 @@ struct Flags {
   double settle_seconds = 35;
   double idle_seconds = 60;
   std::vector<std::string> parts = {"drain", "latency", "idle"};
+  std::string sink = "broker";  // drain: where the relay forwards
 };
 
 std::string joined_command_line(int argc, char** argv) {
@@ -204,7 +205,10 @@ void run_tenants(const Flags& flags, const bench::RunInfo& info, bench::Summary&
       auto many =
           bench::make_dataset(messages, flags.payload_bytes, flags.keys, base + 4, seed + 1000);
       bench::progress("round " + std::to_string(round) + " of " + std::to_string(info.rounds));
-      auto result = bench::run_tenants_drain(settings, one, many, round % 2 == 0);
+      auto result = flags.sink == "jetstream"
+                        ? bench::run_tenants_drain_jetstream(settings, jetstream_settings(flags),
+                                                             one, many, round % 2 == 0)
+                        : bench::run_tenants_drain(settings, one, many, round % 2 == 0);
       collect(summary, result.problems, "round " + std::to_string(round) + ": ");
       summary.tenants_drain.push_back(std::move(result));
     }
@@ -444,6 +448,12 @@ int main(int argc, char** argv) {
   tenants->add_option("--idle-seconds", flags.idle_seconds, "idle: how long CPU time is measured")
       ->capture_default_str()
       ->check(CLI::Range(1.0, 3600.0));
+  tenants
+      ->add_option("--sink", flags.sink,
+                   "drain: forward to outbox-broker, or to a JetStream stream on a nats-server "
+                   "the benchmark starts (--nats-server); the other parts need the broker")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"broker", "jetstream"}));
   tenants->add_option("--parts", flags.parts, "Which parts to run")
       ->capture_default_str()
       ->delimiter(',')

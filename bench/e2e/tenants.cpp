@@ -178,6 +178,61 @@ TenantsDrainResult run_tenants_drain(const TenantsSettings& settings, const Data
   return result;
 }
 
+TenantsDrainResult run_tenants_drain_jetstream(const TenantsSettings& settings,
+                                               const JetStreamSettings& nats, const Dataset& one,
+                                               const Dataset& many, bool many_first) {
+  TenantsDrainResult result;
+  result.databases = settings.databases;
+  result.messages = one.size();
+  TempDir dir("outbox-bench-tenants-jetstream");
+  JetStreamTarget target(nats, dir.path(), "bench.>");
+  auto drain = [&](const Dataset& data, bool is_many) {
+    const std::string name = is_many ? "many" : "one";
+    const std::size_t databases = is_many ? settings.databases : 1;
+    fill_tenants(dir / name, "tenants-" + name, data, databases, settings.outbox.setup_batch);
+    const auto base = target.stream_messages();
+    const auto target_count = base + data.size();
+    auto started = steady_ns();
+    RelayProcess relay(settings.outbox, dir.path(), RelaySource::directory(dir / name),
+                       "tcp://127.0.0.1:1", "relay-" + name,
+                       {"--sink", "jetstream", "--nats-url", target.url(), "--stream",
+                        JetStreamTarget::kStream, "--subject-prefix", "bench"});
+    std::uint64_t held = 0;
+    wait_until(
+        [&] {
+          if (!relay.process().running()) {
+            throw std::runtime_error("outbox-relay exited: " + relay.process().log_tail());
+          }
+          held = target.stream_messages();
+          return held >= target_count;
+        },
+        pass_timeout(data.size()), 5ms);
+    auto done = steady_ns();
+    if (held < target_count) throw std::runtime_error("jetstream drain of " + name + " timed out");
+    auto cpu = static_cast<double>(cpu_run_ns(relay.process().pid())) / 1e9;
+    relay.stop();
+    if (auto now = target.stream_messages(); now != target_count) {
+      result.problems.push_back("jetstream " + name + ": the stream holds " +
+                                std::to_string(now - base) + " messages for " +
+                                std::to_string(data.size()) + " committed");
+    }
+    auto seconds = seconds_between(started, done);
+    (is_many ? result.many_cpu_seconds : result.one_cpu_seconds) = cpu;
+    (is_many ? result.many_seconds : result.one_seconds) = seconds;
+    progress("tenants jetstream: " + std::to_string(databases) + " database(s), " +
+             format_rate(static_cast<double>(data.size()) / seconds) + " msg/s (" +
+             std::to_string(seconds) + " s, relay CPU " + std::to_string(cpu) + " s)");
+  };
+  const auto keyed = keyed_by_tenant(many, settings.databases);
+  if (many_first) drain(keyed, true);
+  drain(one, false);
+  if (!many_first) drain(keyed, true);
+  result.one_msgs_per_sec = static_cast<double>(result.messages) / result.one_seconds;
+  result.many_msgs_per_sec = static_cast<double>(result.messages) / result.many_seconds;
+  result.ratio = result.many_msgs_per_sec / result.one_msgs_per_sec;
+  return result;
+}
+
 TenantsLatencyResult run_tenants_latency(const TenantsSettings& settings) {
   TenantsLatencyResult result;
   result.backlog = settings.backlog;

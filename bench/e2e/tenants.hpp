@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "dataset.hpp"
+#include "jetstream.hpp"
 #include "outbox_e2e.hpp"
 
 namespace bench {
@@ -85,6 +86,13 @@ struct TenantsIdleResult {
 // longer than its bounded timeout); wrong results go to problems.
 TenantsDrainResult run_tenants_drain(const TenantsSettings& settings, const Dataset& one,
                                      const Dataset& many, bool many_first);
+// The drain part into a NATS JetStream stream (outbox-relay --sink
+// jetstream, one nats-server for both sides): `many` over `databases`
+// databases against `one` in one database, timed until the stream holds
+// each side's messages; the stream's count must match exactly.
+TenantsDrainResult run_tenants_drain_jetstream(const TenantsSettings& settings,
+                                               const JetStreamSettings& nats, const Dataset& one,
+                                               const Dataset& many, bool many_first);
 TenantsLatencyResult run_tenants_latency(const TenantsSettings& settings);
 TenantsIdleResult run_tenants_idle(const TenantsSettings& settings);
 

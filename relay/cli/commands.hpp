@@ -56,6 +56,8 @@ struct RunSettings {
   std::string stream;
   std::string subject_prefix = "outbox";
   bool allow_short_dedup_window = false;
+  // With --db-dir --sink jetstream: published, not yet acknowledged, over all databases.
+  std::uint64_t nats_pending_bytes = std::uint64_t{64} << 20;
   std::size_t batch_size = 1000;
   std::uint64_t batch_bytes = std::uint64_t{1} << 20;
   std::size_t in_flight = 8;

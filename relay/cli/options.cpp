@@ -21,13 +21,15 @@ std::string default_holder() {
 void add_directory_options(CLI::App* run_cmd, RunSettings& run) {
   run_cmd->add_option("--db-dir", run.db_dir,
                       "Forward every outbox database in this directory (not its subdirectories) "
-                      "from this one process, over a few broker connections; databases that "
-                      "appear or go while it runs are picked up or dropped (--sink broker)");
+                      "from this one process, over a few broker connections (--sink broker) or "
+                      "one NATS connection (--sink jetstream); databases that appear or go while "
+                      "it runs are picked up or dropped");
   run_cmd->add_option("--glob", run.glob, "With --db-dir: which file names are databases")
       ->capture_default_str();
   run_cmd
       ->add_option("--connections", run.connections,
-                   "With --db-dir: broker connections carrying the databases' sessions")
+                   "With --db-dir: broker connections carrying the databases' sessions (with "
+                   "--sink jetstream always one NATS connection)")
       ->capture_default_str()
       ->check(cli::count_check(1, 64));
   run_cmd
@@ -91,6 +93,11 @@ void add_sink_options(CLI::App* run_cmd, RunSettings& run) {
                     "retry horizon (ack-timeout + connect-timeout + backoff-max + lease). Risk: "
                     "a message whose PubAck was lost and that is resent after the window has "
                     "passed is stored twice, so consumers see it twice (--sink jetstream)");
+  cli::add_size_option(run_cmd, "--nats-pending-bytes", run.nats_pending_bytes,
+                       "With --db-dir --sink jetstream: bytes published and not yet acknowledged "
+                       "over all databases (each database is bounded by --batch-bytes × "
+                       "--in-flight); beyond it databases wait for acknowledgements",
+                       {std::uint64_t{1} << 16, std::uint64_t{1} << 34, "", false});
 }
 
 // Batches, timeouts and the lease: how the pipeline to the sink behaves.

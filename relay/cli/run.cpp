@@ -1,5 +1,6 @@
 // outbox-relay run: one database (--db) or a directory of them (--db-dir),
 // forwarded until SIGINT/SIGTERM.
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -102,12 +103,7 @@ void check_sink_combinations(const RunSettings& settings) {
   if (settings.db.empty() == settings.db_dir.empty()) {
     throw cli::UsageError("run needs --db (one database) or --db-dir (a directory of them)");
   }
-  if (!settings.db_dir.empty() && settings.sink != SinkKind::broker) {
-    throw cli::UsageError(
-        "--db-dir forwards to outbox-broker only (--sink broker); --sink jetstream forwards one "
-        "database (--db)");
-  }
-  if (settings.db_dir.empty() && settings.sink == SinkKind::jetstream) {
+  if (settings.sink == SinkKind::jetstream) {
 #if !OUTBOX_RELAY_WITH_JETSTREAM
     throw cli::UsageError(
         "--sink jetstream: this outbox-relay was built without the JetStream sink "
@@ -139,23 +135,56 @@ bool database_filesystem_usable(const std::string& db, spdlog::logger& logger) {
   return true;
 }
 
+#if OUTBOX_RELAY_WITH_JETSTREAM
+relay::JetStreamSinkOptions jetstream_options(const RunSettings& settings,
+                                              const relay::RelayConfig& config) {
+  relay::JetStreamSinkOptions options;
+  options.url = settings.nats_url;
+  options.stream = settings.stream;
+  options.subject_prefix = settings.subject_prefix;
+  options.client_name = "outbox-relay " + settings.holder;
+  options.max_pending = config.batch_size * config.max_in_flight_batches;
+  options.retry_horizon = relay::retry_horizon(config);
+  options.allow_short_dedup_window = settings.allow_short_dedup_window;
+  options.logger = config.logger;
+  return options;
+}
+#endif
+
+// With --sink jetstream: every database's sessions over one NATS connection.
+void use_jetstream(const RunSettings& settings, relay::MultiRelayConfig& multi) {
+#if OUTBOX_RELAY_WITH_JETSTREAM
+  relay::SharedJetStreamOptions options;
+  options.sink = jetstream_options(settings, multi.relay);
+  options.sink.max_pending_bytes = multi.relay.batch_bytes * multi.relay.max_in_flight_batches;
+  // A server that stops answering is noticed by libnats' pings (two missed
+  // PONGs close the connection); until then a database whose acknowledgement
+  // timed out opens its next session on the same connection.
+  options.sink.ping_interval = std::max(multi.relay.ack_timeout / 2, 1000ms);
+  options.max_total_pending_bytes = static_cast<std::size_t>(settings.nats_pending_bytes);
+  try {
+    relay::SharedJetStreamConnection check(options);  // a bad URL or stream name: usage error
+  } catch (const std::invalid_argument& error) {
+    throw cli::UsageError(error.what());
+  }
+  multi.connections = 1;
+  multi.make_connection = [options] {
+    return std::make_unique<relay::SharedJetStreamConnection>(options);
+  };
+#else
+  (void)settings;
+  (void)multi;
+#endif
+}
+
 // The sink --sink names; null (after a line on stderr) when it cannot be
 // used: exit_endpoint.
 std::unique_ptr<relay::Sink> make_sink(const RunSettings& settings,
                                        [[maybe_unused]] const relay::RelayConfig& config) {
   if (settings.sink == SinkKind::jetstream) {
 #if OUTBOX_RELAY_WITH_JETSTREAM
-    relay::JetStreamSinkOptions options;
-    options.url = settings.nats_url;
-    options.stream = settings.stream;
-    options.subject_prefix = settings.subject_prefix;
-    options.client_name = "outbox-relay " + settings.holder;
-    options.max_pending = config.batch_size * config.max_in_flight_batches;
-    options.retry_horizon = relay::retry_horizon(config);
-    options.allow_short_dedup_window = settings.allow_short_dedup_window;
-    options.logger = config.logger;
     try {
-      return std::make_unique<relay::JetStreamSink>(options);
+      return std::make_unique<relay::JetStreamSink>(jetstream_options(settings, config));
     } catch (const std::invalid_argument& error) {
       throw cli::UsageError(error.what());
     }
@@ -169,6 +198,11 @@ std::unique_ptr<relay::Sink> make_sink(const RunSettings& settings,
     print_error("--broker " + settings.broker + ": " + error.what());
     return nullptr;
   }
+}
+
+int refusal_exit_code(const relay::SinkRefusal& refusal) {
+  return refusal.reason() == relay::SinkRefusal::Reason::not_found ? cli::exit_not_found
+                                                                   : cli::exit_refused;
 }
 
 // Starts the metrics endpoint; false (after a line on stderr) when it cannot
@@ -211,9 +245,13 @@ int run_directory(const RunSettings& settings, relay::RelayConfig config) {
   multi.relay = std::move(config);
   multi.store.synchronous_full = settings.synchronous_full;
   multi.store.on_dead = settings.on_dead;
-  auto sink_options = broker_sink_options(settings);
-  if (!sink_options) return cli::exit_endpoint;
-  multi.broker = std::move(*sink_options);
+  if (settings.sink == SinkKind::jetstream) {
+    use_jetstream(settings, multi);
+  } else {
+    auto sink_options = broker_sink_options(settings);
+    if (!sink_options) return cli::exit_endpoint;
+    multi.broker = std::move(*sink_options);
+  }
   std::unique_ptr<relay::MultiRelay> relay;
   try {
     relay = std::make_unique<relay::MultiRelay>(std::move(multi));
@@ -238,7 +276,7 @@ int run_directory(const RunSettings& settings, relay::RelayConfig config) {
     relay->run();
   } catch (const relay::SinkRefusal& refusal) {
     print_error(refusal.what());
-    return cli::exit_refused;
+    return refusal_exit_code(refusal);
   } catch (const std::runtime_error& error) {
     print_error(error.what());
     return cli::exit_storage;
@@ -287,8 +325,7 @@ int run_database(const RunSettings& settings, relay::RelayConfig config) {
     relay.run();
   } catch (const relay::SinkRefusal& refusal) {
     print_error(refusal.what());
-    return refusal.reason() == relay::SinkRefusal::Reason::not_found ? cli::exit_not_found
-                                                                     : cli::exit_refused;
+    return refusal_exit_code(refusal);
   }
   auto counters = relay.counters();
   logger.info("outbox-relay: stopped; sent {}, stored {}, duplicates {}, dead {}",

@@ -1,5 +1,8 @@
 #include "relay/jetstream_sink.hpp"
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -7,6 +10,7 @@
 #include <stdexcept>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include <nats/nats.h>
@@ -151,65 +155,57 @@ std::size_t nats_message_size(const outbox::PendingMessage& message) {
   return headers + message.payload.size();
 }
 
-struct JetStreamSink::Impl {
-  // A published message waiting for its PubAck: where its outcome goes.
-  struct Slot {
-    std::uint64_t batch_id = 0;
-    std::size_t index = 0;
-  };
-  struct Batch {
-    std::uint64_t batch_id = 0;
-    std::vector<Delivery> deliveries;
-    std::size_t outstanding = 0;
-  };
+// A published message waiting for its PubAck: where its outcome goes.
+struct PendingPublish {
+  std::uint32_t channel = 0;
+  std::uint64_t batch_id = 0;
+  std::size_t index = 0;
+  std::size_t bytes = 0;  // nats_message_size()
+};
 
-  // Shared with the libnats threads that call on_ack() and on_closed().
-  struct Shared {
-    std::mutex mutex;
-    std::condition_variable changed;
-    natsConnection* connection = nullptr;  // the current session's
-    std::unordered_map<natsMsg*, Slot> slots;
-    std::deque<Batch> batches;
-    std::optional<std::string> failure;  // the session failed; poll() reports it
-    // Connections whose closed callback has run. libnats calls it on its own
-    // thread after natsConnection_Close() returns, so a connection is destroyed
-    // (and this object with it) only once its callback is done with `mutex`.
-    std::unordered_set<natsConnection*> closed;
-    std::unordered_set<std::string> refused_subjects;
+struct Batch {
+  std::uint64_t batch_id = 0;
+  std::vector<Delivery> deliveries;
+  std::size_t outstanding = 0;
+};
 
-    Batch* find_batch(std::uint64_t batch_id) {
-      for (auto& batch : batches) {
-        if (batch.batch_id == batch_id) return &batch;
-      }
-      return nullptr;
-    }
+// One database's session on the shared connection.
+struct ChannelState {
+  std::uint64_t generation = 0;  // of the connection its session is on; 0: none
+  std::deque<Batch> batches;
+  std::optional<std::string> failure;  // the session failed; poll() reports it
+  bool failure_reported = false;       // by poll() once: has_events() is then false
+  // Subjects (so (topic, key)) with a refused message in this session.
+  std::unordered_set<std::string> refused_subjects;
+  std::size_t pending = 0;  // published, PubAck not yet in
+  std::size_t pending_bytes = 0;
+  SinkLease lease;  // the relay's thread only
+};
 
-    void settle(std::uint64_t batch_id, std::size_t index, Delivery delivery) {
-      if (auto* batch = find_batch(batch_id)) {
-        batch->deliveries[index] = std::move(delivery);
-        --batch->outstanding;
-      }
-    }
-
-    void fail(std::string error) {
-      if (!failure) failure = std::move(error);
-    }
-  };
-
-  explicit Impl(JetStreamSinkOptions options_in)
+struct SharedJetStreamConnection::Impl {
+  explicit Impl(SharedJetStreamOptions options_in)
       : options(std::move(options_in)),
-        log(options.logger ? options.logger : metrics::null_logger("jetstream")) {
-    if (options.url.empty()) throw std::invalid_argument("the NATS URL is empty");
-    if (options.stream.empty()) throw std::invalid_argument("the JetStream stream name is empty");
-    options.max_pending = std::max<std::size_t>(options.max_pending, 1);
+        log(options.sink.logger ? options.sink.logger : metrics::null_logger("jetstream")) {
+    if (options.sink.url.empty()) throw std::invalid_argument("the NATS URL is empty");
+    if (options.sink.stream.empty()) {
+      throw std::invalid_argument("the JetStream stream name is empty");
+    }
+    options.sink.max_pending = std::max<std::size_t>(options.sink.max_pending, 1);
+    options.max_total_pending = std::max(options.max_total_pending, options.sink.max_pending);
+    event_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (event_fd < 0) throw std::runtime_error("cannot make an eventfd for NATS acknowledgements");
   }
 
-  ~Impl() { close_session(); }
+  ~Impl() {
+    retire("the relay is closing the connection");
+    ::close(event_fd);
+  }
 
-  JetStreamSinkOptions options;
+  SharedJetStreamOptions options;
   std::shared_ptr<spdlog::logger> log;
-  SinkLease lease;
-  Shared shared;
+  int event_fd = -1;
+
+  // Written by the relay's thread only (read by it without the mutex).
   natsConnection* connection = nullptr;
   jsCtx* js = nullptr;
   std::int64_t max_payload = 0;
@@ -217,78 +213,189 @@ struct JetStreamSink::Impl {
   std::vector<std::string> stream_subjects;
   std::chrono::nanoseconds window{0};
   bool short_window_logged = false;
+  // A failed connect: other channels asking before retry_at get its error
+  // at once instead of each waiting for the connect timeout in turn.
+  std::optional<std::string> connect_error;
+  std::uint32_t connect_failed_for = 0;
+  std::chrono::steady_clock::time_point retry_at{};
+
+  // Shared with the libnats threads (PubAcks, connection callbacks).
+  mutable std::mutex mutex;
+  std::condition_variable changed;
+  std::uint64_t generation = 0;  // of `connection`; grows with every connection
+  bool broken = true;            // `connection` is gone or going (none yet: true)
+  bool stream_checked = false;   // the stream's configuration read on `connection`
+  // Connections whose closed callback has run. libnats calls it on its own
+  // thread after natsConnection_Close() returns, so a connection is destroyed
+  // (and this object with it) only once its callback is done with `mutex`.
+  std::unordered_set<natsConnection*> closed;
+  std::unordered_map<std::uint32_t, ChannelState> channels;
+  std::unordered_map<natsMsg*, PendingPublish> publishes;
+  std::size_t total_pending = 0;
+  std::size_t total_pending_bytes = 0;
+
+  // --- under `mutex` ---
+
+  void notify() {
+    changed.notify_all();
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto written = ::write(event_fd, &one, sizeof one);
+  }
+
+  // Whether poll() has an outcome to return.
+  static bool ready(const ChannelState& channel) {
+    return channel.failure.has_value() ||
+           (!channel.batches.empty() && channel.batches.front().outstanding == 0);
+  }
+  // Whether that outcome is news: a failure poll() reported is not (a
+  // database waiting to open its next session is not stepped for it).
+  static bool has_news(const ChannelState& channel) {
+    return ready(channel) && !(channel.failure && channel.failure_reported);
+  }
+
+  void release(ChannelState& channel, const PendingPublish& publish) {
+    --channel.pending;
+    channel.pending_bytes -= publish.bytes;
+    --total_pending;
+    total_pending_bytes -= publish.bytes;
+  }
+
+  void settle(ChannelState& channel, const PendingPublish& publish, Delivery delivery) {
+    for (auto& batch : channel.batches) {
+      if (batch.batch_id != publish.batch_id) continue;
+      batch.deliveries[publish.index] = std::move(delivery);
+      --batch.outstanding;
+      return;
+    }
+  }
+
+  // Forgets the channel's publishes still waiting for a PubAck: a late one
+  // finds nothing and is dropped.
+  void drop_publishes(std::uint32_t slot, ChannelState& channel) {
+    for (auto at = publishes.begin(); at != publishes.end();) {
+      if (at->second.channel == slot) {
+        release(channel, at->second);
+        at = publishes.erase(at);
+      } else {
+        ++at;
+      }
+    }
+  }
+
+  void fail(std::uint32_t slot, ChannelState& channel, std::string error) {
+    set_failure(channel, std::move(error));
+    drop_publishes(slot, channel);
+  }
+
+  // A session with nothing in flight learns of its failure at its next
+  // send or poll; it is news (has_events()) only to one that awaits outcomes.
+  static void set_failure(ChannelState& channel, std::string error) {
+    if (channel.failure) return;
+    channel.failure = std::move(error);
+    channel.failure_reported = channel.batches.empty();
+  }
+
+  // The connection of `generation` is gone: every session on it fails.
+  void lose_connection(std::string reason) {
+    if (broken) return;
+    broken = true;
+    for (auto& [slot, channel] : channels) {
+      if (channel.generation == generation) set_failure(channel, reason);
+      channel.pending = 0;
+      channel.pending_bytes = 0;
+    }
+    publishes.clear();
+    total_pending = 0;
+    total_pending_bytes = 0;
+    notify();
+  }
+
+  // --- libnats threads ---
 
   static void on_ack(jsCtx*, natsMsg* msg, jsPubAck* ack, jsPubAckErr* error, void* closure) {
-    auto& state = *static_cast<Shared*>(closure);
+    auto& self = *static_cast<Impl*>(closure);
     {
-      std::lock_guard lock(state.mutex);
-      auto found = state.slots.find(msg);
-      if (found != state.slots.end()) {
-        auto slot = found->second;
-        state.slots.erase(found);
-        if (ack != nullptr) {
-          auto status = ack->Duplicate ? DeliveryStatus::duplicate : DeliveryStatus::stored;
-          state.settle(slot.batch_id, slot.index, Delivery{status, ack->Sequence, {}});
-        } else {
-          const char* subject = natsMsg_GetSubject(msg);
-          std::string on = subject != nullptr ? std::string(" on subject '") + subject + "'" : "";
-          natsStatus status = error != nullptr ? error->Err : NATS_ERR;
-          int code = error != nullptr ? static_cast<int>(error->ErrCode) : 0;
-          std::string text = error != nullptr && error->ErrText != nullptr
-                                 ? std::string(error->ErrText)
-                                 : std::string(natsStatus_GetText(status));
-          if (code == JSStreamMessageExceedsMaximumErr) {
-            // Permanent for this message; later ones of its key may already be on their way.
-            if (subject != nullptr) state.refused_subjects.insert(subject);
-            state.settle(slot.batch_id, slot.index,
-                         Delivery{DeliveryStatus::rejected, 0, "JetStream: " + text});
-          } else if (status == NATS_NO_RESPONDERS) {
-            state.fail("no stream answered" + on +
-                       " (no responders): is the stream there and "
-                       "does it still cover the subject?");
-          } else if (status == NATS_TIMEOUT) {
-            state.fail("no PubAck in time" + on);
-          } else {
-            state.fail("publish failed" + on + ": " + text +
-                       (code != 0 ? " (JetStream error " + std::to_string(code) + ")" : ""));
-          }
-        }
-        state.changed.notify_all();
+      std::lock_guard lock(self.mutex);
+      auto found = self.publishes.find(msg);
+      if (found != self.publishes.end()) {
+        auto publish = found->second;
+        self.publishes.erase(found);
+        auto& channel = self.channels.at(publish.channel);
+        self.release(channel, publish);
+        self.take_ack(publish, channel, msg, ack, error);
+        self.notify();
       }
     }
     natsMsg_Destroy(msg);
   }
 
-  static void on_closed(natsConnection* closed, void* closure) {
-    auto& state = *static_cast<Shared*>(closure);
-    std::lock_guard lock(state.mutex);
-    state.closed.insert(closed);
-    state.changed.notify_all();
-    if (closed != state.connection) return;  // a session we already left
-    state.fail("the connection to the NATS server was closed");
+  void take_ack(const PendingPublish& publish, ChannelState& channel, natsMsg* msg, jsPubAck* ack,
+                jsPubAckErr* error) {
+    if (ack != nullptr) {
+      auto status = ack->Duplicate ? DeliveryStatus::duplicate : DeliveryStatus::stored;
+      settle(channel, publish, Delivery{status, ack->Sequence, {}});
+      return;
+    }
+    const char* subject = natsMsg_GetSubject(msg);
+    std::string on = subject != nullptr ? std::string(" on subject '") + subject + "'" : "";
+    natsStatus status = error != nullptr ? error->Err : NATS_ERR;
+    int code = error != nullptr ? static_cast<int>(error->ErrCode) : 0;
+    std::string text = error != nullptr && error->ErrText != nullptr
+                           ? std::string(error->ErrText)
+                           : std::string(natsStatus_GetText(status));
+    if (code == JSStreamMessageExceedsMaximumErr) {
+      // Permanent for this message; later ones of its key may already be on their way.
+      if (subject != nullptr) channel.refused_subjects.insert(subject);
+      settle(channel, publish, Delivery{DeliveryStatus::rejected, 0, "JetStream: " + text});
+    } else if (status == NATS_NO_RESPONDERS) {
+      stream_checked = false;  // the next session reads the stream again
+      fail(publish.channel, channel,
+           "no stream answered" + on +
+               " (no responders): is the stream there and does it still cover the subject?");
+    } else if (status == NATS_TIMEOUT) {
+      fail(publish.channel, channel, "no PubAck in time" + on);
+    } else {
+      fail(publish.channel, channel,
+           "publish failed" + on + ": " + text +
+               (code != 0 ? " (JetStream error " + std::to_string(code) + ")" : ""));
+    }
   }
 
-  void forget_in_flight() {
-    std::lock_guard lock(shared.mutex);
-    shared.connection = nullptr;
-    shared.slots.clear();
-    shared.batches.clear();
-    shared.failure.reset();
-    shared.refused_subjects.clear();
+  // Noticed by libnats: the connection dropped (it does not reconnect, see
+  // connect()), or it is closed.
+  static void on_disconnected(natsConnection* lost, void* closure) {
+    auto& self = *static_cast<Impl*>(closure);
+    std::lock_guard lock(self.mutex);
+    if (lost == self.connection) self.lose_connection("the connection to the NATS server was lost");
   }
 
-  void close_session() noexcept {
-    forget_in_flight();
+  static void on_closed(natsConnection* closed_connection, void* closure) {
+    auto& self = *static_cast<Impl*>(closure);
+    std::lock_guard lock(self.mutex);
+    self.closed.insert(closed_connection);
+    self.changed.notify_all();
+    if (closed_connection == self.connection) {
+      self.lose_connection("the connection to the NATS server was closed");
+    }
+  }
+
+  // --- the relay's thread ---
+
+  // Ends the current connection: every session on it fails with `reason`.
+  void retire(const std::string& reason) noexcept {
+    {
+      std::lock_guard lock(mutex);
+      lose_connection(reason);
+    }
     if (connection != nullptr) {
       // Close, then wait (bounded) for the closed callback, which libnats
-      // runs on its own thread: destroying `shared` before it ran made the
-      // callback lock a destroyed mutex as the relay exited (std::system_error,
-      // abort) about once in ten stops.
+      // runs on its own thread: destroying this object before it ran made the
+      // callback lock a destroyed mutex.
       natsConnection_Close(connection);
-      std::unique_lock lock(shared.mutex);
-      shared.changed.wait_for(lock, std::chrono::seconds(5),
-                              [&] { return shared.closed.count(connection) != 0; });
-      shared.closed.erase(connection);
+      std::unique_lock lock(mutex);
+      changed.wait_for(lock, std::chrono::seconds(5),
+                       [&] { return closed.count(connection) != 0; });
+      closed.erase(connection);
     }
     if (js != nullptr) {
       jsCtx_Destroy(js);
@@ -296,11 +403,53 @@ struct JetStreamSink::Impl {
     }
     if (connection != nullptr) {
       natsConnection_Destroy(connection);
+      std::lock_guard lock(mutex);
       connection = nullptr;
     }
   }
 
+  // A live connection whose stream configuration was read; an error text
+  // when there is none; SinkRefusal when the stream can never work.
+  std::optional<std::string> ensure_connection(std::chrono::milliseconds timeout,
+                                               std::uint32_t slot) {
+    bool usable = false, checked = false;
+    {
+      std::lock_guard lock(mutex);
+      usable = connection != nullptr && !broken;
+      checked = stream_checked;
+    }
+    if (!usable) {
+      if (connection != nullptr) retire("the connection to the NATS server was lost");
+      auto now = std::chrono::steady_clock::now();
+      if (connect_error && slot != connect_failed_for && now < retry_at) return connect_error;
+      connect_error = connect(timeout);
+      if (connect_error) {
+        connect_failed_for = slot;
+        retry_at = now + timeout;
+        retire("no connection");
+        return connect_error;
+      }
+      checked = false;
+    }
+    if (checked) return std::nullopt;
+    std::optional<std::string> error;
+    try {
+      error = check_stream();
+    } catch (...) {
+      retire("the stream cannot be used");
+      throw;
+    }
+    if (error) {
+      retire(*error);
+      return error;
+    }
+    std::lock_guard lock(mutex);
+    stream_checked = true;
+    return std::nullopt;
+  }
+
   std::optional<std::string> connect(std::chrono::milliseconds timeout) {
+    const auto& url = options.sink.url;
     natsOptions* raw = nullptr;
     if (auto status = natsOptions_Create(&raw); status != NATS_OK) {
       return "cannot set up a NATS connection: " + nats_error_text(status);
@@ -309,89 +458,102 @@ struct JetStreamSink::Impl {
     // One URL, or the nodes of a cluster comma-separated: a fresh connection
     // tries them in turn, so a session starts again while one node is down.
     std::vector<std::string> urls;
-    for (std::size_t start = 0; start <= options.url.size();) {
-      auto end = options.url.find(',', start);
-      if (end == std::string::npos) end = options.url.size();
-      urls.push_back(options.url.substr(start, end - start));
+    for (std::size_t start = 0; start <= url.size();) {
+      auto end = url.find(',', start);
+      if (end == std::string::npos) end = url.size();
+      urls.push_back(url.substr(start, end - start));
       start = end + 1;
     }
     std::vector<const char*> servers;
     servers.reserve(urls.size());
-    for (const auto& url : urls) servers.push_back(url.c_str());
+    for (const auto& one : urls) servers.push_back(one.c_str());
     auto status = natsOptions_SetServers(raw, servers.data(), static_cast<int>(servers.size()));
-    if (status == NATS_OK) status = natsOptions_SetName(raw, options.client_name.c_str());
+    if (status == NATS_OK) status = natsOptions_SetName(raw, options.sink.client_name.c_str());
     if (status == NATS_OK) {
       status = natsOptions_SetTimeout(raw, std::max<std::int64_t>(timeout.count(), 1));
     }
-    // A lost connection ends the session: the relay resends on a fresh one.
-    // Reconnecting inside libnats would replay buffered publishes after the
-    // ones lost with the old socket, letting later messages overtake them.
+    // A lost connection ends the sessions on it: the relay resends on a fresh
+    // one. Reconnecting inside libnats would replay buffered publishes after
+    // the ones lost with the old socket, letting later messages overtake them.
     if (status == NATS_OK) status = natsOptions_SetAllowReconnect(raw, false);
     // Write each publish at once rather than waking libnats' flusher thread:
     // a quarter of the latency per round trip and no loss of throughput here.
     if (status == NATS_OK) status = natsOptions_SetSendAsap(raw, true);
-    if (status == NATS_OK) status = natsOptions_SetClosedCB(raw, &Impl::on_closed, &shared);
-    if (status != NATS_OK) return "bad NATS URL '" + options.url + "': " + nats_error_text(status);
+    if (status == NATS_OK && options.sink.ping_interval.count() > 0) {
+      // A server that stops answering is noticed by its missing PONGs: the
+      // connection is closed and every session on it fails.
+      status = natsOptions_SetPingInterval(raw, options.sink.ping_interval.count());
+      if (status == NATS_OK) status = natsOptions_SetMaxPingsOut(raw, 2);
+    }
+    if (status == NATS_OK)
+      status = natsOptions_SetDisconnectedCB(raw, &Impl::on_disconnected, this);
+    if (status == NATS_OK) status = natsOptions_SetClosedCB(raw, &Impl::on_closed, this);
+    if (status != NATS_OK) return "bad NATS URL '" + url + "': " + nats_error_text(status);
 
     natsConnection* opened = nullptr;
     status = natsConnection_Connect(&opened, raw);
-    if (status != NATS_OK) {
-      return "cannot connect to NATS at " + options.url + ": " + nats_error_text(status);
+    if (status != NATS_OK)
+      return "cannot connect to NATS at " + url + ": " + nats_error_text(status);
+    {
+      std::lock_guard lock(mutex);
+      connection = opened;
+      ++generation;
+      broken = false;
+      stream_checked = false;
     }
-    connection = opened;
     max_payload = natsConnection_GetMaxPayload(connection);
 
     jsOptions js_options;
     jsOptions_Init(&js_options);
     js_options.Wait = std::max<std::int64_t>(timeout.count(), 1);
-    js_options.PublishAsync.MaxPending = static_cast<std::int64_t>(options.max_pending);
+    // Twice the relay's own bound: publishes of a session that failed still
+    // count in libnats until their PubAck or its timeout.
+    js_options.PublishAsync.MaxPending = static_cast<std::int64_t>(2 * options.max_total_pending);
     js_options.PublishAsync.AckHandler = &Impl::on_ack;
-    js_options.PublishAsync.AckHandlerClosure = &shared;
+    js_options.PublishAsync.AckHandlerClosure = this;
     js_options.PublishAsync.StallWait = 1000;
     status = natsConnection_JetStream(&js, connection, &js_options);
     if (status != NATS_OK) return "cannot use JetStream: " + nats_error_text(status);
-    {
-      std::lock_guard lock(shared.mutex);
-      shared.connection = connection;
-    }
     return std::nullopt;
   }
 
   // Reads the stream's configuration; throws SinkRefusal when it can never work.
   std::optional<std::string> check_stream() {
+    const auto& url = options.sink.url;
+    const auto& stream = options.sink.stream;
     jsStreamInfo* raw = nullptr;
     jsErrCode code = static_cast<jsErrCode>(0);
-    auto status = js_GetStreamInfo(&raw, js, options.stream.c_str(), nullptr, &code);
+    auto status = js_GetStreamInfo(&raw, js, stream.c_str(), nullptr, &code);
     std::unique_ptr<jsStreamInfo, StreamInfoDeleter> info(raw);
     if (code == JSStreamNotFoundErr || (status == NATS_NOT_FOUND && code == 0)) {
       throw SinkRefusal(SinkRefusal::Reason::not_found,
-                        "JetStream stream '" + options.stream + "' does not exist on " +
-                            options.url + " (create it, or name another with --stream)");
+                        "JetStream stream '" + stream + "' does not exist on " + url +
+                            " (create it, or name another with --stream)");
     }
     if (code == JSNotEnabledForAccountErr || code == JSNotEnabledErr) {
-      throw SinkRefusal(
-          SinkRefusal::Reason::not_found,
-          "JetStream is not enabled on " + options.url + " (start nats-server with -js)");
+      throw SinkRefusal(SinkRefusal::Reason::not_found,
+                        "JetStream is not enabled on " + url + " (start nats-server with -js)");
     }
     if (status == NATS_NO_RESPONDERS) {
-      return "nothing answers the JetStream API on " + options.url +
+      return "nothing answers the JetStream API on " + url +
              " (no responders: is JetStream enabled, nats-server -js?)";
     }
     if (status != NATS_OK || info == nullptr || info->Config == nullptr) {
-      return "cannot read JetStream stream '" + options.stream + "': " + nats_error_text(status);
+      return "cannot read JetStream stream '" + stream + "': " + nats_error_text(status);
     }
     const auto& config = *info->Config;
     stream_subjects.assign(config.Subjects, config.Subjects + config.SubjectsLen);
     max_message_size = config.MaxMsgSize > 0 ? config.MaxMsgSize : -1;
     window = std::chrono::nanoseconds(config.Duplicates);
 
-    if (window < options.retry_horizon) {
-      auto text = "stream '" + options.stream + "' remembers msg_ids for " +
-                  describe_duration(window) + " (its duplicate window), but the relay may resend " +
-                  "a message up to " + describe_duration(options.retry_horizon) +
+    const auto horizon = options.sink.retry_horizon;
+    if (window < horizon) {
+      auto text = "stream '" + stream + "' remembers msg_ids for " + describe_duration(window) +
+                  " (its duplicate window), but the relay may resend a message up to " +
+                  describe_duration(horizon) +
                   " after publishing it (ack timeout + connect timeout + backoff max + lease), "
                   "and a resend after the window is stored twice";
-      if (!options.allow_short_dedup_window) {
+      if (!options.sink.allow_short_dedup_window) {
         throw SinkRefusal(SinkRefusal::Reason::incompatible,
                           text +
                               "; raise the stream's duplicate window, lower those settings, or "
@@ -402,8 +564,8 @@ struct JetStreamSink::Impl {
         short_window_logged = true;
       }
     }
-    log->debug("jetstream: stream '{}' covers {} subject patterns, duplicate window {}",
-               options.stream, stream_subjects.size(), describe_duration(window));
+    log->debug("jetstream: stream '{}' covers {} subject patterns, duplicate window {}", stream,
+               stream_subjects.size(), describe_duration(window));
     return std::nullopt;
   }
 
@@ -440,80 +602,166 @@ struct JetStreamSink::Impl {
     }
     return std::nullopt;
   }
+
+  std::string describe() const {
+    return "jetstream " + options.sink.url + " stream " + options.sink.stream;
+  }
 };
 
-JetStreamSink::JetStreamSink(JetStreamSinkOptions options)
-    : impl_(std::make_unique<Impl>(std::move(options))) {}
+namespace {
 
-JetStreamSink::~JetStreamSink() noexcept = default;
+// One database's Sink on a SharedJetStreamConnection.
+class JetStreamChannel final : public Sink {
+ public:
+  using Impl = SharedJetStreamConnection::Impl;
 
-void JetStreamSink::set_lease(SinkLease lease) {
-  impl_->lease = std::move(lease);
-}
-
-std::optional<std::string> JetStreamSink::open_session(std::chrono::milliseconds timeout) {
-  impl_->close_session();
-  if (auto error = impl_->connect(timeout)) {
-    impl_->close_session();
-    return error;
+  JetStreamChannel(std::shared_ptr<Impl> impl, std::uint32_t slot)
+      : impl_(std::move(impl)), slot_(slot) {
+    std::lock_guard lock(impl_->mutex);
+    if (!impl_->channels.try_emplace(slot).second) {
+      throw std::invalid_argument("channel slot " + std::to_string(slot) + " is in use");
+    }
   }
-  std::optional<std::string> error;
-  try {
-    error = impl_->check_stream();
-  } catch (...) {
-    impl_->close_session();
-    throw;
-  }
-  if (error) impl_->close_session();
-  return error;
-}
 
-bool JetStreamSink::send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) {
-  auto& shared = impl_->shared;
+  ~JetStreamChannel() override {
+    std::lock_guard lock(impl_->mutex);
+    impl_->drop_publishes(slot_, state());
+    impl_->channels.erase(slot_);
+  }
+  JetStreamChannel(const JetStreamChannel&) = delete;
+  JetStreamChannel& operator=(const JetStreamChannel&) = delete;
+
+  void set_lease(SinkLease lease) override { state_unlocked().lease = std::move(lease); }
+
+  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override {
+    forget_session();
+    if (auto error = impl_->ensure_connection(timeout, slot_)) return error;
+    std::lock_guard lock(impl_->mutex);
+    if (impl_->broken) return "the connection to the NATS server was lost";
+    state().generation = impl_->generation;
+    return std::nullopt;
+  }
+
+  bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
+
+  std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override {
+    std::unique_lock lock(impl_->mutex);
+    auto& channel = state();
+    if (!impl_->changed.wait_for(lock, timeout, [&] { return Impl::ready(channel); })) {
+      return std::nullopt;
+    }
+    SinkEvent event;
+    if (channel.failure) {
+      event.kind = SinkEvent::Kind::failed;
+      event.batch_id = channel.batches.empty() ? 0 : channel.batches.front().batch_id;
+      event.error = *channel.failure;
+      // Keep the failure: nothing more is sent on this session, and every later
+      // poll says so until the relay opens a new one.
+      channel.batches.clear();
+      channel.failure_reported = true;
+      impl_->drop_publishes(slot_, channel);
+      return event;
+    }
+    auto& head = channel.batches.front();
+    event.batch_id = head.batch_id;
+    event.deliveries = std::move(head.deliveries);
+    channel.batches.pop_front();
+    return event;
+  }
+
+  std::string describe() const override { return impl_->describe(); }
+
+ private:
+  // Under impl_->mutex.
+  ChannelState& state() { return impl_->channels.at(slot_); }
+  // Fields only the relay's thread touches (the lease).
+  ChannelState& state_unlocked() {
+    std::lock_guard lock(impl_->mutex);
+    return state();
+  }
+
+  void forget_session() {
+    std::lock_guard lock(impl_->mutex);
+    auto& channel = state();
+    impl_->drop_publishes(slot_, channel);
+    channel.generation = 0;
+    channel.batches.clear();
+    channel.failure.reset();
+    channel.failure_reported = false;
+    channel.refused_subjects.clear();
+  }
+
+  std::shared_ptr<Impl> impl_;
+  std::uint32_t slot_;
+};
+
+bool JetStreamChannel::send(std::uint64_t batch_id,
+                            std::span<const outbox::PendingMessage> messages) {
+  auto& impl = *impl_;
   std::vector<std::string> subjects;
   subjects.reserve(messages.size());
+  std::size_t batch_bytes = 0;
   for (const auto& message : messages) {
     subjects.push_back(
-        subject_for(impl_->options.subject_prefix, message.topic, message.partition_key));
-    if (impl_->js != nullptr && !impl_->covered(subjects.back())) {
+        subject_for(impl.options.sink.subject_prefix, message.topic, message.partition_key));
+    if (impl.js != nullptr && !impl.covered(subjects.back())) {
       throw SinkRefusal(SinkRefusal::Reason::not_found,
-                        "no subject of stream '" + impl_->options.stream + "' covers '" +
+                        "no subject of stream '" + impl.options.sink.stream + "' covers '" +
                             subjects.back() + "' (topic '" + message.topic +
-                            "'; the stream covers " + impl_->covered_list() +
+                            "'; the stream covers " + impl.covered_list() +
                             "); add it to the stream or change --subject-prefix");
     }
+    batch_bytes += nats_message_size(message);
   }
   {
-    std::lock_guard lock(shared.mutex);
-    if (!shared.slots.empty() &&
-        shared.slots.size() + messages.size() > impl_->options.max_pending) {
+    std::lock_guard lock(impl.mutex);
+    auto& channel = state();
+    const auto& limits = impl.options;
+    // Bounded per database and in all, by count and bytes; a database with
+    // nothing pending may always send one batch unless the whole is full.
+    if (channel.pending > 0 &&
+        (channel.pending + messages.size() > limits.sink.max_pending ||
+         (limits.sink.max_pending_bytes > 0 &&
+          channel.pending_bytes + batch_bytes > limits.sink.max_pending_bytes))) {
       return false;
     }
-    shared.batches.push_back(
-        Impl::Batch{batch_id, std::vector<Delivery>(messages.size()), messages.size()});
-    if (impl_->js == nullptr) {
-      shared.fail("no open session");
+    if (impl.total_pending > 0 &&
+        (impl.total_pending + messages.size() > limits.max_total_pending ||
+         (limits.max_total_pending_bytes > 0 &&
+          impl.total_pending_bytes + batch_bytes > limits.max_total_pending_bytes))) {
+      return false;
+    }
+    channel.batches.push_back(
+        Batch{batch_id, std::vector<Delivery>(messages.size()), messages.size()});
+    if (channel.generation == 0 || impl.js == nullptr) {
+      impl.fail(slot_, channel, "no open session");
+      impl.notify();
       return true;
     }
   }
 
+  const auto& lease = state_unlocked().lease;
   for (std::size_t i = 0; i < messages.size(); ++i) {
     const auto& message = messages[i];
     const auto& subject = subjects[i];
     auto settle_here = [&](DeliveryStatus status, std::string reason) {
-      std::lock_guard lock(shared.mutex);
-      if (status == DeliveryStatus::rejected) shared.refused_subjects.insert(subject);
-      shared.settle(batch_id, i, Delivery{status, 0, std::move(reason)});
+      std::lock_guard lock(impl.mutex);
+      auto& channel = state();
+      if (status == DeliveryStatus::rejected) channel.refused_subjects.insert(subject);
+      impl.settle(channel, PendingPublish{slot_, batch_id, i, 0},
+                  Delivery{status, 0, std::move(reason)});
     };
     {
-      std::lock_guard lock(shared.mutex);
-      if (shared.failure) break;  // the session is over; nothing more goes out on it
-      if (shared.refused_subjects.count(subject) != 0) {
-        shared.settle(batch_id, i, Delivery{DeliveryStatus::blocked, 0, {}});
+      std::lock_guard lock(impl.mutex);
+      auto& channel = state();
+      if (channel.failure) break;  // the session is over; nothing more goes out on it
+      if (channel.refused_subjects.count(subject) != 0) {
+        impl.settle(channel, PendingPublish{slot_, batch_id, i, 0},
+                    Delivery{DeliveryStatus::blocked, 0, {}});
         continue;
       }
     }
-    if (auto why = impl_->refuse_locally(message)) {
+    if (auto why = impl.refuse_locally(message)) {
       settle_here(DeliveryStatus::rejected, *why);
       continue;
     }
@@ -522,8 +770,8 @@ bool JetStreamSink::send(std::uint64_t batch_id, std::span<const outbox::Pending
     auto status = natsMsg_Create(&msg, subject.c_str(), nullptr, message.payload.data(),
                                  static_cast<int>(message.payload.size()));
     if (status != NATS_OK) {
-      std::lock_guard lock(shared.mutex);
-      shared.fail("cannot create a NATS message: " + nats_error_text(status));
+      std::lock_guard lock(impl.mutex);
+      impl.fail(slot_, state(), "cannot create a NATS message: " + nats_error_text(status));
       break;
     }
     std::optional<std::string> bad_header;
@@ -545,72 +793,132 @@ bool JetStreamSink::send(std::uint64_t batch_id, std::span<const outbox::Pending
 
     // JetStream cannot fence a stale relay: look at the lease right before
     // the publish, so a relay paused past its lease sends nothing more.
-    if (impl_->lease.still_valid && !impl_->lease.still_valid()) {
+    if (lease.still_valid && !lease.still_valid()) {
       natsMsg_Destroy(msg);
-      std::lock_guard lock(shared.mutex);
-      shared.fail("the relay lease (epoch " + std::to_string(impl_->lease.epoch) +
-                  ") may have lapsed before msg_id " + message.msg_id +
-                  " was published; not publishing");
+      std::lock_guard lock(impl.mutex);
+      impl.fail(slot_, state(),
+                "the relay lease (epoch " + std::to_string(lease.epoch) +
+                    ") may have lapsed before msg_id " + message.msg_id +
+                    " was published; not publishing");
       break;
     }
     natsMsg* published = msg;
+    PendingPublish publish{slot_, batch_id, i, nats_message_size(message)};
     {
-      std::lock_guard lock(shared.mutex);
-      shared.slots.emplace(published, Impl::Slot{batch_id, i});  // the PubAck may beat the return
+      std::lock_guard lock(impl.mutex);
+      if (impl.broken) break;  // the connection's loss failed the session
+      auto& channel = state();
+      impl.publishes.emplace(published, publish);  // the PubAck may beat the return
+      ++channel.pending;
+      channel.pending_bytes += publish.bytes;
+      ++impl.total_pending;
+      impl.total_pending_bytes += publish.bytes;
     }
-    status = js_PublishMsgAsync(impl_->js, &msg, nullptr);
+    status = js_PublishMsgAsync(impl.js, &msg, nullptr);
     if (status != NATS_OK) {
       {
-        std::lock_guard lock(shared.mutex);
-        if (msg != nullptr) shared.slots.erase(published);
+        std::lock_guard lock(impl.mutex);
+        auto found = impl.publishes.find(published);
+        if (msg != nullptr && found != impl.publishes.end()) {
+          impl.release(state(), found->second);
+          impl.publishes.erase(found);
+        }
       }
       natsMsg_Destroy(msg);
       if (status == NATS_MAX_PAYLOAD) {
         settle_here(DeliveryStatus::rejected, "message is above the NATS server's max_payload");
         continue;
       }
-      std::lock_guard lock(shared.mutex);
-      shared.fail("publish of msg_id " + message.msg_id + " on '" + subject +
-                  "' failed: " + nats_error_text(status));
+      std::lock_guard lock(impl.mutex);
+      impl.fail(slot_, state(),
+                "publish of msg_id " + message.msg_id + " on '" + subject +
+                    "' failed: " + nats_error_text(status));
       break;
     }
   }
-  shared.changed.notify_all();
+  std::lock_guard lock(impl.mutex);
+  impl.notify();
   return true;
 }
 
+}  // namespace
+
+SharedJetStreamConnection::SharedJetStreamConnection(SharedJetStreamOptions options)
+    : impl_(std::make_shared<Impl>(std::move(options))) {}
+
+SharedJetStreamConnection::~SharedJetStreamConnection() noexcept = default;
+
+std::unique_ptr<Sink> SharedJetStreamConnection::channel(std::uint32_t slot) {
+  return std::make_unique<JetStreamChannel>(impl_, slot);
+}
+
+std::size_t SharedJetStreamConnection::pump(std::chrono::milliseconds timeout) {
+  (void)timeout;  // PubAcks are taken in on libnats' threads as they arrive
+  std::uint64_t count = 0;
+  [[maybe_unused]] auto read = ::read(impl_->event_fd, &count, sizeof count);
+  return 0;
+}
+
+bool SharedJetStreamConnection::has_events(std::uint32_t slot) const {
+  std::lock_guard lock(impl_->mutex);
+  auto found = impl_->channels.find(slot);
+  return found != impl_->channels.end() && Impl::has_news(found->second);
+}
+
+SharedConnection::Readable SharedJetStreamConnection::readable() {
+  return {nullptr, impl_->event_fd};
+}
+
+std::string SharedJetStreamConnection::describe() const {
+  return impl_->describe();
+}
+
+std::chrono::nanoseconds SharedJetStreamConnection::duplicate_window() const {
+  return impl_->window;
+}
+
+void SharedJetStreamConnection::reconnect_next_session() {
+  impl_->retire("the relay opens a new session on a new connection");
+}
+
+// One relay's sink: a connection of its own, made afresh for every session
+// (a session that failed may have failed because of its connection).
+struct JetStreamSink::Impl {
+  explicit Impl(JetStreamSinkOptions options)
+      : connection(SharedJetStreamOptions{std::move(options), 0, 0}),
+        channel(connection.channel(0)) {}
+  SharedJetStreamConnection connection;
+  std::unique_ptr<Sink> channel;
+};
+
+JetStreamSink::JetStreamSink(JetStreamSinkOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+JetStreamSink::~JetStreamSink() noexcept = default;
+
+void JetStreamSink::set_lease(SinkLease lease) {
+  impl_->channel->set_lease(std::move(lease));
+}
+
+std::optional<std::string> JetStreamSink::open_session(std::chrono::milliseconds timeout) {
+  impl_->connection.reconnect_next_session();
+  return impl_->channel->open_session(timeout);
+}
+
+bool JetStreamSink::send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) {
+  return impl_->channel->send(batch_id, messages);
+}
+
 std::optional<SinkEvent> JetStreamSink::poll(std::chrono::milliseconds timeout) {
-  auto& shared = impl_->shared;
-  std::unique_lock lock(shared.mutex);
-  auto ready = [&] {
-    return shared.failure.has_value() ||
-           (!shared.batches.empty() && shared.batches.front().outstanding == 0);
-  };
-  if (!shared.changed.wait_for(lock, timeout, ready)) return std::nullopt;
-  SinkEvent event;
-  if (shared.failure) {
-    event.kind = SinkEvent::Kind::failed;
-    event.batch_id = shared.batches.empty() ? 0 : shared.batches.front().batch_id;
-    event.error = *shared.failure;
-    // Keep the failure: nothing more is sent on this session, and every later
-    // poll says so until the relay opens a new one.
-    shared.batches.clear();
-    shared.slots.clear();
-    return event;
-  }
-  auto& head = shared.batches.front();
-  event.batch_id = head.batch_id;
-  event.deliveries = std::move(head.deliveries);
-  shared.batches.pop_front();
-  return event;
+  return impl_->channel->poll(timeout);
 }
 
 std::string JetStreamSink::describe() const {
-  return "jetstream " + impl_->options.url + " stream " + impl_->options.stream;
+  return impl_->connection.describe();
 }
 
 std::chrono::nanoseconds JetStreamSink::duplicate_window() const {
-  return impl_->window;
+  return impl_->connection.duplicate_window();
 }
 
 }  // namespace relay

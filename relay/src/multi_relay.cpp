@@ -234,7 +234,9 @@ struct MultiRelay::Impl {
       config.relay.metrics = std::make_shared<RelayMetrics>(unserved_metrics, unserved_state);
     }
     for (std::size_t i = 0; i < config.connections; ++i) {
-      connections.push_back(std::make_unique<SharedBrokerConnection>(config.broker));
+      connections.push_back(config.make_connection
+                                ? config.make_connection()
+                                : std::make_unique<SharedBrokerConnection>(config.broker));
     }
     opener = std::make_unique<DatabaseOpener>(config.opener_threads, config.store);
   }
@@ -249,7 +251,7 @@ struct MultiRelay::Impl {
   metrics::Registry unserved_state;
   MultiRelayConfig config;
   std::shared_ptr<spdlog::logger> log;
-  std::vector<std::unique_ptr<SharedBrokerConnection>> connections;
+  std::vector<std::unique_ptr<SharedConnection>> connections;
   std::uint64_t unmatched_answers_logged = 0;
   std::map<std::string, Database> databases;  // by file name
   std::vector<Database*> open_databases;      // the fallback check goes round them
@@ -834,7 +836,8 @@ struct MultiRelay::Impl {
     items.push_back({nullptr, inotify_fd, ZMQ_POLLIN, 0});
     items.push_back({nullptr, opener->descriptor(), ZMQ_POLLIN, 0});
     for (auto& connection : connections) {
-      items.push_back({connection->socket_handle(), 0, ZMQ_POLLIN, 0});
+      auto readable = connection->readable();
+      items.push_back({readable.socket, readable.descriptor, ZMQ_POLLIN, 0});
     }
     // Connection events (a broken connection) are read with the replies:
     // look at least every 100 ms.

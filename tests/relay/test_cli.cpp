@@ -51,9 +51,11 @@ TEST_CASE("outbox-relay refuses bad flags and values with exit code 2", "[relay]
                        "--batch-size");
   check_one_line_error(relay_cli({"run", "--db", "x.db", "--db-dir", dir.path().string()}),
                        kExitUsage, "--db-dir");
-  check_one_line_error(
-      relay_cli({"run", "--db-dir", dir.path().string(), "--sink", "jetstream", "--stream", "s"}),
-      kExitUsage, "--db-dir");
+  check_one_line_error(relay_cli({"run", "--db-dir", dir.path().string(), "--sink", "jetstream"}),
+                       kExitUsage, "--stream");
+  check_one_line_error(relay_cli({"run", "--db-dir", dir.path().string(), "--sink", "jetstream",
+                                  "--stream", "s", "--nats-pending-bytes", "1k"}),
+                       kExitUsage, "--nats-pending-bytes");
   check_one_line_error(relay_cli({"run", "--db-dir", dir.path().string(), "--metrics-bind",
                                   "127.0.0.1:0", "--metrics-max-databases", "lots"}),
                        kExitUsage, "--metrics-max-databases");

@@ -1,7 +1,8 @@
 // outbox-relay --sink jetstream against a real nats-server -js: exactly once
 // and per-key order through kills of the relay and of the server, resends
 // answered as duplicates, and the refusals at start (no stream, no subject,
-// a duplicate window shorter than the relay's retry horizon).
+// a duplicate window shorter than the relay's retry horizon); the same for a
+// directory of databases over one NATS connection (--db-dir).
 #include <algorithm>
 #include <fstream>
 #include <map>
@@ -12,7 +13,9 @@
 
 #include "holding_sink.hpp"
 #include "jetstream_harness.hpp"
+#include "multi_harness.hpp"
 #include "relay/jetstream_sink.hpp"
+#include "relay/multi_relay.hpp"
 #include "relay_harness.hpp"
 
 using namespace relay_test;
@@ -671,4 +674,223 @@ TEST_CASE("a relay held past its lease between reading and publishing publishes 
   }
   CHECK(orders == 200);
   CHECK(ids.size() == 200);
+}
+
+namespace {
+
+// `outbox-relay run --db-dir DIR --sink jetstream` with the common test flags and `extra`.
+std::unique_ptr<RelayProcess> directory_relay(const test_support::TempDir& dir,
+                                              const std::filesystem::path& tenants_dir,
+                                              const NatsServer& server,
+                                              std::vector<std::string> extra = {}) {
+  std::vector<std::string> flags = {"--db-dir", tenants_dir.string(), "--rescan-interval", "1s"};
+  flags.insert(flags.end(), extra.begin(), extra.end());
+  return RelayProcess::with_flags(dir.path(), {}, jetstream_flags(server, flags));
+}
+
+// A directory for tenant databases next to a nats-server holding the stream
+// kStream (messages up to `max_msg_size` bytes; -1: any).
+struct JetStreamTenants {
+  explicit JetStreamTenants(const std::string& prefix, std::int32_t max_msg_size = -1)
+      : dir(prefix),
+        tenants_dir(TenantDirectory::created(dir / "tenants")),
+        server(dir.path(), dir / "jetstream"),
+        client(server.url()) {
+    client.add_stream(kStream, {"outbox.>"}, 2min, max_msg_size);
+  }
+  test_support::TempDir dir;
+  std::filesystem::path tenants_dir;
+  NatsServer server;
+  NatsClient client;
+};
+
+bool wait_stream_count(NatsClient& client, long expected,
+                       std::chrono::milliseconds timeout = 120s) {
+  return test_support::wait_until(
+      [&] { return static_cast<long>(client.message_count(kStream)) >= expected; }, timeout, 50ms);
+}
+
+}  // namespace
+
+TEST_CASE("--db-dir --sink jetstream: every database drains over one connection, in order",
+          "[relay][jetstream][multi]") {
+  if (!have_nats_server()) return;
+  // Messages above 1 KiB cannot be stored: such a row is dead.
+  JetStreamTenants setup("relay-js-dir", 1024);
+  auto& [dir, tenants_dir, server, client] = setup;
+
+  auto tenants = make_tenants(tenants_dir, 12);
+  for (auto& tenant : tenants) tenant->writer.commit(40);
+  // t0 has a row no stream takes, ahead of more of its key and of other keys.
+  auto too_large = enqueue_one(tenants[0]->box, "t0-k0", std::string(4096, 'x'));
+  tenants[0]->writer.commit(10);
+
+  auto relay = directory_relay(dir, tenants_dir, server);
+  INFO(relay->log());
+  // Everything but t0's key t0-k0 after the dead row (t0 commits 50 over 3 keys: k0 gets 17,
+  // 14 of them before the dead row).
+  const long held_back = 3;
+  REQUIRE(wait_stream_count(client, committed(tenants) - held_back));
+
+  // A database that appears while it runs, and more commits everywhere.
+  tenants.push_back(std::make_unique<Tenant>(tenants_dir, "late"));
+  for (auto& tenant : tenants) tenant->writer.commit(20);
+  const long expected = committed(tenants) - held_back - 7;  // 7 more of t0-k0
+  REQUIRE(wait_stream_count(client, expected));
+
+  // Stored in the stream is recorded in the database a moment later.
+  CHECK(test_support::wait_until(
+      [&] {
+        const auto t0 = outbox_status(setup.tenants_dir / "t0.db");
+        return t0.dead == 1 && t0.pending == held_back + 7;
+      },
+      30s, 20ms));
+  auto dead = test_support::run(relay_binary(),
+                                {"dead", "--db", (tenants_dir / "t0.db").string(), "--json"});
+  CHECK(dead.out.find(too_large) != std::string::npos);
+  CHECK(dead.out.find("max message size") != std::string::npos);
+  // Dropping the dead row lets the rest of its key through, in order.
+  CHECK(test_support::run(relay_binary(),
+                          {"drop", "--db", (tenants_dir / "t0.db").string(), "--msg-id", too_large})
+            .status.code == 0);
+  REQUIRE(wait_stream_count(client, committed(tenants)));
+
+  CHECK(relay->stop().code == 0);
+  const auto log = relay->log();
+  CHECK(log.find("over 1 connections") != std::string::npos);
+  CHECK(log.find("database late.db: found") != std::string::npos);
+  CHECK(client.message_count(kStream) == static_cast<std::uint64_t>(committed(tenants)));
+  check_stream_exactly_once_in_order(client.read_all(kStream), committed(tenants));
+  for (const auto& name : relay::database_files(tenants_dir, "*.db")) {
+    CHECK(outbox_status(tenants_dir / name).pending == 0);
+  }
+}
+
+TEST_CASE("--db-dir --sink jetstream: kill -9 of the relay, then a new one: no loss, no duplicate",
+          "[relay][jetstream][multi][recovery]") {
+  if (!have_nats_server()) return;
+  JetStreamTenants setup("relay-js-dir-kill");
+  auto& [dir, tenants_dir, server, client] = setup;
+  auto tenants = make_tenants(tenants_dir, 10);
+  for (auto& tenant : tenants) tenant->writer.commit(1000);
+
+  // Small batches, one in flight: the kill comes long before the last message.
+  const std::vector<std::string> flags = {"--lease", "1s",          "--batch-size",
+                                          "10",      "--in-flight", "1"};
+  {
+    auto first = directory_relay(dir, tenants_dir, server, flags);
+    INFO(first->log());
+    REQUIRE(test_support::wait_until([&] { return setup.client.message_count(kStream) >= 500; },
+                                     60s, 1ms));
+    first->kill9();
+  }
+  REQUIRE(client.message_count(kStream) < static_cast<std::uint64_t>(committed(tenants)));
+  auto second = directory_relay(dir, tenants_dir, server, flags);
+  INFO(second->log());
+  // Commits while the second one takes the leases over.
+  for (auto& tenant : tenants) tenant->writer.commit(20);
+  for (std::size_t i = 0; i < tenants.size(); ++i) {
+    REQUIRE(wait_delivered(tenants_dir / ("t" + std::to_string(i) + ".db"),
+                           tenants[i]->writer.committed()));
+  }
+  CHECK(second->stop().code == 0);
+  CHECK(client.message_count(kStream) == static_cast<std::uint64_t>(committed(tenants)));
+  check_stream_exactly_once_in_order(client.read_all(kStream), committed(tenants));
+}
+
+namespace {
+
+// `count` messages of key `key`, each of `payload_bytes` bytes.
+std::vector<outbox::PendingMessage> pending_messages(const std::string& key, int count,
+                                                     std::size_t payload_bytes) {
+  std::vector<outbox::PendingMessage> messages;
+  for (int i = 1; i <= count; ++i) {
+    outbox::PendingMessage message;
+    message.seq = i;
+    message.msg_id = key + "-" + std::to_string(i);
+    message.topic = "orders";
+    message.partition_key = key;
+    message.payload = key + ":" + std::to_string(i) + ":";
+    message.payload.resize(payload_bytes, 'x');
+    messages.push_back(std::move(message));
+  }
+  return messages;
+}
+
+}  // namespace
+
+TEST_CASE("one NATS connection for many databases: pending bytes bounded, a lost server fails all",
+          "[relay][jetstream][multi]") {
+  if (!have_nats_server()) return;
+  test_support::TempDir dir("relay-js-shared");
+  NatsServer server(dir.path(), dir / "jetstream");
+  NatsClient(server.url()).add_stream(kStream, {"outbox.>"});
+
+  relay::SharedJetStreamOptions options;
+  options.sink.url = server.url();
+  options.sink.stream = kStream;
+  options.sink.max_pending_bytes = 3000;  // per database
+  options.max_total_pending_bytes = 5000;
+  relay::SharedJetStreamConnection connection(options);
+  auto a = connection.channel(1), b = connection.channel(2), c = connection.channel(3);
+  CHECK_THROWS_AS(connection.channel(2), std::invalid_argument);
+  for (auto* sink : {a.get(), b.get(), c.get()}) REQUIRE_FALSE(sink->open_session(5s));
+  REQUIRE(connection.readable().socket == nullptr);
+  REQUIRE(connection.readable().descriptor >= 0);
+
+  // Two messages of ~1,060 bytes each (headers and Nats-Msg-Id counted).
+  const auto a1 = pending_messages("a", 2, 1000), a2 = pending_messages("a2", 2, 1000);
+  const auto b1 = pending_messages("b", 2, 1000), c1 = pending_messages("c", 2, 1000);
+  REQUIRE(relay::nats_message_size(a1[0]) > 1000);
+  REQUIRE(relay::nats_message_size(a1[0]) * 4 < 5000);
+
+  // With the server stopped no PubAck comes back: what is published stays pending.
+  server.process().signal(SIGSTOP);
+  CHECK(a->send(1, a1));
+  CHECK_FALSE(a->send(2, a2));  // a would hold more than 3,000 bytes
+  CHECK(b->send(1, b1));
+  CHECK_FALSE(c->send(1, c1));  // all would hold more than 5,000 bytes
+  CHECK_FALSE(connection.has_events(1));
+  server.process().signal(SIGCONT);
+
+  auto acked = [&](relay::Sink& sink, std::uint32_t slot, std::uint64_t batch_id) {
+    REQUIRE(test_support::wait_until([&] { return connection.has_events(slot); }, 30s, 1ms));
+    connection.pump(0ms);
+    auto event = sink.poll(0ms);
+    REQUIRE(event);
+    CHECK(event->kind == relay::SinkEvent::Kind::acked);
+    CHECK(event->batch_id == batch_id);
+    REQUIRE(event->deliveries.size() == 2);
+    for (const auto& delivery : event->deliveries)
+      CHECK(delivery.status == relay::DeliveryStatus::stored);
+  };
+  acked(*a, 1, 1);
+  acked(*b, 2, 1);
+  REQUIRE(c->send(1, c1));
+  acked(*c, 3, 1);
+  REQUIRE(a->send(2, a2));
+  acked(*a, 1, 2);
+  CHECK(NatsClient(server.url()).message_count(kStream) == 8);
+
+  // The server goes away with a batch of a's in flight: libnats reports the
+  // connection lost, a's session fails; b, with nothing in flight, learns it
+  // at its next send.
+  server.process().signal(SIGSTOP);
+  REQUIRE(a->send(3, pending_messages("a3", 2, 100)));
+  server.kill9();
+  REQUIRE(test_support::wait_until([&] { return connection.has_events(1); }, 30s, 1ms));
+  auto failed = a->poll(0ms);
+  REQUIRE(failed);
+  CHECK(failed->kind == relay::SinkEvent::Kind::failed);
+  CHECK_FALSE(failed->error.empty());
+  CHECK_FALSE(connection.has_events(1));  // reported once
+  CHECK_FALSE(connection.has_events(2));
+  REQUIRE(b->send(2, pending_messages("b2", 1, 100)));
+  auto b_failed = b->poll(0ms);
+  REQUIRE(b_failed);
+  CHECK(b_failed->kind == relay::SinkEvent::Kind::failed);
+  // No server: a new session cannot open.
+  auto error = a->open_session(500ms);
+  REQUIRE(error);
+  CHECK(error->find("cannot connect to NATS") != std::string::npos);
 }

@@ -25,6 +25,7 @@
 #include <string>
 
 #include "outbox/error.hpp"
+#include "relay/shared_connection.hpp"
 #include "relay/sink.hpp"
 
 namespace relay {
@@ -90,28 +91,29 @@ class BrokerSink final : public Sink {
 // Ownership: channels share the connection's state; each channel must be
 // destroyed before the next one with its slot is made. Thread safety: the
 // connection and all its channels on one thread. Errors: as BrokerSink.
-class SharedBrokerConnection {
+class SharedBrokerConnection final : public SharedConnection {
  public:
   explicit SharedBrokerConnection(BrokerSinkOptions options);
-  ~SharedBrokerConnection() noexcept;
+  ~SharedBrokerConnection() noexcept override;
   SharedBrokerConnection(const SharedBrokerConnection&) = delete;
   SharedBrokerConnection& operator=(const SharedBrokerConnection&) = delete;
 
   // A Sink for one database. Throws std::invalid_argument if `slot` is in use.
-  std::unique_ptr<Sink> channel(std::uint32_t slot);
+  std::unique_ptr<Sink> channel(std::uint32_t slot) override;
   // Reads the replies that arrive within `timeout` (and whatever follows
   // them at once) into their channels; how many.
-  std::size_t pump(std::chrono::milliseconds timeout);
+  std::size_t pump(std::chrono::milliseconds timeout) override;
   // Whether the channel `slot` has replies waiting for its poll().
-  bool has_events(std::uint32_t slot) const;
+  bool has_events(std::uint32_t slot) const override;
   // The DEALER socket's libzmq handle, to wait on with zmq_poll (ZMQ_POLLIN)
   // in an event loop; valid until the next call on the connection or a channel.
   void* socket_handle();
-  std::string describe() const;
+  Readable readable() override { return {socket_handle(), -1}; }
+  std::string describe() const override;
   // WELCOMEs and refused HELLOs that named no HELLO in flight (a reply the
   // network or a proxy duplicated, or one for a HELLO already given up),
   // dropped since the connection was made.
-  std::uint64_t unmatched_answers() const noexcept;
+  std::uint64_t unmatched_answers() const noexcept override;
 
   struct Impl;
 

@@ -1,4 +1,5 @@
-// The Sink for NATS JetStream: one NATS connection per relay session,
+// The Sink for NATS JetStream: one NATS connection per relay session (for
+// many databases over one connection, SharedJetStreamConnection below),
 // asynchronous publishes with `Nats-Msg-Id` set to the msg_id, so JetStream
 // answers a resend inside the stream's duplicate window as a duplicate.
 //
@@ -49,6 +50,7 @@
 #include <string_view>
 
 #include "relay/relay.hpp"
+#include "relay/shared_connection.hpp"
 #include "relay/sink.hpp"
 
 namespace spdlog {
@@ -63,9 +65,15 @@ struct JetStreamSinkOptions {
   std::string stream;  // required: the stream the messages must land in
   std::string subject_prefix = "outbox";
   std::string client_name = "outbox-relay";  // shown by the server's monitoring
-  // Most messages published and not yet acknowledged (the relay's credit,
-  // batch size × batches in flight, already bounds this).
+  // Most messages, and bytes (nats_message_size(); 0: no bound), published
+  // and not yet acknowledged per session (the relay's credit, batch size ×
+  // batches in flight, already bounds this).
   std::size_t max_pending = 8000;
+  std::size_t max_pending_bytes = 0;
+  // How often libnats pings the server; a server that misses two PONGs is
+  // taken for gone (the connection closes, its sessions fail). 0: libnats'
+  // default (2 minutes).
+  std::chrono::milliseconds ping_interval{0};
   // The longest time between a message's first publish and a resend of it
   // (see docs/jetstream.md); the stream's duplicate window must cover it.
   std::chrono::milliseconds retry_horizon{0};
@@ -92,6 +100,71 @@ class JetStreamSink final : public Sink {
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
+};
+
+// One NATS connection carrying the sessions of many outbox databases
+// (outbox-relay run --db-dir DIR --sink jetstream): each database gets its
+// own Sink through channel(), which behaves as JetStreamSink does for that
+// database alone: its own session, batches, failures, refused keys and lease
+// check before each publish.
+//
+//   relay::SharedJetStreamConnection connection({.sink = {.url = url, .stream = "ORDERS"}});
+//   auto sink = connection.channel(7);   // a Sink for one database
+//
+// The connection is made by the first channel that opens a session and
+// shared by every later session; the stream's configuration is read once per
+// connection (again after a publish found no stream). When libnats reports it
+// lost (its disconnected or closed callback; reconnecting inside libnats is
+// off, as for JetStreamSink), the session of every channel on it fails, each
+// database resends from its first unacknowledged message, and the next
+// session makes a new connection. While a connect fails, other channels'
+// open_session() fail at once with the same error for one connect timeout
+// instead of each waiting for it in turn. All channels publish through one
+// JetStream context: one subscription for every PubAck, routed to its
+// channel by the message it answers.
+//
+// Bounds: sink.max_pending and sink.max_pending_bytes per channel, and
+// max_total_pending and max_total_pending_bytes over all channels: send()
+// returns false (the relay sends it after acknowledgements) beyond either;
+// a channel with nothing pending is held back only by the total.
+//
+// PubAcks arrive on libnats' threads: readable() is an eventfd that becomes
+// readable when a channel has an outcome for its poll(); pump() clears it and
+// has_events() says which channel.
+//
+// Ownership: owns its connection; channels share its state and may outlive
+// it. Thread safety: the connection and its channels on one thread.
+// Errors: as JetStreamSink (std::invalid_argument from the constructor,
+// SinkRefusal from a channel's open_session() or send()).
+struct SharedJetStreamOptions {
+  JetStreamSinkOptions sink;  // its max_pending and max_pending_bytes apply per channel
+  std::size_t max_total_pending = 65536;
+  std::size_t max_total_pending_bytes = std::size_t{64} << 20;  // 0: no bound
+};
+
+class SharedJetStreamConnection final : public SharedConnection {
+ public:
+  explicit SharedJetStreamConnection(SharedJetStreamOptions options);
+  ~SharedJetStreamConnection() noexcept override;
+  SharedJetStreamConnection(const SharedJetStreamConnection&) = delete;
+  SharedJetStreamConnection& operator=(const SharedJetStreamConnection&) = delete;
+
+  std::unique_ptr<Sink> channel(std::uint32_t slot) override;
+  std::size_t pump(std::chrono::milliseconds timeout) override;
+  bool has_events(std::uint32_t slot) const override;
+  Readable readable() override;
+  std::string describe() const override;
+
+  // The stream's duplicate window as last read (0 before).
+  std::chrono::nanoseconds duplicate_window() const;
+  // Closes the connection (failing every session on it); the next session
+  // makes a new one.
+  void reconnect_next_session();
+
+  struct Impl;
+
+ private:
+  std::shared_ptr<Impl> impl_;
 };
 
 // The longest time the relay may take between publishing a message and

@@ -28,8 +28,9 @@
 //   database of the directory already forwards (a file copied from it) is
 //   refused with a warning naming both files, and looked at again when its
 //   files change or the other one goes away (docs/operations.md).
-// - Carries every database's session over `connections` broker connections
-//   (SharedBrokerConnection); a database keeps its connection while open.
+// - Carries every database's session over `connections` shared connections
+//   (SharedBrokerConnection, or what make_connection makes: one NATS
+//   connection for JetStream); a database keeps its connection while open.
 //   A database whose HELLO is not answered yet (the broker is down or not
 //   started) holds up no other: it is looked at again when the answer
 //   comes or the connect timeout has passed.
@@ -63,6 +64,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -71,6 +73,7 @@
 #include "outbox/relay_store.hpp"
 #include "relay/broker_sink.hpp"
 #include "relay/relay.hpp"
+#include "relay/shared_connection.hpp"
 
 namespace relay {
 
@@ -104,6 +107,10 @@ struct MultiRelayConfig {
   RelayConfig relay{};
   outbox::RelayOptions store{};
   BrokerSinkOptions broker{};
+  // Makes each of the `connections` shared connections; empty: outbox-broker
+  // connections to `broker` (SharedBrokerConnection). For NATS JetStream,
+  // one SharedJetStreamConnection (jetstream_sink.hpp) with connections = 1.
+  std::function<std::unique_ptr<SharedConnection>()> make_connection;
 };
 
 // One database's figures in MultiRelayCounters::largest.
