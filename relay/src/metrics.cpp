@@ -94,6 +94,11 @@ RelayMetrics::RelayMetrics(metrics::Registry& registry, metrics::Registry& relay
                                    "1 while a session with the destination is open.")),
       batches_in_flight(relay_state.gauge("outbox_relay_batches_in_flight",
                                           "Batches sent and not yet acknowledged.")),
+      window_bytes(relay_state.gauge(
+          "outbox_relay_window_bytes",
+          "Bytes the relay may have sent and not had acknowledged: the full window (batch bytes x "
+          "in-flight batches) on a link that has not broken, halved when a connection breaks with "
+          "batches unacknowledged, growing back as acknowledgements arrive.")),
       last_error_time(registry.gauge("outbox_relay_last_error_time_seconds",
                                      "Unix time of the last session or database failure (0: none "
                                      "since start).")),

@@ -112,6 +112,7 @@ struct Relay::Impl {
     std::uint64_t batch_id = 0;
     std::vector<outbox::PendingMessage> messages;
     SteadyClock::time_point sent_at;
+    std::size_t bytes = 0;  // of its messages, as message_bytes() counts them
   };
 
   Impl(outbox::RelayStore& store_in, Sink& sink_in, RelayConfig config_in)
@@ -237,13 +238,47 @@ struct Relay::Impl {
   std::size_t session_window = initial_window();
   std::size_t window_ceiling = std::numeric_limits<std::size_t>::max();
 
-  void grow_window(std::size_t acknowledged) {
+  void grow_window(std::size_t acknowledged, std::size_t acknowledged_bytes) {
     const auto growth =
         session_window < window_ceiling
             ? acknowledged
             : std::max<std::size_t>(1, acknowledged * kInitialWindow / session_window);
     session_window =
         std::min(session_window + growth, config.batch_size * config.max_in_flight_batches);
+    if (window_bytes < kUnlimitedWindowBytes) {
+      window_bytes +=
+          std::max<std::size_t>(1, acknowledged_bytes * kWindowBytesGrowth / window_bytes);
+      if (window_bytes >= full_window_bytes()) window_bytes = kUnlimitedWindowBytes;
+      metrics->window_bytes.set(static_cast<double>(effective_window_bytes()));
+    }
+  }
+
+  // The same window in bytes, for messages of any size: the message window
+  // above assumes small messages (its floor of kMinWindowAfterCut messages is
+  // 77 KB of 256-byte messages but 18 MB of 70 KB ones, and its first window
+  // of 64 such messages is a 4.5 MB batch), so behind a link that breaks
+  // every few hundred kilobytes a batch of large messages never arrived
+  // whole and nothing was ever delivered. After a connection breaks with
+  // batches unacknowledged, window_bytes becomes half of what was
+  // unacknowledged (at least kMinWindowBytesAfterCut), a batch at most half of
+  // it, and it grows by kWindowBytesGrowth per window of bytes acknowledged
+  // (TCP's congestion avoidance) until it reaches the full window
+  // (batch_bytes x in-flight batches), where it no longer limits anything:
+  // on a link that does not break the relay sends as if it were not there.
+  static constexpr std::size_t kMinWindowBytesAfterCut = 64 * 1024;
+  static constexpr std::size_t kWindowBytesGrowth = 16 * 1024;
+  static constexpr std::size_t kUnlimitedWindowBytes = std::numeric_limits<std::size_t>::max();
+  std::size_t window_bytes = kUnlimitedWindowBytes;
+
+  std::size_t full_window_bytes() const {
+    return lower_of(config.batch_bytes, limits.max_batch_bytes) * config.max_in_flight_batches;
+  }
+  // What the outbox_relay_window_bytes gauge shows.
+  std::size_t effective_window_bytes() const { return std::min(window_bytes, full_window_bytes()); }
+  std::size_t unacknowledged_bytes() const {
+    std::size_t bytes = 0;
+    for (const auto& batch : in_flight) bytes += batch.bytes;
+    return bytes;
   }
   int consecutive_failures = 0;
   std::mt19937_64 random;
@@ -405,6 +440,8 @@ struct Relay::Impl {
     if (session_open) {  // not again for each session that could not open
       window_ceiling = std::max(kMinWindowAfterCut, session_window / 2);
       session_window = window_ceiling;
+      window_bytes = std::max(kMinWindowBytesAfterCut, unacknowledged_bytes() / 2);
+      metrics->window_bytes.set(static_cast<double>(effective_window_bytes()));
     }
     session_open = false;
     session_prepared = false;
@@ -617,6 +654,7 @@ struct Relay::Impl {
     resume_in_doubt();
     session_open = true;
     limits = sink.limits();
+    metrics->window_bytes.set(static_cast<double>(effective_window_bytes()));
     ++counters.sessions;
     metrics->sessions_opened.add();
     set_session_state(true);
@@ -697,8 +735,10 @@ struct Relay::Impl {
   // Up to `limit` messages after last_sent_seq and within `max_bytes` (a
   // PUBLISH body), from the read-ahead; when it has none that follow
   // last_sent_seq, from one read of up to a full batch (`max_messages`).
+  // Up to `limit` messages and `budget_bytes` (at least one message); reads
+  // up to max_messages and max_bytes ahead.
   std::vector<outbox::PendingMessage> next_batch(std::size_t limit, std::size_t max_messages,
-                                                 std::size_t max_bytes) {
+                                                 std::size_t max_bytes, std::size_t budget_bytes) {
     if (read_ahead.empty() || read_ahead_after != last_sent_seq) {
       auto read =
           database("reading pending messages")
@@ -712,7 +752,7 @@ struct Relay::Impl {
     std::size_t bytes = wire::kPublishFixedBytes;
     while (!read_ahead.empty() && batch.size() < limit) {
       const auto size = message_bytes(read_ahead.front());
-      if (!batch.empty() && bytes + size > max_bytes) break;
+      if (!batch.empty() && bytes + size > std::min(max_bytes, budget_bytes)) break;
       bytes += size;
       batch.push_back(std::move(read_ahead.front()));
       read_ahead.pop_front();
@@ -750,9 +790,12 @@ struct Relay::Impl {
       std::size_t unacknowledged = 0;
       for (const auto& batch : in_flight) unacknowledged += batch.messages.size();
       if (unacknowledged >= session_window) return;
-      auto batch =
-          next_batch(std::min({max_messages, batch_share, session_window - unacknowledged}),
-                     max_messages, max_bytes);
+      const auto unacknowledged_bytes_now = unacknowledged_bytes();
+      if (unacknowledged_bytes_now >= window_bytes) return;
+      auto batch = next_batch(
+          std::min({max_messages, batch_share, session_window - unacknowledged}), max_messages,
+          max_bytes,
+          std::min(window_bytes / kBatchesPerWindow, window_bytes - unacknowledged_bytes_now));
       if (from_cursor && in_flight.empty()) {
         generation = database("reading the delivery generation").delivery_generation();
       } else if (database("reading the delivery generation").delivery_generation() != generation) {
@@ -788,7 +831,9 @@ struct Relay::Impl {
       last_sent_seq = batch.back().seq;
       counters.sent_messages += batch.size();
       metrics->sent_messages.add(batch.size());
-      in_flight.push_back(InFlight{batch_id, std::move(batch), SteadyClock::now()});
+      std::size_t batch_bytes = wire::kPublishFixedBytes;
+      for (const auto& message : batch) batch_bytes += message_bytes(message);
+      in_flight.push_back(InFlight{batch_id, std::move(batch), SteadyClock::now(), batch_bytes});
       metrics->batches_in_flight.set(static_cast<double>(in_flight.size()));
     }
   }
@@ -878,7 +923,7 @@ struct Relay::Impl {
     count_acknowledged(stored, duplicates, dead, blocked, event);
     if (stored + duplicates > 0) consecutive_failures = 0;
     if (stored + duplicates + dead > 0) note_progress();
-    grow_window(head->messages.size());
+    grow_window(head->messages.size(), head->bytes);
     in_flight.pop_front();
     metrics->batches_in_flight.set(static_cast<double>(in_flight.size()));
     if (resuming && in_flight.empty()) finish_resume();  // all of them were stored

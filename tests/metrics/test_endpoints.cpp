@@ -108,6 +108,8 @@ TEST_CASE("relay and broker metrics after a delivered backlog and a consumer com
   CHECK(sample(text, "outbox_relay_sent_messages_total") >= 200);
   CHECK(sample(text, "outbox_relay_acknowledged_total{outcome=\"duplicate\"}") == 0);
   CHECK(sample(text, "outbox_relay_sessions_opened_total") >= 1);
+  // A link that never broke: the window in bytes is the full one, 8 batches of 1 MiB.
+  CHECK(sample(text, "outbox_relay_window_bytes") == 8 * 1024 * 1024);
   // Every stored message was timed from its commit, every batch from its send.
   CHECK(sample(text, "outbox_relay_commit_to_ack_seconds_count") == 200);
   CHECK(sample(text, "outbox_relay_commit_to_ack_seconds_bucket{le=\"+Inf\"}") == 200);

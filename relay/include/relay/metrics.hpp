@@ -33,7 +33,7 @@ struct RelayMetrics {
   // For one RelayMetrics shared by the relays of many databases (MultiRelay):
   // the counters, the histograms and last_error_time add up over them in
   // `registry`; the gauges of one relay's state (lease_held, lease_epoch,
-  // standby, session_up, batches_in_flight), which they would overwrite in
+  // standby, session_up, batches_in_flight, window_bytes), which they would overwrite in
   // turn, go to `relay_state`, a registry the caller does not serve.
   RelayMetrics(metrics::Registry& registry, metrics::Registry& relay_state);
 
@@ -57,6 +57,10 @@ struct RelayMetrics {
   metrics::Gauge& standby;      // 0/1: another relay holds the lease
   metrics::Gauge& session_up;   // 0/1
   metrics::Gauge& batches_in_flight;
+  // Bytes the relay may have unacknowledged: batch_bytes x in-flight batches
+  // (lowered to the destination's limit) until a connection breaks with
+  // batches unacknowledged, then half of those, growing back as acks arrive.
+  metrics::Gauge& window_bytes;
   metrics::Gauge& last_error_time;            // Unix seconds, 0 if none
   metrics::Histogram& send_to_ack_seconds;    // per batch
   metrics::Histogram& commit_to_ack_seconds;  // per message stored or duplicate
