@@ -24,6 +24,30 @@ std::int64_t retry_delay_ms(const std::string& line) {
   return at == std::string::npos ? -1 : std::atoll(line.c_str() + at + 12);
 }
 
+// `count` messages of `payload_bytes` over `keys` keys, committed first, then
+// drained by a relay through a proxy that cuts every connection after 2 KB-400
+// KB: every one arrives exactly once, in per-key order.
+struct CutDrain {
+  CutDrain(const char* name, long count, long keys, long payload_bytes)
+      : dir(name), broker(dir.path(), dir / "broker.db") {
+    const auto db = dir / "app.db";
+    REQUIRE(produce(db, count, keys, 0, payload_bytes) == count);
+    broker_test::CuttingProxy proxy(dir.path(), broker.endpoint(), {"--cut-every", "2K-400K"});
+    INFO("cutting proxy seed " << proxy.seed());
+    RelayProcess relay(dir.path(), db, proxy.endpoint());
+    // Bounded, not timed: how fast it drains is a benchmark figure (outbox-bench cuts).
+    const bool drained = wait_delivered(db, count, 240s);
+    log = relay.log();
+    INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
+    REQUIRE(drained);
+    check_exactly_once_in_order(fetch_all(broker.endpoint()), count);
+    CHECK(proxy.counts()["cut"] > 0);
+  }
+  test_support::TempDir dir;
+  BrokerProcess broker;
+  std::string log;  // the relay's
+};
+
 const std::vector<std::string> kSmallBatches = {"--batch-size", "100", "--in-flight",   "4",
                                                 "--lease",      "1s",  "--ack-timeout", "1s"};
 
@@ -141,21 +165,10 @@ TEST_CASE("two relays on one database: one forwards, the standby takes over", "[
 
 TEST_CASE("connections cut every 2 KB-400 KB: 50,000 messages arrive exactly once, in order",
           "[relay][recovery][cuts]") {
-  test_support::TempDir dir("relay-cuts");
-  auto db = dir / "app.db";
-  BrokerProcess broker(dir.path(), dir / "broker.db");
-  auto committed = produce(db, 50000, 64, 0, 256);
-  REQUIRE(committed == 50000);
-  broker_test::CuttingProxy proxy(dir.path(), broker.endpoint(), {"--cut-every", "2K-400K"});
-  INFO("cutting proxy seed " << proxy.seed());
-  RelayProcess relay(dir.path(), db, proxy.endpoint());
-  // Bounded, not timed: how fast it drains is a benchmark figure (outbox-bench cuts).
-  bool drained = wait_delivered(db, committed, 240s);
-  auto log = relay.log();
+  CutDrain drain("relay-cuts", 50000, 64, 256);
+  auto& broker = drain.broker;
+  const auto& log = drain.log;
   INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
-  REQUIRE(drained);
-  check_exactly_once_in_order(fetch_all(broker.endpoint()), committed);
-  CHECK(proxy.counts()["cut"] > 0);
   // After a cut the new session asked which batches in flight were stored
   // (RESUME) and got some of them back instead of resending them.
   CHECK(broker_counter(broker.endpoint(), "resumes") > 0);
@@ -182,23 +195,10 @@ TEST_CASE("connections cut every 2 KB-400 KB: 50,000 messages arrive exactly onc
 
 TEST_CASE("messages of 16 KB behind connections cut every 2 KB-400 KB all arrive",
           "[relay][recovery][cuts]") {
-  test_support::TempDir dir("relay-cuts-large");
-  auto db = dir / "app.db";
-  BrokerProcess broker(dir.path(), dir / "broker.db");
-  auto committed = produce(db, 300, 4, 0, 16 * 1024);
-  REQUIRE(committed == 300);
-  // A first window of 64 such messages is a batch of 1 MB, more than any
-  // connection carries here: only a window counted in bytes, halved at each
-  // cut, gets a batch through whole.
-  broker_test::CuttingProxy proxy(dir.path(), broker.endpoint(), {"--cut-every", "2K-400K"});
-  INFO("cutting proxy seed " << proxy.seed());
-  RelayProcess relay(dir.path(), db, proxy.endpoint());
-  bool drained = wait_delivered(db, committed, 120s);
-  auto log = relay.log();
-  INFO(log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
-  REQUIRE(drained);
-  check_exactly_once_in_order(fetch_all(broker.endpoint()), committed);
-  CHECK(proxy.counts()["cut"] > 0);
+  // A first window of 64 such messages goes out as batches of 1 MiB, more
+  // than any connection carries here: only a window counted in bytes, halved
+  // at each cut, gets a batch through whole.
+  CutDrain drain("relay-cuts-large", 300, 4, 16 * 1024);
 }
 
 TEST_CASE("connections cut before their first acknowledgement: eight at once, then a backoff",
