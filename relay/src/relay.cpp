@@ -738,10 +738,10 @@ struct Relay::Impl {
   }
 
   // Up to `limit` messages after last_sent_seq and within `max_bytes` (a
-  // PUBLISH body), from the read-ahead; when it has none that follow
-  // last_sent_seq, from one read of up to a full batch (`max_messages`).
-  // Up to `limit` messages and `budget_bytes` (at least one message); reads
-  // up to max_messages and max_bytes ahead.
+  // PUBLISH body) and `budget_bytes` (the byte window's share; at least one
+  // message), from the read-ahead; when it has none that follow
+  // last_sent_seq, from one read of up to a full batch (`max_messages`,
+  // `max_bytes`).
   std::vector<outbox::PendingMessage> next_batch(std::size_t limit, std::size_t max_messages,
                                                  std::size_t max_bytes, std::size_t budget_bytes) {
     if (read_ahead.empty() || read_ahead_after != last_sent_seq) {
