@@ -634,7 +634,7 @@ TEST_CASE(
   check_orders_match_messages(box.db(), 2);
 }
 
-TEST_CASE("closing a producer leaves its WAL with the commits; checkpoint_on_close removes it") {
+TEST_CASE("closing a producer leaves its WAL with every commit unless checkpoint_on_close is set") {
   test_support::TempDir dir;
   const auto path = dir / "app.db";
   const auto wal = dir / "app.db-wal";
