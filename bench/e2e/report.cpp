@@ -470,7 +470,12 @@ std::string tenants_text_report(const RunInfo& info, const Summary& summary) {
         << "\n  of which commit to stored (the broker's timestamp, ms resolution): p50 "
         << fixed(latency->stored_latency.p50_ms, 1) << " ms, p99 "
         << fixed(latency->stored_latency.p99_ms, 1) << " ms, max "
-        << fixed(latency->stored_latency.max_ms, 1) << " ms\n";
+        << fixed(latency->stored_latency.max_ms, 1) << " ms\n"
+        << "  runnable but waiting for a CPU meanwhile (schedstat; RT throttling counts here): "
+           "broker "
+        << fixed(latency->cpu_wait_broker_ms, 0) << " ms, relay "
+        << fixed(latency->cpu_wait_relay_ms, 0) << " ms, outbox-bench "
+        << fixed(latency->cpu_wait_bench_ms, 0) << " ms\n";
   }
   if (const auto& idle = summary.tenants_idle) {
     out << "\nidle: " << thousands(static_cast<double>(idle->databases))
@@ -526,6 +531,9 @@ void tenants_json(JsonObject& object, const Summary& summary) {
                      .integer("small_tenant_messages", latency->small_messages)
                      .field("commit_to_seen", latency_json(latency->latency))
                      .field("commit_to_stored_broker_clock", latency_json(latency->stored_latency))
+                     .num("cpu_wait_broker_ms", latency->cpu_wait_broker_ms)
+                     .num("cpu_wait_relay_ms", latency->cpu_wait_relay_ms)
+                     .num("cpu_wait_bench_ms", latency->cpu_wait_bench_ms)
                      .field("problems", json_strings(latency->problems))
                      .json());
   }

@@ -1,5 +1,7 @@
 #include "tenants.hpp"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdio>
 #include <fstream>
@@ -281,6 +283,9 @@ TenantsLatencyResult run_tenants_latency(const TenantsSettings& settings) {
   // closed then (nothing pending), so each one's first commit opens it.
   wait_for_counter(counters, &BrokerCounters::Values::stored, base + 1, 60s,
                    {&relay.process(), &broker.process()}, "the backlog's first message");
+  const auto broker_wait_before = cpu_wait_ns(broker.process().pid());
+  const auto relay_wait_before = cpu_wait_ns(relay.process().pid());
+  const auto bench_wait_before = cpu_wait_ns(::getpid());
   auto give_up = Clock::now() + timeout;
   auto next_commit = Clock::now();
   std::int64_t drained = 0;
@@ -320,6 +325,11 @@ TenantsLatencyResult run_tenants_latency(const TenantsSettings& settings) {
       next_check = Clock::now() + 100ms;
     }
   }
+  result.cpu_wait_broker_ms =
+      static_cast<double>(cpu_wait_ns(broker.process().pid()) - broker_wait_before) / 1e6;
+  result.cpu_wait_relay_ms =
+      static_cast<double>(cpu_wait_ns(relay.process().pid()) - relay_wait_before) / 1e6;
+  result.cpu_wait_bench_ms = static_cast<double>(cpu_wait_ns(::getpid()) - bench_wait_before) / 1e6;
   result.small_messages = commit_ns.size();
   result.backlog_seconds = seconds_between(started, drained);
   result.backlog_msgs_per_sec = static_cast<double>(settings.backlog) / result.backlog_seconds;

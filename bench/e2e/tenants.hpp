@@ -68,6 +68,13 @@ struct TenantsLatencyResult {
   // resolution): what of `latency` is before the message is stored, as
   // opposed to the consumer's FETCH.
   Percentiles stored_latency;
+  // While the small tenants committed: how long each process's threads were
+  // runnable but waiting for a CPU (schedstat), which includes the time a
+  // real-time process is held back by the kernel's RT throttling
+  // (kernel.sched_rt_runtime_us): when they all wait at once, a message waits too.
+  double cpu_wait_broker_ms = 0;
+  double cpu_wait_relay_ms = 0;
+  double cpu_wait_bench_ms = 0;
   std::vector<std::string> problems;
 };
 

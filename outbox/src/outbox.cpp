@@ -266,6 +266,11 @@ Outbox Outbox::open(const std::filesystem::path& path, Options options) {
   auto impl = std::make_unique<Impl>();
   impl->owned = sqlite::open_connection(path, open_options);
   impl->db = impl->owned.get();
+  if (!options.checkpoint_on_close &&
+      sqlite3_db_config(impl->db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr) != SQLITE_OK) {
+    throw Error(ErrorKind::database, "outbox: cannot turn off the checkpoint on close of '" +
+                                         path.string() + "': " + sqlite3_errmsg(impl->db));
+  }
   impl->options = std::move(options);
   impl->setup();
   return Outbox(std::move(impl));

@@ -633,3 +633,39 @@ TEST_CASE(
   }
   check_orders_match_messages(box.db(), 2);
 }
+
+TEST_CASE("closing a producer leaves its WAL with every commit unless checkpoint_on_close is set") {
+  test_support::TempDir dir;
+  const auto path = dir / "app.db";
+  const auto wal = dir / "app.db-wal";
+  auto commit_three = [&](const outbox::Options& options) {
+    auto box = outbox::Outbox::open(path, options);
+    for (int i = 0; i < 3; ++i) {
+      outbox::Transaction tx(box);
+      tx.enqueue(order_message());
+      tx.commit();
+    }
+  };
+  SECTION("by default the last close does not checkpoint") {
+    commit_three({});
+    REQUIRE(std::filesystem::exists(wal));
+    CHECK(std::filesystem::file_size(wal) > 0);
+    CHECK(std::filesystem::exists(dir / "app.db-shm"));
+    // The database file alone holds none of it: every commit is in the WAL.
+    std::filesystem::copy_file(path, dir / "alone.db");
+    outbox_test::RawDb alone((dir / "alone.db").string());
+    CHECK(query_int(alone.get(),
+                    "SELECT count(*) FROM sqlite_master WHERE name = 'outbox_messages'") == 0);
+    // The next opener carries on with it: nothing committed is lost.
+    outbox_test::RawDb raw(path.string());
+    CHECK(raw.count("outbox_messages") == 3);
+  }
+  SECTION("checkpoint_on_close: SQLite's default, the WAL is moved in and deleted") {
+    outbox::Options options;
+    options.checkpoint_on_close = true;
+    commit_three(options);
+    CHECK_FALSE(std::filesystem::exists(wal));
+    outbox_test::RawDb raw(path.string());
+    CHECK(raw.count("outbox_messages") == 3);
+  }
+}

@@ -81,6 +81,16 @@ struct Options {
   std::chrono::milliseconds busy_timeout{5000};
   // Page cache of the connection open() creates, in KiB (0: SQLite default).
   std::int64_t cache_kib = 0;
+  // Whether closing the connection open() created checkpoints. SQLite's
+  // default is to checkpoint when the last connection to a database closes:
+  // two fsyncs, then the -wal and -shm files are deleted, so the next opener
+  // (the relay, the next producer) creates them again and its first write
+  // syncs a new WAL header. false (the default): the connection closes
+  // without that; the WAL and its index stay next to the database, every
+  // commit in them (as durable as at commit), the relay checkpoints them in
+  // the background and the next opener carries on. Copy a database with its
+  // -wal file (or SQLite's backup API); never delete a -wal file.
+  bool checkpoint_on_close = false;
 
   // Largest accepted payload; larger ones are refused with outbox::Error.
   std::size_t max_payload_bytes = std::size_t{1} << 20;
