@@ -451,11 +451,11 @@ void JetStreamSink::set_lease(SinkLease lease) {
   impl_->lease = std::move(lease);
 }
 
-std::optional<std::string> JetStreamSink::open_session(std::chrono::milliseconds timeout) {
+SessionResult JetStreamSink::open_session(std::chrono::milliseconds timeout) {
   impl_->close_session();
   if (auto error = impl_->connect(timeout)) {
     impl_->close_session();
-    return error;
+    return SessionResult::failed(std::move(*error));
   }
   std::optional<std::string> error;
   try {
@@ -464,8 +464,9 @@ std::optional<std::string> JetStreamSink::open_session(std::chrono::milliseconds
     impl_->close_session();
     throw;
   }
-  if (error) impl_->close_session();
-  return error;
+  if (!error) return SessionResult::opened();
+  impl_->close_session();
+  return SessionResult::failed(std::move(*error));
 }
 
 bool JetStreamSink::send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) {

@@ -609,9 +609,9 @@ struct Relay::Impl {
       wait_or_step(std::min(until(session_answer_by), config.lease_ttl / 4));
       return false;
     }
-    if (auto error = sink.open_session(config.connect_timeout)) {
+    if (auto session = sink.open_session(config.connect_timeout); !session.ok()) {
       record_settled();  // waiting anyway
-      record_failure(*error, metrics->failure_connect);
+      record_failure(session.error(), metrics->failure_connect);
       return false;
     }
     resume_in_doubt();
