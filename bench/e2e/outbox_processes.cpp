@@ -11,7 +11,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 }  // namespace
 
@@ -112,7 +112,7 @@ std::int64_t wait_for_counter(BrokerCounters& counters,
                               const char* what) {
   std::int64_t seen_at = 0;
   std::uint64_t last = 0;
-  auto next_check = Clock::now();
+  auto next_check = SteadyClock::now();
   bool reached = wait_until(
       [&] {
         last = counters.read().*field;
@@ -120,14 +120,14 @@ std::int64_t wait_for_counter(BrokerCounters& counters,
           seen_at = steady_ns();
           return true;
         }
-        if (Clock::now() >= next_check) {
+        if (SteadyClock::now() >= next_check) {
           for (auto* daemon : daemons) {
             if (!daemon->running()) {
               throw std::runtime_error(daemon->name() + " exited during the " + what +
                                        " pass: " + daemon->log_tail());
             }
           }
-          next_check = Clock::now() + 100ms;
+          next_check = SteadyClock::now() + 100ms;
         }
         return false;
       },

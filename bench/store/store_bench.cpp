@@ -23,7 +23,7 @@
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 // Snowflake-style ids: 41-bit milliseconds, 10-bit worker, 12-bit sequence,
 // handed out round-robin by several workers, as decimal strings.
@@ -121,7 +121,7 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
   std::vector<broker::AppendOutcome> outcomes;
   Result result;
   double cpu_start = cpu_seconds();
-  Clock::duration elapsed{};
+  SteadyClock::duration elapsed{};
   std::size_t done = 0;
   while (done < total) {
     std::size_t n = std::min(settings.batch, total - done);
@@ -138,9 +138,9 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
     }
     // The payload buffer is shared by the batch: every message carries the same
     // bytes, which is fine for throughput but not for content checks.
-    auto start = Clock::now();
+    auto start = SteadyClock::now();
     store.append(batch, outcomes);
-    elapsed += Clock::now() - start;
+    elapsed += SteadyClock::now() - start;
     for (const auto& outcome : outcomes) {
       if (outcome.status != expected) {
         std::fprintf(stderr, "unexpected outcome %s\n",

@@ -41,7 +41,7 @@ void Server::Impl::on_message(const std::string& routing_id, wire::Fetch& fetch)
     return answer_fetch(routing_id, fetch);
   }
   waiting_.park(detail::WaitingFetch{
-      routing_id, fetch, detail::Clock::now() + std::chrono::milliseconds(fetch.wait_ms)});
+      routing_id, fetch, detail::SteadyClock::now() + std::chrono::milliseconds(fetch.wait_ms)});
 }
 
 void Server::Impl::answer_fetch(const std::string& routing_id, const wire::Fetch& fetch) {

@@ -134,7 +134,7 @@ Inbox Inbox::open(const std::filesystem::path& path, InboxOptions options) {
   impl->connection = sqlite::open_connection(path, open_options);
   impl->db = impl->connection.get();
   impl->options = std::move(options);
-  if (!impl->options.clock) impl->options.clock = system_clock();
+  if (!impl->options.clock) impl->options.clock = system_time_source();
   impl->logger = detail::logger_or_null(impl->options.logger);
   impl->path = path.string();
   detail::ensure_schema(impl->db, impl->path, detail::SchemaMode::create_or_migrate);

@@ -94,7 +94,7 @@ struct Outbox::Impl {
         throw Error("outbox: this connection already has an outbox::Outbox");
       }
     }
-    if (!options.clock) options.clock = system_clock();
+    if (!options.clock) options.clock = system_time_source();
     const char* filename = sqlite3_db_filename(db, "main");
     path = filename != nullptr ? filename : "";
     detail::ensure_schema(db, path.empty() ? ":memory:" : path,

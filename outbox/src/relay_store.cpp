@@ -366,7 +366,7 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   impl->connection = sqlite::open_connection(path, open_options);
   impl->db = impl->connection.get();
   impl->options = std::move(options);
-  if (!impl->options.clock) impl->options.clock = system_clock();
+  if (!impl->options.clock) impl->options.clock = system_time_source();
   impl->logger = detail::logger_or_null(impl->options.logger);
   const char* filename = sqlite3_db_filename(impl->db, "main");
   impl->path = filename != nullptr ? filename : path.string();
