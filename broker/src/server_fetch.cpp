@@ -66,7 +66,7 @@ void Server::Impl::answer_fetch(const std::string& routing_id, const wire::Fetch
       message.timestamp_ms = stored.stored_at_ms;
       message.msg_id = std::move(stored.msg_id);
       message.key = std::move(stored.partition_key);
-      auto headers = wire::decode_headers(stored.headers, options_.limits);
+      auto headers = wire::decode_header_block(stored.headers, options_.limits);
       if (headers) message.headers = std::move(headers.value());
       message.payload = std::move(stored.payload);
       reply_message.messages.push_back(std::move(message));

@@ -189,7 +189,7 @@ std::string shown_key(std::string_view key) {
 
 // Header blocks as "name=value, ..." (no headers: "no headers").
 std::string shown_headers(std::string_view encoded) {
-  auto headers = wire::decode_headers(encoded);
+  auto headers = wire::decode_header_block(encoded);
   if (!headers) return "headers of " + std::to_string(encoded.size()) + " bytes";
   if (headers->empty()) return "no headers";
   std::string text;

@@ -212,9 +212,9 @@ struct Outbox::Impl {
     }
     std::string headers;
     if (!message.traceparent.empty() || !message.tracestate.empty()) {
-      headers = encode_headers(with_trace_context(message));
+      headers = encode_headers_blob(with_trace_context(message));
     } else if (!message.headers.empty()) {
-      headers = encode_headers(message.headers);
+      headers = encode_headers_blob(message.headers);
     }
     {
       auto use = insert.use();

@@ -565,7 +565,7 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
           auto blob = use.column_blob(4);
           headers_bytes = blob.size();
           try {
-            message.headers = decode_headers(blob);
+            message.headers = decode_headers_blob(blob);
           } catch (const Error& error) {
             // A row another program wrote: the relay makes it dead, the rest flows.
             message.format_error = std::string(error.what()) + " (headers blob of " +
