@@ -10,11 +10,10 @@
 #include <stdexcept>
 #include <utility>
 
-#include <spdlog/sinks/null_sink.h>
-
 #include "broker/metrics.hpp"
 #include "metrics/log_fields.hpp"
 #include "outbox/error.hpp"
+#include "outbox/null_logger.hpp"
 #include "server_impl.hpp"
 
 namespace broker {
@@ -31,7 +30,7 @@ constexpr std::size_t kMaxReceivedFrames = 5;
 Server::Impl::Impl(Store& store, ServerOptions options)
     : store_(store),
       options_(std::move(options)),
-      logger_(options_.logger ? options_.logger : metrics::null_logger("broker")),
+      logger_(outbox::logger_or_null(options_.logger, "broker")),
       wake_(),
       context_(1),
       router_(context_, zmq::socket_type::router),

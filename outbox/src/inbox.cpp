@@ -135,7 +135,7 @@ Inbox Inbox::open(const std::filesystem::path& path, InboxOptions options) {
   impl->db = impl->connection.get();
   impl->options = std::move(options);
   if (!impl->options.clock) impl->options.clock = system_time_source();
-  impl->logger = detail::logger_or_null(impl->options.logger);
+  impl->logger = outbox::logger_or_null(impl->options.logger, "outbox");
   impl->path = path.string();
   detail::ensure_schema(impl->db, impl->path, detail::SchemaMode::create_or_migrate);
   impl->prepare();

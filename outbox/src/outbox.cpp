@@ -86,7 +86,7 @@ struct Outbox::Impl {
   }
 
   void setup() {
-    logger = detail::logger_or_null(options.logger);
+    logger = outbox::logger_or_null(options.logger, "outbox");
     {
       std::lock_guard lock(registry_mutex);
       if (registry().count(db) != 0) {

@@ -367,7 +367,7 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   impl->db = impl->connection.get();
   impl->options = std::move(options);
   if (!impl->options.clock) impl->options.clock = system_time_source();
-  impl->logger = detail::logger_or_null(impl->options.logger);
+  impl->logger = outbox::logger_or_null(impl->options.logger, "outbox");
   const char* filename = sqlite3_db_filename(impl->db, "main");
   impl->path = filename != nullptr ? filename : path.string();
   if (impl->options.read_only) {

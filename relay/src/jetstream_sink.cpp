@@ -12,7 +12,7 @@
 #include <nats/nats.h>
 #include <spdlog/logger.h>
 
-#include "metrics/log_fields.hpp"
+#include "outbox/null_logger.hpp"
 
 namespace relay {
 namespace {
@@ -197,8 +197,7 @@ struct JetStreamSink::Impl {
   };
 
   explicit Impl(JetStreamSinkOptions options_in)
-      : options(std::move(options_in)),
-        log(options.logger ? options.logger : metrics::null_logger("jetstream")) {
+      : options(std::move(options_in)), log(outbox::logger_or_null(options.logger, "jetstream")) {
     if (options.url.empty()) throw std::invalid_argument("the NATS URL is empty");
     if (options.stream.empty()) throw std::invalid_argument("the JetStream stream name is empty");
     options.max_pending = std::max<std::size_t>(options.max_pending, 1);

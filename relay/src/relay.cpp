@@ -16,6 +16,7 @@
 #include <spdlog/logger.h>
 
 #include "metrics/log_fields.hpp"
+#include "outbox/null_logger.hpp"
 #include "relay/metrics.hpp"
 #include "wire/protocol.hpp"
 
@@ -118,7 +119,7 @@ struct Relay::Impl {
       : store(store_in),
         sink(sink_in),
         config(std::move(config_in)),
-        log(config.logger ? config.logger : metrics::null_logger("relay")),
+        log(outbox::logger_or_null(config.logger, "relay")),
         lease_holder(config.holder + ":" +
                      (config.instance_id.empty() ? random_instance_id() : config.instance_id)),
         metrics_registry(config.metrics ? nullptr : std::make_unique<metrics::Registry>()),
