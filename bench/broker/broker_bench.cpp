@@ -27,10 +27,10 @@
 
 #include <fcntl.h>
 #include <sqlite3.h>
-#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "bench_support.hpp"
 #include "broker/client.hpp"
 #include "broker/server.hpp"
 #include "broker/store.hpp"
@@ -88,15 +88,6 @@ struct Settings {
   bool prefill_only = false;
 };
 
-double cpu_seconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& t) {
-    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
-  };
-  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
-}
-
 // A Store and a Server on its own thread, bound to a free loopback port.
 class RunningBroker {
  public:
@@ -151,7 +142,7 @@ PassResult publish_pass(const std::string& endpoint, const std::vector<std::stri
   for (int k = 0; k < settings.keys; ++k) keys.push_back("customer-" + std::to_string(k));
 
   PassResult result;
-  double cpu_start = cpu_seconds();
+  double cpu_start = bench::cpu_seconds();
   auto started = SteadyClock::now();
   std::size_t next = 0;
   std::size_t outstanding = 0;
@@ -187,7 +178,7 @@ PassResult publish_pass(const std::string& endpoint, const std::vector<std::stri
     }
   }
   result.seconds = std::chrono::duration<double>(SteadyClock::now() - started).count();
-  result.cpu = cpu_seconds() - cpu_start;
+  result.cpu = bench::cpu_seconds() - cpu_start;
   return result;
 }
 

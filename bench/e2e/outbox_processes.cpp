@@ -3,8 +3,11 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <span>
 #include <stdexcept>
 #include <unordered_map>
+
+#include "broker_topic.hpp"
 
 namespace bench {
 namespace {
@@ -172,24 +175,12 @@ double fill_outbox(const fs::path& db, const std::string& topic, const Dataset& 
 std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
                          const Expected& expected, std::vector<std::string>& problems,
                          std::vector<std::string>* in_offset_order) {
-  broker::Client client(endpoint);
   std::unordered_map<std::string, int> seen;
   seen.reserve(expected.size());
   std::size_t matched = 0, unexpected = 0, wrong_payload = 0, twice = 0;
-  std::uint64_t from = 1;
-  for (std::size_t round = 0; round < expected.size() / 1000 + 1000; ++round) {
+  auto check = [&](std::span<const wire::StoredMessage> page) {
     check_interrupted();
-    wire::Fetch request;
-    request.topic = topic;
-    request.from_offset = from;
-    request.max_messages = 10'000;
-    auto reply = client.fetch(request, 20s);
-    if (!reply.ok()) {
-      problems.push_back("reading back " + topic + " failed: " + reply.error().message);
-      return matched;
-    }
-    if (reply->messages.empty()) break;
-    for (const auto& message : reply->messages) {
+    for (const auto& message : page) {
       if (in_offset_order != nullptr) in_offset_order->push_back(message.msg_id);
       auto found = expected.find(message.msg_id);
       if (found == expected.end()) {
@@ -206,7 +197,14 @@ std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
       }
       ++matched;
     }
-    from = reply->next_offset;
+  };
+  try {
+    test_support::for_each_stored(endpoint, topic, check);
+  } catch (const Interrupted&) {
+    throw;
+  } catch (const std::runtime_error& error) {
+    problems.push_back(std::string("reading back: ") + error.what());
+    return matched;
   }
   std::size_t missing = expected.size() - seen.size();
   auto report = [&](std::size_t count, const std::string& what) {
