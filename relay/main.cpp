@@ -41,7 +41,7 @@ int run_command(const relay::commands::CommandLine& line) {
     return cli::exit_usage;
   } catch (const outbox::Error& error) {
     std::fprintf(stderr, "outbox-relay: %s\n", error.what());
-    return cli::exit_storage;
+    return cli::exit_code_for(error);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "outbox-relay: unexpected error: %s\n", error.what());
     return cli::exit_failure;

@@ -27,10 +27,10 @@
 
 #include <fcntl.h>
 #include <sqlite3.h>
-#include <sys/resource.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "bench_support.hpp"
 #include "broker/client.hpp"
 #include "broker/server.hpp"
 #include "broker/store.hpp"
@@ -39,7 +39,7 @@
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 // Time-ordered snowflake-style ids (41-bit ms, 10-bit worker, 12-bit sequence)
@@ -87,15 +87,6 @@ struct Settings {
   bool prefill_with_bodies = false;
   bool prefill_only = false;
 };
-
-double cpu_seconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& t) {
-    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
-  };
-  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
-}
 
 // A Store and a Server on its own thread, bound to a free loopback port.
 class RunningBroker {
@@ -151,8 +142,8 @@ PassResult publish_pass(const std::string& endpoint, const std::vector<std::stri
   for (int k = 0; k < settings.keys; ++k) keys.push_back("customer-" + std::to_string(k));
 
   PassResult result;
-  double cpu_start = cpu_seconds();
-  auto started = Clock::now();
+  double cpu_start = bench::cpu_seconds();
+  auto started = SteadyClock::now();
   std::size_t next = 0;
   std::size_t outstanding = 0;
   std::uint64_t batch_id = 0;
@@ -186,8 +177,8 @@ PassResult publish_pass(const std::string& endpoint, const std::vector<std::stri
       }
     }
   }
-  result.seconds = std::chrono::duration<double>(Clock::now() - started).count();
-  result.cpu = cpu_seconds() - cpu_start;
+  result.seconds = std::chrono::duration<double>(SteadyClock::now() - started).count();
+  result.cpu = bench::cpu_seconds() - cpu_start;
   return result;
 }
 
@@ -222,7 +213,7 @@ void prefill(broker::Store& store, SnowflakeIds& source, std::size_t count,
   std::vector<std::string> ids;
   std::vector<broker::IncomingMessage> batch;
   std::vector<broker::AppendOutcome> outcomes;
-  auto started = Clock::now();
+  auto started = SteadyClock::now();
   for (std::size_t done = 0; done < count;) {
     std::size_t n = std::min<std::size_t>(20'000, count - done);
     ids = make_ids(source, n);
@@ -232,7 +223,7 @@ void prefill(broker::Store& store, SnowflakeIds& source, std::size_t count,
     done += n;
   }
   std::printf("prefilled %zu msg_ids in %.1f s\n", count,
-              std::chrono::duration<double>(Clock::now() - started).count());
+              std::chrono::duration<double>(SteadyClock::now() - started).count());
 }
 
 // Offsets in a dedup entry's message_id: topic_id << 40 | offset (the
@@ -445,7 +436,7 @@ int main(int argc, char** argv) {
                            2 * settings.rounds * settings.messages * body_bytes +
                            (std::uint64_t{1} << 30));
       const fs::path prefilled = settings.dir / "prefilled.db";
-      const auto load_started = Clock::now();
+      const auto load_started = SteadyClock::now();
       // Bulk-loaded ids end before the ones SnowflakeIds makes from now on.
       const auto newest_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
                                  std::chrono::system_clock::now().time_since_epoch())
@@ -458,7 +449,7 @@ int main(int argc, char** argv) {
         { RunningBroker create(prefilled, broker::SyncMode::normal, settings); }
         bulk_load_dedup(prefilled, settings.prefill, newest_ms);
         std::printf("bulk-loaded %zu msg_ids in %.1f s\n", settings.prefill,
-                    std::chrono::duration<double>(Clock::now() - load_started).count());
+                    std::chrono::duration<double>(SteadyClock::now() - load_started).count());
       }
       const auto dedup_bytes = dedup_bytes_on_disk(prefilled);
       std::printf("dedup index %.2f GiB: %.1f bytes on disk per remembered msg_id; file %.2f GiB\n",
@@ -494,10 +485,10 @@ int main(int argc, char** argv) {
       // The large store stays open across rounds, as a running daemon keeps
       // it (opening runs the integrity check over the whole file); each
       // round's empty store is a fresh file.
-      const auto opened = Clock::now();
+      const auto opened = SteadyClock::now();
       RunningBroker large(prefilled, broker::SyncMode::normal, settings);
       std::printf("opened the store of %zu ids in %.1f s\n", settings.prefill,
-                  std::chrono::duration<double>(Clock::now() - opened).count());
+                  std::chrono::duration<double>(SteadyClock::now() - opened).count());
       const std::string large_label =
           "stored, " + std::to_string(settings.prefill / 1'000'000) + "M ids retained";
       // Per round: stored/s by wall clock, and per CPU second of the process

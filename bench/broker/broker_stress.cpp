@@ -43,7 +43,7 @@
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 constexpr std::size_t kMiB = std::size_t{1} << 20;
@@ -143,8 +143,8 @@ struct Figures {
 // samples what is left.
 template <typename ClosePeers>
 Figures observe(const Daemon& daemon, const Settings& settings, ClosePeers close_peers) {
-  auto until = Clock::now() + std::chrono::duration<double>(settings.observe_seconds);
-  while (Clock::now() < until) std::this_thread::sleep_for(100ms);
+  auto until = SteadyClock::now() + std::chrono::duration<double>(settings.observe_seconds);
+  while (SteadyClock::now() < until) std::this_thread::sleep_for(100ms);
   Figures figures;
   figures.peak_kib = daemon.kib("VmHWM");
   close_peers();

@@ -3,6 +3,8 @@
 #include <fstream>
 #include <string>
 
+#include <sys/resource.h>
+
 #include "cli/process.hpp"
 
 namespace bench {
@@ -49,6 +51,15 @@ std::int64_t main_thread_cpu_run_ns(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/schedstat");
   long long on_cpu = 0;
   return in >> on_cpu ? on_cpu : 0;
+}
+
+double cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 fs::path executable_dir() {

@@ -44,6 +44,9 @@ std::int64_t cpu_run_ns(pid_t pid);
 // The same for its main thread alone (/proc/<pid>/task/<pid>/schedstat).
 std::int64_t main_thread_cpu_run_ns(pid_t pid);
 
+// User + system CPU seconds this process has used so far (getrusage).
+double cpu_seconds();
+
 // The directory holding the running executable (/proc/self/exe).
 std::filesystem::path executable_dir();
 

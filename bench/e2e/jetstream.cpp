@@ -24,7 +24,7 @@ namespace bench {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 namespace {
 
@@ -336,7 +336,7 @@ JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& 
     progress("jetstream: latency, " + std::to_string(static_cast<long>(settings.rate)) +
              " msg/s for " + std::to_string(settings.latency_seconds) + " s, publish to PubAck");
     const double period_ns = 1e9 / settings.rate;
-    auto start_point = Clock::now();
+    auto start_point = SteadyClock::now();
     auto started = steady_ns();
     for (std::size_t i = 0; i < latency_count; ++i) {
       if ((i & 1023) == 0) check_interrupted();

@@ -27,7 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 constexpr const char* drain_topic = "bench.drain";
 constexpr const char* live_topic = "bench.live";
@@ -217,7 +217,7 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
       auto box = outbox::Outbox::open(app_db, producer_options());
       const double period_ns = 1e9 / settings.rate;
       started = steady_ns();
-      auto start_point = Clock::now();
+      auto start_point = SteadyClock::now();
       for (std::size_t i = 0; i < count; ++i) {
         if ((i & 1023) == 0) check_interrupted();
         auto due = start_point + std::chrono::nanoseconds(

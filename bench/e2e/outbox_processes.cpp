@@ -3,15 +3,18 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <span>
 #include <stdexcept>
 #include <unordered_map>
+
+#include "broker_topic.hpp"
 
 namespace bench {
 namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 }  // namespace
 
@@ -112,7 +115,7 @@ std::int64_t wait_for_counter(BrokerCounters& counters,
                               const char* what) {
   std::int64_t seen_at = 0;
   std::uint64_t last = 0;
-  auto next_check = Clock::now();
+  auto next_check = SteadyClock::now();
   bool reached = wait_until(
       [&] {
         last = counters.read().*field;
@@ -120,14 +123,14 @@ std::int64_t wait_for_counter(BrokerCounters& counters,
           seen_at = steady_ns();
           return true;
         }
-        if (Clock::now() >= next_check) {
+        if (SteadyClock::now() >= next_check) {
           for (auto* daemon : daemons) {
             if (!daemon->running()) {
               throw std::runtime_error(daemon->name() + " exited during the " + what +
                                        " pass: " + daemon->log_tail());
             }
           }
-          next_check = Clock::now() + 100ms;
+          next_check = SteadyClock::now() + 100ms;
         }
         return false;
       },
@@ -172,24 +175,12 @@ double fill_outbox(const fs::path& db, const std::string& topic, const Dataset& 
 std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
                          const Expected& expected, std::vector<std::string>& problems,
                          std::vector<std::string>* in_offset_order) {
-  broker::Client client(endpoint);
   std::unordered_map<std::string, int> seen;
   seen.reserve(expected.size());
   std::size_t matched = 0, unexpected = 0, wrong_payload = 0, twice = 0;
-  std::uint64_t from = 1;
-  for (std::size_t round = 0; round < expected.size() / 1000 + 1000; ++round) {
+  auto check = [&](std::span<const wire::StoredMessage> page) {
     check_interrupted();
-    wire::Fetch request;
-    request.topic = topic;
-    request.from_offset = from;
-    request.max_messages = 10'000;
-    auto reply = client.fetch(request, 20s);
-    if (!reply.ok()) {
-      problems.push_back("reading back " + topic + " failed: " + reply.error().message);
-      return matched;
-    }
-    if (reply->messages.empty()) break;
-    for (const auto& message : reply->messages) {
+    for (const auto& message : page) {
       if (in_offset_order != nullptr) in_offset_order->push_back(message.msg_id);
       auto found = expected.find(message.msg_id);
       if (found == expected.end()) {
@@ -206,7 +197,14 @@ std::size_t verify_topic(const std::string& endpoint, const std::string& topic,
       }
       ++matched;
     }
-    from = reply->next_offset;
+  };
+  try {
+    test_support::for_each_stored(endpoint, topic, check);
+  } catch (const Interrupted&) {
+    throw;
+  } catch (const std::runtime_error& error) {
+    problems.push_back(std::string("reading back: ") + error.what());
+    return matched;
   }
   std::size_t missing = expected.size() - seen.size();
   auto report = [&](std::size_t count, const std::string& what) {

@@ -22,11 +22,11 @@
 namespace bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 std::mutex progress_mutex;
 bool progress_enabled = true;
-const Clock::time_point program_start = Clock::now();
+const SteadyClock::time_point program_start = SteadyClock::now();
 
 double median(std::vector<double> values) {
   if (values.empty()) return 0;
@@ -189,7 +189,7 @@ constexpr double target_p99_ms = 5.0;
 void progress(const std::string& line) {
   std::lock_guard lock(progress_mutex);
   if (!progress_enabled) return;
-  double elapsed = std::chrono::duration<double>(Clock::now() - program_start).count();
+  double elapsed = std::chrono::duration<double>(SteadyClock::now() - program_start).count();
   std::fprintf(stderr, "[%7.1f s] %s\n", elapsed, line.c_str());
   std::fflush(stderr);
 }

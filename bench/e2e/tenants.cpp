@@ -16,7 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 // Where 1,000 or 5,000 tenants' file names sort in creation order.
 std::string tenant_file(std::size_t index) {
@@ -286,10 +286,10 @@ TenantsLatencyResult run_tenants_latency(const TenantsSettings& settings) {
   const auto broker_wait_before = cpu_wait_ns(broker.process().pid());
   const auto relay_wait_before = cpu_wait_ns(relay.process().pid());
   const auto bench_wait_before = cpu_wait_ns(::getpid());
-  auto give_up = Clock::now() + timeout;
-  auto next_commit = Clock::now();
+  auto give_up = SteadyClock::now() + timeout;
+  auto next_commit = SteadyClock::now();
   std::int64_t drained = 0;
-  auto next_check = Clock::now();
+  auto next_check = SteadyClock::now();
   for (std::size_t i = 0; i < capacity; ++i) {
     check_interrupted();
     std::this_thread::sleep_until(next_commit);
@@ -311,18 +311,18 @@ TenantsLatencyResult run_tenants_latency(const TenantsSettings& settings) {
       drained = steady_ns();
       break;
     }
-    if (Clock::now() >= next_check) {
+    if (SteadyClock::now() >= next_check) {
       for (auto* daemon : {&relay.process(), &broker.process()}) {
         if (!daemon->running()) {
           throw std::runtime_error(daemon->name() +
                                    " exited during the latency pass: " + daemon->log_tail());
         }
       }
-      if (Clock::now() >= give_up) {
+      if (SteadyClock::now() >= give_up) {
         throw std::runtime_error("latency pass: the backlog was not stored within " +
                                  std::to_string(timeout.count() / 1000) + " s");
       }
-      next_check = Clock::now() + 100ms;
+      next_check = SteadyClock::now() + 100ms;
     }
   }
   result.cpu_wait_broker_ms =

@@ -53,7 +53,7 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 void exec(sqlite3* db, const char* sql) {
   char* error = nullptr;
@@ -262,12 +262,12 @@ double concurrent_producers(const std::filesystem::path& file, int threads, bool
       committed += mine;
     });
   }
-  const auto start = Clock::now();
+  const auto start = SteadyClock::now();
   go = true;
   std::this_thread::sleep_for(duration);  // the measured interval itself, not a synchronisation
   stop = true;
   for (auto& producer : producers) producer.join();
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
   sleeps = busy_sleeps.load();
   return static_cast<double>(committed.load()) / seconds;
 }
@@ -342,7 +342,7 @@ int main(int argc, char** argv) {
       std::int64_t counter = 0;
       int per_round = txns_per_round;
       auto round = [&](const Extra& extra) {
-        const auto start = Clock::now();
+        const auto start = SteadyClock::now();
         const double cpu_start = thread_cpu_us();
         for (int t = 0; t < per_round; ++t) {
           outbox::Transaction tx(box);
@@ -351,7 +351,8 @@ int main(int argc, char** argv) {
           tx.commit();
         }
         return Figures{
-            std::chrono::duration<double, std::micro>(Clock::now() - start).count() / per_round,
+            std::chrono::duration<double, std::micro>(SteadyClock::now() - start).count() /
+                per_round,
             (thread_cpu_us() - cpu_start) / per_round};
       };
       // Warm up into the steady state: page cache filled, and the WAL grown
@@ -447,18 +448,18 @@ int main(int argc, char** argv) {
       BackgroundCheckpoints checkpoints(work / "batched.db", background_checkpoints);
       constexpr int per_txn = 1000;
       std::vector<double> rates;
-      auto start = Clock::now();
+      auto start = SteadyClock::now();
       for (int b = 0; b < batches; ++b) {
-        auto batch_start = Clock::now();
+        auto batch_start = SteadyClock::now();
         outbox::Transaction tx(box);
         for (int m = 0; m < per_txn; ++m) {
           tx.enqueue({.topic = "orders", .key = "k" + std::to_string(m % 64), .payload = payload});
         }
         tx.commit();
         rates.push_back(per_txn /
-                        std::chrono::duration<double>(Clock::now() - batch_start).count());
+                        std::chrono::duration<double>(SteadyClock::now() - batch_start).count());
       }
-      double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
       batched_rate = static_cast<double>(batches) * per_txn / seconds;
     }
     if (producers > 0) {

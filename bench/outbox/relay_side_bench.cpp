@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
                                           std::vector<std::string>(argv + 1, argv + argc))) {
     return *code;
   }
-  using Clock = std::chrono::steady_clock;
+  using SteadyClock = std::chrono::steady_clock;
   auto work = dir / ("outbox-relay-bench-" + std::to_string(::getpid()));
   std::filesystem::create_directories(work);
   int status = 0;
@@ -93,23 +93,23 @@ int main(int argc, char** argv) {
     long total = 0;
     std::vector<outbox::Outcome> outcomes;
     for (;;) {
-      auto start = Clock::now();
+      auto start = SteadyClock::now();
       auto pending = store.read_pending(batch, after);
-      read_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+      read_seconds += std::chrono::duration<double>(SteadyClock::now() - start).count();
       if (pending.empty()) break;
       outcomes.clear();
       for (const auto& message : pending) {
         outcomes.push_back(outbox::Outcome::delivered(message.seq, ++offset));
       }
-      start = Clock::now();
+      start = SteadyClock::now();
       store.record_outcomes(outcomes, *lease);
-      record_seconds += std::chrono::duration<double>(Clock::now() - start).count();
+      record_seconds += std::chrono::duration<double>(SteadyClock::now() - start).count();
       after = pending.back().seq;
       total += static_cast<long>(pending.size());
     }
-    auto start = Clock::now();
+    auto start = SteadyClock::now();
     auto deleted = store.delete_delivered(std::chrono::milliseconds(0), 500);
-    double delete_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    double delete_seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
     std::printf("read_pending, %zu per batch:     %9.0f msg/s\n", batch, total / read_seconds);
     std::printf("record_outcomes, %zu per batch:  %9.0f msg/s\n", batch, total / record_seconds);
     std::printf("delete_delivered, 500 per txn:   %9.0f msg/s (%zu rows)\n",

@@ -13,17 +13,16 @@
 #include <utility>
 #include <vector>
 
-#include <sys/resource.h>
-
 #include <CLI/CLI.hpp>
 
+#include "bench_support.hpp"
 #include "broker/store.hpp"
 #include "cli/args.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 // Snowflake-style ids: 41-bit milliseconds, 10-bit worker, 12-bit sequence,
 // handed out round-robin by several workers, as decimal strings.
@@ -98,15 +97,6 @@ struct Result {
   double rate() const { return seconds > 0 ? static_cast<double>(count) / seconds : 0; }
 };
 
-double cpu_seconds() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  auto seconds = [](const timeval& t) {
-    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
-  };
-  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
-}
-
 // Appends `total` messages with ids from `ids`, timing only append(). The ids
 // are remembered in `sent` when given so a second pass can resend them.
 template <typename Ids>
@@ -120,8 +110,8 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
   std::vector<broker::IncomingMessage> batch;
   std::vector<broker::AppendOutcome> outcomes;
   Result result;
-  double cpu_start = cpu_seconds();
-  Clock::duration elapsed{};
+  double cpu_start = bench::cpu_seconds();
+  SteadyClock::duration elapsed{};
   std::size_t done = 0;
   while (done < total) {
     std::size_t n = std::min(settings.batch, total - done);
@@ -138,9 +128,9 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
     }
     // The payload buffer is shared by the batch: every message carries the same
     // bytes, which is fine for throughput but not for content checks.
-    auto start = Clock::now();
+    auto start = SteadyClock::now();
     store.append(batch, outcomes);
-    elapsed += Clock::now() - start;
+    elapsed += SteadyClock::now() - start;
     for (const auto& outcome : outcomes) {
       if (outcome.status != expected) {
         std::fprintf(stderr, "unexpected outcome %s\n",
@@ -153,7 +143,7 @@ Result run_pass(broker::Store& store, Ids& ids, const Settings& settings, std::s
     done += n;
   }
   result.seconds = std::chrono::duration<double>(elapsed).count();
-  result.cpu_seconds = cpu_seconds() - cpu_start;
+  result.cpu_seconds = bench::cpu_seconds() - cpu_start;
   result.count = total;
   return result;
 }

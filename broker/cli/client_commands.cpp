@@ -32,15 +32,13 @@ std::unique_ptr<broker::Client> make_client(const ClientSettings& settings) {
       throw cli::UsageError(
           "CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
     }
-    try {
-      broker::CurveClientConfig curve;
-      curve.server_public_key = broker::read_curve_key_file(settings.curve_server_public_key_file);
-      curve.secret_key = broker::read_curve_key_file(settings.curve_secret_key_file);
-      curve.public_key = curve_public_of(curve.secret_key);
-      options.curve = std::move(curve);
-    } catch (const std::runtime_error& error) {
-      throw cli::UsageError(error.what());
-    }
+    // A key file that cannot be read or holds no key: outbox::Error of kind
+    // io, exit 4 (cli::exit_code_for), as for outbox-relay.
+    broker::CurveClientConfig curve;
+    curve.server_public_key = broker::read_curve_key_file(settings.curve_server_public_key_file);
+    curve.secret_key = broker::read_curve_key_file(settings.curve_secret_key_file);
+    curve.public_key = curve_public_of(curve.secret_key);
+    options.curve = std::move(curve);
   }
   try {
     return std::make_unique<broker::Client>(settings.connect, options);

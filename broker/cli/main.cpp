@@ -16,6 +16,7 @@
 #include "cli/config.hpp"
 #include "cli/process.hpp"
 #include "commands.hpp"
+#include "outbox/error.hpp"
 
 namespace {
 
@@ -29,6 +30,9 @@ int run_command(const broker::commands::CommandLine& line) {
   } catch (const cli::UsageError& error) {
     std::cerr << "outbox-broker: " << error.what() << "\n";
     return cli::exit_usage;
+  } catch (const outbox::Error& error) {
+    std::cerr << "outbox-broker: " << error.what() << "\n";
+    return cli::exit_code_for(error);
   } catch (const std::exception& error) {
     std::cerr << "outbox-broker: " << error.what() << "\n";
     return cli::exit_failure;

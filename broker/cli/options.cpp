@@ -73,11 +73,7 @@ void add_storage_options(CLI::App* command, ServeSettings& settings) {
 
 // Logs, metrics, integrity check and CURVE.
 void add_operations_options(CLI::App* command, ServeSettings& settings) {
-  command
-      ->add_option("--log-format", settings.log_format,
-                   "text, or json: one JSON object per line (time, level, component, pid, message)")
-      ->check(CLI::IsMember({"text", "json"}))
-      ->capture_default_str();
+  cli::add_log_format_option(command, settings.log_format);
   cli::add_metrics_options(command, settings.metrics);
   command
       ->add_option("--metrics-max-topics", settings.metrics_max_topics,
@@ -118,14 +114,8 @@ void CommandLine::add_to(CLI::App& app) {
     command->add_option("--connect", client.connect, "broker endpoint")
         ->check(cli::connect_endpoint_check())
         ->capture_default_str();
-    command
-        ->add_option("--curve-server-public-key-file", client.curve_server_public_key_file,
-                     "with a CURVE broker: file with the broker's Z85 public key")
-        ->check(CLI::ExistingFile);
-    command
-        ->add_option("--curve-secret-key-file", client.curve_secret_key_file,
-                     "with a CURVE broker: file with this client's Z85 secret key")
-        ->check(CLI::ExistingFile);
+    cli::add_curve_client_options(command, client.curve_server_public_key_file,
+                                  client.curve_secret_key_file, "this client");
     command->add_flag("--json", client.json, "print JSON (one object per line)");
     command->add_option("--timeout-ms", client.timeout_ms, "how long to wait for answers")
         ->check(cli::count_check(1, 3'600'000))
@@ -151,9 +141,7 @@ void CommandLine::add_to(CLI::App& app) {
                            "the old one)");
 
   for (auto* command : {serve_command, stats_command, tail_command}) {
-    command->add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
-        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
-        ->capture_default_str();
+    cli::add_log_level_option(command, log_level);
   }
 }
 

@@ -13,6 +13,7 @@
 #include "cli/args.hpp"
 #include "cli/process.hpp"
 #include "commands.hpp"
+#include "outbox/error.hpp"
 
 namespace broker::commands {
 namespace {
@@ -64,27 +65,20 @@ broker::ServerOptions server_options(const ServeSettings& settings, metrics::Reg
 }
 
 // The CURVE keys of --curve-secret-key-file and --allowed-clients-file into
-// `options`; false (after a log line) when a file cannot be read.
-bool read_curve_keys(const ServeSettings& settings, broker::ServerOptions& options,
-                     spdlog::logger& logger) {
+// `options`. Throws outbox::Error (kind io) when a file cannot be read.
+void read_curve_keys(const ServeSettings& settings, broker::ServerOptions& options) {
   if (settings.curve_secret_key_file.empty()) {
     if (!settings.allowed_clients_file.empty()) {
       throw cli::UsageError("--allowed-clients-file needs --curve-secret-key-file");
     }
-    return true;
+    return;
   }
   broker::CurveServerConfig curve;
-  try {
-    curve.secret_key = broker::read_curve_key_file(settings.curve_secret_key_file);
-    if (!settings.allowed_clients_file.empty()) {
-      curve.allowed_client_keys = broker::read_allowed_clients_file(settings.allowed_clients_file);
-    }
-  } catch (const std::exception& error) {
-    logger.error("{}", error.what());
-    return false;
+  curve.secret_key = broker::read_curve_key_file(settings.curve_secret_key_file);
+  if (!settings.allowed_clients_file.empty()) {
+    curve.allowed_client_keys = broker::read_allowed_clients_file(settings.allowed_clients_file);
   }
   options.curve = std::move(curve);
-  return true;
 }
 
 void log_start(const ServeSettings& settings, const broker::Server& server, bool curve,
@@ -123,20 +117,25 @@ int serve_with(const ServeSettings& settings, const std::shared_ptr<spdlog::logg
   // Declared before everything that reports into it: destroyed last.
   metrics::Registry registry;
   auto options = server_options(settings, registry, logger);
-  if (!read_curve_keys(settings, options, *logger)) return cli::exit_endpoint;
+  try {
+    read_curve_keys(settings, options);
+  } catch (const outbox::Error& error) {
+    logger->error("{}", error.what());
+    return cli::exit_code_for(error);
+  }
   std::unique_ptr<broker::Store> store;
   try {
     store = std::make_unique<broker::Store>(settings.db, store_settings);
-  } catch (const std::exception& error) {
+  } catch (const outbox::Error& error) {
     logger->error("cannot open database {}: {}", settings.db, error.what());
-    return cli::exit_storage;
+    return cli::exit_code_for(error);
   }
   std::unique_ptr<broker::Server> server;
   try {
     server = std::make_unique<broker::Server>(*store, options);
-  } catch (const std::exception& error) {
+  } catch (const outbox::Error& error) {
     logger->error("{}", error.what());
-    return cli::exit_endpoint;
+    return cli::exit_code_for(error);
   }
   log_start(settings, *server, options.curve.has_value(), *logger);
   std::unique_ptr<cli::MetricsServer> metrics_server;

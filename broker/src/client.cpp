@@ -10,7 +10,7 @@
 namespace broker {
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 // Request ids of the blocking helpers start high so that they do not collide
 // with the batch ids a caller chooses (ERROR replies name either).
@@ -123,11 +123,12 @@ std::optional<wire::Error> Client::read_connection_events() {
 
 std::optional<wire::Result<wire::AnyMessage>> Client::receive_from_socket(
     std::chrono::milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
+  auto deadline = SteadyClock::now() + timeout;
   while (true) {
     zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0},
                                {monitor_.handle(), 0, ZMQ_POLLIN, 0}};
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now());
     try {
       zmq::poll(items, 2, std::max(left, std::chrono::milliseconds(0)));
     } catch (const zmq::error_t& error) {
@@ -141,7 +142,7 @@ std::optional<wire::Result<wire::AnyMessage>> Client::receive_from_socket(
     if ((items[1].revents & ZMQ_POLLIN) != 0) {
       if (auto broken = read_connection_events()) return wire::Result<wire::AnyMessage>(*broken);
     }
-    if (Clock::now() >= deadline) return std::nullopt;
+    if (SteadyClock::now() >= deadline) return std::nullopt;
   }
 }
 
@@ -157,9 +158,10 @@ std::optional<wire::Result<wire::AnyMessage>> Client::receive(std::chrono::milli
 template <typename Reply, typename Matches>
 wire::Result<Reply> Client::await(Matches matches, std::uint64_t request_id,
                                   std::chrono::milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
+  auto deadline = SteadyClock::now() + timeout;
   while (true) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - SteadyClock::now());
     auto received = receive_from_socket(std::max(left, std::chrono::milliseconds(0)));
     if (!received)
       return timeout_error(

@@ -10,17 +10,16 @@
 #include <stdexcept>
 #include <utility>
 
-#include <spdlog/sinks/null_sink.h>
-
 #include "broker/metrics.hpp"
 #include "metrics/log_fields.hpp"
 #include "outbox/error.hpp"
+#include "outbox/null_logger.hpp"
 #include "server_impl.hpp"
 
 namespace broker {
 namespace {
 
-using detail::Clock;
+using detail::SteadyClock;
 
 constexpr std::uint8_t kFirstProtocolVersion = 1;
 // Routing id, tag, command, body, and one more to tell "too many" apart.
@@ -31,7 +30,7 @@ constexpr std::size_t kMaxReceivedFrames = 5;
 Server::Impl::Impl(Store& store, ServerOptions options)
     : store_(store),
       options_(std::move(options)),
-      logger_(options_.logger ? options_.logger : metrics::null_logger("broker")),
+      logger_(outbox::logger_or_null(options_.logger, "broker")),
       wake_(),
       context_(1),
       router_(context_, zmq::socket_type::router),
@@ -294,7 +293,7 @@ void Server::Impl::on_message(const std::string& routing_id, Other& message) {
 
 // ---- loop ---------------------------------------------------------------------
 
-std::chrono::milliseconds Server::Impl::next_timeout(Clock::time_point now) const {
+std::chrono::milliseconds Server::Impl::next_timeout(SteadyClock::time_point now) const {
   auto deadline =
       waiting_.earliest(now + std::chrono::milliseconds(100));  // re-check the stop flag
   if (maintenance_enabled()) deadline = std::min(deadline, next_maintenance_);
@@ -306,7 +305,7 @@ bool Server::Impl::maintenance_enabled() const {
   return store_.options().retention.count() > 0 || store_.options().dedup_window.count() > 0;
 }
 
-void Server::Impl::maintain(Clock::time_point now) {
+void Server::Impl::maintain(SteadyClock::time_point now) {
   if (!maintenance_enabled() || now < next_maintenance_) return;
   next_maintenance_ = now + options_.maintenance_interval;
   try {
@@ -328,7 +327,7 @@ void Server::Impl::run() {
   logger_->info("serving on {}", endpoint_);
   if (options_.metrics) options_.metrics->serving.set(1);
   while (!stop_.load(std::memory_order_relaxed)) {
-    auto now = Clock::now();
+    auto now = SteadyClock::now();
     std::vector<zmq::pollitem_t> items = {{router_.handle(), 0, ZMQ_POLLIN, 0},
                                           {nullptr, wake_.fd(), ZMQ_POLLIN, 0}};
     if (auth_) items.push_back({auth_->poll_handle(), 0, ZMQ_POLLIN, 0});
@@ -348,7 +347,7 @@ void Server::Impl::run() {
       serve_held_back();
     }
     if ((items[0].revents & ZMQ_POLLIN) != 0) idle = !read_round() && idle;
-    now = Clock::now();
+    now = SteadyClock::now();
     if (!waiting_.empty()) {
       answer_waiting_if([now](const detail::WaitingFetch& entry) { return entry.deadline <= now; });
     }

@@ -41,7 +41,7 @@ void Server::Impl::on_message(const std::string& routing_id, wire::Fetch& fetch)
     return answer_fetch(routing_id, fetch);
   }
   waiting_.park(detail::WaitingFetch{
-      routing_id, fetch, detail::Clock::now() + std::chrono::milliseconds(fetch.wait_ms)});
+      routing_id, fetch, detail::SteadyClock::now() + std::chrono::milliseconds(fetch.wait_ms)});
 }
 
 void Server::Impl::answer_fetch(const std::string& routing_id, const wire::Fetch& fetch) {
@@ -66,7 +66,7 @@ void Server::Impl::answer_fetch(const std::string& routing_id, const wire::Fetch
       message.timestamp_ms = stored.stored_at_ms;
       message.msg_id = std::move(stored.msg_id);
       message.key = std::move(stored.partition_key);
-      auto headers = wire::decode_headers(stored.headers, options_.limits);
+      auto headers = wire::decode_header_block(stored.headers, options_.limits);
       if (headers) message.headers = std::move(headers.value());
       message.payload = std::move(stored.payload);
       reply_message.messages.push_back(std::move(message));

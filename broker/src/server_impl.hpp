@@ -79,9 +79,9 @@ class Server::Impl {
   void malformed(const std::string& routing_id, std::uint64_t request_id, const wire::Error& error);
   void refuse_first_version(const std::string& routing_id);
   void commit_before_reply(const std::string& routing_id);
-  std::chrono::milliseconds next_timeout(detail::Clock::time_point now) const;
+  std::chrono::milliseconds next_timeout(detail::SteadyClock::time_point now) const;
   bool maintenance_enabled() const;
-  void maintain(detail::Clock::time_point now);
+  void maintain(detail::SteadyClock::time_point now);
   void return_memory();
   void shutdown();
   void write_endpoint_file();
@@ -116,7 +116,7 @@ class Server::Impl {
 
   // ---- server_stats.cpp ----
   void on_message(const std::string& routing_id, wire::StatsRequest& request);
-  void refresh_metrics(detail::Clock::time_point now);
+  void refresh_metrics(detail::SteadyClock::time_point now);
 
   static constexpr std::uint32_t kBlocked = 0xffffffffu;
   // Slots from here on index Round::violations (messages refused while decoding).
@@ -143,9 +143,9 @@ class Server::Impl {
   detail::LongPoll waiting_;
   Round round_;
   bool trim_due_ = false;
-  detail::Clock::time_point next_peer_sweep_{};
-  detail::Clock::time_point next_maintenance_{};
-  detail::Clock::time_point next_metrics_refresh_{};
+  detail::SteadyClock::time_point next_peer_sweep_{};
+  detail::SteadyClock::time_point next_maintenance_{};
+  detail::SteadyClock::time_point next_metrics_refresh_{};
 };
 
 }  // namespace broker

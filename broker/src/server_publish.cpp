@@ -32,7 +32,7 @@ void Server::Impl::handle_publish(const std::string& routing_id,
         routing_id, view->batch_id, wire::ErrorCode::no_session,
         "no session " + std::to_string(view->session_id) + " on this connection; send HELLO");
   }
-  session->last_active = detail::Clock::now();
+  session->last_active = detail::SteadyClock::now();
   if (!admit(routing_id, *session, view->batch_id)) return;
   session->has_batch = true;
   session->last_batch_id = view->batch_id;
@@ -136,13 +136,13 @@ void Server::Impl::commit_pending() {
   if (round_.bytes >= kTrimAfterBytes) trim_due_ = true;
   bool ok = false;
   try {
-    auto started = detail::Clock::now();
+    auto started = detail::SteadyClock::now();
     if (round_.incoming.empty()) {
       round_.outcomes.clear();
     } else {
       store_.append(round_.incoming, round_.outcomes);
     }
-    auto took = detail::Clock::now() - started;
+    auto took = detail::SteadyClock::now() - started;
     counters_.append_nanoseconds += static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(took).count());
     ok = true;

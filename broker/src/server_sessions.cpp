@@ -103,7 +103,7 @@ Session& Sessions::open(const std::string& routing_id, const wire::Hello& hello)
   session.id = id;
   session.routing_id = routing_id;
   session.producer = hello.producer;
-  session.last_active = Clock::now();
+  session.last_active = SteadyClock::now();
   session.origin = hello.origin;
   session.epoch = hello.epoch;
   peer_sessions_[routing_id].push_back(id);
@@ -262,7 +262,7 @@ void Server::Impl::on_message(const std::string& routing_id, wire::Resume& resum
                        "RESUME: no session " + std::to_string(resume.session_id) +
                            " on this connection; send HELLO");
   }
-  session->last_active = detail::Clock::now();
+  session->last_active = detail::SteadyClock::now();
   wire::Resumed resumed{resume.previous_session_id, {}};
   // By id, on whichever connection it was: a relay carrying several
   // databases over a connection resumes each database's session on its own.

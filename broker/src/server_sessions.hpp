@@ -23,7 +23,7 @@
 
 namespace broker::detail {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 
 // A session belongs to one connection. A connection holds one session, or
 // one per origin when its HELLOs say "one of several" (a relay forwarding
@@ -33,7 +33,7 @@ struct Session {
   std::string routing_id;  // its connection
   bool failed = false;
   std::string producer;
-  Clock::time_point last_active;
+  SteadyClock::time_point last_active;
   std::string origin;  // the producer database's origin id; empty: not fenced
   std::uint64_t epoch = 0;
   // (topic, key) pairs with a CONFLICT or REJECTED message in this session:

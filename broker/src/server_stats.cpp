@@ -98,7 +98,7 @@ void Server::Impl::on_message(const std::string& routing_id, wire::StatsRequest&
 
 // Copies the loop's counters and the store's figures into the metrics, once
 // per second: nothing per message.
-void Server::Impl::refresh_metrics(detail::Clock::time_point now) {
+void Server::Impl::refresh_metrics(detail::SteadyClock::time_point now) {
   if (!options_.metrics || now < next_metrics_refresh_) return;
   next_metrics_refresh_ = now + std::chrono::seconds(1);
   auto& m = *options_.metrics;

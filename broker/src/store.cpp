@@ -44,8 +44,8 @@
 #include <utility>
 
 #include <spdlog/logger.h>
-#include <spdlog/sinks/null_sink.h>
 
+#include "outbox/null_logger.hpp"
 #include "sqlite/sqlite.hpp"
 #include "store_chunk.hpp"
 #include "store_hash.hpp"
@@ -189,7 +189,7 @@ std::string shown_key(std::string_view key) {
 
 // Header blocks as "name=value, ..." (no headers: "no headers").
 std::string shown_headers(std::string_view encoded) {
-  auto headers = wire::decode_headers(encoded);
+  auto headers = wire::decode_header_block(encoded);
   if (!headers) return "headers of " + std::to_string(encoded.size()) + " bytes";
   if (headers->empty()) return "no headers";
   std::string text;
@@ -431,10 +431,7 @@ struct Store::Impl {
 
   Impl(const std::filesystem::path& store_path, StoreOptions store_options)
       : path(store_path), options(std::move(store_options)) {
-    logger = options.logger;
-    if (!logger)
-      logger = std::make_shared<spdlog::logger>("broker.store",
-                                                std::make_shared<spdlog::sinks::null_sink_mt>());
+    logger = outbox::logger_or_null(options.logger, "broker.store");
     if (options.max_message_bytes == 0) {
       throw std::invalid_argument("max_message_bytes must be greater than zero");
     }

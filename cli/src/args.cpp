@@ -288,6 +288,31 @@ CLI::Option* add_size_option(CLI::App* app, const std::string& name, std::uint64
       [](std::uint64_t value) { return format_size(value); });
 }
 
+CLI::Option* add_log_level_option(CLI::App* app, std::string& level) {
+  return app->add_option("--log-level", level, "trace, debug, info, warn, error, critical or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+}
+
+CLI::Option* add_log_format_option(CLI::App* app, std::string& format) {
+  return app
+      ->add_option("--log-format", format,
+                   "text, or json: one JSON object per line (time, level, component, pid, message)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+}
+
+void add_curve_client_options(CLI::App* app, std::string& server_public_key_file,
+                              std::string& secret_key_file, const std::string& client) {
+  app->add_option("--curve-server-public-key-file", server_public_key_file,
+                  "with a CURVE broker: file with the broker's Z85 public key (enables "
+                  "encryption; needs --curve-secret-key-file)")
+      ->check(CLI::ExistingFile);
+  app->add_option("--curve-secret-key-file", secret_key_file,
+                  "with a CURVE broker: file with " + client + "'s Z85 secret key")
+      ->check(CLI::ExistingFile);
+}
+
 std::optional<int> parse_command_line(CLI::App& app, const std::string& program,
                                       std::vector<std::string> args) {
   std::reverse(args.begin(), args.end());  // CLI11 takes the arguments last first

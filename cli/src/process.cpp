@@ -94,6 +94,20 @@ void install_stop_handlers(StopFunction on_stop) {
   sigaction(SIGTERM, &action, nullptr);
 }
 
+ExitCode exit_code_for(const outbox::Error& error) noexcept {
+  switch (error.kind()) {
+    case outbox::ErrorKind::usage:
+      return exit_usage;
+    case outbox::ErrorKind::database:
+      return exit_storage;
+    case outbox::ErrorKind::io:
+      return exit_endpoint;
+    case outbox::ErrorKind::protocol:
+      return exit_refused;
+  }
+  return exit_failure;
+}
+
 bool stop_requested() noexcept {
   return stop_flag != 0;
 }

@@ -1,7 +1,5 @@
 #include "metrics/log_fields.hpp"
 
-#include <spdlog/sinks/null_sink.h>
-
 namespace metrics {
 namespace {
 
@@ -19,10 +17,6 @@ LogFields::~LogFields() noexcept {
 
 std::span<const LogField> LogFields::current() noexcept {
   return current_fields;
-}
-
-std::shared_ptr<spdlog::logger> null_logger(const std::string& name) {
-  return std::make_shared<spdlog::logger>(name, std::make_shared<spdlog::sinks::null_sink_mt>());
 }
 
 }  // namespace metrics

@@ -134,8 +134,8 @@ Inbox Inbox::open(const std::filesystem::path& path, InboxOptions options) {
   impl->connection = sqlite::open_connection(path, open_options);
   impl->db = impl->connection.get();
   impl->options = std::move(options);
-  if (!impl->options.clock) impl->options.clock = system_clock();
-  impl->logger = detail::logger_or_null(impl->options.logger);
+  if (!impl->options.clock) impl->options.clock = system_time_source();
+  impl->logger = outbox::logger_or_null(impl->options.logger, "outbox");
   impl->path = path.string();
   detail::ensure_schema(impl->db, impl->path, detail::SchemaMode::create_or_migrate);
   impl->prepare();

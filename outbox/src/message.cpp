@@ -54,7 +54,7 @@ TraceContext trace_context(std::string_view traceparent, std::string_view traces
   return context;
 }
 
-std::string encode_headers(const Headers& headers) {
+std::string encode_headers_blob(const Headers& headers) {
   std::string out;
   for (const auto& header : headers) {
     put_u32(out, header.name.size());
@@ -65,7 +65,7 @@ std::string encode_headers(const Headers& headers) {
   return out;
 }
 
-Headers decode_headers(std::string_view bytes) {
+Headers decode_headers_blob(std::string_view bytes) {
   Headers headers;
   while (!bytes.empty()) {
     Header header;

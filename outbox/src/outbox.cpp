@@ -86,7 +86,7 @@ struct Outbox::Impl {
   }
 
   void setup() {
-    logger = detail::logger_or_null(options.logger);
+    logger = outbox::logger_or_null(options.logger, "outbox");
     {
       std::lock_guard lock(registry_mutex);
       if (registry().count(db) != 0) {
@@ -94,7 +94,7 @@ struct Outbox::Impl {
         throw Error("outbox: this connection already has an outbox::Outbox");
       }
     }
-    if (!options.clock) options.clock = system_clock();
+    if (!options.clock) options.clock = system_time_source();
     const char* filename = sqlite3_db_filename(db, "main");
     path = filename != nullptr ? filename : "";
     detail::ensure_schema(db, path.empty() ? ":memory:" : path,
@@ -212,9 +212,9 @@ struct Outbox::Impl {
     }
     std::string headers;
     if (!message.traceparent.empty() || !message.tracestate.empty()) {
-      headers = encode_headers(with_trace_context(message));
+      headers = encode_headers_blob(with_trace_context(message));
     } else if (!message.headers.empty()) {
-      headers = encode_headers(message.headers);
+      headers = encode_headers_blob(message.headers);
     }
     {
       auto use = insert.use();

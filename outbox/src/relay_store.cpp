@@ -366,8 +366,8 @@ RelayStore RelayStore::open(const std::filesystem::path& path, RelayOptions opti
   impl->connection = sqlite::open_connection(path, open_options);
   impl->db = impl->connection.get();
   impl->options = std::move(options);
-  if (!impl->options.clock) impl->options.clock = system_clock();
-  impl->logger = detail::logger_or_null(impl->options.logger);
+  if (!impl->options.clock) impl->options.clock = system_time_source();
+  impl->logger = outbox::logger_or_null(impl->options.logger, "outbox");
   const char* filename = sqlite3_db_filename(impl->db, "main");
   impl->path = filename != nullptr ? filename : path.string();
   if (impl->options.read_only) {
@@ -565,7 +565,7 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
           auto blob = use.column_blob(4);
           headers_bytes = blob.size();
           try {
-            message.headers = decode_headers(blob);
+            message.headers = decode_headers_blob(blob);
           } catch (const Error& error) {
             // A row another program wrote: the relay makes it dead, the rest flows.
             message.format_error = std::string(error.what()) + " (headers blob of " +

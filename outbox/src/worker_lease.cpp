@@ -47,7 +47,7 @@ struct WorkerRow {
 
 }  // namespace
 
-WorkerLease::WorkerLease(sqlite3* db, const std::string& path, Clock clock,
+WorkerLease::WorkerLease(sqlite3* db, const std::string& path, TimeSource clock,
                          std::chrono::milliseconds lease, std::shared_ptr<spdlog::logger> logger)
     : db_(db), clock_(std::move(clock)), lease_(lease), logger_(std::move(logger)) {
   if (!path.empty()) {

@@ -52,8 +52,8 @@ class WorkerLease {
   // other process can share it, so no lock is needed). `clock` times the
   // expiry of rows that are not lock-held. Opens (creating) the lock file.
   // Throws outbox::Error naming the file if it cannot be opened.
-  WorkerLease(sqlite3* db, const std::string& path, Clock clock, std::chrono::milliseconds lease,
-              std::shared_ptr<spdlog::logger> logger);
+  WorkerLease(sqlite3* db, const std::string& path, TimeSource clock,
+              std::chrono::milliseconds lease, std::shared_ptr<spdlog::logger> logger);
   ~WorkerLease() noexcept;  // drops the lock
   WorkerLease(const WorkerLease&) = delete;
   WorkerLease& operator=(const WorkerLease&) = delete;
@@ -87,7 +87,7 @@ class WorkerLease {
   sqlite3* db_;
   std::string lock_path_;
   int lock_fd_ = -1;
-  Clock clock_;
+  TimeSource clock_;
   std::chrono::milliseconds lease_;
   std::shared_ptr<spdlog::logger> logger_;
   std::string holder_;

@@ -164,18 +164,10 @@ void add_bookkeeping_options(CLI::App* run_cmd, RunSettings& run) {
 
 // Encryption, logs and metrics.
 void add_operations_options(CLI::App* run_cmd, RunSettings& run) {
-  run_cmd->add_option("--curve-server-public-key-file", run.curve_server_public_key_file,
-                      "Broker's CURVE public key (Z85), enables encryption");
-  run_cmd->add_option("--curve-secret-key-file", run.curve_secret_key_file,
-                      "This relay's CURVE secret key (Z85)");
-  run_cmd
-      ->add_option("--log-level", run.log_level, "trace, debug, info, warn, error, critical or off")
-      ->capture_default_str();
-  run_cmd
-      ->add_option("--log-format", run.log_format,
-                   "text, or json: one JSON object per line (time, level, component, pid, message)")
-      ->check(CLI::IsMember({"text", "json"}))
-      ->capture_default_str();
+  cli::add_curve_client_options(run_cmd, run.curve_server_public_key_file,
+                                run.curve_secret_key_file, "this relay");
+  cli::add_log_level_option(run_cmd, run.log_level);
+  cli::add_log_format_option(run_cmd, run.log_format);
   cli::add_metrics_options(run_cmd, run.metrics);
   cli::add_duration_option(run_cmd, "--ready-max-lag", run.ready_max_lag,
                            "/readyz answers 503 while the oldest pending message is older than "

@@ -14,6 +14,7 @@
 #include "broker/curve_keys.hpp"
 #include "cli/process.hpp"
 #include "commands.hpp"
+#include "outbox/error.hpp"
 #include "relay/broker_sink.hpp"
 #include "relay/filesystem.hpp"
 #include "relay/metrics.hpp"
@@ -46,9 +47,14 @@ void print_error(const std::string& message) {
   std::fprintf(stderr, "outbox-relay: %s\n", message.c_str());
 }
 
-// The broker sink's options; empty (after a line on stderr) when the CURVE
-// key files cannot be read.
-std::optional<relay::BrokerSinkOptions> broker_sink_options(const RunSettings& settings) {
+// `error` with `context` (the flag it came from) before its message.
+outbox::Error in_context(const std::string& context, const outbox::Error& error) {
+  return outbox::Error(error.kind(), context + ": " + error.what(), error.extended_code());
+}
+
+// The broker sink's options. Throws outbox::Error (kind io) when a CURVE key
+// file cannot be read.
+relay::BrokerSinkOptions broker_sink_options(const RunSettings& settings) {
   relay::BrokerSinkOptions sink_options;
   sink_options.endpoint = settings.broker;
   sink_options.producer = settings.holder;
@@ -57,14 +63,9 @@ std::optional<relay::BrokerSinkOptions> broker_sink_options(const RunSettings& s
       throw cli::UsageError(
           "CURVE needs both --curve-server-public-key-file and --curve-secret-key-file");
     }
-    try {
-      sink_options.curve =
-          relay::BrokerCurveKeys{broker::read_curve_key_file(settings.curve_server_public_key_file),
-                                 broker::read_curve_key_file(settings.curve_secret_key_file)};
-    } catch (const std::runtime_error& error) {
-      print_error(error.what());
-      return std::nullopt;
-    }
+    sink_options.curve =
+        relay::BrokerCurveKeys{broker::read_curve_key_file(settings.curve_server_public_key_file),
+                               broker::read_curve_key_file(settings.curve_secret_key_file)};
   }
   return sink_options;
 }
@@ -177,8 +178,8 @@ void use_jetstream(const RunSettings& settings, relay::MultiRelayConfig& multi) 
 #endif
 }
 
-// The sink --sink names; null (after a line on stderr) when it cannot be
-// used: exit_endpoint.
+// The sink --sink names. Throws outbox::Error (kind io, the flag named) when
+// it cannot be used, cli::UsageError for a bad combination of options.
 std::unique_ptr<relay::Sink> make_sink(const RunSettings& settings,
                                        [[maybe_unused]] const relay::RelayConfig& config) {
   if (settings.sink == SinkKind::jetstream) {
@@ -191,12 +192,10 @@ std::unique_ptr<relay::Sink> make_sink(const RunSettings& settings,
 #endif
   }
   auto sink_options = broker_sink_options(settings);
-  if (!sink_options) return nullptr;
   try {
-    return std::make_unique<relay::BrokerSink>(*sink_options);
-  } catch (const std::runtime_error& error) {
-    print_error("--broker " + settings.broker + ": " + error.what());
-    return nullptr;
+    return std::make_unique<relay::BrokerSink>(std::move(sink_options));
+  } catch (const outbox::Error& error) {
+    throw in_context("--broker " + settings.broker, error);
   }
 }
 
@@ -248,16 +247,15 @@ int run_directory(const RunSettings& settings, relay::RelayConfig config) {
   if (settings.sink == SinkKind::jetstream) {
     use_jetstream(settings, multi);
   } else {
-    auto sink_options = broker_sink_options(settings);
-    if (!sink_options) return cli::exit_endpoint;
-    multi.broker = std::move(*sink_options);
+    multi.broker = broker_sink_options(settings);
   }
   std::unique_ptr<relay::MultiRelay> relay;
   try {
     relay = std::make_unique<relay::MultiRelay>(std::move(multi));
-  } catch (const std::runtime_error& error) {
-    print_error("--broker " + settings.broker + ": " + error.what());
-    return cli::exit_endpoint;
+  } catch (const outbox::Error& error) {
+    throw in_context(settings.sink == SinkKind::jetstream ? "--nats-url " + settings.nats_url
+                                                          : "--broker " + settings.broker,
+                     error);
   }
   std::unique_ptr<cli::MetricsServer> metrics_server;
   if (directory_metrics) {
@@ -277,7 +275,11 @@ int run_directory(const RunSettings& settings, relay::RelayConfig config) {
   } catch (const relay::SinkRefusal& refusal) {
     print_error(refusal.what());
     return refusal_exit_code(refusal);
+  } catch (const outbox::Error& error) {
+    print_error(error.what());
+    return cli::exit_code_for(error);
   } catch (const std::runtime_error& error) {
+    // The directory itself (cannot be listed or watched).
     print_error(error.what());
     return cli::exit_storage;
   }
@@ -295,7 +297,6 @@ int run_database(const RunSettings& settings, relay::RelayConfig config) {
                                                       .on_dead = settings.on_dead,
                                                       .logger = config.logger});
   auto sink = make_sink(settings, config);
-  if (!sink) return cli::exit_endpoint;
   // The registry outlives everything that reports into it or serves it.
   metrics::Registry registry;
   std::unique_ptr<relay::BacklogProbe> backlog_probe;

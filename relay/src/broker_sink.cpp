@@ -106,8 +106,7 @@ std::string refused_batch_text(const wire::ErrorReply& error, std::uint64_t batc
          std::string(wire::error_code_name(error.code)) + "): " + error.message;
 }
 
-std::optional<std::string> welcome_error(const wire::Error& error,
-                                         std::chrono::milliseconds timeout) {
+std::string welcome_error(const wire::Error& error, std::chrono::milliseconds timeout) {
   if (error.code == wire::ErrorCode::timeout) {
     return "no answer from the broker within " + std::to_string(timeout.count()) + " ms";
   }
@@ -187,7 +186,7 @@ void BrokerSink::set_lease(SinkLease lease) {
   impl_->spare_hello.reset();  // its HELLO carried the old epoch
 }
 
-std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds timeout) {
+SessionResult BrokerSink::open_session(std::chrono::milliseconds timeout) {
   auto& impl = *impl_;
   // The broker fences by origin and epoch: no local lease check is needed.
   auto request = impl.hello();
@@ -201,14 +200,16 @@ std::optional<std::string> BrokerSink::open_session(std::chrono::milliseconds ti
   } else {
     // After any trouble the old connection's state is unknown: start afresh.
     if (impl.used) impl.client->reconnect();
-    if (!impl.client->send_hello(request)) return "the HELLO could not be queued";
+    if (!impl.client->send_hello(request)) {
+      return SessionResult::failed("the HELLO could not be queued");
+    }
   }
   impl.used = true;
   auto welcome = impl.client->await_welcome(timeout);
-  if (!welcome) return welcome_error(welcome.error(), timeout);
+  if (!welcome) return SessionResult::failed(welcome_error(welcome.error(), timeout));
   impl_->limits = limits_from(*welcome);
   impl_->spare_wanted = true;
-  return std::nullopt;
+  return SessionResult::opened();
 }
 
 bool BrokerSink::resume(std::uint64_t first_batch_id) {
@@ -499,14 +500,16 @@ class SharedChannel final : public Sink {
     return state_.hello_token == 0 || state_.hello_answer.has_value();
   }
 
-  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override {
+  SessionResult open_session(std::chrono::milliseconds timeout) override {
     auto& connection = *connection_;
     state_.session_id = 0;
     state_.events.clear();  // answers about the old session are of no use any more
     auto now = std::chrono::steady_clock::now();
     if (state_.hello_token == 0) {
-      if (now < connection.unanswered_until) return connection.unanswered_error;
-      if (!send_hello()) return "the HELLO could not be queued";
+      if (now < connection.unanswered_until) {
+        return SessionResult::failed(connection.unanswered_error);
+      }
+      if (!send_hello()) return SessionResult::failed("the HELLO could not be queued");
     }
     auto deadline = state_.hello_sent_at + timeout;
     while (!state_.hello_answer && std::chrono::steady_clock::now() < deadline) {
@@ -522,16 +525,16 @@ class SharedChannel final : public Sink {
       auto error = welcome_error(wire::Error{wire::ErrorCode::timeout, ""}, timeout);
       state_.hello_token = 0;
       connection.unanswered_until = std::chrono::steady_clock::now() + timeout;
-      connection.unanswered_error = *error;
-      return error;
+      connection.unanswered_error = error;
+      return SessionResult::failed(std::move(error));
     }
     auto answer = std::move(*state_.hello_answer);
     state_.hello_answer.reset();
     state_.hello_token = 0;
-    if (!answer.ok()) return welcome_error(answer.error(), timeout);
+    if (!answer.ok()) return SessionResult::failed(welcome_error(answer.error(), timeout));
     state_.session_id = answer->session_id;
     state_.limits = limits_from(*answer);
-    return std::nullopt;
+    return SessionResult::opened();
   }
 
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override {

@@ -16,7 +16,7 @@
 #include <nats/nats.h>
 #include <spdlog/logger.h>
 
-#include "metrics/log_fields.hpp"
+#include "outbox/null_logger.hpp"
 
 namespace relay {
 namespace {
@@ -185,7 +185,7 @@ struct ChannelState {
 struct SharedJetStreamConnection::Impl {
   explicit Impl(SharedJetStreamOptions options_in)
       : options(std::move(options_in)),
-        log(options.sink.logger ? options.sink.logger : metrics::null_logger("jetstream")) {
+        log(outbox::logger_or_null(options.sink.logger, "jetstream")) {
     if (options.sink.url.empty()) throw std::invalid_argument("the NATS URL is empty");
     if (options.sink.stream.empty()) {
       throw std::invalid_argument("the JetStream stream name is empty");
@@ -633,13 +633,15 @@ class JetStreamChannel final : public Sink {
 
   void set_lease(SinkLease lease) override { state_unlocked().lease = std::move(lease); }
 
-  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override {
+  SessionResult open_session(std::chrono::milliseconds timeout) override {
     forget_session();
-    if (auto error = impl_->ensure_connection(timeout, slot_)) return error;
+    if (auto error = impl_->ensure_connection(timeout, slot_)) {
+      return SessionResult::failed(std::move(*error));
+    }
     std::lock_guard lock(impl_->mutex);
-    if (impl_->broken) return "the connection to the NATS server was lost";
+    if (impl_->broken) return SessionResult::failed("the connection to the NATS server was lost");
     state().generation = impl_->generation;
-    return std::nullopt;
+    return SessionResult::opened();
   }
 
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
@@ -900,7 +902,7 @@ void JetStreamSink::set_lease(SinkLease lease) {
   impl_->channel->set_lease(std::move(lease));
 }
 
-std::optional<std::string> JetStreamSink::open_session(std::chrono::milliseconds timeout) {
+SessionResult JetStreamSink::open_session(std::chrono::milliseconds timeout) {
   impl_->connection.reconnect_next_session();
   return impl_->channel->open_session(timeout);
 }

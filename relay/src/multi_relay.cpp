@@ -26,6 +26,7 @@
 #include "database_opener.hpp"
 #include "metrics/log_fields.hpp"
 #include "metrics/metrics.hpp"
+#include "outbox/null_logger.hpp"
 #include "relay/metrics.hpp"
 #include "snowflake_warning.hpp"
 
@@ -220,8 +221,7 @@ struct MultiRelay::Impl {
   };
 
   explicit Impl(MultiRelayConfig config_in)
-      : config(std::move(config_in)),
-        log(config.relay.logger ? config.relay.logger : metrics::null_logger("relay")) {
+      : config(std::move(config_in)), log(outbox::logger_or_null(config.relay.logger, "relay")) {
     config.connections = std::max<std::size_t>(config.connections, 1);
     config.max_open_databases = std::max<std::size_t>(config.max_open_databases, 1);
     // Databases are closed and opened again all the time: closing must not

@@ -16,6 +16,7 @@
 #include <spdlog/logger.h>
 
 #include "metrics/log_fields.hpp"
+#include "outbox/null_logger.hpp"
 #include "relay/metrics.hpp"
 #include "wire/protocol.hpp"
 
@@ -119,7 +120,7 @@ struct Relay::Impl {
       : store(store_in),
         sink(sink_in),
         config(std::move(config_in)),
-        log(config.logger ? config.logger : metrics::null_logger("relay")),
+        log(outbox::logger_or_null(config.logger, "relay")),
         lease_holder(config.holder + ":" +
                      (config.instance_id.empty() ? random_instance_id() : config.instance_id)),
         metrics_registry(config.metrics ? nullptr : std::make_unique<metrics::Registry>()),
@@ -651,9 +652,9 @@ struct Relay::Impl {
       wait_or_step(std::min(until(session_answer_by), config.lease_ttl / 4));
       return false;
     }
-    if (auto error = sink.open_session(config.connect_timeout)) {
+    if (auto session = sink.open_session(config.connect_timeout); !session.ok()) {
       record_settled();  // waiting anyway
-      record_failure(*error, metrics->failure_connect);
+      record_failure(session.error(), metrics->failure_connect);
       return false;
     }
     resume_in_doubt();

@@ -34,7 +34,7 @@ class SnowflakeWarningSink final : public Sink {
                        bool& warned);
 
   void set_lease(SinkLease lease) override { inner_.set_lease(std::move(lease)); }
-  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override {
+  SessionResult open_session(std::chrono::milliseconds timeout) override {
     return inner_.open_session(timeout);
   }
   bool resume(std::uint64_t first_batch_id) override { return inner_.resume(first_batch_id); }

@@ -21,11 +21,11 @@ namespace {
 // connection keeps SQLite's handler, whose PRAGMA busy_timeout the
 // application can read and change.
 int short_sleep_busy_handler(void* timeout_ms, int attempt) {
-  using Clock = std::chrono::steady_clock;
+  using SteadyClock = std::chrono::steady_clock;
   // One busy wait at a time per thread: a connection is used by one thread at
   // a time and the handler runs inside that thread's blocked call.
-  thread_local Clock::time_point started;
-  auto now = Clock::now();
+  thread_local SteadyClock::time_point started;
+  auto now = SteadyClock::now();
   if (attempt == 0) started = now;
   auto limit = std::chrono::milliseconds(reinterpret_cast<std::intptr_t>(timeout_ms));
   if (now - started >= limit) return 0;

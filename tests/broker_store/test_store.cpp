@@ -570,8 +570,8 @@ TEST_CASE("a reused msg_id with another key or headers is a conflict naming both
   broker::Store store(dir / "broker.db", normal_sync());
   // The header block as PUBLISH carries it.
   const std::vector<wire::Header> trace_abc = {{"trace", "abc"}}, trace_xyz = {{"trace", "xyz"}};
-  const std::string headers = wire::encode_headers(trace_abc);
-  const std::string other_headers = wire::encode_headers(trace_xyz);
+  const std::string headers = wire::encode_header_block(trace_abc);
+  const std::string other_headers = wire::encode_header_block(trace_xyz);
   REQUIRE(append_one(store, {"4711", "orders", "{}", "order-1", headers}) == stored(1));
 
   auto key = append_one(store, {"4711", "orders", "{}", "order-2", headers});

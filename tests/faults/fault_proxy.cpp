@@ -85,7 +85,7 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 std::atomic<bool> stop_requested{false};
@@ -115,7 +115,7 @@ struct Settings {
 using Frames = std::vector<std::string>;
 
 struct Queued {
-  Clock::time_point release_at;
+  SteadyClock::time_point release_at;
   Frames frames;
 };
 
@@ -150,7 +150,7 @@ struct Pair {
   std::unique_ptr<zmq::socket_t> dealer;  // null once cut; recreated on the next message
   std::deque<Queued> up;                  // to the broker, release times non-decreasing
   std::vector<Queued> down;               // to the relay, any order
-  Clock::time_point last_activity = Clock::now();
+  SteadyClock::time_point last_activity = SteadyClock::now();
 };
 
 class Proxy {
@@ -161,15 +161,15 @@ class Proxy {
   }
 
   void run() {
-    auto next_stats = Clock::now();
+    auto next_stats = SteadyClock::now();
     while (!stop_requested.load()) {
       if (quiet_requested.load()) faults_on_ = false;
       poll_once();
       release_due();
       forget_idle_pairs();
-      if (Clock::now() >= next_stats) {
+      if (SteadyClock::now() >= next_stats) {
         write_stats();
-        next_stats = Clock::now() + milliseconds(100);
+        next_stats = SteadyClock::now() + milliseconds(100);
       }
     }
     write_stats();
@@ -194,13 +194,13 @@ class Proxy {
     frontend_->set(zmq::sockopt::rcvhwm, 10000);
     // A reset binds the port the relays know again; the old listener closes
     // in ZeroMQ's I/O thread, so the port may be busy for a moment.
-    auto deadline = Clock::now() + std::chrono::seconds(5);
+    auto deadline = SteadyClock::now() + std::chrono::seconds(5);
     while (true) {
       try {
         frontend_->bind(endpoint);
         break;
       } catch (const zmq::error_t& error) {
-        if (error.num() != EADDRINUSE || Clock::now() >= deadline) throw;
+        if (error.num() != EADDRINUSE || SteadyClock::now() >= deadline) throw;
         std::this_thread::sleep_for(milliseconds(5));  // retrying a busy port, bounded
       }
     }
@@ -265,7 +265,7 @@ class Proxy {
       slot->routing_id = routing_id;
     }
     Pair& pair = *slot;
-    pair.last_activity = Clock::now();
+    pair.last_activity = SteadyClock::now();
     if (chance(0.004)) {
       count("reset");
       reset_frontend();
@@ -282,7 +282,7 @@ class Proxy {
       return;
     }
     if (!pair.dealer) open_dealer(pair);
-    auto now = Clock::now();
+    auto now = SteadyClock::now();
     auto release = pair.up.empty() ? now : std::max(now, pair.up.back().release_at);
     if (chance(0.004)) {
       // Longer than the relay's ack timeout (1 s in the suite): the relay
@@ -313,13 +313,13 @@ class Proxy {
   }
 
   void from_broker(Pair& pair, Frames frames) {
-    pair.last_activity = Clock::now();
+    pair.last_activity = SteadyClock::now();
     if (chance(0.01)) {
       count("lost_reply");
       return;
     }
-    auto now = Clock::now();
-    Clock::time_point release = now;
+    auto now = SteadyClock::now();
+    SteadyClock::time_point release = now;
     for (const auto& held : pair.down) release = std::max(release, held.release_at);
     if (chance(0.02)) {
       count("reorder");
@@ -372,17 +372,17 @@ class Proxy {
   }
 
   milliseconds next_wait() const {
-    auto soonest = Clock::now() + milliseconds(50);
+    auto soonest = SteadyClock::now() + milliseconds(50);
     for (const auto& [id, pair] : pairs_) {
       if (!pair->up.empty()) soonest = std::min(soonest, pair->up.front().release_at);
       for (const auto& held : pair->down) soonest = std::min(soonest, held.release_at);
     }
-    auto wait = std::chrono::duration_cast<milliseconds>(soonest - Clock::now());
+    auto wait = std::chrono::duration_cast<milliseconds>(soonest - SteadyClock::now());
     return std::clamp(wait, milliseconds(0), milliseconds(50));
   }
 
   void release_due() {
-    auto now = Clock::now();
+    auto now = SteadyClock::now();
     for (auto& [id, pair] : pairs_) {
       while (!pair->up.empty() && pair->up.front().release_at <= now) {
         if (pair->dealer) send_all(*pair->dealer, pair->up.front().frames);
@@ -411,7 +411,7 @@ class Proxy {
   // connections of ids not heard of for a while are closed (not a fault:
   // the relay left them).
   void forget_idle_pairs() {
-    auto now = Clock::now();
+    auto now = SteadyClock::now();
     for (auto it = pairs_.begin(); it != pairs_.end();) {
       auto& pair = *it->second;
       if (pair.up.empty() && pair.down.empty() &&
@@ -513,7 +513,7 @@ class CuttingProxy {
   const std::string& endpoint() const { return endpoint_; }
 
   void run() {
-    auto next_stats = Clock::now();
+    auto next_stats = SteadyClock::now();
     std::vector<pollfd> fds;
     while (!stop_requested.load()) {
       if (quiet_requested.load()) faults_on_ = false;
@@ -533,9 +533,9 @@ class CuttingProxy {
                                   [](const Link& link) { return link.relay < 0; }),
                    links_.end());
       if ((fds[0].revents & POLLIN) != 0) accept_all();
-      if (Clock::now() >= next_stats) {
+      if (SteadyClock::now() >= next_stats) {
         write_stats_file(settings_.stats_file, counts_, faults_on_);
-        next_stats = Clock::now() + milliseconds(100);
+        next_stats = SteadyClock::now() + milliseconds(100);
       }
     }
     write_stats_file(settings_.stats_file, counts_, faults_on_);

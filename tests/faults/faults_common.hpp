@@ -20,7 +20,7 @@ namespace faults {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using Clock = std::chrono::steady_clock;
+using SteadyClock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 // Set by SIGINT/SIGTERM (outbox-faults' handler): the run stops at its next step.

@@ -89,10 +89,10 @@ void Run::inject_one() {
     if (!choice.target->running()) return;  // already down: try again next time
     // A daemon killed before it finished starting is a valid fault too, but
     // give each incarnation a moment so the pipeline makes progress.
-    if (Clock::now() - choice.target->started_at() < 100ms || choice.target->paused()) return;
+    if (SteadyClock::now() - choice.target->started_at() < 100ms || choice.target->paused()) return;
     if (choice.sig == SIGSTOP) {
       // Longer than the relay's lease and ack timeout (1 s each).
-      choice.target->pause_until(Clock::now() + between(300, 2500));
+      choice.target->pause_until(SteadyClock::now() + between(300, 2500));
     } else {
       choice.target->signal(choice.sig);
     }
@@ -143,13 +143,13 @@ bool Run::fill_disk() {
   auto filled = disk_->fill();
   append_file(dir_ / "logs" / "disk.log", "filled with " + std::to_string(filled) + " bytes\n");
   producer_saw_full_ = relay_saw_full_ = false;
-  disk_full_until_ = Clock::now() + 5s;
+  disk_full_until_ = SteadyClock::now() + 5s;
   return true;
 }
 
 void Run::free_disk_when_due(bool now_anyway) {
   if (disk_ == nullptr || !disk_->full()) return;
-  auto now = Clock::now();
+  auto now = SteadyClock::now();
   if (!now_anyway && now < next_disk_check_) return;
   next_disk_check_ = now + 50ms;  // the logs are read anew each time
   if (!producer_saw_full_ && reported_since(producer_processes(), producer_reports_before_)) {

@@ -37,10 +37,10 @@ Run::Run(Settings settings, SmallDisk* disk)
 }
 
 int Run::execute() {
-  auto started = Clock::now();
+  auto started = SteadyClock::now();
   start_everything();
   load_with_faults();
-  auto load_seconds = std::chrono::duration<double>(Clock::now() - started).count();
+  auto load_seconds = std::chrono::duration<double>(SteadyClock::now() - started).count();
   say("load phase over after " + std::to_string(static_cast<long>(load_seconds)) + " s; draining");
   bool drained = drain();
   auto stored = read_destination();
@@ -75,7 +75,7 @@ int Run::execute() {
       "seed=%llu elapsed=%.0fs committed=%ld stored=%ld effects=%ld "
       "producer_duplicates_reported=%ld\n",
       static_cast<unsigned long long>(settings_.seed),
-      std::chrono::duration<double>(Clock::now() - started).count(), report.committed,
+      std::chrono::duration<double>(SteadyClock::now() - started).count(), report.committed,
       report.stored, report.effects, duplicates_reported_);
   std::printf("injected:%s\n", kinds.str().c_str());
   if (!jetstream()) {
@@ -184,7 +184,7 @@ std::vector<Managed*> Run::everything() {
 
 void Run::tend(bool restart) {
   if (interrupted.load()) throw HarnessError("interrupted");
-  auto now = Clock::now();
+  auto now = SteadyClock::now();
   for (auto* managed : everything()) {
     managed->resume_if_due(now, !restart);
     bool was_up = managed->state() != Managed::State::down;
@@ -220,11 +220,11 @@ void Run::tend(bool restart) {
 }
 
 void Run::load_with_faults() {
-  auto start = Clock::now();
+  auto start = SteadyClock::now();
   auto next_fault = start + between(100, 400);
   auto next_report = start + 10s;
   while (!interrupted.load()) {
-    auto now = Clock::now();
+    auto now = SteadyClock::now();
     if (settings_.duration) {
       if (now - start >= *settings_.duration) break;
     } else {
@@ -264,8 +264,10 @@ bool Run::drain() {
        {proxy_.get(), consumer_proxy_.get(), relay_cutter_.get(), consumer_cutter_.get()}) {
     if (proxy != nullptr) proxy->notify(SIGUSR1);
   }
-  auto deadline = Clock::now() + settings_.drain_timeout;
-  auto left = [&] { return std::chrono::duration_cast<milliseconds>(deadline - Clock::now()); };
+  auto deadline = SteadyClock::now() + settings_.drain_timeout;
+  auto left = [&] {
+    return std::chrono::duration_cast<milliseconds>(deadline - SteadyClock::now());
+  };
   // Everything that is down comes back.
   if (!test_support::wait_until(
           [&] {

@@ -173,12 +173,12 @@ class Run {
   std::string broker_endpoint_, proxy_endpoint_, consumer_proxy_endpoint_;
   std::string relay_entry_, consumer_entry_;  // where relays and consumer connect
   SmallDisk* disk_;
-  Clock::time_point disk_full_until_{};
+  SteadyClock::time_point disk_full_until_{};
   // Fills during which a producer, a relay saw the disk full.
   long disk_full_producer_bites_ = 0, disk_full_relay_bites_ = 0;
   bool producer_saw_full_ = false, relay_saw_full_ = false, disk_free_soon_ = false;
   std::map<Managed*, std::size_t> producer_reports_before_, relay_reports_before_;
-  Clock::time_point next_disk_check_{};
+  SteadyClock::time_point next_disk_check_{};
   std::unique_ptr<Managed> nats_, redis_, broker_, proxy_, consumer_proxy_, relay_cutter_,
       consumer_cutter_, relay_, standby_relay_, consumer_, consumer2_;
   int nats_port_ = 0, redis_port_ = 0;

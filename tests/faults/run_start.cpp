@@ -29,7 +29,7 @@ void Run::start_redis() {
     if (redis_) {
       redis_->stay_down();
       redis_->signal(SIGKILL);
-      redis_->poll(Clock::now());
+      redis_->poll(SteadyClock::now());
     }
     redis_port_ = test_support::free_loopback_port();
     redis_ =
@@ -45,7 +45,7 @@ void Run::start_redis() {
     redis_->start();
     bool up = test_support::wait_until(
         [&] {
-          redis_->poll(Clock::now());  // a lost bind race ends it
+          redis_->poll(SteadyClock::now());  // a lost bind race ends it
           return !redis_->running() || RedisReader(redis_port_).ping();
         },
         20s, 20ms);
@@ -92,7 +92,7 @@ void Run::start_nats() {
     if (nats_) {
       nats_->stay_down();
       nats_->signal(SIGKILL);
-      nats_->poll(Clock::now());
+      nats_->poll(SteadyClock::now());
     }
     nats_port_ = test_support::free_loopback_port();
     nats_url_ = "nats://127.0.0.1:" + std::to_string(nats_port_);

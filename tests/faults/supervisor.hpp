@@ -33,13 +33,13 @@ class Managed {
 
   // SIGSTOP now, SIGCONT at `resume_at` (from resume_if_due): a process that
   // hangs, as under a long GC pause or a swapped-out machine, then goes on.
-  void pause_until(Clock::time_point resume_at) {
+  void pause_until(SteadyClock::time_point resume_at) {
     if (state_ != State::running || paused_) return;
     process_->signal(SIGSTOP);
     paused_ = true;
     resume_at_ = resume_at;
   }
-  void resume_if_due(Clock::time_point now, bool force = false) {
+  void resume_if_due(SteadyClock::time_point now, bool force = false) {
     if (!paused_ || (!force && now < resume_at_)) return;
     if (process_) process_->signal(SIGCONT);
     paused_ = false;
@@ -48,7 +48,7 @@ class Managed {
   void start() {
     process_ = starter_();
     state_ = State::running;
-    started_at_ = Clock::now();
+    started_at_ = SteadyClock::now();
   }
 
   // Sends `sig` and, for SIGKILL, reaps at once.
@@ -61,7 +61,7 @@ class Managed {
     }
     expected_signal_ = sig;
     state_ = State::stopping;
-    stopping_since_ = last_term_ = Clock::now();
+    stopping_since_ = last_term_ = SteadyClock::now();
     reported_slow_stop_ = false;
   }
 
@@ -71,10 +71,10 @@ class Managed {
   }
 
   // Call often: reaps exits, returns a line describing anything unexpected.
-  std::optional<std::string> poll(Clock::time_point restart_at_if_down) {
+  std::optional<std::string> poll(SteadyClock::time_point restart_at_if_down) {
     if (state_ == State::down || !process_) return std::nullopt;
     if (process_->running()) {
-      auto now = Clock::now();
+      auto now = SteadyClock::now();
       if (state_ == State::stopping && expected_signal_ == SIGTERM && now - last_term_ >= 1s) {
         // A SIGTERM that lands between fork and exec meets the harness's own
         // handler in the child and is lost: say it again.
@@ -110,12 +110,12 @@ class Managed {
     return problem;
   }
 
-  bool due_for_restart(Clock::time_point now) const {
+  bool due_for_restart(SteadyClock::time_point now) const {
     return state_ == State::down && restart_enabled_ && now >= restart_at_;
   }
   // A process stopped for good (producers at the end of the load) stays down.
   void stay_down() { restart_enabled_ = false; }
-  void set_restart_at(Clock::time_point at) { restart_at_ = at; }
+  void set_restart_at(SteadyClock::time_point at) { restart_at_ = at; }
   std::optional<test_support::ExitStatus> last_status() const { return last_status_; }
   pid_t last_pid() const { return last_pid_; }
   // The last exit was a SIGKILL the process sent itself (accept_self_kill).
@@ -125,7 +125,7 @@ class Managed {
   void accept_self_kill() { self_kill_ok_ = true; }
   const std::string& last_log_tail() const { return last_log_tail_; }
   std::string stdout_text() const { return last_stdout_; }
-  Clock::time_point started_at() const { return started_at_; }
+  SteadyClock::time_point started_at() const { return started_at_; }
   // What the running incarnation printed on stderr so far.
   std::string current_stderr() const { return process_ ? process_->stderr_text() : std::string(); }
   // Exit codes that are not a problem when the process ends by itself.
@@ -164,7 +164,7 @@ class Managed {
   std::unique_ptr<test_support::ChildProcess> process_;
   State state_ = State::down;
   int expected_signal_ = 0;
-  Clock::time_point stopping_since_{}, restart_at_{}, started_at_{};
+  SteadyClock::time_point stopping_since_{}, restart_at_{}, started_at_{};
   std::optional<test_support::ExitStatus> last_status_;
   std::string last_log_tail_, last_stdout_;
   bool restart_enabled_ = true;
@@ -172,7 +172,7 @@ class Managed {
   bool reported_slow_stop_ = false;
   bool self_kill_ok_ = false, last_self_killed_ = false;
   pid_t last_pid_ = -1;
-  Clock::time_point resume_at_{}, last_term_{};
+  SteadyClock::time_point resume_at_{}, last_term_{};
   std::function<bool(int)> exit_code_ok_ = [](int) { return false; };
   std::function<bool(int)> term_exit_code_ok_ = [](int code) { return code == 0; };
 };

@@ -37,10 +37,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                    : view.ok() != owning.ok()) {
       std::abort();
     }
-    auto headers = wire::decode_headers(frames[2], limits);
+    auto headers = wire::decode_header_block(frames[2], limits);
     if (headers.ok()) {
-      auto reencoded = wire::encode_headers(headers.value());
-      auto again_headers = wire::decode_headers(reencoded, limits);
+      auto reencoded = wire::encode_header_block(headers.value());
+      auto again_headers = wire::decode_header_block(reencoded, limits);
       if (!again_headers.ok() || again_headers.value() != headers.value()) std::abort();
     }
     (void)wire::peek_request_id(wire::Command::publish, frames[2]);

@@ -87,8 +87,9 @@ void broker_seeds() {
 }
 
 void header_seeds() {
-  write("outbox_headers", "two", outbox::encode_headers({{"traceparent", "00-1-2-01"}, {"k", ""}}));
-  write("outbox_headers", "empty-name", outbox::encode_headers({{"", "value"}}));
+  write("outbox_headers", "two",
+        outbox::encode_headers_blob({{"traceparent", "00-1-2-01"}, {"k", ""}}));
+  write("outbox_headers", "empty-name", outbox::encode_headers_blob({{"", "value"}}));
 }
 
 void text_seeds() {

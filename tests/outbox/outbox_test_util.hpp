@@ -46,7 +46,7 @@ class ManualClock {
  public:
   explicit ManualClock(std::int64_t start_ms = 1'800'000'000'000)
       : now_ms_(std::make_shared<std::atomic<std::int64_t>>(start_ms)) {}
-  outbox::Clock clock() const {
+  outbox::TimeSource clock() const {
     auto now = now_ms_;
     return [now] { return outbox::TimePoint(std::chrono::milliseconds(now->load())); };
   }

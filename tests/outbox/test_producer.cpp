@@ -365,9 +365,9 @@ TEST_CASE("headers survive the round trip") {
   auto pending = store.read_pending(10);
   REQUIRE(pending.size() == 1);
   CHECK(pending[0].headers == message.headers);
-  CHECK_THROWS_AS(outbox::decode_headers(std::string("\0\0\0\x05"
-                                                     "ab",
-                                                     6)),
+  CHECK_THROWS_AS(outbox::decode_headers_blob(std::string("\0\0\0\x05"
+                                                          "ab",
+                                                          6)),
                   outbox::Error);
 }
 

@@ -26,7 +26,7 @@ class HoldingSink final : public relay::Sink {
   explicit HoldingSink(relay::Sink& inner) : inner_(inner) {}
 
   void set_lease(relay::SinkLease lease) override { inner_.set_lease(std::move(lease)); }
-  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override {
+  relay::SessionResult open_session(std::chrono::milliseconds timeout) override {
     return inner_.open_session(timeout);
   }
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override {

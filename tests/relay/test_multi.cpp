@@ -239,9 +239,9 @@ class FullOnceSink final : public relay::Sink {
  public:
   explicit FullOnceSink(bool session_ends = false) : session_ends_(session_ends) {}
   void set_lease(relay::SinkLease) override {}
-  std::optional<std::string> open_session(std::chrono::milliseconds) override {
+  relay::SessionResult open_session(std::chrono::milliseconds) override {
     ++sessions;
-    return std::nullopt;
+    return relay::SessionResult::opened();
   }
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override {
     ++sends;

@@ -7,10 +7,10 @@
 
 namespace test_support {
 
-std::vector<wire::StoredMessage> fetch_topic(const std::string& endpoint, const std::string& topic,
-                                             const broker::ClientOptions& options) {
+void for_each_stored(const std::string& endpoint, const std::string& topic,
+                     const std::function<void(std::span<const wire::StoredMessage>)>& page,
+                     const broker::ClientOptions& options) {
   broker::Client client(endpoint, options);
-  std::vector<wire::StoredMessage> all;
   std::uint64_t from = 1;
   for (int round = 0; round < 100000; ++round) {
     wire::Fetch request;
@@ -22,9 +22,20 @@ std::vector<wire::StoredMessage> fetch_topic(const std::string& endpoint, const 
       throw std::runtime_error("fetching " + topic + " failed: " + reply.error().message);
     }
     if (reply->messages.empty()) break;
-    for (auto& message : reply->messages) all.push_back(std::move(message));
+    page(reply->messages);
     from = reply->next_offset;
   }
+}
+
+std::vector<wire::StoredMessage> fetch_topic(const std::string& endpoint, const std::string& topic,
+                                             const broker::ClientOptions& options) {
+  std::vector<wire::StoredMessage> all;
+  for_each_stored(
+      endpoint, topic,
+      [&](std::span<const wire::StoredMessage> messages) {
+        all.insert(all.end(), messages.begin(), messages.end());
+      },
+      options);
   return all;
 }
 

@@ -176,11 +176,11 @@ TEST_CASE("the zero-copy PUBLISH view sees the same fields as the owning decoder
   CHECK(view->messages[0].msg_id == "m1");
   CHECK(view->messages[0].key == "k1");
   CHECK(view->messages[0].payload == "p1");
-  auto headers = wire::decode_headers(view->messages[0].headers);
+  auto headers = wire::decode_header_block(view->messages[0].headers);
   REQUIRE(headers.ok());
   CHECK(*headers == publish.messages[0].headers);
-  CHECK(view->messages[0].headers == wire::encode_headers(publish.messages[0].headers));
-  CHECK(wire::decode_headers(view->messages[1].headers)->empty());
+  CHECK(view->messages[0].headers == wire::encode_header_block(publish.messages[0].headers));
+  CHECK(wire::decode_header_block(view->messages[1].headers)->empty());
   body.pop_back();
   CHECK(wire::decode_publish_view(body).error().code == wire::ErrorCode::truncated);
 }

@@ -865,13 +865,13 @@ std::size_t max_message_bytes_in_frame(const Limits& limits) noexcept {
   return limits.max_body_bytes > overhead ? limits.max_body_bytes - overhead : 0;
 }
 
-std::string encode_headers(std::span<const Header> headers) {
+std::string encode_header_block(std::span<const Header> headers) {
   std::string out;
   put_headers(out, headers);
   return out;
 }
 
-Result<std::vector<Header>> decode_headers(std::string_view encoded, const Limits& limits) {
+Result<std::vector<Header>> decode_header_block(std::string_view encoded, const Limits& limits) {
   if (encoded.empty()) return std::vector<Header>{};
   Reader in(encoded, limits);
   auto headers = read_headers(in);

@@ -111,6 +111,20 @@ CLI::Option* add_choice_option(CLI::App* app, const std::string& name, Value& ta
   return option;
 }
 
+// ---- options every program declares the same way ------------------------------
+
+// --log-level: trace, debug, info, warn, error, critical or off (what
+// make_stderr_logger takes); the help shows `level`'s current value.
+CLI::Option* add_log_level_option(CLI::App* app, std::string& level);
+// --log-format: text or json (make_stderr_logger).
+CLI::Option* add_log_format_option(CLI::App* app, std::string& format);
+// --curve-server-public-key-file and --curve-secret-key-file of a client of a
+// CURVE broker (`client` names it in the help: "this relay"). Each must name
+// an existing file; whether both are given, and what the files hold, the
+// program checks when it reads them.
+void add_curve_client_options(CLI::App* app, std::string& server_public_key_file,
+                              std::string& secret_key_file, const std::string& client);
+
 // Parses the command line (in the usual order, without the program name).
 // Help goes to stdout (returns exit_ok); a bad flag, value or config file to
 // stderr as one line "program: message" (returns exit_usage). Empty when the

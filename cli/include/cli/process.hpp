@@ -9,6 +9,8 @@
 
 #include <spdlog/logger.h>
 
+#include "outbox/error.hpp"
+
 namespace cli {
 
 // Exit codes shared by the daemons and their tools (idgen keeps the codes its
@@ -23,6 +25,13 @@ enum ExitCode : int {
   exit_refused = 6,      // the broker answered with an error
   exit_not_found = 7,    // the named thing (a msg_id, ...) does not exist
 };
+
+// The exit code for a failure the toolkit's libraries reported, from its kind
+// (docs/architecture.md, Errors): usage -> exit_usage, database ->
+// exit_storage, io -> exit_endpoint, protocol -> exit_refused (the peer
+// answered, not as the protocol says). The programs choose codes for
+// outbox::Error here and nowhere else.
+ExitCode exit_code_for(const outbox::Error& error) noexcept;
 
 // A combination of flags or values that cannot work, found after parsing: the
 // program prints "program: message" on one line and exits with exit_usage.

@@ -94,9 +94,4 @@ void log(spdlog::logger& logger, spdlog::level::level_enum level,
   logger.log(level, format, std::forward<Args>(args)...);
 }
 
-// A logger named `name` that drops every record: what a library uses when
-// its caller gave no logger (libraries never create global loggers). A new
-// object on each call, owned by the caller; safe to use from any thread.
-std::shared_ptr<spdlog::logger> null_logger(const std::string& name);
-
 }  // namespace metrics

@@ -115,7 +115,7 @@ struct InboxOptions {
   bool synchronous_full = false;
   // How long completed msg_ids are remembered.
   std::chrono::milliseconds retention{std::chrono::hours(24 * 7)};
-  Clock clock = system_clock();
+  TimeSource clock = system_time_source();
   std::shared_ptr<spdlog::logger> logger{};
 };
 

@@ -118,11 +118,22 @@ struct EnqueueResult {
   bool duplicate() const { return status == EnqueueStatus::duplicate; }
 };
 
-// The `headers` column format (documented in docs/schema.md): for each header,
-// a 4-byte big-endian name length, the name, a 4-byte big-endian value length,
-// the value. No headers is stored as NULL.
-std::string encode_headers(const Headers& headers);
+// The `headers` column format (docs/schema.md, "The headers blob"): for each
+// header, a 4-byte big-endian name length, the name, a 4-byte big-endian value
+// length, the value. No headers is stored as NULL. Not the wire protocol's
+// header block (wire::encode_header_block), which is laid out differently.
+std::string encode_headers_blob(const Headers& headers);
 // Throws outbox::Error if the bytes are not in that format.
-Headers decode_headers(std::string_view bytes);
+Headers decode_headers_blob(std::string_view bytes);
+
+// The names of earlier releases.
+[[deprecated("renamed outbox::encode_headers_blob")]] inline std::string encode_headers(
+    const Headers& headers) {
+  return encode_headers_blob(headers);
+}
+[[deprecated("renamed outbox::decode_headers_blob")]] inline Headers decode_headers(
+    std::string_view bytes) {
+  return decode_headers_blob(bytes);
+}
 
 }  // namespace outbox

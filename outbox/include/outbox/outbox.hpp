@@ -114,7 +114,7 @@ struct Options {
   int wal_autocheckpoint_pages = 10000;
 
   // Time for created_at_ms and worker-id leases (tests inject their own).
-  Clock clock = system_clock();
+  TimeSource clock = system_time_source();
   // Null: a null sink. Never a global logger.
   std::shared_ptr<spdlog::logger> logger{};
 };

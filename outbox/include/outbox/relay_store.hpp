@@ -96,7 +96,7 @@ struct RelayOptions {
   bool checkpoint_on_close = true;
   // Open the file read-only (status and listing tools); writes then throw.
   bool read_only = false;
-  Clock clock = system_clock();
+  TimeSource clock = system_time_source();
   std::shared_ptr<spdlog::logger> logger{};  // null: a null sink
 };
 

@@ -468,7 +468,7 @@ RedisInbox RedisInbox::connect(RedisInboxOptions options) {
   }
   auto impl = std::make_unique<Impl>();
   impl->endpoint = parse_endpoint(options.endpoint);
-  impl->logger = detail::logger_or_null(options.logger);
+  impl->logger = outbox::logger_or_null(options.logger, "outbox");
   impl->options = std::move(options);
   for (std::size_t i = 0; i < script_count; ++i) {
     impl->scripts[i] = script_text(static_cast<Script>(i));

@@ -48,7 +48,7 @@ class BrokerSink final : public Sink {
   ~BrokerSink() noexcept override;
 
   void set_lease(SinkLease lease) override;
-  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override;
+  SessionResult open_session(std::chrono::milliseconds timeout) override;
   bool resume(std::uint64_t first_batch_id) override;
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
   std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override;

@@ -89,7 +89,7 @@ class JetStreamSink final : public Sink {
   JetStreamSink& operator=(const JetStreamSink&) = delete;
 
   void set_lease(SinkLease lease) override;
-  std::optional<std::string> open_session(std::chrono::milliseconds timeout) override;
+  SessionResult open_session(std::chrono::milliseconds timeout) override;
   bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override;
   std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override;
   std::string describe() const override;

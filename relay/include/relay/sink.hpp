@@ -15,8 +15,8 @@
 //
 // Thread safety: a Sink is used by the relay's one thread.
 // Errors: transient problems (no answer, connection refused, destination
-// busy) are values (SinkEvent failed, open_session() returning an error
-// text); exceptions are for configuration errors found at construction.
+// busy) are values (SinkEvent failed, open_session() returning a failed
+// SessionResult); exceptions are for configuration errors found at construction.
 // A destination that answers but can never take the relay's messages as
 // configured (a JetStream stream that does not exist, a duplicate window
 // shorter than the relay's retry horizon) is not transient: open_session()
@@ -34,6 +34,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "outbox/relay_store.hpp"
@@ -121,6 +122,26 @@ struct SinkLease {
   std::function<bool()> still_valid;  // called on the relay's thread; empty: always
 };
 
+// The outcome of Sink::open_session(): the session is open, or it is not and
+// error() says why in one line (no answer in time, the destination refused
+// the session). A value, not an exception: a destination that is away is an
+// outcome the relay expects, and it retries.
+class SessionResult {
+ public:
+  static SessionResult opened() { return SessionResult(); }
+  static SessionResult failed(std::string error) { return SessionResult(std::move(error)); }
+
+  bool ok() const noexcept { return !error_.has_value(); }
+  explicit operator bool() const noexcept { return ok(); }
+  // Why the session did not open; only when !ok().
+  const std::string& error() const { return error_.value(); }
+
+ private:
+  SessionResult() = default;
+  explicit SessionResult(std::string error) : error_(std::move(error)) {}
+  std::optional<std::string> error_;
+};
+
 struct SinkEvent {
   enum class Kind : std::uint8_t {
     acked,    // `deliveries` has one entry per message of the batch, in order
@@ -142,8 +163,9 @@ class Sink {
   virtual void set_lease(SinkLease lease) = 0;
 
   // Opens a fresh session, forgetting everything in flight on the old one.
-  // Returns an error text when the destination cannot be reached in `timeout`.
-  virtual std::optional<std::string> open_session(std::chrono::milliseconds timeout) = 0;
+  // Fails (a value, see SessionResult) when the destination cannot be
+  // reached in `timeout` or refuses the session.
+  virtual SessionResult open_session(std::chrono::milliseconds timeout) = 0;
 
   // Right after open_session(), when the previous session ended with batches
   // unacknowledged: asks the destination which of them, from `first_batch_id`

@@ -395,7 +395,7 @@ Result<AnyMessage> decode(std::span<const std::string_view> frames, const Limits
 // The broker's hot path: the same checks as decode_body(Command::publish), but
 // the fields are views into `body`, which the caller keeps alive. `headers` is
 // the encoded header block (count and entries) exactly as on the wire, so it
-// can be stored verbatim and turned back into Headers with decode_headers().
+// can be stored verbatim and turned back into Headers with decode_header_block().
 //
 // A field above its limit in Limits (msg_id, topic, key, header count, name or
 // value, payload) does not fail the batch when the frame itself is
@@ -453,11 +453,23 @@ std::size_t ack_body_bytes(const Ack& ack) noexcept;
 // max_message_bytes.
 std::size_t max_message_bytes_in_frame(const Limits& limits) noexcept;
 
-// The header block of one message: u16 count, then per header str16 name and
-// bytes32 value. An empty header list encodes as two zero bytes; an empty
-// string_view decodes as no headers.
-std::string encode_headers(std::span<const Header> headers);
-Result<std::vector<Header>> decode_headers(std::string_view encoded, const Limits& limits = {});
+// The header block of one message (docs/protocol.md): u16 count, then per
+// header str16 name and bytes32 value. An empty header list encodes as two
+// zero bytes; an empty string_view decodes as no headers. Not the outbox's
+// `headers` column (outbox::encode_headers_blob), which is laid out differently.
+std::string encode_header_block(std::span<const Header> headers);
+Result<std::vector<Header>> decode_header_block(std::string_view encoded,
+                                                const Limits& limits = {});
+
+// The names of earlier releases.
+[[deprecated("renamed wire::encode_header_block")]] inline std::string encode_headers(
+    std::span<const Header> headers) {
+  return encode_header_block(headers);
+}
+[[deprecated("renamed wire::decode_header_block")]] inline Result<std::vector<Header>>
+decode_headers(std::string_view encoded, const Limits& limits = {}) {
+  return decode_header_block(encoded, limits);
+}
 
 // The value of the first header named exactly `name`, if any. W3C trace
 // context travels as the headers "traceparent" and "tracestate", unchanged
