@@ -712,7 +712,7 @@ bool wait_stream_count(NatsClient& client, long expected,
 
 }  // namespace
 
-TEST_CASE("--db-dir --sink jetstream: every database drains over one connection, in order",
+TEST_CASE("run --db-dir --sink jetstream: every database drains over one connection, in order",
           "[relay][jetstream][multi]") {
   if (!have_nats_server()) return;
   // Messages above 1 KiB cannot be stored: such a row is dead.
@@ -766,8 +766,9 @@ TEST_CASE("--db-dir --sink jetstream: every database drains over one connection,
   }
 }
 
-TEST_CASE("--db-dir --sink jetstream: kill -9 of the relay, then a new one: no loss, no duplicate",
-          "[relay][jetstream][multi][recovery]") {
+TEST_CASE(
+    "run --db-dir --sink jetstream: kill -9 of the relay, then a new one: no loss, no duplicate",
+    "[relay][jetstream][multi][recovery]") {
   if (!have_nats_server()) return;
   JetStreamTenants setup("relay-js-dir-kill");
   auto& [dir, tenants_dir, server, client] = setup;
