@@ -296,7 +296,7 @@ struct SharedJetStreamConnection::Impl {
   }
 
   // The connection of `generation` is gone: every session on it fails.
-  void lose_connection(std::string reason) {
+  void lose_connection(const std::string& reason) {
     if (broken) return;
     broken = true;
     for (auto& [slot, channel] : channels) {
