@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <string>
+#include <string_view>
 
 #include <sys/resource.h>
 
@@ -51,6 +52,24 @@ std::int64_t main_thread_cpu_run_ns(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/schedstat");
   long long on_cpu = 0;
   return in >> on_cpu ? on_cpu : 0;
+}
+
+ContextSwitches context_switches(pid_t pid) {
+  ContextSwitches total;
+  std::error_code error;
+  for (const auto& task : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
+    std::ifstream in(task.path() / "status");
+    std::string line;
+    while (std::getline(in, line)) {
+      auto value = [&](std::string_view name) { return std::stoll(line.substr(name.size())); };
+      if (line.starts_with("voluntary_ctxt_switches:")) {
+        total.voluntary += value("voluntary_ctxt_switches:");
+      } else if (line.starts_with("nonvoluntary_ctxt_switches:")) {
+        total.involuntary += value("nonvoluntary_ctxt_switches:");
+      }
+    }
+  }
+  return total;
 }
 
 double cpu_seconds() {

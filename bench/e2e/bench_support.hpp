@@ -44,6 +44,15 @@ std::int64_t cpu_run_ns(pid_t pid);
 // The same for its main thread alone (/proc/<pid>/task/<pid>/schedstat).
 std::int64_t main_thread_cpu_run_ns(pid_t pid);
 
+// Context switches of all threads of process `pid` so far
+// (/proc/<pid>/task/*/status): voluntary ones are a thread blocking (a wait
+// for an event, a lock, I/O), involuntary ones the scheduler taking its CPU.
+struct ContextSwitches {
+  std::int64_t voluntary = 0;
+  std::int64_t involuntary = 0;
+};
+ContextSwitches context_switches(pid_t pid);
+
 // User + system CPU seconds this process has used so far (getrusage).
 double cpu_seconds();
 

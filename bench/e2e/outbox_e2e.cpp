@@ -64,6 +64,32 @@ void exec_sql(const fs::path& db, const char* sql) {
   }
 }
 
+// What the kernel says about one process at one moment: CPU time, time
+// waiting for a CPU, context switches (all threads).
+struct ProcessSample {
+  explicit ProcessSample(pid_t pid)
+      : run_ns(cpu_run_ns(pid)), wait_ns(cpu_wait_ns(pid)), switches(context_switches(pid)) {}
+
+  double run_ms_since(const ProcessSample& before) const {
+    return static_cast<double>(run_ns - before.run_ns) / 1e6;
+  }
+  double wait_ms_since(const ProcessSample& before) const {
+    return static_cast<double>(wait_ns - before.wait_ns) / 1e6;
+  }
+  OutboxResult::CostPerMessage cost_since(const ProcessSample& before, std::size_t messages) const {
+    const double n = static_cast<double>(std::max<std::size_t>(messages, 1));
+    return {.cpu_us = static_cast<double>(run_ns - before.run_ns) / 1e3 / n,
+            .voluntary_switches =
+                static_cast<double>(switches.voluntary - before.switches.voluntary) / n,
+            .involuntary_switches =
+                static_cast<double>(switches.involuntary - before.switches.involuntary) / n};
+  }
+
+  std::int64_t run_ns;
+  std::int64_t wait_ns;
+  ContextSwitches switches;
+};
+
 }  // namespace
 
 OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
@@ -205,14 +231,9 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
              " s, commit to stored (seen by a consumer)");
     std::string producer_error;
     std::int64_t started = 0, finished = 0;
-    const auto broker_wait_before = cpu_wait_ns(broker.process().pid());
-    const auto relay_wait_before = cpu_wait_ns(app_relay.process().pid());
-    const auto bench_wait_before = cpu_wait_ns(::getpid());
-    auto cpu_used = [&] {
-      return cpu_run_ns(broker.process().pid()) + cpu_run_ns(app_relay.process().pid()) +
-             cpu_run_ns(::getpid());
-    };
-    const auto cpu_used_before = cpu_used();
+    const ProcessSample broker_before(broker.process().pid());
+    const ProcessSample relay_before(app_relay.process().pid());
+    const ProcessSample bench_before(::getpid());
     try {
       auto box = outbox::Outbox::open(app_db, producer_options());
       const double period_ns = 1e9 / settings.rate;
@@ -252,13 +273,20 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     } catch (const std::exception& failure) {
       consumer_error = failure.what();
     }
-    result.latency_cpu_wait_broker_ms =
-        static_cast<double>(cpu_wait_ns(broker.process().pid()) - broker_wait_before) / 1e6;
-    result.latency_cpu_wait_relay_ms =
-        static_cast<double>(cpu_wait_ns(app_relay.process().pid()) - relay_wait_before) / 1e6;
-    result.latency_cpu_wait_bench_ms =
-        static_cast<double>(cpu_wait_ns(::getpid()) - bench_wait_before) / 1e6;
-    result.latency_cpu_used_ms = static_cast<double>(cpu_used() - cpu_used_before) / 1e6;
+    {
+      const ProcessSample broker_after(broker.process().pid());
+      const ProcessSample relay_after(app_relay.process().pid());
+      const ProcessSample bench_after(::getpid());
+      result.latency_cpu_wait_broker_ms = broker_after.wait_ms_since(broker_before);
+      result.latency_cpu_wait_relay_ms = relay_after.wait_ms_since(relay_before);
+      result.latency_cpu_wait_bench_ms = bench_after.wait_ms_since(bench_before);
+      result.latency_cpu_used_ms = broker_after.run_ms_since(broker_before) +
+                                   relay_after.run_ms_since(relay_before) +
+                                   bench_after.run_ms_since(bench_before);
+      result.latency_broker_cost = broker_after.cost_since(broker_before, count);
+      result.latency_relay_cost = relay_after.cost_since(relay_before, count);
+      result.latency_bench_cost = bench_after.cost_since(bench_before, count);
+    }
     if (!producer_error.empty())
       throw std::runtime_error("latency producer failed: " + producer_error);
     if (!consumer_error.empty()) throw std::runtime_error("latency " + consumer_error);
@@ -308,6 +336,15 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
         result.latency_cpu_wait_relay_ms, result.latency_cpu_wait_bench_ms,
         result.latency_cpu_used_ms);
     progress(line);
+    auto cost = [](const char* name, const OutboxResult::CostPerMessage& c) {
+      char part[160];
+      std::snprintf(part, sizeof part, "%s %.1f us CPU, %.2f voluntary + %.2f involuntary switches",
+                    name, c.cpu_us, c.voluntary_switches, c.involuntary_switches);
+      return std::string(part);
+    };
+    progress("outbox: latency pass, per message: " + cost("broker", result.latency_broker_cost) +
+             "; " + cost("relay", result.latency_relay_cost) + "; " +
+             cost("producer and consumer", result.latency_bench_cost));
   }
   app_relay.stop();
 

@@ -63,6 +63,14 @@ struct OutboxResult {
   double latency_cpu_wait_relay_ms = 0;
   double latency_cpu_wait_bench_ms = 0;
   double latency_cpu_used_ms = 0;  // on a CPU, broker + relay + producer and consumer
+  // What each process spent per message committed in the latency pass: CPU
+  // time and context switches, figures that waiting for a CPU does not change.
+  struct CostPerMessage {
+    double cpu_us = 0;
+    double voluntary_switches = 0;
+    double involuntary_switches = 0;
+  };
+  CostPerMessage latency_broker_cost, latency_relay_cost, latency_bench_cost;
   std::vector<std::int64_t> latency_ns;
   Percentiles latency;
 

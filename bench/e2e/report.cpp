@@ -114,6 +114,14 @@ Json json_strings(const std::vector<std::string>& values) {
   return Json(values);
 }
 
+Json cost_json(const OutboxResult::CostPerMessage& c) {
+  return JsonObject()
+      .num("cpu_us", c.cpu_us)
+      .num("voluntary_switches", c.voluntary_switches)
+      .num("involuntary_switches", c.involuntary_switches)
+      .json();
+}
+
 Json latency_json(const Percentiles& p) {
   return JsonObject()
       .integer("samples", p.samples)
@@ -144,6 +152,12 @@ Json outbox_round_json(const OutboxResult& r) {
       .num("latency_cpu_wait_relay_ms", r.latency_cpu_wait_relay_ms)
       .num("latency_cpu_wait_bench_ms", r.latency_cpu_wait_bench_ms)
       .num("latency_cpu_used_ms", r.latency_cpu_used_ms)
+      .field("latency_cost_per_message",
+             JsonObject()
+                 .field("broker", cost_json(r.latency_broker_cost))
+                 .field("relay", cost_json(r.latency_relay_cost))
+                 .field("producer_and_consumer", cost_json(r.latency_bench_cost))
+                 .json())
       .num("resend_seconds", r.resend_seconds)
       .rate("resend_msgs_per_sec", r.resend_msgs_per_sec)
       .integer("resend_duplicates", r.resend_duplicates)
