@@ -72,6 +72,16 @@ ContextSwitches context_switches(pid_t pid) {
   return total;
 }
 
+std::int64_t bytes_written(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/io");
+  std::string name;
+  long long value = 0;
+  while (in >> name >> value) {
+    if (name == "wchar:") return value;
+  }
+  return 0;
+}
+
 double cpu_seconds() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);

@@ -53,6 +53,11 @@ struct ContextSwitches {
 };
 ContextSwitches context_switches(pid_t pid);
 
+// Bytes process `pid` has passed to write(2)-like calls so far (`wchar` of
+// /proc/<pid>/io: page cache included, before any reaches the disk); 0 if the
+// kernel does not say.
+std::int64_t bytes_written(pid_t pid);
+
 // User + system CPU seconds this process has used so far (getrusage).
 double cpu_seconds();
 

@@ -73,6 +73,7 @@ struct Flags {
   std::string cut_every = "2K-400K";
   std::string results_dir = OUTBOX_BENCH_RESULTS_DIR;
   std::string latency_dump;
+  bool latency_one_at_a_time = false;
   bool json = false;
   bool quiet = false;
   std::uint64_t seed = 20261125;
@@ -119,6 +120,7 @@ bench::OutboxSettings outbox_settings(const Flags& flags) {
   settings.relay_in_flight = flags.relay_in_flight;
   settings.seed = flags.seed;
   settings.latency_dump = flags.latency_dump;
+  settings.latency_one_at_a_time = flags.latency_one_at_a_time;
   return settings;
 }
 
@@ -389,6 +391,11 @@ int main(int argc, char** argv) {
   app.add_option("--latency-dump", flags.latency_dump,
                  "Write the outbox latency samples as CSV (index, commit time, latency, broker "
                  "timestamp minus commit time) to this file");
+  app.add_flag("--latency-one-at-a-time", flags.latency_one_at_a_time,
+               "Outbox latency pass: commit the next message only once the consumer saw the "
+               "previous one (at most --rate a second), so that every message crosses an idle "
+               "pipeline alone and its CPU time and context switches are those of one message "
+               "however loaded the machine is");
   app.add_option("--seed", flags.seed, "Seed of the payloads and keys")->capture_default_str();
   app.add_flag("--json", flags.json, "Print one JSON object instead of the table");
   app.add_flag("--quiet", flags.quiet, "No progress lines on stderr");

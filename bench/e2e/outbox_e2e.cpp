@@ -68,7 +68,10 @@ void exec_sql(const fs::path& db, const char* sql) {
 // waiting for a CPU, context switches (all threads).
 struct ProcessSample {
   explicit ProcessSample(pid_t pid)
-      : run_ns(cpu_run_ns(pid)), wait_ns(cpu_wait_ns(pid)), switches(context_switches(pid)) {}
+      : run_ns(cpu_run_ns(pid)),
+        wait_ns(cpu_wait_ns(pid)),
+        switches(context_switches(pid)),
+        written(bytes_written(pid)) {}
 
   double run_ms_since(const ProcessSample& before) const {
     return static_cast<double>(run_ns - before.run_ns) / 1e6;
@@ -82,12 +85,14 @@ struct ProcessSample {
             .voluntary_switches =
                 static_cast<double>(switches.voluntary - before.switches.voluntary) / n,
             .involuntary_switches =
-                static_cast<double>(switches.involuntary - before.switches.involuntary) / n};
+                static_cast<double>(switches.involuntary - before.switches.involuntary) / n,
+            .bytes_written = static_cast<double>(written - before.written) / n};
   }
 
   std::int64_t run_ns;
   std::int64_t wait_ns;
   ContextSwitches switches;
+  std::int64_t written;
 };
 
 }  // namespace
@@ -256,6 +261,10 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
                                 std::chrono::system_clock::now().time_since_epoch())
                                 .count();
         ids[i] = std::move(message.msg_id);
+        if (settings.latency_one_at_a_time && !consumer.wait_for(i + 1, 30s)) {
+          throw std::runtime_error("message " + std::to_string(i) +
+                                   " not seen by the consumer within 30 s");
+        }
       }
       finished = steady_ns();
     } catch (const std::exception& failure) {
@@ -337,9 +346,11 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
         result.latency_cpu_used_ms);
     progress(line);
     auto cost = [](const char* name, const OutboxResult::CostPerMessage& c) {
-      char part[160];
-      std::snprintf(part, sizeof part, "%s %.1f us CPU, %.2f voluntary + %.2f involuntary switches",
-                    name, c.cpu_us, c.voluntary_switches, c.involuntary_switches);
+      char part[200];
+      std::snprintf(
+          part, sizeof part,
+          "%s %.1f us CPU, %.2f voluntary + %.2f involuntary switches, %.0f bytes written", name,
+          c.cpu_us, c.voluntary_switches, c.involuntary_switches, c.bytes_written);
       return std::string(part);
     };
     progress("outbox: latency pass, per message: " + cost("broker", result.latency_broker_cost) +

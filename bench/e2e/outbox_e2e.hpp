@@ -41,6 +41,8 @@ struct OutboxSettings {
   std::uint64_t seed = 1;
   // When set, the latency pass writes one CSV line per message here.
   std::string latency_dump;
+  // The latency pass commits the next message only once the consumer saw the previous one.
+  bool latency_one_at_a_time = false;
 };
 
 struct OutboxResult {
@@ -69,6 +71,7 @@ struct OutboxResult {
     double cpu_us = 0;
     double voluntary_switches = 0;
     double involuntary_switches = 0;
+    double bytes_written = 0;  // write(2)-like calls: SQLite's WAL, sockets, logs
   };
   CostPerMessage latency_broker_cost, latency_relay_cost, latency_bench_cost;
   std::vector<std::int64_t> latency_ns;

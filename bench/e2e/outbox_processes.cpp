@@ -231,17 +231,30 @@ ArrivalRecorder::ArrivalRecorder(const std::string& endpoint, const std::string&
             auto reply = client.fetch(request, 10s);
             auto arrived = steady_ns();
             if (!reply.ok()) throw std::runtime_error("FETCH failed: " + reply.error().message);
-            std::lock_guard lock(mutex_);
-            for (auto& message : reply->messages) {
-              arrivals_.push_back({std::move(message.msg_id), arrived, message.timestamp_ms});
+            {
+              std::lock_guard lock(mutex_);
+              for (auto& message : reply->messages) {
+                arrivals_.push_back({std::move(message.msg_id), arrived, message.timestamp_ms});
+              }
             }
-            if (!reply->messages.empty()) from = reply->next_offset;
+            if (!reply->messages.empty()) {
+              from = reply->next_offset;
+              arrived_.notify_all();
+            }
           }
         } catch (const std::exception& failure) {
           std::lock_guard lock(mutex_);
           error_ = failure.what();
         }
+        arrived_.notify_all();
       }) {}
+
+bool ArrivalRecorder::wait_for(std::size_t count, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  return arrived_.wait_for(lock, timeout, [&] {
+    return arrivals_.size() >= count || !error_.empty();
+  }) && error_.empty();
+}
 
 ArrivalRecorder::~ArrivalRecorder() {
   stop_.store(true);

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -147,9 +148,13 @@ class ArrivalRecorder {
   // Waits until `count` messages arrived or `timeout` passed, stops the
   // thread and hands out what arrived. Throws what the thread failed with.
   std::vector<Arrival> collect(std::size_t count, std::chrono::milliseconds timeout);
+  // Waits until `count` messages arrived; false after `timeout` or when the
+  // thread failed (collect() then says why).
+  bool wait_for(std::size_t count, std::chrono::milliseconds timeout);
 
  private:
   std::mutex mutex_;
+  std::condition_variable arrived_;
   std::vector<Arrival> arrivals_;
   std::string error_;
   std::atomic<bool> stop_{false};

@@ -119,6 +119,7 @@ Json cost_json(const OutboxResult::CostPerMessage& c) {
       .num("cpu_us", c.cpu_us)
       .num("voluntary_switches", c.voluntary_switches)
       .num("involuntary_switches", c.involuntary_switches)
+      .num("bytes_written", c.bytes_written)
       .json();
 }
 
