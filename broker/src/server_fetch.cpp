@@ -55,11 +55,20 @@ void Server::Impl::answer_fetch(const std::string& routing_id, const wire::Fetch
     auto room = peers_.room(routing_id);
     auto max_bytes = std::min<std::size_t>(fetch.max_bytes, room);
     auto max_messages = room == 0 ? 0 : fetch.max_messages;
-    if (fetch.max_bytes >= kTrimAfterBytes) trim_due_ = true;
     auto result = store_.fetch(fetch.topic, fetch.from_offset, max_messages, max_bytes);
     reply_message.next_offset = result.next_offset;
     reply_message.last_offset = result.last_offset;
     reply_message.messages.reserve(result.messages.size());
+    // What the reply holds, not what the FETCH allowed: by default a FETCH may
+    // take 8 MiB, and trimming after every long-poll answer of one message
+    // (malloc_trim walks the heap and madvises each free page) cost the loop
+    // an madvise per message at 10,000 msg/s.
+    std::size_t reply_bytes = 0;
+    for (const auto& stored : result.messages) {
+      reply_bytes += stored.payload.size() + stored.msg_id.size() + stored.partition_key.size() +
+                     stored.headers.size();
+    }
+    if (reply_bytes >= kTrimAfterBytes) trim_due_ = true;
     for (auto& stored : result.messages) {
       wire::StoredMessage message;
       message.offset = stored.offset;
