@@ -135,6 +135,33 @@ struct RelayStore::Impl {
   std::unique_ptr<detail::WakeReceiver> wake;
   std::int64_t last_data_version = -1;
   std::int64_t generation_read = 0;  // by the last read_pending()
+
+  // What the last read_pending() that reached the end of the outbox proved:
+  // no row past `through` was pending, none before it either except those it
+  // returned, and nothing it saw depended on the time (no retry, no blocked
+  // key). That stays true until another connection commits (`data_version`
+  // moves) or this one writes anything (`changes` moves) other than delivered
+  // outcomes, which only settle rows. A read starting at or past `through`
+  // then returns nothing without a read transaction: at 10,000 commits a
+  // second, one message per commit, the relay read the outbox four times per
+  // message (before the send, after it, after the ACK and from the cursor
+  // once idle), and three of them were this empty read.
+  struct ReadToEnd {
+    bool valid = false;
+    std::int64_t data_version = 0;
+    std::int64_t changes = 0;
+    std::int64_t through = 0;
+    std::int64_t cursor = -1;  // settled_through_seq as this connection last wrote it, -1 unknown
+  } read_to_end;
+
+  std::int64_t own_changes() const { return sqlite3_total_changes64(db); }
+
+  // Whether a read from max(after_seq, cursor) surely returns nothing.
+  bool nothing_pending_after(std::int64_t after_seq) {
+    if (!read_to_end.valid || read_to_end.changes != own_changes()) return false;
+    if (std::max(after_seq, read_to_end.cursor) < read_to_end.through) return false;
+    return current_data_version() == read_to_end.data_version;
+  }
   int wal_pages_seen = 0;
   std::chrono::steady_clock::time_point last_checkpoint{};
   // Empty until the first checkpoint is due, when checkpoints are off, the
@@ -309,7 +336,8 @@ struct RelayStore::Impl {
     }
   }
 
-  void advance_cursor(std::int64_t delivered_added) {
+  // Returns the cursor's new settled_through_seq.
+  std::int64_t advance_cursor(std::int64_t delivered_added) {
     auto [settled, total] = cursor();
     (void)total;
     std::optional<std::int64_t> first;
@@ -321,6 +349,7 @@ struct RelayStore::Impl {
     const std::int64_t next = first ? *first - 1 : last_seq();
     auto use = update_cursor.use();
     use.bind(1, std::max(settled, next)).bind(2, delivered_added).run();
+    return std::max(settled, next);
   }
 
   void lower_cursor(std::int64_t below_seq) {
@@ -495,11 +524,19 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
   std::size_t bytes = 0;
   bool full = false;
   if (limit == 0) return result;
+  if (impl.nothing_pending_after(after_seq)) {
+    impl.last_data_version = impl.read_to_end.data_version;
+    return result;
+  }
+  impl.read_to_end.valid = false;
   // One read transaction so the cursor, the blockers and the rows agree.
   sqlite::Transaction transaction(impl.db, false);
   impl.last_data_version = impl.current_data_version();
   const auto now_ms = to_ms(impl.now());
-  auto start = std::max(after_seq, impl.cursor().first);
+  const auto cursor = impl.cursor().first;
+  auto start = std::max(after_seq, cursor);
+  const auto first_start = start;
+  bool saw_retry = false;  // a retry (due or not) makes the result depend on the time
   {
     auto use = impl.read_generation.use();
     if (use.step()) impl.generation_read = use.column_int64(0);
@@ -510,6 +547,7 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
     auto use = impl.select_blockers.use();
     while (use.step()) {
       const auto state = use.column_int64(1);
+      if (state == detail::state_retry) saw_retry = true;
       const bool blocks =
           (state == detail::state_retry && use.column_int64(2) > now_ms) ||
           (state == detail::state_dead && impl.options.on_dead == DeadPolicy::block);
@@ -546,6 +584,7 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
         int attempts = 0;
         if (delivery_left && delivery_seq == seq) {
           const auto state = delivery.column_int64(1);
+          if (state == detail::state_retry) saw_retry = true;
           if (state != detail::state_retry || delivery.column_int64(3) > now_ms) continue;
           attempts = static_cast<int>(delivery.column_int64(2));
         }
@@ -590,6 +629,13 @@ std::vector<PendingMessage> RelayStore::read_pending(std::size_t limit, std::int
     }
   }
   transaction.commit();
+  if (!full && result.size() < limit && blocked_from.empty() && !saw_retry) {
+    impl.read_to_end = {.valid = true,
+                        .data_version = impl.last_data_version,
+                        .changes = impl.own_changes(),
+                        .through = result.empty() ? first_start : result.back().seq,
+                        .cursor = cursor};
+  }
   return result;
 }
 
@@ -618,6 +664,14 @@ std::size_t delivered_run(std::span<const Outcome> outcomes) {
 void RelayStore::record_outcomes(std::span<const Outcome> outcomes, const Lease& lease) {
   if (outcomes.empty()) return;
   auto& impl = *impl_;
+  // Delivered outcomes only settle rows: what the last read to the end
+  // proved still holds after them (see ReadToEnd), with the cursor this
+  // transaction writes.
+  const bool keeps_read_to_end =
+      impl.read_to_end.valid && impl.read_to_end.changes == impl.own_changes() &&
+      std::all_of(outcomes.begin(), outcomes.end(),
+                  [](const Outcome& outcome) { return outcome.kind == Outcome::Kind::delivered; });
+  impl.read_to_end.valid = false;
   sqlite::Transaction transaction(impl.db, true);
   impl.fence(lease);
   const auto now_ms = to_ms(impl.now());
@@ -649,8 +703,13 @@ void RelayStore::record_outcomes(std::span<const Outcome> outcomes, const Lease&
     use.bind(5, now_ms).run();
     if (outcome.kind == Outcome::Kind::delivered) delivered += sqlite3_changes(impl.db);
   }
-  impl.advance_cursor(delivered);
+  const auto cursor = impl.advance_cursor(delivered);
   transaction.commit();
+  if (keeps_read_to_end) {
+    impl.read_to_end.valid = true;
+    impl.read_to_end.changes = impl.own_changes();
+    impl.read_to_end.cursor = cursor;
+  }
   impl.maybe_checkpoint(false);
 }
 

@@ -285,6 +285,52 @@ TEST_CASE("replay and drop change the delivery generation a relay reads with pen
   CHECK(f.store.delivery_generation() == before + 2);
 }
 
+TEST_CASE("a read that found the end of the outbox still sees every later commit") {
+  // After a read that reached the end, an empty read is answered without
+  // reading the tables while nothing changed: these check that every kind of
+  // change is still seen.
+  Fixture f;
+  f.enqueue({"a"});
+  auto lease = f.lease();
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{1});
+  CHECK(f.store.read_pending(10, 1).empty());
+  f.enqueue({"b"});  // another connection commits
+  CHECK(seqs_of(f.store.read_pending(10, 1)) == Seqs{2});
+  CHECK(f.store.read_pending(10, 2).empty());
+
+  // Delivered outcomes settle what was read: a read from the cursor finds nothing ...
+  f.store.record_outcomes(
+      std::vector{outbox::Outcome::delivered(1, 10), outbox::Outcome::delivered(2, 11)}, lease);
+  CHECK(f.store.read_pending(10).empty());
+  CHECK(f.store.read_pending(10).empty());
+  // ... until another commit.
+  f.enqueue({"c"});
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{3});
+
+  // A read that stopped at its limit did not reach the end.
+  f.enqueue({"d", "e"});
+  CHECK(seqs_of(f.store.read_pending(1, 3)) == Seqs{4});
+  CHECK(seqs_of(f.store.read_pending(10, 4)) == Seqs{5});
+}
+
+TEST_CASE("a read that found the end of the outbox sees this connection's own changes") {
+  Fixture f(outbox::DeadPolicy::skip);
+  f.enqueue({"a", "b"});
+  auto lease = f.lease();
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{1, 2});
+  f.store.record_outcomes(
+      std::vector{outbox::Outcome::dead(1, "CONFLICT"), outbox::Outcome::delivered(2, 7)}, lease);
+  CHECK(f.store.read_pending(10).empty());
+  // A replay through the relay's own connection (no other connection commits).
+  CHECK(f.store.replay_dead(f.store.list_dead().at(0).msg_id));
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{1});
+  CHECK(f.store.read_pending(10, 1).empty());
+  // A row written through the store's own handle, as a tool sharing it could.
+  exec(f.store.db(), "DELETE FROM outbox_delivery WHERE seq = 2");
+  exec(f.store.db(), "UPDATE outbox_relay_cursor SET settled_through_seq = 0");
+  CHECK(seqs_of(f.store.read_pending(10)) == Seqs{1, 2});
+}
+
 TEST_CASE("with DeadPolicy::skip later messages of a dead key go on") {
   Fixture f(outbox::DeadPolicy::skip);
   f.enqueue({"a", "a", "b"});
