@@ -109,7 +109,12 @@ struct Drain {
   std::uint64_t cuts = 0;
   std::optional<std::uint64_t> sent;  // messages the relay sent, resends included
   Backoffs backoffs;
+  CutsResult::Cpu cpu;
 };
+
+double cpu_ms_since(pid_t pid, std::int64_t before_ns) {
+  return static_cast<double>(cpu_run_ns(pid) - before_ns) / 1e6;
+}
 
 Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, BrokerProcess& broker,
                           BrokerCounters& counters, const Dataset& data, const std::string& topic,
@@ -119,6 +124,8 @@ Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, Bro
   fill_outbox(db, topic, data, settings.outbox.setup_batch);
   CuttingProxy proxy(settings, dir, "proxy-" + name, broker.endpoint(), cutting);
   auto base = counters.read().stored;
+  const auto broker_cpu_before = cpu_run_ns(broker.process().pid());
+  const auto proxy_cpu_before = cpu_run_ns(proxy.process().pid());
   auto started = steady_ns();
   // Both drains serve metrics (read once, after the drain), so that they
   // differ only in the cuts.
@@ -131,6 +138,9 @@ Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, Bro
                                {&relay.process(), &broker.process(), &proxy.process()},
                                cutting ? "drain under cuts" : "drain without cuts");
   Drain drain;
+  drain.cpu.relay_ms = cpu_ms_since(relay.process().pid(), 0);
+  drain.cpu.broker_ms = cpu_ms_since(broker.process().pid(), broker_cpu_before);
+  drain.cpu.proxy_ms = cpu_ms_since(proxy.process().pid(), proxy_cpu_before);
   drain.seconds = seconds_between(started, done);
   drain.sent = relay_sent_messages(address_file);
   relay.stop();
@@ -151,6 +161,7 @@ CutsResult run_cuts(const CutsSettings& settings, const Dataset& plain, const Da
           const std::string& topic, bool cutting) {
         auto drain = drain_through_proxy(settings, dir, broker, counters, data, topic, cutting);
         auto rate = static_cast<double>(data.size()) / drain.seconds;
+        (cutting ? result.cut_cpu : result.plain_cpu) = drain.cpu;
         if (cutting) {
           result.cuts = drain.cuts;
           result.backoffs = drain.backoffs.count;

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -350,6 +351,35 @@ std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
       << fixed(seconds.low, 2) << "-" << fixed(seconds.high, 2) << "); resent per cut "
       << fixed(resent.median, 0) << " (" << fixed(resent.low, 0) << "-" << fixed(resent.high, 0)
       << ")\n";
+  // CPU of each process per drain (medians), and what the cuts add per cut.
+  using Cpu = CutsResult::Cpu;
+  auto cpu_median = [&](auto value) {
+    std::vector<double> values;
+    for (const auto& round : rounds) values.push_back(value(round));
+    return fixed(median(values), 2);
+  };
+  out << "CPU ms per drain, median (relay/broker/proxy): without cuts ";
+  const char* separator = "";
+  for (auto process : {&Cpu::relay_ms, &Cpu::broker_ms, &Cpu::proxy_ms}) {
+    out << std::exchange(separator, "/")
+        << cpu_median([&](const CutsResult& r) { return r.plain_cpu.*process; });
+  }
+  out << ", under cuts ";
+  separator = "";
+  for (auto process : {&Cpu::relay_ms, &Cpu::broker_ms, &Cpu::proxy_ms}) {
+    out << std::exchange(separator, "/")
+        << cpu_median([&](const CutsResult& r) { return r.cut_cpu.*process; });
+  }
+  out << "; added per cut ";
+  separator = "";
+  for (auto process : {&Cpu::relay_ms, &Cpu::broker_ms, &Cpu::proxy_ms}) {
+    out << std::exchange(separator, "/") << cpu_median([&](const CutsResult& r) {
+      return r.cuts == 0
+                 ? 0.0
+                 : (r.cut_cpu.*process - r.plain_cpu.*process) / static_cast<double>(r.cuts);
+    });
+  }
+  out << "\n";
   out << "target ratio >= 0.5: " << (ratio.median >= 0.5 ? "met" : "MISSED") << "\n";
   return with_problems(out, summary);
 }
@@ -366,6 +396,12 @@ Json cuts_round_json(const CutsResult& r) {
       .num("resent_per_cut", r.resent_per_cut)
       .integer("backoffs", r.backoffs)
       .integer("backoff_ms", r.backoff_ms)
+      .num("without_cuts_relay_cpu_ms", r.plain_cpu.relay_ms)
+      .num("without_cuts_broker_cpu_ms", r.plain_cpu.broker_ms)
+      .num("without_cuts_proxy_cpu_ms", r.plain_cpu.proxy_ms)
+      .num("under_cuts_relay_cpu_ms", r.cut_cpu.relay_ms)
+      .num("under_cuts_broker_cpu_ms", r.cut_cpu.broker_ms)
+      .num("under_cuts_proxy_cpu_ms", r.cut_cpu.proxy_ms)
       .field("problems", json_strings(r.problems))
       .json();
 }

@@ -297,7 +297,9 @@ std::chrono::milliseconds Server::Impl::next_timeout(SteadyClock::time_point now
   auto deadline =
       waiting_.earliest(now + std::chrono::milliseconds(100));  // re-check the stop flag
   if (maintenance_enabled()) deadline = std::min(deadline, next_maintenance_);
-  auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
+  // Rounded up, so the loop does not poll without waiting until a deadline
+  // less than a millisecond away has passed.
+  auto wait = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
   return std::max(wait, std::chrono::milliseconds(0));
 }
 

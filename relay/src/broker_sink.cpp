@@ -513,9 +513,9 @@ class SharedChannel final : public Sink {
     }
     auto deadline = state_.hello_sent_at + timeout;
     while (!state_.hello_answer && std::chrono::steady_clock::now() < deadline) {
-      connection.pump(std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   deadline - std::chrono::steady_clock::now()),
-                               std::chrono::milliseconds(0)));
+      connection.pump(std::max(
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()),
+          std::chrono::milliseconds(0)));
     }
     if (!state_.hello_answer) {
       // The broker is away or busy with what was queued before the HELLO:
@@ -548,8 +548,8 @@ class SharedChannel final : public Sink {
   std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (state_.events.empty()) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
+      auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       connection_->pump(std::max(left, std::chrono::milliseconds(0)));
       if (left <= std::chrono::milliseconds(0)) break;
     }

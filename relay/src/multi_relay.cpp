@@ -841,7 +841,7 @@ struct MultiRelay::Impl {
     }
     // Connection events (a broken connection) are read with the replies:
     // look at least every 100 ms.
-    auto wait = std::clamp(std::chrono::duration_cast<milliseconds>(deadline - SteadyClock::now()),
+    auto wait = std::clamp(std::chrono::ceil<milliseconds>(deadline - SteadyClock::now()),
                            milliseconds(0), milliseconds(100));
     try {
       zmq::poll(items.data(), items.size(), wait);

@@ -2,6 +2,7 @@
 // connection cut under it, or one that goes silent (ZMTP heartbeats), comes
 // back as ErrorCode::disconnected at once instead of a timeout, and a new
 // session after reconnect() works.
+#include <ctime>
 #include <string>
 #include <vector>
 
@@ -21,7 +22,34 @@ std::vector<wire::OutgoingMessage> big_batch(const std::string& prefix) {
   return batch;
 }
 
+// CPU time of the calling thread.
+std::chrono::nanoseconds thread_cpu_time() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return std::chrono::seconds(now.tv_sec) + std::chrono::nanoseconds(now.tv_nsec);
+}
+
 }  // namespace
+
+TEST_CASE("waiting for a reply sleeps until the deadline instead of polling towards it",
+          "[broker][client]") {
+  test_support::TempDir dir("client-idle-wait");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  broker::Client client(broker.endpoint());
+  REQUIRE(client.hello("idle", 20s).ok());
+  // Nothing is asked, so every receive waits its whole timeout. A wait that
+  // rounded the time left down to whole milliseconds polled without sleeping
+  // for the last fraction of one: here, for all of each 1 ms wait (its CPU
+  // time was its wall time). Asleep, the thread uses a few percent of it.
+  const auto cpu_before = thread_cpu_time();
+  const auto wall_before = std::chrono::steady_clock::now();
+  for (int i = 0; i < 200; ++i) REQUIRE_FALSE(client.receive(1ms).has_value());
+  const auto cpu = thread_cpu_time() - cpu_before;
+  const auto wall = std::chrono::steady_clock::now() - wall_before;
+  INFO("thread CPU " << cpu.count() / 1000 << " us over " << wall.count() / 1000 << " us");
+  CHECK(wall >= 200ms);
+  CHECK(cpu < wall / 4);
+}
 
 TEST_CASE("a cut connection is reported as disconnected, and a new session works",
           "[broker][client][cuts]") {
