@@ -774,21 +774,11 @@ struct Relay::Impl {
     // the outbox's cursor rather than past the last message sent: an operator
     // may have replayed an earlier one. Outcomes not yet recorded still count
     // as in flight: their rows are pending in the database until then.
-    // Unless the read-ahead already holds what that read would return: it
-    // follows last_sent_seq, and everything up to last_sent_seq is recorded.
-    // That is the case after a resumed session, whose messages in doubt are
-    // resent from memory (finish_resume); reading them again cost a read of a
-    // full batch after every broken connection, a third of the reads under
-    // repeated cuts. A replay or drop meanwhile is noticed at the next read,
-    // as for any read-ahead (the delivery generation, below), and what was
-    // read ahead never includes a message its key held back at that read.
     const bool from_cursor = in_flight.empty() && settled.empty();
     if (from_cursor) {
+      last_sent_seq = 0;
       holding_for_generation = false;
-      if (read_ahead.empty() || read_ahead_after != last_sent_seq) {
-        last_sent_seq = 0;
-        read_ahead.clear();
-      }
+      read_ahead.clear();
     }
     send_refused = false;
     if (holding_for_generation || resuming) return;
