@@ -143,6 +143,13 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     auto box = outbox::Outbox::open(live_dbs.back(), producer_options());  // the schema
   }
   const auto& app_db = live_dbs.front();
+  // Snowflake ids are unique across databases only if their worker ids are
+  // (outbox.hpp): with several databases every producer gets its own.
+  const auto live_options = [&](std::uint32_t worker) {
+    auto options = producer_options();
+    if (live_databases > 1) options.worker_id = worker;
+    return options;
+  };
   RelayProcess app_relay(
       settings, dir.path(),
       live_databases == 1 ? RelaySource(app_db) : RelaySource::directory(live_dir),
@@ -155,7 +162,8 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     // one message in each, all stored, before the timed pass.
     auto base = counters.read().stored;
     for (int d = 0; d < live_databases; ++d) {
-      auto box = outbox::Outbox::open(live_dbs[static_cast<std::size_t>(d)], producer_options());
+      auto box = outbox::Outbox::open(live_dbs[static_cast<std::size_t>(d)],
+                                      live_options(200 + static_cast<std::uint32_t>(d)));
       outbox::Transaction tx(box);
       auto payload =
           make_payload(settings.payload_bytes, settings.seed + 3, static_cast<std::size_t>(d));
@@ -178,8 +186,9 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     std::vector<std::vector<std::pair<std::string, std::size_t>>> sent(producers);
     std::vector<std::unique_ptr<outbox::Outbox>> boxes;
     for (int p = 0; p < producers; ++p) {
-      boxes.push_back(std::make_unique<outbox::Outbox>(outbox::Outbox::open(
-          live_dbs[static_cast<std::size_t>(p % live_databases)], producer_options())));
+      boxes.push_back(std::make_unique<outbox::Outbox>(
+          outbox::Outbox::open(live_dbs[static_cast<std::size_t>(p % live_databases)],
+                               live_options(100 + static_cast<std::uint32_t>(p)))));
     }
     std::atomic<bool> go{false};
     std::atomic<bool> abort{false};
