@@ -27,6 +27,11 @@
 // delivery state in the row with a partial pending index, unique msg_id).
 // --limits prices the field limits checked at INSERT: the schema's CHECK
 // constraints (default), none, or the same rules as a BEFORE INSERT trigger.
+// --producers N adds passes of concurrent producer threads, one connection
+// each, committing one message (or only the business row) per transaction on
+// one database for --producer-ms, --producer-rounds times: transactions per
+// second, how long each held the write lock, the WAL's size at the end and the
+// page cache misses per transaction; --producers-only runs only those.
 #include <sqlite3.h>
 #include <time.h>
 
@@ -242,14 +247,21 @@ struct ProducerFigures {
   double held_cpu_us = 0;
   double held_share = 0;  // the threads' time holding the lock over the duration
   long sleeps = 0;        // busy waits of the short-sleep handler, when used
+  // The WAL file at the end: its size is the most it held since the last
+  // time a writer could start it over (a checkpoint had copied every frame).
+  double wal_mib = 0;
+  // Pages each transaction read from outside its connection's page cache
+  // (SQLITE_DBSTATUS_CACHE_MISS): SQLite drops a connection's cache when
+  // another connection wrote to the database since its last transaction.
+  double cache_misses = 0;
 };
 
 ProducerFigures concurrent_producers(const std::filesystem::path& file, int threads,
-                                     bool short_sleeps, bool enqueue,
+                                     bool short_sleeps, bool enqueue, int checkpoint_pages,
                                      std::chrono::milliseconds duration,
                                      const std::string& payload) {
   {
-    auto box = outbox::Outbox::open(file);
+    auto box = outbox::Outbox::open(file, {.wal_autocheckpoint_pages = checkpoint_pages});
     exec(box.db(),
          "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
          "amount INTEGER NOT NULL, created_at INTEGER NOT NULL);"
@@ -257,13 +269,14 @@ ProducerFigures concurrent_producers(const std::filesystem::path& file, int thre
   }
   std::atomic<long> busy_sleeps{0};
   std::atomic<long> committed{0};
+  std::atomic<long> cache_misses{0};
   std::atomic<bool> go{false}, stop{false};
   std::vector<double> held_wall_us(static_cast<std::size_t>(threads), 0);
   std::vector<double> held_cpu_us(static_cast<std::size_t>(threads), 0);
   std::vector<std::thread> producers;
   for (int t = 0; t < threads; ++t) {
     producers.emplace_back([&, t] {
-      auto box = outbox::Outbox::open(file);
+      auto box = outbox::Outbox::open(file, {.wal_autocheckpoint_pages = checkpoint_pages});
       if (short_sleeps) sqlite3_busy_handler(box.db(), short_sleep_busy_handler, &busy_sleeps);
       OrderInsert order(box.db());
       std::int64_t n = static_cast<std::int64_t>(t) << 40;
@@ -286,6 +299,9 @@ ProducerFigures concurrent_producers(const std::filesystem::path& file, int thre
           std::chrono::duration<double, std::micro>(wall).count();
       held_cpu_us[static_cast<std::size_t>(t)] = cpu_us;
       committed += mine;
+      int misses = 0, highest = 0;
+      sqlite3_db_status(box.db(), SQLITE_DBSTATUS_CACHE_MISS, &misses, &highest, 0);
+      cache_misses += misses;
     });
   }
   const auto start = SteadyClock::now();
@@ -300,8 +316,15 @@ ProducerFigures concurrent_producers(const std::filesystem::path& file, int thre
     cpu_us += held_cpu_us[static_cast<std::size_t>(t)];
   }
   const auto transactions = static_cast<double>(std::max(committed.load(), 1L));
-  return {static_cast<double>(committed.load()) / seconds, wall_us / transactions,
-          cpu_us / transactions, wall_us / 1e6 / seconds, busy_sleeps.load()};
+  std::error_code no_wal;
+  const auto wal_bytes = std::filesystem::file_size(file.string() + "-wal", no_wal);
+  return {static_cast<double>(committed.load()) / seconds,
+          wall_us / transactions,
+          cpu_us / transactions,
+          wall_us / 1e6 / seconds,
+          busy_sleeps.load(),
+          no_wal ? 0.0 : static_cast<double>(wal_bytes) / (1 << 20),
+          static_cast<double>(cache_misses.load()) / transactions};
 }
 
 }  // namespace
@@ -531,7 +554,8 @@ int main(int argc, char** argv) {
           const auto file =
               work / ("producers-" + std::to_string(p) + "-" + std::to_string(r) + ".db");
           pass.rounds.push_back(concurrent_producers(file, pass.threads, pass.short_sleeps,
-                                                     pass.enqueue, duration, payload));
+                                                     pass.enqueue, checkpoint_pages, duration,
+                                                     payload));
           std::filesystem::remove(file);
         }
       }
@@ -590,6 +614,14 @@ int main(int argc, char** argv) {
           "(%4.2f-%4.2f)",
           pass.label.c_str(), rate_median, rate_low, rate_high, wall_median, wall_low, wall_high,
           cpu_median, cpu_low, cpu_high, share_median, share_low, share_high);
+      std::vector<double> wal;
+      for (const auto& round : pass.rounds) wal.push_back(round.wal_mib);
+      const auto [wal_median, wal_low, wal_high] = range(wal);
+      std::vector<double> misses;
+      for (const auto& round : pass.rounds) misses.push_back(round.cache_misses);
+      const auto [misses_median, misses_low, misses_high] = range(misses);
+      std::printf("   WAL %.0f (%.0f-%.0f) MiB, cache misses/txn %.1f (%.1f-%.1f)", wal_median,
+                  wal_low, wal_high, misses_median, misses_low, misses_high);
       if (pass.short_sleeps) {
         long sleeps = 0;
         for (const auto& round : pass.rounds) sleeps += round.sleeps;
