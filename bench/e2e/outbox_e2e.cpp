@@ -264,7 +264,7 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     result.live_msgs_per_sec = static_cast<double>(count) / result.live_seconds;
     result.live_commit_msgs_per_sec =
         static_cast<double>(count) / seconds_between(started, last_commit_ns.load());
-    result.live_producer_lock_share =
+    result.live_producer_span_share =
         static_cast<double>(lock_held_ns.load()) / 1e9 / result.live_seconds / live_databases;
     const auto warm_up = live_expected.size();
     for (auto& list : sent) {
@@ -283,9 +283,9 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     char line[300];
     std::snprintf(line, sizeof line,
                   "outbox: live CPU per message: broker %.1f us, relay %.1f us, producers %.1f us; "
-                  "producers held the write lock %.0f %% of each database's time",
+                  "producers' transactions spanned %.0f %% of each database's time",
                   result.live_cpu_broker_us, result.live_cpu_relay_us, result.live_cpu_producers_us,
-                  100 * result.live_producer_lock_share);
+                  100 * result.live_producer_span_share);
     progress(line);
   }
   progress("outbox: live " + format_rate(result.live_msgs_per_sec) + " msg/s forwarded (" +

@@ -66,11 +66,12 @@ struct OutboxResult {
   double live_cpu_broker_us = 0;
   double live_cpu_relay_us = 0;
   double live_cpu_producers_us = 0;
-  // How long the producers held a database's write lock (from BEGIN IMMEDIATE
-  // returning to COMMIT returning), summed over producers and databases, over
-  // the pass's duration and the number of databases: the share of each
-  // database's time its producers kept the relay from writing.
-  double live_producer_lock_share = 0;
+  // The producers' transactions from BEGIN IMMEDIATE returning (the write
+  // lock taken) to commit() returning, summed over producers and databases,
+  // over the pass's duration and the number of databases: an upper bound of
+  // the share of each database's time its producers held the lock, since
+  // commit() returns after the WAL hook that runs once the lock is released.
+  double live_producer_span_share = 0;
 
   double latency_offered_rate = 0;
   double latency_achieved_rate = 0;  // commits per second actually made

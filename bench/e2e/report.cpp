@@ -150,7 +150,7 @@ Json outbox_round_json(const OutboxResult& r) {
       .num("live_cpu_broker_us_per_msg", r.live_cpu_broker_us)
       .num("live_cpu_relay_us_per_msg", r.live_cpu_relay_us)
       .num("live_cpu_producers_us_per_msg", r.live_cpu_producers_us)
-      .num("live_producer_lock_share", r.live_producer_lock_share)
+      .num("live_producer_span_share", r.live_producer_span_share)
       .num("latency_offered_msgs_per_sec", r.latency_offered_rate)
       .rate("latency_achieved_msgs_per_sec", r.latency_achieved_rate)
       .field("latency", latency_json(r.latency))

@@ -30,7 +30,8 @@
 // --producers N adds passes of concurrent producer threads, one connection
 // each, committing one message (or only the business row) per transaction on
 // one database for --producer-ms, --producer-rounds times: transactions per
-// second, how long each held the write lock, the WAL's size at the end and the
+// second, how long each held the write lock (until commit() returned, which
+// includes the WAL hook after SQLite released it), the WAL's size at the end and the
 // page cache misses per transaction; --producers-only runs only those.
 #include <sqlite3.h>
 #include <time.h>
