@@ -5,6 +5,7 @@
 #include <string_view>
 
 #include <sys/resource.h>
+#include <time.h>
 
 #include "cli/process.hpp"
 
@@ -80,6 +81,12 @@ std::int64_t bytes_written(pid_t pid) {
     if (name == "wchar:") return value;
   }
   return 0;
+}
+
+std::int64_t thread_cpu_ns() {
+  timespec now{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);
+  return static_cast<std::int64_t>(now.tv_sec) * 1'000'000'000 + now.tv_nsec;
 }
 
 double cpu_seconds() {

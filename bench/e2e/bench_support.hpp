@@ -58,6 +58,10 @@ ContextSwitches context_switches(pid_t pid);
 // kernel does not say.
 std::int64_t bytes_written(pid_t pid);
 
+// Nanoseconds the calling thread has run on a CPU (CLOCK_THREAD_CPUTIME_ID):
+// for threads that end before their process is read.
+std::int64_t thread_cpu_ns();
+
 // User + system CPU seconds this process has used so far (getrusage).
 double cpu_seconds();
 

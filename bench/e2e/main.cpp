@@ -57,6 +57,7 @@ struct Flags {
   std::size_t payload_bytes = 256;
   int keys = 64;
   int producers = 2;
+  int live_databases = 1;
   double rate = 10'000;
   double latency_seconds = 8;
   std::string sync = "normal";
@@ -111,6 +112,7 @@ bench::OutboxSettings outbox_settings(const Flags& flags) {
   settings.sync = flags.sync;
   settings.live_messages = flags.live_messages;
   settings.producers = flags.producers;
+  settings.live_databases = flags.live_databases;
   settings.rate = flags.rate;
   settings.latency_seconds = flags.latency_seconds;
   settings.payload_bytes = flags.payload_bytes;
@@ -336,6 +338,11 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(std::size_t{1}, std::size_t{100'000'000}));
   app.add_option("--producers", flags.producers, "Producer threads in the live pass")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--live-databases", flags.live_databases,
+                 "Outbox databases the live pass writes to (producer p to database p mod N), "
+                 "forwarded by one outbox-relay: --db for 1, --db-dir for more")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   app.add_option("--payload-bytes", flags.payload_bytes, "Payload size of every message")

@@ -131,26 +131,70 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
            std::to_string(drain_count) + " in " + std::to_string(result.drain_seconds) + " s)");
 
   // ---- live --------------------------------------------------------------
-  const auto app_db = dir / "app.db";
-  { auto box = outbox::Outbox::open(app_db, producer_options()); }  // the schema
-  RelayProcess app_relay(settings, dir.path(), app_db, broker.endpoint(), "relay-app");
-  wait_for_lease(app_db, "relay-app", app_relay.process());
-
+  // One database, forwarded with --db, or several in a directory, forwarded
+  // with --db-dir by one relay; the latency pass uses the first.
+  const int live_databases = std::max(1, settings.live_databases);
+  const auto live_dir = dir / "live";
+  fs::create_directories(live_dir);
+  std::vector<fs::path> live_dbs;
+  for (int d = 0; d < live_databases; ++d) {
+    live_dbs.push_back(live_databases == 1 ? dir / "app.db"
+                                           : live_dir / ("app-" + std::to_string(d) + ".db"));
+    auto box = outbox::Outbox::open(live_dbs.back(), producer_options());  // the schema
+  }
+  const auto& app_db = live_dbs.front();
+  // Snowflake ids are unique across databases only if their worker ids are
+  // (outbox.hpp): with several databases every producer gets its own.
+  const auto live_options = [&](std::uint32_t worker) {
+    auto options = producer_options();
+    if (live_databases > 1) options.worker_id = worker;
+    return options;
+  };
+  RelayProcess app_relay(
+      settings, dir.path(),
+      live_databases == 1 ? RelaySource(app_db) : RelaySource::directory(live_dir),
+      broker.endpoint(), "relay-app");
   Expected live_expected;
+  if (live_databases == 1) {
+    wait_for_lease(app_db, "relay-app", app_relay.process());
+  } else {
+    // The directory's relay opens a database when it finds something pending:
+    // one message in each, all stored, before the timed pass.
+    auto base = counters.read().stored;
+    for (int d = 0; d < live_databases; ++d) {
+      auto box = outbox::Outbox::open(live_dbs[static_cast<std::size_t>(d)],
+                                      live_options(200 + static_cast<std::uint32_t>(d)));
+      outbox::Transaction tx(box);
+      auto payload =
+          make_payload(settings.payload_bytes, settings.seed + 3, static_cast<std::size_t>(d));
+      auto message = tx.enqueue({.topic = live_topic, .key = "warm-up", .payload = payload});
+      tx.commit();
+      live_expected.emplace(std::move(message.msg_id), std::move(payload));
+    }
+    wait_for_counter(counters, &BrokerCounters::Values::stored,
+                     base + static_cast<std::uint64_t>(live_databases), 60s,
+                     {&app_relay.process(), &broker.process()},
+                     "the live databases' first messages");
+  }
+
   {
     const int producers = std::max(1, settings.producers);
     const std::size_t count = settings.live_messages;
     result.live_messages = count;
     result.producers = producers;
+    result.live_databases = live_databases;
     std::vector<std::vector<std::pair<std::string, std::size_t>>> sent(producers);
     std::vector<std::unique_ptr<outbox::Outbox>> boxes;
     for (int p = 0; p < producers; ++p) {
-      boxes.push_back(
-          std::make_unique<outbox::Outbox>(outbox::Outbox::open(app_db, producer_options())));
+      boxes.push_back(std::make_unique<outbox::Outbox>(
+          outbox::Outbox::open(live_dbs[static_cast<std::size_t>(p % live_databases)],
+                               live_options(100 + static_cast<std::uint32_t>(p)))));
     }
     std::atomic<bool> go{false};
     std::atomic<bool> abort{false};
     std::atomic<std::int64_t> last_commit_ns{0};
+    std::atomic<std::int64_t> producer_cpu_ns{0};
+    std::atomic<std::int64_t> lock_held_ns{0};
     std::mutex error_mutex;
     std::string error;
     std::vector<std::thread> threads;
@@ -159,21 +203,27 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
         try {
           while (!go.load()) std::this_thread::yield();
           auto& box = *boxes[p];
+          const auto cpu_start = thread_cpu_ns();
+          std::int64_t held = 0;
           for (std::size_t i = static_cast<std::size_t>(p); i < count && !abort.load();
                i += static_cast<std::size_t>(producers)) {
             outbox::Transaction tx(box);
+            const auto locked = steady_ns();
             auto message = tx.enqueue(
                 {.topic = live_topic,
                  .key = "key-" +
                         std::to_string(i % static_cast<std::size_t>(std::max(settings.keys, 1))),
                  .payload = make_payload(settings.payload_bytes, settings.seed + 1, i)});
             tx.commit();
+            held += steady_ns() - locked;
             sent[p].emplace_back(std::move(message.msg_id), i);
           }
           auto now = steady_ns();
           auto previous = last_commit_ns.load();
           while (previous < now && !last_commit_ns.compare_exchange_weak(previous, now)) {
           }
+          producer_cpu_ns += thread_cpu_ns() - cpu_start;
+          lock_held_ns += held;
         } catch (const std::exception& failure) {
           std::lock_guard lock(error_mutex);
           error = failure.what();
@@ -183,7 +233,10 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     }
     auto base = counters.read().stored;
     progress("outbox: live, " + std::to_string(producers) + " producers commit " +
-             std::to_string(count) + " messages, one per transaction");
+             std::to_string(count) + " messages, one per transaction, into " +
+             std::to_string(live_databases) + (live_databases == 1 ? " database" : " databases"));
+    const auto broker_cpu_before = cpu_run_ns(broker.process().pid());
+    const auto relay_cpu_before = cpu_run_ns(app_relay.process().pid());
     auto started = steady_ns();
     go = true;
     std::int64_t done = 0;
@@ -197,23 +250,43 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
       if (!error.empty()) throw std::runtime_error("producer failed: " + error);
       throw;
     }
+    const auto per_message_us = [&](std::int64_t ns) {
+      return static_cast<double>(ns) / 1e3 / static_cast<double>(count);
+    };
+    result.live_cpu_broker_us =
+        per_message_us(cpu_run_ns(broker.process().pid()) - broker_cpu_before);
+    result.live_cpu_relay_us =
+        per_message_us(cpu_run_ns(app_relay.process().pid()) - relay_cpu_before);
     for (auto& thread : threads) thread.join();
     if (!error.empty()) throw std::runtime_error("producer failed: " + error);
+    result.live_cpu_producers_us = per_message_us(producer_cpu_ns.load());
     result.live_seconds = seconds_between(started, done);
     result.live_msgs_per_sec = static_cast<double>(count) / result.live_seconds;
     result.live_commit_msgs_per_sec =
         static_cast<double>(count) / seconds_between(started, last_commit_ns.load());
+    result.live_producer_span_share =
+        static_cast<double>(lock_held_ns.load()) / 1e9 / result.live_seconds / live_databases;
+    const auto warm_up = live_expected.size();
     for (auto& list : sent) {
       for (auto& [msg_id, index] : list) {
         live_expected.emplace(std::move(msg_id),
                               make_payload(settings.payload_bytes, settings.seed + 1, index));
       }
     }
-    if (live_expected.size() != count) {
+    if (live_expected.size() != count + warm_up) {
       result.problems.push_back("live: the outbox generated " +
-                                std::to_string(live_expected.size()) + " distinct msg_ids for " +
-                                std::to_string(count) + " messages");
+                                std::to_string(live_expected.size() - warm_up) +
+                                " distinct msg_ids for " + std::to_string(count) + " messages");
     }
+  }
+  {
+    char line[300];
+    std::snprintf(line, sizeof line,
+                  "outbox: live CPU per message: broker %.1f us, relay %.1f us, producers %.1f us; "
+                  "producers' transactions spanned %.0f %% of each database's time",
+                  result.live_cpu_broker_us, result.live_cpu_relay_us, result.live_cpu_producers_us,
+                  100 * result.live_producer_span_share);
+    progress(line);
   }
   progress("outbox: live " + format_rate(result.live_msgs_per_sec) + " msg/s forwarded (" +
            format_rate(result.live_commit_msgs_per_sec) + " msg/s committed)");

@@ -30,6 +30,10 @@ struct OutboxSettings {
   std::string sync = "normal";  // broker and relay bookkeeping: normal | full
   std::size_t live_messages = 100'000;
   int producers = 2;
+  // Outbox databases the live pass's producers write to (producer p to
+  // database p % live_databases), forwarded by one outbox-relay: --db for
+  // one, --db-dir for several.
+  int live_databases = 1;
   double rate = 10'000;  // offered rate of the latency pass, msg/s
   double latency_seconds = 5;
   std::size_t payload_bytes = 256;
@@ -56,6 +60,18 @@ struct OutboxResult {
   double live_seconds = 0;
   double live_msgs_per_sec = 0;         // first commit to last stored
   double live_commit_msgs_per_sec = 0;  // producers alone: first to last commit
+  int live_databases = 0;
+  // CPU per message over the live pass: the broker, the relay (both from
+  // /proc/<pid>/task/*/schedstat) and the producer threads (their own CPU clocks).
+  double live_cpu_broker_us = 0;
+  double live_cpu_relay_us = 0;
+  double live_cpu_producers_us = 0;
+  // The producers' transactions from BEGIN IMMEDIATE returning (the write
+  // lock taken) to commit() returning, summed over producers and databases,
+  // over the pass's duration and the number of databases: an upper bound of
+  // the share of each database's time its producers held the lock, since
+  // commit() returns after the WAL hook that runs once the lock is released.
+  double live_producer_span_share = 0;
 
   double latency_offered_rate = 0;
   double latency_achieved_rate = 0;  // commits per second actually made

@@ -147,6 +147,11 @@ Json outbox_round_json(const OutboxResult& r) {
       .num("live_seconds", r.live_seconds)
       .rate("live_msgs_per_sec", r.live_msgs_per_sec)
       .rate("live_commit_msgs_per_sec", r.live_commit_msgs_per_sec)
+      .integer("live_databases", static_cast<std::uint64_t>(r.live_databases))
+      .num("live_cpu_broker_us_per_msg", r.live_cpu_broker_us)
+      .num("live_cpu_relay_us_per_msg", r.live_cpu_relay_us)
+      .num("live_cpu_producers_us_per_msg", r.live_cpu_producers_us)
+      .num("live_producer_span_share", r.live_producer_span_share)
       .num("latency_offered_msgs_per_sec", r.latency_offered_rate)
       .rate("latency_achieved_msgs_per_sec", r.latency_achieved_rate)
       .field("latency", latency_json(r.latency))
@@ -652,8 +657,10 @@ std::string text_report(const RunInfo& info, const Summary& summary) {
   }
   if (have_outbox) {
     const auto& first = summary.outbox.front();
-    row("live: " + std::to_string(first.producers) +
-            " producer threads, one message per transaction, msg/s committed and stored",
+    row("live: " + std::to_string(first.producers) + " producer threads, " +
+            std::to_string(first.live_databases) +
+            (first.live_databases == 1 ? " database" : " databases") +
+            ", one message per transaction, msg/s committed and stored",
         thousands(median_of(summary.outbox, &OutboxResult::live_msgs_per_sec)), "-");
   }
   row("latency at " + thousands(info.rate) + " msg/s, ms: p50 / p99 / p99.9 / max",

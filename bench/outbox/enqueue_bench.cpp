@@ -4,6 +4,7 @@
 //   bench_outbox_enqueue [--dir DIR] [--rounds N] [--txns-per-round N] [--batches N]
 //                        [--checkpoint-pages N] [--checkpoints relay|producer]
 //                        [--limits check|none|trigger] [--producers N] [--producer-ms MS]
+//                        [--producer-rounds N] [--producers-only]
 //
 // Reference: BEGIN IMMEDIATE; INSERT one row into `orders` (one secondary
 // index); COMMIT. With enqueue: the same plus one 256-byte message. Both run on
@@ -26,6 +27,12 @@
 // delivery state in the row with a partial pending index, unique msg_id).
 // --limits prices the field limits checked at INSERT: the schema's CHECK
 // constraints (default), none, or the same rules as a BEFORE INSERT trigger.
+// --producers N adds passes of concurrent producer threads, one connection
+// each, committing one message (or only the business row) per transaction on
+// one database for --producer-ms, --producer-rounds times: transactions per
+// second, how long each held the write lock (until commit() returned, which
+// includes the WAL hook after SQLite released it), the WAL's size at the end and the
+// page cache misses per transaction; --producers-only runs only those.
 #include <sqlite3.h>
 #include <time.h>
 
@@ -227,14 +234,35 @@ int short_sleep_busy_handler(void* sleeps, int attempt) {
 }
 
 // Concurrent producers: `threads` threads, each with its own Outbox on one
-// file, commit one business row and one message per transaction for
-// `duration`. Returns the messages committed per second; `sleeps` counts the
-// busy waits of the short-sleep handler when it is used.
-double concurrent_producers(const std::filesystem::path& file, int threads, bool short_sleeps,
-                            std::chrono::milliseconds duration, const std::string& payload,
-                            long& sleeps) {
+// file, commit one business row and (with `enqueue`) one message per
+// transaction for `duration`. Each thread also times how long it holds the
+// write lock per transaction: from BEGIN IMMEDIATE returning (the lock is
+// taken) to COMMIT returning (released), on the wall clock and in the
+// thread's CPU time. With one database there is one writer at a time, so the
+// threads' wall times of holding the lock add up to at most the duration:
+// 1 / (wall time held per transaction) is the ceiling of transactions per
+// second, however many producers write.
+struct ProducerFigures {
+  double msgs_per_sec = 0;
+  double held_wall_us = 0;  // per transaction, mean over every thread's
+  double held_cpu_us = 0;
+  double held_share = 0;  // the threads' time holding the lock over the duration
+  long sleeps = 0;        // busy waits of the short-sleep handler, when used
+  // The WAL file at the end: its size is the most it held since the last
+  // time a writer could start it over (a checkpoint had copied every frame).
+  double wal_mib = 0;
+  // Pages each transaction read from outside its connection's page cache
+  // (SQLITE_DBSTATUS_CACHE_MISS): SQLite drops a connection's cache when
+  // another connection wrote to the database since its last transaction.
+  double cache_misses = 0;
+};
+
+ProducerFigures concurrent_producers(const std::filesystem::path& file, int threads,
+                                     bool short_sleeps, bool enqueue, int checkpoint_pages,
+                                     std::chrono::milliseconds duration,
+                                     const std::string& payload) {
   {
-    auto box = outbox::Outbox::open(file);
+    auto box = outbox::Outbox::open(file, {.wal_autocheckpoint_pages = checkpoint_pages});
     exec(box.db(),
          "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
          "amount INTEGER NOT NULL, created_at INTEGER NOT NULL);"
@@ -242,24 +270,39 @@ double concurrent_producers(const std::filesystem::path& file, int threads, bool
   }
   std::atomic<long> busy_sleeps{0};
   std::atomic<long> committed{0};
+  std::atomic<long> cache_misses{0};
   std::atomic<bool> go{false}, stop{false};
+  std::vector<double> held_wall_us(static_cast<std::size_t>(threads), 0);
+  std::vector<double> held_cpu_us(static_cast<std::size_t>(threads), 0);
   std::vector<std::thread> producers;
   for (int t = 0; t < threads; ++t) {
     producers.emplace_back([&, t] {
-      auto box = outbox::Outbox::open(file);
+      auto box = outbox::Outbox::open(file, {.wal_autocheckpoint_pages = checkpoint_pages});
       if (short_sleeps) sqlite3_busy_handler(box.db(), short_sleep_busy_handler, &busy_sleeps);
       OrderInsert order(box.db());
       std::int64_t n = static_cast<std::int64_t>(t) << 40;
       while (!go.load()) std::this_thread::yield();
       long mine = 0;
+      std::chrono::nanoseconds wall{0};
+      double cpu_us = 0;
       while (!stop.load(std::memory_order_relaxed)) {
         outbox::Transaction tx(box);
+        const auto locked = SteadyClock::now();
+        const double locked_cpu = thread_cpu_us();
         order.run(tx.db(), ++n);
-        tx.enqueue({.topic = "orders", .key = "customer", .payload = payload});
+        if (enqueue) tx.enqueue({.topic = "orders", .key = "customer", .payload = payload});
         tx.commit();
+        wall += SteadyClock::now() - locked;
+        cpu_us += thread_cpu_us() - locked_cpu;
         ++mine;
       }
+      held_wall_us[static_cast<std::size_t>(t)] =
+          std::chrono::duration<double, std::micro>(wall).count();
+      held_cpu_us[static_cast<std::size_t>(t)] = cpu_us;
       committed += mine;
+      int misses = 0, highest = 0;
+      sqlite3_db_status(box.db(), SQLITE_DBSTATUS_CACHE_MISS, &misses, &highest, 0);
+      cache_misses += misses;
     });
   }
   const auto start = SteadyClock::now();
@@ -268,8 +311,21 @@ double concurrent_producers(const std::filesystem::path& file, int threads, bool
   stop = true;
   for (auto& producer : producers) producer.join();
   const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
-  sleeps = busy_sleeps.load();
-  return static_cast<double>(committed.load()) / seconds;
+  double wall_us = 0, cpu_us = 0;
+  for (int t = 0; t < threads; ++t) {
+    wall_us += held_wall_us[static_cast<std::size_t>(t)];
+    cpu_us += held_cpu_us[static_cast<std::size_t>(t)];
+  }
+  const auto transactions = static_cast<double>(std::max(committed.load(), 1L));
+  std::error_code no_wal;
+  const auto wal_bytes = std::filesystem::file_size(file.string() + "-wal", no_wal);
+  return {static_cast<double>(committed.load()) / seconds,
+          wall_us / transactions,
+          cpu_us / transactions,
+          wall_us / 1e6 / seconds,
+          busy_sleeps.load(),
+          no_wal ? 0.0 : static_cast<double>(wal_bytes) / (1 << 20),
+          static_cast<double>(cache_misses.load()) / transactions};
 }
 
 }  // namespace
@@ -312,6 +368,13 @@ int main(int argc, char** argv) {
   app.add_option("--producer-ms", producer_ms, "How long each producer run lasts, in ms")
       ->capture_default_str()
       ->check(cli::count_check(1));
+  int producer_rounds = 3;
+  app.add_option("--producer-rounds", producer_rounds, "Rounds of the concurrent-producer passes")
+      ->capture_default_str()
+      ->check(cli::count_check(1));
+  bool producers_only = false;
+  app.add_flag("--producers-only", producers_only,
+               "Run only the concurrent-producer passes (no single-connection legs, no batches)");
   if (auto code = cli::parse_command_line(app, "bench_outbox_enqueue",
                                           std::vector<std::string>(argv + 1, argv + argc))) {
     return *code;
@@ -321,167 +384,182 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(work);
   const std::string payload(256, 'p');
   double batched_rate = 0;
-  double alone_rate = 0, builtin_rate = 0, short_rate = 0;
-  long short_sleeps = 0;
+  // The concurrent-producer passes: label, threads, short sleeps, enqueue.
+  struct ProducerPass {
+    std::string label;
+    int threads;
+    bool short_sleeps;
+    bool enqueue;
+    std::vector<ProducerFigures> rounds;
+  };
+  std::vector<ProducerPass> producer_passes;
   std::vector<LegSummary> bench_path, user_path, naive;
   try {
-    // Runs the reference transaction and the same transaction plus `extra`
-    // on one connection to `file`; returns their median times in us.
-    using Business = std::function<void(sqlite3*, std::int64_t)>;
-    // Runs the reference transaction (legs[0] is empty) and the same
-    // transaction plus each further leg on one connection to `file`; returns
-    // the median wall and CPU time per transaction of each leg.
-    using Extra = std::function<void(outbox::Transaction&, std::int64_t)>;
-    auto measure = [&](const std::string& file, std::initializer_list<const char*> setup_sql,
-                       const auto& make_business, const std::vector<Extra>& legs) {
-      auto box = outbox::Outbox::open(work / file, {.wal_autocheckpoint_pages = checkpoint_pages});
-      apply_limits(box.db(), limits);
-      for (const char* sql : setup_sql) exec(box.db(), sql);
-      Business business = make_business(box.db());
-      BackgroundCheckpoints checkpoints(work / file, background_checkpoints);
-      std::int64_t counter = 0;
-      int per_round = txns_per_round;
-      auto round = [&](const Extra& extra) {
-        const auto start = SteadyClock::now();
-        const double cpu_start = thread_cpu_us();
-        for (int t = 0; t < per_round; ++t) {
-          outbox::Transaction tx(box);
-          business(tx.db(), ++counter);
-          if (extra) extra(tx, counter);
-          tx.commit();
+    if (!producers_only) {
+      // Runs the reference transaction and the same transaction plus `extra`
+      // on one connection to `file`; returns their median times in us.
+      using Business = std::function<void(sqlite3*, std::int64_t)>;
+      // Runs the reference transaction (legs[0] is empty) and the same
+      // transaction plus each further leg on one connection to `file`; returns
+      // the median wall and CPU time per transaction of each leg.
+      using Extra = std::function<void(outbox::Transaction&, std::int64_t)>;
+      auto measure = [&](const std::string& file, std::initializer_list<const char*> setup_sql,
+                         const auto& make_business, const std::vector<Extra>& legs) {
+        auto box =
+            outbox::Outbox::open(work / file, {.wal_autocheckpoint_pages = checkpoint_pages});
+        apply_limits(box.db(), limits);
+        for (const char* sql : setup_sql) exec(box.db(), sql);
+        Business business = make_business(box.db());
+        BackgroundCheckpoints checkpoints(work / file, background_checkpoints);
+        std::int64_t counter = 0;
+        int per_round = txns_per_round;
+        auto round = [&](const Extra& extra) {
+          const auto start = SteadyClock::now();
+          const double cpu_start = thread_cpu_us();
+          for (int t = 0; t < per_round; ++t) {
+            outbox::Transaction tx(box);
+            business(tx.db(), ++counter);
+            if (extra) extra(tx, counter);
+            tx.commit();
+          }
+          return Figures{
+              std::chrono::duration<double, std::micro>(SteadyClock::now() - start).count() /
+                  per_round,
+              (thread_cpu_us() - cpu_start) / per_round};
+        };
+        // Warm up into the steady state: page cache filled, and the WAL grown
+        // to its full size and recycled once, so the timed rounds overwrite it
+        // instead of extending the file.
+        round(legs.front());
+        per_round = std::max(txns_per_round, 3000);
+        round(legs.at(1));
+        per_round = txns_per_round;
+        std::vector<std::vector<Figures>> samples(legs.size());
+        // Interleaved, rotating which goes first, so background load and WAL
+        // growth affect all legs alike.
+        for (int r = 0; r < rounds; ++r) {
+          for (std::size_t i = 0; i < legs.size(); ++i) {
+            const std::size_t leg = (i + static_cast<std::size_t>(r)) % legs.size();
+            samples[leg].push_back(round(legs[leg]));
+          }
         }
-        return Figures{
-            std::chrono::duration<double, std::micro>(SteadyClock::now() - start).count() /
-                per_round,
-            (thread_cpu_us() - cpu_start) / per_round};
+        std::vector<LegSummary> summaries;
+        for (const auto& leg : samples) summaries.push_back(summarize(leg, samples.front()));
+        return summaries;
       };
-      // Warm up into the steady state: page cache filled, and the WAL grown
-      // to its full size and recycled once, so the timed rounds overwrite it
-      // instead of extending the file.
-      round(legs.front());
-      per_round = std::max(txns_per_round, 3000);
-      round(legs.at(1));
-      per_round = txns_per_round;
-      std::vector<std::vector<Figures>> samples(legs.size());
-      // Interleaved, rotating which goes first, so background load and WAL
-      // growth affect all legs alike.
-      for (int r = 0; r < rounds; ++r) {
-        for (std::size_t i = 0; i < legs.size(); ++i) {
-          const std::size_t leg = (i + static_cast<std::size_t>(r)) % legs.size();
-          samples[leg].push_back(round(legs[leg]));
+
+      // The benchmark's business row: one prepared INSERT, one secondary index.
+      const char* prepared_orders =
+          "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
+          "amount INTEGER NOT NULL, created_at INTEGER NOT NULL);"
+          "CREATE INDEX orders_customer ON orders(customer);";
+      auto prepared_business = [](sqlite3* db) {
+        auto order = std::make_shared<OrderInsert>(db);
+        return Business(
+            [order](sqlite3* connection, std::int64_t i) { order->run(connection, i); });
+      };
+      auto enqueue_one = [&](outbox::Transaction& tx, std::int64_t) {
+        tx.enqueue({.topic = "orders", .key = "customer", .payload = payload});
+      };
+      bench_path = measure("app.db", {prepared_orders}, prepared_business, {nullptr, enqueue_one});
+
+      // The same as an application usually writes it: the business INSERT as
+      // SQL text through sqlite3_exec (parsed on every call), an index on
+      // (customer, amount), and an enqueue with a generated msg_id. The third
+      // leg is the floor: the library's INSERT statement run directly, with a
+      // msg_id made by a counter, so the difference to it is what the library
+      // adds (id generation, checks, hooks) on top of SQLite's own work.
+      sqlite3_stmt* raw_insert = nullptr;
+      user_path = measure(
+          "user.db",
+          {"CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
+           "amount INTEGER NOT NULL);"
+           "CREATE INDEX orders_customer_amount ON orders(customer, amount);"},
+          [](sqlite3*) {
+            return Business([](sqlite3* db, std::int64_t i) {
+              char sql[128];
+              std::snprintf(sql, sizeof sql,
+                            "INSERT INTO orders(customer, amount) VALUES ('customer-%06lld', %lld)",
+                            static_cast<long long>((i * 7919) % 100000),
+                            static_cast<long long>(1000 + i % 5000));
+              exec(db, sql);
+            });
+          },
+          {nullptr, enqueue_one, [&](outbox::Transaction& tx, std::int64_t n) {
+             if (raw_insert == nullptr) raw_insert = prepare(tx.db(), outbox_insert_sql);
+             const auto id = std::to_string(raw_msg_id_base + n);
+             run_insert(tx.db(), raw_insert, id, payload, n);
+           }});
+      sqlite3_finalize(raw_insert);
+
+      // For comparison, the naive outbox table: AUTOINCREMENT, delivery state
+      // in the row with a partial "pending" index, a unique msg_id.
+      sqlite3_stmt* naive_insert = nullptr;
+      naive = measure(
+          "naive.db",
+          {prepared_orders,
+           "CREATE TABLE naive_outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, "
+           "msg_id TEXT NOT NULL UNIQUE, topic TEXT NOT NULL, partition_key TEXT, "
+           "payload BLOB NOT NULL, created_at INTEGER NOT NULL, status INTEGER NOT NULL DEFAULT 0, "
+           "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, broker_offset INTEGER);"
+           "CREATE INDEX naive_pending ON naive_outbox(id) WHERE status = 0;"},
+          prepared_business, {nullptr, [&](outbox::Transaction& tx, std::int64_t n) {
+                                if (naive_insert == nullptr) {
+                                  naive_insert =
+                                      prepare(tx.db(),
+                                              "INSERT INTO naive_outbox(msg_id, topic, "
+                                              "partition_key, payload, created_at) "
+                                              "VALUES (?1, 'orders', 'customer', ?2, ?3)");
+                                }
+                                const auto id = std::to_string(raw_msg_id_base + n);
+                                run_insert(tx.db(), naive_insert, id, payload, n);
+                              }});
+      sqlite3_finalize(naive_insert);
+      {
+        auto box = outbox::Outbox::open(work / "batched.db",
+                                        {.wal_autocheckpoint_pages = checkpoint_pages});
+        apply_limits(box.db(), limits);
+        BackgroundCheckpoints checkpoints(work / "batched.db", background_checkpoints);
+        constexpr int per_txn = 1000;
+        std::vector<double> rates;
+        auto start = SteadyClock::now();
+        for (int b = 0; b < batches; ++b) {
+          auto batch_start = SteadyClock::now();
+          outbox::Transaction tx(box);
+          for (int m = 0; m < per_txn; ++m) {
+            tx.enqueue(
+                {.topic = "orders", .key = "k" + std::to_string(m % 64), .payload = payload});
+          }
+          tx.commit();
+          rates.push_back(per_txn /
+                          std::chrono::duration<double>(SteadyClock::now() - batch_start).count());
         }
+        double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
+        batched_rate = static_cast<double>(batches) * per_txn / seconds;
       }
-      std::vector<LegSummary> summaries;
-      for (const auto& leg : samples) summaries.push_back(summarize(leg, samples.front()));
-      return summaries;
-    };
-
-    // The benchmark's business row: one prepared INSERT, one secondary index.
-    const char* prepared_orders =
-        "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
-        "amount INTEGER NOT NULL, created_at INTEGER NOT NULL);"
-        "CREATE INDEX orders_customer ON orders(customer);";
-    auto prepared_business = [](sqlite3* db) {
-      auto order = std::make_shared<OrderInsert>(db);
-      return Business([order](sqlite3* connection, std::int64_t i) { order->run(connection, i); });
-    };
-    auto enqueue_one = [&](outbox::Transaction& tx, std::int64_t) {
-      tx.enqueue({.topic = "orders", .key = "customer", .payload = payload});
-    };
-    bench_path = measure("app.db", {prepared_orders}, prepared_business, {nullptr, enqueue_one});
-
-    // The same as an application usually writes it: the business INSERT as
-    // SQL text through sqlite3_exec (parsed on every call), an index on
-    // (customer, amount), and an enqueue with a generated msg_id. The third
-    // leg is the floor: the library's INSERT statement run directly, with a
-    // msg_id made by a counter, so the difference to it is what the library
-    // adds (id generation, checks, hooks) on top of SQLite's own work.
-    sqlite3_stmt* raw_insert = nullptr;
-    user_path = measure(
-        "user.db",
-        {"CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT NOT NULL, "
-         "amount INTEGER NOT NULL);"
-         "CREATE INDEX orders_customer_amount ON orders(customer, amount);"},
-        [](sqlite3*) {
-          return Business([](sqlite3* db, std::int64_t i) {
-            char sql[128];
-            std::snprintf(sql, sizeof sql,
-                          "INSERT INTO orders(customer, amount) VALUES ('customer-%06lld', %lld)",
-                          static_cast<long long>((i * 7919) % 100000),
-                          static_cast<long long>(1000 + i % 5000));
-            exec(db, sql);
-          });
-        },
-        {nullptr, enqueue_one, [&](outbox::Transaction& tx, std::int64_t n) {
-           if (raw_insert == nullptr) raw_insert = prepare(tx.db(), outbox_insert_sql);
-           const auto id = std::to_string(raw_msg_id_base + n);
-           run_insert(tx.db(), raw_insert, id, payload, n);
-         }});
-    sqlite3_finalize(raw_insert);
-
-    // For comparison, the naive outbox table: AUTOINCREMENT, delivery state
-    // in the row with a partial "pending" index, a unique msg_id.
-    sqlite3_stmt* naive_insert = nullptr;
-    naive = measure(
-        "naive.db",
-        {prepared_orders,
-         "CREATE TABLE naive_outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, "
-         "msg_id TEXT NOT NULL UNIQUE, topic TEXT NOT NULL, partition_key TEXT, "
-         "payload BLOB NOT NULL, created_at INTEGER NOT NULL, status INTEGER NOT NULL DEFAULT 0, "
-         "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, broker_offset INTEGER);"
-         "CREATE INDEX naive_pending ON naive_outbox(id) WHERE status = 0;"},
-        prepared_business, {nullptr, [&](outbox::Transaction& tx, std::int64_t n) {
-                              if (naive_insert == nullptr) {
-                                naive_insert = prepare(tx.db(),
-                                                       "INSERT INTO naive_outbox(msg_id, topic, "
-                                                       "partition_key, payload, created_at) "
-                                                       "VALUES (?1, 'orders', 'customer', ?2, ?3)");
-                              }
-                              const auto id = std::to_string(raw_msg_id_base + n);
-                              run_insert(tx.db(), naive_insert, id, payload, n);
-                            }});
-    sqlite3_finalize(naive_insert);
-    {
-      auto box =
-          outbox::Outbox::open(work / "batched.db", {.wal_autocheckpoint_pages = checkpoint_pages});
-      apply_limits(box.db(), limits);
-      BackgroundCheckpoints checkpoints(work / "batched.db", background_checkpoints);
-      constexpr int per_txn = 1000;
-      std::vector<double> rates;
-      auto start = SteadyClock::now();
-      for (int b = 0; b < batches; ++b) {
-        auto batch_start = SteadyClock::now();
-        outbox::Transaction tx(box);
-        for (int m = 0; m < per_txn; ++m) {
-          tx.enqueue({.topic = "orders", .key = "k" + std::to_string(m % 64), .payload = payload});
-        }
-        tx.commit();
-        rates.push_back(per_txn /
-                        std::chrono::duration<double>(SteadyClock::now() - batch_start).count());
-      }
-      double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
-      batched_rate = static_cast<double>(batches) * per_txn / seconds;
     }
     if (producers > 0) {
-      // Three rounds of the three setups in turn, each on a fresh file; medians.
+      // The passes in turn, each on a fresh file, `producer_rounds` times.
       const std::chrono::milliseconds duration(producer_ms);
-      std::vector<double> alone, builtin, short_waits, sleeps;
-      for (int r = 0; r < 3; ++r) {
-        long count = 0;
-        const auto file = [&](const char* name) {
-          return work / (name + std::to_string(r) + ".db");
-        };
-        alone.push_back(concurrent_producers(file("alone"), 1, false, duration, payload, count));
-        builtin.push_back(
-            concurrent_producers(file("builtin"), producers, false, duration, payload, count));
-        short_waits.push_back(
-            concurrent_producers(file("short"), producers, true, duration, payload, count));
-        sleeps.push_back(static_cast<double>(count));
+      const auto many = std::to_string(producers) + " producers";
+      producer_passes = {
+          {"1 producer, business row only", 1, false, false, {}},
+          {"1 producer, business row + message", 1, false, true, {}},
+          {many + ", business row only", producers, false, false, {}},
+          {many + ", + message, SQLite's busy handler", producers, false, true, {}},
+          {many + ", + message, busy sleeps 10-500 us", producers, true, true, {}},
+      };
+      for (int r = 0; r < producer_rounds; ++r) {
+        for (std::size_t p = 0; p < producer_passes.size(); ++p) {
+          auto& pass = producer_passes[p];
+          const auto file =
+              work / ("producers-" + std::to_string(p) + "-" + std::to_string(r) + ".db");
+          pass.rounds.push_back(concurrent_producers(file, pass.threads, pass.short_sleeps,
+                                                     pass.enqueue, checkpoint_pages, duration,
+                                                     payload));
+          std::filesystem::remove(file);
+        }
       }
-      alone_rate = spread(alone).median;
-      builtin_rate = spread(builtin).median;
-      short_rate = spread(short_waits).median;
-      short_sleeps = static_cast<long>(spread(sleeps).median);
     }
   } catch (const std::exception& error) {
     std::fprintf(stderr, "bench: %s\n", error.what());
@@ -489,33 +567,69 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::filesystem::remove_all(work);
-  std::printf(
-      "WAL checkpoints: %s, every %d pages; %d rounds x %d txns; field limits: %s\n",
-      background_checkpoints ? "relay connection in the background, producer" : "producer inline",
-      checkpoint_pages, rounds, txns_per_round, limits.c_str());
-  std::printf("%-50s %7s %7s  %-17s %-17s\n", "per transaction, median of rounds", "wall us",
-              "cpu us", "ratio wall p10-p90", "ratio cpu p10-p90");
-  auto line = [](const char* label, const LegSummary& leg) {
-    std::printf("%-50s %7.1f %7.1f  %4.2f %4.2f-%4.2f    %4.2f %4.2f-%4.2f\n", label,
-                leg.wall_us.median, leg.cpu_us.median, leg.wall_ratio.median, leg.wall_ratio.low,
-                leg.wall_ratio.high, leg.cpu_ratio.median, leg.cpu_ratio.low, leg.cpu_ratio.high);
-  };
-  line("business txn, prepared INSERT (1 row, 1 index)", bench_path[0]);
-  line("  + 1 enqueue (256 B payload)        target <= 1.8", bench_path[1]);
-  line("user path: business INSERT via sqlite3_exec", user_path[0]);
-  line("  + 1 enqueue, generated msg_id      target <= 1.6", user_path[1]);
-  line("  + the same INSERT without the library (floor)", user_path[2]);
-  line("naive outbox table: business txn", naive[0]);
-  line("  + 1 row in the naive outbox table", naive[1]);
-  std::printf("batched enqueue, 1000 msgs/txn: %.0f msg/s (target >= 300000)\n", batched_rate);
+  if (!producers_only) {
+    std::printf(
+        "WAL checkpoints: %s, every %d pages; %d rounds x %d txns; field limits: %s\n",
+        background_checkpoints ? "relay connection in the background, producer" : "producer inline",
+        checkpoint_pages, rounds, txns_per_round, limits.c_str());
+    std::printf("%-50s %7s %7s  %-17s %-17s\n", "per transaction, median of rounds", "wall us",
+                "cpu us", "ratio wall p10-p90", "ratio cpu p10-p90");
+    auto line = [](const char* label, const LegSummary& leg) {
+      std::printf("%-50s %7.1f %7.1f  %4.2f %4.2f-%4.2f    %4.2f %4.2f-%4.2f\n", label,
+                  leg.wall_us.median, leg.cpu_us.median, leg.wall_ratio.median, leg.wall_ratio.low,
+                  leg.wall_ratio.high, leg.cpu_ratio.median, leg.cpu_ratio.low, leg.cpu_ratio.high);
+    };
+    line("business txn, prepared INSERT (1 row, 1 index)", bench_path[0]);
+    line("  + 1 enqueue (256 B payload)        target <= 1.8", bench_path[1]);
+    line("user path: business INSERT via sqlite3_exec", user_path[0]);
+    line("  + 1 enqueue, generated msg_id      target <= 1.6", user_path[1]);
+    line("  + the same INSERT without the library (floor)", user_path[2]);
+    line("naive outbox table: business txn", naive[0]);
+    line("  + 1 row in the naive outbox table", naive[1]);
+    std::printf("batched enqueue, 1000 msgs/txn: %.0f msg/s (target >= 300000)\n", batched_rate);
+  }
   if (producers > 0) {
-    std::printf("one message per transaction, no relay, %d ms each, median of 3 rounds:\n",
-                producer_ms);
-    std::printf("  1 producer:                                   %8.0f msg/s\n", alone_rate);
-    std::printf("  %d producers, SQLite's busy_timeout handler:   %8.0f msg/s\n", producers,
-                builtin_rate);
-    std::printf("  %d producers, busy sleeps of 10-500 us:        %8.0f msg/s (%ld sleeps)\n",
-                producers, short_rate, short_sleeps);
+    std::printf(
+        "one message per transaction, no relay, %d ms each, median (min-max) of %d rounds:\n",
+        producer_ms, producer_rounds);
+    std::printf("%-42s %-24s %-20s %-20s %-18s\n", "", "txn/s", "lock held wall us",
+                "lock held cpu us", "lock held share");
+    for (const auto& pass : producer_passes) {
+      std::vector<double> rate, wall, cpu, share;
+      for (const auto& round : pass.rounds) {
+        rate.push_back(round.msgs_per_sec);
+        wall.push_back(round.held_wall_us);
+        cpu.push_back(round.held_cpu_us);
+        share.push_back(round.held_share);
+      }
+      const auto range = [](std::vector<double> values) {
+        std::sort(values.begin(), values.end());
+        return std::make_tuple(values[values.size() / 2], values.front(), values.back());
+      };
+      const auto [rate_median, rate_low, rate_high] = range(rate);
+      const auto [wall_median, wall_low, wall_high] = range(wall);
+      const auto [cpu_median, cpu_low, cpu_high] = range(cpu);
+      const auto [share_median, share_low, share_high] = range(share);
+      std::printf(
+          "%-42s %6.0f (%6.0f-%6.0f)   %5.1f (%5.1f-%5.1f)   %5.1f (%5.1f-%5.1f)   %4.2f "
+          "(%4.2f-%4.2f)",
+          pass.label.c_str(), rate_median, rate_low, rate_high, wall_median, wall_low, wall_high,
+          cpu_median, cpu_low, cpu_high, share_median, share_low, share_high);
+      std::vector<double> wal;
+      for (const auto& round : pass.rounds) wal.push_back(round.wal_mib);
+      const auto [wal_median, wal_low, wal_high] = range(wal);
+      std::vector<double> misses;
+      for (const auto& round : pass.rounds) misses.push_back(round.cache_misses);
+      const auto [misses_median, misses_low, misses_high] = range(misses);
+      std::printf("   WAL %.0f (%.0f-%.0f) MiB, cache misses/txn %.1f (%.1f-%.1f)", wal_median,
+                  wal_low, wal_high, misses_median, misses_low, misses_high);
+      if (pass.short_sleeps) {
+        long sleeps = 0;
+        for (const auto& round : pass.rounds) sleeps += round.sleeps;
+        std::printf("  %ld sleeps", sleeps / static_cast<long>(pass.rounds.size()));
+      }
+      std::printf("\n");
+    }
   }
   return 0;
 }
