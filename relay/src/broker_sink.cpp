@@ -10,6 +10,7 @@
 #include <zmq.hpp>
 
 #include "broker/client.hpp"
+#include "deadline.hpp"
 #include "outbox/error.hpp"
 #include "wire/zmq_io.hpp"
 
@@ -513,9 +514,7 @@ class SharedChannel final : public Sink {
     }
     auto deadline = state_.hello_sent_at + timeout;
     while (!state_.hello_answer && std::chrono::steady_clock::now() < deadline) {
-      connection.pump(std::max(
-          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()),
-          std::chrono::milliseconds(0)));
+      connection.pump(detail::until(deadline));
     }
     if (!state_.hello_answer) {
       // The broker is away or busy with what was queued before the HELLO:
@@ -548,10 +547,9 @@ class SharedChannel final : public Sink {
   std::optional<SinkEvent> poll(std::chrono::milliseconds timeout) override {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (state_.events.empty()) {
-      auto left =
-          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      connection_->pump(std::max(left, std::chrono::milliseconds(0)));
-      if (left <= std::chrono::milliseconds(0)) break;
+      auto left = detail::until(deadline);
+      connection_->pump(left);
+      if (left == std::chrono::milliseconds(0)) break;
     }
     if (state_.events.empty()) return std::nullopt;
     auto event = std::move(state_.events.front());

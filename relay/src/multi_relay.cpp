@@ -24,6 +24,7 @@
 #include <zmq.hpp>
 
 #include "database_opener.hpp"
+#include "deadline.hpp"
 #include "metrics/log_fields.hpp"
 #include "metrics/metrics.hpp"
 #include "outbox/null_logger.hpp"
@@ -841,8 +842,7 @@ struct MultiRelay::Impl {
     }
     // Connection events (a broken connection) are read with the replies:
     // look at least every 100 ms.
-    auto wait = std::clamp(std::chrono::ceil<milliseconds>(deadline - SteadyClock::now()),
-                           milliseconds(0), milliseconds(100));
+    auto wait = std::min(detail::until(deadline), milliseconds(100));
     try {
       zmq::poll(items.data(), items.size(), wait);
     } catch (const zmq::error_t& error) {

@@ -15,6 +15,7 @@
 
 #include <spdlog/logger.h>
 
+#include "deadline.hpp"
 #include "metrics/log_fields.hpp"
 #include "outbox/null_logger.hpp"
 #include "relay/metrics.hpp"
@@ -27,12 +28,7 @@ using SteadyClock = std::chrono::steady_clock;
 using std::chrono::duration_cast;
 using std::chrono::milliseconds;
 
-milliseconds until(SteadyClock::time_point deadline) {
-  // Rounded up: a wait for a deadline less than a millisecond away is not 0
-  // (that made waiting loops spin until it passed).
-  auto left = std::chrono::ceil<milliseconds>(deadline - SteadyClock::now());
-  return std::max(left, milliseconds(0));
-}
+using detail::until;
 
 // Eight hex digits from the system's entropy source: what tells apart two
 // relays that present the same name (two containers, each with pid 1 on a
