@@ -1,6 +1,9 @@
 #include "outbox/outbox.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "common.hpp"
@@ -73,7 +76,16 @@ struct Outbox::Impl {
   std::unique_ptr<detail::WakeSender> wake;
   bool notify_pending = false;
 
+  // The WAL restart (restart_wal): a connection of its own, opened on first
+  // use, and the WAL length (pages) below which it is not tried again after
+  // it could not finish.
+  sqlite::ConnectionPtr restarter;
+  int synchronous_level = 1;  // the connection's PRAGMA synchronous, for the restarter
+  int restart_again_at = 0;
+  int restart_step = 0;  // growth before the next try after a wait that ran out
+
   ~Impl() noexcept {
+    restarter.reset();  // before the application's connection: never the last one
     {
       std::lock_guard lock(registry_mutex);
       auto found = registry().find(db);
@@ -132,6 +144,7 @@ struct Outbox::Impl {
     worker = worker_for_ids;
     ids = std::make_unique<detail::IdSource>(options.id_kind, worker_for_ids, issued_below_ms);
 
+    synchronous_level = static_cast<int>(sqlite::query_int64(db, "PRAGMA synchronous"));
     if (options.notify_relay && !path.empty()) wake = std::make_unique<detail::WakeSender>(path);
     sqlite3_wal_hook(db, &Impl::on_wal_commit, this);
     sqlite3_rollback_hook(db, &Impl::on_rollback, this);
@@ -171,19 +184,91 @@ struct Outbox::Impl {
 
   static int on_wal_commit(void* self, sqlite3* connection, const char* database, int pages) {
     auto* impl = static_cast<Impl*>(self);
-    if (impl->options.wal_autocheckpoint_pages > 0 &&
-        pages >= impl->options.wal_autocheckpoint_pages) {
-      // Same as SQLite's own auto-checkpoint, which this hook replaces; a
-      // busy checkpoint is simply retried after a later commit.
-      int rc = sqlite3_wal_checkpoint_v2(connection, database, SQLITE_CHECKPOINT_PASSIVE, nullptr,
-                                         nullptr);
-      if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
-        impl->logger->warn("outbox: checkpoint of {} failed: {}", impl->path,
-                           sqlite3_errmsg(connection));
-      }
-    }
+    impl->checkpoint_after_commit(connection, database, pages);
     impl->on_committed();
     return SQLITE_OK;
+  }
+
+  void checkpoint_after_commit(sqlite3* connection, const char* database, int pages) noexcept {
+    const int limit = options.wal_autocheckpoint_pages;
+    if (limit <= 0) return;
+    if (pages >= 2 * limit) return restart_wal(pages);
+    // Below twice the limit the WAL has started over since any failed restart.
+    restart_again_at = 0;
+    restart_step = 0;
+    if (pages < limit) return;
+    // Same as SQLite's own auto-checkpoint, which this hook replaces; a busy
+    // checkpoint is simply retried after a later commit.
+    int rc = sqlite3_wal_checkpoint_v2(connection, database, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                       nullptr);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+      logger->warn("outbox: checkpoint of {} failed: {}", path, sqlite3_errmsg(connection));
+    }
+  }
+
+  // The WAL starts over only when a writer finds it wholly copied back and no
+  // reader in it. A PASSIVE checkpoint copies what was committed when it
+  // began; with two producers committing back to back the other one has
+  // always committed more by then, so the WAL grew without end (292-849 MiB
+  // after 2 s, bench/README.md) and every commit past the limit ran a
+  // checkpoint. Past twice the limit a RESTART checkpoint runs instead: it
+  // takes the write lock, copies the rest back (little, after the PASSIVE
+  // ones below twice the limit) and waits for readers to leave the WAL, so
+  // that the next commit starts it over. It runs on a connection of its own
+  // (the application's connection keeps its own busy handler) that waits for
+  // locks in short sleeps for at most kRestartWait.
+  // - Refused at once, another connection is checkpointing: most likely
+  //   another producer restarting the WAL, whose wait for the write lock this
+  //   producer's next BEGIN IMMEDIATE would win again and again. This producer
+  //   gives it kYieldToRestart (its commit waits for the restart anyway) and
+  //   tries itself after the next commit.
+  // - The wait ran out (a long reader: a report, a backup): tried again once
+  //   the WAL grew by another quarter of the limit, then half, then a whole
+  //   limit and so on, so that a reader that stays delays commits ever more
+  //   rarely.
+  // Never throws.
+  static constexpr std::chrono::milliseconds kRestartWait{100};
+  static constexpr std::chrono::milliseconds kYieldToRestart{1};
+  void restart_wal(int pages) noexcept {
+    if (path.empty() || pages < restart_again_at) return;
+    const auto started = std::chrono::steady_clock::now();
+    int rc = SQLITE_OK;
+    try {
+      if (!restarter) {
+        sqlite::OpenOptions open_options;
+        open_options.create_if_missing = false;
+        open_options.wal = false;  // the application's connection chose the journal mode
+        open_options.busy_timeout = kRestartWait;
+        open_options.short_busy_sleeps = true;
+        restarter = sqlite::open_connection(path, open_options);
+        sqlite3_db_config(restarter.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+        // The checkpointing connection's level decides the checkpoint's fsyncs.
+        sqlite::exec(restarter.get(),
+                     ("PRAGMA synchronous=" + std::to_string(synchronous_level)).c_str());
+      }
+      rc = sqlite3_wal_checkpoint_v2(restarter.get(), "main", SQLITE_CHECKPOINT_RESTART, nullptr,
+                                     nullptr);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
+        logger->warn("outbox: restarting the WAL of {} failed: {}", path,
+                     sqlite3_errmsg(restarter.get()));
+      }
+    } catch (const std::exception& error) {
+      rc = SQLITE_ERROR;
+      logger->warn("outbox: cannot restart the WAL of {}: {}", path, error.what());
+    }
+    if (rc == SQLITE_OK) {
+      restart_again_at = 0;
+      restart_step = 0;
+      return;
+    }
+    if (rc == SQLITE_BUSY && std::chrono::steady_clock::now() - started < kRestartWait / 2) {
+      std::this_thread::sleep_for(kYieldToRestart);
+      restart_again_at = pages + 1;
+      return;
+    }
+    const int quarter = std::max(1, options.wal_autocheckpoint_pages / 4);
+    restart_step = restart_step == 0 ? quarter : std::min(restart_step, 1 << 24) * 2;
+    restart_again_at = pages + restart_step;
   }
 
   static void on_rollback(void* self) { static_cast<Impl*>(self)->on_rolled_back(); }

@@ -5,11 +5,13 @@
 
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <optional>
 #include <set>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 #include "outbox/outbox.hpp"
 #include "outbox/relay_store.hpp"
@@ -668,4 +670,52 @@ TEST_CASE("closing a producer leaves its WAL with every commit unless checkpoint
     outbox_test::RawDb raw(path.string());
     CHECK(raw.count("outbox_messages") == 3);
   }
+}
+
+TEST_CASE("two producers committing back to back keep the WAL near twice the checkpoint limit") {
+  // A PASSIVE checkpoint never catches up with a second producer, so without
+  // the restart past twice Options::wal_autocheckpoint_pages the WAL grows by
+  // every commit (here about 3 pages each: some 24,000 pages).
+  test_support::TempDir dir;
+  const auto path = dir / "app.db";
+  constexpr int kLimit = 64;
+  constexpr int kPerProducer = 4000;
+  outbox::Options options;
+  options.wal_autocheckpoint_pages = kLimit;
+  options.notify_relay = false;
+  {
+    auto box = outbox::Outbox::open(path, options);
+    create_orders(box.db());
+  }
+  std::vector<std::exception_ptr> failures(2);
+  std::vector<std::thread> producers;
+  for (std::size_t p = 0; p < failures.size(); ++p) {
+    producers.emplace_back([&, p] {
+      try {
+        auto box = outbox::Outbox::open(path, options);
+        for (int i = 0; i < kPerProducer; ++i) {
+          outbox::Transaction tx(box);
+          exec(tx.db(),
+               "INSERT INTO orders(customer) VALUES ('customer-" + std::to_string(p) + "')");
+          tx.enqueue(order_message(std::string(200, 'x')));
+          tx.commit();
+        }
+      } catch (...) {
+        failures[p] = std::current_exception();
+      }
+    });
+  }
+  for (auto& producer : producers) producer.join();
+  for (const auto& failure : failures) {
+    if (failure) std::rethrow_exception(failure);
+  }
+  outbox_test::RawDb raw(path.string());
+  CHECK(raw.count("outbox_messages") == 2 * kPerProducer);
+  const auto page_size = query_int(raw.get(), "PRAGMA page_size");
+  const auto wal_frames = static_cast<std::int64_t>(
+      (std::filesystem::file_size(dir / "app.db-wal") - 32) / (page_size + 24));
+  INFO("WAL of " << wal_frames << " frames; the checkpoint limit is " << kLimit << " pages");
+  // Twice the limit, what the other producer commits while a restart waits,
+  // and a margin for a restart refused while the other one checkpoints.
+  CHECK(wal_frames <= 8 * kLimit);
 }

@@ -111,6 +111,10 @@ struct Options {
   // so a producer only checkpoints itself when the WAL has grown past this
   // many pages (no relay running, or one that is stuck). 0 disables it. This
   // replaces SQLite's auto-checkpoint on the connection (see "Ownership").
+  // Past twice this many pages (producers committing back to back, whose
+  // checkpoints never catch up) commit() restarts the WAL instead: it copies
+  // the rest back and waits up to 100 ms for readers to leave the WAL, on a
+  // connection of its own, so that the WAL stays near that size.
   int wal_autocheckpoint_pages = 10000;
 
   // Time for created_at_ms and worker-id leases (tests inject their own).
