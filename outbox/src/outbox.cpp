@@ -1,6 +1,5 @@
 #include "outbox/outbox.hpp"
 
-#include <algorithm>
 #include <chrono>
 #include <mutex>
 #include <thread>
@@ -11,6 +10,7 @@
 #include "notify.hpp"
 #include "schema.hpp"
 #include "sqlite/sqlite.hpp"
+#include "wal_restart.hpp"
 #include "worker_lease.hpp"
 
 namespace outbox {
@@ -76,13 +76,11 @@ struct Outbox::Impl {
   std::unique_ptr<detail::WakeSender> wake;
   bool notify_pending = false;
 
-  // The WAL restart (restart_wal): a connection of its own, opened on first
-  // use, and the WAL length (pages) below which it is not tried again after
-  // it could not finish.
+  // The WAL restart (restart_wal): a connection of its own, opened on first use.
   sqlite::ConnectionPtr restarter;
-  int synchronous_level = 1;  // the connection's PRAGMA synchronous, for the restarter
-  int restart_again_at = 0;
-  int restart_step = 0;  // growth before the next try after a wait that ran out
+  int synchronous_level = 1;      // the connection's PRAGMA synchronous, for the restarter
+  detail::WalRestart restart{1};  // its step is set in setup()
+  bool restarter_unavailable = false;
 
   ~Impl() noexcept {
     restarter.reset();  // before the application's connection: never the last one
@@ -145,6 +143,7 @@ struct Outbox::Impl {
     ids = std::make_unique<detail::IdSource>(options.id_kind, worker_for_ids, issued_below_ms);
 
     synchronous_level = static_cast<int>(sqlite::query_int64(db, "PRAGMA synchronous"));
+    restart = detail::WalRestart(options.wal_autocheckpoint_pages / 4);
     if (options.notify_relay && !path.empty()) wake = std::make_unique<detail::WakeSender>(path);
     sqlite3_wal_hook(db, &Impl::on_wal_commit, this);
     sqlite3_rollback_hook(db, &Impl::on_rollback, this);
@@ -192,10 +191,11 @@ struct Outbox::Impl {
   void checkpoint_after_commit(sqlite3* connection, const char* database, int pages) noexcept {
     const int limit = options.wal_autocheckpoint_pages;
     if (limit <= 0) return;
-    if (pages >= 2 * limit) return restart_wal(pages);
-    // Below twice the limit the WAL has started over since any failed restart.
-    restart_again_at = 0;
-    restart_step = 0;
+    if (pages >= 2 * limit) {
+      if (restart_wal(pages)) return;
+    } else {
+      restart.reset();  // below twice the limit: the WAL started over since any try
+    }
     if (pages < limit) return;
     // Same as SQLite's own auto-checkpoint, which this hook replaces; a busy
     // checkpoint is simply retried after a later commit.
@@ -206,39 +206,27 @@ struct Outbox::Impl {
     }
   }
 
-  // The WAL starts over only when a writer finds it wholly copied back and no
-  // reader in it. A PASSIVE checkpoint copies what was committed when it
-  // began; with two producers committing back to back the other one has
-  // always committed more by then, so the WAL grew without end (292-849 MiB
-  // after 2 s, bench/README.md) and every commit past the limit ran a
-  // checkpoint. Past twice the limit a RESTART checkpoint runs instead: it
-  // takes the write lock, copies the rest back (little, after the PASSIVE
-  // ones below twice the limit) and waits for readers to leave the WAL, so
-  // that the next commit starts it over. It runs on a connection of its own
-  // (the application's connection keeps its own busy handler) that waits for
-  // locks in short sleeps for at most kRestartWait.
-  // - Refused at once, another connection is checkpointing: most likely
-  //   another producer restarting the WAL, whose wait for the write lock this
-  //   producer's next BEGIN IMMEDIATE would win again and again. This producer
-  //   gives it kYieldToRestart (its commit waits for the restart anyway) and
-  //   tries itself after the next commit.
-  // - The wait ran out (a long reader: a report, a backup): tried again once
-  //   the WAL grew by another quarter of the limit, then half, then a whole
-  //   limit and so on, so that a reader that stays delays commits ever more
-  //   rarely.
-  // Never throws.
-  static constexpr std::chrono::milliseconds kRestartWait{100};
+  // Past twice the limit, where PASSIVE checkpoints do not catch up with
+  // other producers committing back to back (wal_restart.hpp), a RESTART
+  // checkpoint on a connection of its own: the application's connection keeps
+  // its busy handler, this one waits in short sleeps for at most
+  // WalRestart::kWait. Refused at once because another connection is
+  // checkpointing (most likely another producer restarting the WAL, whose
+  // wait for the write lock this producer's next BEGIN IMMEDIATE would win
+  // again and again, so that the WAL still grew to thousands of pages), this
+  // producer yields kYieldToRestart: its next commit would wait for that
+  // restart anyway. Returns false when it cannot run (no file, or its
+  // connection could not be opened: logged once), and the PASSIVE
+  // checkpoints go on. Never throws.
   static constexpr std::chrono::milliseconds kYieldToRestart{1};
-  void restart_wal(int pages) noexcept {
-    if (path.empty() || pages < restart_again_at) return;
-    const auto started = std::chrono::steady_clock::now();
-    int rc = SQLITE_OK;
+  bool restart_wal(int pages) noexcept {
+    if (path.empty() || restarter_unavailable) return false;
     try {
       if (!restarter) {
         sqlite::OpenOptions open_options;
         open_options.create_if_missing = false;
         open_options.wal = false;  // the application's connection chose the journal mode
-        open_options.busy_timeout = kRestartWait;
+        open_options.busy_timeout = detail::WalRestart::kWait;
         open_options.short_busy_sleeps = true;
         restarter = sqlite::open_connection(path, open_options);
         sqlite3_db_config(restarter.get(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
@@ -246,29 +234,22 @@ struct Outbox::Impl {
         sqlite::exec(restarter.get(),
                      ("PRAGMA synchronous=" + std::to_string(synchronous_level)).c_str());
       }
-      rc = sqlite3_wal_checkpoint_v2(restarter.get(), "main", SQLITE_CHECKPOINT_RESTART, nullptr,
-                                     nullptr);
-      if (rc != SQLITE_OK && rc != SQLITE_BUSY && rc != SQLITE_LOCKED) {
-        logger->warn("outbox: restarting the WAL of {} failed: {}", path,
-                     sqlite3_errmsg(restarter.get()));
-      }
     } catch (const std::exception& error) {
-      rc = SQLITE_ERROR;
-      logger->warn("outbox: cannot restart the WAL of {}: {}", path, error.what());
+      restarter.reset();
+      restarter_unavailable = true;
+      logger->warn("outbox: cannot open a connection to restart the WAL of {}: {}", path,
+                   error.what());
+      return false;
     }
-    if (rc == SQLITE_OK) {
-      restart_again_at = 0;
-      restart_step = 0;
-      return;
+    const auto result = restart.run(restarter.get(), pages);
+    if (result == detail::WalRestart::Result::failed) {
+      logger->warn("outbox: restarting the WAL of {} failed: {}", path,
+                   sqlite3_errmsg(restarter.get()));
     }
-    if (rc == SQLITE_BUSY && std::chrono::steady_clock::now() - started < kRestartWait / 2) {
+    if (result == detail::WalRestart::Result::refused_at_once) {
       std::this_thread::sleep_for(kYieldToRestart);
-      restart_again_at = pages + 1;
-      return;
     }
-    const int quarter = std::max(1, options.wal_autocheckpoint_pages / 4);
-    restart_step = restart_step == 0 ? quarter : std::min(restart_step, 1 << 24) * 2;
-    restart_again_at = pages + restart_step;
+    return true;
   }
 
   static void on_rollback(void* self) { static_cast<Impl*>(self)->on_rolled_back(); }
