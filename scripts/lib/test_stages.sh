@@ -149,10 +149,9 @@ outbox_stage_sanitizer() {
   # The TSan tree does not build them either (OUTBOX_TESTS_NOT_BUILT).
   local exclude="package" not_built=""
   [ "$name" != tsan ] || { exclude="package|faults|power" && not_built="faults;power"; }
-  # ASan+UBSan: the Catch2 test files at -O0 (OUTBOX_TEST_FILES_O0, tests/CMakeLists.txt):
-  # what is under test (libraries, daemons, helper programs) keeps -O1.
-  local test_files_o0=OFF
-  [ "$name" != asan ] || test_files_o0=ON
+  # Both trees compile the Catch2 test files at -O0 (OUTBOX_TEST_FILES_O0,
+  # tests/CMakeLists.txt): what is under test (libraries, daemons, helper programs)
+  # keeps -O1.
   # -O1 -g1 (line tables): what the sanitizers' reports need, and about half the
   # compile time of -O2 -g, which keeps CI's run within its budget; a unity build
   # (OUTBOX_UNITY_BUILD) parses the heavy headers once per batch of files instead
@@ -162,7 +161,7 @@ outbox_stage_sanitizer() {
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DOUTBOX_UNITY_BUILD=ON \
     -DOUTBOX_SANITIZE="$sanitizers" -DOUTBOX_BUILD_BENCH=OFF -DOUTBOX_INSTALL=OFF \
     -DOUTBOX_POWER_CRASH_POINTS=250 -DOUTBOX_TESTS_NOT_BUILT="$not_built" \
-    -DOUTBOX_TEST_FILES_O0="$test_files_o0" || return $?
+    -DOUTBOX_TEST_FILES_O0=ON || return $?
   local reports="$build_dir/sanitizer-reports"
   rm -rf "$reports"
   mkdir -p "$reports"
