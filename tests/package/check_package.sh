@@ -111,15 +111,21 @@ run_documented_commands() {
 }
 
 consumer="$source_dir/tests/package/consumer"
+# What these checks build (the consumer, the examples, the README's snippets, and in
+# `subdirectory` mode the toolkit's libraries) is built without optimisation: they
+# check that a project outside the tree finds, compiles, links and runs the toolkit,
+# which -O2 does not change, and the subdirectory build took 79 s of CPU in Release
+# against 50 s without a build type.
+unoptimised=(-DCMAKE_BUILD_TYPE=)
 case "$mode" in
   installed)
     "$cmake" --install "$build_dir" --prefix "$work/prefix" >"$work/install.log" 2>&1 \
       || { cat "$work/install.log"; exit 1; }
-    "$cmake" -S "$consumer" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    "$cmake" -S "$consumer" -B "$work/build" -G Ninja "${unoptimised[@]}" \
       -DCMAKE_PREFIX_PATH="$work/prefix"
     ;;
   subdirectory)
-    "$cmake" -S "$consumer" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    "$cmake" -S "$consumer" -B "$work/build" -G Ninja "${unoptimised[@]}" \
       -DOUTBOX_SOURCE_DIR="$source_dir"
     ;;
   examples)
@@ -130,7 +136,7 @@ case "$mode" in
     [ -e /usr/include/nats/nats.h ] && examples+=(jetstream_consumer)
     for example in "${examples[@]}"; do
       "$cmake" -S "$source_dir/examples/$example" -B "$work/$example" -G Ninja \
-        -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$work/prefix"
+        "${unoptimised[@]}" -DCMAKE_PREFIX_PATH="$work/prefix"
       "$cmake" --build "$work/$example" --parallel 2
     done
     if [ -x "$work/jetstream_consumer/jetstream_consumer" ]; then
@@ -177,7 +183,7 @@ target_link_libraries(producer PRIVATE outbox::outbox)
 add_executable(consumer consumer.cpp ship.cpp)
 target_link_libraries(consumer PRIVATE outbox::outbox outbox::broker)
 CMAKE
-    "$cmake" -S "$work/readme" -B "$work/readme/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    "$cmake" -S "$work/readme" -B "$work/readme/build" -G Ninja "${unoptimised[@]}" \
       -DCMAKE_PREFIX_PATH="$work/prefix"
     "$cmake" --build "$work/readme/build" --parallel 2
     (cd "$work" && "$work/readme/build/producer") | grep -q "^queued .* at seq 1$"
