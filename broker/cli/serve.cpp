@@ -1,8 +1,10 @@
 // outbox-broker serve: the broker daemon, until SIGINT/SIGTERM.
+#include <atomic>
 #include <chrono>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include <spdlog/spdlog.h>
@@ -23,7 +25,15 @@ using namespace std::chrono_literals;
 // Shorter dedup windows need --allow-short-dedup-window.
 constexpr std::chrono::milliseconds kShortestSafeDedupWindow = 1h;
 
-broker::Server* running_server = nullptr;
+// The server a stop signal asks to stop. The signal's handler may run on any
+// thread (cli/src/process.cpp), so both are atomics, and the server outlives
+// every handler that read it: stops_in_progress counts the handlers between
+// reading running_server and returning, and serve_with() waits for none after
+// clearing it, before the server is destroyed.
+std::atomic<broker::Server*> running_server{nullptr};
+std::atomic<int> stops_in_progress{0};
+static_assert(std::atomic<broker::Server*>::is_always_lock_free &&
+              std::atomic<int>::is_always_lock_free);
 
 broker::StoreOptions store_options(const ServeSettings& settings,
                                    std::shared_ptr<spdlog::logger> logger) {
@@ -149,17 +159,27 @@ int serve_with(const ServeSettings& settings, const std::shared_ptr<spdlog::logg
   }
   // One line on stdout with the real endpoint, for scripts that bind port *.
   std::cout << "listening on " << server->endpoint() << std::endl;
-  running_server = server.get();
+  // Cleared however run() ends, before `server` is destroyed.
+  struct Running {
+    explicit Running(broker::Server* server) { running_server.store(server); }
+    ~Running() {
+      running_server.store(nullptr);
+      while (stops_in_progress.load() != 0) std::this_thread::yield();
+    }
+    Running(const Running&) = delete;
+    Running& operator=(const Running&) = delete;
+  } running(server.get());
   if (cli::stop_requested()) server->request_stop();
   server->run();
-  running_server = nullptr;
   return cli::exit_ok;
 }
 
 }  // namespace
 
 void stop_running_server() noexcept {
-  if (running_server != nullptr) running_server->request_stop();
+  stops_in_progress.fetch_add(1);
+  if (auto* server = running_server.load()) server->request_stop();
+  stops_in_progress.fetch_sub(1);
 }
 
 int serve(const ServeSettings& settings, const std::string& log_level) {

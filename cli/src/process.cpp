@@ -18,11 +18,17 @@
 namespace cli {
 namespace {
 
-volatile std::sig_atomic_t stop_flag = 0;
+// A process-directed signal runs its handler on whichever thread does not
+// block it (an HTTP worker, a checkpointer), not only the main thread: the
+// flag is a lock-free atomic, which a handler may write and any thread read
+// (a volatile sig_atomic_t is only safe within one thread; TSan reported the
+// race when SIGTERM reached an outbox-broker HTTP worker).
+std::atomic<int> stop_flag{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 std::atomic<StopFunction> stop_function{nullptr};
 
 extern "C" void on_stop_signal(int) {
-  stop_flag = 1;
+  stop_flag.store(1);
   if (auto function = stop_function.load()) function();
 }
 
@@ -109,7 +115,7 @@ ExitCode exit_code_for(const outbox::Error& error) noexcept {
 }
 
 bool stop_requested() noexcept {
-  return stop_flag != 0;
+  return stop_flag.load() != 0;
 }
 
 }  // namespace cli
