@@ -149,6 +149,82 @@ Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, Bro
   return drain;
 }
 
+// "tcp://HOST:PORT" or "nats://HOST:PORT" with the other scheme.
+std::string with_scheme(const std::string& url, const std::string& scheme) {
+  auto colon = url.find("://");
+  return scheme + "://" + (colon == std::string::npos ? url : url.substr(colon + 3));
+}
+
+struct JetStreamDrain {
+  double seconds = 0;
+  std::uint64_t cuts = 0;
+  std::uint64_t published = 0;
+  std::uint64_t reordered = 0;
+  CutsResult::Cpu cpu;
+};
+
+// `data` into a fresh nats-server's stream through a proxy like the relay's.
+JetStreamDrain jetstream_through_proxy(const CutsSettings& settings, const Dataset& data,
+                                       bool cutting, std::vector<std::string>& problems) {
+  TempDir dir("outbox-bench-cuts-js");
+  JetStreamTarget target(settings.js, dir.path(), "bench.>");
+  const std::string name = cutting ? "js-proxy-cut" : "js-proxy-plain";
+  CuttingProxy proxy(settings, dir.path(), name, with_scheme(target.url(), "tcp"), cutting);
+  const auto server_cpu_before = cpu_run_ns(target.process().pid());
+  const auto proxy_cpu_before = cpu_run_ns(proxy.process().pid());
+  auto via = publish_via(settings.js, target, with_scheme(proxy.endpoint(), "nats"), data,
+                         pass_timeout(data.size()));
+  JetStreamDrain drain;
+  drain.seconds = via.seconds;
+  drain.published = via.published;
+  drain.reordered = via.reordered;
+  drain.cpu.relay_ms = via.client_cpu_ms;
+  drain.cpu.broker_ms = cpu_ms_since(target.process().pid(), server_cpu_before);
+  drain.cpu.proxy_ms = cpu_ms_since(proxy.process().pid(), proxy_cpu_before);
+  drain.cuts = proxy.stop();
+  for (const auto& problem : via.problems) {
+    problems.push_back(std::string(cutting ? "jetstream under cuts: " : "jetstream: ") + problem);
+  }
+  progress(std::string("cuts: jetstream ") + (cutting ? "under cuts " : "without cuts ") +
+           format_rate(static_cast<double>(data.size()) / drain.seconds) + " msg/s (" +
+           std::to_string(drain.seconds) + " s" +
+           (cutting ? ", " + std::to_string(drain.cuts) + " connections cut, " +
+                          std::to_string(via.reconnects) + " reconnections, " +
+                          std::to_string(via.reordered) + " stored out of key order"
+                    : std::string()) +
+           ")");
+  return drain;
+}
+
+void run_jetstream_pair(const CutsSettings& settings, const Dataset& plain, const Dataset& cut,
+                        bool cut_first, CutsResult& result) {
+  auto& js = result.jetstream;
+  js.ran = true;
+  for (int leg = 0; leg < 2; ++leg) {
+    const bool cutting = (leg == 0) == cut_first;
+    const Dataset& data = cutting ? cut : plain;
+    auto drain = jetstream_through_proxy(settings, data, cutting, result.problems);
+    if (cutting) {
+      js.cut_seconds = drain.seconds;
+      js.cut_cpu = drain.cpu;
+      js.cuts = drain.cuts;
+      js.reordered = drain.reordered;
+      if (drain.cuts > 0) {
+        js.resent_per_cut =
+            (static_cast<double>(drain.published) - static_cast<double>(data.size())) /
+            static_cast<double>(drain.cuts);
+      }
+    } else {
+      js.plain_seconds = drain.seconds;
+      js.plain_cpu = drain.cpu;
+    }
+  }
+  js.plain_msgs_per_sec = static_cast<double>(plain.size()) / js.plain_seconds;
+  js.cut_msgs_per_sec = static_cast<double>(cut.size()) / js.cut_seconds;
+  js.ratio = js.cut_msgs_per_sec / js.plain_msgs_per_sec;
+  if (js.cuts == 0) result.problems.push_back("jetstream: the proxy cut no connection");
+}
+
 }  // namespace
 
 CutsResult run_cuts(const CutsSettings& settings, const Dataset& plain, const Dataset& cut,
@@ -187,6 +263,7 @@ CutsResult run_cuts(const CutsSettings& settings, const Dataset& plain, const Da
   result.cut_msgs_per_sec = static_cast<double>(result.messages) / pair.variant_seconds;
   result.ratio = result.cut_msgs_per_sec / result.plain_msgs_per_sec;
   if (result.cuts == 0) result.problems.push_back("the proxy cut no connection");
+  if (settings.jetstream) run_jetstream_pair(settings, plain, cut, cut_first, result);
   return result;
 }
 

@@ -20,12 +20,17 @@
 #include <vector>
 
 #include "dataset.hpp"
+#include "jetstream.hpp"
 #include "outbox_e2e.hpp"
 
 namespace bench {
 
 struct CutsSettings {
   OutboxSettings outbox;  // daemons, sync level, relay batch and in-flight
+  // Also drain through the same proxy into JetStream (publish_via in
+  // jetstream.hpp), without and under cuts, with these settings.
+  bool jetstream = false;
+  JetStreamSettings js;
   std::filesystem::path proxy_binary;
   std::string cut_every = "2K-400K";
   std::uint64_t seed = 1;  // of the proxy's cuts
@@ -53,6 +58,20 @@ struct CutsResult {
     double relay_ms = 0, broker_ms = 0, proxy_ms = 0;
   };
   Cpu plain_cpu, cut_cpu;
+  // The same through the same kind of proxy into JetStream (CutsSettings::
+  // jetstream): time from the first publish to the last PubAck; resends are
+  // publishes beyond N; CPU of the publishing process (relay_ms), nats-server
+  // (broker_ms) and the proxy.
+  struct JetStream {
+    bool ran = false;
+    double plain_seconds = 0, plain_msgs_per_sec = 0;
+    double cut_seconds = 0, cut_msgs_per_sec = 0;
+    double ratio = 0;
+    std::uint64_t cuts = 0;
+    double resent_per_cut = 0;
+    std::uint64_t reordered = 0;  // under cuts: stored after a later message of their key
+    Cpu plain_cpu, cut_cpu;
+  } jetstream;
   std::vector<std::string> problems;
 };
 

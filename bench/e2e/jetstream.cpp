@@ -1,7 +1,10 @@
 #include "jetstream.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -11,6 +14,9 @@
 #include <string_view>
 #include <thread>
 #include <unordered_map>
+#include <vector>
+
+#include <time.h>
 
 #include "bench_support.hpp"
 #include "find_program.hpp"
@@ -73,6 +79,10 @@ std::uint64_t JetStreamTarget::stream_messages() {
 }
 test_support::ChildProcess& JetStreamTarget::process() {
   throw std::logic_error("no nats-server");
+}
+JetStreamViaResult publish_via(const JetStreamSettings&, JetStreamTarget&, const std::string&,
+                               const Dataset&, std::chrono::milliseconds) {
+  throw std::runtime_error("outbox-bench was built without libnats (install libnats-dev)");
 }
 
 #else
@@ -400,6 +410,228 @@ JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& 
   }
   js_guard.reset();
   server.stop();
+  return result;
+}
+
+namespace {
+
+// publish_via's state, shared with libnats's threads (the PubAck handler and
+// the reconnection callback).
+struct ViaState {
+  const std::unordered_map<std::string, std::size_t>* index_of = nullptr;
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<std::uint64_t> sequence;  // stream sequence of each message; 0: no PubAck yet
+  std::size_t acknowledged = 0;         // messages with a PubAck
+  std::vector<std::size_t> failed;      // publishes answered with an error
+  std::string first_error;
+};
+
+std::size_t index_of_msg(const ViaState& state, natsMsg* msg) {
+  const char* id = nullptr;
+  if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) != NATS_OK || id == nullptr) return SIZE_MAX;
+  auto found = state.index_of->find(id);
+  return found == state.index_of->end() ? SIZE_MAX : found->second;
+}
+
+void via_on_ack(jsCtx*, natsMsg* msg, jsPubAck* ack, jsPubAckErr* failure, void* closure) {
+  auto& state = *static_cast<ViaState*>(closure);
+  const auto index = index_of_msg(state, msg);
+  {
+    std::lock_guard lock(state.mutex);
+    if (index != SIZE_MAX && ack != nullptr) {
+      // A duplicate's PubAck carries the sequence of the copy stored first.
+      if (state.sequence[index] == 0) {
+        state.sequence[index] = ack->Sequence;
+        ++state.acknowledged;
+      }
+    } else if (index != SIZE_MAX) {
+      state.failed.push_back(index);
+      if (state.first_error.empty() && failure != nullptr) {
+        state.first_error = std::string(natsStatus_GetText(failure->Err)) +
+                            (failure->ErrText ? std::string(": ") + failure->ErrText : "");
+      }
+    }
+  }
+  state.changed.notify_all();
+  natsMsg_Destroy(msg);
+}
+
+void via_on_reconnected(natsConnection*, void* closure) {
+  auto& state = *static_cast<ViaState*>(closure);
+  { std::lock_guard lock(state.mutex); }
+  state.changed.notify_all();
+}
+
+// Reconnections of `connection` so far (read under the connection's lock, so
+// a reconnection that happened is never missed).
+std::uint64_t reconnections(natsConnection* connection, natsStatistics* statistics) {
+  std::uint64_t in_msgs = 0, in_bytes = 0, out_msgs = 0, out_bytes = 0, reconnects = 0;
+  check(natsConnection_GetStats(connection, statistics), "natsConnection_GetStats");
+  check(
+      natsStatistics_GetCounts(statistics, &in_msgs, &in_bytes, &out_msgs, &out_bytes, &reconnects),
+      "natsStatistics_GetCounts");
+  return reconnects;
+}
+
+double process_cpu_ms() {
+  timespec now{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) * 1e3 + static_cast<double>(now.tv_nsec) / 1e6;
+}
+
+}  // namespace
+
+JetStreamViaResult publish_via(const JetStreamSettings& settings, JetStreamTarget& target,
+                               const std::string& url, const Dataset& data,
+                               std::chrono::milliseconds timeout) {
+  JetStreamViaResult result;
+  const std::size_t count = data.size();
+  std::unordered_map<std::string, std::size_t> index_of;
+  index_of.reserve(count);
+  for (std::size_t i = 0; i < count; ++i) index_of.emplace(data.msg_ids[i], i);
+  ViaState state;
+  state.index_of = &index_of;
+  state.sequence.assign(count, 0);
+
+  natsOptions* raw_options = nullptr;
+  check(natsOptions_Create(&raw_options), "natsOptions_Create");
+  std::unique_ptr<natsOptions, void (*)(natsOptions*)> options(raw_options, natsOptions_Destroy);
+  check(natsOptions_SetURL(raw_options, url.c_str()), "natsOptions_SetURL");
+  check(natsOptions_SetTimeout(raw_options, 2000), "natsOptions_SetTimeout");
+  // Reconnect at once and for ever, as outbox-relay does after a cut.
+  check(natsOptions_SetMaxReconnect(raw_options, -1), "natsOptions_SetMaxReconnect");
+  check(natsOptions_SetReconnectWait(raw_options, 0), "natsOptions_SetReconnectWait");
+  check(natsOptions_SetReconnectJitter(raw_options, 0, 0), "natsOptions_SetReconnectJitter");
+  // No reconnect buffer to speak of: a publish while reconnecting fails
+  // (NATS_INSUFFICIENT_BUFFER) instead of going out ahead of what the cut lost.
+  check(natsOptions_SetReconnectBufSize(raw_options, 1), "natsOptions_SetReconnectBufSize");
+  check(natsOptions_SetReconnectedCB(raw_options, via_on_reconnected, &state),
+        "natsOptions_SetReconnectedCB");
+  natsConnection* raw_connection = nullptr;
+  check(natsConnection_Connect(&raw_connection, raw_options), "natsConnection_Connect " + url);
+  std::unique_ptr<natsConnection, void (*)(natsConnection*)> connection(raw_connection,
+                                                                        natsConnection_Destroy);
+  natsStatistics* raw_statistics = nullptr;
+  check(natsStatistics_Create(&raw_statistics), "natsStatistics_Create");
+  std::unique_ptr<natsStatistics, void (*)(natsStatistics*)> statistics(raw_statistics,
+                                                                        natsStatistics_Destroy);
+  jsOptions js_options;
+  jsOptions_Init(&js_options);
+  js_options.Wait = 10'000;
+  js_options.PublishAsync.MaxPending = static_cast<std::int64_t>(settings.max_pending);
+  js_options.PublishAsync.AckHandler = via_on_ack;
+  js_options.PublishAsync.AckHandlerClosure = &state;
+  // Short: a publish stalled behind PubAcks a cut lost must give the loop
+  // back, so that it can notice the reconnection and publish them again.
+  js_options.PublishAsync.StallWait = 5;
+  jsCtx* raw_js = nullptr;
+  check(natsConnection_JetStream(&raw_js, raw_connection, &js_options), "JetStream context");
+  std::unique_ptr<jsCtx, void (*)(jsCtx*)> js(raw_js, jsCtx_Destroy);
+
+  const auto stream_before = target.stream_messages();
+  auto publish = [&](std::size_t index) {
+    natsMsg* msg = nullptr;
+    check(natsMsg_Create(&msg, publish_subject, nullptr, data.payloads[index].data(),
+                         static_cast<int>(data.payloads[index].size())),
+          "natsMsg_Create");
+    auto status = natsMsgHeader_Set(msg, "Nats-Msg-Id", data.msg_ids[index].c_str());
+    if (status == NATS_OK) status = js_PublishMsgAsync(raw_js, &msg, nullptr);
+    natsMsg_Destroy(msg);  // still ours only when the publish failed
+    if (status == NATS_OK) ++result.published;
+    return status == NATS_OK;
+  };
+
+  const auto cpu_before = process_cpu_ms();
+  const auto started = steady_ns();
+  const auto deadline = SteadyClock::now() + timeout;
+  std::uint64_t handled_reconnects = 0;
+  std::size_t next = 0;
+  std::vector<std::size_t> again;  // to publish before anything new, in publish order
+  for (std::size_t loops = 0;; ++loops) {
+    if ((loops & 255) == 0) check_interrupted();
+    {
+      std::unique_lock lock(state.mutex);
+      if (state.acknowledged == count) break;
+      if (SteadyClock::now() >= deadline) {
+        result.problems.push_back("jetstream via " + url + ": " +
+                                  std::to_string(state.acknowledged) + " of " +
+                                  std::to_string(count) + " acknowledged within " +
+                                  std::to_string(timeout.count()) + " ms");
+        break;
+      }
+      again.insert(again.end(), state.failed.begin(), state.failed.end());
+      state.failed.clear();
+    }
+    const auto reconnects = reconnections(raw_connection, raw_statistics);
+    if (reconnects != handled_reconnects) {
+      // Whatever has no PubAck may be lost: all of it again, oldest first.
+      handled_reconnects = reconnects;
+      natsMsgList pending{};
+      if (js_PublishAsyncGetPendingList(&pending, raw_js) == NATS_OK) {
+        for (int i = 0; i < pending.Count; ++i) {
+          auto index = index_of_msg(state, pending.Msgs[i]);
+          if (index != SIZE_MAX) again.push_back(index);
+        }
+        natsMsgList_Destroy(&pending);
+      }
+    }
+    bool refused = false;
+    // Each publish only while no reconnection is unhandled: one on a new
+    // connection must not go out ahead of what the old one lost.
+    auto publish_checked = [&](std::size_t index) {
+      return reconnections(raw_connection, raw_statistics) == handled_reconnects && publish(index);
+    };
+    if (!again.empty()) {
+      std::sort(again.begin(), again.end());
+      again.erase(std::unique(again.begin(), again.end()), again.end());
+      std::size_t done = 0;
+      while (done < again.size() && publish_checked(again[done])) ++done;
+      again.erase(again.begin(), again.begin() + static_cast<std::ptrdiff_t>(done));
+      refused = !again.empty();
+    }
+    // New messages, a burst at a time, once nothing older waits.
+    for (int burst = 0; !refused && next < count && burst < 64; ++burst) {
+      if (publish_checked(next)) {
+        ++next;
+      } else {
+        refused = true;
+      }
+    }
+    if (refused && reconnections(raw_connection, raw_statistics) != handled_reconnects) continue;
+    if (refused || next == count) {
+      // Disconnected, stalled, or everything published: wait for a PubAck
+      // or the reconnection (or look again shortly).
+      std::unique_lock lock(state.mutex);
+      state.changed.wait_for(lock, refused ? 1ms : 5ms);
+    }
+  }
+  result.seconds = static_cast<double>(steady_ns() - started) / 1e9;
+  result.client_cpu_ms = process_cpu_ms() - cpu_before;
+  result.reconnects = handled_reconnects;
+
+  // Per-key order, from the stream sequences the PubAcks reported.
+  std::unordered_map<std::string_view, std::uint64_t> last_of_key;
+  for (std::size_t i = 0; i < count; ++i) {
+    auto& last = last_of_key[data.keys[i]];
+    if (state.sequence[i] != 0 && state.sequence[i] < last) {
+      ++result.reordered;
+    } else {
+      last = std::max(last, state.sequence[i]);
+    }
+  }
+  js.reset();
+  connection.reset();
+  const auto stored = target.stream_messages() - stream_before;
+  if (result.problems.empty() && stored != count) {
+    result.problems.push_back("jetstream via " + url + ": the stream gained " +
+                              std::to_string(stored) + " messages for " + std::to_string(count) +
+                              " published");
+  }
+  if (!state.first_error.empty()) {
+    progress("jetstream via " + url +
+             ": publishes answered with an error were made again; first: " + state.first_error);
+  }
   return result;
 }
 

@@ -11,6 +11,7 @@
 // and the stream must hold each message once.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -84,6 +85,37 @@ class JetStreamTarget {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// JetStream's side of `outbox-bench cuts`: publishes `data` to `target`'s
+// stream on subject "bench.drain" through `url` (nats://..., e.g. a proxy in
+// front of target.url() that cuts connections), the way an application that
+// needs what outbox-relay gives (every message stored once, in per-key order)
+// has to use libnats:
+// - asynchronous publishes with Nats-Msg-Id, at most settings.max_pending in
+//   flight; the stream's duplicate window absorbs resends;
+// - reconnect at once after a disconnect (no reconnect wait, no jitter, no
+//   limit on attempts), with no reconnect buffer: a publish while
+//   disconnected fails and is made again later, so nothing newer can overtake
+//   what was lost;
+// - after each reconnect, before anything new: every publish without a PubAck
+//   (js_PublishAsyncGetPendingList) made again in publish order.
+// Returns when every msg_id has a PubAck (or after `timeout`, with a problem).
+struct JetStreamViaResult {
+  double seconds = 0;            // first publish to the last PubAck
+  std::uint64_t published = 0;   // publish calls accepted, resends included
+  std::uint64_t reconnects = 0;  // reconnections libnats reported
+  // Messages stored after a later message of their key (from the PubAcks'
+  // stream sequences). Not a failure of the run: after a cut, what libnats
+  // still held from the old connection can reach the server ahead of what
+  // the application publishes again, so per-key order is not something this
+  // publisher can keep; the figure says how often it was lost.
+  std::uint64_t reordered = 0;
+  double client_cpu_ms = 0;  // this process (the publisher and libnats's threads)
+  std::vector<std::string> problems;
+};
+JetStreamViaResult publish_via(const JetStreamSettings& settings, JetStreamTarget& target,
+                               const std::string& url, const Dataset& data,
+                               std::chrono::milliseconds timeout);
 
 // nats_Close() once at program exit (no-op without libnats).
 void jetstream_shutdown();

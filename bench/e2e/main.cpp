@@ -72,6 +72,7 @@ struct Flags {
   std::string nats_server = "nats-server";
   std::string proxy_binary = OUTBOX_BENCH_FAULT_PROXY;
   std::string cut_every = "2K-400K";
+  bool cuts_jetstream = false;
   std::string results_dir = OUTBOX_BENCH_RESULTS_DIR;
   std::string latency_dump;
   bool latency_one_at_a_time = false;
@@ -151,6 +152,8 @@ void run_cuts_rounds(const Flags& flags, const bench::RunInfo& info, bench::Summ
   settings.outbox = outbox_settings(flags);
   settings.proxy_binary = flags.proxy_binary;
   settings.cut_every = flags.cut_every;
+  settings.jetstream = flags.cuts_jetstream;
+  settings.js = jetstream_settings(flags);
   for (int round = 1; round <= info.rounds; ++round) {
     auto base = static_cast<std::uint32_t>(round * 8);
     auto seed = flags.seed + static_cast<std::uint64_t>(round);
@@ -420,6 +423,10 @@ int main(int argc, char** argv) {
       "cuts",
       "Outbox drain with the relay-broker connection cut at random (--cut-every) next to the "
       "same drain through the same proxy without cuts; --rounds rounds, median and spread");
+  cuts->add_flag("--jetstream", flags.cuts_jetstream,
+                 "Also publish the same messages into NATS JetStream through the same kind of "
+                 "proxy, without and under cuts, reconnecting at once and publishing again in "
+                 "order whatever a cut left without a PubAck");
   auto* metrics = app.add_subcommand(
       "metrics",
       "Outbox drain with outbox-relay serving metrics (--metrics-bind, scraped every second) "

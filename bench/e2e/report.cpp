@@ -323,6 +323,56 @@ std::string with_problems(std::ostringstream& out, const Summary& summary) {
   return out.str();
 }
 
+// The median (min-max) line and the CPU line of `outbox-bench cuts`, for the
+// outbox's rounds or JetStream's (both have the fields used here); returns
+// the ratio's spread.
+template <typename Round>
+Spread cuts_summary(std::ostream& out, const std::vector<Round>& rounds, const char* processes) {
+  auto plain = spread_of(rounds, &Round::plain_msgs_per_sec);
+  auto cut = spread_of(rounds, &Round::cut_msgs_per_sec);
+  auto ratio = spread_of(rounds, &Round::ratio);
+  auto seconds = spread_of(rounds, &Round::cut_seconds);
+  auto resent = spread_of(rounds, &Round::resent_per_cut);
+  out << "\nmedian (min-max): without cuts " << thousands(plain.median) << " msg/s ("
+      << thousands(plain.low) << "-" << thousands(plain.high) << "), under cuts "
+      << thousands(cut.median) << " msg/s (" << thousands(cut.low) << "-" << thousands(cut.high)
+      << "), ratio " << fixed(ratio.median, 2) << " (" << fixed(ratio.low, 2) << "-"
+      << fixed(ratio.high, 2) << "); drain under cuts " << fixed(seconds.median, 2) << " s ("
+      << fixed(seconds.low, 2) << "-" << fixed(seconds.high, 2) << "); resent per cut "
+      << fixed(resent.median, 0) << " (" << fixed(resent.low, 0) << "-" << fixed(resent.high, 0)
+      << ")\n";
+  // CPU of each process per drain (medians), and what the cuts add per cut.
+  using Cpu = CutsResult::Cpu;
+  auto cpu_median = [&](auto value) {
+    std::vector<double> values;
+    for (const auto& round : rounds) values.push_back(value(round));
+    return fixed(median(values), 2);
+  };
+  out << "CPU ms per drain, median (" << processes << "): without cuts ";
+  const char* separator = "";
+  for (auto process : {&Cpu::relay_ms, &Cpu::broker_ms, &Cpu::proxy_ms}) {
+    out << std::exchange(separator, "/")
+        << cpu_median([&](const Round& r) { return r.plain_cpu.*process; });
+  }
+  out << ", under cuts ";
+  separator = "";
+  for (auto process : {&Cpu::relay_ms, &Cpu::broker_ms, &Cpu::proxy_ms}) {
+    out << std::exchange(separator, "/")
+        << cpu_median([&](const Round& r) { return r.cut_cpu.*process; });
+  }
+  out << "; added per cut ";
+  separator = "";
+  for (auto process : {&Cpu::relay_ms, &Cpu::broker_ms, &Cpu::proxy_ms}) {
+    out << std::exchange(separator, "/") << cpu_median([&](const Round& r) {
+      return r.cuts == 0
+                 ? 0.0
+                 : (r.cut_cpu.*process - r.plain_cpu.*process) / static_cast<double>(r.cuts);
+    });
+  }
+  out << "\n";
+  return ratio;
+}
+
 std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
   std::ostringstream out;
   const auto& rounds = summary.cuts;
@@ -343,48 +393,26 @@ std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
                   static_cast<unsigned long long>(rounds[i].backoff_ms));
     out << line;
   }
-  auto plain = spread_of(rounds, &CutsResult::plain_msgs_per_sec);
-  auto cut = spread_of(rounds, &CutsResult::cut_msgs_per_sec);
-  auto ratio = spread_of(rounds, &CutsResult::ratio);
-  auto seconds = spread_of(rounds, &CutsResult::cut_seconds);
-  auto resent = spread_of(rounds, &CutsResult::resent_per_cut);
-  out << "\nmedian (min-max): without cuts " << thousands(plain.median) << " msg/s ("
-      << thousands(plain.low) << "-" << thousands(plain.high) << "), under cuts "
-      << thousands(cut.median) << " msg/s (" << thousands(cut.low) << "-" << thousands(cut.high)
-      << "), ratio " << fixed(ratio.median, 2) << " (" << fixed(ratio.low, 2) << "-"
-      << fixed(ratio.high, 2) << "); drain under cuts " << fixed(seconds.median, 2) << " s ("
-      << fixed(seconds.low, 2) << "-" << fixed(seconds.high, 2) << "); resent per cut "
-      << fixed(resent.median, 0) << " (" << fixed(resent.low, 0) << "-" << fixed(resent.high, 0)
-      << ")\n";
-  // CPU of each process per drain (medians), and what the cuts add per cut.
-  using Cpu = CutsResult::Cpu;
-  auto cpu_median = [&](auto value) {
-    std::vector<double> values;
-    for (const auto& round : rounds) values.push_back(value(round));
-    return fixed(median(values), 2);
-  };
-  out << "CPU ms per drain, median (relay/broker/proxy): without cuts ";
-  const char* separator = "";
-  for (auto process : {&Cpu::relay_ms, &Cpu::broker_ms, &Cpu::proxy_ms}) {
-    out << std::exchange(separator, "/")
-        << cpu_median([&](const CutsResult& r) { return r.plain_cpu.*process; });
+  const auto ratio = cuts_summary(out, rounds, "relay/broker/proxy");
+  if (!rounds.empty() && rounds.front().jetstream.ran) {
+    std::vector<CutsResult::JetStream> js;
+    for (const auto& round : rounds) js.push_back(round.jetstream);
+    out << "\nNATS JetStream through the same proxy: async publish with Nats-Msg-Id, reconnecting "
+           "at once and publishing again, in order, whatever a cut left without a PubAck\n";
+    out << "round   without cuts msg/s   under cuts msg/s   ratio   connections cut   resent per "
+           "cut   out of key order\n";
+    for (std::size_t i = 0; i < js.size(); ++i) {
+      char line[200];
+      std::snprintf(line, sizeof line, "%5zu   %18s   %16s   %5.2f   %15llu   %14.0f   %16llu\n",
+                    i + 1, thousands(js[i].plain_msgs_per_sec).c_str(),
+                    thousands(js[i].cut_msgs_per_sec).c_str(), js[i].ratio,
+                    static_cast<unsigned long long>(js[i].cuts), js[i].resent_per_cut,
+                    static_cast<unsigned long long>(js[i].reordered));
+      out << line;
+    }
+    cuts_summary(out, js, "publisher/nats-server/proxy");
+    out << "\n";
   }
-  out << ", under cuts ";
-  separator = "";
-  for (auto process : {&Cpu::relay_ms, &Cpu::broker_ms, &Cpu::proxy_ms}) {
-    out << std::exchange(separator, "/")
-        << cpu_median([&](const CutsResult& r) { return r.cut_cpu.*process; });
-  }
-  out << "; added per cut ";
-  separator = "";
-  for (auto process : {&Cpu::relay_ms, &Cpu::broker_ms, &Cpu::proxy_ms}) {
-    out << std::exchange(separator, "/") << cpu_median([&](const CutsResult& r) {
-      return r.cuts == 0
-                 ? 0.0
-                 : (r.cut_cpu.*process - r.plain_cpu.*process) / static_cast<double>(r.cuts);
-    });
-  }
-  out << "\n";
   out << "target ratio >= 0.5: " << (ratio.median >= 0.5 ? "met" : "MISSED") << "\n";
   return with_problems(out, summary);
 }
@@ -407,6 +435,25 @@ Json cuts_round_json(const CutsResult& r) {
       .num("under_cuts_relay_cpu_ms", r.cut_cpu.relay_ms)
       .num("under_cuts_broker_cpu_ms", r.cut_cpu.broker_ms)
       .num("under_cuts_proxy_cpu_ms", r.cut_cpu.proxy_ms)
+      .field("jetstream",
+             r.jetstream.ran
+                 ? JsonObject()
+                       .num("without_cuts_seconds", r.jetstream.plain_seconds)
+                       .rate("without_cuts_msgs_per_sec", r.jetstream.plain_msgs_per_sec)
+                       .num("under_cuts_seconds", r.jetstream.cut_seconds)
+                       .rate("under_cuts_msgs_per_sec", r.jetstream.cut_msgs_per_sec)
+                       .num("ratio", r.jetstream.ratio)
+                       .integer("connections_cut", r.jetstream.cuts)
+                       .num("resent_per_cut", r.jetstream.resent_per_cut)
+                       .integer("stored_out_of_key_order", r.jetstream.reordered)
+                       .num("without_cuts_publisher_cpu_ms", r.jetstream.plain_cpu.relay_ms)
+                       .num("without_cuts_server_cpu_ms", r.jetstream.plain_cpu.broker_ms)
+                       .num("without_cuts_proxy_cpu_ms", r.jetstream.plain_cpu.proxy_ms)
+                       .num("under_cuts_publisher_cpu_ms", r.jetstream.cut_cpu.relay_ms)
+                       .num("under_cuts_server_cpu_ms", r.jetstream.cut_cpu.broker_ms)
+                       .num("under_cuts_proxy_cpu_ms", r.jetstream.cut_cpu.proxy_ms)
+                       .json()
+                 : Json())
       .field("problems", json_strings(r.problems))
       .json();
 }
@@ -767,9 +814,23 @@ Json json_document(const RunInfo& info, const Summary& summary) {
                              .json());
   if (!summary.cuts.empty()) {
     Json rounds = Json::array();
+    std::vector<CutsResult::JetStream> js;
     for (std::size_t i = 0; i < summary.cuts.size(); ++i) {
       rounds.push_back(cuts_round_json(summary.cuts[i]));
+      if (summary.cuts[i].jetstream.ran) js.push_back(summary.cuts[i].jetstream);
     }
+    using JetStream = CutsResult::JetStream;
+    Json jetstream =
+        js.empty()
+            ? Json()
+            : JsonObject()
+                  .field("without_cuts_msgs_per_sec",
+                         spread_json(spread_of(js, &JetStream::plain_msgs_per_sec)))
+                  .field("under_cuts_msgs_per_sec",
+                         spread_json(spread_of(js, &JetStream::cut_msgs_per_sec)))
+                  .field("ratio", spread_json(spread_of(js, &JetStream::ratio)))
+                  .field("resent_per_cut", spread_json(spread_of(js, &JetStream::resent_per_cut)))
+                  .json();
     return object.text("cut_every", info.cut_every)
         .field("without_cuts_msgs_per_sec",
                spread_json(spread_of(summary.cuts, &CutsResult::plain_msgs_per_sec)))
@@ -778,6 +839,7 @@ Json json_document(const RunInfo& info, const Summary& summary) {
         .field("ratio", spread_json(spread_of(summary.cuts, &CutsResult::ratio)))
         .field("under_cuts_seconds", spread_json(spread_of(summary.cuts, &CutsResult::cut_seconds)))
         .field("resent_per_cut", spread_json(spread_of(summary.cuts, &CutsResult::resent_per_cut)))
+        .field("jetstream", jetstream)
         .boolean("ok", summary.ok())
         .field("problems", json_strings(summary.problems))
         .field("rounds", rounds)
