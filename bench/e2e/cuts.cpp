@@ -189,7 +189,7 @@ JetStreamDrain jetstream_through_proxy(const CutsSettings& settings, const Datas
            format_rate(static_cast<double>(data.size()) / drain.seconds) + " msg/s (" +
            std::to_string(drain.seconds) + " s" +
            (cutting ? ", " + std::to_string(drain.cuts) + " connections cut, " +
-                          std::to_string(via.reconnects) + " reconnections, " +
+                          std::to_string(via.reconnects) + " new connections, " +
                           std::to_string(via.reordered) + " stored out of key order"
                     : std::string()) +
            ")");

@@ -416,27 +416,25 @@ JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& 
 namespace {
 
 // publish_via's state, shared with libnats's threads (the PubAck handler and
-// the reconnection callback).
+// the connection's closed callback).
 struct ViaState {
   const std::unordered_map<std::string, std::size_t>* index_of = nullptr;
   std::mutex mutex;
   std::condition_variable changed;
   std::vector<std::uint64_t> sequence;  // stream sequence of each message; 0: no PubAck yet
   std::size_t acknowledged = 0;         // messages with a PubAck
-  std::vector<std::size_t> failed;      // publishes answered with an error
+  std::size_t failed = 0;               // publishes answered with an error
   std::string first_error;
 };
 
-std::size_t index_of_msg(const ViaState& state, natsMsg* msg) {
-  const char* id = nullptr;
-  if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) != NATS_OK || id == nullptr) return SIZE_MAX;
-  auto found = state.index_of->find(id);
-  return found == state.index_of->end() ? SIZE_MAX : found->second;
-}
-
 void via_on_ack(jsCtx*, natsMsg* msg, jsPubAck* ack, jsPubAckErr* failure, void* closure) {
   auto& state = *static_cast<ViaState*>(closure);
-  const auto index = index_of_msg(state, msg);
+  std::size_t index = SIZE_MAX;
+  const char* id = nullptr;
+  if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != nullptr) {
+    auto found = state.index_of->find(id);
+    if (found != state.index_of->end()) index = found->second;
+  }
   {
     std::lock_guard lock(state.mutex);
     if (index != SIZE_MAX && ack != nullptr) {
@@ -445,8 +443,8 @@ void via_on_ack(jsCtx*, natsMsg* msg, jsPubAck* ack, jsPubAckErr* failure, void*
         state.sequence[index] = ack->Sequence;
         ++state.acknowledged;
       }
-    } else if (index != SIZE_MAX) {
-      state.failed.push_back(index);
+    } else if (ack == nullptr) {
+      ++state.failed;
       if (state.first_error.empty() && failure != nullptr) {
         state.first_error = std::string(natsStatus_GetText(failure->Err)) +
                             (failure->ErrText ? std::string(": ") + failure->ErrText : "");
@@ -457,21 +455,10 @@ void via_on_ack(jsCtx*, natsMsg* msg, jsPubAck* ack, jsPubAckErr* failure, void*
   natsMsg_Destroy(msg);
 }
 
-void via_on_reconnected(natsConnection*, void* closure) {
+void via_on_closed(natsConnection*, void* closure) {
   auto& state = *static_cast<ViaState*>(closure);
   { std::lock_guard lock(state.mutex); }
   state.changed.notify_all();
-}
-
-// Reconnections of `connection` so far (read under the connection's lock, so
-// a reconnection that happened is never missed).
-std::uint64_t reconnections(natsConnection* connection, natsStatistics* statistics) {
-  std::uint64_t in_msgs = 0, in_bytes = 0, out_msgs = 0, out_bytes = 0, reconnects = 0;
-  check(natsConnection_GetStats(connection, statistics), "natsConnection_GetStats");
-  check(
-      natsStatistics_GetCounts(statistics, &in_msgs, &in_bytes, &out_msgs, &out_bytes, &reconnects),
-      "natsStatistics_GetCounts");
-  return reconnects;
 }
 
 double process_cpu_ms() {
@@ -479,6 +466,51 @@ double process_cpu_ms() {
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
   return static_cast<double>(now.tv_sec) * 1e3 + static_cast<double>(now.tv_nsec) / 1e6;
 }
+
+// One NATS connection without automatic reconnection, and its JetStream
+// context: a lost connection closes it, and publish_via opens the next.
+class ViaLink {
+ public:
+  ViaLink(const std::string& url, const JetStreamSettings& settings, ViaState& state) {
+    natsOptions* options = nullptr;
+    check(natsOptions_Create(&options), "natsOptions_Create");
+    std::unique_ptr<natsOptions, void (*)(natsOptions*)> guard(options, natsOptions_Destroy);
+    check(natsOptions_SetURL(options, url.c_str()), "natsOptions_SetURL");
+    check(natsOptions_SetTimeout(options, 2000), "natsOptions_SetTimeout");
+    check(natsOptions_SetAllowReconnect(options, false), "natsOptions_SetAllowReconnect");
+    check(natsOptions_SetClosedCB(options, via_on_closed, &state), "natsOptions_SetClosedCB");
+    status_ = natsConnection_Connect(&connection_, options);
+    if (status_ != NATS_OK) return;
+    jsOptions js_options;
+    jsOptions_Init(&js_options);
+    js_options.Wait = 10'000;
+    js_options.PublishAsync.MaxPending = static_cast<std::int64_t>(settings.max_pending);
+    js_options.PublishAsync.AckHandler = via_on_ack;
+    js_options.PublishAsync.AckHandlerClosure = &state;
+    // Short: a publish stalled behind PubAcks that a cut lost must give the
+    // loop back, so that it can see the connection closed.
+    js_options.PublishAsync.StallWait = 5;
+    status_ = natsConnection_JetStream(&js_, connection_, &js_options);
+  }
+  ~ViaLink() {
+    if (js_ != nullptr) jsCtx_Destroy(js_);
+    if (connection_ != nullptr) natsConnection_Destroy(connection_);
+  }
+  ViaLink(const ViaLink&) = delete;
+  ViaLink& operator=(const ViaLink&) = delete;
+
+  bool open() const { return status_ == NATS_OK && !natsConnection_IsClosed(connection_); }
+  void close() {
+    if (connection_ != nullptr) natsConnection_Close(connection_);
+  }
+  natsStatus status() const { return status_; }
+  jsCtx* js() const { return js_; }
+
+ private:
+  natsConnection* connection_ = nullptr;
+  jsCtx* js_ = nullptr;
+  natsStatus status_ = NATS_OK;
+};
 
 }  // namespace
 
@@ -493,123 +525,88 @@ JetStreamViaResult publish_via(const JetStreamSettings& settings, JetStreamTarge
   ViaState state;
   state.index_of = &index_of;
   state.sequence.assign(count, 0);
-
-  natsOptions* raw_options = nullptr;
-  check(natsOptions_Create(&raw_options), "natsOptions_Create");
-  std::unique_ptr<natsOptions, void (*)(natsOptions*)> options(raw_options, natsOptions_Destroy);
-  check(natsOptions_SetURL(raw_options, url.c_str()), "natsOptions_SetURL");
-  check(natsOptions_SetTimeout(raw_options, 2000), "natsOptions_SetTimeout");
-  // Reconnect at once and for ever, as outbox-relay does after a cut.
-  check(natsOptions_SetMaxReconnect(raw_options, -1), "natsOptions_SetMaxReconnect");
-  check(natsOptions_SetReconnectWait(raw_options, 0), "natsOptions_SetReconnectWait");
-  check(natsOptions_SetReconnectJitter(raw_options, 0, 0), "natsOptions_SetReconnectJitter");
-  // No reconnect buffer to speak of: a publish while reconnecting fails
-  // (NATS_INSUFFICIENT_BUFFER) instead of going out ahead of what the cut lost.
-  check(natsOptions_SetReconnectBufSize(raw_options, 1), "natsOptions_SetReconnectBufSize");
-  check(natsOptions_SetReconnectedCB(raw_options, via_on_reconnected, &state),
-        "natsOptions_SetReconnectedCB");
-  natsConnection* raw_connection = nullptr;
-  check(natsConnection_Connect(&raw_connection, raw_options), "natsConnection_Connect " + url);
-  std::unique_ptr<natsConnection, void (*)(natsConnection*)> connection(raw_connection,
-                                                                        natsConnection_Destroy);
-  natsStatistics* raw_statistics = nullptr;
-  check(natsStatistics_Create(&raw_statistics), "natsStatistics_Create");
-  std::unique_ptr<natsStatistics, void (*)(natsStatistics*)> statistics(raw_statistics,
-                                                                        natsStatistics_Destroy);
-  jsOptions js_options;
-  jsOptions_Init(&js_options);
-  js_options.Wait = 10'000;
-  js_options.PublishAsync.MaxPending = static_cast<std::int64_t>(settings.max_pending);
-  js_options.PublishAsync.AckHandler = via_on_ack;
-  js_options.PublishAsync.AckHandlerClosure = &state;
-  // Short: a publish stalled behind PubAcks a cut lost must give the loop
-  // back, so that it can notice the reconnection and publish them again.
-  js_options.PublishAsync.StallWait = 5;
-  jsCtx* raw_js = nullptr;
-  check(natsConnection_JetStream(&raw_js, raw_connection, &js_options), "JetStream context");
-  std::unique_ptr<jsCtx, void (*)(jsCtx*)> js(raw_js, jsCtx_Destroy);
-
   const auto stream_before = target.stream_messages();
-  auto publish = [&](std::size_t index) {
-    natsMsg* msg = nullptr;
-    check(natsMsg_Create(&msg, publish_subject, nullptr, data.payloads[index].data(),
-                         static_cast<int>(data.payloads[index].size())),
-          "natsMsg_Create");
-    auto status = natsMsgHeader_Set(msg, "Nats-Msg-Id", data.msg_ids[index].c_str());
-    if (status == NATS_OK) status = js_PublishMsgAsync(raw_js, &msg, nullptr);
-    natsMsg_Destroy(msg);  // still ours only when the publish failed
-    if (status == NATS_OK) ++result.published;
-    return status == NATS_OK;
-  };
 
   const auto cpu_before = process_cpu_ms();
   const auto started = steady_ns();
   const auto deadline = SteadyClock::now() + timeout;
-  std::uint64_t handled_reconnects = 0;
-  std::size_t next = 0;
-  std::vector<std::size_t> again;  // to publish before anything new, in publish order
+  auto link = std::make_unique<ViaLink>(url, settings, state);
+  std::size_t next = 0;           // the first message never published
+  std::size_t first_unacked = 0;  // no message before it lacks a PubAck
+  bool timed_out = false;
+  std::size_t failed_seen = 0;
   for (std::size_t loops = 0;; ++loops) {
     if ((loops & 255) == 0) check_interrupted();
-    {
-      std::unique_lock lock(state.mutex);
-      if (state.acknowledged == count) break;
-      if (SteadyClock::now() >= deadline) {
-        result.problems.push_back("jetstream via " + url + ": " +
-                                  std::to_string(state.acknowledged) + " of " +
-                                  std::to_string(count) + " acknowledged within " +
-                                  std::to_string(timeout.count()) + " ms");
-        break;
-      }
-      again.insert(again.end(), state.failed.begin(), state.failed.end());
-      state.failed.clear();
+    if (SteadyClock::now() >= deadline) {
+      timed_out = true;
+      break;
     }
-    const auto reconnects = reconnections(raw_connection, raw_statistics);
-    if (reconnects != handled_reconnects) {
-      // Whatever has no PubAck may be lost: all of it again, oldest first.
-      handled_reconnects = reconnects;
-      natsMsgList pending{};
-      if (js_PublishAsyncGetPendingList(&pending, raw_js) == NATS_OK) {
-        for (int i = 0; i < pending.Count; ++i) {
-          auto index = index_of_msg(state, pending.Msgs[i]);
-          if (index != SIZE_MAX) again.push_back(index);
-        }
-        natsMsgList_Destroy(&pending);
+    {
+      // A publish answered with an error: as after a cut, so that its resend
+      // cannot land behind later messages.
+      std::lock_guard lock(state.mutex);
+      if (state.failed != failed_seen) {
+        failed_seen = state.failed;
+        link->close();
       }
+    }
+    if (!link->open()) {
+      // A new connection, then everything without a PubAck again, oldest
+      // first, before anything new: nothing of the old connection is left to
+      // overtake it.
+      link.reset();
+      link = std::make_unique<ViaLink>(url, settings, state);
+      ++result.reconnects;
+      if (!link->open()) continue;  // cut in its handshake: at once again
+      std::lock_guard lock(state.mutex);
+      while (first_unacked < next && state.sequence[first_unacked] != 0) ++first_unacked;
+      next = first_unacked;
+    }
+    {
+      std::lock_guard lock(state.mutex);
+      if (state.acknowledged == count) break;
     }
     bool refused = false;
-    // Each publish only while no reconnection is unhandled: one on a new
-    // connection must not go out ahead of what the old one lost.
-    auto publish_checked = [&](std::size_t index) {
-      return reconnections(raw_connection, raw_statistics) == handled_reconnects && publish(index);
-    };
-    if (!again.empty()) {
-      std::sort(again.begin(), again.end());
-      again.erase(std::unique(again.begin(), again.end()), again.end());
-      std::size_t done = 0;
-      while (done < again.size() && publish_checked(again[done])) ++done;
-      again.erase(again.begin(), again.begin() + static_cast<std::ptrdiff_t>(done));
-      refused = !again.empty();
-    }
-    // New messages, a burst at a time, once nothing older waits.
-    for (int burst = 0; !refused && next < count && burst < 64; ++burst) {
-      if (publish_checked(next)) {
-        ++next;
-      } else {
-        refused = true;
+    for (int burst = 0; next < count && burst < 64; ++burst) {
+      std::uint64_t sequence = 0;
+      {
+        std::lock_guard lock(state.mutex);
+        sequence = state.sequence[next];
       }
+      if (sequence != 0) {  // acknowledged before the cut: not again
+        ++next;
+        continue;
+      }
+      natsMsg* msg = nullptr;
+      check(natsMsg_Create(&msg, publish_subject, nullptr, data.payloads[next].data(),
+                           static_cast<int>(data.payloads[next].size())),
+            "natsMsg_Create");
+      auto status = natsMsgHeader_Set(msg, "Nats-Msg-Id", data.msg_ids[next].c_str());
+      if (status == NATS_OK) status = js_PublishMsgAsync(link->js(), &msg, nullptr);
+      natsMsg_Destroy(msg);  // still ours only when the publish failed
+      if (status != NATS_OK) {
+        refused = true;  // stalled behind MaxPending, or the connection is gone
+        break;
+      }
+      ++result.published;
+      ++next;
     }
-    if (refused && reconnections(raw_connection, raw_statistics) != handled_reconnects) continue;
     if (refused || next == count) {
-      // Disconnected, stalled, or everything published: wait for a PubAck
-      // or the reconnection (or look again shortly).
+      // Stalled, disconnected or everything published: wait for a PubAck or
+      // the connection's end (or look again shortly).
       std::unique_lock lock(state.mutex);
-      state.changed.wait_for(lock, refused ? 1ms : 5ms);
+      if (state.acknowledged != count) state.changed.wait_for(lock, refused ? 1ms : 5ms);
     }
   }
   result.seconds = static_cast<double>(steady_ns() - started) / 1e9;
   result.client_cpu_ms = process_cpu_ms() - cpu_before;
-  result.reconnects = handled_reconnects;
-
+  link.reset();
+  std::lock_guard lock(state.mutex);
+  if (timed_out) {
+    result.problems.push_back("jetstream via " + url + ": " + std::to_string(state.acknowledged) +
+                              " of " + std::to_string(count) + " acknowledged within " +
+                              std::to_string(timeout.count()) + " ms");
+  }
   // Per-key order, from the stream sequences the PubAcks reported.
   std::unordered_map<std::string_view, std::uint64_t> last_of_key;
   for (std::size_t i = 0; i < count; ++i) {
@@ -620,17 +617,20 @@ JetStreamViaResult publish_via(const JetStreamSettings& settings, JetStreamTarge
       last = std::max(last, state.sequence[i]);
     }
   }
-  js.reset();
-  connection.reset();
+  if (result.reordered != 0) {
+    result.problems.push_back("jetstream via " + url + ": " + std::to_string(result.reordered) +
+                              " messages stored after a later message of their key");
+  }
   const auto stored = target.stream_messages() - stream_before;
-  if (result.problems.empty() && stored != count) {
+  if (!timed_out && stored != count) {
     result.problems.push_back("jetstream via " + url + ": the stream gained " +
                               std::to_string(stored) + " messages for " + std::to_string(count) +
                               " published");
   }
-  if (!state.first_error.empty()) {
-    progress("jetstream via " + url +
-             ": publishes answered with an error were made again; first: " + state.first_error);
+  if (state.failed != 0) {
+    progress("jetstream via " + url + ": " + std::to_string(state.failed) +
+             " publishes answered with an error (made again on a new connection); first: " +
+             state.first_error);
   }
   return result;
 }

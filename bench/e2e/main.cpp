@@ -425,8 +425,8 @@ int main(int argc, char** argv) {
       "same drain through the same proxy without cuts; --rounds rounds, median and spread");
   cuts->add_flag("--jetstream", flags.cuts_jetstream,
                  "Also publish the same messages into NATS JetStream through the same kind of "
-                 "proxy, without and under cuts, reconnecting at once and publishing again in "
-                 "order whatever a cut left without a PubAck");
+                 "proxy, without and under cuts; after a cut a new NATS connection at once and "
+                 "everything without a PubAck published again, in order");
   auto* metrics = app.add_subcommand(
       "metrics",
       "Outbox drain with outbox-relay serving metrics (--metrics-bind, scraped every second) "

@@ -397,8 +397,9 @@ std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
   if (!rounds.empty() && rounds.front().jetstream.ran) {
     std::vector<CutsResult::JetStream> js;
     for (const auto& round : rounds) js.push_back(round.jetstream);
-    out << "\nNATS JetStream through the same proxy: async publish with Nats-Msg-Id, reconnecting "
-           "at once and publishing again, in order, whatever a cut left without a PubAck\n";
+    out << "\nNATS JetStream through the same proxy: async publish with Nats-Msg-Id; after a "
+           "cut a new connection at once and everything without a PubAck published again, in "
+           "order\n";
     out << "round   without cuts msg/s   under cuts msg/s   ratio   connections cut   resent per "
            "cut   out of key order\n";
     for (std::size_t i = 0; i < js.size(); ++i) {
