@@ -39,6 +39,7 @@ double median(std::vector<double> values) {
 template <typename Result, typename Field>
 double median_of(const std::vector<Result>& results, Field field) {
   std::vector<double> values;
+  values.reserve(results.size());
   for (const auto& result : results) values.push_back(result.*field);
   return median(values);
 }
@@ -292,6 +293,7 @@ double quantile(const std::vector<double>& sorted, double fraction) {
 template <typename Result, typename Field>
 Spread spread_of(const std::vector<Result>& results, Field field) {
   std::vector<double> values;
+  values.reserve(results.size());
   for (const auto& result : results) values.push_back(result.*field);
   Spread spread;
   if (values.empty()) return spread;
@@ -345,6 +347,7 @@ Spread cuts_summary(std::ostream& out, const std::vector<Round>& rounds, const c
   using Cpu = CutsResult::Cpu;
   auto cpu_median = [&](auto value) {
     std::vector<double> values;
+    values.reserve(rounds.size());
     for (const auto& round : rounds) values.push_back(value(round));
     return fixed(median(values), 2);
   };
@@ -396,6 +399,7 @@ std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
   const auto ratio = cuts_summary(out, rounds, "relay/broker/proxy");
   if (!rounds.empty() && rounds.front().jetstream.ran) {
     std::vector<CutsResult::JetStream> js;
+    js.reserve(rounds.size());
     for (const auto& round : rounds) js.push_back(round.jetstream);
     out << "\nNATS JetStream through the same proxy: async publish with Nats-Msg-Id; after a "
            "cut a new connection at once and everything without a PubAck published again, in "
@@ -538,7 +542,8 @@ std::string tenants_text_report(const RunInfo& info, const Summary& summary) {
   const auto& rounds = summary.tenants_drain;
   if (!rounds.empty()) {
     out << "\ndrain: " << rounds.front().databases << " databases x "
-        << thousands(static_cast<double>(rounds.front().messages / rounds.front().databases))
+        << thousands(static_cast<double>(rounds.front().messages) /
+                     static_cast<double>(rounds.front().databases))
         << " messages against 1 database x "
         << thousands(static_cast<double>(rounds.front().messages)) << "; " << rounds.size()
         << " rounds\n";
