@@ -1,6 +1,8 @@
 // The broker under peers that do not play along: replies held in bytes per
 // connection, requests of a peer over its cap held back (then dropped), and
 // offsets that cannot skip messages.
+#include <thread>
+
 #include <catch2/catch.hpp>
 
 #include "broker_process.hpp"
@@ -95,6 +97,60 @@ TEST_CASE("a peer that does not read its FETCH replies is held at its outgoing c
       },
       30s));
   CHECK(answered >= 1024);
+  CHECK(broker.stop().code == 0);
+}
+
+// libzmq 4.3 aborts the whole process (Assertion failed: !_io_error,
+// stream_engine_base.cpp) when a connection whose input was stopped by a full
+// receive queue ends, and a ZMTP PING it had read before is processed once the
+// queue has room. With one message per connection, a relay's heartbeats and a
+// broker loop stalled past the relay's heartbeat timeout (a slow disk, a paused
+// process) were enough; so was any peer asking for it on purpose.
+TEST_CASE("a connection ending while the broker is stalled cannot abort it",
+          "[broker][bounds][cuts]") {
+  test_support::TempDir dir("broker-stall");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  zmq::context_t context(1);
+  zmq::socket_t peer(context, zmq::socket_type::dealer);
+  peer.set(zmq::sockopt::linger, 0);
+  peer.set(zmq::sockopt::heartbeat_ivl, 20);
+  peer.set(zmq::sockopt::heartbeat_timeout, 1000);
+  REQUIRE(zmq_socket_monitor(peer.handle(), "inproc://stalled-broker-peer",
+                             ZMQ_EVENT_DISCONNECTED) == 0);
+  zmq::socket_t events(context, zmq::socket_type::pair);
+  events.set(zmq::sockopt::rcvtimeo, 20'000);
+  events.connect("inproc://stalled-broker-peer");
+  peer.connect(broker.endpoint());
+  peer.set(zmq::sockopt::rcvtimeo, 20'000);
+  REQUIRE(wire::send_message(peer, wire::Hello{"stall", 0, "", 0, 0}));
+  auto welcome = wire::receive_message(peer, zmq::recv_flags::none,
+                                       broker::ClientOptions::client_limits());
+  REQUIRE(welcome.has_value());
+  REQUIRE(welcome->ok());
+  const auto session = std::get<wire::Welcome>(welcome->value()).session_id;
+
+  // Small batches sent while the broker is stopped wait in its socket with
+  // the peer's PINGs between them, as a relay forwarding a trickle sends them;
+  // unanswered, the peer gives the connection up. The pauses only shape the
+  // stream (a PING between batches); nothing waits on them.
+  broker.process().signal(SIGSTOP);
+  for (std::uint64_t batch = 1; batch <= 24; ++batch) {
+    REQUIRE(wire::send_message(
+        peer, wire::Publish{session, batch, {message("stall-" + std::to_string(batch), "x")}}));
+    std::this_thread::sleep_for(25ms);
+  }
+  zmq::message_t event;
+  const bool disconnected = events.recv(event).has_value();
+  broker.process().signal(SIGCONT);
+  REQUIRE(disconnected);
+  peer.close();
+
+  // The broker reads what waited, finds the connection gone, and goes on.
+  broker::Client client(broker.endpoint());
+  auto pong = client.ping(20s);
+  INFO(broker.process().stderr_text());
+  CHECK(pong.ok());
+  CHECK(broker.process().running());
   CHECK(broker.stop().code == 0);
 }
 

@@ -25,8 +25,9 @@
 //   is readable), counted in `malformed`, and never stops the loop. A field
 //   above its limit in a well-formed PUBLISH is REJECTED for that message only.
 //
-// Memory is bounded in bytes: ZeroMQ holds one whole incoming message per
-// connection (receive_high_water_mark × limits.max_body_bytes); the replies
+// Memory is bounded in bytes: ZeroMQ holds what a connection sent while the
+// loop was committing (receive_high_water_mark below says why that is not one
+// message); the replies
 // held for a connection are counted until ZeroMQ has written them, and a
 // connection at max_outgoing_bytes gets no more work until it reads (its
 // requests wait within max_parked_requests / max_parked_bytes, then are
@@ -85,11 +86,17 @@ struct ServerOptions {
   // more waiting input goes into the next one.
   std::size_t max_commit_messages = 50'000;
   std::size_t max_commit_bytes = std::size_t{32} << 20;
-  // Per-connection ZeroMQ queues, in messages. ZeroMQ holds up to
-  // receive_high_water_mark whole incoming messages per connection, so its
-  // memory for a connection is up to that many times limits.max_body_bytes;
-  // the default keeps it to one frame.
-  int receive_high_water_mark = 1;
+  // Per-connection ZeroMQ queues, in messages (0: no limit). Incoming: no
+  // limit by default, because libzmq 4.3 aborts the process (Assertion failed:
+  // !_io_error, stream_engine_base.cpp) when a connection whose input a full
+  // queue had stopped ends and a ZMTP PING it had already read is handled
+  // afterwards: a broker loop stalled past a relay's heartbeat timeout (a slow
+  // disk, a paused process) with one message queued per connection was enough,
+  // and so is a peer doing it on purpose. What ZeroMQ holds for a connection
+  // is then what the peer sent while the loop was busy: a relay has at most
+  // its window unacknowledged (8 MiB by default), and the loop reads on
+  // between group commits (see "Memory is bounded" above).
+  int receive_high_water_mark = 0;
   int send_high_water_mark = 1024;
   // Bytes of replies the broker holds for one connection (in ZeroMQ and its
   // own queue). A peer at this cap gets no more work until it reads: its
@@ -119,9 +126,8 @@ struct ServerOptions {
 
   static wire::Limits default_limits() {
     wire::Limits limits;
-    // 32 MiB frames: with one whole frame queued per connection (the receive
-    // high-water mark), four publishers sending the largest batches cost
-    // 128 MiB in ZeroMQ next to the page cache.
+    // 32 MiB frames: four publishers each with one of the largest batches
+    // unacknowledged cost 128 MiB in ZeroMQ next to the page cache.
     limits.max_body_bytes = std::size_t{32} << 20;
     limits.max_payload_bytes = std::size_t{32} << 20;
     limits.max_batch_messages = 100'000;
