@@ -77,5 +77,6 @@ int main(int argc, char** argv) {
   }
 
   cli::install_stop_handlers(&broker::commands::stop_running_server);
+  cli::raise_descriptor_limit();
   return run_command(line);
 }

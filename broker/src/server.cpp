@@ -40,6 +40,13 @@ Server::Impl::Impl(Store& store, ServerOptions options)
   router_.set(zmq::sockopt::rcvhwm, options_.receive_high_water_mark);
   router_.set(zmq::sockopt::sndhwm, options_.send_high_water_mark);
   router_.set(zmq::sockopt::linger, 0);
+  if (options_.peer_heartbeat_interval.count() > 0) {
+    router_.set(zmq::sockopt::heartbeat_ivl,
+                static_cast<int>(options_.peer_heartbeat_interval.count()));
+    router_.set(zmq::sockopt::heartbeat_timeout,
+                static_cast<int>(options_.peer_heartbeat_timeout.count()));
+  }
+  router_.set(zmq::sockopt::handshake_ivl, static_cast<int>(options_.handshake_timeout.count()));
   // A frame above the largest body we decode (plus slack for the other
   // frames) disconnects the peer inside ZeroMQ before it costs memory.
   router_.set(zmq::sockopt::maxmsgsize,

@@ -343,6 +343,7 @@ void stop_running_relay() noexcept {
 
 int run(const RunSettings& settings) {
   cli::install_stop_handlers(&stop_running_relay);  // also when flags came before `run`
+  cli::raise_descriptor_limit();
   check_combinations(settings);
   std::shared_ptr<spdlog::logger> logger;
   try {

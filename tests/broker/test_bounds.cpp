@@ -1,6 +1,12 @@
 // The broker under peers that do not play along: replies held in bytes per
 // connection, requests of a peer over its cap held back (then dropped), and
 // offsets that cannot skip messages.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -123,8 +129,8 @@ TEST_CASE("a connection ending while the broker is stalled cannot abort it",
   peer.connect(broker.endpoint());
   peer.set(zmq::sockopt::rcvtimeo, 20'000);
   REQUIRE(wire::send_message(peer, wire::Hello{"stall", 0, "", 0, 0}));
-  auto welcome = wire::receive_message(peer, zmq::recv_flags::none,
-                                       broker::ClientOptions::client_limits());
+  auto welcome =
+      wire::receive_message(peer, zmq::recv_flags::none, broker::ClientOptions::client_limits());
   REQUIRE(welcome.has_value());
   REQUIRE(welcome->ok());
   const auto session = std::get<wire::Welcome>(welcome->value()).session_id;
@@ -151,6 +157,81 @@ TEST_CASE("a connection ending while the broker is stalled cannot abort it",
   INFO(broker.process().stderr_text());
   CHECK(pong.ok());
   CHECK(broker.process().running());
+  CHECK(broker.stop().code == 0);
+}
+
+namespace {
+
+// Sockets the process has open (Linux /proc: descriptors linked to
+// "socket:[inode]"; its files and ZeroMQ's eventfds do not count).
+std::size_t open_sockets(pid_t pid) {
+  std::size_t count = 0;
+  std::error_code error;
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", error)) {
+    auto target = std::filesystem::read_symlink(entry.path(), error);
+    if (!error && target.string().rfind("socket:", 0) == 0) ++count;
+  }
+  return count;
+}
+
+// A TCP connection to `endpoint` (tcp://127.0.0.1:PORT) that, with
+// `handshake`, goes through the ZMTP 3.0 NULL handshake as a DEALER and sends
+// the first frame of a message announcing more; then it says nothing.
+int silent_peer(const std::string& endpoint, bool handshake) {
+  const auto port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+  if (!handshake) return fd;
+  std::string greeting(64, '\0');
+  greeting[0] = '\xff';
+  greeting[9] = '\x7f';
+  greeting[10] = 3;  // ZMTP 3.0
+  greeting.replace(12, 4, "NULL");
+  REQUIRE(::write(fd, greeting.data(), greeting.size()) == 64);
+  char answer[64];
+  std::size_t got = 0;
+  while (got < sizeof answer) {
+    auto n = ::read(fd, answer + got, sizeof answer - got);
+    REQUIRE(n > 0);
+    got += static_cast<std::size_t>(n);
+  }
+  const std::string body =
+      std::string("\x05READY\x0bSocket-Type") + std::string("\0\0\0\x06", 4) + "DEALER";
+  std::string frames = std::string("\x04") + static_cast<char>(body.size()) + body;
+  frames += std::string("\x01\x04OBX\x02", 6);  // a first frame, "more" set, and no second
+  REQUIRE(::write(fd, frames.data(), frames.size()) == static_cast<ssize_t>(frames.size()));
+  return fd;
+}
+
+}  // namespace
+
+// A peer that connected and went silent, with or without finishing its ZMTP
+// handshake, was kept for good: a thousand of them took every descriptor of a
+// broker under the usual limit of 1,024 and locked everyone else out.
+TEST_CASE("peers that connect and go silent are dropped instead of kept for good",
+          "[broker][bounds]") {
+  test_support::TempDir dir("broker-silent-peers");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  REQUIRE(connect(broker.endpoint())->ping(20s).ok());
+  const pid_t pid = broker.process().pid();
+  const auto before = open_sockets(pid);
+  std::vector<int> peers;
+  for (int i = 0; i < 16; ++i) peers.push_back(silent_peer(broker.endpoint(), i % 2 == 0));
+  CHECK(test_support::wait_until([&] { return open_sockets(pid) >= before + 16; }, 20s));
+  // Those with a handshake answer no PING (dropped after the 6 s heartbeat
+  // timeout), the others never finish it (dropped after 10 s).
+  const bool dropped =
+      test_support::wait_until([&] { return open_sockets(pid) <= before; }, 60s, 100ms);
+  INFO("sockets: " << before << " before, " << open_sockets(pid) << " now");
+  CHECK(dropped);
+  CHECK(connect(broker.endpoint())->ping(20s).ok());
+  for (int fd : peers) ::close(fd);
   CHECK(broker.stop().code == 0);
 }
 

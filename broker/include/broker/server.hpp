@@ -115,6 +115,15 @@ struct ServerOptions {
   std::chrono::milliseconds maintenance_interval{1000};
   // On stop: how long to keep flushing acknowledgements to peers.
   std::chrono::milliseconds shutdown_linger{5000};
+  // A connected peer that answers no ZMTP PING for peer_heartbeat_timeout
+  // (one is sent every peer_heartbeat_interval; every ZeroMQ library answers
+  // by itself, however busy its program) is dropped, and so is one that has
+  // not finished its ZMTP handshake after handshake_timeout: a peer that
+  // connected and went silent (half a message sent, a host gone) no longer
+  // holds a descriptor for good. 0 turns each off.
+  std::chrono::milliseconds peer_heartbeat_interval{2000};
+  std::chrono::milliseconds peer_heartbeat_timeout{6000};
+  std::chrono::milliseconds handshake_timeout{10'000};
   std::optional<CurveServerConfig> curve;
   std::shared_ptr<spdlog::logger> logger;  // null: a null sink
   // The id of the first session, then one more per HELLO. 0 (the default): taken

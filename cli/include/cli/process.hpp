@@ -56,4 +56,11 @@ using StopFunction = void (*)() noexcept;
 void install_stop_handlers(StopFunction on_stop = nullptr);
 bool stop_requested() noexcept;
 
+// Raises the soft limit on open descriptors to the hard limit (a daemon holds
+// one per peer connection and per database; the usual soft limit is 1,024,
+// and libzmq spins in accept() at the limit). Returns the soft limit now in
+// force (-1: unlimited or unreadable); never throws, and a limit that cannot
+// be raised stays as it was.
+long raise_descriptor_limit() noexcept;
+
 }  // namespace cli
