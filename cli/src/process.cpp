@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include <spdlog/formatter.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -66,7 +67,66 @@ class JsonFormatter final : public spdlog::formatter {
   }
 };
 
+// %* in the text log's pattern: the message through log_text_escape.
+class EscapedMessage final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& record, const std::tm&,
+              spdlog::memory_buf_t& out) override {
+    auto text = log_text_escape(std::string_view(record.payload.data(), record.payload.size()));
+    out.append(text.data(), text.data() + text.size());
+  }
+  std::unique_ptr<spdlog::custom_flag_formatter> clone() const override {
+    return std::make_unique<EscapedMessage>();
+  }
+};
+
+// Length of the UTF-8 sequence starting at text[at], or 0 when none does.
+std::size_t utf8_sequence(std::string_view text, std::size_t at) {
+  const auto lead = static_cast<unsigned char>(text[at]);
+  std::size_t length = 0;
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+  } else {
+    return 0;
+  }
+  if (at + length > text.size()) return 0;
+  for (std::size_t i = 1; i < length; ++i) {
+    if ((static_cast<unsigned char>(text[at + i]) & 0xC0) != 0x80) return 0;
+  }
+  return length;
+}
+
 }  // namespace
+
+std::string log_text_escape(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t at = 0; at < text.size();) {
+    const auto byte = static_cast<unsigned char>(text[at]);
+    if ((byte >= 0x20 && byte < 0x7F) || byte == '\t') {
+      out += static_cast<char>(byte);
+      ++at;
+      continue;
+    }
+    if (byte >= 0x80) {
+      if (auto length = utf8_sequence(text, at); length > 0) {
+        out.append(text.substr(at, length));
+        at += length;
+        continue;
+      }
+    }
+    static constexpr char kHex[] = "0123456789abcdef";
+    out += "\\x";
+    out += kHex[byte >> 4];
+    out += kHex[byte & 0x0F];
+    ++at;
+  }
+  return out;
+}
 
 std::shared_ptr<spdlog::logger> make_stderr_logger(const std::string& name,
                                                    const std::string& level,
@@ -85,7 +145,9 @@ std::shared_ptr<spdlog::logger> make_stderr_logger(const std::string& name,
   if (format == "json") {
     logger->set_formatter(std::make_unique<JsonFormatter>());
   } else {
-    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+    auto formatter = std::make_unique<spdlog::pattern_formatter>();
+    formatter->add_flag<EscapedMessage>('*').set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %*");
+    logger->set_formatter(std::move(formatter));
   }
   logger->set_level(parsed);
   logger->flush_on(spdlog::level::info);

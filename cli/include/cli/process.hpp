@@ -6,6 +6,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include <spdlog/logger.h>
 
@@ -49,6 +50,12 @@ class UsageError : public std::runtime_error {
 std::shared_ptr<spdlog::logger> make_stderr_logger(const std::string& name,
                                                    const std::string& level,
                                                    const std::string& format = "text");
+
+// A record's message as the text log writes it: control bytes (a newline,
+// a carriage return, an escape sequence, NUL...) and bytes that are not UTF-8
+// become "\xNN", so that text from a peer or a database (a topic, a reason)
+// can neither end a line nor forge the next one. Tabs and UTF-8 stay as they are.
+std::string log_text_escape(std::string_view text);
 
 // Installs SIGINT/SIGTERM handlers that set stop_requested() and call `on_stop`
 // (which must be async-signal-safe, e.g. an atomic store). Once per process.
