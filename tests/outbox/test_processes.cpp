@@ -118,7 +118,7 @@ TEST_CASE("2,000 producers killed with SIGKILL in a row never lock anyone out of
   // 2,000 producers: more than the 1,024 worker ids, so the run fails unless a killed
   // holder's id comes back. The sanitizer trees start 250 (test_support::scaled): each
   // producer runs the same lease, commit and kill as in the plain tree, whose run
-  // is the one that exhausts the ids (tests/sanitizers/README.md).
+  // is the one that would run out of ids without reuse (tests/sanitizers/README.md).
   const int total = test_support::scaled(2000, 250);
   constexpr int parallel = 8;
   std::set<std::string> msg_ids;
