@@ -43,14 +43,11 @@ outbox_stage_plain() {
   ctest --test-dir "$OUTBOX_ROOT/build" --output-on-failure --parallel "$(outbox_jobs)" "$@"
 }
 
-# Formatting and clang-tidy over the project's own sources (tidy reads build/'s
-# compile database, so the plain build comes first).
+# Formatting and clang-tidy over the project's own sources (tidy configures its own
+# tree of unity batches, build/tidy-unity, and builds nothing: see scripts/check-tidy).
 outbox_stage_static() {
   local status=0
   bash "$OUTBOX_ROOT/scripts/check-format" || status=$?
-  if [ ! -f "$OUTBOX_ROOT/build/compile_commands.json" ]; then
-    outbox_build "$OUTBOX_ROOT/build" RelWithDebInfo -DOUTBOX_WARNINGS_AS_ERRORS=ON || return $?
-  fi
   local tidy_status=0
   bash "$OUTBOX_ROOT/scripts/check-tidy" "$OUTBOX_ROOT/build" || tidy_status=$?
   [ $status -ne 0 ] || status=$tidy_status
@@ -59,11 +56,12 @@ outbox_stage_static() {
 
 # outbox_static_start: runs the static stage in the background at the lowest CPU
 # priority (nice 19), its output in build/static-stage.log; outbox_static_finish
-# waits for it. clang-tidy is minutes of CPU that need nothing but build/'s compile
-# database, and the suites leave part of the cores idle (their tests wait on
-# daemons, sockets and child processes): in the background it takes that idle time
-# during the plain, fuzz and sanitizer stages instead of minutes of its own, and at
-# nice 19 it takes next to nothing from a build or a test that wants the core.
+# waits for it. clang-tidy is minutes of CPU that need no build (it configures
+# trees of its own, scripts/check-tidy), and the suites leave part of the cores idle
+# (their tests wait on daemons, sockets and child processes): in the background it
+# takes that idle time during the plain, fuzz and sanitizer stages instead of
+# minutes of its own, and at nice 19 it takes next to nothing from a build or a test
+# that wants the core.
 # Sets OUTBOX_STATIC_PID. The job runs in a process group of its own (set -m), so
 # that outbox_static_stop can end it and its clang-tidy processes, and a Ctrl-C
 # reaches scripts/test, whose exit trap does that.
