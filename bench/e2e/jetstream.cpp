@@ -152,6 +152,21 @@ void on_ack(jsCtx*, natsMsg* msg, jsPubAck* ack, jsPubAckErr* failure, void* clo
   natsMsg_Destroy(msg);
 }
 
+// Options of an asynchronous publisher: at most settings.max_pending in
+// flight, PubAcks to `handler`, a publish stalled at that maximum waiting up
+// to `stall_wait_ms`.
+jsOptions async_publish_options(const JetStreamSettings& settings, jsPubAckHandler handler,
+                                void* closure, std::int64_t stall_wait_ms) {
+  jsOptions options;
+  jsOptions_Init(&options);
+  options.Wait = 10'000;
+  options.PublishAsync.MaxPending = static_cast<std::int64_t>(settings.max_pending);
+  options.PublishAsync.AckHandler = handler;
+  options.PublishAsync.AckHandlerClosure = closure;
+  options.PublishAsync.StallWait = stall_wait_ms;
+  return options;
+}
+
 class NatsServer {
  public:
   NatsServer(const JetStreamSettings& settings, const fs::path& dir) {
@@ -293,13 +308,7 @@ JetStreamResult run_jetstream(const JetStreamSettings& settings, const Dataset& 
            dir.path().string());
 
   AckState state;
-  jsOptions js_options;
-  jsOptions_Init(&js_options);
-  js_options.Wait = 10'000;
-  js_options.PublishAsync.MaxPending = static_cast<std::int64_t>(settings.max_pending);
-  js_options.PublishAsync.AckHandler = on_ack;
-  js_options.PublishAsync.AckHandlerClosure = &state;
-  js_options.PublishAsync.StallWait = 10'000;
+  auto js_options = async_publish_options(settings, on_ack, &state, 10'000);
   jsCtx* js = nullptr;
   check(natsConnection_JetStream(&js, server.connection(), &js_options), "JetStream context");
   std::unique_ptr<jsCtx, void (*)(jsCtx*)> js_guard(js, jsCtx_Destroy);
@@ -481,15 +490,9 @@ class ViaLink {
     check(natsOptions_SetClosedCB(options, via_on_closed, &state), "natsOptions_SetClosedCB");
     status_ = natsConnection_Connect(&connection_, options);
     if (status_ != NATS_OK) return;
-    jsOptions js_options;
-    jsOptions_Init(&js_options);
-    js_options.Wait = 10'000;
-    js_options.PublishAsync.MaxPending = static_cast<std::int64_t>(settings.max_pending);
-    js_options.PublishAsync.AckHandler = via_on_ack;
-    js_options.PublishAsync.AckHandlerClosure = &state;
-    // Short: a publish stalled behind PubAcks that a cut lost must give the
-    // loop back, so that it can see the connection closed.
-    js_options.PublishAsync.StallWait = 5;
+    // A short stall: a publish stalled behind PubAcks that a cut lost must
+    // give the loop back, so that it can see the connection closed.
+    auto js_options = async_publish_options(settings, via_on_ack, &state, 5);
     status_ = natsConnection_JetStream(&js_, connection_, &js_options);
   }
   ~ViaLink() {

@@ -422,9 +422,21 @@ std::string cuts_text_report(const RunInfo& info, const Summary& summary) {
   return with_problems(out, summary);
 }
 
+// The CPU figures of a cuts round, named "<when>_<process>_cpu_ms".
+JsonObject& cpu_json(JsonObject& object, const CutsResult::Cpu& plain, const CutsResult::Cpu& cut,
+                     const char* relay, const char* broker) {
+  for (const auto& [when, cpu] :
+       {std::pair{"without_cuts", &plain}, std::pair{"under_cuts", &cut}}) {
+    object.num(std::string(when) + "_" + relay + "_cpu_ms", cpu->relay_ms)
+        .num(std::string(when) + "_" + broker + "_cpu_ms", cpu->broker_ms)
+        .num(std::string(when) + "_proxy_cpu_ms", cpu->proxy_ms);
+  }
+  return object;
+}
+
 Json cuts_round_json(const CutsResult& r) {
-  return JsonObject()
-      .integer("messages", r.messages)
+  JsonObject round;
+  round.integer("messages", r.messages)
       .num("without_cuts_seconds", r.plain_seconds)
       .rate("without_cuts_msgs_per_sec", r.plain_msgs_per_sec)
       .num("under_cuts_seconds", r.cut_seconds)
@@ -433,34 +445,23 @@ Json cuts_round_json(const CutsResult& r) {
       .integer("connections_cut", r.cuts)
       .num("resent_per_cut", r.resent_per_cut)
       .integer("backoffs", r.backoffs)
-      .integer("backoff_ms", r.backoff_ms)
-      .num("without_cuts_relay_cpu_ms", r.plain_cpu.relay_ms)
-      .num("without_cuts_broker_cpu_ms", r.plain_cpu.broker_ms)
-      .num("without_cuts_proxy_cpu_ms", r.plain_cpu.proxy_ms)
-      .num("under_cuts_relay_cpu_ms", r.cut_cpu.relay_ms)
-      .num("under_cuts_broker_cpu_ms", r.cut_cpu.broker_ms)
-      .num("under_cuts_proxy_cpu_ms", r.cut_cpu.proxy_ms)
-      .field("jetstream",
-             r.jetstream.ran
-                 ? JsonObject()
-                       .num("without_cuts_seconds", r.jetstream.plain_seconds)
-                       .rate("without_cuts_msgs_per_sec", r.jetstream.plain_msgs_per_sec)
-                       .num("under_cuts_seconds", r.jetstream.cut_seconds)
-                       .rate("under_cuts_msgs_per_sec", r.jetstream.cut_msgs_per_sec)
-                       .num("ratio", r.jetstream.ratio)
-                       .integer("connections_cut", r.jetstream.cuts)
-                       .num("resent_per_cut", r.jetstream.resent_per_cut)
-                       .integer("stored_out_of_key_order", r.jetstream.reordered)
-                       .num("without_cuts_publisher_cpu_ms", r.jetstream.plain_cpu.relay_ms)
-                       .num("without_cuts_server_cpu_ms", r.jetstream.plain_cpu.broker_ms)
-                       .num("without_cuts_proxy_cpu_ms", r.jetstream.plain_cpu.proxy_ms)
-                       .num("under_cuts_publisher_cpu_ms", r.jetstream.cut_cpu.relay_ms)
-                       .num("under_cuts_server_cpu_ms", r.jetstream.cut_cpu.broker_ms)
-                       .num("under_cuts_proxy_cpu_ms", r.jetstream.cut_cpu.proxy_ms)
-                       .json()
-                 : Json())
-      .field("problems", json_strings(r.problems))
-      .json();
+      .integer("backoff_ms", r.backoff_ms);
+  cpu_json(round, r.plain_cpu, r.cut_cpu, "relay", "broker");
+  Json jetstream;
+  if (r.jetstream.ran) {
+    const auto& js = r.jetstream;
+    JsonObject object;
+    object.num("without_cuts_seconds", js.plain_seconds)
+        .rate("without_cuts_msgs_per_sec", js.plain_msgs_per_sec)
+        .num("under_cuts_seconds", js.cut_seconds)
+        .rate("under_cuts_msgs_per_sec", js.cut_msgs_per_sec)
+        .num("ratio", js.ratio)
+        .integer("connections_cut", js.cuts)
+        .num("resent_per_cut", js.resent_per_cut)
+        .integer("stored_out_of_key_order", js.reordered);
+    jetstream = cpu_json(object, js.plain_cpu, js.cut_cpu, "publisher", "server").json();
+  }
+  return round.field("jetstream", jetstream).field("problems", json_strings(r.problems)).json();
 }
 
 std::string overhead_text_report(const RunInfo& info, const Summary& summary) {
