@@ -60,9 +60,13 @@ MetricsServer::MetricsServer(const std::string& bind, const metrics::Registry& r
   auto parsed = parse_bind_address(bind);
   if (!parsed) throw std::runtime_error("metrics address '" + bind + "' is not HOST:PORT");
   auto& server = impl_->server;
-  // Two workers: scrapes are small and rare; a client that floods the port
-  // waits in the listen queue rather than costing threads.
-  server.new_task_queue = [] { return new httplib::ThreadPool(2); };
+  // A connection holds a worker until its request is read or the read
+  // timeout passes: with two workers, two clients that never finished a
+  // request held /healthz back for 5 s at a time (an orchestrator's probe
+  // would restart a healthy daemon). Eight idle threads cost little; a
+  // client that opens more connections than that waits in the listen queue
+  // rather than costing threads.
+  server.new_task_queue = [] { return new httplib::ThreadPool(8); };
   // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, with which a
   // second daemon given the same address would share the port and split the
   // scrapes between them instead of failing to start.

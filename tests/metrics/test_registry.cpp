@@ -1,6 +1,12 @@
 // The metrics registry's text format, the readiness rules of the relay and
 // the --metrics-bind parser, without daemons.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -170,4 +176,48 @@ TEST_CASE("a metrics server destroyed right after it started stops at once") {
     std::_Exit(1);  // the hung thread cannot be joined
   }
   CHECK(stopped.load() == kServers);
+}
+
+namespace {
+
+// A TCP connection to `address` (127.0.0.1:PORT) that sends the start of a
+// request and nothing more, as a slow or stuck client does.
+int half_request(const std::string& address) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in peer{};
+  peer.sin_family = AF_INET;
+  peer.sin_port =
+      htons(static_cast<std::uint16_t>(std::stoi(address.substr(address.rfind(':') + 1))));
+  peer.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&peer), sizeof peer) == 0);
+  const std::string start = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n";
+  REQUIRE(::write(fd, start.data(), start.size()) == static_cast<ssize_t>(start.size()));
+  return fd;
+}
+
+// Whether the server still holds the connection open (nothing to read yet).
+bool still_open(int fd) {
+  char byte = 0;
+  return ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) < 0 &&
+         (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+}  // namespace
+
+// Each connection takes one of the server's workers until its request is read
+// or the read timeout (5 s) passes. With two workers, two clients that never
+// finish a request held /healthz back for 5 s at a time, long enough for an
+// orchestrator's probe to restart a healthy daemon.
+TEST_CASE("a few clients that never finish a request do not hold /healthz back") {
+  metrics::Registry registry;
+  cli::MetricsServer server("127.0.0.1:0", registry, [] { return cli::Readiness{true, ""}; });
+  std::vector<int> stuck;
+  for (int i = 0; i < 4; ++i) stuck.push_back(half_request(server.address()));
+  auto reply = metrics_test::http_get(server.address(), "/healthz");
+  CHECK(reply.status == 200);
+  // Answered while every stuck client still held its connection, so not by
+  // waiting for one of them to time out.
+  for (int fd : stuck) CHECK(still_open(fd));
+  for (int fd : stuck) ::close(fd);
 }
