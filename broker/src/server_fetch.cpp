@@ -36,8 +36,12 @@ void Server::Impl::on_message(const std::string& routing_id, wire::Fetch& fetch)
       fetch.max_bytes == 0 ? options_.max_fetch_bytes
                            : std::min<std::size_t>(fetch.max_bytes, options_.max_fetch_bytes));
   fetch.wait_ms = std::min(fetch.wait_ms, options_.max_fetch_wait_ms);
+  // At either maximum the FETCH is answered at once, as if its wait had
+  // passed: one connection cannot take every place and turn the others'
+  // long-polls into busy polling.
   if (fetch.wait_ms == 0 || store_.last_offset(fetch.topic) >= fetch.from_offset ||
-      waiting_.size() >= options_.max_waiting_fetches) {
+      waiting_.size() >= options_.max_waiting_fetches ||
+      waiting_.waiting_of(routing_id) >= options_.max_waiting_fetches_per_connection) {
     return answer_fetch(routing_id, fetch);
   }
   waiting_.park(detail::WaitingFetch{

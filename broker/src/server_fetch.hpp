@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -23,7 +24,10 @@ struct WaitingFetch {
 
 class LongPoll {
  public:
-  void park(WaitingFetch fetch) { waiting_.push_back(std::move(fetch)); }
+  void park(WaitingFetch fetch) {
+    ++per_connection_[fetch.routing_id];
+    waiting_.push_back(std::move(fetch));
+  }
 
   // Takes out the waiting fetches `due` says are, keeping the others in order.
   template <typename Due>
@@ -33,7 +37,17 @@ class LongPoll {
     std::vector<WaitingFetch> taken;
     for (auto& entry : waiting_) (due(entry) ? taken : still).push_back(std::move(entry));
     waiting_ = std::move(still);
+    for (const auto& entry : taken) {
+      auto found = per_connection_.find(entry.routing_id);
+      if (found != per_connection_.end() && --found->second == 0) per_connection_.erase(found);
+    }
     return taken;
+  }
+
+  // Fetches waiting for the connection `routing_id`.
+  std::size_t waiting_of(const std::string& routing_id) const {
+    auto found = per_connection_.find(routing_id);
+    return found == per_connection_.end() ? 0 : found->second;
   }
 
   // The earlier of `deadline` and every waiting fetch's.
@@ -48,6 +62,7 @@ class LongPoll {
 
  private:
   std::vector<WaitingFetch> waiting_;
+  std::unordered_map<std::string, std::size_t> per_connection_;
 };
 
 }  // namespace broker::detail

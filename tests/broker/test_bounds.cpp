@@ -235,6 +235,52 @@ TEST_CASE("peers that connect and go silent are dropped instead of kept for good
   CHECK(broker.stop().code == 0);
 }
 
+// The long-poll places (10,000) were shared by all: one connection could
+// take every one, and every other consumer's FETCH was then answered at once,
+// empty, which turns its long-poll into busy polling.
+TEST_CASE("one connection cannot take every waiting FETCH place", "[broker][bounds]") {
+  test_support::TempDir dir("broker-waiting-fetches");
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  zmq::context_t context(1);
+  zmq::socket_t greedy(context, zmq::socket_type::dealer);
+  greedy.set(zmq::sockopt::linger, 0);
+  greedy.set(zmq::sockopt::rcvtimeo, 20'000);
+  greedy.connect(broker.endpoint());
+  constexpr std::uint64_t kFetches = 150;
+  for (std::uint64_t id = 1; id <= kFetches; ++id) {
+    REQUIRE(wire::send_message(greedy, wire::Fetch{id, "quiet", "", 1, false, 0, 0, 60'000}));
+  }
+  // Past its 100 places the connection's FETCHes are answered at once, empty.
+  for (std::uint64_t answered = 0; answered < kFetches - 100; ++answered) {
+    auto reply = wire::receive_message(greedy, zmq::recv_flags::none,
+                                       broker::ClientOptions::client_limits());
+    REQUIRE(reply.has_value());
+    REQUIRE(reply->ok());
+    auto* page = std::get_if<wire::Messages>(&reply->value());
+    REQUIRE(page != nullptr);
+    CHECK(page->messages.empty());
+    CHECK(page->request_id > 100);
+  }
+  broker::Client observer(broker.endpoint());
+  CHECK(counter(stats_of(observer), "waiting_fetches") == 100);
+  // Another consumer's long-poll still waits, and is answered by a message.
+  broker::Client consumer(broker.endpoint());
+  std::optional<wire::Result<wire::Messages>> page;
+  std::thread waiting([&] {
+    page = consumer.fetch(wire::Fetch{0, "other", "", 1, false, 0, 0, 30'000}, 60s);
+  });
+  CHECK(test_support::wait_until(
+      [&] { return counter(stats_of(observer), "waiting_fetches") == 101; }, 20s));
+  auto producer = connect(broker.endpoint());
+  std::vector<wire::OutgoingMessage> batch{message("other-1", "x", "other")};
+  CHECK(producer->publish(1, batch, 20s).ok());
+  waiting.join();
+  REQUIRE(page.has_value());
+  REQUIRE(page->ok());
+  CHECK(page->value().messages.size() == 1);
+  CHECK(broker.stop().code == 0);
+}
+
 TEST_CASE("a publisher that does not read its acks gets no more work done") {
   test_support::TempDir dir("broker-bounds");
   BrokerProcess broker(dir.path(), dir / "broker.db", {"--max-outgoing-bytes", "1m"});

@@ -108,6 +108,9 @@ struct ServerOptions {
   std::size_t max_parked_bytes = std::size_t{1} << 20;
   std::size_t max_sessions = 10'000;  // least recently active evicted beyond it
   std::size_t max_waiting_fetches = 10'000;
+  // Of those, one connection's at most (a consumer has one FETCH waiting per
+  // topic it reads); a FETCH past either maximum is answered at once.
+  std::size_t max_waiting_fetches_per_connection = 100;
   std::uint32_t default_fetch_messages = 1000;
   std::uint32_t max_fetch_messages = 10'000;
   std::size_t max_fetch_bytes = std::size_t{8} << 20;
