@@ -118,13 +118,16 @@ struct ServerOptions {
   std::chrono::milliseconds maintenance_interval{1000};
   // On stop: how long to keep flushing acknowledgements to peers.
   std::chrono::milliseconds shutdown_linger{5000};
-  // A connected peer that answers no ZMTP PING for peer_heartbeat_timeout
-  // (one is sent every peer_heartbeat_interval; every ZeroMQ library answers
-  // by itself, however busy its program) is dropped, and so is one that has
-  // not finished its ZMTP handshake after handshake_timeout: a peer that
-  // connected and went silent (half a message sent, a host gone) no longer
-  // holds a descriptor for good. 0 turns each off.
-  std::chrono::milliseconds peer_heartbeat_interval{2000};
+  // A peer that has not finished its ZMTP handshake after handshake_timeout
+  // is dropped: one that connected and never spoke no longer holds a
+  // descriptor for good. With peer_heartbeat_interval set, the broker also
+  // sends every connection a ZMTP PING that often and drops one that answers
+  // none for peer_heartbeat_timeout. Off by default: a peer that does not
+  // read its replies cannot answer a PING either (its ZeroMQ stops reading
+  // with its queue full), so it would be dropped instead of held back, and a
+  // broker slower than that timeout (a sanitizer build) dropped a publisher
+  // whose batches it had not yet applied. 0 turns each off.
+  std::chrono::milliseconds peer_heartbeat_interval{0};
   std::chrono::milliseconds peer_heartbeat_timeout{6000};
   std::chrono::milliseconds handshake_timeout{10'000};
   std::optional<CurveServerConfig> curve;
