@@ -3,9 +3,7 @@
 #include <cstdint>
 
 namespace cli {
-namespace {
 
-// The length of the valid UTF-8 sequence at `at`, or 0 when it is not one.
 std::size_t utf8_sequence_length(std::string_view bytes, std::size_t at) {
   auto byte = [&](std::size_t k) { return static_cast<unsigned char>(bytes[at + k]); };
   auto c = byte(0);
@@ -33,8 +31,6 @@ std::size_t utf8_sequence_length(std::string_view bytes, std::size_t at) {
   }
   return length;
 }
-
-}  // namespace
 
 std::string to_valid_utf8(std::string_view text) {
   if (is_valid_utf8(text)) return std::string(text);

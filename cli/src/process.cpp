@@ -80,26 +80,6 @@ class EscapedMessage final : public spdlog::custom_flag_formatter {
   }
 };
 
-// Length of the UTF-8 sequence starting at text[at], or 0 when none does.
-std::size_t utf8_sequence(std::string_view text, std::size_t at) {
-  const auto lead = static_cast<unsigned char>(text[at]);
-  std::size_t length = 0;
-  if (lead >= 0xC2 && lead <= 0xDF) {
-    length = 2;
-  } else if (lead >= 0xE0 && lead <= 0xEF) {
-    length = 3;
-  } else if (lead >= 0xF0 && lead <= 0xF4) {
-    length = 4;
-  } else {
-    return 0;
-  }
-  if (at + length > text.size()) return 0;
-  for (std::size_t i = 1; i < length; ++i) {
-    if ((static_cast<unsigned char>(text[at + i]) & 0xC0) != 0x80) return 0;
-  }
-  return length;
-}
-
 }  // namespace
 
 std::string log_text_escape(std::string_view text) {
@@ -113,7 +93,7 @@ std::string log_text_escape(std::string_view text) {
       continue;
     }
     if (byte >= 0x80) {
-      if (auto length = utf8_sequence(text, at); length > 0) {
+      if (auto length = utf8_sequence_length(text, at); length > 0) {
         out.append(text.substr(at, length));
         at += length;
         continue;

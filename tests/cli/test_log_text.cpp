@@ -16,5 +16,6 @@ TEST_CASE("the text log shows control bytes and bytes that are not UTF-8 as hex 
   CHECK(cli::log_text_escape("t\xff\"}") == "t\\xff\"}");
   CHECK(cli::log_text_escape("cut \xe6\x9d") == "cut \\xe6\\x9d");
   CHECK(cli::log_text_escape("\xc0\xaf") == "\\xc0\\xaf");
+  CHECK(cli::log_text_escape("\xed\xa0\x80") == "\\xed\\xa0\\x80");  // a surrogate
   CHECK(cli::log_text_escape("") == "");
 }

@@ -6,6 +6,7 @@
 // Pure functions; safe from any thread.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -26,6 +27,9 @@ std::string json_escape(std::string_view text);
 std::string base64_encode(std::string_view bytes);
 // Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF.
 bool is_valid_utf8(std::string_view bytes);
+// The length of the valid (strict) UTF-8 sequence at bytes[at] (1 for ASCII),
+// or 0 when none starts there. `at` must be below bytes.size().
+std::size_t utf8_sequence_length(std::string_view bytes, std::size_t at);
 // True when the bytes are valid UTF-8 without control characters other than
 // tab, newline and carriage return: such payloads print as JSON strings.
 bool is_printable_text(std::string_view bytes);

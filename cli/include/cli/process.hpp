@@ -53,8 +53,8 @@ std::shared_ptr<spdlog::logger> make_stderr_logger(const std::string& name,
 
 // A record's message as the text log writes it: control bytes (a newline,
 // a carriage return, an escape sequence, NUL...) and bytes that are not UTF-8
-// become "\xNN", so that text from a peer or a database (a topic, a reason)
-// can neither end a line nor forge the next one. Tabs and UTF-8 stay as they are.
+// (strict, as cli::is_valid_utf8) become "\xNN", so that text from a peer or a database (a topic, a
+// reason) can neither end a line nor forge the next one. Tabs and UTF-8 stay as they are.
 std::string log_text_escape(std::string_view text);
 
 // Installs SIGINT/SIGTERM handlers that set stop_requested() and call `on_stop`
