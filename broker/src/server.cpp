@@ -85,7 +85,8 @@ void Server::Impl::reply(const std::string& routing_id, const wire::AnyMessage& 
 // answered, this peer's batches in the group commit being collected are
 // committed and acknowledged (and what they stored is visible to its FETCH).
 void Server::Impl::commit_before_reply(const std::string& routing_id) {
-  if (detail::Peer* peer = peers_.find(routing_id); peer != nullptr && peer->pending_batches > 0) {
+  if (detail::Peer* peer = peers_.find(routing_id);
+      peer != nullptr && (peer->pending_batches > 0 || peer->pending_hellos > 0)) {
     commit_pending();
   }
 }
@@ -161,7 +162,7 @@ bool Server::Impl::has_room(detail::Peer& peer) {
 bool Server::Impl::read_round() {
   bool any = false;
   while (round_.incoming.size() < options_.max_commit_messages &&
-         round_.bytes < options_.max_commit_bytes) {
+         round_.bytes < options_.max_commit_bytes && round_.hellos.size() < kMaxDeferredHellos) {
     std::optional<wire::Received> received;
     try {
       received = wire::receive_frames(router_, zmq::recv_flags::dontwait, kMaxReceivedFrames);
@@ -272,8 +273,9 @@ void Server::Impl::dispatch(const std::string& routing_id,
       break;
   }
   // Arrival order: this peer's earlier batches are acknowledged first (and
-  // what they stored is visible to its FETCH).
-  commit_before_reply(routing_id);
+  // what they stored is visible to its FETCH). A HELLO sees to it itself: one
+  // that raises an epoch joins the group commit after those batches.
+  if (*command != wire::Command::hello) commit_before_reply(routing_id);
   auto decoded = wire::decode_body(*command, views[2], options_.limits);
   if (!decoded) {
     return malformed(routing_id, wire::peek_request_id(*command, views[2]), decoded.error());

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -55,6 +56,10 @@ class Server::Impl {
     std::vector<std::uint32_t> slots;
     std::unique_ptr<wire::Received> frames;  // the views in `incoming` point into these
   };
+  struct DeferredHello {
+    std::string routing_id;
+    wire::Hello hello;
+  };
   struct Round {
     std::vector<PendingBatch> pending;
     std::vector<IncomingMessage> incoming;
@@ -62,6 +67,10 @@ class Server::Impl {
     std::vector<std::string_view> violations;  // REJECTED reasons of the batches in `pending`
     std::size_t bytes = 0;                     // PUBLISH bodies read
     std::vector<std::string> touched_topics;   // stored to by the last commit
+    // HELLOs that raise their origin's lease epoch: the epochs are written
+    // in one transaction before the batches, and answered after it.
+    std::vector<DeferredHello> hellos;
+    std::map<std::string, std::uint64_t, std::less<>> hello_epochs;  // highest per origin
   };
 
   // ---- server.cpp: input and the loop ----
@@ -95,6 +104,11 @@ class Server::Impl {
   void on_message(const std::string& routing_id, wire::Resume& resume);
   static std::string stale_epoch_text(const std::string& origin, std::uint64_t epoch,
                                       std::uint64_t highest);
+  // The ERROR for a HELLO under a stale epoch (logged and counted).
+  wire::ErrorReply refuse_stale_hello(const wire::Hello& hello, std::uint64_t highest);
+  // Opens the session a HELLO asks for and returns its WELCOME.
+  wire::Welcome open_session(const std::string& routing_id, const wire::Hello& hello);
+  void settle_hellos();
 
   // ---- server_publish.cpp ----
   void handle_publish(const std::string& routing_id, std::unique_ptr<wire::Received> received);
@@ -118,6 +132,8 @@ class Server::Impl {
   void on_message(const std::string& routing_id, wire::StatsRequest& request);
   void refresh_metrics(detail::SteadyClock::time_point now);
 
+  // HELLOs waiting for their epoch write end a round of reads at this many.
+  static constexpr std::size_t kMaxDeferredHellos = 1024;
   static constexpr std::uint32_t kBlocked = 0xffffffffu;
   // Slots from here on index Round::violations (messages refused while decoding).
   static constexpr std::uint32_t kRejectedSlotBase = 0x80000000u;

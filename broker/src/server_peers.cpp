@@ -196,7 +196,7 @@ void Peers::sweep() {
   for (auto it = peers_.begin(); it != peers_.end();) {
     const Peer& peer = it->second;
     if (peer.backlog.empty() && peer.parked.empty() && peer.pending_batches == 0 &&
-        peer.account->bytes.load(std::memory_order_acquire) == 0) {
+        peer.pending_hellos == 0 && peer.account->bytes.load(std::memory_order_acquire) == 0) {
       it = peers_.erase(it);
     } else {
       ++it;

@@ -54,6 +54,7 @@ struct Peer {
   std::deque<std::unique_ptr<wire::Received>> parked;
   std::size_t parked_bytes = 0;
   std::size_t pending_batches = 0;      // its batches in the group commit being collected
+  std::size_t pending_hellos = 0;       // its HELLOs waiting for that commit's epoch write
   std::size_t pending_reply_bytes = 0;  // what their ACKs may take (an upper estimate)
   bool dropping = false;                // its requests are being dropped (logged once)
 };

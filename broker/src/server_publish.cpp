@@ -25,6 +25,12 @@ void Server::Impl::handle_publish(const std::string& routing_id,
     return malformed(routing_id, wire::peek_request_id(wire::Command::publish, views[2]),
                      view.error());
   }
+  // HELLOs of this connection before it (waiting for their epoch write) may
+  // end or open sessions: they take effect first.
+  if (const detail::Peer* peer = peers_.find(routing_id);
+      peer != nullptr && peer->pending_hellos > 0) {
+    commit_pending();
+  }
   detail::Session* session = sessions_.find(routing_id, view->session_id);
   if (session == nullptr) {
     ++counters_.refused_batches;
@@ -32,7 +38,7 @@ void Server::Impl::handle_publish(const std::string& routing_id,
         routing_id, view->batch_id, wire::ErrorCode::no_session,
         "no session " + std::to_string(view->session_id) + " on this connection; send HELLO");
   }
-  session->last_active = detail::SteadyClock::now();
+  sessions_.touch(*session);
   if (!admit(routing_id, *session, view->batch_id)) return;
   session->has_batch = true;
   session->last_batch_id = view->batch_id;
@@ -78,6 +84,11 @@ bool Server::Impl::admit(const std::string& routing_id, detail::Session& session
     std::uint64_t highest = 0;
     try {
       highest = store_.origin_epoch(session.origin);
+      // A HELLO of a newer relay waiting for this round's commit counts.
+      if (auto deferred = round_.hello_epochs.find(session.origin);
+          deferred != round_.hello_epochs.end()) {
+        highest = std::max(highest, deferred->second);
+      }
     } catch (const std::exception& error) {
       session.failed = true;
       ++counters_.storage_failures;
@@ -125,6 +136,7 @@ bool Server::Impl::admit(const std::string& routing_id, detail::Session& session
 }
 
 void Server::Impl::commit_pending() {
+  settle_hellos();
   if (round_.pending.empty()) return;
   for (const auto& batch : round_.pending) {
     if (detail::Peer* peer = peers_.find(batch.routing_id);

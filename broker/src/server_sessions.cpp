@@ -39,6 +39,7 @@ void Sessions::erase(std::uint64_t id) {
   auto found = sessions_.find(id);
   if (found == sessions_.end()) return;
   retained_ack_bytes_ -= found->second.retained_ack_bytes;
+  recency_.erase(found->second.recency);
   auto forget = [id](auto& index, const std::string& key) {
     auto entry = index.find(key);
     if (entry == index.end()) return;
@@ -79,12 +80,17 @@ void Sessions::end_older(const std::string& origin, std::uint64_t epoch) {
 }
 
 void Sessions::end_replaced(const std::string& routing_id, const wire::Hello& hello) {
-  auto peer = peer_sessions_.find(routing_id);
-  if (peer == peer_sessions_.end()) return;
   std::vector<std::uint64_t> replaced;
-  for (auto id : peer->second) {
-    if ((hello.flags & wire::kHelloOneOfSeveral) == 0 || sessions_.at(id).origin == hello.origin) {
-      replaced.push_back(id);
+  if ((hello.flags & wire::kHelloOneOfSeveral) == 0) {
+    auto peer = peer_sessions_.find(routing_id);
+    if (peer == peer_sessions_.end()) return;
+    replaced = peer->second;
+  } else {
+    // Through the origin's few sessions, not the connection's many.
+    auto origin = origin_sessions_.find(hello.origin);
+    if (origin == origin_sessions_.end()) return;
+    for (auto id : origin->second) {
+      if (sessions_.at(id).routing_id == routing_id) replaced.push_back(id);
     }
   }
   for (auto id : replaced) erase(id);
@@ -92,18 +98,13 @@ void Sessions::end_replaced(const std::string& routing_id, const wire::Hello& he
 
 Session& Sessions::open(const std::string& routing_id, const wire::Hello& hello) {
   end_replaced(routing_id, hello);
-  if (sessions_.size() >= max_sessions_) {
-    auto oldest = std::min_element(sessions_.begin(), sessions_.end(), [](auto& a, auto& b) {
-      return a.second.last_active < b.second.last_active;
-    });
-    if (oldest != sessions_.end()) erase(oldest->first);
-  }
+  if (sessions_.size() >= max_sessions_ && !recency_.empty()) erase(recency_.front());
   const auto id = ++next_session_id_;
   Session& session = sessions_[id];
   session.id = id;
   session.routing_id = routing_id;
   session.producer = hello.producer;
-  session.last_active = SteadyClock::now();
+  session.recency = recency_.insert(recency_.end(), id);
   session.origin = hello.origin;
   session.epoch = hello.epoch;
   peer_sessions_[routing_id].push_back(id);
@@ -207,45 +208,123 @@ std::string Server::Impl::stale_epoch_text(const std::string& origin, std::uint6
          std::to_string(highest) + " already seen: another relay holds that outbox's lease";
 }
 
+// A HELLO whose epoch is higher than the one stored for its origin waits
+// for the round's group commit: its epoch is written there with the others
+// (one transaction for a burst of new origins, as when a relay carrying many
+// databases starts) and it is answered after that. So are the later HELLOs
+// of its connection, whatever their epoch, so that they take effect in
+// arrival order. The peer's batches before it are committed and answered
+// first; its requests after it, batches too, settle it first
+// (commit_before_reply, handle_publish), so replies keep their order and a
+// batch sees the sessions as the HELLOs before it left them.
 void Server::Impl::on_message(const std::string& routing_id, wire::Hello& hello) {
-  if (!hello.origin.empty()) {
-    // A refused HELLO also ends what it would have replaced.
-    auto refuse = [&](wire::ErrorCode code, const std::string& text) {
-      sessions_.end_replaced(routing_id, hello);
-      reply_error(routing_id, hello.hello_id, code, text);
-    };
-    std::uint64_t highest = 0;
-    try {
-      highest = store_.advance_origin_epoch(hello.origin, hello.epoch);
-    } catch (const std::invalid_argument& error) {
-      ++counters_.malformed;
-      return refuse(wire::ErrorCode::invalid_value, std::string("HELLO: ") + error.what());
-    } catch (const std::exception& error) {
-      ++counters_.storage_failures;
-      return refuse(wire::ErrorCode::storage_failure,
-                    std::string("cannot record the lease epoch: ") + error.what());
-    }
-    if (highest > hello.epoch) {
-      ++counters_.stale_epochs;
-      metrics::log(*logger_, spdlog::level::warn,
-                   {{"event", "session_refused"},
-                    {"producer", hello.producer},
-                    {"origin", hello.origin},
-                    {"epoch", hello.epoch},
-                    {"newest_epoch", highest},
-                    {"error_code", "stale_epoch"}},
-                   "HELLO from '{}' refused: {}", hello.producer,
-                   stale_epoch_text(hello.origin, hello.epoch, highest));
-      return refuse(wire::ErrorCode::stale_epoch,
-                    stale_epoch_text(hello.origin, hello.epoch, highest));
-    }
+  const detail::Peer* peer = peers_.find(routing_id);
+  const bool behind_hellos = peer != nullptr && peer->pending_hellos > 0;
+  if (hello.origin.empty()) {
+    commit_before_reply(routing_id);
+    return reply(routing_id, open_session(routing_id, hello));
   }
+  // A refused HELLO also ends what it would have replaced.
+  auto refuse = [&](const wire::ErrorReply& error) {
+    commit_before_reply(routing_id);
+    sessions_.end_replaced(routing_id, hello);
+    reply(routing_id, error);
+  };
+  std::uint64_t stored = 0;
+  try {
+    Store::check_origin_epoch(hello.origin, hello.epoch);
+    stored = store_.origin_epoch(hello.origin);
+  } catch (const std::invalid_argument& error) {
+    ++counters_.malformed;
+    return refuse(
+        {hello.hello_id, wire::ErrorCode::invalid_value, std::string("HELLO: ") + error.what()});
+  } catch (const std::exception& error) {
+    ++counters_.storage_failures;
+    return refuse({hello.hello_id, wire::ErrorCode::storage_failure,
+                   std::string("cannot read the lease epoch: ") + error.what()});
+  }
+  if (hello.epoch > stored || behind_hellos) {
+    if (peer != nullptr && peer->pending_batches > 0) commit_pending();
+    auto& highest = round_.hello_epochs[hello.origin];
+    highest = std::max(highest, hello.epoch);
+    ++peers_.get(routing_id).pending_hellos;
+    round_.hellos.push_back(DeferredHello{routing_id, std::move(hello)});
+    return;
+  }
+  // A newer relay's HELLO waiting for this round's commit counts.
+  auto deferred = round_.hello_epochs.find(hello.origin);
+  const std::uint64_t pending = deferred == round_.hello_epochs.end() ? 0 : deferred->second;
+  if (const auto highest = std::max(stored, pending); highest > hello.epoch) {
+    return refuse(refuse_stale_hello(hello, highest));
+  }
+  commit_before_reply(routing_id);
+  reply(routing_id, open_session(routing_id, hello));
+}
+
+wire::ErrorReply Server::Impl::refuse_stale_hello(const wire::Hello& hello, std::uint64_t highest) {
+  ++counters_.stale_epochs;
+  metrics::log(*logger_, spdlog::level::warn,
+               {{"event", "session_refused"},
+                {"producer", hello.producer},
+                {"origin", hello.origin},
+                {"epoch", hello.epoch},
+                {"newest_epoch", highest},
+                {"error_code", "stale_epoch"}},
+               "HELLO from '{}' refused: {}", hello.producer,
+               stale_epoch_text(hello.origin, hello.epoch, highest));
+  return wire::ErrorReply{hello.hello_id, wire::ErrorCode::stale_epoch,
+                          stale_epoch_text(hello.origin, hello.epoch, highest)};
+}
+
+wire::Welcome Server::Impl::open_session(const std::string& routing_id, const wire::Hello& hello) {
   const detail::Session& session = sessions_.open(routing_id, hello);
   ++counters_.sessions_opened;
   auto welcome = wire::welcome_for(session.id, store_.options().max_message_bytes,
                                    options_.broker_name, options_.limits);
   welcome.hello_id = hello.hello_id;
-  answer(routing_id, welcome);
+  return welcome;
+}
+
+// Writes the epochs of the round's deferred HELLOs, then answers them in
+// arrival order. Called by commit_pending() before the batches: every batch
+// of a peer in the round arrived after that peer's deferred HELLOs.
+void Server::Impl::settle_hellos() {
+  if (round_.hellos.empty()) return;
+  auto hellos = std::move(round_.hellos);
+  round_.hellos.clear();
+  round_.hello_epochs.clear();
+  std::vector<OriginEpoch> entries;
+  entries.reserve(hellos.size());
+  for (const auto& deferred : hellos) {
+    if (detail::Peer* peer = peers_.find(deferred.routing_id);
+        peer != nullptr && peer->pending_hellos > 0) {
+      --peer->pending_hellos;
+    }
+    entries.push_back(OriginEpoch{deferred.hello.origin, deferred.hello.epoch});
+  }
+  std::vector<std::uint64_t> highest;
+  try {
+    if (store_.advance_origin_epochs(entries, highest)) ++counters_.epoch_commits;
+  } catch (const std::exception& error) {
+    counters_.storage_failures += hellos.size();
+    for (const auto& deferred : hellos) {
+      reply(deferred.routing_id,
+            wire::ErrorReply{deferred.hello.hello_id, wire::ErrorCode::storage_failure,
+                             std::string("cannot record the lease epoch: ") + error.what()});
+    }
+    return;
+  }
+  // reply(), not answer(): this runs inside the group commit, whose batches
+  // are answered after these.
+  for (std::size_t i = 0; i < hellos.size(); ++i) {
+    const auto& [routing_id, hello] = hellos[i];
+    if (highest[i] > hello.epoch) {
+      sessions_.end_replaced(routing_id, hello);
+      reply(routing_id, refuse_stale_hello(hello, highest[i]));
+    } else {
+      reply(routing_id, open_session(routing_id, hello));
+    }
+  }
 }
 
 // The relay's new session asks which batches of its previous one (whose
@@ -262,7 +341,7 @@ void Server::Impl::on_message(const std::string& routing_id, wire::Resume& resum
                        "RESUME: no session " + std::to_string(resume.session_id) +
                            " on this connection; send HELLO");
   }
-  session->last_active = detail::SteadyClock::now();
+  sessions_.touch(*session);
   wire::Resumed resumed{resume.previous_session_id, {}};
   // By id, on whichever connection it was: a relay carrying several
   // databases over a connection resumes each database's session on its own.

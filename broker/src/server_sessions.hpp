@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -33,7 +34,7 @@ struct Session {
   std::string routing_id;  // its connection
   bool failed = false;
   std::string producer;
-  SteadyClock::time_point last_active;
+  std::list<std::uint64_t>::iterator recency;  // its place in Sessions' activity order
   std::string origin;  // the producer database's origin id; empty: not fenced
   std::uint64_t epoch = 0;
   // (topic, key) pairs with a CONFLICT or REJECTED message in this session:
@@ -88,6 +89,9 @@ class Sessions {
   // sessions of its origin (end_older).
   Session& open(const std::string& routing_id, const wire::Hello& hello);
 
+  // The session was just active (a batch, a RESUME): the last to be evicted.
+  void touch(Session& session) { recency_.splice(recency_.end(), recency_, session.recency); }
+
   // Marks the session failed (logged once): its later batches are refused.
   void fail(Session& session, std::string_view why);
   // Every session of the connection: its requests were dropped, whichever
@@ -132,6 +136,10 @@ class Sessions {
   // three: see end_older).
   std::unordered_map<std::string, std::vector<std::uint64_t>> origin_sessions_;
   std::size_t retained_ack_bytes_ = 0;  // Session::retained_acks of all sessions
+  // Session ids, least recently active first: eviction takes the front in
+  // constant time (a flood of HELLOs at the maximum made a scan per HELLO
+  // the broker's main cost).
+  std::list<std::uint64_t> recency_;
 };
 
 }  // namespace broker::detail

@@ -72,6 +72,7 @@ void Server::Impl::on_message(const std::string& routing_id, wire::StatsRequest&
         {"batches", counters_.batches},
         {"fetches", counters_.fetches},
         {"sessions_opened", counters_.sessions_opened},
+        {"epoch_commits", counters_.epoch_commits},
         {"sessions_active", sessions_.size()},
         {"waiting_fetches", waiting_.size()},
         {"replies_dropped", counters_.replies_dropped},

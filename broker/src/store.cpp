@@ -37,6 +37,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -1081,23 +1082,37 @@ struct Store::Impl {
     return use.step() ? static_cast<std::uint64_t>(use.column_int64(0)) : 0;
   }
 
-  std::uint64_t advance_origin_epoch(std::string_view origin, std::uint64_t epoch) {
-    if (origin.empty() || !valid_msg_id(origin)) {
-      throw std::invalid_argument(
-          "origin must be 1 to 255 bytes of printable ASCII without spaces");
+  // Records the entries in order, in one durable transaction: a flood of
+  // new origins costs one commit per group, not one each. Each entry is
+  // answered with the highest epoch known once it was applied, so an older
+  // epoch after a newer one of its origin is stale.
+  bool advance_origin_epochs(std::span<const OriginEpoch> entries,
+                             std::vector<std::uint64_t>& highest) {
+    for (const OriginEpoch& entry : entries) Store::check_origin_epoch(entry.origin, entry.epoch);
+    highest.assign(entries.size(), 0);
+    std::map<std::string_view, std::uint64_t> known;
+    bool raises = false;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      auto [at, inserted] = known.try_emplace(entries[i].origin, 0);
+      if (inserted) at->second = origin_epoch(entries[i].origin);
+      if (entries[i].epoch > at->second) {
+        raises = true;
+        at->second = entries[i].epoch;
+      }
+      highest[i] = at->second;
     }
-    if (epoch > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
-      throw std::invalid_argument("epoch out of range");
-    }
-    if (origin_epoch(origin) >= epoch) return origin_epoch(origin);
+    if (!raises) return false;
     sqlite::Transaction transaction(db.get(), transaction_statements);
-    raise_origin_epoch.use()
-        .bind_text(1, origin)
-        .bind(2, static_cast<std::int64_t>(epoch))
-        .bind(3, now_ms())
-        .run();
+    const std::int64_t now = now_ms();
+    for (const auto& [origin, epoch] : known) {
+      raise_origin_epoch.use()
+          .bind_text(1, origin)
+          .bind(2, static_cast<std::int64_t>(epoch))
+          .bind(3, now)
+          .run();
+    }
     transaction.commit();
-    return origin_epoch(origin);
+    return true;
   }
 
   StoreStats stats() {
@@ -1253,8 +1268,25 @@ std::uint64_t Store::origin_epoch(std::string_view origin) const {
   return impl_->origin_epoch(origin);
 }
 
+void Store::check_origin_epoch(std::string_view origin, std::uint64_t epoch) {
+  if (origin.empty() || !valid_msg_id(origin)) {
+    throw std::invalid_argument("origin must be 1 to 255 bytes of printable ASCII without spaces");
+  }
+  if (epoch > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+    throw std::invalid_argument("epoch out of range");
+  }
+}
+
 std::uint64_t Store::advance_origin_epoch(std::string_view origin, std::uint64_t epoch) {
-  return impl_->advance_origin_epoch(origin, epoch);
+  std::vector<std::uint64_t> highest;
+  const OriginEpoch entry{origin, epoch};
+  impl_->advance_origin_epochs(std::span(&entry, 1), highest);
+  return highest.front();
+}
+
+bool Store::advance_origin_epochs(std::span<const OriginEpoch> entries,
+                                  std::vector<std::uint64_t>& highest) {
+  return impl_->advance_origin_epochs(entries, highest);
 }
 
 MaintenanceResult Store::run_maintenance(std::size_t max_rows) {

@@ -670,6 +670,29 @@ TEST_CASE("the highest lease epoch per origin only grows and survives reopening"
   CHECK(store.advance_origin_epoch("a", 3) == 3);
 }
 
+TEST_CASE("several lease epochs are recorded in order in one transaction") {
+  test_support::TempDir dir("broker-store");
+  broker::Store store(dir / "broker.db", normal_sync());
+  REQUIRE(store.advance_origin_epoch("a", 4) == 4);
+  std::vector<std::uint64_t> highest;
+  const std::vector<broker::OriginEpoch> entries = {{"a", 3}, {"b", 2}, {"b", 5},
+                                                    {"b", 4}, {"c", 1}, {"a", 6}};
+  CHECK(store.advance_origin_epochs(entries, highest));
+  // Each entry sees the entries before it: b at 4 is stale behind b at 5.
+  CHECK(highest == std::vector<std::uint64_t>{4, 2, 5, 5, 1, 6});
+  CHECK(store.origin_epoch("a") == 6);
+  CHECK(store.origin_epoch("b") == 5);
+  CHECK(store.origin_epoch("c") == 1);
+  // Nothing to raise: no write.
+  const std::vector<broker::OriginEpoch> known = {{"a", 6}, {"b", 1}};
+  CHECK_FALSE(store.advance_origin_epochs(known, highest));
+  CHECK(highest == std::vector<std::uint64_t>{6, 5});
+  // One invalid entry: none is written.
+  const std::vector<broker::OriginEpoch> invalid = {{"d", 1}, {"has space", 1}};
+  CHECK_THROWS_AS(store.advance_origin_epochs(invalid, highest), std::invalid_argument);
+  CHECK(store.origin_epoch("d") == 0);
+}
+
 TEST_CASE("a commit full of conflicts reads the stored copies of the first 64 only") {
   test_support::TempDir dir("broker-store");
   broker::Store store(dir / "broker.db", normal_sync());

@@ -4,6 +4,7 @@ port. Run: OUTBOX_BROKER=build/bin/outbox-broker python3 -m unittest test_protoc
 """
 
 import os
+import signal
 import sys
 import unittest
 
@@ -307,6 +308,35 @@ class TestFencing(BrokerTest):
         self.assertNotEqual(self.conn.hello()["session_id"], 0)
         self.assertEqual([m["msg_id"] for m in self.fetch_all("fence")], [b"fe-1", b"fe-4"])
         self.assertGreaterEqual(self.counter("stale_epochs"), 2)
+
+    def test_a_burst_of_hellos_is_recorded_together_and_answered_in_order(self):
+        base = "py-burst-%d-" % os.getpid()
+        commits_before = self.counter("epoch_commits")
+        flags = obx.HELLO_ONE_OF_SEVERAL | obx.HELLO_WITH_ID
+        count = 300
+        # Queued while the broker is stopped, so that it reads them together.
+        self.broker.process.send_signal(signal.SIGSTOP)
+        self.addCleanup(self.broker.process.send_signal, signal.SIGCONT)
+        for i in range(count):
+            self.conn.send(obx.HELLO, obx.hello_body(origin=base + str(i), epoch=i + 2, flags=flags,
+                                                     hello_id=i + 1))
+        # Behind them: an older epoch of an origin of the burst.
+        self.conn.send(obx.HELLO, obx.hello_body(origin=base + "7", epoch=3, flags=flags,
+                                                 hello_id=count + 1))
+        self.broker.process.send_signal(signal.SIGCONT)
+        replies = [self.conn.receive() for _ in range(count + 1)]
+        for i, (command, body) in enumerate(replies[:count]):
+            self.assertEqual(command, obx.WELCOME, body)
+            self.assertEqual(body["hello_id"], i + 1)
+        self.expect_error(replies[count], "stale_epoch", count + 1)
+        # One durable write for many HELLOs, not one each.
+        self.assertLess(self.counter("epoch_commits") - commits_before, count // 10)
+        # In arrival order: the stale HELLO ended origin 7's session, opened before it.
+        reply = self.conn.publish(replies[7][1]["session_id"], 1, [obx.message("burst-7", "b", "x")])
+        self.expect_error(reply, "no_session", 1)
+        command, ack = self.conn.publish(replies[8][1]["session_id"], 1,
+                                         [obx.message("burst-8", "b", "x")])
+        self.assertEqual(command, obx.ACK, ack)
 
     def test_an_origin_outside_its_character_set_is_invalid(self):
         self.conn.send(obx.HELLO, obx.hello_body(origin="has space", epoch=1))

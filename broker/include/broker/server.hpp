@@ -161,6 +161,7 @@ struct ServerCounters {
   std::uint64_t batches = 0;
   std::uint64_t messages = 0;  // messages in committed batches
   std::uint64_t sessions_opened = 0;
+  std::uint64_t epoch_commits = 0;  // transactions recording HELLOs' new lease epochs
   std::uint64_t fetches = 0;
   std::uint64_t replies_dropped = 0;     // the peer was gone (or its backlog overflowed)
   std::uint64_t requests_dropped = 0;    // from peers over their cap that did not read

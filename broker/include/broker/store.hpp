@@ -214,6 +214,13 @@ struct MaintenanceResult {
   bool more = false;  // true when another call right away would find more to delete
 };
 
+// One lease epoch of an origin to record (Store::advance_origin_epochs);
+// the views must stay valid for the call.
+struct OriginEpoch {
+  std::string_view origin;
+  std::uint64_t epoch = 0;
+};
+
 class Store {
  public:
   // Opens (creating if needed) the store at `path`. Throws outbox::Error when the
@@ -271,6 +278,16 @@ class Store {
   // spaces (like a msg_id) or an epoch above 2^63 - 1, outbox::Error if the
   // write fails.
   std::uint64_t advance_origin_epoch(std::string_view origin, std::uint64_t epoch);
+  // The same for several (origin, epoch) entries, applied in order in one
+  // durable transaction (none of them if it throws): `highest[i]` (resized to
+  // entries.size()) is the highest epoch known for entry i's origin once
+  // entries 0..i were applied. Validates every entry before writing anything.
+  // Returns whether anything was written (an entry raised its origin's epoch).
+  bool advance_origin_epochs(std::span<const OriginEpoch> entries,
+                             std::vector<std::uint64_t>& highest);
+  // Throws std::invalid_argument, naming the field, for what
+  // advance_origin_epoch() refuses; writes nothing.
+  static void check_origin_epoch(std::string_view origin, std::uint64_t epoch);
 
   // Deletes message bodies older than the retention and dedup entries older
   // than the dedup window, about `max_rows` of each per call so the writer
