@@ -69,6 +69,11 @@ void add_storage_options(CLI::App* command, ServeSettings& settings) {
       "replies held for one connection at most (e.g. 64m); a peer at this cap "
       "gets no more work until it reads, FETCH replies are sized to fit",
       {std::uint64_t{1} << 20, std::numeric_limits<std::uint64_t>::max(), "", true});
+  cli::add_size_option(
+      command, "--max-total-outgoing-bytes", settings.max_total_outgoing_bytes,
+      "replies held for all connections together (e.g. 256m); past it, a connection "
+      "holding more than its share (this / connections) is held as at its cap",
+      {std::uint64_t{1} << 20, std::numeric_limits<std::uint64_t>::max(), "", true});
 }
 
 // Logs, metrics, integrity check and CURVE.

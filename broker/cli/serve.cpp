@@ -71,6 +71,7 @@ broker::ServerOptions server_options(const ServeSettings& settings, metrics::Reg
   options.max_commit_messages = settings.max_commit_messages;
   options.limits = broker::ServerOptions::default_limits();
   options.max_outgoing_bytes = settings.max_outgoing_bytes;
+  options.max_total_outgoing_bytes = settings.max_total_outgoing_bytes;
   return options;
 }
 

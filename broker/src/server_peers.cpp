@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <stdexcept>
 
@@ -20,6 +21,7 @@ struct ReplyBody {
 void release_reply_body(void* /*data*/, void* hint) noexcept {
   auto* body = static_cast<ReplyBody*>(hint);
   body->account->bytes.fetch_sub(body->bytes.size(), std::memory_order_acq_rel);
+  body->account->total->fetch_sub(body->bytes.size(), std::memory_order_acq_rel);
   if (body->account->wake_wanted.exchange(false, std::memory_order_acq_rel)) {
     std::uint64_t one = 1;
     [[maybe_unused]] auto written = ::write(body->account->wake_fd, &one, sizeof one);
@@ -51,6 +53,7 @@ Peer& Peers::get(const std::string& routing_id) {
   if (!peer.account) {
     peer.account = std::make_shared<OutgoingAccount>();
     peer.account->wake_fd = wake_fd_;
+    peer.account->total = total_;
   }
   return peer;
 }
@@ -64,15 +67,34 @@ std::size_t Peers::queued_bytes(const Peer& peer) {
   return peer.account->bytes.load(std::memory_order_acquire) + peer.backlog_bytes;
 }
 
+std::size_t Peers::total_bytes() const {
+  return total_->load(std::memory_order_acquire) + backlog_bytes_;
+}
+
+// Idle peers are swept within a second, so the table is about the peers
+// that hold or are owed something.
+std::size_t Peers::fair_share() const {
+  return options_.max_total_outgoing_bytes / std::max<std::size_t>(1, peers_.size());
+}
+
 bool Peers::over_cap(const Peer& peer) const {
-  return !peer.backlog.empty() || queued_bytes(peer) >= options_.max_outgoing_bytes;
+  if (!peer.backlog.empty()) return true;
+  const auto queued = queued_bytes(peer);
+  if (queued >= options_.max_outgoing_bytes) return true;
+  return total_bytes() >= options_.max_total_outgoing_bytes && queued >= fair_share();
 }
 
 std::size_t Peers::room(const std::string& routing_id) {
   Peer* peer = find(routing_id);
-  if (peer == nullptr) return options_.max_outgoing_bytes;
-  auto queued = queued_bytes(*peer);
-  return queued >= options_.max_outgoing_bytes ? 0 : options_.max_outgoing_bytes - queued;
+  const auto queued = peer == nullptr ? 0 : queued_bytes(*peer);
+  if (queued >= options_.max_outgoing_bytes) return 0;
+  const auto own = options_.max_outgoing_bytes - queued;
+  // Whatever the total leaves, and at least what brings it to its share.
+  const auto total = total_bytes();
+  const auto left =
+      total >= options_.max_total_outgoing_bytes ? 0 : options_.max_total_outgoing_bytes - total;
+  const auto share = fair_share();
+  return std::min(own, std::max(left, share > queued ? share - queued : 0));
 }
 
 // The body is handed over without a copy and counted in the peer's account
@@ -90,6 +112,7 @@ Peers::SendResult Peers::send_now(const std::string& routing_id, Peer& peer, wir
     auto size = frames.body.size();
     auto* body = new ReplyBody{std::move(frames.body), peer.account};
     peer.account->bytes.fetch_add(size, std::memory_order_acq_rel);
+    total_->fetch_add(size, std::memory_order_acq_rel);
     zmq::message_t message(body->bytes.data(), size, &release_reply_body, body);
     router_.send(message, zmq::send_flags::none);
     return SendResult::sent;
@@ -122,6 +145,7 @@ void Peers::send(const std::string& routing_id, wire::Frames frames) {
     return;
   }
   peer.backlog_bytes += frames.body.size();
+  backlog_bytes_ += frames.body.size();
   peer.backlog.push_back(std::move(frames));
   held_back_.insert(routing_id);
 }
@@ -130,6 +154,7 @@ void Peers::forget_gone(const std::string& routing_id) {
   if (Peer* peer = find(routing_id)) {
     counters_.replies_dropped += peer->backlog.size() + peer->parked.size();
     peer->backlog.clear();
+    backlog_bytes_ -= peer->backlog_bytes;
     peer->backlog_bytes = 0;
     peer->parked.clear();
     peer->parked_bytes = 0;
@@ -165,6 +190,7 @@ void Peers::flush(const std::string& routing_id, Peer& peer) {
       break;
     }
     peer.backlog_bytes -= size;
+    backlog_bytes_ -= size;
     peer.backlog.pop_front();
   }
 }
@@ -205,9 +231,7 @@ void Peers::sweep() {
 }
 
 std::uint64_t Peers::outgoing_bytes() const {
-  std::uint64_t total = 0;
-  for (const auto& [id, peer] : peers_) total += queued_bytes(peer);
-  return total;
+  return total_bytes();
 }
 
 std::uint64_t Peers::requests_waiting() const {

@@ -35,6 +35,9 @@ namespace broker::detail {
 // ROUTER still holds for one peer.
 struct OutgoingAccount {
   std::atomic<std::size_t> bytes{0};
+  // Every peer's bytes together (shared by all accounts: bodies may be
+  // released after the Peers table is gone).
+  std::shared_ptr<std::atomic<std::size_t>> total;
   // Set while the loop has work held back for this peer: the next release
   // wakes it through `wake_fd` (an eventfd polled next to the socket).
   std::atomic<bool> wake_wanted{false};
@@ -90,6 +93,8 @@ class Peers {
 
   // Bytes of replies held for the peer: in ZeroMQ and its own backlog.
   static std::size_t queued_bytes(const Peer& peer);
+  // At its own cap, or holding more than its share while all peers together
+  // are over max_total_outgoing_bytes.
   bool over_cap(const Peer& peer) const;
   // What a reply to this peer may still take (FETCH replies are sized by it).
   std::size_t room(const std::string& routing_id);
@@ -132,6 +137,12 @@ class Peers {
   ServerCounters& counters_;
   std::unordered_map<std::string, Peer> peers_;
   std::unordered_set<std::string> held_back_;  // peers with a backlog or parked requests
+  // Reply bytes in ZeroMQ of all peers (OutgoingAccount::total); backlogs
+  // are added up in backlog_bytes_.
+  std::shared_ptr<std::atomic<std::size_t>> total_ = std::make_shared<std::atomic<std::size_t>>(0);
+  std::size_t backlog_bytes_ = 0;
+  std::size_t total_bytes() const;
+  std::size_t fair_share() const;
   bool wake_now_ = false;
 };
 

@@ -106,6 +106,58 @@ TEST_CASE("a peer that does not read its FETCH replies is held at its outgoing c
   CHECK(broker.stop().code == 0);
 }
 
+TEST_CASE("peers that do not read share a total outgoing cap and a reader is still served",
+          "[broker][bounds]") {
+  test_support::TempDir dir("broker-bounds-total");
+  // Each hostile peer could hold its own cap (4 MiB; 1 MiB in the sanitizer
+  // trees) on top of the kernel's buffers (up to 4 MiB); together they may
+  // hold only the total (8 MiB; 2 MiB), each at most its share once it is
+  // reached, plus one page each.
+  const std::size_t message_bytes = test_support::scaled(kMiB / 4, kMiB / 32);
+  const std::size_t page_bytes = 2 * message_bytes;
+  const std::size_t cap = test_support::scaled(4 * kMiB, kMiB);
+  const std::size_t total = 2 * cap;
+  constexpr std::size_t kHostile = 6;
+  BrokerProcess broker(dir.path(), dir / "broker.db",
+                       {"--max-outgoing-bytes", std::to_string(cap), "--max-total-outgoing-bytes",
+                        std::to_string(total)});
+  publish_big(broker.endpoint(), 8, message_bytes);
+
+  zmq::context_t context(1);
+  std::vector<zmq::socket_t> hostile;
+  const std::uint64_t kFetches = (8 * kMiB + cap) / page_bytes + 24;
+  for (std::size_t peer = 0; peer < kHostile; ++peer) {
+    hostile.push_back(test_support::non_reading_dealer(context, broker.endpoint()));
+    for (std::uint64_t id = 1; id <= kFetches; ++id) {
+      REQUIRE(wire::send_message(
+          hostile.back(),
+          wire::Fetch{id, "big", "", 1, false, 0, static_cast<std::uint32_t>(page_bytes), 0}));
+    }
+  }
+  broker::Client observer(broker.endpoint());
+  wire::StatsReply stats;
+  REQUIRE(test_support::wait_until(
+      [&] {
+        stats = stats_of(observer);
+        return counter(stats, "fetches") + counter(stats, "requests_waiting") +
+                   counter(stats, "requests_dropped") ==
+               kHostile * kFetches;
+      },
+      60s));
+  CHECK(counter(stats, "peers_held_back") == kHostile);
+  CHECK(counter(stats, "outgoing_bytes") <= total + kHostile * page_bytes);
+  CHECK(counter(stats, "outgoing_bytes") >= total / 2);
+  // A consumer that reads gets whole pages meanwhile (its share is the
+  // total over the 8 connections: two messages and their ids fit).
+  auto page = observer.fetch(
+      wire::Fetch{1, "big", "", 1, false, 2, static_cast<std::uint32_t>(page_bytes + 4096), 0},
+      20s);
+  REQUIRE(page.ok());
+  CHECK(page->messages.size() == 2);
+  for (auto& socket : hostile) socket.close();
+  CHECK(broker.stop().code == 0);
+}
+
 // libzmq 4.3 aborts the whole process (Assertion failed: !_io_error,
 // stream_engine_base.cpp) when a connection whose input was stopped by a full
 // receive queue ends, and a ZMTP PING it had read before is processed once the

@@ -104,6 +104,13 @@ struct ServerOptions {
   // are dropped and its session fails), FETCH replies are sized to the room
   // left under the cap.
   std::size_t max_outgoing_bytes = std::size_t{64} << 20;
+  // Bytes of replies held for all connections together. Past it, a
+  // connection holding more than its fair share (this / connections with
+  // anything held) is treated as at its cap, and FETCH replies are sized to
+  // what the total or the share leaves; a connection under its share is
+  // served as before. So many consumers that do not read cannot take the
+  // broker's memory, nor the room of one that does.
+  std::size_t max_total_outgoing_bytes = std::size_t{256} << 20;
   std::size_t max_parked_requests = 1024;
   std::size_t max_parked_bytes = std::size_t{1} << 20;
   std::size_t max_sessions = 10'000;  // least recently active evicted beyond it
