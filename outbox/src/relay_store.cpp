@@ -1068,6 +1068,11 @@ bool RelayStore::wait_for_work(std::chrono::milliseconds timeout) {
   }
 }
 
+void RelayStore::set_busy_timeout(std::chrono::milliseconds timeout) {
+  sqlite::set_busy_timeout(impl_->db, timeout, true);
+  impl_->options.busy_timeout = timeout;
+}
+
 std::string RelayStore::origin_id() {
   auto& impl = *impl_;
   auto read = [&] {

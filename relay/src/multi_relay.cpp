@@ -636,6 +636,8 @@ struct MultiRelay::Impl {
     auto opened = std::move(*database.opened);
     database.opened.reset();
     database.store = std::move(opened.store);
+    database.store->set_busy_timeout(
+        std::min(config.stepped_busy_timeout, config.store.busy_timeout));
     auto relay_config = config.relay;
     relay_config.instance_id = database.instance_id;
     relay_config.logger = database_logger(log, database.name());

@@ -290,6 +290,7 @@ struct Relay::Impl {
 
   // Transient database failures in a row, and what the last one was about.
   int database_failures = 0;
+  SteadyClock::time_point database_retry_at{};  // the end of the backoff after one
   const char* database_operation = "";
 
   // What `outbox-relay status` shows (written to the database on changes).
@@ -1112,6 +1113,7 @@ struct Relay::Impl {
     settled.clear();
     drop_session();
     auto delay = config.backoff.delay(database_failures, random);
+    database_retry_at = SteadyClock::now() + delay;
     auto line =
         fmt::format("database '{}': {} failed with {}: {}", store.path(), database_operation,
                     sqlite_code_name(error.extended_code()), error.what());
@@ -1130,7 +1132,15 @@ struct Relay::Impl {
     last_failure = line;
     note_error(line);
     set_session_state(false);
-    publish_status();
+    const int code = error.extended_code() & 0xff;
+    if (stepping && (code == SQLITE_BUSY || code == SQLITE_LOCKED)) {
+      // Another process holds the lock: writing the status now would wait
+      // out the busy timeout a second time on the shared thread. It is
+      // written once a turn works again.
+      status_dirty = true;
+    } else {
+      publish_status();
+    }
     wait_or_step(delay);
   }
 
@@ -1231,6 +1241,12 @@ struct Relay::Impl {
 
   // One turn; a transient database failure is reported and waited out.
   void guarded_turn() {
+    // Stepped early within that wait (a commit, the fallback check of a relay
+    // carrying many databases): each attempt on a database another process
+    // keeps locked costs the thread its busy timeout, so it waits on.
+    if (stepping && database_failures > 0 && SteadyClock::now() < database_retry_at) {
+      return wait_or_step(until(database_retry_at));
+    }
     try {
       turn();
     } catch (const outbox::LeaseLost&) {
@@ -1296,6 +1312,9 @@ struct Relay::Impl {
       next = lease ? std::min(next, resume_at) : resume_at;
     if (!in_flight.empty()) next = std::min(next, in_flight.front().sent_at + config.ack_timeout);
     if (status_dirty) next = std::min(next, next_status_write);
+    // After a database failure nothing is tried before its backoff ends (the
+    // lease renewal that failed stays due meanwhile).
+    if (database_failures > 0) next = std::max(next, database_retry_at);
     result.call_again_by = next;
     return result;
   }

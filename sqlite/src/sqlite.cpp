@@ -36,6 +36,16 @@ int short_sleep_busy_handler(void* timeout_ms, int attempt) {
 
 }  // namespace
 
+void set_busy_timeout(sqlite3* db, std::chrono::milliseconds timeout, bool short_sleeps) {
+  check(db,
+        short_sleeps && timeout.count() > 0
+            ? sqlite3_busy_handler(
+                  db, short_sleep_busy_handler,
+                  reinterpret_cast<void*>(static_cast<std::intptr_t>(timeout.count())))
+            : sqlite3_busy_timeout(db, static_cast<int>(timeout.count())),
+        "setting busy timeout");
+}
+
 void throw_error(sqlite3* db, int rc, std::string_view context) {
   int extended = rc;
   std::string message;
@@ -235,13 +245,7 @@ ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptio
   ConnectionPtr db = open_file(name, flags);
   // Before the first access: another process may hold a lock right now (a
   // producer creating the schema, switching to WAL), and reads must wait for it.
-  check(db.get(),
-        options.short_busy_sleeps && options.busy_timeout.count() > 0
-            ? sqlite3_busy_handler(
-                  db.get(), short_sleep_busy_handler,
-                  reinterpret_cast<void*>(static_cast<std::intptr_t>(options.busy_timeout.count())))
-            : sqlite3_busy_timeout(db.get(), static_cast<int>(options.busy_timeout.count())),
-        "setting busy timeout");
+  set_busy_timeout(db.get(), options.busy_timeout, options.short_busy_sleeps);
   verify_readable(db.get(), name);
   if (options.wal && !options.read_only) {
     // Switching a database into WAL takes an exclusive lock, and SQLite does

@@ -23,6 +23,7 @@
 #include "outbox/relay_store.hpp"
 #include "relay/relay.hpp"
 #include "relay/sink.hpp"
+#include "sqlite/sqlite.hpp"
 
 using namespace relay_test;
 
@@ -369,6 +370,48 @@ TEST_CASE("a stepped relay whose session ended with nothing in flight opens anot
   }
   CHECK(sink.sessions == 2);
   CHECK(store.backlog().pending == 0);
+}
+
+// A relay carrying many databases steps them on one thread: each attempt on
+// a database another process keeps locked costs that thread its busy
+// timeout. Stepped again before its backoff ended (a commit, the directory's
+// fallback check), it used to try again at once, and a database held with
+// BEGIN EXCLUSIVE delayed the others' messages by up to 13 s.
+TEST_CASE("a stepped relay of a database another process keeps locked waits out its backoff",
+          "[relay][multi]") {
+  test_support::TempDir dir("relay-locked");
+  auto store = store_with_one_message(dir);
+  store.set_busy_timeout(std::chrono::milliseconds(20));
+  FullOnceSink sink;
+  relay::RelayConfig config;
+  config.lease_ttl = std::chrono::milliseconds(300);  // renewed every 100 ms
+  config.backoff.initial = std::chrono::seconds(2);
+  relay::Relay relay(store, sink, config);
+  for (int step = 0; step < 10 && store.backlog().pending > 0; ++step) relay.step();
+  REQUIRE(store.backlog().pending == 0);
+
+  auto locker = sqlite::open_connection(dir / "tenant.db", {});
+  sqlite::exec(locker.get(), "BEGIN EXCLUSIVE");
+  relay::StepResult result;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (relay.counters().database_errors == 0 && std::chrono::steady_clock::now() < deadline) {
+    result = relay.step();
+    std::this_thread::sleep_until(std::min(
+        result.call_again_by, std::chrono::steady_clock::now() + std::chrono::milliseconds(50)));
+  }
+  REQUIRE(relay.counters().database_errors == 1);  // renewing the lease failed
+  // Not called again before the backoff (at least half its first step)...
+  CHECK(result.call_again_by >= std::chrono::steady_clock::now() + std::chrono::milliseconds(500));
+  // ...and stepped anyway, it does not touch the database.
+  for (int step = 0; step < 5; ++step) relay.step();
+  CHECK(relay.counters().database_errors == 1);
+
+  sqlite::exec(locker.get(), "ROLLBACK");
+  std::this_thread::sleep_until(result.call_again_by);
+  relay.step();
+  CHECK(relay.counters().database_errors == 1);
+  CHECK(relay.holds_lease());
+  relay.finish();
 }
 
 TEST_CASE("a stepped relay of a database that commits rarely warns of no stall", "[relay][multi]") {

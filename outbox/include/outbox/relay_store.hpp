@@ -222,6 +222,10 @@ class RelayStore {
   // older one. Empty for a read-only store of a database that has none.
   std::string origin_id();
 
+  // Changes RelayOptions::busy_timeout for the calls that follow (a relay
+  // stepping many databases on one thread waits less for each).
+  void set_busy_timeout(std::chrono::milliseconds timeout);
+
   // --- Reading ------------------------------------------------------------
   // Up to `limit` pending messages with seq > after_seq, in seq order,
   // skipping blocked keys (see "Ordering" above) and retries not yet due.

@@ -106,6 +106,12 @@ struct MultiRelayConfig {
   // RelayMetrics' two-registry constructor (relay/metrics.hpp).
   RelayConfig relay{};
   outbox::RelayOptions store{};
+  // Once a database is open, its reads and writes on the forwarding thread
+  // wait at most this long for another process' lock (store.busy_timeout
+  // still applies when an opener thread opens it). A database another
+  // process keeps locked then delays the others by this much per attempt,
+  // not by store.busy_timeout, while its relay backs off and retries.
+  std::chrono::milliseconds stepped_busy_timeout{100};
   BrokerSinkOptions broker{};
   // Makes each of the `connections` shared connections; empty: outbox-broker
   // connections to `broker` (SharedBrokerConnection). For NATS JetStream,

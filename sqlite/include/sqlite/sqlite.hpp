@@ -136,6 +136,11 @@ struct OpenOptions {
 // (missing directory, missing file when creation is off, not a SQLite file).
 ConnectionPtr open_connection(const std::filesystem::path& path, const OpenOptions& options);
 
+// How long a statement of `db` waits for another connection's lock before it
+// fails with SQLITE_BUSY, with short sleeps (OpenOptions::short_busy_sleeps)
+// or SQLite's own handler. Throws Error if SQLite refuses it.
+void set_busy_timeout(sqlite3* db, std::chrono::milliseconds timeout, bool short_sleeps);
+
 // Sets the busy timeout and checks that the connection can read the file
 // (which detects "file is not a database" before anything is written).
 void verify_readable(sqlite3* db, const std::string& path_for_errors);
