@@ -169,6 +169,14 @@ DurationLimits at_least(milliseconds min, std::string zero_word) {
   return limits;
 }
 
+CLI::Validator non_empty_check(std::string what) {
+  return CLI::Validator(
+      [what = std::move(what)](std::string& text) -> std::string {
+        return text.empty() ? "must not be empty: " + what : "";
+      },
+      "", "non-empty");
+}
+
 CLI::Validator duration_check(DurationLimits limits) {
   return CLI::Validator(
       [limits = std::move(limits)](std::string& text) -> std::string {
@@ -184,6 +192,12 @@ CLI::Validator duration_check(DurationLimits limits) {
           }
           return "'" + text + "' is not a duration (e.g. 500ms, 10s, 5m, 24h, 7d" +
                  (limits.zero_word.empty() ? std::string() : ", " + limits.zero_word) + ")";
+        }
+        if (parsed->count() == 0 && !limits.zero_word.empty() && lowered != limits.zero_word) {
+          // A zero that means "for ever" must be said: --dedup-window 0s was
+          // taken for forever while 30m was refused as too short.
+          return "'" + text + "' would mean " + limits.zero_word + " here: write " +
+                 limits.zero_word + " if that is meant";
         }
         if (*parsed < limits.min) {
           return "'" + text + "' is shorter than the minimum " + format_duration(limits.min, "0");

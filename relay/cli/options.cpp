@@ -25,6 +25,7 @@ void add_directory_options(CLI::App* run_cmd, RunSettings& run) {
                       "one NATS connection (--sink jetstream); databases that appear or go while "
                       "it runs are picked up or dropped");
   run_cmd->add_option("--glob", run.glob, "With --db-dir: which file names are databases")
+      ->check(cli::non_empty_check("a pattern of database file names, such as *.db"))
       ->capture_default_str();
   run_cmd
       ->add_option("--connections", run.connections,
@@ -184,6 +185,7 @@ void add_operator_commands(CLI::App& app, CommandLine& line) {
                                   "totals (pending, oldest pending age, dead, lease)");
   line.status_command
       ->add_option("--glob", line.status.glob, "With --db-dir: which file names are databases")
+      ->check(cli::non_empty_check("a pattern of database file names, such as *.db"))
       ->capture_default_str();
   line.status_command->add_flag("--json", line.status.json, "One JSON object");
 

@@ -267,9 +267,18 @@ void print_database_text(const std::string& db, const outbox::Stats& stats,
 }
 
 int show_database_status(const std::string& db, bool json) {
-  auto store = outbox::RelayStore::open(db, {.read_only = true});
-  auto stats = store.stats();
-  auto report = store.read_status();
+  outbox::Stats stats;
+  std::optional<outbox::RelayStatus> report;
+  try {
+    auto store = outbox::RelayStore::open(db, {.read_only = true});
+    stats = store.stats();
+    report = store.read_status();
+  } catch (const outbox::Error& error) {
+    // A read that fails (a corrupt page) says only what SQLite says.
+    if (std::string_view(error.what()).find(db) != std::string_view::npos) throw;
+    throw outbox::Error(error.kind(), "database '" + db + "': " + error.what(),
+                        error.extended_code());
+  }
   const bool up = session_up(report, stats.lease);
   if (json) {
     print_database_json(db, stats, report, up);

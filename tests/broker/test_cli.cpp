@@ -190,6 +190,9 @@ TEST_CASE("numbers, durations and endpoints are checked where they are read") {
                     {"--dedup-window", "'2' has no unit", "2s", "2h"});
   check_usage_error({"serve", "--db", db, "--retention", "30"}, {"--retention", "30s"});
   check_usage_error({"serve", "--db", db, "--dedup-window", "soon"}, {"--dedup-window", "soon"});
+  // Zero meant forever, while 30m was refused as too short.
+  check_usage_error({"serve", "--db", db, "--dedup-window", "0s"},
+                    {"--dedup-window", "'0s' would mean forever here", "write forever"});
   // Short windows are refused unless the risk is accepted by name.
   check_usage_error({"serve", "--db", db, "--dedup-window", "30m"},
                     {"--dedup-window 30m", "shorter than 1h", "--allow-short-dedup-window"});

@@ -48,8 +48,15 @@ TEST_CASE("validators name the problem and suggest the fix") {
   CHECK_THAT(check(cli::duration_check(cli::at_least(1s)), "1ms"),
              Catch::Contains("shorter than the minimum 1s"));
   CHECK(check(cli::duration_check(cli::at_least(0ms, "forever")), "forever").empty());
-  CHECK(check(cli::duration_check(cli::at_least(0ms, "forever")), "0").empty());
+  for (const char* zero : {"0", "0s", "0ms"}) {
+    INFO(zero);
+    CHECK_THAT(check(cli::duration_check(cli::at_least(0ms, "forever")), zero),
+               Catch::Contains("would mean forever here: write forever"));
+  }
   CHECK_FALSE(check(duration, "0").empty());
+  CHECK_THAT(check(cli::non_empty_check("a pattern such as *.db"), ""),
+             Catch::Contains("must not be empty: a pattern such as *.db"));
+  CHECK(check(cli::non_empty_check("x"), "*.db").empty());
 
   auto count = cli::count_check();
   CHECK(check(count, "0").empty());

@@ -64,6 +64,10 @@ TEST_CASE("outbox-relay refuses bad flags and values with exit code 2", "[relay]
   check_one_line_error(relay_cli({"status", "--db-dir", (dir / "missing").string()}), kExitStorage,
                        "missing");
   check_one_line_error(relay_cli({"status"}), kExitUsage, "--db-dir");
+  check_one_line_error(relay_cli({"run", "--db-dir", dir.path().string(), "--glob", ""}),
+                       kExitUsage, "--glob: must not be empty");
+  check_one_line_error(relay_cli({"run", "--db", "x.db", "--retention", "0s"}), kExitUsage,
+                       "--retention: '0s' would mean never here: write never if that is meant");
 
   produce(dir / "app.db", 1, 1);
   check_one_line_error(
@@ -73,6 +77,17 @@ TEST_CASE("outbox-relay refuses bad flags and values with exit code 2", "[relay]
                        "--msg-id");
   check_one_line_error(relay_cli({"drop", "--db", (dir / "app.db").string(), "--msg-id", "nope"}),
                        kExitNotFound, "nope");
+
+  // A page that cannot be read: the error names the database.
+  {
+    std::fstream file(dir / "app.db", std::ios::in | std::ios::out | std::ios::binary);
+    for (std::streamoff page = 1; page < 8; ++page) {
+      file.seekp(page * 4096);
+      file << std::string(4096, '\x5a');
+    }
+  }
+  check_one_line_error(relay_cli({"status", "--db", (dir / "app.db").string()}), kExitStorage,
+                       "database '" + (dir / "app.db").string() + "'");
 
   auto help = relay_cli({"run", "--help"});
   CHECK(help.status.code == 0);

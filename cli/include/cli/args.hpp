@@ -43,7 +43,8 @@ bool is_loopback_endpoint(std::string_view endpoint);
 struct DurationLimits {
   std::chrono::milliseconds min{1};  // 0 allows "0"
   std::chrono::milliseconds max = std::chrono::hours(24 * 3650);
-  // The word that also means 0 ("forever", "never"), accepted only when min is 0.
+  // The word that also means 0 ("forever", "never"), accepted only when min
+  // is 0; a zero duration ("0s") is then refused, naming the word.
   std::string zero_word;
 };
 // Limits with the default maximum: at least `min`; `zero_word` as above.
@@ -58,6 +59,9 @@ struct SizeLimits {
   bool within_physical_memory = false;  // also refuse more than this machine has
 };
 CLI::Validator size_check(SizeLimits limits = {});
+
+// Refuses an empty value: "must not be empty: `what`".
+CLI::Validator non_empty_check(std::string what);
 
 // A whole number in [min, max] written in digits only ("-1", "1.5", "1e3" refused).
 CLI::Validator count_check(std::uint64_t min = 0,
