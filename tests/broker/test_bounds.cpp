@@ -37,6 +37,28 @@ wire::StatsReply stats_of(broker::Client& client) {
   return *stats;
 }
 
+// FETCHes 1..count of pages of `page_bytes` from the start of topic "big".
+void send_fetches(zmq::socket_t& socket, std::uint64_t count, std::size_t page_bytes) {
+  for (std::uint64_t id = 1; id <= count; ++id) {
+    REQUIRE(wire::send_message(socket, wire::Fetch{id, "big", "", 1, false, 0,
+                                                   static_cast<std::uint32_t>(page_bytes), 0}));
+  }
+}
+
+// The STATS once every FETCH sent arrived: answered, waiting or dropped.
+wire::StatsReply stats_once_fetches_arrived(broker::Client& observer, std::uint64_t sent) {
+  wire::StatsReply stats;
+  REQUIRE(test_support::wait_until(
+      [&] {
+        stats = stats_of(observer);
+        return counter(stats, "fetches") + counter(stats, "requests_waiting") +
+                   counter(stats, "requests_dropped") ==
+               sent;
+      },
+      60s));
+  return stats;
+}
+
 }  // namespace
 
 TEST_CASE("a peer that does not read its FETCH replies is held at its outgoing cap") {
@@ -56,24 +78,12 @@ TEST_CASE("a peer that does not read its FETCH replies is held at its outgoing c
   zmq::context_t context(1);
   auto hostile = test_support::non_reading_dealer(context, broker.endpoint());
   const std::uint64_t kFetches = test_support::scaled<std::uint64_t>(1100, 1300);
-  for (std::uint64_t id = 1; id <= kFetches; ++id) {
-    REQUIRE(wire::send_message(hostile, wire::Fetch{id, "big", "", 1, false, 0,
-                                                    static_cast<std::uint32_t>(page_bytes), 0}));
-  }
+  send_fetches(hostile, kFetches, page_bytes);
   // The broker holds at most the cap (plus one message) for it, keeps the
   // rest of its requests waiting, drops those beyond the waiting bound, and
   // goes on serving everyone else.
   broker::Client observer(broker.endpoint());
-  wire::StatsReply stats;
-  REQUIRE(test_support::wait_until(
-      [&] {
-        stats = stats_of(observer);
-        // Every FETCH arrived: answered, waiting or dropped.
-        return counter(stats, "fetches") + counter(stats, "requests_waiting") +
-                   counter(stats, "requests_dropped") ==
-               kFetches;
-      },
-      30s));
+  auto stats = stats_once_fetches_arrived(observer, kFetches);
   CHECK(counter(stats, "peers_held_back") == 1);
   CHECK(counter(stats, "requests_dropped") > 0);
   CHECK(counter(stats, "outgoing_bytes") <= cap + page_bytes);
@@ -128,22 +138,10 @@ TEST_CASE("peers that do not read share a total outgoing cap and a reader is sti
   const std::uint64_t kFetches = (8 * kMiB + cap) / page_bytes + 24;
   for (std::size_t peer = 0; peer < kHostile; ++peer) {
     hostile.push_back(test_support::non_reading_dealer(context, broker.endpoint()));
-    for (std::uint64_t id = 1; id <= kFetches; ++id) {
-      REQUIRE(wire::send_message(
-          hostile.back(),
-          wire::Fetch{id, "big", "", 1, false, 0, static_cast<std::uint32_t>(page_bytes), 0}));
-    }
+    send_fetches(hostile.back(), kFetches, page_bytes);
   }
   broker::Client observer(broker.endpoint());
-  wire::StatsReply stats;
-  REQUIRE(test_support::wait_until(
-      [&] {
-        stats = stats_of(observer);
-        return counter(stats, "fetches") + counter(stats, "requests_waiting") +
-                   counter(stats, "requests_dropped") ==
-               kHostile * kFetches;
-      },
-      60s));
+  auto stats = stats_once_fetches_arrived(observer, kHostile * kFetches);
   CHECK(counter(stats, "peers_held_back") == kHostile);
   CHECK(counter(stats, "outgoing_bytes") <= total + kHostile * page_bytes);
   CHECK(counter(stats, "outgoing_bytes") >= total / 2);
