@@ -40,6 +40,7 @@ struct ServeSettings {
   std::size_t max_commit_messages = 50'000;
   std::uint64_t max_outgoing_bytes = 64 * 1024 * 1024;
   std::uint64_t max_total_outgoing_bytes = 256 * 1024 * 1024;
+  std::chrono::milliseconds peer_timeout{60'000};
   bool skip_integrity_check = false;
   cli::MetricsSettings metrics;
   std::size_t metrics_max_topics = 100;

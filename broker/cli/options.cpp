@@ -74,6 +74,12 @@ void add_storage_options(CLI::App* command, ServeSettings& settings) {
       "replies held for all connections together (e.g. 256m); past it, a connection "
       "holding more than its share (this / connections) is held as at its cap",
       {std::uint64_t{1} << 20, std::numeric_limits<std::uint64_t>::max(), "", true});
+  cli::add_duration_option(
+      command, "--peer-timeout", settings.peer_timeout,
+      "close a connection from which nothing arrives (no request, no answer to the broker's "
+      "PING) for this long, e.g. 60s: a peer gone silent halfway through a message, or one "
+      "that neither reads its replies nor sends (never: keep them)",
+      cli::at_least(std::chrono::milliseconds(0), "never"));
 }
 
 // Logs, metrics, integrity check and CURVE.

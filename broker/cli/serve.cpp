@@ -72,6 +72,11 @@ broker::ServerOptions server_options(const ServeSettings& settings, metrics::Reg
   options.limits = broker::ServerOptions::default_limits();
   options.max_outgoing_bytes = settings.max_outgoing_bytes;
   options.max_total_outgoing_bytes = settings.max_total_outgoing_bytes;
+  options.peer_heartbeat_timeout = settings.peer_timeout;
+  // Six PINGs a timeout, at least one a second.
+  options.peer_heartbeat_interval =
+      std::max(std::min(settings.peer_timeout / 6, std::chrono::milliseconds(10'000)),
+               std::min(settings.peer_timeout, std::chrono::milliseconds(1000)));
   return options;
 }
 

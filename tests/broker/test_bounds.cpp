@@ -225,8 +225,10 @@ std::size_t open_sockets(pid_t pid) {
   return count;
 }
 
-// A TCP connection to `endpoint` (tcp://127.0.0.1:PORT) that says nothing.
-int silent_peer(const std::string& endpoint) {
+// A TCP connection to `endpoint` (tcp://127.0.0.1:PORT) that, with
+// `handshake`, goes through the ZMTP 3.0 NULL handshake as a DEALER and sends
+// the first frame of a message announcing more; then it says nothing.
+int silent_peer(const std::string& endpoint, bool handshake) {
   const auto port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   REQUIRE(fd >= 0);
@@ -235,6 +237,25 @@ int silent_peer(const std::string& endpoint) {
   address.sin_port = htons(static_cast<std::uint16_t>(port));
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+  if (!handshake) return fd;
+  std::string greeting(64, '\0');
+  greeting[0] = '\xff';
+  greeting[9] = '\x7f';
+  greeting[10] = 3;  // ZMTP 3.0
+  greeting.replace(12, 4, "NULL");
+  REQUIRE(::write(fd, greeting.data(), greeting.size()) == 64);
+  char answer[64];
+  std::size_t got = 0;
+  while (got < sizeof answer) {
+    auto n = ::read(fd, answer + got, sizeof answer - got);
+    REQUIRE(n > 0);
+    got += static_cast<std::size_t>(n);
+  }
+  const std::string body =
+      std::string("\x05READY\x0bSocket-Type") + std::string("\0\0\0\x06", 4) + "DEALER";
+  std::string frames = std::string("\x04") + static_cast<char>(body.size()) + body;
+  frames += std::string("\x01\x04OBX\x02", 6);  // a first frame, "more" set, and no second
+  REQUIRE(::write(fd, frames.data(), frames.size()) == static_cast<ssize_t>(frames.size()));
   return fd;
 }
 
@@ -250,7 +271,7 @@ TEST_CASE("peers that connect and never finish the handshake are dropped", "[bro
   const pid_t pid = broker.process().pid();
   const auto before = open_sockets(pid);
   std::vector<int> peers;
-  for (int i = 0; i < 16; ++i) peers.push_back(silent_peer(broker.endpoint()));
+  for (int i = 0; i < 16; ++i) peers.push_back(silent_peer(broker.endpoint(), false));
   CHECK(test_support::wait_until([&] { return open_sockets(pid) >= before + 16; }, 20s));
   // Dropped after the 10 s handshake timeout (libzmq's own is 30 s).
   const bool dropped =
@@ -258,6 +279,30 @@ TEST_CASE("peers that connect and never finish the handshake are dropped", "[bro
   INFO("sockets: " << before << " before, " << open_sockets(pid) << " now");
   CHECK(dropped);
   CHECK(connect(broker.endpoint())->ping(20s).ok());
+  for (int fd : peers) ::close(fd);
+  CHECK(broker.stop().code == 0);
+}
+
+// A peer that finished its handshake, sent the first frame of a message and
+// went silent was held until it closed: nothing of it reached the broker's
+// loop, and ZeroMQ waits for the rest of the message for ever.
+TEST_CASE("peers that go silent halfway through a message are dropped", "[broker][bounds]") {
+  test_support::TempDir dir("broker-half-messages");
+  BrokerProcess broker(dir.path(), dir / "broker.db", {"--peer-timeout", "3s"});
+  auto client = connect(broker.endpoint());
+  REQUIRE(client->ping(20s).ok());
+  const pid_t pid = broker.process().pid();
+  const auto before = open_sockets(pid);
+  std::vector<int> peers;
+  for (int i = 0; i < 16; ++i) peers.push_back(silent_peer(broker.endpoint(), true));
+  CHECK(test_support::wait_until([&] { return open_sockets(pid) >= before + 16; }, 20s));
+  // Dropped once nothing arrived for 3 s after a PING (sent every 1 s).
+  const bool dropped =
+      test_support::wait_until([&] { return open_sockets(pid) <= before; }, 30s, 100ms);
+  INFO("sockets: " << before << " before, " << open_sockets(pid) << " now");
+  CHECK(dropped);
+  // A client that reads (its ZeroMQ answers the PINGs) is kept, idle or not.
+  CHECK(client->ping(20s).ok());
   for (int fd : peers) ::close(fd);
   CHECK(broker.stop().code == 0);
 }

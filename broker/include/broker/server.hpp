@@ -127,15 +127,18 @@ struct ServerOptions {
   std::chrono::milliseconds shutdown_linger{5000};
   // A peer that has not finished its ZMTP handshake after handshake_timeout
   // is dropped: one that connected and never spoke no longer holds a
-  // descriptor for good. With peer_heartbeat_interval set, the broker also
-  // sends every connection a ZMTP PING that often and drops one that answers
-  // none for peer_heartbeat_timeout. Off by default: a peer that does not
-  // read its replies cannot answer a PING either (its ZeroMQ stops reading
-  // with its queue full), so it would be dropped instead of held back, and a
-  // broker slower than that timeout (a sanitizer build) dropped a publisher
-  // whose batches it had not yet applied. 0 turns each off.
-  std::chrono::milliseconds peer_heartbeat_interval{0};
-  std::chrono::milliseconds peer_heartbeat_timeout{6000};
+  // descriptor for good. The broker also sends every connection a ZMTP PING
+  // every peer_heartbeat_interval and drops one from which nothing at all
+  // (no message, no answer to the PING) arrives for peer_heartbeat_timeout
+  // after it: a peer that sent half a message and went silent no longer
+  // holds a descriptor for good either. A peer that does not read its
+  // replies cannot answer a PING (its ZeroMQ stops reading with its queue
+  // full), so one that neither reads nor sends for that long is dropped too;
+  // the timeout is long for that reason (a sanitizer build took more than 6 s
+  // to apply the 60 batches of a publisher waiting for their acks). 0 turns
+  // each off.
+  std::chrono::milliseconds peer_heartbeat_interval{10'000};
+  std::chrono::milliseconds peer_heartbeat_timeout{60'000};
   std::chrono::milliseconds handshake_timeout{10'000};
   std::optional<CurveServerConfig> curve;
   std::shared_ptr<spdlog::logger> logger;  // null: a null sink
