@@ -7,6 +7,12 @@
 //   publish  4 connections publish batches of the largest frame the broker
 //            takes (32 MiB) and never read their acks
 //   idle     1,000 connections that open a session and then stay idle
+//   consumers  100 connections, each sends 40 FETCHes of 900 KB messages and
+//            never reads (all of them together, past --max-total-outgoing-bytes)
+//   hellos   one connection sends 20,000 HELLOs with new origins without
+//            waiting (each raises a lease epoch: a durable write) while another
+//            publishes one message at a time; prints the broker's CPU, its
+//            epoch commits and the other peer's publish latency
 //
 //   broker-stress --dir /tmp/broker-stress [--scenario all] [--broker PATH]
 //
@@ -24,11 +30,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <zmq.hpp>
@@ -57,6 +67,8 @@ struct Settings {
   int publishers = 4;
   int batches = 12;
   int idle_connections = 1000;
+  int consumers = 100;
+  int hellos = 20'000;
   double observe_seconds = 30;
 };
 
@@ -88,6 +100,20 @@ class Daemon {
   Daemon& operator=(const Daemon&) = delete;
 
   const std::string& endpoint() const { return endpoint_; }
+
+  // User + system CPU seconds so far (/proc/<pid>/stat).
+  double cpu_seconds() const {
+    std::ifstream stat("/proc/" + std::to_string(process_->pid()) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    std::istringstream fields(text.substr(text.rfind(')') + 2));
+    std::string field;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && fields >> field; ++i) {
+      if (i == 14) utime = std::stoull(field);
+      if (i == 15) stime = std::stoull(field);
+    }
+    return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  }
 
   // A field of /proc/<pid>/status in KiB (VmHWM: peak, VmRSS: now).
   long kib(const std::string& field) const {
@@ -234,6 +260,103 @@ Figures publish_scenario(const Settings& settings) {
   return figures;
 }
 
+// Many consumers that stop reading: together they may hold only the total
+// cap, each its share of it.
+Figures consumers_scenario(const Settings& settings) {
+  Daemon daemon(settings, "consumers");
+  {
+    broker::Client producer(daemon.endpoint());
+    if (!producer.hello("broker-stress", 20s)) throw std::runtime_error("no session");
+    std::vector<wire::OutgoingMessage> batch;
+    for (int i = 0; i < 30; ++i) {
+      batch.push_back({"big-" + std::to_string(i), "big", "k", {}, std::string(900'000, 'x')});
+    }
+    auto ack = producer.publish(1, batch, 60s);
+    if (!ack) throw std::runtime_error("publish failed: " + ack.error().message);
+  }
+  zmq::context_t context(1);
+  context.set(zmq::ctxopt::max_sockets, settings.consumers + 16);
+  std::vector<zmq::socket_t> sockets;
+  for (int c = 0; c < settings.consumers; ++c) {
+    sockets.push_back(test_support::non_reading_dealer(context, daemon.endpoint()));
+    for (int i = 0; i < 40; ++i) {
+      wire::Fetch fetch;
+      fetch.request_id = static_cast<std::uint64_t>(i + 1);
+      fetch.topic = "big";
+      fetch.from_offset = 1;
+      send(sockets.back(), fetch);
+    }
+  }
+  std::uint64_t held = 0;
+  auto figures = observe(daemon, settings, [&] {
+    held = counter(stats(daemon), "outgoing_bytes");
+    sockets.clear();
+  });
+  figures.notes = "outgoing_bytes_held=" + std::to_string(held);
+  return figures;
+}
+
+// A HELLO flood beside a publisher: the epochs of the HELLOs read together
+// are written in one transaction, and the publisher is not held behind them.
+Figures hellos_scenario(const Settings& settings) {
+  Daemon daemon(settings, "hellos");
+  broker::Client publisher(daemon.endpoint());
+  if (!publisher.hello("broker-stress", 20s)) throw std::runtime_error("no session");
+  zmq::context_t context(1);
+  zmq::socket_t flooder(context, zmq::socket_type::dealer);
+  flooder.set(zmq::sockopt::linger, 0);
+  flooder.set(zmq::sockopt::sndhwm, 0);
+  flooder.set(zmq::sockopt::rcvhwm, 0);
+  flooder.connect(daemon.endpoint());
+  const double cpu_before = daemon.cpu_seconds();
+  const auto started = SteadyClock::now();
+  std::atomic<bool> flooding{true};
+  std::thread flood([&] {
+    for (int i = 0; i < settings.hellos; ++i) {
+      send(flooder, wire::Hello{"flood", wire::kHelloOneOfSeveral, "origin-" + std::to_string(i),
+                                static_cast<std::uint64_t>(i + 1)});
+    }
+    flooder.set(zmq::sockopt::rcvtimeo, 60000);
+    for (int i = 0; i < settings.hellos; ++i) {
+      if (!wire::receive_message(flooder)) break;
+    }
+    flooding = false;
+  });
+  std::vector<double> latencies_ms;
+  for (std::uint64_t batch = 1; flooding; ++batch) {
+    auto sent = SteadyClock::now();
+    const std::vector<wire::OutgoingMessage> message = {
+        {"p-" + std::to_string(batch), "other", "k", {}, std::string(100, 'p')}};
+    auto ack = publisher.publish(batch, message, 60s);
+    if (!ack) throw std::runtime_error("publish failed: " + ack.error().message);
+    latencies_ms.push_back(
+        std::chrono::duration<double, std::milli>(SteadyClock::now() - sent).count());
+    std::this_thread::sleep_for(10ms);
+  }
+  flood.join();
+  const double seconds = std::chrono::duration<double>(SteadyClock::now() - started).count();
+  const double cpu = daemon.cpu_seconds() - cpu_before;
+  auto after = stats(daemon);
+  std::sort(latencies_ms.begin(), latencies_ms.end());
+  auto at = [&](double q) {
+    return latencies_ms.empty() ? 0.0
+                                : latencies_ms[static_cast<std::size_t>(
+                                      q * static_cast<double>(latencies_ms.size() - 1))];
+  };
+  char notes[256];
+  std::snprintf(notes, sizeof notes,
+                "hellos=%d in %.2f s, broker CPU %.2f s, epoch_commits=%llu; other peer's "
+                "publish ms: median %.1f max %.1f (%zu)",
+                settings.hellos, seconds, cpu,
+                static_cast<unsigned long long>(counter(after, "epoch_commits")), at(0.5), at(1.0),
+                latencies_ms.size());
+  Figures figures;
+  figures.peak_kib = daemon.kib("VmHWM");
+  figures.after_kib = daemon.kib("VmRSS");
+  figures.notes = notes;
+  return figures;
+}
+
 Figures idle_scenario(const Settings& settings) {
   Daemon daemon(settings, "idle");
   zmq::context_t context(1);
@@ -257,8 +380,8 @@ int main(int argc, char** argv) {
   app.add_option("--broker", settings.broker, "outbox-broker binary")->capture_default_str();
   app.add_option("--dir", settings.dir, "scratch directory (databases, logs)")
       ->capture_default_str();
-  app.add_option("--scenario", settings.scenario, "all, fetch, publish or idle")
-      ->check(CLI::IsMember({"all", "fetch", "publish", "idle"}))
+  app.add_option("--scenario", settings.scenario, "all, fetch, publish, idle, consumers or hellos")
+      ->check(CLI::IsMember({"all", "fetch", "publish", "idle", "consumers", "hellos"}))
       ->capture_default_str();
   app.add_option("--publish-batches", settings.batches, "largest batches per publisher")
       ->check(CLI::Range(1, 1000))
@@ -278,6 +401,8 @@ int main(int argc, char** argv) {
       {"fetch", "3 connections x 300 unread FETCHes of 8 MiB", fetch_scenario},
       {"publish", "4 clients publishing 32 MiB batches, acks unread", publish_scenario},
       {"idle", "1,000 idle connections with a session", idle_scenario},
+      {"consumers", "100 connections x 40 unread FETCHes of 900 KB", consumers_scenario},
+      {"hellos", "20,000 HELLOs with new origins beside a publisher", hellos_scenario},
   };
   std::printf("%-8s %-50s %14s %16s  %s\n", "scenario", "", "peak RSS MiB", "after peers MiB",
               "notes");

@@ -133,7 +133,7 @@ class Server::Impl {
   void refresh_metrics(detail::SteadyClock::time_point now);
 
   // HELLOs waiting for their epoch write end a round of reads at this many.
-  static constexpr std::size_t kMaxDeferredHellos = 1024;
+  static constexpr std::size_t kMaxDeferredHellos = 128;
   static constexpr std::uint32_t kBlocked = 0xffffffffu;
   // Slots from here on index Round::violations (messages refused while decoding).
   static constexpr std::uint32_t kRejectedSlotBase = 0x80000000u;

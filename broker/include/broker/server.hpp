@@ -109,7 +109,9 @@ struct ServerOptions {
   // anything held) is treated as at its cap, and FETCH replies are sized to
   // what the total or the share leaves; a connection under its share is
   // served as before. So many consumers that do not read cannot take the
-  // broker's memory, nor the room of one that does.
+  // broker's memory, nor the room of one that does. (Those that took more
+  // than their share while the total had room keep it: all together hold at
+  // most about twice this, plus one message each.)
   std::size_t max_total_outgoing_bytes = std::size_t{256} << 20;
   std::size_t max_parked_requests = 1024;
   std::size_t max_parked_bytes = std::size_t{1} << 20;
