@@ -308,6 +308,8 @@ void Server::Impl::settle_hellos() {
   } catch (const std::exception& error) {
     counters_.storage_failures += hellos.size();
     for (const auto& deferred : hellos) {
+      // Refused: it still ends what it would have replaced.
+      sessions_.end_replaced(deferred.routing_id, deferred.hello);
       reply(deferred.routing_id,
             wire::ErrorReply{deferred.hello.hello_id, wire::ErrorCode::storage_failure,
                              std::string("cannot record the lease epoch: ") + error.what()});
