@@ -816,6 +816,29 @@ Stats RelayStore::stats() {
   return stats;
 }
 
+// seq <= 0 is a range of the rowid: a seek, then only such rows.
+std::vector<PendingMessage> RelayStore::unreachable(std::size_t limit) {
+  auto& impl = *impl_;
+  Statement select(impl.db,
+                   "SELECT m.seq, m.msg_id, m.topic, m.partition_key FROM outbox_messages m "
+                   "WHERE m.seq <= 0 AND m.seq <= coalesce((SELECT settled_through_seq FROM "
+                   "outbox_relay_cursor WHERE id = 1), 0) "
+                   "AND NOT EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.seq = m.seq) "
+                   "ORDER BY m.seq LIMIT ?1");
+  auto use = select.use();
+  use.bind(1, static_cast<std::int64_t>(limit));
+  std::vector<PendingMessage> result;
+  while (use.step()) {
+    PendingMessage message;
+    message.seq = use.column_int64(0);
+    message.msg_id = use.column_text(1);
+    message.topic = use.column_text(2);
+    message.partition_key = use.column_optional_text(3);
+    result.push_back(std::move(message));
+  }
+  return result;
+}
+
 std::vector<DeadMessage> RelayStore::list_dead(std::size_t limit) {
   auto& impl = *impl_;
   std::vector<DeadMessage> result;

@@ -737,6 +737,30 @@ struct Relay::Impl {
     return sendable;
   }
 
+  // Rows another program inserted with a seq of 0 or below: reads start
+  // above the cursor (0 at first), so they would wait unseen for ever. They
+  // are made dead, with a reason that says how to send them.
+  void make_unreachable_dead() {
+    auto rows = database("looking for rows at seq 0 or below").unreachable(100);
+    if (rows.empty()) return;
+    for (const auto& message : rows) {
+      auto reason = "UNDELIVERABLE: seq " + std::to_string(message.seq) +
+                    " is not above 0, and the relay reads seqs above 0 only: insert the "
+                    "message again without a seq (docs/schema.md)";
+      log_dead(message, reason,
+               "message {} (seq {}, topic '{}', {}) will never be read: {}; it is dead, "
+               "later messages of its key wait until it is dropped (outbox-relay dead / drop)",
+               printable_field(message.msg_id), message.seq, printable_field(message.topic),
+               describe_key(message), reason);
+      settled.push_back(outbox::Outcome::dead(message.seq, std::move(reason)));
+    }
+    counters.dead += rows.size();
+    counters.undeliverable += rows.size();
+    metrics->undeliverable.add(rows.size());
+    note_progress();
+    record_settled();
+  }
+
   // Up to `limit` messages after last_sent_seq and within `max_bytes` (a
   // PUBLISH body) and `budget_bytes` (the byte window's share; at least one
   // message), from the read-ahead; when it has none that follow
@@ -1019,6 +1043,7 @@ struct Relay::Impl {
       auto deleted = database("deleting delivered rows")
                          .delete_delivered(config.retention, kRowsPerStep, kStepsPerTurn);
       counters.deleted += deleted;
+      make_unreachable_dead();
       // A full turn means more is due: come back soon rather than after the interval.
       next_retention = now + (deleted == kRowsPerStep * kStepsPerTurn ? milliseconds(100)
                                                                       : config.retention_interval);

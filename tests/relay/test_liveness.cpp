@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "relay_harness.hpp"
+#include "sqlite/sqlite.hpp"
 
 using namespace relay_test;
 
@@ -103,6 +104,41 @@ TEST_CASE("rows that break a limit or the headers format are dead one by one whi
   auto exit = relay.stop();
   CHECK(exit.exited);
   CHECK(exit.code == 0);
+}
+
+// The relay reads seqs above its cursor (0 at first): a row another program
+// inserted with a seq of its own at 0 or below was never read, never dead and
+// reported nowhere.
+TEST_CASE("rows inserted with a seq of 0 or below are made dead, naming the seq",
+          "[relay][liveness]") {
+  test_support::TempDir dir("relay-seq-below-one");
+  auto db = dir / "app.db";
+  outbox::Outbox::open(db);
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  {
+    auto raw = sqlite::open_connection(db, {});
+    sqlite::exec(raw.get(),
+                 "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
+                 "(-5, 'below-5', 'orders', 'n', X'00'), (0, 'zero', 'orders', 'z', X'00');"
+                 "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
+                 "('ok-1', 'orders', 'k', CAST('ok-1' AS BLOB)), "
+                 "('n-later', 'orders', 'n', CAST('n-later' AS BLOB));");
+  }
+  RelayProcess relay(dir.path(), db, broker.endpoint(), {"--cleanup-interval", "200ms"});
+  INFO(relay.log());
+  REQUIRE(wait_delivered(db, 1, 60s));
+  REQUIRE(test_support::wait_until([&] { return outbox_status(db).dead == 2; }, 30s, 20ms));
+  auto dead = test_support::run(relay_binary(), {"dead", "--db", db.string()});
+  CHECK_THAT(dead.out, Catch::Contains("UNDELIVERABLE: seq -5 is not above 0") &&
+                           Catch::Contains("UNDELIVERABLE: seq 0 is not above 0") &&
+                           Catch::Contains("insert the message again without a seq"));
+  // n-later waits behind its key's dead row, until that is dropped.
+  CHECK(outbox_status(db).pending == 1);
+  REQUIRE(test_support::run(relay_binary(), {"drop", "--db", db.string(), "--msg-id", "below-5"})
+              .status.code == 0);
+  REQUIRE(wait_delivered(db, 2, 60s));
+  CHECK(payloads_in_order(broker.endpoint()) == std::vector<std::string>{"ok-1", "n-later"});
+  CHECK(relay.stop().code == 0);
 }
 
 TEST_CASE("with --on-dead skip no poison row holds anything back", "[relay][liveness]") {

@@ -237,6 +237,11 @@ class RelayStore {
   // malformed comes back with `format_error` set instead of throwing.
   std::vector<PendingMessage> read_pending(std::size_t limit, std::int64_t after_seq = 0,
                                            std::size_t max_bytes = SIZE_MAX);
+  // Up to `limit` messages that read_pending() can never return because
+  // another program inserted them with a seq of its own at 0 or below (and at
+  // or below the cursor): lowest seq first, only those with no outcome yet.
+  // Their msg_id, topic and key are set; payload and headers are not read.
+  std::vector<PendingMessage> unreachable(std::size_t limit);
   // The delivery generation (outbox_relay_cursor.generation) as the last
   // read_pending() saw it, in the same transaction as the rows it returned.
   // replay_dead(), replay_all_dead() and drop_dead() add one in their own
