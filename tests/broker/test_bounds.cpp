@@ -259,6 +259,23 @@ int silent_peer(const std::string& endpoint, bool handshake) {
   return fd;
 }
 
+// Opens 16 silent peers (see silent_peer) and checks that the broker closes
+// every one within `within` and still serves `client`.
+void check_silent_peers_dropped(BrokerProcess& broker, broker::Client& client, bool handshake,
+                                std::chrono::seconds within) {
+  const pid_t pid = broker.process().pid();
+  const auto before = open_sockets(pid);
+  std::vector<int> peers;
+  for (int i = 0; i < 16; ++i) peers.push_back(silent_peer(broker.endpoint(), handshake));
+  CHECK(test_support::wait_until([&] { return open_sockets(pid) >= before + 16; }, 20s));
+  const bool dropped =
+      test_support::wait_until([&] { return open_sockets(pid) <= before; }, within, 100ms);
+  INFO("sockets: " << before << " before, " << open_sockets(pid) << " now");
+  CHECK(dropped);
+  CHECK(client.ping(20s).ok());
+  for (int fd : peers) ::close(fd);
+}
+
 }  // namespace
 
 // A peer that connected and never finished its ZMTP handshake was kept for
@@ -267,19 +284,10 @@ int silent_peer(const std::string& endpoint, bool handshake) {
 TEST_CASE("peers that connect and never finish the handshake are dropped", "[broker][bounds]") {
   test_support::TempDir dir("broker-silent-peers");
   BrokerProcess broker(dir.path(), dir / "broker.db");
-  REQUIRE(connect(broker.endpoint())->ping(20s).ok());
-  const pid_t pid = broker.process().pid();
-  const auto before = open_sockets(pid);
-  std::vector<int> peers;
-  for (int i = 0; i < 16; ++i) peers.push_back(silent_peer(broker.endpoint(), false));
-  CHECK(test_support::wait_until([&] { return open_sockets(pid) >= before + 16; }, 20s));
+  auto client = connect(broker.endpoint());
+  REQUIRE(client->ping(20s).ok());
   // Dropped after the 10 s handshake timeout (libzmq's own is 30 s).
-  const bool dropped =
-      test_support::wait_until([&] { return open_sockets(pid) <= before; }, 25s, 100ms);
-  INFO("sockets: " << before << " before, " << open_sockets(pid) << " now");
-  CHECK(dropped);
-  CHECK(connect(broker.endpoint())->ping(20s).ok());
-  for (int fd : peers) ::close(fd);
+  check_silent_peers_dropped(broker, *client, false, 25s);
   CHECK(broker.stop().code == 0);
 }
 
@@ -291,19 +299,9 @@ TEST_CASE("peers that go silent halfway through a message are dropped", "[broker
   BrokerProcess broker(dir.path(), dir / "broker.db", {"--peer-timeout", "3s"});
   auto client = connect(broker.endpoint());
   REQUIRE(client->ping(20s).ok());
-  const pid_t pid = broker.process().pid();
-  const auto before = open_sockets(pid);
-  std::vector<int> peers;
-  for (int i = 0; i < 16; ++i) peers.push_back(silent_peer(broker.endpoint(), true));
-  CHECK(test_support::wait_until([&] { return open_sockets(pid) >= before + 16; }, 20s));
-  // Dropped once nothing arrived for 3 s after a PING (sent every 1 s).
-  const bool dropped =
-      test_support::wait_until([&] { return open_sockets(pid) <= before; }, 30s, 100ms);
-  INFO("sockets: " << before << " before, " << open_sockets(pid) << " now");
-  CHECK(dropped);
-  // A client that reads (its ZeroMQ answers the PINGs) is kept, idle or not.
-  CHECK(client->ping(20s).ok());
-  for (int fd : peers) ::close(fd);
+  // Dropped once nothing arrived for 3 s after a PING (sent every 1 s); the
+  // client, whose ZeroMQ answers the PINGs, is kept.
+  check_silent_peers_dropped(broker, *client, true, 30s);
   CHECK(broker.stop().code == 0);
 }
 
