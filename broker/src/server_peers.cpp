@@ -67,7 +67,7 @@ std::size_t Peers::queued_bytes(const Peer& peer) {
   return peer.account->bytes.load(std::memory_order_acquire) + peer.backlog_bytes;
 }
 
-std::size_t Peers::total_bytes() const {
+std::uint64_t Peers::outgoing_bytes() const {
   return total_->load(std::memory_order_acquire) + backlog_bytes_;
 }
 
@@ -81,7 +81,7 @@ bool Peers::over_cap(const Peer& peer) const {
   if (!peer.backlog.empty()) return true;
   const auto queued = queued_bytes(peer);
   if (queued >= options_.max_outgoing_bytes) return true;
-  return total_bytes() >= options_.max_total_outgoing_bytes && queued >= fair_share();
+  return outgoing_bytes() >= options_.max_total_outgoing_bytes && queued >= fair_share();
 }
 
 std::size_t Peers::room(const std::string& routing_id) {
@@ -90,7 +90,7 @@ std::size_t Peers::room(const std::string& routing_id) {
   if (queued >= options_.max_outgoing_bytes) return 0;
   const auto own = options_.max_outgoing_bytes - queued;
   // Whatever the total leaves, and at least what brings it to its share.
-  const auto total = total_bytes();
+  const auto total = outgoing_bytes();
   const auto left =
       total >= options_.max_total_outgoing_bytes ? 0 : options_.max_total_outgoing_bytes - total;
   const auto share = fair_share();
@@ -228,10 +228,6 @@ void Peers::sweep() {
       ++it;
     }
   }
-}
-
-std::uint64_t Peers::outgoing_bytes() const {
-  return total_bytes();
 }
 
 std::uint64_t Peers::requests_waiting() const {

@@ -116,6 +116,7 @@ class Peers {
   // Connections whose replies were all written cost nothing here.
   void sweep();
 
+  // Reply bytes held for all peers: in ZeroMQ and in backlogs.
   std::uint64_t outgoing_bytes() const;
   std::uint64_t requests_waiting() const;
   std::size_t held_back_count() const noexcept { return held_back_.size(); }
@@ -141,7 +142,6 @@ class Peers {
   // are added up in backlog_bytes_.
   std::shared_ptr<std::atomic<std::size_t>> total_ = std::make_shared<std::atomic<std::size_t>>(0);
   std::size_t backlog_bytes_ = 0;
-  std::size_t total_bytes() const;
   std::size_t fair_share() const;
   bool wake_now_ = false;
 };
