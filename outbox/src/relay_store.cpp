@@ -839,6 +839,49 @@ std::vector<PendingMessage> RelayStore::unreachable(std::size_t limit) {
   return result;
 }
 
+RelayStore::BelowCursorStep RelayStore::below_cursor(std::int64_t after_seq, std::size_t max_rows,
+                                                     std::size_t limit) {
+  auto& impl = *impl_;
+  sqlite::Transaction transaction(impl.db, false);
+  BelowCursorStep step;
+  step.cursor = impl.cursor().first;
+  Statement scan(impl.db,
+                 "SELECT m.seq, EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.seq = m.seq) "
+                 "FROM outbox_messages m WHERE m.seq > ?1 AND m.seq <= ?2 ORDER BY m.seq LIMIT ?3");
+  std::vector<std::int64_t> found;
+  std::size_t looked_at = 0;
+  std::int64_t last = after_seq;
+  bool full = false;  // `limit` rows found: the next step goes on after the last
+  {
+    auto use = scan.use();
+    use.bind(1, std::max<std::int64_t>(after_seq, 0));
+    use.bind(2, step.cursor);
+    use.bind(3, static_cast<std::int64_t>(std::min<std::size_t>(max_rows, INT64_MAX)));
+    while (!full && use.step()) {
+      ++looked_at;
+      last = use.column_int64(0);
+      if (use.column_int64(1) != 0) continue;
+      found.push_back(last);
+      full = found.size() >= limit;
+    }
+  }
+  step.next_after = full || looked_at >= max_rows ? last : 0;
+  Statement row(impl.db, "SELECT msg_id, topic, partition_key FROM outbox_messages WHERE seq = ?1");
+  for (auto seq : found) {
+    auto use = row.use();
+    use.bind(1, seq);
+    if (!use.step()) continue;
+    PendingMessage message;
+    message.seq = seq;
+    message.msg_id = use.column_text(0);
+    message.topic = use.column_text(1);
+    message.partition_key = use.column_optional_text(2);
+    step.rows.push_back(std::move(message));
+  }
+  transaction.commit();
+  return step;
+}
+
 std::vector<DeadMessage> RelayStore::list_dead(std::size_t limit) {
   auto& impl = *impl_;
   std::vector<DeadMessage> result;

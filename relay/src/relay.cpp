@@ -183,6 +183,7 @@ struct Relay::Impl {
   std::deque<outbox::PendingMessage> read_ahead;
   std::int64_t read_ahead_after = 0;
   std::int64_t last_sent_seq = 0;
+  std::int64_t below_cursor_swept = 0;  // make_below_cursor_dead(): where the sweep goes on
   // The delivery generation the batches in flight were read under. When an
   // operator replays or drops a message, everything goes on hold until those
   // batches are settled; then reading starts over from the cursor.
@@ -727,14 +728,20 @@ struct Relay::Impl {
       }
       bytes += size;
     }
-    if (dead > 0) {
-      counters.dead += dead;
-      counters.undeliverable += dead;
-      metrics->undeliverable.add(dead);
-      note_progress();
-      record_settled();
-    }
+    if (dead > 0) settle_undeliverable(dead);
     return sendable;
+  }
+
+  // Counts `count` messages just made dead as undeliverable and records them
+  // (with whatever else was settled) at once: a dead message holds back its
+  // key, from the next read on (what was read ahead may hold its later ones).
+  void settle_undeliverable(std::uint64_t count) {
+    read_ahead.clear();
+    counters.dead += count;
+    counters.undeliverable += count;
+    metrics->undeliverable.add(count);
+    note_progress();
+    record_settled();
   }
 
   // Rows another program inserted with a seq of 0 or below: reads start
@@ -754,11 +761,37 @@ struct Relay::Impl {
                describe_key(message), reason);
       settled.push_back(outbox::Outcome::dead(message.seq, std::move(reason)));
     }
-    counters.dead += rows.size();
-    counters.undeliverable += rows.size();
-    metrics->undeliverable.add(rows.size());
-    note_progress();
-    record_settled();
+    settle_undeliverable(rows.size());
+  }
+
+  // Rows another program inserted with a positive seq of its own at or below
+  // the cursor, after the cursor had passed that seq: reads start above the
+  // cursor, so they would wait unseen for ever. A sweep over the rows below
+  // the cursor, kBelowCursorRowsPerStep per cleanup interval (a full pass
+  // over N retained rows takes N / kBelowCursorRowsPerStep intervals), makes
+  // them dead; replaying one sends it (the cursor moves back below it). A
+  // step holds this thread about 5 ms (0.5 us a row, 1 million retained rows),
+  // which is why it is no larger.
+  static constexpr std::size_t kBelowCursorRowsPerStep = 10'000;
+  void make_below_cursor_dead() {
+    auto step = database("looking for rows inserted below the cursor")
+                    .below_cursor(below_cursor_swept, kBelowCursorRowsPerStep, 100);
+    below_cursor_swept = step.next_after;
+    if (step.rows.empty()) return;
+    for (const auto& message : step.rows) {
+      auto reason = "UNDELIVERABLE: seq " + std::to_string(message.seq) +
+                    " is at or below the relay's cursor (" + std::to_string(step.cursor) +
+                    ") and was never read: replay it to send it now, or insert it again "
+                    "without a seq (docs/schema.md)";
+      log_dead(message, reason,
+               "message {} (seq {}, topic '{}', {}) was inserted below the cursor and will never "
+               "be read: {}; it is dead, later messages of its key wait until it is replayed or "
+               "dropped (outbox-relay dead / replay / drop)",
+               printable_field(message.msg_id), message.seq, printable_field(message.topic),
+               describe_key(message), reason);
+      settled.push_back(outbox::Outcome::dead(message.seq, std::move(reason)));
+    }
+    settle_undeliverable(step.rows.size());
   }
 
   // Up to `limit` messages after last_sent_seq and within `max_bytes` (a
@@ -1044,6 +1077,7 @@ struct Relay::Impl {
                          .delete_delivered(config.retention, kRowsPerStep, kStepsPerTurn);
       counters.deleted += deleted;
       make_unreachable_dead();
+      make_below_cursor_dead();
       // A full turn means more is due: come back soon rather than after the interval.
       next_retention = now + (deleted == kRowsPerStep * kStepsPerTurn ? milliseconds(100)
                                                                       : config.retention_interval);

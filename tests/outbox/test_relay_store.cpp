@@ -188,7 +188,7 @@ TEST_CASE("pending reads skip settled rows past the cursor across many rows") {
   // read from the cursor walks the messages and their delivery rows together.
   Fixture f;
   std::vector<std::string> keys;
-  for (int i = 1; i <= 200; ++i) keys.push_back("k" + std::to_string(i));
+  for (int i = 1; i <= 200; ++i) keys.push_back(std::string("k").append(std::to_string(i)));
   f.enqueue(keys);  // seqs 1..200
   auto lease = f.lease();
   std::vector<outbox::Outcome> evens;
@@ -575,4 +575,52 @@ TEST_CASE("the origin id is created once, kept in outbox_meta, and the same for 
   test_support::TempDir other_dir("relay-store-origin");
   outbox::Outbox::open(other_dir / "app.db");
   CHECK(outbox::RelayStore::open(other_dir / "app.db").origin_id() != origin);
+}
+
+TEST_CASE("a sweep below the cursor finds rows with a seq of their own and no outcome") {
+  Fixture f;
+  std::vector<std::string> keys;
+  for (int i = 1; i <= 10; ++i) keys.push_back(std::string("k").append(std::to_string(i)));
+  f.enqueue(keys);
+  auto lease = f.lease();
+  std::vector<outbox::Outcome> outcomes;
+  for (std::int64_t seq = 1; seq <= 10; ++seq) {
+    outcomes.push_back(outbox::Outcome::delivered(seq, seq));
+  }
+  f.store.record_outcomes(outcomes, lease);
+  // Seqs 3 and 7 gone as retention deletes them (both tables), then written
+  // again by another program with those seqs; one more pending above the cursor.
+  exec(f.box.db(), "DELETE FROM outbox_messages WHERE seq IN (3, 7)");
+  exec(f.box.db(), "DELETE FROM outbox_delivery WHERE seq IN (3, 7)");
+  exec(f.box.db(),
+       "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
+       "(3, 'again-3', 'orders', 'x', X'00'), (7, 'again-7', 'orders', NULL, X'00'), "
+       "(-1, 'negative', 'orders', 'n', X'00')");
+  f.enqueue({"pending"});
+
+  auto first = f.store.below_cursor(0, 4, 100);
+  CHECK(first.cursor == 10);
+  REQUIRE(seqs_of(first.rows) == Seqs{3});
+  CHECK(first.rows[0].msg_id == "again-3");
+  CHECK(first.rows[0].topic == "orders");
+  CHECK(first.rows[0].partition_key == "x");
+  CHECK(first.next_after == 4);  // rows 1, 2, 3 and 4 looked at
+  auto second = f.store.below_cursor(first.next_after, 4, 100);
+  REQUIRE(seqs_of(second.rows) == Seqs{7});
+  CHECK_FALSE(second.rows[0].partition_key);
+  CHECK(second.next_after == 8);
+  auto third = f.store.below_cursor(second.next_after, 4, 100);
+  CHECK(third.rows.empty());  // 9 and 10; 11 is above the cursor (pending)
+  CHECK(third.next_after == 0);
+  // One step over everything, and `limit`.
+  CHECK(seqs_of(f.store.below_cursor(0, 1000, 100).rows) == Seqs{3, 7});
+  auto limited = f.store.below_cursor(0, 1000, 1);
+  CHECK(seqs_of(limited.rows) == Seqs{3});
+  CHECK(limited.next_after == 3);  // the next step finds 7
+  CHECK(seqs_of(f.store.below_cursor(limited.next_after, 1000, 1).rows) == Seqs{7});
+  // Once dead, they have an outcome.
+  std::vector<outbox::Outcome> dead{outbox::Outcome::dead(3, "UNDELIVERABLE: below"),
+                                    outbox::Outcome::dead(7, "UNDELIVERABLE: below")};
+  f.store.record_outcomes(dead, lease);
+  CHECK(f.store.below_cursor(0, 1000, 100).rows.empty());
 }

@@ -141,6 +141,58 @@ TEST_CASE("rows inserted with a seq of 0 or below are made dead, naming the seq"
   CHECK(relay.stop().code == 0);
 }
 
+// Every settled seq has a delivery row, so a row at a positive seq at or below
+// the cursor with none was inserted with a seq of its own after the cursor had
+// passed it (a copy of rows from another database, a tool that picks seqs):
+// it was never read, never dead and reported nowhere. It is made dead, and a
+// replay sends it.
+TEST_CASE("a row inserted below the cursor with a seq of its own is made dead and can be replayed",
+          "[relay][liveness]") {
+  test_support::TempDir dir("relay-below-cursor");
+  auto db = dir / "app.db";
+  outbox::Outbox::open(db);
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  auto insert = [&](const char* sql) {
+    auto raw = sqlite::open_connection(db, {});
+    sqlite::exec(raw.get(), sql);
+  };
+  insert(
+      "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
+      "(10, 's10', 'orders', 'a', CAST('s10' AS BLOB)), "
+      "(20, 's20', 'orders', 'b', CAST('s20' AS BLOB));");
+  RelayProcess relay(dir.path(), db, broker.endpoint(), {"--cleanup-interval", "200ms"});
+  INFO(relay.log());
+  REQUIRE(wait_delivered(db, 2, 60s));
+  insert(
+      "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
+      "(15, 's15', 'orders', 'a', CAST('s15' AS BLOB));"
+      "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
+      "('c-after', 'orders', 'c', CAST('c-after' AS BLOB));");
+  REQUIRE(wait_delivered(db, 3, 60s));
+  REQUIRE(test_support::wait_until([&] { return outbox_status(db).dead == 1; }, 30s, 20ms));
+  insert(
+      "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
+      "('a-after', 'orders', 'a', CAST('a-after' AS BLOB)), "
+      "('b-after', 'orders', 'b', CAST('b-after' AS BLOB));");
+  REQUIRE(wait_delivered(db, 4, 60s));
+  auto dead = test_support::run(relay_binary(), {"dead", "--db", db.string()});
+  CHECK_THAT(dead.out, Catch::Contains("s15") &&
+                           Catch::Contains("UNDELIVERABLE: seq 15 is at or below the relay's "
+                                           "cursor") &&
+                           Catch::Contains("replay it to send it now"));
+  CHECK(relay.log().find("(seq 15, topic 'orders', key 'a') was inserted below the cursor") !=
+        std::string::npos);
+  // a-after waits behind its key's dead row; the replay sends both, in order.
+  CHECK(outbox_status(db).pending == 1);
+  REQUIRE(test_support::run(relay_binary(), {"replay", "--db", db.string(), "--msg-id", "s15"})
+              .status.code == 0);
+  REQUIRE(wait_delivered(db, 6, 60s));
+  CHECK(outbox_status(db).dead == 0);
+  CHECK(payloads_in_order(broker.endpoint()) ==
+        std::vector<std::string>{"s10", "s20", "c-after", "b-after", "s15", "a-after"});
+  CHECK(relay.stop().code == 0);
+}
+
 TEST_CASE("with --on-dead skip no poison row holds anything back", "[relay][liveness]") {
   test_support::TempDir dir("relay-poison-skip");
   auto db = dir / "app.db";
