@@ -57,6 +57,12 @@ std::vector<std::string> payloads_in_order(const std::string& endpoint) {
   return payloads;
 }
 
+// Runs `sql` on `db` as another program writing through the SQL contract would.
+void exec_sql(const std::filesystem::path& db, const char* sql) {
+  auto raw = sqlite::open_connection(db, {});
+  sqlite::exec(raw.get(), sql);
+}
+
 void check_poison_reasons(const std::filesystem::path& db) {
   auto dead = test_support::run(relay_binary(), {"dead", "--db", db.string(), "--json"});
   REQUIRE(dead.status.code == 0);
@@ -115,15 +121,12 @@ TEST_CASE("rows inserted with a seq of 0 or below are made dead, naming the seq"
   auto db = dir / "app.db";
   outbox::Outbox::open(db);
   BrokerProcess broker(dir.path(), dir / "broker.db");
-  {
-    auto raw = sqlite::open_connection(db, {});
-    sqlite::exec(raw.get(),
-                 "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
-                 "(-5, 'below-5', 'orders', 'n', X'00'), (0, 'zero', 'orders', 'z', X'00');"
-                 "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
-                 "('ok-1', 'orders', 'k', CAST('ok-1' AS BLOB)), "
-                 "('n-later', 'orders', 'n', CAST('n-later' AS BLOB));");
-  }
+  exec_sql(db,
+           "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
+           "(-5, 'below-5', 'orders', 'n', X'00'), (0, 'zero', 'orders', 'z', X'00');"
+           "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
+           "('ok-1', 'orders', 'k', CAST('ok-1' AS BLOB)), "
+           "('n-later', 'orders', 'n', CAST('n-later' AS BLOB));");
   RelayProcess relay(dir.path(), db, broker.endpoint(), {"--cleanup-interval", "200ms"});
   INFO(relay.log());
   REQUIRE(wait_delivered(db, 1, 60s));
@@ -152,28 +155,24 @@ TEST_CASE("a row inserted below the cursor with a seq of its own is made dead an
   auto db = dir / "app.db";
   outbox::Outbox::open(db);
   BrokerProcess broker(dir.path(), dir / "broker.db");
-  auto insert = [&](const char* sql) {
-    auto raw = sqlite::open_connection(db, {});
-    sqlite::exec(raw.get(), sql);
-  };
-  insert(
-      "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
-      "(10, 's10', 'orders', 'a', CAST('s10' AS BLOB)), "
-      "(20, 's20', 'orders', 'b', CAST('s20' AS BLOB));");
+  exec_sql(db,
+           "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
+           "(10, 's10', 'orders', 'a', CAST('s10' AS BLOB)), "
+           "(20, 's20', 'orders', 'b', CAST('s20' AS BLOB));");
   RelayProcess relay(dir.path(), db, broker.endpoint(), {"--cleanup-interval", "200ms"});
   INFO(relay.log());
   REQUIRE(wait_delivered(db, 2, 60s));
-  insert(
-      "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
-      "(15, 's15', 'orders', 'a', CAST('s15' AS BLOB));"
-      "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
-      "('c-after', 'orders', 'c', CAST('c-after' AS BLOB));");
+  exec_sql(db,
+           "INSERT INTO outbox_messages(seq, msg_id, topic, partition_key, payload) VALUES "
+           "(15, 's15', 'orders', 'a', CAST('s15' AS BLOB));"
+           "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
+           "('c-after', 'orders', 'c', CAST('c-after' AS BLOB));");
   REQUIRE(wait_delivered(db, 3, 60s));
   REQUIRE(test_support::wait_until([&] { return outbox_status(db).dead == 1; }, 30s, 20ms));
-  insert(
-      "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
-      "('a-after', 'orders', 'a', CAST('a-after' AS BLOB)), "
-      "('b-after', 'orders', 'b', CAST('b-after' AS BLOB));");
+  exec_sql(db,
+           "INSERT INTO outbox_messages(msg_id, topic, partition_key, payload) VALUES "
+           "('a-after', 'orders', 'a', CAST('a-after' AS BLOB)), "
+           "('b-after', 'orders', 'b', CAST('b-after' AS BLOB));");
   REQUIRE(wait_delivered(db, 4, 60s));
   auto dead = test_support::run(relay_binary(), {"dead", "--db", db.string()});
   CHECK_THAT(dead.out, Catch::Contains("s15") &&
