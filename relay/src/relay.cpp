@@ -307,6 +307,7 @@ struct Relay::Impl {
   SteadyClock::time_point next_session_attempt{};
   SteadyClock::time_point next_renew{};
   SteadyClock::time_point next_retention{};
+  SteadyClock::time_point next_below_cursor_sweep{};
   SteadyClock::time_point next_summary{};
   std::uint64_t summary_sent_before = 0;
   SteadyClock::time_point summary_since = SteadyClock::now();
@@ -1077,7 +1078,11 @@ struct Relay::Impl {
                          .delete_delivered(config.retention, kRowsPerStep, kStepsPerTurn);
       counters.deleted += deleted;
       make_unreachable_dead();
-      make_below_cursor_dead();
+      // Once an interval, also while retention catches up every 100 ms.
+      if (now >= next_below_cursor_sweep) {
+        make_below_cursor_dead();
+        next_below_cursor_sweep = now + config.retention_interval;
+      }
       // A full turn means more is due: come back soon rather than after the interval.
       next_retention = now + (deleted == kRowsPerStep * kStepsPerTurn ? milliseconds(100)
                                                                       : config.retention_interval);
