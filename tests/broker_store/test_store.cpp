@@ -290,8 +290,8 @@ TEST_CASE("a restarted store keeps every dedup entry, the offsets and the counte
   test_support::TempDir dir("broker-store");
   std::vector<Message> first;
   for (int i = 0; i < 1000; ++i)
-    first.push_back(
-        {"id-" + std::to_string(i), i % 2 ? "orders" : "payments", "p" + std::to_string(i)});
+    first.push_back({test_support::concat("id-", i), i % 2 ? "orders" : "payments",
+                     test_support::concat("p", i)});
   {
     broker::Store store(dir / "broker.db", normal_sync());
     append(store, first);
@@ -424,10 +424,10 @@ TEST_CASE("a failed append applies nothing and the store stays usable") {
     while (!failed && batch_number < 1000) {
       // Each batch also creates a topic of its own.
       std::string fresh_topic = "fresh-" + std::to_string(batch_number);
-      std::vector<Message> batch{{"f" + std::to_string(batch_number), fresh_topic, "f"}};
+      std::vector<Message> batch{{test_support::concat("f", batch_number), fresh_topic, "f"}};
       for (int i = 0; i < 200; ++i) {
-        batch.push_back({"b" + std::to_string(batch_number) + "-" + std::to_string(i), "orders",
-                         std::string(1000, 'x')});
+        batch.push_back(
+            {test_support::concat("b", batch_number, "-", i), "orders", std::string(1000, 'x')});
       }
       before = store.stats();
       auto last_before = store.last_offset("orders");

@@ -72,9 +72,9 @@ void check_store_after_crash(const std::filesystem::path& db, long acked, int ba
   std::vector<std::string> ids, payloads, topics;
   for (long batch = 0; batch < acked; ++batch) {
     for (int i = 0; i < batch_size; ++i) {
-      ids.push_back("b" + std::to_string(batch) + "-" + std::to_string(i));
+      ids.push_back(test_support::concat("b", batch, "-", i));
       payloads.push_back("payload of " + ids.back() + std::string(200, '.'));
-      topics.push_back("t" + std::to_string(std::hash<std::string>{}(ids.back()) % 3));
+      topics.push_back(test_support::concat("t", std::hash<std::string>{}(ids.back()) % 3));
     }
   }
   std::vector<broker::IncomingMessage> resend;

@@ -248,8 +248,8 @@ TEST_CASE("run --db-dir serves totals over every database and series for the lar
   outbox::Options options;
   options.id_kind = outbox::IdKind::uuid_v7;
   for (int i = 0; i < 5; ++i) {
-    auto box = outbox::Outbox::open(tenants / ("t" + std::to_string(i) + ".db"), options);
-    relay_test::OrderWriter(box, 2, 100, "t" + std::to_string(i) + "-").commit(10 * (i + 1));
+    auto box = outbox::Outbox::open(tenants / test_support::concat("t", i, ".db"), options);
+    relay_test::OrderWriter(box, 2, 100, test_support::concat("t", i, "-")).commit(10 * (i + 1));
   }
   // The broker's address, then no broker behind it: the backlogs stay.
   auto first = std::make_unique<BrokerProcess>(dir.path(), dir / "broker.db");
@@ -431,7 +431,7 @@ TEST_CASE("with --log-format json every log line is one JSON object with the fie
   }
   auto acquired = find_event(relay_records, "lease_acquired");
   REQUIRE(acquired);
-  CHECK(acquired->at("db") == "\"" + db.string() + "\"");
+  CHECK(acquired->at("db") == test_support::concat("\"", db.string(), "\""));
   CHECK(acquired->at("epoch") == "1");
   CHECK(acquired->at("holder").size() > 2);
   auto dead = find_event(relay_records, "message_dead");
@@ -441,7 +441,7 @@ TEST_CASE("with --log-format json every log line is one JSON object with the fie
   CHECK(dead->at("seq") == "2");
   CHECK(dead->at("topic") == "\"orders\"");
   CHECK(dead->at("reason").rfind("\"UNDELIVERABLE: too large", 0) == 0);
-  CHECK(dead->at("db") == "\"" + db.string() + "\"");
+  CHECK(dead->at("db") == test_support::concat("\"", db.string(), "\""));
   auto opened = find_event(broker_records, "session_opened");
   REQUIRE(opened);
   CHECK(opened->at("session").find_first_not_of("0123456789") == std::string::npos);

@@ -129,7 +129,8 @@ TEST_CASE("2,000 producers killed with SIGKILL in a row never lock anyone out of
     for (int i = 0; i < parallel && started < total; ++i, ++started) {
       batch.push_back(std::make_unique<test_support::ChildProcess>(
           OUTBOX_BIN_OUTBOX_TEST_PRODUCER,
-          std::vector<std::string>{"--commit-one-and-wait", db_path, "p" + std::to_string(started)},
+          std::vector<std::string>{"--commit-one-and-wait", db_path,
+                                   test_support::concat("p", started)},
           dir.path()));
     }
     for (auto& producer : batch) {

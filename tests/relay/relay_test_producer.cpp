@@ -63,7 +63,8 @@ int main(int argc, char** argv) {
     }
     std::map<std::string, long> per_key;
     for (long n = 1; n <= count; ++n) {
-      std::string key = "k" + std::to_string(n % keys);
+      std::string key = "k";  // appended: GCC 12 -O3 warns about "k" + std::string
+      key += std::to_string(n % keys);
       bool roll_back = rollback_every > 0 && n % rollback_every == 0;
       outbox::Transaction tx(box);
       sqlite3_bind_text(insert, 1, key.c_str(), -1, SQLITE_TRANSIENT);

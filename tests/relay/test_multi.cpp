@@ -119,7 +119,7 @@ TEST_CASE("two relay processes share a directory, and after kill -9 of one the o
   }
   int held_by_first = 0;
   for (int i = 0; i < 10; ++i) {
-    if (holds_lease_as(outbox_status(tenants_dir / ("t" + std::to_string(i) + ".db")), "first")) {
+    if (holds_lease_as(outbox_status(tenants_dir / test_support::concat("t", i, ".db")), "first")) {
       ++held_by_first;
     }
   }
@@ -133,7 +133,7 @@ TEST_CASE("two relay processes share a directory, and after kill -9 of one the o
 
   // Every database is forwarded by the second process now.
   for (int i = 0; i < 10; ++i) {
-    auto db = tenants_dir / ("t" + std::to_string(i) + ".db");
+    auto db = tenants_dir / test_support::concat("t", i, ".db");
     CHECK(
         test_support::wait_until([&] { return holds_lease_as(outbox_status(db), "second"); }, 30s));
   }
