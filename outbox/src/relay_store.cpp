@@ -816,44 +816,34 @@ Stats RelayStore::stats() {
   return stats;
 }
 
-// seq <= 0 is a range of the rowid: a seek, then only such rows.
-std::vector<PendingMessage> RelayStore::unreachable(std::size_t limit) {
-  auto& impl = *impl_;
-  Statement select(impl.db,
-                   "SELECT m.seq, m.msg_id, m.topic, m.partition_key FROM outbox_messages m "
-                   "WHERE m.seq <= 0 AND m.seq <= coalesce((SELECT settled_through_seq FROM "
-                   "outbox_relay_cursor WHERE id = 1), 0) "
-                   "AND NOT EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.seq = m.seq) "
-                   "ORDER BY m.seq LIMIT ?1");
-  auto use = select.use();
-  use.bind(1, static_cast<std::int64_t>(limit));
-  std::vector<PendingMessage> result;
-  while (use.step()) {
-    PendingMessage message;
-    message.seq = use.column_int64(0);
-    message.msg_id = use.column_text(1);
-    message.topic = use.column_text(2);
-    message.partition_key = use.column_optional_text(3);
-    result.push_back(std::move(message));
-  }
-  return result;
-}
-
-RelayStore::BelowCursorStep RelayStore::below_cursor(std::int64_t after_seq, std::size_t max_rows,
-                                                     std::size_t limit) {
+RelayStore::UnreadStep RelayStore::unread(std::int64_t after_seq, std::size_t max_rows,
+                                          std::size_t limit) {
   auto& impl = *impl_;
   sqlite::Transaction transaction(impl.db, false);
-  BelowCursorStep step;
+  UnreadStep step;
   step.cursor = impl.cursor().first;
-  Statement scan(impl.db,
-                 "SELECT m.seq, EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.seq = m.seq) "
-                 "FROM outbox_messages m WHERE m.seq > ?1 AND m.seq <= ?2 ORDER BY m.seq LIMIT ?3");
   std::vector<std::int64_t> found;
+  // seq <= 0 is a range of the rowid: a seek, then only such rows.
+  {
+    Statement at_or_below_zero(
+        impl.db,
+        "SELECT m.seq FROM outbox_messages m WHERE m.seq <= min(?1, 0) "
+        "AND NOT EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.seq = m.seq) "
+        "ORDER BY m.seq LIMIT ?2");
+    auto use = at_or_below_zero.use();
+    use.bind(1, step.cursor);
+    use.bind(2, static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
+    while (use.step()) found.push_back(use.column_int64(0));
+  }
   std::size_t looked_at = 0;
   std::int64_t last = after_seq;
-  bool full = false;  // `limit` rows found: the next step goes on after the last
+  bool full = found.size() >= limit;  // the next step goes on after the last found
   {
-    auto use = scan.use();
+    Statement positive(impl.db,
+                       "SELECT m.seq, EXISTS (SELECT 1 FROM outbox_delivery d WHERE d.seq = "
+                       "m.seq) FROM outbox_messages m WHERE m.seq > ?1 AND m.seq <= ?2 "
+                       "ORDER BY m.seq LIMIT ?3");
+    auto use = positive.use();
     use.bind(1, std::max<std::int64_t>(after_seq, 0));
     use.bind(2, step.cursor);
     use.bind(3, static_cast<std::int64_t>(std::min<std::size_t>(max_rows, INT64_MAX)));

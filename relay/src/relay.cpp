@@ -183,7 +183,7 @@ struct Relay::Impl {
   std::deque<outbox::PendingMessage> read_ahead;
   std::int64_t read_ahead_after = 0;
   std::int64_t last_sent_seq = 0;
-  std::int64_t below_cursor_swept = 0;  // make_below_cursor_dead(): where the sweep goes on
+  std::int64_t unread_swept = 0;  // make_unread_dead(): where the sweep goes on
   // The delivery generation the batches in flight were read under. When an
   // operator replays or drops a message, everything goes on hold until those
   // batches are settled; then reading starts over from the cursor.
@@ -307,7 +307,7 @@ struct Relay::Impl {
   SteadyClock::time_point next_session_attempt{};
   SteadyClock::time_point next_renew{};
   SteadyClock::time_point next_retention{};
-  SteadyClock::time_point next_below_cursor_sweep{};
+  SteadyClock::time_point next_unread_sweep{};
   SteadyClock::time_point next_summary{};
   std::uint64_t summary_sent_before = 0;
   SteadyClock::time_point summary_since = SteadyClock::now();
@@ -745,51 +745,41 @@ struct Relay::Impl {
     record_settled();
   }
 
-  // Rows another program inserted with a seq of 0 or below: reads start
-  // above the cursor (0 at first), so they would wait unseen for ever. They
-  // are made dead, with a reason that says how to send them.
-  void make_unreachable_dead() {
-    auto rows = database("looking for rows at seq 0 or below").unreachable(100);
-    if (rows.empty()) return;
-    for (const auto& message : rows) {
-      auto reason = "UNDELIVERABLE: seq " + std::to_string(message.seq) +
-                    " is not above 0, and the relay reads seqs above 0 only: insert the "
-                    "message again without a seq (docs/schema.md)";
-      log_dead(message, reason,
-               "message {} (seq {}, topic '{}', {}) will never be read: {}; it is dead, "
-               "later messages of its key wait until it is dropped (outbox-relay dead / drop)",
-               printable_field(message.msg_id), message.seq, printable_field(message.topic),
-               describe_key(message), reason);
-      settled.push_back(outbox::Outcome::dead(message.seq, std::move(reason)));
-    }
-    settle_undeliverable(rows.size());
-  }
-
-  // Rows another program inserted with a positive seq of its own at or below
-  // the cursor, after the cursor had passed that seq: reads start above the
-  // cursor, so they would wait unseen for ever. A sweep over the rows below
-  // the cursor, kBelowCursorRowsPerStep per cleanup interval (a full pass
-  // over N retained rows takes N / kBelowCursorRowsPerStep intervals), makes
-  // them dead; replaying one sends it (the cursor moves back below it). A
-  // step holds this thread about 5 ms (0.5 us a row, 1 million retained rows),
+  // Rows another program inserted with a seq of its own that reads never see:
+  // reads start above the cursor (0 at first), so a row at 0 or below, or one
+  // inserted at or below the cursor after it had passed that seq, would wait
+  // unseen for ever. They are made dead, with a reason that says how to send
+  // them. Rows at 0 or below are found every step; the positive seqs below
+  // the cursor are swept, kUnreadRowsPerStep a step (a full pass over N
+  // retained rows takes N / kUnreadRowsPerStep cleanup intervals). A step
+  // holds this thread about 5 ms (0.5 us a row, 1 million retained rows),
   // which is why it is no larger.
-  static constexpr std::size_t kBelowCursorRowsPerStep = 10'000;
-  void make_below_cursor_dead() {
-    auto step = database("looking for rows inserted below the cursor")
-                    .below_cursor(below_cursor_swept, kBelowCursorRowsPerStep, 100);
-    below_cursor_swept = step.next_after;
+  static constexpr std::size_t kUnreadRowsPerStep = 10'000;
+  void make_unread_dead() {
+    auto step = database("looking for rows inserted where reads never see them")
+                    .unread(unread_swept, kUnreadRowsPerStep, 100);
+    unread_swept = step.next_after;
     if (step.rows.empty()) return;
     for (const auto& message : step.rows) {
-      auto reason = "UNDELIVERABLE: seq " + std::to_string(message.seq) +
-                    " is at or below the relay's cursor (" + std::to_string(step.cursor) +
-                    ") and was never read: replay it to send it now, or insert it again "
-                    "without a seq (docs/schema.md)";
+      const bool at_or_below_zero = message.seq <= 0;
+      auto reason = at_or_below_zero
+                        ? "UNDELIVERABLE: seq " + std::to_string(message.seq) +
+                              " is not above 0, and the relay reads seqs above 0 only: insert the "
+                              "message again without a seq (docs/schema.md)"
+                        : "UNDELIVERABLE: seq " + std::to_string(message.seq) +
+                              " is at or below the relay's cursor (" + std::to_string(step.cursor) +
+                              ") and was never read: replay it to send it now, or insert it again "
+                              "without a seq (docs/schema.md)";
       log_dead(message, reason,
-               "message {} (seq {}, topic '{}', {}) was inserted below the cursor and will never "
-               "be read: {}; it is dead, later messages of its key wait until it is replayed or "
-               "dropped (outbox-relay dead / replay / drop)",
+               "message {} (seq {}, topic '{}', {}) {}: {}; it is dead, later messages of its "
+               "key wait until it is {}",
                printable_field(message.msg_id), message.seq, printable_field(message.topic),
-               describe_key(message), reason);
+               describe_key(message),
+               at_or_below_zero ? "will never be read"
+                                : "was inserted below the cursor and will never be read",
+               reason,
+               at_or_below_zero ? "dropped (outbox-relay dead / drop)"
+                                : "replayed or dropped (outbox-relay dead / replay / drop)");
       settled.push_back(outbox::Outcome::dead(message.seq, std::move(reason)));
     }
     settle_undeliverable(step.rows.size());
@@ -1077,11 +1067,10 @@ struct Relay::Impl {
       auto deleted = database("deleting delivered rows")
                          .delete_delivered(config.retention, kRowsPerStep, kStepsPerTurn);
       counters.deleted += deleted;
-      make_unreachable_dead();
       // Once an interval, also while retention catches up every 100 ms.
-      if (now >= next_below_cursor_sweep) {
-        make_below_cursor_dead();
-        next_below_cursor_sweep = now + config.retention_interval;
+      if (now >= next_unread_sweep) {
+        make_unread_dead();
+        next_unread_sweep = now + config.retention_interval;
       }
       // A full turn means more is due: come back soon rather than after the interval.
       next_retention = now + (deleted == kRowsPerStep * kStepsPerTurn ? milliseconds(100)

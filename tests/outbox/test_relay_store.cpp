@@ -188,7 +188,7 @@ TEST_CASE("pending reads skip settled rows past the cursor across many rows") {
   // read from the cursor walks the messages and their delivery rows together.
   Fixture f;
   std::vector<std::string> keys;
-  for (int i = 1; i <= 200; ++i) keys.push_back(std::string("k").append(std::to_string(i)));
+  for (int i = 1; i <= 200; ++i) keys.push_back(test_support::concat("k", i));
   f.enqueue(keys);  // seqs 1..200
   auto lease = f.lease();
   std::vector<outbox::Outcome> evens;
@@ -577,10 +577,10 @@ TEST_CASE("the origin id is created once, kept in outbox_meta, and the same for 
   CHECK(outbox::RelayStore::open(other_dir / "app.db").origin_id() != origin);
 }
 
-TEST_CASE("a sweep below the cursor finds rows with a seq of their own and no outcome") {
+TEST_CASE("a sweep finds the rows reads never see: a seq of their own and no outcome") {
   Fixture f;
   std::vector<std::string> keys;
-  for (int i = 1; i <= 10; ++i) keys.push_back(std::string("k").append(std::to_string(i)));
+  for (int i = 1; i <= 10; ++i) keys.push_back(test_support::concat("k", i));
   f.enqueue(keys);
   auto lease = f.lease();
   std::vector<outbox::Outcome> outcomes;
@@ -589,7 +589,8 @@ TEST_CASE("a sweep below the cursor finds rows with a seq of their own and no ou
   }
   f.store.record_outcomes(outcomes, lease);
   // Seqs 3 and 7 gone as retention deletes them (both tables), then written
-  // again by another program with those seqs; one more pending above the cursor.
+  // again by another program with those seqs, and one at -1; one more pending
+  // above the cursor.
   exec(f.box.db(), "DELETE FROM outbox_messages WHERE seq IN (3, 7)");
   exec(f.box.db(), "DELETE FROM outbox_delivery WHERE seq IN (3, 7)");
   exec(f.box.db(),
@@ -598,29 +599,35 @@ TEST_CASE("a sweep below the cursor finds rows with a seq of their own and no ou
        "(-1, 'negative', 'orders', 'n', X'00')");
   f.enqueue({"pending"});
 
-  auto first = f.store.below_cursor(0, 4, 100);
+  // The row at -1 comes with every step; the positive seqs are swept.
+  auto first = f.store.unread(0, 4, 100);
   CHECK(first.cursor == 10);
-  REQUIRE(seqs_of(first.rows) == Seqs{3});
-  CHECK(first.rows[0].msg_id == "again-3");
-  CHECK(first.rows[0].topic == "orders");
-  CHECK(first.rows[0].partition_key == "x");
+  REQUIRE(seqs_of(first.rows) == Seqs{-1, 3});
+  CHECK(first.rows[0].msg_id == "negative");
+  CHECK(first.rows[1].msg_id == "again-3");
+  CHECK(first.rows[1].topic == "orders");
+  CHECK(first.rows[1].partition_key == "x");
   CHECK(first.next_after == 4);  // rows 1, 2, 3 and 4 looked at
-  auto second = f.store.below_cursor(first.next_after, 4, 100);
-  REQUIRE(seqs_of(second.rows) == Seqs{7});
-  CHECK_FALSE(second.rows[0].partition_key);
+  auto second = f.store.unread(first.next_after, 4, 100);
+  REQUIRE(seqs_of(second.rows) == Seqs{-1, 7});
+  CHECK_FALSE(second.rows[1].partition_key);
   CHECK(second.next_after == 8);
-  auto third = f.store.below_cursor(second.next_after, 4, 100);
-  CHECK(third.rows.empty());  // 9 and 10; 11 is above the cursor (pending)
+  auto third = f.store.unread(second.next_after, 4, 100);
+  CHECK(seqs_of(third.rows) == Seqs{-1});  // 9 and 10; 11 is above the cursor (pending)
   CHECK(third.next_after == 0);
   // One step over everything, and `limit`.
-  CHECK(seqs_of(f.store.below_cursor(0, 1000, 100).rows) == Seqs{3, 7});
-  auto limited = f.store.below_cursor(0, 1000, 1);
-  CHECK(seqs_of(limited.rows) == Seqs{3});
+  CHECK(seqs_of(f.store.unread(0, 1000, 100).rows) == Seqs{-1, 3, 7});
+  auto limited = f.store.unread(0, 1000, 2);
+  CHECK(seqs_of(limited.rows) == Seqs{-1, 3});
   CHECK(limited.next_after == 3);  // the next step finds 7
-  CHECK(seqs_of(f.store.below_cursor(limited.next_after, 1000, 1).rows) == Seqs{7});
+  CHECK(seqs_of(f.store.unread(limited.next_after, 1000, 2).rows) == Seqs{-1, 7});
+  auto filled_below_zero = f.store.unread(5, 1000, 1);
+  CHECK(seqs_of(filled_below_zero.rows) == Seqs{-1});
+  CHECK(filled_below_zero.next_after == 5);  // the sweep waits where it was
   // Once dead, they have an outcome.
-  std::vector<outbox::Outcome> dead{outbox::Outcome::dead(3, "UNDELIVERABLE: below"),
+  std::vector<outbox::Outcome> dead{outbox::Outcome::dead(-1, "UNDELIVERABLE: below"),
+                                    outbox::Outcome::dead(3, "UNDELIVERABLE: below"),
                                     outbox::Outcome::dead(7, "UNDELIVERABLE: below")};
   f.store.record_outcomes(dead, lease);
-  CHECK(f.store.below_cursor(0, 1000, 100).rows.empty());
+  CHECK(f.store.unread(0, 1000, 100).rows.empty());
 }

@@ -237,29 +237,25 @@ class RelayStore {
   // malformed comes back with `format_error` set instead of throwing.
   std::vector<PendingMessage> read_pending(std::size_t limit, std::int64_t after_seq = 0,
                                            std::size_t max_bytes = SIZE_MAX);
-  // Up to `limit` messages that read_pending() can never return because
-  // another program inserted them with a seq of its own at 0 or below (and at
-  // or below the cursor): lowest seq first, only those with no outcome yet.
-  // Their msg_id, topic and key are set; payload and headers are not read.
-  std::vector<PendingMessage> unreachable(std::size_t limit);
-
-  // One step of a sweep for rows at a positive seq at or below the cursor
-  // that have no outcome. Every settled seq has an outbox_delivery row (the
-  // cursor moves in the transaction that writes them, retention deletes a
-  // message with its row), so such a row was inserted by another program with
-  // a seq of its own after the cursor had passed it: read_pending() never
-  // returns it. Looks at up to `max_rows` rows with seq above `after_seq`, in
-  // seq order, and returns up to `limit` of them with no outcome (msg_id,
-  // topic and key set) and where the next step starts (`next_after`: 0 once
-  // the step reached the cursor; the last row found when `limit` stopped it).
+  // One step of a sweep for the rows read_pending() never returns: those at
+  // or below the cursor with no outcome. Every settled seq has an
+  // outbox_delivery row (the cursor moves in the transaction that writes
+  // them, retention deletes a message with its row), so such a row was
+  // inserted by another program with a seq of its own: at 0 or below, or
+  // after the cursor had passed it. Every step returns the rows at 0 or below
+  // (a seek on the rowid range); of the positive seqs it looks at up to
+  // `max_rows` rows above `after_seq`, in seq order. Returns up to `limit`
+  // rows, lowest seq first (msg_id, topic and key set; payload and headers
+  // are not read), and where the next step starts (`next_after`: 0 once the
+  // step reached the cursor; the last row found when `limit` stopped it).
   // One read transaction; the cost is about half a microsecond per row
   // looked at. Throws Error as the other calls do.
-  struct BelowCursorStep {
+  struct UnreadStep {
     std::vector<PendingMessage> rows{};
     std::int64_t next_after = 0;
     std::int64_t cursor = 0;  // settled_through_seq as the step read it
   };
-  BelowCursorStep below_cursor(std::int64_t after_seq, std::size_t max_rows, std::size_t limit);
+  UnreadStep unread(std::int64_t after_seq, std::size_t max_rows, std::size_t limit);
   // The delivery generation (outbox_relay_cursor.generation) as the last
   // read_pending() saw it, in the same transaction as the rows it returned.
   // replay_dead(), replay_all_dead() and drop_dead() add one in their own
