@@ -34,6 +34,7 @@ struct Inbox::Impl {
 
   void prepare() {
     transaction_statements = sqlite::TransactionStatements(db);
+    transaction_statements.protocol_patience = options.busy_timeout;
     select = Statement(
         db, "SELECT state, claimed_until_ms, claim_token FROM outbox_inbox WHERE msg_id = ?1");
     insert = Statement(db,

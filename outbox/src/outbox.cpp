@@ -384,8 +384,13 @@ Transaction::Transaction(Outbox& box) : box_(&box), db_(box.db()) {
     throw Error("outbox: a transaction is already open on this connection");
   }
   try {
-    auto use = box_->impl_->begin.use();
-    use.run();
+    auto& impl = *box_->impl_;
+    sqlite::run_begin(impl.begin, impl.options.busy_timeout, [&impl](const Error& error) {
+      impl.logger->warn(
+          "outbox: begin on '{}': {} (SQLite code {}): a process that has the database open "
+          "holds the WAL index's locks, most likely stopped; retrying within the busy timeout",
+          impl.path, error.what(), error.extended_code());
+    });
   } catch (const Error& error) {
     // Typically SQLITE_BUSY: another connection held the write lock past the
     // busy timeout. Nothing was written.

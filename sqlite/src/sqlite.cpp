@@ -303,9 +303,28 @@ Transaction::Transaction(sqlite3* db, bool immediate) : db_(db) {
   open_ = true;
 }
 
+void run_begin(Statement& begin, std::chrono::milliseconds patience,
+               const std::function<void(const Error&)>& on_retry) {
+  const auto deadline = std::chrono::steady_clock::now() + patience;
+  while (true) {
+    try {
+      begin.use().run();
+      return;
+    } catch (const Error& error) {
+      if ((error.extended_code() & 0xff) != SQLITE_PROTOCOL ||
+          std::chrono::steady_clock::now() >= deadline) {
+        throw;
+      }
+      if (on_retry) on_retry(error);
+    }
+    // SQLite's own tries took seconds; a short pause before the next.
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 Transaction::Transaction(sqlite3* db, TransactionStatements& statements)
     : db_(db), statements_(&statements) {
-  statements_->begin.use().run();
+  run_begin(statements_->begin, statements_->protocol_patience);
   open_ = true;
 }
 

@@ -72,7 +72,7 @@ void Run::operator_command(bool drop, const DeadRow& row) {
 void Run::strip_padding(const fs::path& app_db, const std::string& msg_id) {
   try {
     auto db = sqlite::open_file(app_db.string(), SQLITE_OPEN_READWRITE);
-    sqlite3_busy_timeout(db.get(), 10000);
+    wait_for_locks_resuming_paused(db.get());
     sqlite::Statement update(
         db.get(),
         "UPDATE outbox_messages SET payload = substr(payload, 1, length(payload) - 20001) "

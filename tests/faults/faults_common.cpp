@@ -1,6 +1,10 @@
 #include "faults_common.hpp"
 
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
 #include <fstream>
+#include <sstream>
 
 namespace faults {
 
@@ -43,6 +47,53 @@ std::map<std::string, long> read_counts(const fs::path& file) {
 std::string shown(const std::string& msg_id) {
   if (msg_id.size() <= 60) return msg_id;
   return msg_id.substr(0, 40) + "...(" + std::to_string(msg_id.size()) + " bytes)";
+}
+
+std::string wal_lock_holders(const fs::path& db) {
+  struct stat shm {};
+  const auto shm_path = db.string() + "-shm";
+  if (::stat(shm_path.c_str(), &shm) != 0) return "    (no " + shm_path + ")\n";
+  // /proc/locks names a file as MAJOR:MINOR:INODE, the device in hex.
+  char file_id[64];
+  std::snprintf(file_id, sizeof file_id, "%02x:%02x:%lu", major(shm.st_dev), minor(shm.st_dev),
+                static_cast<unsigned long>(shm.st_ino));
+  // The WAL index's lock bytes (SQLite's wal.c): 120 write, 121 checkpoint,
+  // 122 recovery, 123-127 read slots 0-4, 128 the dead-man switch.
+  static const char* const kNames[] = {"write",  "checkpoint", "recover", "read-0", "read-1",
+                                       "read-2", "read-3",     "read-4",  "dms"};
+  std::ifstream locks("/proc/locks");
+  std::string line, out;
+  while (std::getline(locks, line)) {
+    std::istringstream fields(line);
+    // "N: [-> ]POSIX ADVISORY READ|WRITE PID MAJOR:MINOR:INODE START END",
+    // "->" for a process waiting for the lock.
+    std::string number, kind, mode, access, pid, file, start, end;
+    fields >> number >> kind;
+    const bool waiting = kind == "->";
+    if (waiting) fields >> kind;
+    fields >> mode >> access >> pid >> file >> start >> end;
+    if (file != file_id) continue;
+    long from = std::atol(start.c_str()), to = std::atol(end.c_str());
+    std::string what;
+    for (long byte = from; byte <= to && byte >= 120 && byte <= 128; ++byte) {
+      what += std::string(what.empty() ? "" : ",") + kNames[byte - 120];
+    }
+    // /proc/PID/stat: "PID (NAME) STATE ...", STATE T for a stopped process.
+    std::ifstream stat_file("/proc/" + pid + "/stat");
+    std::string stat_line;
+    std::getline(stat_file, stat_line);
+    auto paren = stat_line.rfind(')');
+    std::string name =
+        paren != std::string::npos && stat_line.find('(') != std::string::npos
+            ? stat_line.substr(stat_line.find('(') + 1, paren - stat_line.find('(') - 1)
+            : "?";
+    std::string state = paren != std::string::npos && paren + 2 < stat_line.size()
+                            ? stat_line.substr(paren + 2, 1)
+                            : "?";
+    out += "    " + access + " " + (what.empty() ? start + "-" + end : what) + " by pid " + pid +
+           " (" + name + ", state " + state + ")" + (waiting ? ", waiting" : "") + "\n";
+  }
+  return out.empty() ? "    (no lock held)\n" : out;
 }
 
 }  // namespace faults

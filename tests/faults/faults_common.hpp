@@ -94,4 +94,9 @@ std::map<std::string, long> read_counts(const fs::path& file);
 // A msg_id short enough for a report line.
 std::string shown(const std::string& msg_id);
 
+// Who holds which of the WAL index's locks on `db` (its -shm file), from
+// /proc/locks: one line per lock with the process's pid and name, for a report
+// on a read that SQLite gave up with SQLITE_PROTOCOL.
+std::string wal_lock_holders(const fs::path& db);
+
 }  // namespace faults

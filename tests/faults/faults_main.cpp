@@ -253,8 +253,12 @@ int main(int argc, char** argv) {
       Run run(settings, disk.get());
       result = run.execute();
     } catch (const std::exception& error) {
+      // On both streams: stdout is where the checks look for the verdict.
       std::fprintf(stderr, "outbox-faults: %s (seed %llu)\n", error.what(),
                    static_cast<unsigned long long>(settings.seed));
+      std::printf("FAILED harness: %s (seed %llu)\n", error.what(),
+                  static_cast<unsigned long long>(settings.seed));
+      std::fflush(stdout);
       result = 3;
     }
   }

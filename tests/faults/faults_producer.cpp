@@ -79,7 +79,9 @@ auto retrying(Step step) {
       return step();
     } catch (const outbox::Error& error) {
       int primary = error.extended_code() & 0xff;
-      if ((!disk_trouble(error.extended_code()) && primary != SQLITE_BUSY) || attempt >= 6000)
+      if ((!disk_trouble(error.extended_code()) && primary != SQLITE_BUSY &&
+           primary != SQLITE_PROTOCOL) ||
+          attempt >= 6000)
         throw;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));  // backoff, then retry
@@ -247,7 +249,10 @@ int main(int argc, char** argv) {
           std::this_thread::sleep_for(std::chrono::milliseconds(10));  // backoff
           continue;
         }
-        if ((error.extended_code() & 0xff) != SQLITE_BUSY) throw;
+        // SQLITE_PROTOCOL: the library's BEGIN met a process stopped while it
+        // held the WAL index's locks for longer than the busy timeout.
+        const int primary = error.extended_code() & 0xff;
+        if (primary != SQLITE_BUSY && primary != SQLITE_PROTOCOL) throw;
         ++busy_retries;
       }
     }

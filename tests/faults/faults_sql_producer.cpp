@@ -304,13 +304,15 @@ int main(int argc, char** argv) {
         }
       } catch (const SqlError& error) {
         int primary = error.code & 0xff;
-        if (primary != SQLITE_BUSY && primary != SQLITE_FULL && primary != SQLITE_IOERR) throw;
+        // SQLITE_PROTOCOL: a process stopped while it held the WAL index's
+        // locks (docs/schema.md, "Connection settings").
+        const bool locked = primary == SQLITE_BUSY || primary == SQLITE_PROTOCOL;
+        if (!locked && primary != SQLITE_FULL && primary != SQLITE_IOERR) throw;
         // Nothing of the transaction stays; the application tries again.
-        (primary == SQLITE_BUSY ? busy : full) += 1;
+        (locked ? busy : full) += 1;
         if (failing == 0) {
           std::fprintf(stderr, "faults_sql_producer: %s%s (SQLite code %d); retrying\n",
-                       primary == SQLITE_BUSY ? "" : "full disk or I/O error: ", error.what(),
-                       error.code);
+                       locked ? "" : "full disk or I/O error: ", error.what(), error.code);
           failing = error.code;
         }
         continue;

@@ -29,9 +29,13 @@ inline std::vector<std::string> with_seed(std::vector<std::string> args) {
 // clean exit.
 inline void check_summary(const test_support::RunResult& result, long min_faults,
                           long min_dead = 0) {
-  INFO(result.err);
-  INFO(result.out);
   auto lines = test_support::lines(result.out);
+  // First what ended the run, so that a cut log still shows it.
+  auto err_lines = test_support::lines(result.err);
+  INFO("outbox-faults ended with " << result.status.describe() << "; its last words: "
+                                   << (err_lines.empty() ? "(none)" : err_lines.back()));
+  INFO(result.out);
+  INFO(result.err);
   REQUIRE(!lines.empty());
   const auto& summary = lines.back();
   std::printf("%s\n", summary.c_str());  // shown by ctest -V

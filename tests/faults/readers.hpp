@@ -5,12 +5,16 @@
 
 #include <sqlite3.h>
 
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #ifdef OUTBOX_FAULTS_REDIS_SERVER
@@ -29,15 +33,37 @@
 
 namespace faults {
 
+// Called while one of the harness's own SQLite calls waits for a lock: the
+// run resumes there the processes whose pause is over, since a paused process
+// may be the one holding that lock, and the harness resumes them nowhere else
+// while it waits.
+inline std::function<void()>& read_retry_hook() {
+  static std::function<void()> hook;
+  return hook;
+}
+
+// The harness's busy handler on `db`: waits up to 30 s for a lock (SQLITE_BUSY)
+// in 1 ms steps, running read_retry_hook() at each.
+inline void wait_for_locks_resuming_paused(sqlite3* db) {
+  sqlite3_busy_handler(
+      db,
+      [](void*, int tries) -> int {
+        if (read_retry_hook()) read_retry_hook()();
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));  // waiting for a lock
+        return tries < 30000 ? 1 : 0;
+      },
+      nullptr);
+}
+
 class Database {
  public:
-  explicit Database(const fs::path& path) {
+  explicit Database(const fs::path& path) : path_(path) {
     try {
       db_ = sqlite::open_file(path.string(), SQLITE_OPEN_READONLY);
     } catch (const outbox::Error& error) {
       throw HarnessError(error.what());
     }
-    sqlite3_busy_timeout(db_.get(), 10000);
+    wait_for_locks_resuming_paused(db_.get());
   }
   // One read transaction around several queries, so they see one snapshot.
   void begin() { rows("BEGIN"); }
@@ -46,24 +72,39 @@ class Database {
                 .empty();
   }
 
-  // Every row as text columns.
+  // Every row as text columns. SQLITE_PROTOCOL, which SQLite returns when it
+  // could not start a read in the WAL within 10 s of its own tries (a process
+  // stopped while it holds the WAL index's locks), is retried for up to 30 s:
+  // the locks' holders are reported on stderr and read_retry_hook() runs.
   std::vector<std::vector<std::string>> rows(const std::string& sql) {
-    try {
-      sqlite::Statement statement(db_.get(), sql);
-      auto use = statement.use();
-      std::vector<std::vector<std::string>> result;
-      while (use.step()) {
-        std::vector<std::string> row;
-        for (int i = 0; i < use.column_count(); ++i) row.push_back(use.column_text(i));
-        result.push_back(std::move(row));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (true) {
+      try {
+        sqlite::Statement statement(db_.get(), sql);
+        auto use = statement.use();
+        std::vector<std::vector<std::string>> result;
+        while (use.step()) {
+          std::vector<std::string> row;
+          for (int i = 0; i < use.column_count(); ++i) row.push_back(use.column_text(i));
+          result.push_back(std::move(row));
+        }
+        return result;
+      } catch (const outbox::Error& error) {
+        const bool protocol = (error.extended_code() & 0xff) == SQLITE_PROTOCOL;
+        if (protocol && std::chrono::steady_clock::now() < deadline) {
+          std::fprintf(stderr, "outbox-faults: reading %s: %s; retrying. Its WAL locks:\n%s",
+                       path_.c_str(), error.what(), wal_lock_holders(path_).c_str());
+          if (read_retry_hook()) read_retry_hook()();
+          std::this_thread::sleep_for(std::chrono::milliseconds(10));  // bounded by the deadline
+          continue;
+        }
+        throw HarnessError(std::string("query failed: ") + error.what() + ": " + sql);
       }
-      return result;
-    } catch (const outbox::Error& error) {
-      throw HarnessError(std::string("query failed: ") + error.what() + ": " + sql);
     }
   }
 
  private:
+  fs::path path_;
   sqlite::ConnectionPtr db_;
 };
 

@@ -34,6 +34,11 @@ Run::Run(Settings settings, SmallDisk* disk)
   consumer_proxy_stats_ = dir_ / "consumer-proxy.stats";
   relay_cutter_stats_ = dir_ / "relay-cutter.stats";
   consumer_cutter_stats_ = dir_ / "consumer-cutter.stats";
+  // A read of ours must not wait on a process we keep paused past its time.
+  read_retry_hook() = [this] {
+    const auto now = SteadyClock::now();
+    for (auto* managed : everything()) managed->resume_if_due(now);
+  };
 }
 
 int Run::execute() {
@@ -315,7 +320,17 @@ bool Run::drain() {
             for (const auto& app_db : undrained) {
               outbox::RelayOptions options;
               options.read_only = true;
-              auto stats = outbox::RelayStore::open(app_db, options).stats();
+              outbox::Stats stats;
+              try {
+                stats = outbox::RelayStore::open(app_db, options).stats();
+              } catch (const outbox::Error& error) {
+                // A lock a paused process holds: resumed in tend(), read again.
+                const int primary = error.extended_code() & 0xff;
+                if (primary != SQLITE_BUSY && primary != SQLITE_PROTOCOL) throw;
+                still.push_back(app_db);
+                ++pending;
+                continue;
+              }
               pending += stats.pending;
               dead += stats.dead;
               if (stats.dead > 0) with_dead.push_back(app_db);

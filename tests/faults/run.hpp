@@ -30,6 +30,9 @@ class Run {
  public:
   // `disk`: where app.db lives when the full-disk fault is on (null: off).
   Run(Settings settings, SmallDisk* disk);
+  ~Run() { read_retry_hook() = nullptr; }
+  Run(const Run&) = delete;
+  Run& operator=(const Run&) = delete;
 
   bool jetstream() const { return settings_.sink == "jetstream"; }
   bool redis_inbox() const { return settings_.inbox == "redis"; }

@@ -4,12 +4,25 @@
 // the same msg_ids (each processed exactly once).
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <csignal>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
+#include <string_view>
+#include <thread>
 #include <vector>
+
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
 
 #include "outbox/inbox.hpp"
 #include "outbox/outbox.hpp"
@@ -27,6 +40,81 @@ void create_events_table(const std::string& db_path) {
   exec(box.db(),
        "CREATE TABLE events(id INTEGER PRIMARY KEY, tag TEXT NOT NULL, n INTEGER NOT NULL)");
 }
+
+// A process that holds the WAL index's five read locks of `db_path` (bytes
+// 123-127 of its -shm file, SQLite's wal.c) from construction until release():
+// what a process of SQLite's stopped in the middle of a checkpoint holds. The
+// child only waits on a pipe; it dies with the test.
+class ReadLocksHolder {
+ public:
+  explicit ReadLocksHolder(const std::string& db_path) {
+    const std::string shm = db_path + "-shm";
+    int ready[2], release[2];
+    REQUIRE(::pipe(ready) == 0);
+    REQUIRE(::pipe(release) == 0);
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      ::close(ready[0]);
+      ::close(release[1]);
+      int fd = ::open(shm.c_str(), O_RDWR);
+      struct flock lock {};
+      lock.l_type = F_WRLCK;
+      lock.l_whence = SEEK_SET;
+      lock.l_start = 123;
+      lock.l_len = 5;
+      char ok = fd >= 0 && ::fcntl(fd, F_SETLK, &lock) == 0 ? 'y' : 'n';
+      if (::write(ready[1], &ok, 1) != 1) ::_exit(1);
+      char done;
+      while (::read(release[0], &done, 1) < 0 && errno == EINTR) {
+      }
+      ::_exit(0);
+    }
+    ::close(ready[1]);
+    ::close(release[0]);
+    release_fd_ = release[1];
+    char ok = 'n';
+    CHECK(::read(ready[0], &ok, 1) == 1);
+    ::close(ready[0]);
+    REQUIRE(ok == 'y');
+  }
+  ~ReadLocksHolder() { release(); }
+  ReadLocksHolder(const ReadLocksHolder&) = delete;
+  ReadLocksHolder& operator=(const ReadLocksHolder&) = delete;
+
+  void release() {
+    if (pid_ <= 0) return;
+    ::close(release_fd_);  // the child reads EOF and exits
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int release_fd_ = -1;
+};
+
+// Counts the log messages that contain `text`.
+class CountingSink : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  explicit CountingSink(std::string text) : text_(std::move(text)) {}
+  int count() const { return count_.load(); }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& message) override {
+    if (std::string_view(message.payload.data(), message.payload.size()).find(text_) !=
+        std::string_view::npos) {
+      ++count_;
+    }
+  }
+  void flush_() override {}
+
+ private:
+  std::string text_;
+  std::atomic<int> count_{0};
+};
 
 }  // namespace
 
@@ -233,4 +321,56 @@ TEST_CASE("a commit in another process wakes the waiting relay side", "[integrat
   REQUIRE(status);
   CHECK(status->code == 0);
   CHECK(store.read_pending(10).size() == 1);
+}
+
+TEST_CASE(
+    "a process stopped while holding the WAL index's locks delays a producer's BEGIN, within "
+    "its busy timeout, and never fails it",
+    "[integration]") {
+  test_support::TempDir dir;
+  const auto db_path = (dir / "app.db").string();
+  create_events_table(db_path);
+  // Opened before the locks are taken: opening reads the schema.
+  auto retries = std::make_shared<CountingSink>("locking protocol");
+  outbox::Options patient;
+  patient.busy_timeout = std::chrono::seconds(120);
+  patient.logger = std::make_shared<spdlog::logger>("patient", retries);
+  auto waiting = outbox::Outbox::open(db_path, patient);
+  outbox::Options impatient;
+  impatient.busy_timeout = std::chrono::milliseconds(1);
+  auto giving_up = outbox::Outbox::open(db_path, impatient);
+  {
+    outbox::Transaction tx(waiting);  // the WAL index exists and has a header
+    tx.enqueue({.topic = "orders", .key = "k", .payload = "before"});
+    tx.commit();
+  }
+
+  ReadLocksHolder holder(db_path);
+  // Within the busy timeout, the producer's BEGIN waits it out...
+  std::optional<std::string> failure;
+  std::thread producer([&] {
+    try {
+      outbox::Transaction tx(waiting);
+      tx.enqueue({.topic = "orders", .key = "k", .payload = "after"});
+      tx.commit();
+    } catch (const std::exception& error) {
+      failure = error.what();
+    }
+  });
+  // ...while without patience SQLite's SQLITE_PROTOCOL reaches the caller
+  // (after the same 10 s of SQLite's own tries, meanwhile).
+  try {
+    outbox::Transaction tx(giving_up);
+    FAIL("BEGIN succeeded while another process held the WAL index's read locks");
+  } catch (const outbox::Error& error) {
+    CHECK((error.extended_code() & 0xff) == SQLITE_PROTOCOL);
+    CHECK_THAT(error.what(), Catch::Contains("nothing was written"));
+  }
+  // Released once the producer has met SQLITE_PROTOCOL and said so.
+  CHECK(test_support::wait_until([&] { return retries->count() > 0; }, std::chrono::seconds(100)));
+  holder.release();
+  producer.join();
+  INFO(failure.value_or(""));
+  CHECK_FALSE(failure);
+  CHECK(outbox_test::query_int(waiting.db(), "SELECT count(*) FROM outbox_messages") == 2);
 }

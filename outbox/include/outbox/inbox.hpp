@@ -111,6 +111,8 @@ enum class ClaimResult {
 };
 
 struct InboxOptions {
+  // How long a write waits for another connection's lock (SQLITE_BUSY), and
+  // how long its BEGIN retries SQLITE_PROTOCOL (docs/schema.md).
   std::chrono::milliseconds busy_timeout{5000};
   bool synchronous_full = false;
   // How long completed msg_ids are remembered.

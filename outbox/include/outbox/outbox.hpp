@@ -169,7 +169,11 @@ EnqueueResult enqueue(sqlite3* db, const Message& message);
 // ROLLBACK in the destructor unless commit() ran. When another connection
 // holds the write lock past Options::busy_timeout, the constructor throws
 // outbox::Error with SQLITE_BUSY (extended_code()) naming the database, and
-// nothing is written.
+// nothing is written. SQLITE_PROTOCOL (a process stopped while it holds the
+// WAL index's locks, docs/schema.md) comes after about 10 s of SQLite's own
+// tries; it is tried again until busy_timeout has passed since the first try,
+// each retry logged as a warning, then thrown the same way (with the default
+// busy_timeout of 5 s: at once).
 class Transaction {
  public:
   explicit Transaction(Outbox& box);

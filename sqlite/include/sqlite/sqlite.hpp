@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -145,6 +146,20 @@ void set_busy_timeout(sqlite3* db, std::chrono::milliseconds timeout, bool short
 // (which detects "file is not a database" before anything is written).
 void verify_readable(sqlite3* db, const std::string& path_for_errors);
 
+// Runs `begin`, a prepared BEGIN IMMEDIATE, and retries SQLITE_PROTOCOL until
+// `patience` has passed since the first try. SQLite returns SQLITE_PROTOCOL
+// when it could not start a read of a WAL database within its own retries
+// (about 10 s with SQLite 3.40; https://sqlite.org/rescode.html#protocol): another process
+// was stopped while it held one of the WAL index's locks (SIGSTOP, a debugger's
+// breakpoint), a state that ends when it runs again, like
+// SQLITE_BUSY's. Nothing is read or written before BEGIN succeeds.
+// `on_retry`, when set, is called with each SQLITE_PROTOCOL that is retried,
+// to log it.
+// Throws Error for any other failure, and for SQLITE_PROTOCOL once `patience`
+// is over (0: never retried).
+void run_begin(Statement& begin, std::chrono::milliseconds patience,
+               const std::function<void(const Error&)>& on_retry = {});
+
 // BEGIN IMMEDIATE, COMMIT and ROLLBACK prepared once, for a connection that
 // runs many transactions (the broker's group commits, the inbox): a prepared
 // BEGIN/COMMIT is not parsed again each time.
@@ -154,6 +169,9 @@ struct TransactionStatements {
   Statement begin;
   Statement commit;
   Statement rollback;
+  // How long BEGIN retries SQLITE_PROTOCOL (run_begin); the connection's busy
+  // timeout is the natural value.
+  std::chrono::milliseconds protocol_patience{0};
 };
 
 // A write transaction: begins on construction, rolls back in the destructor
