@@ -905,6 +905,17 @@ struct Relay::Impl {
       // duplicated) answer from a session we already left; batch id 0 means
       // the destination could not tell which batch, so it counts.
       bool about_current = known || (event.kind == SinkEvent::Kind::failed && event.batch_id == 0);
+      // Batch ids only grow (from 1, across sessions): an acknowledgement of
+      // one not sent yet is no late answer but a destination that mislabels
+      // them, and the batch it stands for would wait for the ack timeout.
+      if (event.kind == SinkEvent::Kind::acked &&
+          (event.batch_id == 0 || event.batch_id >= next_batch_id)) {
+        return record_failure(
+            "acknowledgement for batch " + std::to_string(event.batch_id) +
+                ", which was never sent (the oldest batch in flight is " +
+                (head == nullptr ? std::string("none") : std::to_string(head->batch_id)) + ")",
+            metrics->failure_protocol);
+      }
       if (about_current) {
         record_failure(event.kind == SinkEvent::Kind::failed
                            ? event.error

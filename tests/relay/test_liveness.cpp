@@ -5,8 +5,13 @@
 
 #include <fstream>
 #include <map>
+#include <set>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
+#include "holding_sink.hpp"
+#include "relay/broker_sink.hpp"
 #include "relay_harness.hpp"
 #include "sqlite/sqlite.hpp"
 
@@ -347,4 +352,79 @@ TEST_CASE("a full disk under the outbox makes the relay wait and resume instead 
   auto exit = relay.stop();
   CHECK(exit.exited);
   CHECK(exit.code == 0);
+}
+
+namespace {
+
+// Forwards to a real BrokerSink, but the first acknowledgement it passes on
+// names a batch that was never sent, as a destination that mislabels its
+// answers would.
+class MislabelingSink final : public relay::Sink {
+ public:
+  explicit MislabelingSink(relay::Sink& inner) : inner_(inner) {}
+
+  void set_lease(relay::SinkLease lease) override { inner_.set_lease(std::move(lease)); }
+  relay::SessionResult open_session(std::chrono::milliseconds timeout) override {
+    return inner_.open_session(timeout);
+  }
+  bool resume(std::uint64_t first_batch_id) override { return inner_.resume(first_batch_id); }
+  bool send(std::uint64_t batch_id, std::span<const outbox::PendingMessage> messages) override {
+    return inner_.send(batch_id, messages);
+  }
+  std::optional<relay::SinkEvent> poll(std::chrono::milliseconds timeout) override {
+    auto event = inner_.poll(timeout);
+    if (event && event->kind == relay::SinkEvent::Kind::acked && !mislabeled_) {
+      mislabeled_ = true;
+      event->batch_id += 1'000'000;
+    }
+    return event;
+  }
+  std::string describe() const override { return inner_.describe(); }
+  relay::SinkLimits limits() const override { return inner_.limits(); }
+
+ private:
+  relay::Sink& inner_;
+  bool mislabeled_ = false;
+};
+
+}  // namespace
+
+TEST_CASE(
+    "an acknowledgement for a batch never sent ends the session at once, not at the ack "
+    "timeout",
+    "[relay][liveness]") {
+  test_support::TempDir dir("relay-mislabeled-ack");
+  auto db = dir / "app.db";
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  REQUIRE(produce(db, 300, 4) == 300);
+
+  auto store = outbox::RelayStore::open(db);
+  relay::BrokerSinkOptions sink_options;
+  sink_options.endpoint = broker.endpoint();
+  sink_options.producer = "mislabeled";
+  relay::BrokerSink broker_sink(sink_options);
+  MislabelingSink sink(broker_sink);
+  relay::RelayConfig config;
+  config.holder = "mislabeled";
+  config.batch_size = 100;
+  // Were the mislabeled answer ignored, its batch would wait this long.
+  config.ack_timeout = std::chrono::minutes(10);
+  auto log = std::make_shared<relay_test::CapturedLog>();
+  config.logger = std::make_shared<spdlog::logger>("relay", log);
+  relay::Relay relay(store, sink, config);
+  std::thread thread([&] { relay.run(); });
+
+  bool delivered = wait_delivered(db, 300, 60s);
+  relay.request_stop();
+  thread.join();
+  INFO(log->text());
+  CHECK(delivered);
+  CHECK(log->text().find("acknowledgement for batch 1000001, which was never sent") !=
+        std::string::npos);
+  CHECK(relay.counters().sessions >= 2);
+  auto stored = fetch_all(broker.endpoint());
+  std::set<std::string> ids;
+  for (const auto& message : stored) ids.insert(message.msg_id);
+  CHECK(stored.size() == 300);
+  CHECK(ids.size() == 300);
 }
