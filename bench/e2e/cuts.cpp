@@ -104,7 +104,7 @@ Backoffs relay_backoffs(const fs::path& log_file) {
   return backoffs;
 }
 
-struct Drain {
+struct ProxyDrain {
   double seconds = 0;
   std::uint64_t cuts = 0;
   std::optional<std::uint64_t> sent;  // messages the relay sent, resends included
@@ -116,9 +116,9 @@ double cpu_ms_since(pid_t pid, std::int64_t before_ns) {
   return static_cast<double>(cpu_run_ns(pid) - before_ns) / 1e6;
 }
 
-Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, BrokerProcess& broker,
-                          BrokerCounters& counters, const Dataset& data, const std::string& topic,
-                          bool cutting) {
+ProxyDrain drain_through_proxy(const CutsSettings& settings, const fs::path& dir,
+                               BrokerProcess& broker, BrokerCounters& counters, const Dataset& data,
+                               const std::string& topic, bool cutting) {
   const std::string name = cutting ? "cut" : "plain";
   auto db = dir / (name + ".db");
   fill_outbox(db, topic, data, settings.outbox.setup_batch);
@@ -137,7 +137,7 @@ Drain drain_through_proxy(const CutsSettings& settings, const fs::path& dir, Bro
                                pass_timeout(data.size()),
                                {&relay.process(), &broker.process(), &proxy.process()},
                                cutting ? "drain under cuts" : "drain without cuts");
-  Drain drain;
+  ProxyDrain drain;
   drain.cpu.relay_ms = cpu_ms_since(relay.process().pid(), 0);
   drain.cpu.broker_ms = cpu_ms_since(broker.process().pid(), broker_cpu_before);
   drain.cpu.proxy_ms = cpu_ms_since(proxy.process().pid(), proxy_cpu_before);

@@ -69,7 +69,7 @@ class Scraper {
   std::thread thread_;
 };
 
-struct Drain {
+struct MetricsDrain {
   double seconds = 0;
   double cpu_seconds = 0;       // outbox-relay's threads on a CPU until the last message was stored
   double loop_cpu_seconds = 0;  // of which its main thread, the relay loop
@@ -77,9 +77,9 @@ struct Drain {
   double scrape_seconds = 0;  // all scrapes' round trips together
 };
 
-Drain drain(const OverheadSettings& settings, const fs::path& dir, BrokerProcess& broker,
-            BrokerCounters& counters, const Dataset& data, const std::string& topic,
-            bool with_metrics) {
+MetricsDrain drain(const OverheadSettings& settings, const fs::path& dir, BrokerProcess& broker,
+                   BrokerCounters& counters, const Dataset& data, const std::string& topic,
+                   bool with_metrics) {
   const std::string name = with_metrics ? "metrics-on" : "metrics-off";
   auto db = dir / (name + ".db");
   fill_outbox(db, topic, data, settings.outbox.setup_batch);
@@ -96,7 +96,7 @@ Drain drain(const OverheadSettings& settings, const fs::path& dir, BrokerProcess
   auto done = wait_for_counter(counters, &BrokerCounters::Values::stored, base + data.size(),
                                pass_timeout(data.size()), {&relay.process(), &broker.process()},
                                with_metrics ? "drain with metrics" : "drain without metrics");
-  Drain result;
+  MetricsDrain result;
   result.loop_cpu_seconds =
       static_cast<double>(main_thread_cpu_run_ns(relay.process().pid())) / 1e9;
   result.cpu_seconds = static_cast<double>(cpu_run_ns(relay.process().pid())) / 1e9;
