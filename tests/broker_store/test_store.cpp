@@ -693,6 +693,33 @@ TEST_CASE("several lease epochs are recorded in order in one transaction") {
   CHECK(store.origin_epoch("d") == 0);
 }
 
+TEST_CASE("lease epochs stay right for more origins than the store keeps in memory") {
+  test_support::TempDir dir("broker-store");
+  broker::Store store(dir / "broker.db", normal_sync());
+  // 70,000 origins: more than the store remembers (65,536) before it starts over
+  // from the table.
+  std::vector<broker::OriginEpoch> entries;
+  std::vector<std::string> names;
+  names.reserve(70'000);
+  for (int i = 0; i < 70'000; ++i) names.push_back("origin-" + std::to_string(i));
+  for (int i = 0; i < 70'000; ++i) entries.push_back({names[i], static_cast<std::uint64_t>(i + 1)});
+  std::vector<std::uint64_t> highest;
+  REQUIRE(store.advance_origin_epochs(entries, highest));
+  for (int i : {0, 1, 65'535, 65'536, 69'999}) {
+    INFO(names[i]);
+    CHECK(store.origin_epoch(names[i]) == static_cast<std::uint64_t>(i + 1));
+    // Stale after a raise, whether the store still remembered the origin or not.
+    CHECK(store.advance_origin_epoch(names[i], static_cast<std::uint64_t>(i + 100'000)) ==
+          static_cast<std::uint64_t>(i + 100'000));
+    CHECK(store.advance_origin_epoch(names[i], static_cast<std::uint64_t>(i + 1)) ==
+          static_cast<std::uint64_t>(i + 100'000));
+  }
+  for (int i = 2; i < 65'535; i += 4'099) {
+    INFO(names[i]);
+    CHECK(store.origin_epoch(names[i]) == static_cast<std::uint64_t>(i + 1));
+  }
+}
+
 TEST_CASE("a commit full of conflicts reads the stored copies of the first 64 only") {
   test_support::TempDir dir("broker-store");
   broker::Store store(dir / "broker.db", normal_sync());
