@@ -3,6 +3,7 @@
 // and repair that database. Parses flags (and a config file), sets up signals, and hands over to
 // the commands in cli/ (run, status, dead, replay, drop).
 #include <malloc.h>
+#include <sqlite3.h>
 
 #include <cstdio>
 #include <string>
@@ -28,6 +29,23 @@ bool known_command(const std::string& word) {
   return false;
 }
 
+// " drop: app.db" for an operator command on one database, so that the line
+// of `error` names what it was doing and where (the database only when the
+// message does not already); empty for run, which names both in its own
+// messages.
+std::string operator_context(const relay::commands::CommandLine& line, const std::string& error) {
+  auto on = [&error](const char* command, const std::string& db) {
+    std::string context = " " + std::string(command);
+    if (!db.empty() && error.find(db) == std::string::npos) context += ": " + db;
+    return context;
+  };
+  if (*line.status_command) return on("status", line.status.db);
+  if (*line.dead_command) return on("dead", line.dead.db);
+  if (*line.replay_command) return on("replay", line.replay.db);
+  if (*line.drop_command) return on("drop", line.drop.db);
+  return "";
+}
+
 int run_command(const relay::commands::CommandLine& line) {
   namespace commands = relay::commands;
   try {
@@ -40,7 +58,13 @@ int run_command(const relay::commands::CommandLine& line) {
     std::fprintf(stderr, "outbox-relay: %s\n", error.what());
     return cli::exit_usage;
   } catch (const outbox::Error& error) {
-    std::fprintf(stderr, "outbox-relay: %s\n", error.what());
+    const auto context = operator_context(line, error.what());
+    // The operator commands wait RelayOptions' default busy timeout for a lock.
+    const bool busy = !context.empty() && (error.extended_code() & 0xff) == SQLITE_BUSY;
+    std::fprintf(stderr, "outbox-relay%s: %s%s\n", context.c_str(), error.what(),
+                 busy ? " (another connection held its write lock past the busy timeout of 5 s: "
+                        "a producer's or a relay's transaction, a backup; try again)"
+                      : "");
     return cli::exit_code_for(error);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "outbox-relay: unexpected error: %s\n", error.what());

@@ -53,9 +53,22 @@ std::size_t Run::resolve_dead_for_drain(const std::vector<fs::path>& among) {
 void Run::operator_command(bool drop, const DeadRow& row) {
   const auto& msg_id = row.msg_id;
   if (!drop && !row.poison) strip_padding(row.db, msg_id);
-  auto result = test_support::run(
-      settings_.relay_binary,
-      {drop ? "drop" : "replay", "--db", row.db.string(), "--msg-id", msg_id}, 30s);
+  // The harness waits here, so it resumes the processes whose pause is over
+  // while it does: a relay paused inside a write transaction holds app.db's
+  // write lock, and the command would wait for it past its busy timeout.
+  test_support::ChildProcess command(settings_.relay_binary, {drop ? "drop" : "replay", "--db",
+                                                              row.db.string(), "--msg-id", msg_id});
+  std::optional<test_support::ExitStatus> status;
+  const auto deadline = SteadyClock::now() + 30s;
+  while (!(status = command.wait_for(5ms))) {
+    if (read_retry_hook()) read_retry_hook()();
+    if (SteadyClock::now() >= deadline) {
+      command.signal(SIGKILL);
+      throw HarnessError("outbox-relay " + std::string(drop ? "drop" : "replay") +
+                         " did not finish within 30 s");
+    }
+  }
+  const test_support::RunResult result{*status, command.stdout_text(), command.stderr_text()};
   append_file(dir_ / "logs" / "operator.log", std::string(drop ? "drop " : "replay ") + msg_id +
                                                   ": " + describe(result.status) + "\n" +
                                                   result.out + result.err);

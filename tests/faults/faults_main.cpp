@@ -248,10 +248,12 @@ int main(int argc, char** argv) {
     }
   }
   int result = 3;
+  std::string failed;  // what failed, for the last line on stderr
   {
     try {
       Run run(settings, disk.get());
       result = run.execute();
+      for (const auto& failure : run.failures()) failed += (failed.empty() ? "" : " | ") + failure;
     } catch (const std::exception& error) {
       // On both streams: stdout is where the checks look for the verdict.
       std::fprintf(stderr, "outbox-faults: %s (seed %llu)\n", error.what(),
@@ -260,6 +262,7 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(settings.seed));
       std::fflush(stdout);
       result = 3;
+      failed = std::string("harness: ") + error.what();
     }
   }
   if (disk && (result != 0 || settings.keep)) {
@@ -273,6 +276,12 @@ int main(int argc, char** argv) {
     fs::remove_all(kept, ignored);
     fs::copy(settings.work_dir, kept, fs::copy_options::recursive, ignored);
     std::fprintf(stderr, "outbox-faults: logs and databases kept in %s\n", kept.c_str());
+  }
+  // Last, so that whoever shows only the last line of stderr shows why.
+  if (result != 0) {
+    std::fprintf(stderr, "outbox-faults: FAILED (seed %llu): %s\n",
+                 static_cast<unsigned long long>(settings.seed),
+                 failed.empty() ? "see the FAILED lines on stdout" : failed.c_str());
   }
   return result;
 }

@@ -139,19 +139,20 @@ int Run::execute() {
                 effects->lost.count, effects->duplicated.count, effects->reordered.count,
                 effects->phantom.count);
   }
-  bool findings_clear = true;
   for (auto* finding : findings) {
     if (finding->count == 0) continue;
-    findings_clear = false;
-    std::printf("FAILED %s: %ld, first:", finding->name.c_str(), finding->count);
-    for (const auto& example : finding->examples) std::printf(" %s;", example.c_str());
-    std::printf("\n");
+    std::string line = finding->name + ": " + std::to_string(finding->count) + ", first:";
+    for (const auto& example : finding->examples) line += " " + example + ";";
+    failures_.push_back(line);
   }
-  for (const auto& anomaly : anomalies_) std::printf("FAILED process: %s\n", anomaly.c_str());
-  bool passed = report.passed() && findings_clear && anomalies_.empty() && drained;
-  if (!drained)
-    std::printf("FAILED drain: the pipeline did not drain within %lld ms\n",
-                static_cast<long long>(settings_.drain_timeout.count()));
+  for (const auto& anomaly : anomalies_) failures_.push_back("process: " + anomaly);
+  if (!drained) {
+    failures_.push_back("drain: the pipeline did not drain within " +
+                        std::to_string(settings_.drain_timeout.count()) + " ms (" +
+                        drain_stalled_at_ + ")");
+  }
+  for (const auto& failure : failures_) std::printf("FAILED %s\n", failure.c_str());
+  bool passed = report.passed() && failures_.empty();
   if (!passed) {
     const std::string pending =
         settings_.consumer_max_ack_pending == 1
@@ -280,8 +281,7 @@ bool Run::drain() {
             return all_running();
           },
           left(), 5ms)) {
-    say("not every process came back in time");
-    return false;
+    return stalled("not every process came back in time");
   }
   say("all processes up; stopping the producers");
   // Producers finish their last transaction.
@@ -296,8 +296,7 @@ bool Run::drain() {
                                [](auto& p) { return p->state() == Managed::State::down; });
           },
           left(), 5ms)) {
-    say("producers did not stop");
-    return false;
+    return stalled("producers did not stop");
   }
   say("producers stopped; waiting for the outbox to drain");
   for (auto& producer : producers_) {
@@ -344,9 +343,8 @@ bool Run::drain() {
             return pending == 0 && need_operator == 0;
           },
           left(), 20ms)) {
-    say("the outbox did not drain: pending " + std::to_string(pending) + ", dead " +
-        std::to_string(dead) + " (" + std::to_string(undrained.size()) + " databases)");
-    return false;
+    return stalled("the outbox did not drain: pending " + std::to_string(pending) + ", dead " +
+                   std::to_string(dead) + " (" + std::to_string(undrained.size()) + " databases)");
   }
   if (!consumer_) return true;  // --sink jetstream built without examples/jetstream_consumer
   // The consumers apply everything the broker has (in JetStream mode every
@@ -361,9 +359,8 @@ bool Run::drain() {
             return count_effects(consumer_db_) >= stored;
           },
           left(), 20ms)) {
-    say("the consumer did not catch up: " + std::to_string(count_effects(consumer_db_)) + " of " +
-        std::to_string(stored));
-    return false;
+    return stalled("the consumer did not catch up: " + std::to_string(count_effects(consumer_db_)) +
+                   " of " + std::to_string(stored));
   }
   if (!redis_inbox()) return true;
   // A claim whose consumer was killed after its side effect is completed by
@@ -381,8 +378,7 @@ bool Run::drain() {
             return unfinished == 0;
           },
           left(), 200ms)) {
-    say("the consumers did not complete " + std::to_string(unfinished) + " claims");
-    return false;
+    return stalled("the consumers did not complete " + std::to_string(unfinished) + " claims");
   }
   return true;
 }

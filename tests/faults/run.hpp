@@ -42,9 +42,18 @@ class Run {
   std::vector<std::pair<std::string, fs::path>> proxy_stats() const;
 
   int execute();
+  // After a failed execute(): what failed, one line per finding (also printed
+  // on stdout as "FAILED ..." lines), so that the verdict can name it last.
+  const std::vector<std::string>& failures() const { return failures_; }
 
  private:
   void say(const std::string& line) { std::fprintf(stderr, "outbox-faults: %s\n", line.c_str()); }
+  // Says where the drain stopped, keeps it for the verdict, returns false.
+  bool stalled(const std::string& where) {
+    say(where);
+    drain_stalled_at_ = where;
+    return false;
+  }
 
   milliseconds between(int low, int high);
 
@@ -197,6 +206,8 @@ class Run {
   long bind_retries_ = 0;
   int broker_starts_ = 0;
   std::vector<std::string> anomalies_;
+  std::vector<std::string> failures_;
+  std::string drain_stalled_at_;
 };
 
 }  // namespace faults

@@ -216,6 +216,26 @@ TEST_CASE("a database without the outbox schema is refused with exit code 3", "[
                        "garbage.db");
 }
 
+TEST_CASE("an operator command that cannot get the write lock says so, naming the database",
+          "[relay][cli]") {
+  test_support::TempDir dir("relay-locked");
+  auto db = dir / "app.db";
+  REQUIRE(produce(db, 3, 1) == 3);
+  // Another connection inside a write transaction for longer than the
+  // command's busy timeout (5 s).
+  auto holder = sqlite::open_file(db.string(), SQLITE_OPEN_READWRITE);
+  sqlite::exec(holder.get(), "BEGIN IMMEDIATE");
+  for (const auto& command : {"drop", "replay"}) {
+    check_one_line_error(relay_cli({command, "--db", db.string(), "--msg-id", "m-1"}), kExitStorage,
+                         "outbox-relay " + std::string(command) + ": " + db.string() +
+                             ": database is locked (another connection held its write lock");
+  }
+  sqlite::exec(holder.get(), "ROLLBACK");
+  // Free again: the same command gets to the question it was asked.
+  check_one_line_error(relay_cli({"drop", "--db", db.string(), "--msg-id", "m-1"}), kExitNotFound,
+                       "m-1");
+}
+
 TEST_CASE("an unreachable broker is retried and logged while the backlog shows in status",
           "[relay][cli]") {
   test_support::TempDir dir("relay-unreachable");
