@@ -83,6 +83,23 @@ std::int64_t bytes_written(pid_t pid) {
   return 0;
 }
 
+MachineCpu machine_cpu() {
+  std::ifstream in("/proc/stat");
+  std::string label;
+  long long user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  if (!(in >> label >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal) ||
+      label != "cpu") {
+    return {};
+  }
+  return {user + nice + system + irq + softirq, idle + iowait, steal};
+}
+
+double MachineCpu::steal_share_since(const MachineCpu& before) const {
+  const auto elapsed = total() - before.total();
+  if (before.total() == 0 || elapsed <= 0) return -1;
+  return static_cast<double>(steal - before.steal) / static_cast<double>(elapsed);
+}
+
 std::int64_t thread_cpu_ns() {
   timespec now{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now);

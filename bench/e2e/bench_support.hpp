@@ -58,6 +58,22 @@ ContextSwitches context_switches(pid_t pid);
 // kernel does not say.
 std::int64_t bytes_written(pid_t pid);
 
+// The machine's CPU time so far, all CPUs together, in clock ticks (the
+// first line of /proc/stat); all zero if the kernel does not say. `steal` is
+// time the hypervisor ran something else while a virtual CPU of this machine
+// had work: on a shared virtual machine it comes on top of the processes'
+// own wait for a CPU, and the latency tail follows it.
+struct MachineCpu {
+  std::int64_t busy = 0;  // user, nice, system, irq, softirq
+  std::int64_t idle = 0;  // idle and iowait
+  std::int64_t steal = 0;
+  std::int64_t total() const { return busy + idle + steal; }
+  // Share of the CPUs' time since `before` that went to steal, 0..1 (-1 if
+  // the kernel says nothing).
+  double steal_share_since(const MachineCpu& before) const;
+};
+MachineCpu machine_cpu();
+
 // Nanoseconds the calling thread has run on a CPU (CLOCK_THREAD_CPUTIME_ID):
 // for threads that end before their process is read.
 std::int64_t thread_cpu_ns();

@@ -312,6 +312,7 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     const ProcessSample broker_before(broker.process().pid());
     const ProcessSample relay_before(app_relay.process().pid());
     const ProcessSample bench_before(::getpid());
+    const MachineCpu machine_before = machine_cpu();
     try {
       auto box = outbox::Outbox::open(app_db, producer_options());
       const double period_ns = 1e9 / settings.rate;
@@ -362,6 +363,7 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
       result.latency_cpu_wait_broker_ms = broker_after.wait_ms_since(broker_before);
       result.latency_cpu_wait_relay_ms = relay_after.wait_ms_since(relay_before);
       result.latency_cpu_wait_bench_ms = bench_after.wait_ms_since(bench_before);
+      result.latency_steal_share = machine_cpu().steal_share_since(machine_before);
       result.latency_cpu_used_ms = broker_after.run_ms_since(broker_before) +
                                    relay_after.run_ms_since(relay_before) +
                                    bench_after.run_ms_since(bench_before);
@@ -407,16 +409,16 @@ OutboxResult run_outbox(const OutboxSettings& settings, const Dataset& data) {
     result.latency = percentiles(result.latency_ns);
   }
   {
-    char line[400];
+    char line[600];
     std::snprintf(
         line, sizeof line,
         "outbox: latency p50 %.3f ms, p99 %.3f ms, p99.9 %.3f ms, max %.3f ms (%.0f msg/s "
         "achieved); waited for a CPU: broker %.0f ms, relay %.0f ms, producer and consumer "
-        "%.0f ms; used %.0f ms of CPU",
+        "%.0f ms; used %.0f ms of CPU; the hypervisor took %.0f %% of the machine's CPUs (steal)",
         result.latency.p50_ms, result.latency.p99_ms, result.latency.p999_ms, result.latency.max_ms,
         result.latency_achieved_rate, result.latency_cpu_wait_broker_ms,
         result.latency_cpu_wait_relay_ms, result.latency_cpu_wait_bench_ms,
-        result.latency_cpu_used_ms);
+        result.latency_cpu_used_ms, std::max(result.latency_steal_share, 0.0) * 100);
     progress(line);
     auto cost = [](const char* name, const OutboxResult::CostPerMessage& c) {
       char part[200];

@@ -80,6 +80,9 @@ struct OutboxResult {
   double latency_cpu_wait_broker_ms = 0;
   double latency_cpu_wait_relay_ms = 0;
   double latency_cpu_wait_bench_ms = 0;
+  // Share of the machine's CPU time the hypervisor took during the pass
+  // (steal, MachineCpu), -1 if unknown.
+  double latency_steal_share = -1;
   double latency_cpu_used_ms = 0;  // on a CPU, broker + relay + producer and consumer
   // What each process spent per message committed in the latency pass: CPU
   // time and context switches, figures that waiting for a CPU does not change.

@@ -160,6 +160,7 @@ Json outbox_round_json(const OutboxResult& r) {
       .num("latency_cpu_wait_relay_ms", r.latency_cpu_wait_relay_ms)
       .num("latency_cpu_wait_bench_ms", r.latency_cpu_wait_bench_ms)
       .num("latency_cpu_used_ms", r.latency_cpu_used_ms)
+      .num("latency_steal_share", r.latency_steal_share)
       .field("latency_cost_per_message",
              JsonObject()
                  .field("broker", cost_json(r.latency_broker_cost))
@@ -804,6 +805,18 @@ std::string text_report(const RunInfo& info, const Summary& summary) {
         << fixed(broker_wait, 0) << " ms, relay " << fixed(relay_wait, 0)
         << " ms, producer and consumer " << fixed(bench_wait, 0) << " ms; together they ran "
         << fixed(used, 0) << " ms on a CPU.\n";
+    // On a shared virtual machine the hypervisor's steal comes on top of that
+    // wait; the tail follows it from round to round.
+    std::string steal;
+    for (const auto& r : summary.outbox) {
+      if (r.latency_steal_share < 0) continue;
+      steal += (steal.empty() ? "" : ", ") + fixed(r.latency_steal_share * 100, 0) + " % (p99 " +
+               fixed(r.latency.p99_ms, 1) + " ms)";
+    }
+    if (!steal.empty()) {
+      out << "the hypervisor took this share of the machine's CPUs (steal) in each latency pass: "
+          << steal << ".\n";
+    }
   }
   return with_problems(out, summary);
 }
