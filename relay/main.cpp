@@ -15,6 +15,7 @@
 #include "cli/commands.hpp"
 #include "cli/config.hpp"
 #include "cli/process.hpp"
+#include "outbox/relay_store.hpp"
 
 namespace {
 
@@ -61,10 +62,14 @@ int run_command(const relay::commands::CommandLine& line) {
     const auto context = operator_context(line, error.what());
     // The operator commands wait RelayOptions' default busy timeout for a lock.
     const bool busy = !context.empty() && (error.extended_code() & 0xff) == SQLITE_BUSY;
+    const auto timeout_ms = outbox::RelayOptions{}.busy_timeout.count();
+    const auto explanation =
+        " (another connection held its write lock past the busy timeout of " +
+        (timeout_ms % 1000 == 0 ? std::to_string(timeout_ms / 1000) + " s"
+                                : std::to_string(timeout_ms) + " ms") +
+        ": a producer's or a relay's transaction, a backup; try again)";
     std::fprintf(stderr, "outbox-relay%s: %s%s\n", context.c_str(), error.what(),
-                 busy ? " (another connection held its write lock past the busy timeout of 5 s: "
-                        "a producer's or a relay's transaction, a backup; try again)"
-                      : "");
+                 busy ? explanation.c_str() : "");
     return cli::exit_code_for(error);
   } catch (const std::exception& error) {
     std::fprintf(stderr, "outbox-relay: unexpected error: %s\n", error.what());

@@ -46,7 +46,10 @@ outbox_stage_plain() {
     return $?
   [ "${OUTBOX_STATIC_BACKGROUND:-}" != 1 ] || outbox_static_start
   outbox_log "running tests (build/)"
-  ctest --test-dir "$OUTBOX_ROOT/build" --output-on-failure --parallel "$(outbox_jobs)" "$@"
+  # The console output goes to build/ctest-console.log too (outbox_failed_tests).
+  ctest --test-dir "$OUTBOX_ROOT/build" --output-on-failure --parallel "$(outbox_jobs)" "$@" |
+    tee "$OUTBOX_ROOT/build/ctest-console.log"
+  return "${PIPESTATUS[0]}"
 }
 
 # Formatting and clang-tidy over the project's own sources (tidy configures its own
@@ -107,6 +110,63 @@ outbox_static_finish() {
   OUTBOX_STATIC_PID=""
   cat "$OUTBOX_ROOT/build/static-stage.log" >&2
   return $result
+}
+
+# outbox_failed_tests <build dir>: a block per test that failed in the last ctest run
+# in <build dir> (from ctest's Testing/Temporary/LastTest.log, which each run
+# rewrites, and the failure list of its console output, <build dir>/ctest-console.log,
+# which alone says "Timeout"): its name, its status and time, and the lines of its
+# output that say why (from three lines before the first line that reads like a failure, or else the
+# output's last lines). scripts/test prints these blocks once more at its very end,
+# so that the last lines of a long log, which may be all that a CI page keeps, still
+# name each failure and its reason.
+outbox_failed_tests() {
+  local log="$1/Testing/Temporary/LastTest.log" console="$1/ctest-console.log"
+  [ -f "$log" ] || { echo "  (no test ran: its errors are above)"; return 0; }
+  [ -f "$console" ] || console=/dev/null
+  awk '
+    # The list at the end of the console output: "  3 - name (Timeout)".
+    FILENAME != ARGV[2] {
+      if (match($0, /^[ \t]+[0-9]+ - .* \([A-Za-z ]+\)$/)) {
+        line = $0; sub(/^[ \t]+[0-9]+ - /, "", line)
+        cause = line; sub(/.* \(/, "", cause); sub(/\)$/, "", cause)
+        sub(/ \([A-Za-z ]+\)$/, "", line)
+        why[line] = cause
+      }
+      next
+    }
+    function report(   first, from, to, i) {
+      if (name == "" || status == "Test Passed.") return
+      if (++failed > 6) { print "  FAILED " name; return }
+      if (name in why) status = why[name]
+      print "  FAILED " name " (" status ", " elapsed ")"
+      # The closing lines of Catch2 (a rule, the counts) say nothing the status does not.
+      while (n > 0 && out[n] ~ /^(=+|test cases: .*|assertions: .*|All tests passed.*|)$/) --n
+      first = 0
+      for (i = 1; i <= n && !first; ++i)
+        if (out[i] ~ /FAILED|[Ee]rror|ERROR|\*\*\*|[Ee]xception|terminate|[Aa]ssert|[Ss]anitizer|[Tt]imeout|timed out/) first = i
+      if (first) { from = first - 3; to = first + 10 } else { from = n - 11; to = n }
+      if (from < 1) from = 1
+      if (to > n) to = n
+      for (i = from; i <= to; ++i) print "    | " substr(out[i], 1, 300)
+      if (first && n > to) {
+        print "    | ..."
+        for (i = (n - 2 > to ? n - 2 : to + 1); i <= n; ++i) print "    | " substr(out[i], 1, 300)
+      }
+    }
+    /^[0-9]+\/[0-9]+ Testing: / {
+      report()
+      name = $0; sub(/^[0-9]+\/[0-9]+ Testing: /, "", name)
+      n = 0; in_output = 0; status = ""; elapsed = ""
+      next
+    }
+    /^Output:$/ && name != "" && status == "" { in_output = 1; getline; next }
+    /^<end of output>$/ { in_output = 0; next }
+    in_output { out[++n] = $0; next }
+    /^Test time = / { elapsed = $0; sub(/^Test time = +/, "", elapsed); next }
+    /^Test [A-Z]/ && status == "" && name != "" { status = $0; next }
+    END { report(); if (failed == 0) print "  (every test in " FILENAME " passed)" }
+  ' "$console" "$log"
 }
 
 # outbox_sanitizer_env <report dir>: the run-time options of every sanitizer. Reports
@@ -174,7 +234,8 @@ outbox_stage_sanitizer() {
     outbox_sanitizer_env "$reports"
     outbox_log "running tests ($build_dir, -fsanitize=$sanitizers, without: $exclude)"
     ctest --test-dir "$build_dir" --output-on-failure --parallel "$(outbox_jobs)" \
-      --label-exclude "^($exclude)\$" --timeout 900
+      --label-exclude "^($exclude)\$" --timeout 900 | tee "$build_dir/ctest-console.log"
+    exit "${PIPESTATUS[0]}"
   ) || status=$?
   outbox_sanitizer_reports "$reports" || { [ $status -ne 0 ] || status=1; }
   return $status
