@@ -63,11 +63,10 @@ int run_command(const relay::commands::CommandLine& line) {
     // The operator commands wait RelayOptions' default busy timeout for a lock.
     const bool busy = !context.empty() && (error.extended_code() & 0xff) == SQLITE_BUSY;
     const auto timeout_ms = outbox::RelayOptions{}.busy_timeout.count();
-    const auto explanation =
-        " (another connection held its write lock past the busy timeout of " +
-        (timeout_ms % 1000 == 0 ? std::to_string(timeout_ms / 1000) + " s"
-                                : std::to_string(timeout_ms) + " ms") +
-        ": a producer's or a relay's transaction, a backup; try again)";
+    const auto explanation = " (another connection held its write lock past the busy timeout of " +
+                             (timeout_ms % 1000 == 0 ? std::to_string(timeout_ms / 1000) + " s"
+                                                     : std::to_string(timeout_ms) + " ms") +
+                             ": a producer's or a relay's transaction, a backup; try again)";
     std::fprintf(stderr, "outbox-relay%s: %s%s\n", context.c_str(), error.what(),
                  busy ? explanation.c_str() : "");
     return cli::exit_code_for(error);
