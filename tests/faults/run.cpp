@@ -357,8 +357,8 @@ bool Run::drain() {
   // machine (a sanitizer build beside other suites) a consumer that applies
   // one message per round trip may still be applying when the drain's time is
   // up. So the wait goes on past it while effects keep coming, for at most
-  // half the drain timeout more (the tests' own timeouts allow for that); 15 s
-  // without a new effect is a stall whenever it comes.
+  // half the drain timeout more (the tests' own timeouts allow for that), and
+  // ends as a stall once 15 s pass without a new effect.
   long effects = count_effects(consumer_db_);
   auto last_progress = SteadyClock::now();
   const auto hard_deadline = deadline + settings_.drain_timeout / 2;

@@ -452,9 +452,13 @@ TEST_CASE("a stepped relay of a database that commits rarely warns of no stall",
     tx.enqueue({.topic = "t", .key = "k", .payload = "two"});
     tx.commit();
   }
+  const auto committed_at = std::chrono::steady_clock::now();
   step_until_delivered();
+  const auto took = std::chrono::steady_clock::now() - committed_at;
   INFO(lines.str());
-  CHECK(lines.str().find("no progress") == std::string::npos);
+  // A delivery that itself took the stall time (this thread kept off a loaded
+  // machine's CPU) may rightly be reported; the idle second before it never is.
+  if (took < config.ack_timeout) CHECK(lines.str().find("no progress") == std::string::npos);
 }
 
 TEST_CASE(
