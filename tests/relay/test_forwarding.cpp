@@ -35,6 +35,32 @@ TEST_CASE("ten thousand committed messages are stored exactly once, in per-key o
   CHECK(outbox_status(db).lease_expired);  // released on the way out: a standby need not wait
 }
 
+TEST_CASE("a relay stopped right after an acknowledgement has written its outcome", "[relay]") {
+  test_support::TempDir dir("relay-stop-outcome");
+  auto db = dir / "app.db";
+  BrokerProcess broker(dir.path(), dir / "broker.db");
+  broker::Client observer(broker.endpoint());
+  // The outcome of an acknowledged message may wait in memory for a few
+  // milliseconds, to be written with the next ones. Stopped (SIGTERM) as soon
+  // as the broker has stored the message, the relay still leaves nothing
+  // pending for the next relay to resend.
+  for (long round = 1; round <= 5; ++round) {
+    REQUIRE(produce(db, 1, 1) == 1);
+    RelayProcess relay(dir.path(), db, broker.endpoint());
+    REQUIRE(test_support::wait_until(
+        [&] {
+          auto stats = observer.stats(20s);
+          return stats.ok() &&
+                 broker_test::counter(*stats, "stored") == static_cast<std::uint64_t>(round);
+        },
+        60s, 1ms));
+    CHECK(relay.stop().code == 0);
+    INFO(relay.log());
+    CHECK(outbox_status(db).pending == 0);
+  }
+  CHECK(broker_counter(broker.endpoint(), "duplicates") == 0);
+}
+
 TEST_CASE("rolled-back transactions never reach the broker", "[relay]") {
   test_support::TempDir dir("relay-rollback");
   auto db = dir / "app.db";
