@@ -62,10 +62,8 @@ int run_command(const relay::commands::CommandLine& line) {
     const auto context = operator_context(line, error.what());
     // The operator commands wait RelayOptions' default busy timeout for a lock.
     const bool busy = !context.empty() && (error.extended_code() & 0xff) == SQLITE_BUSY;
-    const auto timeout_ms = outbox::RelayOptions{}.busy_timeout.count();
     const auto explanation = " (another connection held its write lock past the busy timeout of " +
-                             (timeout_ms % 1000 == 0 ? std::to_string(timeout_ms / 1000) + " s"
-                                                     : std::to_string(timeout_ms) + " ms") +
+                             cli::format_duration(outbox::RelayOptions{}.busy_timeout) +
                              ": a producer's or a relay's transaction, a backup; try again)";
     std::fprintf(stderr, "outbox-relay%s: %s%s\n", context.c_str(), error.what(),
                  busy ? explanation.c_str() : "");

@@ -372,10 +372,10 @@ bool Run::drain() {
           last_progress = now;
         }
         if (effects >= stored) return true;
-        // Out of time: past the hard deadline, or past the drain's and stalled.
-        return now >= hard_deadline || (now >= deadline && now - last_progress >= 15s);
+        // Past the drain's time and stalled: no use waiting for the hard deadline.
+        return now >= deadline && now - last_progress >= 15s;
       },
-      std::chrono::duration_cast<milliseconds>(hard_deadline - SteadyClock::now()) + 1s, 20ms);
+      std::chrono::duration_cast<milliseconds>(hard_deadline - SteadyClock::now()), 20ms);
   if (effects < stored) {
     return stalled(
         "the consumer did not catch up: " + std::to_string(effects) + " of " +

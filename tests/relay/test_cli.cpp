@@ -226,9 +226,11 @@ TEST_CASE("an operator command that cannot get the write lock says so, naming th
   auto holder = sqlite::open_file(db.string(), SQLITE_OPEN_READWRITE);
   sqlite::exec(holder.get(), "BEGIN IMMEDIATE");
   for (const auto& command : {"drop", "replay"}) {
-    check_one_line_error(relay_cli({command, "--db", db.string(), "--msg-id", "m-1"}), kExitStorage,
-                         "outbox-relay " + std::string(command) + ": " + db.string() +
-                             ": database is locked (another connection held its write lock");
+    check_one_line_error(
+        relay_cli({command, "--db", db.string(), "--msg-id", "m-1"}), kExitStorage,
+        "outbox-relay " + std::string(command) + ": " + db.string() +
+            ": database is locked (another connection held its write lock past the busy "
+            "timeout of 5s: ");
   }
   sqlite::exec(holder.get(), "ROLLBACK");
   // Free again: the same command gets to the question it was asked.
