@@ -94,6 +94,10 @@ struct NatsOptionsDeleter {
 struct StreamInfoDeleter {
   void operator()(jsStreamInfo* info) const noexcept { jsStreamInfo_Destroy(info); }
 };
+// A message being built is ours until js_PublishMsgAsync takes it.
+struct MsgDeleter {
+  void operator()(natsMsg* msg) const noexcept { natsMsg_Destroy(msg); }
+};
 
 }  // namespace
 
@@ -768,27 +772,29 @@ bool JetStreamChannel::send(std::uint64_t batch_id,
       continue;
     }
 
-    natsMsg* msg = nullptr;
-    auto status = natsMsg_Create(&msg, subject.c_str(), nullptr, message.payload.data(),
+    natsMsg* created = nullptr;
+    auto status = natsMsg_Create(&created, subject.c_str(), nullptr, message.payload.data(),
                                  static_cast<int>(message.payload.size()));
     if (status != NATS_OK) {
       std::lock_guard lock(impl.mutex);
       impl.fail(slot_, state(), "cannot create a NATS message: " + nats_error_text(status));
       break;
     }
+    // Destroyed on every way out of this iteration but the publish.
+    std::unique_ptr<natsMsg, MsgDeleter> built(created);
     std::optional<std::string> bad_header;
     for (const auto& header : message.headers) {
       if (header.name == kMsgIdHeader) continue;  // always the message's own msg_id
-      if (natsMsgHeader_Add(msg, header.name.c_str(), header.value.c_str()) != NATS_OK) {
+      if (natsMsgHeader_Add(built.get(), header.name.c_str(), header.value.c_str()) != NATS_OK) {
         bad_header = "header '" + header.name + "' cannot be carried as a NATS header";
         break;
       }
     }
-    if (!bad_header && natsMsgHeader_Set(msg, kMsgIdHeader, message.msg_id.c_str()) != NATS_OK) {
+    if (!bad_header &&
+        natsMsgHeader_Set(built.get(), kMsgIdHeader, message.msg_id.c_str()) != NATS_OK) {
       bad_header = "msg_id cannot be carried in the Nats-Msg-Id header";
     }
     if (bad_header) {
-      natsMsg_Destroy(msg);
       settle_here(DeliveryStatus::rejected, *bad_header);
       continue;
     }
@@ -796,7 +802,6 @@ bool JetStreamChannel::send(std::uint64_t batch_id,
     // JetStream cannot fence a stale relay: look at the lease right before
     // the publish, so a relay paused past its lease sends nothing more.
     if (lease.still_valid && !lease.still_valid()) {
-      natsMsg_Destroy(msg);
       std::lock_guard lock(impl.mutex);
       impl.fail(slot_, state(),
                 "the relay lease (epoch " + std::to_string(lease.epoch) +
@@ -804,7 +809,7 @@ bool JetStreamChannel::send(std::uint64_t batch_id,
                     " was published; not publishing");
       break;
     }
-    natsMsg* published = msg;
+    natsMsg* const published = built.get();
     PendingPublish publish{slot_, batch_id, i, nats_message_size(message)};
     {
       std::lock_guard lock(impl.mutex);
@@ -816,6 +821,9 @@ bool JetStreamChannel::send(std::uint64_t batch_id,
       ++impl.total_pending;
       impl.total_pending_bytes += publish.bytes;
     }
+    // Taken by libnats when the call succeeds (it sets msg to null); left to
+    // us when it fails before queueing the message.
+    natsMsg* msg = built.release();
     status = js_PublishMsgAsync(impl.js, &msg, nullptr);
     if (status != NATS_OK) {
       {
