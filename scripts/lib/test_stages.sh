@@ -199,6 +199,15 @@ outbox_sanitizer_reports() {
   fi
 }
 
+# outbox_stage_tree <stage>: the build tree, under the project root, in which the stage
+# runs ctest (nothing for the stages without a suite of their own: static, fuzz).
+outbox_stage_tree() {
+  case "$1" in
+    plain) echo build ;;
+    asan | tsan) echo "build-$1" ;;
+  esac
+}
+
 # outbox_stage_sanitizer asan|tsan <sanitizers>: builds build-<name>/ with
 # -fsanitize=<sanitizers> and runs its share of the suite: the whole suite under
 # ASan+UBSan, the tests with threads under TSan (label-based, see below). The
@@ -206,7 +215,8 @@ outbox_sanitizer_reports() {
 # they run in build/ only.
 outbox_stage_sanitizer() {
   local name="$1" sanitizers="$2"
-  local build_dir="$OUTBOX_ROOT/build-$name"
+  local build_dir
+  build_dir="$OUTBOX_ROOT/$(outbox_stage_tree "$name")"
   # TSan: every test runs threads of ours or of libzmq except a few pure parsers,
   # so it runs the suite without the long fault runs and the power-loss runs
   # (crash images checked one after another on one thread: about 5 minutes each

@@ -57,6 +57,17 @@ class CuttingProxy {
     return counts;
   }
 
+  // The counters as written after this call began: waits (up to 5 s) for the
+  // proxy to replace its stats file once, so that a count read as a baseline
+  // is not one from up to 100 ms before.
+  std::map<std::string, long> fresh_counts() const {
+    const auto before = std::filesystem::last_write_time(stats_file_);
+    test_support::wait_until(
+        [&] { return std::filesystem::last_write_time(stats_file_) != before; },
+        std::chrono::seconds(5));
+    return counts();
+  }
+
  private:
   static int& counter() {
     static int value = 0;

@@ -197,7 +197,7 @@ TEST_CASE("stopping a directory relay waits one drain timeout in all and not one
     test_support::ChildProcess& process;
     ~Continue() { process.signal(SIGCONT); }
   } continue_broker{broker.process()};
-  const auto sent_before = forwarder.counts()["forwarded_up"];
+  const auto sent_before = forwarder.fresh_counts()["forwarded_up"];
   for (auto& tenant : tenants) tenant->writer.commit(1);
   // Every database's batch is on its way to the stopped broker.
   REQUIRE(test_support::wait_until(
