@@ -113,7 +113,7 @@ void RedisServer::restart() {
 }
 
 void RedisServer::pause() {
-  process_->signal(SIGSTOP);
+  REQUIRE(process_->pause());
 }
 
 void RedisServer::resume() {

@@ -326,7 +326,7 @@ TEST_CASE("a nats-server that stops answering: PubAck timeouts, reconnects, rese
   REQUIRE(
       test_support::wait_until([&] { return outbox_status(db).delivered_total >= 500; }, 60s, 5ms));
   // Frozen, the server keeps its sockets open but answers nothing.
-  server.process().signal(SIGSTOP);
+  REQUIRE(server.process().pause());
   bool timed_out = test_support::wait_until(
       [&] { return relay->log().find("no acknowledgement for batch") != std::string::npos; }, 30s);
   bool retried =
@@ -846,7 +846,7 @@ TEST_CASE("one NATS connection for many databases: pending bytes bounded, a lost
   REQUIRE(relay::nats_message_size(a1[0]) * 4 < 5000);
 
   // With the server stopped no PubAck comes back: what is published stays pending.
-  server.process().signal(SIGSTOP);
+  REQUIRE(server.process().pause());
   CHECK(a->send(1, a1));
   CHECK_FALSE(a->send(2, a2));  // a would hold more than 3,000 bytes
   CHECK(b->send(1, b1));
@@ -876,7 +876,7 @@ TEST_CASE("one NATS connection for many databases: pending bytes bounded, a lost
   // The server goes away with a batch of a's in flight: libnats reports the
   // connection lost, a's session fails; b, with nothing in flight, learns it
   // at its next send.
-  server.process().signal(SIGSTOP);
+  REQUIRE(server.process().pause());
   REQUIRE(a->send(3, pending_messages("a3", 2, 100)));
   server.kill9();
   REQUIRE(test_support::wait_until([&] { return connection.has_events(1); }, 30s, 1ms));

@@ -192,7 +192,7 @@ TEST_CASE("stopping a directory relay waits one drain timeout in all and not one
       {"--connections", "1", "--drain-timeout", "2s", "--ack-timeout", "60s", "--lease", "30s"});
   REQUIRE(wait_stored(broker.endpoint(), committed(tenants)));
 
-  broker.process().signal(SIGSTOP);
+  REQUIRE(broker.process().pause());
   struct Continue {
     test_support::ChildProcess& process;
     ~Continue() { process.signal(SIGCONT); }

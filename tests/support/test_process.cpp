@@ -98,3 +98,16 @@ TEST_CASE("run captures the exit code and both streams", "[support]") {
   CHECK(result.out == "out\n");
   CHECK(result.err == "err\n");
 }
+
+TEST_CASE("pause() returns once the child has stopped, and false for an ended child", "[support]") {
+  ChildProcess sleeper("/bin/sleep", {"60"});
+  REQUIRE(sleeper.pause());
+  std::ifstream stat("/proc/" + std::to_string(sleeper.pid()) + "/stat");
+  std::string pid_field, command, state;
+  REQUIRE(stat >> pid_field >> command >> state);
+  CHECK(state == "T");
+  sleeper.signal(SIGCONT);
+  sleeper.signal(SIGKILL);
+  REQUIRE(sleeper.wait_for(10s).has_value());
+  CHECK_FALSE(sleeper.pause());
+}

@@ -171,6 +171,37 @@ void ChildProcess::signal(int sig) {
   if (running()) ::kill(pid_, sig);
 }
 
+namespace {
+
+// Whether every thread of `pid` is in a stopped state (`T`, or `t` when traced),
+// from the state field of /proc/PID/task/TID/stat, after the command's ")".
+bool all_threads_stopped(pid_t pid) {
+  std::error_code error;
+  std::filesystem::directory_iterator tasks("/proc/" + std::to_string(pid) + "/task", error);
+  if (error) return false;
+  bool any = false;
+  for (const auto& task : tasks) {
+    std::ifstream stat(task.path() / "stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto close = line.rfind(')');
+    if (close == std::string::npos || close + 2 >= line.size()) continue;  // gone meanwhile
+    const char state = line[close + 2];
+    if (state != 'T' && state != 't') return false;
+    any = true;
+  }
+  return any;
+}
+
+}  // namespace
+
+bool ChildProcess::pause(std::chrono::milliseconds timeout) {
+  if (!running()) return false;
+  ::kill(pid_, SIGSTOP);
+  return wait_until([this] { return all_threads_stopped(pid_); }, timeout,
+                    std::chrono::milliseconds(1));
+}
+
 std::optional<ExitStatus> ChildProcess::wait_for(std::chrono::milliseconds timeout) {
   wait_until([this] { return !running(); }, timeout, std::chrono::milliseconds(2));
   return status_;

@@ -76,6 +76,11 @@ class ChildProcess {
   const std::string& name() const { return name_; }
   bool running();
   void signal(int sig);  // only ever to our own child, by pid
+  // SIGSTOP, then waits up to `timeout` until every thread of the process has
+  // stopped. The signal stops one thread, which then stops the others: until
+  // it has run, a thread woken by a request may still answer it. Returns
+  // whether they all stopped (false when the process is not running).
+  bool pause(std::chrono::milliseconds timeout = std::chrono::seconds(10));
   // Waits up to `timeout` for the process to exit; empty if still running.
   std::optional<ExitStatus> wait_for(std::chrono::milliseconds timeout);
   // SIGTERM, wait up to `grace`, then SIGKILL. Returns how it ended.
